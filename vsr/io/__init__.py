@@ -1,0 +1,1 @@
+"""Video input and output: decoding sources, encoding sinks, stream passthrough."""

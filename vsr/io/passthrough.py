@@ -1,0 +1,145 @@
+"""Packet-for-packet copy of every input stream the engine does not re-encode.
+
+The input is opened a second time for demuxing only, so the copied packets are read
+lazily and interleaved by time with the encoded video packets (no whole-file buffering).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+
+import av
+
+from vsr.errors import InputError, OutputError
+
+log = logging.getLogger(__name__)
+
+_MUST_COPY = ("audio", "subtitle")
+
+
+class Passthrough:
+    """Copies streams ``exclude`` does not name from ``input_path`` into ``output``.
+
+    Call :meth:`add_streams` before the output header is written; then
+    :meth:`mux_until` with each encoded video packet's time, and :meth:`mux_rest` at the end.
+    ``copied`` counts packets per input stream index; ``dropped`` lists streams skipped.
+    """
+
+    def __init__(self, input_path: str, exclude: int) -> None:
+        try:
+            self._input = av.open(input_path, mode="r")
+        except av.error.FFmpegError as exc:
+            raise InputError(f"cannot reopen {input_path} for stream copy: {exc}") from exc
+        self._exclude = exclude
+        self._map: dict[int, av.stream.Stream] = {}
+        self._packets: Iterator[av.Packet] | None = None
+        self._pending: av.Packet | None = None
+        self.copied: dict[int, int] = {}
+        self.dropped: list[str] = []
+
+    def add_streams(self, output: av.container.OutputContainer,
+                    add_video: Callable[[], None] | None = None) -> None:
+        """Add an output stream per copied input stream, in input order; ``add_video`` is
+        called at the excluded stream's place so the re-encoded video keeps its index."""
+        for s in self._input.streams:
+            if s.index == self._exclude:
+                if add_video is not None:
+                    add_video()
+                continue
+            if s.type == "attachment":
+                self._add_attachment(output, s)
+                continue
+            try:
+                out_s = output.add_stream_from_template(s)
+            except (av.error.FFmpegError, ValueError, TypeError, NotImplementedError) as exc:
+                what = f"stream {s.index} ({s.type}, {_codec_name(s)})"
+                if s.type in _MUST_COPY:
+                    raise OutputError(f"the output format {output.format.name} cannot carry {what}; "
+                                      "choose a container that can (e.g. .mkv)") from exc
+                log.warning("not copying %s: %s", what, exc)
+                self.dropped.append(what)
+                continue
+            if s.metadata:
+                out_s.metadata.update(s.metadata)
+            _copy_disposition(s, out_s)
+            self._map[s.index] = out_s
+            self.copied[s.index] = 0
+        copy_ids = list(self._map)
+        self._packets = self._input.demux([self._input.streams[i] for i in copy_ids]) if copy_ids \
+            else iter(())
+
+    def _add_attachment(self, output: av.container.OutputContainer, s: av.stream.Stream) -> None:
+        name = s.metadata.get("filename") or getattr(s, "name", None) or f"attachment{s.index}"
+        mimetype = s.metadata.get("mimetype") or getattr(s, "mimetype", None) \
+            or "application/octet-stream"
+        try:
+            output.add_attachment(name=name, mimetype=mimetype, data=bytes(s.data))
+        except (av.error.FFmpegError, ValueError, TypeError, NotImplementedError) as exc:
+            raise OutputError(f"the output format {output.format.name} cannot carry attachment "
+                              f"{name!r}; choose a container that can (e.g. .mkv)") from exc
+        self.copied[s.index] = 0
+
+    @property
+    def chapters(self) -> list:
+        try:
+            return list(self._input.chapters())
+        except (AttributeError, av.error.FFmpegError):
+            return []
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._input.metadata)
+
+    def _next(self) -> av.Packet | None:
+        if self._pending is None and self._packets is not None:
+            for pkt in self._packets:
+                if pkt.dts is None and pkt.pts is None and pkt.size == 0:
+                    continue  # demuxer's end-of-stream flush marker
+                self._pending = pkt
+                break
+            else:
+                self._packets = None
+        return self._pending
+
+    def mux_until(self, output: av.container.OutputContainer, t: float | None) -> None:
+        """Mux copied packets whose decode time is at or before ``t`` seconds (all if None)."""
+        while (pkt := self._next()) is not None:
+            if t is not None and _seconds(pkt) > t:
+                return
+            self._pending = None
+            src = pkt.stream.index
+            pkt.stream = self._map[src]
+            try:
+                output.mux(pkt)
+            except av.error.FFmpegError as exc:
+                raise OutputError(f"copying stream {src} failed: {exc}") from exc
+            self.copied[src] += 1
+
+    def mux_rest(self, output: av.container.OutputContainer) -> None:
+        self.mux_until(output, None)
+
+    def close(self) -> None:
+        self._input.close()
+
+
+def _seconds(pkt: av.Packet) -> float:
+    ts = pkt.dts if pkt.dts is not None else pkt.pts
+    if ts is None or pkt.time_base is None:
+        return float("-inf")  # untimed packets go out as soon as possible
+    return float(ts * Fraction(pkt.time_base))
+
+
+def _codec_name(s: av.stream.Stream) -> str:
+    try:
+        return s.codec_context.name
+    except (AttributeError, av.error.FFmpegError):
+        return "unknown codec"
+
+
+def _copy_disposition(src: av.stream.Stream, dst: av.stream.Stream) -> None:
+    try:
+        dst.disposition = src.disposition
+    except (AttributeError, TypeError, ValueError):
+        pass

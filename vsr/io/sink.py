@@ -1,0 +1,251 @@
+"""PyAV sink: encodes RGB frames at their input timestamps, copies every other stream.
+
+A sink is a context manager; leaving the ``with`` block normally finishes the file (flush the
+encoder, mux the remaining copied packets, rename the temporary file into place); leaving it
+with an exception removes the temporary file. ``close()`` and ``abort()`` are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from vsr.errors import ConfigError, OutputError
+from vsr.io.info import StreamInfo, bit_depth_of
+from vsr.io.output import check_output_path, discard, finish, temp_path_for
+from vsr.io.passthrough import Passthrough
+
+log = logging.getLogger(__name__)
+
+# Container metadata the muxer writes itself; copying it would misdescribe the new file.
+_OWN_KEYS = frozenset({"encoder", "major_brand", "minor_version", "compatible_brands"})
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """Video encoder settings; None leaves the codec's own default."""
+
+    codec: str = "libx264"
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.crf is not None and not 0 <= self.crf <= 63:
+            raise ConfigError(f"crf must be in 0..63, got {self.crf}")
+        try:
+            av.codec.Codec(self.codec, "w")
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise ConfigError(f"unknown or unavailable encoder {self.codec!r}") from exc
+        if self.pix_fmt is not None:
+            try:
+                av.VideoFormat(self.pix_fmt)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"unknown pixel format {self.pix_fmt!r}") from exc
+
+
+def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None) -> str:
+    """The encoder pixel format: the request, else the input's bit depth and chroma layout
+    where the codec allows it (10-bit stays 10-bit), else the codec's nearest 8-bit format."""
+    formats = [f.name for f in (av.codec.Codec(codec, "w").video_formats or ())]
+    if requested is not None:
+        if formats and requested not in formats:
+            raise ConfigError(f"{codec} cannot encode {requested}; it takes {', '.join(formats)}")
+        return requested
+    if not formats:
+        return info.pix_fmt
+    if info.pix_fmt in formats:
+        return info.pix_fmt
+    chroma = "444" if "444" in info.pix_fmt else "422" if "422" in info.pix_fmt else "420"
+    depth = info.bit_depth
+    ranked = sorted(
+        (f for f in formats if f.startswith(("yuv", "p0", "p2", "gbrp", "nv12"))),
+        key=lambda f: (bit_depth_of(f) < depth, abs(bit_depth_of(f) - depth),
+                       chroma not in f, f.startswith("yuvj"), f.startswith("nv")),
+    )
+    return ranked[0] if ranked else formats[0]
+
+
+class VideoEncoder:
+    """The encode half shared by the sinks: RGB ndarray -> YUV frame -> packets."""
+
+    def __init__(self, stream: av.video.stream.VideoStream, info: StreamInfo,
+                 width: int, height: int, config: EncodeConfig) -> None:
+        self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt)
+        cc = stream.codec_context
+        cc.width, cc.height, cc.pix_fmt = width, height, self.pix_fmt
+        cc.time_base = info.time_base
+        stream.time_base = info.time_base
+        if info.frame_rate:
+            cc.framerate = info.frame_rate
+        if info.sample_aspect_ratio:
+            cc.sample_aspect_ratio = info.sample_aspect_ratio
+        c = info.color
+        self._yuv = self.pix_fmt.startswith(("yuv", "nv", "p0", "p2")) and "yuvj" not in self.pix_fmt
+        if self._yuv:
+            cc.color_range = c.sws_range
+            if c.matrix not in (0, 2):
+                cc.colorspace = c.matrix
+        if c.primaries not in (0, 2):
+            cc.color_primaries = c.primaries
+        if c.transfer not in (0, 2):
+            cc.color_trc = c.transfer
+        private = {o.name for o in cc.supported_options.private}
+        opts: dict[str, str] = {}
+        if config.crf is not None:
+            if "crf" not in private:
+                raise ConfigError(f"{config.codec} has no crf setting")
+            opts["crf"] = str(config.crf)
+        if config.preset is not None:
+            if "preset" not in private:
+                raise ConfigError(f"{config.codec} has no preset setting")
+            opts["preset"] = config.preset
+        cc.options = opts
+        cc.thread_count = 0
+        if info.rotation:
+            stream.set_display_rotation(info.rotation)
+        self._stream = stream
+        self._info = info
+        self._size = (height, width)
+
+    def frame(self, image: np.ndarray, pts: int) -> av.VideoFrame:
+        """(H, W, 3) uint8/uint16 RGB at ``pts`` (input time base) -> an encoder-ready frame."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != self._size:
+            raise OutputError(f"frame shape {image.shape} != expected {self._size + (3,)}")
+        if image.dtype not in (np.uint8, np.uint16):
+            raise OutputError(f"frame dtype {image.dtype} is not uint8 or uint16")
+        fmt = "rgb24" if image.dtype == np.uint8 else "rgb48le"
+        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=fmt)
+        c = self._info.color
+        out = rgb.reformat(format=self.pix_fmt, dst_colorspace=c.sws_matrix if self._yuv else None,
+                           dst_color_range=c.sws_range if self._yuv else None)
+        out.pts = pts
+        out.time_base = self._info.time_base
+        return out
+
+
+class PyAVSink:
+    """Writes the upscaled video of ``info`` to ``path`` with the other input streams copied.
+
+    ``write(image, pts)`` takes (height, width, 3) RGB uint8 or uint16; raises OutputError.
+    """
+
+    def __init__(self, path: str | os.PathLike, info: StreamInfo, width: int, height: int,
+                 config: EncodeConfig = EncodeConfig(), *, overwrite: bool = False,
+                 copy_streams: bool = True) -> None:
+        self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
+        self._temp = temp_path_for(self.path)
+        self._done = False
+        self._pass: Passthrough | None = None
+        self.frames = 0
+        try:
+            self._out = av.open(str(self._temp), mode="w")
+        except (av.error.FFmpegError, ValueError, OSError) as exc:
+            discard(self._temp)
+            raise OutputError(f"cannot write {self.path}: {exc}") from exc
+        try:
+            self._setup(info, width, height, config, copy_streams)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _setup(self, info: StreamInfo, width: int, height: int, config: EncodeConfig,
+               copy_streams: bool) -> None:
+        out = self._out
+
+        def add_video() -> None:
+            stream = out.add_stream(config.codec, rate=info.frame_rate or Fraction(25))
+            self._enc = VideoEncoder(stream, info, width, height, config)
+            self._stream = stream
+
+        if copy_streams:
+            self._pass = Passthrough(info.path, exclude=info.index)
+            out.metadata.update({k: v for k, v in self._pass.metadata.items() if k not in _OWN_KEYS})
+            self._pass.add_streams(out, add_video)
+        else:
+            add_video()
+            chapters = self._pass.chapters
+            if chapters:
+                try:
+                    out.set_chapters(chapters)
+                except (av.error.FFmpegError, TypeError, ValueError) as exc:
+                    log.warning("chapters not copied: %s", exc)
+        with av.open(info.path) as src:
+            meta = dict(src.streams[info.index].metadata)
+        self._stream.metadata.update({k: v for k, v in meta.items() if k != "encoder"})
+        try:
+            out.start_encoding()
+        except av.error.FFmpegError as exc:
+            raise OutputError(f"cannot start writing {self.path}: {exc}") from exc
+
+    @property
+    def pix_fmt(self) -> str:
+        return self._enc.pix_fmt
+
+    @property
+    def copied_packets(self) -> dict[int, int]:
+        return dict(self._pass.copied) if self._pass else {}
+
+    def write(self, image: np.ndarray, pts: int) -> None:
+        self._mux(self._stream.encode(self._enc.frame(image, pts)))
+        self.frames += 1
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for pkt in packets:
+            if self._pass is not None:
+                t = pkt.dts if pkt.dts is not None else pkt.pts
+                self._pass.mux_until(self._out, float(t * pkt.time_base) if t is not None else None)
+            try:
+                self._out.mux(pkt)
+            except av.error.FFmpegError as exc:
+                raise OutputError(f"writing {self.path} failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Flush and finish the file; the output appears at ``path`` only now."""
+        if self._done:
+            return
+        try:
+            self._mux(self._stream.encode(None))
+            if self._pass is not None:
+                self._pass.mux_rest(self._out)
+            self._out.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        if self._pass is not None:
+            self._pass.close()
+        finish(self._temp, self.path)
+
+    def abort(self) -> None:
+        """Stop and remove the partial output; never raises for a half-written file."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._out.close()
+        except (av.error.FFmpegError, OSError, ValueError):
+            pass
+        if self._pass is not None:
+            self._pass.close()
+        discard(self._temp)
+
+    def __enter__(self) -> PyAVSink:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def output_size(info: StreamInfo, scale: int) -> tuple[int, int]:
+    """(width, height) of the output for an input upscaled ``scale`` times."""
+    return info.width * scale, info.height * scale
+

@@ -1,0 +1,190 @@
+"""Frame sources: open in the constructor, describe the input, then iterate frames.
+
+A source yields :class:`Frame` objects in presentation order, each with the pts of the
+decoded frame in the stream's time base; images come out as one frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol
+
+import av
+import numpy as np
+
+from vsr.errors import ConfigError, InputError
+from vsr.io.image import IMAGE_SUFFIXES
+from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of, other_streams
+
+log = logging.getLogger(__name__)
+
+_IMAGE_FORMATS = frozenset({"image2", "png_pipe", "jpeg_pipe", "mjpeg"})
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: ``image`` is (H, W, 3) RGB, uint8 for 8-bit input, uint16
+    (full 16-bit scale) for deeper input; ``pts`` is in the source's time base."""
+
+    index: int
+    pts: int | None
+    image: np.ndarray
+
+
+class Source(Protocol):
+    info: StreamInfo
+
+    def frames(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+def rgb_format(bit_depth: int) -> str:
+    """The packed RGB format frames are handed out in for a given input bit depth."""
+    return "rgb24" if bit_depth <= 8 else "rgb48le"
+
+
+def check_input_path(path: str | os.PathLike) -> Path:
+    """Raise InputError unless ``path`` is an existing regular file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input not found: {p}")
+    if not p.is_file():
+        raise InputError(f"input is not a file: {p}")
+    return p
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    for s in container.streams.video:
+        # Cover art in MP4/Matroska is a one-picture video stream; it is carried, not upscaled.
+        if not (int(s.disposition) & int(av.stream.Disposition.attached_pic)):
+            return s
+    raise InputError(f"no video stream in {container.name}")
+
+
+class PyAVSource:
+    """Threaded PyAV decoding of the first real video stream of a file.
+
+    The constructor opens the file and decodes the first frame, so a file that is not media,
+    has no video stream or no decodable frame fails here (InputError) before any output exists.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int = 0) -> None:
+        p = check_input_path(path)
+        try:
+            self._container = av.open(str(p), mode="r")
+        except av.error.FFmpegError as exc:
+            raise InputError(f"cannot read {p} as media: {exc.strerror or exc}") from exc
+        try:
+            self._stream = _video_stream(self._container)
+            self._stream.thread_type = "AUTO"
+            self._stream.codec_context.thread_count = threads
+            self._decoded = self._decode()
+            first = next(self._decoded, None)
+            if first is None:
+                raise InputError(f"no video frames in {p}")
+            self._first = first
+            self.info = self._describe(p, first)
+        except BaseException:
+            self._container.close()
+            raise
+        self._fmt = rgb_format(self.info.bit_depth)
+        self._taken = False
+
+    def _decode(self) -> Iterator[av.VideoFrame]:
+        try:
+            yield from self._container.decode(self._stream)
+        except av.error.FFmpegError as exc:
+            raise InputError(f"decoding {self._container.name} failed: {exc}") from exc
+
+    def _describe(self, p: Path, first: av.VideoFrame) -> StreamInfo:
+        s, cc = self._stream, self._stream.codec_context
+        fmt = first.format.name
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        color = ColorInfo(
+            range=int(first.color_range or cc.color_range or 0),
+            matrix=int(first.colorspace if first.colorspace not in (None, 2) else cc.colorspace),
+            primaries=int(cc.color_primaries),
+            transfer=int(cc.color_trc),
+        )
+        duration = float(s.duration * s.time_base) if s.duration and s.time_base else None
+        is_image = self._container.format.name in _IMAGE_FORMATS or p.suffix.lower() in IMAGE_SUFFIXES
+        return StreamInfo(
+            path=str(p),
+            container=self._container.format.name,
+            index=s.index,
+            codec=cc.name,
+            width=first.width,
+            height=first.height,
+            frame_rate=Fraction(rate) if rate else None,
+            time_base=Fraction(s.time_base) if s.time_base else Fraction(1, 25),
+            start_pts=s.start_time,
+            frames=(s.frames or None) if not is_image else 1,
+            duration_s=duration,
+            pix_fmt=fmt,
+            bit_depth=bit_depth_of(fmt),
+            rotation=int(round(first.rotation or 0)),
+            sample_aspect_ratio=Fraction(s.sample_aspect_ratio) if s.sample_aspect_ratio else None,
+            color=color,
+            others=other_streams(self._container, s.index),
+            is_image=is_image,
+        )
+
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        c = self.info.color
+        return frame.to_ndarray(format=self._fmt, src_colorspace=c.sws_matrix,
+                                src_color_range=c.sws_range if frame.format.name.startswith("yuv")
+                                and not frame.format.name.startswith("yuvj") else None)
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield every frame once, in presentation order (a source is iterated once)."""
+        if self._taken:
+            raise InputError("a source can be iterated only once")
+        self._taken = True
+        step = _pts_step(self.info)
+        last: int | None = None
+        index = 0
+        chain = _chain_first(self._first, self._decoded)
+        for frame in chain:
+            pts = frame.pts
+            if pts is None:  # raw streams without timestamps: continue from the last one
+                pts = 0 if last is None else last + step
+            yield Frame(index=index, pts=pts, image=self._to_rgb(frame))
+            last = pts
+            index += 1
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> PyAVSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _chain_first(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+    yield first
+    yield from rest
+
+
+def _pts_step(info: StreamInfo) -> int:
+    if info.frame_rate:
+        return max(1, round(1 / (info.frame_rate * info.time_base)))
+    return 1
+
+
+def open_source(path: str | os.PathLike, decoder: str = "pyav") -> Source:
+    """Open ``path`` with the named decoder ("pyav" or "decord"); images always use PyAV."""
+    if decoder == "pyav" or Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        return PyAVSource(path)
+    if decoder == "decord":
+        from vsr.io.decord_source import DecordSource
+
+        return DecordSource(path)
+    raise ConfigError(f"unknown decoder {decoder!r} (pyav or decord)")

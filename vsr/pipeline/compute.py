@@ -1,0 +1,122 @@
+"""The inference stage: uint8/uint16 RGB frames in, upscaled RGB frames out.
+
+A processor takes frames with ``submit`` and yields finished ``(frame, image)`` pairs in
+submission order (now or on a later call); ``drain`` yields the rest. Precision guard: a
+reduced-precision result that is non-finite, or black where the input is not, is recomputed
+in fp32 and the handle stays in fp32 for the rest of the run (logged, and counted).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vsr.errors import PipelineError
+from vsr.io.source import Frame
+from vsr.tiling import tiled_infer
+
+log = logging.getLogger(__name__)
+
+# An output whose brightest value is below this while the input's is above _LIT is "black".
+_BLACK = 1.0 / 512
+_LIT = 0.05
+
+
+@dataclass
+class ComputeReport:
+    """What the inference stage had to do beyond the plan (read after the run)."""
+
+    fallback_frames: int = 0  # frames recomputed in fp32 by the guard
+    fell_back_to_fp32: bool = False
+    tile: int | None = None  # tile size in use at the end (set by --tile or by OOM)
+    oom_retries: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def max_value(dtype: np.dtype | torch.dtype) -> float:
+    return 255.0 if dtype in (np.uint8, torch.uint8) else 65535.0
+
+
+def to_model_input(img: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(H, W, 3) uint8/uint16 on any device -> (1, 3, H, W) ``dtype`` in [0, 1]."""
+    return img.permute(2, 0, 1).unsqueeze(0).to(dtype).div_(max_value(img.dtype))
+
+
+def to_image(y: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """(1, 3, H, W) float -> (H, W, 3) ``out_dtype``: clamped, scaled, rounded, packed."""
+    y = y[0].float().clamp_(0, 1).mul_(max_value(out_dtype)).round_()
+    return y.to(out_dtype).permute(1, 2, 0).contiguous()
+
+
+def guard_flags(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Two floats on y's device: [all finite, is black while input is lit]; no host sync."""
+    lo, hi = torch.aminmax(y)  # one pass; NaN and +-inf propagate into lo/hi
+    finite = torch.isfinite(lo) & torch.isfinite(hi)
+    black = (hi < _BLACK) & (x.amax() > _LIT)
+    return torch.stack([finite, black]).float()
+
+
+def flags_bad(flags: torch.Tensor | np.ndarray) -> bool:
+    f = np.asarray(flags)
+    return bool(f[0] < 0.5 or f[1] > 0.5)
+
+
+class Forward:
+    """handle.infer with optional tiling; shared by the CPU and CUDA processors."""
+
+    def __init__(self, handle, tile: int | None, overlap: int, report: ComputeReport) -> None:
+        self.handle = handle
+        self.tile = tile
+        self.overlap = overlap
+        self.report = report
+        report.tile = tile
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tile:
+            return tiled_infer(self.handle.infer, x, self.handle.scale, self.tile, self.overlap)
+        return self.handle.infer(x)
+
+    def fall_back(self, index: int, why: str) -> None:
+        """Switch the handle to fp32 after a bad reduced-precision frame."""
+        r = self.report
+        r.fallback_frames += 1
+        if self.handle.dtype != torch.float32:
+            msg = (f"frame {index}: {why} in {str(self.handle.dtype).removeprefix('torch.')}; "
+                   "recomputing in fp32 and staying in fp32")
+            log.warning(msg)
+            r.notes.append(msg)
+            r.fell_back_to_fp32 = True
+            self.handle.to(dtype=torch.float32)
+
+
+class CpuProcessor:
+    """Synchronous per-frame inference on the CPU (the threads around it overlap I/O)."""
+
+    def __init__(self, handle, *, tile: int | None = None, overlap: int = 16,
+                 guard: bool = True) -> None:
+        self.report = ComputeReport()
+        self._fwd = Forward(handle, tile, overlap, self.report)
+        self._guard = guard
+
+    def _run(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_model_input(img, self._fwd.handle.dtype)
+        y = self._fwd(x)
+        return x, y
+
+    def submit(self, frame: Frame) -> Iterator[tuple[Frame, np.ndarray]]:
+        img = torch.from_numpy(frame.image)
+        x, y = self._run(img)
+        if self._guard and flags_bad(guard_flags(x, y)):
+            if self._fwd.handle.dtype == torch.float32:
+                raise PipelineError(f"frame {frame.index}: the model produced non-finite or "
+                                    "black output in fp32")
+            self._fwd.fall_back(frame.index, "non-finite or black output")
+            x, y = self._run(img)
+        yield frame, to_image(y, img.dtype).numpy()
+
+    def drain(self) -> Iterator[tuple[Frame, np.ndarray]]:
+        return iter(())

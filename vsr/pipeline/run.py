@@ -1,0 +1,175 @@
+"""decode thread -> bounded queue -> inference (calling thread) -> bounded queue -> encode thread.
+
+Every decoded frame reaches the sink, in order, with its own pts, or the run raises: a
+failure in any stage stops the others and is re-raised in the calling thread. Ctrl-C in the
+calling thread stops the workers the same way (the caller removes the partial output).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from vsr.errors import PipelineError, VsrError
+from vsr.io.source import Frame
+
+log = logging.getLogger(__name__)
+
+_END = object()
+_POLL = 0.1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported to the progress callback, always from the thread that called the run."""
+
+    frames_done: int
+    frames_total: int | None
+    elapsed: float
+
+    @property
+    def fps(self) -> float:
+        return self.frames_done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        if not self.frames_total or not self.frames_done:
+            return None
+        return max(0.0, (self.frames_total - self.frames_done) / self.fps)
+
+
+@dataclass(frozen=True)
+class RunStats:
+    frames_in: int
+    frames_out: int
+    seconds: float
+
+
+class Processor(Protocol):
+    def submit(self, frame: Frame) -> Iterator[tuple[Frame, np.ndarray]]: ...
+
+    def drain(self) -> Iterator[tuple[Frame, np.ndarray]]: ...
+
+
+class Writer(Protocol):
+    def write(self, image: np.ndarray, pts: int) -> None: ...
+
+
+class _Stop(Exception):
+    """Internal: another stage failed or the run was interrupted."""
+
+
+class _Worker(threading.Thread):
+    def __init__(self, name: str, target: Callable[[], None], failed: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self._failed = failed
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the calling thread, which re-raises it
+            self.error = exc
+            self._failed.set()
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=_POLL)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            return q.get(timeout=_POLL)
+        except queue.Empty:
+            continue
+
+
+def run_pipeline(frames: Iterator[Frame], processor: Processor, sink: Writer, *,
+                 depth: int = 2, frames_total: int | None = None,
+                 progress: Callable[[Progress], None] | None = None,
+                 progress_interval: float = 0.25) -> RunStats:
+    """Run the three stages concurrently until ``frames`` is exhausted.
+
+    Raises the first stage's error (VsrError subclasses unchanged, others as PipelineError),
+    KeyboardInterrupt if interrupted, PipelineError if a frame went missing.
+    """
+    stop = threading.Event()
+    q_in: queue.Queue = queue.Queue(maxsize=depth)
+    q_out: queue.Queue = queue.Queue(maxsize=depth)
+    counts = {"in": 0, "out": 0}
+
+    def decode() -> None:
+        for frame in frames:
+            _put(q_in, frame, stop)
+            counts["in"] += 1
+        _put(q_in, _END, stop)
+
+    def encode() -> None:
+        while (item := _get(q_out, stop)) is not _END:
+            frame, image = item
+            if frame.index != counts["out"]:
+                raise PipelineError(f"frame {counts['out']} expected, got {frame.index}")
+            sink.write(image, frame.pts)
+            counts["out"] += 1
+
+    start = time.perf_counter()
+    workers = [_Worker("vsr-decode", decode, stop), _Worker("vsr-encode", encode, stop)]
+    for w in workers:
+        w.start()
+    last_report = 0.0
+    try:
+        try:
+            while (frame := _get(q_in, stop)) is not _END:
+                for done in processor.submit(frame):
+                    _put(q_out, done, stop)
+                now = time.perf_counter()
+                if progress is not None and now - last_report >= progress_interval:
+                    last_report = now
+                    progress(Progress(counts["out"], frames_total, now - start))
+            for done in processor.drain():
+                _put(q_out, done, stop)
+            _put(q_out, _END, stop)
+            workers[1].join()  # the encoder finishes the queue; errors surface below
+        except _Stop:
+            pass
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                log.error("%s did not stop within 30 s", w.name)
+    for w in workers:
+        if w.error is not None:
+            if isinstance(w.error, VsrError | KeyboardInterrupt):
+                raise w.error
+            raise PipelineError(f"{w.name.removeprefix('vsr-')} failed: "
+                                f"{type(w.error).__name__}: {w.error}") from w.error
+    seconds = time.perf_counter() - start
+    if counts["out"] != counts["in"]:
+        raise PipelineError(f"{counts['in']} frames decoded but {counts['out']} written")
+    if progress is not None:
+        progress(Progress(counts["out"], frames_total, seconds))
+    return RunStats(counts["in"], counts["out"], seconds)
