@@ -1,0 +1,1 @@
+"""Click commands of the `vsr` tool, one module per command (installed as vsr.cli)."""

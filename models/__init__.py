@@ -1,0 +1,103 @@
+"""Architectures, registry, checkpoints and model handles (installed as vsr.models)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from vsr.models.checkpoint import (
+    CheckpointInfo,
+    load_state_into,
+    load_tensors,
+    read_info,  # noqa: F401  (re-exported)
+    save_model,
+)
+from vsr.models.complexity import count_macs, count_params, macs_96, macs_720p
+from vsr.models.drn import DRN
+from vsr.models.dual import DualDownsampler, DualNetworks
+from vsr.models.handle import BicubicUpscaler, NetworkUpscaler, Upscaler
+from vsr.models.registry import ARCHITECTURES, DEFAULT_MODEL, REGISTRY, ModelSpec, Registry
+
+from vsr.errors import CheckpointError, ModelError
+
+__all__ = [
+    "ARCHITECTURES", "DEFAULT_MODEL", "DRN", "REGISTRY", "BicubicUpscaler", "CheckpointInfo",
+    "DualDownsampler", "DualNetworks", "ModelSpec", "NetworkUpscaler", "Registry", "Upscaler",
+    "build_from_info", "count_macs", "count_params", "create_model", "load_model",
+    "load_network", "macs_720p", "macs_96", "save_model",
+]
+
+
+def create_model(name: str, pretrained: bool = True, **kwargs: Any) -> nn.Module:
+    """A network from the registry. Keyword arguments left as None are dropped, so CLI
+    defaults never override the model's own; pretrained=True loads the shipped weights."""
+    spec = REGISTRY.get(name)
+    overrides = {k: v for k, v in kwargs.items() if v is not None}
+    model = spec.build(**overrides)
+    if pretrained:
+        if overrides:
+            raise ModelError(f"cannot load the shipped weights of {name!r} into a network "
+                             f"built with other arguments ({', '.join(overrides)})")
+        path = spec.verify_weights()
+        tensors, _ = load_tensors(path)
+        load_state_into(model, tensors, path)
+    return model
+
+
+def build_from_info(info: CheckpointInfo, path: Any = "checkpoint") -> nn.Module:
+    """Rebuild the network a checkpoint describes (no weights loaded)."""
+    ctor = ARCHITECTURES.get(info.arch)
+    if ctor is None:
+        raise CheckpointError(f"{path}: unknown architecture {info.arch!r} "
+                              f"(known: {', '.join(ARCHITECTURES)})")
+    try:
+        model = ctor(**info.hparams)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: hparams do not fit {info.arch!r} ({exc})") from None
+    if int(getattr(model, "scale", info.scale)) != info.scale:
+        raise CheckpointError(f"{path}: metadata scale {info.scale} disagrees with hparams")
+    return model
+
+
+def load_network(path: str | os.PathLike) -> tuple[nn.Module, CheckpointInfo]:
+    """A network and its self-description from a checkpoint file alone."""
+    tensors, info = load_tensors(path)
+    model = build_from_info(info, path)
+    load_state_into(model, tensors, path)
+    return model.eval(), info
+
+
+def load_model(spec: str | os.PathLike, *, scale: int | None = None,
+               device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Upscaler:
+    """A ready handle from a registry name, a .safetensors path, or ``"bicubic"``.
+
+    ``scale`` is required for bicubic and, for a network, must match its own if given.
+    Raises ModelError (unknown name, scale mismatch) or CheckpointError (bad file).
+    """
+    dtype = dtype or torch.float32
+    text = os.fspath(spec)
+    if text == "bicubic":
+        if scale is None:
+            raise ModelError("the bicubic baseline needs --scale")
+        return BicubicUpscaler("bicubic", scale, device=device, dtype=dtype,
+                               info={"name": "bicubic", "scale": scale})
+    if text in REGISTRY:
+        entry = REGISTRY.get(text)
+        module = create_model(text, pretrained=True)
+        info: dict[str, Any] = {"name": text, "source": str(entry.weights_path),
+                                "card": dict(entry.card)}
+        name = text
+    elif text.endswith(".safetensors") or Path(text).exists():
+        module, ck = load_network(text)
+        info = {"name": ck.name, "source": text, "provenance": ck.provenance,
+                "hparams": ck.hparams}
+        name = ck.name or Path(text).stem
+    else:
+        REGISTRY.get(text)  # raises the "unknown model ... known models" error
+        raise AssertionError  # pragma: no cover
+    if scale is not None and int(scale) != int(module.scale):
+        raise ModelError(f"model {name!r} upscales x{module.scale}, not x{scale}")
+    return NetworkUpscaler(name, module, device=device, dtype=dtype, info=info)

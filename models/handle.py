@@ -1,0 +1,125 @@
+"""Model handles: what callers get instead of a bare nn.Module.
+
+A handle knows its scale, the dtypes it supports and the input size it needs; it validates
+(N, C, H, W) input, pads to the multiple the network needs, crops back, and upscales uint8 or
+float frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vsr.errors import ModelError
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_frames(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ModelError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ModelError(f"expected frames shaped (N, 3, H, W), got {tuple(x.shape)}")
+    if x.shape[2] < 1 or x.shape[3] < 1 or x.shape[0] < 1:
+        raise ModelError(f"empty frame batch {tuple(x.shape)}")
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise ModelError(f"frames must be uint8 or floating point, got {x.dtype}")
+
+
+class Upscaler:
+    """Base handle. Subclasses implement ``_run`` on padded float input."""
+
+    name: str
+    scale: int
+    size_multiple: int = 1
+    supported_dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    module: nn.Module | None = None
+    info: Mapping[str, Any]
+
+    def __init__(self, name: str, scale: int, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, info: Mapping[str, Any] | None = None) -> None:
+        self.name = name
+        self.scale = int(scale)
+        self.info = dict(info or {})
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.to(device=device, dtype=dtype)
+
+    def to(self, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> Upscaler:
+        """Move the handle (and its network) in place; returns itself."""
+        if dtype is not None:
+            if dtype not in self.supported_dtypes:
+                names = ", ".join(str(d).replace("torch.", "") for d in self.supported_dtypes)
+                raise ModelError(f"{self.name} does not support {dtype}; supported: {names}")
+            self.dtype = dtype
+        if device is not None:
+            self.device = torch.device(device)
+        if self.module is not None:
+            self.module.to(device=self.device, dtype=self.dtype)
+        return self
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Float (N, 3, H, W) RGB in [0, 1], on the handle's device and dtype ->
+        (N, 3, scale*H, scale*W), same device and dtype, not clamped. No host syncs."""
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        with torch.inference_mode():
+            if ph or pw:
+                x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+            y = self._run(x)
+            if ph or pw:
+                y = y[..., : h * self.scale, : w * self.scale]
+        return y
+
+    def upscale(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> uint8 (clamped, rounded), or float [0, 1] -> float (clamped).
+
+        The result is on the handle's device. Raises ModelError for a bad shape or dtype.
+        """
+        _check_frames(x)
+        as_uint8 = x.dtype == torch.uint8
+        src = x.to(self.device, non_blocking=True)
+        src = src.to(self.dtype) / 255.0 if as_uint8 else src.to(self.dtype)
+        y = self.infer(src).clamp_(0.0, 1.0)
+        if as_uint8:
+            return y.mul_(255.0).round_().to(torch.uint8)
+        return y.to(x.dtype)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, scale={self.scale}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+
+class NetworkUpscaler(Upscaler):
+    """A handle around a DRN-style network whose forward(x, return_all=False) gives x_S."""
+
+    def __init__(self, name: str, module: nn.Module, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, info: Mapping[str, Any] | None = None) -> None:
+        self.module = module.eval()
+        self.size_multiple = int(getattr(module, "size_multiple", 1))
+        super().__init__(name, int(module.scale), device=device, dtype=dtype, info=info)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x, return_all=False)
+
+
+class BicubicUpscaler(Upscaler):
+    """The reference baseline: MATLAB-compatible bicubic (vsr.resize.imresize), no network."""
+
+    supported_dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        from vsr.resize import imresize
+
+        if x.dtype in (torch.float16, torch.bfloat16):  # matmul weights in fp32 for accuracy
+            return imresize(x.float(), self.scale).to(x.dtype)
+        return imresize(x, self.scale)

@@ -1,0 +1,142 @@
+"""The model registry: names -> frozen ModelSpec, filled explicitly in one place."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+from vsr.models.drn import DRN
+from vsr.models.dual import DualNetworks
+
+from vsr.errors import ModelError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# Architecture name (as written in checkpoints) -> constructor. Checkpoints can only name these.
+ARCHITECTURES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType({
+    "drn": DRN,
+    "drn-dual": DualNetworks,
+})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build, load and describe one registry model."""
+
+    name: str
+    arch: str
+    kwargs: Mapping[str, Any]
+    scale: int
+    description: str
+    weights: str | None = None  # file name under models/weights/
+    sha256: str | None = None
+    input_contract: str = "RGB, float in [0, 1] (uint8 through the handle), any size"
+    size_multiple: int = 1
+    license: str = "Apache-2.0 (code); weights trained by vsr train on the data in the card"
+    provenance: str = "architecture of Guo et al., arXiv 2207.07929 (DRN)"
+    card: Mapping[str, Any] = field(default_factory=dict)
+    base: str | None = None  # registry name a compressed model was pruned from
+    ratio: float | None = None  # DRC pruning ratio r
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"{self.name}: unknown architecture {self.arch!r}")
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        object.__setattr__(self, "card", MappingProxyType(dict(self.card)))
+
+    @property
+    def weights_path(self) -> Path | None:
+        return WEIGHTS_DIR / self.weights if self.weights else None
+
+    @property
+    def pretrained(self) -> bool:
+        path = self.weights_path
+        return path is not None and path.is_file()
+
+    def build(self, **overrides: Any) -> nn.Module:
+        """A fresh (untrained) network; ``overrides`` left as None are dropped."""
+        kwargs = dict(self.kwargs)
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return ARCHITECTURES[self.arch](**kwargs)
+
+    def verify_weights(self) -> Path:
+        """The weights path, after checking it exists and (when recorded) its sha256."""
+        path = self.weights_path
+        if path is None or not path.is_file():
+            raise ModelError(f"model {self.name!r} has no shipped weights; train one with "
+                             f"`vsr train --arch {self.name}` and pass the checkpoint path")
+        if self.sha256 is not None:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != self.sha256:
+                raise ModelError(f"weights of {self.name!r} are corrupt (sha256 {digest[:12]}... "
+                                 f"!= {self.sha256[:12]}...)")
+        return path
+
+
+class Registry:
+    """Name -> ModelSpec. Duplicate names raise; unknown names list the known ones."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, ModelSpec] = {}
+        self.default: str | None = None
+
+    def register(self, spec: ModelSpec, *, default: bool = False) -> ModelSpec:
+        if spec.name in self._specs:
+            raise ValueError(f"model {spec.name!r} is already registered")
+        self._specs[spec.name] = spec
+        if default:
+            self.default = spec.name
+        return spec
+
+    def get(self, name: str) -> ModelSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(self._specs)
+            raise ModelError(f"unknown model {name!r}; known models: {known}, bicubic") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self._specs.values())
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+
+def _paper(name: str, scale: int, n_feats: int, n_blocks: int, size: str) -> ModelSpec:
+    return ModelSpec(
+        name=name, arch="drn", scale=scale,
+        kwargs={"scale": scale, "n_feats": n_feats, "n_blocks": n_blocks},
+        description=f"DRN-{size} x{scale} (nf {n_feats}, {n_blocks} RCABs per stage)",
+    )
+
+
+REGISTRY = Registry()
+REGISTRY.register(_paper("drn-s-x2", 2, 32, 30, "S"))
+REGISTRY.register(_paper("drn-s-x4", 4, 16, 30, "S"))
+REGISTRY.register(_paper("drn-s-x8", 8, 8, 30, "S"))
+REGISTRY.register(_paper("drn-l-x2", 2, 40, 40, "L"))
+REGISTRY.register(_paper("drn-l-x4", 4, 20, 40, "L"))
+REGISTRY.register(_paper("drn-l-x8", 8, 10, 36, "L"))
+# Light variants for video on modest hardware: same architecture, fewer and narrower blocks.
+REGISTRY.register(ModelSpec(
+    name="drn-t-x2", arch="drn", scale=2,
+    kwargs={"scale": 2, "n_feats": 16, "n_blocks": [6]},
+    description="DRN-T x2: video variant (nf 16, 6 RCABs)",
+    weights="drn-t-x2.safetensors",
+), default=True)
+REGISTRY.register(ModelSpec(
+    name="drn-t-x4", arch="drn", scale=4,
+    kwargs={"scale": 4, "n_feats": 8, "n_blocks": [8, 0]},
+    description="DRN-T x4: video variant (nf 8, 8 RCABs at LR, none at x2)",
+    weights="drn-t-x4.safetensors",
+))
+
+DEFAULT_MODEL: str = REGISTRY.default or "drn-t-x2"

@@ -1,0 +1,29 @@
+from setuptools import setup
+
+setup(
+    name="vsr",
+    version="0.1.0",
+    description="Video super-resolution with dual regression networks and compression",
+    python_requires=">=3.10",
+    packages=["vsr", "vsr.io", "vsr.train", "vsr.compress", "vsr.cli", "vsr.models"],
+    package_dir={"vsr.cli": "cli", "vsr.models": "models"},
+    package_data={"vsr.models": ["weights/*.safetensors", "weights/*.json"]},
+    install_requires=[
+        # torch is pinned by the README's install command (a CPU build on these machines);
+        # the code itself works on torch 2.11 and newer.
+        "torch>=2.11",
+        "av>=18,<19",
+        "numpy>=1.24",
+        "click>=8.1",
+        "safetensors>=0.4",
+        "decord>=0.6",
+        "ffmpeg-python>=0.2",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "ruff>=0.6"],
+        "tensorrt": ["torch-tensorrt"],
+        "cluster": ["ray[default]>=2.9"],
+        "onnx": ["onnx", "onnxruntime"],
+    },
+    entry_points={"console_scripts": ["vsr=vsr.cli.main:main"]},
+)

@@ -1,0 +1,1 @@
+"""Engine subpackage (see the package docstring of vsr)."""
