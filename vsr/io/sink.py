@@ -38,10 +38,6 @@ class EncodeConfig:
     def __post_init__(self) -> None:
         if self.crf is not None and not 0 <= self.crf <= 63:
             raise ConfigError(f"crf must be in 0..63, got {self.crf}")
-        try:
-            av.codec.Codec(self.codec, "w")
-        except (av.error.FFmpegError, ValueError) as exc:
-            raise ConfigError(f"unknown or unavailable encoder {self.codec!r}") from exc
         if self.pix_fmt is not None:
             try:
                 av.VideoFormat(self.pix_fmt)
@@ -49,9 +45,18 @@ class EncodeConfig:
                 raise ConfigError(f"unknown pixel format {self.pix_fmt!r}") from exc
 
 
+def check_codec(codec: str) -> None:
+    """Raise ConfigError unless PyAV's libavcodec has the encoder ``codec``."""
+    try:
+        av.codec.Codec(codec, "w")
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise ConfigError(f"unknown or unavailable encoder {codec!r}") from exc
+
+
 def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None) -> str:
     """The encoder pixel format: the request, else the input's bit depth and chroma layout
     where the codec allows it (10-bit stays 10-bit), else the codec's nearest 8-bit format."""
+    check_codec(codec)
     formats = [f.name for f in (av.codec.Codec(codec, "w").video_formats or ())]
     if requested is not None:
         if formats and requested not in formats:

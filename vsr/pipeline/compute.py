@@ -104,10 +104,13 @@ class CpuProcessor:
 
     def _run(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_model_input(img, self._fwd.handle.dtype)
-        y = self._fwd(x)
-        return x, y
+        return x, self._fwd(x)
 
     def submit(self, frame: Frame) -> Iterator[tuple[Frame, np.ndarray]]:
+        yield frame, self._process(frame)
+
+    @torch.inference_mode()
+    def _process(self, frame: Frame) -> np.ndarray:
         img = torch.from_numpy(frame.image)
         x, y = self._run(img)
         if self._guard and flags_bad(guard_flags(x, y)):
@@ -116,7 +119,7 @@ class CpuProcessor:
                                     "black output in fp32")
             self._fwd.fall_back(frame.index, "non-finite or black output")
             x, y = self._run(img)
-        yield frame, to_image(y, img.dtype).numpy()
+        return to_image(y, img.dtype).numpy()
 
     def drain(self) -> Iterator[tuple[Frame, np.ndarray]]:
         return iter(())

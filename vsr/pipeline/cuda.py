@@ -92,6 +92,7 @@ class CudaProcessor:
         self._launch(slot)
         self._inflight.append(slot)
 
+    @torch.inference_mode()
     def _launch(self, slot: _Slot) -> None:
         """Queue compute and download for the frame in ``slot``; OOM switches to tiles."""
         while True:

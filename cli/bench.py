@@ -1,0 +1,43 @@
+"""`vsr bench`: fps of decode, model, encode, the pipeline and a serial loop on one input."""
+
+from __future__ import annotations
+
+import click
+
+from vsr.cli.common import device_option, emit_json, json_option, model_option, \
+    precision_option, scale_option
+
+
+@click.command()
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="The video to measure on.")
+@model_option()
+@scale_option
+@device_option
+@precision_option
+@click.option("--frames", type=click.IntRange(min=2), default=30, show_default=True,
+              help="How many frames each measurement runs over.")
+@click.option("--tile", type=click.IntRange(min=32), default=None)
+@click.option("--codec", default="libx264", show_default=True)
+@click.option("--crf", type=click.IntRange(0, 63), default=None)
+@click.option("--preset", default=None)
+@click.option("--decoder", type=click.Choice(["pyav", "decord"]), default="pyav",
+              show_default=True)
+@json_option
+def bench(input_path: str, model: str | None, scale: int | None, device: str, precision: str,
+          frames: int, tile: int | None, codec: str, crf: int | None, preset: str | None,
+          decoder: str, as_json: bool) -> None:
+    """Measure decode-only, model-only, encode-only, pipeline and serial-loop throughput."""
+    from vsr.bench import BenchConfig, run_bench
+    from vsr.io.sink import EncodeConfig
+
+    config = BenchConfig(input=input_path, model=model, scale=scale, device=device,
+                         precision=precision, frames=frames, tile=tile, decoder=decoder,
+                         encode=EncodeConfig(codec=codec, crf=crf, preset=preset))
+    result = run_bench(config, lambda name, fps: click.echo(f"{name:>9}: {fps:8.2f} fps",
+                                                            err=True))
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(f"pipeline {result.pipeline_fps:.2f} fps vs serial {result.serial_fps:.2f} fps "
+                   f"({result.pipeline_fps / result.serial_fps:.2f}x)", err=True)

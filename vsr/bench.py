@@ -1,0 +1,149 @@
+"""Throughput of each pipeline stage alone, of the whole pipeline, and of a serial loop.
+
+All five measurements use the same input, the same first ``frames`` frames, the same model
+and the same encoder settings; the stream copy is left out so only the engine is timed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vsr.errors import ConfigError
+from vsr.io.sink import EncodeConfig, PyAVSink
+from vsr.io.source import check_input_path, open_source
+from vsr.pipeline import make_processor, run_pipeline
+from vsr.upscale import load_handle, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    input: Path
+    model: str | None = None
+    scale: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    frames: int = 30
+    tile: int | None = None
+    decoder: str = "pyav"
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input", Path(self.input))
+        if self.frames < 2:
+            raise ConfigError("bench needs at least 2 frames")
+        resolve_device(self.device)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    decode_fps: float
+    model_fps: float
+    encode_fps: float
+    pipeline_fps: float
+    serial_fps: float
+    frames: int
+    input: str
+    model: str
+    scale: int
+    device: str
+    precision: str
+    size_in: tuple[int, int]
+    size_out: tuple[int, int]
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["size_in"], d["size_out"] = list(self.size_in), list(self.size_out)
+        return d
+
+
+def _fps(n: int, seconds: float) -> float:
+    return round(n / seconds, 3) if seconds > 0 else float("inf")
+
+
+def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | None = None
+              ) -> BenchResult:
+    """Measure; ``log_stage(name, fps)`` is called after each stage. Raises like upscale."""
+    check_input_path(config.input)
+    device = resolve_device(config.device)
+    report = log_stage or (lambda name, fps: None)
+    n = config.frames
+
+    def frames():
+        src = open_source(config.input, config.decoder)
+        return src, itertools.islice(src.frames(), n)
+
+    src, it = frames()
+    info = src.info
+    t = time.perf_counter()
+    decoded = list(it)
+    decode_fps = _fps(len(decoded), time.perf_counter() - t)
+    src.close()
+    n = len(decoded)
+    report("decode", decode_fps)
+
+    handle = load_handle(config.model, config.scale, device, config.precision)
+    w, h = info.width * handle.scale, info.height * handle.scale
+    proc = make_processor(handle, tile=config.tile)
+    for _ in zip(range(2), itertools.chain(proc.submit(decoded[0]), proc.drain())):
+        pass  # warm-up: first-call allocations and kernel selection are not throughput
+    list(proc.drain())
+    keep = []
+    t = time.perf_counter()
+    for f in decoded:
+        for out in proc.submit(f):
+            if len(keep) < 4:
+                keep.append(out[1])
+    for out in proc.drain():
+        if len(keep) < 4:
+            keep.append(out[1])
+    model_fps = _fps(n, time.perf_counter() - t)
+    report("model", model_fps)
+
+    with tempfile.TemporaryDirectory(prefix="vsr-bench-") as tmp:
+        def sink(name: str) -> PyAVSink:
+            return PyAVSink(Path(tmp) / f"{name}.mkv", info, w, h, config.encode,
+                            copy_streams=False)
+
+        t = time.perf_counter()
+        with sink("encode") as k:
+            for i, f in enumerate(decoded):
+                k.write(keep[i % len(keep)], f.pts)
+        encode_fps = _fps(n, time.perf_counter() - t)
+        report("encode", encode_fps)
+        del decoded
+
+        src, it = frames()
+        proc = make_processor(handle, tile=config.tile)
+        t = time.perf_counter()
+        with sink("pipeline") as k:
+            run_pipeline(it, proc, k)
+        pipeline_fps = _fps(n, time.perf_counter() - t)
+        src.close()
+        report("pipeline", pipeline_fps)
+
+        src, it = frames()
+        proc = make_processor(handle, tile=config.tile)
+        t = time.perf_counter()
+        with sink("serial") as k:
+            for f in it:  # decode one, infer it, encode it, repeat: the popular scripts' loop
+                for frame, image in itertools.chain(proc.submit(f), proc.drain()):
+                    k.write(image, frame.pts)
+        serial_fps = _fps(n, time.perf_counter() - t)
+        src.close()
+        report("serial", serial_fps)
+
+    return BenchResult(
+        decode_fps=decode_fps, model_fps=model_fps, encode_fps=encode_fps,
+        pipeline_fps=pipeline_fps, serial_fps=serial_fps, frames=n, input=str(config.input),
+        model=handle.name, scale=handle.scale, device=str(device),
+        precision=str(handle.dtype).removeprefix("torch."), size_in=(info.width, info.height),
+        size_out=(w, h),
+    )

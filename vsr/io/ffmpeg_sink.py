@@ -1,0 +1,180 @@
+"""Sink through the system ``ffmpeg`` program, for encoders, filters and protocols the PyAV
+wheel lacks (VAAPI/QSV, SRT, HLS packaging).
+
+Frames go to ffmpeg's stdin as a NUT stream of raw RGB written by PyAV, so every frame keeps
+its pts in the input time base; ffmpeg maps the other input streams itself with ``-c copy``.
+The command line is built by ffmpeg-python as an argument list; no shell is involved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from fractions import Fraction
+
+import av
+import ffmpeg
+import numpy as np
+
+from vsr.errors import OutputError
+from vsr.io.info import StreamInfo
+from vsr.io.output import check_output_path, discard, finish, temp_path_for
+from vsr.io.sink import EncodeConfig, choose_pix_fmt
+
+log = logging.getLogger(__name__)
+
+_MATRIX = {1: "bt709", 4: "fcc", 5: "bt601", 6: "bt601", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
+_SPACE = {1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020nc",
+          10: "bt2020c"}
+_PRIM = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020"}
+_TRC = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 8: "linear",
+        13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084",
+        18: "arib-std-b67"}
+
+
+def ffmpeg_available() -> bool:
+    return shutil.which("ffmpeg") is not None
+
+
+def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeConfig) -> list[str]:
+    """The ffmpeg argument list: input 0 is the NUT pipe, input 1 the original file."""
+    pipe = ffmpeg.input("pipe:", format="nut")
+    src = ffmpeg.input(info.path)
+    c = info.color
+    yuv = pix_fmt.startswith(("yuv", "nv", "p0", "p2")) and not pix_fmt.startswith("yuvj")
+    scale = {"out_range": "pc" if c.range == 2 else "tv"} if yuv else {}
+    if yuv and c.matrix in _MATRIX:
+        scale["out_color_matrix"] = _MATRIX[c.matrix]
+    video = pipe["v:0"].filter("scale", **scale).filter("format", pix_fmt)
+    streams, kwargs = [], {"c": "copy", "map_metadata": "1", "map_chapters": "1"}
+    for pos, s in enumerate(sorted([info.index, *(o.index for o in info.others)])):
+        if s == info.index:
+            streams.append(video)
+            kwargs[f"c:{pos}"] = config.codec
+            kwargs[f"fps_mode:{pos}"] = "passthrough"
+        else:
+            streams.append(src[str(s)])
+    if config.crf is not None:
+        kwargs["crf"] = str(config.crf)
+    if config.preset is not None:
+        kwargs["preset"] = config.preset
+    if yuv:
+        kwargs["color_range"] = "pc" if c.range == 2 else "tv"
+        for key, table, value in (("colorspace", _SPACE, c.matrix),
+                                  ("color_primaries", _PRIM, c.primaries),
+                                  ("color_trc", _TRC, c.transfer)):
+            if value in table:
+                kwargs[key] = table[value]
+    out = ffmpeg.output(*streams, output, **kwargs).global_args(
+        "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts")
+    return ffmpeg.compile(out, overwrite_output=True)
+
+
+class FfmpegSink:
+    """Same contract as PyAVSink (write(image, pts), close, abort, context manager)."""
+
+    def __init__(self, path: str | os.PathLike, info: StreamInfo, width: int, height: int,
+                 config: EncodeConfig = EncodeConfig(), *, overwrite: bool = False) -> None:
+        if not ffmpeg_available():
+            raise OutputError("--encoder ffmpeg needs the ffmpeg program on PATH")
+        self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
+        self._temp = temp_path_for(self.path)
+        try:
+            self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt)
+        except Exception:  # a codec only the system ffmpeg has: keep the input's depth
+            self.pix_fmt = config.pix_fmt or ("yuv420p10le" if info.bit_depth > 8 else "yuv420p")
+        if info.rotation:
+            log.warning("the ffmpeg sink does not carry the %d degree display rotation",
+                        info.rotation)
+        self._size = (height, width)
+        self._info = info
+        self._done = False
+        self.frames = 0
+        self._log = tempfile.TemporaryFile()
+        args = build_command(info, str(self._temp), self.pix_fmt, config)
+        log.debug("ffmpeg command: %s", args)
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=self._log, start_new_session=True)
+        try:
+            self._mux = av.open(self._proc.stdin, mode="w", format="nut")
+            fmt = "rgb24" if info.bit_depth <= 8 else "rgb48le"
+            st = self._mux.add_stream("rawvideo", rate=info.frame_rate or Fraction(25))
+            st.width, st.height, st.pix_fmt = width, height, fmt
+            st.time_base = info.time_base
+            st.codec_context.time_base = info.time_base
+            self._stream = st
+            self._fmt = fmt
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def copied_packets(self) -> dict[int, int]:
+        return {}
+
+    def _failed(self, what: str) -> OutputError:
+        self._proc.kill()
+        self._proc.wait()
+        self._log.seek(0)
+        lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
+        return OutputError(f"ffmpeg {what}: {lines[-1] if lines else 'no message'}")
+
+    def write(self, image: np.ndarray, pts: int) -> None:
+        if image.shape != self._size + (3,) or image.dtype not in (np.uint8, np.uint16):
+            raise OutputError(f"frame {image.shape} {image.dtype} != {self._size + (3,)}")
+        if (image.dtype == np.uint16) != (self._fmt == "rgb48le"):
+            image = (image.astype(np.uint16) * 257 if self._fmt == "rgb48le"
+                     else (image >> 8).astype(np.uint8))
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=self._fmt)
+        frame.pts, frame.time_base = pts, self._info.time_base
+        try:
+            for pkt in self._stream.encode(frame):
+                self._mux.mux(pkt)
+        except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:
+            raise self._failed("stopped") from exc
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            for pkt in self._stream.encode(None):
+                self._mux.mux(pkt)
+            self._mux.close()
+            self._proc.stdin.close()
+        except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:
+            err = self._failed("stopped")
+            discard(self._temp)
+            raise err from exc
+        if self._proc.wait() != 0:
+            err = self._failed(f"exited with {self._proc.returncode}")
+            discard(self._temp)
+            raise err
+        self._log.close()
+        finish(self._temp, self.path)
+
+    def abort(self) -> None:
+        self._done = True
+        try:
+            if hasattr(self, "_mux"):
+                self._mux.close()
+        except Exception:  # the pipe may be gone already; the process is killed below
+            pass
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._log.close()
+        discard(self._temp)
+
+    def __enter__(self) -> FfmpegSink:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
