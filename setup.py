@@ -16,6 +16,7 @@ setup(
         "numpy>=1.24",
         "click>=8.1",
         "safetensors>=0.4",
+        "matplotlib>=3.7",  # training and compression plots (PNG, headless)
         "decord>=0.6",
         "ffmpeg-python>=0.2",
     ],

@@ -1,0 +1,78 @@
+"""Entry point of a training run: one process, torchrun ranks, or ``nproc`` spawned ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vsr.errors import ConfigError
+from vsr.train.config import TrainConfig
+from vsr.train.trainer import STATE_FILE, StepReport, Trainer, TrainResult
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _worker(rank: int, world: int, port: int, config: TrainConfig, resume: bool,
+            out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group(_backend(), rank=rank, world_size=world)
+    try:
+        result = Trainer(config, resume=resume).run()
+        if rank == 0:
+            Path(out).write_text(json.dumps({str(k): v for k, v in result.losses.items()} |
+                                            {"_best": result.best_psnr,
+                                             "_seconds": result.seconds,
+                                             "_samples_per_s": result.samples_per_s}))
+    finally:
+        dist.destroy_process_group()
+
+
+def check_run_dir(config: TrainConfig, resume: bool) -> None:
+    state = Path(config.out) / STATE_FILE
+    if resume and not state.exists():
+        raise ConfigError(f"{config.out}: nothing to resume (no {STATE_FILE})")
+    if not resume and state.exists():
+        raise ConfigError(f"{config.out} already holds a run; use --resume to continue it "
+                          "or choose another --out")
+
+
+def train(config: TrainConfig, *, resume: bool = False, nproc: int = 1,
+          progress: Callable[[StepReport], None] | None = None) -> TrainResult:
+    """Run (or resume) training. Under torchrun (WORLD_SIZE set) this process is one rank;
+    with ``nproc`` > 1 the ranks are spawned here on 127.0.0.1."""
+    if nproc < 1:
+        raise ConfigError(f"nproc must be >= 1, got {nproc}")
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_env > 1 and not dist.is_initialized():
+        dist.init_process_group(_backend())
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        check_run_dir(config, resume)
+    if nproc == 1 or dist.is_initialized():
+        return Trainer(config, resume=resume).run(progress)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result_file = out / ".spawn-result.json"
+    mp.spawn(_worker, args=(nproc, _free_port(), config, resume, str(result_file)),
+             nprocs=nproc, join=True)
+    raw = json.loads(result_file.read_text())
+    result_file.unlink()
+    result = TrainResult(out, config.iterations, best_psnr=raw.pop("_best"),
+                         seconds=raw.pop("_seconds"), samples_per_s=raw.pop("_samples_per_s"))
+    result.losses = {int(k): v for k, v in raw.items()}
+    return result
