@@ -1,0 +1,165 @@
+"""vsr.evaluate and `vsr eval`: the benchmark protocol, on synthetic sets and on Set5."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vsr.errors import ConfigError, InputError, ModelError
+from vsr.evaluate import (
+    EvalConfig,
+    benchmark_images,
+    degrade,
+    evaluate_dataset,
+    modcrop,
+    run_evaluation,
+)
+from vsr.imageio import write_image
+from vsr.resize import imresize, to_uint8
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmark"
+
+
+class StandInBicubic:
+    """The bicubic baseline as the handle contract defines it: imresize on 0..255, rounded."""
+
+    def __init__(self, scale: int) -> None:
+        self.scale = scale
+
+    def upscale(self, x: torch.Tensor) -> torch.Tensor:
+        return to_uint8(imresize(x.to(torch.float64), self.scale))
+
+
+class Broken:
+    scale = 2
+
+    def upscale(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # wrong size
+
+
+def _make_set(root: Path, sizes=((40, 36), (33, 50)), hr_sub: bool = True) -> Path:
+    folder = root / "HR" if hr_sub else root
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(1)
+    for i, (h, w) in enumerate(sizes):
+        smooth = torch.rand(3, h // 4 + 1, w // 4 + 1, generator=gen, dtype=torch.float64) * 255
+        write_image(folder / f"img{i}.png", to_uint8(imresize(smooth, size=(h, w))))
+    return root
+
+
+def test_modcrop_and_degrade_shapes():
+    hr = torch.randint(0, 256, (3, 33, 50), dtype=torch.uint8)
+    cropped = modcrop(hr, 4)
+    assert cropped.shape == (3, 32, 48)
+    assert torch.equal(cropped, hr[:, :32, :48])  # top-left kept
+    lr = degrade(cropped, 4)
+    assert lr.dtype == torch.uint8 and lr.shape == (3, 8, 12)
+    with pytest.raises(ValueError):
+        degrade(hr, 4)
+
+
+def test_dataset_folder_resolution(tmp_path):
+    _make_set(tmp_path / "Tiny")
+    assert benchmark_images(tmp_path / "Tiny")[0] == "Tiny"
+    assert benchmark_images(tmp_path / "Tiny" / "HR")[0] == "Tiny"
+    _make_set(tmp_path / "Flat", hr_sub=False)
+    name, paths = benchmark_images(tmp_path / "Flat")
+    assert name == "Flat" and [p.name for p in paths] == ["img0.png", "img1.png"]
+    (tmp_path / "Empty").mkdir()
+    with pytest.raises(InputError, match="no images"):
+        benchmark_images(tmp_path / "Empty")
+    with pytest.raises(InputError, match="not found"):
+        benchmark_images(tmp_path / "Missing")
+
+
+def test_evaluate_dataset_means_and_progress(tmp_path):
+    _make_set(tmp_path / "Tiny")
+    events = []
+    result = evaluate_dataset(StandInBicubic(2), tmp_path / "Tiny", 2, progress=events.append)
+    assert (result.dataset, result.scale, result.images) == ("Tiny", 2, 2)
+    assert [e.index for e in events] == [1, 2] and events[-1].total == 2
+    assert [r.name for r in result.per_image] == ["img0.png", "img1.png"]
+    assert result.psnr == pytest.approx(sum(r.psnr for r in result.per_image) / 2)
+    assert result.ssim == pytest.approx(sum(r.ssim for r in result.per_image) / 2)
+    assert 25 < result.psnr < math.inf and 0.5 < result.ssim < 1
+    row = result.to_json()
+    assert set(row) == {"dataset", "scale", "psnr", "ssim", "images"}
+    assert row["psnr"] == round(result.psnr, 4)
+
+
+def test_model_output_contract_is_checked(tmp_path):
+    _make_set(tmp_path / "Tiny")
+    with pytest.raises(ModelError, match="does not fit"):
+        evaluate_dataset(Broken(), tmp_path / "Tiny", 2)
+
+
+def test_config_validation(tmp_path):
+    data = (tmp_path,)
+    with pytest.raises(ConfigError, match="exactly one"):
+        EvalConfig(data=data, scale=2)
+    with pytest.raises(ConfigError, match="exactly one"):
+        EvalConfig(data=data, scale=2, model="x", baseline="bicubic")
+    with pytest.raises(ConfigError, match="needs --scale"):
+        EvalConfig(data=data, baseline="bicubic")
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        EvalConfig(data=data, scale=2, baseline="lanczos")
+    with pytest.raises(ConfigError, match="device"):
+        EvalConfig(data=data, scale=2, baseline="bicubic", device="tpu")
+    with pytest.raises(ConfigError):
+        EvalConfig(data=(), scale=2, baseline="bicubic")
+    (tmp_path / "Empty").mkdir()
+    config = EvalConfig(data=(tmp_path / "Empty",), scale=2, baseline="bicubic", device="cpu")
+    with pytest.raises(InputError, match="no images"):
+        run_evaluation(config)
+
+
+def test_cli_json_and_table(tmp_path):
+    pytest.importorskip("vsr.models")
+    from vsr.cli.evaluate import evaluate
+
+    a, b = _make_set(tmp_path / "A"), _make_set(tmp_path / "B", sizes=((24, 24),))
+    runner = CliRunner()
+    res = runner.invoke(evaluate, ["--data", str(a), "--data", str(b / "HR"), "--scale", "2",
+                                   "--baseline", "bicubic", "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["results"]
+    assert [(r["dataset"], r["scale"], r["images"]) for r in rows] == [("A", 2, 2), ("B", 2, 1)]
+    assert all(isinstance(r["psnr"], float) and isinstance(r["ssim"], float) for r in rows)
+    expected = evaluate_dataset(StandInBicubic(2), a, 2)
+    assert rows[0]["psnr"] == pytest.approx(expected.psnr, abs=2e-4)
+    res = runner.invoke(evaluate, ["-d", str(a), "-s", "2", "--baseline", "bicubic",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0
+    assert res.stdout.splitlines()[0].split() == ["dataset", "scale", "images", "PSNR", "SSIM"]
+
+
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from vsr.cli.main import main
+
+    (tmp_path / "Empty").mkdir()
+    monkeypatch.setattr("sys.argv", ["vsr", "eval", "-d", str(tmp_path / "Empty"), "-s", "2",
+                                     "--baseline", "bicubic"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: no images") and "\n" not in err
+
+
+# published MATLAB bicubic figures (PSNR dB, SSIM) on Y, shave = scale
+PUBLISHED_SET5 = {4: (28.42, 0.8104), 2: (33.66, 0.9299)}
+
+
+@pytest.mark.skipif(not (BENCHMARK / "Set5").is_dir(), reason="shared benchmark data absent")
+@pytest.mark.parametrize("scale", [4, 2])
+def test_set5_bicubic_matches_published(scale):
+    psnr, ssim = PUBLISHED_SET5[scale]
+    result = evaluate_dataset(StandInBicubic(scale), BENCHMARK / "Set5", scale)
+    assert result.images == 5
+    assert result.psnr == pytest.approx(psnr, abs=0.03)
+    assert result.ssim == pytest.approx(ssim, abs=0.003)
