@@ -120,3 +120,14 @@ def test_uint8_path_rounds_after_each_pass():
     h = to_uint8(resize_matrix(10, 5) @ x.double())
     torch.testing.assert_close(y, to_uint8(h.double() @ resize_matrix(10, 5).t()))
     assert (y.int() - to_uint8(imresize(x.double(), 0.5)).int()).abs().max() <= 1
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu_float64():
+    x = torch.rand(2, 3, 45, 80, dtype=torch.float64) * 255
+    ref = imresize(x, 4)
+    y = imresize(x.float().cuda(), 4)
+    assert y.device.type == "cuda" and y.shape == (2, 3, 180, 320)
+    assert (y.double().cpu() - ref).abs().max() < 1e-2  # fp32 matmuls (TF32 off, torch default)
+    lr = imresize(x.cuda(), 0.25)
+    torch.testing.assert_close(lr.cpu(), imresize(x, 0.25))
