@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import click
 
-from vsr.cli.common import device_option, emit_json, json_option, model_option, \
-    precision_option, scale_option
+from vsr.cli.common import (
+    device_option,
+    emit_json,
+    json_option,
+    model_option,
+    precision_option,
+    scale_option,
+)
 
 
 @click.command()

@@ -7,8 +7,14 @@ import time
 
 import click
 
-from vsr.cli.common import device_option, emit_json, json_option, model_option, \
-    precision_option, scale_option
+from vsr.cli.common import (
+    device_option,
+    emit_json,
+    json_option,
+    model_option,
+    precision_option,
+    scale_option,
+)
 
 
 class _Bar:

@@ -92,9 +92,8 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
     handle = load_handle(config.model, config.scale, device, config.precision)
     w, h = info.width * handle.scale, info.height * handle.scale
     proc = make_processor(handle, tile=config.tile)
-    for _ in zip(range(2), itertools.chain(proc.submit(decoded[0]), proc.drain())):
-        pass  # warm-up: first-call allocations and kernel selection are not throughput
-    list(proc.drain())
+    # warm-up: first-call allocations and kernel selection are not throughput
+    list(itertools.chain(proc.submit(decoded[0]), proc.drain()))
     keep = []
     t = time.perf_counter()
     for f in decoded:

@@ -49,7 +49,10 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     if yuv and c.matrix in _MATRIX:
         scale["out_color_matrix"] = _MATRIX[c.matrix]
     video = pipe["v:0"].filter("scale", **scale).filter("format", pix_fmt)
-    streams, kwargs = [], {"c": "copy", "map_metadata": "1", "map_chapters": "1"}
+    # Negative-timestamp shifting would move every stream off the input times; the input
+    # file already had valid timestamps, so keep them as they are.
+    streams, kwargs = [], {"c": "copy", "map_metadata": "1", "map_chapters": "1",
+                           "avoid_negative_ts": "disabled"}
     for pos, s in enumerate(sorted([info.index, *(o.index for o in info.others)])):
         if s == info.index:
             streams.append(video)
@@ -93,7 +96,7 @@ class FfmpegSink:
         self._info = info
         self._done = False
         self.frames = 0
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sink
         args = build_command(info, str(self._temp), self.pix_fmt, config)
         log.debug("ffmpeg command: %s", args)
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

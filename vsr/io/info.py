@@ -84,7 +84,8 @@ def bit_depth_of(pix_fmt: str) -> int:
     return max((c.bits for c in comps), default=8)
 
 
-def other_streams(container: av.container.InputContainer, video_index: int) -> tuple[OtherStream, ...]:
+def other_streams(container: av.container.InputContainer,
+                  video_index: int) -> tuple[OtherStream, ...]:
     """Every stream except the one the engine decodes, in container order."""
     out = []
     for s in container.streams:

@@ -3,6 +3,7 @@ the destination folder, and rename it into place only when the output is complet
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -42,7 +43,5 @@ def finish(temp: Path, final: Path) -> None:
 
 
 def discard(temp: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         temp.unlink()
-    except FileNotFoundError:
-        pass

@@ -6,6 +6,7 @@ lazily and interleaved by time with the encoded video packets (no whole-file buf
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -56,8 +57,8 @@ class Passthrough:
             except (av.error.FFmpegError, ValueError, TypeError, NotImplementedError) as exc:
                 what = f"stream {s.index} ({s.type}, {_codec_name(s)})"
                 if s.type in _MUST_COPY:
-                    raise OutputError(f"the output format {output.format.name} cannot carry {what}; "
-                                      "choose a container that can (e.g. .mkv)") from exc
+                    raise OutputError(f"the output format {output.format.name} cannot carry "
+                                      f"{what}; choose a container that can (e.g. .mkv)") from exc
                 log.warning("not copying %s: %s", what, exc)
                 self.dropped.append(what)
                 continue
@@ -67,8 +68,8 @@ class Passthrough:
             self._map[s.index] = out_s
             self.copied[s.index] = 0
         copy_ids = list(self._map)
-        self._packets = self._input.demux([self._input.streams[i] for i in copy_ids]) if copy_ids \
-            else iter(())
+        streams = [self._input.streams[i] for i in copy_ids]
+        self._packets = self._input.demux(streams) if streams else iter(())
 
     def _add_attachment(self, output: av.container.OutputContainer, s: av.stream.Stream) -> None:
         name = s.metadata.get("filename") or getattr(s, "name", None) or f"attachment{s.index}"
@@ -139,7 +140,5 @@ def _codec_name(s: av.stream.Stream) -> str:
 
 
 def _copy_disposition(src: av.stream.Stream, dst: av.stream.Stream) -> None:
-    try:
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
         dst.disposition = src.disposition
-    except (AttributeError, TypeError, ValueError):
-        pass

@@ -7,6 +7,7 @@ with an exception removes the temporary file. ``close()`` and ``abort()`` are id
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -91,7 +92,8 @@ class VideoEncoder:
         if info.sample_aspect_ratio:
             cc.sample_aspect_ratio = info.sample_aspect_ratio
         c = info.color
-        self._yuv = self.pix_fmt.startswith(("yuv", "nv", "p0", "p2")) and "yuvj" not in self.pix_fmt
+        self._yuv = (self.pix_fmt.startswith(("yuv", "nv", "p0", "p2"))
+                     and "yuvj" not in self.pix_fmt)
         if self._yuv:
             cc.color_range = c.sws_range
             if c.matrix not in (0, 2):
@@ -149,7 +151,10 @@ class PyAVSink:
         self._pass: Passthrough | None = None
         self.frames = 0
         try:
-            self._out = av.open(str(self._temp), mode="w")
+            # Keep input timestamps as they are: the default shifts every stream when a copied
+            # one starts below zero (AAC priming), which moves the video off its input times.
+            self._out = av.open(str(self._temp), mode="w",
+                                container_options={"avoid_negative_ts": "disabled"})
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             discard(self._temp)
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
@@ -170,16 +175,17 @@ class PyAVSink:
 
         if copy_streams:
             self._pass = Passthrough(info.path, exclude=info.index)
-            out.metadata.update({k: v for k, v in self._pass.metadata.items() if k not in _OWN_KEYS})
+            meta = self._pass.metadata
+            out.metadata.update({k: v for k, v in meta.items() if k not in _OWN_KEYS})
             self._pass.add_streams(out, add_video)
-        else:
-            add_video()
             chapters = self._pass.chapters
             if chapters:
                 try:
                     out.set_chapters(chapters)
                 except (av.error.FFmpegError, TypeError, ValueError) as exc:
                     log.warning("chapters not copied: %s", exc)
+        else:
+            add_video()
         with av.open(info.path) as src:
             meta = dict(src.streams[info.index].metadata)
         self._stream.metadata.update({k: v for k, v in meta.items() if k != "encoder"})
@@ -232,10 +238,8 @@ class PyAVSink:
         if self._done:
             return
         self._done = True
-        try:
+        with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
             self._out.close()
-        except (av.error.FFmpegError, OSError, ValueError):
-            pass
         if self._pass is not None:
             self._pass.close()
         discard(self._temp)

@@ -113,7 +113,8 @@ class PyAVSource:
             transfer=int(cc.color_trc),
         )
         duration = float(s.duration * s.time_base) if s.duration and s.time_base else None
-        is_image = self._container.format.name in _IMAGE_FORMATS or p.suffix.lower() in IMAGE_SUFFIXES
+        is_image = (self._container.format.name in _IMAGE_FORMATS
+                    or p.suffix.lower() in IMAGE_SUFFIXES)
         return StreamInfo(
             path=str(p),
             container=self._container.format.name,
@@ -157,6 +158,11 @@ class PyAVSource:
             yield Frame(index=index, pts=pts, image=self._to_rgb(frame))
             last = pts
             index += 1
+        expected = self.info.frames
+        if expected and not self.info.is_image and expected - index > max(2, expected // 50):
+            # A header that promises more samples than the file holds: cut-off download/copy.
+            raise InputError(f"{Path(self.info.path).name} is truncated or damaged: "
+                             f"decoded {index} of {expected} frames")
 
     def close(self) -> None:
         self._container.close()

@@ -18,8 +18,14 @@ import torch
 
 from vsr.errors import PipelineError
 from vsr.io.source import Frame
-from vsr.pipeline.compute import ComputeReport, Forward, flags_bad, guard_flags, to_image, \
-    to_model_input
+from vsr.pipeline.compute import (
+    ComputeReport,
+    Forward,
+    flags_bad,
+    guard_flags,
+    to_image,
+    to_model_input,
+)
 from vsr.tiling import MIN_TILE
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,72 @@
+import av
+import numpy as np
+import pytest
+from conftest import packets, video_pts_seconds
+
+from vsr.errors import OutputError
+from vsr.io.ffmpeg_sink import ffmpeg_available
+from vsr.io.sink import EncodeConfig, PyAVSink, choose_pix_fmt
+from vsr.io.source import PyAVSource
+from vsr.upscale import UpscaleConfig, upscale_file
+
+
+def _rich_clip(clip):
+    return clip("rich.mkv", frames=8, pix_fmt="yuv420p10le", audio_tracks=2, subtitle=True,
+                attachment=True, color={"colorspace": 1, "color_primaries": 1, "color_trc": 1,
+                                        "color_range": 1})
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_matroska_all_tracks_10bit_colour(clip, tmp_path, encoder):
+    if encoder == "ffmpeg" and not ffmpeg_available():
+        pytest.skip("ffmpeg program not installed")
+    src = _rich_clip(clip)
+    out = tmp_path / "out.mkv"
+    r = upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                                   encoder=encoder))
+    assert r.frames_in == r.frames_out == 8
+    with av.open(str(out)) as c:
+        kinds = [s.type for s in c.streams]
+        assert kinds == ["video", "audio", "audio", "subtitle", "attachment"]
+        v = c.streams.video[0].codec_context
+        assert (v.width, v.height) == (128, 96)
+        assert v.pix_fmt == "yuv420p10le"
+        assert (v.colorspace, v.color_primaries, v.color_trc, v.color_range) == (1, 1, 1, 1)
+        att = c.streams[4]
+        assert bytes(att.data) == b"attached bytes"
+        langs = [s.metadata.get("language") for s in c.streams.audio]
+        assert langs == ["eng", "fra"]
+    assert packets(out, "audio") == packets(src, "audio")
+    assert packets(out, "subtitle") == packets(src, "subtitle")
+    assert video_pts_seconds(out) == video_pts_seconds(src)
+
+
+def test_pix_fmt_choice():
+    from fractions import Fraction
+
+    from vsr.io.info import StreamInfo
+
+    info = StreamInfo(path="x", container="mkv", index=0, codec="h264", width=2, height=2,
+                      frame_rate=Fraction(25), time_base=Fraction(1, 25), start_pts=0, frames=1,
+                      duration_s=None, pix_fmt="yuv420p10le", bit_depth=10)
+    assert choose_pix_fmt("libx264", info, None) == "yuv420p10le"
+    assert choose_pix_fmt("prores_ks", info, None) == "yuv422p10le"
+    assert choose_pix_fmt("mpeg4", info, None) == "yuv420p"
+
+
+def test_abort_leaves_nothing(clip, tmp_path):
+    src = clip("a.mp4", frames=3)
+    out = tmp_path / "o.mp4"
+    info = PyAVSource(src).info
+    with pytest.raises(RuntimeError), PyAVSink(out, info, 64, 48, EncodeConfig()) as sink:
+        sink.write(np.zeros((48, 64, 3), np.uint8), 0)
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
+def test_rejects_wrong_frame_shape(clip, tmp_path):
+    src = clip("a.mp4", frames=2)
+    info = PyAVSource(src).info
+    with pytest.raises(OutputError), PyAVSink(tmp_path / "o.mp4", info, 64, 48) as sink:
+        sink.write(np.zeros((10, 10, 3), np.uint8), 0)
+    assert not (tmp_path / "o.mp4").exists()
