@@ -26,7 +26,7 @@ from vsr.errors import CheckpointError, ModelError
 __all__ = [
     "ARCHITECTURES", "DEFAULT_MODEL", "DRN", "REGISTRY", "BicubicUpscaler", "CheckpointInfo",
     "DualDownsampler", "DualNetworks", "ModelSpec", "NetworkUpscaler", "Registry", "Upscaler",
-    "build_from_info", "count_macs", "count_params", "create_model", "load_model",
+    "build_from_info", "count_macs", "describe_registry", "count_params", "create_model", "load_model",
     "load_network", "macs_720p", "macs_96", "save_model",
 ]
 
@@ -101,3 +101,30 @@ def load_model(spec: str | os.PathLike, *, scale: int | None = None,
     if scale is not None and int(scale) != int(module.scale):
         raise ModelError(f"model {name!r} upscales x{module.scale}, not x{scale}")
     return NetworkUpscaler(name, module, device=device, dtype=dtype, info=info)
+
+
+def describe_registry() -> list[dict[str, Any]]:
+    """One row per registry model (the ``vsr models --json`` contract, plus details).
+
+    Networks are built on the meta device: counting needs shapes only, no weights.
+    """
+    rows = []
+    for spec in REGISTRY:
+        with torch.device("meta"):
+            net = spec.build()
+        rows.append({
+            "name": spec.name,
+            "scale": spec.scale,
+            "params": count_params(net),
+            "macs_96": macs_96(net),
+            "macs_720p": macs_720p(net, spec.scale),
+            "pretrained": spec.pretrained,
+            "default": spec.name == DEFAULT_MODEL,
+            "description": spec.description,
+            "hparams": dict(net.hparams),
+            "weights": spec.weights if spec.pretrained else None,
+            "base": spec.base,
+            "ratio": spec.ratio,
+            "card": dict(spec.card),
+        })
+    return rows

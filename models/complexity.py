@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -25,14 +27,13 @@ def count_macs(module: nn.Module, lr_height: int, lr_width: int) -> int:
         k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
         total += out.numel() * (k + (1 if mod.bias is not None else 0))
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        param = next(module.parameters())
-        with torch.inference_mode():
-            module(torch.zeros(1, 3, lr_height, lr_width, dtype=param.dtype, device=param.device))
-    finally:
-        for h in handles:
-            h.remove()
+    # Shapes are all that matter: run a copy on the meta device, so no arithmetic is done.
+    probe = copy.deepcopy(module).to("meta")
+    for m in probe.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.inference_mode():
+        probe(torch.zeros(1, 3, lr_height, lr_width, device="meta"))
     return total
 
 

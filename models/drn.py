@@ -115,12 +115,17 @@ class DRN(nn.Module):
         nf = n_feats
         chans = stage_channels(scale, nf)
         blocks = [n_blocks] * phase if isinstance(n_blocks, int) else list(n_blocks)
+        if len(blocks) != phase:
+            raise ValueError(f"n_blocks must have one entry per stage ({phase}), got {blocks}")
         down_widths = [nf * 2**p for p in range(phase)] if down_widths is None else down_widths
         if rcab_widths is None:
             rcab_widths = [[chans[i]] * blocks[i] for i in range(phase)]
         up_widths = list(chans) if up_widths is None else up_widths
-        if not (len(blocks) == len(down_widths) == len(rcab_widths) == len(up_widths) == phase):
+        if not (len(down_widths) == len(rcab_widths) == len(up_widths) == phase):
             raise ValueError(f"width lists must have one entry per stage ({phase})")
+        if min([*down_widths, *up_widths, *(w for ws in rcab_widths for w in ws)],
+               default=1) < 1:
+            raise ValueError("every width must be >= 1")
         self.scale = scale
         self.phase = phase
         self.rgb_range = float(rgb_range)

@@ -87,12 +87,13 @@ class Upscaler:
         """
         _check_frames(x)
         as_uint8 = x.dtype == torch.uint8
-        src = x.to(self.device, non_blocking=True)
-        src = src.to(self.dtype) / 255.0 if as_uint8 else src.to(self.dtype)
-        y = self.infer(src).clamp_(0.0, 1.0)
-        if as_uint8:
-            return y.mul_(255.0).round_().to(torch.uint8)
-        return y.to(x.dtype)
+        with torch.inference_mode():
+            src = x.to(self.device, non_blocking=True)
+            src = src.to(self.dtype) / 255.0 if as_uint8 else src.to(self.dtype)
+            y = self.infer(src).clamp_(0.0, 1.0)
+            if as_uint8:
+                return y.mul_(255.0).round_().to(torch.uint8)
+            return y.to(x.dtype)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, scale={self.scale}, "
