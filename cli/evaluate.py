@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
-from vsr.cli.common import device_option, emit_json, json_option, model_option, scale_option
 
+from vsr.cli.common import device_option, emit_json, json_option, model_option, scale_option
 from vsr.evaluate import BASELINES, DatasetResult, EvalConfig, Progress, run_evaluation, summarize
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from vsr.cli.common import device_option, emit_json, json_option
 
 

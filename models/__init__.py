@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from vsr.errors import CheckpointError, ModelError
 from vsr.models.checkpoint import (
     CheckpointInfo,
     load_state_into,
@@ -21,13 +23,11 @@ from vsr.models.dual import DualDownsampler, DualNetworks
 from vsr.models.handle import BicubicUpscaler, NetworkUpscaler, Upscaler
 from vsr.models.registry import ARCHITECTURES, DEFAULT_MODEL, REGISTRY, ModelSpec, Registry
 
-from vsr.errors import CheckpointError, ModelError
-
 __all__ = [
     "ARCHITECTURES", "DEFAULT_MODEL", "DRN", "REGISTRY", "BicubicUpscaler", "CheckpointInfo",
     "DualDownsampler", "DualNetworks", "ModelSpec", "NetworkUpscaler", "Registry", "Upscaler",
-    "build_from_info", "count_macs", "describe_registry", "count_params", "create_model", "load_model",
-    "load_network", "macs_720p", "macs_96", "save_model",
+    "build_from_info", "count_macs", "count_params", "create_model", "describe_registry",
+    "load_model", "load_network", "macs_720p", "macs_96", "save_model",
 ]
 
 

@@ -10,10 +10,10 @@ from types import MappingProxyType
 from typing import Any
 
 from torch import nn
-from vsr.models.drn import DRN
-from vsr.models.dual import DualNetworks
 
 from vsr.errors import ModelError
+from vsr.models.drn import DRN
+from vsr.models.dual import DualNetworks
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

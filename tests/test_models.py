@@ -133,7 +133,7 @@ def test_handle_uint8_and_float_paths_agree() -> None:
     y8 = h.upscale(x8)
     assert y8.dtype == torch.uint8 and y8.shape == (2, 3, 18, 14)
     yf = h.upscale(x8.float() / 255)
-    assert yf.dtype == torch.float32 and 0 <= yf.min() and yf.max() <= 1
+    assert yf.dtype == torch.float32 and yf.min() >= 0 and yf.max() <= 1
     assert (y8.int() - (yf * 255).round().int()).abs().max() <= 1
 
 
