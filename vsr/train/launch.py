@@ -58,6 +58,8 @@ def train(config: TrainConfig, *, resume: bool = False, nproc: int = 1,
     with ``nproc`` > 1 the ranks are spawned here on 127.0.0.1."""
     if nproc < 1:
         raise ConfigError(f"nproc must be >= 1, got {nproc}")
+    if config.batch_size % nproc:
+        raise ConfigError(f"batch size {config.batch_size} does not split over {nproc} processes")
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     if world_env > 1 and not dist.is_initialized():
         dist.init_process_group(_backend())

@@ -1,0 +1,138 @@
+"""Dual regression training: learning, exact resume, the dual term, DDP, adaptation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vsr.errors import ConfigError
+from vsr.imageio import write_image
+from vsr.models import DRN, DualNetworks, load_model
+from vsr.train import TrainConfig, train
+from vsr.train.data import lr_pyramid
+from vsr.train.losses import dual_regression_loss
+
+TINY = {"n_feats": 4, "n_blocks": [1]}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight smooth synthetic 40x40 images: learnable structure, no downloads."""
+    folder = tmp_path_factory.mktemp("hr")
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 40), torch.linspace(0, 1, 40), indexing="ij")
+    for i in range(8):
+        f = torch.rand(3, 3, generator=g) * 6 + 1
+        img = torch.stack([torch.sin(f[c, 0] * xx + f[c, 1] * yy + f[c, 2]) for c in range(3)])
+        write_image(folder / f"img{i}.png", ((img * 0.5 + 0.5) * 255).round().to(torch.uint8))
+    return folder
+
+
+def _config(images: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(arch="drn-t-x2", data=(str(images),), out=str(out), iterations=30,
+                batch_size=4, patch=8, lr=2e-3, lr_min=1e-4, seed=3, log_every=5,
+                save_every=1000, val_every=1000, threads=1, model_overrides=dict(TINY))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_decreases_and_run_folder_is_complete(images: Path, tmp_path: Path) -> None:
+    result = train(_config(images, tmp_path / "run", iterations=40))
+    losses = [result.losses[s] for s in sorted(result.losses)]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.csv", "metrics.png", "train_state.safetensors",
+                 "last.safetensors", "model-fp16.safetensors"):
+        assert (run / name).is_file(), name
+    assert TrainConfig.load(run / "config.json") == _config(images, run, iterations=40)
+    handle = load_model(run / "model-fp16.safetensors")
+    assert handle.scale == 2 and handle.module.hparams["n_feats"] == 4
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run(images: Path, tmp_path: Path) -> None:
+    n, m = 12, 8
+    full = train(_config(images, tmp_path / "full", iterations=n + m))
+
+    def stop_at_n(rep) -> None:
+        if rep.step == n:
+            raise _Stop  # like a crash right after the checkpoint of step n
+
+    with pytest.raises(_Stop):
+        train(_config(images, tmp_path / "cut", iterations=n + m, save_every=n),
+              progress=stop_at_n)
+    resumed = train(_config(images, tmp_path / "cut", iterations=n + m), resume=True)
+    assert min(resumed.losses) == n + 1
+    for step in range(n + 1, n + m + 1):
+        assert abs(resumed.losses[step] - full.losses[step]) < 1e-5, step
+    assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == \
+        len((tmp_path / "full" / "metrics.csv").read_text().splitlines())
+
+
+def test_existing_run_is_not_overwritten_and_missing_run_not_resumed(images: Path,
+                                                                     tmp_path: Path) -> None:
+    cfg = _config(images, tmp_path / "r", iterations=2)
+    train(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(_config(images, tmp_path / "none", iterations=2), resume=True)
+
+
+def test_dual_loss_is_present_and_weighted_by_lambda() -> None:
+    torch.manual_seed(0)
+    primal = DRN(scale=4, **{"n_feats": 4, "n_blocks": [1, 1]})
+    duals = DualNetworks(phase=2, width=4)
+    pyramid = lr_pyramid(torch.rand(2, 3, 32, 32), 4)
+    assert [p.shape[-1] for p in pyramid] == [8, 16, 32]
+    for lam in (0.0, 0.1, 1.0):
+        loss = dual_regression_loss(primal, duals, pyramid, lam)
+        assert loss.dual.item() > 0
+        torch.testing.assert_close(loss.total, loss.primal + lam * loss.dual)
+        duals.zero_grad()
+        loss.total.backward()
+        grad = sum(p.grad.abs().sum().item() for p in duals.parameters())
+        assert (grad > 0) == (lam > 0)
+
+
+def test_metrics_csv_total_is_primal_plus_lambda_dual(images: Path, tmp_path: Path) -> None:
+    import csv
+
+    train(_config(images, tmp_path / "l", iterations=5, log_every=1, dual_lambda=0.5))
+    rows = list(csv.DictReader((tmp_path / "l" / "metrics.csv").open()))
+    for r in rows:
+        assert float(r["dual"]) > 0
+        assert abs(float(r["loss"]) - float(r["primal"]) - 0.5 * float(r["dual"])) < 1e-4
+
+
+def test_two_process_gloo_ddp_matches_one_process(images: Path, tmp_path: Path) -> None:
+    k = 6
+    one = train(_config(images, tmp_path / "one", iterations=k, batch_size=4))
+    two = train(_config(images, tmp_path / "two", iterations=k, batch_size=4), nproc=2)
+    for step in range(1, k + 1):
+        assert abs(one.losses[step] - two.losses[step]) < 1e-4, step
+
+
+def test_adaptation_uses_unpaired_frames(images: Path, tmp_path: Path) -> None:
+    from tests.conftest import make_clip
+
+    clip = make_clip(tmp_path / "lr.mp4", frames=6, size=(64, 48))
+    result = train(_config(images, tmp_path / "a", iterations=4, adapt=(str(clip),),
+                           adapt_batch=2, log_every=1))
+    assert len(result.losses) == 4
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "a" / "metrics.csv").open()))
+    assert all(float(r["adapt"]) > 0 for r in rows)
+
+
+def test_bad_config_is_refused(images: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        _config(images, tmp_path / "x", lr=-1)
+    with pytest.raises(ConfigError, match="split"):
+        train(_config(images, tmp_path / "x", batch_size=3), nproc=2)
