@@ -1,0 +1,103 @@
+"""`vsr compress` end to end on a tiny DRN and synthetic images: stages, reruns, reload alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vsr.cli.main import cli
+from vsr.compress import layer_widths
+from vsr.imageio import write_image
+from vsr.models import DRN, CheckpointInfo, DualNetworks, load_model, load_network, save_model
+from vsr.models.checkpoint import read_info
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compress")
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    for folder, n in (("hr", 6), ("val", 2)):
+        (root / folder).mkdir()
+        for i in range(n):
+            f = torch.rand(3, 3, generator=g) * 6 + 1
+            img = torch.stack([torch.sin(f[c, 0] * xx + f[c, 1] * yy + f[c, 2])
+                               for c in range(3)])
+            write_image(root / folder / f"img{i}.png",
+                        ((img * 0.5 + 0.5) * 255).round().to(torch.uint8))
+    torch.manual_seed(0)
+    net = DRN(scale=2, n_feats=8, n_blocks=[2])
+    duals = DualNetworks(phase=1, width=8)
+    info = CheckpointInfo(arch="drn", hparams=net.hparams, scale=2, name="tiny-x2",
+                          provenance={"tool": "test"})
+    save_model(root / "tiny.safetensors", net, info)
+    save_model(root / "state.safetensors", net, info,
+               extra={f"dual.{k}": v for k, v in duals.state_dict().items()})
+    return {"root": root, "ckpt": root / "tiny.safetensors", "state": root / "state.safetensors"}
+
+
+def _args(s: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["compress", "--checkpoint", str(s["ckpt"]), "--ratio", "0.5",
+            "--data", str(s["root"] / "hr"), "--out", str(out), "--val-data",
+            str(s["root"] / "val"), "--batch-size", "2", "--patch", "8",
+            "--search-steps", "2", "--search-val-every", "1", "--prune-batches", "1",
+            "--prune-batch-size", "2", "--finetune-steps", "3", "--val-every", "2",
+            "--threads", "1", "--json", *extra]
+
+
+def _run(args: list[str]) -> dict:
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_all_stages_then_the_result_reloads_alone(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "drc"
+    summary = _run(_args(setup, out, "--duals", str(setup["state"])))
+    assert summary["stages"] == ["search", "prune", "finetune"]
+    search = json.loads((out / "search.json").read_text())
+    widths = search["widths"]
+    assert all(w in c for w, c in zip(widths, search["candidates"], strict=True))
+    assert search["val_psnr"] is not None and len(search["history"]) == 2
+    # the compressed checkpoint is an ordinary one: loads alone, right widths, provenance
+    handle = load_model(out / "compressed.safetensors")
+    assert layer_widths(handle.module) == widths
+    assert handle.scale == 2
+    info = read_info(out / "compressed.safetensors")
+    assert info.provenance["base"] == "tiny-x2" and info.provenance["ratio"] == 0.5
+    assert info.provenance["method"] == "drc" and info.provenance["widths"] == widths
+    y = handle.upscale(torch.zeros(1, 3, 10, 12, dtype=torch.uint8))
+    assert y.shape == (1, 3, 20, 24) and y.dtype == torch.uint8
+    model, _ = load_network(out / "compressed.safetensors")
+    assert summary["finetune"]["params"] == sum(p.numel() for p in model.parameters())
+    assert summary["finetune"]["macs_96"] < summary["original"]["macs_96"]
+    # the pruned stage file also reloads alone (its dual tensors are ignored)
+    assert layer_widths(load_model(out / "pruned.safetensors").module) == widths
+    # a stage reruns alone from the previous stage's file
+    before = (out / "compressed.safetensors").stat().st_mtime_ns
+    again = _run(_args(setup, out, "--stage", "finetune"))
+    assert again["stages"] == ["finetune"]
+    assert (out / "compressed.safetensors").stat().st_mtime_ns != before
+
+
+def test_l1_baseline_at_given_widths_and_stage_errors(setup: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    # without --duals the dual models are fitted first; l1 at explicit (uniform) widths
+    out = tmp_path / "l1"
+    summary = _run(_args(setup, out, "--method", "l1", "--dual-warmup", "3"))
+    widths = json.loads((out / "search.json").read_text())["widths"]
+    assert widths == [4, 8, 8, 8]  # round4(c * 0.5): c = 8, 16, 16, 16
+    assert layer_widths(load_model(out / "compressed.safetensors").module) == widths
+    assert summary["prune"]["macs_96"] == summary["finetune"]["macs_96"]
+    # a missing previous stage is a one-line error, exit code 1
+    res = CliRunner().invoke(cli, _args(setup, tmp_path / "empty", "--stage", "prune"))
+    assert res.exit_code != 0 and "run --stage search first" in str(res.exception)
+    # a stage file made with another method is refused
+    res = CliRunner().invoke(cli, _args(setup, out, "--stage", "prune", "--method", "drc"))
+    assert res.exit_code != 0 and "method l1" in str(res.exception)

@@ -1,0 +1,91 @@
+"""The typed configuration of one compression run (`vsr compress`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vsr.errors import ConfigError
+
+STAGES = ("search", "prune", "finetune", "all")
+METHODS = ("drc", "l1")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Compress the DRN in ``checkpoint`` by pruning ratio ``ratio`` into ``out``.
+
+    Stages (each reads the previous stage's file in ``out`` and writes its own, so any stage
+    can be rerun alone): search -> ``search.json`` (widths), prune -> ``pruned.safetensors``,
+    finetune -> ``compressed.safetensors`` (an ordinary checkpoint, best by validation PSNR).
+    ``method`` "l1" is the baseline: the widths of ``widths_from`` (a search.json) or the
+    uniform width round4(c*(1-r)), channels kept by L1 norm, the same fine-tuning.
+    ``patch`` is the LR patch side. ``duals``: a file holding ``dual.*`` tensors (e.g. the
+    training state of the run that made ``checkpoint``); without one, fresh dual models are
+    fitted to the frozen network for ``dual_warmup`` steps.
+    """
+
+    checkpoint: str
+    ratio: float
+    data: tuple[str, ...]
+    out: str
+    stage: str = "all"
+    method: str = "drc"
+    val_data: str | None = None
+    duals: str | None = None
+    widths_from: str | None = None
+    batch_size: int = 16
+    patch: int = 32
+    seed: int = 0
+    # search (4a)
+    search_steps: int = 300
+    search_val_every: int = 100
+    alpha_lr: float = 3e-4
+    search_lr: float = 1e-4
+    holdout: int = 10  # every holdout-th training image forms the search validation split
+    # pruning (4b)
+    prune_batches: int = 2
+    prune_batch_size: int = 8
+    prune_lr: float = 5e-5
+    # fine-tuning (4c)
+    finetune_steps: int = 2000
+    finetune_lr: float = 2e-4
+    finetune_lr_min: float = 1e-6
+    distill: float = 0.0  # weight of channel-averaged feature distillation from the original
+    val_every: int = 250
+    dual_lambda: float = 0.1
+    dual_warmup: int = 200
+    threads: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", tuple(str(d) for d in self.data))
+        if not self.data:
+            raise ConfigError("give at least one training folder (--data)")
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"ratio must be in (0, 1), got {self.ratio}")
+        for name in ("batch_size", "patch", "search_steps", "search_val_every", "holdout",
+                     "prune_batches", "prune_batch_size", "finetune_steps", "val_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.holdout < 2:
+            raise ConfigError("holdout must be >= 2 (every n-th image is held out)")
+        for name in ("alpha_lr", "search_lr", "prune_lr", "finetune_lr"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if not 0 <= self.finetune_lr_min <= self.finetune_lr:
+            raise ConfigError("need 0 <= finetune_lr_min <= finetune_lr")
+        if self.distill < 0 or self.dual_lambda < 0 or self.dual_warmup < 0:
+            raise ConfigError("distill, dual_lambda and dual_warmup must be >= 0")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)

@@ -1,0 +1,144 @@
+"""Dual regression channel pruning (PAPER.md 4b) and the uniform L1-norm baseline.
+
+DR pruning walks the compressible layers from input to output. For each it starts from no
+input channel of the consumer selected (the consumer's weight columns zeroed), and until the
+searched count is reached: accumulates the gradient of
+
+    L = MSE(consumer output of the pruned net, that of the original)
+        + primal loss + 0.1 x dual loss
+
+with respect to the consumer's (masked) weights over the pruning batches, picks the unselected
+channel whose gradient slice has the largest summed Frobenius norm, copies its original
+weights in, and fine-tunes the selected columns for one pass (SGD-Nesterov, momentum 0.9).
+The original network and the dual models stay frozen. The kept channels are then removed
+physically (:func:`~vsr.compress.masks.slim_network`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vsr.compress.layers import PrunableLayer, producer_l1_rank, prunable_layers
+from vsr.compress.masks import slim_network
+from vsr.models.drn import DRN
+from vsr.train.losses import dual_loss, primal_loss
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+def _capture(layer: PrunableLayer, store: list[torch.Tensor]):
+    def hook(_mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        store.append(out)
+    return layer.consumer.register_forward_hook(hook)
+
+
+@torch.no_grad()
+def _teacher_features(original: DRN, batches: Sequence[list[torch.Tensor]]
+                      ) -> list[list[torch.Tensor]]:
+    """features[b][l]: the original consumer output of layer l on batch b."""
+    layers = prunable_layers(original)
+    feats: list[list[torch.Tensor]] = []
+    for pyramid in batches:
+        stores: list[list[torch.Tensor]] = [[] for _ in layers]
+        handles = [_capture(layer, s) for layer, s in zip(layers, stores, strict=True)]
+        try:
+            original(pyramid[0])
+        finally:
+            for h in handles:
+                h.remove()
+        feats.append([s[0] for s in stores])
+    return feats
+
+
+def _layer_loss(model: DRN, layer: PrunableLayer, duals: nn.Module, pyramid: list[torch.Tensor],
+                target: torch.Tensor, dual_lambda: float) -> torch.Tensor:
+    store: list[torch.Tensor] = []
+    handle = _capture(layer, store)
+    try:
+        outs = model(pyramid[0])
+    finally:
+        handle.remove()
+    return (F.mse_loss(store[0], target) + primal_loss(outs, pyramid)
+            + dual_lambda * dual_loss(duals, outs, pyramid))
+
+
+def dr_prune(original: DRN, duals: nn.Module, widths: Sequence[int],
+             batches: Sequence[list[torch.Tensor]], *, lr: float = 5e-5,
+             dual_lambda: float = 0.1, progress: Progress | None = None
+             ) -> tuple[DRN, list[list[int]]]:
+    """Prune ``original`` to ``widths`` (one per compressible layer) by dual regression channel
+    selection on ``batches`` (LR pyramids). Returns (slim network, kept channels per layer).
+    ``original`` and ``duals`` are not modified. A layer kept at full width keeps its
+    original weights untouched.
+    """
+    original = original.eval()
+    pruned = copy.deepcopy(original).train()
+    duals = copy.deepcopy(duals).eval()
+    for p in [*pruned.parameters(), *duals.parameters()]:
+        p.requires_grad_(False)
+    layers = prunable_layers(pruned)
+    if len(widths) != len(layers):
+        raise ValueError(f"need {len(layers)} widths, got {len(widths)}")
+    targets = _teacher_features(original, batches)
+    total = sum(int(w) for w, layer in zip(widths, layers, strict=True) if w < layer.width)
+    done = 0
+    kept: list[list[int]] = []
+    for li, (layer, width) in enumerate(zip(layers, widths, strict=True)):
+        c = layer.width
+        width = int(width)
+        if not 1 <= width <= c:
+            raise ValueError(f"{layer.name}: width {width} outside [1, {c}]")
+        if width == c:
+            kept.append(list(range(c)))
+            continue
+        weight = layer.consumer.weight
+        w_orig = weight.detach().clone()
+        weight.data.zero_()
+        weight.requires_grad_(True)
+        mask = torch.zeros(c, device=weight.device, dtype=weight.dtype)
+        opt = torch.optim.SGD([weight], lr=lr, momentum=0.9, nesterov=True)
+        selected: list[int] = []
+        while len(selected) < width:
+            scores = torch.zeros(c, device=weight.device, dtype=torch.float64)
+            for b, pyramid in enumerate(batches):
+                loss = _layer_loss(pruned, layer, duals, pyramid, targets[b][li], dual_lambda)
+                (grad,) = torch.autograd.grad(loss, weight)
+                scores += grad.double().pow(2).sum(dim=(0, 2, 3)).sqrt()
+            scores[selected] = -1.0
+            j = int(torch.argmax(scores))
+            selected.append(j)
+            mask[j] = 1.0
+            with torch.no_grad():
+                weight[:, j] = w_orig[:, j]
+            for b, pyramid in enumerate(batches):  # one pass over the selected columns
+                opt.zero_grad(set_to_none=True)
+                loss = _layer_loss(pruned, layer, duals, pyramid, targets[b][li], dual_lambda)
+                loss.backward()
+                weight.grad.mul_(mask.view(1, -1, 1, 1))
+                opt.step()
+            done += 1
+            if progress is not None:
+                progress(done, total, f"{layer.name} {len(selected)}/{width}")
+        weight.requires_grad_(False)
+        kept.append(sorted(selected))
+        log.info("pruned %s: %d -> %d channels", layer.name, c, width)
+    return slim_network(pruned, kept).eval(), kept
+
+
+def l1_prune(original: DRN, widths: Sequence[int]) -> tuple[DRN, list[list[int]]]:
+    """The baseline: keep, in every layer, the channels whose producing filters have the
+    largest L1 norm (Li et al., "Pruning Filters for Efficient ConvNets")."""
+    layers = prunable_layers(original)
+    if len(widths) != len(layers):
+        raise ValueError(f"need {len(layers)} widths, got {len(widths)}")
+    kept = [sorted(producer_l1_rank(layer)[:int(w)].tolist())
+            for layer, w in zip(layers, widths, strict=True)]
+    return slim_network(original, kept).eval(), kept

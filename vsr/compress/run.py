@@ -1,0 +1,276 @@
+"""`vsr compress` as a library call: search -> prune -> fine-tune, a file after each stage.
+
+Files in the output folder:
+  search.json             the channel configuration (widths per compressible layer)
+  pruned.safetensors      the slim network right after pruning (+ ``dual.*`` tensors)
+  compressed.safetensors  the fine-tuned slim network: an ordinary checkpoint
+  summary.json            what each stage did (appended to by every stage)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vsr.compress.config import CompressConfig
+from vsr.compress.data import Batches, split_sampler, validation_psnr
+from vsr.compress.finetune import finetune
+from vsr.compress.layers import candidate_widths, layer_widths, prunable_layers
+from vsr.compress.prune import dr_prune, l1_prune
+from vsr.compress.search import run_search
+from vsr.errors import CheckpointError, ConfigError
+from vsr.models import (
+    CheckpointInfo,
+    DualNetworks,
+    count_params,
+    load_network,
+    macs_96,
+    macs_720p,
+    save_model,
+)
+from vsr.models.checkpoint import load_state_into, load_tensors
+from vsr.models.drn import DRN
+from vsr.train.data import PatchSampler
+from vsr.train.losses import dual_loss
+
+log = logging.getLogger(__name__)
+
+SEARCH_FILE = "search.json"
+PRUNED_FILE = "pruned.safetensors"
+COMPRESSED_FILE = "compressed.safetensors"
+SUMMARY_FILE = "summary.json"
+
+ProgressCallback = Callable[[str, int, int, str], None]  # stage, step, total, message
+
+
+@dataclass
+class CompressResult:
+    out: Path
+    stages: list[str]
+    summary: dict[str, Any]
+
+
+def model_stats(model: nn.Module) -> dict[str, int]:
+    """Parameters and multiply-adds (96x96 LR input; 1280x720 output)."""
+    return {"params": count_params(model), "macs_96": macs_96(model),
+            "macs_720p": macs_720p(model, int(model.scale))}
+
+
+class _Run:
+    def __init__(self, config: CompressConfig, progress: ProgressCallback | None) -> None:
+        self.cfg = config
+        self.progress = progress
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device} requested but CUDA is not available")
+        self.device = torch.device(config.device)
+        self.out = config.out_dir
+        self.out.mkdir(parents=True, exist_ok=True)
+        original, self.info = load_network(config.checkpoint)
+        if not isinstance(original, DRN):
+            raise ConfigError(f"{config.checkpoint}: only DRN checkpoints can be compressed")
+        self.original = original.to(self.device).eval()
+        self.scale = int(self.original.scale)
+        self.base = self.info.provenance.get("base") or self.info.name or \
+            Path(config.checkpoint).stem
+        self._sampler: PatchSampler | None = None
+        self.summary = self._read_json(SUMMARY_FILE) or {}
+
+    # ---- helpers
+    def _read_json(self, name: str) -> dict[str, Any] | None:
+        path = self.out / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: unreadable ({exc})") from None
+
+    def _write_json(self, name: str, obj: dict[str, Any]) -> None:
+        tmp = self.out / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=2))
+        tmp.replace(self.out / name)
+
+    def _tick(self, stage: str) -> Callable[[int, int, str], None] | None:
+        if self.progress is None:
+            return None
+        cb = self.progress
+        return lambda step, total, msg: cb(stage, step, total, msg)
+
+    @property
+    def sampler(self) -> PatchSampler:
+        if self._sampler is None:
+            self._sampler = PatchSampler(self.cfg.data, self.cfg.patch * self.scale)
+        return self._sampler
+
+    def _batches(self, sampler: PatchSampler, batch_size: int, stream: int) -> Batches:
+        return Batches(sampler, batch_size, self.scale, self.cfg.seed, stream, self.device)
+
+    def _score(self) -> Callable[[nn.Module], float] | None:
+        if not self.cfg.val_data:
+            return None
+        folder, scale = self.cfg.val_data, self.scale
+        return lambda m: validation_psnr(m, folder, scale)[0]
+
+    def _duals(self) -> DualNetworks:
+        """Dual models for the original: from --duals or the checkpoint, else fitted."""
+        phase = self.original.phase
+        for source in (self.cfg.duals, self.cfg.checkpoint):
+            if not source:
+                continue
+            tensors, _ = load_tensors(source)
+            if "dual.0.conv1.weight" not in tensors:
+                if source == self.cfg.duals:
+                    raise CheckpointError(f"{source}: holds no dual.* tensors")
+                continue
+            duals = DualNetworks(phase=phase, width=int(tensors["dual.0.conv1.weight"].shape[0]))
+            load_state_into(duals, tensors, source, prefix="dual.", ignore=())
+            log.info("dual models loaded from %s", source)
+            return duals.to(self.device)
+        duals = DualNetworks(phase=phase, width=int(self.original.hparams["n_feats"]))
+        duals = duals.to(self.device)
+        opt = torch.optim.Adam(duals.parameters(), lr=1e-3)
+        batches = self._batches(self.sampler, self.cfg.batch_size, stream=3)
+        tick = self._tick("duals")
+        for step in range(self.cfg.dual_warmup):
+            pyramid = batches(step)
+            with torch.no_grad():
+                outs = self.original(pyramid[0])
+            loss = dual_loss(duals, outs, pyramid)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if tick:
+                tick(step + 1, self.cfg.dual_warmup, f"loss {float(loss):.4f}")
+        return duals
+
+    def _info(self, model: DRN, stage: str, extra: dict[str, Any]) -> CheckpointInfo:
+        cfg = self.cfg
+        name = f"{self.base}-{cfg.method}{round(cfg.ratio * 100)}"
+        prov = {"tool": "vsr compress", "stage": stage, "base": self.base,
+                "base_checkpoint": str(cfg.checkpoint), "ratio": cfg.ratio,
+                "method": cfg.method, "widths": layer_widths(model),
+                "original_widths": layer_widths(self.original), "data": list(cfg.data),
+                "seed": cfg.seed, **extra}
+        return CheckpointInfo(arch="drn", hparams=model.hparams, scale=self.scale, name=name,
+                              provenance=prov)
+
+    # ---- stages
+    def search(self) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        if cfg.method == "l1" or cfg.widths_from:
+            widths = self._given_widths()
+            record: dict[str, Any] = {"widths": widths,
+                                      "original_widths": layer_widths(self.original),
+                                      "source": cfg.widths_from or "uniform round4(c*(1-r))"}
+        else:
+            train, val = split_sampler(self.sampler, cfg.holdout)
+            result = run_search(
+                self.original, self._duals(), cfg.ratio, steps=cfg.search_steps,
+                train_batch=self._batches(train, cfg.batch_size, stream=0),
+                val_batch=self._batches(val, cfg.batch_size, stream=1),
+                score=self._score(), val_every=cfg.search_val_every, alpha_lr=cfg.alpha_lr,
+                weight_lr=cfg.search_lr, dual_lambda=cfg.dual_lambda, seed=cfg.seed,
+                progress=self._tick("search"))
+            record = result.to_json()
+        record.update({"method": cfg.method, "ratio": cfg.ratio, "base": self.base,
+                       "checkpoint": str(cfg.checkpoint),
+                       "seconds": round(time.perf_counter() - t0, 1)})
+        self._write_json(SEARCH_FILE, record)
+        return {"widths": record["widths"], "val_psnr": record.get("val_psnr"),
+                "seconds": record["seconds"]}
+
+    def _given_widths(self) -> list[int]:
+        layers = prunable_layers(self.original)
+        if self.cfg.widths_from:
+            try:
+                widths = [int(w) for w in json.loads(Path(self.cfg.widths_from).read_text())
+                          ["widths"]]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"{self.cfg.widths_from}: no widths list ({exc})") from None
+            if len(widths) != len(layers) or any(
+                    not 1 <= w <= la.width for w, la in zip(widths, layers, strict=True)):
+                raise ConfigError(f"{self.cfg.widths_from}: widths do not fit this network")
+            return widths
+        return [candidate_widths(layer.width, self.cfg.ratio)[-1] for layer in layers]
+
+    def prune(self) -> dict[str, Any]:
+        cfg = self.cfg
+        record = self._read_json(SEARCH_FILE)
+        if record is None:
+            raise ConfigError(f"{self.out / SEARCH_FILE} missing: run --stage search first")
+        if record.get("method") != cfg.method or record.get("ratio") != cfg.ratio:
+            raise ConfigError(f"{self.out / SEARCH_FILE} was made with method "
+                              f"{record.get('method')} ratio {record.get('ratio')}, not "
+                              f"{cfg.method} {cfg.ratio}: use another --out or rerun search")
+        widths = [int(w) for w in record["widths"]]
+        t0 = time.perf_counter()
+        duals = self._duals()
+        if cfg.method == "drc":
+            batches = self._batches(self.sampler, cfg.prune_batch_size, stream=2)
+            data = [batches(i) for i in range(cfg.prune_batches)]
+            slim, kept = dr_prune(self.original, duals, widths, data, lr=cfg.prune_lr,
+                                  dual_lambda=cfg.dual_lambda, progress=self._tick("prune"))
+        else:
+            slim, kept = l1_prune(self.original, widths)
+        seconds = round(time.perf_counter() - t0, 1)
+        extra = {f"dual.{k}": v for k, v in duals.state_dict().items()}
+        info = self._info(slim, "pruned", {"kept": kept, "dual_hparams": duals.hparams})
+        save_model(self.out / PRUNED_FILE, slim, info, extra=extra)
+        return {"widths": widths, "seconds": seconds, **model_stats(slim)}
+
+    def finetune(self) -> dict[str, Any]:
+        cfg = self.cfg
+        path = self.out / PRUNED_FILE
+        if not path.is_file():
+            raise ConfigError(f"{path} missing: run --stage prune first")
+        slim, info = load_network(path)
+        if info.provenance.get("method") != cfg.method:
+            raise ConfigError(f"{path} was pruned with {info.provenance.get('method')}, "
+                              f"not {cfg.method}")
+        tensors, _ = load_tensors(path)
+        duals = DualNetworks(**info.provenance["dual_hparams"])
+        load_state_into(duals, tensors, path, prefix="dual.", ignore=())
+        slim, duals = slim.to(self.device), duals.to(self.device)
+        t0 = time.perf_counter()
+        res = finetune(slim, duals, self._batches(self.sampler, cfg.batch_size, stream=4),
+                       steps=cfg.finetune_steps, lr=cfg.finetune_lr, lr_min=cfg.finetune_lr_min,
+                       dual_lambda=cfg.dual_lambda,
+                       teacher=self.original if cfg.distill > 0 else None, distill=cfg.distill,
+                       score=self._score(), val_every=cfg.val_every,
+                       progress=self._tick("finetune"))
+        seconds = round(time.perf_counter() - t0, 1)
+        extra: dict[str, Any] = {"finetune_steps": cfg.finetune_steps, "best_step": res.best_step,
+                                 "distill": cfg.distill, "history": res.history}
+        if res.best_psnr is not None:
+            extra["val"] = {"data": cfg.val_data, "psnr": res.best_psnr}
+        save_model(self.out / COMPRESSED_FILE, res.model, self._info(res.model, "final", extra))
+        return {"val_psnr": res.best_psnr, "best_step": res.best_step, "seconds": seconds,
+                **model_stats(res.model)}
+
+    def run(self) -> CompressResult:
+        order = ["search", "prune", "finetune"]
+        stages = order if self.cfg.stage == "all" else [self.cfg.stage]
+        self.summary.update({"checkpoint": str(self.cfg.checkpoint), "base": self.base,
+                             "method": self.cfg.method, "ratio": self.cfg.ratio,
+                             "original": model_stats(self.original)})
+        for stage in stages:
+            self.summary[stage] = getattr(self, stage)()
+            self._write_json(SUMMARY_FILE, self.summary)
+        return CompressResult(self.out, stages, self.summary)
+
+
+def compress(config: CompressConfig, progress: ProgressCallback | None = None) -> CompressResult:
+    """Run the configured stage(s). Raises ConfigError (missing previous stage, bad widths),
+    CheckpointError (bad checkpoint), InputError (no training images)."""
+    return _Run(config, progress).run()
