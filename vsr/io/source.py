@@ -164,6 +164,37 @@ class PyAVSource:
             raise InputError(f"{Path(self.info.path).name} is truncated or damaged: "
                              f"decoded {index} of {expected} frames")
 
+    def frames_between(self, start: int | None, end: int | None) -> Iterator[Frame]:
+        """Yield the frames whose pts lies in ``[start, end)`` (None: unbounded), in
+        presentation order, indexed from 0; seeks to the keyframe at or before ``start``.
+
+        Decoding continues past the keyframe at ``end`` until a frame at or after ``end``
+        comes out, so open-GOP leading frames still land in the range they belong to.
+        A source is iterated once (this or :meth:`frames`); raises InputError.
+        """
+        if self._taken:
+            raise InputError("a source can be iterated only once")
+        self._taken = True
+        decoded: Iterator[av.VideoFrame] = _chain_first(self._first, self._decoded)
+        if start is not None and (self._first.pts is None or start > self._first.pts):
+            self._decoded.close()
+            try:
+                self._container.seek(start, stream=self._stream, backward=True)
+            except av.error.FFmpegError as exc:
+                raise InputError(f"cannot seek in {self._container.name}: {exc}") from exc
+            decoded = self._decode()
+        index = 0
+        for frame in decoded:
+            if frame.pts is None:
+                raise InputError(f"{self._container.name} has frames without timestamps; "
+                                 "it cannot be cut into segments")
+            if start is not None and frame.pts < start:
+                continue
+            if end is not None and frame.pts >= end:
+                break
+            yield Frame(index=index, pts=frame.pts, image=self._to_rgb(frame))
+            index += 1
+
     def close(self) -> None:
         self._container.close()
 
