@@ -5,7 +5,8 @@ setup(
     version="0.1.0",
     description="Video super-resolution with dual regression networks and compression",
     python_requires=">=3.10",
-    packages=["vsr", "vsr.io", "vsr.train", "vsr.compress", "vsr.cli", "vsr.models"],
+    packages=["vsr", "vsr.io", "vsr.train", "vsr.compress", "vsr.cli", "vsr.models",
+              "vsr.jobs", "vsr.stream"],
     package_dir={"vsr.cli": "cli", "vsr.models": "models"},
     package_data={"vsr.models": ["weights/*.safetensors", "weights/*.json"]},
     install_requires=[
