@@ -131,3 +131,15 @@ def test_cuda_matches_cpu_float64():
     assert (y.double().cpu() - ref).abs().max() < 1e-2  # fp32 matmuls (TF32 off, torch default)
     lr = imresize(x.cuda(), 0.25)
     torch.testing.assert_close(lr.cpu(), imresize(x, 0.25))
+
+
+@pytest.mark.parametrize("scale", [2, 4, 0.5, 0.25, 1.7])
+def test_banded_cpu_path_equals_dense_matmul(monkeypatch: pytest.MonkeyPatch, scale) -> None:
+    from vsr import resize
+
+    x = torch.rand(2, 3, 37, 150, dtype=torch.float64)
+    monkeypatch.setattr(resize, "_BANDED_MIN_LEN", 10**9)
+    dense = resize.imresize(x, scale)
+    monkeypatch.setattr(resize, "_BANDED_MIN_LEN", 1)
+    banded = resize.imresize(x, scale)
+    torch.testing.assert_close(banded, dense, rtol=0, atol=1e-12)
