@@ -1,0 +1,106 @@
+"""`vsr batch INPUTS... -o DIR`: many files, resumable, on several devices or a Ray cluster."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from vsr.cli.common import emit_json, json_option, model_option, precision_option, scale_option
+
+
+class _BatchBar:
+    """Progress over the batch on stderr: files, frames, fps, ETA (at most every 0.5 s)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._last = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < (0.5 if self._tty else 2.0):
+            return
+        self._last = now
+        eta = f" ETA {int(p.eta) // 60}:{int(p.eta) % 60:02d}" if p.eta is not None else ""
+        line = (f"files {p.files_done + p.files_skipped}/{p.files_total} "
+                f"(failed {p.files_failed}) frames {p.frames_done}/{p.frames_total} "
+                f"{p.fps:.1f} fps{eta}")
+        sys.stderr.write(f"\r{line}   " if self._tty else line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self._tty:
+            sys.stderr.write("\n")
+
+
+def _devices(ctx, param, value: str) -> tuple[str, ...]:
+    devices = tuple(d.strip() for d in value.split(",") if d.strip())
+    if not devices:
+        raise click.BadParameter("name at least one device, e.g. cpu or cuda:0,cuda:1")
+    return devices
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, metavar="INPUTS...")
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (job state is kept in DIR/.vsr-batch).")
+@click.option("--manifest", multiple=True, type=click.Path(dir_okay=False),
+              help="File with one input per line, or JSON lines {\"input\": ..., options}.")
+@click.option("--name", "template", default="{dir}/{stem}{suffix}", show_default=True,
+              help="Output name template: {dir} {stem} {name} {suffix} {ext} {scale} "
+                   "{model} {index}.")
+@model_option()
+@scale_option
+@precision_option
+@click.option("--tile", type=click.IntRange(min=32), default=None, help="Infer in tiles of N px.")
+@click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
+@click.option("--crf", type=click.IntRange(0, 63), default=None, help="Constant quality.")
+@click.option("--preset", default=None, help="Encoder preset.")
+@click.option("--pix-fmt", default=None, help="Output pixel format.")
+@click.option("--devices", default="auto", show_default=True, callback=_devices,
+              help="Comma-separated workers sharing the queue: cpu,cpu or cuda:0,cuda:1.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run segments as Ray tasks on the cluster at ADDRESS (or 'auto').")
+@click.option("--resume", is_flag=True,
+              help="Keep the finished segments of unfinished files and redo only the rest.")
+@click.option("--overwrite", is_flag=True, help="Redo finished files and replace outputs.")
+@click.option("--segment-frames", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Cut videos at the first keyframe after this many frames.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Batch progress on stderr.")
+@json_option
+def batch(inputs: tuple[str, ...], output_dir: str,
+          manifest: tuple[str, ...], template: str, model: str | None, scale: int | None,
+          precision: str, tile: int | None, codec: str, crf: int | None, preset: str | None,
+          pix_fmt: str | None, devices: tuple[str, ...], ray_address: str | None,
+          resume: bool, overwrite: bool, segment_frames: int, progress: bool,
+          as_json: bool) -> None:
+    """Upscale many files into DIR; finished files are skipped on a rerun.
+
+    INPUTS are files, folders (searched recursively) or glob patterns. One failing file
+    never stops the others; the exit status is 1 when any failed.
+    """
+    from vsr.jobs import BatchConfig, JobOptions, run_batch
+
+    options = JobOptions(model=model, scale=scale, precision=precision, tile=tile,
+                         codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+    config = BatchConfig(inputs=inputs, output_dir=output_dir, manifests=manifest,
+                         template=template, options=options, devices=devices, resume=resume,
+                         overwrite=overwrite, segment_frames=segment_frames, ray=ray_address)
+    bar = _BatchBar(progress)
+    try:
+        result = run_batch(config, progress=bar)
+    finally:
+        bar.done()
+    for item in result.failed:
+        click.echo(f"failed: {item['input']}: {item['error']}", err=True)
+    click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped, "
+               f"{len(result.failed)} failed; {result.segments_computed} segments computed, "
+               f"{result.segments_reused} reused, {result.frames_computed} frames in "
+               f"{result.seconds:.1f} s", err=True)
+    if as_json:
+        emit_json(result.to_json())
+    if result.failed:
+        sys.exit(1)  # the summary is out; a failed file makes the whole batch fail

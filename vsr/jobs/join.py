@@ -1,0 +1,149 @@
+"""Joining finished segment files into one output, with the input's other streams copied.
+
+Video packets are copied from the segments in order (no re-encoding), with their pts as
+encoded, so every frame keeps the input's timestamp; audio, subtitles and attachments are
+copied packet for packet from the input by the engine's Passthrough, interleaved by time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from vsr.errors import OutputError, PipelineError
+from vsr.io.output import check_output_path, discard, finish, temp_path_for
+from vsr.io.passthrough import Passthrough
+from vsr.io.source import PyAVSource
+
+log = logging.getLogger(__name__)
+
+# Container metadata the muxer writes itself; copying it would misdescribe the new file.
+_OWN_KEYS = frozenset({"encoder", "major_brand", "minor_version", "compatible_brands"})
+
+
+def join_segments(input_path: Path, segments: list[Path], output: Path, *,
+                  overwrite: bool = False) -> dict[int, int]:
+    """Write ``output`` from the segment files and the input's other streams.
+
+    Returns the copied packet count per input stream. Raises OutputError or PipelineError
+    (segments that do not fit together); on failure no output is left behind.
+    """
+    if not segments:
+        raise PipelineError("no segments to join")
+    final = check_output_path(output, overwrite=overwrite, input_path=input_path)
+    with PyAVSource(input_path) as source:
+        info = source.info
+    temp = temp_path_for(final)
+    try:
+        out = av.open(str(temp), mode="w", container_options={"avoid_negative_ts": "disabled"})
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        discard(temp)
+        raise OutputError(f"cannot write {final}: {exc}") from exc
+    passthrough = Passthrough(str(input_path), exclude=info.index)
+    try:
+        with av.open(str(segments[0])) as first:
+            template = first.streams.video[0]
+            extradata = template.codec_context.extradata
+            holder: list[av.stream.Stream] = []
+
+            def add_video() -> None:
+                stream = out.add_stream_from_template(template)
+                stream.time_base = info.time_base
+                holder.append(stream)
+
+            out.metadata.update({k: v for k, v in passthrough.metadata.items()
+                                 if k not in _OWN_KEYS})
+            passthrough.add_streams(out, add_video)
+            video = holder[0]
+        with av.open(str(input_path)) as src:
+            meta = dict(src.streams[info.index].metadata)
+        video.metadata.update({k: v for k, v in meta.items() if k != "encoder"})
+        chapters = passthrough.chapters
+        if chapters:
+            with contextlib.suppress(av.error.FFmpegError, TypeError, ValueError):
+                out.set_chapters(chapters)
+        out.start_encoding()
+        last_dts: int | None = None
+        for path in segments:
+            last_dts = _copy_segment(path, out, video, passthrough, info.time_base,
+                                     extradata, last_dts)
+        passthrough.mux_rest(out)
+        out.close()
+    except BaseException:
+        with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
+            out.close()
+        passthrough.close()
+        discard(temp)
+        raise
+    passthrough.close()
+    finish(temp, final)
+    return dict(passthrough.copied)
+
+
+def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.stream.Stream,
+                  passthrough: Passthrough, tb: Fraction, extradata: bytes | None,
+                  last_dts: int | None) -> int | None:
+    """Mux one segment's packets (rebased to ``tb``); returns the last dts written."""
+    with av.open(str(path)) as seg:
+        stream = seg.streams.video[0]
+        if stream.codec_context.extradata != extradata:
+            raise PipelineError(f"segment {path.name} was encoded with other codec parameters")
+        step = _frame_step(stream, tb)
+        waiting: list[av.Packet] = []
+        for pkt in seg.demux(stream):
+            if pkt.size == 0:
+                continue
+            _rebase(pkt, tb)
+            if pkt.dts is None:
+                # NUT stores no dts for the packets before the first one with dts >= 0:
+                # they precede it by one frame each, as the encoder had them.
+                waiting.append(pkt)
+                continue
+            for k, early in enumerate(waiting):
+                early.dts = pkt.dts - (len(waiting) - k) * step
+                last_dts = _mux(out, video, passthrough, early, last_dts)
+            waiting.clear()
+            last_dts = _mux(out, video, passthrough, pkt, last_dts)
+        for k, early in enumerate(waiting):  # a segment of only dts-less packets
+            early.dts = min(early.pts, (last_dts or early.pts) + (k + 1) * step)
+            last_dts = _mux(out, video, passthrough, early, last_dts)
+    return last_dts
+
+
+def _mux(out: av.container.OutputContainer, video: av.stream.Stream, passthrough: Passthrough,
+         pkt: av.Packet, last_dts: int | None) -> int:
+    if last_dts is not None and pkt.dts <= last_dts:
+        pkt.dts = last_dts + 1
+    if pkt.pts is not None and pkt.dts > pkt.pts:
+        raise PipelineError(f"segments do not join: dts {pkt.dts} after pts {pkt.pts}")
+    passthrough.mux_until(out, float(pkt.dts * pkt.time_base))
+    pkt.stream = video
+    try:
+        out.mux(pkt)
+    except av.error.FFmpegError as exc:
+        raise OutputError(f"writing the joined output failed: {exc}") from exc
+    return pkt.dts
+
+
+def _rebase(pkt: av.Packet, tb: Fraction) -> None:
+    src = Fraction(pkt.time_base)
+    if src == tb:
+        return
+    for attr in ("pts", "dts", "duration"):
+        value = getattr(pkt, attr)
+        if value is not None:
+            exact = value * src / tb
+            if exact.denominator != 1 and attr != "duration":
+                raise PipelineError(f"segment timestamp {value}*{src} is not a whole number of "
+                                    f"{tb} ticks")
+            setattr(pkt, attr, round(exact))
+    pkt.time_base = tb
+
+
+def _frame_step(stream: av.stream.Stream, tb: Fraction) -> int:
+    rate = stream.average_rate or stream.guessed_rate
+    return max(1, round(1 / (Fraction(rate) * tb))) if rate else 1

@@ -1,0 +1,246 @@
+"""Batch planning: inputs (files, folders, globs, manifests) -> jobs with output paths.
+
+A manifest has one entry per line: a path, or a JSON object ``{"input": ..., "output": ...,
+<option>: ...}`` whose options (the fields of :class:`JobOptions`) override the batch's for
+that file. Relative paths in a manifest are relative to the manifest's folder; a relative
+``output`` is relative to the batch output folder. Blank lines and ``#`` comments are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vsr.errors import ConfigError
+from vsr.io.image import IMAGE_SUFFIXES
+from vsr.io.sink import EncodeConfig
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts",
+                            ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".nut", ".y4m"})
+MEDIA_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
+TEMPLATE_FIELDS = ("dir", "stem", "name", "suffix", "ext", "scale", "model", "index")
+DEFAULT_TEMPLATE = "{dir}/{stem}{suffix}"
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Per-file upscaling and encoding settings (a manifest line may override any of them)."""
+
+    model: str | None = None
+    scale: int | None = None
+    precision: str = "auto"
+    tile: int | None = None
+    codec: str = "libx264"
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale is not None and (not isinstance(self.scale, int) or self.scale < 2):
+            raise ConfigError(f"scale must be an integer of at least 2, got {self.scale!r}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32, fp16 or bf16, not {self.precision!r}")
+        if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 32):
+            raise ConfigError(f"tile must be an integer of at least 32 px, got {self.tile!r}")
+        self.encode  # noqa: B018 - validates crf and pix_fmt now, not in a worker later
+
+    @property
+    def encode(self) -> EncodeConfig:
+        return EncodeConfig(codec=self.codec, crf=self.crf, preset=self.preset,
+                            pix_fmt=self.pix_fmt)
+
+    def fingerprint(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def replace(self, overrides: dict) -> JobOptions:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **overrides)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its output goes; ``error`` is set when it cannot even be
+    planned (a glob that matches nothing, a bad manifest line)."""
+
+    input: Path
+    output: Path | None
+    options: JobOptions = field(default_factory=JobOptions)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An input before naming: the file, the folder it was found under, per-file overrides."""
+
+    path: Path
+    rel_dir: str = ""
+    output: str | None = None
+    overrides: dict | None = None
+    error: str | None = None
+
+
+def check_template(template: str) -> None:
+    """Raise ConfigError unless ``template`` uses only plain ``{field}`` names we know."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"bad output name template {template!r}: {exc}") from exc
+    for _, name, spec, conv in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS or spec or conv:
+            raise ConfigError(f"output name template field {{{name}}} is not one of "
+                              + ", ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS))
+
+
+def render_name(template: str, entry: Entry, options: JobOptions, index: int) -> Path:
+    """The output path relative to the output folder; raises ConfigError."""
+    p = entry.path
+    model = options.model or "default"
+    values = {"dir": entry.rel_dir, "stem": p.stem, "name": p.name, "suffix": p.suffix,
+              "ext": p.suffix.lstrip("."), "scale": options.scale or model_scale(options.model),
+              "model": Path(model).stem if model.endswith(".safetensors") else model,
+              "index": index}
+    rel = Path(*[part for part in template.format(**values).split("/") if part not in ("", ".")])
+    if not rel.parts or ".." in rel.parts:
+        raise ConfigError(f"output name {template.format(**values)!r} is not a relative file name")
+    return rel
+
+
+def model_scale(model: str | None) -> int | str:
+    """The scale a model upscales by, for naming only ("x" when it cannot be told cheaply)."""
+    from vsr.models import DEFAULT_MODEL, REGISTRY
+    from vsr.models.checkpoint import read_info
+
+    name = model or DEFAULT_MODEL
+    if name in REGISTRY:
+        return REGISTRY.get(name).scale
+    if name.endswith(".safetensors") and Path(name).is_file():
+        try:
+            return read_info(name).scale
+        except Exception:  # a bad checkpoint fails later, at load, with its own message
+            return "x"
+    return "x"
+
+
+def expand_inputs(inputs: list[str], manifests: list[Path], *,
+                  exclude: Path | None = None) -> list[Entry]:
+    """Every input named by ``inputs`` (files, folders searched recursively for media files,
+    glob patterns) and by the manifests, in order, without duplicates."""
+    entries: list[Entry] = []
+    for text in inputs:
+        entries.extend(_expand_one(text, exclude))
+    for manifest in manifests:
+        entries.extend(read_manifest(manifest))
+    seen: set[Path] = set()
+    unique = []
+    for e in entries:
+        key = e.path.resolve() if e.error is None else Path(f"error:{e.path}")
+        if key not in seen:
+            seen.add(key)
+            unique.append(e)
+    return unique
+
+
+def _expand_one(text: str, exclude: Path | None) -> list[Entry]:
+    path = Path(text)
+    if path.is_dir():
+        return _scan_folder(path, exclude)
+    if not path.exists() and _GLOB_CHARS & set(text):
+        matches = sorted(glob.glob(text, recursive=True))
+        if not matches:
+            return [Entry(path, error="no file matches this pattern")]
+        out: list[Entry] = []
+        for m in matches:
+            mp = Path(m)
+            out.extend(_scan_folder(mp, exclude) if mp.is_dir() else [Entry(mp)])
+        return out
+    return [Entry(path)]  # a missing file is reported when its job is planned
+
+
+def _scan_folder(root: Path, exclude: Path | None) -> list[Entry]:
+    skip = exclude.resolve() if exclude is not None else None
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        if skip is not None and (p.resolve() == skip or skip in p.resolve().parents):
+            continue
+        if p.suffix.lower() in MEDIA_SUFFIXES:
+            out.append(Entry(p, rel_dir=rel.parent.as_posix().removeprefix(".")))
+    return out
+
+
+def read_manifest(path: Path) -> list[Entry]:
+    """Entries of a manifest file; a malformed line becomes an entry with an error."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read manifest {path}: {exc.strerror}") from exc
+    base = Path(path).parent
+    out = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not line.startswith("{"):
+            out.append(Entry(_under(base, line)))
+            continue
+        where = Path(f"{path}:{number}")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            out.append(Entry(where, error=f"bad JSON in manifest: {exc.msg}"))
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("input"), str):
+            out.append(Entry(where, error="a manifest object needs an \"input\" path"))
+            continue
+        output = obj.pop("output", None)
+        src = _under(base, obj.pop("input"))
+        out.append(Entry(src, output=output if isinstance(output, str) else None,
+                         overrides=obj))
+    return out
+
+
+def _under(base: Path, text: str) -> Path:
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def make_jobs(entries: list[Entry], output_dir: Path, template: str,
+              options: JobOptions) -> list[Job]:
+    """Name every entry's output; two inputs mapped to one output make the second fail."""
+    check_template(template)
+    jobs: list[Job] = []
+    taken: dict[Path, Path] = {}
+    for index, e in enumerate(entries):
+        if e.error is not None:
+            jobs.append(Job(e.path, None, options, error=e.error))
+            continue
+        try:
+            opts = options.replace(e.overrides) if e.overrides else options
+            rel = Path(e.output) if e.output else render_name(template, e, opts, index)
+        except (ConfigError, TypeError) as exc:
+            jobs.append(Job(e.path, None, options, error=str(exc)))
+            continue
+        out = rel if rel.is_absolute() else output_dir / rel
+        key = out.resolve()
+        if key in taken:
+            jobs.append(Job(e.path, out, opts,
+                            error=f"output {out} is also the output of {taken[key]}"))
+            continue
+        taken[key] = e.path
+        jobs.append(Job(e.path, out, opts))
+    return jobs

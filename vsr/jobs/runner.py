@@ -1,0 +1,343 @@
+"""`run_batch`: plan every input, run its tasks on the workers, join, and report.
+
+Videos are cut into keyframe-aligned segments; every finished segment is a file in
+``<output>/.vsr-batch/segments/<file id>/`` recorded in ``<output>/.vsr-batch/jobs.sqlite``.
+When a file's last segment is done the segments are joined into its output and removed. A
+failure in one file never stops the others. Workers: one thread per entry of ``devices``
+sharing one queue, or Ray tasks (``ray``), imported only then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vsr.errors import ConfigError, VsrError
+from vsr.io.source import check_input_path
+from vsr.jobs.join import join_segments
+from vsr.jobs.plan import DEFAULT_TEMPLATE, Job, JobOptions, expand_inputs, make_jobs
+from vsr.jobs.segments import (
+    SEGMENT_SUFFIX,
+    Segment,
+    Task,
+    clean_partials,
+    is_segmentable,
+    plan_segments,
+)
+from vsr.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".vsr-batch"
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """A batch run; validated on construction (ConfigError)."""
+
+    inputs: tuple[str, ...]
+    output_dir: Path
+    manifests: tuple[Path, ...] = ()
+    template: str = DEFAULT_TEMPLATE
+    options: JobOptions = field(default_factory=JobOptions)
+    devices: tuple[str, ...] = ("auto",)
+    resume: bool = False
+    overwrite: bool = False
+    segment_frames: int = 300
+    ray: str | None = None  # a Ray address or "auto"; None: local worker threads
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "manifests", tuple(Path(m) for m in self.manifests))
+        object.__setattr__(self, "devices", tuple(self.devices))
+        if not self.inputs and not self.manifests:
+            raise ConfigError("no inputs: give files, folders, globs or --manifest")
+        if not self.devices:
+            raise ConfigError("devices must name at least one device")
+        from vsr.upscale import resolve_device
+
+        for d in self.devices:
+            resolve_device(d)
+        if self.segment_frames < 1:
+            raise ConfigError("segment_frames must be at least 1")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ConfigError(f"output folder is a file: {self.output_dir}")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.output_dir / STATE_DIR
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Progress over the whole batch (reported from the thread that called run_batch)."""
+
+    files_total: int
+    files_done: int
+    files_failed: int
+    files_skipped: int
+    frames_done: int
+    frames_total: int
+    elapsed: float
+    frames_computed: int  # frames computed in this run (not reused segments): the speed
+
+    @property
+    def fps(self) -> float:
+        return self.frames_computed / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        if not self.frames_computed or not self.frames_total:
+            return None
+        return max(0.0, (self.frames_total - self.frames_done) / self.fps)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    done: tuple[dict, ...]
+    skipped: tuple[dict, ...]
+    failed: tuple[dict, ...]
+    segments_computed: int
+    segments_reused: int
+    frames_computed: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        """The `--json` contract: exactly done, skipped and failed."""
+        return {"done": list(self.done), "skipped": list(self.skipped),
+                "failed": list(self.failed)}
+
+
+class _File:
+    """A planned file: its tasks still to run and whether it has failed (guarded by Tracker)."""
+
+    def __init__(self, job: Job, file_id: int, seg_dir: Path | None, tasks: list[Task],
+                 segments: list[Segment], frames: int) -> None:
+        self.job, self.file_id, self.seg_dir = job, file_id, seg_dir
+        self.tasks, self.segments, self.frames = tasks, segments, frames
+        self.remaining = len(tasks)
+        self.error: str | None = None
+
+
+class Tracker:
+    """Shared bookkeeping: the executors call it from their threads; it writes the store,
+    joins a file when its last task is done, and keeps the counts for progress."""
+
+    def __init__(self, store: JobStore, overwrite: bool) -> None:
+        self.store = store
+        self.overwrite = overwrite
+        self.lock = threading.Lock()
+        self.files: dict[int, _File] = {}
+        self.done: list[dict] = []
+        self.skipped: list[dict] = []
+        self.failed: list[dict] = []
+        self.frames_total = 0
+        self.frames_reused = 0
+        self.frames_finished = 0
+        self.segments_computed = 0
+        self.segments_reused = 0
+        self._running: dict[tuple[int, int], int] = {}
+
+    def claim(self, task: Task) -> bool:
+        """Called before computing ``task``; False when its file has failed already."""
+        with self.lock:
+            if self.files[task.file_id].error is not None:
+                return False
+            self._running[_key(task)] = 0
+        if task.segment is not None:
+            self.store.segment_started(task.file_id, task.segment.index)
+        return True
+
+    def progress(self, task: Task, frames: int) -> None:
+        with self.lock:
+            if _key(task) in self._running:
+                self._running[_key(task)] = frames
+
+    def finished(self, task: Task, frames: int) -> None:
+        """``task`` wrote its result; the last one of a file triggers the join."""
+        if task.segment is not None:
+            self.store.segment_done(task.file_id, task.segment.index)
+        with self.lock:
+            self._running.pop(_key(task), None)
+            self.frames_finished += frames
+            self.segments_computed += task.segment is not None
+            f = self.files[task.file_id]
+            f.remaining -= 1
+            last = f.remaining == 0 and f.error is None
+        if last:
+            self.complete(f)
+
+    def task_failed(self, task: Task, error: BaseException | str) -> None:
+        text = error if isinstance(error, str) else _reason(error)
+        log.warning("%s failed: %s", task.label, text)
+        with self.lock:
+            self._running.pop(_key(task), None)
+            f = self.files[task.file_id]
+            first = f.error is None
+            if first:
+                f.error = text
+        if first:
+            self._fail_file(f, text)
+
+    def complete(self, f: _File) -> None:
+        if f.seg_dir is not None:
+            try:
+                join_segments(f.job.input, segment_paths(f), f.job.output,
+                              overwrite=self.overwrite)
+            except VsrError as exc:
+                self._fail_file(f, _reason(exc))
+                return
+            shutil.rmtree(f.seg_dir, ignore_errors=True)
+        self.store.file_done(f.file_id, f.frames)
+        with self.lock:
+            self.done.append({"input": str(f.job.input), "output": str(f.job.output)})
+
+    def _fail_file(self, f: _File, text: str) -> None:
+        self.store.file_failed(f.file_id, text)
+        with self.lock:
+            f.error = f.error or text
+            self.failed.append({"input": str(f.job.input), "error": text})
+
+    def fail_unplanned(self, job: Job, text: str) -> None:
+        with self.lock:
+            self.failed.append({"input": str(job.input), "error": text})
+
+    def snapshot(self, elapsed: float, files_total: int) -> BatchProgress:
+        with self.lock:
+            running = sum(self._running.values())
+            computed = self.frames_finished + running
+            return BatchProgress(
+                files_total=files_total, files_done=len(self.done),
+                files_failed=len(self.failed), files_skipped=len(self.skipped),
+                frames_done=self.frames_reused + computed, frames_total=self.frames_total,
+                elapsed=elapsed, frames_computed=computed)
+
+
+def _key(task: Task) -> tuple[int, int]:
+    return (task.file_id, task.segment.index if task.segment is not None else -1)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, VsrError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def segment_path(seg_dir: Path, index: int) -> Path:
+    return seg_dir / f"seg-{index:05d}{SEGMENT_SUFFIX}"
+
+
+def segment_paths(f: _File) -> list[Path]:
+    return [segment_path(f.seg_dir, s.index) for s in f.segments]
+
+
+def _fingerprint(job: Job, segment_frames: int) -> str:
+    st = os.stat(check_input_path(job.input))
+    return f"{job.options.fingerprint()}:{st.st_size}:{st.st_mtime_ns}:{segment_frames}"
+
+
+def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) -> list[Task]:
+    """Skip, or plan one file into tasks (reusing finished segments with --resume)."""
+    assert job.output is not None
+    fingerprint = _fingerprint(job, config.segment_frames)
+    if store.finished(str(job.input), str(job.output), fingerprint) and not config.overwrite:
+        with tracker.lock:
+            tracker.skipped.append({"input": str(job.input), "output": str(job.output)})
+        return []
+    from vsr.io.output import check_output_path
+
+    check_output_path(job.output, overwrite=config.overwrite, input_path=job.input)
+    if not is_segmentable(job.input):
+        file_id, _ = store.begin(str(job.input), str(job.output), fingerprint, [(None, None, 1)],
+                                 resume=False)
+        task = Task(job, file_id, None, job.output, overwrite=config.overwrite)
+        _register(tracker, _File(job, file_id, None, [task], [], 1))
+        return [task]
+    segments = plan_segments(job.input, config.segment_frames)
+    plan = [(s.start, s.end, s.frames) for s in segments]
+    file_id, kept = store.begin(str(job.input), str(job.output), fingerprint, plan,
+                                config.resume)
+    seg_dir = config.state_dir / "segments" / f"{file_id:06d}"
+    if not kept:
+        shutil.rmtree(seg_dir, ignore_errors=True)
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    clean_partials(seg_dir)
+    rows = {r.index: r for r in store.segments(file_id)}
+    tasks, reused = [], 0
+    for s in segments:
+        path = segment_path(seg_dir, s.index)
+        if rows[s.index].done and path.is_file():
+            reused += s.frames
+            with tracker.lock:
+                tracker.segments_reused += 1
+            continue
+        if rows[s.index].done:
+            store.segment_undone(file_id, s.index)
+        tasks.append(Task(job, file_id, s, path, overwrite=True))
+    total = sum(s.frames for s in segments)
+    f = _File(job, file_id, seg_dir, tasks, segments, total)
+    _register(tracker, f, reused=reused)
+    if not tasks:  # every segment was finished before: only the join is left
+        tracker.complete(f)
+    return tasks
+
+
+def _register(tracker: Tracker, f: _File, reused: int = 0) -> None:
+    with tracker.lock:
+        tracker.files[f.file_id] = f
+        tracker.frames_total += f.frames
+        tracker.frames_reused += reused
+
+
+def run_batch(config: BatchConfig,
+              progress: Callable[[BatchProgress], None] | None = None) -> BatchResult:
+    """Run the batch; failures are collected in the result, never raised per file.
+
+    Raises ConfigError/OutputError for problems of the batch itself (bad template, output
+    folder not writable), Interrupted on Ctrl-C (finished segments stay for --resume).
+    """
+    t0 = time.perf_counter()
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    entries = expand_inputs(list(config.inputs), list(config.manifests),
+                            exclude=config.output_dir)
+    jobs = make_jobs(entries, config.output_dir, config.template, config.options)
+    with JobStore(config.state_dir / "jobs.sqlite") as store:
+        tracker = Tracker(store, config.overwrite)
+        tasks: list[Task] = []
+        for job in jobs:
+            if job.error is not None:
+                tracker.fail_unplanned(job, job.error)
+                continue
+            try:
+                job.output.parent.mkdir(parents=True, exist_ok=True)
+                tasks.extend(plan_file(job, config, store, tracker))
+            except (VsrError, OSError) as exc:
+                tracker.fail_unplanned(job, _reason(exc))
+        report = None
+        if progress is not None:
+            def report() -> None:
+                progress(tracker.snapshot(time.perf_counter() - t0, len(jobs)))
+        if tasks:
+            if config.ray is not None:
+                from vsr.jobs.ray_executor import run_on_ray
+
+                run_on_ray(tasks, tracker, config.ray, config.devices, report)
+            else:
+                from vsr.jobs.workers import run_on_threads
+
+                run_on_threads(tasks, tracker, config.devices, report)
+        if report is not None:
+            report()
+        return BatchResult(
+            done=tuple(tracker.done), skipped=tuple(tracker.skipped),
+            failed=tuple(tracker.failed), segments_computed=tracker.segments_computed,
+            segments_reused=tracker.segments_reused, frames_computed=tracker.frames_finished,
+            seconds=round(time.perf_counter() - t0, 3))

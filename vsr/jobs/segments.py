@@ -1,0 +1,176 @@
+"""Cutting a video into keyframe-aligned segments, and computing one segment or one file.
+
+A segment is the frames whose pts lies in ``[start, end)``; cuts are made only at keyframe
+pts, so each segment decodes on its own (:meth:`PyAVSource.frames_between`). Its upscaled
+video is encoded into a NUT file (exact timestamps in any time base, no other streams); the
+joiner later puts the segments and the input's other streams into the output.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from vsr.errors import InputError, PipelineError
+from vsr.io.image import is_image_path
+from vsr.io.sink import PyAVSink, output_size
+from vsr.io.source import PyAVSource
+from vsr.jobs.plan import Job
+from vsr.pipeline import make_processor, run_pipeline
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SUFFIX = ".nut"
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    start: int | None  # pts in the input video stream's time base; None: open
+    end: int | None
+    frames: int  # the video packets (frames) whose pts lies in [start, end)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: a segment of a video, or a whole file (images) when ``segment`` is
+    None. ``path`` is where the result goes (the segment file, or the output itself)."""
+
+    job: Job
+    file_id: int
+    segment: Segment | None
+    path: Path
+    overwrite: bool = False
+
+    @property
+    def frames(self) -> int:
+        return self.segment.frames if self.segment is not None else 1
+
+    @property
+    def label(self) -> str:
+        seg = f" segment {self.segment.index}" if self.segment is not None else ""
+        return f"{self.job.input.name}{seg}"
+
+
+def plan_segments(path: Path, min_frames: int) -> list[Segment]:
+    """Keyframe-aligned segments of at least ``min_frames`` frames (the last may be shorter).
+
+    Reads packets only (no decoding). Raises InputError for unreadable or video-less input.
+    """
+    with PyAVSource(path) as source:  # same checks and messages as a normal run
+        index = source.info.index
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams[index]
+            pts, keys = [], []
+            for pkt in c.demux(stream):
+                if pkt.size == 0:
+                    continue
+                if pkt.pts is None:
+                    return [Segment(0, None, None, _count(c, stream))]
+                pts.append(pkt.pts)
+                if pkt.is_keyframe:
+                    keys.append(pkt.pts)
+    except av.error.FFmpegError as exc:
+        raise InputError(f"cannot read {path} as media: {exc.strerror or exc}") from exc
+    if not pts:
+        raise InputError(f"no video frames in {path}")
+    ordered = sorted(pts)
+    cuts: list[int] = []
+    last = ordered[0]
+    for k in keys:  # decode order; a cut must leave min_frames behind it
+        if k <= last:
+            continue
+        if bisect.bisect_left(ordered, k) - bisect.bisect_left(ordered, last) >= min_frames:
+            cuts.append(k)
+            last = k
+    if cuts and bisect.bisect_left(ordered, ordered[-1] + 1) - bisect.bisect_left(
+            ordered, cuts[-1]) < min_frames // 2:
+        cuts.pop()  # fold a short tail into the segment before it
+    bounds = [None, *cuts, None]
+    segments = []
+    for i in range(len(bounds) - 1):
+        lo = 0 if bounds[i] is None else bisect.bisect_left(ordered, bounds[i])
+        hi = len(ordered) if bounds[i + 1] is None else bisect.bisect_left(ordered, bounds[i + 1])
+        segments.append(Segment(i, bounds[i], bounds[i + 1], hi - lo))
+    return segments
+
+
+def _count(c: av.container.InputContainer, stream: av.stream.Stream) -> int:
+    c.seek(0)
+    return sum(1 for pkt in c.demux(stream) if pkt.size)
+
+
+def is_segmentable(path: Path) -> bool:
+    return not is_image_path(path)
+
+
+class HandleCache:
+    """Loaded model handles of one worker, by (model, scale, precision): loaded once."""
+
+    def __init__(self, device: str) -> None:
+        from vsr.upscale import resolve_device
+
+        self.device = resolve_device(device)
+        self._handles: dict[tuple, object] = {}
+
+    def get(self, job: Job):
+        from vsr.upscale import load_handle
+
+        o = job.options
+        key = (o.model, o.scale, o.precision)
+        if key not in self._handles:
+            self._handles[key] = load_handle(o.model, o.scale, self.device, o.precision)
+        return self._handles[key]
+
+
+def run_task(task: Task, handles: HandleCache,
+             progress: Callable[[int], None] | None = None) -> int:
+    """Compute ``task`` into ``task.path``; returns the frames written.
+
+    Raises VsrError subclasses (InputError, OutputError, ModelError, PipelineError ...);
+    on failure nothing is left at ``task.path``.
+    """
+    if task.segment is None:
+        return _run_whole(task, handles, progress)
+    seg = task.segment
+    opts = task.job.options
+    report = (lambda p: progress(p.frames_done)) if progress is not None else None
+    with PyAVSource(task.job.input) as source:
+        info = source.info
+        handle = handles.get(task.job)
+        width, height = output_size(info, handle.scale)
+        processor = make_processor(handle, tile=opts.tile)
+        with PyAVSink(task.path, info, width, height, opts.encode, overwrite=True,
+                      copy_streams=False) as sink:
+            stats = run_pipeline(source.frames_between(seg.start, seg.end), processor, sink,
+                                 frames_total=seg.frames, progress=report)
+            if stats.frames_out != seg.frames:
+                raise PipelineError(f"{task.label}: decoded {stats.frames_out} frames where "
+                                    f"the file has {seg.frames}")
+    return stats.frames_out
+
+
+def _run_whole(task: Task, handles: HandleCache, progress: Callable[[int], None] | None) -> int:
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    o = task.job.options
+    config = UpscaleConfig(input=task.job.input, output=task.path, model=o.model, scale=o.scale,
+                           device=str(handles.device), precision=o.precision, tile=o.tile,
+                           encode=o.encode, overwrite=task.overwrite)
+    result = upscale_file(config, progress=(lambda p: progress(p.frames_done))
+                          if progress is not None else None)
+    return result.frames_out
+
+
+def clean_partials(folder: Path) -> None:
+    """Remove temporary files a killed run left in a segment folder."""
+    for p in folder.glob(".*.partial*"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
