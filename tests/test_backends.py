@@ -1,0 +1,151 @@
+"""Backends: engine-cache key, fallback on a real missing import, ONNX/eager agreement,
+validation against eager, the compile backend (slow: a cold torch.compile takes minutes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+
+import pytest
+import torch
+
+from vsr.backends import (
+    EngineCache,
+    EngineKey,
+    candidates,
+    model_digest,
+    parse_backends,
+    prepare,
+)
+from vsr.errors import ConfigError
+from vsr.models import DRN, NetworkUpscaler
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+HAS_TRT = importlib.util.find_spec("torch_tensorrt") is not None
+
+
+def tiny_handle(seed: int = 0) -> NetworkUpscaler:
+    torch.manual_seed(seed)
+    return NetworkUpscaler("tiny", DRN(scale=2, n_feats=4, n_blocks=[1]))
+
+
+def frames(shape, seed: int = 1) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_cache_key_changes_when_any_input_changes():
+    base = EngineKey(model="a" * 64, backend="tensorrt", shape=(1, 3, 540, 960),
+                     precision="float16", device="NVIDIA H100", tensorrt="tensorrt 10.3",
+                     torch="2.13.0", extra="")
+    other = {"model": "b" * 64, "backend": "onnx", "shape": (1, 3, 540, 961),
+             "precision": "float32", "device": "NVIDIA L4", "tensorrt": "tensorrt 10.4",
+             "torch": "2.13.1", "extra": "opset18"}
+    assert set(other) == {f.name for f in dataclasses.fields(EngineKey)}
+    digests = {base.digest()}
+    for name, value in other.items():
+        digests.add(dataclasses.replace(base, **{name: value}).digest())
+    assert len(digests) == 1 + len(other)
+    assert dataclasses.replace(base).digest() == base.digest()  # and it is stable
+    assert dataclasses.replace(base, shape=(2, 3, 540, 960)).digest() != base.digest()
+
+
+def test_model_digest_follows_weights_and_hparams():
+    a, b = tiny_handle(0).module, tiny_handle(0).module
+    assert model_digest(a) == model_digest(b)
+    with torch.no_grad():
+        b.head.weight[0, 0, 0, 0] += 1e-3
+    assert model_digest(a) != model_digest(b)
+    torch.manual_seed(0)
+    wider = DRN(scale=2, n_feats=4, n_blocks=[2])
+    assert model_digest(wider) != model_digest(a)
+
+
+def test_candidates_and_names():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert candidates("auto", cuda) == ("tensorrt", "compile", "eager")
+    assert candidates("tensorrt", cpu)[-1] == "eager"
+    assert candidates("compile", cuda) == ("compile", "eager")
+    assert candidates("eager", cpu) == ("eager",)
+    assert parse_backends("eager, compile,onnx") == ("eager", "compile", "onnx")
+    with pytest.raises(ConfigError, match="unknown backend"):
+        parse_backends("eager,tensorrtx")
+    with pytest.raises(ConfigError, match="unknown backend"):
+        candidates("fast", cpu)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="torch-tensorrt is installed here")
+def test_missing_tensorrt_falls_back_with_one_warning(tmp_path, caplog):
+    """torch_tensorrt really is not importable here: the run goes on eagerly, correctly."""
+    h = tiny_handle()
+    x = frames((1, 3, 20, 28))
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        runner = prepare(h, "tensorrt", tuple(x.shape), cache=EngineCache(tmp_path))
+    assert runner.backend == "eager"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "backend tensorrt" in warnings[0] and "not installed" in warnings[0]
+    assert runner.notes == warnings
+    torch.testing.assert_close(runner(x), h.infer(x), rtol=0, atol=0)
+
+
+def test_auto_on_cpu_is_eager_without_warnings(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        runner = prepare(tiny_handle(), "auto", (1, 3, 16, 16), cache=EngineCache(tmp_path))
+    assert runner.backend == "eager" and not caplog.records
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnx_backend_matches_eager_and_caches_the_export(tmp_path):
+    h = tiny_handle()
+    cache = EngineCache(tmp_path)
+    runner = prepare(h, "onnx", (2, 3, 24, 36), cache=cache)
+    assert runner.backend == "onnx" and runner.max_error <= 1e-4
+    x = frames((2, 3, 24, 36))
+    assert (runner(x) - h.infer(x)).abs().max() <= 1e-4
+    files = list((tmp_path / "engines").glob("onnx-*.onnx"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    again = prepare(h, "onnx", (1, 3, 40, 20), cache=cache)  # dynamic H/W: same file
+    assert again.backend == "onnx"
+    assert list((tmp_path / "engines").glob("onnx-*.onnx")) == files
+    assert files[0].stat().st_mtime_ns == stamp
+    y = frames((1, 3, 40, 20), seed=3)
+    assert (again(y) - h.infer(y)).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_stale_engine_is_caught_on_the_first_frame(tmp_path, caplog):
+    """A cached engine that does not compute this model (here: another model's export put
+    under this key) disagrees with eager on the first frame: warned, and eager is used."""
+    from vsr.export import export_onnx
+
+    h, other = tiny_handle(0), tiny_handle(1)
+    cache = EngineCache(tmp_path)
+    prepare(h, "onnx", (1, 3, 16, 16), cache=cache)
+    (path,) = (tmp_path / "engines").glob("onnx-*.onnx")
+    export_onnx(other.module, path)
+    x = frames((1, 3, 16, 16))
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        runner = prepare(h, "onnx", (1, 3, 16, 16), sample=x, cache=cache)
+    assert runner.backend == "eager"
+    assert any("differs from eager" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(runner(x), h.infer(x), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_runner_runs_other_shapes_eagerly(tmp_path):
+    h = tiny_handle()
+    runner = prepare(h, "onnx", (1, 3, 16, 16), cache=EngineCache(tmp_path))
+    x = frames((3, 3, 10, 12))  # a short batch, another size: eager, exactly
+    torch.testing.assert_close(runner(x), h.infer(x), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compile_backend_matches_eager(tmp_path):
+    torch.set_num_threads(1)
+    h = tiny_handle()
+    runner = prepare(h, "compile", (1, 3, 20, 24), cache=EngineCache(tmp_path))
+    assert runner.backend == "compile", runner.notes
+    x = frames((1, 3, 20, 24), seed=5)
+    assert (runner(x) - h.infer(x)).abs().max() <= 1e-4

@@ -1,0 +1,159 @@
+"""Acceleration backends behind one switch: eager, compile, tensorrt, onnx, or auto.
+
+    runner = prepare(handle, "auto", (1, 3, 360, 640), sample=first_frame)
+    y = runner(x)  # same contract as handle.infer
+
+``prepare`` tries the asked backend, then the ones after it in the device's order; a backend
+that is missing, fails to build, or disagrees with eager on the first frame (beyond the
+tolerance of the precision) is skipped with a one-line warning. Eager always works, so
+``prepare`` returns a runner unless the eager model itself fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import torch
+
+from vsr.backends.base import (
+    TOLERANCE,
+    Backend,
+    BackendUnavailable,
+    Runner,
+    Shape,
+    dtype_name,
+    padded_shape,
+)
+from vsr.backends.cache import EngineCache, EngineKey, default_cache_dir, model_digest
+from vsr.backends.compile import COMPILE
+from vsr.backends.eager import EAGER
+from vsr.backends.onnx import ONNX
+from vsr.backends.tensorrt import TENSORRT
+from vsr.errors import ConfigError
+
+log = logging.getLogger("vsr.backends")
+
+BACKENDS: Mapping[str, Backend] = MappingProxyType({
+    b.name: b for b in (EAGER, COMPILE, TENSORRT, ONNX)})
+CHOICES = ("auto", *BACKENDS)
+
+# Fastest first. On CUDA: TensorRT, then compiled CUDA graphs, then eager. On the CPU, eager:
+# compile gains little here and its first build costs minutes, which dominates short clips,
+# and onnxruntime was measured slower than eager for DRN (README, "Backends"); both stay
+# available by name.
+AUTO_ORDER: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "cuda": ("tensorrt", "compile", "eager"),
+    "cpu": ("eager",),
+})
+
+__all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "TOLERANCE", "Backend", "BackendUnavailable",
+           "EngineCache", "EngineKey", "Runner", "candidates", "default_cache_dir",
+           "model_digest", "parse_backends", "prepare", "prepare_for_frame"]
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    """``"eager,compile"`` -> ("eager", "compile"); raises ConfigError for unknown names."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in CHOICES]
+    if not names or bad:
+        raise ConfigError(f"unknown backend {', '.join(bad) or repr(text)} "
+                          f"(choose from {', '.join(CHOICES)})")
+    return names
+
+
+def candidates(backend: str, device: torch.device) -> tuple[str, ...]:
+    """The backends ``prepare`` tries, in order: the asked one, then the rest of the
+    device's auto order after it, then eager."""
+    if backend not in CHOICES:
+        raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(CHOICES)})")
+    order = AUTO_ORDER.get(device.type, ("eager",))
+    if backend == "auto":
+        return order
+    rest = order[order.index(backend) + 1:] if backend in order else ()
+    return tuple(dict.fromkeys((backend, *rest, "eager")))
+
+
+def _sample(handle, shape: Shape) -> torch.Tensor:
+    """A deterministic validation input: smooth gradients plus noise, in [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w = shape
+    yy = torch.linspace(0, 1, h).view(1, 1, h, 1)
+    xx = torch.linspace(0, 1, w).view(1, 1, 1, w)
+    x = 0.5 * (yy + xx) / 2 + 0.5 * torch.rand(shape, generator=g)
+    return x.expand(n, c, h, w).to(handle.device, handle.dtype).contiguous()
+
+
+def _max_error(runner: Runner, sample: torch.Tensor) -> float:
+    with torch.inference_mode():
+        ref = runner.handle.infer(sample).float().clamp_(0, 1)
+        out = runner(sample).float().clamp_(0, 1)
+    if out.shape != ref.shape:
+        return float("inf")
+    return float((out - ref).abs().max())
+
+
+def prepare(handle, backend: str = "auto", shape: Shape = (1, 3, 64, 64), *,
+            sample: torch.Tensor | None = None, cache: EngineCache | None = None,
+            validate: bool = True) -> Runner:
+    """A Runner for ``handle`` on input of ``shape`` (N, 3, H, W) in the handle's dtype.
+
+    ``sample`` (same shape, dtype and device; the first frame(s) of the run) is what the
+    backend is checked against eager on; without it a synthetic frame is used. Never
+    raises for a backend problem: each one logs a one-line warning (info for backends
+    ``auto`` merely skips) and the next candidate is tried. Raises ConfigError for an
+    unknown backend name.
+    """
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
+        raise ConfigError(f"backend input shape must be (N, 3, H, W), got {shape}")
+    cache = cache or EngineCache()
+    notes: list[str] = []
+    names = candidates(backend, handle.device)
+    for i, name in enumerate(names):
+        nxt = names[i + 1] if i + 1 < len(names) else None
+        if name == "eager":
+            return Runner("eager", handle, shape, handle.dtype, None, notes=notes)
+        b = BACKENDS[name]
+        why = b.unavailable(handle)
+        if why is None:
+            t = time.perf_counter()
+            try:
+                fn = b.build(handle, padded_shape(handle, shape), cache)
+                runner = Runner(name, handle, shape, handle.dtype, fn, notes=notes)
+                if validate:
+                    x = sample if sample is not None else _sample(handle, shape)
+                    runner.max_error = _max_error(runner, x)
+            except Exception as exc:  # any build or run failure means: use the next one
+                why = f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            else:
+                runner.prepare_seconds = round(time.perf_counter() - t, 3)
+                tol = TOLERANCE.get(handle.dtype, TOLERANCE[torch.float32])
+                if runner.max_error is None or runner.max_error <= tol:
+                    log.info("backend %s ready in %.1f s (max |error| vs eager %s)", name,
+                             runner.prepare_seconds, runner.max_error)
+                    return runner
+                why = (f"differs from eager by {runner.max_error:.2e} on the first frame "
+                       f"(tolerance {tol:.0e} in {dtype_name(handle.dtype)})")
+        msg = f"backend {name}: {why}; falling back to {nxt}"
+        if backend == "auto" and not why.startswith(("failed", "differs")):
+            log.info(msg)
+        else:
+            log.warning(msg)
+            notes.append(msg)
+    raise AssertionError("eager is always the last candidate")  # pragma: no cover
+
+
+def prepare_for_frame(handle, backend: str, image, *, batch: int = 1,
+                      cache: EngineCache | None = None) -> Runner:
+    """``prepare`` for frames like ``image`` (H, W, 3) uint8/uint16, the run's first frame:
+    the runner's shape is (batch, 3, H, W) and the check against eager runs on that frame
+    (repeated ``batch`` times)."""
+    from vsr.pipeline.compute import to_model_input
+
+    img = torch.as_tensor(image)
+    x = to_model_input(img.to(handle.device), handle.dtype)
+    x = x.expand(batch, -1, -1, -1).contiguous()
+    return prepare(handle, backend, tuple(x.shape), sample=x, cache=cache)

@@ -1,0 +1,115 @@
+"""The backend contract: a Backend builds a callable for one fixed input shape; a Runner
+wraps it with the handle's padding and an eager path for every other shape.
+
+Tensor contract of every runner (the same as ``Upscaler.infer``): float (N, 3, H, W) RGB in
+[0, 1] on the handle's device and dtype in, (N, 3, scale*H, scale*W) out, same device and
+dtype, not clamped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vsr.errors import VsrError
+
+log = logging.getLogger("vsr.backends")
+
+Shape = tuple[int, int, int, int]
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+# Largest tolerated |backend - eager| on the first frame (outputs clamped to [0, 1]), by the
+# precision both run in. fp32 allows for TF32 and reordered sums; half precisions for the
+# rounding of a different kernel choice (about 4 and 2 ulps at 1.0).
+TOLERANCE: dict[torch.dtype, float] = {
+    torch.float32: 1e-3,
+    torch.float16: 1e-2,
+    torch.bfloat16: 4e-2,
+}
+
+
+class BackendUnavailable(VsrError):
+    """A backend cannot run here (missing package, wrong device, unsupported precision)."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One acceleration backend.
+
+    ``unavailable(handle)`` returns why it cannot run this handle here, or None; ``build(handle,
+    shape, cache)`` returns a callable for padded input of exactly ``shape`` (raises anything
+    on failure: the caller falls back).
+    """
+
+    name: str
+    description: str
+    unavailable: Callable[..., str | None]
+    build: Callable[..., Fn]
+
+
+class NetworkOnly(nn.Module):
+    """``module(x, return_all=False)`` as a one-input, one-output module (for tracers)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.net = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, return_all=False)
+
+
+def padded_shape(handle, shape: Shape) -> Shape:
+    """The shape the network sees once the handle pads to its size multiple."""
+    n, c, h, w = shape
+    m = handle.size_multiple
+    return (n, c, h + (-h) % m, w + (-w) % m)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass
+class Runner:
+    """``handle.infer`` through ``backend`` for input of ``shape``; any other shape (a tile, a
+    short last batch, a size change) runs eagerly. Built by ``vsr.backends.prepare``."""
+
+    backend: str
+    handle: object
+    shape: Shape
+    dtype: torch.dtype
+    fn: Fn | None  # None for eager
+    prepare_seconds: float = 0.0
+    max_error: float | None = None  # |backend - eager| on the validation frame
+    notes: list[str] = field(default_factory=list)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fn is None or tuple(x.shape) != self.shape or x.dtype != self.dtype:
+            return self.handle.infer(x)
+        h, w = x.shape[-2:]
+        s = self.handle.scale
+        with torch.inference_mode():
+            ph, pw = (-h) % self.handle.size_multiple, (-w) % self.handle.size_multiple
+            if ph or pw:
+                x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+            y = self.fn(x)
+            if ph or pw:
+                y = y[..., : h * s, : w * s]
+        return y
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "shape": list(self.shape),
+                "precision": dtype_name(self.dtype), "prepare_seconds": self.prepare_seconds,
+                "max_error": self.max_error}
+
+
+def timed(fn: Callable[[], Fn]) -> tuple[Fn, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t

@@ -1,0 +1,205 @@
+"""`vsr export`: a model as an ONNX file (dynamic batch, height and width), a traced
+TorchScript file, or a TensorRT program (static shape, torch-tensorrt on CUDA).
+
+Each artefact is checked after writing: ONNX in onnxruntime (when installed) and TorchScript
+in torch at two input sizes, TensorRT at its own shape, against the eager model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vsr.errors import ConfigError, OutputError
+from vsr.io.output import check_output_path, discard, finish, temp_path_for
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "tensorrt")
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export; ``height``/``width``/``batch`` are the traced sample's size (for TensorRT
+    the engine's fixed input size). Validated on construction (ConfigError)."""
+
+    model: str | None
+    format: str
+    output: Path
+    scale: int | None = None
+    height: int = 540
+    width: int = 960
+    batch: int = 1
+    precision: str = "auto"  # auto: fp16 for tensorrt, fp32 otherwise
+    device: str = "auto"
+    overwrite: bool = False
+    check: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output", Path(self.output))
+        if self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32, fp16 or bf16, "
+                              f"not {self.precision!r}")
+        if self.format == "onnx" and self.precision not in ("auto", "fp32"):
+            raise ConfigError("ONNX export is fp32 only")
+        if min(self.height, self.width, self.batch) < 1:
+            raise ConfigError("height, width and batch must be at least 1")
+
+    @property
+    def run_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "fp16" if self.format == "tensorrt" else "fp32"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    output: str
+    format: str
+    model: str
+    scale: int
+    precision: str
+    shape: list[int]  # the traced / engine input shape
+    dynamic: list[str]  # axes that may differ from ``shape`` at run time
+    bytes: int
+    max_error: float | None  # |artefact - eager| over the checks; None when not checked
+    seconds: float
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
+                sample_hw: tuple[int, int] = (32, 32)) -> None:
+    """Write ``module(x, return_all=False)`` as ONNX with input ``lr`` (N, 3, H, W) and
+    output ``sr`` (N, 3, sH, sW), float32, N/H/W dynamic. Raises ConfigError without onnx."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+    except ImportError as exc:
+        raise ConfigError(f"ONNX export needs the onnx package ({exc}); "
+                          "pip install 'vsr[onnx]'") from None
+    from vsr.backends.base import NetworkOnly
+
+    p = next(module.parameters())
+    net = NetworkOnly(module).eval()
+    x = torch.rand(1, 3, *sample_hw, dtype=p.dtype, device=p.device)
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript-based exporter: deprecated in favour of dynamo=True, which needs
+        # onnxscript (not in the onnx extra) and is slower; the graph is the same.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (x,), str(path), dynamo=False, opset_version=opset,
+            input_names=["lr"], output_names=["sr"],
+            dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"},
+                          "sr": {0: "batch", 2: "out_height", 3: "out_width"}})
+
+
+def export_torchscript(module: nn.Module, path: str | Path, sample: torch.Tensor) -> None:
+    """Trace ``module(x, return_all=False)`` on ``sample`` and save it (any input size)."""
+    from vsr.backends.base import NetworkOnly
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated but still the portable format
+        traced = torch.jit.trace(NetworkOnly(module).eval(), (sample,), check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+# Two small shapes the dynamic formats are checked at (odd sizes, another batch).
+CHECK_SHAPES = ((1, 3, 24, 40), (2, 3, 37, 18))
+
+
+def _error(y: torch.Tensor | np.ndarray, ref: torch.Tensor) -> float:
+    y = torch.as_tensor(y).to(ref.device, torch.float32)
+    if y.shape != ref.shape:
+        raise OutputError(f"the exported model gives {tuple(y.shape)}, eager {tuple(ref.shape)}")
+    return float((y - ref.float()).abs().max())
+
+
+def _check(cfg: ExportConfig, handle, path: Path) -> float | None:
+    errors = []
+    if cfg.format == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            log.warning("onnxruntime is not installed; the ONNX file was not run")
+            return None
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for shape in CHECK_SHAPES:
+            x = torch.rand(shape)
+            errors.append(_error(session.run(None, {"lr": x.numpy()})[0], handle.infer(x)))
+    elif cfg.format == "torchscript":
+        loaded = torch.jit.load(str(path), map_location=handle.device)
+        for shape in CHECK_SHAPES:
+            x = torch.rand(shape, device=handle.device, dtype=handle.dtype)
+            with torch.inference_mode():
+                errors.append(_error(loaded(x), handle.infer(x)))
+    else:
+        loaded = torch.export.load(str(path)).module()
+        x = torch.rand(cfg.batch, 3, cfg.height, cfg.width, device=handle.device,
+                       dtype=handle.dtype)
+        with torch.inference_mode():
+            errors.append(_error(loaded(x), handle.infer(x)))
+    return max(errors)
+
+
+def export_model(cfg: ExportConfig) -> ExportResult:
+    """Write the artefact to ``cfg.output`` (atomically). Raises ConfigError (bad model,
+    missing package, TensorRT without CUDA), OutputError, ModelError, CheckpointError."""
+    from vsr.backends.base import TOLERANCE
+    from vsr.upscale import load_handle, resolve_device
+
+    t0 = time.perf_counter()
+    out = check_output_path(cfg.output, overwrite=cfg.overwrite)
+    device = resolve_device(cfg.device)
+    if cfg.format == "onnx":
+        device = torch.device("cpu")  # exported from the CPU; runs anywhere onnxruntime does
+    if cfg.format == "tensorrt":
+        from vsr.backends.tensorrt import versions
+
+        try:
+            versions()
+        except ImportError as exc:
+            raise ConfigError(f"TensorRT export needs torch-tensorrt ({exc}); "
+                              "pip install 'vsr[tensorrt]' on a CUDA machine") from None
+        if device.type != "cuda":
+            raise ConfigError("TensorRT export needs a CUDA device")
+    handle = load_handle(cfg.model, cfg.scale, device, cfg.run_precision)
+    if handle.module is None:
+        raise ConfigError(f"{handle.name} has no network to export")
+    shape = (cfg.batch, 3, cfg.height, cfg.width)
+    tmp = temp_path_for(out)
+    try:
+        if cfg.format == "onnx":
+            export_onnx(handle.module, tmp)
+        elif cfg.format == "torchscript":
+            sample = torch.rand(shape, device=handle.device, dtype=handle.dtype)
+            export_torchscript(handle.module, tmp, sample)
+        else:
+            from vsr.backends.tensorrt import compile_engine, save_engine
+
+            save_engine(compile_engine(handle, shape), tmp, shape, handle)
+        max_error = _check(cfg, handle, tmp) if cfg.check else None
+        tol = TOLERANCE.get(handle.dtype, 1e-3)
+        if max_error is not None and max_error > tol:
+            raise OutputError(f"the exported model differs from eager by {max_error:.2e} "
+                              f"(tolerance {tol:.0e}); nothing was written")
+        finish(tmp, out)
+    except BaseException:
+        discard(tmp)
+        raise
+    return ExportResult(
+        output=str(out), format=cfg.format, model=handle.name, scale=handle.scale,
+        precision=str(handle.dtype).removeprefix("torch."), shape=list(shape),
+        dynamic=[] if cfg.format == "tensorrt" else ["batch", "height", "width"],
+        bytes=out.stat().st_size, max_error=max_error,
+        seconds=round(time.perf_counter() - t0, 3))
