@@ -6,7 +6,7 @@ setup(
     description="Video super-resolution with dual regression networks and compression",
     python_requires=">=3.10",
     packages=["vsr", "vsr.io", "vsr.train", "vsr.compress", "vsr.cli", "vsr.models",
-              "vsr.jobs", "vsr.stream"],
+              "vsr.jobs", "vsr.stream", "vsr.backends", "vsr.pipeline"],
     package_dir={"vsr.cli": "cli", "vsr.models": "models"},
     package_data={"vsr.models": ["weights/*.safetensors", "weights/*.json"]},
     install_requires=[
