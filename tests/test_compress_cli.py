@@ -101,3 +101,23 @@ def test_l1_baseline_at_given_widths_and_stage_errors(setup: dict[str, Path],
     # a stage file made with another method is refused
     res = CliRunner().invoke(cli, _args(setup, out, "--stage", "prune", "--method", "drc"))
     assert res.exit_code != 0 and "method l1" in str(res.exception)
+
+
+def test_report_rows_and_plot(setup: dict[str, Path], tmp_path: Path) -> None:
+    from vsr.compress.layers import candidate_widths, prunable_layers
+    from vsr.compress.prune import l1_prune
+    from vsr.compress.report import build_report, write_report
+
+    net, info = load_network(setup["ckpt"])
+    slim, _ = l1_prune(net, [candidate_widths(la.width, 0.5)[-1] for la in prunable_layers(net)])
+    save_model(tmp_path / "slim.safetensors", slim, CheckpointInfo(
+        arch="drn", hparams=slim.hparams, scale=2, name="slim"))
+    report = build_report({"original": setup["ckpt"], "l1": tmp_path / "slim.safetensors"},
+                          [setup["root"] / "val"], repeats=1, latency_hw=(64, 96))
+    rows = report["models"]
+    assert rows["original"]["macs_drop"] == 0.0 and 0.3 < rows["l1"]["macs_drop"] < 0.6
+    assert rows["l1"]["params"] < rows["original"]["params"]
+    assert rows["l1"]["latency_s"] > 0 and "psnr" in rows["l1"]["val"]
+    js, png = write_report(report, tmp_path / "rep")
+    assert json.loads(js.read_text())["reference"] == "original"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
