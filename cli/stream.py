@@ -1,0 +1,88 @@
+"""`vsr stream SRC DST`: upscale a live stream (udp://, tcp://, rtmp://, http input, srt://
+output through the ffmpeg program, `-` for stdin/stdout as MPEG-TS, files)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+import click
+
+from vsr.cli.common import device_option, model_option, precision_option, scale_option
+
+
+def _render(as_json: bool, to_stdout: bool):
+    def show(s) -> None:
+        if as_json:
+            stream = sys.stdout if to_stdout else sys.stderr
+            stream.write(json.dumps(s.to_json()) + "\n")
+            stream.flush()
+            return
+        lat = f"{s.latency_ms:.0f} ms (max {s.latency_max_ms:.0f})" if s.latency_ms is not None \
+            else "-"
+        head = "total" if s.final else f"{s.elapsed_s:7.1f} s"
+        click.echo(f"{head}: in {s.frames_in} ({s.fps_in:.1f} fps) out {s.frames_out} "
+                   f"({s.fps_out:.1f} fps) dropped {s.dropped} latency {lat} "
+                   f"reconnects {s.reconnects}" + (f" error: {s.error}" if s.error else ""),
+                   err=True)
+    return show
+
+
+@click.command()
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST")
+@model_option()
+@scale_option
+@device_option
+@precision_option
+@click.option("--tile", type=click.IntRange(min=32), default=None, help="Infer in tiles of N px.")
+@click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
+@click.option("--crf", type=click.IntRange(0, 63), default=None, help="Constant quality.")
+@click.option("--preset", default=None, help="Encoder preset (x264/x265 default: veryfast).")
+@click.option("--gop", type=click.IntRange(min=1), default=None,
+              help="Keyframe interval in frames (default: one second).")
+@click.option("--max-latency", "max_latency", type=click.IntRange(min=1), default=1000,
+              show_default=True, help="Frames older than MS are dropped (with --drop oldest).")
+@click.option("--drop", type=click.Choice(["oldest", "none"]), default="oldest",
+              show_default=True, help="What to do when inference falls behind.")
+@click.option("--reconnect", is_flag=True, help="Reopen the source with backoff when it goes.")
+@click.option("--timeout", "read_timeout", type=click.FloatRange(min=0.1), default=5.0,
+              show_default=True, help="Seconds without data before the source counts as gone.")
+@click.option("--input-format", default=None, help="Force the input format (e.g. mpegts).")
+@click.option("--format", "output_format", default=None,
+              help="Output format (default: mpegts for URLs and -, else from the name).")
+@click.option("--via-ffmpeg", is_flag=True,
+              help="Send the output through the ffmpeg program (automatic for srt://).")
+@click.option("--stats-interval", type=click.FloatRange(min=0.1), default=2.0,
+              show_default=True, help="Seconds between stats lines.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Stats as JSON lines (on stdout, or stderr when DST is -).")
+def stream(src: str, dst: str, model: str | None, scale: int | None, device: str,
+           precision: str, tile: int | None, codec: str, crf: int | None, preset: str | None,
+           gop: int | None, max_latency: int, drop: str, reconnect: bool, read_timeout: float,
+           input_format: str | None, output_format: str | None, via_ffmpeg: bool,
+           stats_interval: float, as_json: bool) -> None:
+    """Upscale the live stream SRC to DST until the source ends or Ctrl-C.
+
+    Both are URLs FFmpeg understands, or - for MPEG-TS on stdin/stdout. Ctrl-C or SIGTERM
+    closes the output cleanly (exit 0); a source that fails without --reconnect exits 1.
+    """
+    from vsr.errors import InputError
+    from vsr.io.sink import EncodeConfig
+    from vsr.stream import StreamConfig, run_stream
+
+    config = StreamConfig(
+        src=src, dst=dst, model=model, scale=scale, device=device, precision=precision,
+        tile=tile, encode=EncodeConfig(codec=codec, crf=crf, preset=preset),
+        max_latency_ms=max_latency, drop=drop, reconnect=reconnect, read_timeout_s=read_timeout,
+        input_format=input_format, output_format=output_format, gop=gop, via_ffmpeg=via_ffmpeg,
+        stats_interval_s=stats_interval)
+
+    def _term(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    final = run_stream(config, stats=_render(as_json, to_stdout=dst != "-"))
+    if final.error and final.frames_out == 0:
+        raise InputError(final.error)

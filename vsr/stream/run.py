@@ -1,0 +1,186 @@
+"""`run_stream`: a live source, upscaled, to a live destination with bounded latency.
+
+reader thread (decode, monotonic times, reconnect) -> DropQueue (policy, counted drops)
+-> inference and encoding in the calling thread -> destination. Ctrl-C (KeyboardInterrupt in
+the calling thread) or the end of the source flushes the encoder and closes the output.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from vsr.errors import ConfigError, PipelineError
+from vsr.io.sink import EncodeConfig
+from vsr.io.source import Frame
+from vsr.stream.io import DropQueue, LiveSink, Reader
+
+log = logging.getLogger(__name__)
+
+DROP_POLICIES = ("oldest", "none")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One live run; validated on construction (ConfigError)."""
+
+    src: str
+    dst: str
+    model: str | None = None
+    scale: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    tile: int | None = None
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    max_latency_ms: int = 1000
+    drop: str = "oldest"
+    reconnect: bool = False
+    read_timeout_s: float = 5.0
+    backoff_max_s: float = 8.0
+    input_format: str | None = None
+    output_format: str | None = None
+    gop: int | None = None  # keyframe interval in frames; None: one second
+    via_ffmpeg: bool = False
+    stats_interval_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.drop not in DROP_POLICIES:
+            raise ConfigError(f"drop must be oldest or none, not {self.drop!r}")
+        if self.max_latency_ms < 1:
+            raise ConfigError("max_latency_ms must be at least 1")
+        if self.read_timeout_s <= 0 or self.backoff_max_s <= 0 or self.stats_interval_s <= 0:
+            raise ConfigError("timeouts and intervals must be positive")
+        if self.gop is not None and self.gop < 1:
+            raise ConfigError("gop must be at least 1 frame")
+        if self.src == self.dst and self.src != "-":
+            raise ConfigError("source and destination are the same")
+        from vsr.upscale import resolve_device
+
+        resolve_device(self.device)
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Counters since the start, and rates and latency over the last interval."""
+
+    elapsed_s: float
+    frames_in: int
+    frames_out: int
+    dropped: int
+    fps_in: float
+    fps_out: float
+    latency_ms: float | None  # mean arrival -> written, over the interval (final: the run)
+    latency_max_ms: float | None
+    reconnects: int
+    final: bool = False
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class _Meter:
+    def __init__(self, start: float) -> None:
+        self.start = self.mark = start
+        self.in_mark = self.out_mark = 0
+        self.lat: list[float] = []
+        self.total = [0.0, 0, 0.0]  # sum, count, max of every latency (for the final report)
+
+    def add(self, latency: float) -> None:
+        self.lat.append(latency)
+        self.total = [self.total[0] + latency, self.total[1] + 1, max(self.total[2], latency)]
+
+    def stats(self, reader: Reader, queue: DropQueue, frames_out: int, now: float,
+              final: bool = False, error: str | None = None) -> StreamStats:
+        span = max(1e-9, now - self.mark)
+        lat = self.lat
+        mean = sum(lat) / len(lat) if lat else None
+        peak = max(lat) if lat else None
+        if final and self.total[1]:  # the final line covers the whole run
+            mean, peak = self.total[0] / self.total[1], self.total[2]
+        s = StreamStats(
+            elapsed_s=round(now - self.start, 3), frames_in=reader.frames,
+            frames_out=frames_out, dropped=queue.dropped,
+            fps_in=round((reader.frames - self.in_mark) / span, 2),
+            fps_out=round((frames_out - self.out_mark) / span, 2),
+            latency_ms=round(1000 * mean, 1) if mean is not None else None,
+            latency_max_ms=round(1000 * peak, 1) if peak is not None else None,
+            reconnects=reader.reconnects, final=final, error=error)
+        if not final:
+            self.mark, self.in_mark, self.out_mark, self.lat = now, reader.frames, frames_out, []
+        return s
+
+
+def run_stream(config: StreamConfig,
+               stats: Callable[[StreamStats], None] | None = None) -> StreamStats:
+    """Run until the source ends (or, with reconnect, until interrupted); returns the totals.
+
+    ``stats`` is called every ``stats_interval_s`` and once at the end (``final``), from the
+    calling thread. Raises ConfigError/ModelError before anything starts; OutputError or
+    PipelineError when the output fails. Ctrl-C is a normal stop: the output is closed cleanly.
+    """
+    from vsr.pipeline import make_processor
+    from vsr.upscale import load_handle, resolve_device
+
+    handle = load_handle(config.model, config.scale, resolve_device(config.device),
+                         config.precision)
+    processor = make_processor(handle, tile=config.tile)
+    stop = threading.Event()
+    capacity = 2 if config.drop == "oldest" else 8
+    queue = DropQueue(capacity, config.drop, config.max_latency_ms / 1000)
+    reader = Reader(config.src, queue, stop, reconnect=config.reconnect,
+                    read_timeout=config.read_timeout_s, backoff_max=config.backoff_max_s,
+                    input_format=config.input_format)
+    sink = LiveSink(config.dst, config.encode, output_format=config.output_format,
+                    gop=config.gop, via_ffmpeg=config.via_ffmpeg)
+    meter = _Meter(time.monotonic())
+    written = 0
+    pending: dict[int, tuple] = {}
+    last_report = meter.start
+
+    def emit(done) -> None:
+        nonlocal written
+        frame, image = done
+        t, arrived, info = pending.pop(frame.index)
+        sink.write(image, t, info)
+        meter.add(time.monotonic() - arrived)
+        written += 1
+
+    reader.start()
+    index = 0
+    size = None
+    try:
+        try:
+            while (item := queue.get(stop)) is not None:
+                if size is not None and item.image.shape != size:
+                    raise PipelineError(f"the source changed size from {size[1]}x{size[0]} "
+                                        f"to {item.image.shape[1]}x{item.image.shape[0]}")
+                size = item.image.shape
+                pending[index] = (item.t, item.arrived, item.info)
+                for done in processor.submit(Frame(index, None, item.image)):
+                    emit(done)
+                index += 1
+                now = time.monotonic()
+                if stats is not None and now - last_report >= config.stats_interval_s:
+                    last_report = now
+                    stats(meter.stats(reader, queue, written, now))
+        except KeyboardInterrupt:
+            log.info("interrupted: closing the output")
+        stop.set()
+        for done in processor.drain():
+            emit(done)
+        sink.close()
+    except BaseException:
+        stop.set()
+        sink.abort()
+        raise
+    finally:
+        reader.join(timeout=config.read_timeout_s + 5)
+    final = meter.stats(reader, queue, written, time.monotonic(), final=True,
+                        error=reader.error)
+    if stats is not None:
+        stats(final)
+    return final
