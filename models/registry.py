@@ -131,6 +131,19 @@ REGISTRY.register(ModelSpec(
     kwargs={"scale": 2, "n_feats": 16, "n_blocks": [6]},
     description="DRN-T x2: video variant (nf 16, 6 RCABs)",
     weights="drn-t-x2.safetensors",
+    sha256="9426ad43c25e8d0e2f71cee35e1163decdb956fa885d637db7119876b0e28fb9",
+    card={
+        "trained_by": "vsr train (dual regression, lambda 0.1)",
+        "data": "T91 + BSD200 + SunHays80 + DebianPhotos (shared/data/train), bicubic LR",
+        "iterations": 6000, "batch_size": 16, "lr_patch": 32,
+        "schedule": "Adam lr 1e-3 cosine to 1e-6",
+        "hardware": "CPU, 1 thread of a shared 2-core VM (no GPU)",
+        "wall_time_min": 38,
+        "weights": "final iteration (no checkpoint selection on test sets), fp16",
+        "eval": {"Set5": {"psnr": 36.95, "ssim": 0.9555},
+                 "Set14": {"psnr": 32.65, "ssim": 0.9078},
+                 "B100": {"psnr": 31.48, "ssim": 0.8892}},
+    },
 ), default=True)
 REGISTRY.register(ModelSpec(
     name="drn-t-x4", arch="drn", scale=4,
