@@ -1,12 +1,14 @@
-from setuptools import setup
+from setuptools import find_packages, setup
+
+# vsr/ holds the engine; cli/ and models/ are installed as vsr.cli and vsr.models.
+PACKAGES = ["vsr", *(f"vsr.{p}" for p in find_packages("vsr")), "vsr.cli", "vsr.models"]
 
 setup(
     name="vsr",
     version="0.1.0",
     description="Video super-resolution with dual regression networks and compression",
     python_requires=">=3.10",
-    packages=["vsr", "vsr.io", "vsr.train", "vsr.compress", "vsr.cli", "vsr.models",
-              "vsr.jobs", "vsr.stream", "vsr.backends", "vsr.pipeline"],
+    packages=PACKAGES,
     package_dir={"vsr.cli": "cli", "vsr.models": "models"},
     package_data={"vsr.models": ["weights/*.safetensors", "weights/*.json"]},
     install_requires=[
