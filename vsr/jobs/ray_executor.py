@@ -1,0 +1,105 @@
+"""Ray executor: segments (and whole image files) as Ray tasks on an existing cluster.
+
+Imported only when ``--ray`` is given (``pip install vsr[cluster]``). Every node needs vsr
+installed and must see the inputs at the same paths (shared storage); results come back
+to the driver as bytes, so the output folder and the job store stay on the driver's machine.
+A task asks for one GPU when the cluster has GPUs (or CUDA devices were asked for), else one
+CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from vsr.errors import ConfigError, Interrupted
+from vsr.io.output import finish, temp_path_for
+from vsr.jobs.segments import HandleCache, Task, run_task
+
+log = logging.getLogger(__name__)
+
+_HANDLES: dict[str, HandleCache] = {}  # per Ray worker process: models load once
+
+
+def compute_remote(task: Task, device: str) -> tuple[bytes, int]:
+    """Runs on a Ray worker: compute ``task`` into a local temporary file, return its bytes."""
+    if device not in _HANDLES:
+        _HANDLES[device] = HandleCache(device)
+    with tempfile.TemporaryDirectory(prefix="vsr-ray-") as tmp:
+        local = Path(tmp) / f"result{task.path.suffix}"
+        frames = run_task(dataclasses.replace(task, path=local, overwrite=True),
+                          _HANDLES[device])
+        return local.read_bytes(), frames
+
+
+def _connect(address: str):
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("--ray needs Ray: pip install 'vsr[cluster]'") from exc
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"cannot connect to the Ray cluster at {address}: {exc}") from exc
+    return ray
+
+
+def _placement(ray, devices: tuple[str, ...]) -> tuple[dict, str, int]:
+    """(task resources, device name inside the task, tasks to keep in flight)."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    want_cuda = any(d.startswith("cuda") for d in devices)
+    if want_cuda and not gpus:
+        raise ConfigError("CUDA devices were asked for but the Ray cluster has no GPUs")
+    if gpus and (want_cuda or devices == ("auto",)):
+        return {"num_gpus": 1, "num_cpus": 1}, "cuda", 2 * gpus
+    return {"num_cpus": 1}, "cpu", 2 * max(1, cpus)
+
+
+def run_on_ray(tasks: list[Task], tracker, address: str, devices: tuple[str, ...],
+               report: Callable[[], None] | None = None) -> None:
+    """Run every task as a Ray task; results are written and recorded by the driver."""
+    ray = _connect(address)
+    options, device, window = _placement(ray, devices)
+    remote = ray.remote(compute_remote).options(max_retries=0, **options)
+    log.info("Ray: %d tasks, %s per task, %d in flight", len(tasks), options, window)
+    todo = list(reversed(tasks))
+    running: dict = {}
+    try:
+        while todo or running:
+            while todo and len(running) < window:
+                task = todo.pop()
+                if tracker.claim(task):
+                    running[remote.remote(task, device)] = task
+            if not running:
+                continue
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
+            for ref in ready:
+                task = running.pop(ref)
+                try:
+                    data, frames = ray.get(ref)
+                    _write(task.path, data)
+                    tracker.finished(task, frames)
+                except Exception as exc:  # one task's failure fails its file only
+                    tracker.task_failed(task, getattr(exc, "cause", None) or exc)
+            if report is not None:
+                report()
+    except KeyboardInterrupt as exc:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise Interrupted("interrupted; finished segments are kept (rerun with --resume)") \
+            from exc
+
+
+def _write(path: Path, data: bytes) -> None:
+    temp = temp_path_for(path)
+    with open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    finish(temp, path)
