@@ -192,3 +192,26 @@ def test_no_ray_import_without_the_option():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=ENV, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.slow  # every shared clip (2285 frames, up to 1280x720): minutes on a CPU
+def test_all_shared_clips_with_two_workers(tmp_path):
+    folder = SHARED / "video"
+    if not folder.is_dir():
+        pytest.skip("shared data not present")
+    corrupt = tmp_path / "corrupt.mkv"
+    corrupt.write_bytes(os.urandom(2000))
+    out = tmp_path / "out"
+    code, report, err = _batch(str(folder), str(corrupt), str(tmp_path / "missing.mkv"),
+                               "-o", str(out), *BICUBIC, "--devices", "cpu,cpu",
+                               "--segment-frames", "100")
+    print(err.strip().splitlines()[-1])
+    assert code == 1 and len(report["failed"]) == 2
+    clips = sorted(folder.glob("*.mp4"))
+    assert len(report["done"]) == len(clips)
+    for clip in clips:
+        result = out / clip.name
+        assert video_pts_seconds(result) == video_pts_seconds(clip), clip.name
+        assert packets(result, "audio") == packets(clip, "audio"), clip.name
+        w, h = _size(clip)
+        assert _size(result) == (2 * w, 2 * h)

@@ -64,7 +64,13 @@ class BatchConfig:
         from vsr.upscale import resolve_device
 
         for d in self.devices:
-            resolve_device(d)
+            dev = resolve_device(d)
+            if dev.type == "cuda" and self.ray is None:
+                import torch
+
+                count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+                if (dev.index or 0) >= count:
+                    raise ConfigError(f"device {d} is not available ({count} CUDA devices)")
         if self.segment_frames < 1:
             raise ConfigError("segment_frames must be at least 1")
         if self.output_dir.exists() and not self.output_dir.is_dir():

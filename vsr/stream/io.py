@@ -297,7 +297,9 @@ def _ffmpeg_relay(url: str, fmt: str) -> subprocess.Popen:
 
     if shutil.which("ffmpeg") is None:
         raise OutputError(f"{url.split(':')[0]}:// output needs the ffmpeg program on PATH")
-    args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "mpegts",
-            "-i", "pipe:", "-c", "copy", "-f", fmt, url]
+    # small probe: our own MPEG-TS needs no analysis, and a 5 s probe would be 5 s of delay
+    args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-probesize", "32768",
+            "-analyzeduration", "0", "-f", "mpegts", "-i", "pipe:", "-c", "copy",
+            "-flush_packets", "1", "-f", fmt, url]
     return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             start_new_session=True)

@@ -178,7 +178,7 @@ def run_stream(config: StreamConfig,
         sink.abort()
         raise
     finally:
-        reader.join(timeout=config.read_timeout_s + 5)
+        reader.join(timeout=2.0)  # a reader blocked on a silent source is a daemon thread
     final = meter.stats(reader, queue, written, time.monotonic(), final=True,
                         error=reader.error)
     if stats is not None:
