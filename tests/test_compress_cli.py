@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import av
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import make_clip
 
 from vsr.cli.main import cli
 from vsr.compress import layer_widths
@@ -79,6 +81,23 @@ def test_all_stages_then_the_result_reloads_alone(setup: dict[str, Path], tmp_pa
     assert summary["finetune"]["macs_96"] < summary["original"]["macs_96"]
     # the pruned stage file also reloads alone (its dual tensors are ignored)
     assert layer_widths(load_model(out / "pruned.safetensors").module) == widths
+    # `vsr eval`, `vsr export` and `vsr upscale` take the compressed file alone
+    ck = str(out / "compressed.safetensors")
+    ev = _run(["eval", "--model", ck, "--data", str(setup["root"] / "val"), "--device", "cpu",
+               "--json"])
+    assert ev["results"][0]["images"] == 2
+    res = CliRunner().invoke(cli, ["export", "--format", "torchscript", "--model", ck, "-o",
+                                   str(tmp_path / "m.pt"), "--height", "16", "--width", "16",
+                                   "--device", "cpu"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m.pt").stat().st_size > 0
+    clip = make_clip(tmp_path / "in.mp4", frames=3, size=(32, 24))
+    res = CliRunner().invoke(cli, ["upscale", str(clip), str(tmp_path / "up.mkv"), "--model", ck,
+                                   "--device", "cpu"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with av.open(str(tmp_path / "up.mkv")) as f:
+        v = f.streams.video[0]
+        assert (v.width, v.height) == (64, 48) and sum(1 for _ in f.decode(v)) == 3
     # a stage reruns alone from the previous stage's file
     before = (out / "compressed.safetensors").stat().st_mtime_ns
     again = _run(_args(setup, out, "--stage", "finetune"))

@@ -77,14 +77,14 @@ def finetune(model: DRN, duals: nn.Module, batches: Callable[[int], list[torch.T
         done = step + 1
         if score is not None and (done % val_every == 0 or done == steps):
             psnr = score(model)
-            history.append({"step": done, "loss": round(float(loss), 6),
+            history.append({"step": done, "loss": round(float(loss.detach()), 6),
                             "val_psnr": round(psnr, 4)})
-            log.info("finetune step %d: loss %.5f val %.4f dB", done, float(loss), psnr)
+            log.info("finetune step %d: loss %.5f val %.4f dB", done, float(loss.detach()), psnr)
             if best_psnr is None or psnr > best_psnr:
                 best_psnr, best_step = psnr, done
                 best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(duals.state_dict()))
         if progress is not None:
-            progress(done, steps, f"loss {float(loss):.4f}")
+            progress(done, steps, f"loss {float(loss.detach()):.4f}")
     if score is None:
         best_step = steps
     else:
