@@ -68,17 +68,21 @@ def flags_bad(flags: torch.Tensor | np.ndarray) -> bool:
 class Forward:
     """handle.infer with optional tiling; shared by the CPU and CUDA processors."""
 
-    def __init__(self, handle, tile: int | None, overlap: int, report: ComputeReport) -> None:
+    def __init__(self, handle, tile: int | None, overlap: int, report: ComputeReport,
+                 runner=None) -> None:
         self.handle = handle
         self.tile = tile
         self.overlap = overlap
         self.report = report
+        # a vsr.backends Runner: handle.infer through a compiled engine for one input shape
+        # and dtype, eager for any other (so tiles and the fp32 fallback stay correct)
+        self.infer = runner if runner is not None else handle.infer
         report.tile = tile
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.tile:
             return tiled_infer(self.handle.infer, x, self.handle.scale, self.tile, self.overlap)
-        return self.handle.infer(x)
+        return self.infer(x)
 
     def fall_back(self, index: int, why: str) -> None:
         """Switch the handle to fp32 after a bad reduced-precision frame."""
@@ -94,32 +98,52 @@ class Forward:
 
 
 class CpuProcessor:
-    """Synchronous per-frame inference on the CPU (the threads around it overlap I/O)."""
+    """Synchronous inference (the threads around it overlap I/O): one frame at a time, or
+    ``batch`` frames stacked into one (N, 3, H, W) call. Frames of another size than the
+    pending ones start a new batch; a short last batch is padded with its last frame so a
+    fixed-shape backend still applies. Also the batched path on CUDA."""
 
     def __init__(self, handle, *, tile: int | None = None, overlap: int = 16,
-                 guard: bool = True) -> None:
+                 guard: bool = True, runner=None, batch: int = 1) -> None:
         self.report = ComputeReport()
-        self._fwd = Forward(handle, tile, overlap, self.report)
+        self._fwd = Forward(handle, tile, overlap, self.report, runner)
         self._guard = guard
+        self._batch = batch
+        self._pending: list[Frame] = []
 
-    def _run(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_model_input(img, self._fwd.handle.dtype)
+    def _run(self, imgs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self._fwd.handle
+        x = torch.cat([to_model_input(i.to(h.device), h.dtype) for i in imgs])
         return x, self._fwd(x)
 
     def submit(self, frame: Frame) -> Iterator[tuple[Frame, np.ndarray]]:
-        yield frame, self._process(frame)
+        if self._batch == 1:
+            yield frame, self._process([frame])[0]
+            return
+        if self._pending and self._pending[0].image.shape != frame.image.shape:
+            yield from self.drain()
+        self._pending.append(frame)
+        if len(self._pending) == self._batch:
+            yield from self.drain()
+
+    def _bad(self, x: torch.Tensor, y: torch.Tensor, n: int) -> bool:
+        return any(flags_bad(guard_flags(x[i:i + 1], y[i:i + 1])) for i in range(n))
 
     @torch.inference_mode()
-    def _process(self, frame: Frame) -> np.ndarray:
-        img = torch.from_numpy(frame.image)
-        x, y = self._run(img)
-        if self._guard and flags_bad(guard_flags(x, y)):
+    def _process(self, frames: list[Frame]) -> list[np.ndarray]:
+        imgs = [torch.from_numpy(f.image) for f in frames]
+        imgs += imgs[-1:] * (self._batch - len(imgs))
+        x, y = self._run(imgs)
+        if self._guard and self._bad(x, y, len(frames)):
             if self._fwd.handle.dtype == torch.float32:
-                raise PipelineError(f"frame {frame.index}: the model produced non-finite or "
-                                    "black output in fp32")
-            self._fwd.fall_back(frame.index, "non-finite or black output")
-            x, y = self._run(img)
-        return to_image(y, img.dtype).numpy()
+                raise PipelineError(f"frame {frames[0].index}: the model produced non-finite "
+                                    "or black output in fp32")
+            self._fwd.fall_back(frames[0].index, "non-finite or black output")
+            x, y = self._run(imgs)
+        return [to_image(y[i:i + 1], imgs[i].dtype).cpu().numpy() for i in range(len(frames))]
 
     def drain(self) -> Iterator[tuple[Frame, np.ndarray]]:
-        return iter(())
+        frames, self._pending = self._pending, []
+        if not frames:
+            return iter(())
+        return zip(frames, self._process(frames), strict=True)

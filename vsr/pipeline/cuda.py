@@ -49,9 +49,9 @@ class CudaProcessor:
     """Double-buffered inference on ``handle.device`` (a CUDA device)."""
 
     def __init__(self, handle, *, tile: int | None = None, overlap: int = 16,
-                 guard: bool = True, depth: int = 2) -> None:
+                 guard: bool = True, depth: int = 2, runner=None) -> None:
         self.report = ComputeReport()
-        self._fwd = Forward(handle, tile, overlap, self.report)
+        self._fwd = Forward(handle, tile, overlap, self.report, runner)
         self._guard = guard
         self._dev = handle.device
         self._up = torch.cuda.Stream(self._dev)
