@@ -42,6 +42,21 @@ class _Bar:
             sys.stderr.write("\n")
 
 
+def backend_option(f):
+    """--backend: shared by upscale, batch and stream."""
+    from vsr.backends import CHOICES
+
+    return click.option(
+        "--backend", type=click.Choice(CHOICES), default="auto", show_default=True,
+        help="Inference backend; auto: the fastest one here that matches eager on the "
+             "first frame (tensorrt > compile > eager on CUDA, eager on the CPU).")(f)
+
+
+def batch_option(f):
+    return click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+                        help="Frames per model call.")(f)
+
+
 @click.command()
 @click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False))
 @click.argument("output_path", metavar="OUT", type=click.Path(dir_okay=False))
@@ -64,11 +79,14 @@ class _Bar:
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress line on stderr (default: when stderr is a terminal).")
+@backend_option
+@batch_option
 @json_option
 def upscale(input_path: str, output_path: str, model: str | None, scale: int | None,
             device: str, precision: str, tile: int | None, codec: str, crf: int | None,
             preset: str | None, pix_fmt: str | None, decoder: str, encoder: str,
-            overwrite: bool, progress: bool | None, as_json: bool) -> None:
+            overwrite: bool, progress: bool | None, backend: str, batch: int,
+            as_json: bool) -> None:
     """Upscale the video (or PNG/JPEG image) IN into OUT.
 
     Audio, subtitle and attachment streams are copied unchanged, timestamps are kept, and
@@ -81,7 +99,7 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
         input=input_path, output=output_path, model=model, scale=scale, device=device,
         precision=precision, tile=tile,
         encode=EncodeConfig(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt),
-        decoder=decoder, encoder=encoder, overwrite=overwrite,
+        decoder=decoder, encoder=encoder, overwrite=overwrite, backend=backend, batch=batch,
     )
     bar = _Bar("always" if progress else bool(progress is None))
     try:

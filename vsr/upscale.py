@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ class UpscaleConfig:
     encoder: str = "pyav"
     overwrite: bool = False
     queue_depth: int = 2
+    backend: str = "auto"  # vsr.backends.CHOICES: eager, compile, tensorrt, onnx or auto
+    batch: int = 1  # frames per model call
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -59,6 +62,13 @@ class UpscaleConfig:
             raise ConfigError(f"scale must be at least 2, got {self.scale}")
         if self.queue_depth < 1:
             raise ConfigError("queue_depth must be at least 1")
+        from vsr.backends import CHOICES
+
+        if self.backend not in CHOICES:
+            raise ConfigError(f"backend must be one of {', '.join(CHOICES)}, "
+                              f"not {self.backend!r}")
+        if self.batch < 1:
+            raise ConfigError(f"batch must be at least 1, got {self.batch}")
         resolve_device(self.device)  # validates the spelling; availability checked at run
 
 
@@ -83,6 +93,8 @@ class UpscaleResult:
     pix_fmt: str | None
     copied_packets: dict[int, int]
     notes: tuple[str, ...] = ()
+    backend: str = "eager"  # the backend the run used (after any fallback)
+    batch: int = 1
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -140,6 +152,24 @@ def open_sink(config: UpscaleConfig, info, width: int, height: int):
     return PyAVSink(config.output, info, width, height, config.encode, overwrite=config.overwrite)
 
 
+def prepare_frames(frames, handle, config: UpscaleConfig):
+    """Peek at the first frame and prepare ``config.backend`` on it (checked against eager
+    there); returns the frames (first one included) and the Runner, or None with tiles
+    (which always run eagerly) or an empty input."""
+    first = next(frames, None)
+    if first is None:
+        return iter(()), None
+    frames = itertools.chain([first], frames)
+    if config.tile:
+        if config.backend not in ("auto", "eager"):
+            log.warning("--tile runs the model eagerly; --backend %s is not used",
+                        config.backend)
+        return frames, None
+    from vsr.backends import prepare_for_frame
+
+    return frames, prepare_for_frame(handle, config.backend, first.image, batch=config.batch)
+
+
 def upscale_file(config: UpscaleConfig,
                  progress: Callable[[Progress], None] | None = None) -> UpscaleResult:
     """Upscale ``config.input`` into ``config.output``; the output appears only when complete.
@@ -157,12 +187,14 @@ def upscale_file(config: UpscaleConfig,
         info = source.info
         handle = load_handle(config.model, config.scale, device, config.precision)
         width, height = info.width * handle.scale, info.height * handle.scale
-        processor = make_processor(handle, tile=config.tile, overlap=config.tile_overlap)
+        frames, runner = prepare_frames(source.frames(), handle, config)
+        processor = make_processor(handle, tile=config.tile, overlap=config.tile_overlap,
+                                   runner=runner, batch=config.batch)
         log.info("%s %dx%d -> %dx%d with %s x%d on %s (%s)", config.input.name, info.width,
                  info.height, width, height, handle.name, handle.scale, device, handle.dtype)
         try:
             with open_sink(config, info, width, height) as sink:
-                stats = run_pipeline(source.frames(), processor, sink, depth=config.queue_depth,
+                stats = run_pipeline(frames, processor, sink, depth=config.queue_depth,
                                      frames_total=info.frames, progress=progress)
         except KeyboardInterrupt as exc:
             raise Interrupted("interrupted; no output was written") from exc
@@ -175,5 +207,7 @@ def upscale_file(config: UpscaleConfig,
         precision=str(handle.dtype).removeprefix("torch."), fallback_fp32=report.fell_back_to_fp32,
         fallback_frames=report.fallback_frames, tile=report.tile, width=width, height=height,
         codec=None if info.is_image else config.encode.codec, pix_fmt=sink.pix_fmt,
-        copied_packets=sink.copied_packets, notes=tuple(report.notes),
+        copied_packets=sink.copied_packets,
+        notes=tuple(runner.notes if runner else ()) + tuple(report.notes),
+        backend=runner.backend if runner else "eager", batch=config.batch,
     )
