@@ -29,21 +29,40 @@ from vsr.cli.common import (
 @click.option("--preset", default=None)
 @click.option("--decoder", type=click.Choice(["pyav", "decord"]), default="pyav",
               show_default=True)
+@click.option("--backend", "backends", default="auto", show_default=True,
+              help="Backend, or several separated by commas to measure side by side "
+                   "(eager, compile, tensorrt, onnx, auto).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Frames per model call.")
 @json_option
 def bench(input_path: str, model: str | None, scale: int | None, device: str, precision: str,
           frames: int, tile: int | None, codec: str, crf: int | None, preset: str | None,
-          decoder: str, as_json: bool) -> None:
-    """Measure decode-only, model-only, encode-only, pipeline and serial-loop throughput."""
+          decoder: str, backends: str, batch: int, as_json: bool) -> None:
+    """Measure decode-only, model-only, encode-only, pipeline and serial-loop throughput.
+
+    With several backends, each is measured in turn; --json then prints
+    {"backends": [one object per backend]}, and one backend keeps the single object.
+    """
+    from vsr.backends import parse_backends
     from vsr.bench import BenchConfig, run_bench
     from vsr.io.sink import EncodeConfig
 
-    config = BenchConfig(input=input_path, model=model, scale=scale, device=device,
-                         precision=precision, frames=frames, tile=tile, decoder=decoder,
-                         encode=EncodeConfig(codec=codec, crf=crf, preset=preset))
-    result = run_bench(config, lambda name, fps: click.echo(f"{name:>9}: {fps:8.2f} fps",
-                                                            err=True))
-    if as_json:
-        emit_json(result.to_json())
-    else:
+    names = parse_backends(backends)
+    results = []
+    for name in names:
+        if len(names) > 1:
+            click.echo(f"backend {name}:", err=True)
+        config = BenchConfig(input=input_path, model=model, scale=scale, device=device,
+                             precision=precision, frames=frames, tile=tile, decoder=decoder,
+                             encode=EncodeConfig(codec=codec, crf=crf, preset=preset),
+                             backend=name, batch=batch)
+        result = run_bench(config, lambda stage, fps: click.echo(f"{stage:>9}: {fps:8.2f} fps",
+                                                                 err=True))
+        results.append(result)
         click.echo(f"pipeline {result.pipeline_fps:.2f} fps vs serial {result.serial_fps:.2f} fps "
-                   f"({result.pipeline_fps / result.serial_fps:.2f}x)", err=True)
+                   f"({result.pipeline_fps / result.serial_fps:.2f}x); backend "
+                   f"{result.backend} prepared in {result.prepare_seconds:.1f} s", err=True)
+    if as_json:
+        rows = [{**r.to_json(), "requested": name} for r, name in zip(results, names,
+                                                                       strict=True)]
+        emit_json(rows[0] if len(rows) == 1 else {"backends": rows})

@@ -34,11 +34,20 @@ class BenchConfig:
     tile: int | None = None
     decoder: str = "pyav"
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    backend: str = "auto"  # one of vsr.backends.CHOICES
+    batch: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
         if self.frames < 2:
             raise ConfigError("bench needs at least 2 frames")
+        from vsr.backends import CHOICES
+
+        if self.backend not in CHOICES:
+            raise ConfigError(f"backend must be one of {', '.join(CHOICES)}, "
+                              f"not {self.backend!r}")
+        if self.batch < 1:
+            raise ConfigError("batch must be at least 1")
         resolve_device(self.device)
 
 
@@ -57,10 +66,16 @@ class BenchResult:
     precision: str
     size_in: tuple[int, int]
     size_out: tuple[int, int]
+    backend: str = "eager"  # the backend measured (after any fallback)
+    batch: int = 1
+    prepare_seconds: float = 0.0  # backend build (or cache load) and check against eager
+    max_error: float | None = None  # |backend - eager| on the first frame
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
         d["size_in"], d["size_out"] = list(self.size_in), list(self.size_out)
+        d["notes"] = list(self.notes)
         return d
 
 
@@ -91,7 +106,17 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
 
     handle = load_handle(config.model, config.scale, device, config.precision)
     w, h = info.width * handle.scale, info.height * handle.scale
-    proc = make_processor(handle, tile=config.tile)
+    runner = None
+    if not config.tile:
+        from vsr.backends import prepare_for_frame
+
+        runner = prepare_for_frame(handle, config.backend, decoded[0].image, batch=config.batch)
+        log.info("backend %s prepared in %.1f s", runner.backend, runner.prepare_seconds)
+
+    def make_proc():
+        return make_processor(handle, tile=config.tile, runner=runner, batch=config.batch)
+
+    proc = make_proc()
     # warm-up: first-call allocations and kernel selection are not throughput
     list(itertools.chain(proc.submit(decoded[0]), proc.drain()))
     keep = []
@@ -120,7 +145,7 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         del decoded
 
         src, it = frames()
-        proc = make_processor(handle, tile=config.tile)
+        proc = make_proc()
         t = time.perf_counter()
         with sink("pipeline") as k:
             run_pipeline(it, proc, k)
@@ -129,7 +154,7 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         report("pipeline", pipeline_fps)
 
         src, it = frames()
-        proc = make_processor(handle, tile=config.tile)
+        proc = make_proc()
         t = time.perf_counter()
         with sink("serial") as k:
             for f in it:  # decode one, infer it, encode it, repeat: the popular scripts' loop
@@ -144,5 +169,8 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         pipeline_fps=pipeline_fps, serial_fps=serial_fps, frames=n, input=str(config.input),
         model=handle.name, scale=handle.scale, device=str(device),
         precision=str(handle.dtype).removeprefix("torch."), size_in=(info.width, info.height),
-        size_out=(w, h),
+        size_out=(w, h), backend=runner.backend if runner else "eager", batch=config.batch,
+        prepare_seconds=runner.prepare_seconds if runner else 0.0,
+        max_error=runner.max_error if runner else None,
+        notes=tuple(runner.notes) if runner else (),
     )
