@@ -1,0 +1,81 @@
+"""`vsr export`: ONNX (dynamic batch/H/W) in onnxruntime and TorchScript against torch; a
+TensorRT export without torch-tensorrt is one Error line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vsr.errors import OutputError
+from vsr.export import ExportConfig, export_model
+from vsr.models import load_model
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+SIZES = ((1, 3, 20, 30), (2, 3, 33, 17))
+
+
+def reference(ckpt, x):
+    return load_model(str(ckpt)).infer(x)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnx_export_runs_in_onnxruntime_at_two_sizes(drn_checkpoint, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "m.onnx"
+    r = export_model(ExportConfig(model=str(drn_checkpoint), format="onnx", output=out,
+                                  height=16, width=16))
+    assert r.dynamic == ["batch", "height", "width"] and r.max_error <= 1e-4
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for shape in SIZES:  # neither is the traced 16x16
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(shape[2]))
+        y = torch.from_numpy(session.run(None, {"lr": x.numpy()})[0])
+        ref = reference(drn_checkpoint, x)
+        assert y.shape == ref.shape == (shape[0], 3, 2 * shape[2], 2 * shape[3])
+        assert (y - ref).abs().max() <= 1e-4
+
+
+def test_torchscript_export_runs_at_two_sizes(drn_checkpoint, tmp_path):
+    out = tmp_path / "m.pt"
+    export_model(ExportConfig(model=str(drn_checkpoint), format="torchscript", output=out,
+                              height=16, width=24))
+    loaded = torch.jit.load(str(out))
+    for shape in SIZES:
+        x = torch.rand(shape)
+        with torch.inference_mode():
+            y = loaded(x)
+        assert (y - reference(drn_checkpoint, x)).abs().max() <= 1e-4
+    with pytest.raises(OutputError, match="exists"):
+        export_model(ExportConfig(model=str(drn_checkpoint), format="torchscript", output=out))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is not None,
+                    reason="torch-tensorrt is installed here")
+def test_tensorrt_export_without_torch_tensorrt_is_one_error_line(drn_checkpoint, tmp_path):
+    out = tmp_path / "m.ep"
+    p = subprocess.run([sys.executable, "-m", "vsr", "export", "--format", "tensorrt",
+                        "-m", str(drn_checkpoint), "-o", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: TensorRT export needs torch-tensorrt")
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_export_cli_json(drn_checkpoint, tmp_path):
+    from click.testing import CliRunner
+
+    from vsr.cli.export import export
+
+    r = CliRunner().invoke(export, ["--format", "onnx", "-m", str(drn_checkpoint), "-o",
+                                    str(tmp_path / "a.onnx"), "--height", "8", "--width", "8",
+                                    "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["format"] == "onnx" and d["bytes"] > 0 and d["scale"] == 2
