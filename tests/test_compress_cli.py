@@ -136,7 +136,8 @@ def test_report_rows_and_plot(setup: dict[str, Path], tmp_path: Path) -> None:
     rows = report["models"]
     assert rows["original"]["macs_drop"] == 0.0 and 0.3 < rows["l1"]["macs_drop"] < 0.6
     assert rows["l1"]["params"] < rows["original"]["params"]
-    assert rows["l1"]["latency_s"] > 0 and "psnr" in rows["l1"]["val"]
+    assert rows["l1"]["latency_s"] > 0 and rows["l1"]["latency_cpu_s"] > 0
+    assert "psnr" in rows["l1"]["val"]
     js, png = write_report(report, tmp_path / "rep")
     assert json.loads(js.read_text())["reference"] == "original"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,9 +1,9 @@
 """The comparison report of a compression experiment: size, mult-adds, CPU latency, quality.
 
 One row per model (e.g. original, DRC, L1): params, mult-adds (96x96 LR input and 1280x720
-output), median CPU latency of one forward pass producing a 1280x720 frame, and PSNR/SSIM on
-benchmark folders by the standard protocol (vsr.evaluate). Written as JSON and plotted (PSNR
-against mult-adds) as a PNG.
+output), median CPU latency (wall and thread-CPU time) of one forward pass producing a
+1280x720 frame, and PSNR/SSIM on benchmark folders by the standard protocol (vsr.evaluate).
+Written as JSON and plotted (PSNR against mult-adds) as a PNG.
 """
 
 from __future__ import annotations
@@ -24,14 +24,19 @@ from vsr.models.handle import NetworkUpscaler
 
 
 def cpu_latency(models: dict[str, torch.nn.Module], out_hw: tuple[int, int] = (720, 1280), *,
-                threads: int = 1, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of one forward pass per model (float32, CPU, ``threads`` threads).
+                threads: int = 1, repeats: int = 5, warmup: int = 1
+                ) -> dict[str, tuple[float, float]]:
+    """(median wall seconds, median thread-CPU seconds) of one forward pass per model
+    (float32, CPU, ``threads`` threads) producing an ``out_hw`` frame.
 
     Models are timed round-robin, so a load change on a shared machine hits all of them alike.
+    With one thread the forward runs on the calling thread, and its CPU time is what the
+    forward costs even when other processes compete for the cores (the wall time is not).
     """
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
     try:
         with torch.inference_mode():
             inputs = {}
@@ -44,12 +49,14 @@ def cpu_latency(models: dict[str, torch.nn.Module], out_hw: tuple[int, int] = (7
                     m(inputs[name], return_all=False)
             for _ in range(repeats):
                 for name, m in models.items():
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.thread_time()
                     m(inputs[name], return_all=False)
-                    times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.thread_time() - c0)
+                    wall[name].append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(old)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name]))
+            for name in models}
 
 
 def build_report(checkpoints: dict[str, str | Path], datasets: Sequence[str | Path], *,
@@ -72,7 +79,8 @@ def build_report(checkpoints: dict[str, str | Path], datasets: Sequence[str | Pa
     torch.set_num_threads(threads)
     try:
         for name, net in nets.items():
-            rows[name]["latency_s"] = round(lat[name], 4)
+            rows[name]["latency_s"] = round(lat[name][0], 4)
+            rows[name]["latency_cpu_s"] = round(lat[name][1], 4)
             handle = NetworkUpscaler(name, net)
             for folder in datasets:
                 if progress:
@@ -85,6 +93,7 @@ def build_report(checkpoints: dict[str, str | Path], datasets: Sequence[str | Pa
     for row in rows.values():
         row["macs_drop"] = round(1 - row["macs_96"] / first["macs_96"], 4)
         row["latency_drop"] = round(1 - row["latency_s"] / first["latency_s"], 4)
+        row["latency_cpu_drop"] = round(1 - row["latency_cpu_s"] / first["latency_cpu_s"], 4)
     return {"threads": threads, "latency_repeats": repeats, "latency_output": list(latency_hw),
             "reference": next(iter(rows)), "models": rows}
 
