@@ -150,6 +150,19 @@ REGISTRY.register(ModelSpec(
     kwargs={"scale": 4, "n_feats": 8, "n_blocks": [8, 0]},
     description="DRN-T x4: video variant (nf 8, 8 RCABs at LR, none at x2)",
     weights="drn-t-x4.safetensors",
+    sha256="fafc7f31dbecaf2eedd65cdd09d4edf9da2a6a4d46327b144355e9d1da8ada98",
+    card={
+        "trained_by": "vsr train (dual regression, lambda 0.1)",
+        "data": "T91 + BSD200 + SunHays80 + DebianPhotos (shared/data/train), bicubic LR",
+        "iterations": 3500, "batch_size": 16, "lr_patch": 24,
+        "schedule": "Adam lr 1e-3 cosine to 1e-6",
+        "hardware": "CPU, 1 thread of a shared 2-core VM (no GPU)",
+        "wall_time_min": 32,
+        "weights": "final iteration (no checkpoint selection on test sets), fp16",
+        "eval": {"Set5": {"psnr": 30.51, "ssim": 0.8638},
+                 "Set14": {"psnr": 27.56, "ssim": 0.7550},
+                 "B100": {"psnr": 26.92, "ssim": 0.7127}},
+    },
 ))
 
 DEFAULT_MODEL: str = REGISTRY.default or "drn-t-x2"

@@ -121,3 +121,10 @@ def test_missing_metadata_unknown_arch_and_bad_hparams_are_refused(tmp_path: Pat
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such"):
         read_info(tmp_path / "nope.safetensors")
+
+
+def test_saved_checkpoint_has_ordinary_permissions(tmp_path: Path) -> None:
+    path = _save(_pruned(), tmp_path / "m.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
