@@ -19,7 +19,7 @@ from vsr.backends import (
     prepare,
 )
 from vsr.errors import ConfigError
-from vsr.models import DRN, NetworkUpscaler
+from vsr.models import DRN, BicubicUpscaler, NetworkUpscaler
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 HAS_TRT = importlib.util.find_spec("torch_tensorrt") is not None
@@ -67,6 +67,7 @@ def test_candidates_and_names():
     assert candidates("tensorrt", cpu)[-1] == "eager"
     assert candidates("compile", cuda) == ("compile", "eager")
     assert candidates("eager", cpu) == ("eager",)
+    assert candidates("auto", cpu) == ("onnx", "eager")
     assert parse_backends("eager, compile,onnx") == ("eager", "compile", "onnx")
     with pytest.raises(ConfigError, match="unknown backend"):
         parse_backends("eager,tensorrtx")
@@ -89,10 +90,13 @@ def test_missing_tensorrt_falls_back_with_one_warning(tmp_path, caplog):
     torch.testing.assert_close(runner(x), h.infer(x), rtol=0, atol=0)
 
 
-def test_auto_on_cpu_is_eager_without_warnings(tmp_path, caplog):
+def test_auto_on_cpu_takes_onnx_where_installed_without_warnings(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="vsr.backends"):
         runner = prepare(tiny_handle(), "auto", (1, 3, 16, 16), cache=EngineCache(tmp_path))
-    assert runner.backend == "eager" and not caplog.records
+    assert runner.backend == ("onnx" if HAS_ORT else "eager") and not caplog.records
+    bicubic = prepare(BicubicUpscaler("bicubic", 2), "auto", (1, 3, 16, 16),
+                      cache=EngineCache(tmp_path))
+    assert bicubic.backend == "eager" and not caplog.records
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")

@@ -98,7 +98,9 @@ class Runner:
             ph, pw = (-h) % self.handle.size_multiple, (-w) % self.handle.size_multiple
             if ph or pw:
                 x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-            y = self.fn(x)
+            # frames arrive channels-last (a permuted HWC buffer); compiled graphs and engines
+            # are specialised on contiguous NCHW, so one copy here avoids a recompile
+            y = self.fn(x.contiguous())
             if ph or pw:
                 y = y[..., : h * s, : w * s]
         return y
