@@ -49,7 +49,7 @@ def backend_option(f):
     return click.option(
         "--backend", type=click.Choice(CHOICES), default="auto", show_default=True,
         help="Inference backend; auto: the fastest one here that matches eager on the "
-             "first frame (tensorrt > compile > eager on CUDA, eager on the CPU).")(f)
+             "first frame (tensorrt > compile > eager on CUDA, onnx > eager on the CPU).")(f)
 
 
 def batch_option(f):
