@@ -64,7 +64,7 @@ def test_model_digest_follows_weights_and_hparams():
 def test_candidates_and_names():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert candidates("auto", cuda) == ("tensorrt", "compile", "eager")
-    assert candidates("tensorrt", cpu)[-1] == "eager"
+    assert candidates("tensorrt", cpu) == ("tensorrt", "onnx", "eager")
     assert candidates("compile", cuda) == ("compile", "eager")
     assert candidates("eager", cpu) == ("eager",)
     assert candidates("auto", cpu) == ("onnx", "eager")
@@ -82,12 +82,12 @@ def test_missing_tensorrt_falls_back_with_one_warning(tmp_path, caplog):
     x = frames((1, 3, 20, 28))
     with caplog.at_level(logging.WARNING, logger="vsr.backends"):
         runner = prepare(h, "tensorrt", tuple(x.shape), cache=EngineCache(tmp_path))
-    assert runner.backend == "eager"
+    assert runner.backend == ("onnx" if HAS_ORT else "eager")  # the CPU's auto order
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert "backend tensorrt" in warnings[0] and "not installed" in warnings[0]
     assert runner.notes == warnings
-    torch.testing.assert_close(runner(x), h.infer(x), rtol=0, atol=0)
+    assert (runner(x) - h.infer(x)).abs().max() <= 1e-4
 
 
 def test_auto_on_cpu_takes_onnx_where_installed_without_warnings(tmp_path, caplog):

@@ -68,13 +68,13 @@ def parse_backends(text: str) -> tuple[str, ...]:
 
 def candidates(backend: str, device: torch.device) -> tuple[str, ...]:
     """The backends ``prepare`` tries, in order: the asked one, then the rest of the
-    device's auto order after it, then eager."""
+    device's auto order after it (all of it when the asked one is not in it), then eager."""
     if backend not in CHOICES:
         raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(CHOICES)})")
     order = AUTO_ORDER.get(device.type, ("eager",))
     if backend == "auto":
         return order
-    rest = order[order.index(backend) + 1:] if backend in order else ()
+    rest = order[order.index(backend) + 1:] if backend in order else order
     return tuple(dict.fromkeys((backend, *rest, "eager")))
 
 
