@@ -48,6 +48,9 @@ class LiveFrame:
     info: StreamInfo
 
 
+IDLE = LiveFrame(np.zeros((0, 0, 3), np.uint8), 0.0, 0.0, None)  # no frame yet: report stats
+
+
 class DropQueue:
     """A bounded frame queue between the reader and inference.
 
@@ -75,12 +78,16 @@ class DropQueue:
             self._items.append(item)
             self._cond.notify_all()
 
-    def get(self, stop: threading.Event) -> LiveFrame | None:
-        """The next frame to compute; None at the end or when ``stop`` is set."""
+    def get(self, stop: threading.Event, timeout: float | None = None) -> LiveFrame | None:
+        """The next frame to compute; None at the end or when ``stop`` is set; IDLE when
+        ``timeout`` seconds pass without a frame."""
+        deadline = time.monotonic() + timeout if timeout is not None else None
         with self._cond:
             while not self._items:
                 if stop.is_set():
                     return None
+                if deadline is not None and time.monotonic() >= deadline:
+                    return IDLE
                 self._cond.wait(0.1)
             if self.policy == "oldest":
                 now = time.monotonic()

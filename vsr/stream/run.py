@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from vsr.errors import ConfigError, PipelineError
 from vsr.io.sink import EncodeConfig
 from vsr.io.source import Frame
-from vsr.stream.io import DropQueue, LiveSink, Reader
+from vsr.stream.io import IDLE, DropQueue, LiveSink, Reader
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +154,17 @@ def run_stream(config: StreamConfig,
     size = None
     try:
         try:
-            while (item := queue.get(stop)) is not None:
-                if size is not None and item.image.shape != size:
-                    raise PipelineError(f"the source changed size from {size[1]}x{size[0]} "
-                                        f"to {item.image.shape[1]}x{item.image.shape[0]}")
-                size = item.image.shape
-                pending[index] = (item.t, item.arrived, item.info)
-                for done in processor.submit(Frame(index, None, item.image)):
-                    emit(done)
-                index += 1
+            while (item := queue.get(stop, timeout=config.stats_interval_s)) is not None:
+                if item is not IDLE:
+                    if size is not None and item.image.shape != size:
+                        raise PipelineError(
+                            f"the source changed size from {size[1]}x{size[0]} to "
+                            f"{item.image.shape[1]}x{item.image.shape[0]}")
+                    size = item.image.shape
+                    pending[index] = (item.t, item.arrived, item.info)
+                    for done in processor.submit(Frame(index, None, item.image)):
+                        emit(done)
+                    index += 1
                 now = time.monotonic()
                 if stats is not None and now - last_report >= config.stats_interval_s:
                     last_report = now
