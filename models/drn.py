@@ -150,13 +150,18 @@ class DRN(nn.Module):
         tail_in = [nf * 2**phase] + [nf * 2 ** (phase - i) for i in range(phase)]
         self.tails = nn.ModuleList(_conv(c, 3) for c in tail_in)
 
-    def forward(self, x: torch.Tensor, return_all: bool = True):
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Pre-upsample, head and down path: LR-size features and the skip copies."""
         x = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
         x = self.head(x - self.rgb_mean)
         skips = []
         for down in self.down:
             skips.append(x)
             x = down(x)
+        return x, skips
+
+    def forward(self, x: torch.Tensor, return_all: bool = True):
+        x, skips = self._encode(x)
         outs = [self.tails[0](x) + self.rgb_mean] if return_all else []
         for i, stage in enumerate(self.up):
             x = torch.cat((stage(x), skips[self.phase - 1 - i]), dim=1)
@@ -166,12 +171,7 @@ class DRN(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Features entering the last tail (N, 2nf, S*h, S*w): used for distillation."""
-        x = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        x = self.head(x - self.rgb_mean)
-        skips = []
-        for down in self.down:
-            skips.append(x)
-            x = down(x)
+        x, skips = self._encode(x)
         for i, stage in enumerate(self.up):
             x = torch.cat((stage(x), skips[self.phase - 1 - i]), dim=1)
         return x
