@@ -150,7 +150,7 @@ class _Run:
             loss.backward()
             opt.step()
             if tick:
-                tick(step + 1, self.cfg.dual_warmup, f"loss {float(loss):.4f}")
+                tick(step + 1, self.cfg.dual_warmup, f"loss {float(loss.detach()):.4f}")
         return duals
 
     def _info(self, model: DRN, stage: str, extra: dict[str, Any]) -> CheckpointInfo:
