@@ -22,6 +22,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_engine_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Backends cache exported engines; tests (and their subprocesses) use a private folder."""
+    import os
+
+    old = os.environ.get("VSR_CACHE_DIR")
+    os.environ["VSR_CACHE_DIR"] = str(tmp_path_factory.mktemp("vsr-cache"))
+    yield
+    if old is None:
+        os.environ.pop("VSR_CACHE_DIR", None)
+    else:
+        os.environ["VSR_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_video() -> Path:
     path = SHARED / "video"
