@@ -114,12 +114,14 @@ def test_to_uint8_rounds_half_away_from_zero_and_saturates():
 
 
 def test_uint8_path_rounds_after_each_pass():
-    x = (torch.rand(3, 10, 10) * 255).to(torch.uint8)
+    x = (torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     y = imresize_uint8(x, 0.5)
     assert y.dtype == torch.uint8 and y.shape == (3, 5, 5)
     h = to_uint8(resize_matrix(10, 5) @ x.double())
     torch.testing.assert_close(y, to_uint8(h.double() @ resize_matrix(10, 5).t()))
-    assert (y.int() - to_uint8(imresize(x.double(), 0.5)).int()).abs().max() <= 1
+    # intermediate rounding (0.5) times the second pass's sum of |weights| (> 1: negative lobes),
+    # plus the final rounding: the two paths may differ by up to 2 levels on noise
+    assert (y.int() - to_uint8(imresize(x.double(), 0.5)).int()).abs().max() <= 2
 
 
 @pytest.mark.cuda
