@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
+from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
 from vsr.imageio import is_grayscale, list_images, read_image
 from vsr.metrics import psnr_y, ssim_y
@@ -35,7 +35,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BASELINES: tuple[str, ...] = ("bicubic",)
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class UpscaleHandle(Protocol):
@@ -224,16 +223,7 @@ class EvalConfig:
             raise ConfigError(f"--baseline {self.baseline} needs --scale")
         if self.scale is not None and (not isinstance(self.scale, int) or self.scale < 2):
             raise ConfigError(f"scale must be an integer >= 2, got {self.scale!r}")
-        if not _DEVICE_RE.match(self.device):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device} requested but CUDA is not available")
-    return device
+        resolve_device(self.device)  # the spelling; availability is checked when it runs
 
 
 def run_evaluation(config: EvalConfig, *,
@@ -253,7 +243,8 @@ def run_evaluation(config: EvalConfig, *,
     from vsr.models import load_model  # lazy: the model zoo is only needed here
 
     name = config.baseline if config.baseline is not None else config.model
-    handle = load_model(name, scale=config.scale, device=_resolve_device(config.device))
+    device = resolve_device(config.device, require_available=True)
+    handle = load_model(name, scale=config.scale, device=device)
     scale = config.scale if config.scale is not None else int(handle.scale)
     if int(handle.scale) != scale:
         raise ConfigError(f"model {name!r} upscales x{handle.scale}, not x{scale}")

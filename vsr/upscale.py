@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vsr.device import resolve_device
 from vsr.errors import ConfigError, Interrupted, OutputError
 from vsr.io.image import ImageSink, is_image_path
 from vsr.io.output import check_output_path
@@ -103,19 +104,6 @@ class UpscaleResult:
         return d
 
 
-def resolve_device(spec: str) -> torch.device:
-    """auto -> cuda if available else cpu; raises ConfigError for bad or unavailable devices."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"unknown device {spec!r} (auto, cpu, cuda or cuda:N)") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {spec!r} (auto, cpu, cuda or cuda:N)")
-    return dev
-
-
 def resolve_precision(precision: str, handle) -> torch.dtype:
     """auto: fp16 on CUDA when the model supports it, else fp32; raises ConfigError."""
     supported = tuple(getattr(handle, "supported_dtypes", (torch.float32,)))
@@ -179,9 +167,7 @@ def upscale_file(config: UpscaleConfig,
     """
     check_input_path(config.input)
     check_output_path(config.output, overwrite=config.overwrite, input_path=config.input)
-    device = resolve_device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was asked for but is not available")
+    device = resolve_device(config.device, require_available=True)
     t0 = time.perf_counter()
     with open_source(config.input, config.decoder) as source:
         info = source.info

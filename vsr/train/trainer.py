@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vsr.device import resolve_device
 from vsr.errors import ConfigError
 from vsr.models import REGISTRY, CheckpointInfo, DualNetworks, NetworkUpscaler, save_model
 from vsr.models.checkpoint import load_state_into, load_tensors
@@ -77,15 +78,12 @@ def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
-def resolve_device(device: str, rank: int = 0) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device} requested but CUDA is not available")
-        if device == "cuda" and dist.is_initialized():
-            device = f"cuda:{rank % torch.cuda.device_count()}"
-    return torch.device(device)
+def _training_device(spec: str, rank: int) -> torch.device:
+    """The --device of a run; a bare ``cuda`` under DDP means this rank's own GPU."""
+    device = resolve_device(spec, require_available=True)
+    if device.type == "cuda" and device.index is None and dist.is_initialized():
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    return device
 
 
 class Trainer:
@@ -102,7 +100,7 @@ class Trainer:
                               f"{self.world} processes")
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = resolve_device(config.device, self.rank)
+        self.device = _training_device(config.device, self.rank)
         self.spec = REGISTRY.get(config.arch)
         self.scale = self.spec.scale
         torch.manual_seed(config.seed)
