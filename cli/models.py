@@ -17,12 +17,12 @@ def models(as_json: bool) -> None:
     if as_json:
         emit_json({"models": rows})
         return
-    click.echo(f"{'name':<12} {'scale':>5} {'params':>11} {'GMACs@96':>9} {'GMACs@720p':>10} "
+    click.echo(f"{'name':<16} {'scale':>5} {'params':>11} {'GMACs@96':>9} {'GMACs@720p':>10} "
                f"{'weights':>8}  quality (Set5 PSNR)")
     for r in rows:
         mark = " (default)" if r["default"] else ""
         q = r.get("card", {}).get("eval", {}).get("Set5", {}).get("psnr")
         quality = f"{q:.2f} dB" if q is not None else "-"
-        click.echo(f"{r['name']:<12} {r['scale']:>5} {r['params']:>11,} "
+        click.echo(f"{r['name']:<16} {r['scale']:>5} {r['params']:>11,} "
                    f"{r['macs_96'] / 1e9:>9.1f} {r['macs_720p'] / 1e9:>10.1f} "
                    f"{'yes' if r['pretrained'] else 'no':>8}  {quality}{mark}")
