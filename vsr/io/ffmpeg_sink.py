@@ -21,7 +21,7 @@ import numpy as np
 
 from vsr.errors import OutputError
 from vsr.io.info import StreamInfo
-from vsr.io.output import check_output_path, discard, finish, temp_path_for
+from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
 from vsr.io.sink import EncodeConfig, choose_pix_fmt
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     return ffmpeg.compile(out, overwrite_output=True)
 
 
-class FfmpegSink:
+class FfmpegSink(SinkContext):
     """Same contract as PyAVSink (write(image, pts), close, abort, context manager)."""
 
     def __init__(self, path: str | os.PathLike, info: StreamInfo, width: int, height: int,
@@ -173,11 +173,3 @@ class FfmpegSink:
         self._log.close()
         discard(self._temp)
 
-    def __enter__(self) -> FfmpegSink:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

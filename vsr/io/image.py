@@ -14,7 +14,7 @@ import av
 import numpy as np
 
 from vsr.errors import OutputError
-from vsr.io.output import check_output_path, discard, finish, temp_path_for
+from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
@@ -23,7 +23,7 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-class ImageSink:
+class ImageSink(SinkContext):
     """Writes exactly one (H, W, 3) RGB uint8/uint16 frame as PNG (16-bit kept) or JPEG."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, *,
@@ -86,11 +86,3 @@ class ImageSink:
     def copied_packets(self) -> dict[int, int]:
         return {}
 
-    def __enter__(self) -> ImageSink:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -45,3 +45,23 @@ def finish(temp: Path, final: Path) -> None:
 def discard(temp: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
+
+
+class SinkContext:
+    """A sink as a context manager: a clean exit closes (flushes, renames into place), an
+    exception aborts (the temporary output is removed). Subclasses define close and abort."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

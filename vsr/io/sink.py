@@ -18,7 +18,7 @@ import numpy as np
 
 from vsr.errors import ConfigError, OutputError
 from vsr.io.info import StreamInfo, bit_depth_of
-from vsr.io.output import check_output_path, discard, finish, temp_path_for
+from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
 from vsr.io.passthrough import Passthrough
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class VideoEncoder:
         return out
 
 
-class PyAVSink:
+class PyAVSink(SinkContext):
     """Writes the upscaled video of ``info`` to ``path`` with the other input streams copied.
 
     ``write(image, pts)`` takes (height, width, 3) RGB uint8 or uint16; raises OutputError.
@@ -244,14 +244,6 @@ class PyAVSink:
             self._pass.close()
         discard(self._temp)
 
-    def __enter__(self) -> PyAVSink:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def output_size(info: StreamInfo, scale: int) -> tuple[int, int]:
