@@ -43,3 +43,18 @@ def precision_option(f: Callable) -> Callable:
 def scale_option(f: Callable) -> Callable:
     return click.option("--scale", "-s", type=click.IntRange(min=2), default=None,
                         help="Upscaling factor (default: the model's own; needed for bicubic).")(f)
+
+
+def backend_option(f: Callable) -> Callable:
+    """--backend for one run (upscale); bench takes a comma-separated list instead."""
+    from vsr.backends import CHOICES
+
+    return click.option(
+        "--backend", type=click.Choice(CHOICES), default="auto", show_default=True,
+        help="Inference backend; auto: the fastest one here that matches eager on the "
+             "first frame (tensorrt > compile > eager on CUDA, onnx > eager on the CPU).")(f)
+
+
+def batch_option(f: Callable) -> Callable:
+    return click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+                        help="Frames per model call.")(f)

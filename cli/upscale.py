@@ -8,6 +8,8 @@ import time
 import click
 
 from vsr.cli.common import (
+    backend_option,
+    batch_option,
     device_option,
     emit_json,
     json_option,
@@ -40,21 +42,6 @@ class _Bar:
     def done(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
-
-
-def backend_option(f):
-    """--backend: shared by upscale, batch and stream."""
-    from vsr.backends import CHOICES
-
-    return click.option(
-        "--backend", type=click.Choice(CHOICES), default="auto", show_default=True,
-        help="Inference backend; auto: the fastest one here that matches eager on the "
-             "first frame (tensorrt > compile > eager on CUDA, onnx > eager on the CPU).")(f)
-
-
-def batch_option(f):
-    return click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-                        help="Frames per model call.")(f)
 
 
 @click.command()

@@ -61,7 +61,7 @@ class BatchConfig:
             raise ConfigError("no inputs: give files, folders, globs or --manifest")
         if not self.devices:
             raise ConfigError("devices must name at least one device")
-        from vsr.upscale import resolve_device
+        from vsr.device import resolve_device
 
         for d in self.devices:
             dev = resolve_device(d)

@@ -115,7 +115,7 @@ class HandleCache:
     """Loaded model handles of one worker, by (model, scale, precision): loaded once."""
 
     def __init__(self, device: str) -> None:
-        from vsr.upscale import resolve_device
+        from vsr.device import resolve_device
 
         self.device = resolve_device(device)
         self._handles: dict[tuple, object] = {}

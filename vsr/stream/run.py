@@ -57,7 +57,7 @@ class StreamConfig:
             raise ConfigError("gop must be at least 1 frame")
         if self.src == self.dst and self.src != "-":
             raise ConfigError("source and destination are the same")
-        from vsr.upscale import resolve_device
+        from vsr.device import resolve_device
 
         resolve_device(self.device)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,9 +78,3 @@ def load_training_state(path: Path, primal: nn.Module, duals: nn.Module,
             raise CheckpointError(f"{path}: no state for optimizer {name!r}")
         restore_optimizer(name, opt, tensors, rest)
     return state
-
-
-def dump_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    tmp.replace(path)

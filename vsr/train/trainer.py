@@ -22,8 +22,8 @@ from vsr.models import REGISTRY, CheckpointInfo, DualNetworks, NetworkUpscaler, 
 from vsr.models.checkpoint import load_state_into, load_tensors
 from vsr.train.config import TrainConfig
 from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, step_generator
-from vsr.train.losses import cycle_loss, dual_loss, primal_loss
-from vsr.train.state import dump_json, load_training_state, save_training_state
+from vsr.train.losses import cycle_loss, dual_regression_loss
+from vsr.train.state import load_training_state, save_training_state
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,11 @@ class DualRegressionNet(nn.Module):
 
     def forward(self, pyramid: list[torch.Tensor], lr_real: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        outs = self.primal(pyramid[0])
-        lp = primal_loss(outs, pyramid)
-        ld = dual_loss(self.duals, outs, pyramid)
+        terms = dual_regression_loss(self.primal, self.duals, pyramid, dual_lambda=0.0)
         la = None
         if lr_real is not None:
             la = cycle_loss(self.duals, self.primal(lr_real), lr_real)
-        return lp, ld, la
+        return terms.primal, terms.dual, la
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
@@ -308,5 +306,4 @@ def summary(result: TrainResult) -> dict[str, Any]:
             "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 2)}
 
 
-__all__ = ["DualRegressionNet", "StepReport", "TrainResult", "Trainer", "cosine_lr",
-           "dump_json", "summary"]
+__all__ = ["DualRegressionNet", "StepReport", "TrainResult", "Trainer", "cosine_lr", "summary"]
