@@ -22,27 +22,13 @@ from pathlib import Path
 
 import av
 import torch
-import torch.nn.functional as F
 
 from vsr.io.source import open_source
 from vsr.metrics import psnr_y, ssim_y
 from vsr.models import load_model
+from vsr.train.degrade import degrade_uint8
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def gaussian_degrade(hr: torch.Tensor, sigma: float, scale: int) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> blurred and decimated uint8 (N, 3, H/scale, W/scale)."""
-    radius = int(3 * sigma + 0.5)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = (k / k.sum()).float()
-    x = hr.float()
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
-    x = F.conv2d(x, k.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
-    x = x[..., scale // 2::scale, scale // 2::scale]
-    return x.round().clamp(0, 255).to(torch.uint8)
 
 
 def write_clip(path: Path, frames: torch.Tensor, rate: int = 25) -> None:
@@ -76,19 +62,35 @@ def score(model: str, lr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[f
     return sum(ps) / len(ps), sum(ss) / len(ss)
 
 
-def vsr_train(args: argparse.Namespace, out: Path, adapt: Path | None) -> Path:
-    cmd = [sys.executable, "-m", "vsr", "train", "--arch", args.arch, "--init", args.model,
-           "--out", str(out), "--iterations", str(args.iterations), "--lr", str(args.lr),
-           "--lr-min", "1e-6", "--batch-size", "16", "--patch", "32", "--threads",
-           str(args.threads), "--seed", "5", "--json"]
+def train_command(args: argparse.Namespace, out: Path, adapt: Path | None,
+                  degradation: str) -> list[str]:
+    cmd = [sys.executable, "-m", "vsr", "train", "--arch", args.arch,
+           "--init", args.init or args.model, "--out", str(out),
+           "--iterations", str(args.iterations), "--lr", str(args.lr), "--lr-min", "1e-6",
+           "--batch-size", "16", "--patch", "32", "--threads", str(args.threads),
+           "--seed", "5", "--json"]
     for d in args.data:
         cmd += ["--data", d]
     if adapt is not None:
         cmd += ["--adapt", str(adapt), "--adapt-weight", str(args.adapt_weight),
-                "--adapt-batch", "8"]
-    print(" ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True)
-    return out / "last.safetensors"
+                "--adapt-batch", "8", "--adapt-degradation", degradation]
+    return cmd
+
+
+def run_all(commands: dict[str, list[str]], jobs: int, out: Path) -> None:
+    """Run the training commands, ``jobs`` at a time; logs in out/<variant>.log."""
+    pending = list(commands.items())
+    running: list[tuple[str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, cmd = pending.pop(0)
+            print(" ".join(cmd), file=sys.stderr)
+            log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+        name, proc = running.pop(0)
+        if proc.wait() != 0:
+            raise SystemExit(f"training {name} failed (exit {proc.returncode}); "
+                             f"see {out / (name + '.log')}")
 
 
 def main() -> None:
@@ -104,6 +106,11 @@ def main() -> None:
     ap.add_argument("--adapt-weight", type=float, default=1.0)
     ap.add_argument("--sigma", type=float, default=1.2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", default=None,
+                    help="training state to start from (its duals too); default --model")
+    ap.add_argument("--variants", default="auto,dual",
+                    help="--adapt-degradation values to compare against the control")
+    ap.add_argument("--jobs", type=int, default=2, help="trainings run at once")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,16 +118,20 @@ def main() -> None:
     hr = read_clip(Path(args.clip))
     hr = hr[..., : hr.shape[-2] // scale * scale, : hr.shape[-1] // scale * scale]
     split = int(len(hr) * 0.8)
-    lr = gaussian_degrade(hr, args.sigma, scale)
+    lr = degrade_uint8(hr, args.sigma, scale)
     write_clip(out / "adapt_lr.mp4", lr[:split])
     write_clip(out / "heldout_lr.mp4", lr[split:])
     held_lr = read_clip(out / "heldout_lr.mp4")[::3]
     held_hr = hr[split:][::3]
+    variants = {"control": None, **{v: v for v in args.variants.split(",") if v}}
+    commands = {name: train_command(args, out / name, None if deg is None else
+                                    out / "adapt_lr.mp4", deg or "")
+                for name, deg in variants.items()}
+    run_all(commands, args.jobs, out)
     rows = {"start": score(args.model, held_lr, held_hr, scale)}
-    rows["paired fine-tune (control)"] = score(
-        str(vsr_train(args, out / "control", None)), held_lr, held_hr, scale)
-    rows["paired + --adapt"] = score(
-        str(vsr_train(args, out / "adapt", out / "adapt_lr.mp4")), held_lr, held_hr, scale)
+    for name, deg in variants.items():
+        label = "paired fine-tune (control)" if deg is None else f"paired + --adapt ({deg})"
+        rows[label] = score(str(out / name / "last.safetensors"), held_lr, held_hr, scale)
     report = {"clip": args.clip, "degradation": f"gaussian sigma {args.sigma} + x2 decimation",
               "heldout_frames": len(held_hr), "iterations": args.iterations,
               "results": {k: {"psnr": round(p, 3), "ssim": round(s, 4)}
@@ -129,7 +140,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     print(f"\n{'model':<28} {'PSNR':>8} {'SSIM':>7}")
     for k, (p, s) in rows.items():
-        print(f"{k:<28} {p:8.3f} {s:7.4f}")
+        print(f"{k:<40} {p:8.3f} {s:7.4f}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ from vsr.cli.common import device_option, emit_json, json_option
               help="Real LR video or image folder for unpaired adaptation (repeatable).")
 @click.option("--adapt-weight", type=float, default=1.0, show_default=True)
 @click.option("--adapt-batch", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--adapt-degradation", default="auto", show_default=True,
+              help="How the --adapt frames were degraded: auto (a Gaussian blur estimated from "
+                   "the frames), gaussian:SIGMA (in HR pixels), or dual (the learned duals).")
 @click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Start from this checkpoint's weights.")
 @click.option("--resume", "resume", type=click.Path(exists=True, file_okay=False), default=None,
@@ -48,7 +51,7 @@ from vsr.cli.common import device_option, emit_json, json_option
 @json_option
 def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambda, seed,
           val_data, val_every, save_every, log_every, device, amp, threads, adapt,
-          adapt_weight, adapt_batch, init, resume, nproc, as_json) -> None:
+          adapt_weight, adapt_batch, adapt_degradation, init, resume, nproc, as_json) -> None:
     """Train a DRN with dual regression on HR images (and optionally adapt to real LR video).
 
     With --resume RUN_DIR the saved config.json of that run is used as it was.
@@ -67,7 +70,8 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
                              dual_lambda=dual_lambda, seed=seed, val_data=val_data,
                              val_every=val_every, save_every=save_every, log_every=log_every,
                              device=device, amp=amp, threads=threads, adapt=adapt,
-                             adapt_weight=adapt_weight, adapt_batch=adapt_batch, init=init)
+                             adapt_weight=adapt_weight, adapt_batch=adapt_batch,
+                             adapt_degradation=adapt_degradation, init=init)
     bar = _Progress(config.iterations) if sys.stderr.isatty() or not as_json else None
     result = run_train(config, resume=resume is not None, nproc=nproc,
                        progress=bar.update if bar else None)

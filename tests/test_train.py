@@ -131,6 +131,31 @@ def test_adaptation_uses_unpaired_frames(images: Path, tmp_path: Path) -> None:
     assert all(float(r["adapt"]) > 0 for r in rows)
 
 
+def test_adaptation_through_a_known_or_estimated_kernel(images: Path, tmp_path: Path) -> None:
+    """gaussian:S and auto close the unpaired loop through a Gaussian (recorded in the
+    checkpoint), dual through the learned duals: the adaptation terms differ."""
+    import csv
+
+    from tests.conftest import make_clip
+    from vsr.models.checkpoint import read_info
+
+    clip = make_clip(tmp_path / "lr.mp4", frames=6, size=(64, 48))
+    adapt = {}
+    for name, deg in (("g", "gaussian:1.5"), ("d", "dual"), ("a", "auto")):
+        train(_config(images, tmp_path / name, iterations=2, adapt=(str(clip),), adapt_batch=2,
+                      log_every=1, adapt_degradation=deg))
+        rows = list(csv.DictReader((tmp_path / name / "metrics.csv").open()))
+        adapt[name] = float(rows[0]["adapt"])
+        recorded = read_info(tmp_path / name / "last.safetensors").provenance["adapt_degradation"]
+        if name == "a":
+            assert recorded.startswith("gaussian:"), recorded
+        else:
+            assert recorded == deg
+    assert adapt["g"] > 0 and adapt["d"] > 0 and abs(adapt["g"] - adapt["d"]) > 1e-4
+    with pytest.raises(ConfigError, match="gaussian"):
+        _config(images, tmp_path / "x", adapt_degradation="box:2")
+
+
 def test_bad_config_is_refused(images: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         _config(images, tmp_path / "x", lr=-1)

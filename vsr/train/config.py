@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vsr.errors import ConfigError
+from vsr.train.degrade import DegradationSpec
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrainConfig:
     adapt_weight: float = 1.0
     adapt_batch: int = 4
     adapt_frames: int = 64  # frames sampled per adaptation video
+    adapt_degradation: str = "auto"  # auto | dual | gaussian:SIGMA (see vsr.train.degrade)
     init: str | None = None  # start from a checkpoint's weights (not a resume)
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -58,6 +60,7 @@ class TrainConfig:
                               f"lr_min {self.lr_min})")
         if self.dual_lambda < 0 or self.adapt_weight < 0:
             raise ConfigError("dual_lambda and adapt_weight must be >= 0")
+        DegradationSpec.parse(self.adapt_degradation)
         if self.amp not in ("auto", "none", "bf16", "fp16"):
             raise ConfigError(f"amp must be auto, none, bf16 or fp16, got {self.amp!r}")
 

@@ -46,6 +46,12 @@ def cycle_loss(duals: Sequence[nn.Module], outs: Sequence[torch.Tensor],
     return total
 
 
+def degradation_loss(degrade: nn.Module, outs: Sequence[torch.Tensor],
+                     lr: torch.Tensor) -> torch.Tensor:
+    """Unpaired adaptation through a known degradation: L1(degrade(HR output), lr)."""
+    return F.l1_loss(degrade(outs[-1]), lr)
+
+
 def dual_regression_loss(primal: nn.Module, duals: Sequence[nn.Module],
                          pyramid: Sequence[torch.Tensor], dual_lambda: float) -> DualLoss:
     """Forward the primal on pyramid[0] and score it; pyramid = [LR_S, ..., HR]."""

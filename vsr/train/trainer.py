@@ -22,7 +22,8 @@ from vsr.models import REGISTRY, CheckpointInfo, DualNetworks, NetworkUpscaler, 
 from vsr.models.checkpoint import load_state_into, load_tensors
 from vsr.train.config import TrainConfig
 from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, step_generator
-from vsr.train.losses import cycle_loss, dual_regression_loss
+from vsr.train.degrade import DegradationSpec, GaussianDegradation, estimate_gaussian_sigma
+from vsr.train.losses import cycle_loss, degradation_loss, dual_regression_loss
 from vsr.train.state import load_training_state, save_training_state
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,21 @@ class TrainResult:
 class DualRegressionNet(nn.Module):
     """Primal + dual networks behind one forward, so DDP synchronises all of them."""
 
-    def __init__(self, primal: nn.Module, duals: DualNetworks) -> None:
+    def __init__(self, primal: nn.Module, duals: DualNetworks,
+                 degradation: nn.Module | None = None) -> None:
         super().__init__()
         self.primal = primal
         self.duals = duals
+        self.degradation = degradation  # adaptation through a known kernel, else the duals
 
     def forward(self, pyramid: list[torch.Tensor], lr_real: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         terms = dual_regression_loss(self.primal, self.duals, pyramid, dual_lambda=0.0)
         la = None
         if lr_real is not None:
-            la = cycle_loss(self.duals, self.primal(lr_real), lr_real)
+            outs = self.primal(lr_real)
+            la = (cycle_loss(self.duals, outs, lr_real) if self.degradation is None
+                  else degradation_loss(self.degradation, outs, lr_real))
         return terms.primal, terms.dual, la
 
 
@@ -108,6 +113,8 @@ class Trainer:
         if config.init:
             tensors, _ = load_tensors(config.init)
             load_state_into(self.primal, tensors, config.init)
+            if any(k.startswith("dual.") for k in tensors):  # a training state: its duals too
+                load_state_into(self.duals, tensors, config.init, prefix="dual.", ignore=())
         self.optimizers = {"primal": torch.optim.Adam(self.primal.parameters(), lr=config.lr,
                                                       betas=(0.9, 0.999))}
         for i, d in enumerate(self.duals):
@@ -117,7 +124,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         if self.device.type == "cuda":
             self.primal.to(memory_format=torch.channels_last)
-        self.net: nn.Module = DualRegressionNet(self.primal, self.duals)
+        self.adapt = (LRSampler(config.adapt, config.patch, config.adapt_frames)
+                      if config.adapt else None)
+        self.adapt_sigma = self._adapt_sigma()
+        degradation = (GaussianDegradation(self.adapt_sigma, self.scale).to(self.device)
+                       if self.adapt_sigma is not None else None)
+        self.net: nn.Module = DualRegressionNet(self.primal, self.duals, degradation)
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
@@ -129,8 +141,19 @@ class Trainer:
             self.start_step = int(state["step"])
             self.best_psnr = state.get("best_psnr")
         self.sampler = PatchSampler(config.data, config.patch * self.scale)
-        self.adapt = (LRSampler(config.adapt, config.patch, config.adapt_frames)
-                      if config.adapt else None)
+
+    def _adapt_sigma(self) -> float | None:
+        """The Gaussian of the adaptation loss (None: through the learned duals)."""
+        if self.adapt is None:
+            return None
+        spec = DegradationSpec.parse(self.config.adapt_degradation)
+        if spec.kind == "dual":
+            return None
+        if spec.kind == "gaussian":
+            return spec.sigma
+        sigma = estimate_gaussian_sigma(self.adapt.frames, self.scale)
+        log.info("adaptation frames: estimated Gaussian blur sigma %.2f (HR pixels)", sigma)
+        return sigma
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.config.amp
@@ -141,6 +164,8 @@ class Trainer:
     def _info(self, extra: dict[str, Any] | None = None) -> CheckpointInfo:
         prov = {"tool": "vsr train", "arch": self.config.arch, "data": list(self.config.data),
                 "adapt": list(self.config.adapt), "dual_lambda": self.config.dual_lambda,
+                "adapt_degradation": (self.config.adapt_degradation if self.adapt_sigma is None
+                                      else f"gaussian:{self.adapt_sigma:g}"),
                 "seed": self.config.seed, "device": str(self.device), "world_size": self.world}
         prov.update(extra or {})
         return CheckpointInfo(arch=self.spec.arch, hparams=self.primal.hparams, scale=self.scale,
