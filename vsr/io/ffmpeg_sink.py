@@ -3,11 +3,14 @@ wheel lacks (VAAPI/QSV, SRT, HLS packaging).
 
 Frames go to ffmpeg's stdin as a NUT stream of raw RGB written by PyAV, so every frame keeps
 its pts in the input time base; ffmpeg maps the other input streams itself with ``-c copy``.
-The command line is built by ffmpeg-python as an argument list; no shell is involved.
+:class:`FfmpegRelay` is the live variant: ffmpeg copies the MPEG-TS (video and audio) that
+PyAV writes to its stdin out to a URL (``srt://``). Command lines are built by ffmpeg-python
+as argument lists; no shell is involved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -35,8 +38,19 @@ _TRC = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 
         18: "arib-std-b67"}
 
 
+# libsrt's live mode lingers 0 s on close: whatever the receiver has not acknowledged yet is
+# thrown away, so a short or ending stream lost its tail (or everything). Seconds to wait.
+SRT_LINGER_S = 5
+
+
 def ffmpeg_available() -> bool:
     return shutil.which("ffmpeg") is not None
+
+
+def _last_line(log_file) -> str:
+    log_file.seek(0)
+    lines = [ln for ln in log_file.read().decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
 
 
 def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeConfig) -> list[str]:
@@ -121,9 +135,7 @@ class FfmpegSink(SinkContext):
     def _failed(self, what: str) -> OutputError:
         self._proc.kill()
         self._proc.wait()
-        self._log.seek(0)
-        lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
-        return OutputError(f"ffmpeg {what}: {lines[-1] if lines else 'no message'}")
+        return OutputError(f"ffmpeg {what}: {_last_line(self._log)}")
 
     def write(self, image: np.ndarray, pts: int) -> None:
         if image.shape != self._size + (3,) or image.dtype not in (np.uint8, np.uint16):
@@ -173,3 +185,72 @@ class FfmpegSink(SinkContext):
         self._log.close()
         discard(self._temp)
 
+
+
+def relay_command(url: str, fmt: str = "mpegts") -> list[str]:
+    """ffmpeg copying every stream of the MPEG-TS on its stdin to ``url`` as ``fmt``.
+
+    A short probe (our own MPEG-TS needs little analysis; the default would hold the first
+    seconds back), ``-copyts`` so the output keeps the stream's clock, and for ``srt://`` a
+    linger on close so the tail reaches the receiver.
+    """
+    src = ffmpeg.input("pipe:", format="mpegts", probesize="32768", analyzeduration="100000")
+    opts = {"map": "0", "c": "copy", "f": fmt, "flush_packets": "1",
+            "max_interleave_delta": "100000"}
+    if url.startswith("srt://") and "linger=" not in url:
+        opts["linger"] = str(SRT_LINGER_S)
+    out = ffmpeg.output(src, url, **opts).global_args(
+        "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts")
+    return ffmpeg.compile(out)
+
+
+class FfmpegRelay:
+    """The system ffmpeg sending what is written to :attr:`stdin` (MPEG-TS) to ``url``.
+
+    ``finish`` closes the pipe and waits for ffmpeg; ``kill`` stops it. Both raise nothing
+    but OutputError (``finish`` when ffmpeg failed, with its last error line).
+    """
+
+    def __init__(self, url: str, fmt: str = "mpegts") -> None:
+        if not ffmpeg_available():
+            raise OutputError(f"{url.split(':')[0]}:// output needs the ffmpeg program on PATH")
+        self.url = url
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the relay
+        args = relay_command(url, fmt)
+        log.debug("ffmpeg relay: %s", args)
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=self._log, start_new_session=True)
+
+    @property
+    def stdin(self):
+        return self._proc.stdin
+
+    def error(self) -> OutputError | None:
+        """ffmpeg's failure if it has exited with one, else None."""
+        if self._proc.poll() in (None, 0):
+            return None
+        return OutputError(f"ffmpeg sending to {self.url} exited with {self._proc.returncode}: "
+                           f"{_last_line(self._log)}")
+
+    def finish(self, timeout: float = 2.0 * SRT_LINGER_S + 5) -> None:
+        with contextlib.suppress(OSError):  # a broken pipe: ffmpeg's exit status tells why
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise OutputError(f"ffmpeg sending to {self.url} did not finish within "
+                              f"{timeout:.0f} s") from None
+        err = self.error()
+        self._log.close()
+        if err is not None:
+            raise err
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._proc.stdin.close()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        with contextlib.suppress(OSError):
+            self._log.close()
