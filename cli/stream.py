@@ -24,7 +24,8 @@ def _render(as_json: bool, to_stdout: bool):
         head = "total" if s.final else f"{s.elapsed_s:7.1f} s"
         click.echo(f"{head}: in {s.frames_in} ({s.fps_in:.1f} fps) out {s.frames_out} "
                    f"({s.fps_out:.1f} fps) dropped {s.dropped} latency {lat} "
-                   f"reconnects {s.reconnects}" + (f" error: {s.error}" if s.error else ""),
+                   f"reconnects {s.reconnects} audio {s.audio_out}/{s.audio_in}"
+                   + (f" error: {s.error}" if s.error else ""),
                    err=True)
     return show
 
@@ -54,6 +55,8 @@ def _render(as_json: bool, to_stdout: bool):
               help="Output format (default: mpegts for URLs and -, else from the name).")
 @click.option("--via-ffmpeg", is_flag=True,
               help="Send the output through the ffmpeg program (automatic for srt://).")
+@click.option("--no-audio", "no_audio", is_flag=True,
+              help="Video only (default: the source's audio is copied, not re-encoded).")
 @click.option("--stats-interval", type=click.FloatRange(min=0.1), default=2.0,
               show_default=True, help="Seconds between stats lines.")
 @click.option("--json", "as_json", is_flag=True,
@@ -62,10 +65,11 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
            precision: str, tile: int | None, codec: str, crf: int | None, preset: str | None,
            gop: int | None, max_latency: int, drop: str, reconnect: bool, read_timeout: float,
            input_format: str | None, output_format: str | None, via_ffmpeg: bool,
-           stats_interval: float, as_json: bool) -> None:
+           no_audio: bool, stats_interval: float, as_json: bool) -> None:
     """Upscale the live stream SRC to DST until the source ends or Ctrl-C.
 
-    Both are URLs FFmpeg understands, or - for MPEG-TS on stdin/stdout. Ctrl-C or SIGTERM
+    Both are URLs FFmpeg understands, or - for MPEG-TS on stdin/stdout; the source's audio is
+    copied alongside (--no-audio: video only). Ctrl-C or SIGTERM
     closes the output cleanly (exit 0); a source that fails without --reconnect exits 1.
     """
     from vsr.errors import InputError
@@ -77,7 +81,7 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
         tile=tile, encode=EncodeConfig(codec=codec, crf=crf, preset=preset),
         max_latency_ms=max_latency, drop=drop, reconnect=reconnect, read_timeout_s=read_timeout,
         input_format=input_format, output_format=output_format, gop=gop, via_ffmpeg=via_ffmpeg,
-        stats_interval_s=stats_interval)
+        stats_interval_s=stats_interval, audio=not no_audio)
 
     def _term(signum, frame) -> None:
         raise KeyboardInterrupt

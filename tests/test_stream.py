@@ -1,6 +1,7 @@
 """`vsr stream` over real sockets on 127.0.0.1 (UDP and TCP MPEG-TS), a stdin->stdout pipe,
-and a source that goes away and comes back. Frames carry their number in pixel blocks, so
-the receiver can tell which frame arrived, when, and at what size."""
+a source that goes away and comes back, and audio copied through (with and without dropped
+frames). Frames carry their number in pixel blocks, so the receiver can tell which frame
+arrived, when, and at what size."""
 
 from __future__ import annotations
 
@@ -76,8 +77,67 @@ class Sender:
         self.out.close()
 
 
+def make_ts(target, frames: int, audio: bool = True) -> None:
+    """Stamped 64x48 video (frame i at i/25 s) and a 48 kHz mono AAC track, as MPEG-TS."""
+    with av.open(target, "w", format="mpegts") as out:
+        v = out.add_stream("libx264", rate=RATE)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.codec_context.options = {"preset": "ultrafast"}
+        a = out.add_stream("aac", rate=48000) if audio else None
+        if a is not None:
+            a.layout = "mono"
+        n = frames * 48000 // RATE
+        tone = (0.2 * np.sin(2 * np.pi * 330 * np.arange(n) / 48000)).astype(np.float32)
+        sent = 0
+        for i in range(frames):  # interleaved as a live encoder would send them
+            f = av.VideoFrame.from_ndarray(stamped(i), format="rgb24")
+            f.pts, f.time_base = i * 3600, Fraction(1, 90000)
+            for p in v.encode(f):
+                out.mux(p)
+            while a is not None and sent < min(n, (i + 1) * 48000 // RATE):
+                af = av.AudioFrame.from_ndarray(tone[None, sent:sent + 1024], format="fltp",
+                                                layout="mono")
+                af.sample_rate, af.pts, af.time_base = 48000, sent, Fraction(1, 48000)
+                for p in a.encode(af):
+                    out.mux(p)
+                sent += 1024
+        for s in (v, a) if a is not None else (v,):
+            for p in s.encode(None):
+                out.mux(p)
+
+
+def demux_ts(source) -> tuple[list[tuple[bytes, int, int]], dict[int, int], tuple[int, int]]:
+    """(audio packets as (payload, pts, dts), video pts by stamp (the last frame with that
+    stamp), video size) of MPEG-TS."""
+    with av.open(source, format="mpegts") as c:
+        audio = [(bytes(p), p.pts, p.dts) for p in c.demux(c.streams.audio[0]) if p.size] \
+            if c.streams.audio else []
+    if hasattr(source, "seek"):
+        source.seek(0)
+    with av.open(source, format="mpegts") as c:
+        frames = list(c.decode(video=0))
+    video = {read_stamp(f.to_ndarray(format="rgb24")): f.pts for f in frames}
+    return audio, video, (frames[0].width, frames[0].height)
+
+
+def check_audio_copied(src, out, scale: int = 2) -> dict[int, int]:
+    """The output's audio packets are the source's, byte for byte, strictly increasing, on
+    the video's clock; its video is ``scale`` times larger. Returns video pts by stamp."""
+    a_in, v_in, _ = demux_ts(src)
+    a_out, v_out, size = demux_ts(out)
+    assert size == (scale * W, scale * H)
+    assert a_in and [p for p, _, _ in a_out] == [p for p, _, _ in a_in]
+    dts = [d for _, _, d in a_out]
+    assert all(b > a for a, b in zip(dts, dts[1:], strict=False))
+    audio_shift = {o[1] - i[1] for i, o in zip(a_in, a_out, strict=True)}
+    video_shift = {v_out[k] - v_in[k] for k in v_out}
+    assert len(audio_shift) == 1 and audio_shift == video_shift, (audio_shift, video_shift)
+    return v_out
+
+
 class Receiver(threading.Thread):
-    """Decodes MPEG-TS from ``url``; records (arrival time, stamp, size, pts) per frame."""
+    """Decodes MPEG-TS from ``url`` (or a pipe); records (arrival time, stamp, size, pts)
+    per frame."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
@@ -88,7 +148,7 @@ class Receiver(threading.Thread):
 
     def run(self) -> None:
         opts = {"analyzeduration": "500000"}
-        if self.url.startswith("udp"):
+        if str(self.url).startswith("udp"):
             opts["overrun_nonfatal"] = "1"
         try:
             self.ready.set()
@@ -132,26 +192,29 @@ def _latency_report(name: str, sender: Sender, receiver: Receiver, final: dict) 
     return lat
 
 
-def test_udp_loopback_upscales_and_measures_latency():
-    src, dst = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
-    receiver = Receiver(f"udp://127.0.0.1:{dst}")
-    receiver.start()
-    receiver.ready.wait()
-    proc = subprocess.Popen([*VSR, f"udp://127.0.0.1:{src}", f"udp://127.0.0.1:{dst}",
-                             *BICUBIC, "--timeout", "2", "--stats-interval", "1", "--json",
-                             "--max-latency", "500"],
+def stream_live(src: int, dst: str, receiver: Receiver) -> tuple[Sender, dict]:
+    """Sends stamped frames in real time to UDP port ``src``, `vsr stream` upscales them to
+    ``dst``, until ``receiver`` sees frames come back; then two more seconds, all of which
+    must mostly arrive, in order, at twice the size. Returns (sender, vsr's final stats)."""
+    proc = subprocess.Popen([*VSR, f"udp://127.0.0.1:{src}", dst, *BICUBIC, "--timeout", "2",
+                             "--stats-interval", "1", "--json", "--max-latency", "500"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = Lines(proc.stdout), Lines(proc.stderr)
-    sender = Sender(f"udp://127.0.0.1:{src}?pkt_size=1316")
-    n = 0
-    deadline = time.monotonic() + 120
-    while len(receiver.frames) < 10 and time.monotonic() < deadline and proc.poll() is None:
-        sender.send(n, RATE // 5)  # until vsr is up and frames come back
-        n += RATE // 5
-    first_measured = n
-    sender.send(n, 2 * RATE)  # two more seconds, all measured
-    sender.close()
-    assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
+    try:
+        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        sender = Sender(f"udp://127.0.0.1:{src}?pkt_size=1316")
+        n = 0
+        deadline = time.monotonic() + 120
+        while len(receiver.frames) < 10 and time.monotonic() < deadline and proc.poll() is None:
+            sender.send(n, RATE // 5)  # until vsr (and whatever follows it) is up
+            n += RATE // 5
+        first_measured = n
+        sender.send(n, 2 * RATE)  # two more seconds, all measured
+        sender.close()
+        assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     receiver.join(timeout=30)
     out.join(timeout=5)
     final = out.stats()[-1]
@@ -160,6 +223,15 @@ def test_udp_loopback_upscales_and_measures_latency():
     got = [k for _, k, _, _ in receiver.frames]
     assert got == sorted(got) and len(set(got)) == len(got)  # stamps survive, in order
     assert sum(k >= first_measured for k in got) >= RATE  # most of the last 2 s arrived
+    return sender, final
+
+
+def test_udp_loopback_upscales_and_measures_latency():
+    src, dst = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    receiver = Receiver(f"udp://127.0.0.1:{dst}")
+    receiver.start()
+    receiver.ready.wait()
+    sender, final = stream_live(src, f"udp://127.0.0.1:{dst}", receiver)
     lat = _latency_report("udp", sender, receiver, final)
     assert statistics.median(lat) < 2000
 
@@ -214,22 +286,75 @@ def test_stdin_to_stdout_pipe():
     print(result.stderr.decode().strip().splitlines()[-1])
 
 
+def test_audio_is_copied_through_the_pipe():
+    buf = io.BytesIO()
+    make_ts(buf, 40)
+    result = subprocess.run([*VSR, "-", "-", *BICUBIC, "--drop", "none", "--json"],
+                            input=buf.getvalue(), capture_output=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    final = json.loads(result.stderr.decode().strip().splitlines()[-1])
+    buf.seek(0)
+    video = check_audio_copied(buf, io.BytesIO(result.stdout))
+    assert sorted(video) == list(range(40)) and final["dropped"] == 0
+    assert final["audio_out"] == final["audio_in"] > 0
+    print({k: final[k] for k in ("frames_out", "audio_in", "audio_out", "latency_ms")})
+
+
+def stream_file(tmp_path, frames: int, *options: str) -> tuple[str, str, str]:
+    """`vsr stream` of a new stamped MPEG-TS file with audio to another file; returns (input,
+    output, stdout)."""
+    src, out = str(tmp_path / "in.ts"), str(tmp_path / "out.ts")
+    make_ts(src, frames)
+    result = subprocess.run([*VSR, src, out, *BICUBIC, *options], capture_output=True,
+                            env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    return src, out, result.stdout.decode()
+
+
+def test_dropped_frames_keep_their_audio(tmp_path):
+    # a file is read far faster than it is upscaled: with a 1 ms budget most frames go
+    src, out, stdout = stream_file(tmp_path, 50, "--max-latency", "1", "--json")
+    final = json.loads(stdout.strip().splitlines()[-1])
+    assert final["dropped"] > 0 and final["frames_out"] + final["dropped"] == 50
+    video = check_audio_copied(src, out)
+    assert len(video) == final["frames_out"] and sorted(video) == list(video)
+    assert final["audio_out"] == final["audio_in"] > 0
+    print(f"frames out {final['frames_out']} dropped {final['dropped']}, audio packets "
+          f"{final['audio_out']}/{final['audio_in']}")
+
+
+def test_no_audio_option(tmp_path):
+    _, out, _ = stream_file(tmp_path, 10, "--drop", "none", "--no-audio")
+    with av.open(out) as c:
+        assert not c.streams.audio and c.streams.video[0].width == 2 * W
+
+
 def test_source_that_disconnects_is_picked_up_again(tmp_path):
     src = free_port(socket.SOCK_STREAM)
     target = tmp_path / "out.ts"
+    buf = io.BytesIO()
+    make_ts(buf, 20)  # each session restarts its own timestamps (video and audio) at 0
     proc = subprocess.Popen([*VSR, f"tcp://127.0.0.1:{src}?listen=1", str(target), *BICUBIC,
                              "--reconnect", "--drop", "none", "--json", "--stats-interval", "0.5"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = Lines(proc.stdout), Lines(proc.stderr)
-    for _session in range(2):  # the second session restarts its own timestamps at 0
-        sender = _connect(f"tcp://127.0.0.1:{src}", proc)
-        sender.send(0, 20, paced=False)
-        sender.close()
+    for _session in range(2):
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", src))
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, err.lines
+                time.sleep(0.2)
+        with conn:
+            conn.sendall(buf.getvalue())
         time.sleep(0.5)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(
             s["frames_out"] >= 40 for s in out.stats()):
         time.sleep(0.2)
+    time.sleep(0.3)  # the last audio goes out at the close
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
     out.join(timeout=5)
@@ -240,6 +365,14 @@ def test_source_that_disconnects_is_picked_up_again(tmp_path):
     assert [read_stamp(f.to_ndarray(format="rgb24")) for f in frames] == [*range(20)] * 2
     pts = [f.pts for f in frames]
     assert all(b > a for a, b in zip(pts, pts[1:], strict=False))  # monotonic across sessions
+    a_in, _, _ = demux_ts(io.BytesIO(buf.getvalue()))
+    a_out, _, _ = demux_ts(str(target))
+    assert [p for p, _, _ in a_out] == [p for p, _, _ in a_in] * 2  # no audio lost either
+    dts = [d for _, _, d in a_out]
+    assert all(b > a for a, b in zip(dts, dts[1:], strict=False))
+    # the second session's audio keeps its place next to its video
+    n = len(a_in)
+    assert a_out[n][1] - a_in[0][1] == pts[20] - pts[0]
 
 
 def test_drop_queue_policies():

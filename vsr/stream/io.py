@@ -1,9 +1,10 @@
 """Live input and output: FFmpeg URLs, ``-`` for stdin/stdout (MPEG-TS), files for testing.
 
-The reader decodes in its own thread and hands frames to a :class:`DropQueue`; it reopens the
-source with backoff when it goes away (``reconnect``). The writer encodes with low-latency
-settings and muxes to the destination; ``srt://`` (absent from the PyAV wheel) goes through
-the system ``ffmpeg`` program, which takes our MPEG-TS on its stdin and copies it out.
+The reader decodes in its own thread and hands frames to a :class:`DropQueue` (and audio
+packets to an :class:`~vsr.stream.audio.AudioFeed`, never dropped); it reopens the source with
+backoff when it goes away (``reconnect``). The writer encodes with low-latency settings and
+muxes video and copied audio to the destination; ``srt://`` (absent from the PyAV wheel) goes
+through the system ``ffmpeg`` program, which takes our MPEG-TS on its stdin and copies it out.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import subprocess
 import sys
 import threading
 import time
@@ -22,9 +22,11 @@ import av
 import numpy as np
 
 from vsr.errors import InputError, OutputError
+from vsr.io.ffmpeg_sink import FfmpegRelay
 from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of
 from vsr.io.sink import EncodeConfig, VideoEncoder
 from vsr.io.source import rgb_format
+from vsr.stream.audio import AudioFeed, LivePassthrough
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +105,18 @@ class DropQueue:
 class Reader(threading.Thread):
     """Decodes ``url`` into ``queue`` with monotonic times; reconnects when asked to.
 
+    With an ``audio`` feed, the audio packets go there on the same clock as the frames.
     ``error`` holds the reason the source ended abnormally (None for a clean end).
     """
 
     def __init__(self, url: str, queue: DropQueue, stop: threading.Event, *,
                  reconnect: bool, read_timeout: float, backoff_max: float,
-                 input_format: str | None) -> None:
+                 input_format: str | None, audio: AudioFeed | None = None) -> None:
         super().__init__(name="vsr-stream-read", daemon=True)
         self.url, self.queue, self.stop = url, queue, stop
         self.reconnect, self.read_timeout, self.backoff_max = reconnect, read_timeout, backoff_max
         self.input_format = input_format
+        self.audio = audio
         self.error: str | None = None
         self.frames = 0
         self.reconnects = 0
@@ -168,13 +172,19 @@ class Reader(threading.Thread):
             rate = stream.average_rate or stream.guessed_rate
             if rate:
                 self._step = float(1 / rate)
+            carried = self.audio.session(list(c.streams.audio)) if self.audio is not None else {}
             self.connected.set()
             base: float | None = None
             offset = 0.0
             info: StreamInfo | None = None
-            for frame in c.decode(stream):
+            held: list[av.Packet] = []  # audio read since the last frame: its shift is known then
+            for item in _demux(c, stream, [c.streams[i] for i in carried]):
                 if self.stop.is_set():
                     break
+                if isinstance(item, av.Packet):
+                    held.append(item)
+                    continue
+                frame = item
                 arrived = time.monotonic()
                 t_in = float(frame.pts * frame.time_base) if frame.pts is not None else None
                 if t_in is None:
@@ -183,9 +193,14 @@ class Reader(threading.Thread):
                 if t is None or (self._last_t is not None
                                  and not 0 < t - self._last_t < 10.0):
                     # a new connection or a discontinuity: continue one frame after the last
+                    # (and after the audio already out, so both stay monotonic)
                     base = t_in
-                    offset = t_in if self._last_t is None else self._last_t + self._step
+                    offset = t_in if self._last_t is None else max(
+                        self._last_t + self._step, self._audio_end(held, t_in))
                     t = offset
+                for pkt in held:
+                    self.audio.put(pkt, carried[pkt.stream_index], offset - base)
+                held.clear()
                 if info is None or (frame.width, frame.height) != info.size:
                     info = _describe(self.url, frame, stream)
                 image = frame.to_ndarray(format=rgb_format(info.bit_depth))
@@ -193,7 +208,29 @@ class Reader(threading.Thread):
                 self.queue.put(LiveFrame(image, t, arrived, info), self.stop)
                 got += 1
                 self.frames += 1
+            if base is not None:
+                for pkt in held:
+                    self.audio.put(pkt, carried[pkt.stream_index], offset - base)
         return got
+
+    def _audio_end(self, held: list[av.Packet], t_in: float) -> float:
+        """The earliest start for a new connection's first frame (at ``t_in`` on its input
+        clock) that puts the audio read before it after the audio already out."""
+        if self.audio is None:
+            return float("-inf")
+        times = [float(ts * p.time_base) for p in held
+                 if (ts := p.dts if p.dts is not None else p.pts) is not None]
+        return self.audio.end + max(0.0, t_in - min(times, default=t_in))
+
+
+def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
+           audio: list[av.stream.Stream]):
+    """Decoded frames of ``video`` and the (undecoded) packets of ``audio``, in file order."""
+    for packet in c.demux(video, *audio):
+        if packet.stream_index == video.index:
+            yield from packet.decode()
+        elif packet.size:
+            yield packet
 
 
 def _describe(url: str, frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> StreamInfo:
@@ -208,32 +245,54 @@ def _describe(url: str, frame: av.VideoFrame, stream: av.video.stream.VideoStrea
     )
 
 
+class _Flushed:
+    """A buffered pipe that PyAV writes through at once: PyAV never flushes a Python file,
+    and a buffer of a few KB holds a second or more of a small stream back."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+
+    def write(self, data: bytes) -> int:
+        n = self._file.write(data)
+        self._file.flush()
+        return n
+
+
 class LiveSink:
-    """Encodes RGB frames at monotonic times (seconds) and muxes them to ``url``.
+    """Encodes RGB frames at monotonic times (seconds) and muxes them to ``url``, with the
+    audio of ``audio`` copied alongside.
 
     Opened on the first frame (its size is known then). ``close`` flushes the encoder and
-    finishes the container, so the receiver sees a clean end. Raises OutputError.
+    finishes the container, so the receiver sees a clean end. ``srt://`` (or ``via_ffmpeg``)
+    goes through an :class:`~vsr.io.ffmpeg_sink.FfmpegRelay`. Raises OutputError.
     """
 
     def __init__(self, url: str, encode: EncodeConfig, *, output_format: str | None,
-                 gop: int | None, via_ffmpeg: bool) -> None:
-        self.url, self.encode, self.gop = url, encode, gop
+                 gop: int | None, via_ffmpeg: bool, audio: AudioFeed | None = None) -> None:
+        self.url, self.encode, self.gop, self.audio = url, encode, gop, audio
         self.format = output_format or (
             "mpegts" if url == "-" or is_network(url) or url.endswith(".ts") else None)
         self.via_ffmpeg = via_ffmpeg or url.startswith("srt://")
         self._out = None
-        self._proc: subprocess.Popen | None = None
+        self._relay: FfmpegRelay | None = None
+        self._pass: LivePassthrough | None = None
         self._last_pts = -1
         self.frames = 0
 
+    @property
+    def audio_packets(self) -> int:
+        """Audio packets written so far."""
+        return sum(self._pass.copied.values()) if self._pass is not None else 0
+
     def _open(self, info: StreamInfo, width: int, height: int) -> None:
-        options = {"flush_packets": "1"}
+        # the muxer holds a packet back until every stream has one; bound that wait
+        options = {"flush_packets": "1", "max_interleave_delta": "100000"}
         try:
             if self.via_ffmpeg:
-                self._proc = _ffmpeg_relay(self.url, self.format or "mpegts")
-                target, fmt = self._proc.stdin, "mpegts"
+                self._relay = FfmpegRelay(self.url, self.format or "mpegts")
+                target, fmt = _Flushed(self._relay.stdin), "mpegts"
             elif self.url == "-":
-                target, fmt = sys.stdout.buffer, "mpegts"
+                target, fmt = _Flushed(sys.stdout.buffer), "mpegts"
             else:
                 target, fmt = self.url, self.format
             self._out = av.open(target, mode="w", format=fmt, container_options=options)
@@ -246,7 +305,13 @@ class LiveSink:
                               "preset": self.encode.preset or "veryfast"}
             cc.gop_size = self.gop or max(1, round(rate))
             self._stream = stream
+            if self.audio is not None and self.audio.templates:
+                self._pass = LivePassthrough(self.audio)
+                self._pass.add_streams(self._out)
             self._out.start_encoding()
+        except OutputError:
+            self.abort()
+            raise
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             self.abort()
             raise OutputError(f"cannot open the output {self.url}: {exc}") from exc
@@ -257,56 +322,50 @@ class LiveSink:
         pts = round(t / TS_TIME_BASE)
         pts = max(pts, self._last_pts + 1)  # strictly increasing, whatever the input did
         self._last_pts = pts
+        self._mux(self._stream.encode(self._enc.frame(image, pts)))
+        self.frames += 1
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        """Video packets, each after the audio up to its time."""
         try:
-            for pkt in self._stream.encode(self._enc.frame(image, pts)):
+            for pkt in packets:
+                t = pkt.dts if pkt.dts is not None else pkt.pts
+                if self._pass is not None:
+                    self._pass.mux_until(self._out, float(t * pkt.time_base) if t is not None
+                                         else None)
                 self._out.mux(pkt)
         except (av.error.FFmpegError, OSError) as exc:
-            raise OutputError(f"writing {self.url} failed: {exc}") from exc
-        self.frames += 1
+            err = self._relay.error() if self._relay is not None else None
+            raise err or OutputError(f"writing {self.url} failed: {exc}") from exc
 
     def close(self) -> None:
         if self._out is None:
-            self._finish_proc()
+            self._finish_relay()
             return
-        out, self._out = self._out, None
         try:
-            for pkt in self._stream.encode(None):
-                out.mux(pkt)
+            self._mux(self._stream.encode(None))
+            if self._pass is not None:
+                self._pass.mux_rest(self._out)
+            out, self._out = self._out, None
             out.close()
         except (av.error.FFmpegError, OSError) as exc:
+            self.abort()
             raise OutputError(f"finishing {self.url} failed: {exc}") from exc
-        finally:
-            self._finish_proc()
+        except BaseException:
+            self.abort()
+            raise
+        self._finish_relay()
 
     def abort(self) -> None:
         if self._out is not None:
             with contextlib.suppress(Exception):
                 self._out.close()
             self._out = None
-        self._finish_proc()
+        if self._relay is not None:
+            self._relay.kill()
+            self._relay = None
 
-    def _finish_proc(self) -> None:
-        if self._proc is None:
-            return
-        with contextlib.suppress(OSError):
-            self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
-
-def _ffmpeg_relay(url: str, fmt: str) -> subprocess.Popen:
-    """The system ffmpeg copying MPEG-TS from its stdin to ``url`` (argument list, no shell)."""
-    import shutil
-
-    if shutil.which("ffmpeg") is None:
-        raise OutputError(f"{url.split(':')[0]}:// output needs the ffmpeg program on PATH")
-    # small probe: our own MPEG-TS needs no analysis, and a 5 s probe would be 5 s of delay
-    args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-probesize", "32768",
-            "-analyzeduration", "0", "-f", "mpegts", "-i", "pipe:", "-c", "copy",
-            "-flush_packets", "1", "-f", fmt, url]
-    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            start_new_session=True)
+    def _finish_relay(self) -> None:
+        if self._relay is not None:
+            relay, self._relay = self._relay, None
+            relay.finish()

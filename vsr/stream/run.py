@@ -1,8 +1,10 @@
 """`run_stream`: a live source, upscaled, to a live destination with bounded latency.
 
 reader thread (decode, monotonic times, reconnect) -> DropQueue (policy, counted drops)
--> inference and encoding in the calling thread -> destination. Ctrl-C (KeyboardInterrupt in
-the calling thread) or the end of the source flushes the encoder and closes the output.
+-> inference and encoding in the calling thread -> destination; the source's audio packets
+go around the queue (AudioFeed) and are muxed, copied, next to the video of the same time.
+Ctrl-C (KeyboardInterrupt in the calling thread) or the end of the source flushes the encoder
+and closes the output.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from vsr.errors import ConfigError, PipelineError
 from vsr.io.sink import EncodeConfig
 from vsr.io.source import Frame
+from vsr.stream.audio import AudioFeed
 from vsr.stream.io import IDLE, DropQueue, LiveSink, Reader
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class StreamConfig:
     gop: int | None = None  # keyframe interval in frames; None: one second
     via_ffmpeg: bool = False
     stats_interval_s: float = 2.0
+    audio: bool = True  # copy the source's audio streams (packets, not re-encoded)
 
     def __post_init__(self) -> None:
         if self.drop not in DROP_POLICIES:
@@ -77,6 +81,8 @@ class StreamStats:
     reconnects: int
     final: bool = False
     error: str | None = None
+    audio_in: int = 0  # audio packets read from the source
+    audio_out: int = 0  # audio packets written (copied)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -93,8 +99,8 @@ class _Meter:
         self.lat.append(latency)
         self.total = [self.total[0] + latency, self.total[1] + 1, max(self.total[2], latency)]
 
-    def stats(self, reader: Reader, queue: DropQueue, frames_out: int, now: float,
-              final: bool = False, error: str | None = None) -> StreamStats:
+    def stats(self, reader: Reader, queue: DropQueue, sink: LiveSink, frames_out: int,
+              now: float, final: bool = False, error: str | None = None) -> StreamStats:
         span = max(1e-9, now - self.mark)
         lat = self.lat
         mean = sum(lat) / len(lat) if lat else None
@@ -108,7 +114,9 @@ class _Meter:
             fps_out=round((frames_out - self.out_mark) / span, 2),
             latency_ms=round(1000 * mean, 1) if mean is not None else None,
             latency_max_ms=round(1000 * peak, 1) if peak is not None else None,
-            reconnects=reader.reconnects, final=final, error=error)
+            reconnects=reader.reconnects, final=final, error=error,
+            audio_in=reader.audio.received if reader.audio is not None else 0,
+            audio_out=sink.audio_packets)
         if not final:
             self.mark, self.in_mark, self.out_mark, self.lat = now, reader.frames, frames_out, []
         return s
@@ -131,11 +139,12 @@ def run_stream(config: StreamConfig,
     stop = threading.Event()
     capacity = 2 if config.drop == "oldest" else 8
     queue = DropQueue(capacity, config.drop, config.max_latency_ms / 1000)
+    audio = AudioFeed() if config.audio else None
     reader = Reader(config.src, queue, stop, reconnect=config.reconnect,
                     read_timeout=config.read_timeout_s, backoff_max=config.backoff_max_s,
-                    input_format=config.input_format)
+                    input_format=config.input_format, audio=audio)
     sink = LiveSink(config.dst, config.encode, output_format=config.output_format,
-                    gop=config.gop, via_ffmpeg=config.via_ffmpeg)
+                    gop=config.gop, via_ffmpeg=config.via_ffmpeg, audio=audio)
     meter = _Meter(time.monotonic())
     written = 0
     pending: dict[int, tuple] = {}
@@ -168,7 +177,7 @@ def run_stream(config: StreamConfig,
                 now = time.monotonic()
                 if stats is not None and now - last_report >= config.stats_interval_s:
                     last_report = now
-                    stats(meter.stats(reader, queue, written, now))
+                    stats(meter.stats(reader, queue, sink, written, now))
         except KeyboardInterrupt:
             log.info("interrupted: closing the output")
         stop.set()
@@ -181,7 +190,7 @@ def run_stream(config: StreamConfig,
         raise
     finally:
         reader.join(timeout=2.0)  # a reader blocked on a silent source is a daemon thread
-    final = meter.stats(reader, queue, written, time.monotonic(), final=True,
+    final = meter.stats(reader, queue, sink, written, time.monotonic(), final=True,
                         error=reader.error)
     if stats is not None:
         stats(final)

@@ -1,0 +1,131 @@
+"""Audio of a live source, copied packet for packet (not re-encoded) to the live output.
+
+A live source cannot be opened a second time the way the file engine's
+:class:`~vsr.io.passthrough.Passthrough` reopens its input, so the reader thread demuxes the
+audio next to the video and hands its packets over in an :class:`AudioFeed`, already moved
+onto the output's clock (the same shift as the video of that connection). The writer muxes
+them with :class:`LivePassthrough`, which is Passthrough fed from that queue: the same stream
+setup and the same rule (copied packets go out before the first video packet later than
+them). Audio is never dropped because video frames were.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import threading
+from fractions import Fraction
+
+import av
+
+from vsr.io.passthrough import Passthrough, _copy_disposition
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED = 20000  # packets (AAC at 48 kHz: about 7 minutes) held while no video goes out
+
+
+class AudioFeed:
+    """Audio packets from the reader thread to the writer, on the output clock.
+
+    The first connection's audio streams become the output's (kept as templates in a
+    container of their own, so they outlive that connection); a later connection's audio
+    stream is carried when its codec matches the template at the same position.
+    """
+
+    def __init__(self) -> None:
+        self._templates: av.container.OutputContainer | None = None
+        self.templates: list[av.stream.Stream] = []
+        self.packets: collections.deque[av.Packet] = collections.deque()
+        self._last_dts: dict[int, int] = {}
+        self.end = float("-inf")  # output time (s) where the audio put so far ends
+        self.received = 0
+        self.skipped = 0  # not monotonic on the output clock, or over MAX_QUEUED
+        self._lock = threading.Lock()
+
+    def session(self, streams: list[av.stream.Stream]) -> dict[int, av.stream.Stream]:
+        """Called by the reader for each connection: input stream index -> template, for
+        the audio streams that are carried."""
+        with self._lock:
+            if self._templates is None:
+                self._templates = av.open(io.BytesIO(), "w", format="mpegts")
+                first = {}
+                for s in streams:
+                    try:
+                        t = self._templates.add_stream_from_template(s)
+                    except (av.error.FFmpegError, ValueError, TypeError) as exc:
+                        log.warning("audio stream %d not carried: %s", s.index, exc)
+                        continue
+                    t.metadata.update(s.metadata)
+                    _copy_disposition(s, t)
+                    self.templates.append(t)
+                    first[s.index] = t
+                return first
+        carried = {}
+        for s, t in zip(streams, self.templates, strict=False):
+            if s.codec_context.name == t.codec_context.name:
+                carried[s.index] = t
+            else:
+                log.warning("audio stream %d is %s now, was %s: not carried", s.index,
+                            s.codec_context.name, t.codec_context.name)
+        return carried
+
+    def put(self, pkt: av.Packet, template: av.stream.Stream, shift_s: float) -> None:
+        """Queue ``pkt`` moved by ``shift_s`` seconds onto the output clock (reader thread)."""
+        self.received += 1
+        tb = Fraction(pkt.time_base)
+        shift = round(Fraction(shift_s) / tb)
+        if pkt.pts is not None:
+            pkt.pts += shift
+        if pkt.dts is not None:
+            pkt.dts += shift
+        dts = pkt.dts if pkt.dts is not None else pkt.pts
+        last = self._last_dts.get(template.index)
+        if (dts is not None and last is not None and dts <= last) \
+                or len(self.packets) > MAX_QUEUED:
+            self.skipped += 1
+            return
+        if dts is not None:
+            self._last_dts[template.index] = dts
+            self.end = max(self.end, float((dts + (pkt.duration or 0)) * tb))
+        pkt.stream = template  # the input stream dies with its connection; the template lives
+        self.packets.append(pkt)
+
+
+class _FeedInput:
+    """What Passthrough reads from its input, served by the feed's templates."""
+
+    def __init__(self, feed: AudioFeed) -> None:
+        self.streams = feed.templates
+        self.metadata: dict[str, str] = {}
+
+    def demux(self, streams):
+        return iter(())
+
+    def chapters(self) -> list:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class LivePassthrough(Passthrough):
+    """:class:`Passthrough` whose packets come from an :class:`AudioFeed` as they arrive."""
+
+    def __init__(self, feed: AudioFeed) -> None:  # noqa: D107 - no input to reopen
+        self._input = _FeedInput(feed)
+        self._exclude = -1
+        self._map = {}
+        self._packets = None
+        self._pending = None
+        self.copied = {}
+        self.dropped = []
+        self._feed = feed.packets
+
+    def _next(self) -> av.Packet | None:
+        if self._pending is None:
+            with contextlib.suppress(IndexError):
+                self._pending = self._feed.popleft()
+        return self._pending
