@@ -168,7 +168,9 @@ class Reader(threading.Thread):
             if not c.streams.video:
                 raise InputError(f"no video stream in {self.url}")
             stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
+            # slice threads: frame threads hold one frame back per thread (16 threads:
+            # 0.6 s at 25 fps); measured here, UDP end-to-end median 263 -> 170 ms
+            stream.thread_type = "SLICE"
             rate = stream.average_rate or stream.guessed_rate
             if rate:
                 self._step = float(1 / rate)
