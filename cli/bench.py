@@ -34,10 +34,12 @@ from vsr.cli.common import (
                    "(eager, compile, tensorrt, onnx, auto).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per model call.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Pipeline and serial runs, alternated; their medians are reported.")
 @json_option
 def bench(input_path: str, model: str | None, scale: int | None, device: str, precision: str,
           frames: int, tile: int | None, codec: str, crf: int | None, preset: str | None,
-          decoder: str, backends: str, batch: int, as_json: bool) -> None:
+          decoder: str, backends: str, batch: int, repeats: int, as_json: bool) -> None:
     """Measure decode-only, model-only, encode-only, pipeline and serial-loop throughput.
 
     With several backends, each is measured in turn; --json then prints
@@ -55,7 +57,7 @@ def bench(input_path: str, model: str | None, scale: int | None, device: str, pr
         config = BenchConfig(input=input_path, model=model, scale=scale, device=device,
                              precision=precision, frames=frames, tile=tile, decoder=decoder,
                              encode=EncodeConfig(codec=codec, crf=crf, preset=preset),
-                             backend=name, batch=batch)
+                             backend=name, batch=batch, repeats=repeats)
         result = run_bench(config, lambda stage, fps: click.echo(f"{stage:>9}: {fps:8.2f} fps",
                                                                  err=True))
         results.append(result)

@@ -37,6 +37,9 @@ class Upscaler:
     scale: int
     size_multiple: int = 1
     supported_dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    # Whether outputs can go non-finite or black (a network in reduced precision can): the
+    # pipeline's guard checks each frame only where this is True.
+    can_fail: bool = True
     module: nn.Module | None = None
     info: Mapping[str, Any]
 
@@ -117,6 +120,7 @@ class BicubicUpscaler(Upscaler):
     """The reference baseline: MATLAB-compatible bicubic (vsr.resize.imresize), no network."""
 
     supported_dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    can_fail = False  # interpolates finite input: finite, and lit wherever the input is
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         from vsr.resize import imresize

@@ -10,3 +10,13 @@ def test_bench_reports_every_stage(clip):
     for key in ("decode_fps", "model_fps", "encode_fps", "pipeline_fps", "serial_fps"):
         assert d[key] > 0
     assert r.frames == 6 and r.size_out == (192, 128)
+
+
+def test_bench_repeats_alternate_and_report_medians(clip):
+    src = clip("r.mp4", frames=6, size=(64, 48))
+    r = run_bench(BenchConfig(input=src, model="bicubic", scale=2, device="cpu", frames=4,
+                              repeats=3, encode=EncodeConfig(preset="ultrafast")))
+    assert len(r.pipeline_runs) == len(r.serial_runs) == 3
+    assert r.pipeline_fps == sorted(r.pipeline_runs)[1]
+    assert r.serial_fps == sorted(r.serial_runs)[1]
+    assert r.to_json()["serial_runs"] == list(r.serial_runs)

@@ -145,3 +145,21 @@ def test_banded_cpu_path_equals_dense_matmul(monkeypatch: pytest.MonkeyPatch, sc
     monkeypatch.setattr(resize, "_BANDED_MIN_LEN", 1)
     banded = resize.imresize(x, scale)
     torch.testing.assert_close(banded, dense, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_integer_upscale_polyphase_path_equals_gathers_and_dense(
+        monkeypatch: pytest.MonkeyPatch, scale: int) -> None:
+    """The CPU's integer-upscale filters (slices of a mirrored input) change no value."""
+    from vsr import resize
+
+    x = torch.rand(2, 3, 41, 131, dtype=torch.float64)
+    monkeypatch.setattr(resize, "_BANDED_MIN_LEN", 1)
+    assert resize._Pass(-1, 131, 131 * scale, float(scale), True, x.device, x.dtype).plan
+    poly = resize.imresize(x, scale)
+    monkeypatch.setattr(resize, "_phases", lambda *_: None)
+    gathers = resize.imresize(x, scale)
+    monkeypatch.setattr(resize, "_BANDED_MIN_LEN", 10**9)
+    dense = resize.imresize(x, scale)
+    torch.testing.assert_close(poly, dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gathers, dense, rtol=0, atol=1e-12)

@@ -36,6 +36,7 @@ class BenchConfig:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     backend: str = "auto"  # one of vsr.backends.CHOICES
     batch: int = 1
+    repeats: int = 1  # pipeline and serial runs, alternated; the medians are reported
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -46,8 +47,8 @@ class BenchConfig:
         if self.backend not in CHOICES:
             raise ConfigError(f"backend must be one of {', '.join(CHOICES)}, "
                               f"not {self.backend!r}")
-        if self.batch < 1:
-            raise ConfigError("batch must be at least 1")
+        if self.batch < 1 or self.repeats < 1:
+            raise ConfigError("batch and repeats must be at least 1")
         resolve_device(self.device)
 
 
@@ -71,16 +72,25 @@ class BenchResult:
     prepare_seconds: float = 0.0  # backend build (or cache load) and check against eager
     max_error: float | None = None  # |backend - eager| on the first frame
     notes: tuple[str, ...] = ()
+    pipeline_runs: tuple[float, ...] = ()  # every pipeline / serial fps, in the order run
+    serial_runs: tuple[float, ...] = ()
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
         d["size_in"], d["size_out"] = list(self.size_in), list(self.size_out)
         d["notes"] = list(self.notes)
+        d["pipeline_runs"], d["serial_runs"] = list(self.pipeline_runs), list(self.serial_runs)
         return d
 
 
 def _fps(n: int, seconds: float) -> float:
     return round(n / seconds, 3) if seconds > 0 else float("inf")
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else round((v[mid - 1] + v[mid]) / 2, 3)
 
 
 def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | None = None
@@ -144,25 +154,33 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         report("encode", encode_fps)
         del decoded
 
-        src, it = frames()
-        proc = make_proc()
-        t = time.perf_counter()
-        with sink("pipeline") as k:
-            run_pipeline(it, proc, k)
-        pipeline_fps = _fps(n, time.perf_counter() - t)
-        src.close()
-        report("pipeline", pipeline_fps)
+        def pipeline(run: int) -> float:
+            src, it = frames()
+            proc = make_proc()
+            t = time.perf_counter()
+            with sink(f"pipeline{run}") as k:
+                run_pipeline(it, proc, k)
+            src.close()
+            return _fps(n, time.perf_counter() - t)
 
-        src, it = frames()
-        proc = make_proc()
-        t = time.perf_counter()
-        with sink("serial") as k:
-            for f in it:  # decode one, infer it, encode it, repeat: the popular scripts' loop
-                for frame, image in itertools.chain(proc.submit(f), proc.drain()):
-                    k.write(image, frame.pts)
-        serial_fps = _fps(n, time.perf_counter() - t)
-        src.close()
-        report("serial", serial_fps)
+        def serial(run: int) -> float:
+            src, it = frames()
+            proc = make_proc()
+            t = time.perf_counter()
+            with sink(f"serial{run}") as k:
+                for f in it:  # decode one, infer it, encode it, repeat: the popular scripts' loop
+                    for frame, image in itertools.chain(proc.submit(f), proc.drain()):
+                        k.write(image, frame.pts)
+            src.close()
+            return _fps(n, time.perf_counter() - t)
+
+        pipeline_runs, serial_runs = [], []
+        for run in range(config.repeats):  # alternated, so load changes hit both alike
+            pipeline_runs.append(pipeline(run))
+            report("pipeline", pipeline_runs[-1])
+            serial_runs.append(serial(run))
+            report("serial", serial_runs[-1])
+        pipeline_fps, serial_fps = _median(pipeline_runs), _median(serial_runs)
 
     return BenchResult(
         decode_fps=decode_fps, model_fps=model_fps, encode_fps=encode_fps,
@@ -173,4 +191,5 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         prepare_seconds=runner.prepare_seconds if runner else 0.0,
         max_error=runner.max_error if runner else None,
         notes=tuple(runner.notes) if runner else (),
+        pipeline_runs=tuple(pipeline_runs), serial_runs=tuple(serial_runs),
     )

@@ -165,6 +165,57 @@ def _taps(in_len: int, out_len: int, scale: float, antialias: bool,
 _BANDED_MIN_LEN = 96
 
 
+@lru_cache(maxsize=128)
+def _phases(in_len: int, factor: int) -> tuple[tuple[tuple[float, ...], ...], int, int] | None:
+    """An integer upscale as ``factor`` fixed filters over a symmetric-padded input.
+
+    Output ``factor * i + r`` = sum_j taps[r][j] * padded[i + j], padded = the input with
+    ``lo``/``hi`` mirrored samples (MATLAB's auxiliary index) on each side. Returns (taps, lo,
+    hi), or None where the rows are not periodic (then the banded path is used).
+    """
+    weights, indices = _contributions(in_len, in_len * factor, float(factor), True)
+    i = np.arange(in_len * factor) // factor
+    rows = np.arange(factor * 4, in_len * factor - factor * 4)  # clear of the mirrored borders
+    if rows.size == 0:
+        return None
+    offsets = indices[rows] - i[rows, None]
+    first = offsets[:factor]
+    if not (np.array_equal(offsets, np.tile(first, (rows.size // factor, 1)))
+            and np.allclose(weights[rows], np.tile(weights[rows[:factor]],
+                                                    (rows.size // factor, 1)), atol=1e-12)):
+        return None
+    lo, hi = int(-first.min()), int(first.max())
+    if max(lo, hi) >= in_len:
+        return None
+    taps = np.zeros((factor, lo + hi + 1))
+    for r in range(factor):
+        phase = rows[0] + ((r - rows[0]) % factor)
+        for off, w in zip(offsets[phase - rows[0]], weights[phase], strict=True):
+            taps[r, off + lo] += w
+    return tuple(tuple(float(w) for w in row) for row in taps), lo, hi
+
+
+def _polyphase(x: torch.Tensor, dim: int, plan: tuple) -> torch.Tensor:
+    """Apply :func:`_phases` along ``dim`` (-2 or -1) with slices: no gathers, no matmul."""
+    taps, lo, hi = plan
+    n = x.shape[dim]
+    padded = torch.cat([x.narrow(dim, 0, lo).flip(dim), x,
+                        x.narrow(dim, n - hi, hi).flip(dim)], dim)
+    phases = []
+    for row in taps:
+        acc = None
+        for j, w in enumerate(row):
+            if w == 0.0:
+                continue
+            view = padded.narrow(dim, j, n)
+            acc = view * w if acc is None else acc.add_(view, alpha=w)
+        phases.append(acc)
+    y = torch.stack(phases, dim=dim)  # (..., n, factor, W) or (..., H, n, factor)
+    shape = list(x.shape)
+    shape[dim] = n * len(taps)
+    return y.reshape(shape)
+
+
 class _Pass:
     """One 1-D resize along ``dim``: a dense matrix, or taps for the banded CPU path."""
 
@@ -172,6 +223,9 @@ class _Pass:
                  device: torch.device, dtype: torch.dtype) -> None:
         self.dim = dim
         self.banded = device.type == "cpu" and max(n_in, n_out) >= _BANDED_MIN_LEN
+        factor = n_out // n_in
+        self.plan = (_phases(n_in, factor) if self.banded and factor >= 2
+                     and n_out == n_in * factor and s == factor else None)
         if self.banded:
             self.weights, self.indices = _taps(n_in, n_out, s, antialias, dtype)
         else:
@@ -181,6 +235,8 @@ class _Pass:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.banded:
             return _apply(x, self.dim, self.matrix)
+        if self.plan is not None:  # an integer upscale: fixed filters per output phase
+            return _polyphase(x, self.dim, self.plan)
         # Gathering whole rows is fast; gathering along the last dim is not: transpose first.
         rows = x if self.dim == -2 else x.transpose(-1, -2).contiguous()
         out = None
