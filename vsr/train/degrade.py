@@ -131,7 +131,8 @@ def estimate_gaussian_sigma(frames: list[torch.Tensor], scale: int, *,
     """
     if not frames:
         raise ConfigError("no frames to estimate the degradation from")
-    cands = candidates or tuple(round(0.4 + 0.1 * i, 2) for i in range(27))
+    # 0.2 to 1.5 LR pixels in steps of 0.05 LR pixels (x2: 0.4 to 3.0 HR pixels by 0.1)
+    cands = candidates or tuple(round(scale * (0.2 + 0.05 * i), 3) for i in range(27))
     step = max(1, len(frames) // 16)  # at most 16 frames, centre crops of at most 384 pixels
     lumas = []
     for f in frames[::step][:16]:
