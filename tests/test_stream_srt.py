@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -117,3 +118,33 @@ def test_srt_listener_carries_video_and_audio(tmp_path):
     assert final["audio_out"] == final["audio_in"] > 0
     print(json.dumps({k: final[k] for k in ("frames_out", "audio_in", "audio_out",
                                             "latency_ms")}))
+
+
+def test_ctrl_c_while_no_caller_takes_the_stream(tmp_path):
+    """Nobody calls vsr's srt listener: once the pipe to ffmpeg is full, writes block; Ctrl-C
+    must still end vsr (and its ffmpeg) at once."""
+    src = tmp_path / "in.ts"
+    make_ts(str(src), 600)
+    port = free_port(socket.SOCK_DGRAM)
+    proc = subprocess.Popen([*VSR, str(src), f"srt://127.0.0.1:{port}?mode=listener",
+                             *BICUBIC, "--drop", "none", "--json", "--stats-interval", "0.2"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        wait_bound(port, proc, err)
+        deadline = time.monotonic() + 60
+        seen, still = -1, 0.0
+        while still < 1.0 and time.monotonic() < deadline:  # stats stop: the write blocks
+            time.sleep(0.2)
+            now = len(out.lines)
+            still = still + 0.2 if now == seen else 0.0
+            seen = now
+        assert out.stats() and out.stats()[-1]["frames_out"] < 600, "the pipe never filled"
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        assert proc.wait(timeout=10) == 0, "\n".join(err.lines)
+        print(f"stopped {time.monotonic() - t0:.2f} s after Ctrl-C")
+    finally:
+        stop(proc)
+    time.sleep(0.2)
+    assert not udp_bound(port)  # vsr's ffmpeg is gone too

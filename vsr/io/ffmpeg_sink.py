@@ -247,10 +247,10 @@ class FfmpegRelay:
             raise err
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self._proc.stdin.close()
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
+        with contextlib.suppress(OSError):  # after the kill: a full pipe would block the flush
+            self._proc.stdin.close()
         with contextlib.suppress(OSError):
             self._log.close()

@@ -247,6 +247,10 @@ def _describe(url: str, frame: av.VideoFrame, stream: av.video.stream.VideoStrea
     )
 
 
+class _Interrupted(Exception):
+    """Ctrl-C during a write into a pipe (PyAV passes on Exceptions only)."""
+
+
 class _Flushed:
     """A buffered pipe that PyAV writes through at once: PyAV never flushes a Python file,
     and a buffer of a few KB holds a second or more of a small stream back."""
@@ -255,8 +259,11 @@ class _Flushed:
         self._file = file
 
     def write(self, data: bytes) -> int:
-        n = self._file.write(data)
-        self._file.flush()
+        try:
+            n = self._file.write(data)
+            self._file.flush()
+        except KeyboardInterrupt as exc:  # e.g. blocked on an srt listener nobody calls
+            raise _Interrupted from exc
         return n
 
 
@@ -279,6 +286,7 @@ class LiveSink:
         self._relay: FfmpegRelay | None = None
         self._pass: LivePassthrough | None = None
         self._last_pts = -1
+        self._aborted = False
         self.frames = 0
 
     @property
@@ -319,6 +327,8 @@ class LiveSink:
             raise OutputError(f"cannot open the output {self.url}: {exc}") from exc
 
     def write(self, image: np.ndarray, t: float, info: StreamInfo) -> None:
+        if self._aborted:
+            return
         if self._out is None:
             self._open(info, image.shape[1], image.shape[0])
         pts = round(t / TS_TIME_BASE)
@@ -336,11 +346,18 @@ class LiveSink:
                     self._pass.mux_until(self._out, float(t * pkt.time_base) if t is not None
                                          else None)
                 self._out.mux(pkt)
+        except _Interrupted:
+            # the output does not take data: a clean close would block the same way
+            log.warning("interrupted while the output was blocked: abandoning it")
+            self.abort()
+            raise KeyboardInterrupt from None
         except (av.error.FFmpegError, OSError) as exc:
             err = self._relay.error() if self._relay is not None else None
             raise err or OutputError(f"writing {self.url} failed: {exc}") from exc
 
     def close(self) -> None:
+        if self._aborted:
+            return
         if self._out is None:
             self._finish_relay()
             return
@@ -359,13 +376,14 @@ class LiveSink:
         self._finish_relay()
 
     def abort(self) -> None:
+        self._aborted = True
+        if self._relay is not None:  # first: closing the output writes into its pipe
+            self._relay.kill()
+            self._relay = None
         if self._out is not None:
             with contextlib.suppress(Exception):
                 self._out.close()
             self._out = None
-        if self._relay is not None:
-            self._relay.kill()
-            self._relay = None
 
     def _finish_relay(self) -> None:
         if self._relay is not None:
