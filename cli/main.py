@@ -62,6 +62,9 @@ def main() -> None:
     # with spinning, 3.60 >= 3.51 with passive waits. Must be set before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vsr.errors import Interrupted, VsrError
+    from vsr.hostmem import keep_freed_memory
+
+    keep_freed_memory()  # frame-sized tensors without an mmap + page faults per allocation
 
     debug = "--debug" in sys.argv[1:]
     try:
