@@ -61,8 +61,15 @@ def test_model_digest_follows_weights_and_hparams():
     assert model_digest(wider) != model_digest(a)
 
 
-def test_candidates_and_names():
+def test_candidates_and_names(monkeypatch: pytest.MonkeyPatch):
+    import vsr.backends as backends
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(backends, "freed_memory_kept", lambda: True)
+    assert candidates("auto", cpu) == ("eager",)  # eager is fastest with the allocator tuned
+    assert candidates("onnx", cpu) == ("onnx", "eager")
+    assert candidates("auto", cuda) == ("tensorrt", "compile", "eager")
+    monkeypatch.setattr(backends, "freed_memory_kept", lambda: False)
     assert candidates("auto", cuda) == ("tensorrt", "compile", "eager")
     assert candidates("tensorrt", cpu) == ("tensorrt", "onnx", "eager")
     assert candidates("compile", cuda) == ("compile", "eager")

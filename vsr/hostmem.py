@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
+_applied = False
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` took effect in this process."""
+    return _applied
 
 
 def keep_freed_memory() -> bool:
@@ -46,7 +52,9 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
+    global _applied
     ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    _applied = _applied or ok
     log.debug("glibc mallopt (mmap threshold 1 GiB, no trimming): %s", "applied" if ok else
               "refused")
     return ok

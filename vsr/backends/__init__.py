@@ -33,6 +33,7 @@ from vsr.backends.eager import EAGER
 from vsr.backends.onnx import ONNX
 from vsr.backends.tensorrt import TENSORRT
 from vsr.errors import ConfigError
+from vsr.hostmem import freed_memory_kept
 
 log = logging.getLogger("vsr.backends")
 
@@ -41,15 +42,18 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({
 CHOICES = ("auto", *BACKENDS)
 
 # Fastest first; measured (README, "Backends"). On CUDA: TensorRT, then compiled CUDA graphs,
-# then eager. On the CPU, drn-t-x2 at 360p -> 720p, one thread, interleaved: onnxruntime 5.1 s
-# a frame, compile 5.5 s, eager 8.0 s. onnx goes first (where onnxruntime is installed): its
-# export is cached per weights, so a run pays about one session build and the first-frame
-# check (16 s warm, 44 s on a first export). compile is left out: as fast as onnx, but its
+# then eager. On the CPU it depends on the allocator (vsr.hostmem). drn-t-x2 at 360p -> 720p,
+# interleaved, quiet 2-core VM, s/frame at 1 / 2 threads: glibc defaults: onnxruntime 1.41 /
+# 0.87, eager 2.41 / 1.55 (every frame-sized tensor is mmap'ed and page-faulted anew); with
+# freed memory kept (the CLI's default): eager 1.16 / 0.75, onnxruntime 1.23 / 0.95. So onnx
+# goes first only without the tuning (its export is cached per weights; a run pays about one
+# session build and the first-frame check). compile is left out: no faster than onnx, and its
 # build took 120 s with a warm inductor cache and 457 s cold, which dominates short clips.
 AUTO_ORDER: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "cuda": ("tensorrt", "compile", "eager"),
     "cpu": ("onnx", "eager"),
 })
+_CPU_ORDER_FREED_MEMORY_KEPT = ("eager",)
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "TOLERANCE", "Backend", "BackendUnavailable",
            "EngineCache", "EngineKey", "Runner", "candidates", "default_cache_dir",
@@ -68,10 +72,13 @@ def parse_backends(text: str) -> tuple[str, ...]:
 
 def candidates(backend: str, device: torch.device) -> tuple[str, ...]:
     """The backends ``prepare`` tries, in order: the asked one, then the rest of the
-    device's auto order after it (all of it when the asked one is not in it), then eager."""
+    device's auto order after it (all of it when the asked one is not in it), then eager.
+    On the CPU with freed memory kept (:mod:`vsr.hostmem`) the auto order is eager alone."""
     if backend not in CHOICES:
         raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(CHOICES)})")
     order = AUTO_ORDER.get(device.type, ("eager",))
+    if device.type == "cpu" and freed_memory_kept():
+        order = _CPU_ORDER_FREED_MEMORY_KEPT
     if backend == "auto":
         return order
     rest = order[order.index(backend) + 1:] if backend in order else order
