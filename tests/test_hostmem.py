@@ -23,7 +23,7 @@ def one():  # the CPU engine's bicubic path for one 720p frame: 44 MB float inte
 for _ in range(8):  # the heap settles within a few frames
     one()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+for _ in range(8):
     one()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -42,7 +42,7 @@ def _faults(mode: str) -> int:
 def test_freed_large_blocks_are_reused_without_page_faults() -> None:
     plain, tuned = _faults("plain"), _faults("tuned")
     # untuned: every frame-sized intermediate is mmap'ed and faulted in again, page by page
-    assert plain > 4 * 10_000, plain
+    assert plain > 40_000, plain  # 8 frames; about 4-6k page faults each
     assert tuned < plain // 5, (tuned, plain)  # usually 0; a late heap growth costs ~5k
 
 
