@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
+from typing import Protocol
 
 import av
 
@@ -20,6 +21,19 @@ log = logging.getLogger(__name__)
 _MUST_COPY = ("audio", "subtitle")
 
 
+class Demuxer(Protocol):
+    """What :class:`Passthrough` reads: an input container, or anything shaped like one."""
+
+    streams: Sequence[av.stream.Stream]
+    metadata: dict[str, str]
+
+    def demux(self, streams: Sequence[av.stream.Stream]) -> Iterator[av.Packet]: ...
+
+    def chapters(self) -> list: ...
+
+    def close(self) -> None: ...
+
+
 class Passthrough:
     """Copies streams ``exclude`` does not name from ``input_path`` into ``output``.
 
@@ -28,11 +42,14 @@ class Passthrough:
     ``copied`` counts packets per input stream index; ``dropped`` lists streams skipped.
     """
 
-    def __init__(self, input_path: str, exclude: int) -> None:
-        try:
-            self._input = av.open(input_path, mode="r")
-        except av.error.FFmpegError as exc:
-            raise InputError(f"cannot reopen {input_path} for stream copy: {exc}") from exc
+    def __init__(self, source: str | Demuxer, exclude: int) -> None:
+        """``source``: the input's path (opened here), or an open :class:`Demuxer`."""
+        if isinstance(source, str):
+            try:
+                source = av.open(source, mode="r")
+            except av.error.FFmpegError as exc:
+                raise InputError(f"cannot reopen {source} for stream copy: {exc}") from exc
+        self._input = source
         self._exclude = exclude
         self._map: dict[int, av.stream.Stream] = {}
         self._packets: Iterator[av.Packet] | None = None
@@ -64,7 +81,7 @@ class Passthrough:
                 continue
             if s.metadata:
                 out_s.metadata.update(s.metadata)
-            _copy_disposition(s, out_s)
+            copy_disposition(s, out_s)
             self._map[s.index] = out_s
             self.copied[s.index] = 0
         copy_ids = list(self._map)
@@ -139,6 +156,7 @@ def _codec_name(s: av.stream.Stream) -> str:
         return "unknown codec"
 
 
-def _copy_disposition(src: av.stream.Stream, dst: av.stream.Stream) -> None:
+def copy_disposition(src: av.stream.Stream, dst: av.stream.Stream) -> None:
+    """Carry a stream's disposition flags (default, forced, ...) where PyAV allows it."""
     with contextlib.suppress(AttributeError, TypeError, ValueError):
         dst.disposition = src.disposition

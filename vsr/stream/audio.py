@@ -20,7 +20,7 @@ from fractions import Fraction
 
 import av
 
-from vsr.io.passthrough import Passthrough, _copy_disposition
+from vsr.io.passthrough import Passthrough, copy_disposition
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class AudioFeed:
                         log.warning("audio stream %d not carried: %s", s.index, exc)
                         continue
                     t.metadata.update(s.metadata)
-                    _copy_disposition(s, t)
+                    copy_disposition(s, t)
                     self.templates.append(t)
                     first[s.index] = t
                 return first
@@ -95,7 +95,8 @@ class AudioFeed:
 
 
 class _FeedInput:
-    """What Passthrough reads from its input, served by the feed's templates."""
+    """A :class:`~vsr.io.passthrough.Demuxer` of the feed's templates (packets come from
+    the feed, not from ``demux``)."""
 
     def __init__(self, feed: AudioFeed) -> None:
         self.streams = feed.templates
@@ -114,14 +115,8 @@ class _FeedInput:
 class LivePassthrough(Passthrough):
     """:class:`Passthrough` whose packets come from an :class:`AudioFeed` as they arrive."""
 
-    def __init__(self, feed: AudioFeed) -> None:  # noqa: D107 - no input to reopen
-        self._input = _FeedInput(feed)
-        self._exclude = -1
-        self._map = {}
-        self._packets = None
-        self._pending = None
-        self.copied = {}
-        self.dropped = []
+    def __init__(self, feed: AudioFeed) -> None:
+        super().__init__(_FeedInput(feed), exclude=-1)
         self._feed = feed.packets
 
     def _next(self) -> av.Packet | None:
