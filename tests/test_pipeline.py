@@ -89,6 +89,14 @@ def test_precision_guard_falls_back_to_fp32():
     assert [int(img[0, 0, 0]) for img, _ in sink.items] == [0, 1, 2, 3]
 
 
+def test_guard_runs_only_for_models_that_can_fail(drn_checkpoint):
+    from vsr.pipeline import make_processor
+
+    assert make_processor(load_model("bicubic", scale=2))._guard is False
+    assert make_processor(load_model(str(drn_checkpoint)))._guard is True
+    assert make_processor(load_model(str(drn_checkpoint)), guard=False)._guard is False
+
+
 def test_network_model_pipeline(drn_checkpoint):
     handle = load_model(str(drn_checkpoint))
     sink = _ListSink()

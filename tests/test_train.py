@@ -156,6 +156,20 @@ def test_adaptation_through_a_known_or_estimated_kernel(images: Path, tmp_path: 
         _config(images, tmp_path / "x", adapt_degradation="box:2")
 
 
+def test_init_from_a_training_state_loads_its_duals(images: Path, tmp_path: Path) -> None:
+    from vsr.models.checkpoint import load_tensors
+    from vsr.train.trainer import STATE_FILE, Trainer
+
+    train(_config(images, tmp_path / "a", iterations=3))
+    state = tmp_path / "a" / STATE_FILE
+    tensors, _ = load_tensors(state)
+    trainer = Trainer(_config(images, tmp_path / "b", iterations=1, init=str(state)))
+    duals = trainer.duals.state_dict()
+    assert duals and all(torch.equal(v, tensors[f"dual.{k}"]) for k, v in duals.items())
+    fresh = Trainer(_config(images, tmp_path / "c", iterations=1)).duals.state_dict()
+    assert not all(torch.equal(v, fresh[k]) for k, v in duals.items())
+
+
 def test_bad_config_is_refused(images: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         _config(images, tmp_path / "x", lr=-1)
