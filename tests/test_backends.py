@@ -67,6 +67,8 @@ def test_candidates_and_names(monkeypatch: pytest.MonkeyPatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(backends, "freed_memory_kept", lambda: True)
     assert candidates("auto", cpu) == ("eager",)  # eager is fastest with the allocator tuned
+    assert candidates("auto", cpu, (1, 3, 360, 640)) == ("eager",)
+    assert candidates("auto", cpu, (1, 3, 144, 176)) == ("onnx", "eager")  # but not on tiny
     assert candidates("onnx", cpu) == ("onnx", "eager")
     assert candidates("auto", cuda) == ("tensorrt", "compile", "eager")
     monkeypatch.setattr(backends, "freed_memory_kept", lambda: False)

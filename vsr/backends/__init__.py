@@ -45,8 +45,10 @@ CHOICES = ("auto", *BACKENDS)
 # then eager. On the CPU it depends on the allocator (vsr.hostmem). drn-t-x2 at 360p -> 720p,
 # interleaved, quiet 2-core VM, s/frame at 1 / 2 threads: glibc defaults: onnxruntime 1.41 /
 # 0.87, eager 2.41 / 1.55 (every frame-sized tensor is mmap'ed and page-faulted anew); with
-# freed memory kept (the CLI's default): eager 1.16 / 0.75, onnxruntime 1.23 / 0.95. So onnx
-# goes first only without the tuning (its export is cached per weights; a run pays about one
+# freed memory kept (the CLI's default): eager 1.16 / 0.75, onnxruntime 1.23 / 0.95. With the
+# tuning, at 2 threads, small frames still favour onnxruntime (144x176: eager 0.133, onnx 0.104;
+# 240x320: 0.263 vs 0.285; 288x352: 0.328 vs 0.359), so onnx goes first without the tuning or
+# for frames under _ONNX_MAX_PIXELS (its export is cached per weights; a run pays about one
 # session build and the first-frame check). compile is left out: no faster than onnx, and its
 # build took 120 s with a warm inductor cache and 457 s cold, which dominates short clips.
 AUTO_ORDER: Mapping[str, tuple[str, ...]] = MappingProxyType({
@@ -54,6 +56,7 @@ AUTO_ORDER: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "cpu": ("onnx", "eager"),
 })
 _CPU_ORDER_FREED_MEMORY_KEPT = ("eager",)
+_ONNX_MAX_PIXELS = 50_000  # input H x W; between the measured 144x176 and 240x320
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "TOLERANCE", "Backend", "BackendUnavailable",
            "EngineCache", "EngineKey", "Runner", "candidates", "default_cache_dir",
@@ -70,14 +73,17 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return names
 
 
-def candidates(backend: str, device: torch.device) -> tuple[str, ...]:
+def candidates(backend: str, device: torch.device,
+               shape: Shape | None = None) -> tuple[str, ...]:
     """The backends ``prepare`` tries, in order: the asked one, then the rest of the
     device's auto order after it (all of it when the asked one is not in it), then eager.
-    On the CPU with freed memory kept (:mod:`vsr.hostmem`) the auto order is eager alone."""
+    On the CPU with freed memory kept (:mod:`vsr.hostmem`) the auto order is eager alone,
+    unless ``shape`` (N, 3, H, W) is a small frame."""
     if backend not in CHOICES:
         raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(CHOICES)})")
     order = AUTO_ORDER.get(device.type, ("eager",))
-    if device.type == "cpu" and freed_memory_kept():
+    small = shape is not None and shape[-2] * shape[-1] < _ONNX_MAX_PIXELS
+    if device.type == "cpu" and freed_memory_kept() and not small:
         order = _CPU_ORDER_FREED_MEMORY_KEPT
     if backend == "auto":
         return order
@@ -120,7 +126,7 @@ def prepare(handle, backend: str = "auto", shape: Shape = (1, 3, 64, 64), *,
         raise ConfigError(f"backend input shape must be (N, 3, H, W), got {shape}")
     cache = cache or EngineCache()
     notes: list[str] = []
-    names = candidates(backend, handle.device)
+    names = candidates(backend, handle.device, shape)
     for i, name in enumerate(names):
         nxt = names[i + 1] if i + 1 < len(names) else None
         if name == "eager":
