@@ -217,7 +217,8 @@ def _polyphase(x: torch.Tensor, dim: int, plan: tuple) -> torch.Tensor:
 
 
 class _Pass:
-    """One 1-D resize along ``dim``: a dense matrix, or taps for the banded CPU path."""
+    """One 1-D resize along ``dim``: a dense matrix, or on the CPU the per-phase filters of an
+    integer upscale (``plan``) or taps for the banded gathers."""
 
     def __init__(self, dim: int, n_in: int, n_out: int, s: float, antialias: bool,
                  device: torch.device, dtype: torch.dtype) -> None:
@@ -226,9 +227,9 @@ class _Pass:
         factor = n_out // n_in
         self.plan = (_phases(n_in, factor) if self.banded and factor >= 2
                      and n_out == n_in * factor and s == factor else None)
-        if self.banded:
+        if self.banded and self.plan is None:
             self.weights, self.indices = _taps(n_in, n_out, s, antialias, dtype)
-        else:
+        elif not self.banded:
             self.matrix = resize_matrix(n_in, n_out, s, antialias=antialias, device=device,
                                         dtype=dtype)
 

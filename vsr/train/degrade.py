@@ -106,17 +106,15 @@ def degrade_uint8(frames: torch.Tensor, sigma: float, scale: int) -> torch.Tenso
     return y.round().clamp(0, 255).to(torch.uint8)
 
 
+_FINE, _COARSE = GaussianDegradation(1.0, 1), GaussianDegradation(2.0, 1)
+
+
 def _band_ratio(x: torch.Tensor) -> float:
     """Energy of the finest band over the next one: sum|x - g1(x)|^2 / sum|g1(x) - g2(x)|^2."""
-    g1 = _blur(x, 1.0)
-    g2 = _blur(x, 2.0)
+    g1, g2 = _FINE(x), _COARSE(x)
     fine = (x - g1)[..., 8:-8, 8:-8].pow(2).sum()
     coarse = (g1 - g2)[..., 8:-8, 8:-8].pow(2).sum()
     return float(fine / coarse.clamp_min(1e-12))
-
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return GaussianDegradation(sigma, 1).to(x.device)(x)
 
 
 def estimate_gaussian_sigma(frames: list[torch.Tensor], scale: int, *,
