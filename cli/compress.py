@@ -66,6 +66,9 @@ class _Progress:
 @click.option("--search-val-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--prune-batches", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--prune-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--prune-refit", type=click.Choice(["lstsq", "sgd"]), default="lstsq",
+              show_default=True, help="Fine-tuning after each selected channel: closed-form "
+              "least squares on the feature reconstruction, or the paper's one SGD pass.")
 @click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--lr", "finetune_lr", type=float, default=2e-4, show_default=True,
               help="Fine-tuning learning rate (cosine to 1e-6).")
@@ -80,8 +83,8 @@ class _Progress:
 @json_option
 def compress(checkpoint, ratio, data, out, stage, method, val_data, duals, widths_from,
              batch_size, patch, search_steps, search_val_every, prune_batches, prune_batch_size,
-             finetune_steps, finetune_lr, distill, val_every, dual_warmup, seed, threads,
-             device, as_json) -> None:
+             prune_refit, finetune_steps, finetune_lr, distill, val_every, dual_warmup, seed,
+             threads, device, as_json) -> None:
     """Compress a trained DRN with dual regression compression (or the L1 baseline).
 
     The result, OUT/compressed.safetensors, is an ordinary checkpoint: `vsr upscale --model`,
@@ -95,6 +98,7 @@ def compress(checkpoint, ratio, data, out, stage, method, val_data, duals, width
         val_data=val_data, duals=duals, widths_from=widths_from, batch_size=batch_size,
         patch=patch, search_steps=search_steps, search_val_every=search_val_every,
         prune_batches=prune_batches, prune_batch_size=prune_batch_size,
+        prune_refit=prune_refit,
         finetune_steps=finetune_steps, finetune_lr=finetune_lr, distill=distill,
         val_every=val_every, dual_warmup=dual_warmup, seed=seed, threads=threads, device=device)
     result = run_compress(config, progress=_Progress())

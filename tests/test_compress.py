@@ -150,17 +150,69 @@ def test_dr_prune_selects_the_searched_count_and_copies_original_weights() -> No
     duals = DualNetworks(phase=1, width=4)
     widths = [w // 2 for w in layer_widths(net)]
     batches = [_pyramid(2, seed=s) for s in (1, 2)]
-    # lr 0: no per-selection fine-tuning, so the result is the original's kept weights
-    slim, kept = dr_prune(net, duals, widths, batches, lr=0.0)
+    # SGD refit at lr 0: no per-selection fine-tuning, so the result is the original's kept
+    # weights
+    slim, kept = dr_prune(net, duals, widths, batches, refit="sgd", lr=0.0)
     assert [len(k) for k in kept] == widths
     ref = slim_network(net, kept)
     for (name, a), b in zip(slim.state_dict().items(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     # with fine-tuning the consumer weights of the kept channels move, the rest stay
-    tuned, kept2 = dr_prune(net, duals, widths, batches, lr=1e-2)
+    tuned, kept2 = dr_prune(net, duals, widths, batches, refit="sgd", lr=1e-2)
     assert kept2 == kept  # selection of a layer precedes its own fine-tuning steps
     assert not torch.equal(tuned.down[0].conv2.weight, ref.down[0].conv2.weight)
     assert torch.equal(tuned.head.weight, ref.head.weight)
+    with pytest.raises(ValueError, match="refit"):
+        dr_prune(net, duals, widths, batches, refit="adam")
+
+
+def _consumer_io(model: DRN, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, output) of compressible layer ``index``'s consumer on ``x``."""
+    seen: list[torch.Tensor] = []
+    cons = prunable_layers(model)[index].consumer
+    handles = [cons.register_forward_pre_hook(lambda _m, a: seen.append(a[0])),
+               cons.register_forward_hook(lambda _m, _a, out: seen.append(out))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen[0], seen[1]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])  # a DownBlock, an RCAB, the upsampler (1x1)
+def test_lstsq_refit_of_every_channel_recovers_the_original_layer(index: int) -> None:
+    from vsr.compress.prune import _lstsq_refit
+
+    net = _net(2, seed=11)
+    batches = [_pyramid(2, n=4, size=12, seed=s) for s in (3, 4)]
+    targets = [_consumer_io(net, index, b[0])[1] for b in batches]
+    work = copy.deepcopy(net)
+    layer = prunable_layers(work)[index]
+    with torch.no_grad():
+        layer.consumer.weight.zero_()
+    _lstsq_refit(work, layer, batches, targets, list(range(layer.width)), ridge=0.0)
+    # the consumer computes what the original computed (weights of inputs that are always
+    # zero, e.g. dead ReLU channels, are not identifiable, so the outputs are compared)
+    for b, target in zip(batches, targets, strict=True):
+        torch.testing.assert_close(_consumer_io(work, index, b[0])[1], target,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_lstsq_refit_reconstructs_features_better_than_the_copied_weights() -> None:
+    net = _net(2, seed=12, n_feats=8)
+    duals = DualNetworks(phase=1, width=4)
+    widths = [max(1, w // 2) for w in layer_widths(net)]
+    batches = [_pyramid(2, n=4, size=12, seed=s) for s in (5, 6)]
+    fitted, kept = dr_prune(net, duals, widths, batches, refit="lstsq")
+    copied = slim_network(net, kept)  # same channels, the original weights
+    x = batches[0][0]
+    # the first layer sees the same input in both, so its reconstruction error is comparable
+    target = _consumer_io(net, 0, x)[1]
+    err_fit = (_consumer_io(fitted, 0, x)[1] - target).pow(2).mean()
+    err_copy = (_consumer_io(copied, 0, x)[1] - target).pow(2).mean()
+    assert err_fit < err_copy
 
 
 def test_l1_baseline_keeps_largest_filters() -> None:

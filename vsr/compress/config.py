@@ -10,6 +10,7 @@ from vsr.errors import ConfigError
 
 STAGES = ("search", "prune", "finetune", "all")
 METHODS = ("drc", "l1")
+REFITS = ("lstsq", "sgd")  # per-selection fine-tuning of DR pruning (vsr.compress.prune)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class CompressConfig:
     # pruning (4b)
     prune_batches: int = 2
     prune_batch_size: int = 8
-    prune_lr: float = 5e-5
+    prune_refit: str = "lstsq"  # per-selection fine-tuning: "lstsq" (closed form) or "sgd"
+    prune_lr: float = 5e-5  # SGD-Nesterov lr of the "sgd" refit
     # fine-tuning (4c)
     finetune_steps: int = 2000
     finetune_lr: float = 2e-4
@@ -67,6 +69,9 @@ class CompressConfig:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.prune_refit not in REFITS:
+            raise ConfigError(f"prune refit must be one of {', '.join(REFITS)}, "
+                              f"got {self.prune_refit!r}")
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"ratio must be in (0, 1), got {self.ratio}")
         for name in ("batch_size", "patch", "search_steps", "search_val_every", "holdout",

@@ -219,13 +219,17 @@ class _Run:
         if cfg.method == "drc":
             batches = self._batches(self.sampler, cfg.prune_batch_size, stream=2)
             data = [batches(i) for i in range(cfg.prune_batches)]
-            slim, kept = dr_prune(self.original, duals, widths, data, lr=cfg.prune_lr,
+            slim, kept = dr_prune(self.original, duals, widths, data, refit=cfg.prune_refit,
+                                  lr=cfg.prune_lr,
                                   dual_lambda=cfg.dual_lambda, progress=self._tick("prune"))
         else:
             slim, kept = l1_prune(self.original, widths)
         seconds = round(time.perf_counter() - t0, 1)
         extra = {f"dual.{k}": v for k, v in duals.state_dict().items()}
-        info = self._info(slim, "pruned", {"kept": kept, "dual_hparams": duals.hparams})
+        record = {"kept": kept, "dual_hparams": duals.hparams}
+        if cfg.method == "drc":
+            record.update(prune_refit=cfg.prune_refit, prune_batches=cfg.prune_batches)
+        info = self._info(slim, "pruned", record)
         save_model(self.out / PRUNED_FILE, slim, info, extra=extra)
         return {"widths": widths, "seconds": seconds, **model_stats(slim)}
 
