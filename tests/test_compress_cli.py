@@ -74,6 +74,7 @@ def test_all_stages_then_the_result_reloads_alone(setup: dict[str, Path], tmp_pa
     info = read_info(out / "compressed.safetensors")
     assert info.provenance["base"] == "tiny-x2" and info.provenance["ratio"] == 0.5
     assert info.provenance["method"] == "drc" and info.provenance["widths"] == widths
+    assert info.provenance["prune_refit"] == "lstsq" and info.provenance["prune_batches"] == 1
     y = handle.upscale(torch.zeros(1, 3, 10, 12, dtype=torch.uint8))
     assert y.shape == (1, 3, 20, 24) and y.dtype == torch.uint8
     model, _ = load_network(out / "compressed.safetensors")
@@ -120,6 +121,13 @@ def test_l1_baseline_at_given_widths_and_stage_errors(setup: dict[str, Path],
     # a stage file made with another method is refused
     res = CliRunner().invoke(cli, _args(setup, out, "--stage", "prune", "--method", "drc"))
     assert res.exit_code != 0 and "method l1" in str(res.exception)
+    # an unknown refit rule is refused by the config too (the CLI's choice list is the same)
+    from vsr.compress import CompressConfig
+    from vsr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="refit"):
+        CompressConfig(checkpoint=str(setup["ckpt"]), ratio=0.5, data=(str(setup["root"]),),
+                       out=str(tmp_path / "x"), prune_refit="adam")
 
 
 def test_report_rows_and_plot(setup: dict[str, Path], tmp_path: Path) -> None:

@@ -256,6 +256,8 @@ class _Run:
         seconds = round(time.perf_counter() - t0, 1)
         extra: dict[str, Any] = {"finetune_steps": cfg.finetune_steps, "best_step": res.best_step,
                                  "distill": cfg.distill, "history": res.history}
+        extra.update({k: info.provenance[k] for k in ("prune_refit", "prune_batches")
+                      if k in info.provenance})  # how the pruned network was made
         if res.best_psnr is not None:
             extra["val"] = {"data": cfg.val_data, "psnr": res.best_psnr}
         save_model(self.out / COMPRESSED_FILE, res.model, self._info(res.model, "final", extra))
