@@ -62,7 +62,8 @@ def bench(input_path: str, model: str | None, scale: int | None, device: str, pr
                                                                  err=True))
         results.append(result)
         click.echo(f"pipeline {result.pipeline_fps:.2f} fps vs serial {result.serial_fps:.2f} fps "
-                   f"({result.pipeline_fps / result.serial_fps:.2f}x); backend "
+                   f"({result.pipeline_fps / result.serial_fps:.2f}x; CPU "
+                   f"{result.pipeline_cpu_ms:.0f} vs {result.serial_cpu_ms:.0f} ms/frame); backend "
                    f"{result.backend} prepared in {result.prepare_seconds:.1f} s", err=True)
     if as_json:
         rows = [{**r.to_json(), "requested": name} for r, name in zip(results, names,

@@ -1,3 +1,5 @@
+import os
+
 from vsr.bench import BenchConfig, run_bench
 from vsr.io.sink import EncodeConfig
 
@@ -10,6 +12,10 @@ def test_bench_reports_every_stage(clip):
     for key in ("decode_fps", "model_fps", "encode_fps", "pipeline_fps", "serial_fps"):
         assert d[key] > 0
     assert r.frames == 6 and r.size_out == (192, 128)
+    # process CPU time per frame of each loop: positive, and at most every core busy all along
+    cores = os.cpu_count() or 1
+    assert 0 < d["pipeline_cpu_ms"] <= 1.1 * cores * 1000 / r.pipeline_fps
+    assert 0 < d["serial_cpu_ms"] <= 1.1 * cores * 1000 / r.serial_fps
 
 
 def test_bench_repeats_alternate_and_report_medians(clip):

@@ -74,6 +74,10 @@ class BenchResult:
     notes: tuple[str, ...] = ()
     pipeline_runs: tuple[float, ...] = ()  # every pipeline / serial fps, in the order run
     serial_runs: tuple[float, ...] = ()
+    # median CPU time of the whole process (all threads, the encoder's included) per frame:
+    # tells a loop that wastes work from one that is waiting
+    pipeline_cpu_ms: float = 0.0
+    serial_cpu_ms: float = 0.0
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -154,32 +158,47 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         report("encode", encode_fps)
         del decoded
 
-        def pipeline(run: int) -> float:
+        def timed(loop: Callable[[], None]) -> tuple[float, float]:
+            """(fps, process CPU ms per frame) of one run of ``loop``."""
+            t, c = time.perf_counter(), time.process_time()
+            loop()
+            cpu_ms = round(1000 * (time.process_time() - c) / n, 1)
+            return _fps(n, time.perf_counter() - t), cpu_ms
+
+        def pipeline(run: int) -> tuple[float, float]:
             src, it = frames()
             proc = make_proc()
-            t = time.perf_counter()
-            with sink(f"pipeline{run}") as k:
-                run_pipeline(it, proc, k)
-            src.close()
-            return _fps(n, time.perf_counter() - t)
 
-        def serial(run: int) -> float:
+            def loop() -> None:
+                with sink(f"pipeline{run}") as k:
+                    run_pipeline(it, proc, k)
+            result = timed(loop)
+            src.close()
+            return result
+
+        def serial(run: int) -> tuple[float, float]:
             src, it = frames()
             proc = make_proc()
-            t = time.perf_counter()
-            with sink(f"serial{run}") as k:
-                for f in it:  # decode one, infer it, encode it, repeat: the popular scripts' loop
-                    for frame, image in itertools.chain(proc.submit(f), proc.drain()):
-                        k.write(image, frame.pts)
-            src.close()
-            return _fps(n, time.perf_counter() - t)
 
-        pipeline_runs, serial_runs = [], []
+            def loop() -> None:
+                with sink(f"serial{run}") as k:
+                    for f in it:  # decode one, infer, encode, repeat: the popular scripts' loop
+                        for frame, image in itertools.chain(proc.submit(f), proc.drain()):
+                            k.write(image, frame.pts)
+            result = timed(loop)
+            src.close()
+            return result
+
+        pipeline_runs, serial_runs, pipeline_cpu, serial_cpu = [], [], [], []
         for run in range(config.repeats):  # alternated, so load changes hit both alike
-            pipeline_runs.append(pipeline(run))
-            report("pipeline", pipeline_runs[-1])
-            serial_runs.append(serial(run))
-            report("serial", serial_runs[-1])
+            fps, cpu = pipeline(run)
+            pipeline_runs.append(fps)
+            pipeline_cpu.append(cpu)
+            report("pipeline", fps)
+            fps, cpu = serial(run)
+            serial_runs.append(fps)
+            serial_cpu.append(cpu)
+            report("serial", fps)
         pipeline_fps, serial_fps = _median(pipeline_runs), _median(serial_runs)
 
     return BenchResult(
@@ -192,4 +211,5 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         max_error=runner.max_error if runner else None,
         notes=tuple(runner.notes) if runner else (),
         pipeline_runs=tuple(pipeline_runs), serial_runs=tuple(serial_runs),
+        pipeline_cpu_ms=_median(pipeline_cpu), serial_cpu_ms=_median(serial_cpu),
     )
