@@ -5,7 +5,7 @@ from conftest import packets, video_pts_seconds
 
 from vsr.errors import OutputError
 from vsr.io.ffmpeg_sink import ffmpeg_available
-from vsr.io.sink import EncodeConfig, PyAVSink, choose_pix_fmt
+from vsr.io.sink import EncodeConfig, PyAVSink, choose_pix_fmt, rgb_frame
 from vsr.io.source import PyAVSource
 from vsr.upscale import UpscaleConfig, upscale_file
 
@@ -39,6 +39,19 @@ def test_matroska_all_tracks_10bit_colour(clip, tmp_path, encoder):
     assert packets(out, "audio") == packets(src, "audio")
     assert packets(out, "subtitle") == packets(src, "subtitle")
     assert video_pts_seconds(out) == video_pts_seconds(src)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_rgb_frame_holds_the_exact_pixels(dtype):
+    rng = np.random.default_rng(0)
+    # 51 px wide rows are padded in the frame's buffer (line size > width * 3)
+    img = rng.integers(0, np.iinfo(dtype).max, (37, 51, 3), dtype=dtype, endpoint=True)
+    frame = rgb_frame(img)
+    assert frame.format.name == ("rgb24" if dtype == np.uint8 else "rgb48le")
+    assert frame.planes[0].line_size > 51 * 3 * img.itemsize
+    assert np.array_equal(frame.to_ndarray(), img)
+    view = img.transpose(1, 0, 2)  # not contiguous
+    assert np.array_equal(rgb_frame(view).to_ndarray(), view)
 
 
 def test_pix_fmt_choice():
