@@ -220,8 +220,8 @@ class _Run:
             batches = self._batches(self.sampler, cfg.prune_batch_size, stream=2)
             data = [batches(i) for i in range(cfg.prune_batches)]
             slim, kept = dr_prune(self.original, duals, widths, data, refit=cfg.prune_refit,
-                                  lr=cfg.prune_lr,
-                                  dual_lambda=cfg.dual_lambda, progress=self._tick("prune"))
+                                  lr=cfg.prune_lr, dual_lambda=cfg.dual_lambda,
+                                  progress=self._tick("prune"))
         else:
             slim, kept = l1_prune(self.original, widths)
         seconds = round(time.perf_counter() - t0, 1)

@@ -54,10 +54,12 @@ def rgb_frame(image: np.ndarray) -> av.VideoFrame:
     pipeline's inference thread for that long on every frame.
     """
     h, w, _ = image.shape
-    frame = av.VideoFrame(w, h, "rgb24" if image.dtype == np.uint8 else "rgb48le")
+    eight = image.dtype == np.uint8
+    frame = av.VideoFrame(w, h, "rgb24" if eight else "rgb48le")
     plane = frame.planes[0]
-    row = plane.line_size // image.itemsize
-    dst = np.frombuffer(plane, dtype=image.dtype, count=h * row).reshape(h, row)
+    dtype = np.dtype(np.uint8 if eight else "<u2")  # the frame's byte order, whatever image's is
+    row = plane.line_size // dtype.itemsize
+    dst = np.frombuffer(plane, dtype=dtype, count=h * row).reshape(h, row)
     np.copyto(dst[:, : w * 3].reshape(h, w, 3), image)
     return frame
 
