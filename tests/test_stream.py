@@ -400,3 +400,33 @@ def test_config_validation():
         StreamConfig(src="-", dst="-", drop="newest")
     with pytest.raises(ConfigError):
         StreamConfig(src="a.ts", dst="a.ts")
+
+
+def test_a_write_blocked_on_a_full_pipe_is_reported_while_it_blocks(caplog):
+    import logging
+
+    from vsr.stream.io import _Flushed
+
+    r, w = os.pipe()
+    writer = os.fdopen(w, "wb")
+    pipe = _Flushed(writer, warn_after=0.3)
+    data = b"x" * (1 << 20)  # more than a pipe holds: the write blocks until someone reads
+    caplog.set_level(logging.INFO, logger="vsr.stream.io")
+    t = threading.Thread(target=pipe.write, args=(data,), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "taken no data" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "taken no data" in caplog.text and t.is_alive()
+        assert caplog.text.count("taken no data") == 1  # once per blocked write
+        assert "takes data again" not in caplog.text
+        with os.fdopen(r, "rb") as reader:  # the receiver comes back
+            got = 0
+            while got < len(data):
+                got += len(reader.read1(1 << 16))
+        t.join(timeout=5)
+        assert not t.is_alive() and "takes data again" in caplog.text
+    finally:
+        pipe.stop()
+        writer.close()

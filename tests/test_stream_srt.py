@@ -142,6 +142,11 @@ def test_ctrl_c_while_no_caller_takes_the_stream(tmp_path):
             still = still + 0.2 if now == seen else 0.0
             seen = now
         assert proc.poll() is None, "vsr ended although nobody took the stream"
+        # while it blocks, vsr says so on stderr (after 5 s without data)
+        while not any("taken no data" in line for line in err.lines) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any("taken no data" in line for line in err.lines), "\n".join(err.lines)
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
         assert proc.wait(timeout=10) == 0, "\n".join(err.lines)

@@ -253,18 +253,49 @@ class _Interrupted(Exception):
 
 class _Flushed:
     """A buffered pipe that PyAV writes through at once: PyAV never flushes a Python file,
-    and a buffer of a few KB holds a second or more of a small stream back."""
+    and a buffer of a few KB holds a second or more of a small stream back.
 
-    def __init__(self, file) -> None:
+    A write that blocks for ``warn_after`` seconds (nobody receiving: an SRT listener nobody
+    called, a stalled reader of stdout) is logged once as a warning, and its end as info; the
+    stream loop cannot report then, because it is inside that write. Call :meth:`stop` when done.
+    """
+
+    def __init__(self, file, *, warn_after: float = 5.0) -> None:
         self._file = file
+        self._warn_after = warn_after
+        self._since: float | None = None  # monotonic start of the write in progress
+        self._warned = False
+        self._stopped = threading.Event()
+        self._watch = threading.Thread(target=self._watchdog, name="vsr-output-watch",
+                                       daemon=True)
+        self._watch.start()
+
+    def _watchdog(self) -> None:
+        while not self._stopped.wait(min(1.0, self._warn_after / 4)):
+            since = self._since
+            if since is not None and not self._warned \
+                    and time.monotonic() - since >= self._warn_after:
+                self._warned = True
+                log.warning("the output has taken no data for %.0f s (is anyone receiving it?)",
+                            time.monotonic() - since)
 
     def write(self, data: bytes) -> int:
+        self._since = time.monotonic()
         try:
             n = self._file.write(data)
             self._file.flush()
         except KeyboardInterrupt as exc:  # e.g. blocked on an srt listener nobody calls
             raise _Interrupted from exc
+        finally:
+            if self._warned:
+                log.info("the output takes data again after %.1f s",
+                         time.monotonic() - self._since)
+                self._warned = False
+            self._since = None
         return n
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 class LiveSink:
@@ -285,6 +316,7 @@ class LiveSink:
         self._out = None
         self._relay: FfmpegRelay | None = None
         self._pass: LivePassthrough | None = None
+        self._pipe: _Flushed | None = None
         self._last_pts = -1
         self._aborted = False
         self.frames = 0
@@ -300,9 +332,11 @@ class LiveSink:
         try:
             if self.via_ffmpeg:
                 self._relay = FfmpegRelay(self.url, self.format or "mpegts")
-                target, fmt = _Flushed(self._relay.stdin), "mpegts"
+                self._pipe = _Flushed(self._relay.stdin)
+                target, fmt = self._pipe, "mpegts"
             elif self.url == "-":
-                target, fmt = _Flushed(sys.stdout.buffer), "mpegts"
+                self._pipe = _Flushed(sys.stdout.buffer)
+                target, fmt = self._pipe, "mpegts"
             else:
                 target, fmt = self.url, self.format
             self._out = av.open(target, mode="w", format=fmt, container_options=options)
@@ -377,6 +411,7 @@ class LiveSink:
 
     def abort(self) -> None:
         self._aborted = True
+        self._stop_watch()
         if self._relay is not None:  # first: closing the output writes into its pipe
             self._relay.kill()
             self._relay = None
@@ -386,6 +421,12 @@ class LiveSink:
             self._out = None
 
     def _finish_relay(self) -> None:
+        self._stop_watch()
         if self._relay is not None:
             relay, self._relay = self._relay, None
             relay.finish()
+
+    def _stop_watch(self) -> None:
+        if self._pipe is not None:
+            self._pipe.stop()
+            self._pipe = None
