@@ -264,7 +264,7 @@ class _Flushed:
         self._file = file
         self._warn_after = warn_after
         self._since: float | None = None  # monotonic start of the write in progress
-        self._warned = False
+        self._warned: float | None = None  # the start of the write that was reported
         self._stopped = threading.Event()
         self._watch = threading.Thread(target=self._watchdog, name="vsr-output-watch",
                                        daemon=True)
@@ -273,25 +273,23 @@ class _Flushed:
     def _watchdog(self) -> None:
         while not self._stopped.wait(min(1.0, self._warn_after / 4)):
             since = self._since
-            if since is not None and not self._warned \
+            if since is not None and self._warned != since \
                     and time.monotonic() - since >= self._warn_after:
-                self._warned = True
+                self._warned = since
                 log.warning("the output has taken no data for %.0f s (is anyone receiving it?)",
                             time.monotonic() - since)
 
     def write(self, data: bytes) -> int:
-        self._since = time.monotonic()
+        since = self._since = time.monotonic()
         try:
             n = self._file.write(data)
             self._file.flush()
         except KeyboardInterrupt as exc:  # e.g. blocked on an srt listener nobody calls
             raise _Interrupted from exc
         finally:
-            if self._warned:
-                log.info("the output takes data again after %.1f s",
-                         time.monotonic() - self._since)
-                self._warned = False
             self._since = None
+        if self._warned == since:
+            log.info("the output takes data again after %.1f s", time.monotonic() - since)
         return n
 
     def stop(self) -> None:
