@@ -32,7 +32,13 @@ from vsr.compress.data import validation_psnr
 from vsr.compress.finetune import finetune
 from vsr.compress.layers import producer_l1_rank, prunable_layers
 from vsr.compress.masks import slim_network
-from vsr.compress.prune import _capture, _lstsq_refit, _teacher_features, l1_prune
+from vsr.compress.prune import (
+    _capture,
+    _lstsq_refit,
+    _normal_equations,
+    _teacher_features,
+    l1_prune,
+)
 from vsr.compress.run import _Run
 from vsr.train.losses import dual_loss, primal_loss
 
@@ -82,8 +88,10 @@ def select(orig, duals, data, opt):
             with torch.no_grad():
                 w[:, j] = w0[:, j]
             if refit == "lstsq":
-                _lstsq_refit(pruned, layer, data, [t[li] for t in targets], sel,
-                             float(opt.get("ridge", 1e-3)))
+                if len(sel) == 1:  # the layer's input is fixed while its columns are chosen
+                    gram, cross = _normal_equations(pruned, layer, data,
+                                                    [t[li] for t in targets])
+                _lstsq_refit(layer, gram, cross, sel, float(opt.get("ridge", 1e-3)))
             else:
                 for b in range(len(data)):
                     sgd.zero_grad()

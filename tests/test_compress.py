@@ -183,7 +183,7 @@ def _consumer_io(model: DRN, index: int, x: torch.Tensor) -> tuple[torch.Tensor,
 
 @pytest.mark.parametrize("index", [0, 1, 2])  # a DownBlock, an RCAB, the upsampler (1x1)
 def test_lstsq_refit_of_every_channel_recovers_the_original_layer(index: int) -> None:
-    from vsr.compress.prune import _lstsq_refit
+    from vsr.compress.prune import _lstsq_refit, _normal_equations
 
     net = _net(2, seed=11)
     batches = [_pyramid(2, n=4, size=12, seed=s) for s in (3, 4)]
@@ -192,7 +192,8 @@ def test_lstsq_refit_of_every_channel_recovers_the_original_layer(index: int) ->
     layer = prunable_layers(work)[index]
     with torch.no_grad():
         layer.consumer.weight.zero_()
-    _lstsq_refit(work, layer, batches, targets, list(range(layer.width)), ridge=0.0)
+    gram, cross = _normal_equations(work, layer, batches, targets)
+    _lstsq_refit(layer, gram, cross, list(range(layer.width)), ridge=0.0)
     # the consumer computes what the original computed (weights of inputs that are always
     # zero, e.g. dead ReLU channels, are not identifiable, so the outputs are compared)
     for b, target in zip(batches, targets, strict=True):

@@ -85,18 +85,17 @@ def _layer_loss(model: DRN, layer: PrunableLayer, duals: nn.Module, pyramid: lis
 
 
 @torch.no_grad()
-def _lstsq_refit(model: DRN, layer: PrunableLayer, batches: Sequence[list[torch.Tensor]],
-                 targets: Sequence[torch.Tensor], selected: Sequence[int], ridge: float) -> None:
-    """Set the consumer's columns ``selected`` to the ridge least-squares reconstruction of
-    ``targets`` (the original consumer outputs, one per batch) from its selected inputs.
+def _normal_equations(model: DRN, layer: PrunableLayer, batches: Sequence[list[torch.Tensor]],
+                      targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gram, cross), float64, of reconstructing ``targets`` (the original consumer outputs,
+    one per batch, minus the bias) from all of the consumer's input channels; rows in unfold
+    order (channel-major, then kernel position).
 
-    Normal equations are accumulated per sample in float64, so memory stays at one unfolded
-    sample; ``ridge`` is relative to the mean diagonal of the Gram matrix.
+    The consumer's input depends only on the layers before it, so one pass serves every
+    selection in the layer. Accumulated per sample: memory stays at one unfolded sample.
     """
     cons = layer.consumer
-    cols = torch.as_tensor(sorted(selected), device=cons.weight.device)
-    k2 = cons.kernel_size[0] * cons.kernel_size[1]
-    n = cols.numel() * k2
+    n = cons.in_channels * cons.kernel_size[0] * cons.kernel_size[1]
     gram = torch.zeros(n, n, dtype=torch.float64, device=cons.weight.device)
     cross = torch.zeros(n, cons.out_channels, dtype=torch.float64, device=cons.weight.device)
     inputs: list[torch.Tensor] = []
@@ -105,20 +104,31 @@ def _lstsq_refit(model: DRN, layer: PrunableLayer, batches: Sequence[list[torch.
         for pyramid, target in zip(batches, targets, strict=True):
             inputs.clear()
             model(pyramid[0])
-            x = inputs[0][:, cols]
             if cons.bias is not None:
                 target = target - cons.bias.view(1, -1, 1, 1)
-            for i in range(x.shape[0]):
-                u = F.unfold(x[i:i + 1], cons.kernel_size, dilation=cons.dilation,
+            for i in range(target.shape[0]):
+                u = F.unfold(inputs[0][i:i + 1], cons.kernel_size, dilation=cons.dilation,
                              padding=cons.padding, stride=cons.stride)[0].double()
-                y = target[i].flatten(1).double()  # (out, L)
                 gram += u @ u.T
-                cross += u @ y.T
+                cross += u @ target[i].flatten(1).double().T
     finally:
         handle.remove()
-    lam = ridge * float(gram.diagonal().mean()) + 1e-12
-    gram.diagonal().add_(lam)
-    sol = torch.linalg.solve(gram, cross)  # (cols * k2, out)
+    return gram, cross
+
+
+@torch.no_grad()
+def _lstsq_refit(layer: PrunableLayer, gram: torch.Tensor, cross: torch.Tensor,
+                 selected: Sequence[int], ridge: float) -> None:
+    """Set the consumer's columns ``selected`` to the ridge least-squares solution of the
+    layer's normal equations (:func:`_normal_equations`) restricted to those inputs;
+    ``ridge`` is relative to the mean diagonal of that block."""
+    cons = layer.consumer
+    k2 = cons.kernel_size[0] * cons.kernel_size[1]
+    cols = torch.as_tensor(sorted(selected), device=gram.device)
+    rows = (cols.view(-1, 1) * k2 + torch.arange(k2, device=gram.device)).flatten()
+    block = gram[rows][:, rows]
+    block.diagonal().add_(ridge * float(block.diagonal().mean()) + 1e-12)
+    sol = torch.linalg.solve(block, cross[rows])  # (cols * k2, out)
     cons.weight[:, cols] = sol.T.reshape(cons.out_channels, cols.numel(),
                                          *cons.kernel_size).to(cons.weight.dtype)
 
@@ -161,6 +171,8 @@ def dr_prune(original: DRN, duals: nn.Module, widths: Sequence[int],
         weight.requires_grad_(True)
         mask = torch.zeros(c, device=weight.device, dtype=weight.dtype)
         opt = torch.optim.SGD([weight], lr=lr, momentum=0.9, nesterov=True)
+        if refit == "lstsq":
+            gram, cross = _normal_equations(pruned, layer, batches, [t[li] for t in targets])
         selected: list[int] = []
         while len(selected) < width:
             scores = torch.zeros(c, device=weight.device, dtype=torch.float64)
@@ -175,7 +187,7 @@ def dr_prune(original: DRN, duals: nn.Module, widths: Sequence[int],
             with torch.no_grad():
                 weight[:, j] = w_orig[:, j]
             if refit == "lstsq":
-                _lstsq_refit(pruned, layer, batches, [t[li] for t in targets], selected, ridge)
+                _lstsq_refit(layer, gram, cross, selected, ridge)
             else:
                 for b, pyramid in enumerate(batches):  # one pass over the selected columns
                     opt.zero_grad(set_to_none=True)
