@@ -145,6 +145,21 @@ def test_physically_pruned_network_equals_the_masked_network(scale: int) -> None
         slim_network(net, [[0, 0]] + kept[1:])
 
 
+@pytest.mark.cuda
+def test_physical_pruning_on_cuda_matches_cpu() -> None:
+    """The slim network is built on the model's device (the PixelShuffle upsampler's channel
+    groups once mixed a CPU index into CUDA tensors: `vsr compress --device cuda` failed)."""
+    net = _net(4, seed=3)
+    gen = torch.Generator().manual_seed(5)
+    kept = [sorted(torch.randperm(c, generator=gen)[: max(1, c // 2)].tolist())
+            for c in layer_widths(net)]
+    cpu = slim_network(net, kept)
+    gpu = slim_network(net.cuda(), kept)
+    assert next(gpu.parameters()).is_cuda
+    for (name, a), b in zip(cpu.state_dict().items(), gpu.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b.cpu(), msg=name)
+
+
 def test_dr_prune_selects_the_searched_count_and_copies_original_weights() -> None:
     net = _net(2, seed=7)
     duals = DualNetworks(phase=1, width=4)

@@ -72,7 +72,8 @@ def _expand(idx: torch.Tensor, group: int) -> torch.Tensor:
     """Producer output channels behind consumer channels ``idx`` (PixelShuffle groups)."""
     if group == 1:
         return idx
-    return (idx.view(-1, 1) * group + torch.arange(group).view(1, -1)).flatten()
+    offsets = torch.arange(group, device=idx.device).view(1, -1)
+    return (idx.view(-1, 1) * group + offsets).flatten()
 
 
 def _module_names(model: nn.Module) -> dict[int, str]:
