@@ -13,7 +13,11 @@ machine (device time is short: one call, a global time budget, a table printed l
    drn-t-x2 and its DRC-pruned drn-t-x2-drc50 (and the L1 baseline when given), plus
    drn-s-x2 and drn-s-x4 next to copies at half widths (random weights: speed only);
 4. bench: `vsr bench` (eager, compile, and tensorrt where installed; fp16) at 540p and
-   1080p input for drn-s-x2 (random weights) and the default model.
+   1080p input for drn-s-x2 (random weights) and the default model;
+5. with --train-data: `vsr train` throughput (drn-s-x4, batch 16, LR patch 48, AMP default)
+   and `vsr compress` of the shipped drn-t-x2 with short stages, both on the device;
+6. OOM tiling: a 1080p frame with the process capped at 1 GiB of GPU memory must switch to
+   tiles and match the uncapped result.
 
 Everything goes to DIR/gpu_checks.json (rewritten after each item) and DIR/gpu_checks.log.
 """
@@ -235,6 +239,42 @@ def bench(model: str, clip: Path, frames: int, timeout: float) -> dict:
     return row
 
 
+def oom_tiling(checkpoint: Path, limit_gib: float) -> dict:
+    """A 1080p frame through the CUDA processor, then again with the process capped at
+    ``limit_gib`` of GPU memory: the capped run must switch to tiles and match."""
+    from vsr.io.source import Frame
+
+    yy, xx = np.mgrid[0:1080, 0:1920]
+    img = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    frame = Frame(index=0, pts=0, image=img)
+    handle = load_handle(str(checkpoint), None, DEV, "fp16")
+    torch.cuda.reset_peak_memory_stats()
+    ref, rep = run_frames(handle, [frame])
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(limit_gib / total)
+    try:
+        got, rep = run_frames(handle, [frame])
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    d = np.abs(ref[0].astype(int) - got[0].astype(int))
+    return {"peak_gib_uncapped": round(peak, 2), "cap_gib": limit_gib,
+            "oom_retries": rep.oom_retries, "tile": rep.tile, "max_diff": int(d.max()),
+            "frac_diff": round(float((d > 0).mean()), 6), "notes": rep.notes}
+
+
+def cli_json(args: list[str], timeout: float) -> dict:
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "vsr", "-v", *args], capture_output=True,
+                       text=True, timeout=timeout)
+    row = {"rc": p.returncode, "wall_s": round(time.perf_counter() - t, 1),
+           "stderr_tail": p.stderr[-1200:]}
+    if p.returncode == 0:
+        row["json"] = json.loads(p.stdout)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clip", type=Path, required=True)
@@ -243,7 +283,11 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=400)
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/vsr-gpu-checks"))
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--skip", default="", help="comma-separated step names")
+    ap.add_argument("--train-data", type=Path, help="HR folder for the train/compress steps")
+    ap.add_argument("--val-data", type=Path)
+    ap.add_argument("--train-iterations", type=int, default=300)
+    ap.add_argument("--compress-steps", default="40,200", help="search,finetune")
+    ap.add_argument("--skip", default="", help="comma-separated step names (prefixes)")
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--parity-frames", type=int, default=6)
     ap.add_argument("--sizes", default="540p:960x540,1080p:1920x1080")
@@ -281,8 +325,29 @@ def main() -> None:
                    lambda model=model, label=label: bench(model, clips[label], args.frames,
                                                           min(150, left())))
                   for label in sizes]
+    if args.train_data:
+        td = ["--data", str(args.train_data)]
+        val = ["--val-data", str(args.val_data)] if args.val_data else []
+        search_steps, ft_steps = args.compress_steps.split(",")
+        every = ["--search-val-every", str(max(1, int(search_steps) // 2)),
+                 "--val-every", str(max(1, int(ft_steps) // 2))]
+        steps += [
+            ("train drn-s-x4", lambda: cli_json(
+                ["train", "--arch", "drn-s-x4", *td, "--out", str(args.tmp / "train"),
+                 "--iterations", str(args.train_iterations), "--batch-size", "16",
+                 "--patch", "48",
+                 "--device", DEV.type, "--log-every", "50", "--save-every", "300", "--json"],
+                min(150, left()))),
+            ("compress drn-t-x2", lambda: cli_json(
+                ["compress", "--checkpoint", "models/weights/drn-t-x2.safetensors", "--ratio",
+                 "0.5", *td, *val, "--out", str(args.tmp / "compress"), "--search-steps",
+                 search_steps, "--finetune-steps", ft_steps, *every, "--dual-warmup", "50",
+                 "--device", DEV.type, "--json"], min(150, left()))),
+        ]
+    if DEV.type == "cuda":
+        steps.append(("oom tiling", lambda: oom_tiling(random_s, 1.0)))
     for name, fn in steps:
-        if name in args.skip.split(","):
+        if any(name.startswith(k) for k in args.skip.split(",") if k):
             continue
         if left() < 20:
             RESULTS[name] = {"skipped": "out of time"}
@@ -319,6 +384,10 @@ def summary(out: Path) -> None:
                       f"pipeline {b['pipeline_fps']} serial {b['serial_fps']} "
                       f"encode {b['encode_fps']} decode {b['decode_fps']} "
                       f"prep {b['prepare_seconds']} err {b['max_error']}")
+    for key in ("train drn-s-x4", "compress drn-t-x2", "oom tiling"):
+        row = r.get(key, {})
+        row = row.get("json", row) if isinstance(row, dict) else row
+        print(f"{key}: {json.dumps(row, default=str)[:600]}")
     for key, row in r.items():
         if isinstance(row, dict) and ("error" in row or row.get("rc")):
             print(f"FAILED {key}: {row.get('error') or row.get('stderr_tail', '')[-300:]}")
