@@ -201,7 +201,7 @@ def latency(l1: Path | None) -> dict:
 
 def make_clips(clip: Path, tmp: Path, n: int, sizes: dict[str, tuple[int, int]]
                ) -> dict[str, Path]:
-    """Real frames (the clip's, looped) resized to 540p and 1080p, x264 crf 18."""
+    """The clip's first ``n`` frames resized to each of ``sizes``, x264 crf 18."""
     src = open_source(clip)
     imgs = [f.image for f in itertools.islice(src.frames(), n)]
     src.close()
