@@ -71,7 +71,8 @@ class _Progress:
               "least squares on the feature reconstruction, or the paper's one SGD pass.")
 @click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--lr", "finetune_lr", type=float, default=2e-4, show_default=True,
-              help="Fine-tuning learning rate (cosine to 1e-6).")
+              help="Fine-tuning learning rate (cosine to 1e-6). The lr the base network "
+                   "was trained with did best for drn-t (1e-3; README, Compression).")
 @click.option("--distill", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of feature distillation from the unpruned network (0: off).")
 @click.option("--val-every", type=click.IntRange(min=1), default=250, show_default=True)

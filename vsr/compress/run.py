@@ -255,6 +255,10 @@ class _Run:
                        progress=self._tick("finetune"))
         seconds = round(time.perf_counter() - t0, 1)
         extra: dict[str, Any] = {"finetune_steps": cfg.finetune_steps, "best_step": res.best_step,
+                                 "finetune_lr": cfg.finetune_lr,
+                                 "finetune_lr_min": cfg.finetune_lr_min,
+                                 "batch_size": cfg.batch_size, "patch": cfg.patch,
+                                 "dual_lambda": cfg.dual_lambda,
                                  "distill": cfg.distill, "history": res.history}
         extra.update({k: info.provenance[k] for k in ("prune_refit", "prune_batches")
                       if k in info.provenance})  # how the pruned network was made
