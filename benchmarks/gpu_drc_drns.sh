@@ -17,6 +17,7 @@ out="${OUT:?OUT: output folder}"
 device="${DEVICE:-cuda}"
 arch="${ARCH:-drn-s-x4}"
 iters="${ITERS:-2000}"; search="${SEARCH:-200}"; ft="${FT:-1500}"; patch="${PATCH:-48}"
+lr="${LR:-2e-4}"  # training and fine-tuning lr (drn-t-x2 fine-tuned best at its training lr)
 vsr="${VSR:-python3 -m vsr}"
 mkdir -p "$out"
 d=(); for x in $data; do d+=(--data "$x"); done
@@ -25,12 +26,12 @@ log() { echo "$(date +%T) $*" >&2; }
 
 log "train $arch, $iters iterations"
 $vsr -v train --arch "$arch" "${d[@]}" --out "$out/base" --iterations "$iters" --batch-size 16 \
-    --patch "$patch" --lr 2e-4 --lr-min 1e-6 --device "$device" --log-every 100 \
+    --patch "$patch" --lr "$lr" --lr-min 1e-6 --device "$device" --log-every 100 \
     --save-every "$iters" --val-data "$first_val" --val-every "$iters" --json \
     > "$out/train.json" 2> "$out/train.log"
 
 common=(--checkpoint "$out/base/last.safetensors" --duals "$out/base/train_state.safetensors"
-        --ratio 0.5 "${d[@]}" --val-data "$first_val" --lr 3e-4
+        --ratio 0.5 "${d[@]}" --val-data "$first_val" --lr "$lr"
         --finetune-steps "$ft" --val-every "$(( ft > 4 ? ft / 4 : 1 ))" --device "$device" --json)
 log "compress: drc"
 $vsr -v compress "${common[@]}" --out "$out/drc" --method drc --search-steps "$search" \
