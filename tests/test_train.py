@@ -146,7 +146,9 @@ def test_adaptation_through_a_known_or_estimated_kernel(images: Path, tmp_path: 
                       log_every=1, adapt_degradation=deg))
         rows = list(csv.DictReader((tmp_path / name / "metrics.csv").open()))
         adapt[name] = float(rows[0]["adapt"])
-        recorded = read_info(tmp_path / name / "last.safetensors").provenance["adapt_degradation"]
+        prov = read_info(tmp_path / name / "last.safetensors").provenance
+        recorded = prov["adapt_degradation"]
+        assert (prov["lr"], prov["lr_min"], prov["batch_size"], prov["patch"]) == (2e-3, 1e-4, 4, 8)
         if name == "a":
             assert recorded.startswith("gaussian:"), recorded
         else:

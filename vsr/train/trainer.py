@@ -164,6 +164,8 @@ class Trainer:
     def _info(self, extra: dict[str, Any] | None = None) -> CheckpointInfo:
         prov = {"tool": "vsr train", "arch": self.config.arch, "data": list(self.config.data),
                 "adapt": list(self.config.adapt), "dual_lambda": self.config.dual_lambda,
+                "lr": self.config.lr, "lr_min": self.config.lr_min,
+                "batch_size": self.config.batch_size, "patch": self.config.patch,
                 "adapt_degradation": (self.config.adapt_degradation if self.adapt_sigma is None
                                       else f"gaussian:{self.adapt_sigma:g}"),
                 "seed": self.config.seed, "device": str(self.device), "world_size": self.world}
