@@ -61,7 +61,7 @@ def _run(args: list[str]) -> dict:
 
 def test_all_stages_then_the_result_reloads_alone(setup: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "drc"
-    summary = _run(_args(setup, out, "--duals", str(setup["state"])))
+    summary = _run(_args(setup, out, "--duals", str(setup["state"]), "--lr", "5e-4"))
     assert summary["stages"] == ["search", "prune", "finetune"]
     search = json.loads((out / "search.json").read_text())
     widths = search["widths"]
@@ -75,7 +75,7 @@ def test_all_stages_then_the_result_reloads_alone(setup: dict[str, Path], tmp_pa
     assert info.provenance["base"] == "tiny-x2" and info.provenance["ratio"] == 0.5
     assert info.provenance["method"] == "drc" and info.provenance["widths"] == widths
     assert info.provenance["prune_refit"] == "lstsq" and info.provenance["prune_batches"] == 1
-    assert info.provenance["finetune_lr"] == 2e-4 and info.provenance["batch_size"] == 2
+    assert info.provenance["finetune_lr"] == 5e-4 and info.provenance["batch_size"] == 2
     assert info.provenance["patch"] == 8 and info.provenance["finetune_steps"] == 3
     y = handle.upscale(torch.zeros(1, 3, 10, 12, dtype=torch.uint8))
     assert y.shape == (1, 3, 20, 24) and y.dtype == torch.uint8
