@@ -7,6 +7,8 @@
 #      DRC's widths (prune, fine-tune) side by side on the same GPU, same budget and seed;
 #   3. vsr eval on every VAL folder of the base and of both networks before and after
 #      fine-tuning, then one line each.
+# CONTROL=1 also fine-tunes the unpruned base the same way (all three side by side); EVAL=0 stops
+# after the fine-tuning (evaluate the checkpoints elsewhere).
 # Each step has a time limit (seconds, env T_TRAIN, T_SEARCH, T_COMPRESS, T_EVAL) so that a slow
 # step cannot eat the lease: the train step saves every ITERS/4 and its last save is the base.
 #
@@ -50,8 +52,19 @@ drc_pid=$!
 timeout "${T_COMPRESS:-240}" $vsr -v compress "${common[@]}" --out "$out/l1" --method l1 \
     --widths-from "$out/drc/search.json" > "$out/l1.json" 2> "$out/l1.log" &
 l1_pid=$!
+ctl_pid=
+if [ "${CONTROL:-0}" = 1 ]; then  # the unpruned base through the same fine-tuning
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1]));
+json.dump({"widths": r["original_widths"]}, open(sys.argv[2], "w"))' \
+        "$out/drc/search.json" "$out/full-widths.json"
+    timeout "${T_COMPRESS:-240}" $vsr -v compress "${common[@]}" --out "$out/control" --method l1 \
+        --widths-from "$out/full-widths.json" > "$out/control.json" 2> "$out/control.log" &
+    ctl_pid=$!
+fi
 wait "$drc_pid" || log "drc prune/fine-tune failed (rc $?)"
 wait "$l1_pid" || log "l1 failed (rc $?)"
+[ -z "$ctl_pid" ] || wait "$ctl_pid" || log "control failed (rc $?)"
+[ "${EVAL:-1}" = 1 ] || exit 0
 
 v=(); for x in $val; do v+=(--data "$x"); done
 for name in base/last drc/pruned drc/compressed l1/pruned l1/compressed; do
