@@ -1,0 +1,502 @@
+"""Degradation chains: how low-resolution input is made from HR frames, in one spec language.
+
+Used by ``vsr eval --video --degrade SPEC`` (a whole clip, one draw of the strengths),
+``vsr train --degrade SPEC`` (a batch of independent crops, strengths drawn per crop) and the
+peer harness, so that every number compared was made by the same chain.
+
+Spec: stages separated by commas, applied in order; parameters after the stage name, each
+``:key=value``::
+
+    blur:sigma=S           Gaussian blur of the HR frames, S in HR pixels (0 = none)
+    bicubic                MATLAB's antialiased bicubic downscale by the model's scale
+                           (bit for bit :func:`vsr.evaluate.degrade` when alone)
+    bilinear               antialiased bilinear (triangle-filter) downscale (torch, PIL-like)
+    area                   box average over scale x scale blocks
+    noise:sigma=S          additive Gaussian noise on the LR, S on the 0..255 scale, per pixel,
+                           per channel and per frame
+    jpeg:q=Q               per-frame JPEG at IJG quality Q (1..100; Pillow, 4:2:0 chroma)
+    x264:crf=C[:preset=P]  libx264 through PyAV, yuv420p, CRF C (0..51; 0 is lossless),
+                           preset P (default medium)
+    x265:crf=C[:preset=P]  the same with libx265 (HEVC)
+
+Exactly one downscale stage (``bicubic``, ``bilinear`` or ``area``) is required; ``blur`` may
+only come before it; ``noise``, ``jpeg``, ``x264`` and ``x265`` only after it, in any order and
+number. Until the first compression stage the chain works in float64 and rounds once to uint8
+(MATLAB's ``uint8``), as the evaluation protocol does; compression stages work on uint8 frames.
+
+Ranges: any numeric value may be ``A~B`` (``~``, not ``-``, which would read as a negative
+number), meaning "drawn uniformly from [A, B]": once per clip in :meth:`apply_clip`, once per
+sample in :meth:`apply_images`. Integer parameters (``q``, ``crf``) are drawn as integers in
+[A, B] inclusive; ``sigma`` as reals. :attr:`DegradationChain.is_random` tells whether a chain
+has a range. The noise of a ``noise`` stage is random even without a range; it is drawn from the
+seed too, so a seeded chain gives the same LR frames every time.
+
+Video codecs see the whole clip as a real encoder would: one encoder session, its default GOP,
+lookahead, B- and P-frames, 25 fps time base; frames are converted RGB -> yuv420p (BT.601,
+limited range, swscale) and decoded back to RGB the same way. An LR frame of odd width or height
+is padded to even by repeating its last column/row for the codec and cropped back after.
+
+Training crops (:meth:`apply_images`) are independent images, not clips. A video codec codes
+each crop as a short clip of its own (``_CROP_CLIP_FRAMES`` frames): the crop translated by a
+random per-crop motion of up to ``_CROP_MAX_SHIFT`` LR pixels per frame (edges repeated), ending
+on the crop itself, whose decoded frame is kept. So the kept frame is inter-coded (predicted
+from moved references, as most frames of a real stream are) and stays aligned with its HR
+target. Crops are coded on a thread pool (PyAV releases the GIL while encoding and decoding).
+Measured on 2 CPU cores: see ``benchmarks/VIDEO_EVAL.md``.
+
+Dual regression with compressed LR: the dual network maps the primal's SR output back to LR.
+When the LR input is compressed, the compression is random, lossy and not a function of the
+HR image a network could usefully invert (block edges, ringing and dropped detail depend on
+the encoder's decisions across the clip). Asking the dual to reproduce the *compressed* LR
+would ask the primal to put compression artefacts back into its output so that they survive
+a downscale. The deterministic part of the chain, its downscale (:meth:`clean`), is what the
+dual should model: the dual maps SR back to the clean bicubic LR of the HR target, while the
+primal learns to remove the compression (and noise) on the way up. The dual loss then still
+constrains the primal to outputs that are consistent with a clean LR image, which is exactly
+the image the compressed input was a noisy observation of.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vsr.errors import ConfigError, PipelineError
+from vsr.evaluate import degrade
+from vsr.resize import imresize, to_uint8
+from vsr.train.degrade import gaussian_taps
+
+__all__ = ["DOWNSCALES", "DegradationChain", "Stage", "Value"]
+
+DOWNSCALES: tuple[str, ...] = ("bicubic", "bilinear", "area")
+_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+            "veryslow", "placebo")
+_CODECS = {"x264": ("libx264", "h264"), "x265": ("libx265", "hevc")}
+_POST = ("noise", "jpeg", "x264", "x265")
+_RANGE_SEP = "~"
+_CROP_CLIP_FRAMES = 3
+_CROP_MAX_SHIFT = 2
+_CLIP_RATE = Fraction(25)
+
+
+@dataclass(frozen=True)
+class _Param:
+    name: str
+    lo: float
+    hi: float
+    integer: bool
+
+
+# per stage kind: its numeric parameters (all required) and whether it takes a preset
+_SCHEMA: dict[str, tuple[tuple[_Param, ...], bool]] = {
+    "blur": ((_Param("sigma", 0.0, 20.0, False),), False),
+    "bicubic": ((), False),
+    "bilinear": ((), False),
+    "area": ((), False),
+    "noise": ((_Param("sigma", 0.0, 100.0, False),), False),
+    "jpeg": ((_Param("q", 1, 100, True),), False),
+    "x264": ((_Param("crf", 0, 51, True),), True),
+    "x265": ((_Param("crf", 0, 51, True),), True),
+}
+
+
+@dataclass(frozen=True)
+class Value:
+    """A parameter value: fixed (``lo == hi``) or a uniform range [lo, hi]."""
+
+    lo: float
+    hi: float
+    integer: bool = False
+
+    @property
+    def is_random(self) -> bool:
+        return self.lo != self.hi
+
+    def draw(self, generator: torch.Generator | None) -> float:
+        """One value: ``lo`` when fixed, else uniform in [lo, hi] (integers inclusive)."""
+        if not self.is_random:
+            return self.lo
+        if self.integer:
+            return float(torch.randint(int(self.lo), int(self.hi) + 1, (1,),
+                                       generator=generator).item())
+        u = torch.rand((), dtype=torch.float64, generator=generator).item()
+        return self.lo + (self.hi - self.lo) * u
+
+    def __str__(self) -> str:
+        fmt = (lambda v: str(int(v))) if self.integer else (lambda v: f"{v:g}")
+        return fmt(self.lo) if not self.is_random else f"{fmt(self.lo)}{_RANGE_SEP}{fmt(self.hi)}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a chain: its kind, numeric values (in schema order) and codec preset."""
+
+    kind: str
+    values: tuple[tuple[str, Value], ...] = ()
+    preset: str | None = None
+
+    def value(self, name: str) -> Value:
+        return dict(self.values)[name]
+
+    @property
+    def is_random(self) -> bool:
+        return any(v.is_random for _, v in self.values)
+
+    def __str__(self) -> str:
+        parts = [self.kind, *(f"{k}={v}" for k, v in self.values)]
+        if self.preset is not None and self.preset != "medium":
+            parts.append(f"preset={self.preset}")
+        return ":".join(parts)
+
+
+def _parse_number(text: str, param: _Param, stage: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ConfigError(f"degradation {stage}: {param.name}={text!r} is not a number") from None
+    if not math.isfinite(v) or not param.lo <= v <= param.hi:
+        raise ConfigError(f"degradation {stage}: {param.name} must be in "
+                          f"[{param.lo:g}, {param.hi:g}], got {text}")
+    if param.integer and v != int(v):
+        raise ConfigError(f"degradation {stage}: {param.name} must be an integer, got {text}")
+    return v
+
+
+def _parse_value(text: str, param: _Param, stage: str) -> Value:
+    parts = text.split(_RANGE_SEP)
+    if len(parts) > 2:
+        raise ConfigError(f"degradation {stage}: bad range {param.name}={text!r} (use A~B)")
+    lo = _parse_number(parts[0], param, stage)
+    hi = _parse_number(parts[-1], param, stage)
+    if hi < lo:
+        raise ConfigError(f"degradation {stage}: range {param.name}={text} is reversed")
+    return Value(lo, hi, param.integer)
+
+
+def _parse_stage(text: str) -> Stage:
+    kind, *args = text.split(":")
+    kind = kind.strip().lower()
+    if kind not in _SCHEMA:
+        raise ConfigError(f"unknown degradation stage {kind!r}; known: {', '.join(_SCHEMA)}")
+    params, takes_preset = _SCHEMA[kind]
+    given: dict[str, str] = {}
+    for arg in args:
+        key, eq, val = arg.partition("=")
+        key, val = key.strip().lower(), val.strip()
+        if not eq or not key or not val:
+            raise ConfigError(f"degradation {kind}: expected key=value, got {arg!r}")
+        if key in given:
+            raise ConfigError(f"degradation {kind}: {key} given twice")
+        given[key] = val
+    preset = None
+    if takes_preset:
+        preset = given.pop("preset", "medium").lower()
+        if preset not in _PRESETS:
+            raise ConfigError(f"degradation {kind}: unknown preset {preset!r}; "
+                              f"known: {', '.join(_PRESETS)}")
+    known = {p.name for p in params}
+    extra = sorted(set(given) - known)
+    if extra:
+        want = ", ".join(sorted(known | ({"preset"} if takes_preset else set()))) or "none"
+        raise ConfigError(f"degradation {kind}: unknown parameter {extra[0]!r} (takes: {want})")
+    missing = [p.name for p in params if p.name not in given]
+    if missing:
+        raise ConfigError(f"degradation {kind} needs {missing[0]}=VALUE "
+                          f"(or a range {missing[0]}=A~B)")
+    values = tuple((p.name, _parse_value(given[p.name], p, kind)) for p in params)
+    return Stage(kind, values, preset)
+
+
+@dataclass(frozen=True)
+class DegradationChain:
+    """A parsed degradation spec (see the module docstring); ``str(chain)`` is canonical."""
+
+    stages: tuple[Stage, ...]
+
+    def __post_init__(self) -> None:
+        kinds = [s.kind for s in self.stages]
+        downs = [i for i, k in enumerate(kinds) if k in DOWNSCALES]
+        if len(downs) != 1:
+            raise ConfigError(f"a degradation chain needs exactly one downscale stage "
+                              f"({', '.join(DOWNSCALES)}), got {len(downs)}")
+        d = downs[0]
+        if any(k != "blur" for k in kinds[:d]):
+            raise ConfigError(f"only blur may come before the downscale, got {kinds[:d]}")
+        late = [k for k in kinds[d + 1:] if k not in _POST]
+        if late:
+            raise ConfigError(f"{late[0]} must come before the downscale stage {kinds[d]}")
+
+    @classmethod
+    def parse(cls, text: str) -> DegradationChain:
+        """Parse a spec like ``blur:sigma=0.2~1.5,bicubic,x264:crf=18~32``.
+
+        Raises:
+            ConfigError: unknown stage or parameter, bad number or range, wrong stage order.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError("empty degradation spec; e.g. bicubic or bicubic,x264:crf=28")
+        parts = [p.strip() for p in text.split(",")]
+        if any(not p for p in parts):
+            raise ConfigError(f"empty stage in degradation spec {text!r}")
+        return cls(tuple(_parse_stage(p) for p in parts))
+
+    def __str__(self) -> str:
+        return ",".join(str(s) for s in self.stages)
+
+    @property
+    def is_random(self) -> bool:
+        """Whether any value is a range (drawn per clip or per sample)."""
+        return any(s.is_random for s in self.stages)
+
+    @property
+    def downscale(self) -> str:
+        """The downscale kernel's name."""
+        return next(s.kind for s in self.stages if s.kind in DOWNSCALES)
+
+    def clean(self) -> DegradationChain:
+        """The chain's deterministic part: only its downscale stage (see the module docstring)."""
+        return DegradationChain(tuple(s for s in self.stages if s.kind in DOWNSCALES))
+
+    def apply_clip(self, hr: torch.Tensor, scale: int, *, seed: int | None = None,
+                   threads: int = 0) -> torch.Tensor:
+        """Degrade a clip with one draw of the chain's values.
+
+        Args:
+            hr: uint8 (T, 3, H, W) RGB HR frames in order, H and W multiples of ``scale``
+                (crop first, e.g. with :func:`vsr.evaluate.modcrop`: top-left kept).
+            scale: the downscale factor (the model's scale), >= 1.
+            seed: seeds the drawn values and the noise; None means seed 0 when the chain has
+                no range, and is an error when it has one.
+            threads: codec threads (0: the codec's choice).
+
+        Returns:
+            uint8 (T, 3, H/scale, W/scale) LR frames on the CPU.
+
+        Raises:
+            ConfigError: bad shapes or scale, or a random chain without a seed.
+            PipelineError: a codec failed or lost frames.
+        """
+        _check_hr(hr, scale)
+        if seed is None and self.is_random:
+            raise ConfigError(f"degradation {self} has ranges; give a seed to draw them")
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        draws = [_draw(s, gen) for s in self.stages]
+        lr = self._float_part(hr.cpu(), scale, draws, gen)
+        for stage, d in self._late(draws):
+            if stage.kind in _CODECS:
+                lr = _codec_clip(lr, stage, int(d["crf"]), threads=threads)
+            elif stage.kind == "jpeg":
+                lr = torch.stack([_jpeg(f, int(d["q"])) for f in lr])
+            else:
+                lr = to_uint8(lr.to(torch.float64) + _noise(lr.shape, d["sigma"], gen))
+        return lr
+
+    def apply_images(self, hr: torch.Tensor, scale: int, *,
+                     generator: torch.Generator | None = None,
+                     workers: int | None = None) -> torch.Tensor:
+        """Degrade a training batch, drawing the chain's values per sample.
+
+        Args:
+            hr: uint8 (N, 3, H, W) RGB HR crops, H and W multiples of ``scale``.
+            scale: the downscale factor, >= 1.
+            generator: source of the drawn values and noise (torch's default one if None).
+            workers: threads for the per-sample codecs (default: the CPU count, at most 8).
+
+        Returns:
+            uint8 (N, 3, H/scale, W/scale) LR crops on the CPU.
+
+        Raises:
+            ConfigError: bad shapes or scale. PipelineError: a codec failed.
+        """
+        _check_hr(hr, scale)
+        hr = hr.cpu()
+        draws = [[_draw(s, generator) for s in self.stages] for _ in range(hr.shape[0])]
+        if generator is None:
+            seeds = torch.randint(0, 2 ** 62, (hr.shape[0],)).tolist()
+        else:
+            seeds = torch.randint(0, 2 ** 62, (hr.shape[0],), generator=generator).tolist()
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        if all(s.kind in DOWNSCALES for s in self.stages):
+            return self._float_part(hr, scale, draws[0], gens[0])
+        lrs = [self._float_part(hr[i:i + 1], scale, draws[i], gens[i])[0]
+               for i in range(hr.shape[0])]
+        if not self._late(draws[0]):
+            return torch.stack(lrs)
+
+        def finish(i: int) -> torch.Tensor:
+            lr = lrs[i]
+            for stage, d in self._late(draws[i]):
+                if stage.kind in _CODECS:
+                    lr = _codec_crop(lr, stage, int(d["crf"]), gens[i])
+                elif stage.kind == "jpeg":
+                    lr = _jpeg(lr, int(d["q"]))
+                else:
+                    lr = to_uint8(lr.to(torch.float64) + _noise(lr.shape, d["sigma"], gens[i]))
+            return lr
+
+        # each crop has its own generator (seeded above, in order), so the result does not
+        # depend on which thread runs first
+        n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        if n_workers <= 1 or len(lrs) == 1:
+            return torch.stack([finish(i) for i in range(len(lrs))])
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            return torch.stack(list(pool.map(finish, range(len(lrs)))))
+
+    @property
+    def _first_codec(self) -> int:
+        """Index of the first compression stage (the chain's length if none): the float part
+        of the chain ends there, with one rounding to uint8."""
+        return next((i for i, s in enumerate(self.stages) if s.kind in ("jpeg", *_CODECS)),
+                    len(self.stages))
+
+    def _late(self, draws: Sequence[dict[str, float]]) -> list[tuple[Stage, dict[str, float]]]:
+        """The stages on uint8 frames (from the first compression on), with their draws."""
+        first = self._first_codec
+        return list(zip(self.stages[first:], draws[first:], strict=True))
+
+    def _float_part(self, hr: torch.Tensor, scale: int, draws: Sequence[dict[str, float]],
+                    gen: torch.Generator | None) -> torch.Tensor:
+        """Blur, downscale and any noise before the first compression stage; one rounding."""
+        first = self._first_codec
+        float_stages = list(zip(self.stages[:first], draws[:first], strict=True))
+        if [s.kind for s, _ in float_stages] == ["bicubic"]:
+            return degrade(hr, scale)  # the evaluation protocol's LR, bit for bit
+        x = hr.to(torch.float64)
+        for stage, d in float_stages:
+            if stage.kind == "blur":
+                x = _blur(x, d["sigma"])
+            elif stage.kind in DOWNSCALES:
+                x = _downscale(x, stage.kind, scale)
+            elif stage.kind == "noise":
+                x = x + _noise(x.shape, d["sigma"], gen)
+        return to_uint8(x)
+
+
+def _draw(stage: Stage, gen: torch.Generator | None) -> dict[str, float]:
+    return {k: v.draw(gen) for k, v in stage.values}
+
+
+def _check_hr(hr: torch.Tensor, scale: int) -> None:
+    if not isinstance(scale, int) or scale < 1:
+        raise ConfigError(f"scale must be an integer >= 1, got {scale!r}")
+    if not torch.is_tensor(hr) or hr.dtype != torch.uint8 or hr.ndim != 4 or hr.shape[1] != 3:
+        got = f"{tuple(hr.shape)} {hr.dtype}" if torch.is_tensor(hr) else type(hr).__name__
+        raise ConfigError(f"degradation needs uint8 (N, 3, H, W) frames, got {got}")
+    h, w = hr.shape[-2:]
+    if h % scale or w % scale or h < scale or w < scale or hr.shape[0] == 0:
+        raise ConfigError(f"HR size {h}x{w} is not a positive multiple of {scale}; crop it first")
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian of ``sigma`` pixels on float (N, 3, H, W), reflected borders."""
+    if sigma <= 0:
+        return x
+    taps = gaussian_taps(sigma, 1).to(x.dtype)
+    r = taps.numel() // 2
+    c = x.shape[1]
+    mode = "reflect" if r < min(x.shape[-2:]) else "replicate"
+    y = F.pad(x, (r, r, r, r), mode=mode)
+    y = F.conv2d(y, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _downscale(x: torch.Tensor, kind: str, scale: int) -> torch.Tensor:
+    h, w = x.shape[-2] // scale, x.shape[-1] // scale
+    if scale == 1:
+        return x
+    if kind == "bicubic":
+        return imresize(x, 1.0 / scale, size=(h, w))
+    if kind == "bilinear":
+        return F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return F.avg_pool2d(x, scale)
+
+
+def _noise(shape: Sequence[int], sigma: float, gen: torch.Generator | None) -> torch.Tensor:
+    return sigma * torch.randn(tuple(shape), dtype=torch.float64, generator=gen)
+
+
+def _jpeg(frame: torch.Tensor, quality: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> the same after a JPEG round trip at IJG ``quality`` (Pillow)."""
+    from PIL import Image  # installed with matplotlib; only JPEG stages need it
+
+    buf = io.BytesIO()
+    Image.fromarray(frame.permute(1, 2, 0).contiguous().numpy()).save(
+        buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        out = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(out.copy()).permute(2, 0, 1).contiguous()
+
+
+def _codec_clip(frames: torch.Tensor, stage: Stage, crf: int, *, threads: int = 0) -> torch.Tensor:
+    """uint8 (T, 3, h, w) through one encoder session of ``stage``'s codec and back."""
+    arrays = [f.permute(1, 2, 0).contiguous().numpy() for f in frames]
+    out = _encode_decode(arrays, stage.kind, crf, stage.preset or "medium", threads)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+def _codec_crop(lr: torch.Tensor, stage: Stage, crf: int,
+                gen: torch.Generator) -> torch.Tensor:
+    """uint8 (3, h, w): code a short panning clip ending on ``lr``; its decoded last frame."""
+    dy, dx = (torch.randint(-_CROP_MAX_SHIFT, _CROP_MAX_SHIFT + 1, (2,), generator=gen)).tolist()
+    img = lr.permute(1, 2, 0).contiguous().numpy()
+    n = _CROP_CLIP_FRAMES
+    clip = [_shifted(img, (n - 1 - t) * dy, (n - 1 - t) * dx) for t in range(n)]
+    out = _encode_decode(clip, stage.kind, crf, stage.preset or "medium", threads=1)
+    return torch.from_numpy(out[-1]).permute(2, 0, 1).contiguous()
+
+
+def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(h, w, 3) translated by (dy, dx) pixels, edges repeated."""
+    if dy == 0 and dx == 0:
+        return img
+    h, w = img.shape[:2]
+    p = max(abs(dy), abs(dx))
+    padded = np.pad(img, ((p, p), (p, p), (0, 0)), mode="edge")
+    return np.ascontiguousarray(padded[p - dy:p - dy + h, p - dx:p - dx + w])
+
+
+def _encode_decode(frames: list[np.ndarray], kind: str, crf: int, preset: str,
+                   threads: int) -> list[np.ndarray]:
+    """(h, w, 3) uint8 RGB frames -> encoded as one clip at ``crf`` -> decoded RGB frames."""
+    encoder, decoder = _CODECS[kind]
+    h, w = frames[0].shape[:2]
+    ph, pw = h + h % 2, w + w % 2  # yuv420p needs even sizes: repeat the last row/column
+    try:
+        enc = av.CodecContext.create(encoder, "w")
+        enc.width, enc.height, enc.pix_fmt = pw, ph, "yuv420p"
+        enc.time_base, enc.framerate = 1 / _CLIP_RATE, _CLIP_RATE
+        opts = {"crf": str(int(crf)), "preset": preset}
+        if kind == "x265":  # libx265 writes its banner to stderr itself unless told not to
+            opts["x265-params"] = "log-level=none"
+        enc.options = opts
+        enc.thread_count = threads
+        packets: list[av.Packet] = []
+        for i, f in enumerate(frames):
+            if (ph, pw) != (h, w):
+                f = np.pad(f, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
+            vf.pts = i
+            packets.extend(enc.encode(vf))
+        packets.extend(enc.encode(None))
+        dec = av.CodecContext.create(decoder, "r")
+        dec.thread_count = threads
+        out: list[np.ndarray] = []
+        for pkt in [*packets, None]:
+            out.extend(fr.to_ndarray(format="rgb24")[:h, :w] for fr in dec.decode(pkt))
+    except av.FFmpegError as e:
+        raise PipelineError(f"{encoder} round trip failed: {e}") from e
+    if len(out) != len(frames):
+        raise PipelineError(f"{encoder} round trip returned {len(out)} of {len(frames)} frames")
+    return out
+
