@@ -22,7 +22,6 @@ import torch
 
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
-from vsr.imageio import is_grayscale, list_images, read_image
 from vsr.metrics import psnr_y, ssim_y
 from vsr.resize import imresize, to_uint8
 
@@ -101,6 +100,8 @@ def benchmark_images(folder: str | os.PathLike) -> tuple[str, list[Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"benchmark folder not found: {folder}")
+    from vsr.imageio import list_images  # lazy: scoring in-memory images needs no PyAV
+
     hr_dir = folder / "HR" if (folder / "HR").is_dir() else folder
     resolved = folder.resolve()
     name = resolved.parent.name if resolved.name == "HR" else resolved.name
@@ -185,6 +186,8 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
         InputError: missing folder, no images, unreadable image.
         ModelError: the model's output breaks the handle contract.
     """
+    from vsr.imageio import is_grayscale, read_image
+
     name, paths = benchmark_images(folder)
     results = []
     for i, path in enumerate(paths, 1):
