@@ -10,7 +10,10 @@ from vsr.cli.common import emit_json, json_option
 @click.command("models")
 @json_option
 def models(as_json: bool) -> None:
-    """List the registry: name, scale, parameters, multiply-adds, weights, quality."""
+    """List the registry: name, scale, parameters, multiply-adds, weights, quality, CPU speed.
+
+    Quality and speed come from the model cards (models/weights/NAME.json); CPU s/720p is
+    seconds per 1280x720 output frame on one thread."""
     from vsr.models import describe_registry
 
     rows = describe_registry()
@@ -18,11 +21,14 @@ def models(as_json: bool) -> None:
         emit_json({"models": rows})
         return
     click.echo(f"{'name':<16} {'scale':>5} {'params':>11} {'GMACs@96':>9} {'GMACs@720p':>10} "
-               f"{'weights':>8}  quality (Set5 PSNR)")
+               f"{'weights':>8}  {'PSNR Set5/Set14/B100':<20} {'CPU s/720p':>10}")
     for r in rows:
         mark = " (default)" if r["default"] else ""
-        q = r.get("card", {}).get("eval", {}).get("Set5", {}).get("psnr")
-        quality = f"{q:.2f} dB" if q is not None else "-"
+        card = r.get("card", {})
+        psnr = [card.get("eval", {}).get(s, {}).get("psnr") for s in ("Set5", "Set14", "B100")]
+        quality = "/".join(f"{q:.2f}" for q in psnr) if None not in psnr else "-"
+        speed = card.get("cpu_speed", {}).get("s_per_frame_720p_out_1_thread")
+        speed_text = f"{speed:.2f}" if speed is not None else "-"
         click.echo(f"{r['name']:<16} {r['scale']:>5} {r['params']:>11,} "
                    f"{r['macs_96'] / 1e9:>9.1f} {r['macs_720p'] / 1e9:>10.1f} "
-                   f"{'yes' if r['pretrained'] else 'no':>8}  {quality}{mark}")
+                   f"{'yes' if r['pretrained'] else 'no':>8}  {quality:<20} {speed_text:>10}{mark}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,40 @@ def _paper(name: str, scale: int, n_feats: int, n_blocks: int, size: str) -> Mod
     )
 
 
+# Keys every model card (models/weights/<name>.json) must have.
+CARD_KEYS: tuple[str, ...] = ("data", "degradations", "recipe", "iterations", "eval",
+                              "cpu_speed", "provenance", "license")
+CARD_SETS: tuple[str, ...] = ("Set5", "Set14", "B100")
+
+
+def load_card(name: str, folder: Path = WEIGHTS_DIR) -> dict[str, Any]:
+    """The model card shipped next to the weights of ``name`` (``<folder>/<name>.json``).
+
+    Raises ModelError if the file is missing, is not a JSON object, lacks a key of CARD_KEYS
+    or a PSNR/SSIM for each of CARD_SETS.
+    """
+    path = folder / f"{name}.json"
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model card of {name!r} unreadable ({path.name}: {exc})") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"model card of {name!r} is not a JSON object")
+    missing = [k for k in CARD_KEYS if k not in card]
+    missing += [f"eval.{s}" for s in CARD_SETS
+                if not {"psnr", "ssim"} <= set(card.get("eval", {}).get(s, {}))]
+    if missing:
+        raise ModelError(f"model card of {name!r} lacks {', '.join(missing)}")
+    return card
+
+
+def _shipped(name: str, **fields: Any) -> ModelSpec:
+    """A registry model with shipped weights ``<name>.safetensors`` and its card."""
+    card = load_card(name)
+    return ModelSpec(name=name, arch="drn", weights=f"{name}.safetensors", card=card,
+                     license=card["license"], provenance=card["provenance"], **fields)
+
+
 REGISTRY = Registry()
 REGISTRY.register(_paper("drn-s-x2", 2, 32, 30, "S"))
 REGISTRY.register(_paper("drn-s-x4", 4, 16, 30, "S"))
@@ -126,66 +161,31 @@ REGISTRY.register(_paper("drn-l-x2", 2, 40, 40, "L"))
 REGISTRY.register(_paper("drn-l-x4", 4, 20, 40, "L"))
 REGISTRY.register(_paper("drn-l-x8", 8, 10, 36, "L"))
 # Light variants for video on modest hardware: same architecture, fewer and narrower blocks.
-REGISTRY.register(ModelSpec(
-    name="drn-t-x2", arch="drn", scale=2,
+# Their model cards (data, recipe, measured quality and speed, licence) are the JSON files
+# next to the weights; licence and provenance of the spec come from there too.
+REGISTRY.register(_shipped(
+    name="drn-t-x2", scale=2,
     kwargs={"scale": 2, "n_feats": 16, "n_blocks": [6]},
     description="DRN-T x2: video variant (nf 16, 6 RCABs)",
-    weights="drn-t-x2.safetensors",
     sha256="9426ad43c25e8d0e2f71cee35e1163decdb956fa885d637db7119876b0e28fb9",
-    card={
-        "trained_by": "vsr train (dual regression, lambda 0.1)",
-        "data": "T91 + BSD200 + SunHays80 + DebianPhotos (shared/data/train), bicubic LR",
-        "iterations": 6000, "batch_size": 16, "lr_patch": 32,
-        "schedule": "Adam lr 1e-3 cosine to 1e-6",
-        "hardware": "CPU, 1 thread of a shared 2-core VM (no GPU)",
-        "wall_time_min": 38,
-        "weights": "final iteration (no checkpoint selection on test sets), fp16",
-        "eval": {"Set5": {"psnr": 36.95, "ssim": 0.9555},
-                 "Set14": {"psnr": 32.65, "ssim": 0.9078},
-                 "B100": {"psnr": 31.48, "ssim": 0.8892}},
-    },
 ))
-REGISTRY.register(ModelSpec(
-    name="drn-t-x4", arch="drn", scale=4,
+REGISTRY.register(_shipped(
+    name="drn-t-x4", scale=4,
     kwargs={"scale": 4, "n_feats": 8, "n_blocks": [8, 0]},
     description="DRN-T x4: video variant (nf 8, 8 RCABs at LR, none at x2)",
-    weights="drn-t-x4.safetensors",
     sha256="5f2c944e805a61f93b9e393f3a76635cdd4207e54e4ce94501a45f0968c8d0ba",
-    card={
-        "trained_by": "vsr train (dual regression, lambda 0.1), two runs",
-        "data": "T91 + BSD200 + SunHays80 + DebianPhotos (shared/data/train), bicubic LR",
-        "iterations": 8500,
-        "schedule": "3500 it: Adam 1e-3 cosine to 1e-6, LR patch 24; then 5000 it from those "
-                    "weights (--init): Adam 5e-4 cosine to 1e-6, LR patch 32; batch 16",
-        "hardware": "CPU, 1 thread of a shared 2-core VM (no GPU)",
-        "wall_time_min": 103,
-        "weights": "final iteration (no checkpoint selection on test sets), fp16",
-        "eval": {"Set5": {"psnr": 30.91, "ssim": 0.8732},
-                 "Set14": {"psnr": 27.81, "ssim": 0.7615},
-                 "B100": {"psnr": 27.08, "ssim": 0.7183}},
-    },
 ))
 
 # The default: drn-t-x2 compressed by DRC (vsr compress, r=0.5). It scores as drn-t-x2 does on
 # Set5 and B100 (36.97 / 31.47 dB against 36.95 / 31.48) in 63-68% of its CPU time per frame
-# (README, "Compression").
-REGISTRY.register(ModelSpec(
-    name="drn-t-x2-drc50", arch="drn", scale=2,
+# (benchmarks/COMPRESS_RESULTS.md).
+REGISTRY.register(_shipped(
+    name="drn-t-x2-drc50", scale=2,
     kwargs={"scale": 2, "n_feats": 16, "n_blocks": [6], "down_widths": [8],
             "rcab_widths": [[12, 16, 16, 16, 16, 16]], "up_widths": [16]},
     description="DRN-T x2 compressed by DRC, r=0.5 (half the mult-adds of drn-t-x2)",
-    weights="drn-t-x2-drc50.safetensors",
     sha256="3e3a8d4228f0b93471026744246177a8f52dccdb5f51a24593811e56e5e00134",
     base="drn-t-x2", ratio=0.5,
-    card={
-        "compressed_by": "vsr compress --method drc (search 200 steps, dual regression pruning "
-                         "on 2 batches of 8 with the least-squares refit, 3000 fine-tune "
-                         "steps, lr 1e-3), CPU, 1 thread",
-        "weights": "best-by-Set5 fine-tune step (3000, also the last), fp16",
-        "eval": {"Set5": {"psnr": 36.97, "ssim": 0.9556},
-                 "Set14": {"psnr": 32.64, "ssim": 0.9081},
-                 "B100": {"psnr": 31.47, "ssim": 0.8893}},
-    },
 ), default=True)
 
 DEFAULT_MODEL: str = REGISTRY.default or "drn-t-x2-drc50"

@@ -1,0 +1,64 @@
+"""Model cards: one JSON file next to each shipped weights file, read by the registry and shown
+by `vsr models`."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from vsr.errors import ModelError
+from vsr.models import REGISTRY
+from vsr.models.registry import CARD_KEYS, CARD_SETS, WEIGHTS_DIR, load_card
+
+PRETRAINED = [spec for spec in REGISTRY if spec.pretrained]
+
+
+def test_every_shipped_weights_file_has_a_card_and_every_card_a_model():
+    weights = {p.name.removesuffix(".safetensors") for p in WEIGHTS_DIR.glob("*.safetensors")}
+    cards = {p.stem for p in WEIGHTS_DIR.glob("*.json")}
+    assert weights and weights == cards
+    assert {spec.name for spec in PRETRAINED} == weights
+
+
+@pytest.mark.parametrize("spec", PRETRAINED, ids=lambda s: s.name)
+def test_card_has_the_required_keys_and_feeds_the_spec(spec):
+    on_disk = json.loads((WEIGHTS_DIR / f"{spec.name}.json").read_text(encoding="utf-8"))
+    assert set(CARD_KEYS) <= set(on_disk)
+    for name in CARD_SETS:
+        q = on_disk["eval"][name]
+        assert 20 < q["psnr"] < 45 and 0.5 < q["ssim"] < 1
+    assert on_disk["cpu_speed"]["s_per_frame_720p_out_1_thread"] > 0
+    assert on_disk["cpu_speed"]["commands"]
+    assert dict(spec.card) == on_disk
+    assert spec.license == on_disk["license"] and spec.provenance == on_disk["provenance"]
+
+
+def test_a_card_without_a_required_key_is_refused(tmp_path):
+    card = json.loads((WEIGHTS_DIR / f"{PRETRAINED[0].name}.json").read_text(encoding="utf-8"))
+    del card["license"]
+    del card["eval"]["B100"]
+    (tmp_path / "m.json").write_text(json.dumps(card), encoding="utf-8")
+    with pytest.raises(ModelError, match="lacks license, eval.B100"):
+        load_card("m", tmp_path)
+    (tmp_path / "bad.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ModelError, match="not a JSON object"):
+        load_card("bad", tmp_path)
+    with pytest.raises(ModelError, match="unreadable"):
+        load_card("absent", tmp_path)
+
+
+def test_vsr_models_shows_the_cards():
+    from vsr.cli.models import models
+
+    r = CliRunner().invoke(models, ["--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads(r.stdout)["models"]}
+    for spec in PRETRAINED:
+        card = rows[spec.name]["card"]
+        assert rows[spec.name]["pretrained"] is True
+        assert card == json.loads((WEIGHTS_DIR / f"{spec.name}.json").read_text(encoding="utf-8"))
+    table = CliRunner().invoke(models, [])
+    assert table.exit_code == 0, table.output
+    line = next(x for x in table.stdout.splitlines() if x.startswith("drn-t-x2-drc50 "))
+    q = rows["drn-t-x2-drc50"]["card"]["eval"]
+    assert f"{q['Set5']['psnr']:.2f}/{q['Set14']['psnr']:.2f}/{q['B100']['psnr']:.2f}" in line
