@@ -131,7 +131,7 @@ def test_onnx_backend_matches_eager_and_caches_the_export(tmp_path):
 def test_stale_engine_is_caught_on_the_first_frame(tmp_path, caplog):
     """A cached engine that does not compute this model (here: another model's export put
     under this key) disagrees with eager on the first frame: warned, and eager is used."""
-    from vsr.export import export_onnx
+    from vsr.backends.onnx import export_onnx
 
     h, other = tiny_handle(0), tiny_handle(1)
     cache = EngineCache(tmp_path)

@@ -53,7 +53,8 @@ def test_good_files_done_failures_reported_rerun_skips(tmp_path):
     assert code == 1, err
     assert set(report) == {"done", "skipped", "failed"}
     assert sorted(d["input"] for d in report["done"]) == sorted([str(CARPHONE), str(synth)])
-    assert all(set(d) == {"input", "output"} for d in report["done"])
+    assert all(set(d) == {"input", "output", "backend"} for d in report["done"])
+    assert {d["backend"] for d in report["done"]} <= {"eager", "onnx"}
     reasons = {f["input"]: f["error"] for f in report["failed"]}
     assert set(reasons) == {str(corrupt), str(missing)}
     assert "not found" in reasons[str(missing)]
@@ -167,7 +168,8 @@ def test_sigkill_mid_video_then_resume(tmp_path):
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
-    assert report["done"] == [{"input": str(src), "output": str(out / "long.mkv")}]
+    assert report["done"] == [{"input": str(src), "output": str(out / "long.mkv"),
+                               "backend": "eager"}]
     summary = result.stderr.strip().splitlines()[-1]
     print(f"killed with {len(done_at_kill)}/{total} segments done; resume: {summary}")
     assert f"{total - len(done_at_kill)} segments computed, {len(done_at_kill)} reused" in summary

@@ -14,42 +14,41 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vsr.device import resolve_device
+from vsr.engine import ModelCache, run_source
 from vsr.errors import ConfigError
+from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import check_input_path, open_source
-from vsr.pipeline import make_processor, run_pipeline
-from vsr.upscale import load_handle, resolve_device
+from vsr.options import DECODERS, RunOptions, check_choice
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(RunOptions):
+    """One measurement: ``input``, the model options of :class:`vsr.options.RunOptions`
+    (keyword-only), ``frames`` per measurement and the encoding. ``output``: also keep the
+    first pipeline run's encoded video there (to compare with other runs; no stream copy).
+    Validated on construction (ConfigError)."""
+
     input: Path
-    model: str | None = None
-    scale: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
     frames: int = 30
-    tile: int | None = None
     decoder: str = "pyav"
     encode: EncodeConfig = field(default_factory=EncodeConfig)
-    backend: str = "auto"  # one of vsr.backends.CHOICES
-    batch: int = 1
     repeats: int = 1  # pipeline and serial runs, alternated; the medians are reported
+    output: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
+        if self.output is not None:
+            object.__setattr__(self, "output", Path(self.output))
+        super().__post_init__()
         if self.frames < 2:
             raise ConfigError("bench needs at least 2 frames")
-        from vsr.backends import CHOICES
-
-        if self.backend not in CHOICES:
-            raise ConfigError(f"backend must be one of {', '.join(CHOICES)}, "
-                              f"not {self.backend!r}")
-        if self.batch < 1 or self.repeats < 1:
-            raise ConfigError("batch and repeats must be at least 1")
-        resolve_device(self.device)
+        check_choice("decoder", self.decoder, DECODERS)
+        if self.repeats < 1:
+            raise ConfigError("repeats must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,9 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
               ) -> BenchResult:
     """Measure; ``log_stage(name, fps)`` is called after each stage. Raises like upscale."""
     check_input_path(config.input)
-    device = resolve_device(config.device)
+    if config.output is not None:
+        check_output_path(config.output, overwrite=True, input_path=config.input)
+    device = resolve_device(config.device, require_available=True)
     report = log_stage or (lambda name, fps: None)
     n = config.frames
 
@@ -118,17 +119,14 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
     n = len(decoded)
     report("decode", decode_fps)
 
-    handle = load_handle(config.model, config.scale, device, config.precision)
+    models = ModelCache()  # the pipeline runs below reuse this handle and backend
+    handle = models.handle(config, device)
     w, h = info.width * handle.scale, info.height * handle.scale
-    runner = None
-    if not config.tile:
-        from vsr.backends import prepare_for_frame
-
-        runner = prepare_for_frame(handle, config.backend, decoded[0].image, batch=config.batch)
+    prepared = models.prepare(handle, config, decoded[0].image)
+    runner = prepared.runner
+    if runner is not None:
         log.info("backend %s prepared in %.1f s", runner.backend, runner.prepare_seconds)
-
-    def make_proc():
-        return make_processor(handle, tile=config.tile, runner=runner, batch=config.batch)
+    make_proc = prepared.processor
 
     proc = make_proc()
     # warm-up: first-call allocations and kernel selection are not throughput
@@ -146,9 +144,9 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
     report("model", model_fps)
 
     with tempfile.TemporaryDirectory(prefix="vsr-bench-") as tmp:
-        def sink(name: str) -> PyAVSink:
-            return PyAVSink(Path(tmp) / f"{name}.mkv", info, w, h, config.encode,
-                            copy_streams=False)
+        def sink(name: str, path: Path | None = None) -> PyAVSink:
+            return PyAVSink(path or Path(tmp) / f"{name}.mkv", info, w, h, config.encode,
+                            copy_streams=False, overwrite=path is not None)
 
         t = time.perf_counter()
         with sink("encode") as k:
@@ -167,11 +165,12 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
 
         def pipeline(run: int) -> tuple[float, float]:
             src, it = frames()
-            proc = make_proc()
 
-            def loop() -> None:
-                with sink(f"pipeline{run}") as k:
-                    run_pipeline(it, proc, k)
+            kept = config.output if run == 0 else None
+
+            def loop() -> None:  # the recipe upscale_file and batch run, on the same models
+                run_source(src, config, device, lambda *_: sink(f"pipeline{run}", kept),
+                           models=models, frames=it, frames_total=n)
             result = timed(loop)
             src.close()
             return result
@@ -206,10 +205,9 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         pipeline_fps=pipeline_fps, serial_fps=serial_fps, frames=n, input=str(config.input),
         model=handle.name, scale=handle.scale, device=str(device),
         precision=str(handle.dtype).removeprefix("torch."), size_in=(info.width, info.height),
-        size_out=(w, h), backend=runner.backend if runner else "eager", batch=config.batch,
+        size_out=(w, h), backend=prepared.backend, batch=config.batch,
         prepare_seconds=runner.prepare_seconds if runner else 0.0,
-        max_error=runner.max_error if runner else None,
-        notes=tuple(runner.notes) if runner else (),
+        max_error=runner.max_error if runner else None, notes=prepared.notes,
         pipeline_runs=tuple(pipeline_runs), serial_runs=tuple(serial_runs),
         pipeline_cpu_ms=_median(pipeline_cpu), serial_cpu_ms=_median(serial_cpu),
     )

@@ -17,13 +17,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from vsr.backends.base import TOLERANCE, NetworkOnly
+from vsr.backends.onnx import export_onnx
+from vsr.device import resolve_device
 from vsr.errors import ConfigError, OutputError
 from vsr.io.output import check_output_path, discard, finish, temp_path_for
+from vsr.loading import load_model
+from vsr.options import PRECISIONS, check_choice, check_device, check_scale
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript", "tensorrt")
-ONNX_OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,10 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output", Path(self.output))
-        if self.format not in FORMATS:
-            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ConfigError(f"precision must be auto, fp32, fp16 or bf16, "
-                              f"not {self.precision!r}")
+        check_choice("format", self.format, FORMATS)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_scale(self.scale)
+        check_device(self.device)
         if self.format == "onnx" and self.precision not in ("auto", "fp32"):
             raise ConfigError("ONNX export is fp32 only")
         if min(self.height, self.width, self.batch) < 1:
@@ -79,35 +82,8 @@ class ExportResult:
         return dict(self.__dict__)
 
 
-def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
-                sample_hw: tuple[int, int] = (32, 32)) -> None:
-    """Write ``module(x, return_all=False)`` as ONNX with input ``lr`` (N, 3, H, W) and
-    output ``sr`` (N, 3, sH, sW), float32, N/H/W dynamic. Raises ConfigError without onnx."""
-    try:
-        import onnx  # noqa: F401  (the exporter needs it)
-    except ImportError as exc:
-        raise ConfigError(f"ONNX export needs the onnx package ({exc}); "
-                          "pip install 'vsr[onnx]'") from None
-    from vsr.backends.base import NetworkOnly
-
-    p = next(module.parameters())
-    net = NetworkOnly(module).eval()
-    x = torch.rand(1, 3, *sample_hw, dtype=p.dtype, device=p.device)
-    with warnings.catch_warnings(), torch.no_grad():
-        # the TorchScript-based exporter: deprecated in favour of dynamo=True, which needs
-        # onnxscript (not in the onnx extra) and is slower; the graph is the same.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net, (x,), str(path), dynamo=False, opset_version=opset,
-            input_names=["lr"], output_names=["sr"],
-            dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"},
-                          "sr": {0: "batch", 2: "out_height", 3: "out_width"}})
-
-
 def export_torchscript(module: nn.Module, path: str | Path, sample: torch.Tensor) -> None:
     """Trace ``module(x, return_all=False)`` on ``sample`` and save it (any input size)."""
-    from vsr.backends.base import NetworkOnly
-
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated but still the portable format
         traced = torch.jit.trace(NetworkOnly(module).eval(), (sample,), check_trace=False)
@@ -155,9 +131,6 @@ def _check(cfg: ExportConfig, handle, path: Path) -> float | None:
 def export_model(cfg: ExportConfig) -> ExportResult:
     """Write the artefact to ``cfg.output`` (atomically). Raises ConfigError (bad model,
     missing package, TensorRT without CUDA), OutputError, ModelError, CheckpointError."""
-    from vsr.backends.base import TOLERANCE
-    from vsr.upscale import load_handle, resolve_device
-
     t0 = time.perf_counter()
     out = check_output_path(cfg.output, overwrite=cfg.overwrite)
     device = resolve_device(cfg.device)
@@ -173,7 +146,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
                               "pip install 'vsr[tensorrt]' on a CUDA machine") from None
         if device.type != "cuda":
             raise ConfigError("TensorRT export needs a CUDA device")
-    handle = load_handle(cfg.model, cfg.scale, device, cfg.run_precision)
+    handle = load_model(cfg.model, scale=cfg.scale, device=device, precision=cfg.run_precision)
     if handle.module is None:
         raise ConfigError(f"{handle.name} has no network to export")
     shape = (cfg.batch, 3, cfg.height, cfg.width)

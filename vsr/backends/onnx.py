@@ -4,12 +4,41 @@ batch, height and width) into the engine cache and run by an InferenceSession.""
 from __future__ import annotations
 
 import importlib
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from vsr.backends.base import Backend
+from vsr.backends.base import Backend, NetworkOnly
 from vsr.backends.cache import EngineKey, model_digest
+from vsr.errors import ConfigError
+
+ONNX_OPSET = 17
+
+
+def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
+                sample_hw: tuple[int, int] = (32, 32)) -> None:
+    """Write ``module(x, return_all=False)`` as ONNX with input ``lr`` (N, 3, H, W) and
+    output ``sr`` (N, 3, sH, sW), float32, N/H/W dynamic. Raises ConfigError without onnx."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+    except ImportError as exc:
+        raise ConfigError(f"ONNX export needs the onnx package ({exc}); "
+                          "pip install 'vsr[onnx]'") from None
+    p = next(module.parameters())
+    net = NetworkOnly(module).eval()
+    x = torch.rand(1, 3, *sample_hw, dtype=p.dtype, device=p.device)
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript-based exporter: deprecated in favour of dynamo=True, which needs
+        # onnxscript (not in the onnx extra) and is slower; the graph is the same.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (x,), str(path), dynamo=False, opset_version=opset,
+            input_names=["lr"], output_names=["sr"],
+            dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"},
+                          "sr": {0: "batch", 2: "out_height", 3: "out_width"}})
 
 
 def _unavailable(handle) -> str | None:
@@ -28,8 +57,6 @@ def _unavailable(handle) -> str | None:
 
 def _build(handle, shape, cache):
     import onnxruntime as ort
-
-    from vsr.export import ONNX_OPSET, export_onnx
 
     key = EngineKey(model=model_digest(handle.module), backend="onnx", shape=None,
                     precision="fp32", device="cpu", tensorrt=None,

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from vsr.errors import InputError
-from vsr.io.source import Frame, PyAVSource
+from vsr.io.info import Frame, StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,8 @@ log = logging.getLogger(__name__)
 class DecordSource:
     """Sequential decord reading of the video stream PyAV would pick."""
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 0) -> None:
-        with PyAVSource(path) as probe:
-            info = probe.info
+    def __init__(self, path: str | os.PathLike, info: StreamInfo, *, threads: int = 0) -> None:
+        """``info``: the PyAV probe of ``path`` (``vsr.io.source.open_source`` makes it)."""
         try:
             import decord
         except ImportError as exc:  # pragma: no cover - decord is a declared dependency

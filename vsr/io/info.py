@@ -6,6 +6,18 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: ``image`` is (H, W, 3) RGB, uint8 for 8-bit input, uint16
+    (full 16-bit scale) for deeper input; ``pts`` is in the source's time base."""
+
+    index: int
+    pts: int | None
+    image: np.ndarray
+
 
 # AVColorSpace values (as stored on streams and frames) -> swscale colour matrix.
 _SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -19,21 +18,11 @@ import numpy as np
 
 from vsr.errors import ConfigError, InputError
 from vsr.io.image import IMAGE_SUFFIXES
-from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of, other_streams
+from vsr.io.info import ColorInfo, Frame, StreamInfo, bit_depth_of, other_streams
 
 log = logging.getLogger(__name__)
 
 _IMAGE_FORMATS = frozenset({"image2", "png_pipe", "jpeg_pipe", "mjpeg"})
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One decoded frame: ``image`` is (H, W, 3) RGB, uint8 for 8-bit input, uint16
-    (full 16-bit scale) for deeper input; ``pts`` is in the source's time base."""
-
-    index: int
-    pts: int | None
-    image: np.ndarray
 
 
 class Source(Protocol):
@@ -223,5 +212,7 @@ def open_source(path: str | os.PathLike, decoder: str = "pyav") -> Source:
     if decoder == "decord":
         from vsr.io.decord_source import DecordSource
 
-        return DecordSource(path)
+        with PyAVSource(path) as probe:  # same checks and messages; the stream decord reads
+            info = probe.info
+        return DecordSource(path, info)
     raise ConfigError(f"unknown decoder {decoder!r} (pyav or decord)")

@@ -19,6 +19,7 @@ from pathlib import Path
 from vsr.errors import ConfigError
 from vsr.io.image import IMAGE_SUFFIXES
 from vsr.io.sink import EncodeConfig
+from vsr.options import ModelOptions
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts",
                             ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".nut", ".y4m"})
@@ -29,25 +30,18 @@ _GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass(frozen=True)
-class JobOptions:
-    """Per-file upscaling and encoding settings (a manifest line may override any of them)."""
+class JobOptions(ModelOptions):
+    """Per-file model options (:class:`vsr.options.ModelOptions`: model, scale, precision,
+    tile, backend, batch; keyword-only) and encoding settings; a manifest line may override
+    any of them. The device is the worker's (``BatchConfig.devices``)."""
 
-    model: str | None = None
-    scale: int | None = None
-    precision: str = "auto"
-    tile: int | None = None
     codec: str = "libx264"
     crf: int | None = None
     preset: str | None = None
     pix_fmt: str | None = None
 
     def __post_init__(self) -> None:
-        if self.scale is not None and (not isinstance(self.scale, int) or self.scale < 2):
-            raise ConfigError(f"scale must be an integer of at least 2, got {self.scale!r}")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ConfigError(f"precision must be auto, fp32, fp16 or bf16, not {self.precision!r}")
-        if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 32):
-            raise ConfigError(f"tile must be an integer of at least 32 px, got {self.tile!r}")
+        super().__post_init__()
         self.encode  # noqa: B018 - validates crf and pix_fmt now, not in a worker later
 
     @property

@@ -18,22 +18,22 @@ from pathlib import Path
 
 from vsr.errors import ConfigError, Interrupted
 from vsr.io.output import finish, temp_path_for
-from vsr.jobs.segments import HandleCache, Task, run_task
+from vsr.jobs.segments import HandleCache, Task, TaskResult, run_task
 
 log = logging.getLogger(__name__)
 
 _HANDLES: dict[str, HandleCache] = {}  # per Ray worker process: models load once
 
 
-def compute_remote(task: Task, device: str) -> tuple[bytes, int]:
+def compute_remote(task: Task, device: str) -> tuple[bytes, TaskResult]:
     """Runs on a Ray worker: compute ``task`` into a local temporary file, return its bytes."""
     if device not in _HANDLES:
         _HANDLES[device] = HandleCache(device)
     with tempfile.TemporaryDirectory(prefix="vsr-ray-") as tmp:
         local = Path(tmp) / f"result{task.path.suffix}"
-        frames = run_task(dataclasses.replace(task, path=local, overwrite=True),
+        result = run_task(dataclasses.replace(task, path=local, overwrite=True),
                           _HANDLES[device])
-        return local.read_bytes(), frames
+        return local.read_bytes(), result
 
 
 def _connect(address: str):
@@ -82,9 +82,9 @@ def run_on_ray(tasks: list[Task], tracker, address: str, devices: tuple[str, ...
             for ref in ready:
                 task = running.pop(ref)
                 try:
-                    data, frames = ray.get(ref)
+                    data, result = ray.get(ref)
                     _write(task.path, data)
-                    tracker.finished(task, frames)
+                    tracker.finished(task, result)
                 except Exception as exc:  # one task's failure fails its file only
                     tracker.task_failed(task, getattr(exc, "cause", None) or exc)
             if report is not None:

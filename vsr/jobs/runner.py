@@ -26,6 +26,7 @@ from vsr.jobs.segments import (
     SEGMENT_SUFFIX,
     Segment,
     Task,
+    TaskResult,
     clean_partials,
     is_segmentable,
     plan_segments,
@@ -130,6 +131,7 @@ class _File:
         self.tasks, self.segments, self.frames = tasks, segments, frames
         self.remaining = len(tasks)
         self.error: str | None = None
+        self.backends: set[str] = set()  # the backends its computed tasks ran on
 
 
 class Tracker:
@@ -166,8 +168,9 @@ class Tracker:
             if _key(task) in self._running:
                 self._running[_key(task)] = frames
 
-    def finished(self, task: Task, frames: int) -> None:
+    def finished(self, task: Task, result: TaskResult) -> None:
         """``task`` wrote its result; the last one of a file triggers the join."""
+        frames = result.frames
         if task.segment is not None:
             self.store.segment_done(task.file_id, task.segment.index)
         with self.lock:
@@ -176,6 +179,7 @@ class Tracker:
             self.segments_computed += task.segment is not None
             f = self.files[task.file_id]
             f.remaining -= 1
+            f.backends.add(result.backend)
             last = f.remaining == 0 and f.error is None
         if last:
             self.complete(f)
@@ -203,7 +207,9 @@ class Tracker:
             shutil.rmtree(f.seg_dir, ignore_errors=True)
         self.store.file_done(f.file_id, f.frames)
         with self.lock:
-            self.done.append({"input": str(f.job.input), "output": str(f.job.output)})
+            # the backend that computed it (None: every segment was reused from a past run)
+            self.done.append({"input": str(f.job.input), "output": str(f.job.output),
+                              "backend": ",".join(sorted(f.backends)) or None})
 
     def _fail_file(self, f: _File, text: str) -> None:
         self.store.file_failed(f.file_id, text)

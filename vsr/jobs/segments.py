@@ -17,12 +17,15 @@ from pathlib import Path
 
 import av
 
+from vsr.device import resolve_device
+from vsr.engine import ModelCache, run_source
 from vsr.errors import InputError, PipelineError
 from vsr.io.image import is_image_path
-from vsr.io.sink import PyAVSink, output_size
+from vsr.io.output import discard
+from vsr.io.sink import PyAVSink
 from vsr.io.source import PyAVSource
 from vsr.jobs.plan import Job
-from vsr.pipeline import make_processor, run_pipeline
+from vsr.upscale import UpscaleConfig, upscale_file
 
 log = logging.getLogger(__name__)
 
@@ -111,28 +114,26 @@ def is_segmentable(path: Path) -> bool:
     return not is_image_path(path)
 
 
+@dataclass(frozen=True)
+class TaskResult:
+    """What one task did: the frames it wrote and the backend that computed them."""
+
+    frames: int
+    backend: str
+
+
 class HandleCache:
-    """Loaded model handles of one worker, by (model, scale, precision): loaded once."""
+    """One worker's device and its loaded models and prepared backends: each model loads, and
+    each backend is prepared for a frame size, once per worker (:class:`vsr.engine.ModelCache`)."""
 
     def __init__(self, device: str) -> None:
-        from vsr.device import resolve_device
-
-        self.device = resolve_device(device)
-        self._handles: dict[tuple, object] = {}
-
-    def get(self, job: Job):
-        from vsr.upscale import load_handle
-
-        o = job.options
-        key = (o.model, o.scale, o.precision)
-        if key not in self._handles:
-            self._handles[key] = load_handle(o.model, o.scale, self.device, o.precision)
-        return self._handles[key]
+        self.device = resolve_device(device, require_available=True)
+        self.models = ModelCache()
 
 
 def run_task(task: Task, handles: HandleCache,
-             progress: Callable[[int], None] | None = None) -> int:
-    """Compute ``task`` into ``task.path``; returns the frames written.
+             progress: Callable[[int], None] | None = None) -> TaskResult:
+    """Compute ``task`` into ``task.path``; returns the frames written and the backend used.
 
     Raises VsrError subclasses (InputError, OutputError, ModelError, PipelineError ...);
     on failure nothing is left at ``task.path``.
@@ -143,30 +144,29 @@ def run_task(task: Task, handles: HandleCache,
     opts = task.job.options
     report = (lambda p: progress(p.frames_done)) if progress is not None else None
     with PyAVSource(task.job.input) as source:
-        info = source.info
-        handle = handles.get(task.job)
-        width, height = output_size(info, handle.scale)
-        processor = make_processor(handle, tile=opts.tile)
-        with PyAVSink(task.path, info, width, height, opts.encode, overwrite=True,
-                      copy_streams=False) as sink:
-            stats = run_pipeline(source.frames_between(seg.start, seg.end), processor, sink,
-                                 frames_total=seg.frames, progress=report)
-            if stats.frames_out != seg.frames:
-                raise PipelineError(f"{task.label}: decoded {stats.frames_out} frames where "
-                                    f"the file has {seg.frames}")
-    return stats.frames_out
+        run = run_source(
+            source, opts, handles.device,
+            lambda info, w, h: PyAVSink(task.path, info, w, h, opts.encode, overwrite=True,
+                                        copy_streams=False),
+            models=handles.models, frames=source.frames_between(seg.start, seg.end),
+            frames_total=seg.frames, progress=report)
+    if run.stats.frames_out != seg.frames:
+        discard(task.path)
+        raise PipelineError(f"{task.label}: decoded {run.stats.frames_out} frames where "
+                            f"the file has {seg.frames}")
+    return TaskResult(run.stats.frames_out, run.prepared.backend)
 
 
-def _run_whole(task: Task, handles: HandleCache, progress: Callable[[int], None] | None) -> int:
-    from vsr.upscale import UpscaleConfig, upscale_file
-
+def _run_whole(task: Task, handles: HandleCache,
+               progress: Callable[[int], None] | None) -> TaskResult:
     o = task.job.options
     config = UpscaleConfig(input=task.job.input, output=task.path, model=o.model, scale=o.scale,
                            device=str(handles.device), precision=o.precision, tile=o.tile,
-                           encode=o.encode, overwrite=task.overwrite)
+                           backend=o.backend, batch=o.batch, encode=o.encode,
+                           overwrite=task.overwrite)
     result = upscale_file(config, progress=(lambda p: progress(p.frames_done))
-                          if progress is not None else None)
-    return result.frames_out
+                          if progress is not None else None, models=handles.models)
+    return TaskResult(result.frames_out, result.backend)
 
 
 def clean_partials(folder: Path) -> None:

@@ -62,13 +62,13 @@ def _work(todo: queue.Queue, tracker, device: str, stop: threading.Event) -> Non
             continue
         t0 = time.perf_counter()
         try:
-            frames = run_task(task, handles, lambda n, t=task: tracker.progress(t, n))
+            result = run_task(task, handles, lambda n, t=task: tracker.progress(t, n))
         except Exception as exc:  # isolated per file: reported, the worker goes on
             tracker.task_failed(task, exc)
             continue
-        log.info("%s: %d frames in %.2f s on %s", task.label, frames,
-                 time.perf_counter() - t0, device)
+        log.info("%s: %d frames in %.2f s on %s (%s)", task.label, result.frames,
+                 time.perf_counter() - t0, device, result.backend)
         try:
-            tracker.finished(task, frames)
+            tracker.finished(task, result)
         except Exception as exc:
             tracker.task_failed(task, exc)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from vsr.errors import ConfigError, PipelineError
 from vsr.io.sink import EncodeConfig
 from vsr.io.source import Frame
+from vsr.options import RunOptions, check_choice
 from vsr.stream.audio import AudioFeed
 from vsr.stream.io import IDLE, DropQueue, LiveSink, Reader
 
@@ -27,16 +28,12 @@ DROP_POLICIES = ("oldest", "none")
 
 
 @dataclass(frozen=True)
-class StreamConfig:
-    """One live run; validated on construction (ConfigError)."""
+class StreamConfig(RunOptions):
+    """One live run: ``src`` and ``dst``, the model options of :class:`vsr.options.RunOptions`
+    (keyword-only) and the live settings. Validated on construction (ConfigError)."""
 
     src: str
     dst: str
-    model: str | None = None
-    scale: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    tile: int | None = None
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     max_latency_ms: int = 1000
     drop: str = "oldest"
@@ -51,8 +48,8 @@ class StreamConfig:
     audio: bool = True  # copy the source's audio streams (packets, not re-encoded)
 
     def __post_init__(self) -> None:
-        if self.drop not in DROP_POLICIES:
-            raise ConfigError(f"drop must be oldest or none, not {self.drop!r}")
+        super().__post_init__()
+        check_choice("drop", self.drop, DROP_POLICIES)
         if self.max_latency_ms < 1:
             raise ConfigError("max_latency_ms must be at least 1")
         if self.read_timeout_s <= 0 or self.backoff_max_s <= 0 or self.stats_interval_s <= 0:
@@ -61,9 +58,6 @@ class StreamConfig:
             raise ConfigError("gop must be at least 1 frame")
         if self.src == self.dst and self.src != "-":
             raise ConfigError("source and destination are the same")
-        from vsr.device import resolve_device
-
-        resolve_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -130,12 +124,11 @@ def run_stream(config: StreamConfig,
     calling thread. Raises ConfigError/ModelError before anything starts; OutputError or
     PipelineError when the output fails. Ctrl-C is a normal stop: the output is closed cleanly.
     """
-    from vsr.pipeline import make_processor
-    from vsr.upscale import load_handle, resolve_device
+    from vsr.engine import ModelCache
 
-    handle = load_handle(config.model, config.scale, resolve_device(config.device),
-                         config.precision)
-    processor = make_processor(handle, tile=config.tile)
+    models = ModelCache()
+    handle = models.handle(config, config.device)
+    processor = None  # made on the first frame, once the backend is prepared on it
     stop = threading.Event()
     capacity = 2 if config.drop == "oldest" else 8
     queue = DropQueue(capacity, config.drop, config.max_latency_ms / 1000)
@@ -170,6 +163,8 @@ def run_stream(config: StreamConfig,
                             f"the source changed size from {size[1]}x{size[0]} to "
                             f"{item.image.shape[1]}x{item.image.shape[0]}")
                     size = item.image.shape
+                    if processor is None:
+                        processor = models.prepare(handle, config, item.image).processor()
                     pending[index] = (item.t, item.arrived, item.info)
                     for done in processor.submit(Frame(index, None, item.image)):
                         emit(done)
@@ -181,7 +176,7 @@ def run_stream(config: StreamConfig,
         except KeyboardInterrupt:
             log.info("interrupted: closing the output")
         stop.set()
-        for done in processor.drain():
+        for done in processor.drain() if processor is not None else ():
             emit(done)
         sink.close()
     except BaseException:

@@ -1,0 +1,133 @@
+"""The one recipe every job runs: source -> model handle -> backend prepared on the first frame
+-> processor -> sink -> run_pipeline.
+
+``upscale_file`` (one file), the batch workers (segments and whole files), ``run_bench`` and
+``run_stream`` all load models through a :class:`ModelCache` and prepare the backend with
+:meth:`ModelCache.prepare`, so the same model, options and frame size get the same backend
+and the same frames whoever runs them. :func:`run_source` is the recipe for a file source.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vsr.device import resolve_device
+from vsr.io.info import StreamInfo
+from vsr.io.source import Frame, Source
+from vsr.loading import load_model
+from vsr.options import ModelOptions
+from vsr.pipeline import ComputeReport, Progress, RunStats, make_processor, run_pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A handle and the backend runner prepared for one frame size (None: the handle's own
+    eager ``infer``: tiles, or no frame to prepare on)."""
+
+    handle: object
+    runner: object | None  # vsr.backends.Runner
+    options: ModelOptions
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend if self.runner is not None else "eager"
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(self.runner.notes) if self.runner is not None else ()
+
+    def processor(self, overlap: int = 16):
+        """A fresh inference stage (one per run: it holds the run's in-flight frames)."""
+        return make_processor(self.handle, tile=self.options.tile, overlap=overlap,
+                              runner=self.runner, batch=self.options.batch)
+
+
+class ModelCache:
+    """Loaded handles by (model, scale, precision, device) and prepared backends by handle,
+    backend, batch and frame size: a worker that runs many files loads and prepares once.
+    Not thread-safe: one per worker thread."""
+
+    def __init__(self) -> None:
+        self._handles: dict[tuple, object] = {}
+        self._prepared: dict[tuple, Prepared] = {}
+
+    def handle(self, options: ModelOptions, device: str | torch.device):
+        """The model of ``options`` on ``device``; raises like :func:`vsr.loading.load_model`."""
+        if not isinstance(device, torch.device):
+            device = resolve_device(device, require_available=True)
+        key = (options.model, options.scale, options.precision, str(device))
+        if key not in self._handles:
+            self._handles[key] = load_model(options.model, scale=options.scale, device=device,
+                                            precision=options.precision)
+        return self._handles[key]
+
+    def prepare(self, handle, options: ModelOptions, image: np.ndarray | None) -> Prepared:
+        """``options.backend`` for frames like ``image`` (H, W, 3) uint8/uint16, checked against
+        eager on it (:func:`vsr.backends.prepare_for_frame`). Tiles always run eagerly."""
+        if image is None:
+            return Prepared(handle, None, options)
+        if options.tile:
+            if options.backend not in ("auto", "eager"):
+                log.warning("--tile runs the model eagerly; --backend %s is not used",
+                            options.backend)
+            return Prepared(handle, None, options)
+        key = (id(handle), options.backend, options.batch, image.shape, str(image.dtype))
+        if key not in self._prepared:
+            from vsr.backends import prepare_for_frame
+
+            runner = prepare_for_frame(handle, options.backend, image, batch=options.batch)
+            self._prepared[key] = Prepared(handle, runner, options)
+        return self._prepared[key]
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """What one :func:`run_source` did."""
+
+    stats: RunStats
+    prepared: Prepared
+    report: ComputeReport  # fp32 fallbacks, tiles, notes of the inference stage
+    width: int  # output size
+    height: int
+    pix_fmt: str | None
+    copied_packets: dict[int, int]
+
+
+def run_source(source: Source, options: ModelOptions, device: str | torch.device,
+               open_sink: Callable[[StreamInfo, int, int], object], *,
+               models: ModelCache | None = None, frames: Iterator[Frame] | None = None,
+               frames_total: int | None = None, depth: int = 2, overlap: int = 16,
+               progress: Callable[[Progress], None] | None = None) -> EngineRun:
+    """Upscale ``frames`` (default: all of ``source``) into the sink ``open_sink(info, width,
+    height)`` returns (a context manager; it is entered here, after the model is loaded).
+
+    Raises what loading, the pipeline and the sink raise (ConfigError, ModelError,
+    PipelineError, OutputError...); KeyboardInterrupt propagates with the sink aborted.
+    """
+    models = models if models is not None else ModelCache()
+    info = source.info
+    handle = models.handle(options, device)
+    width, height = info.width * handle.scale, info.height * handle.scale
+    frames = frames if frames is not None else source.frames()
+    first = next(frames, None)
+    prepared = models.prepare(handle, options, first.image if first is not None else None)
+    if first is not None:
+        frames = itertools.chain([first], frames)
+    processor = prepared.processor(overlap)
+    log.info("%dx%d -> %dx%d with %s x%d on %s (%s, backend %s)", info.width, info.height,
+             width, height, handle.name, handle.scale, handle.device, handle.dtype,
+             prepared.backend)
+    with open_sink(info, width, height) as sink:
+        stats = run_pipeline(frames, processor, sink, depth=depth,
+                             frames_total=frames_total if frames_total is not None
+                             else info.frames, progress=progress)
+    return EngineRun(stats=stats, prepared=prepared, report=processor.report, width=width,
+                     height=height, pix_fmt=sink.pix_fmt, copied_packets=sink.copied_packets)

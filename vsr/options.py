@@ -1,0 +1,83 @@
+"""The options every job shares, declared once, with the choice lists the CLI offers.
+
+:class:`ModelOptions` is what runs the model (which model, scale, precision, tiles, backend,
+frames per call); :class:`RunOptions` adds the device for jobs that run on one device. The
+job configs (upscale, batch, stream, bench) derive from them, so a bad value fails the same
+way, at construction, with ConfigError, whichever config it is given to. The fields are
+keyword-only, so a derived config keeps its own positional fields first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vsr.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # dtypes: vsr.loading.DTYPES
+DECODERS = ("pyav", "decord")  # vsr.io.source.open_source
+ENCODERS = ("pyav", "ffmpeg")  # vsr.io.sink.PyAVSink, vsr.io.ffmpeg_sink.FfmpegSink
+MIN_TILE = 32
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise ConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def check_scale(scale: object) -> None:
+    """None (the model's own) or an integer of at least 2."""
+    if scale is not None and (type(scale) is not int or scale < 2):
+        raise ConfigError(f"scale must be an integer of at least 2, got {scale!r}")
+
+
+def check_device(device: object) -> None:
+    """auto, cpu, cuda or cuda:N (spelling only; availability is checked when a job runs)."""
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be a string such as cpu or cuda:0, not {device!r}")
+    from vsr.device import resolve_device
+
+    resolve_device(device)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    """Which model runs, and how. Validated on construction (ConfigError).
+
+    ``model``: a registry name, a .safetensors path or ``"bicubic"`` (None: the default model);
+    ``scale``: None for the model's own (needed for bicubic); ``precision``: one of PRECISIONS;
+    ``tile``: infer in tiles of that many pixels (None: whole frames); ``backend``: one of
+    ``vsr.backends.CHOICES``; ``batch``: frames per model call.
+    """
+
+    model: str | None = None
+    scale: int | None = None
+    precision: str = "auto"
+    tile: int | None = None
+    backend: str = "auto"
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        from vsr.backends import CHOICES
+
+        if self.model is not None and not isinstance(self.model, str):
+            raise ConfigError(f"model must be a name or a path, not {self.model!r}")
+        check_scale(self.scale)
+        check_choice("precision", self.precision, PRECISIONS)
+        if self.tile is not None and (type(self.tile) is not int or self.tile < MIN_TILE):
+            raise ConfigError(f"tile must be an integer of at least {MIN_TILE} px, "
+                              f"got {self.tile!r}")
+        check_choice("backend", self.backend, CHOICES)
+        if type(self.batch) is not int or self.batch < 1:
+            raise ConfigError(f"batch must be an integer of at least 1, got {self.batch!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(ModelOptions):
+    """ModelOptions on one device: auto, cpu, cuda or cuda:N."""
+
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_device(self.device)
