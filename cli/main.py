@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
-import os
 import sys
 
 import click
@@ -57,14 +57,11 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 
 def main() -> None:
     """Console entry point: library errors become one `Error: ...` line and exit code 1."""
-    # OpenMP workers that spin between parallel regions steal the cores the decode and encode
-    # threads need: measured on 2 cores (bicubic 720p bench), pipeline 2.63 fps < serial 4.07 fps
-    # with spinning, 3.60 >= 3.51 with passive waits. Must be set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # passive OpenMP waits and the glibc allocator tuning, before anything imports torch
+    from vsr import configure_runtime
     from vsr.errors import Interrupted, VsrError
-    from vsr.hostmem import keep_freed_memory
 
-    keep_freed_memory()  # frame-sized tensors without an mmap + page faults per allocation
+    configure_runtime()
 
     debug = "--debug" in sys.argv[1:]
     try:

@@ -86,7 +86,10 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
     def _term(signum, frame) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _term)
-    final = run_stream(config, stats=_render(as_json, to_stdout=dst != "-"))
+    previous = signal.signal(signal.SIGTERM, _term)
+    try:
+        final = run_stream(config, stats=_render(as_json, to_stdout=dst != "-"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # the caller's handler, once the output is closed
     if final.error and final.frames_out == 0:
         raise InputError(final.error)

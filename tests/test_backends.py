@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
 
 import pytest
 import torch
@@ -61,27 +62,39 @@ def test_model_digest_follows_weights_and_hparams():
     assert model_digest(wider) != model_digest(a)
 
 
-def test_candidates_and_names(monkeypatch: pytest.MonkeyPatch):
-    import vsr.backends as backends
-
+def test_candidates_and_names():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(backends, "freed_memory_kept", lambda: True)
-    assert candidates("auto", cpu) == ("eager",)  # eager is fastest with the allocator tuned
+    assert candidates("auto", cpu) == ("eager",)  # eager is fastest on large frames
     assert candidates("auto", cpu, (1, 3, 360, 640)) == ("eager",)
     assert candidates("auto", cpu, (1, 3, 144, 176)) == ("onnx", "eager")  # but not on tiny
     assert candidates("onnx", cpu) == ("onnx", "eager")
     assert candidates("auto", cuda) == ("tensorrt", "compile", "eager")
-    monkeypatch.setattr(backends, "freed_memory_kept", lambda: False)
-    assert candidates("auto", cuda) == ("tensorrt", "compile", "eager")
-    assert candidates("tensorrt", cpu) == ("tensorrt", "onnx", "eager")
+    assert candidates("tensorrt", cpu) == ("tensorrt", "eager")
     assert candidates("compile", cuda) == ("compile", "eager")
     assert candidates("eager", cpu) == ("eager",)
-    assert candidates("auto", cpu) == ("onnx", "eager")
     assert parse_backends("eager, compile,onnx") == ("eager", "compile", "onnx")
     with pytest.raises(ConfigError, match="unknown backend"):
         parse_backends("eager,tensorrtx")
     with pytest.raises(ConfigError, match="unknown backend"):
         candidates("fast", cpu)
+
+
+def test_auto_choice_ignores_process_tuning():
+    """The allocator tuning the CLI applies does not change which backend auto picks: the
+    same frame gets the same backend from `vsr` and from a Python program."""
+    import subprocess
+    import sys
+
+    probe = ("import torch, vsr.hostmem as h, vsr.backends as b; h.keep_freed_memory(); "
+             "print(h.freed_memory_kept(), b.candidates('auto', torch.device('cpu'), "
+             "(1, 3, 360, 640)), b.candidates('auto', torch.device('cpu'), (1, 3, 144, 176)))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    tuned = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True, env=env).stdout.split(" ", 1)
+    plain = subprocess.run([sys.executable, "-c", probe.replace("h.keep_freed_memory(); ", "")],
+                           capture_output=True, text=True, check=True, env=env).stdout.split(" ", 1)
+    assert tuned[0] == "True" and plain[0] == "False"  # the tuning did differ
+    assert tuned[1] == plain[1]
 
 
 @pytest.mark.skipif(HAS_TRT, reason="torch-tensorrt is installed here")

@@ -1,4 +1,38 @@
-"""vsr: video super-resolution with dual regression networks (DRN) and compression (DRC)."""
+"""vsr: video super-resolution with dual regression networks (DRN) and compression (DRC).
+
+The Python entry points (imported on first use, so ``import vsr`` stays light; torch loads
+when one of them is used):
+
+    import vsr
+    vsr.configure_runtime()  # optional: process-wide CPU tuning, before torch is imported
+    result = vsr.upscale_file(vsr.UpscaleConfig(input="in.mp4", output="out.mkv",
+                                                model="drn-t-x2"))
+    print(result.frames_out, result.backend)
+
+upscale_file(UpscaleConfig) -> UpscaleResult
+    One video (or image) file upscaled into another; every other stream is copied.
+load_model(model=None, *, scale=None, device="auto", precision="auto")
+    A model handle: ``handle.infer(x)`` maps (N, 3, H, W) float RGB in [0, 1] to
+    (N, 3, sH, sW).
+run_batch(BatchConfig) -> BatchResult
+    Many files (options in JobOptions), resumable, on several devices or a Ray cluster.
+run_stream(StreamConfig) -> StreamStats
+    A live source upscaled to a live destination with bounded latency.
+evaluate(EvalConfig) -> list of DatasetResult
+    PSNR/SSIM on benchmark image folders with the standard protocol.
+configure_runtime(*, threads=None, omp_wait_policy="PASSIVE", keep_freed_memory=True)
+    Process-wide CPU tuning (OpenMP waits, glibc allocator, threads); the CLI calls it.
+
+Every deliberate error derives from VsrError: ConfigError (bad options, raised when a config
+is constructed), InputError, OutputError, ModelError (CheckpointError), PipelineError,
+Interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 from vsr.errors import (
     CheckpointError,
@@ -13,7 +47,24 @@ from vsr.errors import (
 
 __version__ = "0.1.0"
 
+# public name -> (module, attribute), imported on first access
+_LAZY: dict[str, tuple[str, str]] = {
+    "upscale_file": ("vsr.upscale", "upscale_file"),
+    "UpscaleConfig": ("vsr.upscale", "UpscaleConfig"),
+    "UpscaleResult": ("vsr.upscale", "UpscaleResult"),
+    "load_model": ("vsr.loading", "load_model"),
+    "run_batch": ("vsr.jobs", "run_batch"),
+    "BatchConfig": ("vsr.jobs", "BatchConfig"),
+    "JobOptions": ("vsr.jobs", "JobOptions"),
+    "run_stream": ("vsr.stream", "run_stream"),
+    "StreamConfig": ("vsr.stream", "StreamConfig"),
+    "evaluate": ("vsr.evaluate", "run_evaluation"),
+    "EvalConfig": ("vsr.evaluate", "EvalConfig"),
+    "configure_runtime": ("vsr.runtime", "configure_runtime"),
+}
+
 __all__ = [
+    *_LAZY,
     "CheckpointError",
     "ConfigError",
     "InputError",
@@ -24,3 +75,31 @@ __all__ = [
     "VsrError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'vsr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(target[0]), target[1])
+    if name != "evaluate":
+        globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``vsr.evaluate`` is the evaluation function although a submodule has the same name:
+    importing the submodule (``from vsr.evaluate import ...``) must not rebind it. The
+    submodule stays in ``sys.modules["vsr.evaluate"]``."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "evaluate" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -33,7 +33,6 @@ from vsr.backends.eager import EAGER
 from vsr.backends.onnx import ONNX
 from vsr.backends.tensorrt import TENSORRT
 from vsr.errors import ConfigError
-from vsr.hostmem import freed_memory_kept
 
 log = logging.getLogger("vsr.backends")
 
@@ -42,20 +41,21 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({
 CHOICES = ("auto", *BACKENDS)
 
 # Fastest first; measured (README, "Backends"). On CUDA: TensorRT, then compiled CUDA graphs,
-# then eager. On the CPU it depends on the allocator (vsr.hostmem). drn-t-x2 at 360p -> 720p,
-# interleaved, quiet 2-core VM, s/frame at 1 / 2 threads: glibc defaults: onnxruntime 1.41 /
-# 0.87, eager 2.41 / 1.55 (every frame-sized tensor is mmap'ed and page-faulted anew); with
-# freed memory kept (the CLI's default): eager 1.16 / 0.75, onnxruntime 1.23 / 0.95. With the
-# tuning, at 2 threads, small frames still favour onnxruntime (144x176: eager 0.133, onnx 0.104;
-# 240x320: 0.263 vs 0.285; 288x352: 0.328 vs 0.359), so onnx goes first without the tuning or
-# for frames under _ONNX_MAX_PIXELS (its export is cached per weights; a run pays about one
-# session build and the first-frame check). compile is left out: no faster than onnx, and its
-# build took 120 s with a warm inductor cache and 457 s cold, which dominates short clips.
+# then eager. On the CPU, drn-t-x2 at 360p -> 720p, interleaved, quiet 2-core VM, s/frame at
+# 1 / 2 threads with the allocator tuned (vsr.configure_runtime, which the CLI makes): eager
+# 1.16 / 0.75, onnxruntime 1.23 / 0.95; small frames still favour onnxruntime (144x176: eager
+# 0.133, onnx 0.104; 240x320: 0.263 vs 0.285; 288x352: 0.328 vs 0.359). So onnx goes first
+# for frames under _ONNX_MAX_PIXELS, eager alone above. The choice is a function of the
+# request, the device and the frame size only, never of process state: the same input gets
+# the same backend (and the same output) from the CLI and from Python. (Without the tuning
+# eager is slower, 2.41 / 1.55 against onnxruntime's 1.41 / 0.87: call configure_runtime.)
+# compile is left out: no faster than onnx, and its build took 120 s with a warm inductor
+# cache and 457 s cold, which dominates short clips.
 AUTO_ORDER: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "cuda": ("tensorrt", "compile", "eager"),
     "cpu": ("onnx", "eager"),
 })
-_CPU_ORDER_FREED_MEMORY_KEPT = ("eager",)
+_CPU_ORDER_LARGE_FRAMES = ("eager",)
 _ONNX_MAX_PIXELS = 50_000  # input H x W; between the measured 144x176 and 240x320
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "TOLERANCE", "Backend", "BackendUnavailable",
@@ -77,14 +77,14 @@ def candidates(backend: str, device: torch.device,
                shape: Shape | None = None) -> tuple[str, ...]:
     """The backends ``prepare`` tries, in order: the asked one, then the rest of the
     device's auto order after it (all of it when the asked one is not in it), then eager.
-    On the CPU with freed memory kept (:mod:`vsr.hostmem`) the auto order is eager alone,
-    unless ``shape`` (N, 3, H, W) is a small frame."""
+    On the CPU the auto order is eager alone unless ``shape`` (N, 3, H, W) is a small frame
+    (no shape: a large one). A pure function of its arguments."""
     if backend not in CHOICES:
         raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(CHOICES)})")
     order = AUTO_ORDER.get(device.type, ("eager",))
     small = shape is not None and shape[-2] * shape[-1] < _ONNX_MAX_PIXELS
-    if device.type == "cpu" and freed_memory_kept() and not small:
-        order = _CPU_ORDER_FREED_MEMORY_KEPT
+    if device.type == "cpu" and not small:
+        order = _CPU_ORDER_LARGE_FRAMES
     if backend == "auto":
         return order
     rest = order[order.index(backend) + 1:] if backend in order else order
