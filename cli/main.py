@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import click
 
@@ -41,6 +45,52 @@ class LazyGroup(click.Group):
         return importlib.util.find_spec(COMMANDS[name].split(":")[0]) is not None
 
 
+# SIGTERM (kill, systemd, docker stop) and SIGHUP (the terminal closed) stop these commands
+# the way Ctrl-C does: the partial output is removed and one `Error:` line is printed. The exit
+# status is 128 + the signal number, as a shell reports a process killed by that signal:
+# 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STOPPABLE = frozenset({"upscale"})
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread where Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within the block, the first SIGTERM or SIGHUP raises :class:`Stopped`; later ones are
+    ignored so they cannot cut the clean-up short. The previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not received:
+            received.append(signum)
+            raise Stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a model, checkpoint or file name from an
+    untrusted file cannot start a new line (forging an `Error:` line) or move the cursor."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return printable(super().formatMessage(record))
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
@@ -49,14 +99,18 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     """Video super-resolution with dual regression networks."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if ctx.invoked_subcommand in STOPPABLE:
+        ctx.with_resource(stop_signals_interrupt())
 
 
 def main() -> None:
-    """Console entry point: library errors become one `Error: ...` line and exit code 1."""
+    """Console entry point: library errors become one `Error: ...` line and exit code 1;
+    Ctrl-C (and SIGTERM/SIGHUP where handled, see STOP_SIGNALS) exit with 128 + the signal."""
     # passive OpenMP waits and the glibc allocator tuning, before anything imports torch
     from vsr import configure_runtime
     from vsr.errors import Interrupted, VsrError
@@ -66,34 +120,63 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:]
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Error: interrupted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:
+        _error_line("interrupted", exc)
+        sys.exit(128 + _signal_of(exc))
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except Interrupted as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("Error: interrupted", err=True)
-        sys.exit(130)
+        _error_line(_one_line(exc), exc)
+        sys.exit(128 + _signal_of(exc))
+    except KeyboardInterrupt as exc:
+        _error_line("interrupted", exc)
+        sys.exit(128 + _signal_of(exc))
     except VsrError as exc:
         if debug:
             raise
-        click.echo(f"Error: {_one_line(exc)}", err=True)
+        _error_line(_one_line(exc))
         sys.exit(1)
     except Exception as exc:  # an unexpected failure still gets one line unless --debug
         if debug:
             raise
-        click.echo(f"Error: internal error: {type(exc).__name__}: {_one_line(exc)} "
-                   "(rerun with --debug for the traceback)", err=True)
+        _error_line(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
+                    "(rerun with --debug for the traceback)")
         sys.exit(1)
     sys.exit(0)
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (newlines, escapes, bidi controls)
+    written as a Python escape, so it stays on one line and shows what it holds."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = printable(" ".join(str(exc).split()))
     return text or type(exc).__name__
+
+
+def _signal_of(exc: BaseException) -> int:
+    """The signal behind an interruption: the Stopped in its chain of causes, else SIGINT."""
+    seen: BaseException | None = exc
+    for _ in range(16):
+        if seen is None:
+            break
+        if isinstance(seen, Stopped):
+            return seen.signum
+        seen = seen.__cause__ or seen.__context__
+    return int(signal.SIGINT)
+
+
+def _error_line(message: str, interrupted: BaseException | None = None) -> None:
+    """Print ``Error: message`` on stderr; a stop by signal names it. After SIGHUP the
+    terminal may be gone: a failed write is not an error of its own."""
+    if interrupted is not None and _signal_of(interrupted) != signal.SIGINT:
+        message = f"{message} ({signal.Signals(_signal_of(interrupted)).name})"
+    with contextlib.suppress(OSError, ValueError):
+        click.echo(f"Error: {message}", err=True)

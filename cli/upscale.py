@@ -78,6 +78,12 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
 
     Audio, subtitle and attachment streams are copied unchanged, timestamps are kept, and
     OUT appears only once it is complete.
+
+    \b
+    Ctrl-C, SIGTERM and SIGHUP stop the run and remove the partial output; the exit
+    status is 128 + the signal: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP). The hidden
+    .OUT.PID.HEX.partial file of a run killed outright (SIGKILL, power loss) is removed
+    by the next run writing OUT, once that process is gone.
     """
     from vsr.io.sink import EncodeConfig
     from vsr.upscale import UpscaleConfig, upscale_file

@@ -1,27 +1,65 @@
 """Output-path rules shared by the sinks: refuse to clobber, write to a temporary file in
-the destination folder, and rename it into place only when the output is complete."""
+the destination folder, and rename it into place only when the output is complete.
+
+A temporary file is named ``.STEM.PID.HEX.partial.SUFFIX`` after the output it becomes: hidden,
+the same suffix (so the format is guessed the same), and the writer's process id, so a later
+run can tell the partial files of dead runs (killed with SIGKILL, a power cut) from those of
+live ones and remove only the former. The STEM is cut and tagged with a hash where the whole
+name would pass the file system's name limit, so every legal output name has a legal temp name.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import logging
 import os
+import re
 import uuid
 from pathlib import Path
 
 from vsr.errors import OutputError
+
+log = logging.getLogger(__name__)
+
+# Outputs whose muxer writes more files next to the named one (playlists and their segments,
+# manifests): those files would bypass the temporary-file-then-rename rule.
+MULTI_FILE_SUFFIXES = {".m3u8": "HLS", ".mpd": "DASH"}
+
+_PID_DIGITS = 7  # pid_max is at most 2**22 on Linux
+_PARTIAL = re.compile(r"(\d{1,7})\.[0-9a-f]{8}")  # the PID.HEX of a temporary name
+_ANY_PARTIAL = re.compile(r"\..*\.(\d{1,7})\.[0-9a-f]{8}\.partial[^/]*")
+_PLAIN_REASONS = {errno.ENOSPC: "no space left on the device",
+                  errno.EDQUOT: "disk quota exceeded",
+                  errno.EFBIG: "the file is too large for the file system",
+                  errno.EROFS: "the file system is read-only"}
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool,
                       input_path: str | os.PathLike | None = None) -> Path:
     """Validate ``path`` for writing; raises OutputError with a one-line reason."""
     p = Path(path)
-    if p.is_dir():
-        raise OutputError(f"output is a directory: {p}")
-    if input_path is not None and p.exists() and p.resolve() == Path(input_path).resolve():
-        raise OutputError(f"output would replace the input: {p}")
-    if p.exists() and not overwrite:
-        raise OutputError(f"output exists (use --overwrite): {p}")
+    kind = MULTI_FILE_SUFFIXES.get(p.suffix.lower())
+    if kind is not None:
+        raise OutputError(f"{kind} output ({p.suffix}) writes segment files beside {p.name} "
+                          "that cannot be finished atomically; write .mp4 or .mkv and package "
+                          "it afterwards")
     parent = p.parent if str(p.parent) else Path(".")
+    limit = name_max(parent)
+    if len(os.fsencode(p.name)) > limit:
+        raise OutputError(f"output file name is too long ({len(os.fsencode(p.name))} bytes; "
+                          f"the limit is {limit}): {p.name[:40]}...")
+    try:
+        exists = p.exists()
+        if p.is_dir():
+            raise OutputError(f"output is a directory: {p}")
+        if input_path is not None and exists and p.resolve() == Path(input_path).resolve():
+            raise OutputError(f"output would replace the input: {p}")
+    except OSError as exc:  # a path too long as a whole, a loop of links
+        raise OutputError(f"cannot use the output path {p}: {exc.strerror}") from exc
+    if exists and not overwrite:
+        raise OutputError(f"output exists (use --overwrite): {p}")
     if not parent.is_dir():
         raise OutputError(f"output folder does not exist: {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -29,9 +67,124 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool,
     return p
 
 
+def name_max(folder: Path) -> int:
+    """The longest file name (in bytes) the file system of ``folder`` takes."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def _cut(text: str, nbytes: int) -> str:
+    """The longest prefix of ``text`` whose file-system encoding fits in ``nbytes``."""
+    out, used = [], 0
+    for ch in text:
+        n = len(os.fsencode(ch))
+        if used + n > nbytes:
+            break
+        out.append(ch)
+        used += n
+    return "".join(out)
+
+
+def _temp_stem(path: Path) -> str:
+    """``path``'s stem as it appears in its temporary names (the same on every call)."""
+    fixed = len(os.fsencode(f"..{'9' * _PID_DIGITS}.{'0' * 8}.partial{path.suffix}"))
+    room = name_max(path.parent if str(path.parent) else Path(".")) - fixed
+    stem = path.stem
+    if len(os.fsencode(stem)) <= room:
+        return stem
+    if room < 12:
+        raise OutputError(f"output file name extension is too long: {path.suffix[:40]}...")
+    tag = hashlib.sha256(os.fsencode(stem)).hexdigest()[:8]
+    return f"{_cut(stem, room - 9)}~{tag}"
+
+
 def temp_path_for(path: Path) -> Path:
-    """A hidden sibling of ``path`` with the same suffix (so the format is guessed the same)."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    """A new hidden sibling of ``path`` to write into, named for this process (see the module
+    docstring); partial files of ``path`` left by dead processes are removed first."""
+    path = Path(path)
+    remove_stale_partials(path)
+    return path.with_name(f".{_temp_stem(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+                          f".partial{path.suffix}")
+
+
+def partial_writer(temp: Path) -> int | None:
+    """The process id in a temporary file's name, or None if it is not one of ours."""
+    m = _ANY_PARTIAL.fullmatch(Path(temp).name)
+    return int(m.group(1)) if m else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be writing (a zombie cannot; unknown counts as alive)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def is_stale_partial(temp: Path) -> bool:
+    """Whether ``temp`` is a temporary file (named as above) whose writer has exited."""
+    pid = partial_writer(temp)
+    return pid is not None and not pid_alive(pid)
+
+
+def stale_partials(path: Path) -> list[Path]:
+    """Temporary files of the output ``path`` whose writing process is gone."""
+    path = Path(path)
+    try:
+        stem = _temp_stem(path)
+    except OutputError:
+        return []
+    head, tail = f".{stem}.", f".partial{path.suffix}"
+    folder = path.parent if str(path.parent) else Path(".")
+    found = []
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                n = e.name
+                if (n.startswith(head) and n.endswith(tail) and len(n) > len(head) + len(tail)
+                        and (m := _PARTIAL.fullmatch(n[len(head):-len(tail)]))
+                        and not pid_alive(int(m.group(1)))):
+                    found.append(folder / n)
+    except OSError:
+        return []
+    return found
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Remove the temporary files of ``path`` left by dead runs; returns those removed.
+    A file that cannot be removed is logged and left; this never fails the caller."""
+    removed = []
+    for p in stale_partials(path):
+        try:
+            p.unlink()
+        except FileNotFoundError:  # another run cleaned it first
+            continue
+        except OSError as exc:
+            log.warning("cannot remove %s left by a stopped run: %s", p, exc.strerror)
+            continue
+        log.info("removed %s left by a stopped run", p)
+        removed.append(p)
+    return removed
+
+
+def write_error(final: Path | None, exc: BaseException, doing: str = "writing") -> OutputError:
+    """A one-line OutputError for a failed write of ``final`` (named instead of its temporary
+    file; None: not named): disk full and read-only file systems get their plain reason."""
+    reason = (_PLAIN_REASONS.get(getattr(exc, "errno", None))
+              or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+    what = doing if final is None else f"{doing} {final}"
+    return OutputError(f"{what} failed: {reason}")
 
 
 def finish(temp: Path, final: Path) -> None:

@@ -1,0 +1,129 @@
+"""`vsr upscale` stopped by signals, and the partial files of runs killed outright.
+
+Real processes and real signals: a run is started on a synthetic clip, the signal is sent
+once its hidden temporary output exists, and what is left in the output folder is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vsr.io.output import (
+    is_stale_partial,
+    partial_writer,
+    remove_stale_partials,
+    temp_path_for,
+)
+
+VSR = [sys.executable, "-m", "vsr"]
+
+
+def _partials(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if ".partial" in p.name)
+
+
+def _start(src: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([*VSR, "upscale", str(src), str(out), "--model", "bicubic",
+                             "--scale", "4", "--device", "cpu", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for_partial(proc: subprocess.Popen, folder: Path) -> Path:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = _partials(folder)
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no partial output appeared (exit {proc.wait()}): {proc.stderr.read()!r}")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_stop_signal_removes_the_partial_output(clip, tmp_path, sig, code):
+    src = clip("long.mp4", frames=200, size=(192, 144), audio_tracks=1)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _start(src, out_dir / "o.mp4")
+    partial = _wait_for_partial(proc, out_dir)
+    assert partial_writer(partial) == proc.pid  # the temp name carries the writer's pid
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    text = err.decode()
+    assert proc.returncode == code, text
+    assert list(out_dir.iterdir()) == []
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), text
+    assert signal.Signals(sig).name in lines[0]
+
+
+def test_partial_of_a_killed_run_is_removed_by_the_next_run(clip, tmp_path):
+    src = clip("long.mp4", frames=200, size=(192, 144))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "o.mp4"
+    proc = _start(src, out)
+    dead = _wait_for_partial(proc, out_dir)
+    proc.kill()  # SIGKILL: nothing can clean up
+    proc.wait()
+    assert dead.exists()
+    # A live writer's partial of the same output (its pid is a running process) must stay.
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        live = out_dir / f".o.{sleeper.pid}.0123abcd.partial.mp4"
+        live.write_bytes(b"still being written")
+        other = out_dir / f".other.{proc.pid}.0123abcd.partial.mp4"  # another output's
+        other.write_bytes(b"not ours to judge here")
+        small = clip("small.mp4", frames=3)
+        r = subprocess.run([*VSR, "upscale", str(small), str(out), "--model", "bicubic",
+                            "--scale", "2"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert out.is_file()
+        assert not dead.exists()
+        assert live.exists() and other.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_stale_partials_are_those_whose_writer_is_gone(tmp_path):
+    out = tmp_path / "clip.final.mkv"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        dead_p = tmp_path / f".clip.final.{gone.pid}.89abcdef.partial.mkv"
+        live_p = tmp_path / f".clip.final.{alive.pid}.89abcdef.partial.mkv"
+        mine = temp_path_for(out)
+        old_style = tmp_path / ".clip.final.89abcdef.partial.mkv"  # no pid: left alone
+        for p in (dead_p, live_p, mine, old_style):
+            p.write_bytes(b"x")
+        assert partial_writer(mine) == os.getpid()
+        assert is_stale_partial(dead_p) and not is_stale_partial(live_p)
+        assert not is_stale_partial(mine) and not is_stale_partial(old_style)
+        assert remove_stale_partials(out) == [dead_p]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            p.name for p in (live_p, mine, old_style))
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+@pytest.mark.parametrize("stem", ["a" * 251, "é" * 125 + "a", "x.y" * 83 + "z"])
+def test_every_legal_output_name_has_a_legal_temp_name(tmp_path, stem):
+    out = tmp_path / f"{stem}.mp4"
+    assert len(os.fsencode(out.name)) <= 255
+    temps = {temp_path_for(out) for _ in range(3)}
+    assert len(temps) == 3  # unique per call
+    for temp in temps:
+        assert len(os.fsencode(temp.name)) <= 255 and temp.suffix == ".mp4"
+        temp.write_bytes(b"x")  # the file system takes the name
+        assert partial_writer(temp) == os.getpid()
+    assert remove_stale_partials(out) == []  # all ours, and we are alive
