@@ -4,42 +4,39 @@ from __future__ import annotations
 
 import click
 
+from vsr.backends import CHOICES
 from vsr.cli.common import (
-    device_option,
+    batch_option,
+    decoder_option,
     emit_json,
+    encode_config,
+    encode_options,
     json_option,
-    model_option,
-    precision_option,
-    scale_option,
+    model_options,
 )
 
 
 @click.command()
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="The video to measure on.")
-@model_option()
-@scale_option
-@device_option
-@precision_option
+@model_options(backend=False)
 @click.option("--frames", type=click.IntRange(min=2), default=30, show_default=True,
               help="How many frames each measurement runs over.")
-@click.option("--tile", type=click.IntRange(min=32), default=None)
-@click.option("--codec", default="libx264", show_default=True)
-@click.option("--crf", type=click.IntRange(0, 63), default=None)
-@click.option("--preset", default=None)
-@click.option("--decoder", type=click.Choice(["pyav", "decord"]), default="pyav",
-              show_default=True)
+@encode_options()
+@decoder_option
 @click.option("--backend", "backends", default="auto", show_default=True,
               help="Backend, or several separated by commas to measure side by side "
-                   "(eager, compile, tensorrt, onnx, auto).")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Frames per model call.")
+                   f"({', '.join(CHOICES)}).")
+@batch_option
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Pipeline and serial runs, alternated; their medians are reported.")
+@click.option("--output", "output_path", default=None, type=click.Path(dir_okay=False),
+              help="Also keep the first pipeline run's video here (video only; one backend).")
 @json_option
 def bench(input_path: str, model: str | None, scale: int | None, device: str, precision: str,
-          frames: int, tile: int | None, codec: str, crf: int | None, preset: str | None,
-          decoder: str, backends: str, batch: int, repeats: int, as_json: bool) -> None:
+          tile: int | None, frames: int, codec: str, crf: int | None, preset: str | None,
+          pix_fmt: str | None, decoder: str, backends: str, batch: int, repeats: int,
+          output_path: str | None, as_json: bool) -> None:
     """Measure decode-only, model-only, encode-only, pipeline and serial-loop throughput.
 
     With several backends, each is measured in turn; --json then prints
@@ -47,17 +44,19 @@ def bench(input_path: str, model: str | None, scale: int | None, device: str, pr
     """
     from vsr.backends import parse_backends
     from vsr.bench import BenchConfig, run_bench
-    from vsr.io.sink import EncodeConfig
 
     names = parse_backends(backends)
+    if output_path is not None and len(names) > 1:
+        raise click.BadParameter("--output keeps one run's video: give one backend",
+                                 param_hint="--output")
     results = []
     for name in names:
         if len(names) > 1:
             click.echo(f"backend {name}:", err=True)
         config = BenchConfig(input=input_path, model=model, scale=scale, device=device,
                              precision=precision, frames=frames, tile=tile, decoder=decoder,
-                             encode=EncodeConfig(codec=codec, crf=crf, preset=preset),
-                             backend=name, batch=batch, repeats=repeats)
+                             encode=encode_config(codec, crf, preset, pix_fmt),
+                             backend=name, batch=batch, repeats=repeats, output=output_path)
         result = run_bench(config, lambda stage, fps: click.echo(f"{stage:>9}: {fps:8.2f} fps",
                                                                  err=True))
         results.append(result)

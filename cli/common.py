@@ -1,4 +1,8 @@
-"""Options shared by several commands, as reusable decorators, and JSON output."""
+"""Options shared by several commands, as reusable decorators, and JSON output.
+
+Choice lists come from the library's own constants (vsr.options, vsr.backends), so the CLI
+offers exactly what the configs accept. The help texts are written once, here.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+
+from vsr.options import DECODERS, ENCODERS, MIN_TILE, PRECISIONS
+
+Decorator = Callable[[Callable], Callable]
 
 
 def emit_json(obj: dict[str, Any]) -> None:
@@ -21,7 +29,16 @@ def json_option(f: Callable) -> Callable:
                         help="Print one JSON object on stdout; logs go to stderr.")(f)
 
 
-def model_option(default: str | None = None) -> Callable:
+def _stack(*decorators: Decorator) -> Decorator:
+    """One decorator applying ``decorators`` so that --help lists them in the order given."""
+    def deco(f: Callable) -> Callable:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return deco
+
+
+def model_option(default: str | None = None) -> Decorator:
     def deco(f: Callable) -> Callable:
         return click.option(
             "--model", "-m", default=default, show_default=default is not None,
@@ -35,8 +52,8 @@ def device_option(f: Callable) -> Callable:
 
 
 def precision_option(f: Callable) -> Callable:
-    return click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-                        default="auto", show_default=True,
+    return click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
+                        show_default=True,
                         help="Compute precision (auto: fp16 on CUDA when the model allows).")(f)
 
 
@@ -45,16 +62,65 @@ def scale_option(f: Callable) -> Callable:
                         help="Upscaling factor (default: the model's own; needed for bicubic).")(f)
 
 
+def tile_option(f: Callable) -> Callable:
+    return click.option("--tile", type=click.IntRange(min=MIN_TILE), default=None,
+                        help="Infer in tiles of N px (with overlap); automatic on CUDA "
+                             "out-of-memory.")(f)
+
+
 def backend_option(f: Callable) -> Callable:
-    """--backend for one run (upscale); bench takes a comma-separated list instead."""
+    """--backend for one run; bench takes a comma-separated list instead."""
     from vsr.backends import CHOICES
 
     return click.option(
         "--backend", type=click.Choice(CHOICES), default="auto", show_default=True,
         help="Inference backend; auto: the fastest one here that matches eager on the "
-             "first frame (tensorrt > compile > eager on CUDA, onnx > eager on the CPU).")(f)
+             "first frame (tensorrt > compile > eager on CUDA; on the CPU onnx for small "
+             "frames, else eager).")(f)
 
 
 def batch_option(f: Callable) -> Callable:
     return click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
                         help="Frames per model call.")(f)
+
+
+def model_options(*, device: bool = True, backend: bool = True) -> Decorator:
+    """--model --scale [--device] --precision --tile [--backend --batch]: the fields of
+    vsr.options.RunOptions (ModelOptions without ``device``)."""
+    parts = [model_option(), scale_option, *([device_option] if device else []),
+             precision_option, tile_option]
+    if backend:
+        parts += [backend_option, batch_option]
+    return _stack(*parts)
+
+
+def encode_options(*, preset_help: str = "Encoder preset (e.g. veryfast, slow).") -> Decorator:
+    """--codec --crf --preset --pix-fmt: the fields of vsr.io.sink.EncodeConfig."""
+    return _stack(
+        click.option("--codec", default="libx264", show_default=True,
+                     help="Video encoder: libx264, libx265, libsvtav1, ffv1, prores_ks, "
+                          "h264_nvenc..."),
+        click.option("--crf", type=click.IntRange(0, 63), default=None,
+                     help="Constant quality."),
+        click.option("--preset", default=None, help=preset_help),
+        click.option("--pix-fmt", default=None,
+                     help="Output pixel format (default: the input's depth where the codec "
+                          "allows)."),
+    )
+
+
+def decoder_option(f: Callable) -> Callable:
+    return click.option("--decoder", type=click.Choice(DECODERS), default="pyav",
+                        show_default=True, help="Frame reader.")(f)
+
+
+def encoder_option(f: Callable) -> Callable:
+    return click.option("--encoder", type=click.Choice(ENCODERS), default="pyav",
+                        show_default=True, help="ffmpeg: pipe to the system ffmpeg program.")(f)
+
+
+def encode_config(codec: str, crf: int | None, preset: str | None, pix_fmt: str | None):
+    """The EncodeConfig of :func:`encode_options`' values (raises ConfigError)."""
+    from vsr.io.sink import EncodeConfig
+
+    return EncodeConfig(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)

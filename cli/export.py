@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 
 from vsr.cli.common import device_option, emit_json, json_option, model_option, scale_option
+from vsr.export import FORMATS
+from vsr.options import PRECISIONS
 
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "torchscript"]),
+@click.option("--format", "fmt", type=click.Choice(FORMATS),
               required=True, help="onnx: dynamic batch/height/width; torchscript: traced; "
                                   "tensorrt: static shape (torch-tensorrt, CUDA).")
 @model_option()
@@ -20,8 +22,7 @@ from vsr.cli.common import device_option, emit_json, json_option, model_option, 
 @click.option("--width", type=click.IntRange(min=1), default=960, show_default=True,
               help="Input width traced (TensorRT: the engine's fixed input width).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-              default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: fp16 for tensorrt, fp32 otherwise (onnx is fp32 only).")
 @device_option
 @click.option("--no-check", is_flag=True,

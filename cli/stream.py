@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from vsr.cli.common import device_option, model_option, precision_option, scale_option
+from vsr.cli.common import encode_config, encode_options, model_options
 
 
 def _render(as_json: bool, to_stdout: bool):
@@ -33,14 +33,8 @@ def _render(as_json: bool, to_stdout: bool):
 @click.command()
 @click.argument("src", metavar="SRC")
 @click.argument("dst", metavar="DST")
-@model_option()
-@scale_option
-@device_option
-@precision_option
-@click.option("--tile", type=click.IntRange(min=32), default=None, help="Infer in tiles of N px.")
-@click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
-@click.option("--crf", type=click.IntRange(0, 63), default=None, help="Constant quality.")
-@click.option("--preset", default=None, help="Encoder preset (x264/x265 default: veryfast).")
+@model_options()
+@encode_options(preset_help="Encoder preset (x264/x265 default: veryfast).")
 @click.option("--gop", type=click.IntRange(min=1), default=None,
               help="Keyframe interval in frames (default: one second).")
 @click.option("--max-latency", "max_latency", type=click.IntRange(min=1), default=1000,
@@ -62,8 +56,9 @@ def _render(as_json: bool, to_stdout: bool):
 @click.option("--json", "as_json", is_flag=True,
               help="Stats as JSON lines (on stdout, or stderr when DST is -).")
 def stream(src: str, dst: str, model: str | None, scale: int | None, device: str,
-           precision: str, tile: int | None, codec: str, crf: int | None, preset: str | None,
-           gop: int | None, max_latency: int, drop: str, reconnect: bool, read_timeout: float,
+           precision: str, tile: int | None, backend: str, batch: int, codec: str,
+           crf: int | None, preset: str | None, pix_fmt: str | None, gop: int | None,
+           max_latency: int, drop: str, reconnect: bool, read_timeout: float,
            input_format: str | None, output_format: str | None, via_ffmpeg: bool,
            no_audio: bool, stats_interval: float, as_json: bool) -> None:
     """Upscale the live stream SRC to DST until the source ends or Ctrl-C.
@@ -73,12 +68,12 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
     closes the output cleanly (exit 0); a source that fails without --reconnect exits 1.
     """
     from vsr.errors import InputError
-    from vsr.io.sink import EncodeConfig
     from vsr.stream import StreamConfig, run_stream
 
     config = StreamConfig(
         src=src, dst=dst, model=model, scale=scale, device=device, precision=precision,
-        tile=tile, encode=EncodeConfig(codec=codec, crf=crf, preset=preset),
+        tile=tile, backend=backend, batch=batch,
+        encode=encode_config(codec, crf, preset, pix_fmt),
         max_latency_ms=max_latency, drop=drop, reconnect=reconnect, read_timeout_s=read_timeout,
         input_format=input_format, output_format=output_format, gop=gop, via_ffmpeg=via_ffmpeg,
         stats_interval_s=stats_interval, audio=not no_audio)
