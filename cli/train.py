@@ -15,7 +15,9 @@ from vsr.cli.common import device_option, emit_json, json_option
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="HR image folder (repeatable).")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run folder.")
-@click.option("--iterations", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--iterations", "--iters", "iterations", type=click.IntRange(min=1), default=10_000,
+              show_default=True,
+              help="The whole plan: the learning rate decays over it, across resumed slots.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Global batch (split over processes).")
 @click.option("--patch", type=click.IntRange(min=8), default=32, show_default=True,
@@ -48,20 +50,60 @@ from vsr.cli.common import device_option, emit_json, json_option
               help="Continue the run in this folder exactly where it stopped.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes (DDP; gloo on CPU, nccl on CUDA).")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Minutes (from start-up): then stop between two steps with a resumable "
+                   "state; --resume continues exactly.")
+@click.option("--compile", "compile_", is_flag=True, default=False,
+              help="torch.compile the training step (worth it for long GPU runs).")
+@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The device's dense bf16 peak for the FLOP utilisation figure (default: "
+                   "known GPUs, e.g. H200 989).")
+@click.option("--state-moments", type=click.Choice(["fp32", "bf16", "none"]), default="fp32",
+              show_default=True,
+              help="Optimizer moments in the saved state: fp32 resumes exactly, bf16 halves "
+                   "them, none leaves them out (a third of the size; Adam restarts).")
+@click.option("--state-shard-mib", type=click.FloatRange(min=2), default=None,
+              help="Write the state as files of at most this many MiB "
+                   "(train_state.00.safetensors, ...).")
+@click.option("--degrade", default=None,
+              help="Train on degraded LR input: a degradation chain as in vsr eval --degrade, "
+                   "e.g. 'blur:sigma=0.2~1.5,bicubic,noise:sigma=0~4,x264:crf=18~32'. The dual "
+                   "loss keeps the clean downscale as its target.")
+@click.option("--degrade-workers", type=click.IntRange(min=1), default=None,
+              help="Threads coding the degraded crops (default: CPU count, at most 8).")
 @json_option
 def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambda, seed,
           val_data, val_every, save_every, log_every, device, amp, threads, adapt,
-          adapt_weight, adapt_batch, adapt_degradation, init, resume, nproc, as_json) -> None:
+          adapt_weight, adapt_batch, adapt_degradation, init, resume, nproc, time_limit,
+          compile_, peak_tflops, state_moments, state_shard_mib, degrade, degrade_workers,
+          as_json) -> None:
     """Train a DRN with dual regression on HR images (and optionally adapt to real LR video).
 
-    With --resume RUN_DIR the saved config.json of that run is used as it was.
+    With --resume RUN_DIR the saved config.json of that run is used as it was, except for the
+    options given that decide how it runs, not what it computes (--device, --threads,
+    --time-limit, --compile, --peak-tflops, --log-every, --save-every, --val-every, --amp,
+    --state-moments, --state-shard-mib, --degrade-workers).
     """
+    from dataclasses import replace
+
     from vsr.train import TrainConfig
     from vsr.train import train as run_train
+    from vsr.train.config import RUNTIME_FIELDS
     from vsr.train.trainer import CONFIG_FILE, summary
 
+    given = {"time_limit": time_limit, "compile": compile_, "peak_tflops": peak_tflops,
+             "state_moments": state_moments, "state_shard_mib": state_shard_mib,
+             "degrade_workers": degrade_workers, "device": device, "threads": threads,
+             "log_every": log_every, "save_every": save_every, "val_every": val_every,
+             "amp": amp}
     if resume:
-        config = TrainConfig.load(Path(resume) / CONFIG_FILE)
+        ctx = click.get_current_context()
+        params = {"compile": "compile_"}
+        overrides = {k: v for k, v in given.items() if k in RUNTIME_FIELDS and
+                     ctx.get_parameter_source(params.get(k, k)) ==
+                     click.core.ParameterSource.COMMANDLINE}
+        overrides["time_limit"] = time_limit  # a budget is this process's, never inherited
+        config = replace(TrainConfig.load(Path(resume) / CONFIG_FILE), **overrides)
     else:
         if not arch or not data or not out:
             raise click.UsageError("--arch, --data and --out are required (or --resume RUN_DIR)")
@@ -71,7 +113,10 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
                              val_every=val_every, save_every=save_every, log_every=log_every,
                              device=device, amp=amp, threads=threads, adapt=adapt,
                              adapt_weight=adapt_weight, adapt_batch=adapt_batch,
-                             adapt_degradation=adapt_degradation, init=init)
+                             adapt_degradation=adapt_degradation, init=init, degrade=degrade,
+                             **{k: given[k] for k in ("time_limit", "compile", "peak_tflops",
+                                                      "state_moments", "state_shard_mib",
+                                                      "degrade_workers")})
     bar = _Progress(config.iterations) if sys.stderr.isatty() or not as_json else None
     result = run_train(config, resume=resume is not None, nproc=nproc,
                        progress=bar.update if bar else None)
@@ -81,9 +126,12 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
         emit_json(summary(result))
     else:
         s = summary(result)
-        click.echo(f"trained {config.arch} for {s['steps']} iterations in {s['seconds']} s "
-                   f"({s['samples_per_s']} samples/s); best val PSNR {s['best_val_psnr']}; "
-                   f"run folder {s['run_dir']}")
+        stop = " (time limit: resume to continue)" if s["stopped_at_time_limit"] else ""
+        mfu = f", {100 * s['mfu']:.1f}% of the peak" if s["mfu"] is not None else ""
+        click.echo(f"trained {config.arch} to step {s['steps']} of {s['iterations']}{stop} "
+                   f"in {s['seconds']} s ({s['samples_per_s']} samples/s, {s['tflops']} model "
+                   f"TFLOP/s{mfu}); best val PSNR {s['best_val_psnr']}; run folder "
+                   f"{s['run_dir']}")
 
 
 class _Progress:

@@ -9,6 +9,12 @@ from typing import Any
 
 from vsr.errors import ConfigError
 from vsr.train.degrade import DegradationSpec
+from vsr.train.state import MOMENTS
+
+# fields a resumed run may change: they decide how it runs, not what it computes
+RUNTIME_FIELDS = ("device", "threads", "time_limit", "compile", "peak_tflops", "log_every",
+                  "save_every", "val_every", "state_moments", "state_shard_mib", "amp",
+                  "degrade_workers")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,15 @@ class TrainConfig:
     adapt_degradation: str = "auto"  # auto | dual | gaussian:SIGMA (see vsr.train.degrade)
     init: str | None = None  # start from a checkpoint's weights (not a resume)
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    # how a run uses its machine: these may change between the slots of one run (--resume)
+    time_limit: float | None = None  # minutes of this process (from start-up); then stop, resumable
+    compile: bool = False  # torch.compile the forward (and so the backward) of the train step
+    peak_tflops: float | None = None  # the device's dense bf16 peak, for model FLOP utilisation
+    state_moments: str = "fp32"  # fp32 | bf16 | none: optimizer moments in the saved state
+    state_shard_mib: float | None = None  # split the saved state into files of at most this
+    degrade_workers: int | None = None  # threads coding the --degrade crops (None: CPU count, <= 8)
+    # the LR the primal sees: a vsr.degradations chain (None: MATLAB bicubic only)
+    degrade: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(str(d) for d in self.data))
@@ -63,6 +78,22 @@ class TrainConfig:
         DegradationSpec.parse(self.adapt_degradation)
         if self.amp not in ("auto", "none", "bf16", "fp16"):
             raise ConfigError(f"amp must be auto, none, bf16 or fp16, got {self.amp!r}")
+        for name in ("time_limit", "peak_tflops", "state_shard_mib"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.state_shard_mib is not None and self.state_shard_mib < 2:
+            raise ConfigError(f"state_shard_mib must be >= 2 (1 MiB of each shard is kept for "
+                              f"its header), got {self.state_shard_mib}")
+        if self.state_moments not in MOMENTS:
+            raise ConfigError(f"state_moments must be one of {', '.join(MOMENTS)}, "
+                              f"got {self.state_moments!r}")
+        if self.degrade_workers is not None and self.degrade_workers < 1:
+            raise ConfigError(f"degrade_workers must be >= 1, got {self.degrade_workers}")
+        if self.degrade is not None:
+            from vsr.degradations import DegradationChain  # lazy: it needs PyAV
+
+            DegradationChain.parse(self.degrade)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

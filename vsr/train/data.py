@@ -2,22 +2,31 @@
 
 The batch of step ``t`` is a pure function of (seed, t): a resumed run, or a run split over
 several ranks, sees exactly the same samples as one uninterrupted process.
+
+HR images are decoded once into one flat uint8 buffer (on the training device when it is a
+GPU: pinned, then copied once). A batch of crops, flips and transposes is one gather from that
+buffer, its indices built on the buffer's device from a few random numbers per crop drawn on
+the CPU, so nothing per pixel runs in Python and a GPU never waits for the host. Image packs
+(``.npz`` files of uint8 (3, H, W) arrays, :func:`save_image_pack`) need only numpy to read:
+machines without PyAV train from them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vsr.errors import InputError
-from vsr.imageio import list_images, read_image
 from vsr.resize import imresize
 
 log = logging.getLogger(__name__)
+
+PACK_SUFFIX = ".npz"
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -33,58 +42,162 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
 def lr_pyramid(hr: torch.Tensor, scale: int) -> list[torch.Tensor]:
     """[LR_S, ..., LR_2, HR]: MATLAB bicubic of ``hr`` by 1/S, 2/S, ... (quantised), then HR.
 
-    hr: float (N, 3, H, W) in [0, 1] with H, W multiples of ``scale``; any device.
+    hr: float (N, 3, H, W) in [0, 1] with H, W multiples of ``scale``; any device (the resize
+    is a batched matmul there).
     """
     phase = int(math.log2(scale))
     levels = [quantize(imresize(hr, 2**k / scale)) for k in range(phase)]
     return levels + [hr]
 
 
+def save_image_pack(path: str | Path, images: Mapping[str, torch.Tensor]) -> Path:
+    """Write named uint8 (3, H, W) images to one compressed ``.npz`` (numpy alone reads it)."""
+    path = Path(path)
+    if path.suffix != PACK_SUFFIX:
+        raise ValueError(f"an image pack is a {PACK_SUFFIX} file, got {path}")
+    arrays = {}
+    for name, img in images.items():
+        if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
+            raise ValueError(f"{name}: need uint8 (3, H, W), got {img.dtype} {tuple(img.shape)}")
+        arrays[name] = img.numpy()
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_image_pack(path: str | Path) -> dict[str, torch.Tensor]:
+    """The images of a pack, by name (sorted), uint8 (3, H, W) on the CPU.
+
+    Raises InputError for a missing or malformed pack.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as pack:
+            out = {k: torch.from_numpy(np.ascontiguousarray(pack[k])) for k in sorted(pack.files)}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read image pack ({exc})") from None
+    for name, img in out.items():
+        if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
+            raise InputError(f"{path}: {name} is not uint8 (3, H, W)")
+    return out
+
+
+def load_images(source: str | Path) -> list[torch.Tensor]:
+    """uint8 (3, H, W) images of a folder (decoded through PyAV) or of an ``.npz`` pack."""
+    path = Path(source)
+    if path.suffix == PACK_SUFFIX and path.is_file():
+        images = list(load_image_pack(path).values())
+    else:
+        from vsr.imageio import list_images, read_image  # PyAV only where files are decoded
+
+        images = [read_image(p) for p in list_images(path)]
+    if not images:
+        raise InputError(f"{source}: no images found")
+    return images
+
+
+class _Packed:
+    """Images as one flat uint8 buffer on a device, with per-image offset, height and width."""
+
+    def __init__(self, images: Sequence[torch.Tensor], device: torch.device) -> None:
+        flat = torch.cat([im.reshape(-1) for im in images])
+        if device.type == "cuda":
+            flat = flat.pin_memory()
+        self.flat = flat.to(device, non_blocking=True)
+        self.device = device
+        self.hw = torch.tensor([im.shape[-2:] for im in images], dtype=torch.int64)
+        sizes = 3 * self.hw[:, 0] * self.hw[:, 1]
+        self.offsets = torch.cumsum(sizes, 0) - sizes
+
+
 class PatchSampler:
-    """HR images held in memory (uint8), random crops with flips and transpose."""
+    """HR images held in memory (uint8), random crops with flips and transpose.
+
+    ``images`` (a list of uint8 (3, H, W) tensors) may be replaced; the flat buffer that the
+    crops are gathered from is rebuilt from it on the next sample.
+    """
 
     def __init__(self, folders: Sequence[str | Path], hr_patch: int) -> None:
         self.hr_patch = hr_patch
-        self.images: list[torch.Tensor] = []
+        images: list[torch.Tensor] = []
         skipped = 0
         for folder in folders:
-            paths = list_images(folder)
-            if not paths:
-                raise InputError(f"{folder}: no training images found")
-            for path in paths:
-                img = read_image(path)
+            for img in load_images(folder):
                 if min(img.shape[-2:]) < hr_patch:
                     skipped += 1
                     continue
-                self.images.append(img)
-        if not self.images:
+                images.append(img)
+        if not images:
             raise InputError(f"no training image is at least {hr_patch}x{hr_patch} pixels")
         if skipped:
             log.info("skipped %d images smaller than the %d px HR patch", skipped, hr_patch)
+        self.device = torch.device("cpu")
+        self.images = images
+
+    @property
+    def images(self) -> list[torch.Tensor]:
+        return self._images
+
+    @images.setter
+    def images(self, value: list[torch.Tensor]) -> None:
+        self._images = list(value)
+        self._pack: _Packed | None = None
+
+    def to(self, device: torch.device | str) -> PatchSampler:
+        """Gather crops on ``device`` from now on (the images are copied there once)."""
+        self.device = torch.device(device)
+        self._pack = None
+        return self
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """n HR patches, float (n, 3, P, P) in [0, 1], on the CPU."""
+    def _packed(self) -> _Packed:
+        if self._pack is None:
+            self._pack = _Packed(self.images, self.device)
+        return self._pack
+
+    def crops(self, n: int, gen: torch.Generator, rows: slice = slice(None)) -> torch.Tensor:
+        """Rows ``rows`` of the n crops that ``gen`` draws: uint8 (m, 3, P, P) on the device.
+
+        The draws are those of all n crops whatever ``rows`` is, so ranks that each take their
+        share of a global batch see the samples of one process.
+        """
         p = self.hr_patch
-        idx = torch.randint(len(self.images), (n,), generator=gen).tolist()
-        rnd = torch.rand(n, 5, generator=gen).tolist()
-        out = torch.empty(n, 3, p, p, dtype=torch.uint8)
-        for i, (k, r) in enumerate(zip(idx, rnd, strict=True)):
-            img = self.images[k]
-            h, w = img.shape[-2:]
-            y = int(r[0] * (h - p + 1))
-            x = int(r[1] * (w - p + 1))
-            crop = img[:, y:y + p, x:x + p]
-            if r[2] < 0.5:
-                crop = crop.flip(-1)
-            if r[3] < 0.5:
-                crop = crop.flip(-2)
-            if r[4] < 0.5:
-                crop = crop.transpose(-1, -2)
-            out[i] = crop
-        return out.float() / 255.0
+        pack = self._packed()
+        idx = torch.randint(len(self.images), (n,), generator=gen)[rows]
+        rnd = torch.rand(n, 5, generator=gen)[rows].double()
+        hw = pack.hw[idx]
+        y = (rnd[:, 0] * (hw[:, 0] - p + 1)).long()  # floor of a non-negative value, as int()
+        x = (rnd[:, 1] * (hw[:, 1] - p + 1)).long()
+        flips = (rnd[:, 2:] < 0.5).long()  # flip columns, flip rows, transpose
+        params = torch.stack([pack.offsets[idx], hw[:, 0] * hw[:, 1], hw[:, 1], y, x,
+                              *flips.unbind(1)], 1)
+        if pack.device.type == "cuda":
+            params = params.pin_memory()
+        params = params.to(pack.device, non_blocking=True)
+        return pack.flat[_gather_index(params, p)]
+
+    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n HR patches, float (n, 3, P, P) in [0, 1], on the sampler's device."""
+        return self.crops(n, gen).float() / 255.0
+
+
+def _gather_index(params: torch.Tensor, p: int) -> torch.Tensor:
+    """Flat indices (m, 3, p, p) of crops described by int64 (m, 8) rows of (offset, plane
+    size, width, y, x, flip columns, flip rows, transpose), on ``params``' device.
+
+    Output (a, b) takes crop element (u, v) = (b, a) if transposed else (a, b), after the crop
+    was flipped: row y + (p - 1 - u if rows flipped else u), column likewise.
+    """
+    off, plane, w, y, x, fc, fr, tr = (c.view(-1, 1, 1) for c in params.unbind(1))
+    r = torch.arange(p, device=params.device)
+    a, b = r.view(1, p, 1), r.view(1, 1, p)
+    u = torch.where(tr.bool(), b, a)
+    v = torch.where(tr.bool(), a, b)
+    u = torch.where(fr.bool(), p - 1 - u, u)
+    v = torch.where(fc.bool(), p - 1 - v, v)
+    spatial = off + (y + u) * w + (x + v)  # (m, p, p)
+    chan = torch.arange(3, device=params.device).view(1, 3, 1, 1) * plane.view(-1, 1, 1, 1)
+    return spatial.unsqueeze(1) + chan
 
 
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4v", ".flv"}
@@ -99,8 +212,10 @@ def read_video_frames(path: str | Path, count: int) -> list[torch.Tensor]:
         import decord
     except ImportError as exc:  # pragma: no cover - decord is a declared dependency
         raise InputError(f"reading {path} for adaptation needs decord ({exc})") from None
+    from vsr.io.paths import file_url  # not at the top: vsr.io imports PyAV
+
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        reader = decord.VideoReader(file_url(path), ctx=decord.cpu(0))
         total = len(reader)
         if total == 0:
             raise InputError(f"{path}: video has no frames")
@@ -122,10 +237,12 @@ class LRSampler:
         for src in sources:
             path = Path(src)
             if path.is_dir():
-                self.frames += [read_image(p) for p in list_images(path)]
+                self.frames += load_images(path)
             elif path.suffix.lower() in _VIDEO_SUFFIXES:
                 self.frames += read_video_frames(path, frames_per_video)
             elif path.is_file():
+                from vsr.imageio import read_image
+
                 self.frames.append(read_image(path))
             else:
                 raise InputError(f"{src}: no such adaptation video or folder")

@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 
 from vsr.errors import ConfigError
 from vsr.train.config import TrainConfig
-from vsr.train.trainer import STATE_FILE, StepReport, Trainer, TrainResult
+from vsr.train.state import state_paths
+from vsr.train.trainer import STATE_FILE, STATE_STEM, StepReport, Trainer, TrainResult
 
 
 def _free_port() -> int:
@@ -38,16 +39,20 @@ def _worker(rank: int, world: int, port: int, config: TrainConfig, resume: bool,
             Path(out).write_text(json.dumps({str(k): v for k, v in result.losses.items()} |
                                             {"_best": result.best_psnr,
                                              "_seconds": result.seconds,
-                                             "_samples_per_s": result.samples_per_s}))
+                                             "_samples_per_s": result.samples_per_s,
+                                             "_steps": result.steps,
+                                             "_stopped": result.stopped,
+                                             "_flops": result.flops_per_sample,
+                                             "_peak": result.peak_tflops}))
     finally:
         dist.destroy_process_group()
 
 
 def check_run_dir(config: TrainConfig, resume: bool) -> None:
-    state = Path(config.out) / STATE_FILE
-    if resume and not state.exists():
-        raise ConfigError(f"{config.out}: nothing to resume (no {STATE_FILE})")
-    if not resume and state.exists():
+    state = state_paths(Path(config.out), STATE_STEM)
+    if resume and not state:
+        raise ConfigError(f"{config.out}: nothing to resume (no {STATE_FILE} or its shards)")
+    if not resume and state:
         raise ConfigError(f"{config.out} already holds a run; use --resume to continue it "
                           "or choose another --out")
 
@@ -74,7 +79,9 @@ def train(config: TrainConfig, *, resume: bool = False, nproc: int = 1,
              nprocs=nproc, join=True)
     raw = json.loads(result_file.read_text())
     result_file.unlink()
-    result = TrainResult(out, config.iterations, best_psnr=raw.pop("_best"),
-                         seconds=raw.pop("_seconds"), samples_per_s=raw.pop("_samples_per_s"))
+    result = TrainResult(out, raw.pop("_steps"), best_psnr=raw.pop("_best"),
+                         seconds=raw.pop("_seconds"), samples_per_s=raw.pop("_samples_per_s"),
+                         iterations=config.iterations, stopped=raw.pop("_stopped"),
+                         flops_per_sample=raw.pop("_flops"), peak_tflops=raw.pop("_peak"))
     result.losses = {int(k): v for k, v in raw.items()}
     return result

@@ -53,9 +53,11 @@ def degradation_loss(degrade: nn.Module, outs: Sequence[torch.Tensor],
 
 
 def dual_regression_loss(primal: nn.Module, duals: Sequence[nn.Module],
-                         pyramid: Sequence[torch.Tensor], dual_lambda: float) -> DualLoss:
-    """Forward the primal on pyramid[0] and score it; pyramid = [LR_S, ..., HR]."""
-    outs = primal(pyramid[0])
+                         pyramid: Sequence[torch.Tensor], dual_lambda: float,
+                         lr_in: torch.Tensor | None = None) -> DualLoss:
+    """Forward the primal on pyramid[0] (or on ``lr_in``, e.g. a compressed version of it) and
+    score it against the clean pyramid = [LR_S, ..., HR]."""
+    outs = primal(pyramid[0] if lr_in is None else lr_in)
     lp = primal_loss(outs, pyramid)
     ld = dual_loss(duals, outs, pyramid)
     return DualLoss(total=lp + dual_lambda * ld, primal=lp, dual=ld)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -20,24 +21,38 @@ from vsr.device import resolve_device
 from vsr.errors import ConfigError
 from vsr.models import REGISTRY, CheckpointInfo, DualNetworks, NetworkUpscaler, save_model
 from vsr.models.checkpoint import load_state_into, load_tensors
+from vsr.models.complexity import count_macs
 from vsr.train.config import TrainConfig
 from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, step_generator
 from vsr.train.degrade import DegradationSpec, GaussianDegradation, estimate_gaussian_sigma
 from vsr.train.losses import cycle_loss, degradation_loss, dual_regression_loss
-from vsr.train.state import load_training_state, save_training_state
+from vsr.train.prefetch import DegradedBatches
+from vsr.train.state import (
+    load_training_state,
+    restore_rng_state,
+    rng_state,
+    save_training_state,
+    state_paths,
+)
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "train_state.safetensors"
+STATE_STEM = "train_state"
+STATE_FILE = f"{STATE_STEM}.safetensors"  # unsharded; sharded: train_state.00.safetensors, ...
 METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.json"
-_COLUMNS = ["step", "loss", "primal", "dual", "adapt", "lr", "samples_per_s", "val_psnr",
-            "val_ssim"]
+_COLUMNS = ["step", "loss", "primal", "dual", "adapt", "lr", "samples_per_s", "tflops", "mfu",
+            "val_psnr", "val_ssim"]
+# dense bf16 tensor-core peaks (TFLOP/s, datasheets), matched in order against the device name
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0))
+_DEGRADE_STREAM = 2  # step_generator stream of the degradation draws (1: adaptation frames)
 
 
 @dataclass
 class StepReport:
-    """What a progress callback receives after each step."""
+    """What a progress callback receives after each step. ``loss`` is the mean of the last
+    logged window (NaN before the first): reading the current step's would wait for the GPU."""
 
     step: int
     total: int
@@ -49,11 +64,15 @@ class StepReport:
 @dataclass
 class TrainResult:
     run_dir: Path
-    steps: int
+    steps: int  # the step reached (the plan's total unless stopped at the time limit)
     losses: dict[int, float] = field(default_factory=dict)  # step -> global mean loss
     best_psnr: float | None = None
     seconds: float = 0.0
     samples_per_s: float = 0.0
+    iterations: int = 0  # the planned total
+    stopped: bool = False  # stopped at the time limit, resumable
+    flops_per_sample: int = 0  # model FLOPs of one training sample (forward + backward)
+    peak_tflops: float | None = None
 
 
 class DualRegressionNet(nn.Module):
@@ -66,9 +85,11 @@ class DualRegressionNet(nn.Module):
         self.duals = duals
         self.degradation = degradation  # adaptation through a known kernel, else the duals
 
-    def forward(self, pyramid: list[torch.Tensor], lr_real: torch.Tensor | None
+    def forward(self, pyramid: list[torch.Tensor], lr_real: torch.Tensor | None,
+                lr_in: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        terms = dual_regression_loss(self.primal, self.duals, pyramid, dual_lambda=0.0)
+        terms = dual_regression_loss(self.primal, self.duals, pyramid, dual_lambda=0.0,
+                                     lr_in=lr_in)
         la = None
         if lr_real is not None:
             outs = self.primal(lr_real)
@@ -81,6 +102,25 @@ def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    """The peak to measure model FLOP utilisation against: ``given``, else the table's entry
+    for a known GPU, else None (unknown, e.g. a CPU)."""
+    if given is not None or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def train_flops_per_sample(primal: nn.Module, duals: DualNetworks, patch: int) -> int:
+    """Model FLOPs of one training sample: 2 x the mult-adds of the primal on a patch x patch
+    LR input and of each dual on its input, x 3 for forward + backward."""
+    macs = count_macs(primal, patch, patch)
+    for i, dual in enumerate(duals):
+        side = patch * 2 ** (i + 1)
+        macs += count_macs(dual, side, side)
+    return 6 * macs
+
+
 def _training_device(spec: str, rank: int) -> torch.device:
     """The --device of a run; a bare ``cuda`` under DDP means this rank's own GPU."""
     device = resolve_device(spec, require_available=True)
@@ -90,9 +130,17 @@ def _training_device(spec: str, rank: int) -> torch.device:
 
 
 class Trainer:
-    """One training run. Construct, then :meth:`run`. Rank 0 writes the run folder."""
+    """One training run. Construct, then :meth:`run`. Rank 0 writes the run folder.
+
+    On a GPU the training images live on the device and each batch (crops, flips, the LR
+    pyramid) is made there; the loop never waits for the GPU between log points (losses stay on
+    the device until then). With ``config.time_limit`` the run stops between two steps once that
+    many minutes have passed since construction, saving a state that ``resume`` continues
+    exactly: the learning rate follows the schedule of the whole plan (``iterations``).
+    """
 
     def __init__(self, config: TrainConfig, *, resume: bool = False) -> None:
+        self.t_start = time.perf_counter()  # the time limit counts start-up too
         self.config = config
         self.run_dir = Path(config.out)
         self.distributed = dist.is_available() and dist.is_initialized()
@@ -104,8 +152,16 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = _training_device(config.device, self.rank)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
         self.spec = REGISTRY.get(config.arch)
         self.scale = self.spec.scale
+        self.chain = None
+        if config.degrade is not None:
+            from vsr.degradations import DegradationChain  # lazy: it needs PyAV
+
+            self.chain = DegradationChain.parse(config.degrade)
         torch.manual_seed(config.seed)
         self.primal = self.spec.build(**config.model_overrides).to(self.device)
         width = config.dual_width or int(self.primal.hparams.get("n_feats", 16))
@@ -115,15 +171,16 @@ class Trainer:
             load_state_into(self.primal, tensors, config.init)
             if any(k.startswith("dual.") for k in tensors):  # a training state: its duals too
                 load_state_into(self.duals, tensors, config.init, prefix="dual.", ignore=())
-        self.optimizers = {"primal": torch.optim.Adam(self.primal.parameters(), lr=config.lr,
-                                                      betas=(0.9, 0.999))}
+        if cuda:
+            self.primal.to(memory_format=torch.channels_last)
+            self.duals.to(memory_format=torch.channels_last)
+        # fused: one kernel per parameter group instead of several per tensor (CUDA only)
+        adam = dict(lr=config.lr, betas=(0.9, 0.999), fused=True if cuda else None)
+        self.optimizers = {"primal": torch.optim.Adam(self.primal.parameters(), **adam)}
         for i, d in enumerate(self.duals):
-            self.optimizers[f"dual{i}"] = torch.optim.Adam(d.parameters(), lr=config.lr,
-                                                           betas=(0.9, 0.999))
+            self.optimizers[f"dual{i}"] = torch.optim.Adam(d.parameters(), **adam)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        if self.device.type == "cuda":
-            self.primal.to(memory_format=torch.channels_last)
         self.adapt = (LRSampler(config.adapt, config.patch, config.adapt_frames)
                       if config.adapt else None)
         self.adapt_sigma = self._adapt_sigma()
@@ -131,16 +188,22 @@ class Trainer:
                        if self.adapt_sigma is not None else None)
         self.net: nn.Module = DualRegressionNet(self.primal, self.duals, degradation)
         if self.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
+            ids = [self.device.index] if cuda else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.forward = torch.compile(self.net) if config.compile else self.net
         self.start_step = 0
         self.best_psnr: float | None = None
         if resume:
-            state = load_training_state(self.run_dir / STATE_FILE, self.primal, self.duals,
-                                        self.optimizers)
+            state = load_training_state(state_paths(self.run_dir, STATE_STEM), self.primal,
+                                        self.duals, self.optimizers)
             self.start_step = int(state["step"])
             self.best_psnr = state.get("best_psnr")
+            restore_rng_state(state.get("rng", {}), self.device)
         self.sampler = PatchSampler(config.data, config.patch * self.scale)
+        if self.chain is None:
+            self.sampler.to(self.device)  # degraded batches are made from CPU crops instead
+        self.flops_per_sample = train_flops_per_sample(self.primal, self.duals, config.patch)
+        self.peak_tflops = peak_tflops(self.device, config.peak_tflops)
 
     def _adapt_sigma(self) -> float | None:
         """The Gaussian of the adaptation loss (None: through the learned duals)."""
@@ -168,18 +231,44 @@ class Trainer:
                 "batch_size": self.config.batch_size, "patch": self.config.patch,
                 "adapt_degradation": (self.config.adapt_degradation if self.adapt_sigma is None
                                       else f"gaussian:{self.adapt_sigma:g}"),
+                "degrade": str(self.chain) if self.chain is not None else None,
+                "planned_iterations": self.config.iterations,
                 "seed": self.config.seed, "device": str(self.device), "world_size": self.world}
         prov.update(extra or {})
         return CheckpointInfo(arch=self.spec.arch, hparams=self.primal.hparams, scale=self.scale,
                               name=self.config.arch, provenance=prov)
 
-    def _batch(self, step: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """This rank's share of the global batch of ``step`` (same samples for any world)."""
+    def _rows(self) -> slice:
+        share = self.config.batch_size // self.world
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def _degraded_batches(self, first: int) -> DegradedBatches | None:
+        if self.chain is None:
+            return None
         cfg = self.config
-        share = cfg.batch_size // self.world
-        lo = self.rank * share
-        hr = self.sampler.sample(cfg.batch_size, step_generator(cfg.seed, step))[lo:lo + share]
-        pyramid = lr_pyramid(hr.to(self.device, non_blocking=True), self.scale)
+        # under DDP each rank draws its own share's degradations (its own stream)
+        return DegradedBatches(self.sampler, self.chain, self.scale, seed=cfg.seed,
+                               batch=cfg.batch_size, rows=self._rows(),
+                               stream=_DEGRADE_STREAM + 16 * self.rank, first=first,
+                               last=cfg.iterations, workers=cfg.degrade_workers,
+                               pin=self.device.type == "cuda")
+
+    def _batch(self, step: int, degraded: DegradedBatches | None
+               ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """This rank's share of the global batch of ``step`` (same samples for any world):
+        the clean pyramid [LR_S, ..., HR], the adaptation frames, the degraded LR input."""
+        cfg = self.config
+        lr_in = None
+        if degraded is not None:
+            batch = degraded.get(step)
+            hr8 = batch.hr.to(self.device, non_blocking=True)
+            lr_in = batch.lr.to(self.device, non_blocking=True).float() / 255.0
+        else:
+            hr8 = self.sampler.crops(cfg.batch_size, step_generator(cfg.seed, step),
+                                      self._rows())
+        pyramid = lr_pyramid(hr8.float() / 255.0, self.scale)
+        if degraded is not None and batch.clean is not None:
+            pyramid[0] = batch.clean.to(self.device, non_blocking=True).float() / 255.0
         lr_real = None
         if self.adapt is not None:
             n = cfg.adapt_batch
@@ -188,19 +277,23 @@ class Trainer:
             lr_real = real[self.rank * ashare:(self.rank + 1) * ashare].to(self.device)
         if self.device.type == "cuda":
             pyramid = [p.contiguous(memory_format=torch.channels_last) for p in pyramid]
-        return pyramid, lr_real
+            if lr_in is not None:
+                lr_in = lr_in.contiguous(memory_format=torch.channels_last)
+        return pyramid, lr_real, lr_in
 
-    def _step(self, step: int) -> dict[str, float]:
+    def _step(self, step: int, degraded: DegradedBatches | None) -> torch.Tensor:
+        """One optimisation step; returns its (loss, primal, dual, adapt) on the device,
+        without waiting for it."""
         cfg = self.config
         lr = cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_min)
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-        pyramid, lr_real = self._batch(step)
+        pyramid, lr_real, lr_in = self._batch(step, degraded)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            lp, ld, la = self.net(pyramid, lr_real)
+            lp, ld, la = self.forward(pyramid, lr_real, lr_in)
             loss = lp + cfg.dual_lambda * ld
             if la is not None:
                 loss = loss + cfg.adapt_weight * la
@@ -208,13 +301,38 @@ class Trainer:
         for opt in self.optimizers.values():
             self.scaler.step(opt)
         self.scaler.update()
-        terms = torch.stack([loss.detach().float(), lp.detach().float(), ld.detach().float(),
-                             (la.detach().float() if la is not None else loss.new_zeros(()))])
+        return torch.stack([loss.detach().float(), lp.detach().float(), ld.detach().float(),
+                            (la.detach().float() if la is not None else loss.new_zeros(()))])
+
+    def _flush(self, window: list[torch.Tensor], last_step: int,
+               result: TrainResult) -> dict[str, float]:
+        """Bring the window's per-step terms to the host (the one wait for the device), record
+        each step's loss and return the window's means."""
+        terms = torch.stack(window)
         if self.distributed:
             dist.all_reduce(terms)
             terms /= self.world
-        t = terms.tolist()
-        return {"loss": t[0], "primal": t[1], "dual": t[2], "adapt": t[3], "lr": lr}
+        rows = terms.tolist()
+        first = last_step - len(rows) + 1
+        for i, r in enumerate(rows):
+            result.losses[first + i] = r[0]
+        means = [math.fsum(col) / len(rows) for col in zip(*rows, strict=True)]
+        return dict(zip(("loss", "primal", "dual", "adapt"), means, strict=True))
+
+    def _out_of_time(self, log_point: bool) -> bool:
+        """Whether the time limit has passed. Under DDP all ranks must stop at the same step:
+        they decide together, at log points."""
+        limit = self.config.time_limit
+        if limit is None:
+            return False
+        late = time.perf_counter() - self.t_start >= limit * 60.0
+        if not self.distributed:
+            return late
+        if not log_point:
+            return False
+        flag = torch.tensor([float(late)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def validate(self) -> tuple[float, float] | None:
         if not self.config.val_data:
@@ -230,49 +348,22 @@ class Trainer:
 
     def run(self, progress: Callable[[StepReport], None] | None = None) -> TrainResult:
         cfg = self.config
-        result = TrainResult(self.run_dir, cfg.iterations, best_psnr=self.best_psnr)
+        result = TrainResult(self.run_dir, self.start_step, best_psnr=self.best_psnr,
+                             iterations=cfg.iterations, flops_per_sample=self.flops_per_sample,
+                             peak_tflops=self.peak_tflops)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(cfg.to_json())
             _trim_metrics(self.run_dir / METRICS_FILE, self.start_step)
         self.primal.train()
-        t0 = time.perf_counter()
-        window_t, window_n = time.perf_counter(), 0
-        for step in range(self.start_step, cfg.iterations):
-            m = self._step(step)
-            done = step + 1
-            result.losses[done] = m["loss"]
-            window_n += cfg.batch_size
-            row: dict[str, Any] | None = None
-            if done % cfg.log_every == 0 or done == cfg.iterations:
-                now = time.perf_counter()
-                m["samples_per_s"] = window_n / max(now - window_t, 1e-9)
-                window_t, window_n = now, 0
-                row = {"step": done, **m}
-            val = None
-            if done % cfg.val_every == 0 or done == cfg.iterations:
-                val = self.validate() if self.rank == 0 else None
-                if val is not None:
-                    row = {"step": done, **m, **(row or {}), "val_psnr": val[0],
-                           "val_ssim": val[1]}
-                    if self.best_psnr is None or val[0] > self.best_psnr:
-                        self.best_psnr = val[0]
-                        self._save_inference("best.safetensors", done, val)
-            if val is not None:  # validation time is not training throughput
-                window_t = time.perf_counter()
-            if self.rank == 0 and row is not None:
-                _append_metrics(self.run_dir / METRICS_FILE, row)
-            if done % cfg.save_every == 0 or done == cfg.iterations:
-                self._save_state(done)
-            if progress is not None and self.rank == 0:
-                progress(StepReport(done, cfg.iterations, m["loss"],
-                                    m.get("samples_per_s", 0.0), val[0] if val else None))
-        result.seconds = time.perf_counter() - t0
-        ran = cfg.iterations - self.start_step
-        result.samples_per_s = ran * cfg.batch_size / max(result.seconds, 1e-9)
-        result.best_psnr = self.best_psnr
+        degraded = self._degraded_batches(self.start_step)
+        try:
+            self._loop(result, degraded, progress)
+        finally:
+            if degraded is not None:
+                degraded.close()
         if self.rank == 0:
-            self._save_inference("last.safetensors", cfg.iterations, None)
+            self._save_inference("last.safetensors", result.steps, None)
             src = "best.safetensors" if (self.run_dir / "best.safetensors").exists() \
                 else "last.safetensors"
             _export_fp16(self.run_dir / src, self.run_dir / "model-fp16.safetensors")
@@ -281,11 +372,73 @@ class Trainer:
             plot_metrics(self.run_dir / METRICS_FILE, self.run_dir / "metrics.png")
         return result
 
+    def _loop(self, result: TrainResult, degraded: DegradedBatches | None,
+              progress: Callable[[StepReport], None] | None) -> None:
+        cfg = self.config
+        t0 = time.perf_counter()
+        window: list[torch.Tensor] = []
+        window_t = t0
+        last_loss = math.nan
+        done = self.start_step
+        for step in range(self.start_step, cfg.iterations):
+            window.append(self._step(step, degraded))
+            done = step + 1
+            log_point = (done % cfg.log_every == 0 or done % cfg.val_every == 0
+                         or done == cfg.iterations)
+            stop = done < cfg.iterations and self._out_of_time(log_point)
+            row: dict[str, Any] | None = None
+            rate = 0.0
+            if log_point or stop:
+                m = self._flush(window, done, result)
+                now = time.perf_counter()
+                rate = len(window) * cfg.batch_size / max(now - window_t, 1e-9)
+                window, window_t, last_loss = [], now, m["loss"]
+                tflops = rate * self.flops_per_sample / 1e12
+                row = {"step": done, **m, "samples_per_s": rate, "tflops": tflops,
+                       "mfu": tflops / self.peak_tflops if self.peak_tflops else None,
+                       "lr": cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_min)}
+            val = None
+            if done % cfg.val_every == 0 or done == cfg.iterations:
+                val = self.validate() if self.rank == 0 else None
+                if val is not None:
+                    row = {**(row or {"step": done}), "val_psnr": val[0], "val_ssim": val[1]}
+                    if self.best_psnr is None or val[0] > self.best_psnr:
+                        self.best_psnr = val[0]
+                        self._save_inference("best.safetensors", done, val)
+            if val is not None:  # validation time is not training throughput
+                window_t = time.perf_counter()
+            if self.rank == 0 and row is not None:
+                _append_metrics(self.run_dir / METRICS_FILE, row)
+            if done % cfg.save_every == 0 or done == cfg.iterations or stop:
+                self._save_state(done)
+            if progress is not None and self.rank == 0:
+                progress(StepReport(done, cfg.iterations, last_loss, rate,
+                                    val[0] if val else None))
+            if stop:
+                log.info("time limit of %g min reached at step %d of %d; state saved",
+                         cfg.time_limit, done, cfg.iterations)
+                result.stopped = True
+                break
+        if window:  # only when a progress callback raised mid-window
+            self._flush(window, done, result)
+        result.steps = done
+        result.seconds = time.perf_counter() - t0
+        ran = done - self.start_step
+        result.samples_per_s = ran * cfg.batch_size / max(result.seconds, 1e-9)
+        result.best_psnr = self.best_psnr
+
     def _save_state(self, step: int) -> None:
+        cfg = self.config
         if self.rank == 0:
-            save_training_state(self.run_dir / STATE_FILE, self.primal, self.duals,
-                                self.optimizers, step, self._info({"iterations": step}),
-                                {"best_psnr": self.best_psnr})
+            shard = (int(cfg.state_shard_mib * 2**20) if cfg.state_shard_mib is not None
+                     else None)
+            extra = {"best_psnr": self.best_psnr, "seed": cfg.seed,
+                     "schedule": {"kind": "cosine", "lr": cfg.lr, "lr_min": cfg.lr_min,
+                                  "total": cfg.iterations},
+                     "rng": rng_state(self.device), "config": json.loads(cfg.to_json())}
+            save_training_state(self.run_dir, STATE_STEM, self.primal, self.duals,
+                                self.optimizers, step, self._info({"iterations": step}), extra,
+                                moments=cfg.state_moments, shard_bytes=shard)
         if self.distributed:
             dist.barrier()
 
@@ -328,9 +481,17 @@ def _append_metrics(path: Path, row: dict[str, Any]) -> None:
 
 
 def summary(result: TrainResult) -> dict[str, Any]:
+    """The ``vsr train --json`` object. ``steps`` is the step reached, ``iterations`` the plan;
+    ``mfu``: model FLOPs per second over the peak (None without a known peak)."""
+    tflops = result.samples_per_s * result.flops_per_sample / 1e12
     return {"run_dir": str(result.run_dir), "steps": result.steps,
+            "iterations": result.iterations, "stopped_at_time_limit": result.stopped,
             "final_loss": result.losses.get(result.steps), "best_val_psnr": result.best_psnr,
-            "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 2)}
+            "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 2),
+            "flops_per_sample": result.flops_per_sample, "tflops": round(tflops, 3),
+            "peak_tflops": result.peak_tflops,
+            "mfu": round(tflops / result.peak_tflops, 4) if result.peak_tflops else None}
 
 
-__all__ = ["DualRegressionNet", "StepReport", "TrainResult", "Trainer", "cosine_lr", "summary"]
+__all__ = ["DualRegressionNet", "StepReport", "TrainResult", "Trainer", "cosine_lr", "peak_tflops",
+           "summary", "train_flops_per_sample"]

@@ -1,0 +1,77 @@
+"""Training data on the device: one gather for a batch of crops, image packs without PyAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vsr.errors import InputError
+from vsr.train.data import PatchSampler, load_image_pack, save_image_pack, step_generator
+
+
+def _reference_crops(images: list[torch.Tensor], p: int, n: int,
+                     gen: torch.Generator) -> torch.Tensor:
+    """The per-sample loop the sampler replaced: slice, flip columns, flip rows, transpose."""
+    idx = torch.randint(len(images), (n,), generator=gen).tolist()
+    rnd = torch.rand(n, 5, generator=gen).tolist()
+    out = torch.empty(n, 3, p, p, dtype=torch.uint8)
+    for i, (k, r) in enumerate(zip(idx, rnd, strict=True)):
+        img = images[k]
+        h, w = img.shape[-2:]
+        y, x = int(r[0] * (h - p + 1)), int(r[1] * (w - p + 1))
+        crop = img[:, y:y + p, x:x + p]
+        if r[2] < 0.5:
+            crop = crop.flip(-1)
+        if r[3] < 0.5:
+            crop = crop.flip(-2)
+        if r[4] < 0.5:
+            crop = crop.transpose(-1, -2)
+        out[i] = crop
+    return out
+
+
+@pytest.fixture()
+def pack(tmp_path: Path) -> Path:
+    g = torch.Generator().manual_seed(1)
+    images = {f"im{i}": torch.randint(0, 256, (3, 17 + 5 * i, 23 - 2 * i), generator=g,
+                                      dtype=torch.uint8) for i in range(5)}
+    return save_image_pack(tmp_path / "train.npz", images)
+
+
+def test_gathered_crops_equal_the_per_sample_loop(pack: Path) -> None:
+    sampler = PatchSampler([str(pack)], 12)
+    images = list(load_image_pack(pack).values())
+    for step in range(20):
+        got = sampler.crops(32, step_generator(7, step))
+        want = _reference_crops(images, 12, 32, step_generator(7, step))
+        assert torch.equal(got, want), step
+    # a rank's share is the same rows of the same draws
+    share = sampler.crops(32, step_generator(7, 3), slice(8, 16))
+    assert torch.equal(share, _reference_crops(images, 12, 32, step_generator(7, 3))[8:16])
+    assert sampler.sample(4, step_generator(7, 0)).dtype == torch.float32
+
+
+def test_crops_on_another_device_and_replaced_images(pack: Path) -> None:
+    """The gather runs where the buffer lives (meta: shapes only, no CPU copy involved)."""
+    sampler = PatchSampler([str(pack)], 12)
+    assert sampler.to("meta").crops(4, step_generator(0, 0)).device.type == "meta"
+    sampler.to("cpu")
+    first = sampler.images[0]
+    sampler.images = [first]  # as vsr.compress's split does: the buffer follows
+    crops = sampler.crops(16, step_generator(0, 1))
+    assert torch.equal(crops, _reference_crops([first], 12, 16, step_generator(0, 1)))
+
+
+def test_image_pack_round_trip_and_errors(pack: Path, tmp_path: Path) -> None:
+    images = load_image_pack(pack)
+    assert list(images) == [f"im{i}" for i in range(5)]
+    assert images["im2"].shape == (3, 27, 19) and images["im2"].dtype == torch.uint8
+    with pytest.raises(ValueError, match="uint8"):
+        save_image_pack(tmp_path / "bad.npz", {"x": torch.zeros(3, 4, 4)})
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="image pack"):
+        load_image_pack(tmp_path / "junk.npz")
+    with pytest.raises(InputError, match="at least 40x40"):
+        PatchSampler([str(pack)], 40)

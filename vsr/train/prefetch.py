@@ -1,0 +1,95 @@
+"""Degraded training batches made on a worker thread, ahead of the training step.
+
+``vsr train --degrade SPEC`` degrades whole HR crops (blur, downscale, noise, JPEG, H.264 ...)
+through :class:`vsr.degradations.DegradationChain`, whose codecs run on a thread pool and
+release the GIL. This module overlaps that work with the training step: one producer thread
+makes the batches of the coming steps, in order, into a bounded queue (``depth`` batches ahead).
+Each batch is a pure function of (seed, step, stream), like the bicubic-only batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vsr.train.data import PatchSampler, step_generator
+
+
+@dataclass
+class DegradedBatch:
+    """One step's share of the batch: uint8 HR crops (n, 3, P, P), degraded LR (n, 3, P/s,
+    P/s), and the clean LR of the chain's own downscale where it is not MATLAB bicubic."""
+
+    step: int
+    hr: torch.Tensor
+    lr: torch.Tensor
+    clean: torch.Tensor | None
+
+
+class DegradedBatches:
+    """Produce the batches of steps ``first`` .. ``last - 1`` on a thread; :meth:`get` them in
+    order. ``rows`` picks this rank's share of each global batch of ``batch`` crops."""
+
+    def __init__(self, sampler: PatchSampler, chain: Any, scale: int, *, seed: int, batch: int,
+                 rows: slice, stream: int, first: int, last: int, depth: int = 2,
+                 workers: int | None = None, pin: bool = False) -> None:
+        self.sampler = sampler
+        self.chain = chain
+        self.clean = None if chain.downscale == "bicubic" else chain.clean()
+        self.scale = scale
+        self.seed, self.batch, self.rows, self.stream = seed, batch, rows, stream
+        self.workers = workers
+        self.pin = pin
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(first, last),
+                                        name="vsr-degrade", daemon=True)
+        self._thread.start()
+
+    def make(self, step: int) -> DegradedBatch:
+        """The batch of ``step`` (on the calling thread)."""
+        hr = self.sampler.crops(self.batch, step_generator(self.seed, step), self.rows)
+        gen = step_generator(self.seed, step, self.stream)
+        lr = self.chain.apply_images(hr, self.scale, generator=gen, workers=self.workers)
+        clean = self.clean.apply_images(hr, self.scale) if self.clean is not None else None
+        if self.pin:
+            hr, lr = hr.pin_memory(), lr.pin_memory()
+            clean = clean.pin_memory() if clean is not None else None
+        return DegradedBatch(step, hr, lr, clean)
+
+    def _produce(self, first: int, last: int) -> None:
+        for step in range(first, last):
+            try:
+                item: DegradedBatch | BaseException = self.make(step)
+            except BaseException as exc:  # handed to the consumer, raised there
+                item = exc
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self._stop.is_set() or isinstance(item, BaseException):
+                return
+
+    def get(self, step: int) -> DegradedBatch:
+        """The batch of ``step``; raises what the producer raised."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item.step != step:
+            raise RuntimeError(f"degraded batch of step {item.step} arrived for step {step}")
+        return item
+
+    def close(self) -> None:
+        """Stop the producer (idempotent)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.1)
+        self._thread.join()
