@@ -69,3 +69,15 @@ def test_every_test_the_docs_cite_exists():
             source = (ROOT / path).read_text(encoding="utf-8") if (ROOT / path).is_file() else ""
             assert re.search(rf"^def {name}\(", source, flags=re.M), f"{page.name}: {path}::{name}"
     assert cited >= 10
+
+
+def test_method_sections_cited_in_code_exist():
+    headings = re.findall(r"^#{2,3} (\d[a-c]?)\. ", (ROOT / "docs" / "method.md").read_text(
+        encoding="utf-8"), flags=re.M)
+    assert {"1", "2", "3", "3a", "4", "4a", "4b", "4c", "5", "6"} <= set(headings)
+    for folder in ("vsr", "cli", "models"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            for cite in re.findall(r"docs/method\.md,? (?:sections? )?([\d][a-c]?(?:-\d)?)", text):
+                for part in cite.split("-"):
+                    assert part in headings, f"{path.relative_to(ROOT)} cites section {part}"
