@@ -50,7 +50,7 @@ class LazyGroup(click.Group):
 # status is 128 + the signal number, as a shell reports a process killed by that signal:
 # 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-STOPPABLE = frozenset({"upscale"})
+STOPPABLE = frozenset({"upscale", "batch"})
 
 
 class Stopped(KeyboardInterrupt):
@@ -75,7 +75,9 @@ def stop_signals_interrupt() -> Iterator[None]:
             received.append(signum)
             raise Stopped(signum)
 
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    # a signal the caller chose to ignore (`nohup` ignores SIGHUP) stays ignored
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

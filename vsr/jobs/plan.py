@@ -3,7 +3,10 @@
 A manifest has one entry per line: a path, or a JSON object ``{"input": ..., "output": ...,
 <option>: ...}`` whose options (the fields of :class:`JobOptions`) override the batch's for
 that file. Relative paths in a manifest are relative to the manifest's folder; a relative
-``output`` is relative to the batch output folder. Blank lines and ``#`` comments are skipped.
+``output`` is relative to the batch output folder, and every output must stay inside that folder
+(resolved, symlinks followed) and outside its job state. Blank lines and ``#`` comments are
+skipped. Every manifest line becomes a job: the same input may appear on several lines (other
+outputs or options); a line whose output another line already takes fails, naming both lines.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".t
 MEDIA_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
 TEMPLATE_FIELDS = ("dir", "stem", "name", "suffix", "ext", "scale", "model", "index")
 DEFAULT_TEMPLATE = "{dir}/{stem}{suffix}"
+STATE_DIR = ".vsr-batch"  # job state inside the output folder; no output may go there
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -75,13 +79,15 @@ class Job:
 
 @dataclass(frozen=True)
 class Entry:
-    """An input before naming: the file, the folder it was found under, per-file overrides."""
+    """An input before naming: the file, the folder it was found under, per-file overrides,
+    and ``where`` it was named (``manifest:line`` for a manifest line)."""
 
     path: Path
     rel_dir: str = ""
     output: str | None = None
     overrides: dict | None = None
     error: str | None = None
+    where: str | None = None
 
 
 def check_template(template: str) -> None:
@@ -131,20 +137,22 @@ def model_scale(model: str | None) -> int | str:
 def expand_inputs(inputs: list[str], manifests: list[Path], *,
                   exclude: Path | None = None) -> list[Entry]:
     """Every input named by ``inputs`` (files, folders searched recursively for media files,
-    glob patterns) and by the manifests, in order, without duplicates."""
+    glob patterns) and by the manifests, in order.
+
+    A file named twice by ``inputs`` (a folder and a glob over it) is one entry; manifest
+    lines are never merged or dropped: each is an entry of its own.
+    """
     entries: list[Entry] = []
+    seen: set[Path] = set()
     for text in inputs:
-        entries.extend(_expand_one(text, exclude))
+        for e in _expand_one(text, exclude):
+            key = e.path.resolve() if e.error is None else Path(f"error:{e.path}")
+            if key not in seen:
+                seen.add(key)
+                entries.append(e)
     for manifest in manifests:
         entries.extend(read_manifest(manifest))
-    seen: set[Path] = set()
-    unique = []
-    for e in entries:
-        key = e.path.resolve() if e.error is None else Path(f"error:{e.path}")
-        if key not in seen:
-            seen.add(key)
-            unique.append(e)
-    return unique
+    return entries
 
 
 def _expand_one(text: str, exclude: Path | None) -> list[Entry]:
@@ -189,22 +197,27 @@ def read_manifest(path: Path) -> list[Entry]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        where = f"{path}:{number}"
         if not line.startswith("{"):
-            out.append(Entry(_under(base, line)))
+            out.append(Entry(_under(base, line), where=where))
             continue
-        where = Path(f"{path}:{number}")
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.append(Entry(where, error=f"bad JSON in manifest: {exc.msg}"))
+        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            out.append(Entry(Path(where), error=f"bad JSON in manifest: {msg}", where=where))
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("input"), str):
-            out.append(Entry(where, error="a manifest object needs an \"input\" path"))
+            out.append(Entry(Path(where), error="a manifest object needs an \"input\" path",
+                             where=where))
             continue
         output = obj.pop("output", None)
+        if output is not None and not isinstance(output, str):
+            out.append(Entry(Path(where), error="\"output\" must be a path (a string)",
+                             where=where))
+            continue
         src = _under(base, obj.pop("input"))
-        out.append(Entry(src, output=output if isinstance(output, str) else None,
-                         overrides=obj))
+        out.append(Entry(src, output=output, overrides=obj, where=where))
     return out
 
 
@@ -215,10 +228,16 @@ def _under(base: Path, text: str) -> Path:
 
 def make_jobs(entries: list[Entry], output_dir: Path, template: str,
               options: JobOptions) -> list[Job]:
-    """Name every entry's output; two inputs mapped to one output make the second fail."""
+    """Name every entry's output, confined to ``output_dir``.
+
+    An output that resolves outside ``output_dir`` (``..``, an absolute path, a symlink out)
+    or into its job state fails its job; so does every later entry whose output an earlier
+    one already takes. Errors of manifest entries start with ``manifest:line``.
+    """
     check_template(template)
+    root = Path(output_dir).resolve()
     jobs: list[Job] = []
-    taken: dict[Path, Path] = {}
+    taken: dict[Path, str] = {}
     for index, e in enumerate(entries):
         if e.error is not None:
             jobs.append(Job(e.path, None, options, error=e.error))
@@ -226,15 +245,34 @@ def make_jobs(entries: list[Entry], output_dir: Path, template: str,
         try:
             opts = options.replace(e.overrides) if e.overrides else options
             rel = Path(e.output) if e.output else render_name(template, e, opts, index)
+            out = rel if rel.is_absolute() else output_dir / rel
+            key = _confined(out, root)
         except (ConfigError, TypeError) as exc:
-            jobs.append(Job(e.path, None, options, error=str(exc)))
+            jobs.append(Job(e.path, None, options, error=_at(e, str(exc))))
             continue
-        out = rel if rel.is_absolute() else output_dir / rel
-        key = out.resolve()
         if key in taken:
             jobs.append(Job(e.path, out, opts,
-                            error=f"output {out} is also the output of {taken[key]}"))
+                            error=_at(e, f"duplicate output {out}: already the output of "
+                                         f"{taken[key]}")))
             continue
-        taken[key] = e.path
+        taken[key] = e.where or str(e.path)
         jobs.append(Job(e.path, out, opts))
     return jobs
+
+
+def _confined(out: Path, root: Path) -> Path:
+    """``out`` resolved; ConfigError unless it is a file name inside ``root`` and outside the
+    job state folder."""
+    try:
+        key = out.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+        raise ConfigError(f"output {out} cannot be resolved: {exc}") from exc
+    if key == root or not key.is_relative_to(root):
+        raise ConfigError(f"output {out} is outside the output folder {root}")
+    if key.is_relative_to(root / STATE_DIR):
+        raise ConfigError(f"output {out} is inside the job state folder {root / STATE_DIR}")
+    return key
+
+
+def _at(e: Entry, text: str) -> str:
+    return f"{e.where}: {text}" if e.where is not None else text

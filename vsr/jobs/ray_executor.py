@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vsr.errors import ConfigError, Interrupted
-from vsr.io.output import finish, temp_path_for
+from vsr.io.output import discard, finish, temp_path_for
 from vsr.jobs.segments import HandleCache, Task, TaskResult, run_task
+from vsr.jobs.workers import INTERRUPTED
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,17 @@ def run_on_ray(tasks: list[Task], tracker, address: str, devices: tuple[str, ...
     except KeyboardInterrupt as exc:
         for ref in running:
             ray.cancel(ref, force=True)
-        raise Interrupted("interrupted; finished segments are kept (rerun with --resume)") \
-            from exc
+        raise Interrupted(INTERRUPTED) from exc
 
 
 def _write(path: Path, data: bytes) -> None:
     temp = temp_path_for(path)
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # Ctrl-C or a full disk: no partial file stays behind
+        discard(temp)
+        raise
     finish(temp, path)

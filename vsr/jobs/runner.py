@@ -18,10 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vsr.errors import ConfigError, VsrError
+from vsr.errors import ConfigError, Interrupted, OutputError, VsrError
 from vsr.io.source import check_input_path
 from vsr.jobs.join import join_segments
-from vsr.jobs.plan import DEFAULT_TEMPLATE, Job, JobOptions, expand_inputs, make_jobs
+from vsr.jobs.plan import (
+    DEFAULT_TEMPLATE,
+    STATE_DIR,
+    Job,
+    JobOptions,
+    expand_inputs,
+    make_jobs,
+)
 from vsr.jobs.segments import (
     SEGMENT_SUFFIX,
     Segment,
@@ -32,10 +39,10 @@ from vsr.jobs.segments import (
     plan_segments,
 )
 from vsr.jobs.store import JobStore
+from vsr.jobs.workers import INTERRUPTED
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".vsr-batch"
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class BatchConfig:
     overwrite: bool = False
     segment_frames: int = 300
     ray: str | None = None  # a Ray address or "auto"; None: local worker threads
+    wait: bool = False  # another batch holds the output folder: wait for it (else refuse)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_dir", Path(self.output_dir))
@@ -184,6 +192,11 @@ class Tracker:
         if last:
             self.complete(f)
 
+    def cancelled(self, task: Task) -> None:
+        """``task`` stopped for an interrupt: its file stays unfinished, for --resume."""
+        with self.lock:
+            self._running.pop(_key(task), None)
+
     def task_failed(self, task: Task, error: BaseException | str) -> None:
         text = error if isinstance(error, str) else _reason(error)
         log.warning("%s failed: %s", task.label, text)
@@ -314,42 +327,57 @@ def run_batch(config: BatchConfig,
     """Run the batch; failures are collected in the result, never raised per file.
 
     Raises ConfigError/OutputError for problems of the batch itself (bad template, output
-    folder not writable), Interrupted on Ctrl-C (finished segments stay for --resume).
+    folder not creatable or not writable), StoreBusy when another batch runs on the same
+    output folder (unless ``config.wait``), Interrupted on Ctrl-C (or a KeyboardInterrupt
+    raised by a signal handler): every worker has stopped, no partial file is left, and
+    finished segments stay for --resume.
     """
     t0 = time.perf_counter()
-    config.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {config.output_dir}: "
+                          f"{exc.strerror or exc}") from exc
+    try:
+        with JobStore(config.state_dir / "jobs.sqlite", wait=config.wait) as store:
+            return _run(config, store, t0, progress)
+    except KeyboardInterrupt as exc:  # while planning or joining in this thread
+        raise Interrupted(INTERRUPTED) from exc
+
+
+def _run(config: BatchConfig, store: JobStore, t0: float,
+         progress: Callable[[BatchProgress], None] | None) -> BatchResult:
     entries = expand_inputs(list(config.inputs), list(config.manifests),
                             exclude=config.output_dir)
     jobs = make_jobs(entries, config.output_dir, config.template, config.options)
-    with JobStore(config.state_dir / "jobs.sqlite") as store:
-        tracker = Tracker(store, config.overwrite)
-        tasks: list[Task] = []
-        for job in jobs:
-            if job.error is not None:
-                tracker.fail_unplanned(job, job.error)
-                continue
-            try:
-                job.output.parent.mkdir(parents=True, exist_ok=True)
-                tasks.extend(plan_file(job, config, store, tracker))
-            except (VsrError, OSError) as exc:
-                tracker.fail_unplanned(job, _reason(exc))
-        report = None
-        if progress is not None:
-            def report() -> None:
-                progress(tracker.snapshot(time.perf_counter() - t0, len(jobs)))
-        if tasks:
-            if config.ray is not None:
-                from vsr.jobs.ray_executor import run_on_ray
+    tracker = Tracker(store, config.overwrite)
+    tasks: list[Task] = []
+    for job in jobs:
+        if job.error is not None:
+            tracker.fail_unplanned(job, job.error)
+            continue
+        try:
+            job.output.parent.mkdir(parents=True, exist_ok=True)
+            tasks.extend(plan_file(job, config, store, tracker))
+        except (VsrError, OSError) as exc:
+            tracker.fail_unplanned(job, _reason(exc))
+    report = None
+    if progress is not None:
+        def report() -> None:
+            progress(tracker.snapshot(time.perf_counter() - t0, len(jobs)))
+    if tasks:
+        if config.ray is not None:
+            from vsr.jobs.ray_executor import run_on_ray
 
-                run_on_ray(tasks, tracker, config.ray, config.devices, report)
-            else:
-                from vsr.jobs.workers import run_on_threads
+            run_on_ray(tasks, tracker, config.ray, config.devices, report)
+        else:
+            from vsr.jobs.workers import run_on_threads
 
-                run_on_threads(tasks, tracker, config.devices, report)
-        if report is not None:
-            report()
-        return BatchResult(
-            done=tuple(tracker.done), skipped=tuple(tracker.skipped),
-            failed=tuple(tracker.failed), segments_computed=tracker.segments_computed,
-            segments_reused=tracker.segments_reused, frames_computed=tracker.frames_finished,
-            seconds=round(time.perf_counter() - t0, 3))
+            run_on_threads(tasks, tracker, config.devices, report)
+    if report is not None:
+        report()
+    return BatchResult(
+        done=tuple(tracker.done), skipped=tuple(tracker.skipped),
+        failed=tuple(tracker.failed), segments_computed=tracker.segments_computed,
+        segments_reused=tracker.segments_reused, frames_computed=tracker.frames_finished,
+        seconds=round(time.perf_counter() - t0, 3))

@@ -3,10 +3,17 @@
 Every change is committed at once (WAL journal), so a process killed with SIGKILL leaves
 the store as it was after the last finished segment. The store is used from several worker
 threads of one process through one connection guarded by a lock.
+
+One batch process at a time owns a store: opening it takes an exclusive ``flock`` on a lock
+file next to it, held until the store is closed. The kernel drops the lock when the process
+ends in any way (kill -9 included), so a dead run never blocks the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -15,17 +22,21 @@ from pathlib import Path
 
 from vsr.errors import OutputError
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
+# A file is one (input, output) pair: the same input may be upscaled into several outputs.
+_FILES = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,
-    input TEXT NOT NULL UNIQUE,
+    input TEXT NOT NULL,
     output TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     status TEXT NOT NULL,          -- running, done, failed
     error TEXT,
     frames INTEGER,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    UNIQUE (input, output)
 );
+"""
+_SCHEMA = _FILES.format(name="files") + """
 CREATE TABLE IF NOT EXISTS segments (
     file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL,
@@ -49,25 +60,49 @@ class SegmentRow:
     runs: int
 
 
-class JobStore:
-    """The batch's SQLite file; raises OutputError when it cannot be opened."""
+class StoreBusy(OutputError):
+    """Another process holds the job store (a batch running on the same output folder)."""
 
-    def __init__(self, path: Path) -> None:
+
+class JobStore:
+    """The batch's SQLite file, locked for this process while open.
+
+    Raises StoreBusy when another process holds it (``wait=False``; with ``wait=True`` it
+    blocks until that process ends), OutputError when it cannot be created or opened.
+    """
+
+    def __init__(self, path: Path, *, wait: bool = False) -> None:
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot create the job store {self.path}: "
+                              f"{exc.strerror or exc}") from exc
+        self._db: sqlite3.Connection | None = None
+        try:
+            _flock(self._lock_fd, self.path, wait)
             self._db = sqlite3.connect(str(self.path), check_same_thread=False,
                                        isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
+            _migrate(self._db)
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise OutputError(f"cannot open the job store {self.path}: {exc}") from exc
+        except BaseException as exc:
+            if self._db is not None:
+                self._db.close()
+            os.close(self._lock_fd)  # releases the lock
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise OutputError(f"cannot open the job store {self.path}: {exc}") from exc
+            raise
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
 
     def __enter__(self) -> JobStore:
         return self
@@ -76,12 +111,12 @@ class JobStore:
         self.close()
 
     def finished(self, input_path: str, output: str, fingerprint: str) -> bool:
-        """True when this input was finished with these settings and its output is there."""
+        """True when this input was finished into this output with these settings and the
+        output is there."""
         with self._lock:
-            row = self._db.execute("SELECT output, fingerprint, status FROM files "
-                                   "WHERE input = ?", (input_path,)).fetchone()
-        return (row is not None and row == (output, fingerprint, "done")
-                and Path(output).is_file())
+            row = self._db.execute("SELECT fingerprint, status FROM files WHERE input = ? "
+                                   "AND output = ?", (input_path, output)).fetchone()
+        return row is not None and row == (fingerprint, "done") and Path(output).is_file()
 
     def begin(self, input_path: str, output: str, fingerprint: str,
               plan: list[tuple[int | None, int | None, int]], resume: bool) -> tuple[int, bool]:
@@ -92,16 +127,16 @@ class JobStore:
         """
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute("SELECT id, fingerprint FROM files WHERE input = ?",
-                                   (input_path,)).fetchone()
+            row = self._db.execute("SELECT id, fingerprint FROM files WHERE input = ? AND "
+                                   "output = ?", (input_path, output)).fetchone()
             if row is not None:
                 file_id = row[0]
                 old = self._db.execute("SELECT start_pts, end_pts, frames FROM segments "
                                        "WHERE file_id = ? ORDER BY idx", (file_id,)).fetchall()
                 keep = resume and row[1] == fingerprint and [tuple(r) for r in old] == plan
-                self._db.execute("UPDATE files SET output = ?, fingerprint = ?, status = "
-                                 "'running', error = NULL, updated = ? WHERE id = ?",
-                                 (output, fingerprint, time.time(), file_id))
+                self._db.execute("UPDATE files SET fingerprint = ?, status = 'running', "
+                                 "error = NULL, updated = ? WHERE id = ?",
+                                 (fingerprint, time.time(), file_id))
                 if keep:
                     return file_id, True
                 self._db.execute("DELETE FROM segments WHERE file_id = ?", (file_id,))
@@ -146,3 +181,29 @@ class JobStore:
     def _write(self, sql: str, args: tuple) -> None:
         with self._lock:
             self._db.execute(sql, args)
+
+
+def _flock(fd: int, path: Path, wait: bool) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise StoreBusy(f"another vsr batch is running on this output folder (its job store "
+                        f"{path} is locked); wait for it to finish, or use --wait") from exc
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Stores written before one input could have several outputs keyed files by input
+    alone: rebuild that table with the (input, output) key, keeping every row and id."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'files'"
+                     ).fetchone()
+    if row is None or "UNIQUE (input, output)" in row[0]:
+        return
+    db.execute("PRAGMA foreign_keys=OFF")  # dropping the old table must not cascade
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(_FILES.format(name="files_v2"))
+        db.execute("INSERT INTO files_v2 (id, input, output, fingerprint, status, error, "
+                   "frames, updated) SELECT id, input, output, fingerprint, status, error, "
+                   "frames, updated FROM files")
+        db.execute("DROP TABLE files")
+        db.execute("ALTER TABLE files_v2 RENAME TO files")
