@@ -1,0 +1,70 @@
+"""vsr train --degrade: the primal sees degraded LR made on a worker thread; targets stay clean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_train import _config
+from tests.test_train_slots import images  # noqa: F401  (module fixture: synthetic HR images)
+from vsr.degradations import DegradationChain
+from vsr.errors import ConfigError
+from vsr.models.checkpoint import read_info
+from vsr.train import train
+from vsr.train.data import lr_pyramid, step_generator
+from vsr.train.trainer import Trainer
+
+
+def test_degraded_input_clean_targets_and_reproducible_batches(images: Path,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    trainer = Trainer(_config(images, tmp_path / "d", iterations=4,
+                              degrade="blur:sigma=0.5~1.5,bicubic,noise:sigma=6"))
+    batches = trainer._degraded_batches(0)
+    try:
+        pyramid, _, lr_in = trainer._batch(0, batches)
+        again = batches.make(0)  # a pure function of (seed, step): made again, the same
+        hr = trainer.sampler.crops(4, step_generator(3, 0))
+        assert torch.equal(again.hr, hr)
+        assert torch.equal(again.lr.float() / 255.0, lr_in)
+        clean = lr_pyramid(hr.float() / 255.0, 2)[0]
+        assert torch.equal(pyramid[0], clean)  # the primal's LR target and the duals': clean
+        assert (lr_in - clean).abs().mean() > 0.01  # the input is not
+        assert torch.equal(pyramid[1], hr.float() / 255.0)
+        # the step after comes from the queue in order
+        _, _, nxt = trainer._batch(1, batches)
+        assert torch.equal(nxt, batches.make(1).lr.float() / 255.0)
+    finally:
+        batches.close()
+    primal_clean = trainer.net(pyramid, None)[0]
+    primal_degraded = trainer.net(pyramid, None, lr_in)[0]
+    assert not torch.equal(primal_clean, primal_degraded)
+
+
+def test_other_downscale_gives_its_own_clean_target(images: Path,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    trainer = Trainer(_config(images, tmp_path / "a", iterations=2,
+                              degrade="area,noise:sigma=4"))
+    batches = trainer._degraded_batches(0)
+    try:
+        pyramid, _, _ = trainer._batch(0, batches)
+        hr = batches.make(0).hr
+    finally:
+        batches.close()
+    area = DegradationChain.parse("area").apply_images(hr, 2)
+    assert torch.equal(pyramid[0], area.float() / 255.0)
+    assert not torch.equal(pyramid[0], lr_pyramid(hr.float() / 255.0, 2)[0])
+
+
+def test_training_through_a_real_codec_records_the_chain(images: Path,  # noqa: F811
+                                                         tmp_path: Path) -> None:
+    spec = "bicubic,x264:crf=24~34"
+    result = train(_config(images, tmp_path / "x", iterations=3, log_every=1, degrade=spec,
+                           degrade_workers=2))
+    assert result.steps == 3 and all(torch.isfinite(torch.tensor(v))
+                                     for v in result.losses.values())
+    prov = read_info(tmp_path / "x" / "last.safetensors").provenance
+    assert prov["degrade"] == str(DegradationChain.parse(spec))
+    with pytest.raises(ConfigError):
+        _config(images, tmp_path / "y", degrade="x264:crf=30")  # no downscale stage
