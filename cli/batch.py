@@ -7,7 +7,15 @@ import time
 
 import click
 
-from vsr.cli.common import emit_json, json_option, model_option, precision_option, scale_option
+from vsr.cli.common import (
+    backend_option,
+    batch_option,
+    emit_json,
+    json_option,
+    model_option,
+    precision_option,
+    scale_option,
+)
 
 
 class _BatchBar:
@@ -55,6 +63,8 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
 @scale_option
 @precision_option
 @click.option("--tile", type=click.IntRange(min=32), default=None, help="Infer in tiles of N px.")
+@backend_option
+@batch_option
 @click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
 @click.option("--crf", type=click.IntRange(0, 63), default=None, help="Constant quality.")
 @click.option("--preset", default=None, help="Encoder preset.")
@@ -73,7 +83,8 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
 @json_option
 def batch(inputs: tuple[str, ...], output_dir: str,
           manifest: tuple[str, ...], template: str, model: str | None, scale: int | None,
-          precision: str, tile: int | None, codec: str, crf: int | None, preset: str | None,
+          precision: str, tile: int | None, backend: str, batch: int, codec: str,
+          crf: int | None, preset: str | None,
           pix_fmt: str | None, devices: tuple[str, ...], ray_address: str | None,
           resume: bool, overwrite: bool, segment_frames: int, progress: bool,
           as_json: bool) -> None:
@@ -85,7 +96,8 @@ def batch(inputs: tuple[str, ...], output_dir: str,
     from vsr.jobs import BatchConfig, JobOptions, run_batch
 
     options = JobOptions(model=model, scale=scale, precision=precision, tile=tile,
-                         codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+                         backend=backend, batch=batch, codec=codec, crf=crf, preset=preset,
+                         pix_fmt=pix_fmt)
     config = BatchConfig(inputs=inputs, output_dir=output_dir, manifests=manifest,
                          template=template, options=options, devices=devices, resume=resume,
                          overwrite=overwrite, segment_frames=segment_frames, ray=ray_address)

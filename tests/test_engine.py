@@ -1,0 +1,87 @@
+"""One recipe behind every job: the same clip through `upscale_file`, a one-file `vsr batch`
+and `vsr bench` gets the same backend and bit-identical frames (lossless RGB output)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import make_clip
+
+from vsr.errors import ConfigError
+from vsr.io.sink import EncodeConfig
+from vsr.upscale import UpscaleConfig, upscale_file
+
+MODEL = "drn-t-x2"
+LOSSLESS = ("--codec", "ffv1", "--pix-fmt", "bgr0")  # RGB: the model's bytes, exactly
+
+
+def _vsr(*args: str) -> dict:
+    import torch
+
+    # the same thread count as this process, so every run computes in the same order
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    r = subprocess.run([sys.executable, "-m", "vsr", *args, "--json"], capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("engine") / "c.mkv", frames=3, size=(64, 48))
+
+
+def test_upscale_batch_and_bench_agree(tmp_path: Path) -> None:
+    # 256x200 is above the frame size where auto prefers onnx on the CPU, so a choice that
+    # depended on process state (the allocator tuning the CLI applies) would differ here
+    clip = make_clip(tmp_path / "c.mkv", frames=2, size=(256, 200))
+    lib = upscale_file(UpscaleConfig(input=clip, output=tmp_path / "lib.mkv", model=MODEL,
+                                     device="cpu",
+                                     encode=EncodeConfig(codec="ffv1", pix_fmt="bgr0")))
+    batch = _vsr("batch", str(clip), "-o", str(tmp_path / "batch"), "--model", MODEL,
+                 *LOSSLESS, "--devices", "cpu", "--no-progress")
+    bench = _vsr("bench", "--input", str(clip), "--model", MODEL, "--device", "cpu",
+                 "--frames", "2", *LOSSLESS, "--output", str(tmp_path / "bench.mkv"))
+    assert [d["backend"] for d in batch["done"]] == [lib.backend] == [bench["backend"]]
+    ours = _frames(tmp_path / "lib.mkv")
+    assert len(ours) == 2 and ours[0].shape == (400, 512, 3)
+    for other in (Path(batch["done"][0]["output"]), tmp_path / "bench.mkv"):
+        theirs = _frames(other)
+        assert len(theirs) == len(ours)
+        for a, b in zip(ours, theirs, strict=True):
+            assert np.array_equal(a, b), other
+
+
+@pytest.mark.parametrize("backend", ["onnx", "eager"])
+def test_batch_runs_the_backend_asked_for(small_clip: Path, tmp_path: Path,
+                                          backend: str) -> None:
+    pytest.importorskip("onnxruntime")
+    report = _vsr("batch", str(small_clip), "-o", str(tmp_path / "out"), "--model", MODEL,
+                  "--backend", backend, "--devices", "cpu", "--no-progress")
+    assert [d["backend"] for d in report["done"]] == [backend]
+
+
+def test_images_in_a_batch_load_the_model_once(tmp_path: Path) -> None:
+    """Every image of a folder goes through the worker's cached handle (one load)."""
+    from vsr.engine import ModelCache
+    from vsr.options import ModelOptions
+
+    cache = ModelCache()
+    opts = ModelOptions(model="bicubic", scale=2)
+    a, b = cache.handle(opts, "cpu"), cache.handle(opts, "cpu")
+    assert a is b
+    assert cache.handle(ModelOptions(model="bicubic", scale=3), "cpu") is not a
+    with pytest.raises(ConfigError):
+        ModelOptions(model="bicubic", scale=2, precision="fp8")
