@@ -1,4 +1,4 @@
-"""DRN primal network (LR -> HR, multi-scale outputs), PAPER.md section 1.
+"""DRN primal network (LR -> HR, multi-scale outputs), docs/method.md, "Primal network (DRN)".
 
 Every compressible width is a constructor argument (DownBlock inner channels, RCAB inner
 channels, channels after each upsampler), so a pruned network is just another constructor

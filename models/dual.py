@@ -1,4 +1,5 @@
-"""Dual network D (HR -> LR), PAPER.md section 2: one learned x2 downsampler per stage."""
+"""Dual network D (HR -> LR), docs/method.md, "Dual networks": one learned x2 downsampler per
+stage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Benchmark evaluation with the standard SR protocol (PAPER.md section 5).
+"""Benchmark evaluation with the standard SR protocol (docs/method.md, "Evaluation protocol").
 
 Per image: the HR image is cropped to a multiple of the scale (top-left kept); the LR input is
 MATLAB's antialiased bicubic downscale of it, rounded to uint8; the model's uint8 output is scored
@@ -178,9 +178,10 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
     """Evaluate ``handle`` at ``scale`` on one benchmark folder (see :func:`benchmark_images`).
 
     Every image is loaded as RGB (grayscale files as three equal channels) and scored on Y, as
-    PAPER.md section 5 states. ``raw_gray=True`` instead scores grayscale *files* on their gray
-    values, skipping the RGB -> Y step, which is what the MATLAB scripts behind the published
-    tables do for single-channel images (it lowers Set14's mean by ~0.09 dB through bridge.png).
+    docs/method.md ("Evaluation protocol") states. ``raw_gray=True`` instead scores grayscale
+    *files* on their gray values, skipping the RGB -> Y step, which is what the MATLAB scripts
+    behind the published tables do for single-channel images (it lowers Set14's mean by ~0.09 dB
+    through bridge.png).
 
     Raises:
         InputError: missing folder, no images, unreadable image.

@@ -1,4 +1,5 @@
-"""DRC: dual regression compression of DRN networks (PAPER.md section 4).
+"""DRC: dual regression compression of DRN networks (docs/method.md,
+"Dual regression compression (DRC)").
 
 Channel-number search (:mod:`.search`), dual regression channel pruning (:mod:`.prune`),
 fine-tuning (:mod:`.finetune`), and the staged run behind `vsr compress` (:mod:`.run`).

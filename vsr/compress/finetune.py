@@ -1,4 +1,4 @@
-"""Fine-tuning of the slim network with the dual regression loss (PAPER.md 4c).
+"""Fine-tuning of the slim network with the dual regression loss (docs/method.md, "Fine-tuning").
 
 Optionally with feature distillation from a teacher (the unpruned network): the MSE of the
 channel-averaged features entering the last tail, as in the released recipe.

@@ -1,4 +1,5 @@
-"""The compressible layers of a DRN (PAPER.md section 4) and the widths that describe them.
+"""The compressible layers of a DRN (docs/method.md, "Dual regression compression (DRC)") and
+the widths that describe them.
 
 A compressible layer is a group of channels produced by one convolution and consumed by the
 next: the inner channels of each DownBlock (conv1 -> conv2), of each RCAB (conv1 -> conv2) and

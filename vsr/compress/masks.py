@@ -1,8 +1,9 @@
 """Channel masks on a DRN, and the surgery that turns kept channels into a slimmer network.
 
 Masks act on the *consumer* of a compressible layer: multiplying its input channel j by m_j is
-the same as multiplying column j of its weights by m_j (PAPER.md 4a), and a 0/1 mask is the
-same network as one built without the zero channels (:func:`slim_network`).
+the same as multiplying column j of its weights by m_j (docs/method.md, "Channel-number
+search"), and a 0/1 mask is the same network as one built without the zero channels
+(:func:`slim_network`).
 """
 
 from __future__ import annotations

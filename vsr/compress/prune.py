@@ -1,4 +1,5 @@
-"""Dual regression channel pruning (PAPER.md 4b) and the uniform L1-norm baseline.
+"""Dual regression channel pruning (docs/method.md, "Dual regression channel pruning") and the
+uniform L1-norm baseline.
 
 DR pruning walks the compressible layers from input to output. For each it starts from no
 input channel of the consumer selected (the consumer's weight columns zeroed), and until the

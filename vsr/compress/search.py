@@ -1,4 +1,5 @@
-"""Differentiable channel-number search (PAPER.md 4a), first-order DARTS.
+"""Differentiable channel-number search (docs/method.md, "Channel-number search"), first-order
+DARTS.
 
 Each compressible layer gets one architecture weight alpha_k per candidate width; its
 channels, ranked by the L1 norm of the consumer's weights, are scaled by

@@ -1,4 +1,5 @@
-"""Dual regression training (PAPER.md sections 2-3): `vsr train`."""
+"""Dual regression training, `vsr train` (docs/method.md, "Dual networks" and "Dual regression
+loss and training")."""
 
 from vsr.train.config import TrainConfig
 from vsr.train.launch import train

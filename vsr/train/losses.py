@@ -1,4 +1,5 @@
-"""The dual regression objective (PAPER.md section 3), shared by training and compression."""
+"""The dual regression objective (docs/method.md, "Dual regression loss and training"), shared
+by training and compression."""
 
 from __future__ import annotations
 
