@@ -70,16 +70,17 @@ class _Progress:
               show_default=True, help="Fine-tuning after each selected channel: closed-form "
               "least squares on the feature reconstruction, or the paper's one SGD pass.")
 @click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--lr", "finetune_lr", type=float, default=2e-4, show_default=True,
-              help="Fine-tuning learning rate (cosine to 1e-6). The lr the base network "
-                   "was trained with did best for drn-t (1e-3; README, Compression).")
+@click.option("--lr", "finetune_lr", type=float, default=1e-3, show_default=True,
+              help="Fine-tuning learning rate (cosine to 1e-6); the default, the lr the base "
+                   "network was trained with, did best for drn-t (benchmarks/COMPRESS_RESULTS).")
 @click.option("--distill", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of feature distillation from the unpruned network (0: off).")
 @click.option("--val-every", type=click.IntRange(min=1), default=250, show_default=True)
 @click.option("--dual-warmup", type=click.IntRange(min=0), default=200, show_default=True,
               help="Steps fitting fresh dual models when no --duals file is given.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads (torch's intra-op threads for this process).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @json_option
 def compress(checkpoint, ratio, data, out, stage, method, val_data, duals, widths_from,
@@ -91,8 +92,12 @@ def compress(checkpoint, ratio, data, out, stage, method, val_data, duals, width
     The result, OUT/compressed.safetensors, is an ordinary checkpoint: `vsr upscale --model`,
     `vsr eval --model` and `vsr export` take it alone.
     """
+    from vsr import configure_runtime
     from vsr.compress import CompressConfig
     from vsr.compress import compress as run_compress
+
+    if threads is not None:  # process-wide: the command's to set, not the library's
+        configure_runtime(threads=threads, omp_wait_policy=None, keep_freed_memory=False)
 
     config = CompressConfig(
         checkpoint=checkpoint, ratio=ratio, data=data, out=out, stage=stage, method=method,
@@ -101,7 +106,7 @@ def compress(checkpoint, ratio, data, out, stage, method, val_data, duals, width
         prune_batches=prune_batches, prune_batch_size=prune_batch_size,
         prune_refit=prune_refit,
         finetune_steps=finetune_steps, finetune_lr=finetune_lr, distill=distill,
-        val_every=val_every, dual_warmup=dual_warmup, seed=seed, threads=threads, device=device)
+        val_every=val_every, dual_warmup=dual_warmup, seed=seed, device=device)
     result = run_compress(config, progress=_Progress())
     if as_json:
         emit_json({"out": str(result.out), "stages": result.stages, **result.summary})

@@ -21,7 +21,6 @@ import torch
 from vsr.backends.base import (
     TOLERANCE,
     Backend,
-    BackendUnavailable,
     Runner,
     Shape,
     dtype_name,
@@ -58,9 +57,9 @@ AUTO_ORDER: Mapping[str, tuple[str, ...]] = MappingProxyType({
 _CPU_ORDER_LARGE_FRAMES = ("eager",)
 _ONNX_MAX_PIXELS = 50_000  # input H x W; between the measured 144x176 and 240x320
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "TOLERANCE", "Backend", "BackendUnavailable",
-           "EngineCache", "EngineKey", "Runner", "candidates", "default_cache_dir",
-           "model_digest", "parse_backends", "prepare", "prepare_for_frame"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "TOLERANCE", "Backend", "EngineCache",
+           "EngineKey", "Runner", "candidates", "default_cache_dir", "model_digest",
+           "parse_backends", "prepare", "prepare_for_frame"]
 
 
 def parse_backends(text: str) -> tuple[str, ...]:

@@ -9,15 +9,12 @@ dtype, not clamped.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from vsr.errors import VsrError
 
 log = logging.getLogger("vsr.backends")
 
@@ -32,10 +29,6 @@ TOLERANCE: dict[torch.dtype, float] = {
     torch.float16: 1e-2,
     torch.bfloat16: 4e-2,
 }
-
-
-class BackendUnavailable(VsrError):
-    """A backend cannot run here (missing package, wrong device, unsupported precision)."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +102,3 @@ class Runner:
         return {"backend": self.backend, "shape": list(self.shape),
                 "precision": dtype_name(self.dtype), "prepare_seconds": self.prepare_seconds,
                 "max_error": self.max_error}
-
-
-def timed(fn: Callable[[], Fn]) -> tuple[Fn, float]:
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t

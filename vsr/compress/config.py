@@ -52,13 +52,12 @@ class CompressConfig:
     prune_lr: float = 5e-5  # SGD-Nesterov lr of the "sgd" refit
     # fine-tuning (4c)
     finetune_steps: int = 2000
-    finetune_lr: float = 2e-4
+    finetune_lr: float = 1e-3  # the base network's training lr: best for drn-t (README)
     finetune_lr_min: float = 1e-6
     distill: float = 0.0  # weight of channel-averaged feature distillation from the original
     val_every: int = 250
     dual_lambda: float = 0.1
     dual_warmup: int = 200
-    threads: int | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:

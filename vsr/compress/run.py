@@ -68,8 +68,6 @@ class _Run:
     def __init__(self, config: CompressConfig, progress: ProgressCallback | None) -> None:
         self.cfg = config
         self.progress = progress
-        if config.threads:
-            torch.set_num_threads(config.threads)
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {config.device} requested but CUDA is not available")
         self.device = torch.device(config.device)
