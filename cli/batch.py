@@ -76,6 +76,9 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--resume", is_flag=True,
               help="Keep the finished segments of unfinished files and redo only the rest.")
 @click.option("--overwrite", is_flag=True, help="Redo finished files and replace outputs.")
+@click.option("--wait", is_flag=True,
+              help="If another vsr batch is running on DIR, wait for it to end (default: "
+                   "refuse at once).")
 @click.option("--segment-frames", type=click.IntRange(min=1), default=300, show_default=True,
               help="Cut videos at the first keyframe after this many frames.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
@@ -86,12 +89,14 @@ def batch(inputs: tuple[str, ...], output_dir: str,
           precision: str, tile: int | None, backend: str, batch: int, codec: str,
           crf: int | None, preset: str | None,
           pix_fmt: str | None, devices: tuple[str, ...], ray_address: str | None,
-          resume: bool, overwrite: bool, segment_frames: int, progress: bool,
+          resume: bool, overwrite: bool, wait: bool, segment_frames: int, progress: bool,
           as_json: bool) -> None:
     """Upscale many files into DIR; finished files are skipped on a rerun.
 
     INPUTS are files, folders (searched recursively) or glob patterns. One failing file
-    never stops the others; the exit status is 1 when any failed.
+    never stops the others; the exit status is 1 when any failed. Every output stays inside
+    DIR. One batch at a time runs on DIR (a second refuses, or waits with --wait). Ctrl-C,
+    SIGTERM or SIGHUP stop it cleanly (exit 130, 143, 129); rerun with --resume to finish.
     """
     from vsr.jobs import BatchConfig, JobOptions, run_batch
 
@@ -100,7 +105,8 @@ def batch(inputs: tuple[str, ...], output_dir: str,
                          pix_fmt=pix_fmt)
     config = BatchConfig(inputs=inputs, output_dir=output_dir, manifests=manifest,
                          template=template, options=options, devices=devices, resume=resume,
-                         overwrite=overwrite, segment_frames=segment_frames, ray=ray_address)
+                         overwrite=overwrite, segment_frames=segment_frames, ray=ray_address,
+                         wait=wait)
     bar = _BatchBar(progress)
     try:
         result = run_batch(config, progress=bar)

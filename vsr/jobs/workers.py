@@ -53,9 +53,13 @@ def run_on_threads(tasks: list[Task], tracker, devices: tuple[str, ...],
     try:
         for i, device in enumerate(devices[:max(1, len(tasks))]):
             end = threading.Event()
-            threading.Thread(target=_worker, args=(todo, tracker, device, stop, end),
-                             name=f"vsr-batch-{i}-{device}", daemon=True).start()
-            ended.append(end)
+            worker = threading.Thread(target=_worker, args=(todo, tracker, device, stop, end),
+                                      name=f"vsr-batch-{i}-{device}", daemon=True)
+            try:
+                worker.start()
+            finally:  # a Ctrl-C right after start must still wait for this one
+                if worker.ident is not None:
+                    ended.append(end)
         while not all(e.is_set() for e in ended):
             for e in ended:
                 e.wait(timeout=_POLL / len(ended))

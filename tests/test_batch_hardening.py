@@ -1,0 +1,314 @@
+"""`vsr batch` against hostile manifests, a second run on the same folder, signals and
+unwritable output folders (issue 16): real clips, real `vsr` processes and signals, a real
+SQLite job store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+from conftest import make_clip, packets, video_pts_seconds
+
+from vsr.jobs import BatchConfig, JobOptions, run_batch
+
+BICUBIC = ["--model", "bicubic", "--scale", "2", "--no-progress"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+VSR = [sys.executable, "-m", "vsr"]
+
+
+def _run(*args: str, timeout: float = 300) -> tuple[int, dict, str]:
+    result = subprocess.run([*VSR, "batch", *args, "--json"], env=ENV, capture_output=True,
+                            text=True, timeout=timeout)
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("{")]
+    return result.returncode, json.loads(lines[-1]) if lines else {}, result.stderr
+
+
+def _outputs(items: list[dict]) -> list[tuple[str, str]]:
+    """(input, output) of each done or skipped entry (other fields may come and go)."""
+    return [(d["input"], d["output"]) for d in items]
+
+
+def _size(path: Path) -> tuple[int, int]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return s.codec_context.width, s.codec_context.height
+
+
+def _done_segments(db: Path) -> list[int]:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return [i for (i,) in conn.execute("SELECT idx FROM segments WHERE status = 'done' "
+                                               "ORDER BY idx")]
+    except sqlite3.Error:
+        return []
+
+
+def _start_until_segments(cmd: list[str], db: Path, n: int) -> subprocess.Popen:
+    """Start a batch and return once it has finished ``n`` segments (still running)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.is_file() and len(_done_segments(db)) >= n:
+            return proc
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    pytest.fail(f"the batch ended (rc {proc.returncode}) before {n} segments were done: {err}")
+
+
+def _partials(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if ".partial" in p.name)
+
+
+def _heavy_clip(path: Path) -> Path:
+    """60 frames, a keyframe every 6: 10 segments that each take a moment on a CPU."""
+    return make_clip(path, frames=60, size=(320, 240), audio_tracks=1, color={"gop_size": 6})
+
+
+def test_manifest_outputs_stay_inside_the_output_folder(tmp_path):
+    (tmp_path / "in").mkdir()
+    make_clip(tmp_path / "in" / "a.mp4", frames=6)
+    victim = tmp_path / "victim.mp4"
+    victim.write_bytes(b"an unrelated file")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link").symlink_to(elsewhere)
+    manifest = tmp_path / "list.jsonl"
+    lines = [{"input": "in/a.mp4", "output": "../victim.mp4"},
+             {"input": "in/a.mp4", "output": str(tmp_path / "absolute.mp4")},
+             {"input": "in/a.mp4", "output": "link/through-a-symlink.mp4"},
+             {"input": "in/a.mp4", "output": ".vsr-batch/jobs.sqlite"},
+             {"input": "in/a.mp4", "output": "sub/inside.mp4"}]
+    manifest.write_text("".join(json.dumps(obj) + "\n" for obj in lines))
+    code, report, err = _run("--manifest", str(manifest), "-o", str(out), *BICUBIC,
+                             "--devices", "cpu", "--overwrite")
+    assert code == 1, err
+    assert _outputs(report["done"]) == [(str(tmp_path / "in" / "a.mp4"),
+                                         str(out / "sub" / "inside.mp4"))]
+    errors = [f["error"] for f in report["failed"]]
+    print("refused:", errors)
+    assert len(errors) == 4
+    for number, error in zip((1, 2, 3, 4), errors, strict=True):
+        assert error.startswith(f"{manifest}:{number}: output ")
+    assert all("is outside the output folder" in e for e in errors[:3])
+    assert "inside the job state folder" in errors[3]
+    assert victim.read_bytes() == b"an unrelated file"
+    assert not (tmp_path / "absolute.mp4").exists()
+    assert list(elsewhere.iterdir()) == []
+    assert _size(out / "sub" / "inside.mp4") == (128, 96)
+
+
+def test_every_manifest_line_is_done_or_reported(tmp_path):
+    (tmp_path / "in").mkdir()
+    src = make_clip(tmp_path / "in" / "a.mp4", frames=6, audio_tracks=1)
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text("in/a.mp4\n"
+                        '{"input": "in/a.mp4", "output": "a_x3.mkv", "scale": 3}\n'
+                        '{"input": "in/a.mp4", "output": "copy.mkv"}\n'
+                        '{"input": "in/a.mp4", "output": "./a.mp4", "scale": 3}\n')
+    out = tmp_path / "out"
+    args = ("--manifest", str(manifest), "-o", str(out), *BICUBIC, "--devices", "cpu")
+    code, report, err = _run(*args)
+    assert code == 1, err
+    assert sorted(d["output"] for d in report["done"]) == sorted(
+        str(out / n) for n in ("a.mp4", "a_x3.mkv", "copy.mkv"))
+    assert len(report["done"]) + len(report["skipped"]) + len(report["failed"]) == 4
+    [failed] = report["failed"]
+    assert failed["input"] == str(src)
+    assert failed["error"].startswith(f"{manifest}:4: duplicate output ")
+    assert failed["error"].endswith(f"already the output of {manifest}:1")
+    assert _size(out / "a.mp4") == _size(out / "copy.mkv") == (128, 96)
+    assert _size(out / "a_x3.mkv") == (192, 144)
+    for name in ("a.mp4", "a_x3.mkv", "copy.mkv"):
+        assert video_pts_seconds(out / name) == video_pts_seconds(src)
+        assert packets(out / name, "audio") == packets(src, "audio")
+    # the job store tells the three outputs of one input apart: a rerun skips all three
+    code, report, err = _run(*args)
+    assert code == 1, err
+    assert report["done"] == [] and len(report["failed"]) == 1
+    assert sorted(d["output"] for d in report["skipped"]) == sorted(
+        str(out / n) for n in ("a.mp4", "a_x3.mkv", "copy.mkv"))
+
+
+_OLD_FILES = """CREATE TABLE files (
+    id INTEGER PRIMARY KEY,
+    input TEXT NOT NULL UNIQUE,
+    output TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    frames INTEGER,
+    updated REAL NOT NULL
+)"""
+
+
+def test_job_store_of_an_older_version_is_migrated(tmp_path):
+    src = make_clip(tmp_path / "a.mkv", frames=6)
+    out = tmp_path / "out"
+
+    def batch(*names: str):
+        manifest = tmp_path / "list.jsonl"
+        manifest.write_text("".join(json.dumps({"input": str(src), "output": n}) + "\n"
+                                    for n in names))
+        return run_batch(BatchConfig(inputs=(), manifests=(manifest,), output_dir=out,
+                                     options=JobOptions(model="bicubic", scale=2),
+                                     devices=("cpu",)))
+
+    assert len(batch("a.mkv").done) == 1
+    db = out / ".vsr-batch" / "jobs.sqlite"
+    with sqlite3.connect(db) as conn:  # back to the schema keyed by input alone
+        conn.execute("PRAGMA foreign_keys=OFF")
+        rows = conn.execute("SELECT * FROM files").fetchall()
+        conn.execute("DROP TABLE files")
+        conn.execute(_OLD_FILES)
+        conn.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    result = batch("a.mkv", "b.mkv")
+    assert [d["output"] for d in result.skipped] == [str(out / "a.mkv")]
+    assert [d["output"] for d in result.done] == [str(out / "b.mkv")]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id, output, status FROM files ORDER BY id").fetchall() == [
+            (rows[0][0], str(out / "a.mkv"), "done"), (rows[0][0] + 1, str(out / "b.mkv"),
+                                                      "done")]
+
+
+def test_second_batch_on_one_folder_refuses_or_waits_and_a_killed_one_never_blocks(tmp_path):
+    src = _heavy_clip(tmp_path / "long.mkv")
+    out = tmp_path / "out"
+    db = out / ".vsr-batch" / "jobs.sqlite"
+    cmd = [*VSR, "batch", str(src), "-o", str(out), *BICUBIC, "--segment-frames", "6",
+           "--devices", "cpu", "--json"]
+    first = _start_until_segments(cmd, db, 1)
+    os.kill(first.pid, signal.SIGSTOP)  # deterministic: it holds the folder, doing nothing
+    try:
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+        t0 = time.monotonic()
+        second = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - t0
+        err_lines = second.stderr.strip().splitlines()
+        print(f"second run refused in {took:.1f} s: {err_lines}")
+        assert second.returncode == 1
+        assert len(err_lines) == 1 and err_lines[0].startswith("Error: another vsr batch is "
+                                                                "running on this output folder")
+        assert second.stdout == ""
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+        # with --wait it starts once the first one is over, and finds the file finished
+        waiting = subprocess.Popen([*cmd, "--wait"], env=ENV, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert waiting.poll() is None
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    out1, err1 = first.communicate(timeout=240)
+    assert first.returncode == 0, err1
+    assert _outputs(json.loads(out1.splitlines()[-1])["done"]) == [(str(src),
+                                                                     str(out / "long.mkv"))]
+    out2, err2 = waiting.communicate(timeout=240)
+    assert waiting.returncode == 0, err2
+    report = json.loads(out2.splitlines()[-1])
+    assert report["done"] == [] and [s["input"] for s in report["skipped"]] == [str(src)]
+    assert video_pts_seconds(out / "long.mkv") == video_pts_seconds(src)
+
+    # a run killed with SIGKILL leaves no lock behind: the next one resumes at once
+    killed_out = tmp_path / "killed"
+    killed_cmd = [*cmd[:cmd.index("-o") + 1], str(killed_out), *cmd[cmd.index("-o") + 2:]]
+    killed = _start_until_segments(killed_cmd, killed_out / ".vsr-batch" / "jobs.sqlite", 1)
+    killed.kill()
+    killed.communicate()
+    code, report, err = _run(*killed_cmd[len(VSR) + 1:-1], "--resume")
+    assert code == 0, err
+    assert _outputs(report["done"]) == [(str(src), str(killed_out / "long.mkv"))]
+    assert video_pts_seconds(killed_out / "long.mkv") == video_pts_seconds(src)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_signal_stops_cleanly_and_resume_reuses_finished_segments(tmp_path, signum):
+    src = _heavy_clip(tmp_path / "long.mkv")
+    out = tmp_path / "out"
+    db = out / ".vsr-batch" / "jobs.sqlite"
+    cmd = [*VSR, "batch", str(src), "-o", str(out), *BICUBIC, "--segment-frames", "6",
+           "--devices", "cpu,cpu"]
+    proc = _start_until_segments(cmd, db, 2)
+    t0 = time.monotonic()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    print(f"{signal.Signals(signum).name}: exit {proc.returncode} after "
+          f"{time.monotonic() - t0:.2f} s; stderr {err.strip().splitlines()}")
+    assert "terminate called" not in err
+    assert proc.returncode == 128 + signum  # 130, 143, 129: as the shell reports the signal
+    assert err.strip().splitlines()[-1].startswith("Error: interrupted")
+    assert _partials(out) == []
+    assert not (out / "long.mkv").exists()
+    done = _done_segments(db)
+    assert 2 <= len(done) < 10
+    seg_dir = out / ".vsr-batch" / "segments" / "000001"
+    assert sorted(p.name for p in seg_dir.iterdir()) == [f"seg-{i:05d}.nut" for i in done]
+
+    result = subprocess.run([*cmd, "--resume", "--json"], env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert _outputs(json.loads(result.stdout.splitlines()[-1])["done"]) == [
+        (str(src), str(out / "long.mkv"))]
+    summary = result.stderr.strip().splitlines()[-1]
+    assert f"{10 - len(done)} segments computed, {len(done)} reused" in summary
+    assert video_pts_seconds(out / "long.mkv") == video_pts_seconds(src)
+    assert packets(out / "long.mkv", "audio") == packets(src, "audio")
+    assert _size(out / "long.mkv") == (640, 480)
+    assert _partials(out) == []
+
+
+def _one_clean_error(code: int, err: str) -> str:
+    lines = err.strip().splitlines()
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    assert "internal error" not in lines[0]
+    return lines[0]
+
+
+def test_output_folder_that_cannot_be_created_is_one_clean_error(tmp_path):
+    src = make_clip(tmp_path / "a.mp4", frames=3)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    code, _, err = _run(str(src), "-o", str(a_file / "sub"), *BICUBIC)
+    line = _one_clean_error(code, err)
+    assert line == f"Error: cannot create the output folder {a_file / 'sub'}: Not a directory"
+
+
+def _read_only_run(tmp_path: Path, src: Path, output: Path) -> subprocess.CompletedProcess:
+    """`vsr batch` with ``tmp_path/ro`` a read-only file system (a tmpfs mounted read-only in
+    a private mount namespace, so nothing outside the test sees it)."""
+    script = 'mount -t tmpfs -o ro tmpfs "$0" && exec "$@"'
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, str(tmp_path / "ro"),
+                           *VSR, "batch", str(src), "-o", str(output), *BICUBIC],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def test_read_only_output_mount_is_one_clean_error(tmp_path):
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) for a private read-only mount")
+    (tmp_path / "ro").mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c",
+                            'mount -t tmpfs -o ro tmpfs "$0" && ! touch "$0/x"',
+                            str(tmp_path / "ro")], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private read-only mount here: {probe.stderr.strip()}")
+    src = make_clip(tmp_path / "a.mp4", frames=3)
+    inside = _read_only_run(tmp_path, src, tmp_path / "ro" / "new")
+    line = _one_clean_error(inside.returncode, inside.stderr)
+    assert line == (f"Error: cannot create the output folder {tmp_path / 'ro' / 'new'}: "
+                    "Read-only file system")
+    itself = _read_only_run(tmp_path, src, tmp_path / "ro")
+    line = _one_clean_error(itself.returncode, itself.stderr)
+    assert line.startswith(f"Error: cannot create the job store {tmp_path / 'ro'}")
+    assert line.endswith("Read-only file system")
