@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vsr.errors import InputError, OutputError
+from vsr.io.paths import file_url
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -33,7 +34,7 @@ def _decode(path: Path) -> av.VideoFrame:
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     try:
-        with av.open(str(path)) as container:
+        with av.open(file_url(path)) as container:
             if not container.streams.video:
                 raise InputError(f"not an image: {path}")
             frame = next(container.decode(video=0), None)
@@ -94,7 +95,9 @@ def write_image(path: str | os.PathLike, image: torch.Tensor, *, quality: int = 
     array = np.ascontiguousarray(image.detach().cpu().permute(1, 2, 0).numpy())
     height, width = array.shape[:2]
     try:
-        with av.open(str(path), mode="w", format="image2") as container:
+        # update=1: the name is the file, not a numbered pattern (a "%d" in it stays as it is)
+        with av.open(file_url(path), mode="w", format="image2",
+                     container_options={"update": "1"}) as container:
             stream = container.add_stream(codec, rate=1)
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
             if codec == "mjpeg":

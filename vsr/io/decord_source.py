@@ -16,6 +16,7 @@ import numpy as np
 
 from vsr.errors import InputError
 from vsr.io.info import Frame, StreamInfo
+from vsr.io.paths import file_url
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class DecordSource:
         except ImportError as exc:  # pragma: no cover - decord is a declared dependency
             raise InputError("the decord decoder is not installed") from exc
         try:
-            self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+            self._reader = decord.VideoReader(file_url(path), ctx=decord.cpu(0),
+                                              num_threads=threads)
         except (decord.DECORDError, RuntimeError) as exc:
             raise InputError(f"decord cannot read {path}: {exc}") from exc
         n = len(self._reader)

@@ -25,6 +25,7 @@ import numpy as np
 from vsr.errors import OutputError
 from vsr.io.info import StreamInfo
 from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
+from vsr.io.paths import file_url
 from vsr.io.sink import EncodeConfig, choose_pix_fmt
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,15 @@ def ffmpeg_available() -> bool:
     return shutil.which("ffmpeg") is not None
 
 
+def _finish_failed(log_file) -> bool:
+    """Whether ffmpeg reported that it could not write the end of its output: ffmpeg 5.1
+    exits 0 after "Error writing trailer" or "Error closing file" (a full disk), leaving a
+    truncated file."""
+    log_file.seek(0)
+    text = log_file.read()
+    return b"Error writing trailer" in text or b"Error closing file" in text
+
+
 def _last_line(log_file) -> str:
     log_file.seek(0)
     lines = [ln for ln in log_file.read().decode(errors="replace").splitlines() if ln.strip()]
@@ -56,7 +66,7 @@ def _last_line(log_file) -> str:
 def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeConfig) -> list[str]:
     """The ffmpeg argument list: input 0 is the NUT pipe, input 1 the original file."""
     pipe = ffmpeg.input("pipe:", format="nut")
-    src = ffmpeg.input(info.path)
+    src = ffmpeg.input(file_url(info.path))  # a file, whatever its name
     c = info.color
     yuv = pix_fmt.startswith(("yuv", "nv", "p0", "p2")) and not pix_fmt.startswith("yuvj")
     scale = {"out_range": "pc" if c.range == 2 else "tv"} if yuv else {}
@@ -111,7 +121,7 @@ class FfmpegSink(SinkContext):
         self._done = False
         self.frames = 0
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sink
-        args = build_command(info, str(self._temp), self.pix_fmt, config)
+        args = build_command(info, file_url(self._temp), self.pix_fmt, config)
         log.debug("ffmpeg command: %s", args)
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=self._log, start_new_session=True)
@@ -165,8 +175,9 @@ class FfmpegSink(SinkContext):
             err = self._failed("stopped")
             discard(self._temp)
             raise err from exc
-        if self._proc.wait() != 0:
-            err = self._failed(f"exited with {self._proc.returncode}")
+        if self._proc.wait() != 0 or _finish_failed(self._log):
+            err = self._failed(f"exited with {self._proc.returncode}" if self._proc.returncode
+                               else "could not finish the file")
             discard(self._temp)
             raise err
         self._log.close()

@@ -15,6 +15,8 @@ from typing import Protocol
 import av
 
 from vsr.errors import InputError, OutputError
+from vsr.io.output import write_error
+from vsr.io.paths import file_url
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class Passthrough:
         """``source``: the input's path (opened here), or an open :class:`Demuxer`."""
         if isinstance(source, str):
             try:
-                source = av.open(source, mode="r")
+                source = av.open(file_url(source), mode="r")  # a file, whatever its name
             except av.error.FFmpegError as exc:
                 raise InputError(f"cannot reopen {source} for stream copy: {exc}") from exc
         self._input = source
@@ -132,7 +134,7 @@ class Passthrough:
             try:
                 output.mux(pkt)
             except av.error.FFmpegError as exc:
-                raise OutputError(f"copying stream {src} failed: {exc}") from exc
+                raise write_error(None, exc, f"copying stream {src}") from exc
             self.copied[src] += 1
 
     def mux_rest(self, output: av.container.OutputContainer) -> None:

@@ -18,8 +18,16 @@ import numpy as np
 
 from vsr.errors import ConfigError, OutputError
 from vsr.io.info import StreamInfo, bit_depth_of
-from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
+from vsr.io.output import (
+    SinkContext,
+    check_output_path,
+    discard,
+    finish,
+    temp_path_for,
+    write_error,
+)
 from vsr.io.passthrough import Passthrough
+from vsr.io.paths import file_url
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +178,7 @@ class PyAVSink(SinkContext):
         try:
             # Keep input timestamps as they are: the default shifts every stream when a copied
             # one starts below zero (AAC priming), which moves the video off its input times.
-            self._out = av.open(str(self._temp), mode="w",
+            self._out = av.open(file_url(self._temp), mode="w",
                                 container_options={"avoid_negative_ts": "disabled"})
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             discard(self._temp)
@@ -203,7 +211,7 @@ class PyAVSink(SinkContext):
                     log.warning("chapters not copied: %s", exc)
         else:
             add_video()
-        with av.open(info.path) as src:
+        with av.open(file_url(info.path)) as src:
             meta = dict(src.streams[info.index].metadata)
         self._stream.metadata.update({k: v for k, v in meta.items() if k != "encoder"})
         try:
@@ -231,7 +239,7 @@ class PyAVSink(SinkContext):
             try:
                 self._out.mux(pkt)
             except av.error.FFmpegError as exc:
-                raise OutputError(f"writing {self.path} failed: {exc}") from exc
+                raise write_error(self.path, exc) from exc
 
     def close(self) -> None:
         """Flush and finish the file; the output appears at ``path`` only now."""
@@ -242,6 +250,9 @@ class PyAVSink(SinkContext):
             if self._pass is not None:
                 self._pass.mux_rest(self._out)
             self._out.close()
+        except (av.error.FFmpegError, OSError) as exc:  # the trailer: disk full, I/O error
+            self.abort()
+            raise write_error(self.path, exc, "finishing") from exc
         except BaseException:
             self.abort()
             raise

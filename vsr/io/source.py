@@ -19,6 +19,7 @@ import numpy as np
 from vsr.errors import ConfigError, InputError
 from vsr.io.image import IMAGE_SUFFIXES
 from vsr.io.info import ColorInfo, Frame, StreamInfo, bit_depth_of, other_streams
+from vsr.io.paths import file_url
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,13 @@ def check_input_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+def _video_stream(container: av.container.InputContainer,
+                  name: str) -> av.video.stream.VideoStream:
     for s in container.streams.video:
         # Cover art in MP4/Matroska is a one-picture video stream; it is carried, not upscaled.
         if not (int(s.disposition) & int(av.stream.Disposition.attached_pic)):
             return s
-    raise InputError(f"no video stream in {container.name}")
+    raise InputError(f"no video stream in {name}")
 
 
 class PyAVSource:
@@ -66,11 +68,12 @@ class PyAVSource:
     def __init__(self, path: str | os.PathLike, *, threads: int = 0) -> None:
         p = check_input_path(path)
         try:
-            self._container = av.open(str(p), mode="r")
+            self._name = str(p)
+            self._container = av.open(file_url(p), mode="r")  # a file, whatever its name
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot read {p} as media: {exc.strerror or exc}") from exc
         try:
-            self._stream = _video_stream(self._container)
+            self._stream = _video_stream(self._container, self._name)
             self._stream.thread_type = "AUTO"
             self._stream.codec_context.thread_count = threads
             self._decoded = self._decode()
@@ -89,7 +92,7 @@ class PyAVSource:
         try:
             yield from self._container.decode(self._stream)
         except av.error.FFmpegError as exc:
-            raise InputError(f"decoding {self._container.name} failed: {exc}") from exc
+            raise InputError(f"decoding {self._name} failed: {exc}") from exc
 
     def _describe(self, p: Path, first: av.VideoFrame) -> StreamInfo:
         s, cc = self._stream, self._stream.codec_context
@@ -170,12 +173,12 @@ class PyAVSource:
             try:
                 self._container.seek(start, stream=self._stream, backward=True)
             except av.error.FFmpegError as exc:
-                raise InputError(f"cannot seek in {self._container.name}: {exc}") from exc
+                raise InputError(f"cannot seek in {self._name}: {exc}") from exc
             decoded = self._decode()
         index = 0
         for frame in decoded:
             if frame.pts is None:
-                raise InputError(f"{self._container.name} has frames without timestamps; "
+                raise InputError(f"{self._name} has frames without timestamps; "
                                  "it cannot be cut into segments")
             if start is not None and frame.pts < start:
                 continue

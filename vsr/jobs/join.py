@@ -17,6 +17,7 @@ import av
 from vsr.errors import OutputError, PipelineError
 from vsr.io.output import check_output_path, discard, finish, temp_path_for
 from vsr.io.passthrough import Passthrough
+from vsr.io.paths import file_url
 from vsr.io.source import PyAVSource
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,13 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         info = source.info
     temp = temp_path_for(final)
     try:
-        out = av.open(str(temp), mode="w", container_options={"avoid_negative_ts": "disabled"})
+        out = av.open(file_url(temp), mode="w", container_options={"avoid_negative_ts": "disabled"})
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         discard(temp)
         raise OutputError(f"cannot write {final}: {exc}") from exc
     passthrough = Passthrough(str(input_path), exclude=info.index)
     try:
-        with av.open(str(segments[0])) as first:
+        with av.open(file_url(segments[0])) as first:
             template = first.streams.video[0]
             extradata = template.codec_context.extradata
             holder: list[av.stream.Stream] = []
@@ -59,7 +60,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                                  if k not in _OWN_KEYS})
             passthrough.add_streams(out, add_video)
             video = holder[0]
-        with av.open(str(input_path)) as src:
+        with av.open(file_url(input_path)) as src:
             meta = dict(src.streams[info.index].metadata)
         video.metadata.update({k: v for k, v in meta.items() if k != "encoder"})
         chapters = passthrough.chapters
@@ -88,7 +89,7 @@ def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.strea
                   passthrough: Passthrough, tb: Fraction, extradata: bytes | None,
                   last_dts: int | None) -> int | None:
     """Mux one segment's packets (rebased to ``tb``); returns the last dts written."""
-    with av.open(str(path)) as seg:
+    with av.open(file_url(path)) as seg:
         stream = seg.streams.video[0]
         if stream.codec_context.extradata != extradata:
             raise PipelineError(f"segment {path.name} was encoded with other codec parameters")

@@ -22,6 +22,7 @@ from vsr.engine import ModelCache, run_source
 from vsr.errors import InputError, PipelineError
 from vsr.io.image import is_image_path
 from vsr.io.output import discard
+from vsr.io.paths import file_url
 from vsr.io.sink import PyAVSink
 from vsr.io.source import PyAVSource
 from vsr.jobs.plan import Job
@@ -69,7 +70,7 @@ def plan_segments(path: Path, min_frames: int) -> list[Segment]:
     with PyAVSource(path) as source:  # same checks and messages as a normal run
         index = source.info.index
     try:
-        with av.open(str(path)) as c:
+        with av.open(file_url(path)) as c:
             stream = c.streams[index]
             pts, keys = [], []
             for pkt in c.demux(stream):

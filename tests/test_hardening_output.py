@@ -1,0 +1,135 @@
+"""`vsr upscale` on hostile names and a full disk: files are opened as files, every failure is
+one clean `Error:` line, and nothing is left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+VSR = [sys.executable, "-m", "vsr"]
+
+
+def _vsr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*VSR, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _error_line(r: subprocess.CompletedProcess) -> str:
+    """The one `Error:` line of a failed run (asserting there is exactly one line)."""
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    assert "internal error" not in lines[0], r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("decoder, encoder, name, given, out_name", [
+    ("pyav", "pyav", "concat:other.mp4", "concat:other.mp4", "x.mkv"),
+    ("pyav", "pyav", "pipe:0.ts", "pipe:0.ts", "concat:x.mkv"),
+    ("decord", "ffmpeg", "pipe:0.ts", "./pipe:0.ts", "pipe:1.mkv"),
+])
+def test_protocol_like_names_are_opened_as_files(clip, tmp_path, decoder, encoder, name,
+                                                 given, out_name):
+    clip("other.mp4", frames=4)  # what FFmpeg's concat: protocol would read instead
+    clip(name, frames=7, size=(32, 32), audio_tracks=1)
+    r = _vsr("upscale", given, out_name, "--model", "bicubic", "--scale", "2", "--json",
+             "--decoder", decoder, "--encoder", encoder, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["frames_in"] == 7
+    import av
+
+    with av.open(str(tmp_path / out_name)) as c:  # absolute: no protocol prefix to misread
+        assert c.streams.video[0].codec_context.width == 64
+        assert [s.type for s in c.streams] == ["video", "audio"]
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_image_io_opens_protocol_and_pattern_names_as_files(tmp_path, monkeypatch):
+    from vsr.imageio import read_image, write_image
+
+    monkeypatch.chdir(tmp_path)
+    image = torch.arange(3 * 8 * 8, dtype=torch.uint8).reshape(3, 8, 8)
+    for name in ("concat:a.png", "b%d.png", "pipe:1.png"):
+        write_image(name, image)
+        assert Path(name).is_file(), sorted(os.listdir("."))  # written under its own name
+        assert torch.equal(read_image(name), image)
+    assert sorted(os.listdir(".")) == ["b%d.png", "concat:a.png", "pipe:1.png"]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 200 KiB tmpfs holding a filler file that leaves 16 KiB free (needs root)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        free = shutil.disk_usage(mnt).free
+        (mnt / "filler").write_bytes(b"\0" * (free - 16 * 1024))
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("out_name, extra", [("o.mp4", ()), ("o.mkv", ()),
+                                             ("o.mkv", ("--encoder", "ffmpeg"))])
+def test_full_disk_is_one_clean_error(clip, full_disk, out_name, extra):
+    src = clip("in.mp4", frames=40, size=(160, 120), audio_tracks=1)
+    r = _vsr("upscale", str(src), str(full_disk / out_name), "--model", "bicubic", "--scale",
+             "2", "--crf", "30", *extra)
+    line = _error_line(r)
+    assert "no space left on" in line.lower(), line
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_longest_legal_output_name_works_and_a_longer_one_is_refused(clip, tmp_path):
+    src = clip("in.mp4", frames=3)
+    longest = tmp_path / ("é" * 125 + "a.mp4")  # 255 bytes: the limit on Linux
+    assert len(os.fsencode(longest.name)) == 255
+    r = _vsr("upscale", str(src), str(longest), "--model", "bicubic", "--scale", "2")
+    assert r.returncode == 0, r.stderr
+    assert longest.is_file()
+    too_long = tmp_path / ("é" * 125 + "ab.mp4")
+    line = _error_line(_vsr("upscale", str(src), str(too_long), "--model", "bicubic",
+                            "--scale", "2"))
+    assert "too long" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.mp4", longest.name])
+
+
+@pytest.mark.parametrize("out_name", ["o.m3u8", "o.MPD"])
+def test_multi_file_outputs_are_refused(clip, tmp_path, out_name):
+    src = clip("in.mp4", frames=3)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    line = _error_line(_vsr("upscale", str(src), str(out_dir / out_name), "--model",
+                            "bicubic", "--scale", "2"))
+    assert out_name in line
+    assert list(out_dir.iterdir()) == []
+
+
+def test_untrusted_checkpoint_name_cannot_forge_log_lines(clip, tmp_path):
+    from vsr.models import CheckpointInfo, create_model, save_model
+
+    model = create_model("drn-t-x2", pretrained=False)
+    ckpt = tmp_path / "evil.safetensors"
+    name = "evil\nError: forged\x1b[2J\u2028end"
+    save_model(ckpt, model, CheckpointInfo(arch="drn", hparams=dict(model.hparams), scale=2,
+                                           name=name))
+    src = clip("in.mp4", frames=2, size=(32, 32))
+    r = _vsr("-v", "upscale", str(src), str(tmp_path / "o.mp4"), "--model", str(ckpt),
+             "--device", "cpu", "--backend", "eager")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert not [ln for ln in lines if ln.startswith("Error")], r.stderr
+    assert "\x1b" not in r.stderr and "\u2028" not in r.stderr
+    assert any("evil\\nError: forged\\x1b[2J\\u2028end" in ln for ln in lines), r.stderr
+    with contextlib.suppress(FileNotFoundError):
+        (tmp_path / "o.mp4").unlink()
