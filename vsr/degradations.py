@@ -291,7 +291,7 @@ class DegradationChain:
             raise ConfigError(f"degradation {self} has ranges; give a seed to draw them")
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         draws = [_draw(s, gen) for s in self.stages]
-        lr = self._float_part(hr.cpu(), scale, draws, gen)
+        lr = self._float_part(hr.cpu(), scale, [draws], gen)
         for stage, d in self._late(draws):
             if stage.kind in _CODECS:
                 lr = _codec_clip(lr, stage, int(d["crf"]), threads=threads)
@@ -319,19 +319,16 @@ class DegradationChain:
             ConfigError: bad shapes or scale. PipelineError: a codec failed.
         """
         _check_hr(hr, scale)
-        hr = hr.cpu()
-        draws = [[_draw(s, generator) for s in self.stages] for _ in range(hr.shape[0])]
-        if generator is None:
-            seeds = torch.randint(0, 2 ** 62, (hr.shape[0],)).tolist()
-        else:
-            seeds = torch.randint(0, 2 ** 62, (hr.shape[0],), generator=generator).tolist()
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        if all(s.kind in DOWNSCALES for s in self.stages):
-            return self._float_part(hr, scale, draws[0], gens[0])
-        lrs = [self._float_part(hr[i:i + 1], scale, draws[i], gens[i])[0]
-               for i in range(hr.shape[0])]
+        n = hr.shape[0]
+        draws = [[_draw(s, generator) for s in self.stages] for _ in range(n)]
+        lr = self._float_part(hr.cpu(), scale, draws, generator, dtype=torch.float32)
         if not self._late(draws[0]):
-            return torch.stack(lrs)
+            return lr
+        # each crop gets its own generator, seeded here in order, so the result does not
+        # depend on which thread runs first
+        seeds = torch.randint(0, 2 ** 62, (n,), generator=generator).tolist()
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        lrs = list(lr)
 
         def finish(i: int) -> torch.Tensor:
             lr = lrs[i]
@@ -344,8 +341,6 @@ class DegradationChain:
                     lr = to_uint8(lr.to(torch.float64) + _noise(lr.shape, d["sigma"], gens[i]))
             return lr
 
-        # each crop has its own generator (seeded above, in order), so the result does not
-        # depend on which thread runs first
         n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         if n_workers <= 1 or len(lrs) == 1:
             return torch.stack([finish(i) for i in range(len(lrs))])
@@ -364,21 +359,27 @@ class DegradationChain:
         first = self._first_codec
         return list(zip(self.stages[first:], draws[first:], strict=True))
 
-    def _float_part(self, hr: torch.Tensor, scale: int, draws: Sequence[dict[str, float]],
-                    gen: torch.Generator | None) -> torch.Tensor:
-        """Blur, downscale and any noise before the first compression stage; one rounding."""
+    def _float_part(self, hr: torch.Tensor, scale: int,
+                    draws: Sequence[Sequence[dict[str, float]]], gen: torch.Generator | None, *,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Blur, downscale and any noise before the first compression stage; one rounding.
+
+        ``draws`` holds the drawn values per sample of ``hr`` (one entry: all samples alike).
+        A lone ``bicubic`` is :func:`vsr.evaluate.degrade` itself, whatever ``dtype``.
+        """
         first = self._first_codec
-        float_stages = list(zip(self.stages[:first], draws[:first], strict=True))
-        if [s.kind for s, _ in float_stages] == ["bicubic"]:
+        if [s.kind for s in self.stages[:first]] == ["bicubic"]:
             return degrade(hr, scale)  # the evaluation protocol's LR, bit for bit
-        x = hr.to(torch.float64)
-        for stage, d in float_stages:
+        x = hr.to(dtype)
+        for i, stage in enumerate(self.stages[:first]):
             if stage.kind == "blur":
-                x = _blur(x, d["sigma"])
+                x = _blur(x, [d[i]["sigma"] for d in draws])
             elif stage.kind in DOWNSCALES:
                 x = _downscale(x, stage.kind, scale)
             elif stage.kind == "noise":
-                x = x + _noise(x.shape, d["sigma"], gen)
+                sigma = torch.tensor([d[i]["sigma"] for d in draws], dtype=dtype)
+                noise = torch.randn(x.shape, dtype=dtype, generator=gen)
+                x = x + noise * sigma.view(-1, 1, 1, 1)
         return to_uint8(x)
 
 
@@ -397,17 +398,22 @@ def _check_hr(hr: torch.Tensor, scale: int) -> None:
         raise ConfigError(f"HR size {h}x{w} is not a positive multiple of {scale}; crop it first")
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian of ``sigma`` pixels on float (N, 3, H, W), reflected borders."""
-    if sigma <= 0:
+def _blur(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+    """Separable Gaussian on float (N, 3, H, W), reflected borders; ``sigmas``: one (pixels)
+    for all samples, or one per sample. Sigma 0 leaves a sample as it is."""
+    if all(sg <= 0 for sg in sigmas):
         return x
-    taps = gaussian_taps(sigma, 1).to(x.dtype)
-    r = taps.numel() // 2
-    c = x.shape[1]
-    mode = "reflect" if r < min(x.shape[-2:]) else "replicate"
-    y = F.pad(x, (r, r, r, r), mode=mode)
-    y = F.conv2d(y, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    kernels = [gaussian_taps(sg, 1) if sg > 0 else torch.ones(1, dtype=torch.float64)
+               for sg in sigmas]
+    r = max(k.numel() // 2 for k in kernels)
+    taps = torch.stack([F.pad(k, (r - k.numel() // 2,) * 2) for k in kernels]).to(x.dtype)
+    n, c, h, w = x.shape
+    taps = taps.repeat_interleave(c, dim=0) if len(kernels) > 1 else taps.expand(n * c, -1)
+    mode = "reflect" if r < min(h, w) else "replicate"
+    y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode=mode)
+    y = F.conv2d(y, taps.reshape(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, taps.reshape(n * c, 1, -1, 1), groups=n * c)
+    return y.reshape(n, c, h, w)
 
 
 def _downscale(x: torch.Tensor, kind: str, scale: int) -> torch.Tensor:
