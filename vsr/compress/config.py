@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vsr.errors import ConfigError
+from vsr.options import check_device
 
 STAGES = ("search", "prune", "finetune", "all")
 METHODS = ("drc", "l1")
@@ -61,6 +62,7 @@ class CompressConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         object.__setattr__(self, "data", tuple(str(d) for d in self.data))
         if not self.data:
             raise ConfigError("give at least one training folder (--data)")

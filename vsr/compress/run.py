@@ -26,6 +26,7 @@ from vsr.compress.finetune import finetune
 from vsr.compress.layers import candidate_widths, layer_widths, prunable_layers
 from vsr.compress.prune import dr_prune, l1_prune
 from vsr.compress.search import run_search
+from vsr.device import resolve_device
 from vsr.errors import CheckpointError, ConfigError
 from vsr.models import (
     CheckpointInfo,
@@ -68,9 +69,7 @@ class _Run:
     def __init__(self, config: CompressConfig, progress: ProgressCallback | None) -> None:
         self.cfg = config
         self.progress = progress
-        if config.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device {config.device} requested but CUDA is not available")
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device, require_available=True)
         self.out = config.out_dir
         self.out.mkdir(parents=True, exist_ok=True)
         original, self.info = load_network(config.checkpoint)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vsr.errors import ConfigError
+from vsr.options import check_device
 from vsr.train.degrade import DegradationSpec
 from vsr.train.state import MOMENTS
 
@@ -62,6 +63,7 @@ class TrainConfig:
     degrade: str | None = None
 
     def __post_init__(self) -> None:
+        check_device(self.device)  # the spelling; availability is checked when it runs
         object.__setattr__(self, "data", tuple(str(d) for d in self.data))
         object.__setattr__(self, "adapt", tuple(str(d) for d in self.adapt))
         if not self.data:
