@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vsr.io.output import (
+    HOST_TAG,
     is_stale_partial,
     partial_writer,
     remove_stale_partials,
@@ -77,9 +78,9 @@ def test_partial_of_a_killed_run_is_removed_by_the_next_run(clip, tmp_path):
     # A live writer's partial of the same output (its pid is a running process) must stay.
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        live = out_dir / f".o.{sleeper.pid}.0123abcd.partial.mp4"
+        live = out_dir / f".o.{sleeper.pid}.{HOST_TAG}0123abcd.partial.mp4"
         live.write_bytes(b"still being written")
-        other = out_dir / f".other.{proc.pid}.0123abcd.partial.mp4"  # another output's
+        other = out_dir / f".other.{proc.pid}.{HOST_TAG}0123abcd.partial.mp4"  # not o.mp4's
         other.write_bytes(b"not ours to judge here")
         small = clip("small.mp4", frames=3)
         r = subprocess.run([*VSR, "upscale", str(small), str(out), "--model", "bicubic",
@@ -99,18 +100,20 @@ def test_stale_partials_are_those_whose_writer_is_gone(tmp_path):
     gone.wait()
     alive = subprocess.Popen(["sleep", "60"])
     try:
-        dead_p = tmp_path / f".clip.final.{gone.pid}.89abcdef.partial.mkv"
-        live_p = tmp_path / f".clip.final.{alive.pid}.89abcdef.partial.mkv"
+        dead_p = tmp_path / f".clip.final.{gone.pid}.{HOST_TAG}89abcdef.partial.mkv"
+        live_p = tmp_path / f".clip.final.{alive.pid}.{HOST_TAG}89abcdef.partial.mkv"
+        elsewhere = "0000" if HOST_TAG != "0000" else "ffff"  # another machine's (NFS)
+        remote = tmp_path / f".clip.final.{gone.pid}.{elsewhere}89abcdef.partial.mkv"
         mine = temp_path_for(out)
         old_style = tmp_path / ".clip.final.89abcdef.partial.mkv"  # no pid: left alone
-        for p in (dead_p, live_p, mine, old_style):
+        kept = (live_p, remote, mine, old_style)
+        for p in (dead_p, *kept):
             p.write_bytes(b"x")
         assert partial_writer(mine) == os.getpid()
-        assert is_stale_partial(dead_p) and not is_stale_partial(live_p)
-        assert not is_stale_partial(mine) and not is_stale_partial(old_style)
+        assert is_stale_partial(dead_p)
+        assert not any(is_stale_partial(p) for p in kept)
         assert remove_stale_partials(out) == [dead_p]
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-            p.name for p in (live_p, mine, old_style))
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
     finally:
         alive.kill()
         alive.wait()

@@ -4,8 +4,11 @@ the destination folder, and rename it into place only when the output is complet
 A temporary file is named ``.STEM.PID.HEX.partial.SUFFIX`` after the output it becomes: hidden,
 the same suffix (so the format is guessed the same), and the writer's process id, so a later
 run can tell the partial files of dead runs (killed with SIGKILL, a power cut) from those of
-live ones and remove only the former. The STEM is cut and tagged with a hash where the whole
-name would pass the file system's name limit, so every legal output name has a legal temp name.
+live ones and remove only the former. HEX is 12 hex digits: 4 naming the machine (its host
+name), 8 random; a process id means nothing on another machine sharing the folder (NFS) or
+in another container, so only this host's partials are ever judged. The STEM is cut and
+tagged with a hash where the whole name would pass the file system's name limit, so every
+legal output name has a legal temp name.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import uuid
 from pathlib import Path
 
@@ -28,8 +32,10 @@ log = logging.getLogger(__name__)
 MULTI_FILE_SUFFIXES = {".m3u8": "HLS", ".mpd": "DASH"}
 
 _PID_DIGITS = 7  # pid_max is at most 2**22 on Linux
-_PARTIAL = re.compile(r"(\d{1,7})\.[0-9a-f]{8}")  # the PID.HEX of a temporary name
-_ANY_PARTIAL = re.compile(r"\..*\.(\d{1,7})\.[0-9a-f]{8}\.partial[^/]*")
+HOST_TAG = hashlib.sha256(socket.gethostname().encode(errors="replace")).hexdigest()[:4]
+_WRITER = r"(\d{1,7})\.([0-9a-f]{4})[0-9a-f]{8}"  # PID.HEX: the pid, the host tag, random
+_PARTIAL = re.compile(_WRITER)
+_ANY_PARTIAL = re.compile(r"\..*\." + _WRITER + r"\.partial[^/]*")
 _PLAIN_REASONS = {errno.ENOSPC: "no space left on the device",
                   errno.EDQUOT: "disk quota exceeded",
                   errno.EFBIG: "the file is too large for the file system",
@@ -89,7 +95,7 @@ def _cut(text: str, nbytes: int) -> str:
 
 def _temp_stem(path: Path) -> str:
     """``path``'s stem as it appears in its temporary names (the same on every call)."""
-    fixed = len(os.fsencode(f"..{'9' * _PID_DIGITS}.{'0' * 8}.partial{path.suffix}"))
+    fixed = len(os.fsencode(f"..{'9' * _PID_DIGITS}.{'0' * 12}.partial{path.suffix}"))
     room = name_max(path.parent if str(path.parent) else Path(".")) - fixed
     stem = path.stem
     if len(os.fsencode(stem)) <= room:
@@ -105,7 +111,7 @@ def temp_path_for(path: Path) -> Path:
     docstring); partial files of ``path`` left by dead processes are removed first."""
     path = Path(path)
     remove_stale_partials(path)
-    return path.with_name(f".{_temp_stem(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    return path.with_name(f".{_temp_stem(path)}.{os.getpid()}.{HOST_TAG}{uuid.uuid4().hex[:8]}"
                           f".partial{path.suffix}")
 
 
@@ -132,10 +138,16 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _gone(writer: re.Match) -> bool:
+    """Whether the writer a name matched by _WRITER names has exited (on this machine)."""
+    return writer.group(2) == HOST_TAG and not pid_alive(int(writer.group(1)))
+
+
 def is_stale_partial(temp: Path) -> bool:
-    """Whether ``temp`` is a temporary file (named as above) whose writer has exited."""
-    pid = partial_writer(temp)
-    return pid is not None and not pid_alive(pid)
+    """Whether ``temp`` is a temporary file of this machine (named as above) whose writer
+    has exited."""
+    m = _ANY_PARTIAL.fullmatch(Path(temp).name)
+    return m is not None and _gone(m)
 
 
 def stale_partials(path: Path) -> list[Path]:
@@ -154,7 +166,7 @@ def stale_partials(path: Path) -> list[Path]:
                 n = e.name
                 if (n.startswith(head) and n.endswith(tail) and len(n) > len(head) + len(tail)
                         and (m := _PARTIAL.fullmatch(n[len(head):-len(tail)]))
-                        and not pid_alive(int(m.group(1)))):
+                        and _gone(m)):
                     found.append(folder / n)
     except OSError:
         return []
