@@ -174,6 +174,21 @@ def test_images_draw_per_sample_and_reproduce_with_a_generator():
     assert len({x.numpy().tobytes() for x in a}) > 1  # strengths differ between samples
 
 
+def test_images_blur_each_sample_with_its_own_sigma():
+    """The batched per-sample blur gives each crop its drawn sigma, as a clip of one would."""
+    hr = torch.cat([_frames(1), _frames(1).flip(-1), _frames(1).flip(-2)])
+    chain = DegradationChain.parse("blur:sigma=0.3~3,bicubic")
+    lr = chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(4))
+    # values are drawn sample by sample, in stage order, from the generator
+    gen = torch.Generator().manual_seed(4)
+    sigmas = [chain.stages[0].value("sigma").draw(gen) for _ in range(3)]
+    assert len({round(s, 3) for s in sigmas}) == 3
+    for i, sigma in enumerate(sigmas):
+        alone = DegradationChain.parse(f"blur:sigma={sigma!r},bicubic").apply_clip(hr[i:i + 1], 2)
+        # float32 (training) against float64 (clip): at most a rounding step apart
+        assert (lr[i].short() - alone[0].short()).abs().max().item() <= 1
+
+
 def test_bad_frames_raise_config_errors():
     chain = DegradationChain.parse("bicubic")
     with pytest.raises(ConfigError, match="multiple of 3"):

@@ -21,8 +21,10 @@ Spec: stages separated by commas, applied in order; parameters after the stage n
 
 Exactly one downscale stage (``bicubic``, ``bilinear`` or ``area``) is required; ``blur`` may
 only come before it; ``noise``, ``jpeg``, ``x264`` and ``x265`` only after it, in any order and
-number. Until the first compression stage the chain works in float64 and rounds once to uint8
-(MATLAB's ``uint8``), as the evaluation protocol does; compression stages work on uint8 frames.
+number. Until the first compression stage the chain works in floating point (float64 for a
+clip, float32 for a training batch; a lone ``bicubic`` is :func:`vsr.evaluate.degrade` itself
+either way) and rounds once to uint8 (MATLAB's ``uint8``), as the evaluation protocol does;
+compression stages work on uint8 frames.
 
 Ranges: any numeric value may be ``A~B`` (``~``, not ``-``, which would read as a negative
 number), meaning "drawn uniformly from [A, B]": once per clip in :meth:`apply_clip`, once per
@@ -32,9 +34,11 @@ has a range. The noise of a ``noise`` stage is random even without a range; it i
 seed too, so a seeded chain gives the same LR frames every time.
 
 Video codecs see the whole clip as a real encoder would: one encoder session, its default GOP,
-lookahead, B- and P-frames, 25 fps time base; frames are converted RGB -> yuv420p (BT.601,
-limited range, swscale) and decoded back to RGB the same way. An LR frame of odd width or height
-is padded to even by repeating its last column/row for the codec and cropped back after.
+lookahead, B- and P-frames, 25 fps time base, one thread (so the LR frames do not depend on the
+machine's core count: x264's frame threads change its bitstream); frames are converted RGB ->
+yuv420p (BT.601, limited range, swscale) and decoded back to RGB the same way. An LR frame of
+odd width or height is padded to even by repeating its last column/row for the codec and
+cropped back after.
 
 Training crops (:meth:`apply_images`) are independent images, not clips. A video codec codes
 each crop as a short clip of its own (``_CROP_CLIP_FRAMES`` frames): the crop translated by a
@@ -267,8 +271,8 @@ class DegradationChain:
         """The chain's deterministic part: only its downscale stage (see the module docstring)."""
         return DegradationChain(tuple(s for s in self.stages if s.kind in DOWNSCALES))
 
-    def apply_clip(self, hr: torch.Tensor, scale: int, *, seed: int | None = None,
-                   threads: int = 0) -> torch.Tensor:
+    def apply_clip(self, hr: torch.Tensor, scale: int, *, seed: int | None = None
+                   ) -> torch.Tensor:
         """Degrade a clip with one draw of the chain's values.
 
         Args:
@@ -277,7 +281,6 @@ class DegradationChain:
             scale: the downscale factor (the model's scale), >= 1.
             seed: seeds the drawn values and the noise; None means seed 0 when the chain has
                 no range, and is an error when it has one.
-            threads: codec threads (0: the codec's choice).
 
         Returns:
             uint8 (T, 3, H/scale, W/scale) LR frames on the CPU.
@@ -294,7 +297,7 @@ class DegradationChain:
         lr = self._float_part(hr.cpu(), scale, [draws], gen)
         for stage, d in self._late(draws):
             if stage.kind in _CODECS:
-                lr = _codec_clip(lr, stage, int(d["crf"]), threads=threads)
+                lr = _codec_clip(lr, stage, int(d["crf"]))
             elif stage.kind == "jpeg":
                 lr = torch.stack([_jpeg(f, int(d["q"])) for f in lr])
             else:
@@ -444,10 +447,10 @@ def _jpeg(frame: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.from_numpy(out.copy()).permute(2, 0, 1).contiguous()
 
 
-def _codec_clip(frames: torch.Tensor, stage: Stage, crf: int, *, threads: int = 0) -> torch.Tensor:
+def _codec_clip(frames: torch.Tensor, stage: Stage, crf: int) -> torch.Tensor:
     """uint8 (T, 3, h, w) through one encoder session of ``stage``'s codec and back."""
     arrays = [f.permute(1, 2, 0).contiguous().numpy() for f in frames]
-    out = _encode_decode(arrays, stage.kind, crf, stage.preset or "medium", threads)
+    out = _encode_decode(arrays, stage.kind, crf, stage.preset or "medium")
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -458,7 +461,7 @@ def _codec_crop(lr: torch.Tensor, stage: Stage, crf: int,
     img = lr.permute(1, 2, 0).contiguous().numpy()
     n = _CROP_CLIP_FRAMES
     clip = [_shifted(img, (n - 1 - t) * dy, (n - 1 - t) * dx) for t in range(n)]
-    out = _encode_decode(clip, stage.kind, crf, stage.preset or "medium", threads=1)
+    out = _encode_decode(clip, stage.kind, crf, stage.preset or "medium")
     return torch.from_numpy(out[-1]).permute(2, 0, 1).contiguous()
 
 
@@ -472,9 +475,13 @@ def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return np.ascontiguousarray(padded[p - dy:p - dy + h, p - dx:p - dx + w])
 
 
-def _encode_decode(frames: list[np.ndarray], kind: str, crf: int, preset: str,
-                   threads: int) -> list[np.ndarray]:
-    """(h, w, 3) uint8 RGB frames -> encoded as one clip at ``crf`` -> decoded RGB frames."""
+def _encode_decode(frames: list[np.ndarray], kind: str, crf: int,
+                   preset: str) -> list[np.ndarray]:
+    """(h, w, 3) uint8 RGB frames -> encoded as one clip at ``crf`` -> decoded RGB frames.
+
+    One encoder thread: x264's frame threads change its bitstream (measured on a 16-frame clip:
+    2, 4 and auto threads each differ from 1), so more would tie the LR frames to the core count.
+    """
     encoder, decoder = _CODECS[kind]
     h, w = frames[0].shape[:2]
     ph, pw = h + h % 2, w + w % 2  # yuv420p needs even sizes: repeat the last row/column
@@ -483,10 +490,10 @@ def _encode_decode(frames: list[np.ndarray], kind: str, crf: int, preset: str,
         enc.width, enc.height, enc.pix_fmt = pw, ph, "yuv420p"
         enc.time_base, enc.framerate = 1 / _CLIP_RATE, _CLIP_RATE
         opts = {"crf": str(int(crf)), "preset": preset}
-        if kind == "x265":  # libx265 writes its banner to stderr itself unless told not to
-            opts["x265-params"] = "log-level=none"
+        if kind == "x265":  # its own stderr banner off; frame threads would follow the cores
+            opts["x265-params"] = "log-level=none:frame-threads=1"
         enc.options = opts
-        enc.thread_count = threads
+        enc.thread_count = 1
         packets: list[av.Packet] = []
         for i, f in enumerate(frames):
             if (ph, pw) != (h, w):
@@ -496,7 +503,6 @@ def _encode_decode(frames: list[np.ndarray], kind: str, crf: int, preset: str,
             packets.extend(enc.encode(vf))
         packets.extend(enc.encode(None))
         dec = av.CodecContext.create(decoder, "r")
-        dec.thread_count = threads
         out: list[np.ndarray] = []
         for pkt in [*packets, None]:
             out.extend(fr.to_ndarray(format="rgb24")[:h, :w] for fr in dec.decode(pkt))
