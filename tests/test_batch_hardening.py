@@ -254,6 +254,8 @@ def test_signal_stops_cleanly_and_resume_reuses_finished_segments(tmp_path, sign
     assert 2 <= len(done) < 10
     seg_dir = out / ".vsr-batch" / "segments" / "000001"
     assert sorted(p.name for p in seg_dir.iterdir()) == [f"seg-{i:05d}.nut" for i in done]
+    if signum != signal.SIGINT:
+        return  # the state left is the same for every stop signal: resumed once, below
 
     result = subprocess.run([*cmd, "--resume", "--json"], env=ENV, capture_output=True,
                             text=True, timeout=300)
