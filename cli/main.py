@@ -107,7 +107,15 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     if ctx.invoked_subcommand in STOPPABLE:
-        ctx.with_resource(stop_signals_interrupt())
+        if _startup_stop is None:  # called without main(): install them now
+            ctx.with_resource(stop_signals_interrupt())
+    elif _startup_stop is not None:
+        _startup_stop.close()  # other commands keep the default (or set their own)
+
+
+# The handlers main() installs before the command line is parsed, so that SIGTERM or SIGHUP
+# during start-up (imports take seconds on a busy machine) also stops like Ctrl-C.
+_startup_stop: contextlib.ExitStack | None = None
 
 
 def main() -> None:
@@ -119,9 +127,13 @@ def main() -> None:
 
     configure_runtime()
 
+    global _startup_stop
     debug = "--debug" in sys.argv[1:]
+    _startup_stop = contextlib.ExitStack()
+    _startup_stop.enter_context(stop_signals_interrupt())
     try:
-        cli.main(standalone_mode=False)
+        with _startup_stop:  # the previous handlers are back before the error is printed
+            cli.main(standalone_mode=False)
     except click.exceptions.Abort as exc:
         _error_line("interrupted", exc)
         sys.exit(128 + _signal_of(exc))
