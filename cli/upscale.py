@@ -80,6 +80,11 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
     OUT appears only once it is complete.
 
     \b
+    Limits for untrusted files, checked before anything is decoded or built:
+      pictures and video frames over 50,000,000 pixels (raise: VSR_MAX_PIXELS=N),
+      networks over 200,000,000 parameters (raise: VSR_MAX_MODEL_PARAMS=N).
+
+    \b
     Ctrl-C, SIGTERM and SIGHUP stop the run and remove the partial output; the exit
     status is 128 + the signal: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP). The hidden
     .OUT.PID.HEX.partial file of a run killed outright (SIGKILL, power loss) is removed

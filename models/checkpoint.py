@@ -57,10 +57,15 @@ class CheckpointInfo:
             provenance = json.loads(meta.get("vsr.provenance") or "{}")
             scale = int(meta["vsr.scale"])
             arch = meta["vsr.arch"]
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:  # TypeError: a value not a string
             raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc})") from None
+        except RecursionError:  # JSON nested thousands deep: refused, not a crash
+            raise CheckpointError(f"{path}: malformed checkpoint metadata (JSON nested too "
+                                  "deeply)") from None
         if not isinstance(hparams, dict) or not isinstance(provenance, dict):
             raise CheckpointError(f"{path}: malformed checkpoint metadata (hparams/provenance)")
+        if not all(isinstance(meta.get(k, ""), str) for k in ("vsr.arch", "vsr.kind", "vsr.name")):
+            raise CheckpointError(f"{path}: malformed checkpoint metadata (arch/kind/name)")
         return cls(arch=arch, hparams=hparams, scale=scale, kind=meta.get("vsr.kind", "inference"),
                    name=meta.get("vsr.name") or None, provenance=provenance)
 
@@ -126,6 +131,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: not a safetensors file (header is not JSON)") from None
+    except RecursionError:  # JSON nested thousands deep: refused, not a crash
+        raise CheckpointError(f"{path}: not a safetensors checkpoint (header JSON nested too "
+                              "deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors checkpoint (header is not an object)")
     meta = header.pop("__metadata__", {}) or {}

@@ -15,7 +15,55 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsr.errors import ConfigError
+from vsr.limits import env_limit
+
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+# Bounds checked before a single layer is built, so hyper-parameters from an untrusted
+# checkpoint cannot make the constructor allocate terabytes or build modules for minutes.
+# The largest paper model (DRN-L x8) has about 10 M parameters and 40 blocks per stage.
+MAX_SCALE = 16
+MAX_BLOCKS = 1024  # residual blocks over all stages
+DEFAULT_MAX_PARAMS = 200_000_000  # 800 MB of fp32 weights
+MAX_PARAMS_ENV = "VSR_MAX_MODEL_PARAMS"
+
+
+def max_params() -> int:
+    """The parameter limit: ``$VSR_MAX_MODEL_PARAMS`` if set (a positive integer), else 200 M."""
+    return env_limit(MAX_PARAMS_ENV, DEFAULT_MAX_PARAMS)
+
+
+def check_size(params: int, what: str) -> None:
+    """Raise ConfigError if a network of ``params`` parameters is over the limit."""
+    limit = max_params()
+    if params > limit:
+        raise ConfigError(f"{what} would have {params:,} parameters, over the limit of "
+                          f"{limit:,} ({params * 4 / 2**30:.1f} GiB as fp32); set "
+                          f"{MAX_PARAMS_ENV} to raise the limit if the model is meant to be "
+                          "this large")
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` as an int in [low, high]; ConfigError for bools, floats, strings, others."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, not {value!r:.40}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ConfigError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _int_list(name: str, value: Any, length: int, low: int) -> list[int]:
+    if not _is_list(value):
+        raise ConfigError(f"{name} must be a list of integers, not {value!r:.40}")
+    if len(value) != length:
+        raise ConfigError(f"{name} must have one entry per stage ({length}), got {len(value)}")
+    return [check_int(f"{name}[{i}]", v, low) for i, v in enumerate(value)]
 
 
 def _conv(cin: int, cout: int, k: int = 3, *, stride: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -77,6 +125,26 @@ class UpStage(nn.Module):
         return self.proj(F.pixel_shuffle(self.upconv(self.blocks(x)), 2))
 
 
+def drn_params(*, scale: int, n_feats: int, down_widths: Sequence[int],
+               rcab_widths: Sequence[Sequence[int]], up_widths: Sequence[int],
+               reduction: int) -> int:
+    """The exact parameter count of the DRN these (checked) arguments build, by arithmetic."""
+    phase = _phase(scale)
+    nf = n_feats
+    chans = stage_channels(scale, nf)
+    total = 3 * nf * 9 + nf  # head
+    for p in range(phase):  # DownBlock convs have no bias
+        total += nf * 2**p * down_widths[p] * 9 + down_widths[p] * nf * 2 ** (p + 1) * 9
+    for i in range(phase):
+        c, w_up, cout = chans[i], up_widths[i], nf * 2 ** (phase - 1 - i)
+        hidden = max(1, c // reduction)
+        for w in rcab_widths[i]:
+            total += c * w * 9 + w + w * c * 9 + c + c * hidden + hidden + hidden * c + c
+        total += c * 4 * w_up * 9 + 4 * w_up + w_up * cout + cout
+    tail_in = [nf * 2**phase] + [nf * 2 ** (phase - i) for i in range(phase)]
+    return total + sum(c * 3 * 9 + 3 for c in tail_in)
+
+
 def stage_channels(scale: int, n_feats: int) -> list[int]:
     """Trunk width C of each up stage: nf*2^phase first, then nf*2^(phase-i+1)."""
     phase = _phase(scale)
@@ -86,7 +154,7 @@ def stage_channels(scale: int, n_feats: int) -> list[int]:
 def _phase(scale: int) -> int:
     phase = int(round(math.log2(scale))) if scale > 1 else 0
     if scale < 2 or 2**phase != scale:
-        raise ValueError(f"DRN scale must be a power of two >= 2, got {scale}")
+        raise ConfigError(f"DRN scale must be a power of two >= 2, got {scale}")
     return phase
 
 
@@ -111,21 +179,39 @@ class DRN(nn.Module):
         rgb_range: float = 1.0,
     ) -> None:
         super().__init__()
-        phase = _phase(scale)
-        nf = n_feats
+        # Every argument is checked, and the size computed, before any layer exists.
+        phase = _phase(check_int("scale", scale, 2, MAX_SCALE))
+        nf = check_int("n_feats", n_feats, 1)
+        reduction = check_int("reduction", reduction, 1)
+        if isinstance(rgb_range, bool) or not isinstance(rgb_range, (int, float)) \
+                or not 0 < rgb_range < math.inf:
+            raise ConfigError(f"rgb_range must be a positive number, not {rgb_range!r:.40}")
         chans = stage_channels(scale, nf)
-        blocks = [n_blocks] * phase if isinstance(n_blocks, int) else list(n_blocks)
-        if len(blocks) != phase:
-            raise ValueError(f"n_blocks must have one entry per stage ({phase}), got {blocks}")
-        down_widths = [nf * 2**p for p in range(phase)] if down_widths is None else down_widths
+        if isinstance(n_blocks, int) and not isinstance(n_blocks, bool):
+            blocks = [check_int("n_blocks", n_blocks, 0)] * phase
+        else:
+            blocks = _int_list("n_blocks", n_blocks, phase, 0)
+        down_widths = ([nf * 2**p for p in range(phase)] if down_widths is None
+                       else _int_list("down_widths", down_widths, phase, 1))
         if rcab_widths is None:
+            if sum(blocks) > MAX_BLOCKS:
+                raise ConfigError(f"{sum(blocks)} residual blocks, over the limit of "
+                                  f"{MAX_BLOCKS}")
             rcab_widths = [[chans[i]] * blocks[i] for i in range(phase)]
-        up_widths = list(chans) if up_widths is None else up_widths
-        if not (len(down_widths) == len(rcab_widths) == len(up_widths) == phase):
-            raise ValueError(f"width lists must have one entry per stage ({phase})")
-        if min([*down_widths, *up_widths, *(w for ws in rcab_widths for w in ws)],
-               default=1) < 1:
-            raise ValueError("every width must be >= 1")
+        else:
+            if not _is_list(rcab_widths) or len(rcab_widths) != phase \
+                    or not all(_is_list(ws) for ws in rcab_widths):
+                raise ConfigError(f"rcab_widths must be one list of integers per stage ({phase})")
+            if sum(len(ws) for ws in rcab_widths) > MAX_BLOCKS:
+                raise ConfigError(f"{sum(len(ws) for ws in rcab_widths)} residual blocks, over "
+                                  f"the limit of {MAX_BLOCKS}")
+            rcab_widths = [_int_list(f"rcab_widths[{i}]", ws, len(ws), 1)
+                           for i, ws in enumerate(rcab_widths)]
+        up_widths = (list(chans) if up_widths is None
+                     else _int_list("up_widths", up_widths, phase, 1))
+        check_size(drn_params(scale=scale, n_feats=nf, down_widths=down_widths,
+                              rcab_widths=rcab_widths, up_widths=up_widths,
+                              reduction=reduction), f"DRN x{scale} with n_feats {nf}")
         self.scale = scale
         self.phase = phase
         self.rgb_range = float(rgb_range)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vsr.errors import InputError, OutputError
+from vsr.io.image import limit_stream, open_limited
 from vsr.io.paths import file_url
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -34,9 +35,10 @@ def _decode(path: Path) -> av.VideoFrame:
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     try:
-        with av.open(file_url(path)) as container:
+        with open_limited(path, file_url(path)) as container:  # the pixel limit, then open
             if not container.streams.video:
                 raise InputError(f"not an image: {path}")
+            limit_stream(container.streams.video[0], path.name)
             frame = next(container.decode(video=0), None)
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or str(exc)

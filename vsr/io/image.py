@@ -7,16 +7,121 @@ PyAV's codecs, via a temporary file renamed into place like the video sinks.
 from __future__ import annotations
 
 import os
+import re
+import struct
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
-from vsr.errors import OutputError
+from vsr.errors import InputError, OutputError
 from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
+from vsr.limits import env_limit
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+
+# Pictures larger than this are refused before a byte of them is decoded: a 746 KB PNG can
+# declare 16000x16000 (768 MB as RGB, gigabytes once upscaled). 50 M takes 8K video (33 M)
+# and the largest camera photos; VSR_MAX_PIXELS raises (or lowers) it.
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_PIXELS_ENV = "VSR_MAX_PIXELS"
+_HEAD_BYTES = 1 << 20  # where the size of a PNG/JPEG/GIF/BMP/WebP/PPM must have been said
+
+
+def max_pixels() -> int:
+    """The picture size limit (width x height): ``$VSR_MAX_PIXELS``, else 50 000 000."""
+    return env_limit(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
+
+
+def check_pixels(width: int, height: int, name: object) -> None:
+    """Raise InputError if a ``width`` x ``height`` picture is over the pixel limit."""
+    limit = max_pixels()
+    if width * height > limit:
+        raise InputError(f"{name} declares a {width}x{height} picture ({width * height:,} "
+                         f"pixels), over the limit of {limit:,} pixels; set {MAX_PIXELS_ENV} "
+                         "to raise it if the file is trusted")
+
+
+def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the header of a PNG, JPEG, GIF, BMP, WebP or PNM file, read
+    without decoding; None for other files or a header that does not say."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError:
+        return None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(head)
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return struct.unpack("<HH", head[6:10])
+    if head[:2] == b"BM" and len(head) >= 26:
+        w, h = struct.unpack("<ii", head[18:26])
+        return abs(w), abs(h)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _webp_size(head)
+    if len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456":
+        fields = re.sub(rb"#[^\n]*", b" ", head[2:256]).split()
+        if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+            return int(fields[0]), int(fields[1])
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # no length field
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", head[i + 2:i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            h, w = struct.unpack(">HH", head[i + 5:i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= 30:
+        return (int.from_bytes(head[24:27], "little") + 1,
+                int.from_bytes(head[27:30], "little") + 1)
+    if chunk == b"VP8L" and len(head) >= 25:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(head) >= 30:
+        w, h = struct.unpack("<HH", head[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    return None
+
+
+def open_limited(path: str | os.PathLike, url: str | None = None):
+    """``av.open`` for reading, with the pixel limit applied before anything is decoded.
+
+    The header of a still picture is read first; FFmpeg's own ``max_pixels`` then stops the
+    probe and the decoders (for formats whose header says nothing) from allocating a larger
+    picture. Call :func:`limit_stream` on the stream that will be decoded.
+    Raises InputError (over the limit); av.FFmpegError as ``av.open`` does.
+    """
+    size = declared_size(path)
+    if size is not None:
+        check_pixels(*size, Path(path).name)
+    return av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
+
+
+def limit_stream(stream: av.video.stream.VideoStream, name: object) -> None:
+    """Check the size the container declares for ``stream`` and bound its decoder."""
+    cc = stream.codec_context
+    check_pixels(cc.width or 0, cc.height or 0, name)
+    cc.options = {**cc.options, "max_pixels": str(max_pixels())}
 
 
 def is_image_path(path: str | os.PathLike) -> bool:

@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from vsr.errors import ConfigError, InputError
-from vsr.io.image import IMAGE_SUFFIXES
+from vsr.io.image import IMAGE_SUFFIXES, limit_stream, open_limited
 from vsr.io.info import ColorInfo, Frame, StreamInfo, bit_depth_of, other_streams
 from vsr.io.paths import file_url
 
@@ -69,11 +69,13 @@ class PyAVSource:
         p = check_input_path(path)
         try:
             self._name = str(p)
-            self._container = av.open(file_url(p), mode="r")  # a file, whatever its name
+            # a file, whatever its name; a picture over the pixel limit is refused unread
+            self._container = open_limited(p, file_url(p))
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot read {p} as media: {exc.strerror or exc}") from exc
         try:
             self._stream = _video_stream(self._container, self._name)
+            limit_stream(self._stream, p.name)  # the size the container declares
             self._stream.thread_type = "AUTO"
             self._stream.codec_context.thread_count = threads
             self._decoded = self._decode()
