@@ -26,7 +26,7 @@ from vsr.errors import OutputError
 from vsr.io.info import StreamInfo
 from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
 from vsr.io.paths import file_url
-from vsr.io.sink import EncodeConfig, choose_pix_fmt
+from vsr.io.sink import EncodeConfig, PtsOrder, choose_pix_fmt
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ _TRC = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 
         13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084",
         18: "arib-std-b67"}
 
+
+# MP3 in MP4 with several frames per sample comes out of the demuxer's parser with times that
+# run backwards; ffmpeg would move each such packet one tick after the previous one (audio
+# then plays at the wrong time); this puts it right after the previous packet's end instead.
+_AUDIO_RETIME = r"setts=ts=if(gte(PREV_OUTDTS\,DTS)\,PREV_OUTDTS+PREV_OUTDURATION\,TS)"
 
 # libsrt's live mode lingers 0 s on close: whatever the receiver has not acknowledged yet is
 # thrown away, so a short or ending stream lost its tail (or everything). Seconds to wait.
@@ -64,40 +69,58 @@ def _last_line(log_file) -> str:
 
 
 def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeConfig) -> list[str]:
-    """The ffmpeg argument list: input 0 is the NUT pipe, input 1 the original file."""
-    pipe = ffmpeg.input("pipe:", format="nut")
-    src = ffmpeg.input(file_url(info.path))  # a file, whatever its name
+    """The ffmpeg argument list: input 0 is the NUT pipe, input 1 the original file.
+
+    Input 1 is always given, also for a video-only file: the container metadata and chapters
+    (``-map_metadata 1 -map_chapters 1``) come from it. Output streams keep the input's order:
+    the encoded video at the source video's place, every other stream copied from input 1.
+    The encoder works in the input's time base: ffmpeg's default (1/frame rate) moves every
+    frame of a variable or jittered stream (a camera, VLC's 1/1000000) onto a grid, so frames
+    kept neither their timestamps nor, where two met on one tick, their number.
+    Built by hand rather than with ffmpeg-python, whose graph sort puts the inputs in the order
+    the streams are mapped (the file first when its audio is stream 0).
+    """
     c = info.color
     yuv = pix_fmt.startswith(("yuv", "nv", "p0", "p2")) and not pix_fmt.startswith("yuvj")
     scale = {"out_range": "pc" if c.range == 2 else "tv"} if yuv else {}
     if yuv and c.matrix in _MATRIX:
         scale["out_color_matrix"] = _MATRIX[c.matrix]
-    video = pipe["v:0"].filter("scale", **scale).filter("format", pix_fmt)
-    # Negative-timestamp shifting would move every stream off the input times; the input
-    # file already had valid timestamps, so keep them as they are.
-    streams, kwargs = [], {"c": "copy", "map_metadata": "1", "map_chapters": "1",
-                           "avoid_negative_ts": "disabled"}
-    for pos, s in enumerate(sorted([info.index, *(o.index for o in info.others)])):
-        if s == info.index:
-            streams.append(video)
-            kwargs[f"c:{pos}"] = config.codec
-            kwargs[f"fps_mode:{pos}"] = "passthrough"
-        else:
-            streams.append(src[str(s)])
+    scale_filter = "scale" + ("=" + ":".join(f"{k}={v}" for k, v in sorted(scale.items()))
+                              if scale else "")
+    order = sorted([info.index, *(o.index for o in info.others)])
+    pos = order.index(info.index)  # the video's output stream index
+    audio = {o.index for o in info.others if o.type == "audio"}
+    tb = info.time_base
+    args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts",
+            "-f", "nut", "-i", "pipe:0",
+            "-i", file_url(info.path),
+            "-filter_complex", f"[0:v:0]{scale_filter},format={pix_fmt}[v]"]
+    for s in order:
+        args += ["-map", "[v]" if s == info.index else f"1:{s}"]
+    for out_pos, s in enumerate(order):
+        if s in audio:  # as Passthrough._retime: times that run backwards follow on instead
+            args += [f"-bsf:{out_pos}", _AUDIO_RETIME]
+    args += ["-map_metadata", "1", "-map_chapters", "1"]
+    for out_pos, s in enumerate(order):  # one named, all named: ffmpeg then copies no others
+        args += [f"-map_metadata:s:{out_pos}", f"1:s:{s}"]
+    args += ["-c", "copy", f"-c:{pos}", config.codec,
+             f"-fps_mode:{pos}", "passthrough",
+             f"-enc_time_base:{pos}", f"{tb.numerator}:{tb.denominator}",
+             # Negative-timestamp shifting would move every stream off the input times; the
+             # input file already had valid timestamps, so keep them as they are.
+             "-avoid_negative_ts", "disabled"]
     if config.crf is not None:
-        kwargs["crf"] = str(config.crf)
+        args += [f"-crf:{pos}", str(config.crf)]
     if config.preset is not None:
-        kwargs["preset"] = config.preset
+        args += [f"-preset:{pos}", config.preset]
     if yuv:
-        kwargs["color_range"] = "pc" if c.range == 2 else "tv"
+        args += [f"-color_range:{pos}", "pc" if c.range == 2 else "tv"]
         for key, table, value in (("colorspace", _SPACE, c.matrix),
                                   ("color_primaries", _PRIM, c.primaries),
                                   ("color_trc", _TRC, c.transfer)):
             if value in table:
-                kwargs[key] = table[value]
-    out = ffmpeg.output(*streams, output, **kwargs).global_args(
-        "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts")
-    return ffmpeg.compile(out, overwrite_output=True)
+                args += [f"-{key}:{pos}", table[value]]
+    return [*args, "-y", output]
 
 
 class FfmpegSink(SinkContext):
@@ -119,6 +142,7 @@ class FfmpegSink(SinkContext):
         self._size = (height, width)
         self._info = info
         self._done = False
+        self._order = PtsOrder()
         self.frames = 0
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sink
         args = build_command(info, file_url(self._temp), self.pix_fmt, config)
@@ -156,8 +180,9 @@ class FfmpegSink(SinkContext):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=self._fmt)
         frame.pts, frame.time_base = pts, self._info.time_base
         try:
-            for pkt in self._stream.encode(frame):
-                self._mux.mux(pkt)
+            for due in self._order.push(frame):
+                for pkt in self._stream.encode(due):
+                    self._mux.mux(pkt)
         except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:
             raise self._failed("stopped") from exc
         self.frames += 1
@@ -167,8 +192,10 @@ class FfmpegSink(SinkContext):
             return
         self._done = True
         try:
-            for pkt in self._stream.encode(None):
-                self._mux.mux(pkt)
+            for due in [*self._order.flush(), None]:
+                for pkt in self._stream.encode(due):
+                    self._mux.mux(pkt)
+            self._order.report(self.path.name)
             self._mux.close()
             self._proc.stdin.close()
         except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:

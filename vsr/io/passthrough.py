@@ -58,6 +58,9 @@ class Passthrough:
         self._pending: av.Packet | None = None
         self.copied: dict[int, int] = {}
         self.dropped: list[str] = []
+        # Per copied stream: the last (dts, duration) muxed, and how many packets were retimed.
+        self._last: dict[int, tuple[int, int]] = {}
+        self.retimed: dict[int, int] = {}
 
     def add_streams(self, output: av.container.OutputContainer,
                     add_video: Callable[[], None] | None = None) -> None:
@@ -130,12 +133,38 @@ class Passthrough:
                 return
             self._pending = None
             src = pkt.stream.index
+            kind = pkt.stream.type
+            self._retime(pkt, src, strict=kind in ("audio", "video"))
             pkt.stream = self._map[src]
             try:
                 output.mux(pkt)
             except av.error.FFmpegError as exc:
                 raise write_error(None, exc, f"copying stream {src}") from exc
             self.copied[src] += 1
+
+    def _retime(self, pkt: av.Packet, src: int, *, strict: bool) -> None:
+        """Give a packet whose dts does not advance the time right after the previous one.
+
+        MP3 or MP2 in MP4 (VLC's stream output, cameras) may store several frames per sample;
+        the demuxer's parser splits them and stamps the pieces with times that run backwards
+        (0, 1152, 2304, 1152, ... for three frames per sample), which every muxer refuses.
+        The pieces are contiguous, so ``previous dts + previous duration`` is their true time.
+        Audio and video need strictly increasing dts (MP4 refuses equal ones), other streams
+        only non-decreasing.
+        """
+        dts = pkt.dts
+        last = self._last.get(src)
+        if dts is not None and last is not None and (dts < last[0] or strict and dts == last[0]):
+            fixed = last[0] + max(1, last[1])
+            if pkt.pts is not None:
+                pkt.pts = pkt.pts + fixed - dts
+            pkt.dts = dts = fixed
+            if not self.retimed.get(src):
+                log.warning("stream %d: timestamps run backwards in the input; packets are "
+                            "placed right after the previous one", src)
+            self.retimed[src] = self.retimed.get(src, 0) + 1
+        if dts is not None:
+            self._last[src] = (dts, int(pkt.duration or 0))
 
     def mux_rest(self, output: av.container.OutputContainer) -> None:
         self.mux_until(output, None)

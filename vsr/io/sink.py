@@ -8,6 +8,7 @@ with an exception removes the temporary file. ``close()`` and ``abort()`` are id
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 from dataclasses import dataclass
@@ -73,11 +74,62 @@ def rgb_frame(image: np.ndarray) -> av.VideoFrame:
 
 
 def check_codec(codec: str) -> None:
-    """Raise ConfigError unless PyAV's libavcodec has the encoder ``codec``."""
+    """Raise ConfigError unless PyAV's libavcodec has the video encoder ``codec``."""
     try:
-        av.codec.Codec(codec, "w")
+        kind = av.codec.Codec(codec, "w").type
     except (av.error.FFmpegError, ValueError) as exc:
         raise ConfigError(f"unknown or unavailable encoder {codec!r}") from exc
+    if kind != "video":
+        raise ConfigError(f"{codec!r} is an {kind} encoder, not a video encoder")
+
+
+class PtsOrder:
+    """Hands frames on in strictly increasing pts order, whatever order they come in.
+
+    A decoder whose reorder delay was underestimated, or a camera clock that steps back
+    (VLC recordings), gives frames whose pts run backwards now and then; the encoder then
+    makes decode timestamps that every muxer refuses ("Invalid argument"). Players show
+    frames by pts, so up to ``window`` frames are held and the earliest goes on first: the
+    timestamps stay as they are. A pts that still does not advance (a repeat, or a step back
+    longer than the window) is moved one tick after the previous one.
+    """
+
+    def __init__(self, window: int = 4) -> None:
+        self._window = window
+        self._heap: list[tuple[int, int, av.VideoFrame]] = []
+        self._seq = 0
+        self._max_seq = -1
+        self._last: int | None = None
+        self.reordered = 0  # frames that went on before one that came in earlier
+        self.retimed = 0  # frames given a pts one tick after the previous one
+
+    def push(self, frame: av.VideoFrame) -> list[av.VideoFrame]:
+        """Take ``frame`` (its pts set); the frames now due, in pts order."""
+        heapq.heappush(self._heap, (frame.pts, self._seq, frame))
+        self._seq += 1
+        return [self._pop()] if len(self._heap) > self._window else []
+
+    def flush(self) -> list[av.VideoFrame]:
+        """Every frame still held, in pts order."""
+        return [self._pop() for _ in range(len(self._heap))]
+
+    def _pop(self) -> av.VideoFrame:
+        pts, seq, frame = heapq.heappop(self._heap)
+        if seq < self._max_seq:
+            self.reordered += 1
+        self._max_seq = max(self._max_seq, seq)
+        if self._last is not None and pts <= self._last:
+            pts = frame.pts = self._last + 1
+            self.retimed += 1
+        self._last = pts
+        return frame
+
+    def report(self, name: object) -> None:
+        """Log what had to be done (nothing for well-formed input)."""
+        if self.reordered or self.retimed:
+            log.warning("%s: the input's frame timestamps ran backwards; %d frame(s) put back "
+                        "in timestamp order, %d moved one tick after the previous one",
+                        name, self.reordered, self.retimed)
 
 
 def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None) -> str:
@@ -174,6 +226,7 @@ class PyAVSink(SinkContext):
         self._temp = temp_path_for(self.path)
         self._done = False
         self._pass: Passthrough | None = None
+        self._order = PtsOrder()
         self.frames = 0
         try:
             # Keep input timestamps as they are: the default shifts every stream when a copied
@@ -194,7 +247,14 @@ class PyAVSink(SinkContext):
         out = self._out
 
         def add_video() -> None:
-            stream = out.add_stream(config.codec, rate=info.frame_rate or Fraction(25))
+            check_codec(config.codec)
+            try:
+                stream = out.add_stream(config.codec, rate=info.frame_rate or Fraction(25))
+            except (av.error.FFmpegError, ValueError, TypeError) as exc:
+                # e.g. .gif or .bmp: a muxer that takes one codec (or stills) only
+                raise OutputError(f"the output format of {self.path.name} "
+                                  f"({out.format.name}) cannot hold {config.codec} video; "
+                                  "use .mp4, .mkv, .mov or another video container") from exc
             self._enc = VideoEncoder(stream, info, width, height, config)
             self._stream = stream
 
@@ -228,7 +288,8 @@ class PyAVSink(SinkContext):
         return dict(self._pass.copied) if self._pass else {}
 
     def write(self, image: np.ndarray, pts: int) -> None:
-        self._mux(self._stream.encode(self._enc.frame(image, pts)))
+        for frame in self._order.push(self._enc.frame(image, pts)):
+            self._mux(self._stream.encode(frame))
         self.frames += 1
 
     def _mux(self, packets: list[av.Packet]) -> None:
@@ -246,7 +307,10 @@ class PyAVSink(SinkContext):
         if self._done:
             return
         try:
+            for frame in self._order.flush():
+                self._mux(self._stream.encode(frame))
             self._mux(self._stream.encode(None))
+            self._order.report(self.path.name)
             if self._pass is not None:
                 self._pass.mux_rest(self._out)
             self._out.close()
