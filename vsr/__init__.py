@@ -34,47 +34,26 @@ import importlib
 import sys
 import types
 
-from vsr.errors import (
-    CheckpointError,
-    ConfigError,
-    InputError,
-    Interrupted,
-    ModelError,
-    OutputError,
-    PipelineError,
-    VsrError,
-)
-
 __version__ = "0.1.0"
 
-# public name -> (module, attribute), imported on first access
-_LAZY: dict[str, tuple[str, str]] = {
-    "upscale_file": ("vsr.upscale", "upscale_file"),
-    "UpscaleConfig": ("vsr.upscale", "UpscaleConfig"),
-    "UpscaleResult": ("vsr.upscale", "UpscaleResult"),
-    "load_model": ("vsr.loading", "load_model"),
-    "run_batch": ("vsr.jobs", "run_batch"),
-    "BatchConfig": ("vsr.jobs", "BatchConfig"),
-    "JobOptions": ("vsr.jobs", "JobOptions"),
-    "run_stream": ("vsr.stream", "run_stream"),
-    "StreamConfig": ("vsr.stream", "StreamConfig"),
-    "evaluate": ("vsr.evaluate", "run_evaluation"),
-    "EvalConfig": ("vsr.evaluate", "EvalConfig"),
-    "configure_runtime": ("vsr.runtime", "configure_runtime"),
-}
+_ERRORS = ("VsrError", "ConfigError", "InputError", "OutputError", "ModelError",
+           "CheckpointError", "PipelineError", "Interrupted")
 
-__all__ = [
-    *_LAZY,
-    "CheckpointError",
-    "ConfigError",
-    "InputError",
-    "Interrupted",
-    "ModelError",
-    "OutputError",
-    "PipelineError",
-    "VsrError",
-    "__version__",
-]
+# module -> the public names it provides, each imported on first access
+_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "vsr.upscale": ("upscale_file", "UpscaleConfig", "UpscaleResult"),
+    "vsr.loading": ("load_model",),
+    "vsr.jobs": ("run_batch", "BatchConfig", "JobOptions"),
+    "vsr.stream": ("run_stream", "StreamConfig"),
+    "vsr.evaluate": ("EvalConfig",),
+    "vsr.runtime": ("configure_runtime",),
+    "vsr.errors": _ERRORS,
+}
+# public name -> (module, attribute)
+_LAZY = {name: (module, name) for module, names in _PROVIDERS.items() for name in names}
+_LAZY["evaluate"] = ("vsr.evaluate", "run_evaluation")
+
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name: str):

@@ -16,11 +16,10 @@ from pathlib import Path
 
 from vsr.device import resolve_device
 from vsr.engine import ModelCache, run_source
-from vsr.errors import ConfigError
 from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import check_input_path, open_source
-from vsr.options import DECODERS, RunOptions, check_choice
+from vsr.options import DECODERS, RunOptions, check_at_least, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +43,16 @@ class BenchConfig(RunOptions):
         if self.output is not None:
             object.__setattr__(self, "output", Path(self.output))
         super().__post_init__()
-        if self.frames < 2:
-            raise ConfigError("bench needs at least 2 frames")
+        check_at_least("frames", self.frames, 2)
         check_choice("decoder", self.decoder, DECODERS)
-        if self.repeats < 1:
-            raise ConfigError("repeats must be at least 1")
+        check_at_least("repeats", self.repeats, 1)
 
 
 @dataclass(frozen=True)
 class BenchResult:
+    """Frames per second of each stage alone, of the pipeline and of the serial loop, and what
+    ran (``vsr bench --json``)."""
+
     decode_fps: float
     model_fps: float
     encode_fps: float

@@ -23,7 +23,7 @@ from vsr.device import resolve_device
 from vsr.errors import ConfigError, OutputError
 from vsr.io.output import check_output_path, discard, finish, temp_path_for
 from vsr.loading import load_model
-from vsr.options import PRECISIONS, check_choice, check_device, check_scale
+from vsr.options import PRECISIONS, check_at_least, check_choice, check_device, check_scale
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class ExportConfig:
         check_device(self.device)
         if self.format == "onnx" and self.precision not in ("auto", "fp32"):
             raise ConfigError("ONNX export is fp32 only")
-        if min(self.height, self.width, self.batch) < 1:
-            raise ConfigError("height, width and batch must be at least 1")
+        for name in ("height", "width", "batch"):
+            check_at_least(name, getattr(self, name), 1)
 
     @property
     def run_precision(self) -> str:

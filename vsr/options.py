@@ -25,10 +25,18 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
 
+def check_at_least(name: str, value: object, minimum: int, *, optional: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is an integer of at least ``minimum`` (or None when
+    ``optional``)."""
+    if optional and value is None:
+        return
+    if type(value) is not int or value < minimum:
+        raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
 def check_scale(scale: object) -> None:
     """None (the model's own) or an integer of at least 2."""
-    if scale is not None and (type(scale) is not int or scale < 2):
-        raise ConfigError(f"scale must be an integer of at least 2, got {scale!r}")
+    check_at_least("scale", scale, 2, optional=True)
 
 
 def check_device(device: object) -> None:
@@ -64,12 +72,9 @@ class ModelOptions:
             raise ConfigError(f"model must be a name or a path, not {self.model!r}")
         check_scale(self.scale)
         check_choice("precision", self.precision, PRECISIONS)
-        if self.tile is not None and (type(self.tile) is not int or self.tile < MIN_TILE):
-            raise ConfigError(f"tile must be an integer of at least {MIN_TILE} px, "
-                              f"got {self.tile!r}")
+        check_at_least("tile", self.tile, MIN_TILE, optional=True)
         check_choice("backend", self.backend, CHOICES)
-        if type(self.batch) is not int or self.batch < 1:
-            raise ConfigError(f"batch must be an integer of at least 1, got {self.batch!r}")
+        check_at_least("batch", self.batch, 1)
 
 
 @dataclass(frozen=True, kw_only=True)

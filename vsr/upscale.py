@@ -14,12 +14,12 @@ from pathlib import Path
 
 from vsr.device import resolve_device
 from vsr.engine import ModelCache, run_source
-from vsr.errors import ConfigError, Interrupted, OutputError
+from vsr.errors import Interrupted, OutputError
 from vsr.io.image import ImageSink, is_image_path
 from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import check_input_path, open_source
-from vsr.options import DECODERS, ENCODERS, RunOptions, check_choice
+from vsr.options import DECODERS, ENCODERS, RunOptions, check_at_least, check_choice
 from vsr.pipeline import Progress
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,14 @@ class UpscaleConfig(RunOptions):
         super().__post_init__()
         check_choice("decoder", self.decoder, DECODERS)
         check_choice("encoder", self.encoder, ENCODERS)
-        if self.queue_depth < 1:
-            raise ConfigError("queue_depth must be at least 1")
-        if self.tile_overlap < 0:
-            raise ConfigError("tile_overlap must not be negative")
+        check_at_least("queue_depth", self.queue_depth, 1)
+        check_at_least("tile_overlap", self.tile_overlap, 0)
 
 
 @dataclass(frozen=True)
 class UpscaleResult:
+    """What one run did and with what (``vsr upscale --json``)."""
+
     frames_in: int
     frames_out: int
     seconds: float

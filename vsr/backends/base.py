@@ -46,6 +46,37 @@ class Backend:
     build: Callable[..., Fn]
 
 
+def first_reason(*checks: Callable[[], str | None]) -> str | None:
+    """The first reason ``checks`` give why a backend cannot run here, or None: what a
+    Backend's ``unavailable`` returns."""
+    for check in checks:
+        why = check()
+        if why is not None:
+            return why
+    return None
+
+
+def needs_package(load: Callable[[], object], package: str, extra: str) -> Callable[[], str | None]:
+    """A check: ``load()`` (an import) succeeds, else "<package> is not installed" and the
+    pip extra that brings it."""
+    def check() -> str | None:
+        try:
+            load()
+        except ImportError as exc:
+            return f"{package} is not installed ({exc}); pip install 'vsr[{extra}]'"
+        return None
+    return check
+
+
+def needs_network(handle, purpose: str) -> Callable[[], str | None]:
+    """A check: the handle has a network (bicubic has none) to ``purpose``."""
+    return lambda: f"{handle.name} has no network to {purpose}" if handle.module is None else None
+
+
+def needs(condition: bool, reason: str) -> Callable[[], str | None]:
+    return lambda: None if condition else reason
+
+
 class NetworkOnly(nn.Module):
     """``module(x, return_all=False)`` as a one-input, one-output module (for tracers)."""
 

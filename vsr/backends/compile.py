@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from vsr.backends.base import Backend, NetworkOnly
+from vsr.backends.base import Backend, NetworkOnly, first_reason, needs, needs_network
 
 
 def _unavailable(handle) -> str | None:
-    if handle.module is None:
-        return f"{handle.name} has no network to compile"
-    if not hasattr(torch, "compile"):
-        return "this torch has no torch.compile"
-    return None
+    return first_reason(needs_network(handle, "compile"),
+                        needs(hasattr(torch, "compile"), "this torch has no torch.compile"))
 
 
 def _build(handle, shape, cache):

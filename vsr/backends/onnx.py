@@ -11,7 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from vsr.backends.base import Backend, NetworkOnly
+from vsr.backends.base import (
+    Backend,
+    NetworkOnly,
+    first_reason,
+    needs,
+    needs_network,
+    needs_package,
+)
 from vsr.backends.cache import EngineKey, model_digest
 from vsr.errors import ConfigError
 
@@ -42,17 +49,12 @@ def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
 
 
 def _unavailable(handle) -> str | None:
-    try:
-        importlib.import_module("onnxruntime")
-    except ImportError as exc:
-        return f"onnxruntime is not installed ({exc}); pip install 'vsr[onnx]'"
-    if handle.module is None:
-        return f"{handle.name} has no network to export"
-    if handle.device.type != "cpu":
-        return "the onnx backend runs on the CPU (use compile or tensorrt on CUDA)"
-    if handle.dtype != torch.float32:
-        return "the onnx backend runs in fp32 only"
-    return None
+    return first_reason(
+        needs_package(lambda: importlib.import_module("onnxruntime"), "onnxruntime", "onnx"),
+        needs_network(handle, "export"),
+        needs(handle.device.type == "cpu",
+              "the onnx backend runs on the CPU (use compile or tensorrt on CUDA)"),
+        needs(handle.dtype == torch.float32, "the onnx backend runs in fp32 only"))
 
 
 def _build(handle, shape, cache):

@@ -9,7 +9,15 @@ import logging
 
 import torch
 
-from vsr.backends.base import Backend, NetworkOnly, dtype_name
+from vsr.backends.base import (
+    Backend,
+    NetworkOnly,
+    dtype_name,
+    first_reason,
+    needs,
+    needs_network,
+    needs_package,
+)
 from vsr.backends.cache import EngineKey, device_name, model_digest
 
 log = logging.getLogger("vsr.backends")
@@ -23,15 +31,9 @@ def versions() -> str:
 
 
 def _unavailable(handle) -> str | None:
-    try:
-        versions()
-    except ImportError as exc:
-        return f"torch-tensorrt is not installed ({exc}); pip install 'vsr[tensorrt]'"
-    if handle.module is None:
-        return f"{handle.name} has no network to build an engine from"
-    if handle.device.type != "cuda":
-        return "TensorRT needs a CUDA device"
-    return None
+    return first_reason(needs_package(versions, "torch-tensorrt", "tensorrt"),
+                        needs_network(handle, "build an engine from"),
+                        needs(handle.device.type == "cuda", "TensorRT needs a CUDA device"))
 
 
 def engine_key(handle, shape) -> EngineKey:

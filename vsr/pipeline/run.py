@@ -26,6 +26,13 @@ _END = object()
 _POLL = 0.1
 
 
+def eta_seconds(done: int, total: int | None, fps: float) -> float | None:
+    """Seconds until ``total`` frames at ``fps``; None while the total or the rate is unknown."""
+    if not total or fps <= 0:
+        return None
+    return max(0.0, (total - done) / fps)
+
+
 @dataclass(frozen=True)
 class Progress:
     """Reported to the progress callback, always from the thread that called the run."""
@@ -40,9 +47,7 @@ class Progress:
 
     @property
     def eta(self) -> float | None:
-        if not self.frames_total or not self.frames_done:
-            return None
-        return max(0.0, (self.frames_total - self.frames_done) / self.fps)
+        return eta_seconds(self.frames_done, self.frames_total, self.fps)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from vsr.errors import ConfigError, PipelineError
 from vsr.io.sink import EncodeConfig
 from vsr.io.source import Frame
-from vsr.options import RunOptions, check_choice
+from vsr.options import RunOptions, check_at_least, check_choice
 from vsr.stream.audio import AudioFeed
 from vsr.stream.io import IDLE, DropQueue, LiveSink, Reader
 
@@ -50,12 +50,10 @@ class StreamConfig(RunOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("drop", self.drop, DROP_POLICIES)
-        if self.max_latency_ms < 1:
-            raise ConfigError("max_latency_ms must be at least 1")
+        check_at_least("max_latency_ms", self.max_latency_ms, 1)
         if self.read_timeout_s <= 0 or self.backoff_max_s <= 0 or self.stats_interval_s <= 0:
             raise ConfigError("timeouts and intervals must be positive")
-        if self.gop is not None and self.gop < 1:
-            raise ConfigError("gop must be at least 1 frame")
+        check_at_least("gop", self.gop, 1, optional=True)
         if self.src == self.dst and self.src != "-":
             raise ConfigError("source and destination are the same")
 
