@@ -23,6 +23,7 @@ import torch
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
 from vsr.metrics import psnr_y, ssim_y
+from vsr.options import check_device, check_scale
 from vsr.resize import imresize, to_uint8
 
 __all__ = [
@@ -225,9 +226,8 @@ class EvalConfig:
             raise ConfigError(f"unknown baseline {self.baseline!r}; known: {', '.join(BASELINES)}")
         if self.baseline is not None and self.scale is None:
             raise ConfigError(f"--baseline {self.baseline} needs --scale")
-        if self.scale is not None and (not isinstance(self.scale, int) or self.scale < 2):
-            raise ConfigError(f"scale must be an integer >= 2, got {self.scale!r}")
-        resolve_device(self.device)  # the spelling; availability is checked when it runs
+        check_scale(self.scale)  # the shared options' validators (vsr.options)
+        check_device(self.device)
 
 
 def run_evaluation(config: EvalConfig, *,

@@ -6,8 +6,9 @@ intermediate tensor of every frame is mapped, faulted in page by page (zero-fill
 and unmapped again. Measured on the 2-core VM: bicubic 720p -> 1440p on the CPU ran at 11.6 fps
 with 1.16 s of system time per 20 frames, and at 20.7 fps with 0.06 s once large blocks came from
 the heap and freed memory was kept for reuse. In a worker thread (as the pipeline runs it),
-1080p -> 4K: 3.9 fps plain, 5.2 with the threshold alone, 7.5-9.0 with one arena as well. The CLI
-applies :func:`keep_freed_memory` once at start; library users may call it too.
+1080p -> 4K: 3.9 fps plain, 5.2 with the threshold alone, 7.5-9.0 with one arena as well.
+:func:`vsr.configure_runtime` applies :func:`keep_freed_memory` (the CLI calls it at start; a
+library user may); nothing else in the library reads or changes this process-wide setting.
 """
 
 from __future__ import annotations
