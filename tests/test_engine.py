@@ -85,3 +85,30 @@ def test_images_in_a_batch_load_the_model_once(tmp_path: Path) -> None:
     assert cache.handle(ModelOptions(model="bicubic", scale=3), "cpu") is not a
     with pytest.raises(ConfigError):
         ModelOptions(model="bicubic", scale=2, precision="fp8")
+
+
+def test_batch_takes_every_image_format_eval_reads(tmp_path: Path) -> None:
+    """One list of image suffixes: a folder batch upscales the .bmp/.tif/.webp/.ppm files
+    `vsr eval` reads (it used to skip all but PNG and JPEG), each into its own format."""
+    import torch
+
+    from vsr.imageio import list_images, read_image, write_image
+    from vsr.jobs import BatchConfig, JobOptions, run_batch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture = torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8)
+    names = ["a.png", "b.bmp", "c.tif", "d.webp", "e.ppm", "f.jpg"]
+    for name in names:
+        write_image(folder / name, picture)
+    assert [p.name for p in list_images(folder)] == names
+    result = run_batch(BatchConfig(inputs=(str(folder),), output_dir=tmp_path / "out",
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",)))
+    assert not result.failed
+    assert sorted(Path(d["output"]).name for d in result.done) == names
+    for name in names:
+        out = read_image(tmp_path / "out" / name)
+        assert out.shape == (3, 24, 32), name
+        if name != "f.jpg":  # lossless formats: bicubic x2 of the same picture, exactly
+            assert torch.equal(out, read_image(tmp_path / "out" / "a.png")), name

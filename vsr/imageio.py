@@ -14,20 +14,8 @@ import numpy as np
 import torch
 
 from vsr.errors import InputError, OutputError
-from vsr.io.image import limit_stream, open_limited
+from vsr.io.image import IMAGE_FORMATS, IMAGE_SUFFIXES, limit_stream, open_limited
 from vsr.io.paths import file_url
-
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-
-# suffix -> (PyAV encoder, pixel format it is fed)
-_ENCODERS: dict[str, tuple[str, str]] = {
-    ".png": ("png", "rgb24"),
-    ".jpg": ("mjpeg", "yuvj444p"),
-    ".jpeg": ("mjpeg", "yuvj444p"),
-    ".bmp": ("bmp", "bgr24"),
-    ".ppm": ("ppm", "rgb24"),
-}
 
 
 def _decode(path: Path) -> av.VideoFrame:
@@ -72,7 +60,7 @@ def is_grayscale(path: str | os.PathLike) -> bool:
 
 
 def write_image(path: str | os.PathLike, image: torch.Tensor, *, quality: int = 95) -> None:
-    """Encode one image file; the format follows the suffix (.png, .jpg/.jpeg, .bmp, .ppm).
+    """Encode one image file; the format follows the suffix (vsr.io.image.IMAGE_FORMATS).
 
     Args:
         image: uint8 tensor (3, H, W), RGB, any device.
@@ -88,12 +76,13 @@ def write_image(path: str | os.PathLike, image: torch.Tensor, *, quality: int = 
         dtype = image.dtype if isinstance(image, torch.Tensor) else ""
         raise OutputError(f"write_image needs a uint8 (3, H, W) tensor, got {shape} {dtype}")
     suffix = path.suffix.lower()
-    if suffix not in _ENCODERS:
+    if suffix not in IMAGE_FORMATS:
         raise OutputError(f"unsupported image format {suffix!r} for {path}; "
-                          f"use one of {', '.join(sorted(_ENCODERS))}")
+                          f"use one of {', '.join(sorted(IMAGE_FORMATS))}")
     if not path.parent.is_dir():
         raise OutputError(f"output folder does not exist: {path.parent}")
-    codec, pix_fmt = _ENCODERS[suffix]
+    out = IMAGE_FORMATS[suffix]
+    codec, pix_fmt = out.codec, out.pix_fmt
     array = np.ascontiguousarray(image.detach().cpu().permute(1, 2, 0).numpy())
     height, width = array.shape[:2]
     try:
@@ -102,6 +91,7 @@ def write_image(path: str | os.PathLike, image: torch.Tensor, *, quality: int = 
                      container_options={"update": "1"}) as container:
             stream = container.add_stream(codec, rate=1)
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+            stream.codec_context.options = dict(out.options)
             if codec == "mjpeg":
                 # mjpeg's qscale 2..31; map quality 100 -> 2, 1 -> 31
                 q = int(round(2 + (100 - max(1, min(100, quality))) * 29 / 99))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,7 +20,32 @@ from vsr.errors import InputError, OutputError
 from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
 from vsr.limits import env_limit
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How a still-image suffix is written: the PyAV encoder, the pixel format it is fed for
+    8-bit pictures and for 16-bit ones (None: written at 8 bits), and encoder options."""
+
+    codec: str
+    pix_fmt: str
+    deep_pix_fmt: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+
+# The one list of still-image formats: what is read as an image (upscale, batch folders, eval
+# folders) is what can be written back under the same suffix (ImageSink, imageio.write_image).
+IMAGE_FORMATS: dict[str, ImageFormat] = {
+    ".png": ImageFormat("png", "rgb24", "rgb48be"),
+    ".jpg": ImageFormat("mjpeg", "yuvj444p"),
+    ".jpeg": ImageFormat("mjpeg", "yuvj444p"),
+    ".bmp": ImageFormat("bmp", "bgr24"),
+    ".tif": ImageFormat("tiff", "rgb24", "rgb48le"),
+    ".tiff": ImageFormat("tiff", "rgb24", "rgb48le"),
+    ".webp": ImageFormat("libwebp", "bgra", None, (("lossless", "1"),)),
+    ".ppm": ImageFormat("ppm", "rgb24", "rgb48be"),
+    ".pgm": ImageFormat("pgm", "gray", "gray16be"),  # a gray picture stays gray
+}
+IMAGE_SUFFIXES = frozenset(IMAGE_FORMATS)
 
 # Pictures larger than this are refused before a byte of them is decoded: a 746 KB PNG can
 # declare 16000x16000 (768 MB as RGB, gigabytes once upscaled). 50 M takes 8K video (33 M)
@@ -129,14 +155,16 @@ def is_image_path(path: str | os.PathLike) -> bool:
 
 
 class ImageSink(SinkContext):
-    """Writes exactly one (H, W, 3) RGB uint8/uint16 frame as PNG (16-bit kept) or JPEG."""
+    """Writes exactly one (H, W, 3) RGB uint8/uint16 frame in the format of its suffix
+    (IMAGE_FORMATS: 16 bits kept where the format has them)."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, *,
                  overwrite: bool = False, input_path: str | None = None,
                  jpeg_quality: int = 2) -> None:
         self.path = check_output_path(path, overwrite=overwrite, input_path=input_path)
         if not is_image_path(self.path):
-            raise OutputError(f"an image input needs an image output (.png, .jpg): {self.path}")
+            raise OutputError(f"an image input needs an image output "
+                              f"({', '.join(sorted(IMAGE_SUFFIXES))}): {self.path}")
         self._size = (height, width)
         self._q = jpeg_quality
         self._data: bytes | None = None
@@ -149,15 +177,14 @@ class ImageSink(SinkContext):
             raise OutputError("an image output takes one frame")
         if image.shape != self._size + (3,) or image.dtype not in (np.uint8, np.uint16):
             raise OutputError(f"frame {image.shape} {image.dtype} != {self._size + (3,)} uint8")
-        png = self.path.suffix.lower() == ".png"
+        out = IMAGE_FORMATS[self.path.suffix.lower()]
         fmt = "rgb24" if image.dtype == np.uint8 else "rgb48le"
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=fmt)
-        if png:
-            self.pix_fmt = "rgb24" if image.dtype == np.uint8 else "rgb48be"
-            cc = av.CodecContext.create("png", "w")
-        else:
-            self.pix_fmt = "yuvj444p"
-            cc = av.CodecContext.create("mjpeg", "w")
+        deep = image.dtype == np.uint16 and out.deep_pix_fmt is not None
+        self.pix_fmt = out.deep_pix_fmt if deep else out.pix_fmt
+        cc = av.CodecContext.create(out.codec, "w")
+        cc.options = dict(out.options)
+        if out.codec == "mjpeg":
             cc.qscale = True
             cc.global_quality = self._q * 118  # FF_QP2LAMBDA: qscale 2 is near-lossless
         cc.width, cc.height, cc.pix_fmt = image.shape[1], image.shape[0], self.pix_fmt
