@@ -503,6 +503,7 @@ def _encode_decode(frames: list[np.ndarray], kind: str, crf: int,
             packets.extend(enc.encode(vf))
         packets.extend(enc.encode(None))
         dec = av.CodecContext.create(decoder, "r")
+        dec.thread_count = 1  # clips are short; parallelism comes from the crops' thread pool
         out: list[np.ndarray] = []
         for pkt in [*packets, None]:
             out.extend(fr.to_ndarray(format="rgb24")[:h, :w] for fr in dec.decode(pkt))
