@@ -22,6 +22,7 @@ from vsr.errors import ConfigError
 from vsr.models import REGISTRY, CheckpointInfo, DualNetworks, NetworkUpscaler, save_model
 from vsr.models.checkpoint import load_state_into, load_tensors
 from vsr.models.complexity import count_macs
+from vsr.runtime import configure_runtime
 from vsr.train.config import TrainConfig
 from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, step_generator
 from vsr.train.degrade import DegradationSpec, GaussianDegradation, estimate_gaussian_sigma
@@ -149,8 +150,9 @@ class Trainer:
         if config.batch_size % self.world:
             raise ConfigError(f"batch size {config.batch_size} does not split over "
                               f"{self.world} processes")
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        if config.threads:  # asked for by the run (each spawned rank is a process of its own)
+            configure_runtime(threads=config.threads, omp_wait_policy=None,
+                              keep_freed_memory=False)
         self.device = _training_device(config.device, self.rank)
         cuda = self.device.type == "cuda"
         if cuda:
