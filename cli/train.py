@@ -12,8 +12,9 @@ from vsr.cli.common import device_option, emit_json, json_option
 
 @click.command("train")
 @click.option("--arch", help="Registry architecture to train, e.g. drn-s-x4.")
-@click.option("--data", "data", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="HR image folder (repeatable).")
+@click.option("--data", "data", multiple=True, type=click.Path(exists=True),
+              help="HR image folder or image pack (.npz, see benchmarks/train_slot.py; "
+                   "repeatable).")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--iterations", "--iters", "iterations", type=click.IntRange(min=1), default=10_000,
               show_default=True,
@@ -103,6 +104,7 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
                      ctx.get_parameter_source(params.get(k, k)) ==
                      click.core.ParameterSource.COMMANDLINE}
         overrides["time_limit"] = time_limit  # a budget is this process's, never inherited
+        overrides["out"] = resume  # the folder may have moved (a state carried to a GPU)
         config = replace(TrainConfig.load(Path(resume) / CONFIG_FILE), **overrides)
     else:
         if not arch or not data or not out:

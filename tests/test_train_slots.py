@@ -136,12 +136,17 @@ def test_cli_resume_takes_runtime_options_and_a_fresh_time_limit(images: Path,
     assert first.exit_code == 0, first.output
     out = json.loads(first.stdout.strip().splitlines()[-1])
     assert out["stopped_at_time_limit"] and out["steps"] == 1 and out["iterations"] == 6
-    again = CliRunner().invoke(cli, ["train", "--resume", str(run), "--state-moments", "bf16",
+    moved = tmp_path / "moved"  # as a committed state is copied to another machine's folder
+    shutil.copytree(run, moved)
+    again = CliRunner().invoke(cli, ["train", "--resume", str(moved), "--state-moments", "bf16",
                                      "--log-every", "1", "--json"])
     assert again.exit_code == 0, again.output
     out = json.loads(again.stdout.strip().splitlines()[-1])
     assert out["steps"] == 6 and not out["stopped_at_time_limit"]
-    saved = json.loads((run / "config.json").read_text())
+    assert out["run_dir"] == str(moved)
+    assert read_info(run / "last.safetensors").provenance["iterations"] == 1
+    assert read_info(moved / "last.safetensors").provenance["iterations"] == 6
+    saved = json.loads((moved / "config.json").read_text())
     assert saved["state_moments"] == "bf16" and saved["log_every"] == 1
     assert saved["time_limit"] is None and saved["iterations"] == 6
     bad = CliRunner().invoke(cli, args[:-3] + ["--time-limit", "0", "--out", str(tmp_path / "z")])

@@ -50,16 +50,26 @@ def lr_pyramid(hr: torch.Tensor, scale: int) -> list[torch.Tensor]:
     return levels + [hr]
 
 
+_PACK_FORMAT = "vsr-image-pack/1 sub"  # rows stored as differences of neighbours (PNG's Sub)
+
+
+def pack_filter(img: torch.Tensor) -> np.ndarray:
+    """uint8 (3, H, W) -> what a pack stores: each pixel minus its left neighbour, mod 256
+    (deflate then takes about 15% less than on the pixels themselves)."""
+    a = img.numpy()
+    return np.diff(a, axis=-1, prepend=np.zeros((*a.shape[:-1], 1), np.uint8))
+
+
 def save_image_pack(path: str | Path, images: Mapping[str, torch.Tensor]) -> Path:
     """Write named uint8 (3, H, W) images to one compressed ``.npz`` (numpy alone reads it)."""
     path = Path(path)
     if path.suffix != PACK_SUFFIX:
         raise ValueError(f"an image pack is a {PACK_SUFFIX} file, got {path}")
-    arrays = {}
+    arrays = {"__format__": np.array(_PACK_FORMAT)}
     for name, img in images.items():
         if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
             raise ValueError(f"{name}: need uint8 (3, H, W), got {img.dtype} {tuple(img.shape)}")
-        arrays[name] = img.numpy()
+        arrays[name] = pack_filter(img)
     np.savez_compressed(path, **arrays)
     return path
 
@@ -71,7 +81,10 @@ def load_image_pack(path: str | Path) -> dict[str, torch.Tensor]:
     """
     try:
         with np.load(path, allow_pickle=False) as pack:
-            out = {k: torch.from_numpy(np.ascontiguousarray(pack[k])) for k in sorted(pack.files)}
+            if "__format__" not in pack.files or str(pack["__format__"]) != _PACK_FORMAT:
+                raise InputError(f"{path}: not a {_PACK_FORMAT} image pack")
+            out = {k: torch.from_numpy(np.cumsum(pack[k], axis=-1, dtype=np.uint8))
+                   for k in sorted(pack.files) if k != "__format__"}
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read image pack ({exc})") from None
     for name, img in out.items():

@@ -421,8 +421,6 @@ class Trainer:
                          cfg.time_limit, done, cfg.iterations)
                 result.stopped = True
                 break
-        if window:  # only when a progress callback raised mid-window
-            self._flush(window, done, result)
         result.steps = done
         result.seconds = time.perf_counter() - t0
         ran = done - self.start_step
