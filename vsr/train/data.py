@@ -187,7 +187,7 @@ class PatchSampler:
         if pack.device.type == "cuda":
             params = params.pin_memory()
         params = params.to(pack.device, non_blocking=True)
-        return pack.flat[_gather_index(params, p)]
+        return torch.take(pack.flat, _gather_index(params, p))
 
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """n HR patches, float (n, 3, P, P) in [0, 1], on the sampler's device."""
@@ -199,18 +199,18 @@ def _gather_index(params: torch.Tensor, p: int) -> torch.Tensor:
     size, width, y, x, flip columns, flip rows, transpose), on ``params``' device.
 
     Output (a, b) takes crop element (u, v) = (b, a) if transposed else (a, b), after the crop
-    was flipped: row y + (p - 1 - u if rows flipped else u), column likewise.
+    was flipped: row y + (p - 1 - u if rows flipped else u), column likewise. Rows and columns
+    are worked out per line (m, p) and broadcast once: few large ops, which matters on a busy
+    CPU where each multi-threaded op can wait for a descheduled thread.
     """
-    off, plane, w, y, x, fc, fr, tr = (c.view(-1, 1, 1) for c in params.unbind(1))
-    r = torch.arange(p, device=params.device)
-    a, b = r.view(1, p, 1), r.view(1, 1, p)
-    u = torch.where(tr.bool(), b, a)
-    v = torch.where(tr.bool(), a, b)
-    u = torch.where(fr.bool(), p - 1 - u, u)
-    v = torch.where(fc.bool(), p - 1 - v, v)
-    spatial = off + (y + u) * w + (x + v)  # (m, p, p)
-    chan = torch.arange(3, device=params.device).view(1, 3, 1, 1) * plane.view(-1, 1, 1, 1)
-    return spatial.unsqueeze(1) + chan
+    off, plane, w, y, x, fc, fr, tr = (c.view(-1, 1) for c in params.unbind(1))
+    t = torch.arange(p, device=params.device).view(1, p)
+    rows = (y + t + fr * (p - 1 - 2 * t)) * w  # (m, p): offset of crop row t
+    cols = x + t + fc * (p - 1 - 2 * t)  # (m, p): column of crop column t
+    along_a = torch.where(tr.bool(), cols, rows)  # output row a reads crop column a if transposed
+    along_b = torch.where(tr.bool(), rows, cols)
+    chan = off + torch.arange(3, device=params.device).view(1, 3) * plane  # (m, 3)
+    return chan[:, :, None, None] + along_a[:, None, :, None] + along_b[:, None, None, :]
 
 
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4v", ".flv"}
