@@ -7,15 +7,7 @@ import time
 
 import click
 
-from vsr.cli.common import (
-    backend_option,
-    batch_option,
-    emit_json,
-    json_option,
-    model_option,
-    precision_option,
-    scale_option,
-)
+from vsr.cli.common import emit_json, encode_options, json_option, model_options
 
 
 class _BatchBar:
@@ -59,16 +51,8 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--name", "template", default="{dir}/{stem}{suffix}", show_default=True,
               help="Output name template: {dir} {stem} {name} {suffix} {ext} {scale} "
                    "{model} {index}.")
-@model_option()
-@scale_option
-@precision_option
-@click.option("--tile", type=click.IntRange(min=32), default=None, help="Infer in tiles of N px.")
-@backend_option
-@batch_option
-@click.option("--codec", default="libx264", show_default=True, help="Video encoder.")
-@click.option("--crf", type=click.IntRange(0, 63), default=None, help="Constant quality.")
-@click.option("--preset", default=None, help="Encoder preset.")
-@click.option("--pix-fmt", default=None, help="Output pixel format.")
+@model_options(device=False)  # the devices are the workers' (--devices)
+@encode_options()
 @click.option("--devices", default="auto", show_default=True, callback=_devices,
               help="Comma-separated workers sharing the queue: cpu,cpu or cuda:0,cuda:1.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",

@@ -8,22 +8,22 @@ import time
 import click
 
 from vsr.cli.common import (
-    backend_option,
-    batch_option,
-    device_option,
+    decoder_option,
     emit_json,
+    encode_config,
+    encode_options,
+    encoder_option,
     json_option,
-    model_option,
-    precision_option,
-    scale_option,
+    model_options,
 )
 
 
 class _Bar:
     """A one-line progress display on stderr: frames, fps, ETA (redrawn at most 4x a second)."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty() or enabled == "always"
+    def __init__(self, show: bool | None) -> None:
+        """``show``: True always, False never, None when stderr is a terminal."""
+        self.enabled = sys.stderr.isatty() if show is None else show
         self._last = 0.0
 
     def __call__(self, p) -> None:
@@ -47,34 +47,20 @@ class _Bar:
 @click.command()
 @click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False))
 @click.argument("output_path", metavar="OUT", type=click.Path(dir_okay=False))
-@model_option()
-@scale_option
-@device_option
-@precision_option
-@click.option("--tile", type=click.IntRange(min=32), default=None,
-              help="Infer in tiles of N px (with overlap); automatic on CUDA out-of-memory.")
-@click.option("--codec", default="libx264", show_default=True,
-              help="Video encoder: libx264, libx265, libsvtav1, ffv1, prores_ks, h264_nvenc...")
-@click.option("--crf", type=click.IntRange(0, 63), default=None, help="Constant quality.")
-@click.option("--preset", default=None, help="Encoder preset (e.g. veryfast, slow).")
-@click.option("--pix-fmt", default=None,
-              help="Output pixel format (default: the input's depth where the codec allows).")
-@click.option("--decoder", type=click.Choice(["pyav", "decord"]), default="pyav",
-              show_default=True)
-@click.option("--encoder", type=click.Choice(["pyav", "ffmpeg"]), default="pyav",
-              show_default=True, help="ffmpeg: pipe to the system ffmpeg program.")
+@model_options()
+@encode_options()
+@decoder_option
+@encoder_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress line on stderr (default: when stderr is a terminal).")
-@backend_option
-@batch_option
 @json_option
 def upscale(input_path: str, output_path: str, model: str | None, scale: int | None,
             device: str, precision: str, tile: int | None, codec: str, crf: int | None,
             preset: str | None, pix_fmt: str | None, decoder: str, encoder: str,
             overwrite: bool, progress: bool | None, backend: str, batch: int,
             as_json: bool) -> None:
-    """Upscale the video (or PNG/JPEG image) IN into OUT.
+    """Upscale the video (or image: PNG, JPEG, BMP, TIFF, WebP, PPM/PGM) IN into OUT.
 
     Audio, subtitle and attachment streams are copied unchanged, timestamps are kept, and
     OUT appears only once it is complete.
@@ -90,16 +76,15 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
     .OUT.PID.HEX.partial file of a run killed outright (SIGKILL, power loss) is removed
     by the next run writing OUT, once that process is gone.
     """
-    from vsr.io.sink import EncodeConfig
     from vsr.upscale import UpscaleConfig, upscale_file
 
     config = UpscaleConfig(
         input=input_path, output=output_path, model=model, scale=scale, device=device,
         precision=precision, tile=tile,
-        encode=EncodeConfig(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt),
+        encode=encode_config(codec, crf, preset, pix_fmt),
         decoder=decoder, encoder=encoder, overwrite=overwrite, backend=backend, batch=batch,
     )
-    bar = _Bar("always" if progress else bool(progress is None))
+    bar = _Bar(progress)
     try:
         result = upscale_file(config, progress=bar)
     finally:
