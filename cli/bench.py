@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from vsr.backends import CHOICES
 from vsr.cli.common import (
     batch_option,
     decoder_option,
@@ -14,6 +13,7 @@ from vsr.cli.common import (
     json_option,
     model_options,
 )
+from vsr.options import BACKEND_CHOICES
 
 
 @click.command()
@@ -26,7 +26,7 @@ from vsr.cli.common import (
 @decoder_option
 @click.option("--backend", "backends", default="auto", show_default=True,
               help="Backend, or several separated by commas to measure side by side "
-                   f"({', '.join(CHOICES)}).")
+                   f"({', '.join(BACKEND_CHOICES)}).")
 @batch_option
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Pipeline and serial runs, alternated; their medians are reported.")

@@ -1,6 +1,6 @@
 """Options shared by several commands, as reusable decorators, and JSON output.
 
-Choice lists come from the library's own constants (vsr.options, vsr.backends), so the CLI
+Choice lists come from the library's own constants (vsr.options and the configs), so the CLI
 offers exactly what the configs accept. The help texts are written once, here.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from vsr.options import DECODERS, ENCODERS, MIN_TILE, PRECISIONS
+from vsr.options import BACKEND_CHOICES, DECODERS, ENCODERS, MIN_TILE, PRECISIONS
 
 Decorator = Callable[[Callable], Callable]
 
@@ -70,10 +70,8 @@ def tile_option(f: Callable) -> Callable:
 
 def backend_option(f: Callable) -> Callable:
     """--backend for one run; bench takes a comma-separated list instead."""
-    from vsr.backends import CHOICES
-
     return click.option(
-        "--backend", type=click.Choice(CHOICES), default="auto", show_default=True,
+        "--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
         help="Inference backend; auto: the fastest one here that matches eager on the "
              "first frame (tensorrt > compile > eager on CUDA; on the CPU onnx for small "
              "frames, else eager).")(f)

@@ -8,6 +8,7 @@ import time
 import click
 
 from vsr.cli.common import emit_json, json_option
+from vsr.compress.config import METHODS, REFITS, STAGES
 
 
 class _Progress:
@@ -47,10 +48,10 @@ class _Progress:
               type=click.Path(exists=True, file_okay=False), help="HR image folder (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder (search.json, pruned/compressed .safetensors, summary.json).")
-@click.option("--stage", type=click.Choice(["search", "prune", "finetune", "all"]),
+@click.option("--stage", type=click.Choice(STAGES),
               default="all", show_default=True, help="Run one stage alone (reads the previous "
               "stage's file in --out) or all three.")
-@click.option("--method", type=click.Choice(["drc", "l1"]), default="drc", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default="drc", show_default=True,
               help="drc: searched widths + dual regression pruning; l1: L1-norm baseline.")
 @click.option("--val-data", type=click.Path(exists=True, file_okay=False), default=None,
               help="Benchmark folder for validation PSNR (best search readout, best fine-tune).")
@@ -66,7 +67,7 @@ class _Progress:
 @click.option("--search-val-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--prune-batches", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--prune-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--prune-refit", type=click.Choice(["lstsq", "sgd"]), default="lstsq",
+@click.option("--prune-refit", type=click.Choice(REFITS), default="lstsq",
               show_default=True, help="Fine-tuning after each selected channel: closed-form "
               "least squares on the feature reconstruction, or the paper's one SGD pass.")
 @click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)

@@ -10,6 +10,7 @@ import sys
 import click
 
 from vsr.cli.common import encode_config, encode_options, model_options
+from vsr.stream.run import DROP_POLICIES
 
 
 def _render(as_json: bool, to_stdout: bool):
@@ -39,7 +40,7 @@ def _render(as_json: bool, to_stdout: bool):
               help="Keyframe interval in frames (default: one second).")
 @click.option("--max-latency", "max_latency", type=click.IntRange(min=1), default=1000,
               show_default=True, help="Frames older than MS are dropped (with --drop oldest).")
-@click.option("--drop", type=click.Choice(["oldest", "none"]), default="oldest",
+@click.option("--drop", type=click.Choice(DROP_POLICIES), default="oldest",
               show_default=True, help="What to do when inference falls behind.")
 @click.option("--reconnect", is_flag=True, help="Reopen the source with backoff when it goes.")
 @click.option("--timeout", "read_timeout", type=click.FloatRange(min=0.1), default=5.0,

@@ -105,3 +105,11 @@ def test_batch_options_carry_backend_and_batch() -> None:
     assert opts.fingerprint() != JobOptions().fingerprint()
     with pytest.raises(ConfigError):
         JobOptions().replace({"backend": "fast"})
+
+
+def test_backend_choices_are_the_backends() -> None:
+    """The names options accept are exactly the backends there are (plus auto)."""
+    from vsr.backends import BACKENDS, CHOICES
+    from vsr.options import BACKEND_CHOICES
+
+    assert CHOICES == BACKEND_CHOICES == ("auto", *BACKENDS)

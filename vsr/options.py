@@ -16,6 +16,9 @@ from vsr.errors import ConfigError
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # dtypes: vsr.loading.DTYPES
 DECODERS = ("pyav", "decord")  # vsr.io.source.open_source
 ENCODERS = ("pyav", "ffmpeg")  # vsr.io.sink.PyAVSink, vsr.io.ffmpeg_sink.FfmpegSink
+# vsr.backends.BACKENDS has an implementation of each but auto (tests/test_options.py checks);
+# named here, below the backends, so that validating an option never imports them
+BACKEND_CHOICES = ("auto", "eager", "compile", "tensorrt", "onnx")
 MIN_TILE = 32
 
 
@@ -66,14 +69,12 @@ class ModelOptions:
     batch: int = 1
 
     def __post_init__(self) -> None:
-        from vsr.backends import CHOICES
-
         if self.model is not None and not isinstance(self.model, str):
             raise ConfigError(f"model must be a name or a path, not {self.model!r}")
         check_scale(self.scale)
         check_choice("precision", self.precision, PRECISIONS)
         check_at_least("tile", self.tile, MIN_TILE, optional=True)
-        check_choice("backend", self.backend, CHOICES)
+        check_choice("backend", self.backend, BACKEND_CHOICES)
         check_at_least("batch", self.batch, 1)
 
 

@@ -32,12 +32,13 @@ from vsr.backends.eager import EAGER
 from vsr.backends.onnx import ONNX
 from vsr.backends.tensorrt import TENSORRT
 from vsr.errors import ConfigError
+from vsr.options import BACKEND_CHOICES
 
 log = logging.getLogger("vsr.backends")
 
 BACKENDS: Mapping[str, Backend] = MappingProxyType({
     b.name: b for b in (EAGER, COMPILE, TENSORRT, ONNX)})
-CHOICES = ("auto", *BACKENDS)
+CHOICES = BACKEND_CHOICES  # ("auto", *BACKENDS)
 
 # Fastest first; measured (README, "Backends"). On CUDA: TensorRT, then compiled CUDA graphs,
 # then eager. On the CPU, drn-t-x2 at 360p -> 720p, interleaved, quiet 2-core VM, s/frame at

@@ -16,10 +16,11 @@ from typing import Protocol
 import av
 import numpy as np
 
-from vsr.errors import ConfigError, InputError
+from vsr.errors import InputError
 from vsr.io.image import IMAGE_SUFFIXES, limit_stream, open_limited
 from vsr.io.info import ColorInfo, Frame, StreamInfo, bit_depth_of, other_streams
 from vsr.io.paths import file_url
+from vsr.options import DECODERS, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +212,13 @@ def _pts_step(info: StreamInfo) -> int:
 
 
 def open_source(path: str | os.PathLike, decoder: str = "pyav") -> Source:
-    """Open ``path`` with the named decoder ("pyav" or "decord"); images always use PyAV."""
+    """Open ``path`` with the named decoder (vsr.options.DECODERS: "pyav" or "decord");
+    images always use PyAV. Raises ConfigError for another name."""
+    check_choice("decoder", decoder, DECODERS)
     if decoder == "pyav" or Path(path).suffix.lower() in IMAGE_SUFFIXES:
         return PyAVSource(path)
-    if decoder == "decord":
-        from vsr.io.decord_source import DecordSource
+    from vsr.io.decord_source import DecordSource
 
-        with PyAVSource(path) as probe:  # same checks and messages; the stream decord reads
-            info = probe.info
-        return DecordSource(path, info)
-    raise ConfigError(f"unknown decoder {decoder!r} (pyav or decord)")
+    with PyAVSource(path) as probe:  # same checks and messages; the stream decord reads
+        info = probe.info
+    return DecordSource(path, info)
