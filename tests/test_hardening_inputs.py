@@ -483,9 +483,11 @@ def _same_as_input(src: Path, out: Path) -> None:
 
 
 def _tags(meta: dict) -> dict:
-    """Container tags less those each muxer writes for itself (Matroska spells them upper)."""
+    """Container tags less those each muxer writes for itself (Matroska spells them upper),
+    and a creation_time of the Unix epoch: the MP4 muxer takes 0 for "unset" and omits it."""
     own = ("encoder", "major_brand", "minor_version", "compatible_brands")
-    return {k.lower(): v for k, v in meta.items() if k.lower() not in own}
+    return {k.lower(): v for k, v in meta.items() if k.lower() not in own
+            and not (k.lower() == "creation_time" and v.startswith("1970-01-01T00:00:00"))}
 
 
 @needs_ffmpeg
