@@ -258,8 +258,9 @@ def test_clean_errors_through_the_cli(clip, tmp_path, capsys):
     src = str(clip("in.mp4", frames=2))
     run = ["upscale", src]
     bicubic = ["--model", "bicubic", "--scale", "2"]
-    assert "cannot hold" in _cli([*run, str(tmp_path / "o.gif"), *bicubic], capsys)
-    assert "cannot hold" in _cli([*run, str(tmp_path / "o.bmp"), *bicubic], capsys)
+    for name in ("o.gif", "o.bmp"):  # refused by the sink, or earlier as a still-image name
+        line = _cli([*run, str(tmp_path / name), *bicubic], capsys)
+        assert "cannot hold" in line or f"needs a video output, not {name}" in line, line
     assert "nosuch" in _cli([*run, str(tmp_path / "o.mp4"), *bicubic, "--codec", "nosuch"],
                             capsys)
     assert "not a video encoder" in _cli([*run, str(tmp_path / "o.mkv"), *bicubic,
