@@ -242,6 +242,7 @@ def speed(handles: Sequence[tuple[str, Any]], *, repeats: int) -> dict[str, dict
                 wall[name].append(time.perf_counter() - t)
                 cpu[name].append(time.process_time() - c)
     return {name: {"seconds_720p": statistics.median(wall[name]),
+                   "fastest_seconds_720p": min(wall[name]),
                    "cpu_seconds_720p": statistics.median(cpu[name]),
                    "runs_s": [round(v, 4) for v in wall[name]]} for name in wall}
 
@@ -306,18 +307,33 @@ def _quality_row(name: str, data: Path, datasets: Sequence[str],
 
 
 def run_images(entries: list[Entry], data: Path, datasets: Sequence[str], *, repeats: int,
-               do_speed: bool, jobs: int, opencv_dir: Path) -> list[dict[str, Any]]:
-    """Quality of every entry (``jobs`` worker processes), then one interleaved speed run over
-    all entries in this process, with the thread count set by :func:`_configure_threads`."""
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(_quality_row, e.name, data, tuple(datasets), opencv_dir)
-                   for e in entries]
-        rows = [f.result() for f in futures]
+               do_speed: bool, jobs: int, opencv_dir: Path,
+               report: dict[str, Any], reuse: dict[str, Any] | None = None
+               ) -> list[dict[str, Any]]:
+    """Quality of every entry (``jobs`` worker processes, or the rows of an earlier report
+    ``reuse``: the scores are deterministic), then one interleaved speed run over all entries in
+    this process, with the thread count set by :func:`_configure_threads`. Load averages before
+    and after the timing go into ``report``."""
+    if reuse is not None:
+        old = {r["name"]: r for r in reuse["rows"]}
+        lost = [e.name for e in entries if e.name not in old
+                or any(d not in old[e.name]["quality"] for d in datasets)]
+        if lost:
+            raise SystemExit(f"Error: the reused report lacks {', '.join(lost)}")
+        rows = [{k: old[e.name][k] for k in ("name", "scale", "kind", "source", "quality")}
+                for e in entries]
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_quality_row, e.name, data, tuple(datasets), opencv_dir)
+                       for e in entries]
+            rows = [f.result() for f in futures]
     if do_speed:
         handles = [(e.name, e.make()) for e in entries]
         log.info("timing %d models, %d repeats", len(handles), repeats)
+        report["load_average_before_timing"] = list(os.getloadavg())
         times = speed(handles, repeats=repeats)
+        report["load_average_after_timing"] = list(os.getloadavg())
         for row in rows:
             row.update(times[row["name"]])
         by_name = {r["name"]: r for r in rows}
@@ -399,19 +415,29 @@ def image_markdown(report: dict[str, Any]) -> str:
         "(`vsr.evaluate.evaluate_dataset`, as `vsr eval`). SSIM is in the JSON.",
         f"- Speed: seconds per 720p output frame (LR 640x360 at x2, 320x180 at x4), wall "
         f"clock, median of {report['repeats']} round-robin calls after a warm-up; ratio to "
-        "SPAN ch48 of the same scale (below 1 = faster than SPAN).",
-        "",
+        "SPAN ch48 of the same scale (below 1 = faster than SPAN), from the medians; "
+        "\"fastest\" is the least disturbed of the calls.",
     ]
+    if "load_average_before_timing" in report:
+        before, after = report["load_average_before_timing"], report["load_average_after_timing"]
+        lines.append(f"- Load average (1 min) on the machine: {before[0]:.2f} before the timing, "
+                     f"{after[0]:.2f} after it.")
+    if "quality_from" in report:
+        q = report["quality_from"]
+        lines.append(f"- Quality rows reused (`--reuse-quality`; the scores are deterministic) "
+                     f"from `{q['report']}`, the run of {q['date']}: `{q['command']}`.")
+    lines.append("")
     datasets = report["datasets"]
-    head = ["model", "kind", "scale", *datasets, "s / 720p frame", "ratio to SPAN"]
+    head = ["model", "kind", "scale", *datasets, "s / 720p frame", "fastest", "ratio to SPAN"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in sorted(report["rows"], key=lambda r: (r["scale"], r["kind"] != "ours",
                                                    r["kind"] != "peer", r["name"])):
         secs = f"{r['seconds_720p']:.3f}" if "seconds_720p" in r else "-"
+        fast = f"{r['fastest_seconds_720p']:.3f}" if "fastest_seconds_720p" in r else "-"
         ratio = f"{r['ratio_to_span']:.2f}" if r.get("ratio_to_span") is not None else "-"
         q = [f"{r['quality'][d]['psnr']:.2f}" if d in r["quality"] else "-" for d in datasets]
         lines.append(f"| {r['name']} | {r['kind']} | x{r['scale']} | " + " | ".join(q)
-                     + f" | {secs} | {ratio} |")
+                     + f" | {secs} | {fast} | {ratio} |")
     if report.get("missing"):
         lines += ["", "Not measured (package or weights absent): "
                   + "; ".join(report["missing"]) + "."]
@@ -477,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--jobs", type=int, default=1,
                     help="worker processes (one thread each) for the quality pass")
     ap.add_argument("--no-speed", action="store_true", help="quality only")
+    ap.add_argument("--reuse-quality", type=Path,
+                    help="take the quality rows from this earlier report; time only")
     ap.add_argument("--opencv-dir", type=Path, default=DEFAULT_OPENCV_DIR)
     ap.add_argument("--json", type=Path, help="write the report here")
     ap.add_argument("--markdown", type=Path, help="write the Markdown table here")
@@ -515,9 +543,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.data is not None:
         report.update(datasets=[d for d in args.datasets.split(",") if d],
                       repeats=args.repeats)
+        reuse = None
+        if args.reuse_quality is not None:
+            reuse = json.loads(args.reuse_quality.read_text())
+            report["quality_from"] = {"report": str(args.reuse_quality),
+                                      "command": reuse["command"], "date": reuse["date"]}
         report["rows"] = run_images(entries, args.data, report["datasets"],
                                     repeats=args.repeats, do_speed=not args.no_speed,
-                                    jobs=args.jobs, opencv_dir=args.opencv_dir)
+                                    jobs=args.jobs, opencv_dir=args.opencv_dir,
+                                    report=report, reuse=reuse)
         text, section = image_markdown(report), "images"
     else:
         if len(scales) != 1:
