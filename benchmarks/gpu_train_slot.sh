@@ -9,7 +9,13 @@
 # The slot: one `run` call, carry [".carry"] (and ".whl" for --degrade, which needs PyAV):
 #   ARCH=drn-s-x4 DEADLINE_S=560 bash benchmarks/gpu_train_slot.sh      # timeout_s 600
 # A second call on the still-warm machine continues from the local run (no transfer), e.g. to
-# use the rest of a 15-minute lease: DEADLINE_S=150 ... the same command.
+# use the rest of a 15-minute lease: DEADLINE_S=150 ... the same command. One command may run
+# 10 minutes at most, so >= 10 training minutes per 15-minute lease takes both calls.
+# The first lease should measure the settings first (no host sync check, samples/s, MFU):
+#   python3 benchmarks/gpu_train_throughput.py --data .carry/train.npz --seconds 35 \
+#       --out $OUT/throughput.json; ARCH=drn-s-x4 DEADLINE_S=$((560 - SECONDS)) ... this script
+# (vsr/ needs `ln -sfn ../cli vsr/cli; ln -sfn ../models vsr/models; export PYTHONPATH=$PWD`
+# there first, as this script does). $OUT takes 8 files: this script writes 7.
 # After it, on the CPU machine:
 #   python benchmarks/train_slot.py adopt --from FILES_AT --to benchmarks/train_slots/drn-s-x4
 #   git add benchmarks/train_slots/drn-s-x4 && git commit ...
@@ -23,7 +29,7 @@ device="${DEVICE:-cuda}"
 slot_dir="${SLOT_DIR:-benchmarks/train_slots/$arch}"
 work="${WORK:-/tmp/vsr-slot-$arch}"           # the run folder on this machine
 deadline="${DEADLINE_S:-560}"                  # seconds this command may take in all
-reserve="${RESERVE_S:-75}"                     # kept for evaluation, export and the report
+reserve="${RESERVE_S:-50}"                     # kept for evaluation, export and the report
 iters="${ITERS:-300000}"; batch="${BATCH:-64}"; patch="${PATCH:-48}"
 lr="${LR:-4e-4}"; lr_min="${LR_MIN:-1e-6}"; log_every="${LOG_EVERY:-200}"
 moments="${MOMENTS:-bf16}"; shard_mib="${SHARD_MIB:-15}"; save_every="${SAVE_EVERY:-5000}"
@@ -86,8 +92,8 @@ fi
 
 # (e, f) fp16 weights, state shards, config, metrics and the results JSON into $OUT
 cp "$work/model-fp16.safetensors" "$out/$arch-fp16.safetensors"
-cp "$work"/train_state*.safetensors "$work/config.json" "$work/metrics.csv" "$out"/
+cp "$work"/train_state*.safetensors "$work/metrics.csv" "$out"/   # config.json: in results.json
 # (g) the table, last
 python3 benchmarks/train_slot.py report --arch "$arch" --run "$work" --train-json "$out/train.json" \
     --eval-json "$out/eval.json" --started "$started" --out "$out/results.json"
-rm -f "$out/train.json" "$out/eval.json"   # both are inside results.json: 8 files at most
+rm -f "$out/train.json" "$out/eval.json"   # both are inside results.json: 7 files in all

@@ -164,6 +164,7 @@ def report(args: argparse.Namespace) -> dict:
             out[key] = json.loads(Path(path).read_text().strip().splitlines()[-1])
         except (OSError, ValueError, IndexError) as exc:
             out[key] = {"error": str(exc)}
+    out["config"] = json.loads((run / "config.json").read_text())
     states = sorted(run.glob("train_state*.safetensors"))
     out["state_files"] = {p.name: p.stat().st_size for p in states}
     manifest = REPO / ".carry" / "manifest.json"
@@ -196,9 +197,9 @@ def adopt(args: argparse.Namespace) -> dict:
     dst.mkdir(parents=True, exist_ok=True)
     for old in dst.glob("train_state*.safetensors"):
         old.unlink()
-    for p in list(src.glob("train_state*.safetensors")) + [src / "config.json",
-                                                           src / "metrics.csv"]:
+    for p in [*src.glob("train_state*.safetensors"), src / "metrics.csv"]:
         shutil.copy(p, dst / p.name)
+    (dst / "config.json").write_text(json.dumps(results["config"], indent=2, sort_keys=True))
     weights = REPO / "runs" / "slots" / Path(args.to).name
     weights.mkdir(parents=True, exist_ok=True)
     for p in src.glob("*-fp16.safetensors"):
