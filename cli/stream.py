@@ -67,6 +67,9 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
     Both are URLs FFmpeg understands, or - for MPEG-TS on stdin/stdout; the source's audio is
     copied alongside (--no-audio: video only). Ctrl-C or SIGTERM
     closes the output cleanly (exit 0); a source that fails without --reconnect exits 1.
+
+    Without --model (at x2) the model is drn-t-x2-drc50-x264, trained for H.264-compressed
+    input, which live streams are.
     """
     from vsr.errors import InputError
     from vsr.stream import StreamConfig, run_stream

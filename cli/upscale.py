@@ -65,6 +65,10 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
     Audio, subtitle and attachment streams are copied unchanged, timestamps are kept, and
     OUT appears only once it is complete.
 
+    Which model: the default, drn-t-x2-drc50, is best on clean, uncompressed input; for
+    H.264/H.265 files at ordinary streaming quality pick --model drn-t-x2-drc50-x264
+    (+0.4..+2.1 dB over bicubic at CRF 28, against -0.02..+1.06 for the default).
+
     \b
     Limits for untrusted files, checked before anything is decoded or built:
       pictures and video frames over 50,000,000 pixels (raise: VSR_MAX_PIXELS=N),

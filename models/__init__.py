@@ -21,11 +21,19 @@ from vsr.models.complexity import count_macs, count_params, macs_96, macs_720p
 from vsr.models.drn import DRN
 from vsr.models.dual import DualDownsampler, DualNetworks
 from vsr.models.handle import BicubicUpscaler, NetworkUpscaler, Upscaler
-from vsr.models.registry import ARCHITECTURES, DEFAULT_MODEL, REGISTRY, ModelSpec, Registry
+from vsr.models.registry import (
+    ARCHITECTURES,
+    DEFAULT_MODEL,
+    REGISTRY,
+    STREAM_MODEL,
+    ModelSpec,
+    Registry,
+)
 
 __all__ = [
     "ARCHITECTURES", "DEFAULT_MODEL", "DRN", "REGISTRY", "BicubicUpscaler", "CheckpointInfo",
-    "DualDownsampler", "DualNetworks", "ModelSpec", "NetworkUpscaler", "Registry", "Upscaler",
+    "DualDownsampler", "DualNetworks", "ModelSpec", "NetworkUpscaler", "Registry", "STREAM_MODEL",
+    "Upscaler",
     "build_from_info", "count_macs", "count_params", "create_model", "describe_registry",
     "load_model", "load_network", "macs_720p", "macs_96", "save_model",
 ]

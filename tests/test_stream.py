@@ -430,3 +430,15 @@ def test_a_write_blocked_on_a_full_pipe_is_reported_while_it_blocks(caplog):
     finally:
         pipe.stop()
         writer.close()
+
+
+def test_stream_defaults_to_the_compressed_input_model():
+    from vsr.models import DEFAULT_MODEL, REGISTRY, STREAM_MODEL
+    from vsr.stream.run import StreamConfig, with_stream_model
+
+    assert STREAM_MODEL in REGISTRY and STREAM_MODEL != DEFAULT_MODEL
+    assert "x264" in REGISTRY.get(STREAM_MODEL).card["degradations"]
+    assert with_stream_model(StreamConfig(src="-", dst="-")).model == STREAM_MODEL
+    assert with_stream_model(StreamConfig(src="-", dst="-", scale=2)).model == STREAM_MODEL
+    assert with_stream_model(StreamConfig(src="-", dst="-", model="drn-t-x2")).model == "drn-t-x2"
+    assert with_stream_model(StreamConfig(src="-", dst="-", scale=4)).model is None

@@ -9,6 +9,7 @@ and closes the output.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -114,6 +115,16 @@ class _Meter:
         return s
 
 
+def with_stream_model(config: StreamConfig) -> StreamConfig:
+    """``config`` with its model filled in: without one (at x2), the registry's STREAM_MODEL,
+    trained for compressed input, since live streams are compressed."""
+    if config.model is not None or config.scale not in (None, 2):
+        return config
+    from vsr.models import STREAM_MODEL
+
+    return dataclasses.replace(config, model=STREAM_MODEL)
+
+
 def run_stream(config: StreamConfig,
                stats: Callable[[StreamStats], None] | None = None) -> StreamStats:
     """Run until the source ends (or, with reconnect, until interrupted); returns the totals.
@@ -124,6 +135,7 @@ def run_stream(config: StreamConfig,
     """
     from vsr.engine import ModelCache
 
+    config = with_stream_model(config)
     models = ModelCache()
     handle = models.handle(config, config.device)
     processor = None  # made on the first frame, once the backend is prepared on it
