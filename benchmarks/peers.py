@@ -65,7 +65,7 @@ log = logging.getLogger("peers")
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OPENCV_DIR = REPO.parent / "shared" / "data" / "peers" / "opencv_dnn_superres"
 DATASETS = ("Set5", "Set14", "B100")
-OURS = ("drn-t-x2", "drn-t-x2-drc50", "drn-t-x4")
+OURS = ("drn-t-x2", "drn-t-x2-drc50", "drn-t-x2-drc50-x264", "drn-t-x4")
 LR_720P = {2: (360, 640), 4: (180, 320)}  # LR (H, W) whose output is one 720p frame
 REFERENCE = {2: "span-x2-ch48", 4: "span-x4-ch48"}  # the ratio column's denominator
 
@@ -449,6 +449,26 @@ def image_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_markdown(report: dict[str, Any]) -> str:
+    """The README's compact table: our models, SPAN ch48 and bicubic, from an image report."""
+    datasets = report["datasets"]
+    head = ["model", "scale", *datasets, "CPU s / 720p frame", "ratio to SPAN"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    keep = [r for r in report["rows"]
+            if r["kind"] in ("ours", "baseline") or r["name"] in REFERENCE.values()]
+    for r in sorted(keep, key=lambda r: (r["scale"], r["kind"] != "ours", r["kind"] == "baseline",
+                                         r["name"])):
+        q = [f"{r['quality'][d]['psnr']:.2f}" if d in r["quality"] else "-" for d in datasets]
+        secs = f"{r['seconds_720p']:.2f}" if "seconds_720p" in r else "-"
+        ratio = f"{r['ratio_to_span']:.2f}" if r.get("ratio_to_span") is not None else "-"
+        name = r["name"] if r["kind"] == "ours" else f"{r['name']} ({r['kind']})"
+        lines.append(f"| {name} | x{r['scale']} | " + " | ".join(q) + f" | {secs} | {ratio} |")
+    lines += ["", f"Measured {report['date']} UTC, {report['threads']} threads, one interleaved "
+              "run (`python benchmarks/peers.py --data DIR --readme README.md`; the full table "
+              "with every peer is benchmarks/PEERS.md)."]
+    return "\n".join(lines) + "\n"
+
+
 def video_markdown(report: dict[str, Any]) -> str:
     rows = report["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -508,6 +528,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--opencv-dir", type=Path, default=DEFAULT_OPENCV_DIR)
     ap.add_argument("--json", type=Path, help="write the report here")
     ap.add_argument("--markdown", type=Path, help="write the Markdown table here")
+    ap.add_argument("--readme", type=Path,
+                    help="with --data: also write the compact table (ours, SPAN ch48, bicubic) "
+                         "into this file between <!-- peers:readme --> markers")
     ap.add_argument("--from-json", type=Path,
                     help="measure nothing: render this earlier report into --markdown")
     args = ap.parse_args(argv)
@@ -521,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             section = f"video-x{report['scale']}-{report['degrade']}"
         if args.markdown:
             write_section(args.markdown, section, text)
+        if args.readme and "datasets" in report:
+            write_section(args.readme, "readme", readme_markdown(report))
         sys.stdout.write(text)
         return
     if (args.data is None) == (args.video is None):
@@ -565,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.markdown:
         write_section(args.markdown, section, text)
+    if args.readme and args.data is not None:
+        write_section(args.readme, "readme", readme_markdown(report))
     sys.stdout.write(text)
 
 

@@ -77,10 +77,10 @@ def _video_table(results: Sequence[ClipResult]) -> str:
                    "drawn per clip and needs --seed). Default: bicubic.")
 @click.option("--frames", type=click.IntRange(min=2), default=16, show_default=True,
               help="With --video: HR frames decoded from the start of each clip.")
-@click.option("--seed", type=int, default=None,
-              help="With --video: seed for random stages (ranges, noise).")
 @scale_option
 @model_option()
+@click.option("--seed", type=int, default=None,
+              help="With --video: seed for random stages (ranges, noise).")
 @click.option("--baseline", type=click.Choice(BASELINES), default=None,
               help="Score a baseline instead of a model; with --video, score it as well as the "
                    "model, on the same LR frames.")
