@@ -499,7 +499,8 @@ def write_section(path: Path, key: str, text: str) -> None:
     old = path.read_text() if path.is_file() else ""
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
-        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+        rest = rest.split(end, 1)[1].lstrip("\n")
+        new = head + block + ("\n" + rest if rest else "")
     elif key == "images":
         new = block + ("\n" + old if old else "")
     else:
