@@ -20,7 +20,8 @@ def models(as_json: bool) -> None:
     if as_json:
         emit_json({"models": rows})
         return
-    click.echo(f"{'name':<16} {'scale':>5} {'params':>11} {'GMACs@96':>9} {'GMACs@720p':>10} "
+    w = max(len("name"), *(len(r["name"]) for r in rows))
+    click.echo(f"{'name':<{w}} {'scale':>5} {'params':>11} {'GMACs@96':>9} {'GMACs@720p':>10} "
                f"{'weights':>8}  {'PSNR Set5/Set14/B100':<20} {'CPU s/720p':>10}")
     for r in rows:
         mark = " (default)" if r["default"] else ""
@@ -29,6 +30,6 @@ def models(as_json: bool) -> None:
         quality = "/".join(f"{q:.2f}" for q in psnr) if None not in psnr else "-"
         speed = card.get("cpu_speed", {}).get("s_per_frame_720p_out_1_thread")
         speed_text = f"{speed:.2f}" if speed is not None else "-"
-        click.echo(f"{r['name']:<16} {r['scale']:>5} {r['params']:>11,} "
+        click.echo(f"{r['name']:<{w}} {r['scale']:>5} {r['params']:>11,} "
                    f"{r['macs_96'] / 1e9:>9.1f} {r['macs_720p'] / 1e9:>10.1f} "
                    f"{'yes' if r['pretrained'] else 'no':>8}  {quality:<20} {speed_text:>10}{mark}")
