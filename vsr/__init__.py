@@ -7,7 +7,7 @@ when one of them is used):
     vsr.configure_runtime()  # optional: process-wide CPU tuning, before torch is imported
     result = vsr.upscale_file(vsr.UpscaleConfig(input="in.mp4", output="out.mkv",
                                                 model="drn-t-x2"))
-    print(result.frames_out, result.backend)
+    frames, backend = result.frames_out, result.backend
 
 upscale_file(UpscaleConfig) -> UpscaleResult
     One video (or image) file upscaled into another; every other stream is copied.
