@@ -17,11 +17,16 @@ from vsr.train.data import lr_pyramid, step_generator
 from vsr.train.trainer import Trainer
 
 
+def _degraded(data: Path, out: Path, iterations: int, spec: str):
+    """A trainer on ``spec`` and its degraded-batch feed from step 0 (close it after use)."""
+    trainer = Trainer(_config(data, out, iterations=iterations, degrade=spec))
+    return trainer, trainer._degraded_batches(0)
+
+
 def test_degraded_input_clean_targets_and_reproducible_batches(images: Path,  # noqa: F811
                                                                tmp_path: Path) -> None:
-    trainer = Trainer(_config(images, tmp_path / "d", iterations=4,
-                              degrade="blur:sigma=0.5~1.5,bicubic,noise:sigma=6"))
-    batches = trainer._degraded_batches(0)
+    trainer, batches = _degraded(images, tmp_path / "d", 4,
+                                 "blur:sigma=0.5~1.5,bicubic,noise:sigma=6")
     try:
         pyramid, _, lr_in = trainer._batch(0, batches)
         again = batches.make(0)  # a pure function of (seed, step): made again, the same
@@ -44,9 +49,7 @@ def test_degraded_input_clean_targets_and_reproducible_batches(images: Path,  # 
 
 def test_other_downscale_gives_its_own_clean_target(images: Path,  # noqa: F811
                                                     tmp_path: Path) -> None:
-    trainer = Trainer(_config(images, tmp_path / "a", iterations=2,
-                              degrade="area,noise:sigma=4"))
-    batches = trainer._degraded_batches(0)
+    trainer, batches = _degraded(images, tmp_path / "a", 2, "area,noise:sigma=4")
     try:
         pyramid, _, _ = trainer._batch(0, batches)
         hr = batches.make(0).hr
