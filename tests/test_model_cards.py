@@ -62,3 +62,7 @@ def test_vsr_models_shows_the_cards():
     line = next(x for x in table.stdout.splitlines() if x.startswith("drn-t-x2-drc50 "))
     q = rows["drn-t-x2-drc50"]["card"]["eval"]
     assert f"{q['Set5']['psnr']:.2f}/{q['Set14']['psnr']:.2f}/{q['B100']['psnr']:.2f}" in line
+    # columns line up whatever the longest name: every row's scale sits under the header's
+    lines = table.stdout.splitlines()
+    end = lines[0].index("scale") + len("scale")
+    assert all(x[end - 1].isdigit() and x[end] == " " for x in lines[1:]), table.stdout

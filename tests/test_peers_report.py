@@ -1,0 +1,49 @@
+"""benchmarks/peers.py's reports: the README table it writes (no peer packages needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+HARNESS = Path(__file__).parents[1] / "benchmarks" / "peers.py"
+
+
+@pytest.fixture(scope="module")
+def peers():
+    spec = importlib.util.spec_from_file_location("vsr_bench_peers_report", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def _row(name: str, kind: str, scale: int, psnr: float, secs: float, ratio: float) -> dict:
+    return {"name": name, "kind": kind, "scale": scale, "seconds_720p": secs,
+            "ratio_to_span": ratio, "quality": {"Set5": {"psnr": psnr}}}
+
+
+REPORT = {"datasets": ["Set5"], "date": "2026-11-30 11:49", "threads": 2, "rows": [
+    _row("span-x2-ch48", "peer", 2, 38.0, 1.25, 1.0),
+    _row("fsrcnn-x2", "peer", 2, 34.82, 0.18, 0.13),
+    _row("bicubic-x2", "baseline", 2, 33.65, 0.01, 0.01),
+    _row("drn-t-x2-drc50", "ours", 2, 36.97, 0.47, 0.37),
+]}
+
+
+def test_readme_table_keeps_ours_span_and_bicubic_and_regenerates_in_place(peers, tmp_path):
+    text = peers.readme_markdown(REPORT)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| drn-t-x2-drc50", "| span-x2-ch48 (peer)", "| bicubic-x2 (baseline)"]
+    assert "| 36.97 | 0.47 | 0.37 |" in rows[0] and "fsrcnn" not in text
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n\n<!-- peers:readme -->\nold\n<!-- /peers:readme -->\n\nafter\n")
+    for _ in range(2):  # twice: the second run replaces the first, nothing else moves
+        peers.write_section(readme, "readme", text)
+        got = readme.read_text()
+        assert got == ("intro\n\n<!-- peers:readme -->\n" + text.rstrip()
+                       + "\n<!-- /peers:readme -->\n\nafter\n")
