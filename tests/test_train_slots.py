@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from tests.test_train import _config
 from vsr.errors import CheckpointError, ConfigError
@@ -110,6 +112,21 @@ def test_sharded_compact_state_resumes_and_refuses_mixed_saves(images: Path,
                       state_shard_mib=2), resume=True)
     with pytest.raises(ConfigError, match="state_shard_mib"):
         _config(images, tmp_path / "x", state_shard_mib=1)
+    # a shard whose entry is not what a save writes is a clean CheckpointError
+    with safe_open(str(shards[0]), "pt") as f:
+        meta = dict(f.metadata())
+    meta = {k: ("{not json" if "shard" in k else v) for k, v in meta.items()}
+    save_file(load_file(str(shards[0])), str(shards[0]), metadata=meta)
+    with pytest.raises(CheckpointError, match="malformed shard entry"):
+        read_training_state(state_paths(tmp_path / "s", STATE_STEM))
+
+
+def test_shards_past_99_are_found_in_number_order(tmp_path: Path) -> None:
+    for i in (0, 1, 99, 100, 101):
+        (tmp_path / f"train_state.{i:02d}.safetensors").write_bytes(b"")
+    (tmp_path / "train_state.x1.safetensors").write_bytes(b"")  # not a shard
+    assert [p.name for p in state_paths(tmp_path, STATE_STEM)] == [
+        f"train_state.{i:02d}.safetensors" for i in (0, 1, 99, 100, 101)]
 
 
 def test_flops_and_utilisation_are_reported(images: Path, tmp_path: Path) -> None:

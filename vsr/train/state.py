@@ -91,7 +91,12 @@ def state_paths(run_dir: Path, stem: str) -> list[Path]:
     single = run_dir / f"{stem}.safetensors"
     if single.exists():
         return [single]
-    return sorted(run_dir.glob(f"{stem}.[0-9][0-9].safetensors"))
+    shards = {}
+    for path in run_dir.glob(f"{stem}.*.safetensors"):
+        index = path.name[len(stem) + 1:-len(".safetensors")]
+        if index.isdigit():  # .00 .. .99, then .100 and on: ordered by number, not by name
+            shards[int(index)] = path
+    return [shards[i] for i in sorted(shards)]
 
 
 def save_training_state(run_dir: Path, stem: str, primal: nn.Module, duals: nn.Module,
@@ -175,11 +180,15 @@ def read_training_state(paths: list[Path]) -> tuple[dict[str, torch.Tensor], Che
             raise CheckpointError(f"{path}: an inference checkpoint cannot resume training")
         raw = read_header(path)[1].get(_SHARD_KEY)
         if raw is not None:
-            shard = json.loads(raw)
-            if shard["index"] != i or shard["count"] != len(paths):
-                raise CheckpointError(f"{path}: shard {shard['index']} of {shard['count']}, "
+            try:
+                shard = json.loads(raw)
+                index, count, save_id = shard["index"], shard["count"], shard["id"]
+            except (ValueError, KeyError, TypeError):
+                raise CheckpointError(f"{path}: malformed shard entry {raw[:80]!r}") from None
+            if index != i or count != len(paths):
+                raise CheckpointError(f"{path}: shard {index} of {count}, "
                                       f"but {len(paths)} shard files were found")
-            ids.add(shard["id"])
+            ids.add(save_id)
         elif len(paths) > 1:
             raise CheckpointError(f"{path}: not a shard of a training state")
         tensors.update(t)
