@@ -442,3 +442,16 @@ def test_stream_defaults_to_the_compressed_input_model():
     assert with_stream_model(StreamConfig(src="-", dst="-", scale=2)).model == STREAM_MODEL
     assert with_stream_model(StreamConfig(src="-", dst="-", model="drn-t-x2")).model == "drn-t-x2"
     assert with_stream_model(StreamConfig(src="-", dst="-", scale=4)).model is None
+
+
+def test_stream_without_a_model_runs_the_compressed_input_model():
+    buf = io.BytesIO()
+    sender = Sender(buf)
+    sender.send(0, 6, paced=False)
+    sender.close()
+    result = subprocess.run([*VSR, "-", "-", "--device", "cpu", "--drop", "none", "--json"],
+                            input=buf.getvalue(), capture_output=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    final = json.loads(result.stderr.decode().strip().splitlines()[-1])
+    assert final["final"] and final["frames_out"] == 6
+    assert final["model"] == "drn-t-x2-drc50-x264"
