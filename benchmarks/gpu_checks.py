@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from vsr.io.source import open_source
+from vsr.loading import load_model
 from vsr.models import REGISTRY, CheckpointInfo, load_network, save_model
 from vsr.models.drn import DRN
 from vsr.pipeline import make_processor
-from vsr.upscale import load_handle
 
 RESULTS: dict = {}
 DEV = torch.device("cuda")  # --device cpu: a dry run of the script itself (small sizes)
@@ -81,10 +81,11 @@ def parity(clip: Path, n: int) -> dict:
     rows = {}
     for model in ("drn-t-x2-drc50", "drn-t-x2", "bicubic"):
         scale = 2 if model == "bicubic" else None
-        ref, _ = run_frames(load_handle(model, scale, torch.device("cpu"), "fp32"), frames)
+        ref, _ = run_frames(load_model(model, scale=scale, device="cpu", precision="fp32"), frames)
         row = {"frames": len(frames), "size_in": list(frames[0].image.shape[:2])}
         for prec in ("fp32", "fp16"):
-            got, rep = run_frames(load_handle(model, scale, DEV, prec), frames)
+            handle = load_model(model, scale=scale, device=DEV, precision=prec)
+            got, rep = run_frames(handle, frames)
             assert len(got) == len(ref), (len(got), len(ref))
             pairs = list(zip(ref, got, strict=True))
             diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in pairs]
@@ -247,7 +248,7 @@ def oom_tiling(checkpoint: Path, limit_gib: float) -> dict:
     yy, xx = np.mgrid[0:1080, 0:1920]
     img = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)
     frame = Frame(index=0, pts=0, image=img)
-    handle = load_handle(str(checkpoint), None, DEV, "fp16")
+    handle = load_model(str(checkpoint), device=DEV, precision="fp16")
     torch.cuda.reset_peak_memory_stats()
     ref, rep = run_frames(handle, [frame])
     peak = torch.cuda.max_memory_allocated() / 2**30
