@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ENTRY_POINTS = ("upscale_file", "UpscaleConfig", "UpscaleResult", "load_model", "run_batch",
-                "BatchConfig", "JobOptions", "run_stream", "StreamConfig", "evaluate",
+                "BatchConfig", "JobOptions", "run_stream", "StreamConfig", "run_evaluation",
                 "EvalConfig", "configure_runtime", "VsrError", "ConfigError")
 
 
@@ -44,7 +44,10 @@ def test_entry_points_resolve_to_the_library() -> None:
     assert vsr.upscale_file is upscale_file and vsr.UpscaleConfig is UpscaleConfig
     assert vsr.load_model is load_model and vsr.run_batch is run_batch
     assert vsr.run_stream is run_stream and vsr.EvalConfig is EvalConfig
-    assert vsr.evaluate is run_evaluation  # not the submodule of the same name
+    assert vsr.run_evaluation is run_evaluation
+    import vsr.evaluate as ev  # the submodule stays importable under its own name
+
+    assert ev.EvalConfig is EvalConfig
     with pytest.raises(AttributeError):
         vsr.no_such_entry  # noqa: B018
 

@@ -18,7 +18,7 @@ run_batch(BatchConfig) -> BatchResult
     Many files (options in JobOptions), resumable, on several devices or a Ray cluster.
 run_stream(StreamConfig) -> StreamStats
     A live source upscaled to a live destination with bounded latency.
-evaluate(EvalConfig) -> list of DatasetResult
+run_evaluation(EvalConfig) -> list of DatasetResult (module vsr.evaluate)
     PSNR/SSIM on benchmark image folders with the standard protocol.
 configure_runtime(*, threads=None, omp_wait_policy="PASSIVE", keep_freed_memory=True)
     Process-wide CPU tuning (OpenMP waits, glibc allocator, threads); the CLI calls it.
@@ -31,8 +31,6 @@ Interrupted.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
@@ -45,13 +43,12 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
     "vsr.loading": ("load_model",),
     "vsr.jobs": ("run_batch", "BatchConfig", "JobOptions"),
     "vsr.stream": ("run_stream", "StreamConfig"),
-    "vsr.evaluate": ("EvalConfig",),
+    "vsr.evaluate": ("EvalConfig", "run_evaluation"),
     "vsr.runtime": ("configure_runtime",),
     "vsr.errors": _ERRORS,
 }
 # public name -> (module, attribute)
 _LAZY = {name: (module, name) for module, names in _PROVIDERS.items() for name in names}
-_LAZY["evaluate"] = ("vsr.evaluate", "run_evaluation")
 
 __all__ = [*_LAZY, "__version__"]
 
@@ -61,24 +58,9 @@ def __getattr__(name: str):
     if target is None:
         raise AttributeError(f"module 'vsr' has no attribute {name!r}")
     value = getattr(importlib.import_module(target[0]), target[1])
-    if name != "evaluate":
-        globals()[name] = value  # later lookups skip __getattr__
+    globals()[name] = value  # later lookups skip __getattr__
     return value
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """``vsr.evaluate`` is the evaluation function although a submodule has the same name:
-    importing the submodule (``from vsr.evaluate import ...``) must not rebind it. The
-    submodule stays in ``sys.modules["vsr.evaluate"]``."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "evaluate" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
