@@ -26,3 +26,22 @@ def test_bench_repeats_alternate_and_report_medians(clip):
     assert r.pipeline_fps == sorted(r.pipeline_runs)[1]
     assert r.serial_fps == sorted(r.serial_runs)[1]
     assert r.to_json()["serial_runs"] == list(r.serial_runs)
+
+
+def test_bench_output_is_never_replaced_without_overwrite(clip, tmp_path):
+    import av
+    import pytest
+
+    from vsr.errors import OutputError
+
+    src = clip("b.mp4", frames=4, size=(64, 48))
+    kept = tmp_path / "kept.mkv"
+    kept.write_bytes(b"someone's file")
+    cfg = dict(input=src, model="bicubic", scale=2, device="cpu", frames=3,
+               encode=EncodeConfig(preset="ultrafast"), output=kept)
+    with pytest.raises(OutputError):
+        run_bench(BenchConfig(**cfg))
+    assert kept.read_bytes() == b"someone's file"
+    run_bench(BenchConfig(**cfg, overwrite=True))
+    with av.open(str(kept)) as c:
+        assert c.streams.video[0].codec_context.width == 128

@@ -37,6 +37,7 @@ class BenchConfig(RunOptions):
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     repeats: int = 1  # pipeline and serial runs, alternated; the medians are reported
     output: Path | None = None
+    overwrite: bool = False  # replace an existing ``output``
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -101,7 +102,7 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
     """Measure; ``log_stage(name, fps)`` is called after each stage. Raises like upscale."""
     check_input_path(config.input)
     if config.output is not None:
-        check_output_path(config.output, overwrite=True, input_path=config.input)
+        check_output_path(config.output, overwrite=config.overwrite, input_path=config.input)
     device = resolve_device(config.device, require_available=True)
     report = log_stage or (lambda name, fps: None)
     n = config.frames
@@ -146,7 +147,7 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
     with tempfile.TemporaryDirectory(prefix="vsr-bench-") as tmp:
         def sink(name: str, path: Path | None = None) -> PyAVSink:
             return PyAVSink(path or Path(tmp) / f"{name}.mkv", info, w, h, config.encode,
-                            copy_streams=False, overwrite=path is not None)
+                            copy_streams=False, overwrite=True)  # checked above / own tmp
 
         t = time.perf_counter()
         with sink("encode") as k:
