@@ -4,7 +4,6 @@ output through the ffmpeg program, `-` for stdin/stdout as MPEG-TS, files)."""
 from __future__ import annotations
 
 import json
-import signal
 import sys
 
 import click
@@ -65,7 +64,7 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
     """Upscale the live stream SRC to DST until the source ends or Ctrl-C.
 
     Both are URLs FFmpeg understands, or - for MPEG-TS on stdin/stdout; the source's audio is
-    copied alongside (--no-audio: video only). Ctrl-C or SIGTERM
+    copied alongside (--no-audio: video only). Ctrl-C, SIGTERM or SIGHUP
     closes the output cleanly (exit 0); a source that fails without --reconnect exits 1.
 
     Without --model (at x2) the model is drn-t-x2-drc50-x264, trained for H.264-compressed
@@ -82,13 +81,8 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
         input_format=input_format, output_format=output_format, gop=gop, via_ffmpeg=via_ffmpeg,
         stats_interval_s=stats_interval, audio=not no_audio)
 
-    def _term(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _term)
-    try:
-        final = run_stream(config, stats=_render(as_json, to_stdout=dst != "-"))
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # the caller's handler, once the output is closed
+    # Ctrl-C, SIGTERM and SIGHUP (the CLI's stop signals, vsr.cli.main.STOPPABLE) end the
+    # stream as its normal end: run_stream closes the output cleanly and returns
+    final = run_stream(config, stats=_render(as_json, to_stdout=dst != "-"))
     if final.error and final.frames_out == 0:
         raise InputError(final.error)

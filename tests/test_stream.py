@@ -455,3 +455,35 @@ def test_stream_without_a_model_runs_the_compressed_input_model():
     final = json.loads(result.stderr.decode().strip().splitlines()[-1])
     assert final["final"] and final["frames_out"] == 6
     assert final["model"] == "drn-t-x2-drc50-x264"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_end_a_stream_cleanly(tmp_path, sig):
+    src = free_port(socket.SOCK_STREAM)
+    target = tmp_path / "out.ts"
+    buf = io.BytesIO()
+    make_ts(buf, 12)
+    proc = subprocess.Popen([*VSR, f"tcp://127.0.0.1:{src}?listen=1", str(target), *BICUBIC,
+                             "--reconnect", "--drop", "none", "--json", "--stats-interval", "0.3"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            conn = socket.create_connection(("127.0.0.1", src))
+            break
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, err.lines
+            time.sleep(0.2)
+    with conn:
+        conn.sendall(buf.getvalue())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(s["frames_out"] >= 12 for s in out.stats()):
+        time.sleep(0.2)
+    proc.send_signal(sig)  # the source waits to reconnect: only the signal ends the run
+    assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
+    out.join(timeout=5)
+    assert out.stats()[-1]["final"] and out.stats()[-1]["frames_out"] == 12
+    with av.open(str(target)) as c:  # closed cleanly: every frame reads back
+        assert [read_stamp(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)] == [
+            *range(12)]
