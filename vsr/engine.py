@@ -13,6 +13,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,9 +123,9 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
     if first is not None:
         frames = itertools.chain([first], frames)
     processor = prepared.processor(overlap)
-    log.info("%dx%d -> %dx%d with %s x%d on %s (%s, backend %s)", info.width, info.height,
-             width, height, handle.name, handle.scale, handle.device, handle.dtype,
-             prepared.backend)
+    log.info("%s %dx%d -> %dx%d with %s x%d on %s (%s, backend %s)", Path(info.path).name,
+             info.width, info.height, width, height, handle.name, handle.scale, handle.device,
+             handle.dtype, prepared.backend)
     with open_sink(info, width, height) as sink:
         stats = run_pipeline(frames, processor, sink, depth=depth,
                              frames_total=frames_total if frames_total is not None

@@ -12,8 +12,7 @@ from collections.abc import Callable
 import torch
 
 from vsr.errors import ConfigError
-
-MIN_TILE = 32
+from vsr.options import MIN_TILE
 
 
 def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:

@@ -40,6 +40,7 @@ from vsr.jobs.segments import (
 )
 from vsr.jobs.store import JobStore
 from vsr.jobs.workers import INTERRUPTED
+from vsr.pipeline.run import eta_seconds
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,9 @@ class BatchProgress:
 
     @property
     def eta(self) -> float | None:
-        if not self.frames_computed or not self.frames_total:
+        if not self.frames_computed:  # frames skipped as done say nothing of the rate
             return None
-        return max(0.0, (self.frames_total - self.frames_done) / self.fps)
+        return eta_seconds(self.frames_done, self.frames_total, self.fps)
 
 
 @dataclass(frozen=True)

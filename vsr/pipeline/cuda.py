@@ -18,6 +18,7 @@ import torch
 
 from vsr.errors import PipelineError
 from vsr.io.source import Frame
+from vsr.options import MIN_TILE
 from vsr.pipeline.compute import (
     ComputeReport,
     Forward,
@@ -26,7 +27,6 @@ from vsr.pipeline.compute import (
     to_image,
     to_model_input,
 )
-from vsr.tiling import MIN_TILE
 
 log = logging.getLogger(__name__)
 
