@@ -167,6 +167,7 @@ def test_sigkill_mid_video_then_resume(tmp_path):
     result = subprocess.run([*cmd, "--resume", "--json"], env=ENV, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    assert [p for p in out.rglob("*") if ".partial" in p.name] == []  # the killed run's too
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["done"] == [{"input": str(src), "output": str(out / "long.mkv"),
                                "backend": "eager"}]

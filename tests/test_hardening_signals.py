@@ -22,6 +22,7 @@ from vsr.io.output import (
     remove_stale_partials,
     temp_path_for,
 )
+from vsr.jobs.segments import clean_partials
 
 VSR = [sys.executable, "-m", "vsr"]
 
@@ -114,6 +115,13 @@ def test_stale_partials_are_those_whose_writer_is_gone(tmp_path):
         assert not any(is_stale_partial(p) for p in kept)
         assert remove_stale_partials(out) == [dead_p]
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+        # a batch segment folder is cleaned by the same rule: the live writer's file stays
+        seg = tmp_path / "seg"
+        seg.mkdir()
+        for p in (dead_p, live_p):
+            (seg / p.name).write_bytes(b"x")
+        clean_partials(seg)
+        assert [p.name for p in seg.iterdir()] == [live_p.name]
     finally:
         alive.kill()
         alive.wait()

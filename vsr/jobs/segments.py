@@ -21,7 +21,7 @@ from vsr.device import resolve_device
 from vsr.engine import ModelCache, run_source
 from vsr.errors import InputError, PipelineError
 from vsr.io.image import is_image_path
-from vsr.io.output import discard
+from vsr.io.output import discard, is_stale_partial
 from vsr.io.paths import file_url
 from vsr.io.sink import PyAVSink
 from vsr.io.source import PyAVSource
@@ -171,7 +171,9 @@ def _run_whole(task: Task, handles: HandleCache,
 
 
 def clean_partials(folder: Path) -> None:
-    """Remove temporary files a killed run left in a segment folder."""
+    """Remove temporary files that killed runs left in a segment folder (only those whose
+    writing process is gone, as for any output: vsr.io.output.is_stale_partial)."""
     for p in folder.glob(".*.partial*"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+        if is_stale_partial(p):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
