@@ -76,14 +76,16 @@ class StreamStats:
     error: str | None = None
     audio_in: int = 0  # audio packets read from the source
     audio_out: int = 0  # audio packets written (copied)
+    model: str | None = None  # the model that upscales the stream
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 class _Meter:
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, model: str) -> None:
         self.start = self.mark = start
+        self.model = model
         self.in_mark = self.out_mark = 0
         self.lat: list[float] = []
         self.total = [0.0, 0, 0.0]  # sum, count, max of every latency (for the final report)
@@ -109,7 +111,7 @@ class _Meter:
             latency_max_ms=round(1000 * peak, 1) if peak is not None else None,
             reconnects=reader.reconnects, final=final, error=error,
             audio_in=reader.audio.received if reader.audio is not None else 0,
-            audio_out=sink.audio_packets)
+            audio_out=sink.audio_packets, model=self.model)
         if not final:
             self.mark, self.in_mark, self.out_mark, self.lat = now, reader.frames, frames_out, []
         return s
@@ -148,7 +150,7 @@ def run_stream(config: StreamConfig,
                     input_format=config.input_format, audio=audio)
     sink = LiveSink(config.dst, config.encode, output_format=config.output_format,
                     gop=config.gop, via_ffmpeg=config.via_ffmpeg, audio=audio)
-    meter = _Meter(time.monotonic())
+    meter = _Meter(time.monotonic(), handle.name)
     written = 0
     pending: dict[int, tuple] = {}
     last_report = meter.start
