@@ -46,12 +46,14 @@ def _mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     ("area,jpeg:q=50.0,x265:crf=30:preset=fast", "area,jpeg:q=50,x265:crf=30:preset=fast"),
     ("bilinear,noise:sigma=2.50", "bilinear,noise:sigma=2.5"),
     ("bicubic,x264:crf=20~20", "bicubic,x264:crf=20"),
+    ("bicubic,x264:crf=18~36:p=0.70", "bicubic,x264:crf=18~36:p=0.7"),
+    ("blur:sigma=1:p=1,bicubic,jpeg:q=50:p=0", "blur:sigma=1,bicubic,jpeg:q=50:p=0"),
 ])
 def test_parse_canonical(spec, canonical):
     chain = DegradationChain.parse(spec)
     assert str(chain) == canonical
     assert DegradationChain.parse(str(chain)) == chain
-    assert chain.is_random == ("~" in canonical)
+    assert chain.is_random == ("~" in canonical or "p=0." in canonical)
 
 
 def test_clean_keeps_only_the_downscale():
@@ -80,6 +82,9 @@ def test_clean_keeps_only_the_downscale():
     ("bicubic,x264:crf=20:crf=21", "twice"),
     ("bicubic,,x264:crf=20", "empty stage"),
     ("bicubic:sigma=1", "unknown parameter"),
+    ("bicubic:p=0.5", "unknown parameter 'p'"),
+    ("bicubic,x264:crf=20:p=1.5", "[0, 1]"),
+    ("bicubic,noise:sigma=2:p=0.2~0.4", "not a number"),
 ])
 def test_parse_errors(spec, words):
     with pytest.raises(ConfigError) as err:
@@ -172,6 +177,24 @@ def test_images_draw_per_sample_and_reproduce_with_a_generator():
     assert a.shape == (6, 3, 48, 64) and a.dtype == torch.uint8
     assert torch.equal(a, b)  # threads do not change the result
     assert len({x.numpy().tobytes() for x in a}) > 1  # strengths differ between samples
+
+
+def test_stage_probability_mixes_coded_and_clean_samples():
+    """p is the share of samples a stage touches; the others are exactly the clean LR."""
+    one = _frames(1)[0]
+    hr = one.expand(40, -1, -1, -1).contiguous()
+    clean = degrade(hr[:1], 2)[0]
+    for spec, low, high in [("bicubic,x264:crf=35:p=0.5", 8, 32),
+                            ("bicubic,noise:sigma=5:p=0.25,jpeg:q=20:p=0", 2, 20)]:
+        lr = DegradationChain.parse(spec).apply_images(
+            hr, 2, generator=torch.Generator().manual_seed(3), workers=2)
+        untouched = sum(torch.equal(x, clean) for x in lr)
+        assert low <= 40 - untouched <= high, (spec, untouched)
+    never = DegradationChain.parse("bicubic,x264:crf=40:p=0")
+    assert torch.equal(never.apply_clip(_frames(3), 2, seed=1), degrade(_frames(3), 2))
+    always = DegradationChain.parse("bicubic,x264:crf=40:p=1")  # draws as without p
+    same = DegradationChain.parse("bicubic,x264:crf=40")
+    assert torch.equal(always.apply_clip(_frames(3), 2), same.apply_clip(_frames(3), 2))
 
 
 def test_images_blur_each_sample_with_its_own_sigma():

@@ -19,6 +19,11 @@ Spec: stages separated by commas, applied in order; parameters after the stage n
                            preset P (default medium)
     x265:crf=C[:preset=P]  the same with libx265 (HEVC)
 
+Every stage but the downscale also takes ``:p=P``, the probability (0..1, default 1) that the
+stage is applied at all: drawn once per clip, once per sample. ``bicubic,x264:crf=18~36:p=0.7``
+trains on a mix of compressed and clean LR (30% of the crops are not coded), so that a model
+for compressed input does not lose what it knew about clean input.
+
 Exactly one downscale stage (``bicubic``, ``bilinear`` or ``area``) is required; ``blur`` may
 only come before it; ``noise``, ``jpeg``, ``x264`` and ``x265`` only after it, in any order and
 number. Until the first compression stage the chain works in floating point (float64 for a
@@ -88,6 +93,7 @@ _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "s
 _CODECS = {"x264": ("libx264", "h264"), "x265": ("libx265", "hevc")}
 _POST = ("noise", "jpeg", "x264", "x265")
 _RANGE_SEP = "~"
+_ON = "on"  # key of a draw: whether the stage is applied (see the p parameter)
 _CROP_CLIP_FRAMES = 3
 _CROP_MAX_SHIFT = 2
 _CLIP_RATE = Fraction(25)
@@ -148,18 +154,21 @@ class Stage:
     kind: str
     values: tuple[tuple[str, Value], ...] = ()
     preset: str | None = None
+    p: float = 1.0  # probability that the stage is applied (per clip / per sample)
 
     def value(self, name: str) -> Value:
         return dict(self.values)[name]
 
     @property
     def is_random(self) -> bool:
-        return any(v.is_random for _, v in self.values)
+        return 0 < self.p < 1 or any(v.is_random for _, v in self.values)
 
     def __str__(self) -> str:
         parts = [self.kind, *(f"{k}={v}" for k, v in self.values)]
         if self.preset is not None and self.preset != "medium":
             parts.append(f"preset={self.preset}")
+        if self.p < 1:
+            parts.append(f"p={self.p:g}")
         return ":".join(parts)
 
 
@@ -202,6 +211,9 @@ def _parse_stage(text: str) -> Stage:
         if key in given:
             raise ConfigError(f"degradation {kind}: {key} given twice")
         given[key] = val
+    p = 1.0
+    if "p" in given and kind not in DOWNSCALES:
+        p = _parse_number(given.pop("p"), _Param("p", 0.0, 1.0, False), kind)
     preset = None
     if takes_preset:
         preset = given.pop("preset", "medium").lower()
@@ -211,14 +223,15 @@ def _parse_stage(text: str) -> Stage:
     known = {p.name for p in params}
     extra = sorted(set(given) - known)
     if extra:
-        want = ", ".join(sorted(known | ({"preset"} if takes_preset else set()))) or "none"
+        takes = known | ({"preset"} if takes_preset else set())
+        want = ", ".join(sorted(takes | ({"p"} if kind not in DOWNSCALES else set()))) or "none"
         raise ConfigError(f"degradation {kind}: unknown parameter {extra[0]!r} (takes: {want})")
     missing = [p.name for p in params if p.name not in given]
     if missing:
         raise ConfigError(f"degradation {kind} needs {missing[0]}=VALUE "
                           f"(or a range {missing[0]}=A~B)")
     values = tuple((p.name, _parse_value(given[p.name], p, kind)) for p in params)
-    return Stage(kind, values, preset)
+    return Stage(kind, values, preset, p)
 
 
 @dataclass(frozen=True)
@@ -296,6 +309,8 @@ class DegradationChain:
         draws = [_draw(s, gen) for s in self.stages]
         lr = self._float_part(hr.cpu(), scale, [draws], gen)
         for stage, d in self._late(draws):
+            if not d[_ON]:
+                continue
             if stage.kind in _CODECS:
                 lr = _codec_clip(lr, stage, int(d["crf"]))
             elif stage.kind == "jpeg":
@@ -336,6 +351,8 @@ class DegradationChain:
         def finish(i: int) -> torch.Tensor:
             lr = lrs[i]
             for stage, d in self._late(draws[i]):
+                if not d[_ON]:
+                    continue
                 if stage.kind in _CODECS:
                     lr = _codec_crop(lr, stage, int(d["crf"]), gens[i])
                 elif stage.kind == "jpeg":
@@ -387,7 +404,14 @@ class DegradationChain:
 
 
 def _draw(stage: Stage, gen: torch.Generator | None) -> dict[str, float]:
-    return {k: v.draw(gen) for k, v in stage.values}
+    """The stage's values for one clip or sample, and ``_ON``: 1.0 if it is applied, else 0.0
+    (with its strengths at zero, so a skipped blur or noise is the identity). The coin is
+    drawn after the values and only when ``p < 1``, so chains without ``p`` draw as before."""
+    draw = {k: v.draw(gen) for k, v in stage.values}
+    on = stage.p >= 1 or torch.rand((), dtype=torch.float64, generator=gen).item() < stage.p
+    if not on and "sigma" in draw:
+        draw["sigma"] = 0.0
+    return {**draw, _ON: float(on)}
 
 
 def _check_hr(hr: torch.Tensor, scale: int) -> None:
