@@ -74,7 +74,8 @@ def _video_table(results: Sequence[ClipResult]) -> str:
                    "comma-separated, e.g. bicubic,x264:crf=28 or blur:sigma=1,bicubic,"
                    "noise:sigma=2,jpeg:q=60 (stages: blur:sigma, bicubic|bilinear|area, "
                    "noise:sigma, jpeg:q, x264:crf[:preset], x265:crf[:preset]; a value A~B is "
-                   "drawn per clip and needs --seed). Default: bicubic.")
+                   "drawn per clip and needs --seed; :p=P applies a stage with probability P). "
+                   "Default: bicubic.")
 @click.option("--frames", type=click.IntRange(min=2), default=16, show_default=True,
               help="With --video: HR frames decoded from the start of each clip.")
 @scale_option

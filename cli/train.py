@@ -68,8 +68,10 @@ from vsr.cli.common import device_option, emit_json, json_option
                    "(train_state.00.safetensors, ...).")
 @click.option("--degrade", default=None,
               help="Train on degraded LR input: a degradation chain as in vsr eval --degrade, "
-                   "e.g. 'blur:sigma=0.2~1.5,bicubic,noise:sigma=0~4,x264:crf=18~32'. The dual "
-                   "loss keeps the clean downscale as its target.")
+                   "e.g. 'blur:sigma=0.2~1.5,bicubic,noise:sigma=0~4,x264:crf=18~32'; values drawn "
+                   "per crop, and :p=P codes only a share P of the crops "
+                   "('bicubic,x264:crf=12~38:p=0.6'). The dual loss keeps the clean downscale "
+                   "as its target.")
 @click.option("--degrade-workers", type=click.IntRange(min=1), default=None,
               help="Threads coding the degraded crops (default: CPU count, at most 8).")
 @json_option
