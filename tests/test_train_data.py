@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from vsr.errors import InputError
-from vsr.train.data import PatchSampler, load_image_pack, save_image_pack, step_generator
+from vsr.train.data import (
+    PatchSampler,
+    load_image_pack,
+    rank_stream,
+    save_image_pack,
+    step_generator,
+)
 
 
 def _reference_crops(images: list[torch.Tensor], p: int, n: int,
@@ -75,3 +81,42 @@ def test_image_pack_round_trip_and_errors(pack: Path, tmp_path: Path) -> None:
         load_image_pack(tmp_path / "junk.npz")
     with pytest.raises(InputError, match="at least 40x40"):
         PatchSampler([str(pack)], 40)
+
+
+def _old_seed(seed: int, step: int, stream: int) -> int:
+    """The generator seed every stream had before streams of DDP ranks were hashed."""
+    return (seed * 1_000_003 + step) * 7 + stream
+
+
+def test_streams_of_any_rank_never_share_a_generator_seed() -> None:
+    """Crops (0), adaptation (1) and every rank's degradation stream, for world sizes up to
+    64: no two (step, stream) of a run start the same generator (the old arithmetic gave rank
+    3's degradations the adaptation draws of 7 steps later)."""
+    for seed in (0, 1, 12345):
+        seen: dict[int, tuple[int, int]] = {}
+        for step in range(400):
+            streams = {0, 1, 2, 3, 4} | {rank_stream(2, r) for r in range(64)}
+            streams |= {rank_stream(1, r) for r in range(64)}
+            for stream in streams:
+                value = step_generator(seed, step, stream).initial_seed()
+                assert value not in seen, (seed, step, stream, seen.get(value))
+                seen[value] = (step, stream)
+        assert len(seen) == 400 * (5 + 2 * 63)
+
+
+def test_single_process_streams_draw_as_before() -> None:
+    """Streams 0..6 (crops, adaptation, degradations, compression's) keep their seeds, so
+    committed runs reproduce; rank 0 uses the single process's streams."""
+    for seed, step, stream in [(0, 0, 0), (0, 5, 1), (3, 7, 2), (12345, 999, 4), (7, 2, 6)]:
+        gen = step_generator(seed, step, stream)
+        assert gen.initial_seed() == _old_seed(seed, step, stream)
+        want = torch.rand(4, generator=torch.Generator().manual_seed(_old_seed(seed, step,
+                                                                                stream)))
+        assert torch.equal(torch.rand(4, generator=gen), want)
+    assert torch.rand(2, generator=step_generator(0, 0, 0)).tolist() == pytest.approx(
+        [0.49625658988952637, 0.7682217955589294], abs=0)
+    assert all(rank_stream(s, 0) == s for s in range(3))
+    with pytest.raises(ValueError):
+        step_generator(0, 0, -1)
+    with pytest.raises(ValueError):
+        rank_stream(16, 1)

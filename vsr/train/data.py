@@ -13,6 +13,7 @@ machines without PyAV train from them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -29,9 +30,40 @@ log = logging.getLogger(__name__)
 PACK_SUFFIX = ".npz"
 
 
+_PACKED_STREAMS = 7  # streams 0..6: the original arithmetic seeds (committed runs draw them)
+_HASHED = 1 << 63  # the top bit marks a hashed seed; packed ones stay below it
+
+
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator for one step (and one independent stream, e.g. adaptation data)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
+    """A CPU generator for one step and one independent stream (0: crops, 1: adaptation
+    frames, 2: degradations, more for compression; see :func:`rank_stream` under DDP).
+
+    Every (seed, step, stream) gets its own generator seed. Streams 0..6 keep their original
+    arithmetic seed ``(seed * 1_000_003 + step) * 7 + stream``, distinct for these seven
+    (committed runs reproduce); it would repeat stream ``s - 7`` of step ``step + 1`` for
+    higher streams, so those get a 63-bit BLAKE2b of the triple with the top bit set instead:
+    never a packed seed (those stay below 2**63 for non-negative seeds below 10**12), and
+    distinct from each other but for a chance of about 2**-63 per pair.
+
+    Raises:
+        ValueError: a negative stream.
+    """
+    if stream < 0:
+        raise ValueError(f"stream must be >= 0, got {stream}")
+    if stream < _PACKED_STREAMS:
+        return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
+    key = f"vsr-step-generator/{seed}/{step}/{stream}".encode()
+    digest = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+    return torch.Generator().manual_seed(digest | _HASHED)
+
+
+def rank_stream(stream: int, rank: int) -> int:
+    """The stream a DDP rank uses for draws of its own share (e.g. its crops' degradations):
+    ``stream`` itself on rank 0, so a single process draws what it always drew, and a stream
+    of its own (>= 16, hashed) on every other rank."""
+    if not 0 <= stream < 16 or rank < 0:
+        raise ValueError(f"need 0 <= stream < 16 and rank >= 0, got {stream}, {rank}")
+    return stream + 16 * rank
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:

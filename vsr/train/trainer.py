@@ -24,7 +24,7 @@ from vsr.models.checkpoint import load_state_into, load_tensors
 from vsr.models.complexity import count_macs
 from vsr.runtime import configure_runtime
 from vsr.train.config import TrainConfig
-from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, step_generator
+from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, rank_stream, step_generator
 from vsr.train.degrade import DegradationSpec, GaussianDegradation, estimate_gaussian_sigma
 from vsr.train.losses import cycle_loss, degradation_loss, dual_regression_loss
 from vsr.train.prefetch import DegradedBatches
@@ -251,7 +251,7 @@ class Trainer:
         # under DDP each rank draws its own share's degradations (its own stream)
         return DegradedBatches(self.sampler, self.chain, self.scale, seed=cfg.seed,
                                batch=cfg.batch_size, rows=self._rows(),
-                               stream=_DEGRADE_STREAM + 16 * self.rank, first=first,
+                               stream=rank_stream(_DEGRADE_STREAM, self.rank), first=first,
                                last=cfg.iterations, workers=cfg.degrade_workers,
                                pin=self.device.type == "cuda")
 
