@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from vsr.degradations import DegradationChain
 from vsr.errors import ConfigError
 from vsr.models.checkpoint import read_info
 from vsr.train import train
-from vsr.train.data import lr_pyramid, step_generator
+from vsr.train.data import PatchSampler, lr_pyramid, step_generator
+from vsr.train.prefetch import DegradedBatches
 from vsr.train.trainer import Trainer
 
 
@@ -71,3 +73,34 @@ def test_training_through_a_real_codec_records_the_chain(images: Path,  # noqa: 
     assert prov["degrade"] == str(DegradationChain.parse(spec))
     with pytest.raises(ConfigError):
         _config(images, tmp_path / "y", degrade="x264:crf=30")  # no downscale stage
+
+
+def test_one_pool_of_threads_codes_every_batch(images: Path) -> None:  # noqa: F811
+    """The crops of all batches are coded on one pool owned by the feed: the threads started
+    while making 12 batches are the producer and the 2 workers (one pool per batch started
+    24), and close() ends them all."""
+    chain = DegradationChain.parse("bicubic,jpeg:q=20~60")
+    before = threading.active_count()
+    started: set[str] = set()
+
+    def on_start(*_: object) -> None:  # threading.settrace: runs once in each new thread
+        started.add(threading.current_thread().name)
+
+    previous = threading.gettrace()
+    threading.settrace(on_start)
+    try:
+        batches = DegradedBatches(PatchSampler([str(images)], 16), chain, 2, seed=5, batch=4,
+                                  rows=slice(0, 4), stream=2, first=0, last=12, workers=2)
+        try:
+            got = [batches.get(step) for step in range(12)]
+            assert threading.active_count() <= before + 3
+        finally:
+            batches.close()
+    finally:
+        threading.settrace(previous)
+    assert len(started) <= 3, sorted(started)
+    assert threading.active_count() == before
+    # the same batches as coded serially, each a function of (seed, step, stream)
+    for item in got[:3]:
+        gen = step_generator(5, item.step, 2)
+        assert torch.equal(item.lr, chain.apply_images(item.hr, 2, generator=gen, workers=1))

@@ -71,7 +71,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -321,14 +321,19 @@ class DegradationChain:
 
     def apply_images(self, hr: torch.Tensor, scale: int, *,
                      generator: torch.Generator | None = None,
-                     workers: int | None = None) -> torch.Tensor:
+                     workers: int | None = None,
+                     executor: Executor | None = None) -> torch.Tensor:
         """Degrade a training batch, drawing the chain's values per sample.
 
         Args:
             hr: uint8 (N, 3, H, W) RGB HR crops, H and W multiples of ``scale``.
             scale: the downscale factor, >= 1.
             generator: source of the drawn values and noise (torch's default one if None).
-            workers: threads for the per-sample codecs (default: the CPU count, at most 8).
+            workers: threads for the per-sample codecs (default: the CPU count, at most 8),
+                in a pool made for this call; ignored when ``executor`` is given.
+            executor: runs the per-sample codecs instead, so that a caller degrading many
+                batches (:class:`vsr.train.prefetch.DegradedBatches`) starts its threads once;
+                the caller owns it and shuts it down. The result does not depend on it.
 
         Returns:
             uint8 (N, 3, H/scale, W/scale) LR crops on the CPU.
@@ -361,7 +366,9 @@ class DegradationChain:
                     lr = to_uint8(lr.to(torch.float64) + _noise(lr.shape, d["sigma"], gens[i]))
             return lr
 
-        n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        if executor is not None and len(lrs) > 1:
+            return torch.stack(list(executor.map(finish, range(len(lrs)))))
+        n_workers = workers if workers is not None else default_workers()
         if n_workers <= 1 or len(lrs) == 1:
             return torch.stack([finish(i) for i in range(len(lrs))])
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
@@ -401,6 +408,11 @@ class DegradationChain:
                 noise = torch.randn(x.shape, dtype=dtype, generator=gen)
                 x = x + noise * sigma.view(-1, 1, 1, 1)
         return to_uint8(x)
+
+
+def default_workers() -> int:
+    """Threads for the per-sample codecs when none are asked for: the CPU count, at most 8."""
+    return min(8, os.cpu_count() or 1)
 
 
 def _draw(stage: Stage, gen: torch.Generator | None) -> dict[str, float]:

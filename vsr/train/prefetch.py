@@ -3,7 +3,9 @@
 ``vsr train --degrade SPEC`` degrades whole HR crops (blur, downscale, noise, JPEG, H.264 ...)
 through :class:`vsr.degradations.DegradationChain`, whose codecs run on a thread pool and
 release the GIL. This module overlaps that work with the training step: one producer thread
-makes the batches of the coming steps, in order, into a bounded queue (``depth`` batches ahead).
+makes the batches of the coming steps, in order, into a bounded queue (``depth`` batches ahead),
+its crops coded on one pool of ``workers`` threads that lives as long as the feed (started on
+first use, shut down by :meth:`DegradedBatches.close`), not one pool per batch.
 Each batch is a pure function of (seed, step, stream), like the bicubic-only batches.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +41,19 @@ class DegradedBatches:
     def __init__(self, sampler: PatchSampler, chain: Any, scale: int, *, seed: int, batch: int,
                  rows: slice, stream: int, first: int, last: int, depth: int = 2,
                  workers: int | None = None, pin: bool = False) -> None:
+        from vsr.degradations import default_workers  # here: it imports vsr.train itself
+
         self.sampler = sampler
         self.chain = chain
         self.clean = None if chain.downscale == "bicubic" else chain.clean()
         self.scale = scale
         self.seed, self.batch, self.rows, self.stream = seed, batch, rows, stream
-        self.workers = workers
+        n_workers = workers if workers is not None else default_workers()
+        # ThreadPoolExecutor starts its threads on the first submit, none for a chain
+        # without codec, JPEG or late noise stages
+        self._pool = (ThreadPoolExecutor(max_workers=n_workers,
+                                         thread_name_prefix="vsr-degrade-crop")
+                      if n_workers > 1 else None)
         self.pin = pin
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -55,7 +65,8 @@ class DegradedBatches:
         """The batch of ``step`` (on the calling thread)."""
         hr = self.sampler.crops(self.batch, step_generator(self.seed, step), self.rows)
         gen = step_generator(self.seed, step, self.stream)
-        lr = self.chain.apply_images(hr, self.scale, generator=gen, workers=self.workers)
+        lr = self.chain.apply_images(hr, self.scale, generator=gen, workers=1,
+                                     executor=self._pool)
         clean = self.clean.apply_images(hr, self.scale) if self.clean is not None else None
         if self.pin:
             hr, lr = hr.pin_memory(), lr.pin_memory()
@@ -87,9 +98,11 @@ class DegradedBatches:
         return item
 
     def close(self) -> None:
-        """Stop the producer (idempotent)."""
+        """Stop the producer and the crops' threads (idempotent)."""
         self._stop.set()
         while self._thread.is_alive():
             with contextlib.suppress(queue.Empty):
                 self._queue.get(timeout=0.1)
         self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
