@@ -1,4 +1,5 @@
-"""vsr.imageio: PyAV-only still image reading and writing."""
+"""vsr.imageio: PyAV-only still image reading and writing; the one image writer
+(vsr.io.image.save_image) behind both write_image and the image sink."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from vsr.errors import InputError, OutputError
 from vsr.imageio import is_grayscale, list_images, read_image, write_image
+from vsr.io.image import IMAGE_FORMATS, ImageSink, jpeg_qscale
 
 
 def _random_image(h: int = 17, w: int = 23) -> torch.Tensor:
@@ -76,6 +78,97 @@ def test_write_errors(tmp_path):
         write_image(tmp_path / "no" / "a.png", _random_image())
 
 
+# --- one writer: write_image (torch, (3, H, W)) and ImageSink (numpy, (H, W, 3)) -----------
+
+def _by_write_image(path, array: np.ndarray, **kw) -> None:
+    write_image(path, torch.from_numpy(array).permute(2, 0, 1), **kw)
+
+
+def _by_sink(path, array: np.ndarray, *, quality: int = 95, **kw) -> None:
+    with ImageSink(path, array.shape[1], array.shape[0], jpeg_scale=jpeg_qscale(quality),
+                   **kw) as sink:
+        sink.write(array)
+
+
+WRITERS = {"write_image": _by_write_image, "ImageSink": _by_sink}
+
+
+def _picture(gray: bool = False) -> np.ndarray:
+    img = _random_image(18, 26).permute(1, 2, 0).numpy()
+    return np.repeat(img[..., :1], 3, axis=2) if gray else np.ascontiguousarray(img)
+
+
+@pytest.mark.parametrize("suffix", sorted(IMAGE_FORMATS))
+def test_every_format_round_trips_through_both_writers_alike(tmp_path, suffix):
+    gray = suffix == ".pgm"  # a gray format keeps gray pictures
+    img = _picture(gray)
+    for name, write in WRITERS.items():
+        write(tmp_path / f"{name}{suffix}", img, quality=90)
+        back = read_image(tmp_path / f"{name}{suffix}").permute(1, 2, 0).numpy()
+        assert back.shape == img.shape
+        if IMAGE_FORMATS[suffix].codec == "mjpeg":
+            assert np.abs(back.astype(int) - img).mean() < 12, name  # noise: JPEG's worst case
+        else:
+            assert np.array_equal(back, img), name
+        assert is_grayscale(tmp_path / f"{name}{suffix}") == gray
+    # one encoder, one set of settings: the same picture gives the same file
+    assert (tmp_path / f"write_image{suffix}").read_bytes() == \
+        (tmp_path / f"ImageSink{suffix}").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"ImageSink{suffix}",
+                                                          f"write_image{suffix}"]
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_jpeg_quality_is_applied(tmp_path, name):
+    sizes = []
+    for quality in (95, 30):
+        WRITERS[name](tmp_path / f"q{quality}.jpg", _picture(), quality=quality)
+        sizes.append((tmp_path / f"q{quality}.jpg").stat().st_size)
+    assert sizes[1] < 0.8 * sizes[0]
+
+
+def _errors(make_path, array, **kw) -> dict[str, str]:
+    """The OutputError message of each writer (None: it wrote)."""
+    got = {}
+    for name, write in WRITERS.items():
+        try:
+            write(make_path(name), array, **kw)
+            got[name] = None
+        except OutputError as exc:
+            got[name] = str(exc)
+    return got
+
+
+def test_writers_refuse_to_overwrite_unless_asked(tmp_path):
+    for name in WRITERS:
+        (tmp_path / f"{name}.png").write_bytes(b"old")
+    got = _errors(lambda n: tmp_path / f"{n}.png", _picture())
+    assert all(m is not None and m.startswith("output exists") for m in got.values()), got
+    for name in WRITERS:
+        assert (tmp_path / f"{name}.png").read_bytes() == b"old"
+    assert _errors(lambda n: tmp_path / f"{n}.png", _picture(), overwrite=True) == {
+        "write_image": None, "ImageSink": None}
+    for name in WRITERS:
+        assert np.array_equal(read_image(tmp_path / f"{name}.png").permute(1, 2, 0), _picture())
+
+
+@pytest.mark.parametrize("case", ["suffix", "folder", "encoder"])
+def test_writers_fail_alike_and_leave_nothing(tmp_path, case):
+    (tmp_path / "keep.webp").write_bytes(b"old")
+    if case == "suffix":
+        where, array, expect = tmp_path / "a.xyz", _picture(), "unsupported image format '.xyz'"
+    elif case == "folder":
+        where, array, expect = tmp_path / "no" / "a.png", _picture(), "output folder does not"
+    else:  # WebP is at most 16383 pixels wide: the encoder itself refuses
+        where, array, expect = tmp_path / "keep.webp", np.zeros((1, 16384, 3), np.uint8), \
+            "encoding keep.webp failed"
+    got = _errors(lambda n: where, array, overwrite=True)
+    assert got["write_image"] == got["ImageSink"], got
+    assert got["write_image"].startswith(expect) and "\n" not in got["write_image"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.webp"]  # no partial file
+    assert (tmp_path / "keep.webp").read_bytes() == b"old"
+
+
 def test_list_images_filters_and_sorts(tmp_path):
     for name in ["b.png", "a.PNG", "c.jpg", "notes.txt"]:
         (tmp_path / name).write_bytes(b"")
@@ -83,3 +176,14 @@ def test_list_images_filters_and_sorts(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.PNG", "b.png", "c.jpg"]
     with pytest.raises(InputError):
         list_images(tmp_path / "nope")
+
+
+def test_image_sink_that_cannot_finish_leaves_no_partial(tmp_path):
+    """The sink checks the path when it opens and writes at close: a folder that took the
+    name in between fails the close with one line, and the temporary file goes too."""
+    sink = ImageSink(tmp_path / "a.png", 26, 18)
+    sink.write(_picture())
+    (tmp_path / "a.png").mkdir()
+    with pytest.raises(OutputError, match="^cannot move the finished output to .*a.png"):
+        sink.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"] and (tmp_path / "a.png").is_dir()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from vsr.errors import InputError, OutputError
-from vsr.io.image import IMAGE_FORMATS, IMAGE_SUFFIXES, limit_stream, open_limited
+from vsr.io.image import IMAGE_SUFFIXES, jpeg_qscale, limit_stream, open_limited, save_image
 from vsr.io.paths import file_url
 
 
@@ -59,53 +59,27 @@ def is_grayscale(path: str | os.PathLike) -> bool:
     return _decode(Path(path)).format.name.startswith(("gray", "ya"))
 
 
-def write_image(path: str | os.PathLike, image: torch.Tensor, *, quality: int = 95) -> None:
+def write_image(path: str | os.PathLike, image: torch.Tensor, *, quality: int = 95,
+                overwrite: bool = False) -> None:
     """Encode one image file; the format follows the suffix (vsr.io.image.IMAGE_FORMATS).
+    Written by vsr.io.image.save_image: an existing file is kept unless ``overwrite``, and the
+    file appears whole or not at all.
 
     Args:
         image: uint8 tensor (3, H, W), RGB, any device.
         quality: JPEG quality 1..100 (ignored by lossless formats).
 
     Raises:
-        OutputError: wrong tensor contract, unsupported suffix, or the file cannot be written.
+        OutputError: wrong tensor contract, unsupported suffix, the file exists, or it cannot
+            be written.
     """
-    path = Path(path)
     if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3 \
             or image.shape[0] != 3:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         dtype = image.dtype if isinstance(image, torch.Tensor) else ""
         raise OutputError(f"write_image needs a uint8 (3, H, W) tensor, got {shape} {dtype}")
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_FORMATS:
-        raise OutputError(f"unsupported image format {suffix!r} for {path}; "
-                          f"use one of {', '.join(sorted(IMAGE_FORMATS))}")
-    if not path.parent.is_dir():
-        raise OutputError(f"output folder does not exist: {path.parent}")
-    out = IMAGE_FORMATS[suffix]
-    codec, pix_fmt = out.codec, out.pix_fmt
     array = np.ascontiguousarray(image.detach().cpu().permute(1, 2, 0).numpy())
-    height, width = array.shape[:2]
-    try:
-        # update=1: the name is the file, not a numbered pattern (a "%d" in it stays as it is)
-        with av.open(file_url(path), mode="w", format="image2",
-                     container_options={"update": "1"}) as container:
-            stream = container.add_stream(codec, rate=1)
-            stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-            stream.codec_context.options = dict(out.options)
-            if codec == "mjpeg":
-                # mjpeg's qscale 2..31; map quality 100 -> 2, 1 -> 31
-                q = int(round(2 + (100 - max(1, min(100, quality))) * 29 / 99))
-                stream.codec_context.qmin = stream.codec_context.qmax = q
-                stream.codec_context.color_range = 2  # full-range (JPEG) YUV
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-            if pix_fmt != "rgb24":
-                frame = frame.reformat(format=pix_fmt)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-            for packet in stream.encode(None):
-                container.mux(packet)
-    except (av.FFmpegError, OSError) as exc:
-        raise OutputError(f"cannot write image {path}: {exc}") from exc
+    save_image(path, array, overwrite=overwrite, jpeg_scale=jpeg_qscale(quality))
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

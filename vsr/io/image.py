@@ -1,7 +1,9 @@
-"""Single images (PNG/JPEG) as output: the sink for one-frame image inputs.
+"""Still images: the formats, the pixel limit for reading them, and the one writer.
 
-Images are read by the PyAV source (one frame); this writes one encoded picture through
-PyAV's codecs, via a temporary file renamed into place like the video sinks.
+Images are read by the PyAV source (one frame) and vsr.imageio. :func:`save_image` writes one
+encoded picture through PyAV's codecs, via a temporary file renamed into place like the video
+sinks; the sink for one-frame image inputs (:class:`ImageSink`) and vsr.imageio.write_image
+both write through it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import av
 import numpy as np
 
 from vsr.errors import InputError, OutputError
-from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
+from vsr.io.output import (
+    SinkContext,
+    check_output_path,
+    discard,
+    finish,
+    temp_path_for,
+    write_error,
+)
 from vsr.limits import env_limit
 
 
@@ -33,7 +42,8 @@ class ImageFormat:
 
 
 # The one list of still-image formats: what is read as an image (upscale, batch folders, eval
-# folders) is what can be written back under the same suffix (ImageSink, imageio.write_image).
+# folders) is what can be written back under the same suffix (save_image: ImageSink and
+# imageio.write_image go through it).
 IMAGE_FORMATS: dict[str, ImageFormat] = {
     ".png": ImageFormat("png", "rgb24", "rgb48be"),
     ".jpg": ImageFormat("mjpeg", "yuvj444p"),
@@ -154,19 +164,119 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def image_format(path: str | os.PathLike) -> ImageFormat:
+    """How ``path`` is written, by its suffix (case-insensitive).
+
+    Raises:
+        OutputError: the suffix is not one of IMAGE_FORMATS.
+    """
+    path = Path(path)
+    out = IMAGE_FORMATS.get(path.suffix.lower())
+    if out is None:
+        raise OutputError(f"unsupported image format {path.suffix!r} for {path.name}; an "
+                          f"image is written as one of {', '.join(sorted(IMAGE_SUFFIXES))}")
+    return out
+
+
+def jpeg_qscale(quality: int) -> int:
+    """The JPEG encoder's quantiser scale (2 best .. 31 worst) for a quality of 1..100
+    (clamped): 100 -> 2, 1 -> 31."""
+    return int(round(2 + (100 - max(1, min(100, quality))) * 29 / 99))
+
+
+def encode_image(image: np.ndarray, out: ImageFormat, *, jpeg_scale: int = 2,
+                 name: object = "image") -> tuple[bytes, str]:
+    """One picture encoded as a whole file of format ``out``.
+
+    Args:
+        image: (H, W, 3) RGB, uint8 or uint16 (kept at 16 bits where ``out`` has a deep
+            pixel format, else written at 8).
+        jpeg_scale: the JPEG quantiser scale, 2..31 (see :func:`jpeg_qscale`).
+        name: what the file is called in error messages.
+
+    Returns:
+        (the file's bytes, the pixel format they hold).
+
+    Raises:
+        OutputError: ``image`` breaks the contract, or the encoder fails.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
+            or image.dtype not in (np.uint8, np.uint16):
+        shape = getattr(image, "shape", type(image).__name__)
+        raise OutputError(f"an image is written from an (H, W, 3) uint8 or uint16 array, got "
+                          f"{tuple(shape) if isinstance(shape, tuple) else shape} "
+                          f"{getattr(image, 'dtype', '')}".rstrip())
+    from vsr.io.sink import rgb_frame  # the sinks' frame copy (any byte order of uint16)
+
+    deep = image.dtype == np.uint16 and out.deep_pix_fmt is not None
+    pix_fmt = out.deep_pix_fmt if deep else out.pix_fmt
+    cc = av.CodecContext.create(out.codec, "w")
+    cc.options = dict(out.options)
+    if out.codec == "mjpeg":
+        # qmin = qmax fixes the scale (the qscale flag with global_quality did not: the
+        # encoder reads the frame's quality, left 0, and every file came out at scale 2)
+        cc.qmin = cc.qmax = jpeg_scale
+        cc.color_range = 2  # full-range (JPEG) YUV
+    cc.width, cc.height, cc.pix_fmt = image.shape[1], image.shape[0], pix_fmt
+    cc.time_base = Fraction(1, 25)  # required by the encoders, meaningless for one picture
+    frame = rgb_frame(image).reformat(format=pix_fmt)
+    frame.pts = 0
+    try:
+        return b"".join(bytes(p) for p in cc.encode(frame) + cc.encode(None)), pix_fmt
+    except av.error.FFmpegError as exc:
+        raise OutputError(f"encoding {name} failed: {exc}") from exc
+
+
+def store_file(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path`` through a temporary file renamed into place: ``path`` is
+    either the whole new file or what it was before, and no partial file is left.
+
+    Raises:
+        OutputError: the file cannot be written (disk full, read-only...) or moved into place.
+    """
+    temp = temp_path_for(path)
+    try:
+        temp.write_bytes(data)
+    except OSError as exc:
+        discard(temp)
+        raise write_error(path, exc) from exc
+    finish(temp, path)
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False,
+               input_path: str | os.PathLike | None = None, jpeg_scale: int = 2) -> str:
+    """Write one picture as an image file, the format following the suffix (IMAGE_FORMATS),
+    under the output rules of the sinks (vsr.io.output): an existing file is refused unless
+    ``overwrite``, the input is never replaced, and the file appears whole or not at all.
+
+    Args:
+        image: (H, W, 3) RGB uint8 or uint16 (see :func:`encode_image`).
+
+    Returns:
+        The pixel format written.
+
+    Raises:
+        OutputError: unsupported suffix, unusable path, bad ``image``, encoder or disk failure.
+    """
+    out = image_format(path)
+    path = check_output_path(path, overwrite=overwrite, input_path=input_path)
+    data, pix_fmt = encode_image(image, out, jpeg_scale=jpeg_scale, name=path.name)
+    store_file(path, data)
+    return pix_fmt
+
+
 class ImageSink(SinkContext):
     """Writes exactly one (H, W, 3) RGB uint8/uint16 frame in the format of its suffix
-    (IMAGE_FORMATS: 16 bits kept where the format has them)."""
+    (IMAGE_FORMATS: 16 bits kept where the format has them), as :func:`save_image` does;
+    the path is checked when the sink opens, the file written when it closes."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, *,
                  overwrite: bool = False, input_path: str | None = None,
-                 jpeg_quality: int = 2) -> None:
+                 jpeg_scale: int = 2) -> None:
+        self._format = image_format(path)
         self.path = check_output_path(path, overwrite=overwrite, input_path=input_path)
-        if not is_image_path(self.path):
-            raise OutputError(f"an image input needs an image output "
-                              f"({', '.join(sorted(IMAGE_SUFFIXES))}): {self.path}")
         self._size = (height, width)
-        self._q = jpeg_quality
+        self._q = jpeg_scale
         self._data: bytes | None = None
         self._done = False
         self.frames = 0
@@ -177,24 +287,8 @@ class ImageSink(SinkContext):
             raise OutputError("an image output takes one frame")
         if image.shape != self._size + (3,) or image.dtype not in (np.uint8, np.uint16):
             raise OutputError(f"frame {image.shape} {image.dtype} != {self._size + (3,)} uint8")
-        out = IMAGE_FORMATS[self.path.suffix.lower()]
-        fmt = "rgb24" if image.dtype == np.uint8 else "rgb48le"
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=fmt)
-        deep = image.dtype == np.uint16 and out.deep_pix_fmt is not None
-        self.pix_fmt = out.deep_pix_fmt if deep else out.pix_fmt
-        cc = av.CodecContext.create(out.codec, "w")
-        cc.options = dict(out.options)
-        if out.codec == "mjpeg":
-            cc.qscale = True
-            cc.global_quality = self._q * 118  # FF_QP2LAMBDA: qscale 2 is near-lossless
-        cc.width, cc.height, cc.pix_fmt = image.shape[1], image.shape[0], self.pix_fmt
-        cc.time_base = Fraction(1, 25) # required by the encoders, meaningless for one picture
-        frame = frame.reformat(format=self.pix_fmt)
-        frame.pts = 0
-        try:
-            self._data = b"".join(bytes(p) for p in cc.encode(frame) + cc.encode(None))
-        except av.error.FFmpegError as exc:
-            raise OutputError(f"encoding {self.path.name} failed: {exc}") from exc
+        self._data, self.pix_fmt = encode_image(image, self._format, jpeg_scale=self._q,
+                                                name=self.path.name)
         self.frames = 1
 
     def close(self) -> None:
@@ -203,13 +297,7 @@ class ImageSink(SinkContext):
         self._done = True
         if self._data is None:
             raise OutputError("no frame was written")
-        temp = temp_path_for(self.path)
-        try:
-            temp.write_bytes(self._data)
-        except OSError as exc:
-            discard(temp)
-            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from exc
-        finish(temp, self.path)
+        store_file(self.path, self._data)
 
     def abort(self) -> None:
         self._done = True
@@ -217,4 +305,3 @@ class ImageSink(SinkContext):
     @property
     def copied_packets(self) -> dict[int, int]:
         return {}
-
