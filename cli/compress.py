@@ -8,7 +8,7 @@ import time
 import click
 
 from vsr.cli.common import emit_json, json_option
-from vsr.compress.config import METHODS, REFITS, STAGES
+from vsr.options import COMPRESS_METHODS, COMPRESS_REFITS, COMPRESS_STAGES
 
 
 class _Progress:
@@ -48,10 +48,11 @@ class _Progress:
               type=click.Path(exists=True, file_okay=False), help="HR image folder (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder (search.json, pruned/compressed .safetensors, summary.json).")
-@click.option("--stage", type=click.Choice(STAGES),
+@click.option("--stage", type=click.Choice(COMPRESS_STAGES),
               default="all", show_default=True, help="Run one stage alone (reads the previous "
               "stage's file in --out) or all three.")
-@click.option("--method", type=click.Choice(METHODS), default="drc", show_default=True,
+@click.option("--method", type=click.Choice(COMPRESS_METHODS), default="drc",
+              show_default=True,
               help="drc: searched widths + dual regression pruning; l1: L1-norm baseline.")
 @click.option("--val-data", type=click.Path(exists=True, file_okay=False), default=None,
               help="Benchmark folder for validation PSNR (best search readout, best fine-tune).")
@@ -67,7 +68,7 @@ class _Progress:
 @click.option("--search-val-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--prune-batches", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--prune-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--prune-refit", type=click.Choice(REFITS), default="lstsq",
+@click.option("--prune-refit", type=click.Choice(COMPRESS_REFITS), default="lstsq",
               show_default=True, help="Fine-tuning after each selected channel: closed-form "
               "least squares on the feature reconstruction, or the paper's one SGD pass.")
 @click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)

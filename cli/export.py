@@ -5,12 +5,11 @@ from __future__ import annotations
 import click
 
 from vsr.cli.common import device_option, emit_json, json_option, model_option, scale_option
-from vsr.export import FORMATS
-from vsr.options import PRECISIONS
+from vsr.options import EXPORT_FORMATS, PRECISIONS
 
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(FORMATS),
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS),
               required=True, help="onnx: dynamic batch/height/width; torchscript: traced; "
                                   "tensorrt: static shape (torch-tensorrt, CUDA).")
 @model_option()

@@ -28,3 +28,30 @@ def test_openmp_waits_passively_unless_the_user_chose(given: str | None, expecte
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert f"POLICY={expected}" in out
+
+
+_HELP_PROBE = """
+import contextlib, io, sys
+command = sys.argv[1]
+sys.argv = ["vsr", command, "--help"]
+from vsr.cli.main import main
+code = None
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+print(code, "Usage: vsr " + command in out.getvalue(), "torch" in sys.modules)
+"""
+
+# `vsr eval` imports vsr.evaluate (torch) for its --baseline choices: not yet lazy
+_LIGHT_HELP = ["upscale", "batch", "stream", "train", "compress", "bench", "models", "export"]
+
+
+@pytest.mark.parametrize("command", _LIGHT_HELP)
+def test_command_help_does_not_import_torch(command: str) -> None:
+    """`vsr COMMAND --help` answers at once: torch (seconds to import) loads only when a
+    command runs."""
+    out = subprocess.run([sys.executable, "-c", _HELP_PROBE, command], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.split() == ["0", "True", "False"], out

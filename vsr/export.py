@@ -23,11 +23,18 @@ from vsr.device import resolve_device
 from vsr.errors import ConfigError, OutputError
 from vsr.io.output import check_output_path, discard, finish, temp_path_for
 from vsr.loading import load_model
-from vsr.options import PRECISIONS, check_at_least, check_choice, check_device, check_scale
+from vsr.options import (
+    EXPORT_FORMATS,
+    PRECISIONS,
+    check_at_least,
+    check_choice,
+    check_device,
+    check_scale,
+)
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript", "tensorrt")
+FORMATS = EXPORT_FORMATS
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,12 @@ ENCODERS = ("pyav", "ffmpeg")  # vsr.io.sink.PyAVSink, vsr.io.ffmpeg_sink.Ffmpeg
 # named here, below the backends, so that validating an option never imports them
 BACKEND_CHOICES = ("auto", "eager", "compile", "tensorrt", "onnx")
 MIN_TILE = 32
+# the choices of `vsr export` (vsr.export.FORMATS) and `vsr compress` (vsr.compress.config),
+# named here so that those commands' --help lists them without importing torch
+EXPORT_FORMATS = ("onnx", "torchscript", "tensorrt")
+COMPRESS_STAGES = ("search", "prune", "finetune", "all")
+COMPRESS_METHODS = ("drc", "l1")
+COMPRESS_REFITS = ("lstsq", "sgd")  # per-selection fine-tuning of DR pruning (vsr.compress.prune)
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

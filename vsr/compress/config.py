@@ -7,11 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vsr.errors import ConfigError
-from vsr.options import check_device
+from vsr.options import COMPRESS_METHODS, COMPRESS_REFITS, COMPRESS_STAGES, check_device
 
-STAGES = ("search", "prune", "finetune", "all")
-METHODS = ("drc", "l1")
-REFITS = ("lstsq", "sgd")  # per-selection fine-tuning of DR pruning (vsr.compress.prune)
+STAGES, METHODS, REFITS = COMPRESS_STAGES, COMPRESS_METHODS, COMPRESS_REFITS
 
 
 @dataclass(frozen=True)
