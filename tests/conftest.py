@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
 
 import av
 import numpy as np
@@ -11,6 +16,7 @@ import pytest
 import torch
 
 SHARED = Path(__file__).parents[1].parent / "shared" / "data"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -145,6 +151,27 @@ def drn_checkpoint(tmp_path_factory) -> Path:
     save_model(path, model, CheckpointInfo(arch="drn", hparams=dict(model.hparams), scale=2,
                                            name="drn-t-x2-random"))
     return path
+
+
+@contextlib.contextmanager
+def benchmark_script(name: str) -> Iterator[ModuleType]:
+    """benchmarks/NAME.py (a script, in no package) imported as the module vsr_bench_NAME
+    for the length of the block."""
+    spec = importlib.util.spec_from_file_location(f"vsr_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def peers() -> Iterator[ModuleType]:
+    """The peer benchmark harness, benchmarks/peers.py, as a module."""
+    with benchmark_script("peers") as module:
+        yield module
 
 
 def video_pts_seconds(path: Path) -> list[Fraction]:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -17,18 +13,6 @@ from conftest import SHARED  # noqa: E402
 from vsr.evaluate import evaluate_image  # noqa: E402
 from vsr.imageio import read_image  # noqa: E402
 from vsr.models import load_model  # noqa: E402
-
-HARNESS = Path(__file__).parents[1] / "benchmarks" / "peers.py"
-
-
-@pytest.fixture(scope="module")
-def peers():
-    spec = importlib.util.spec_from_file_location("vsr_bench_peers", HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
 
 
 def _entry(peers, name: str):

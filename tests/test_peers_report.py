@@ -2,24 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-import pytest
-
-HARNESS = Path(__file__).parents[1] / "benchmarks" / "peers.py"
-
-
-@pytest.fixture(scope="module")
-def peers():
-    spec = importlib.util.spec_from_file_location("vsr_bench_peers_report", HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-
 
 def _row(name: str, kind: str, scale: int, psnr: float, secs: float, ratio: float) -> dict:
     return {"name": name, "kind": kind, "scale": scale, "seconds_720p": secs,

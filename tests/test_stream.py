@@ -5,6 +5,7 @@ arrived, when, and at what size."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,7 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -29,6 +32,7 @@ W, H, RATE = 64, 48, 25
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 VSR = [sys.executable, "-m", "vsr", "stream"]
 BICUBIC = ["--model", "bicubic", "--scale", "2", "--device", "cpu"]
+T = TypeVar("T")
 
 
 def stamped(i: int) -> np.ndarray:
@@ -183,6 +187,29 @@ def free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
+def wait_for(probe: Callable[[], T | None], proc: subprocess.Popen, err: Lines, what: str, *,
+             timeout: float = 120, period: float = 0.2) -> T:
+    """``probe()``'s first result that is not None, tried every ``period`` s while ``proc``
+    starts up (an OSError or FFmpegError counts as None: nothing listens yet). Fails the test,
+    with ``proc``'s stderr, if ``proc`` exits first, or if ``timeout`` s pass (saying ``what``
+    it waited for)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(av.error.FFmpegError, OSError):
+            got = probe()
+            if got is not None:
+                return got
+        assert proc.poll() is None, "\n".join(err.lines)
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(period)
+
+
+def connect_tcp(port: int, proc: subprocess.Popen, err: Lines) -> socket.socket:
+    """A TCP connection to ``proc`` listening on 127.0.0.1:``port``, once it does."""
+    return wait_for(lambda: socket.create_connection(("127.0.0.1", port)), proc, err,
+                    f"tcp port {port} to accept")
+
+
 def _latency_report(name: str, sender: Sender, receiver: Receiver, final: dict) -> list[float]:
     lat = [1000 * (t - sender.sent[k]) for t, k, _, _ in receiver.frames if k in sender.sent]
     print(f"{name}: sent {len(sender.sent)}, received {len(receiver.frames)}, end-to-end "
@@ -245,7 +272,8 @@ def test_tcp_loopback_no_drops_and_monotonic_timestamps():
                              *BICUBIC, "--drop", "none", "--json", "--stats-interval", "1"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = Lines(proc.stdout), Lines(proc.stderr)
-    sender = _connect(f"tcp://127.0.0.1:{src}", proc)
+    sender = wait_for(lambda: Sender(f"tcp://127.0.0.1:{src}"), proc, err,
+                      f"tcp port {src} to accept")
     sender.send(0, 2 * RATE)
     sender.close()
     assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
@@ -258,17 +286,6 @@ def test_tcp_loopback_no_drops_and_monotonic_timestamps():
     assert all(b > a for a, b in zip(pts, pts[1:], strict=False))
     assert final["dropped"] == 0 and final["frames_out"] == 2 * RATE
     _latency_report("tcp", sender, receiver, final)
-
-
-def _connect(url: str, proc: subprocess.Popen) -> Sender:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            return Sender(url)
-        except (av.error.FFmpegError, OSError):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise
-            time.sleep(0.2)
 
 
 def test_stdin_to_stdout_pipe():
@@ -339,15 +356,7 @@ def test_source_that_disconnects_is_picked_up_again(tmp_path):
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = Lines(proc.stdout), Lines(proc.stderr)
     for _session in range(2):
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                conn = socket.create_connection(("127.0.0.1", src))
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, err.lines
-                time.sleep(0.2)
-        with conn:
+        with connect_tcp(src, proc, err) as conn:
             conn.sendall(buf.getvalue())
         time.sleep(0.5)
     deadline = time.monotonic() + 60
@@ -467,15 +476,7 @@ def test_sigterm_and_sighup_end_a_stream_cleanly(tmp_path, sig):
                              "--reconnect", "--drop", "none", "--json", "--stats-interval", "0.3"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = Lines(proc.stdout), Lines(proc.stderr)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            conn = socket.create_connection(("127.0.0.1", src))
-            break
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, err.lines
-            time.sleep(0.2)
-    with conn:
+    with connect_tcp(src, proc, err) as conn:
         conn.sendall(buf.getvalue())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(s["frames_out"] >= 12 for s in out.stats()):

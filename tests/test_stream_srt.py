@@ -28,6 +28,7 @@ from test_stream import (
     free_port,
     make_ts,
     stream_live,
+    wait_for,
 )
 
 
@@ -59,12 +60,9 @@ def udp_bound(port: int) -> bool:
     return False
 
 
-def wait_bound(port: int, proc: subprocess.Popen, err: Lines, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not udp_bound(port):
-        assert proc.poll() is None, "\n".join(err.lines)
-        assert time.monotonic() < deadline, f"nothing listens on udp {port}"
-        time.sleep(0.05)
+def wait_bound(port: int, proc: subprocess.Popen, err: Lines) -> None:
+    wait_for(lambda: udp_bound(port) or None, proc, err, f"udp port {port} to be bound",
+             timeout=90, period=0.05)
 
 
 def stop(*procs: subprocess.Popen) -> None:
