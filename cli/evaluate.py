@@ -5,13 +5,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from vsr.cli.common import device_option, emit_json, json_option, model_option, scale_option
 from vsr.errors import ConfigError
-from vsr.evaluate import BASELINES, DatasetResult, EvalConfig, Progress, run_evaluation, summarize
-from vsr.video_eval import ClipResult, VideoEvalConfig, run_video_evaluation, summarize_video
+from vsr.options import EVAL_BASELINES
+
+if TYPE_CHECKING:
+    from vsr.evaluate import DatasetResult, Progress
+    from vsr.video_eval import ClipResult
 
 
 class _StderrProgress:
@@ -82,7 +86,7 @@ def _video_table(results: Sequence[ClipResult]) -> str:
 @model_option()
 @click.option("--seed", type=int, default=None,
               help="With --video: seed for random stages (ranges, noise).")
-@click.option("--baseline", type=click.Choice(BASELINES), default=None,
+@click.option("--baseline", type=click.Choice(EVAL_BASELINES), default=None,
               help="Score a baseline instead of a model; with --video, score it as well as the "
                    "model, on the same LR frames.")
 @device_option
@@ -107,6 +111,10 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
     between the output's frame-to-frame change and the HR's (0 for a perfect upscaler; lower
     is steadier). --baseline bicubic adds bicubic's figures on the same LR frames.
     """
+    # torch-heavy modules load here, so that `vsr eval --help` answers at once
+    from vsr.evaluate import EvalConfig, run_evaluation, summarize
+    from vsr.video_eval import VideoEvalConfig, run_video_evaluation, summarize_video
+
     if data and videos:
         raise ConfigError("give --data (images) or --video (clips), not both")
     if videos:

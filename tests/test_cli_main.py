@@ -44,8 +44,8 @@ with contextlib.redirect_stdout(io.StringIO()) as out:
 print(code, "Usage: vsr " + command in out.getvalue(), "torch" in sys.modules)
 """
 
-# `vsr eval` imports vsr.evaluate (torch) for its --baseline choices: not yet lazy
-_LIGHT_HELP = ["upscale", "batch", "stream", "train", "compress", "bench", "models", "export"]
+_LIGHT_HELP = ["upscale", "batch", "stream", "train", "compress", "bench", "models", "export",
+               "eval"]
 
 
 @pytest.mark.parametrize("command", _LIGHT_HELP)

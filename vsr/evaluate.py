@@ -23,7 +23,7 @@ import torch
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
 from vsr.metrics import psnr_y, ssim_y
-from vsr.options import check_device, check_scale
+from vsr.options import EVAL_BASELINES, check_device, check_scale
 from vsr.resize import imresize, to_uint8
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BASELINES: tuple[str, ...] = ("bicubic",)
+BASELINES: tuple[str, ...] = EVAL_BASELINES
 
 
 class UpscaleHandle(Protocol):

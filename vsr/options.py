@@ -26,6 +26,7 @@ EXPORT_FORMATS = ("onnx", "torchscript", "tensorrt")
 COMPRESS_STAGES = ("search", "prune", "finetune", "all")
 COMPRESS_METHODS = ("drc", "l1")
 COMPRESS_REFITS = ("lstsq", "sgd")  # per-selection fine-tuning of DR pruning (vsr.compress.prune)
+EVAL_BASELINES = ("bicubic",)  # vsr eval --baseline (vsr.evaluate.BASELINES)
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
