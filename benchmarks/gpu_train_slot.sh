@@ -59,7 +59,7 @@ if [ -f "$work/config.json" ] && compgen -G "$work/train_state*.safetensors" > /
 elif [ -f "$slot_dir/config.json" ]; then
     log "resuming from the committed state in $slot_dir"
     rm -rf "$work"; mkdir -p "$work"
-    cp "$slot_dir"/config.json "$slot_dir"/train_state*.safetensors "$work"/
+    cp "$slot_dir"/config.json "$slot_dir"/train_state* "$work"/   # shards + their index
     [ -f "$slot_dir/metrics.csv" ] && cp "$slot_dir/metrics.csv" "$work"/
     resume=(--resume "$work")
 else
@@ -92,7 +92,7 @@ fi
 
 # (e, f) fp16 weights, state shards, config, metrics and the results JSON into $OUT
 cp "$work/model-fp16.safetensors" "$out/$arch-fp16.safetensors"
-cp "$work"/train_state*.safetensors "$work/metrics.csv" "$out"/   # config.json: in results.json
+cp "$work"/train_state* "$work/metrics.csv" "$out"/   # config.json: in results.json
 # (g) the table, last
 python3 benchmarks/train_slot.py report --arch "$arch" --run "$work" --train-json "$out/train.json" \
     --eval-json "$out/eval.json" --started "$started" --out "$out/results.json"

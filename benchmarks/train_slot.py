@@ -195,9 +195,9 @@ def adopt(args: argparse.Namespace) -> dict:
     src, dst = Path(args.src), REPO / args.to
     results = json.loads((src / "results.json").read_text())
     dst.mkdir(parents=True, exist_ok=True)
-    for old in dst.glob("train_state*.safetensors"):
+    for old in dst.glob("train_state*"):  # shards and their index.json
         old.unlink()
-    for p in [*src.glob("train_state*.safetensors"), src / "metrics.csv"]:
+    for p in [*src.glob("train_state*"), src / "metrics.csv"]:
         shutil.copy(p, dst / p.name)
     (dst / "config.json").write_text(json.dumps(results["config"], indent=2, sort_keys=True))
     weights = REPO / "runs" / "slots" / Path(args.to).name

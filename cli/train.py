@@ -65,7 +65,8 @@ from vsr.cli.common import device_option, emit_json, json_option
                    "them, none leaves them out (a third of the size; Adam restarts).")
 @click.option("--state-shard-mib", type=click.FloatRange(min=2), default=None,
               help="Write the state as files of at most this many MiB "
-                   "(train_state.00.safetensors, ...).")
+                   "(train_state.<save id>.00.safetensors, ..., named by "
+                   "train_state.index.json).")
 @click.option("--degrade", default=None,
               help="Train on degraded LR input: a degradation chain as in vsr eval --degrade, "
                    "e.g. 'blur:sigma=0.2~1.5,bicubic,noise:sigma=0~4,x264:crf=18~32'; values drawn "

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,14 +18,20 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from tests.test_train import _config
 from vsr.errors import CheckpointError, ConfigError
 from vsr.imageio import write_image
-from vsr.models.checkpoint import load_tensors, read_info
+from vsr.models.checkpoint import CheckpointInfo, load_tensors, read_info
 from vsr.models.complexity import count_macs
 from vsr.train import train
-from vsr.train.state import read_training_state, state_paths
+from vsr.train.state import (
+    read_training_state,
+    remove_stale_state,
+    save_training_state,
+    state_paths,
+)
 from vsr.train.trainer import STATE_STEM, Trainer, summary
 
 
@@ -80,8 +92,12 @@ def test_sharded_compact_state_resumes_and_refuses_mixed_saves(images: Path,
                   state_shard_mib=2, save_every=2)
     train(cfg)
     shards = state_paths(tmp_path / "s", STATE_STEM)
-    assert [p.name for p in shards] == [f"train_state.{i:02d}.safetensors"
+    save_id = shards[0].name.split(".")[1]
+    assert [p.name for p in shards] == [f"train_state.{save_id}.{i:02d}.safetensors"
                                        for i in range(len(shards))] and len(shards) >= 2
+    # the index names them; the shards of the save at step 2 are gone
+    assert sorted(p.name for p in (tmp_path / "s").glob("train_state*")) == sorted(
+        [p.name for p in shards] + ["train_state.index.json"])
     assert all(p.stat().st_size <= 2 * 2**20 for p in shards)
     assert not (tmp_path / "s" / "train_state.safetensors").exists()
     # the same run unsharded, and with its moments in bf16 or left out: sizes and contents
@@ -99,6 +115,15 @@ def test_sharded_compact_state_resumes_and_refuses_mixed_saves(images: Path,
     sharded = _state(tmp_path / "s")
     assert single.keys() == sharded.keys()
     assert all(torch.equal(single[k], sharded[k]) for k in single)
+    # a resume removes what an interrupted save left (here: a partial shard and a temporary
+    # file) before it trains, and nothing else
+    partial = [tmp_path / "none" / "train_state.0123456789abcdef.00.safetensors",
+               tmp_path / "none" / ".train_state.safetensors.x1y2.tmp"]
+    for path in partial:
+        path.write_bytes(b"partial")
+    Trainer(_config(images, tmp_path / "none", iterations=6, model_overrides=big,
+                    state_moments="none"), resume=True)
+    assert not any(p.exists() for p in partial)
     # a moments-free state still resumes (Adam restarts), to the end of the plan
     more = train(_config(images, tmp_path / "none", iterations=6, model_overrides=big,
                          state_moments="none"), resume=True)
@@ -184,3 +209,112 @@ def test_cuda_steps_between_log_points_never_wait_for_the_gpu(images: Path,
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.stack(terms).isfinite().all()
+
+
+def save_small_state(run: Path, seed: int, step: int, shard_bytes: int | None,
+                     hook: Callable[[str, Path], None] | None = None) -> list[Path]:
+    """A training state of two small Adam-trained networks (about 2.4 MB with its moments):
+    with ``shard_bytes`` of 1.3 MB, one 256x256 weight (and its moments) per shard."""
+    torch.manual_seed(seed)
+    primal = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))
+    duals = nn.Sequential(nn.Linear(256, 256))
+    opts = {"primal": torch.optim.Adam(primal.parameters()),
+            "dual": torch.optim.Adam(duals.parameters())}
+    x = torch.randn(4, 256)
+    (primal(x).square().mean() + duals(x).square().mean()).backward()
+    for opt in opts.values():
+        opt.step()
+    info = CheckpointInfo(arch="test", hparams={}, scale=2, name="test")
+    return save_training_state(run, STATE_STEM, primal, duals, opts, step, info, {"seed": seed},
+                               shard_bytes=shard_bytes, hook=hook)
+
+
+_SHARD = 2**20 + 300_000
+_CHILD = """
+import os, sys
+from pathlib import Path
+from tests.test_train_slots import save_small_state
+
+run, shard, event, number = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+def hook(what, path):  # at the chosen point: tell the parent, then wait to be killed
+    if what == event and (number == "any" or path.name.endswith(f".{number}.safetensors")):
+        os.write(1, b"K")
+        sys.stdin.read()
+
+save_small_state(run, 2, 20, shard or None, hook)
+os.write(1, b"finished")
+"""
+
+
+def _layout(run: Path, layout: str) -> None:
+    """The state of seed 1, step 10, as a single file, shards with an index, or shards with
+    the plain numbered names versions before the index wrote (the same files, renamed)."""
+    paths = save_small_state(run, 1, 10, None if layout == "single" else _SHARD)
+    if layout == "legacy":
+        for i, path in enumerate(paths):
+            path.rename(run / f"{STATE_STEM}.{i:02d}.safetensors")
+        (run / "train_state.index.json").unlink()
+
+
+def _loaded(run: Path) -> tuple[dict[str, torch.Tensor], int]:
+    tensors, info = read_training_state(state_paths(run, STATE_STEM))
+    return tensors, info.provenance["training_state"]["step"]
+
+
+_SLOW = pytest.mark.slow  # ~5 s each on a loaded 2-core machine (a fresh python + torch)
+
+
+@pytest.mark.parametrize(("old", "new", "event", "number", "survivor"), [
+    pytest.param("sharded", "sharded", "written", "00", "old", marks=_SLOW),  # first new shard
+    ("sharded", "sharded", "written", "04", "old"),
+    pytest.param("sharded", "sharded", "written", "08", "old", marks=_SLOW),  # all, not current
+    ("sharded", "sharded", "current", "any", "new"),  # switched, old files not yet removed
+    pytest.param("single", "sharded", "written", "05", "old", marks=_SLOW),
+    ("legacy", "sharded", "written", "08", "old"),
+    ("sharded", "single", "written", "any", "old"),  # the file is written, the index not gone
+    pytest.param("legacy", "single", "current", "any", "new", marks=_SLOW),
+])
+def test_a_save_killed_at_any_point_leaves_one_complete_state(tmp_path: Path, old: str,
+                                                              new: str, event: str,
+                                                              number: str,
+                                                              survivor: str) -> None:
+    """A real process saving a state is SIGKILLed at a fixed point of the save (its hook
+    blocks there on a pipe): the folder then holds the complete old state or the complete new
+    one, bit for bit, and the next resume or save removes what the killed save left."""
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    _layout(run, old)
+    before, _ = _loaded(run)
+    save_small_state(ref, 2, 20, _SHARD if new == "sharded" else None)
+    after, _ = _loaded(ref)
+    assert len(state_paths(ref, STATE_STEM)) == (9 if new == "sharded" else 1)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(run), str(_SHARD if new == "sharded" else 0), event,
+         number], cwd=Path(__file__).parent.parent, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        signal_byte = os.read(proc.stdout.fileno(), 1) if ready else b""
+        os.kill(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert signal_byte == b"K", err.decode()[-2000:]
+    assert proc.returncode == -signal.SIGKILL
+    tensors, step = _loaded(run)
+    want, want_step = (before, 10) if survivor == "old" else (after, 20)
+    assert step == want_step and tensors.keys() == want.keys()
+    assert all(torch.equal(tensors[k], want[k]) and tensors[k].dtype == want[k].dtype
+               for k in want)
+    current = set(state_paths(run, STATE_STEM))
+    left = {p for p in run.iterdir() if p not in current and p.name != "train_state.index.json"}
+    assert left, "the killed save left nothing: it was not interrupted mid-save"
+    # a resume removes the leftovers and only them: the state still loads the same
+    removed = remove_stale_state(run, STATE_STEM)
+    assert set(removed) == left and _loaded(run)[1] == want_step
+    # and a complete save afterwards leaves exactly its own files
+    paths = save_small_state(run, 3, 30, _SHARD)
+    assert {p.name for p in run.iterdir()} == {p.name for p in paths} | {"train_state.index.json"}
+    assert _loaded(run)[1] == 30

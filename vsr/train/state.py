@@ -4,17 +4,30 @@ A state holds the primal (plain keys, fp32), the duals (``dual.``) and, unless l
 optimizers' moments (``optim.<name>.<param>.<key>``, fp32 or bf16). Its metadata is a training
 checkpoint's (architecture, hparams, provenance) plus ``training_state``: the step, the
 schedule, the RNG states, the optimizers' hyper-parameters and the run's config. Written as one
-file, or as shards of at most a given size (``<stem>.00.safetensors``, ``<stem>.01...``), each a
-checkpoint with the same metadata and a ``vsr.shard`` entry naming the save they belong to, so
-shards of two different saves are never mixed.
+file (``<stem>.safetensors``), or as shards of at most a given size, each a checkpoint with the
+same metadata and a ``vsr.shard`` entry naming the save they belong to, so shards of two
+different saves are never mixed.
+
+A save is all or nothing: whatever interrupts it (a crash, SIGKILL, a full disk), the folder
+still holds the complete previous state or the complete new one. Shards of a save have names of
+their own (``<stem>.<save id>.00.safetensors``, ...) and become the state only when the small
+index ``<stem>.index.json`` naming them is renamed into place, after they are on disk (fsync);
+a single file replaces the old one by one rename, then the index of an older sharded save goes.
+Files of other saves are removed only after that switch, and leftovers of an interrupted save
+are removed by the next save or resume (:func:`remove_stale_state`). Which files are current:
+the index if there is one, else ``<stem>.safetensors``, else shards named
+``<stem>.00.safetensors``, ``<stem>.01...`` (what versions before the index wrote; still read).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import secrets
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +45,7 @@ from vsr.models.checkpoint import (
 
 MOMENTS = ("fp32", "bf16", "none")
 _SHARD_KEY = "vsr.shard"
+_INDEX_FORMAT = "vsr-train-state-index/1"
 _HEADER_MARGIN = 1 << 20  # bytes kept free in a shard for the JSON header
 
 
@@ -86,27 +100,99 @@ def restore_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
                                                   dtype=torch.uint8), device)
 
 
+def index_path(run_dir: Path, stem: str) -> Path:
+    """The index of a sharded state: which shard files, in order, are the current state."""
+    return run_dir / f"{stem}.index.json"
+
+
 def state_paths(run_dir: Path, stem: str) -> list[Path]:
-    """The state files of ``run_dir``: ``<stem>.safetensors``, else its shards in order."""
+    """The current state files of ``run_dir`` (see the module docstring), [] if none.
+
+    Raises:
+        CheckpointError: the index is unreadable or names files outside the stem.
+    """
+    index = index_path(run_dir, stem)
+    if index.exists():
+        return _read_index(index, stem)
     single = run_dir / f"{stem}.safetensors"
     if single.exists():
         return [single]
     shards = {}
     for path in run_dir.glob(f"{stem}.*.safetensors"):
-        index = path.name[len(stem) + 1:-len(".safetensors")]
-        if index.isdigit():  # .00 .. .99, then .100 and on: ordered by number, not by name
-            shards[int(index)] = path
+        number = path.name[len(stem) + 1:-len(".safetensors")]
+        if number.isdigit():  # .00 .. .99, then .100 and on: ordered by number, not by name
+            shards[int(number)] = path
     return [shards[i] for i in sorted(shards)]
+
+
+def _read_index(index: Path, stem: str) -> list[Path]:
+    try:
+        data = json.loads(index.read_text())
+        names = data["files"]
+        ok = (data.get("format") == _INDEX_FORMAT and isinstance(names, list) and names
+              and all(isinstance(n, str) and n.startswith(f"{stem}.") and Path(n).name == n
+                      and n.endswith(".safetensors") for n in names))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{index}: malformed training state index")
+    return [index.parent / n for n in names]
+
+
+def remove_stale_state(run_dir: Path, stem: str) -> list[Path]:
+    """Delete the files of ``stem`` that are not the current state: older saves, and what an
+    interrupted save left (its shards, temporary files). Returns what was removed."""
+    current = set(state_paths(run_dir, stem))
+    ours = re.compile(rf"{re.escape(stem)}(\.[0-9a-f]{{16}})?(\.\d+)?\.safetensors"
+                      rf"|\.{re.escape(stem)}\..*\.tmp")
+    removed = []
+    for path in run_dir.iterdir() if run_dir.is_dir() else ():
+        if ours.fullmatch(path.name) and path not in current and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to the disk (folders: POSIX only)."""
+    if path.is_dir() and os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_index(index: Path, names: list[str], save_id: str, step: int) -> None:
+    """Put the index in place with one rename, its content on disk before."""
+    text = json.dumps({"format": _INDEX_FORMAT, "id": save_id, "step": step, "files": names})
+    fd, tmp = tempfile.mkstemp(prefix=f".{index.name}.", suffix=".tmp", dir=index.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, index)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync(index.parent)
 
 
 def save_training_state(run_dir: Path, stem: str, primal: nn.Module, duals: nn.Module,
                         optimizers: Mapping[str, torch.optim.Optimizer], step: int,
                         info: CheckpointInfo, extra_meta: Mapping[str, Any], *,
-                        moments: str = "fp32", shard_bytes: int | None = None) -> list[Path]:
-    """Write the state of ``step``; returns the files written (older files of the stem go).
+                        moments: str = "fp32", shard_bytes: int | None = None,
+                        hook: Callable[[str, Path], None] | None = None) -> list[Path]:
+    """Write the state of ``step``, all or nothing (see the module docstring); returns its
+    files. Files of older saves of the stem, and leftovers of interrupted ones, go.
 
     ``moments``: fp32 (exact resume), bf16 (half the size, near-exact) or none (optimizers
-    restart). ``shard_bytes``: split into files of at most this many bytes.
+    restart). ``shard_bytes``: split into files of at most this many bytes. ``hook``: called
+    with ``("written", file)`` once each new file is on disk, then ``("current", file)``
+    when the new state has replaced the old one (progress, and a fixed point at which tests
+    kill a save).
 
     Raises:
         ConfigError: a single tensor is larger than a shard may be.
@@ -134,19 +220,33 @@ def save_training_state(run_dir: Path, stem: str, primal: nn.Module, duals: nn.M
     meta = CheckpointInfo(arch=info.arch, hparams=info.hparams, scale=info.scale,
                           kind="training", name=info.name, provenance=provenance).to_metadata()
     groups = _shards(tensors, shard_bytes) if shard_bytes else [list(tensors)]
-    old = set(state_paths(run_dir, stem))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_state(run_dir, stem)  # what an interrupted save left: its room is needed now
     if len(groups) == 1 and not shard_bytes:
-        paths = [run_dir / f"{stem}.safetensors"]
+        path = run_dir / f"{stem}.safetensors"
+        atomic_save(path, tensors, meta)  # the switch when the older state is a single file
+        _fsync(path)
+        _fsync(run_dir)
+        if hook is not None:
+            hook("written", path)
+        index_path(run_dir, stem).unlink(missing_ok=True)  # the switch for an older sharded one
+        _fsync(run_dir)
+        paths = [path]
     else:
-        paths = [run_dir / f"{stem}.{i:02d}.safetensors" for i in range(len(groups))]
-    save_id = secrets.token_hex(8)
-    for i, (path, keys) in enumerate(zip(paths, groups, strict=True)):
-        shard_meta = dict(meta)
-        if len(paths) > 1 or shard_bytes:
+        save_id = secrets.token_hex(8)
+        paths = [run_dir / f"{stem}.{save_id}.{i:02d}.safetensors" for i in range(len(groups))]
+        for i, (path, keys) in enumerate(zip(paths, groups, strict=True)):
+            shard_meta = dict(meta)
             shard_meta[_SHARD_KEY] = json.dumps({"index": i, "count": len(paths), "id": save_id})
-        atomic_save(path, {k: tensors[k] for k in keys}, shard_meta)
-    for stale in old - set(paths):
-        stale.unlink(missing_ok=True)
+            atomic_save(path, {k: tensors[k] for k in keys}, shard_meta)
+            _fsync(path)
+            if hook is not None:
+                hook("written", path)
+        _fsync(run_dir)
+        _write_index(index_path(run_dir, stem), [p.name for p in paths], save_id, step)
+    if hook is not None:
+        hook("current", paths[0])
+    remove_stale_state(run_dir, stem)
     return paths
 
 

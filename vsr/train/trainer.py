@@ -30,6 +30,7 @@ from vsr.train.losses import cycle_loss, degradation_loss, dual_regression_loss
 from vsr.train.prefetch import DegradedBatches
 from vsr.train.state import (
     load_training_state,
+    remove_stale_state,
     restore_rng_state,
     rng_state,
     save_training_state,
@@ -39,7 +40,7 @@ from vsr.train.state import (
 log = logging.getLogger(__name__)
 
 STATE_STEM = "train_state"
-STATE_FILE = f"{STATE_STEM}.safetensors"  # unsharded; sharded: train_state.00.safetensors, ...
+STATE_FILE = f"{STATE_STEM}.safetensors"  # unsharded; sharded: see vsr.train.state
 METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.json"
 _COLUMNS = ["step", "loss", "primal", "dual", "adapt", "lr", "samples_per_s", "tflops", "mfu",
@@ -201,6 +202,9 @@ class Trainer:
             self.start_step = int(state["step"])
             self.best_psnr = state.get("best_psnr")
             restore_rng_state(state.get("rng", {}), self.device)
+            if self.rank == 0:  # what a save interrupted last time left (never the state)
+                for path in remove_stale_state(self.run_dir, STATE_STEM):
+                    log.info("removed %s, left by an interrupted save", path.name)
         self.sampler = PatchSampler(config.data, config.patch * self.scale)
         if self.chain is None:
             self.sampler.to(self.device)  # degraded batches are made from CPU crops instead
