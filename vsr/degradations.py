@@ -46,8 +46,9 @@ odd width or height is padded to even by repeating its last column/row for the c
 cropped back after.
 
 Training crops (:meth:`apply_images`) are independent images, not clips. A video codec codes
-each crop as a short clip of its own (``_CROP_CLIP_FRAMES`` frames): the crop translated by a
-random per-crop motion of up to ``_CROP_MAX_SHIFT`` LR pixels per frame (edges repeated), ending
+each crop as a short clip of its own (:data:`vsr.codecs.CROP_CLIP_FRAMES` frames): the crop
+translated by a random per-crop motion of up to :data:`vsr.codecs.CROP_MAX_SHIFT` LR pixels per
+frame (edges repeated), ending
 on the crop itself, whose decoded frame is kept. So the kept frame is inter-coded (predicted
 from moved references, as most frames of a real stream are) and stays aligned with its HR
 target. Crops are coded on a thread pool (PyAV releases the GIL while encoding and decoding).
@@ -67,20 +68,17 @@ the image the compressed input was a noisy observation of.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from fractions import Fraction
 
-import av
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vsr.errors import ConfigError, PipelineError
+from vsr.codecs import VIDEO_CODECS, code_clip, code_crop, jpeg_round_trip
+from vsr.errors import ConfigError
 from vsr.evaluate import degrade
 from vsr.resize import imresize, to_uint8
 from vsr.train.degrade import gaussian_taps
@@ -90,13 +88,9 @@ __all__ = ["DOWNSCALES", "DegradationChain", "Stage", "Value"]
 DOWNSCALES: tuple[str, ...] = ("bicubic", "bilinear", "area")
 _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
             "veryslow", "placebo")
-_CODECS = {"x264": ("libx264", "h264"), "x265": ("libx265", "hevc")}
 _POST = ("noise", "jpeg", "x264", "x265")
 _RANGE_SEP = "~"
 _ON = "on"  # key of a draw: whether the stage is applied (see the p parameter)
-_CROP_CLIP_FRAMES = 3
-_CROP_MAX_SHIFT = 2
-_CLIP_RATE = Fraction(25)
 
 
 @dataclass(frozen=True)
@@ -311,10 +305,10 @@ class DegradationChain:
         for stage, d in self._late(draws):
             if not d[_ON]:
                 continue
-            if stage.kind in _CODECS:
-                lr = _codec_clip(lr, stage, int(d["crf"]))
+            if stage.kind in VIDEO_CODECS:
+                lr = code_clip(lr, stage.kind, int(d["crf"]), stage.preset or "medium")
             elif stage.kind == "jpeg":
-                lr = torch.stack([_jpeg(f, int(d["q"])) for f in lr])
+                lr = torch.stack([jpeg_round_trip(f, int(d["q"])) for f in lr])
             else:
                 lr = to_uint8(lr.to(torch.float64) + _noise(lr.shape, d["sigma"], gen))
         return lr
@@ -358,10 +352,11 @@ class DegradationChain:
             for stage, d in self._late(draws[i]):
                 if not d[_ON]:
                     continue
-                if stage.kind in _CODECS:
-                    lr = _codec_crop(lr, stage, int(d["crf"]), gens[i])
+                if stage.kind in VIDEO_CODECS:
+                    lr = code_crop(lr, stage.kind, int(d["crf"]), stage.preset or "medium",
+                                   gens[i])
                 elif stage.kind == "jpeg":
-                    lr = _jpeg(lr, int(d["q"]))
+                    lr = jpeg_round_trip(lr, int(d["q"]))
                 else:
                     lr = to_uint8(lr.to(torch.float64) + _noise(lr.shape, d["sigma"], gens[i]))
             return lr
@@ -378,7 +373,7 @@ class DegradationChain:
     def _first_codec(self) -> int:
         """Index of the first compression stage (the chain's length if none): the float part
         of the chain ends there, with one rounding to uint8."""
-        return next((i for i, s in enumerate(self.stages) if s.kind in ("jpeg", *_CODECS)),
+        return next((i for i, s in enumerate(self.stages) if s.kind in ("jpeg", *VIDEO_CODECS)),
                     len(self.stages))
 
     def _late(self, draws: Sequence[dict[str, float]]) -> list[tuple[Stage, dict[str, float]]]:
@@ -468,84 +463,3 @@ def _downscale(x: torch.Tensor, kind: str, scale: int) -> torch.Tensor:
 
 def _noise(shape: Sequence[int], sigma: float, gen: torch.Generator | None) -> torch.Tensor:
     return sigma * torch.randn(tuple(shape), dtype=torch.float64, generator=gen)
-
-
-def _jpeg(frame: torch.Tensor, quality: int) -> torch.Tensor:
-    """uint8 (3, H, W) -> the same after a JPEG round trip at IJG ``quality`` (Pillow)."""
-    from PIL import Image  # installed with matplotlib; only JPEG stages need it
-
-    buf = io.BytesIO()
-    Image.fromarray(frame.permute(1, 2, 0).contiguous().numpy()).save(
-        buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as im:
-        out = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(out.copy()).permute(2, 0, 1).contiguous()
-
-
-def _codec_clip(frames: torch.Tensor, stage: Stage, crf: int) -> torch.Tensor:
-    """uint8 (T, 3, h, w) through one encoder session of ``stage``'s codec and back."""
-    arrays = [f.permute(1, 2, 0).contiguous().numpy() for f in frames]
-    out = _encode_decode(arrays, stage.kind, crf, stage.preset or "medium")
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
-
-
-def _codec_crop(lr: torch.Tensor, stage: Stage, crf: int,
-                gen: torch.Generator) -> torch.Tensor:
-    """uint8 (3, h, w): code a short panning clip ending on ``lr``; its decoded last frame."""
-    dy, dx = (torch.randint(-_CROP_MAX_SHIFT, _CROP_MAX_SHIFT + 1, (2,), generator=gen)).tolist()
-    img = lr.permute(1, 2, 0).contiguous().numpy()
-    n = _CROP_CLIP_FRAMES
-    clip = [_shifted(img, (n - 1 - t) * dy, (n - 1 - t) * dx) for t in range(n)]
-    out = _encode_decode(clip, stage.kind, crf, stage.preset or "medium")
-    return torch.from_numpy(out[-1]).permute(2, 0, 1).contiguous()
-
-
-def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """(h, w, 3) translated by (dy, dx) pixels, edges repeated."""
-    if dy == 0 and dx == 0:
-        return img
-    h, w = img.shape[:2]
-    p = max(abs(dy), abs(dx))
-    padded = np.pad(img, ((p, p), (p, p), (0, 0)), mode="edge")
-    return np.ascontiguousarray(padded[p - dy:p - dy + h, p - dx:p - dx + w])
-
-
-def _encode_decode(frames: list[np.ndarray], kind: str, crf: int,
-                   preset: str) -> list[np.ndarray]:
-    """(h, w, 3) uint8 RGB frames -> encoded as one clip at ``crf`` -> decoded RGB frames.
-
-    One encoder thread: x264's frame threads change its bitstream (measured on a 16-frame clip:
-    2, 4 and auto threads each differ from 1), so more would tie the LR frames to the core count.
-    """
-    encoder, decoder = _CODECS[kind]
-    h, w = frames[0].shape[:2]
-    ph, pw = h + h % 2, w + w % 2  # yuv420p needs even sizes: repeat the last row/column
-    try:
-        enc = av.CodecContext.create(encoder, "w")
-        enc.width, enc.height, enc.pix_fmt = pw, ph, "yuv420p"
-        enc.time_base, enc.framerate = 1 / _CLIP_RATE, _CLIP_RATE
-        opts = {"crf": str(int(crf)), "preset": preset}
-        if kind == "x265":  # its own stderr banner off; frame threads would follow the cores
-            opts["x265-params"] = "log-level=none:frame-threads=1"
-        enc.options = opts
-        enc.thread_count = 1
-        packets: list[av.Packet] = []
-        for i, f in enumerate(frames):
-            if (ph, pw) != (h, w):
-                f = np.pad(f, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
-            vf.pts = i
-            packets.extend(enc.encode(vf))
-        packets.extend(enc.encode(None))
-        dec = av.CodecContext.create(decoder, "r")
-        dec.thread_count = 1  # clips are short; parallelism comes from the crops' thread pool
-        out: list[np.ndarray] = []
-        for pkt in [*packets, None]:
-            out.extend(fr.to_ndarray(format="rgb24")[:h, :w] for fr in dec.decode(pkt))
-    except av.FFmpegError as e:
-        raise PipelineError(f"{encoder} round trip failed: {e}") from e
-    if len(out) != len(frames):
-        raise PipelineError(f"{encoder} round trip returned {len(out)} of {len(frames)} frames")
-    return out
-
