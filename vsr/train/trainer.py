@@ -21,11 +21,11 @@ from vsr.device import resolve_device
 from vsr.errors import ConfigError
 from vsr.models import REGISTRY, CheckpointInfo, DualNetworks, NetworkUpscaler, save_model
 from vsr.models.checkpoint import load_state_into, load_tensors
-from vsr.models.complexity import count_macs
 from vsr.runtime import configure_runtime
 from vsr.train.config import TrainConfig
 from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, rank_stream, step_generator
 from vsr.train.degrade import DegradationSpec, GaussianDegradation, estimate_gaussian_sigma
+from vsr.train.flops import peak_tflops, train_flops_per_sample
 from vsr.train.losses import cycle_loss, degradation_loss, dual_regression_loss
 from vsr.train.prefetch import DegradedBatches
 from vsr.train.state import (
@@ -45,9 +45,6 @@ METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.json"
 _COLUMNS = ["step", "loss", "primal", "dual", "adapt", "lr", "samples_per_s", "tflops", "mfu",
             "val_psnr", "val_ssim"]
-# dense bf16 tensor-core peaks (TFLOP/s, datasheets), matched in order against the device name
-PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0))
 _DEGRADE_STREAM = 2  # step_generator stream of the degradation draws (1: adaptation frames)
 
 
@@ -102,25 +99,6 @@ class DualRegressionNet(nn.Module):
 
 def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-
-def peak_tflops(device: torch.device, given: float | None) -> float | None:
-    """The peak to measure model FLOP utilisation against: ``given``, else the table's entry
-    for a known GPU, else None (unknown, e.g. a CPU)."""
-    if given is not None or device.type != "cuda":
-        return given
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
-
-
-def train_flops_per_sample(primal: nn.Module, duals: DualNetworks, patch: int) -> int:
-    """Model FLOPs of one training sample: 2 x the mult-adds of the primal on a patch x patch
-    LR input and of each dual on its input, x 3 for forward + backward."""
-    macs = count_macs(primal, patch, patch)
-    for i, dual in enumerate(duals):
-        side = patch * 2 ** (i + 1)
-        macs += count_macs(dual, side, side)
-    return 6 * macs
 
 
 def _training_device(spec: str, rank: int) -> torch.device:
