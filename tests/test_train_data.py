@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsr.errors import InputError
+from vsr.errors import ConfigError, InputError
 from vsr.train.data import (
     PatchSampler,
     load_image_pack,
@@ -116,7 +116,7 @@ def test_single_process_streams_draw_as_before() -> None:
     assert torch.rand(2, generator=step_generator(0, 0, 0)).tolist() == pytest.approx(
         [0.49625658988952637, 0.7682217955589294], abs=0)
     assert all(rank_stream(s, 0) == s for s in range(3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         step_generator(0, 0, -1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         rank_stream(16, 1)

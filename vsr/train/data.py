@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vsr.errors import InputError
+from vsr.errors import ConfigError, InputError
 from vsr.resize import imresize
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,10 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     distinct from each other but for a chance of about 2**-63 per pair.
 
     Raises:
-        ValueError: a negative stream.
+        ConfigError: a negative stream.
     """
     if stream < 0:
-        raise ValueError(f"stream must be >= 0, got {stream}")
+        raise ConfigError(f"stream must be >= 0, got {stream}")
     if stream < _PACKED_STREAMS:
         return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
     key = f"vsr-step-generator/{seed}/{step}/{stream}".encode()
@@ -62,7 +62,7 @@ def rank_stream(stream: int, rank: int) -> int:
     ``stream`` itself on rank 0, so a single process draws what it always drew, and a stream
     of its own (>= 16, hashed) on every other rank."""
     if not 0 <= stream < 16 or rank < 0:
-        raise ValueError(f"need 0 <= stream < 16 and rank >= 0, got {stream}, {rank}")
+        raise ConfigError(f"need 0 <= stream < 16 and rank >= 0, got {stream}, {rank}")
     return stream + 16 * rank
 
 
