@@ -262,7 +262,7 @@ def _loaded(run: Path) -> tuple[dict[str, torch.Tensor], int]:
     return tensors, info.provenance["training_state"]["step"]
 
 
-_SLOW = pytest.mark.slow  # ~5 s each on a loaded 2-core machine (a fresh python + torch)
+_SLOW = pytest.mark.slow  # 5-10 s each on a loaded 2-core machine (a fresh python + torch)
 
 
 @pytest.mark.parametrize(("old", "new", "event", "number", "survivor"), [
