@@ -15,7 +15,8 @@
 #   python3 benchmarks/gpu_train_throughput.py --data .carry/train.npz --seconds 35 \
 #       --out $OUT/throughput.json; ARCH=drn-s-x4 DEADLINE_S=$((560 - SECONDS)) ... this script
 # (vsr/ needs `ln -sfn ../cli vsr/cli; ln -sfn ../models vsr/models; export PYTHONPATH=$PWD`
-# there first, as this script does). $OUT takes 8 files: this script writes 7.
+# there first, as this script does). $OUT takes 8 files: this script writes 5 + the shards
+# (train.log, weights, metrics.csv, results.json, the state index), so at most 3 shards.
 # After it, on the CPU machine:
 #   python benchmarks/train_slot.py adopt --from FILES_AT --to benchmarks/train_slots/drn-s-x4
 #   git add benchmarks/train_slots/drn-s-x4 && git commit ...
@@ -96,4 +97,4 @@ cp "$work"/train_state* "$work/metrics.csv" "$out"/   # config.json: in results.
 # (g) the table, last
 python3 benchmarks/train_slot.py report --arch "$arch" --run "$work" --train-json "$out/train.json" \
     --eval-json "$out/eval.json" --started "$started" --out "$out/results.json"
-rm -f "$out/train.json" "$out/eval.json"   # both are inside results.json: 7 files in all
+rm -f "$out/train.json" "$out/eval.json"   # both are inside results.json
