@@ -41,11 +41,12 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vsr.errors import ConfigError, VsrError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("arch_search")
 
@@ -211,6 +212,8 @@ def build_rows(configs: Sequence[tuple[str, dict[str, Any]]], registry: Sequence
         row["source"] = str(path)
         rows.append(row)
         handles.append((name, h))
+    import torch
+
     torch.manual_seed(0)
     for name, kwargs in configs:
         module = DRN(**kwargs)
@@ -365,6 +368,8 @@ def fold_upsampler(upconv: torch.nn.Conv2d, proj: torch.nn.Conv2d
     ``proj(pixel_shuffle(upconv(x), 2))`` (proj a 1x1 conv w -> cout): nothing non-linear sits
     between the two, and the shuffle puts channel c*4+s at sub-pixel s of channel c, so the 1x1
     mixing commutes with it. Exact up to rounding; the fold's own projection is the identity."""
+    import torch
+
     w, cout = proj.in_channels, proj.out_channels
     p = proj.weight.detach()[:, :, 0, 0].double()  # (cout, w)
     k = upconv.weight.detach().double().reshape(w, 4, *upconv.weight.shape[1:])
@@ -378,6 +383,8 @@ def grow(source: torch.nn.Module, n_blocks: Sequence[int],
     """A DRN with ``n_blocks`` RCABs per stage and ``up_widths`` computing what ``source``
     computes: shared tensors copied, each added RCAB an identity (conv2 weight and bias zero),
     each up stage narrowed to its projection's width folded exactly (:func:`fold_upsampler`)."""
+    import torch
+
     from vsr.models import DRN
 
     hp = grown_hparams(source.hparams, n_blocks, up_widths)
@@ -409,6 +416,8 @@ def grow(source: torch.nn.Module, n_blocks: Sequence[int],
 
 
 def cmd_grow(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    import torch
+
     from vsr.evaluate import evaluate_dataset
     from vsr.models import NetworkUpscaler, load_network, save_model
     from vsr.models.checkpoint import CheckpointInfo, load_tensors
@@ -436,6 +445,36 @@ def cmd_grow(args: argparse.Namespace, argv: Sequence[str]) -> None:
             summary[f"{label}_psnr"] = res.psnr
             log.info("%s on %s: %.4f dB", label, args.verify, res.psnr)
     sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Dual regression training of the network ``--init`` describes (its hparams as
+    ``model_overrides`` of the registry architecture ``--arch``), from its weights."""
+    from vsr.runtime import configure_runtime
+
+    # as the vsr CLI: passive OpenMP waits (set before torch loads) and the allocator tuning
+    configure_runtime(threads=args.threads)
+    from vsr.models import read_info
+    from vsr.train import StepReport, TrainConfig, train
+
+    hp = dict(read_info(args.init).hparams)
+    config = TrainConfig(
+        arch=args.arch, data=tuple(args.data), out=str(args.out), iterations=args.iterations,
+        batch_size=args.batch_size, patch=args.patch, lr=args.lr, lr_min=args.lr_min,
+        seed=args.seed, val_data=args.val_data, val_every=args.val_every,
+        save_every=args.val_every, log_every=args.log_every, device="cpu",
+        threads=args.threads, init=str(args.init), model_overrides=hp,
+        time_limit=args.time_limit)
+
+    def progress(r: StepReport) -> None:
+        if r.val_psnr is not None or r.step % args.log_every == 0:
+            log.info("step %d/%d loss %.5f %.1f samples/s%s", r.step, r.total, r.loss,
+                     r.samples_per_s, "" if r.val_psnr is None else f" val {r.val_psnr:.4f} dB")
+
+    result = train(config, progress=progress)
+    sys.stdout.write(json.dumps({"out": str(result.run_dir), "steps": result.steps,
+                                 "best_psnr": result.best_psnr, "seconds": result.seconds,
+                                 "samples_per_s": result.samples_per_s}) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,10 +509,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     g.add_argument("--name", help="name in the checkpoint (default: the file's stem)")
     g.add_argument("--verify", type=Path, help="benchmark folder: PSNR of source and grown")
     g.add_argument("--threads", type=int, default=2)
+    r = sub.add_parser("train", help="dual regression training of a grown checkpoint")
+    r.add_argument("--init", type=Path, required=True, help="checkpoint: architecture and start")
+    r.add_argument("--arch", required=True, help="registry architecture its hparams override")
+    r.add_argument("--data", action="append", required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--iterations", type=int, required=True)
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--patch", type=int, default=32)
+    r.add_argument("--lr", type=float, default=5e-4)
+    r.add_argument("--lr-min", type=float, default=1e-6)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--val-data", help="benchmark folder scored every --val-every steps")
+    r.add_argument("--val-every", type=int, default=1000)
+    r.add_argument("--log-every", type=int, default=50)
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--time-limit", type=float, help="minutes; then stop, resumable (a safety net)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
-        (cmd_time if args.command == "time" else cmd_grow)(args, argv)
+        {"time": cmd_time, "grow": cmd_grow, "train": cmd_train}[args.command](args, argv)
     except VsrError as exc:
         raise SystemExit(f"Error: {exc}") from None
 
