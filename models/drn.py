@@ -79,10 +79,13 @@ class ChannelAttention(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-channel gates (N, C, 1, 1) of ``x``."""
         w = x.mean(dim=(2, 3), keepdim=True)
-        w = torch.sigmoid(self.fc2(F.relu(self.fc1(w))))
-        return x * w
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(w))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weights(x)
 
 
 class RCAB(nn.Module):
@@ -96,7 +99,10 @@ class RCAB(nn.Module):
         self.ca = ChannelAttention(channels, reduction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.ca(self.conv2(F.relu(self.conv1(x))))
+        y = self.conv2(F.relu(self.conv1(x)))
+        # x + y * gates in one pass over memory: the gate multiply and residual add were 17% of
+        # drn-t-x2-drc50's CPU time on a 720p frame (torch profiler, benchmarks/ENGINE.md)
+        return torch.addcmul(x, y, self.ca.weights(y))
 
 
 class DownBlock(nn.Module):
