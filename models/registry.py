@@ -161,19 +161,22 @@ REGISTRY.register(_paper("drn-l-x2", 2, 40, 40, "L"))
 REGISTRY.register(_paper("drn-l-x4", 4, 20, 40, "L"))
 REGISTRY.register(_paper("drn-l-x8", 8, 10, 36, "L"))
 # Light variants for video on modest hardware: same architecture, fewer and narrower blocks.
+# Their upsamplers are folded: each stage's conv (C -> 4w), pixel shuffle and 1x1 projection
+# (w -> out) were trained with w = C and rewritten exactly with w = out (benchmarks/
+# ARCH_SEARCH.md, `arch_search.py grow --up-widths`): the same outputs for fewer mult-adds.
 # Their model cards (data, recipe, measured quality and speed, licence) are the JSON files
 # next to the weights; licence and provenance of the spec come from there too.
 REGISTRY.register(_shipped(
     name="drn-t-x2", scale=2,
-    kwargs={"scale": 2, "n_feats": 16, "n_blocks": [6]},
+    kwargs={"scale": 2, "n_feats": 16, "n_blocks": [6], "up_widths": [16]},
     description="DRN-T x2: video variant (nf 16, 6 RCABs)",
-    sha256="9426ad43c25e8d0e2f71cee35e1163decdb956fa885d637db7119876b0e28fb9",
+    sha256="f614487b34eb3cd0bd7b6a2b0314633825851d6c776ae15dce4aa2ae18e57867",
 ))
 REGISTRY.register(_shipped(
     name="drn-t-x4", scale=4,
-    kwargs={"scale": 4, "n_feats": 8, "n_blocks": [8, 0]},
+    kwargs={"scale": 4, "n_feats": 8, "n_blocks": [8, 0], "up_widths": [16, 8]},
     description="DRN-T x4: video variant (nf 8, 8 RCABs at LR, none at x2)",
-    sha256="5f2c944e805a61f93b9e393f3a76635cdd4207e54e4ce94501a45f0968c8d0ba",
+    sha256="82cca6ea770fc0e944accc10a8912653c7b8d9cf56ff7d12866940a9738b167c",
 ))
 
 # The default: drn-t-x2 compressed by DRC (vsr compress, r=0.5). It scores as drn-t-x2 does on
