@@ -191,14 +191,15 @@ REGISTRY.register(_shipped(
     base="drn-t-x2", ratio=0.5,
 ), default=True)
 
-# For compressed input: the default, fine-tuned on x264-coded LR (CRF 0..34). At CRF 28 it gains
-# +0.4..+2.1 dB over bicubic on the six shared clips where the default gains -0.02..+1.06 dB, and
-# it is 0.77 dB (Set5) / 0.26 dB (B100) below the default on clean input (benchmarks/VIDEO_EVAL.md).
+# For compressed input: the default, fine-tuned on x264-coded LR (CRF 12..38 on 60% of the crops,
+# the rest clean). At CRF 28 it gains +0.27..+1.77 dB over bicubic on the six shared clips where
+# the default gains -0.02..+1.06 dB, and it is 0.26 dB (Set5) / 0.06 dB (B100) below the default
+# on clean input (benchmarks/VIDEO_EVAL.md).
 REGISTRY.register(_shipped(
     name="drn-t-x2-drc50-x264", scale=2,
     kwargs=dict(REGISTRY.get("drn-t-x2-drc50").kwargs),
-    description="drn-t-x2-drc50 fine-tuned for H.264-compressed input (x264 CRF 0..34)",
-    sha256="3f3d0e7610db5fdb87b1e334cdd3ab351e0a0d90ab43f7462901c3c1b31e06c1",
+    description="drn-t-x2-drc50 fine-tuned for H.264-compressed input (x264 CRF 12..38, 40% clean)",
+    sha256="5416c4a7871c9dd934ef949957f520fa0c16183816c004bda172a47bf3e536b9",
     base="drn-t-x2-drc50",
 ))
 
