@@ -174,9 +174,9 @@ REGISTRY.register(_shipped(
 ))
 REGISTRY.register(_shipped(
     name="drn-t-x4", scale=4,
-    kwargs={"scale": 4, "n_feats": 8, "n_blocks": [8, 0], "up_widths": [16, 8]},
-    description="DRN-T x4: video variant (nf 8, 8 RCABs at LR, none at x2)",
-    sha256="82cca6ea770fc0e944accc10a8912653c7b8d9cf56ff7d12866940a9738b167c",
+    kwargs={"scale": 4, "n_feats": 8, "n_blocks": [12, 0], "up_widths": [16, 8]},
+    description="DRN-T x4: video variant (nf 8, 12 RCABs at LR, none at x2)",
+    sha256="3b52ad3a5c1878ab8d438d96478ea080d26f0c0a5e2e4be196337f4857c6376b",
 ))
 
 # The default: drn-t-x2 compressed by DRC (vsr compress, r=0.5). It scores as drn-t-x2 does on
