@@ -101,7 +101,8 @@ class RCAB(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(F.relu(self.conv1(x)))
         # x + y * gates in one pass over memory: the gate multiply and residual add were 17% of
-        # drn-t-x2-drc50's CPU time on a 720p frame (torch profiler, benchmarks/ENGINE.md)
+        # drn-t-x2-drc50's CPU time on a 720p frame; one addcmul takes 0.92x the time per frame
+        # (torch profiler, benchmarks/ENGINE.md)
         return torch.addcmul(x, y, self.ca.weights(y))
 
 
@@ -254,12 +255,27 @@ class DRN(nn.Module):
 
     def forward(self, x: torch.Tensor, return_all: bool = True):
         x, skips = self._encode(x)
-        outs = [self.tails[0](x) + self.rgb_mean] if return_all else []
+        if not return_all:
+            for i, stage in enumerate(self.up[:-1]):
+                x = torch.cat((stage(x), skips[self.phase - 1 - i]), dim=1)
+            return self._last_tail(self.up[-1](x), skips[0])
+        outs = [self.tails[0](x) + self.rgb_mean]
         for i, stage in enumerate(self.up):
             x = torch.cat((stage(x), skips[self.phase - 1 - i]), dim=1)
-            if return_all or i == self.phase - 1:
-                outs.append(self.tails[i + 1](x) + self.rgb_mean)
-        return outs if return_all else outs[-1]
+            outs.append(self.tails[i + 1](x) + self.rgb_mean)
+        return outs
+
+    def _last_tail(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The last tail on cat(up, skip) without building the concatenation: a convolution is
+        linear in its input channels, so it is the sum of two convolutions over the halves of
+        its weight, with the RGB mean folded into the bias (the full-resolution copy of the cat
+        was 5.5% of drn-t-x2-drc50's CPU time; without it 0.92x the time per frame,
+        benchmarks/ENGINE.md)."""
+        tail = self.tails[-1]
+        c = up.shape[1]
+        bias = tail.bias + self.rgb_mean.view(-1)
+        y = F.conv2d(up, tail.weight[:, :c], bias, padding=tail.padding)
+        return y + F.conv2d(skip, tail.weight[:, c:], None, padding=tail.padding)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Features entering the last tail (N, 2nf, S*h, S*w): used for distillation."""
