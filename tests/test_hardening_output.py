@@ -90,6 +90,21 @@ def test_full_disk_is_one_clean_error(clip, full_disk, out_name, extra):
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
 
 
+def test_store_file_on_a_full_disk_keeps_the_old_file_and_leaves_nothing(full_disk):
+    """The one atomic byte writer (image outputs, Ray results): ENOSPC is one clean error,
+    the file it would have replaced is untouched, no temporary file stays."""
+    from vsr.errors import OutputError
+    from vsr.io.output import store_file
+
+    (full_disk / "out.png").write_bytes(b"old")
+    with pytest.raises(OutputError, match="(?i)no space left"):
+        store_file(full_disk / "out.png", b"\1" * (64 * 1024))
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "out.png"]
+    assert (full_disk / "out.png").read_bytes() == b"old"
+    store_file(full_disk / "small.bin", b"x" * 100)
+    assert (full_disk / "small.bin").read_bytes() == b"x" * 100
+
+
 def test_longest_legal_output_name_works_and_a_longer_one_is_refused(clip, tmp_path):
     src = clip("in.mp4", frames=3)
     longest = tmp_path / ("é" * 125 + "a.mp4")  # 255 bytes: the limit on Linux

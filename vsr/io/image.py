@@ -19,14 +19,7 @@ import av
 import numpy as np
 
 from vsr.errors import InputError, OutputError
-from vsr.io.output import (
-    SinkContext,
-    check_output_path,
-    discard,
-    finish,
-    temp_path_for,
-    write_error,
-)
+from vsr.io.output import SinkContext, check_output_path, store_file
 from vsr.limits import env_limit
 
 
@@ -225,22 +218,6 @@ def encode_image(image: np.ndarray, out: ImageFormat, *, jpeg_scale: int = 2,
         return b"".join(bytes(p) for p in cc.encode(frame) + cc.encode(None)), pix_fmt
     except av.error.FFmpegError as exc:
         raise OutputError(f"encoding {name} failed: {exc}") from exc
-
-
-def store_file(path: Path, data: bytes) -> None:
-    """Write ``data`` as ``path`` through a temporary file renamed into place: ``path`` is
-    either the whole new file or what it was before, and no partial file is left.
-
-    Raises:
-        OutputError: the file cannot be written (disk full, read-only...) or moved into place.
-    """
-    temp = temp_path_for(path)
-    try:
-        temp.write_bytes(data)
-    except OSError as exc:
-        discard(temp)
-        raise write_error(path, exc) from exc
-    finish(temp, path)
 
 
 def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False,

@@ -199,6 +199,29 @@ def write_error(final: Path | None, exc: BaseException, doing: str = "writing") 
     return OutputError(f"{what} failed: {reason}")
 
 
+def store_file(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path`` through a temporary file, flushed to the disk and renamed into
+    place: ``path`` is either the whole new file or what it was before, and nothing partial is
+    left, whatever stops the write (a full disk, Ctrl-C).
+
+    Raises:
+        OutputError: the file cannot be written (disk full, read-only...) or moved into place.
+    """
+    temp = temp_path_for(path)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        discard(temp)
+        raise write_error(path, exc) from exc
+    except BaseException:
+        discard(temp)
+        raise
+    finish(temp, path)
+
+
 def finish(temp: Path, final: Path) -> None:
     try:
         os.replace(temp, final)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from vsr.errors import ConfigError, Interrupted
-from vsr.io.output import discard, finish, temp_path_for
+from vsr.io.output import store_file
 from vsr.jobs.segments import HandleCache, Task, TaskResult, run_task
 from vsr.jobs.workers import INTERRUPTED
 
@@ -84,7 +83,7 @@ def run_on_ray(tasks: list[Task], tracker, address: str, devices: tuple[str, ...
                 task = running.pop(ref)
                 try:
                     data, result = ray.get(ref)
-                    _write(task.path, data)
+                    store_file(task.path, data)
                     tracker.finished(task, result)
                 except Exception as exc:  # one task's failure fails its file only
                     tracker.task_failed(task, getattr(exc, "cause", None) or exc)
@@ -94,16 +93,3 @@ def run_on_ray(tasks: list[Task], tracker, address: str, devices: tuple[str, ...
         for ref in running:
             ray.cancel(ref, force=True)
         raise Interrupted(INTERRUPTED) from exc
-
-
-def _write(path: Path, data: bytes) -> None:
-    temp = temp_path_for(path)
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:  # Ctrl-C or a full disk: no partial file stays behind
-        discard(temp)
-        raise
-    finish(temp, path)
