@@ -115,15 +115,15 @@ def parse_grid(spec: str) -> list[dict[str, Any]]:
 def resolve(settings: dict[str, Any]) -> dict[str, Any]:
     """DRN constructor kwargs from one grid point: every ``-`` replaced by the constructor's
     default, so the kwargs are explicit (n_feats 16 and n_blocks 30 when not given, as DRN)."""
+    from vsr.models.drn import stage_channels
+
     scale = settings["scale"]
-    phase = int(round(math.log2(scale))) if scale >= 2 else 0
-    if scale < 2 or 2**phase != scale:
-        raise ConfigError(f"scale must be a power of two >= 2, got {scale}")
     nf = settings.get("n_feats") or 16
-    defaults = {
+    chans = stage_channels(scale, nf)  # ConfigError unless a power of two >= 2
+    phase = len(chans)
+    defaults = {  # DRN's own defaults
         "n_blocks": [30] * phase,
-        # as models.drn.stage_channels and DRN's own defaults
-        "up_widths": [nf * 2**phase] + [nf * 2 ** (phase - i + 1) for i in range(1, phase)],
+        "up_widths": chans,
         "down_widths": [nf * 2**p for p in range(phase)],
     }
     kwargs: dict[str, Any] = {"scale": scale, "n_feats": nf}
@@ -183,7 +183,9 @@ def _drn_row(name: str, kind: str, module: torch.nn.Module) -> dict[str, Any]:
 def _pruned_rcabs(hp: dict[str, Any]) -> bool:
     """Whether any RCAB is narrower than its stage's trunk (then its widths are part of the
     configuration, not implied by n_blocks)."""
-    chans = resolve({"scale": hp["scale"], "n_feats": hp["n_feats"]})["up_widths"]
+    from vsr.models.drn import stage_channels
+
+    chans = stage_channels(hp["scale"], hp["n_feats"])
     return any(w != chans[i] for i, ws in enumerate(hp["rcab_widths"]) for w in ws)
 
 
@@ -328,12 +330,6 @@ def cmd_time(args: argparse.Namespace, argv: Sequence[str]) -> None:
 # Weight surgery.
 
 
-def _proj_outs(hparams: dict[str, Any]) -> list[int]:
-    """Output channels of each up stage's 1x1 projection (models.drn.DRN: nf*2^(phase-1-i))."""
-    phase = len(hparams["up_widths"])
-    return [hparams["n_feats"] * 2 ** (phase - 1 - i) for i in range(phase)]
-
-
 def grown_hparams(hparams: dict[str, Any], n_blocks: Sequence[int],
                   up_widths: Sequence[int] | None = None) -> dict[str, Any]:
     """``hparams`` (a checkpoint's) with more RCABs per stage (new blocks at full trunk width,
@@ -345,15 +341,17 @@ def grown_hparams(hparams: dict[str, Any], n_blocks: Sequence[int],
     for what, values in (("n_blocks", n_blocks), ("up_widths", up)):
         if len(values) != len(old):
             raise ConfigError(f"{what} needs one entry per stage ({len(old)}), got {len(values)}")
-    chans = resolve({"scale": hparams["scale"], "n_feats": hparams["n_feats"]})["up_widths"]
+    from vsr.models.drn import stage_channels, up_out_channels
+
+    chans = stage_channels(hparams["scale"], hparams["n_feats"])
     rcab = []
     for i, (ws, n) in enumerate(zip(old, n_blocks, strict=True)):
         if n < len(ws):
             raise ConfigError(f"stage {i}: {n} blocks is fewer than the {len(ws)} trained ones; "
                               "growing only adds blocks")
         rcab.append(list(ws) + [chans[i]] * (n - len(ws)))
-    for i, (w, w_old, cout) in enumerate(zip(up, hparams["up_widths"], _proj_outs(hparams),
-                                             strict=True)):
+    outs = up_out_channels(hparams["scale"], hparams["n_feats"])
+    for i, (w, w_old, cout) in enumerate(zip(up, hparams["up_widths"], outs, strict=True)):
         if w not in (w_old, cout):
             raise ConfigError(f"stage {i}: up width {w} is neither the trained {w_old} nor the "
                               f"projection's {cout} (an exact fold); prune with vsr compress")

@@ -142,8 +142,8 @@ def drn_params(*, scale: int, n_feats: int, down_widths: Sequence[int],
     total = 3 * nf * 9 + nf  # head
     for p in range(phase):  # DownBlock convs have no bias
         total += nf * 2**p * down_widths[p] * 9 + down_widths[p] * nf * 2 ** (p + 1) * 9
-    for i in range(phase):
-        c, w_up, cout = chans[i], up_widths[i], nf * 2 ** (phase - 1 - i)
+    for i, cout in enumerate(up_out_channels(scale, nf)):
+        c, w_up = chans[i], up_widths[i]
         hidden = max(1, c // reduction)
         for w in rcab_widths[i]:
             total += c * w * 9 + w + w * c * 9 + c + c * hidden + hidden + hidden * c + c
@@ -156,6 +156,13 @@ def stage_channels(scale: int, n_feats: int) -> list[int]:
     """Trunk width C of each up stage: nf*2^phase first, then nf*2^(phase-i+1)."""
     phase = _phase(scale)
     return [n_feats * 2**phase] + [n_feats * 2 ** (phase - i + 1) for i in range(1, phase)]
+
+
+def up_out_channels(scale: int, n_feats: int) -> list[int]:
+    """Output channels of each up stage's 1x1 projection: nf*2^(phase-1-i), which the skip
+    of the same resolution (as wide) is concatenated to."""
+    phase = _phase(scale)
+    return [n_feats * 2 ** (phase - 1 - i) for i in range(phase)]
 
 
 def _phase(scale: int) -> int:
@@ -238,8 +245,8 @@ class DRN(nn.Module):
         self.down = nn.ModuleList(
             DownBlock(nf * 2**p, down_widths[p], nf * 2 ** (p + 1)) for p in range(phase))
         self.up = nn.ModuleList(
-            UpStage(chans[i], rcab_widths[i], up_widths[i], nf * 2 ** (phase - 1 - i), reduction)
-            for i in range(phase))
+            UpStage(chans[i], rcab_widths[i], up_widths[i], cout, reduction)
+            for i, cout in enumerate(up_out_channels(scale, nf)))
         tail_in = [nf * 2**phase] + [nf * 2 ** (phase - i) for i in range(phase)]
         self.tails = nn.ModuleList(_conv(c, 3) for c in tail_in)
 
