@@ -5,6 +5,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import SHARED
 
 from vsr.errors import ModelError
 from vsr.models import REGISTRY
@@ -31,6 +32,21 @@ def test_card_has_the_required_keys_and_feeds_the_spec(spec):
     assert on_disk["cpu_speed"]["commands"]
     assert dict(spec.card) == on_disk
     assert spec.license == on_disk["license"] and spec.provenance == on_disk["provenance"]
+
+
+@pytest.mark.parametrize("spec", PRETRAINED, ids=lambda s: s.name)
+def test_shipped_weights_score_their_cards_set5(spec):
+    """The shipped network, run as vsr runs it, still scores the card's Set5 PSNR: any change
+    to the forward pass (the fused RCAB gate, the split last tail, folded upsamplers) that is
+    not exact shows up here."""
+    folder = SHARED / "benchmark" / "Set5"
+    if not folder.is_dir():
+        pytest.skip("shared data not present")
+    from vsr.evaluate import evaluate_dataset
+    from vsr.loading import load_model
+
+    result = evaluate_dataset(load_model(spec.name, device="cpu"), folder, spec.scale)
+    assert result.psnr == pytest.approx(spec.card["eval"]["Set5"]["psnr"], abs=0.006)
 
 
 def test_a_card_without_a_required_key_is_refused(tmp_path):
