@@ -73,14 +73,19 @@ from vsr.cli.common import device_option, emit_json, json_option
                    "per crop, and :p=P codes only a share P of the crops "
                    "('bicubic,x264:crf=12~38:p=0.6'). The dual loss keeps the clean downscale "
                    "as its target.")
+@click.option("--consistency", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of a temporal consistency loss: with a video codec in --degrade, the "
+                   "primal also upscales the frame before each crop's (moved and coded "
+                   "differently, as consecutive frames are) and the two outputs, aligned, must "
+                   "agree. Less flicker on compressed video; costs a second primal pass.")
 @click.option("--degrade-workers", type=click.IntRange(min=1), default=None,
               help="Threads coding the degraded crops (default: CPU count, at most 8).")
 @json_option
 def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambda, seed,
           val_data, val_every, save_every, log_every, device, amp, threads, adapt,
           adapt_weight, adapt_batch, adapt_degradation, init, resume, nproc, time_limit,
-          compile_, peak_tflops, state_moments, state_shard_mib, degrade, degrade_workers,
-          as_json) -> None:
+          compile_, peak_tflops, state_moments, state_shard_mib, degrade, consistency,
+          degrade_workers, as_json) -> None:
     """Train a DRN with dual regression on HR images (and optionally adapt to real LR video).
 
     With --resume RUN_DIR the saved config.json of that run is used as it was, except for the
@@ -119,6 +124,7 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
                              device=device, amp=amp, threads=threads, adapt=adapt,
                              adapt_weight=adapt_weight, adapt_batch=adapt_batch,
                              adapt_degradation=adapt_degradation, init=init, degrade=degrade,
+                             consistency=consistency,
                              **{k: given[k] for k in ("time_limit", "compile", "peak_tflops",
                                                       "state_moments", "state_shard_mib",
                                                       "degrade_workers")})

@@ -197,6 +197,33 @@ def test_stage_probability_mixes_coded_and_clean_samples():
     assert torch.equal(always.apply_clip(_frames(3), 2), same.apply_clip(_frames(3), 2))
 
 
+def test_image_pairs_second_frame_is_the_same_scene_moved_and_coded_again():
+    """apply_image_pairs keeps apply_images' LR bit for bit; its second frame of each crop is
+    the codec's frame before, moved by the reported shift: aligned, it is close to the first
+    (the same scene), yet not equal (another coding of it)."""
+    hr = _frames(8, 64, 64)
+    spec = "bicubic,x264:crf=36,noise:sigma=2"
+    chain = DegradationChain.parse(spec)
+    first = chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(4), workers=2)
+    got = chain.apply_image_pairs(hr, 2, generator=torch.Generator().manual_seed(4), workers=1)
+    assert torch.equal(got.lr, first)
+    assert got.prev.shape == got.lr.shape and got.shifts.shape == (8, 2)
+    assert got.shifts.abs().max() <= 2 and got.shifts.abs().sum() > 0
+    assert not torch.equal(got.prev, got.lr)
+    m = 2
+    for lr, prev, (dy, dx) in zip(got.lr, got.prev, got.shifts.tolist(), strict=True):
+        a = lr[:, m:32 - m, m:32 - m].double()
+        aligned = prev[:, m + dy:32 - m + dy, m + dx:32 - m + dx].double()
+        wrong = prev[:, m - dy:32 - m - dy, m - dx:32 - m - dx].double()
+        if (dy, dx) != (0, 0):  # this pattern's detail: a pixel off costs 2-6x the coding
+            assert (a - aligned).abs().mean() < 0.75 * (a - wrong).abs().mean(), (dy, dx)
+    # no video codec: the second frame is the crop itself, unmoved
+    plain = DegradationChain.parse("bicubic,jpeg:q=30").apply_image_pairs(hr, 2)
+    assert torch.equal(plain.prev, plain.lr) and not plain.shifts.any()
+    assert DegradationChain.parse(spec).codes_video
+    assert not DegradationChain.parse("bicubic,jpeg:q=30").codes_video
+
+
 def test_images_blur_each_sample_with_its_own_sigma():
     """The batched per-sample blur gives each crop its drawn sigma, as a clip of one would."""
     hr = torch.cat([_frames(1), _frames(1).flip(-1), _frames(1).flip(-2)])

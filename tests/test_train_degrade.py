@@ -30,7 +30,9 @@ def test_degraded_input_clean_targets_and_reproducible_batches(images: Path,  # 
     trainer, batches = _degraded(images, tmp_path / "d", 4,
                                  "blur:sigma=0.5~1.5,bicubic,noise:sigma=6")
     try:
-        pyramid, _, lr_in = trainer._batch(0, batches)
+        b = trainer._batch(0, batches)
+        pyramid, lr_in = b.pyramid, b.lr_in
+        assert b.lr_prev is None and b.shifts is None  # no --consistency: no second frames
         again = batches.make(0)  # a pure function of (seed, step): made again, the same
         hr = trainer.sampler.crops(4, step_generator(3, 0))
         assert torch.equal(again.hr, hr)
@@ -40,7 +42,7 @@ def test_degraded_input_clean_targets_and_reproducible_batches(images: Path,  # 
         assert (lr_in - clean).abs().mean() > 0.01  # the input is not
         assert torch.equal(pyramid[1], hr.float() / 255.0)
         # the step after comes from the queue in order
-        _, _, nxt = trainer._batch(1, batches)
+        nxt = trainer._batch(1, batches).lr_in
         assert torch.equal(nxt, batches.make(1).lr.float() / 255.0)
     finally:
         batches.close()
@@ -53,7 +55,7 @@ def test_other_downscale_gives_its_own_clean_target(images: Path,  # noqa: F811
                                                     tmp_path: Path) -> None:
     trainer, batches = _degraded(images, tmp_path / "a", 2, "area,noise:sigma=4")
     try:
-        pyramid, _, _ = trainer._batch(0, batches)
+        pyramid = trainer._batch(0, batches).pyramid
         hr = batches.make(0).hr
     finally:
         batches.close()
@@ -104,3 +106,49 @@ def test_one_pool_of_threads_codes_every_batch(images: Path) -> None:  # noqa: F
     for item in got[:3]:
         gen = step_generator(5, item.step, 2)
         assert torch.equal(item.lr, chain.apply_images(item.hr, 2, generator=gen, workers=1))
+
+
+def test_consistency_loss_is_zero_exactly_when_aligned_outputs_agree() -> None:
+    from vsr.train.losses import consistency_loss
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.rand(3, 3, 40, 40, generator=g)
+    shifts = torch.tensor([[1, -2], [0, 0], [-1, 2]])
+    padded = torch.nn.functional.pad(out, (8, 8, 8, 8), mode="replicate")
+    # prev[Y + dy*s, X + dx*s] = out[Y, X] for s = 2
+    prev = torch.stack([padded[i, :, 8 - 2 * dy:48 - 2 * dy, 8 - 2 * dx:48 - 2 * dx]
+                        for i, (dy, dx) in enumerate(shifts.tolist())])
+    assert consistency_loss(out, prev, shifts, 2, 4).item() == 0.0
+    assert consistency_loss(out, prev, -shifts, 2, 4).item() > 0.01
+    with pytest.raises(ValueError):
+        consistency_loss(out, prev, shifts, 2, 10)  # nothing left inside the margin
+
+
+def test_consistency_training_sees_two_codings_of_each_crop(images: Path,  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    spec = "bicubic,x264:crf=36"
+    trainer = Trainer(_config(images, tmp_path / "c", iterations=2, patch=16, degrade=spec,
+                              consistency=1.0))
+    batches = trainer._degraded_batches(0)
+    try:
+        b = trainer._batch(0, batches)
+    finally:
+        batches.close()
+    assert b.lr_prev.shape == b.lr_in.shape and b.shifts.shape == (4, 2)
+    terms = trainer.net(b.pyramid, None, b.lr_in, b.lr_prev, b.shifts)
+    assert terms[3].item() > 0  # two codings of a crop: the outputs differ
+    same = trainer.net(b.pyramid, None, b.lr_in, b.lr_in, torch.zeros_like(b.shifts))
+    assert same[3].item() == 0.0
+    assert torch.allclose(same[0], terms[0])  # the primal term scores the first frame only
+    result = train(_config(images, tmp_path / "r", iterations=3, log_every=1, patch=16,
+                           degrade=spec, consistency=0.5, degrade_workers=2))
+    assert result.steps == 3
+    rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    values = [float(r.split(",")[header.index("consistency")]) for r in rows[1:]]
+    assert len(values) == 3 and all(v > 0 for v in values)
+    assert read_info(tmp_path / "r" / "last.safetensors").provenance["consistency"] == 0.5
+    with pytest.raises(ConfigError, match="video codec"):
+        _config(images, tmp_path / "n", degrade="bicubic,jpeg:q=20", consistency=1.0)
+    with pytest.raises(ConfigError, match="video codec"):
+        _config(images, tmp_path / "n", consistency=1.0)

@@ -60,12 +60,30 @@ def code_crop(lr: torch.Tensor, kind: str, crf: int, preset: str,
     Raises:
         PipelineError: the codec failed or lost frames.
     """
+    return code_crop_pair(lr, kind, crf, preset, gen)[0]
+
+
+def code_crop_pair(lr: torch.Tensor, kind: str, crf: int, preset: str, gen: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """:func:`code_crop` (the same draw, the same last frame) and the decoded frame before it.
+
+    That frame shows ``lr`` moved by ``(dy, dx)`` LR pixels (edges repeated), coded differently:
+    ``prev[:, y + dy, x + dx]`` and ``last[:, y, x]`` are the same pixel of the scene, two
+    codings of it, as in two consecutive frames of a stream.
+
+    Returns:
+        uint8 (3, h, w) last frame, uint8 (3, h, w) previous frame, and ``(dy, dx)``.
+
+    Raises:
+        PipelineError: the codec failed or lost frames.
+    """
     dy, dx = (torch.randint(-CROP_MAX_SHIFT, CROP_MAX_SHIFT + 1, (2,), generator=gen)).tolist()
     img = lr.permute(1, 2, 0).contiguous().numpy()
     n = CROP_CLIP_FRAMES
     clip = [_shifted(img, (n - 1 - t) * dy, (n - 1 - t) * dx) for t in range(n)]
     out = _encode_decode(clip, kind, crf, preset)
-    return torch.from_numpy(out[-1]).permute(2, 0, 1).contiguous()
+    last, prev = (torch.from_numpy(f).permute(2, 0, 1).contiguous() for f in out[-1:-3:-1])
+    return last, prev, (dy, dx)
 
 
 def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:

@@ -77,7 +77,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vsr.codecs import VIDEO_CODECS, code_clip, code_crop, jpeg_round_trip
+from vsr.codecs import VIDEO_CODECS, code_clip, code_crop, code_crop_pair, jpeg_round_trip
 from vsr.errors import ConfigError
 from vsr.evaluate import degrade
 from vsr.resize import imresize, to_uint8
@@ -229,6 +229,18 @@ def _parse_stage(text: str) -> Stage:
 
 
 @dataclass(frozen=True)
+class CropPairs:
+    """A degraded training batch: uint8 ``lr`` (N, 3, h, w); with
+    :meth:`DegradationChain.apply_image_pairs`, ``prev`` (the same shape), each crop's second
+    observation, and ``shifts`` (N, 2) its (dy, dx): ``prev[i, :, y + dy, x + dx]`` shows what
+    ``lr[i, :, y, x]`` shows. ``prev`` is None from :meth:`DegradationChain.apply_images`."""
+
+    lr: torch.Tensor
+    prev: torch.Tensor | None
+    shifts: torch.Tensor
+
+
+@dataclass(frozen=True)
 class DegradationChain:
     """A parsed degradation spec (see the module docstring); ``str(chain)`` is canonical."""
 
@@ -268,6 +280,11 @@ class DegradationChain:
     def is_random(self) -> bool:
         """Whether any value is a range (drawn per clip or per sample)."""
         return any(s.is_random for s in self.stages)
+
+    @property
+    def codes_video(self) -> bool:
+        """Whether a video codec stage (x264, x265) is in the chain."""
+        return any(s.kind in VIDEO_CODECS for s in self.stages)
 
     @property
     def downscale(self) -> str:
@@ -335,39 +352,75 @@ class DegradationChain:
         Raises:
             ConfigError: bad shapes or scale. PipelineError: a codec failed.
         """
+        return self._apply_images(hr, scale, generator, workers, executor, pairs=False).lr
+
+    def apply_image_pairs(self, hr: torch.Tensor, scale: int, *,
+                          generator: torch.Generator | None = None,
+                          workers: int | None = None,
+                          executor: Executor | None = None) -> CropPairs:
+        """:meth:`apply_images` (the same draws, the same ``lr``) plus, per crop, a second
+        observation of it: the video codec's previous frame of the crop's clip
+        (:func:`vsr.codecs.code_crop_pair`), through the same later stages (their noise drawn
+        apart). Crops that no video codec coded get themselves, unmoved. Arguments and errors
+        as :meth:`apply_images`.
+        """
+        return self._apply_images(hr, scale, generator, workers, executor, pairs=True)
+
+    def _apply_images(self, hr: torch.Tensor, scale: int, generator: torch.Generator | None,
+                      workers: int | None, executor: Executor | None, *, pairs: bool
+                      ) -> CropPairs:
         _check_hr(hr, scale)
         n = hr.shape[0]
         draws = [[_draw(s, generator) for s in self.stages] for _ in range(n)]
         lr = self._float_part(hr.cpu(), scale, draws, generator, dtype=torch.float32)
         if not self._late(draws[0]):
-            return lr
+            return CropPairs(lr, lr if pairs else None, torch.zeros(n, 2, dtype=torch.long))
         # each crop gets its own generator, seeded here in order, so the result does not
         # depend on which thread runs first
         seeds = torch.randint(0, 2 ** 62, (n,), generator=generator).tolist()
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
         lrs = list(lr)
 
-        def finish(i: int) -> torch.Tensor:
-            lr = lrs[i]
+        def finish(i: int) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+            gen = torch.Generator().manual_seed(seeds[i])
+            lr, prev, shift = lrs[i], None, (0, 0)
+            prev_gen = None
             for stage, d in self._late(draws[i]):
                 if not d[_ON]:
                     continue
-                if stage.kind in VIDEO_CODECS:
-                    lr = code_crop(lr, stage.kind, int(d["crf"]), stage.preset or "medium",
-                                   gens[i])
-                elif stage.kind == "jpeg":
-                    lr = jpeg_round_trip(lr, int(d["q"]))
-                else:
-                    lr = to_uint8(lr.to(torch.float64) + _noise(lr.shape, d["sigma"], gens[i]))
-            return lr
+                if stage.kind in VIDEO_CODECS and pairs and prev is None:
+                    lr, prev, shift = code_crop_pair(lr, stage.kind, int(d["crf"]),
+                                                     stage.preset or "medium", gen)
+                    prev_gen = torch.Generator().manual_seed(seeds[i] ^ 0x5EED)
+                    continue
+                lr = self._late_stage(stage, d, lr, gen)
+                if prev is not None:  # later stages see the other frame too, their own noise
+                    prev = self._late_stage(stage, d, prev, prev_gen)
+            if pairs and prev is None:  # not coded by a video codec: itself, unmoved
+                prev = lr
+            return lr, prev, shift
 
-        if executor is not None and len(lrs) > 1:
-            return torch.stack(list(executor.map(finish, range(len(lrs)))))
-        n_workers = workers if workers is not None else default_workers()
-        if n_workers <= 1 or len(lrs) == 1:
-            return torch.stack([finish(i) for i in range(len(lrs))])
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            return torch.stack(list(pool.map(finish, range(len(lrs)))))
+        if executor is not None and n > 1:
+            done = list(executor.map(finish, range(n)))
+        else:
+            n_workers = workers if workers is not None else default_workers()
+            if n_workers <= 1 or n == 1:
+                done = [finish(i) for i in range(n)]
+            else:
+                with ThreadPoolExecutor(max_workers=n_workers) as pool:
+                    done = list(pool.map(finish, range(n)))
+        return CropPairs(torch.stack([d[0] for d in done]),
+                         torch.stack([d[1] for d in done]) if pairs else None,
+                         torch.tensor([d[2] for d in done], dtype=torch.long))
+
+    @staticmethod
+    def _late_stage(stage: Stage, d: dict[str, float], lr: torch.Tensor,
+                    gen: torch.Generator | None) -> torch.Tensor:
+        """One stage after the first compression on a uint8 (3, h, w) crop."""
+        if stage.kind in VIDEO_CODECS:
+            return code_crop(lr, stage.kind, int(d["crf"]), stage.preset or "medium", gen)
+        if stage.kind == "jpeg":
+            return jpeg_round_trip(lr, int(d["q"]))
+        return to_uint8(lr.to(torch.float64) + _noise(lr.shape, d["sigma"], gen))
 
     @property
     def _first_codec(self) -> int:

@@ -61,6 +61,9 @@ class TrainConfig:
     degrade_workers: int | None = None  # threads coding the --degrade crops (None: CPU count, <= 8)
     # the LR the primal sees: a vsr.degradations chain (None: MATLAB bicubic only)
     degrade: str | None = None
+    # weight of the temporal consistency loss on two codings of each crop (needs a video codec
+    # stage in ``degrade``; see vsr.train.losses.consistency_loss)
+    consistency: float = 0.0
 
     def __post_init__(self) -> None:
         check_device(self.device)  # the spelling; availability is checked when it runs
@@ -75,8 +78,8 @@ class TrainConfig:
         if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
             raise ConfigError(f"need 0 <= lr_min <= lr and lr > 0 (lr {self.lr}, "
                               f"lr_min {self.lr_min})")
-        if self.dual_lambda < 0 or self.adapt_weight < 0:
-            raise ConfigError("dual_lambda and adapt_weight must be >= 0")
+        if self.dual_lambda < 0 or self.adapt_weight < 0 or self.consistency < 0:
+            raise ConfigError("dual_lambda, adapt_weight and consistency must be >= 0")
         DegradationSpec.parse(self.adapt_degradation)
         if self.amp not in ("auto", "none", "bf16", "fp16"):
             raise ConfigError(f"amp must be auto, none, bf16 or fp16, got {self.amp!r}")
@@ -95,7 +98,11 @@ class TrainConfig:
         if self.degrade is not None:
             from vsr.degradations import DegradationChain  # lazy: it needs PyAV
 
-            DegradationChain.parse(self.degrade)
+            chain = DegradationChain.parse(self.degrade)
+        if self.consistency > 0 and (self.degrade is None or not chain.codes_video):
+            raise ConfigError("consistency needs a video codec stage in degrade "
+                              "(e.g. --degrade 'bicubic,x264:crf=18~36'): it compares two "
+                              "frames of each crop's coded clip")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

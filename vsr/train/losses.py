@@ -53,12 +53,33 @@ def degradation_loss(degrade: nn.Module, outs: Sequence[torch.Tensor],
     return F.l1_loss(degrade(outs[-1]), lr)
 
 
+def consistency_loss(out: torch.Tensor, out_prev: torch.Tensor, shifts: torch.Tensor,
+                     scale: int, margin: int) -> torch.Tensor:
+    """Temporal consistency: mean L1 between the HR outputs of two observations of the same
+    crops (:meth:`vsr.degradations.DegradationChain.apply_image_pairs`), aligned.
+
+    ``out_prev[i, :, Y + dy*scale, X + dx*scale]`` is compared with ``out[i, :, Y, X]`` for
+    ``(dy, dx) = shifts[i]`` (LR pixels), on the interior ``margin`` LR pixels in from every
+    border (>= the largest shift: the moved frame's repeated edges stay out).
+    """
+    n, _, h, w = out.shape
+    m = margin * scale
+    if 2 * m >= min(h, w):
+        raise ValueError(f"margin {margin} leaves nothing of a {h}x{w} output")
+    total = out.new_zeros(())
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        if max(abs(dy), abs(dx)) > margin:
+            raise ValueError(f"shift {(dy, dx)} is larger than the margin {margin}")
+        oy, ox = m + dy * scale, m + dx * scale
+        total = total + F.l1_loss(out[i, :, m:h - m, m:w - m],
+                                  out_prev[i, :, oy:oy + h - 2 * m, ox:ox + w - 2 * m])
+    return total / n
+
+
 def dual_regression_loss(primal: nn.Module, duals: Sequence[nn.Module],
-                         pyramid: Sequence[torch.Tensor], dual_lambda: float,
-                         lr_in: torch.Tensor | None = None) -> DualLoss:
-    """Forward the primal on pyramid[0] (or on ``lr_in``, e.g. a compressed version of it) and
-    score it against the clean pyramid = [LR_S, ..., HR]."""
-    outs = primal(pyramid[0] if lr_in is None else lr_in)
+                         pyramid: Sequence[torch.Tensor], dual_lambda: float) -> DualLoss:
+    """Forward the primal on pyramid[0] and score it against pyramid = [LR_S, ..., HR]."""
+    outs = primal(pyramid[0])
     lp = primal_loss(outs, pyramid)
     ld = dual_loss(duals, outs, pyramid)
     return DualLoss(total=lp + dual_lambda * ld, primal=lp, dual=ld)

@@ -26,12 +26,16 @@ from vsr.train.data import PatchSampler, step_generator
 @dataclass
 class DegradedBatch:
     """One step's share of the batch: uint8 HR crops (n, 3, P, P), degraded LR (n, 3, P/s,
-    P/s), and the clean LR of the chain's own downscale where it is not MATLAB bicubic."""
+    P/s), and the clean LR of the chain's own downscale where it is not MATLAB bicubic; with
+    ``pairs``, each crop's second observation and its shift
+    (:meth:`vsr.degradations.DegradationChain.apply_image_pairs`)."""
 
     step: int
     hr: torch.Tensor
     lr: torch.Tensor
     clean: torch.Tensor | None
+    prev: torch.Tensor | None = None
+    shifts: torch.Tensor | None = None
 
 
 class DegradedBatches:
@@ -40,7 +44,7 @@ class DegradedBatches:
 
     def __init__(self, sampler: PatchSampler, chain: Any, scale: int, *, seed: int, batch: int,
                  rows: slice, stream: int, first: int, last: int, depth: int = 2,
-                 workers: int | None = None, pin: bool = False) -> None:
+                 workers: int | None = None, pin: bool = False, pairs: bool = False) -> None:
         from vsr.degradations import default_workers  # here: it imports vsr.train itself
 
         self.sampler = sampler
@@ -55,6 +59,7 @@ class DegradedBatches:
                                          thread_name_prefix="vsr-degrade-crop")
                       if n_workers > 1 else None)
         self.pin = pin
+        self.pairs = pairs
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, args=(first, last),
@@ -65,13 +70,15 @@ class DegradedBatches:
         """The batch of ``step`` (on the calling thread)."""
         hr = self.sampler.crops(self.batch, step_generator(self.seed, step), self.rows)
         gen = step_generator(self.seed, step, self.stream)
-        lr = self.chain.apply_images(hr, self.scale, generator=gen, workers=1,
-                                     executor=self._pool)
+        apply = self.chain.apply_image_pairs if self.pairs else self.chain.apply_images
+        got = apply(hr, self.scale, generator=gen, workers=1, executor=self._pool)
+        lr, prev, shifts = (got.lr, got.prev, got.shifts) if self.pairs else (got, None, None)
         clean = self.clean.apply_images(hr, self.scale) if self.clean is not None else None
         if self.pin:
             hr, lr = hr.pin_memory(), lr.pin_memory()
             clean = clean.pin_memory() if clean is not None else None
-        return DegradedBatch(step, hr, lr, clean)
+            prev = prev.pin_memory() if prev is not None else None
+        return DegradedBatch(step, hr, lr, clean, prev, shifts)
 
     def _produce(self, first: int, last: int) -> None:
         for step in range(first, last):

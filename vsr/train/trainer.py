@@ -26,7 +26,13 @@ from vsr.train.config import TrainConfig
 from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, rank_stream, step_generator
 from vsr.train.degrade import DegradationSpec, GaussianDegradation, estimate_gaussian_sigma
 from vsr.train.flops import peak_tflops, train_flops_per_sample
-from vsr.train.losses import cycle_loss, degradation_loss, dual_regression_loss
+from vsr.train.losses import (
+    consistency_loss,
+    cycle_loss,
+    degradation_loss,
+    dual_loss,
+    primal_loss,
+)
 from vsr.train.prefetch import DegradedBatches
 from vsr.train.state import (
     load_training_state,
@@ -43,8 +49,8 @@ STATE_STEM = "train_state"
 STATE_FILE = f"{STATE_STEM}.safetensors"  # unsharded; sharded: see vsr.train.state
 METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.json"
-_COLUMNS = ["step", "loss", "primal", "dual", "adapt", "lr", "samples_per_s", "tflops", "mfu",
-            "val_psnr", "val_ssim"]
+_COLUMNS = ["step", "loss", "primal", "dual", "adapt", "consistency", "lr", "samples_per_s",
+            "tflops", "mfu", "val_psnr", "val_ssim"]
 _DEGRADE_STREAM = 2  # step_generator stream of the degradation draws (1: adaptation frames)
 
 
@@ -74,27 +80,51 @@ class TrainResult:
     peak_tflops: float | None = None
 
 
+@dataclass
+class _Inputs:
+    """One step's tensors: the clean pyramid [LR_S, ..., HR], the adaptation frames, the
+    degraded LR input, its second observations and their shifts (``--consistency``)."""
+
+    pyramid: list[torch.Tensor]
+    lr_real: torch.Tensor | None
+    lr_in: torch.Tensor | None
+    lr_prev: torch.Tensor | None
+    shifts: torch.Tensor | None
+
+
 class DualRegressionNet(nn.Module):
     """Primal + dual networks behind one forward, so DDP synchronises all of them."""
 
     def __init__(self, primal: nn.Module, duals: DualNetworks,
-                 degradation: nn.Module | None = None) -> None:
+                 degradation: nn.Module | None = None, consistency_margin: int = 0) -> None:
         super().__init__()
         self.primal = primal
         self.duals = duals
         self.degradation = degradation  # adaptation through a known kernel, else the duals
+        self.consistency_margin = consistency_margin  # LR pixels left out of the consistency
 
     def forward(self, pyramid: list[torch.Tensor], lr_real: torch.Tensor | None,
-                lr_in: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        terms = dual_regression_loss(self.primal, self.duals, pyramid, dual_lambda=0.0,
-                                     lr_in=lr_in)
+                lr_in: torch.Tensor | None = None, lr_prev: torch.Tensor | None = None,
+                shifts: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(primal, dual, adapt, consistency) loss terms; the primal sees ``lr_in`` (default:
+        the clean ``pyramid[0]``) and, when given, ``lr_prev`` in the same pass."""
+        x = pyramid[0] if lr_in is None else lr_in
+        n = x.shape[0]
+        outs = self.primal(x if lr_prev is None else torch.cat([x, lr_prev]))
+        lc = None
+        if lr_prev is not None:
+            scale = outs[-1].shape[-1] // x.shape[-1]
+            lc = consistency_loss(outs[-1][:n], outs[-1][n:], shifts, scale,
+                                  self.consistency_margin)
+            outs = [o[:n] for o in outs]
+        lp, ld = primal_loss(outs, pyramid), dual_loss(self.duals, outs, pyramid)
         la = None
         if lr_real is not None:
             outs = self.primal(lr_real)
             la = (cycle_loss(self.duals, outs, lr_real) if self.degradation is None
                   else degradation_loss(self.degradation, outs, lr_real))
-        return terms.primal, terms.dual, la
+        return lp, ld, la, lc
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
@@ -167,7 +197,12 @@ class Trainer:
         self.adapt_sigma = self._adapt_sigma()
         degradation = (GaussianDegradation(self.adapt_sigma, self.scale).to(self.device)
                        if self.adapt_sigma is not None else None)
-        self.net: nn.Module = DualRegressionNet(self.primal, self.duals, degradation)
+        margin = 0
+        if config.consistency > 0:
+            from vsr.codecs import CROP_MAX_SHIFT  # lazy: it needs PyAV
+
+            margin = 2 * CROP_MAX_SHIFT  # the moved frame's repeated edge, and what it reaches
+        self.net: nn.Module = DualRegressionNet(self.primal, self.duals, degradation, margin)
         if self.distributed:
             ids = [self.device.index] if cuda else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
@@ -216,6 +251,7 @@ class Trainer:
                 "adapt_degradation": (self.config.adapt_degradation if self.adapt_sigma is None
                                       else f"gaussian:{self.adapt_sigma:g}"),
                 "degrade": str(self.chain) if self.chain is not None else None,
+                "consistency": self.config.consistency,
                 "planned_iterations": self.config.iterations,
                 "seed": self.config.seed, "device": str(self.device), "world_size": self.world}
         prov.update(extra or {})
@@ -235,18 +271,19 @@ class Trainer:
                                batch=cfg.batch_size, rows=self._rows(),
                                stream=rank_stream(_DEGRADE_STREAM, self.rank), first=first,
                                last=cfg.iterations, workers=cfg.degrade_workers,
-                               pin=self.device.type == "cuda")
+                               pin=self.device.type == "cuda", pairs=cfg.consistency > 0)
 
-    def _batch(self, step: int, degraded: DegradedBatches | None
-               ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-        """This rank's share of the global batch of ``step`` (same samples for any world):
-        the clean pyramid [LR_S, ..., HR], the adaptation frames, the degraded LR input."""
+    def _batch(self, step: int, degraded: DegradedBatches | None) -> _Inputs:
+        """This rank's share of the global batch of ``step`` (same samples for any world)."""
         cfg = self.config
-        lr_in = None
+        lr_in = lr_prev = shifts = None
         if degraded is not None:
             batch = degraded.get(step)
             hr8 = batch.hr.to(self.device, non_blocking=True)
             lr_in = batch.lr.to(self.device, non_blocking=True).float() / 255.0
+            if batch.prev is not None:
+                lr_prev = batch.prev.to(self.device, non_blocking=True).float() / 255.0
+                shifts = batch.shifts
         else:
             hr8 = self.sampler.crops(cfg.batch_size, step_generator(cfg.seed, step),
                                       self._rows())
@@ -263,30 +300,35 @@ class Trainer:
             pyramid = [p.contiguous(memory_format=torch.channels_last) for p in pyramid]
             if lr_in is not None:
                 lr_in = lr_in.contiguous(memory_format=torch.channels_last)
-        return pyramid, lr_real, lr_in
+            if lr_prev is not None:
+                lr_prev = lr_prev.contiguous(memory_format=torch.channels_last)
+        return _Inputs(pyramid, lr_real, lr_in, lr_prev, shifts)
 
     def _step(self, step: int, degraded: DegradedBatches | None) -> torch.Tensor:
-        """One optimisation step; returns its (loss, primal, dual, adapt) on the device,
-        without waiting for it."""
+        """One optimisation step; returns its (loss, primal, dual, adapt, consistency) on the
+        device, without waiting for it."""
         cfg = self.config
         lr = cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_min)
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-        pyramid, lr_real, lr_in = self._batch(step, degraded)
+        b = self._batch(step, degraded)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            lp, ld, la = self.forward(pyramid, lr_real, lr_in)
+            lp, ld, la, lc = self.forward(b.pyramid, b.lr_real, b.lr_in, b.lr_prev, b.shifts)
             loss = lp + cfg.dual_lambda * ld
             if la is not None:
                 loss = loss + cfg.adapt_weight * la
+            if lc is not None:
+                loss = loss + cfg.consistency * lc
         self.scaler.scale(loss).backward()
         for opt in self.optimizers.values():
             self.scaler.step(opt)
         self.scaler.update()
-        return torch.stack([loss.detach().float(), lp.detach().float(), ld.detach().float(),
-                            (la.detach().float() if la is not None else loss.new_zeros(()))])
+        zero = loss.new_zeros(())
+        return torch.stack([t.detach().float() if t is not None else zero
+                            for t in (loss, lp, ld, la, lc)])
 
     def _flush(self, window: list[torch.Tensor], last_step: int,
                result: TrainResult) -> dict[str, float]:
@@ -301,7 +343,7 @@ class Trainer:
         for i, r in enumerate(rows):
             result.losses[first + i] = r[0]
         means = [math.fsum(col) / len(rows) for col in zip(*rows, strict=True)]
-        return dict(zip(("loss", "primal", "dual", "adapt"), means, strict=True))
+        return dict(zip(("loss", "primal", "dual", "adapt", "consistency"), means, strict=True))
 
     def _out_of_time(self, log_point: bool) -> bool:
         """Whether the time limit has passed. Under DDP all ranks must stop at the same step:
