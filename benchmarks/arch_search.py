@@ -24,6 +24,9 @@ widths are not this command's job: prune them first with ``vsr compress --stage 
 
     python benchmarks/arch_search.py grow --checkpoint runs/arch_prune/pruned.safetensors \
         --n-blocks 14:0 --out runs/arch/grown.safetensors --verify ../shared/data/benchmark/Set5
+
+A grown network is off the registry; ``vsr train --init runs/arch/grown.safetensors`` (no
+``--arch``) trains it from there, taking its architecture from the file.
 """
 
 from __future__ import annotations
@@ -445,36 +448,6 @@ def cmd_grow(args: argparse.Namespace, argv: Sequence[str]) -> None:
     sys.stdout.write(json.dumps(summary) + "\n")
 
 
-def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> None:
-    """Dual regression training of the network ``--init`` describes (its hparams as
-    ``model_overrides`` of the registry architecture ``--arch``), from its weights."""
-    from vsr.runtime import configure_runtime
-
-    # as the vsr CLI: passive OpenMP waits (set before torch loads) and the allocator tuning
-    configure_runtime(threads=args.threads)
-    from vsr.models import read_info
-    from vsr.train import StepReport, TrainConfig, train
-
-    hp = dict(read_info(args.init).hparams)
-    config = TrainConfig(
-        arch=args.arch, data=tuple(args.data), out=str(args.out), iterations=args.iterations,
-        batch_size=args.batch_size, patch=args.patch, lr=args.lr, lr_min=args.lr_min,
-        seed=args.seed, val_data=args.val_data, val_every=args.val_every,
-        save_every=args.val_every, log_every=args.log_every, device="cpu",
-        threads=args.threads, init=str(args.init), model_overrides=hp,
-        time_limit=args.time_limit)
-
-    def progress(r: StepReport) -> None:
-        if r.val_psnr is not None or r.step % args.log_every == 0:
-            log.info("step %d/%d loss %.5f %.1f samples/s%s", r.step, r.total, r.loss,
-                     r.samples_per_s, "" if r.val_psnr is None else f" val {r.val_psnr:.4f} dB")
-
-    result = train(config, progress=progress)
-    sys.stdout.write(json.dumps({"out": str(result.run_dir), "steps": result.steps,
-                                 "best_psnr": result.best_psnr, "seconds": result.seconds,
-                                 "samples_per_s": result.samples_per_s}) + "\n")
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -507,26 +480,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     g.add_argument("--name", help="name in the checkpoint (default: the file's stem)")
     g.add_argument("--verify", type=Path, help="benchmark folder: PSNR of source and grown")
     g.add_argument("--threads", type=int, default=2)
-    r = sub.add_parser("train", help="dual regression training of a grown checkpoint")
-    r.add_argument("--init", type=Path, required=True, help="checkpoint: architecture and start")
-    r.add_argument("--arch", required=True, help="registry architecture its hparams override")
-    r.add_argument("--data", action="append", required=True)
-    r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--iterations", type=int, required=True)
-    r.add_argument("--batch-size", type=int, default=16)
-    r.add_argument("--patch", type=int, default=32)
-    r.add_argument("--lr", type=float, default=5e-4)
-    r.add_argument("--lr-min", type=float, default=1e-6)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--val-data", help="benchmark folder scored every --val-every steps")
-    r.add_argument("--val-every", type=int, default=1000)
-    r.add_argument("--log-every", type=int, default=50)
-    r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--time-limit", type=float, help="minutes; then stop, resumable (a safety net)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
-        {"time": cmd_time, "grow": cmd_grow, "train": cmd_train}[args.command](args, argv)
+        {"time": cmd_time, "grow": cmd_grow}[args.command](args, argv)
     except VsrError as exc:
         raise SystemExit(f"Error: {exc}") from None
 

@@ -11,7 +11,9 @@ from vsr.cli.common import device_option, emit_json, json_option
 
 
 @click.command("train")
-@click.option("--arch", help="Registry architecture to train, e.g. drn-s-x4.")
+@click.option("--arch", help="Registry architecture to train, e.g. drn-s-x4. Leave it out with "
+                             "--init to train the checkpoint's own network (e.g. one grown or "
+                             "pruned off the registry).")
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True),
               help="HR image folder or image pack (.npz, see benchmarks/train_slot.py; "
                    "repeatable).")
@@ -115,15 +117,23 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
         overrides["out"] = resume  # the folder may have moved (a state carried to a GPU)
         config = replace(TrainConfig.load(Path(resume) / CONFIG_FILE), **overrides)
     else:
-        if not arch or not data or not out:
-            raise click.UsageError("--arch, --data and --out are required (or --resume RUN_DIR)")
+        if not (arch or init) or not data or not out:
+            raise click.UsageError("--arch (or --init), --data and --out are required "
+                                   "(or --resume RUN_DIR)")
+        overrides = {}
+        if not arch:  # the checkpoint's own network: its family and full hparams
+            from vsr.models import read_info
+
+            info = read_info(init)
+            arch, overrides = info.arch, dict(info.hparams)
         config = TrainConfig(arch=arch, data=data, out=out, iterations=iterations,
                              batch_size=batch_size, patch=patch, lr=lr, lr_min=lr_min,
                              dual_lambda=dual_lambda, seed=seed, val_data=val_data,
                              val_every=val_every, save_every=save_every, log_every=log_every,
                              device=device, amp=amp, threads=threads, adapt=adapt,
                              adapt_weight=adapt_weight, adapt_batch=adapt_batch,
-                             adapt_degradation=adapt_degradation, init=init, degrade=degrade,
+                             adapt_degradation=adapt_degradation, init=init,
+                             model_overrides=overrides, degrade=degrade,
                              consistency=consistency,
                              **{k: given[k] for k in ("time_limit", "compile", "peak_tflops",
                                                       "state_moments", "state_shard_mib",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from vsr.errors import ConfigError
 from vsr.imageio import write_image
 from vsr.models import DRN, DualNetworks, load_model
+from vsr.models.checkpoint import read_info
 from vsr.train import TrainConfig, train
 from vsr.train.data import lr_pyramid
 from vsr.train.losses import dual_regression_loss
@@ -137,8 +139,6 @@ def test_adaptation_through_a_known_or_estimated_kernel(images: Path, tmp_path: 
     import csv
 
     from tests.conftest import make_clip
-    from vsr.models.checkpoint import read_info
-
     clip = make_clip(tmp_path / "lr.mp4", frames=6, size=(64, 48))
     adapt = {}
     for name, deg in (("g", "gaussian:1.5"), ("d", "dual"), ("a", "auto")):
@@ -170,6 +170,38 @@ def test_init_from_a_training_state_loads_its_duals(images: Path, tmp_path: Path
     assert duals and all(torch.equal(v, tensors[f"dual.{k}"]) for k, v in duals.items())
     fresh = Trainer(_config(images, tmp_path / "c", iterations=1)).duals.state_dict()
     assert not all(torch.equal(v, fresh[k]) for k, v in duals.items())
+
+
+def test_init_without_arch_trains_the_checkpoints_own_network(images: Path,
+                                                              tmp_path: Path) -> None:
+    """A network off the registry (here TINY's widths) trains from its checkpoint alone: the
+    CLI takes its family and hparams from the file; naming a registry model of other widths
+    with it is refused in one line."""
+    from click.testing import CliRunner
+
+    from vsr.cli.main import cli
+    from vsr.models.checkpoint import load_tensors
+
+    train(_config(images, tmp_path / "a", iterations=2))
+    start = tmp_path / "a" / "last.safetensors"
+    args = ["train", "--init", str(start), "--data", str(images), "--out", str(tmp_path / "b"),
+            "--iters", "2", "--batch-size", "2", "--patch", "8", "--threads", "1", "--json"]
+    got = CliRunner().invoke(cli, args)
+    assert got.exit_code == 0, got.output
+    info = read_info(tmp_path / "b" / "last.safetensors")
+    assert info.hparams == read_info(start).hparams and info.hparams["n_feats"] == TINY["n_feats"]
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["arch"] == "drn" and config["model_overrides"] == info.hparams
+    from vsr.train.trainer import Trainer
+
+    trainer = Trainer(TrainConfig.load(tmp_path / "b" / "config.json"))  # as --resume builds it
+    tensors, _ = load_tensors(start)
+    assert all(torch.equal(v, tensors[k]) for k, v in trainer.primal.state_dict().items())
+    wrong = CliRunner().invoke(cli, args[:-1] + ["--arch", "drn-t-x2", "--out",
+                                                 str(tmp_path / "c")])
+    assert isinstance(wrong.exception, ConfigError) and "leave out --arch" in str(wrong.exception)
+    with pytest.raises(ConfigError, match="family"):
+        Trainer(_config(images, tmp_path / "d", arch="drn", model_overrides={}))
 
 
 def test_bad_config_is_refused(images: Path, tmp_path: Path) -> None:

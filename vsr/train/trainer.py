@@ -19,7 +19,15 @@ from torch import nn
 
 from vsr.device import resolve_device
 from vsr.errors import ConfigError
-from vsr.models import REGISTRY, CheckpointInfo, DualNetworks, NetworkUpscaler, save_model
+from vsr.models import (
+    ARCHITECTURES,
+    REGISTRY,
+    CheckpointInfo,
+    DualNetworks,
+    ModelSpec,
+    NetworkUpscaler,
+    save_model,
+)
 from vsr.models.checkpoint import load_state_into, load_tensors
 from vsr.runtime import configure_runtime
 from vsr.train.config import TrainConfig
@@ -127,6 +135,33 @@ class DualRegressionNet(nn.Module):
         return lp, ld, la, lc
 
 
+def _canonical(hparams: dict[str, Any]) -> str:
+    """Hyperparameters as a checkpoint stores them (JSON: tuples are lists)."""
+    return json.dumps(hparams, sort_keys=True)
+
+
+def network_spec(arch: str, hparams: dict[str, Any]) -> ModelSpec:
+    """What a run trains: the registry model ``arch`` (``hparams`` override its constructor
+    arguments), or, for an architecture family such as ``drn``, the network ``hparams``
+    describe in full (a checkpoint's own: ``vsr train --init FILE`` without ``--arch``).
+
+    Raises:
+        ConfigError: a family without hparams, or hparams its constructor does not take.
+        ModelError: an unknown name.
+    """
+    if arch in REGISTRY or arch not in ARCHITECTURES:
+        return REGISTRY.get(arch)
+    if not hparams:
+        raise ConfigError(f"{arch!r} is an architecture family: name a registry model, or train "
+                          f"a checkpoint's own network with --init FILE and no --arch")
+    try:
+        scale = int(ARCHITECTURES[arch](**hparams).scale)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"hparams do not fit {arch!r} ({exc})") from None
+    return ModelSpec(name=arch, arch=arch, kwargs=hparams, scale=scale,
+                     description="the network of a checkpoint's hparams")
+
+
 def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * min(step, total) / total))
 
@@ -166,7 +201,7 @@ class Trainer:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-        self.spec = REGISTRY.get(config.arch)
+        self.spec = network_spec(config.arch, config.model_overrides)
         self.scale = self.spec.scale
         self.chain = None
         if config.degrade is not None:
@@ -178,7 +213,12 @@ class Trainer:
         width = config.dual_width or int(self.primal.hparams.get("n_feats", 16))
         self.duals = DualNetworks(phase=self.primal.phase, width=width).to(self.device)
         if config.init:
-            tensors, _ = load_tensors(config.init)
+            tensors, info = load_tensors(config.init)
+            if config.arch in REGISTRY and info.arch == self.spec.arch \
+                    and _canonical(info.hparams) != _canonical(self.primal.hparams):
+                raise ConfigError(f"{config.init} holds another {info.arch} than {config.arch} "
+                                  f"(hparams {info.hparams}); leave out --arch to train the "
+                                  f"network it holds")
             load_state_into(self.primal, tensors, config.init)
             if any(k.startswith("dual.") for k in tensors):  # a training state: its duals too
                 load_state_into(self.duals, tensors, config.init, prefix="dual.", ignore=())
