@@ -117,18 +117,19 @@ def parse_grid(spec: str) -> list[dict[str, Any]]:
 
 def resolve(settings: dict[str, Any]) -> dict[str, Any]:
     """DRN constructor kwargs from one grid point: every ``-`` replaced by the constructor's
-    default, so the kwargs are explicit (n_feats 16 and n_blocks 30 when not given, as DRN)."""
-    from vsr.models.drn import stage_channels
+    default, so the kwargs are explicit. The defaults are DRN's own: its signature's (n_feats,
+    n_blocks) and the stage widths a block-less DRN of that scale and n_feats builds."""
+    import inspect
 
+    from vsr.models.drn import DRN
+
+    params = inspect.signature(DRN).parameters
     scale = settings["scale"]
-    nf = settings.get("n_feats") or 16
-    chans = stage_channels(scale, nf)  # ConfigError unless a power of two >= 2
-    phase = len(chans)
-    defaults = {  # DRN's own defaults
-        "n_blocks": [30] * phase,
-        "up_widths": chans,
-        "down_widths": [nf * 2**p for p in range(phase)],
-    }
+    nf = settings.get("n_feats") or params["n_feats"].default
+    hp = DRN(scale=scale, n_feats=nf, n_blocks=0).hparams  # ConfigError on a bad scale
+    phase = len(hp["up_widths"])
+    defaults = {"n_blocks": [params["n_blocks"].default] * phase,
+                "up_widths": hp["up_widths"], "down_widths": hp["down_widths"]}
     kwargs: dict[str, Any] = {"scale": scale, "n_feats": nf}
     for axis in PER_STAGE:
         value = settings.get(axis)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -171,18 +172,21 @@ class _Progress:
         import time
 
         now = time.perf_counter()
-        if self.first is None:
-            self.first, self.t0 = rep.step - 1, now
+        if self.first is None:  # the rate counts from the first report (start-up excluded)
+            self.first, self.t0 = rep.step, now
         if rep.val_psnr is not None:
             self.val = f" val {rep.val_psnr:.2f} dB"
         if now - self.last < 1.0 and rep.step != rep.total:
             return
         self.last = now
-        done = rep.step - self.first
-        rate = done / max(now - self.t0, 1e-9)
-        eta = (rep.total - rep.step) / rate if rate > 0 else 0
-        click.echo(f"\r[{rep.step}/{rep.total}] loss {rep.loss:.4f}{self.val} "
-                   f"{rate:.2f} it/s ETA {int(eta // 60)}m{int(eta % 60):02d}s   ",
+        done, elapsed = rep.step - self.first, now - self.t0
+        speed = "- it/s ETA -"
+        if done > 0 and elapsed > 0:
+            rate = done / elapsed
+            eta = (rep.total - rep.step) / rate
+            speed = f"{rate:.2f} it/s ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+        loss = "-" if math.isnan(rep.loss) else f"{rep.loss:.4f}"  # none before the first log
+        click.echo(f"\r[{rep.step}/{rep.total}] loss {loss}{self.val} {speed}   ",
                    err=True, nl=False)
 
     def close(self) -> None:

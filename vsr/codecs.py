@@ -5,7 +5,8 @@ Video codecs see a clip as a real encoder would: one encoder session, its defaul
 lookahead, B- and P-frames, 25 fps time base, one thread (so the frames do not depend on the
 machine's core count); frames go RGB -> yuv420p (BT.601, limited range, swscale) and back the
 same way, odd sizes padded to even by repeating the last column/row and cropped back after.
-A training crop is coded as a short panning clip of its own (:func:`code_crop`).
+A training crop is coded as a short panning clip of its own (:func:`code_crop`;
+:func:`code_crop_pair` also gives the frame before the last, for temporal consistency).
 """
 
 from __future__ import annotations

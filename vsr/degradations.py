@@ -38,21 +38,13 @@ sample in :meth:`apply_images`. Integer parameters (``q``, ``crf``) are drawn as
 has a range. The noise of a ``noise`` stage is random even without a range; it is drawn from the
 seed too, so a seeded chain gives the same LR frames every time.
 
-Video codecs see the whole clip as a real encoder would: one encoder session, its default GOP,
-lookahead, B- and P-frames, 25 fps time base, one thread (so the LR frames do not depend on the
-machine's core count: x264's frame threads change its bitstream); frames are converted RGB ->
-yuv420p (BT.601, limited range, swscale) and decoded back to RGB the same way. An LR frame of
-odd width or height is padded to even by repeating its last column/row for the codec and
-cropped back after.
-
-Training crops (:meth:`apply_images`) are independent images, not clips. A video codec codes
-each crop as a short clip of its own (:data:`vsr.codecs.CROP_CLIP_FRAMES` frames): the crop
-translated by a random per-crop motion of up to :data:`vsr.codecs.CROP_MAX_SHIFT` LR pixels per
-frame (edges repeated), ending
-on the crop itself, whose decoded frame is kept. So the kept frame is inter-coded (predicted
-from moved references, as most frames of a real stream are) and stays aligned with its HR
-target. Crops are coded on a thread pool (PyAV releases the GIL while encoding and decoding).
-Measured on 2 CPU cores: see ``benchmarks/VIDEO_EVAL.md``.
+Video codecs (:mod:`vsr.codecs`, which says how) code a clip as one stream, as a real encoder
+would: GOP, B- and P-frames. Training crops (:meth:`apply_images`) are independent images, not
+clips: a video codec codes each crop as a short panning clip of its own ending on the crop
+(:func:`vsr.codecs.code_crop`), so the kept frame is inter-coded, as most frames of a real stream
+are, and stays aligned with its HR target; :meth:`apply_image_pairs` also returns the frame
+before it (``vsr train --consistency``). Crops are coded on a thread pool (PyAV releases the GIL
+while encoding and decoding). Measured on 2 CPU cores: see ``benchmarks/VIDEO_EVAL.md``.
 
 Dual regression with compressed LR: the dual network maps the primal's SR output back to LR.
 When the LR input is compressed, the compression is random, lossy and not a function of the
