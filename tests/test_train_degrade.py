@@ -135,6 +135,10 @@ def test_consistency_training_sees_two_codings_of_each_crop(images: Path,  # noq
     finally:
         batches.close()
     assert b.lr_prev.shape == b.lr_in.shape and b.shifts.shape == (4, 2)
+    from vsr.models.complexity import count_macs
+
+    macs = 2 * count_macs(trainer.primal, 16, 16) + count_macs(trainer.duals[0], 32, 32)
+    assert trainer.flops_per_sample == 6 * macs  # two primal passes per sample
     terms = trainer.net(b.pyramid, None, b.lr_in, b.lr_prev, b.shifts)
     assert terms[3].item() > 0  # two codings of a crop: the outputs differ
     same = trainer.net(b.pyramid, None, b.lr_in, b.lr_in, torch.zeros_like(b.shifts))

@@ -22,10 +22,12 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
-def train_flops_per_sample(primal: nn.Module, duals: DualNetworks, patch: int) -> int:
+def train_flops_per_sample(primal: nn.Module, duals: DualNetworks, patch: int, *,
+                           primal_passes: int = 1) -> int:
     """Model FLOPs of one training sample: 2 x the mult-adds of the primal on a patch x patch
-    LR input and of each dual on its input, x 3 for forward + backward."""
-    macs = count_macs(primal, patch, patch)
+    LR input (``primal_passes`` times: 2 with ``--consistency``) and of each dual on its input,
+    x 3 for forward + backward."""
+    macs = primal_passes * count_macs(primal, patch, patch)
     for i, dual in enumerate(duals):
         side = patch * 2 ** (i + 1)
         macs += count_macs(dual, side, side)

@@ -261,7 +261,8 @@ class Trainer:
         self.sampler = PatchSampler(config.data, config.patch * self.scale)
         if self.chain is None:
             self.sampler.to(self.device)  # degraded batches are made from CPU crops instead
-        self.flops_per_sample = train_flops_per_sample(self.primal, self.duals, config.patch)
+        self.flops_per_sample = train_flops_per_sample(
+            self.primal, self.duals, config.patch, primal_passes=2 if config.consistency else 1)
         self.peak_tflops = peak_tflops(self.device, config.peak_tflops)
 
     def _adapt_sigma(self) -> float | None:
