@@ -156,3 +156,5 @@ def test_consistency_training_sees_two_codings_of_each_crop(images: Path,  # noq
         _config(images, tmp_path / "n", degrade="bicubic,jpeg:q=20", consistency=1.0)
     with pytest.raises(ConfigError, match="video codec"):
         _config(images, tmp_path / "n", consistency=1.0)
+    with pytest.raises(ConfigError, match="patch over 8"):
+        _config(images, tmp_path / "n", degrade=spec, consistency=1.0)  # patch 8: nothing left

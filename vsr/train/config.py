@@ -103,6 +103,11 @@ class TrainConfig:
             raise ConfigError("consistency needs a video codec stage in degrade "
                               "(e.g. --degrade 'bicubic,x264:crf=18~36'): it compares two "
                               "frames of each crop's coded clip")
+        if self.consistency > 0:
+            margin = consistency_margin(self)
+            if self.patch <= 2 * margin:
+                raise ConfigError(f"consistency needs a patch over {2 * margin} LR pixels (its "
+                                  f"loss leaves {margin} out at every border), got {self.patch}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -124,3 +129,14 @@ class TrainConfig:
             return cls.from_json(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot read training config ({exc})") from None
+
+
+def consistency_margin(config: TrainConfig) -> int:
+    """LR pixels the consistency loss leaves out at every border (0 without it): twice the
+    largest shift between a crop's two frames, for the moved frame's repeated edge and what
+    the network's receptive field carries of it."""
+    if config.consistency <= 0:
+        return 0
+    from vsr.codecs import CROP_MAX_SHIFT  # lazy: it needs PyAV
+
+    return 2 * CROP_MAX_SHIFT

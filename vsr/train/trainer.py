@@ -30,7 +30,7 @@ from vsr.models import (
 )
 from vsr.models.checkpoint import load_state_into, load_tensors
 from vsr.runtime import configure_runtime
-from vsr.train.config import TrainConfig
+from vsr.train.config import TrainConfig, consistency_margin
 from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, rank_stream, step_generator
 from vsr.train.degrade import DegradationSpec, GaussianDegradation, estimate_gaussian_sigma
 from vsr.train.flops import peak_tflops, train_flops_per_sample
@@ -237,12 +237,8 @@ class Trainer:
         self.adapt_sigma = self._adapt_sigma()
         degradation = (GaussianDegradation(self.adapt_sigma, self.scale).to(self.device)
                        if self.adapt_sigma is not None else None)
-        margin = 0
-        if config.consistency > 0:
-            from vsr.codecs import CROP_MAX_SHIFT  # lazy: it needs PyAV
-
-            margin = 2 * CROP_MAX_SHIFT  # the moved frame's repeated edge, and what it reaches
-        self.net: nn.Module = DualRegressionNet(self.primal, self.duals, degradation, margin)
+        self.net: nn.Module = DualRegressionNet(self.primal, self.duals, degradation,
+                                                consistency_margin(config))
         if self.distributed:
             ids = [self.device.index] if cuda else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
