@@ -262,14 +262,14 @@ class DRN(nn.Module):
 
     def forward(self, x: torch.Tensor, return_all: bool = True):
         x, skips = self._encode(x)
-        if not return_all:
-            for i, stage in enumerate(self.up[:-1]):
-                x = torch.cat((stage(x), skips[self.phase - 1 - i]), dim=1)
-            return self._last_tail(self.up[-1](x), skips[0])
-        outs = [self.tails[0](x) + self.rgb_mean]
+        outs = [self.tails[0](x) + self.rgb_mean] if return_all else []
         for i, stage in enumerate(self.up):
-            x = torch.cat((stage(x), skips[self.phase - 1 - i]), dim=1)
-            outs.append(self.tails[i + 1](x) + self.rgb_mean)
+            up, skip = stage(x), skips[self.phase - 1 - i]
+            if not return_all and i == self.phase - 1:
+                return self._last_tail(up, skip)
+            x = torch.cat((up, skip), dim=1)
+            if return_all:
+                outs.append(self.tails[i + 1](x) + self.rgb_mean)
         return outs
 
     def _last_tail(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

@@ -95,15 +95,16 @@ class TrainConfig:
                               f"got {self.state_moments!r}")
         if self.degrade_workers is not None and self.degrade_workers < 1:
             raise ConfigError(f"degrade_workers must be >= 1, got {self.degrade_workers}")
+        chain = None
         if self.degrade is not None:
             from vsr.degradations import DegradationChain  # lazy: it needs PyAV
 
             chain = DegradationChain.parse(self.degrade)
-        if self.consistency > 0 and (self.degrade is None or not chain.codes_video):
-            raise ConfigError("consistency needs a video codec stage in degrade "
-                              "(e.g. --degrade 'bicubic,x264:crf=18~36'): it compares two "
-                              "frames of each crop's coded clip")
         if self.consistency > 0:
+            if chain is None or not chain.codes_video:
+                raise ConfigError("consistency needs a video codec stage in degrade "
+                                  "(e.g. --degrade 'bicubic,x264:crf=18~36'): it compares two "
+                                  "frames of each crop's coded clip")
             margin = consistency_margin(self)
             if self.patch <= 2 * margin:
                 raise ConfigError(f"consistency needs a patch over {2 * margin} LR pixels (its "
