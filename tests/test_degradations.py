@@ -197,16 +197,29 @@ def test_stage_probability_mixes_coded_and_clean_samples():
     assert torch.equal(always.apply_clip(_frames(3), 2), same.apply_clip(_frames(3), 2))
 
 
-def test_image_pairs_second_frame_is_the_same_scene_moved_and_coded_again():
-    """apply_image_pairs keeps apply_images' LR bit for bit; its second frame of each crop is
-    the codec's frame before, moved by the reported shift: aligned, it is close to the first
-    (the same scene), yet not equal (another coding of it)."""
+def test_image_pairs_second_frame_is_the_same_scene_moved_and_coded_again(monkeypatch):
+    """apply_image_pairs draws as apply_images does (the same clips and strengths reach the
+    codec); its second frame of each crop is the codec's frame before, moved by the
+    reported shift: aligned, it is close to the first (the same scene), yet not equal (another
+    coding of it)."""
+    import vsr.codecs
+
     hr = _frames(8, 64, 64)
     spec = "bicubic,x264:crf=36,noise:sigma=2"
     chain = DegradationChain.parse(spec)
-    first = chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(4), workers=2)
+    coded: list[list] = []
+    real = vsr.codecs._encode_decode
+
+    def record(frames, kind, crf, preset):  # what reaches the codec, then the real codec
+        coded[-1].append((b"".join(f.tobytes() for f in frames), kind, crf, preset))
+        return real(frames, kind, crf, preset)
+
+    monkeypatch.setattr(vsr.codecs, "_encode_decode", record)
+    coded.append([])
+    chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(4), workers=1)
+    coded.append([])
     got = chain.apply_image_pairs(hr, 2, generator=torch.Generator().manual_seed(4), workers=1)
-    assert torch.equal(got.lr, first)
+    assert len(coded[0]) == 8 and coded[0] == coded[1]
     assert got.prev.shape == got.lr.shape and got.shifts.shape == (8, 2)
     assert got.shifts.abs().max() <= 2 and got.shifts.abs().sum() > 0
     assert not torch.equal(got.prev, got.lr)

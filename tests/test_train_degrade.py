@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import threading
 from pathlib import Path
 
@@ -144,14 +145,25 @@ def test_consistency_training_sees_two_codings_of_each_crop(images: Path,  # noq
     same = trainer.net(b.pyramid, None, b.lr_in, b.lr_in, torch.zeros_like(b.shifts))
     assert same[3].item() == 0.0
     assert torch.allclose(same[0], terms[0])  # the primal term scores the first frame only
-    result = train(_config(images, tmp_path / "r", iterations=3, log_every=1, patch=16,
-                           degrade=spec, consistency=0.5, degrade_workers=2))
-    assert result.steps == 3
-    rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    values = [float(r.split(",")[header.index("consistency")]) for r in rows[1:]]
-    assert len(values) == 3 and all(v > 0 for v in values)
-    assert read_info(tmp_path / "r" / "last.safetensors").provenance["consistency"] == 0.5
+    from click.testing import CliRunner
+
+    from vsr.cli.main import cli
+
+    run = tmp_path / "r"
+    got = CliRunner().invoke(cli, ["train", "--arch", "drn-t-x2", "--data", str(images),
+                                   "--out", str(run), "--iters", "3", "--batch-size", "4",
+                                   "--patch", "16", "--threads", "1", "--log-every", "1",
+                                   "--degrade", spec, "--consistency", "0.5",
+                                   "--degrade-workers", "2", "--json"])
+    assert got.exit_code == 0, got.output
+    with (run / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3
+    for r in rows:  # the weighted term is in the loss that was minimised
+        lc = float(r["consistency"])
+        expected = float(r["primal"]) + 0.1 * float(r["dual"]) + 0.5 * lc
+        assert lc > 0 and float(r["loss"]) == pytest.approx(expected, rel=1e-4)
+    assert read_info(run / "last.safetensors").provenance["consistency"] == 0.5
     with pytest.raises(ConfigError, match="video codec"):
         _config(images, tmp_path / "n", degrade="bicubic,jpeg:q=20", consistency=1.0)
     with pytest.raises(ConfigError, match="video codec"):
