@@ -168,14 +168,37 @@ def test_seeded_clip_is_reproducible_and_random_chain_needs_a_seed():
     assert torch.equal(fixed.apply_clip(hr, 2), fixed.apply_clip(hr, 2, seed=0))
 
 
-def test_images_draw_per_sample_and_reproduce_with_a_generator():
+@pytest.fixture
+def codec_inputs(monkeypatch) -> list[list[tuple]]:
+    """Records what each call of a chain hands the video codec (frames, kind, crf, preset), one
+    list per ``codec_inputs.append([])``, and runs the real codec. Tests of reproducibility
+    compare these: a decoded 32x32 crop clip now and then differs between two round trips of
+    the same frames (seen in about 1 of 10 runs of 8 crops; cause not found), so decoded crops
+    are not compared bit for bit."""
+    import vsr.codecs
+
+    calls: list[list[tuple]] = []
+    real = vsr.codecs._encode_decode
+
+    def record(frames, kind, crf, preset):
+        calls[-1].append((b"".join(f.tobytes() for f in frames), kind, crf, preset))
+        return real(frames, kind, crf, preset)
+
+    monkeypatch.setattr(vsr.codecs, "_encode_decode", record)
+    return calls
+
+
+def test_images_draw_per_sample_and_reproduce_with_a_generator(codec_inputs):
     one = _frames(1)[0]
     hr = one.expand(6, -1, -1, -1).contiguous()  # six copies of one crop
     chain = DegradationChain.parse("bicubic,x264:crf=10~45")
+    codec_inputs.append([])
     a = chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(1), workers=3)
-    b = chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(1), workers=1)
+    codec_inputs.append([])
+    chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(1), workers=1)
     assert a.shape == (6, 3, 48, 64) and a.dtype == torch.uint8
-    assert torch.equal(a, b)  # threads do not change the result
+    # threads do not change what is coded (the threads' calls come in any order)
+    assert len(codec_inputs[1]) == 6 and sorted(codec_inputs[0]) == sorted(codec_inputs[1])
     assert len({x.numpy().tobytes() for x in a}) > 1  # strengths differ between samples
 
 
@@ -197,29 +220,19 @@ def test_stage_probability_mixes_coded_and_clean_samples():
     assert torch.equal(always.apply_clip(_frames(3), 2), same.apply_clip(_frames(3), 2))
 
 
-def test_image_pairs_second_frame_is_the_same_scene_moved_and_coded_again(monkeypatch):
+def test_image_pairs_second_frame_is_the_same_scene_moved_and_coded_again(codec_inputs):
     """apply_image_pairs draws as apply_images does (the same clips and strengths reach the
-    codec); its second frame of each crop is the codec's frame before, moved by the
-    reported shift: aligned, it is close to the first (the same scene), yet not equal (another
-    coding of it)."""
-    import vsr.codecs
-
+    codec); its second frame of each crop is the codec's frame before, moved by the reported
+    shift: aligned, it is close to the first (the same scene), yet not equal (another coding
+    of it)."""
     hr = _frames(8, 64, 64)
     spec = "bicubic,x264:crf=36,noise:sigma=2"
     chain = DegradationChain.parse(spec)
-    coded: list[list] = []
-    real = vsr.codecs._encode_decode
-
-    def record(frames, kind, crf, preset):  # what reaches the codec, then the real codec
-        coded[-1].append((b"".join(f.tobytes() for f in frames), kind, crf, preset))
-        return real(frames, kind, crf, preset)
-
-    monkeypatch.setattr(vsr.codecs, "_encode_decode", record)
-    coded.append([])
+    codec_inputs.append([])
     chain.apply_images(hr, 2, generator=torch.Generator().manual_seed(4), workers=1)
-    coded.append([])
+    codec_inputs.append([])
     got = chain.apply_image_pairs(hr, 2, generator=torch.Generator().manual_seed(4), workers=1)
-    assert len(coded[0]) == 8 and coded[0] == coded[1]
+    assert len(codec_inputs[0]) == 8 and codec_inputs[0] == codec_inputs[1]
     assert got.prev.shape == got.lr.shape and got.shifts.shape == (8, 2)
     assert got.shifts.abs().max() <= 2 and got.shifts.abs().sum() > 0
     assert not torch.equal(got.prev, got.lr)
