@@ -198,7 +198,10 @@ def peer_entries(threads: int, opencv_dir: Path = DEFAULT_OPENCV_DIR) -> tuple[l
 
 
 def our_entries() -> list[Entry]:
-    """The shipped registry models, and the bicubic baseline at each scale."""
+    """The shipped registry models (also as NAME@bf16 where ``precision="auto"`` picks bf16
+    on this CPU), and the bicubic baseline at each scale."""
+    from vsr.loading import auto_dtype
+    from vsr.loading import load_model as load_run_model
     from vsr.models import REGISTRY, load_model
 
     entries = [Entry(f"bicubic-x{s}", s, "baseline",
@@ -206,6 +209,12 @@ def our_entries() -> list[Entry]:
     for name in OURS:
         entries.append(Entry(name, REGISTRY.get(name).scale, "ours",
                              lambda name=name: load_model(name)))
+    if auto_dtype(torch.device("cpu"), (torch.bfloat16,), network=True) == torch.bfloat16:
+        # what `vsr upscale` runs on this CPU (precision auto): the same weights in bf16
+        for name in OURS:
+            entries.append(Entry(f"{name}@bf16", REGISTRY.get(name).scale, "ours",
+                                 lambda name=name: load_run_model(name, device="cpu",
+                                                                  precision="bf16")))
     return entries
 
 
@@ -310,24 +319,22 @@ def run_images(entries: list[Entry], data: Path, datasets: Sequence[str], *, rep
                do_speed: bool, jobs: int, opencv_dir: Path,
                report: dict[str, Any], reuse: dict[str, Any] | None = None
                ) -> list[dict[str, Any]]:
-    """Quality of every entry (``jobs`` worker processes, or the rows of an earlier report
-    ``reuse``: the scores are deterministic), then one interleaved speed run over all entries in
-    this process, with the thread count set by :func:`_configure_threads`. Load averages before
-    and after the timing go into ``report``."""
+    """Quality of every entry (the rows of an earlier report ``reuse`` where it has them: the
+    scores are deterministic; the others measured by ``jobs`` worker processes), then one
+    interleaved speed run over all entries in this process, with the thread count set by
+    :func:`_configure_threads`. Load averages before and after the timing go into ``report``."""
+    old = {r["name"]: r for r in reuse["rows"]} if reuse is not None else {}
+    fresh = [e.name for e in entries if e.name not in old
+             or any(d not in old[e.name]["quality"] for d in datasets)]
     if reuse is not None:
-        old = {r["name"]: r for r in reuse["rows"]}
-        lost = [e.name for e in entries if e.name not in old
-                or any(d not in old[e.name]["quality"] for d in datasets)]
-        if lost:
-            raise SystemExit(f"Error: the reused report lacks {', '.join(lost)}")
-        rows = [{k: old[e.name][k] for k in ("name", "scale", "kind", "source", "quality")}
+        report["quality_from"]["measured_here"] = fresh
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        futures = {name: pool.submit(_quality_row, name, data, tuple(datasets), opencv_dir)
+                   for name in fresh}
+        rows = [futures[e.name].result() if e.name in futures else
+                {k: old[e.name][k] for k in ("name", "scale", "kind", "source", "quality")}
                 for e in entries]
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_quality_row, e.name, data, tuple(datasets), opencv_dir)
-                       for e in entries]
-            rows = [f.result() for f in futures]
     if do_speed:
         handles = [(e.name, e.make()) for e in entries]
         log.info("timing %d models, %d repeats", len(handles), repeats)
@@ -424,8 +431,10 @@ def image_markdown(report: dict[str, Any]) -> str:
                      f"{after[0]:.2f} after it.")
     if "quality_from" in report:
         q = report["quality_from"]
+        fresh = q.get("measured_here")
         lines.append(f"- Quality rows reused (`--reuse-quality`; the scores are deterministic) "
-                     f"from `{q['report']}`, the run of {q['date']}: `{q['command']}`.")
+                     f"from `{q['report']}`, the run of {q['date']}: `{q['command']}`"
+                     + (f"; measured in this run: {', '.join(fresh)}." if fresh else "."))
     lines.append("")
     datasets = report["datasets"]
     head = ["model", "kind", "scale", *datasets, "s / 720p frame", "fastest", "ratio to SPAN"]
@@ -525,7 +534,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="worker processes (one thread each) for the quality pass")
     ap.add_argument("--no-speed", action="store_true", help="quality only")
     ap.add_argument("--reuse-quality", type=Path,
-                    help="take the quality rows from this earlier report; time only")
+                    help="take the quality rows this earlier report has (the others are "
+                         "measured)")
     ap.add_argument("--opencv-dir", type=Path, default=DEFAULT_OPENCV_DIR)
     ap.add_argument("--json", type=Path, help="write the report here")
     ap.add_argument("--markdown", type=Path, help="write the Markdown table here")

@@ -11,7 +11,7 @@ import click
 
 from vsr.cli.common import device_option, emit_json, json_option, model_option, scale_option
 from vsr.errors import ConfigError
-from vsr.options import EVAL_BASELINES
+from vsr.options import EVAL_BASELINES, PRECISIONS
 
 if TYPE_CHECKING:
     from vsr.evaluate import DatasetResult, Progress
@@ -90,13 +90,17 @@ def _video_table(results: Sequence[ClipResult]) -> str:
               help="Score a baseline instead of a model; with --video, score it as well as the "
                    "model, on the same LR frames.")
 @device_option
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="Compute precision of the model: fp32 scores the model itself; auto scores "
+                   "what vsr upscale runs on this machine (see vsr upscale --help).")
 @click.option("--raw-gray", is_flag=True,
               help="Score grayscale files on their gray values instead of Y, as the MATLAB "
                    "scripts behind published tables do (Set14's bridge.png).")
 @json_option
 def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | None,
              frames: int, seed: int | None, scale: int | None, model: str | None,
-             baseline: str | None, device: str, raw_gray: bool, as_json: bool) -> None:
+             baseline: str | None, device: str, precision: str, raw_gray: bool,
+             as_json: bool) -> None:
     """PSNR/SSIM on the Y channel with the standard SR protocol, on images or video.
 
     Images (--data): the LR input is MATLAB's bicubic downscale of each HR image (cropped to a
@@ -120,7 +124,8 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
     if videos:
         video_config = VideoEvalConfig(videos=videos, degrade=degrade or "bicubic",
                                        frames=frames, model=model, baseline=baseline,
-                                       scale=scale, device=device, seed=seed)
+                                       scale=scale, device=device, seed=seed,
+                                       precision=precision)
         clips = run_video_evaluation(video_config, progress=_StderrProgress())
         if as_json:
             emit_json(summarize_video(clips))
@@ -133,7 +138,7 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
         raise ConfigError("--degrade and --seed apply to --video; image eval uses the bicubic "
                           "protocol")
     config = EvalConfig(data=data, scale=scale, model=model, baseline=baseline, device=device,
-                        raw_gray=raw_gray)
+                        raw_gray=raw_gray, precision=precision)
     results = run_evaluation(config, progress=_StderrProgress())
     if as_json:
         emit_json(summarize(results))

@@ -48,7 +48,8 @@ def test_config_validates_backend_and_batch(tmp_path):
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
 def test_onnx_backend_in_batches_matches_eager(clip, drn_checkpoint, tmp_path, cache_env):
     src = clip("in.mp4", frames=5, size=(48, 32))
-    ref = run(src, tmp_path / "eager.mkv", drn_checkpoint, backend="eager")
+    # fp32 for both: auto would run eager in bf16 on a CPU that has it (onnx is fp32 only)
+    ref = run(src, tmp_path / "eager.mkv", drn_checkpoint, backend="eager", precision="fp32")
     got = run(src, tmp_path / "onnx.mkv", drn_checkpoint, backend="onnx", batch=2)
     assert (ref.backend, ref.batch) == ("eager", 1)
     assert (got.backend, got.batch) == ("onnx", 2)  # 5 frames: the last batch is padded
@@ -88,7 +89,8 @@ def test_missing_onnxruntime_falls_back_to_eager(clip, drn_checkpoint, tmp_path)
     assert "backend onnx" in warnings[0] and "onnxruntime is not installed" in warnings[0]
     result = json.loads(p.stdout)
     assert result["backend"] == "eager" and any("onnx" in n for n in result["notes"])
-    run(src, tmp_path / "eager.mkv", drn_checkpoint, backend="eager")
+    assert result["precision"] == "float32"  # asked for onnx: fp32, the precision it runs
+    run(src, tmp_path / "eager.mkv", drn_checkpoint, backend="eager", precision="fp32")
     np.testing.assert_array_equal(decoded(tmp_path / "out.mkv"), decoded(tmp_path / "eager.mkv"))
 
 

@@ -88,7 +88,7 @@ def test_evaluate_dataset_means_and_progress(tmp_path):
     assert result.ssim == pytest.approx(sum(r.ssim for r in result.per_image) / 2)
     assert 25 < result.psnr < math.inf and 0.5 < result.ssim < 1
     row = result.to_json()
-    assert set(row) == {"dataset", "scale", "psnr", "ssim", "images"}
+    assert set(row) == {"dataset", "scale", "psnr", "ssim", "images", "precision"}
     assert row["psnr"] == round(result.psnr, 4)
 
 

@@ -45,7 +45,8 @@ def test_shipped_weights_score_their_cards_set5(spec):
     from vsr.evaluate import evaluate_dataset
     from vsr.loading import load_model
 
-    result = evaluate_dataset(load_model(spec.name, device="cpu"), folder, spec.scale)
+    handle = load_model(spec.name, device="cpu", precision="fp32")  # the cards' precision
+    result = evaluate_dataset(handle, folder, spec.scale)
     assert result.psnr == pytest.approx(spec.card["eval"]["Set5"]["psnr"], abs=0.006)
 
 

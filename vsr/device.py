@@ -24,3 +24,16 @@ def resolve_device(spec: str, *, require_available: bool = False) -> torch.devic
     if require_available and dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec} was asked for but CUDA is not available")
     return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16). Elsewhere
+    oneDNN emulates bf16, slower than fp32, so ``precision="auto"`` stays in fp32 there."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:  # older torch: no way to ask, so no bf16 by default
+        return False
+    try:
+        caps = capabilities()
+    except RuntimeError:
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))

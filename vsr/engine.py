@@ -52,22 +52,26 @@ class Prepared:
 
 
 class ModelCache:
-    """Loaded handles by (model, scale, precision, device) and prepared backends by handle,
-    backend, batch and frame size: a worker that runs many files loads and prepares once.
+    """Loaded handles by (model, scale, precision, device, bit depth) and prepared backends by
+    handle, backend, batch and frame size: a worker that runs many files loads and prepares once.
     Not thread-safe: one per worker thread."""
 
     def __init__(self) -> None:
         self._handles: dict[tuple, object] = {}
         self._prepared: dict[tuple, Prepared] = {}
 
-    def handle(self, options: ModelOptions, device: str | torch.device):
-        """The model of ``options`` on ``device``; raises like :func:`vsr.loading.load_model`."""
+    def handle(self, options: ModelOptions, device: str | torch.device, *, bit_depth: int = 8):
+        """The model of ``options`` on ``device`` for frames of ``bit_depth`` bits; raises like
+        :func:`vsr.loading.load_model`."""
         if not isinstance(device, torch.device):
             device = resolve_device(device, require_available=True)
-        key = (options.model, options.scale, options.precision, str(device))
+        precision = options.precision
+        if precision == "auto" and options.backend == "onnx":
+            precision = "fp32"  # the one precision onnxruntime runs here
+        key = (options.model, options.scale, precision, str(device), bit_depth)
         if key not in self._handles:
             self._handles[key] = load_model(options.model, scale=options.scale, device=device,
-                                            precision=options.precision)
+                                            precision=precision, bit_depth=bit_depth)
         return self._handles[key]
 
     def prepare(self, handle, options: ModelOptions, image: np.ndarray | None) -> Prepared:
@@ -115,7 +119,7 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
     """
     models = models if models is not None else ModelCache()
     info = source.info
-    handle = models.handle(options, device)
+    handle = models.handle(options, device, bit_depth=info.bit_depth)
     width, height = info.width * handle.scale, info.height * handle.scale
     frames = frames if frames is not None else source.frames()
     first = next(frames, None)

@@ -10,6 +10,7 @@ The library never prints: progress goes to an optional callback, details to ``lo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ import torch
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
 from vsr.metrics import psnr_y, ssim_y
-from vsr.options import EVAL_BASELINES, check_device, check_scale
+from vsr.options import EVAL_BASELINES, PRECISIONS, check_choice, check_device, check_scale
 from vsr.resize import imresize, to_uint8
 
 __all__ = [
@@ -66,11 +67,13 @@ class DatasetResult:
     ssim: float
     images: int
     per_image: tuple[ImageResult, ...] = field(default=(), repr=False)
+    precision: str = "float32"  # the dtype the model computed in
 
     def to_json(self) -> dict[str, Any]:
         """The ``vsr eval --json`` row: PSNR to 4 decimals, SSIM to 5."""
         return {"dataset": self.dataset, "scale": self.scale, "psnr": round(self.psnr, 4),
-                "ssim": round(self.ssim, 5), "images": self.images}
+                "ssim": round(self.ssim, 5), "images": self.images,
+                "precision": self.precision}
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,9 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """One ``vsr eval`` run: benchmark folders, a model (or a baseline), scale, device."""
+    """One ``vsr eval`` run: benchmark folders, a model (or a baseline), scale, device and
+    precision (fp32, the reference, unless asked; ``auto`` scores what ``vsr upscale`` runs
+    here, see :func:`vsr.loading.auto_dtype`)."""
 
     data: tuple[Path, ...]
     scale: int | None = None
@@ -215,6 +220,7 @@ class EvalConfig:
     baseline: str | None = None
     device: str = "auto"
     raw_gray: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(Path(d) for d in self.data))
@@ -228,6 +234,7 @@ class EvalConfig:
             raise ConfigError(f"--baseline {self.baseline} needs --scale")
         check_scale(self.scale)  # the shared options' validators (vsr.options)
         check_device(self.device)
+        check_choice("precision", self.precision, PRECISIONS)
 
 
 def run_evaluation(config: EvalConfig, *,
@@ -244,16 +251,16 @@ def run_evaluation(config: EvalConfig, *,
     """
     for folder in config.data:
         benchmark_images(folder)
-    from vsr.models import load_model  # lazy: the model zoo is only needed here
+    from vsr.loading import load_model  # lazy: the model zoo is only needed here
 
     name = config.baseline if config.baseline is not None else config.model
     device = resolve_device(config.device, require_available=True)
-    handle = load_model(name, scale=config.scale, device=device)
+    handle = load_model(name, scale=config.scale, device=device, precision=config.precision)
     scale = config.scale if config.scale is not None else int(handle.scale)
-    if int(handle.scale) != scale:
-        raise ConfigError(f"model {name!r} upscales x{handle.scale}, not x{scale}")
-    log.info("evaluating %s x%d on %d folder(s)", name, scale, len(config.data))
-    return [evaluate_dataset(handle, folder, scale, progress=progress, raw_gray=config.raw_gray)
+    precision = str(handle.dtype).removeprefix("torch.")
+    log.info("evaluating %s x%d in %s on %d folder(s)", name, scale, precision, len(config.data))
+    return [dataclasses.replace(evaluate_dataset(handle, folder, scale, progress=progress,
+                                                 raw_gray=config.raw_gray), precision=precision)
             for folder in config.data]
 
 

@@ -26,6 +26,7 @@ The library never prints: progress goes to an optional callback, details to ``lo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from vsr.errors import ConfigError, InputError, ModelError
 from vsr.evaluate import BASELINES, Progress, ProgressCallback, UpscaleHandle, modcrop
 from vsr.io.source import PyAVSource
 from vsr.metrics import psnr_y, rgb_to_y, ssim_y
+from vsr.options import PRECISIONS, check_choice
 
 __all__ = ["ClipResult", "Scores", "VideoEvalConfig", "evaluate_clip", "flicker", "read_hr_frames",
            "run_video_evaluation", "summarize_video"]
@@ -78,6 +80,7 @@ class ClipResult:
     baseline: Scores | None = None
     seed: int | None = None
     per_frame_psnr: tuple[float, ...] = field(default=(), repr=False)
+    precision: str = "float32"  # the dtype the model computed in
 
     def to_json(self) -> dict[str, Any]:
         """The ``vsr eval --video --json`` row: the image eval row plus video fields."""
@@ -85,7 +88,7 @@ class ClipResult:
         row: dict[str, Any] = {
             "dataset": self.dataset, "scale": self.scale, "psnr": s["psnr"], "ssim": s["ssim"],
             "images": self.frames, "frames": self.frames, "degrade": self.degrade,
-            "flicker": s["flicker"], "model": self.model,
+            "flicker": s["flicker"], "model": self.model, "precision": self.precision,
         }
         if self.seed is not None:
             row["seed"] = self.seed
@@ -112,6 +115,7 @@ class VideoEvalConfig:
     scale: int | None = None
     device: str = "auto"
     seed: int | None = None
+    precision: str = "fp32"  # as EvalConfig's: the reference unless asked
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "videos", tuple(Path(v) for v in self.videos))
@@ -132,6 +136,7 @@ class VideoEvalConfig:
         if self.model == "bicubic" and self.scale is None:
             raise ConfigError("--model bicubic needs --scale")
         resolve_device(self.device)  # the spelling; availability is checked when it runs
+        check_choice("precision", self.precision, PRECISIONS)
 
     @property
     def chain(self) -> DegradationChain:
@@ -251,19 +256,22 @@ def run_video_evaluation(config: VideoEvalConfig, *,
     for video in config.videos:
         if not video.is_file():
             raise InputError(f"clip not found: {video}")
-    from vsr.models import DEFAULT_MODEL, load_model  # lazy: the model zoo is only needed here
+    from vsr.loading import load_model  # lazy: the model zoo is only needed here
+    from vsr.models import DEFAULT_MODEL
 
     name = config.model if config.model is not None else DEFAULT_MODEL
     device = resolve_device(config.device, require_available=True)
-    handle = load_model(name, scale=config.scale, device=device)
+    handle = load_model(name, scale=config.scale, device=device, precision=config.precision)
     scale = config.scale if config.scale is not None else int(handle.scale)
-    baseline = (load_model(config.baseline, scale=scale, device=device)
+    baseline = (load_model(config.baseline, scale=scale, device=device, precision="fp32")
                 if config.baseline is not None else None)
     chain = config.chain
-    log.info("evaluating %s x%d on %d clip(s), %d frames, %s", name, scale,
+    precision = str(handle.dtype).removeprefix("torch.")
+    log.info("evaluating %s x%d in %s on %d clip(s), %d frames, %s", name, scale, precision,
              len(config.videos), config.frames, chain)
-    return [evaluate_clip(handle, video, chain, scale, config.frames, baseline=baseline,
-                          seed=config.seed, progress=progress)
+    return [dataclasses.replace(
+                evaluate_clip(handle, video, chain, scale, config.frames, baseline=baseline,
+                              seed=config.seed, progress=progress), precision=precision)
             for video in config.videos]
 
 

@@ -1,0 +1,90 @@
+"""precision="auto": the dtype each model runs in, and the CPU's bf16 path on real video."""
+
+import numpy as np
+import pytest
+import torch
+
+from vsr.device import cpu_has_native_bf16
+from vsr.io.sink import EncodeConfig
+from vsr.io.source import PyAVSource
+from vsr.loading import auto_dtype
+from vsr.upscale import UpscaleConfig, upscale_file
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+ALL = (F32, F16, BF16)
+LOSSLESS = EncodeConfig(codec="ffv1", pix_fmt="yuv444p")
+
+
+@pytest.mark.parametrize(("device", "network", "native", "depth", "want"), [
+    ("cuda", True, False, 8, F16),
+    ("cuda", False, False, 10, F16),  # bicubic too: fp16's significand holds 10 bits
+    ("cuda", True, False, 12, F32),
+    ("cpu", True, True, 8, BF16),
+    ("cpu", True, True, 10, F32),  # bf16 holds 8 bits: a 10-bit source stays exact in fp32
+    ("cpu", False, True, 8, F32),  # bicubic gains nothing from bf16
+    ("cpu", True, False, 8, F32),  # emulated bf16 is slower than fp32
+])
+def test_auto_dtype_by_device_model_and_depth(device, network, native, depth, want):
+    got = auto_dtype(torch.device(device), ALL, network=network, bit_depth=depth,
+                     native_bf16=native)
+    assert got == want
+
+
+def test_auto_dtype_stays_in_what_the_model_supports():
+    assert auto_dtype(torch.device("cpu"), (F32,), network=True, native_bf16=True) == F32
+    assert auto_dtype(torch.device("cuda"), (F32, BF16), network=True) == F32
+
+
+def _frames(path) -> np.ndarray:
+    with PyAVSource(path) as src:
+        return np.stack([f.image for f in src.frames()]).astype(np.float64)
+
+
+def test_default_model_on_the_cpu_in_each_precision(clip, tmp_path):
+    """auto is bf16 exactly where the CPU has it; bf16 output stays close to fp32's (the shipped
+    default, lossless output: 51 dB apart here, 4 levels at most)."""
+    src = clip("in.mkv", frames=3, size=(96, 64))
+    runs = {p: upscale_file(UpscaleConfig(input=src, output=tmp_path / f"{p}.mkv",
+                                          device="cpu", precision=p, encode=LOSSLESS))
+            for p in ("auto", "fp32", "bf16")}
+    assert runs["auto"].precision == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert (runs["fp32"].precision, runs["bf16"].precision) == ("float32", "bfloat16")
+    ref, half = _frames(tmp_path / "fp32.mkv"), _frames(tmp_path / "bf16.mkv")
+    assert ref.shape == half.shape == (3, 128, 192, 3)
+    diff = np.abs(ref - half)
+    assert diff.max() <= 8 and 0 < (diff ** 2).mean() < 255 ** 2 / 10 ** 4.5  # over 45 dB
+
+
+def test_deep_frames_stay_in_fp32_under_auto(clip, tmp_path):
+    src = clip("ten.mkv", frames=2, size=(64, 48), pix_fmt="yuv420p10le")
+    run = upscale_file(UpscaleConfig(input=src, output=tmp_path / "o.mkv", device="cpu",
+                                     encode=EncodeConfig(preset="ultrafast")))
+    assert run.precision == "float32"
+
+
+def test_eval_scores_fp32_unless_asked(tmp_path):
+    """`vsr eval` scores the model itself (fp32) by default; --precision bf16 scores the bf16
+    run, close to it but not the same, and the JSON says which."""
+    import json
+
+    from click.testing import CliRunner
+
+    from vsr.cli.main import cli
+    from vsr.imageio import write_image
+
+    folder = tmp_path / "Tiny"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(3)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g) * 255,
+                                             size=(48, 64), mode="bilinear")
+    write_image(folder / "a.png", smooth[0].round().to(torch.uint8))
+    rows = {}
+    for precision in (None, "bf16"):
+        args = ["eval", "--data", str(folder), "--model", "drn-t-x2-drc50", "--device", "cpu",
+                "--json", *(["--precision", precision] if precision else [])]
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 0, r.output
+        rows[precision] = json.loads(r.stdout)["results"][0]
+    assert (rows[None]["precision"], rows["bf16"]["precision"]) == ("float32", "bfloat16")
+    assert rows[None]["psnr"] != rows["bf16"]["psnr"]
+    assert abs(rows[None]["psnr"] - rows["bf16"]["psnr"]) < 0.2
