@@ -88,3 +88,18 @@ def test_eval_scores_fp32_unless_asked(tmp_path):
     assert (rows[None]["precision"], rows["bf16"]["precision"]) == ("float32", "bfloat16")
     assert rows[None]["psnr"] != rows["bf16"]["psnr"]
     assert abs(rows[None]["psnr"] - rows["bf16"]["psnr"]) < 0.2
+
+
+def test_uint8_output_of_a_bf16_handle_is_scaled_and_rounded_in_fp32():
+    """bf16 holds integers only to 256 in steps that grow with size, so x255 in bf16 rounds
+    once before round_(): a 42 dB clip lost 0.3 dB that way."""
+    from vsr.loading import load_model
+
+    handle = load_model("drn-t-x2-drc50", device="cpu", precision="bf16")
+    x = torch.randint(0, 256, (1, 3, 24, 32), generator=torch.Generator().manual_seed(0),
+                      dtype=torch.uint8)
+    y = handle.upscale(x)
+    float_out = handle.infer(x.to(torch.bfloat16) / 255.0).float().clamp(0, 1)
+    assert torch.equal(y, float_out.mul(255).round().to(torch.uint8))
+    twice = handle.infer(x.to(torch.bfloat16) / 255.0).clamp(0, 1).mul(255).round()
+    assert not torch.equal(y, twice.to(torch.uint8))  # what rounding in bf16 gave

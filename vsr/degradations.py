@@ -336,7 +336,7 @@ class DegradationChain:
                 in a pool made for this call; ignored when ``executor`` is given.
             executor: runs the per-sample codecs instead, so that a caller degrading many
                 batches (:class:`vsr.train.prefetch.DegradedBatches`) starts its threads once;
-                the caller owns it and shuts it down. What is coded does not depend on it.
+                the caller owns it and shuts it down. The result does not depend on it.
 
         Returns:
             uint8 (N, 3, H/scale, W/scale) LR crops on the CPU.
