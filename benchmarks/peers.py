@@ -459,12 +459,15 @@ def image_markdown(report: dict[str, Any]) -> str:
 
 
 def readme_markdown(report: dict[str, Any]) -> str:
-    """The README's compact table: our models, SPAN ch48 and bicubic, from an image report."""
+    """The README's compact table: our models as `vsr upscale` runs them on this machine (the
+    NAME@bf16 row where there is one), SPAN ch48 and bicubic, from an image report."""
     datasets = report["datasets"]
     head = ["model", "scale", *datasets, "CPU s / 720p frame", "ratio to SPAN"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    names = {r["name"] for r in report["rows"]}
     keep = [r for r in report["rows"]
-            if r["kind"] in ("ours", "baseline") or r["name"] in REFERENCE.values()]
+            if (r["kind"] in ("ours", "baseline") or r["name"] in REFERENCE.values())
+            and f"{r['name']}@bf16" not in names]
     for r in sorted(keep, key=lambda r: (r["scale"], r["kind"] != "ours", r["kind"] == "baseline",
                                          r["name"])):
         q = [f"{r['quality'][d]['psnr']:.2f}" if d in r["quality"] else "-" for d in datasets]
@@ -472,9 +475,12 @@ def readme_markdown(report: dict[str, Any]) -> str:
         ratio = f"{r['ratio_to_span']:.2f}" if r.get("ratio_to_span") is not None else "-"
         name = r["name"] if r["kind"] == "ours" else f"{r['name']} ({r['kind']})"
         lines.append(f"| {name} | x{r['scale']} | " + " | ".join(q) + f" | {secs} | {ratio} |")
+    bf16 = any(n.endswith("@bf16") for n in names)
     lines += ["", f"Measured {report['date']} UTC, {report['threads']} threads, one interleaved "
               "run (`python benchmarks/peers.py --data DIR --readme README.md`; the full table "
-              "with every peer is benchmarks/PEERS.md)."]
+              "with every peer is benchmarks/PEERS.md"
+              + ("; NAME@bf16: our weights in bf16, as `--precision auto` runs them on this CPU, "
+                 "fp32 rows there too" if bf16 else "") + ")."]
     return "\n".join(lines) + "\n"
 
 

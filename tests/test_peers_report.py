@@ -29,3 +29,18 @@ def test_readme_table_keeps_ours_span_and_bicubic_and_regenerates_in_place(peers
         got = readme.read_text()
         assert got == ("intro\n\n<!-- peers:readme -->\n" + text.rstrip()
                        + "\n<!-- /peers:readme -->\n\nafter\n")
+
+
+def test_readme_table_shows_ours_in_the_precision_upscale_runs(peers):
+    """Where the report has NAME@bf16 (auto runs bf16 on that CPU) the README shows that row
+    in place of the fp32 one, and says so; the full table keeps both."""
+    from copy import deepcopy
+
+    report = deepcopy(REPORT)
+    report["rows"].append(_row("drn-t-x2-drc50@bf16", "ours", 2, 36.95, 0.29, 0.23))
+    text = peers.readme_markdown(report)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| drn-t-x2-drc50@bf16", "| span-x2-ch48 (peer)", "| bicubic-x2 (baseline)"]
+    assert "| 36.95 | 0.29 | 0.23 |" in rows[0] and "as `--precision auto` runs them" in text
+    assert "@bf16" not in peers.readme_markdown(REPORT)
