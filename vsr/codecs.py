@@ -11,7 +11,6 @@ A training crop is coded as a short panning clip of its own (:func:`code_crop`;
 
 from __future__ import annotations
 
-import functools
 import io
 from fractions import Fraction
 
@@ -19,6 +18,7 @@ import av
 import numpy as np
 import torch
 
+from vsr.device import x264_asm_without_avx512
 from vsr.errors import PipelineError
 
 # stage kind -> (PyAV encoder, decoder)
@@ -86,33 +86,6 @@ def code_crop_pair(lr: torch.Tensor, kind: str, crf: int, preset: str, gen: torc
     out = _encode_decode(clip, kind, crf, preset)
     last, prev = (torch.from_numpy(f).permute(2, 0, 1).contiguous() for f in out[-1:-3:-1])
     return last, prev, (dy, dx)
-
-
-# x264's names for the x86 instruction sets it can use below AVX-512, each with the name
-# torch.cpu.get_capabilities() gives it (MMX2 is part of every x86-64 CPU with SSE)
-_X264_FLAGS = (("MMX2", "sse"), ("SSE", "sse"), ("SSE2", "sse2"), ("SSE3", "sse3"),
-               ("SSSE3", "ssse3"), ("SSE4.1", "sse4_1"), ("SSE4.2", "sse4_2"),
-               ("LZCNT", "lzcnt"), ("AVX", "avx"), ("FMA3", "fma3"), ("BMI1", "bmi"),
-               ("BMI2", "bmi2"), ("AVX2", "avx2"))
-
-
-@functools.cache
-def x264_asm_without_avx512() -> str | None:
-    """x264's ``asm`` flags for this CPU with AVX-512 left out, or None on a CPU without
-    AVX-512 (x264 then chooses alone).
-
-    x264's AVX-512 routines make its output depend on memory it did not write for frames this
-    small: on this repository's AMD EPYC VM a 3-frame 16-40 px clip coded the same input
-    differently in 1 to 23 of 300 round trips with other allocations in between (101 of 300
-    with the flags named explicitly), and in 0 of 1200 with AVX2 at most. Otherwise the
-    bitstream is the same (identical at 64, 256 and 720 px square). Only flags the CPU has are
-    named: x264 would run any instruction set it is told to.
-    """
-    get = getattr(torch.cpu, "get_capabilities", None)
-    caps = get() if get is not None else {}
-    if not caps.get("avx512_f"):
-        return None
-    return ",".join(name for name, cap in _X264_FLAGS if caps.get(cap))
 
 
 def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:

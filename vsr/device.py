@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from vsr.errors import ConfigError
@@ -26,14 +28,45 @@ def resolve_device(spec: str, *, require_available: bool = False) -> torch.devic
     return dev
 
 
+@functools.cache
+def cpu_capabilities() -> dict:
+    """What torch knows of this CPU's instruction sets (``torch.cpu.get_capabilities()``:
+    "avx2", "avx512_f", "avx512_bf16", ...); empty where torch cannot tell."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    try:
+        return dict(get()) if get is not None else {}
+    except RuntimeError:
+        return {}
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16). Elsewhere
     oneDNN emulates bf16, slower than fp32, so ``precision="auto"`` stays in fp32 there."""
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is None:  # older torch: no way to ask, so no bf16 by default
-        return False
-    try:
-        caps = capabilities()
-    except RuntimeError:
-        return False
+    caps = cpu_capabilities()
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+# x264's names for the x86 instruction sets it can use below AVX-512, each with the name
+# torch.cpu.get_capabilities() gives it (MMX2 is part of every x86-64 CPU with SSE)
+_X264_FLAGS = (("MMX2", "sse"), ("SSE", "sse"), ("SSE2", "sse2"), ("SSE3", "sse3"),
+               ("SSSE3", "ssse3"), ("SSE4.1", "sse4_1"), ("SSE4.2", "sse4_2"),
+               ("LZCNT", "lzcnt"), ("AVX", "avx"), ("FMA3", "fma3"), ("BMI1", "bmi"),
+               ("BMI2", "bmi2"), ("AVX2", "avx2"))
+
+
+def x264_asm_without_avx512() -> str | None:
+    """x264's ``asm`` flags for this CPU with AVX-512 left out, or None on a CPU without
+    AVX-512 (x264 then chooses alone).
+
+    x264's AVX-512 routines make its output depend on memory it did not write for small
+    frames (vsr.codecs' crop clips, outputs of tiny videos). On this repository's AMD EPYC VM a
+    3-frame 16-40 px clip coded the same input differently in 1 to 23 of 300 round trips with
+    other allocations in between (101 of 300 with the flags named explicitly), in 0 of 1200
+    with AVX2 at most; 40 `vsr upscale` runs of a 16x16 clip gave 2 different outputs.
+    Otherwise the bitstream is the same (identical at 64, 256 and 720 px square, and for 24
+    1440p frames). Only flags the CPU has are named: x264 would run any it is told to.
+    """
+    caps = cpu_capabilities()
+    if not caps.get("avx512_f"):
+        return None
+    return ",".join(name for name, cap in _X264_FLAGS if caps.get(cap))

@@ -190,6 +190,11 @@ class VideoEncoder:
             if "preset" not in private:
                 raise ConfigError(f"{config.codec} has no preset setting")
             opts["preset"] = config.preset
+        if cc.name == "libx264":
+            from vsr.device import x264_asm_without_avx512
+
+            if (asm := x264_asm_without_avx512()) is not None:  # same bitstream, every time
+                opts["x264-params"] = f"asm={asm}"
         cc.options = opts
         cc.thread_count = 0
         if info.rotation:
