@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from vsr.device import resolve_device
+from vsr.device import cpu_has_native_bf16, resolve_device
 from vsr.errors import ConfigError
 from vsr.options import PRECISIONS, check_choice
 
@@ -30,15 +30,14 @@ def auto_dtype(device: torch.device, supported: tuple[torch.dtype, ...], *, netw
 
     On CUDA fp16. On a CPU with bf16 in hardware (``native_bf16``; None asks
     :func:`vsr.device.cpu_has_native_bf16`) a network runs in bf16: 1.4-1.7x the speed of
-    fp32 for the shipped DRNs, 0.03 dB below it on Set5 (benchmarks/ENGINE.md). All else,
-    bicubic on the CPU and frames deeper than the reduced precision carries, runs in fp32.
+    fp32 for the shipped DRNs, 0.01-0.03 dB below it on Set5/Set14/B100 (docs/engine.md,
+    "Precision"). All else, bicubic on the CPU and frames deeper than the reduced precision
+    carries, runs in fp32.
     """
     if device.type == "cuda":
         reduced = torch.float16
     else:
         if native_bf16 is None:
-            from vsr.device import cpu_has_native_bf16
-
             native_bf16 = cpu_has_native_bf16()
         if not (network and native_bf16):
             return torch.float32
