@@ -30,6 +30,14 @@ def test_auto_dtype_by_device_model_and_depth(device, network, native, depth, wa
     assert got == want
 
 
+def test_auto_dtype_keeps_small_cpu_frames_in_fp32():
+    """bf16 is slower than fp32 on small frames (144x176 here), faster from 240x320 up."""
+    cpu = torch.device("cpu")
+    for pixels, want in ((144 * 176, F32), (240 * 320, BF16), (360 * 640, BF16), (None, BF16)):
+        assert auto_dtype(cpu, ALL, network=True, pixels=pixels, native_bf16=True) == want
+    assert auto_dtype(torch.device("cuda"), ALL, network=True, pixels=16) == F16
+
+
 def test_auto_dtype_stays_in_what_the_model_supports():
     assert auto_dtype(torch.device("cpu"), (F32,), network=True, native_bf16=True) == F32
     assert auto_dtype(torch.device("cuda"), (F32, BF16), network=True) == F32
@@ -43,20 +51,22 @@ def _frames(path) -> np.ndarray:
 def test_default_model_on_the_cpu_in_each_precision(clip, tmp_path):
     """auto is bf16 exactly where the CPU has it; bf16 output stays close to fp32's (the shipped
     default, lossless output: 51 dB apart here, 4 levels at most)."""
-    src = clip("in.mkv", frames=3, size=(96, 64))
+    src = clip("in.mkv", frames=2, size=(256, 200))  # 51,200 px: large enough for bf16
     runs = {p: upscale_file(UpscaleConfig(input=src, output=tmp_path / f"{p}.mkv",
                                           device="cpu", precision=p, encode=LOSSLESS))
             for p in ("auto", "fp32", "bf16")}
     assert runs["auto"].precision == ("bfloat16" if cpu_has_native_bf16() else "float32")
     assert (runs["fp32"].precision, runs["bf16"].precision) == ("float32", "bfloat16")
     ref, half = _frames(tmp_path / "fp32.mkv"), _frames(tmp_path / "bf16.mkv")
-    assert ref.shape == half.shape == (3, 128, 192, 3)
+    assert ref.shape == half.shape == (2, 400, 512, 3)
     diff = np.abs(ref - half)
     assert diff.max() <= 8 and 0 < (diff ** 2).mean() < 255 ** 2 / 10 ** 4.5  # over 45 dB
 
 
-def test_deep_frames_stay_in_fp32_under_auto(clip, tmp_path):
-    src = clip("ten.mkv", frames=2, size=(64, 48), pix_fmt="yuv420p10le")
+@pytest.mark.parametrize(("size", "pix_fmt"), [((256, 200), "yuv420p10le"),
+                                              ((96, 64), "yuv420p")])
+def test_deep_or_small_frames_stay_in_fp32_under_auto(clip, tmp_path, size, pix_fmt):
+    src = clip("in.mkv", frames=2, size=size, pix_fmt=pix_fmt)
     run = upscale_file(UpscaleConfig(input=src, output=tmp_path / "o.mkv", device="cpu",
                                      encode=EncodeConfig(preset="ultrafast")))
     assert run.precision == "float32"

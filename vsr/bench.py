@@ -121,7 +121,8 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
     report("decode", decode_fps)
 
     models = ModelCache()  # the pipeline runs below reuse this handle and backend
-    handle = models.handle(config, device, bit_depth=info.bit_depth)
+    handle = models.handle(config, device, bit_depth=info.bit_depth,
+                           pixels=info.width * info.height)
     w, h = info.width * handle.scale, info.height * handle.scale
     prepared = models.prepare(handle, config, decoded[0].image)
     runner = prepared.runner

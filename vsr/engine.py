@@ -21,7 +21,7 @@ import torch
 from vsr.device import resolve_device
 from vsr.io.info import StreamInfo
 from vsr.io.source import Frame, Source
-from vsr.loading import load_model
+from vsr.loading import BF16_MIN_PIXELS, load_model
 from vsr.options import ModelOptions
 from vsr.pipeline import ComputeReport, Progress, RunStats, make_processor, run_pipeline
 
@@ -52,26 +52,30 @@ class Prepared:
 
 
 class ModelCache:
-    """Loaded handles by (model, scale, precision, device, bit depth) and prepared backends by
-    handle, backend, batch and frame size: a worker that runs many files loads and prepares once.
+    """Loaded handles by (model, scale, precision, device, frame depth and size) and prepared
+    backends by handle, backend, batch and frame size: a worker that runs many files loads and
+    prepares once.
     Not thread-safe: one per worker thread."""
 
     def __init__(self) -> None:
         self._handles: dict[tuple, object] = {}
         self._prepared: dict[tuple, Prepared] = {}
 
-    def handle(self, options: ModelOptions, device: str | torch.device, *, bit_depth: int = 8):
-        """The model of ``options`` on ``device`` for frames of ``bit_depth`` bits; raises like
-        :func:`vsr.loading.load_model`."""
+    def handle(self, options: ModelOptions, device: str | torch.device, *, bit_depth: int = 8,
+               pixels: int | None = None):
+        """The model of ``options`` on ``device`` for input frames of ``bit_depth`` bits and
+        ``pixels`` pixels (None: not known); raises like :func:`vsr.loading.load_model`."""
         if not isinstance(device, torch.device):
             device = resolve_device(device, require_available=True)
         precision = options.precision
         if precision == "auto" and options.backend == "onnx":
             precision = "fp32"  # the one precision onnxruntime runs here
-        key = (options.model, options.scale, precision, str(device), bit_depth)
+        small = pixels is not None and pixels < BF16_MIN_PIXELS  # what auto tells apart
+        key = (options.model, options.scale, precision, str(device), bit_depth, small)
         if key not in self._handles:
             self._handles[key] = load_model(options.model, scale=options.scale, device=device,
-                                            precision=precision, bit_depth=bit_depth)
+                                            precision=precision, bit_depth=bit_depth,
+                                            pixels=pixels)
         return self._handles[key]
 
     def prepare(self, handle, options: ModelOptions, image: np.ndarray | None) -> Prepared:
@@ -119,7 +123,8 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
     """
     models = models if models is not None else ModelCache()
     info = source.info
-    handle = models.handle(options, device, bit_depth=info.bit_depth)
+    handle = models.handle(options, device, bit_depth=info.bit_depth,
+                           pixels=info.width * info.height)
     width, height = info.width * handle.scale, info.height * handle.scale
     frames = frames if frames is not None else source.frames()
     first = next(frames, None)

@@ -21,25 +21,33 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The deepest frames (bits per component) each reduced precision carries: its significand
 # holds 8 bits in bf16 and 11 in fp16, so frames beyond that run in fp32 under "auto".
 _MAX_BIT_DEPTH = {torch.bfloat16: 8, torch.float16: 10}
+# Input frames (H x W) below this many pixels stay in fp32 on the CPU: drn-t-x2-drc50, 2 threads,
+# s/frame fp32 / bf16 at 144x176 0.056 / 0.080, at 240x320 0.250 / 0.204, at 360x640 0.464 /
+# 0.319 (benchmarks/ENGINE.md, "CPU: bf16")
+BF16_MIN_PIXELS = 50_000
 
 
 def auto_dtype(device: torch.device, supported: tuple[torch.dtype, ...], *, network: bool,
-               bit_depth: int = 8, native_bf16: bool | None = None) -> torch.dtype:
+               bit_depth: int = 8, pixels: int | None = None,
+               native_bf16: bool | None = None) -> torch.dtype:
     """What ``precision="auto"`` runs a model in: one that computes in ``supported`` dtypes
-    on ``device`` (``network``: a neural network, not bicubic) for frames of ``bit_depth``.
+    on ``device`` (``network``: a neural network, not bicubic) for input frames of
+    ``bit_depth`` bits and ``pixels`` pixels (None: not known, taken as large).
 
     On CUDA fp16. On a CPU with bf16 in hardware (``native_bf16``; None asks
-    :func:`vsr.device.cpu_has_native_bf16`) a network runs in bf16: 1.4-1.7x the speed of
-    fp32 for the shipped DRNs, 0.01-0.03 dB below it on Set5/Set14/B100 (docs/engine.md,
-    "Precision"). All else, bicubic on the CPU and frames deeper than the reduced precision
-    carries, runs in fp32.
+    :func:`vsr.device.cpu_has_native_bf16`) a network runs in bf16 on frames of 50,000
+    pixels and more: 1.4-1.7x the speed of fp32 for the shipped DRNs at 720p out, 0.01-0.03 dB
+    below it on Set5/Set14/B100 (docs/engine.md, "Precision"); on smaller frames bf16 is
+    slower. All else, bicubic on the CPU and frames deeper than the reduced precision carries,
+    runs in fp32.
     """
     if device.type == "cuda":
         reduced = torch.float16
     else:
         if native_bf16 is None:
             native_bf16 = cpu_has_native_bf16()
-        if not (network and native_bf16):
+        small = pixels is not None and pixels < BF16_MIN_PIXELS
+        if not (network and native_bf16) or small:
             return torch.float32
         reduced = torch.bfloat16
     if reduced in supported and bit_depth <= _MAX_BIT_DEPTH[reduced]:
@@ -47,13 +55,14 @@ def auto_dtype(device: torch.device, supported: tuple[torch.dtype, ...], *, netw
     return torch.float32
 
 
-def resolve_precision(precision: str, handle, *, bit_depth: int = 8) -> torch.dtype:
+def resolve_precision(precision: str, handle, *, bit_depth: int = 8,
+                      pixels: int | None = None) -> torch.dtype:
     """The dtype of ``precision`` for ``handle`` (auto: :func:`auto_dtype`). Raises
     ConfigError for an unknown name or a precision the model does not support."""
     check_choice("precision", precision, PRECISIONS)
     supported = tuple(getattr(handle, "supported_dtypes", (torch.float32,)))
     if precision == "auto":
-        return auto_dtype(handle.device, supported, bit_depth=bit_depth,
+        return auto_dtype(handle.device, supported, bit_depth=bit_depth, pixels=pixels,
                           network=getattr(handle, "module", None) is not None)
     dtype = DTYPES[precision]
     if dtype != torch.float32 and dtype not in supported:
@@ -63,12 +72,13 @@ def resolve_precision(precision: str, handle, *, bit_depth: int = 8) -> torch.dt
 
 def load_model(model: str | None = None, *, scale: int | None = None,
                device: str | torch.device = "auto", precision: str = "auto",
-               bit_depth: int = 8):
+               bit_depth: int = 8, pixels: int | None = None):
     """A model handle (``vsr.models.Upscaler``) from a registry name, a .safetensors path or
     ``"bicubic"`` (None: the default model), on ``device`` in ``precision``.
 
     ``scale`` is needed for bicubic and must match a network's own when given; ``bit_depth``
-    is that of the frames it will see (``precision="auto"`` depends on it). Raises
+    and ``pixels`` (H x W) describe the input frames it will see, if known
+    (``precision="auto"`` depends on them). Raises
     ConfigError (bad device or precision, CUDA asked for but absent), ModelError (unknown
     name, scale mismatch), CheckpointError (bad file).
     """
@@ -81,4 +91,5 @@ def load_model(model: str | None = None, *, scale: int | None = None,
     handle = load_registry_model(model or DEFAULT_MODEL, scale=scale, device=str(device))
     if scale is not None and handle.scale != scale:
         raise ConfigError(f"{handle.name} upscales x{handle.scale}, not x{scale}")
-    return handle.to(dtype=resolve_precision(precision, handle, bit_depth=bit_depth))
+    return handle.to(dtype=resolve_precision(precision, handle, bit_depth=bit_depth,
+                                               pixels=pixels))

@@ -175,9 +175,10 @@ def run_stream(config: StreamConfig,
                             f"the source changed size from {size[1]}x{size[0]} to "
                             f"{item.image.shape[1]}x{item.image.shape[0]}")
                     size = item.image.shape
-                    if processor is None:  # "auto" precision depends on the frames' depth
+                    if processor is None:  # "auto" precision depends on the frames
                         depth = 8 * item.image.dtype.itemsize  # uint8 or uint16
-                        handle = models.handle(config, config.device, bit_depth=depth)
+                        handle = models.handle(config, config.device, bit_depth=depth,
+                                               pixels=size[0] * size[1])
                         processor = models.prepare(handle, config, item.image).processor()
                     pending[index] = (item.t, item.arrived, item.info)
                     for done in processor.submit(Frame(index, None, item.image)):
