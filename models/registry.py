@@ -176,7 +176,7 @@ REGISTRY.register(_shipped(
     name="drn-t-x4", scale=4,
     kwargs={"scale": 4, "n_feats": 8, "n_blocks": [12, 0], "up_widths": [16, 8]},
     description="DRN-T x4: video variant (nf 8, 12 RCABs at LR, none at x2)",
-    sha256="d213592e1b07aa0c62f1dc66d181995a3c8eac6dd00d432e7ce5078c251c1a72",
+    sha256="ff967977d1057216248632ef2df4597c2a1a79da121912dfdf56359f57a7fd08",
 ))
 
 # The default: drn-t-x2 compressed by DRC (vsr compress, r=0.5). It scores as drn-t-x2 does on
