@@ -55,9 +55,9 @@ def precision_option(f: Callable) -> Callable:
     return click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
                         show_default=True,
                         help="Compute precision. auto: fp16 on CUDA; bf16 for a network on a "
-                             "CPU with bf16 instructions (AVX512-BF16, AMX); fp32 otherwise and "
-                             "for frames deeper than the reduced precision carries (bf16: 8 "
-                             "bits, fp16: 10).")(f)
+                             "CPU with bf16 instructions (AVX512-BF16, AMX) and input frames of "
+                             "50,000 pixels or more; fp32 otherwise, and for frames deeper than "
+                             "the reduced precision carries (bf16: 8 bits, fp16: 10).")(f)
 
 
 def scale_option(f: Callable) -> Callable:

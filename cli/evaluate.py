@@ -92,7 +92,8 @@ def _video_table(results: Sequence[ClipResult]) -> str:
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Compute precision of the model: fp32 scores the model itself; auto scores "
-                   "what vsr upscale runs on this machine (see vsr upscale --help).")
+                   "what vsr upscale runs on this machine for 8-bit frames of 50,000 pixels and "
+                   "more, whatever the image size (see vsr upscale --help).")
 @click.option("--raw-gray", is_flag=True,
               help="Score grayscale files on their gray values instead of Y, as the MATLAB "
                    "scripts behind published tables do (Set14's bridge.png).")

@@ -211,8 +211,8 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
 @dataclass(frozen=True)
 class EvalConfig:
     """One ``vsr eval`` run: benchmark folders, a model (or a baseline), scale, device and
-    precision (fp32, the reference, unless asked; ``auto`` scores what ``vsr upscale`` runs
-    here, see :func:`vsr.loading.auto_dtype`)."""
+    precision (fp32, the reference, unless asked; ``auto`` scores, on every image, what
+    ``vsr upscale`` runs here for large 8-bit frames, see :func:`vsr.loading.auto_dtype`)."""
 
     data: tuple[Path, ...]
     scale: int | None = None
