@@ -77,6 +77,7 @@ class StreamStats:
     audio_in: int = 0  # audio packets read from the source
     audio_out: int = 0  # audio packets written (copied)
     model: str | None = None  # the model that upscales the stream
+    precision: str | None = None  # the dtype it computes in (known from the first frame on)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,6 +87,7 @@ class _Meter:
     def __init__(self, start: float, model: str) -> None:
         self.start = self.mark = start
         self.model = model
+        self.precision: str | None = None
         self.in_mark = self.out_mark = 0
         self.lat: list[float] = []
         self.total = [0.0, 0, 0.0]  # sum, count, max of every latency (for the final report)
@@ -111,7 +113,7 @@ class _Meter:
             latency_max_ms=round(1000 * peak, 1) if peak is not None else None,
             reconnects=reader.reconnects, final=final, error=error,
             audio_in=reader.audio.received if reader.audio is not None else 0,
-            audio_out=sink.audio_packets, model=self.model)
+            audio_out=sink.audio_packets, model=self.model, precision=self.precision)
         if not final:
             self.mark, self.in_mark, self.out_mark, self.lat = now, reader.frames, frames_out, []
         return s
@@ -179,6 +181,7 @@ def run_stream(config: StreamConfig,
                         depth = 8 * item.image.dtype.itemsize  # uint8 or uint16
                         handle = models.handle(config, config.device, bit_depth=depth,
                                                pixels=size[0] * size[1])
+                        meter.precision = str(handle.dtype).removeprefix("torch.")
                         processor = models.prepare(handle, config, item.image).processor()
                     pending[index] = (item.t, item.arrived, item.info)
                     for done in processor.submit(Frame(index, None, item.image)):
