@@ -200,7 +200,7 @@ def peer_entries(threads: int, opencv_dir: Path = DEFAULT_OPENCV_DIR) -> tuple[l
 def our_entries() -> list[Entry]:
     """The shipped registry models (also as NAME@bf16 where ``precision="auto"`` picks bf16
     on this CPU), and the bicubic baseline at each scale."""
-    from vsr.loading import auto_dtype
+    from vsr.device import cpu_has_native_bf16
     from vsr.loading import load_model as load_run_model
     from vsr.models import REGISTRY, load_model
 
@@ -209,8 +209,7 @@ def our_entries() -> list[Entry]:
     for name in OURS:
         entries.append(Entry(name, REGISTRY.get(name).scale, "ours",
                              lambda name=name: load_model(name)))
-    if auto_dtype(torch.device("cpu"), (torch.bfloat16,), network=True) == torch.bfloat16:
-        # what `vsr upscale` runs on this CPU (precision auto): the same weights in bf16
+    if cpu_has_native_bf16():  # what `vsr upscale` runs here (precision auto, 720p frames)
         for name in OURS:
             entries.append(Entry(f"{name}@bf16", REGISTRY.get(name).scale, "ours",
                                  lambda name=name: load_run_model(name, device="cpu",

@@ -19,6 +19,7 @@ from vsr.engine import ModelCache, run_source
 from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import check_input_path, open_source
+from vsr.loading import dtype_name
 from vsr.options import DECODERS, RunOptions, check_at_least, check_choice
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         decode_fps=decode_fps, model_fps=model_fps, encode_fps=encode_fps,
         pipeline_fps=pipeline_fps, serial_fps=serial_fps, frames=n, input=str(config.input),
         model=handle.name, scale=handle.scale, device=str(device),
-        precision=str(handle.dtype).removeprefix("torch."), size_in=(info.width, info.height),
+        precision=dtype_name(handle.dtype), size_in=(info.width, info.height),
         size_out=(w, h), backend=prepared.backend, batch=config.batch,
         prepare_seconds=runner.prepare_seconds if runner else 0.0,
         max_error=runner.max_error if runner else None, notes=prepared.notes,

@@ -21,7 +21,7 @@ import torch
 from vsr.device import resolve_device
 from vsr.io.info import StreamInfo
 from vsr.io.source import Frame, Source
-from vsr.loading import BF16_MIN_PIXELS, load_model
+from vsr.loading import is_small_frame, load_model
 from vsr.options import ModelOptions
 from vsr.pipeline import ComputeReport, Progress, RunStats, make_processor, run_pipeline
 
@@ -70,8 +70,8 @@ class ModelCache:
         precision = options.precision
         if precision == "auto" and options.backend == "onnx":
             precision = "fp32"  # the one precision onnxruntime runs here
-        small = pixels is not None and pixels < BF16_MIN_PIXELS  # what auto tells apart
-        key = (options.model, options.scale, precision, str(device), bit_depth, small)
+        key = (options.model, options.scale, precision, str(device), bit_depth,
+               is_small_frame(pixels))  # the sizes auto tells apart
         if key not in self._handles:
             self._handles[key] = load_model(options.model, scale=options.scale, device=device,
                                             precision=precision, bit_depth=bit_depth,

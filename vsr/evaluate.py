@@ -251,13 +251,13 @@ def run_evaluation(config: EvalConfig, *,
     """
     for folder in config.data:
         benchmark_images(folder)
-    from vsr.loading import load_model  # lazy: the model zoo is only needed here
+    from vsr.loading import dtype_name, load_model  # lazy: the model zoo is only needed here
 
     name = config.baseline if config.baseline is not None else config.model
     device = resolve_device(config.device, require_available=True)
     handle = load_model(name, scale=config.scale, device=device, precision=config.precision)
     scale = config.scale if config.scale is not None else int(handle.scale)
-    precision = str(handle.dtype).removeprefix("torch.")
+    precision = dtype_name(handle.dtype)
     log.info("evaluating %s x%d in %s on %d folder(s)", name, scale, precision, len(config.data))
     return [dataclasses.replace(evaluate_dataset(handle, folder, scale, progress=progress,
                                                  raw_gray=config.raw_gray), precision=precision)

@@ -22,7 +22,7 @@ from vsr.backends.onnx import export_onnx
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, OutputError
 from vsr.io.output import check_output_path, discard, finish, temp_path_for
-from vsr.loading import load_model
+from vsr.loading import dtype_name, load_model
 from vsr.options import (
     EXPORT_FORMATS,
     PRECISIONS,
@@ -179,7 +179,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         raise
     return ExportResult(
         output=str(out), format=cfg.format, model=handle.name, scale=handle.scale,
-        precision=str(handle.dtype).removeprefix("torch."), shape=list(shape),
+        precision=dtype_name(handle.dtype), shape=list(shape),
         dynamic=[] if cfg.format == "tensorrt" else ["batch", "height", "width"],
         bytes=out.stat().st_size, max_error=max_error,
         seconds=round(time.perf_counter() - t0, 3))

@@ -18,13 +18,24 @@ from vsr.options import PRECISIONS, check_choice
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> "bfloat16": how JSON results and logs name a precision."""
+    return str(dtype).removeprefix("torch.")
+
+
 # The deepest frames (bits per component) each reduced precision carries: its significand
 # holds 8 bits in bf16 and 11 in fp16, so frames beyond that run in fp32 under "auto".
 _MAX_BIT_DEPTH = {torch.bfloat16: 8, torch.float16: 10}
 # Input frames (H x W) below this many pixels stay in fp32 on the CPU: drn-t-x2-drc50, 2 threads,
 # s/frame fp32 / bf16 at 144x176 0.056 / 0.080, at 240x320 0.250 / 0.204, at 360x640 0.464 /
 # 0.319 (benchmarks/ENGINE.md, "CPU: bf16")
-BF16_MIN_PIXELS = 50_000
+_BF16_MIN_PIXELS = 50_000
+
+
+def is_small_frame(pixels: int | None) -> bool:
+    """Whether input frames of ``pixels`` (H x W; None: not known, taken as large) stay in fp32
+    on a CPU under ``precision="auto"``."""
+    return pixels is not None and pixels < _BF16_MIN_PIXELS
 
 
 def auto_dtype(device: torch.device, supported: tuple[torch.dtype, ...], *, network: bool,
@@ -46,8 +57,7 @@ def auto_dtype(device: torch.device, supported: tuple[torch.dtype, ...], *, netw
     else:
         if native_bf16 is None:
             native_bf16 = cpu_has_native_bf16()
-        small = pixels is not None and pixels < BF16_MIN_PIXELS
-        if not (network and native_bf16) or small:
+        if not (network and native_bf16) or is_small_frame(pixels):
             return torch.float32
         reduced = torch.bfloat16
     if reduced in supported and bit_depth <= _MAX_BIT_DEPTH[reduced]:

@@ -19,6 +19,7 @@ from vsr.io.image import ImageSink, is_image_path
 from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import check_input_path, open_source
+from vsr.loading import dtype_name
 from vsr.options import DECODERS, ENCODERS, RunOptions, check_at_least, check_choice
 from vsr.pipeline import Progress
 
@@ -126,7 +127,7 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
         frames_in=stats.frames_in, frames_out=stats.frames_out, seconds=round(seconds, 3),
         fps=round(stats.frames_out / seconds, 3) if seconds else 0.0, output=str(config.output),
         input=str(config.input), model=handle.name, scale=handle.scale, device=str(device),
-        precision=str(handle.dtype).removeprefix("torch."), fallback_fp32=report.fell_back_to_fp32,
+        precision=dtype_name(handle.dtype), fallback_fp32=report.fell_back_to_fp32,
         fallback_frames=report.fallback_frames, tile=report.tile, width=run.width,
         height=run.height, codec=None if is_image else config.encode.codec, pix_fmt=run.pix_fmt,
         copied_packets=run.copied_packets, notes=run.prepared.notes + tuple(report.notes),

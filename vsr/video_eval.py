@@ -256,7 +256,7 @@ def run_video_evaluation(config: VideoEvalConfig, *,
     for video in config.videos:
         if not video.is_file():
             raise InputError(f"clip not found: {video}")
-    from vsr.loading import load_model  # lazy: the model zoo is only needed here
+    from vsr.loading import dtype_name, load_model  # lazy: the model zoo is only needed here
     from vsr.models import DEFAULT_MODEL
 
     name = config.model if config.model is not None else DEFAULT_MODEL
@@ -266,7 +266,7 @@ def run_video_evaluation(config: VideoEvalConfig, *,
     baseline = (load_model(config.baseline, scale=scale, device=device, precision="fp32")
                 if config.baseline is not None else None)
     chain = config.chain
-    precision = str(handle.dtype).removeprefix("torch.")
+    precision = dtype_name(handle.dtype)
     log.info("evaluating %s x%d in %s on %d clip(s), %d frames, %s", name, scale, precision,
              len(config.videos), config.frames, chain)
     return [dataclasses.replace(

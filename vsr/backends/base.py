@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsr.loading import dtype_name
+
 log = logging.getLogger("vsr.backends")
 
 Shape = tuple[int, int, int, int]
@@ -93,10 +95,6 @@ def padded_shape(handle, shape: Shape) -> Shape:
     n, c, h, w = shape
     m = handle.size_multiple
     return (n, c, h + (-h) % m, w + (-w) % m)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 @dataclass

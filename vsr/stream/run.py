@@ -138,6 +138,7 @@ def run_stream(config: StreamConfig,
     PipelineError when the output fails. Ctrl-C is a normal stop: the output is closed cleanly.
     """
     from vsr.engine import ModelCache
+    from vsr.loading import dtype_name
 
     config = with_stream_model(config)
     models = ModelCache()
@@ -181,7 +182,7 @@ def run_stream(config: StreamConfig,
                         depth = 8 * item.image.dtype.itemsize  # uint8 or uint16
                         handle = models.handle(config, config.device, bit_depth=depth,
                                                pixels=size[0] * size[1])
-                        meter.precision = str(handle.dtype).removeprefix("torch.")
+                        meter.precision = dtype_name(handle.dtype)
                         processor = models.prepare(handle, config, item.image).processor()
                     pending[index] = (item.t, item.arrived, item.info)
                     for done in processor.submit(Frame(index, None, item.image)):
