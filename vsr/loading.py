@@ -47,7 +47,7 @@ def auto_dtype(device: torch.device, supported: tuple[torch.dtype, ...], *, netw
 
     On CUDA fp16. On a CPU with bf16 in hardware (``native_bf16``; None asks
     :func:`vsr.device.cpu_has_native_bf16`) a network runs in bf16 on frames of 50,000
-    pixels and more: 1.4-1.7x the speed of fp32 for the shipped DRNs at 720p out, 0.01-0.03 dB
+    pixels and more: 1.4-1.8x the speed of fp32 for the shipped DRNs at 720p out, 0.01-0.03 dB
     below it on Set5/Set14/B100 (docs/engine.md, "Precision"); on smaller frames bf16 is
     slower. All else, bicubic on the CPU and frames deeper than the reduced precision carries,
     runs in fp32.

@@ -193,7 +193,7 @@ class VideoEncoder:
         if cc.name == "libx264":
             from vsr.device import x264_asm_without_avx512
 
-            if (asm := x264_asm_without_avx512()) is not None:  # same bitstream, every time
+            if (asm := x264_asm_without_avx512()) is not None:  # the same output on every run
                 opts["x264-params"] = f"asm={asm}"
         cc.options = opts
         cc.thread_count = 0
