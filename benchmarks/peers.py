@@ -314,6 +314,17 @@ def _quality_row(name: str, data: Path, datasets: Sequence[str],
     return row
 
 
+def split_reused(entries: Sequence[Entry], datasets: Sequence[str],
+                 reuse: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The quality rows an earlier report ``reuse`` has for ``entries`` on every dataset (by
+    name), and the names of the entries it lacks, which are to be measured."""
+    old = {r["name"]: r for r in reuse["rows"]} if reuse is not None else {}
+    fields = ("name", "scale", "kind", "source", "quality")
+    kept = {e.name: {k: old[e.name][k] for k in fields} for e in entries
+            if e.name in old and all(d in old[e.name]["quality"] for d in datasets)}
+    return kept, [e.name for e in entries if e.name not in kept]
+
+
 def run_images(entries: list[Entry], data: Path, datasets: Sequence[str], *, repeats: int,
                do_speed: bool, jobs: int, opencv_dir: Path,
                report: dict[str, Any], reuse: dict[str, Any] | None = None
@@ -322,17 +333,14 @@ def run_images(entries: list[Entry], data: Path, datasets: Sequence[str], *, rep
     scores are deterministic; the others measured by ``jobs`` worker processes), then one
     interleaved speed run over all entries in this process, with the thread count set by
     :func:`_configure_threads`. Load averages before and after the timing go into ``report``."""
-    old = {r["name"]: r for r in reuse["rows"]} if reuse is not None else {}
-    fresh = [e.name for e in entries if e.name not in old
-             or any(d not in old[e.name]["quality"] for d in datasets)]
+    kept, fresh = split_reused(entries, datasets, reuse)
     if reuse is not None:
         report["quality_from"]["measured_here"] = fresh
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
         futures = {name: pool.submit(_quality_row, name, data, tuple(datasets), opencv_dir)
                    for name in fresh}
-        rows = [futures[e.name].result() if e.name in futures else
-                {k: old[e.name][k] for k in ("name", "scale", "kind", "source", "quality")}
+        rows = [futures[e.name].result() if e.name in futures else kept[e.name]
                 for e in entries]
     if do_speed:
         handles = [(e.name, e.make()) for e in entries]

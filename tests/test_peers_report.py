@@ -44,3 +44,20 @@ def test_readme_table_shows_ours_in_the_precision_upscale_runs(peers):
         "| drn-t-x2-drc50@bf16", "| span-x2-ch48 (peer)", "| bicubic-x2 (baseline)"]
     assert "| 36.95 | 0.29 | 0.23 |" in rows[0] and "as `--precision auto` runs them" in text
     assert "@bf16" not in peers.readme_markdown(REPORT)
+
+
+def test_reused_quality_rows_are_kept_and_the_others_measured(peers):
+    """--reuse-quality takes the rows the old report has on every dataset, untouched, and
+    leaves the others (a new model, a dropped stale row, a missing dataset) to be measured,
+    instead of refusing to run."""
+    def row(name, datasets):
+        return {"name": name, "scale": 2, "kind": "ours", "source": name, "extra": 1,
+                "quality": {d: {"psnr": 30.0} for d in datasets}}
+
+    entries = [peers.Entry(n, 2, "ours", lambda: None) for n in ("a", "b", "c")]
+    reuse = {"rows": [row("a", ["Set5", "B100"]), row("b", ["Set5"]), row("z", ["Set5"])]}
+    kept, fresh = peers.split_reused(entries, ["Set5", "B100"], reuse)
+    assert list(kept) == ["a"] and "extra" not in kept["a"]
+    assert kept["a"]["quality"] == reuse["rows"][0]["quality"]
+    assert fresh == ["b", "c"]
+    assert peers.split_reused(entries, ["Set5"], None) == ({}, ["a", "b", "c"])
