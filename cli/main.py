@@ -167,9 +167,9 @@ def main() -> None:
 def _exit_stopped(code: int) -> None:
     """Exit a stopped run now: its outputs are already cleaned up (partials removed, job store
     committed). atexit handlers run (a local Ray instance is shut down), but the interpreter's
-    teardown is skipped: tearing down modules while native threads of FFmpeg or OpenMP are
-    still winding down after the stop crashed once with SIGSEGV, after the error line, in a
-    CI run of tests/test_hardening_signals.py (not reproduced in 14 runs since)."""
+    teardown is skipped: idle native threads of FFmpeg and OpenMP need none. (A SIGSEGV after
+    the error line, seen in CI, was a decode thread left running by a stop that landed just
+    after its start; vsr.threads is the mend, tests/test_threads.py the test.)"""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -34,7 +34,8 @@ def _partials(folder: Path) -> list[Path]:
 def _start(src: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([*VSR, "upscale", str(src), str(out), "--model", "bicubic",
                              "--scale", "4", "--device", "cpu", "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash's stacks
 
 
 def _wait_for_partial(proc: subprocess.Popen, folder: Path) -> Path:

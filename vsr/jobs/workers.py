@@ -8,10 +8,9 @@ raises Interrupted: finished segments are recorded and stay for ``--resume``.
 
 Waiting matters: a worker still inside torch or FFmpeg when the interpreter exits is torn
 down by CPython's finalizer (``pthread_exit`` unwinding through C++ frames), which ends the
-process with "terminate called without an active exception" (SIGABRT). The wait is on an
-event each worker sets as it ends, not on ``Thread.join``/``is_alive``: on Python 3.11 a
-KeyboardInterrupt that lands inside ``join`` marks the thread stopped while it still runs
-(CPython gh-90882), after which both report it finished.
+process with "terminate called without an active exception" (SIGABRT). The workers are
+:class:`vsr.threads.Worker`s, waited for on the events they set, never on ``Thread.join``
+(see that module for why).
 """
 
 from __future__ import annotations
@@ -21,9 +20,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 from vsr.errors import Interrupted
 from vsr.jobs.segments import HandleCache, Task, run_task
+from vsr.threads import Worker, start_all, stop_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -43,52 +44,31 @@ def run_on_threads(tasks: list[Task], tracker, devices: tuple[str, ...],
                    report: Callable[[], None] | None = None) -> None:
     """Run every task on the device workers; returns when all are done or failed.
 
-    Raises Interrupted after a KeyboardInterrupt, once every worker has stopped.
+    Raises Interrupted after a KeyboardInterrupt, once every worker has stopped (a second
+    Ctrl-C does not cut that wait short: a worker stops after its current frame, and leaving
+    earlier would abort the process). A worker's own failure outside a task stops the others
+    and is raised.
     """
     todo: queue.Queue[Task] = queue.Queue()
     for t in tasks:
         todo.put(t)
     stop = threading.Event()
-    ended: list[threading.Event] = []
+    workers = [Worker(f"vsr-batch-{i}-{device}", partial(_work, todo, tracker, device, stop),
+                      stop)
+               for i, device in enumerate(devices[:max(1, len(tasks))])]
     try:
-        for i, device in enumerate(devices[:max(1, len(tasks))]):
-            end = threading.Event()
-            worker = threading.Thread(target=_worker, args=(todo, tracker, device, stop, end),
-                                      name=f"vsr-batch-{i}-{device}", daemon=True)
-            try:
-                worker.start()
-            finally:  # a Ctrl-C right after start must still wait for this one
-                if worker.ident is not None:
-                    ended.append(end)
-        while not all(e.is_set() for e in ended):
-            for e in ended:
-                e.wait(timeout=_POLL / len(ended))
+        start_all(workers)
+        while not all(w.ended.is_set() for w in workers):
+            for w in workers:
+                w.ended.wait(timeout=_POLL / len(workers))
             if report is not None:
                 report()
     except KeyboardInterrupt as exc:
-        stop.set()
-        _wait_all(ended)
+        stop_and_wait(workers, stop, timeout=None)
         raise Interrupted(INTERRUPTED) from exc
-
-
-def _wait_all(ended: list[threading.Event]) -> None:
-    """Wait until every started worker has ended; a second Ctrl-C does not cut the wait short
-    (a worker stops after its current frame, and leaving earlier would abort the process)."""
-    while True:
-        try:
-            for e in ended:
-                e.wait()
-            return
-        except KeyboardInterrupt:
-            log.warning("still stopping the workers (each stops after its current frame)")
-
-
-def _worker(todo: queue.Queue, tracker, device: str, stop: threading.Event,
-            end: threading.Event) -> None:
-    try:
-        _work(todo, tracker, device, stop)
-    finally:
-        end.set()
+    for w in workers:
+        if w.error is not None:
+            raise w.error
 
 
 def _work(todo: queue.Queue, tracker, device: str, stop: threading.Event) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from vsr.errors import PipelineError, VsrError
 from vsr.io.source import Frame
+from vsr.threads import Worker, start_all, stop_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +72,6 @@ class _Stop(Exception):
     """Internal: another stage failed or the run was interrupted."""
 
 
-class _Worker(threading.Thread):
-    def __init__(self, name: str, target: Callable[[], None], failed: threading.Event) -> None:
-        super().__init__(name=name, daemon=True)
-        self._target_fn = target
-        self._failed = failed
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._target_fn()
-        except _Stop:
-            pass
-        except BaseException as exc:  # handed to the calling thread, which re-raises it
-            self.error = exc
-            self._failed.set()
-
-
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
     while True:
         if stop.is_set():
@@ -138,12 +122,12 @@ def run_pipeline(frames: Iterator[Frame], processor: Processor, sink: Writer, *,
             counts["out"] += 1
 
     start = time.perf_counter()
-    workers = [_Worker("vsr-decode", decode, stop), _Worker("vsr-encode", encode, stop)]
-    for w in workers:
-        w.start()
+    workers = [Worker("vsr-decode", decode, stop, quiet=(_Stop,)),
+               Worker("vsr-encode", encode, stop, quiet=(_Stop,))]
     last_report = 0.0
     try:
         try:
+            start_all(workers)
             while (frame := _get(q_in, stop)) is not _END:
                 for done in processor.submit(frame):
                     _put(q_out, done, stop)
@@ -154,18 +138,12 @@ def run_pipeline(frames: Iterator[Frame], processor: Processor, sink: Writer, *,
             for done in processor.drain():
                 _put(q_out, done, stop)
             _put(q_out, _END, stop)
-            workers[1].join()  # the encoder finishes the queue; errors surface below
+            workers[1].ended.wait()  # the encoder finishes the queue; errors surface below
         except _Stop:
             pass
-    except BaseException:
-        stop.set()
-        raise
     finally:
-        stop.set()
-        for w in workers:
-            w.join(timeout=30)
-            if w.is_alive():
-                log.error("%s did not stop within 30 s", w.name)
+        for w in stop_and_wait(workers, stop, timeout=30):
+            log.error("%s did not stop within 30 s", w.name)
     for w in workers:
         if w.error is not None:
             if isinstance(w.error, VsrError | KeyboardInterrupt):

@@ -166,11 +166,11 @@ def run_stream(config: StreamConfig,
         meter.add(time.monotonic() - arrived)
         written += 1
 
-    reader.start()
     index = 0
     size = None
     try:
         try:
+            reader.start()  # inside: a stop right after it still aborts the sink
             while (item := queue.get(stop, timeout=config.stats_interval_s)) is not None:
                 if item is not IDLE:
                     if size is not None and item.image.shape != size:
@@ -203,7 +203,8 @@ def run_stream(config: StreamConfig,
         sink.abort()
         raise
     finally:
-        reader.join(timeout=2.0)  # a reader blocked on a silent source is a daemon thread
+        if reader.is_alive():  # False too if a stop cut its start short
+            reader.join(timeout=2.0)  # a reader blocked on a silent source is a daemon thread
     final = meter.stats(reader, queue, sink, written, time.monotonic(), final=True,
                         error=reader.error)
     if stats is not None:
