@@ -87,6 +87,31 @@ def test_images_in_a_batch_load_the_model_once(tmp_path: Path) -> None:
         ModelOptions(model="bicubic", scale=2, precision="fp8")
 
 
+def test_a_released_handle_is_kept_by_nothing_in_the_cache() -> None:
+    """The stream loads its model before any frame (to fail early), then for the frames; the
+    first, if another precision, is released: the cache must then hold no reference to it."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from vsr.engine import ModelCache
+    from vsr.options import ModelOptions
+
+    cache = ModelCache()
+    opts = ModelOptions(model="bicubic", scale=2)
+    first = cache.handle(opts, "cpu")
+    other = cache.handle(ModelOptions(model="bicubic", scale=3), "cpu")
+    cache.prepare(first, opts, np.zeros((8, 8, 3), np.uint8))
+    gone = weakref.ref(first)
+    cache.release(first)
+    del first
+    gc.collect()
+    assert gone() is None
+    assert cache.handle(ModelOptions(model="bicubic", scale=3), "cpu") is other
+    assert cache.handle(opts, "cpu") is not None  # loaded anew when asked again
+
+
 def test_batch_takes_every_image_format_eval_reads(tmp_path: Path) -> None:
     """One list of image suffixes: a folder batch upscales the .bmp/.tif/.webp/.ppm files
     `vsr eval` reads (it used to skip all but PNG and JPEG), each into its own format."""

@@ -78,6 +78,12 @@ class ModelCache:
                                             pixels=pixels)
         return self._handles[key]
 
+    def release(self, handle) -> None:
+        """Forget ``handle`` and the backends prepared for it, so that nothing here keeps it
+        (e.g. one loaded before the frames were known, replaced by one loaded for them)."""
+        self._handles = {k: h for k, h in self._handles.items() if h is not handle}
+        self._prepared = {k: p for k, p in self._prepared.items() if p.handle is not handle}
+
     def prepare(self, handle, options: ModelOptions, image: np.ndarray | None) -> Prepared:
         """``options.backend`` for frames like ``image`` (H, W, 3) uint8/uint16, checked against
         eager on it (:func:`vsr.backends.prepare_for_frame`). Tiles always run eagerly."""

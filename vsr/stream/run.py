@@ -180,8 +180,11 @@ def run_stream(config: StreamConfig,
                     size = item.image.shape
                     if processor is None:  # "auto" precision depends on the frames
                         depth = 8 * item.image.dtype.itemsize  # uint8 or uint16
-                        handle = models.handle(config, config.device, bit_depth=depth,
+                        framed = models.handle(config, config.device, bit_depth=depth,
                                                pixels=size[0] * size[1])
+                        if framed is not handle:  # small or deep frames: another precision;
+                            models.release(handle)  # the one loaded to fail early goes
+                        handle = framed
                         meter.precision = dtype_name(handle.dtype)
                         processor = models.prepare(handle, config, item.image).processor()
                     pending[index] = (item.t, item.arrived, item.info)
