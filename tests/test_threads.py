@@ -34,6 +34,8 @@ def test_a_worker_that_begins_after_the_stop_runs_nothing():
     w.start()
     assert w.ended.wait(5)
     assert w.began.is_set() and ran == [] and w.error is None
+    w.join(5)  # Thread's own machinery still works (Thread has a _stop method of its own)
+    assert not w.is_alive()
 
 
 def test_a_failure_is_kept_and_stops_the_others_but_quiet_ones_are_not():

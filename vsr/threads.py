@@ -40,7 +40,7 @@ class Worker(threading.Thread):
                  quiet: tuple[type[BaseException], ...] = ()) -> None:
         super().__init__(name=name, daemon=True)
         self._work = target
-        self._stop = stop
+        self._stop_event = stop
         self._quiet = quiet
         self.began = threading.Event()
         self.ended = threading.Event()
@@ -49,12 +49,12 @@ class Worker(threading.Thread):
     def run(self) -> None:
         self.began.set()  # before the stop check: a caller that saw no start need not wait
         try:
-            if not self._stop.is_set():
+            if not self._stop_event.is_set():
                 self._work()
         except BaseException as exc:
             if not isinstance(exc, self._quiet):
                 self.error = exc
-                self._stop.set()
+                self._stop_event.set()
         finally:
             self.ended.set()
 
