@@ -87,6 +87,31 @@ def stop_signals_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def stop_signals_request(requested: threading.Event) -> Iterator[list[int]]:
+    """For a run that stops cleanly between two steps (`vsr train`): within the block, the
+    first SIGINT, SIGTERM or SIGHUP sets ``requested`` and is appended to the yielded list;
+    a second raises :class:`Stopped` at once. The previous handlers come back after."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if received:
+            raise Stopped(signum)
+        received.append(signum)
+        requested.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, *STOP_SIGNALS)
+                if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class _EscapingFormatter(logging.Formatter):
     """Log lines with control characters escaped: a model, checkpoint or file name from an
     untrusted file cannot start a new line (forging an `Error:` line) or move the cursor."""

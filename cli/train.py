@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
 
 from vsr.cli.common import device_option, emit_json, json_option
+from vsr.cli.main import Stopped, stop_signals_request
+from vsr.errors import Interrupted
 
 
 @click.command("train")
@@ -95,6 +100,10 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
     options given that decide how it runs, not what it computes (--device, --threads,
     --time-limit, --compile, --peak-tflops, --log-every, --save-every, --val-every, --amp,
     --state-moments, --state-shard-mib, --degrade-workers).
+
+    Ctrl-C, SIGTERM or SIGHUP stops the run after its current step with the state saved
+    (exit 130, 143, 129); --resume continues it exactly. A second one stops at once, as do
+    ranks spawned by --nproc (they resume from their last save).
     """
     from dataclasses import replace
 
@@ -140,20 +149,28 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
                                                       "state_moments", "state_shard_mib",
                                                       "degrade_workers")})
     bar = _Progress(config.iterations) if sys.stderr.isatty() or not as_json else None
-    result = run_train(config, resume=resume is not None, nproc=nproc,
-                       progress=bar.update if bar else None)
+    requested = threading.Event()
+    # Ctrl-C, SIGTERM or SIGHUP: stop after the current step with the state saved (a second
+    # one stops at once). Spawned ranks (--nproc > 1) would not see the request: not there.
+    with stop_signals_request(requested) if nproc == 1 else nullcontext([]) as received:
+        result = run_train(config, resume=resume is not None, nproc=nproc,
+                           progress=bar.update if bar else None, stop=requested)
     if bar:
         bar.close()
+    s = summary(result)
     if as_json:
-        emit_json(summary(result))
+        emit_json(s)
     else:
-        s = summary(result)
         stop = " (time limit: resume to continue)" if s["stopped_at_time_limit"] else ""
         mfu = f", {100 * s['mfu']:.1f}% of the peak" if s["mfu"] is not None else ""
         click.echo(f"trained {config.arch} to step {s['steps']} of {s['iterations']}{stop} "
                    f"in {s['seconds']} s ({s['samples_per_s']} samples/s, {s['tflops']} model "
                    f"TFLOP/s{mfu}); best val PSNR {s['best_val_psnr']}; run folder "
                    f"{s['run_dir']}")
+    if result.interrupted:
+        raise Interrupted(f"stopped at step {s['steps']} of {s['iterations']} with the state "
+                          f"saved; continue with: vsr train --resume {s['run_dir']}"
+                          ) from Stopped(received[0] if received else signal.SIGINT)
 
 
 class _Progress:

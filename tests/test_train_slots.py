@@ -85,6 +85,70 @@ def test_time_limit_stop_then_resume_gives_the_uninterrupted_weights(images: Pat
     assert all(torch.equal(wa[key], wb[key]) for key in wa)
 
 
+def test_a_stop_request_saves_the_state_and_resume_gives_the_uninterrupted_weights(
+        images: Path, tmp_path: Path) -> None:
+    """Setting the stop event (what Ctrl-C, SIGTERM and SIGHUP do in `vsr train`) ends the run
+    after the current step with its state saved; resumed, it ends where one run would."""
+    import threading
+
+    k = 8
+    full = train(_config(images, tmp_path / "full", iterations=k))
+    stop = threading.Event()
+
+    def ask_at_3(rep) -> None:
+        if rep.step == 3:
+            stop.set()
+
+    cut = train(_config(images, tmp_path / "cut", iterations=k), progress=ask_at_3, stop=stop)
+    assert cut.interrupted and not cut.stopped and cut.steps == 4
+    assert summary(cut)["interrupted"] and not summary(full)["interrupted"]
+    assert read_info(tmp_path / "cut" / "train_state.safetensors").provenance[
+        "training_state"]["step"] == 4
+    rest = train(_config(images, tmp_path / "cut", iterations=k), resume=True)
+    assert rest.steps == k and not rest.interrupted
+    for step in range(5, k + 1):
+        assert rest.losses[step] == full.losses[step], step
+    wa, _ = load_tensors(tmp_path / "full" / "last.safetensors")
+    wb, _ = load_tensors(tmp_path / "cut" / "last.safetensors")
+    assert all(torch.equal(wa[key], wb[key]) for key in wa)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_vsr_train_stopped_by_a_signal_saves_its_state(images: Path, tmp_path: Path,
+                                                       sig: signal.Signals) -> None:
+    """A real process and a real signal: `vsr train` stops after its current step, saves a
+    state at that step, exits 128 + the signal with one Error line saying how to go on."""
+    run = tmp_path / "sig"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vsr", "train", "--arch", "drn-t-x2", "--data", str(images),
+         "--out", str(run), "--iters", "100000", "--batch-size", "2", "--patch", "8",
+         "--threads", "1", "--log-every", "1", "--save-every", "100000", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    metrics = run / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and (
+            not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1].startswith("Error: stopped at step "), err
+    assert f"vsr train --resume {run}" in lines[-1]
+    assert (signal.Signals(sig).name in lines[-1]) == (sig != signal.SIGINT)
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["interrupted"] and 2 <= report["steps"] < 100000
+    info = read_info(run / "train_state.safetensors")
+    assert info.provenance["training_state"]["step"] == report["steps"]
+    assert read_info(run / "last.safetensors").provenance["iterations"] == report["steps"]
+    again = subprocess.run([sys.executable, "-m", "vsr", "train", "--resume", str(run),
+                            "--time-limit", "0.0001", "--json"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["steps"] == report["steps"] + 1
+
+
 def test_sharded_compact_state_resumes_and_refuses_mixed_saves(images: Path,
                                                                tmp_path: Path) -> None:
     big = dict(n_feats=32, n_blocks=[2])  # ~1.1 MB of fp32 weights: several 2 MiB shards

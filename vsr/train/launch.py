@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,9 +59,14 @@ def check_run_dir(config: TrainConfig, resume: bool) -> None:
 
 
 def train(config: TrainConfig, *, resume: bool = False, nproc: int = 1,
-          progress: Callable[[StepReport], None] | None = None) -> TrainResult:
+          progress: Callable[[StepReport], None] | None = None,
+          stop: threading.Event | None = None) -> TrainResult:
     """Run (or resume) training. Under torchrun (WORLD_SIZE set) this process is one rank;
-    with ``nproc`` > 1 the ranks are spawned here on 127.0.0.1."""
+    with ``nproc`` > 1 the ranks are spawned here on 127.0.0.1.
+
+    Setting ``stop`` (from another thread or a signal handler) ends the run after the current
+    step with a resumable state (:meth:`Trainer.run`); spawned ranks (``nproc`` > 1) do not
+    see it: they stop at the time limit or when killed, resumable from their last save."""
     if nproc < 1:
         raise ConfigError(f"nproc must be >= 1, got {nproc}")
     if config.batch_size % nproc:
@@ -71,7 +77,7 @@ def train(config: TrainConfig, *, resume: bool = False, nproc: int = 1,
     if not dist.is_initialized() or dist.get_rank() == 0:
         check_run_dir(config, resume)
     if nproc == 1 or dist.is_initialized():
-        return Trainer(config, resume=resume).run(progress)
+        return Trainer(config, resume=resume).run(progress, stop=stop)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result_file = out / ".spawn-result.json"

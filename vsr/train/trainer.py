@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ class TrainResult:
     samples_per_s: float = 0.0
     iterations: int = 0  # the planned total
     stopped: bool = False  # stopped at the time limit, resumable
+    interrupted: bool = False  # stopped on request (the ``stop`` event), resumable
     flops_per_sample: int = 0  # model FLOPs of one training sample (forward + backward)
     peak_tflops: float | None = None
 
@@ -382,20 +384,20 @@ class Trainer:
         means = [math.fsum(col) / len(rows) for col in zip(*rows, strict=True)]
         return dict(zip(("loss", "primal", "dual", "adapt", "consistency"), means, strict=True))
 
-    def _out_of_time(self, log_point: bool) -> bool:
-        """Whether the time limit has passed. Under DDP all ranks must stop at the same step:
-        they decide together, at log points."""
+    def _stop_now(self, log_point: bool, requested: threading.Event | None) -> str | None:
+        """Why the run stops after this step: "time" (the limit has passed), "request"
+        (``requested`` is set), or None. Under DDP all ranks must stop at the same step: they
+        decide together, at log points (a request seen by one rank stops them all)."""
         limit = self.config.time_limit
-        if limit is None:
-            return False
-        late = time.perf_counter() - self.t_start >= limit * 60.0
-        if not self.distributed:
-            return late
-        if not log_point:
-            return False
-        flag = torch.tensor([float(late)], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        late = limit is not None and time.perf_counter() - self.t_start >= limit * 60.0
+        asked = requested is not None and requested.is_set()
+        if self.distributed:
+            if not log_point:
+                return None
+            flags = torch.tensor([float(late), float(asked)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            late, asked = bool(flags[0].item()), bool(flags[1].item())
+        return "request" if asked else "time" if late else None
 
     def validate(self) -> tuple[float, float] | None:
         if not self.config.val_data:
@@ -409,7 +411,11 @@ class Trainer:
             self.primal.train()
         return res.psnr, res.ssim
 
-    def run(self, progress: Callable[[StepReport], None] | None = None) -> TrainResult:
+    def run(self, progress: Callable[[StepReport], None] | None = None, *,
+            stop: threading.Event | None = None) -> TrainResult:
+        """Train to the planned step; with ``stop`` set (e.g. by a signal handler) or the time
+        limit passed, stop after the current step with a resumable state, as
+        :attr:`TrainResult.interrupted` or :attr:`TrainResult.stopped` say."""
         cfg = self.config
         result = TrainResult(self.run_dir, self.start_step, best_psnr=self.best_psnr,
                              iterations=cfg.iterations, flops_per_sample=self.flops_per_sample,
@@ -421,7 +427,7 @@ class Trainer:
         self.primal.train()
         degraded = self._degraded_batches(self.start_step)
         try:
-            self._loop(result, degraded, progress)
+            self._loop(result, degraded, progress, stop)
         finally:
             if degraded is not None:
                 degraded.close()
@@ -436,7 +442,8 @@ class Trainer:
         return result
 
     def _loop(self, result: TrainResult, degraded: DegradedBatches | None,
-              progress: Callable[[StepReport], None] | None) -> None:
+              progress: Callable[[StepReport], None] | None,
+              requested: threading.Event | None) -> None:
         cfg = self.config
         t0 = time.perf_counter()
         window: list[torch.Tensor] = []
@@ -448,7 +455,8 @@ class Trainer:
             done = step + 1
             log_point = (done % cfg.log_every == 0 or done % cfg.val_every == 0
                          or done == cfg.iterations)
-            stop = done < cfg.iterations and self._out_of_time(log_point)
+            why = self._stop_now(log_point, requested) if done < cfg.iterations else None
+            stop = why is not None
             row: dict[str, Any] | None = None
             rate = 0.0
             if log_point or stop:
@@ -477,10 +485,14 @@ class Trainer:
             if progress is not None and self.rank == 0:
                 progress(StepReport(done, cfg.iterations, last_loss, rate,
                                     val[0] if val else None))
-            if stop:
+            if why == "time":
                 log.info("time limit of %g min reached at step %d of %d; state saved",
                          cfg.time_limit, done, cfg.iterations)
                 result.stopped = True
+            elif why == "request":
+                log.info("stopped at step %d of %d as asked; state saved", done, cfg.iterations)
+                result.interrupted = True
+            if stop:
                 break
         result.steps = done
         result.seconds = time.perf_counter() - t0
@@ -547,6 +559,7 @@ def summary(result: TrainResult) -> dict[str, Any]:
     tflops = result.samples_per_s * result.flops_per_sample / 1e12
     return {"run_dir": str(result.run_dir), "steps": result.steps,
             "iterations": result.iterations, "stopped_at_time_limit": result.stopped,
+            "interrupted": result.interrupted,
             "final_loss": result.losses.get(result.steps), "best_val_psnr": result.best_psnr,
             "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 2),
             "flops_per_sample": result.flops_per_sample, "tflops": round(tflops, 3),
