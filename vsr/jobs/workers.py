@@ -15,6 +15,7 @@ process with "terminate called without an active exception" (SIGABRT). The worke
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -64,7 +65,8 @@ def run_on_threads(tasks: list[Task], tracker, devices: tuple[str, ...],
             if report is not None:
                 report()
     except KeyboardInterrupt as exc:
-        stop_and_wait(workers, stop, timeout=None)
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C, raised after the wait
+            stop_and_wait(workers, stop, timeout=None)
         raise Interrupted(INTERRUPTED) from exc
     for w in workers:
         if w.error is not None:
