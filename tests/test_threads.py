@@ -2,7 +2,7 @@
 
 Before these, a SIGTERM that landed just after the pipeline started its decode thread (and
 before the ``try`` that stops it) left that thread decoding from a container the caller then
-closed: `vsr upscale` printed its error line and died with SIGSEGV, in CI and in 14 of 30
+closed: `vsr upscale` printed its error line and died with SIGSEGV, in CI and in 12 of 30
 local runs of a stop sent the moment the partial output appeared.
 """
 
