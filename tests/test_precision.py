@@ -43,6 +43,32 @@ def test_auto_dtype_stays_in_what_the_model_supports():
     assert auto_dtype(torch.device("cuda"), (F32, BF16), network=True) == F32
 
 
+def test_auto_precision_follows_the_backend_that_runs_the_model(monkeypatch):
+    """onnxruntime runs fp32 only here: auto picks among what the backend runs, as the loader
+    sees it (not a rule of one caller's), and an explicit precision it cannot run is refused."""
+    import vsr.loading
+    from vsr.engine import ModelCache
+    from vsr.errors import ConfigError
+    from vsr.loading import load_model
+    from vsr.options import ModelOptions
+
+    monkeypatch.setattr(vsr.loading, "cpu_has_native_bf16", lambda: True)
+    pixels = 720 * 1280
+    assert load_model("drn-t-x2-drc50", device="cpu", pixels=pixels).dtype == BF16
+    assert load_model("drn-t-x2-drc50", device="cpu", pixels=pixels,
+                      backend="onnx").dtype == F32
+    with pytest.raises(ConfigError, match="onnx backend runs in fp32 only, not bf16"):
+        load_model("drn-t-x2-drc50", device="cpu", precision="bf16", backend="onnx")
+    cache = ModelCache()
+    onnx = cache.handle(ModelOptions(model="drn-t-x2-drc50", backend="onnx"), "cpu",
+                        pixels=pixels)
+    eager = cache.handle(ModelOptions(model="drn-t-x2-drc50", backend="eager"), "cpu",
+                         pixels=pixels)
+    assert (onnx.dtype, eager.dtype) == (F32, BF16)
+    assert cache.handle(ModelOptions(model="drn-t-x2-drc50", backend="auto"), "cpu",
+                        pixels=pixels) is eager  # one handle where the choice is the same
+
+
 def _frames(path) -> np.ndarray:
     with PyAVSource(path) as src:
         return np.stack([f.image for f in src.frames()]).astype(np.float64)

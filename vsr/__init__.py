@@ -11,7 +11,8 @@ when one of them is used):
 
 upscale_file(UpscaleConfig) -> UpscaleResult
     One video (or image) file upscaled into another; every other stream is copied.
-load_model(model=None, *, scale=None, device="auto", precision="auto", bit_depth=8, pixels=None)
+load_model(model=None, *, scale=None, device="auto", precision="auto", bit_depth=8, pixels=None,
+           backend="auto")
     A model handle: ``handle.infer(x)`` maps (N, 3, H, W) float RGB in [0, 1] to
     (N, 3, sH, sW), in ``handle.dtype`` (auto: vsr.loading.auto_dtype).
 run_batch(BatchConfig) -> BatchResult

@@ -22,7 +22,7 @@ from vsr.device import resolve_device
 from vsr.io.info import StreamInfo
 from vsr.io.source import Frame, Source
 from vsr.loading import is_small_frame, load_model
-from vsr.options import ModelOptions
+from vsr.options import BACKEND_PRECISIONS, ModelOptions
 from vsr.pipeline import ComputeReport, Progress, RunStats, make_processor, run_pipeline
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,13 @@ class ModelCache:
         ``pixels`` pixels (None: not known); raises like :func:`vsr.loading.load_model`."""
         if not isinstance(device, torch.device):
             device = resolve_device(device, require_available=True)
-        precision = options.precision
-        if precision == "auto" and options.backend == "onnx":
-            precision = "fp32"  # the one precision onnxruntime runs here
-        key = (options.model, options.scale, precision, str(device), bit_depth,
-               is_small_frame(pixels))  # the sizes auto tells apart
+        key = (options.model, options.scale, options.precision,
+               BACKEND_PRECISIONS.get(options.backend), str(device), bit_depth,
+               is_small_frame(pixels))  # what auto's choice depends on
         if key not in self._handles:
             self._handles[key] = load_model(options.model, scale=options.scale, device=device,
-                                            precision=precision, bit_depth=bit_depth,
-                                            pixels=pixels)
+                                            precision=options.precision, bit_depth=bit_depth,
+                                            pixels=pixels, backend=options.backend)
         return self._handles[key]
 
     def release(self, handle) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from vsr.device import cpu_has_native_bf16, resolve_device
 from vsr.errors import ConfigError
-from vsr.options import PRECISIONS, check_choice
+from vsr.options import BACKEND_PRECISIONS, PRECISIONS, check_choice
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -66,14 +66,21 @@ def auto_dtype(device: torch.device, supported: tuple[torch.dtype, ...], *, netw
 
 
 def resolve_precision(precision: str, handle, *, bit_depth: int = 8,
-                      pixels: int | None = None) -> torch.dtype:
-    """The dtype of ``precision`` for ``handle`` (auto: :func:`auto_dtype`). Raises
-    ConfigError for an unknown name or a precision the model does not support."""
+                      pixels: int | None = None, backend: str = "auto") -> torch.dtype:
+    """The dtype of ``precision`` for ``handle`` run by ``backend`` (auto: :func:`auto_dtype`
+    among the dtypes both support). Raises ConfigError for an unknown name or a precision the
+    model or the backend does not run."""
     check_choice("precision", precision, PRECISIONS)
     supported = tuple(getattr(handle, "supported_dtypes", (torch.float32,)))
+    runs = BACKEND_PRECISIONS.get(backend)
+    if runs is not None:
+        supported = tuple(d for d in supported if dtype_name(d) in runs)
     if precision == "auto":
         return auto_dtype(handle.device, supported, bit_depth=bit_depth, pixels=pixels,
                           network=getattr(handle, "module", None) is not None)
+    if runs is not None and precision not in runs:
+        raise ConfigError(f"the {backend} backend runs in {' or '.join(runs)} only, "
+                          f"not {precision}")
     dtype = DTYPES[precision]
     if dtype != torch.float32 and dtype not in supported:
         raise ConfigError(f"{handle.name} does not support {precision}")
@@ -82,13 +89,13 @@ def resolve_precision(precision: str, handle, *, bit_depth: int = 8,
 
 def load_model(model: str | None = None, *, scale: int | None = None,
                device: str | torch.device = "auto", precision: str = "auto",
-               bit_depth: int = 8, pixels: int | None = None):
+               bit_depth: int = 8, pixels: int | None = None, backend: str = "auto"):
     """A model handle (``vsr.models.Upscaler``) from a registry name, a .safetensors path or
     ``"bicubic"`` (None: the default model), on ``device`` in ``precision``.
 
     ``scale`` is needed for bicubic and must match a network's own when given; ``bit_depth``
     and ``pixels`` (H x W) describe the input frames it will see, if known
-    (``precision="auto"`` depends on them). Raises
+    (``precision="auto"`` depends on them, and on the ``backend`` that will run it). Raises
     ConfigError (bad device or precision, CUDA asked for but absent), ModelError (unknown
     name, scale mismatch), CheckpointError (bad file).
     """
@@ -102,4 +109,4 @@ def load_model(model: str | None = None, *, scale: int | None = None,
     if scale is not None and handle.scale != scale:
         raise ConfigError(f"{handle.name} upscales x{handle.scale}, not x{scale}")
     return handle.to(dtype=resolve_precision(precision, handle, bit_depth=bit_depth,
-                                               pixels=pixels))
+                                               pixels=pixels, backend=backend))

@@ -19,6 +19,9 @@ ENCODERS = ("pyav", "ffmpeg")  # vsr.io.sink.PyAVSink, vsr.io.ffmpeg_sink.Ffmpeg
 # vsr.backends.BACKENDS has an implementation of each but auto (tests/test_options.py checks);
 # named here, below the backends, so that validating an option never imports them
 BACKEND_CHOICES = ("auto", "eager", "compile", "tensorrt", "onnx")
+# the precisions a backend can run where it is not every one the model supports
+# (vsr.backends.onnx refuses the others; precision auto picks among these)
+BACKEND_PRECISIONS = {"onnx": ("fp32",)}
 MIN_TILE = 32
 # the choices of `vsr export` (vsr.export.FORMATS) and `vsr compress` (vsr.compress.config),
 # named here so that those commands' --help lists them without importing torch
