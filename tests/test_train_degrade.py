@@ -23,7 +23,9 @@ from vsr.train.trainer import Trainer
 def _degraded(data: Path, out: Path, iterations: int, spec: str):
     """A trainer on ``spec`` and its degraded-batch feed from step 0 (close it after use)."""
     trainer = Trainer(_config(data, out, iterations=iterations, degrade=spec))
-    return trainer, trainer._degraded_batches(0)
+    batches = trainer._degraded_batches(0)
+    batches.start()
+    return trainer, batches
 
 
 def test_degraded_input_clean_targets_and_reproducible_batches(images: Path,  # noqa: F811
@@ -94,7 +96,9 @@ def test_one_pool_of_threads_codes_every_batch(images: Path) -> None:  # noqa: F
     try:
         batches = DegradedBatches(PatchSampler([str(images)], 16), chain, 2, seed=5, batch=4,
                                   rows=slice(0, 4), stream=2, first=0, last=12, workers=2)
+        assert threading.active_count() == before  # nothing runs before start(), inside a try
         try:
+            batches.start()
             got = [batches.get(step) for step in range(12)]
             assert threading.active_count() <= before + 3
         finally:
@@ -107,6 +111,30 @@ def test_one_pool_of_threads_codes_every_batch(images: Path) -> None:  # noqa: F
     for item in got[:3]:
         gen = step_generator(5, item.step, 2)
         assert torch.equal(item.lr, chain.apply_images(item.hr, 2, generator=gen, workers=1))
+
+
+def test_closing_the_feed_early_stops_its_threads(images: Path) -> None:  # noqa: F811
+    """A run stopped by a signal closes the feed with hundreds of steps left (and maybe before
+    it started): close() returns with no thread of the feed left behind."""
+    before = threading.active_count()
+    chain = DegradationChain.parse("bicubic,jpeg:q=20~60")
+
+    def feed() -> DegradedBatches:
+        return DegradedBatches(PatchSampler([str(images)], 16), chain, 2, seed=5, batch=4,
+                               rows=slice(0, 4), stream=2, first=0, last=1000, workers=2)
+
+    never = feed()
+    with pytest.raises(RuntimeError, match="start"):
+        never.get(0)  # not started: an error, not a wait for ever
+    never.close()
+    early = feed()
+    try:
+        early.start()
+        assert early.get(0).step == 0
+    finally:
+        early.close()
+    early.close()  # idempotent
+    assert threading.active_count() == before
 
 
 def test_consistency_loss_is_zero_exactly_when_aligned_outputs_agree() -> None:
@@ -132,6 +160,7 @@ def test_consistency_training_sees_two_codings_of_each_crop(images: Path,  # noq
                               consistency=1.0))
     batches = trainer._degraded_batches(0)
     try:
+        batches.start()
         b = trainer._batch(0, batches)
     finally:
         batches.close()

@@ -11,7 +11,6 @@ Each batch is a pure function of (seed, step, stream), like the bicubic-only bat
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vsr.threads import Worker, start_all, stop_and_wait
 from vsr.train.data import PatchSampler, step_generator
 
 
@@ -62,9 +62,12 @@ class DegradedBatches:
         self.pairs = pairs
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(first, last),
-                                        name="vsr-degrade", daemon=True)
-        self._thread.start()
+        self._producer = Worker("vsr-degrade", lambda: self._produce(first, last), self._stop)
+
+    def start(self) -> None:
+        """Start making batches; call it inside the ``try`` whose clean-up calls :meth:`close`
+        (vsr.threads: a stop signal between the two must not leave the producer running)."""
+        start_all([self._producer])
 
     def make(self, step: int) -> DegradedBatch:
         """The batch of ``step`` (on the calling thread)."""
@@ -96,8 +99,16 @@ class DegradedBatches:
                 return
 
     def get(self, step: int) -> DegradedBatch:
-        """The batch of ``step``; raises what the producer raised."""
-        item = self._queue.get()
+        """The batch of ``step``; raises what the producer raised (RuntimeError if it is not
+        running: never started, or closed)."""
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if not self._producer.is_alive() and self._queue.empty():
+                    raise RuntimeError(f"no producer for the degraded batch of step {step}: "
+                                       "start() was not called or the feed was closed") from None
         if isinstance(item, BaseException):
             raise item
         if item.step != step:
@@ -105,11 +116,12 @@ class DegradedBatches:
         return item
 
     def close(self) -> None:
-        """Stop the producer and the crops' threads (idempotent)."""
-        self._stop.set()
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.1)
-        self._thread.join()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the producer and the crops' threads (idempotent). The producer ends within
+        its current batch: it puts with a timeout and looks at the stop between tries."""
+        try:
+            stop_and_wait([self._producer], self._stop, timeout=None)
+            if self._producer.ended.is_set():
+                self._producer.join()  # past its last line: returns at once
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)

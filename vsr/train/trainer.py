@@ -427,6 +427,8 @@ class Trainer:
         self.primal.train()
         degraded = self._degraded_batches(self.start_step)
         try:
+            if degraded is not None:
+                degraded.start()
             self._loop(result, degraded, progress, stop)
         finally:
             if degraded is not None:
