@@ -49,6 +49,8 @@ def _render(as_json: bool, to_stdout: bool):
               help="Output format (default: mpegts for URLs and -, else from the name).")
 @click.option("--via-ffmpeg", is_flag=True,
               help="Send the output through the ffmpeg program (automatic for srt://).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace DST if it is an existing file (pipes, devices and URLs need not).")
 @click.option("--no-audio", "no_audio", is_flag=True,
               help="Video only (default: the source's audio is copied, not re-encoded).")
 @click.option("--stats-interval", type=click.FloatRange(min=0.1), default=2.0,
@@ -60,12 +62,15 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
            crf: int | None, preset: str | None, pix_fmt: str | None, gop: int | None,
            max_latency: int, drop: str, reconnect: bool, read_timeout: float,
            input_format: str | None, output_format: str | None, via_ffmpeg: bool,
-           no_audio: bool, stats_interval: float, as_json: bool) -> None:
+           overwrite: bool, no_audio: bool, stats_interval: float, as_json: bool) -> None:
     """Upscale the live stream SRC to DST until the source ends or Ctrl-C.
 
     Both are URLs FFmpeg understands, or - for MPEG-TS on stdin/stdout; the source's audio is
     copied alongside (--no-audio: video only). Ctrl-C, SIGTERM or SIGHUP
-    closes the output cleanly (exit 0); a source that fails without --reconnect exits 1.
+    closes the output cleanly (exit 0); a source that fails without --reconnect exits 1, with
+    the output closed cleanly too; one that stops sending for --timeout seconds has ended
+    (exit 0). An existing DST file is replaced only with --overwrite, and never when it is
+    SRC itself (or a link to it).
 
     Without --model (at x2) the model is drn-t-x2-drc50-x264, trained for H.264-compressed
     input, which live streams are.
@@ -79,10 +84,12 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
         encode=encode_config(codec, crf, preset, pix_fmt),
         max_latency_ms=max_latency, drop=drop, reconnect=reconnect, read_timeout_s=read_timeout,
         input_format=input_format, output_format=output_format, gop=gop, via_ffmpeg=via_ffmpeg,
-        stats_interval_s=stats_interval, audio=not no_audio)
+        stats_interval_s=stats_interval, audio=not no_audio, overwrite=overwrite)
 
     # Ctrl-C, SIGTERM and SIGHUP (the CLI's stop signals, vsr.cli.main.STOPPABLE) end the
     # stream as its normal end: run_stream closes the output cleanly and returns
     final = run_stream(config, stats=_render(as_json, to_stdout=dst != "-"))
-    if final.error and final.frames_out == 0:
-        raise InputError(final.error)
+    if final.error:  # the output is closed cleanly, with every frame written before the failure
+        written = f" (the output was closed with {final.frames_out} frames)" \
+            if final.frames_out else ""
+        raise InputError(final.error + written)

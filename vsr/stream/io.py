@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import difflib
 import logging
+import os
+import re
+import stat
 import sys
 import threading
 import time
@@ -21,7 +25,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from vsr.errors import InputError, OutputError
+from vsr.errors import ConfigError, InputError, OutputError
 from vsr.io.ffmpeg_sink import FfmpegRelay
 from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of
 from vsr.io.sink import EncodeConfig, VideoEncoder
@@ -35,8 +39,80 @@ _NETWORK = ("udp://", "tcp://", "rtp://", "rtmp://", "rtmps://", "http://", "htt
             "srt://", "rtsp://")
 
 
+# FFmpeg takes the letters before a ":" as a protocol name when they are all of these
+# (libavformat/avio.c, URL_SCHEME_CHARS); anything else is a file path
+_SCHEME = re.compile(r"[A-Za-z0-9+.-]+:")
+
+
 def is_network(url: str) -> bool:
     return url.startswith(_NETWORK)
+
+
+def local_path(url: str) -> str | None:
+    """The file-system path FFmpeg opens for ``url``: the name itself, or what follows
+    ``file:``; None for ``-`` and for every other protocol (network, ``pipe:``, ...)."""
+    if url == "-":
+        return None
+    if url.startswith("file:"):
+        return url[len("file:"):]
+    return None if _SCHEME.match(url) else url
+
+
+def check_format(name: str | None, *, output: bool) -> None:
+    """Raise ConfigError unless ``name`` (None: guessed) is a container format FFmpeg can read
+    (``output``: write)."""
+    if name is None:
+        return
+    kind = "output" if output else "input"
+
+    def known(n: str) -> av.format.ContainerFormat | None:
+        try:
+            return av.format.ContainerFormat(n)
+        except (ValueError, TypeError):
+            return None
+
+    def usable(n: str) -> bool:
+        fmt = known(n)
+        return fmt is not None and bool(fmt.is_output if output else fmt.is_input)
+
+    if usable(name):
+        return
+    if known(name) is not None:
+        raise ConfigError(f"{name!r} is not an {kind} format")
+    near = [n for n in difflib.get_close_matches(name, sorted(av.formats_available), n=6)
+            if usable(n)][:3]
+    hint = f" (did you mean {', '.join(near)}?)" if near else " (`ffmpeg -formats` lists them)"
+    raise ConfigError(f"unknown {kind} format {name!r}{hint}")
+
+
+def refuse_existing_file(url: str) -> None:
+    """Raise OutputError when ``url`` names an existing directory, or an existing regular file
+    (it would be replaced). FIFOs, devices, ``-`` and URLs are written to as they are."""
+    path = local_path(url)
+    if path is None:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:  # a dangling link too: writing creates its target
+        return
+    except OSError as exc:
+        raise OutputError(f"cannot use the output path {url}: {exc.strerror}") from exc
+    if stat.S_ISDIR(mode):
+        raise OutputError(f"output is a directory: {url}")
+    if stat.S_ISREG(mode):
+        raise OutputError(f"output exists (use --overwrite): {url}")
+
+
+def same_file(src: str, dst: str) -> bool:
+    """Whether ``src`` and ``dst`` open the same local file: one path, a symbolic or a hard
+    link to the other. False when either is ``-`` or a URL."""
+    a, b = local_path(src), local_path(dst)
+    if a is None or b is None:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): the same only by name, links resolved
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 @dataclass(frozen=True)
@@ -129,6 +205,7 @@ class Reader(threading.Thread):
         try:
             while not self.stop.is_set():
                 got = 0
+                before = self.frames
                 try:
                     got = self._session()
                     if not self.reconnect or self.url == "-":
@@ -136,6 +213,12 @@ class Reader(threading.Thread):
                     log.warning("source ended; reconnecting")
                 except (av.error.FFmpegError, OSError, InputError) as exc:
                     if not self.reconnect or self.url == "-":
+                        if isinstance(exc, av.error.ExitError) and self.frames > before:
+                            # the read timeout after frames: a live source (UDP) that stops
+                            # sending ends this way, not with an end of file
+                            log.info("no data for %.1f s: the source has ended",
+                                     self.read_timeout)
+                            return
                         self.error = f"source {self.url}: {exc}"
                         return
                     log.warning("source unavailable (%s); retrying in %.1f s", exc, delay)
@@ -143,6 +226,9 @@ class Reader(threading.Thread):
                     return
                 delay = 0.25 if got else min(self.backoff_max, delay * 2)
                 self.reconnects += 1
+        except Exception as exc:  # not a source failure we know: still the run's error
+            log.debug("reader failed", exc_info=True)
+            self.error = f"source {self.url}: {type(exc).__name__}: {exc}"
         finally:
             self.queue.put(None, self.stop)
 
@@ -302,12 +388,15 @@ class LiveSink:
 
     Opened on the first frame (its size is known then). ``close`` flushes the encoder and
     finishes the container, so the receiver sees a clean end. ``srt://`` (or ``via_ffmpeg``)
-    goes through an :class:`~vsr.io.ffmpeg_sink.FfmpegRelay`. Raises OutputError.
+    goes through an :class:`~vsr.io.ffmpeg_sink.FfmpegRelay`. Without ``overwrite``, an
+    existing regular file is refused (OutputError) rather than replaced. Raises OutputError.
     """
 
     def __init__(self, url: str, encode: EncodeConfig, *, output_format: str | None,
-                 gop: int | None, via_ffmpeg: bool, audio: AudioFeed | None = None) -> None:
+                 gop: int | None, via_ffmpeg: bool, audio: AudioFeed | None = None,
+                 overwrite: bool = False) -> None:
         self.url, self.encode, self.gop, self.audio = url, encode, gop, audio
+        self.overwrite = overwrite
         self.format = output_format or (
             "mpegts" if url == "-" or is_network(url) or url.endswith(".ts") else None)
         self.via_ffmpeg = via_ffmpeg or url.startswith("srt://")
@@ -327,6 +416,8 @@ class LiveSink:
     def _open(self, info: StreamInfo, width: int, height: int) -> None:
         # the muxer holds a packet back until every stream has one; bound that wait
         options = {"flush_packets": "1", "max_interleave_delta": "100000"}
+        if not self.overwrite:  # again: the first frame may come long after the start
+            refuse_existing_file(self.url)
         try:
             if self.via_ffmpeg:
                 self._relay = FfmpegRelay(self.url, self.format or "mpegts")

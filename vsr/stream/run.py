@@ -16,12 +16,20 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from vsr.errors import ConfigError, PipelineError
+from vsr.errors import ConfigError, OutputError, PipelineError
 from vsr.io.sink import EncodeConfig
 from vsr.io.source import Frame
 from vsr.options import RunOptions, check_at_least, check_choice
 from vsr.stream.audio import AudioFeed
-from vsr.stream.io import IDLE, DropQueue, LiveSink, Reader
+from vsr.stream.io import (
+    IDLE,
+    DropQueue,
+    LiveSink,
+    Reader,
+    check_format,
+    refuse_existing_file,
+    same_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ class StreamConfig(RunOptions):
     via_ffmpeg: bool = False
     stats_interval_s: float = 2.0
     audio: bool = True  # copy the source's audio streams (packets, not re-encoded)
+    overwrite: bool = False  # replace a DST that is an existing regular file
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +66,19 @@ class StreamConfig(RunOptions):
         check_at_least("gop", self.gop, 1, optional=True)
         if self.src == self.dst and self.src != "-":
             raise ConfigError("source and destination are the same")
+        check_format(self.input_format, output=False)
+        check_format(self.output_format, output=True)
+
+
+def check_paths(config: StreamConfig) -> None:
+    """Refuse, before anything opens, a DST that is SRC's own file (a symbolic or hard link to
+    it: writing would truncate the source), and an existing DST file without ``overwrite``.
+    ``-``, FIFOs, devices and URLs are not files here. Raises OutputError."""
+    if same_file(config.src, config.dst):
+        raise OutputError(f"source and destination are the same file: {config.dst} is "
+                          f"{config.src}")
+    if not config.overwrite:
+        refuse_existing_file(config.dst)
 
 
 @dataclass(frozen=True)
@@ -135,11 +157,15 @@ def run_stream(config: StreamConfig,
 
     ``stats`` is called every ``stats_interval_s`` and once at the end (``final``), from the
     calling thread. Raises ConfigError/ModelError before anything starts; OutputError or
-    PipelineError when the output fails. Ctrl-C is a normal stop: the output is closed cleanly.
+    PipelineError when the output fails; OutputError before anything starts for a DST that
+    is SRC's file or an existing file without ``overwrite``. A source that fails is no
+    exception: the output is closed cleanly and the returned ``error`` says why.
+    Ctrl-C is a normal stop: the output is closed cleanly.
     """
     from vsr.engine import ModelCache
     from vsr.loading import dtype_name
 
+    check_paths(config)
     config = with_stream_model(config)
     models = ModelCache()
     handle = models.handle(config, config.device)
@@ -152,7 +178,8 @@ def run_stream(config: StreamConfig,
                     read_timeout=config.read_timeout_s, backoff_max=config.backoff_max_s,
                     input_format=config.input_format, audio=audio)
     sink = LiveSink(config.dst, config.encode, output_format=config.output_format,
-                    gop=config.gop, via_ffmpeg=config.via_ffmpeg, audio=audio)
+                    gop=config.gop, via_ffmpeg=config.via_ffmpeg, audio=audio,
+                    overwrite=config.overwrite)
     meter = _Meter(time.monotonic(), handle.name)
     written = 0
     pending: dict[int, tuple] = {}
