@@ -77,7 +77,8 @@ def batch(inputs: tuple[str, ...], output_dir: str,
           as_json: bool) -> None:
     """Upscale many files into DIR; finished files are skipped on a rerun.
 
-    INPUTS are files, folders (searched recursively) or glob patterns. One failing file
+    INPUTS are files, folders (searched recursively) or glob patterns; a search never takes
+    files from DIR, and an input folder may not be DIR or lie inside it. One failing file
     never stops the others; the exit status is 1 when any failed. Every output stays inside
     DIR. One batch at a time runs on DIR (a second refuses, or waits with --wait). Ctrl-C,
     SIGTERM or SIGHUP stop it cleanly (exit 130, 143, 129); rerun with --resume to finish.

@@ -173,6 +173,7 @@ def test_job_store_of_an_older_version_is_migrated(tmp_path):
         conn.execute("DROP TABLE files")
         conn.execute(_OLD_FILES)
         conn.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("ALTER TABLE segments DROP COLUMN bytes")  # segment sizes came later
     result = batch("a.mkv", "b.mkv")
     assert [d["output"] for d in result.skipped] == [str(out / "a.mkv")]
     assert [d["output"] for d in result.done] == [str(out / "b.mkv")]
@@ -314,3 +315,97 @@ def test_read_only_output_mount_is_one_clean_error(tmp_path):
     line = _one_clean_error(itself.returncode, itself.stderr)
     assert line.startswith(f"Error: cannot create the job store {tmp_path / 'ro'}")
     assert line.endswith("Read-only file system")
+
+
+def _cut(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def test_resume_recomputes_finished_segments_that_were_damaged(tmp_path):
+    # a crash can leave a segment recorded as done but torn (half written, or cut inside its
+    # last frame, where every packet is still there) or empty (data never flushed): --resume
+    # computes those again, never joins what is left of them
+    src = _heavy_clip(tmp_path / "long.mkv")
+    out = tmp_path / "out"
+    db = out / ".vsr-batch" / "jobs.sqlite"
+    cmd = [*VSR, "batch", str(src), "-o", str(out), *BICUBIC, "--segment-frames", "6",
+           "--devices", "cpu", "--json"]
+    first = _start_until_segments(cmd, db, 3)
+    first.kill()
+    first.communicate()
+    done = _done_segments(db)
+    assert 3 <= len(done) < 10
+    seg_dir = out / ".vsr-batch" / "segments" / "000001"
+    half, empty, last = (seg_dir / f"seg-{i:05d}.nut" for i in done[:3])
+    _cut(half, half.stat().st_size // 2)
+    empty.write_bytes(b"")
+    with av.open(str(last)) as c:
+        *_, final = (p for p in c.demux(c.streams.video[0]) if p.size)
+    _cut(last, final.pos + final.size // 2)
+    with av.open(str(last)) as c:  # the cut leaves all six packets, the last one short
+        assert sum(1 for p in c.demux(c.streams.video[0]) if p.size) == 6
+    code, report, err = _run(*cmd[len(VSR) + 1:-1], "--resume")
+    print(err)
+    assert code == 0, err
+    assert _outputs(report["done"]) == [(str(src), str(out / "long.mkv"))]
+    warnings = [ln for ln in err.splitlines() if "computing it again" in ln]
+    assert [w.split("segment ")[1].split(":")[0] for w in warnings] == [str(i) for i in done[:3]]
+    assert "holds 3 of its 6 frames" in warnings[0]
+    assert "is empty" in warnings[1]
+    assert "bytes where" in warnings[2]
+    summary = err.strip().splitlines()[-1]
+    assert f"{10 - len(done) + 3} segments computed, {len(done) - 3} reused" in summary
+    assert video_pts_seconds(out / "long.mkv") == video_pts_seconds(src)
+    assert packets(out / "long.mkv", "audio") == packets(src, "audio")
+    assert _partials(out) == []
+
+
+def _tiny_folder(folder: Path) -> dict[Path, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    make_clip(folder / "a.mp4", frames=3)
+    make_clip(folder / "b.mkv", frames=3)
+    return {p: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_input_folder_that_is_or_lies_in_the_output_folder_is_refused(tmp_path):
+    inputs = _tiny_folder(tmp_path / "in")
+    raw = _tiny_folder(tmp_path / "out" / "raw")
+    for folder, out, why in ((tmp_path / "in", tmp_path / "in", "is the output folder"),
+                             (tmp_path / "out" / "raw", tmp_path / "out",
+                              f"is inside the output folder {tmp_path / 'out'}")):
+        code, report, err = _run(str(folder), "-o", str(out), *BICUBIC, "--devices", "cpu")
+        line = _one_clean_error(code, err)
+        assert line.startswith(f"Error: input folder {folder} {why}"), line
+        assert report == {}
+    # nothing was written: no job state, no output, every input as it was
+    assert {p: p.read_bytes() for p in (tmp_path / "in").iterdir()} == inputs
+    assert {p: p.read_bytes() for p in (tmp_path / "out" / "raw").iterdir()} == raw
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["raw"]
+
+
+def test_files_a_search_finds_in_the_output_folder_are_reported(tmp_path):
+    _tiny_folder(tmp_path / "in")
+    # a pattern whose every match lies in the output folder: a failure, not "0 done"
+    code, report, err = _run(str(tmp_path / "in*"), "-o", str(tmp_path / "in"), *BICUBIC,
+                             "--devices", "cpu")
+    assert code == 1, err
+    assert report["done"] == [] and report["skipped"] == []
+    [failed] = report["failed"]
+    assert failed["input"] == str(tmp_path / "in*")
+    assert failed["error"].startswith("every media file it names is inside the output folder")
+    # the output folder inside a searched folder is left out of the search: its files are
+    # this batch's outputs; any other media file there is named in a warning
+    out = tmp_path / "in" / "out"
+    code, report, err = _run(str(tmp_path / "in"), "-o", str(out), *BICUBIC,
+                             "--devices", "cpu")
+    assert code == 0, err
+    assert sorted(d["output"] for d in report["done"]) == [str(out / "a.mp4"),
+                                                           str(out / "b.mkv")]
+    assert "inside the output folder" not in err
+    make_clip(out / "stray.mp4", frames=3)
+    code, report, err = _run(str(tmp_path / "in"), "-o", str(out), *BICUBIC,
+                             "--devices", "cpu")
+    assert code == 0, err
+    assert report["done"] == [] and len(report["skipped"]) == 2
+    [warning] = [ln for ln in err.splitlines() if "inside the output folder" in ln]
+    assert str(out / "stray.mp4") in warning

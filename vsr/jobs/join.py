@@ -27,14 +27,19 @@ _OWN_KEYS = frozenset({"encoder", "major_brand", "minor_version", "compatible_br
 
 
 def join_segments(input_path: Path, segments: list[Path], output: Path, *,
-                  overwrite: bool = False) -> dict[int, int]:
+                  overwrite: bool = False, frames: list[int] | None = None) -> dict[int, int]:
     """Write ``output`` from the segment files and the input's other streams.
 
-    Returns the copied packet count per input stream. Raises OutputError or PipelineError
-    (segments that do not fit together); on failure no output is left behind.
+    ``frames``: the frames each segment must hold (one video packet each); a segment with
+    more or fewer fails the join, so no frame is ever lost or doubled silently. Returns the
+    copied packet count per input stream. Raises OutputError or PipelineError (segments that
+    cannot be read, hold other frame counts or do not fit together); on failure no output is
+    left behind.
     """
     if not segments:
         raise PipelineError("no segments to join")
+    if frames is not None and len(frames) != len(segments):
+        raise PipelineError(f"{len(segments)} segments to join but {len(frames)} frame counts")
     final = check_output_path(output, overwrite=overwrite, input_path=input_path)
     with PyAVSource(input_path) as source:
         info = source.info
@@ -46,7 +51,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         raise OutputError(f"cannot write {final}: {exc}") from exc
     passthrough = Passthrough(str(input_path), exclude=info.index)
     try:
-        with av.open(file_url(segments[0])) as first:
+        with _open_segment(segments[0]) as first:
             template = first.streams.video[0]
             extradata = template.codec_context.extradata
             holder: list[av.stream.Stream] = []
@@ -69,9 +74,12 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                 out.set_chapters(chapters)
         out.start_encoding()
         last_dts: int | None = None
-        for path in segments:
-            last_dts = _copy_segment(path, out, video, passthrough, info.time_base,
-                                     extradata, last_dts)
+        for k, path in enumerate(segments):
+            last_dts, count = _copy_segment(path, out, video, passthrough, info.time_base,
+                                            extradata, last_dts)
+            if frames is not None and count != frames[k]:
+                raise PipelineError(f"segment {path.name} holds {count} frames where "
+                                    f"{frames[k]} were written")
         passthrough.mux_rest(out)
         out.close()
     except BaseException:
@@ -85,19 +93,48 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
     return dict(passthrough.copied)
 
 
+def _open_segment(path: Path) -> av.container.InputContainer:
+    try:
+        seg = av.open(file_url(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise PipelineError(f"cannot read segment {path.name}: "
+                            f"{getattr(exc, 'strerror', None) or exc}") from exc
+    if not seg.streams.video:
+        seg.close()
+        raise PipelineError(f"segment {path.name} holds no video")
+    return seg
+
+
+def _demux(seg: av.container.InputContainer, stream: av.stream.Stream, path: Path):
+    """The segment's packets; a read error (a damaged file) is a PipelineError naming it."""
+    packets = seg.demux(stream)
+    while True:
+        try:
+            pkt = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            raise PipelineError(f"cannot read segment {path.name}: "
+                                f"{exc.strerror or exc}") from exc
+        yield pkt
+
+
 def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.stream.Stream,
                   passthrough: Passthrough, tb: Fraction, extradata: bytes | None,
-                  last_dts: int | None) -> int | None:
-    """Mux one segment's packets (rebased to ``tb``); returns the last dts written."""
-    with av.open(file_url(path)) as seg:
+                  last_dts: int | None) -> tuple[int | None, int]:
+    """Mux one segment's packets (rebased to ``tb``); returns the last dts written and the
+    number of video packets (frames) copied."""
+    count = 0
+    with _open_segment(path) as seg:
         stream = seg.streams.video[0]
         if stream.codec_context.extradata != extradata:
             raise PipelineError(f"segment {path.name} was encoded with other codec parameters")
         step = _frame_step(stream, tb)
         waiting: list[av.Packet] = []
-        for pkt in seg.demux(stream):
+        for pkt in _demux(seg, stream, path):
             if pkt.size == 0:
                 continue
+            count += 1
             _rebase(pkt, tb)
             if pkt.dts is None:
                 # NUT stores no dts for the packets before the first one with dts >= 0:
@@ -112,7 +149,7 @@ def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.strea
         for k, early in enumerate(waiting):  # a segment of only dts-less packets
             early.dts = min(early.pts, (last_dts or early.pts) + (k + 1) * step)
             last_dts = _mux(out, video, passthrough, early, last_dts)
-    return last_dts
+    return last_dts, count
 
 
 def _mux(out: av.container.OutputContainer, video: av.stream.Stream, passthrough: Passthrough,

@@ -134,18 +134,48 @@ def model_scale(model: str | None) -> int | str:
     return "x"
 
 
+def check_input_folder(folder: Path, output_dir: Path) -> None:
+    """Raise ConfigError when the input ``folder`` is ``output_dir`` or lies inside it.
+
+    Outputs named like their inputs would replace them, and every later run would take the
+    outputs for inputs; a search never takes files from the output folder, so such a folder
+    would otherwise yield nothing at all.
+    """
+    try:
+        inside, out = Path(folder).resolve(), Path(output_dir).resolve()
+    except (OSError, RuntimeError):  # a loop of links: reported where the path is used
+        return
+    if inside == out:
+        raise ConfigError(f"input folder {folder} is the output folder: outputs named like "
+                          "the inputs would replace them; write to another folder (-o)")
+    if inside.is_relative_to(out):
+        raise ConfigError(f"input folder {folder} is inside the output folder {output_dir}: "
+                          "outputs would mix with the inputs; write to another folder (-o)")
+
+
 def expand_inputs(inputs: list[str], manifests: list[Path], *,
-                  exclude: Path | None = None) -> list[Entry]:
+                  exclude: Path | None = None,
+                  left_out: list[Path] | None = None) -> list[Entry]:
     """Every input named by ``inputs`` (files, folders searched recursively for media files,
     glob patterns) and by the manifests, in order.
 
     A file named twice by ``inputs`` (a folder and a glob over it) is one entry; manifest
-    lines are never merged or dropped: each is an entry of its own.
+    lines are never merged or dropped: each is an entry of its own. A search (a folder or a
+    pattern) takes no file inside the ``exclude`` folder (the output folder: its files are
+    outputs); the files it leaves out are appended to ``left_out``, and a search that
+    found media files only there is an entry with an error, never nothing.
     """
     entries: list[Entry] = []
     seen: set[Path] = set()
     for text in inputs:
-        for e in _expand_one(text, exclude):
+        skipped: list[Path] = []
+        found = _expand_one(text, exclude, skipped)
+        if skipped and not found:
+            found = [Entry(Path(text), error=f"every media file it names is inside the output "
+                                             f"folder {exclude}; write to another folder (-o)")]
+        if left_out is not None:
+            left_out.extend(skipped)
+        for e in found:
             key = e.path.resolve() if e.error is None else Path(f"error:{e.path}")
             if key not in seen:
                 seen.add(key)
@@ -155,10 +185,11 @@ def expand_inputs(inputs: list[str], manifests: list[Path], *,
     return entries
 
 
-def _expand_one(text: str, exclude: Path | None) -> list[Entry]:
+def _expand_one(text: str, exclude: Path | None, skipped: list[Path]) -> list[Entry]:
     path = Path(text)
+    skip = exclude.resolve() if exclude is not None else None
     if path.is_dir():
-        return _scan_folder(path, exclude)
+        return _scan_folder(path, skip, skipped)
     if not path.exists() and _GLOB_CHARS & set(text):
         matches = sorted(glob.glob(text, recursive=True))
         if not matches:
@@ -166,23 +197,34 @@ def _expand_one(text: str, exclude: Path | None) -> list[Entry]:
         out: list[Entry] = []
         for m in matches:
             mp = Path(m)
-            out.extend(_scan_folder(mp, exclude) if mp.is_dir() else [Entry(mp)])
+            if mp.is_dir():
+                out.extend(_scan_folder(mp, skip, skipped))
+            elif _inside(mp, skip):  # named by the pattern: left out whatever its suffix
+                skipped.append(mp)
+            else:
+                out.append(Entry(mp))
         return out
     return [Entry(path)]  # a missing file is reported when its job is planned
 
 
-def _scan_folder(root: Path, exclude: Path | None) -> list[Entry]:
-    skip = exclude.resolve() if exclude is not None else None
+def _scan_folder(root: Path, skip: Path | None, skipped: list[Path]) -> list[Entry]:
     out = []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts) or not p.is_file():
             continue
-        if skip is not None and (p.resolve() == skip or skip in p.resolve().parents):
+        if p.suffix.lower() not in MEDIA_SUFFIXES:
             continue
-        if p.suffix.lower() in MEDIA_SUFFIXES:
+        if _inside(p, skip):
+            skipped.append(p)
+        else:
             out.append(Entry(p, rel_dir=rel.parent.as_posix().removeprefix(".")))
     return out
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    """Whether ``path`` (resolved, links followed) lies in the resolved ``folder``."""
+    return folder is not None and path.resolve().is_relative_to(folder)
 
 
 def read_manifest(path: Path) -> list[Entry]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vsr.errors import ConfigError, Interrupted, OutputError, VsrError
+from vsr.io.output import discard
 from vsr.io.source import check_input_path
 from vsr.jobs.join import join_segments
 from vsr.jobs.plan import (
@@ -26,6 +27,7 @@ from vsr.jobs.plan import (
     STATE_DIR,
     Job,
     JobOptions,
+    check_input_folder,
     expand_inputs,
     make_jobs,
 )
@@ -37,8 +39,9 @@ from vsr.jobs.segments import (
     clean_partials,
     is_segmentable,
     plan_segments,
+    segment_problem,
 )
-from vsr.jobs.store import JobStore
+from vsr.jobs.store import JobStore, SegmentRow
 from vsr.jobs.workers import INTERRUPTED
 from vsr.pipeline.run import eta_seconds
 
@@ -85,6 +88,9 @@ class BatchConfig:
             raise ConfigError("segment_frames must be at least 1")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ConfigError(f"output folder is a file: {self.output_dir}")
+        for text in self.inputs:  # before anything is written into the output folder
+            if Path(text).is_dir():
+                check_input_folder(Path(text), self.output_dir)
 
     @property
     def state_dir(self) -> Path:
@@ -181,7 +187,7 @@ class Tracker:
         """``task`` wrote its result; the last one of a file triggers the join."""
         frames = result.frames
         if task.segment is not None:
-            self.store.segment_done(task.file_id, task.segment.index)
+            self.store.segment_done(task.file_id, task.segment.index, _durable_size(task.path))
         with self.lock:
             self._running.pop(_key(task), None)
             self.frames_finished += frames
@@ -214,8 +220,8 @@ class Tracker:
         if f.seg_dir is not None:
             try:
                 join_segments(f.job.input, segment_paths(f), f.job.output,
-                              overwrite=self.overwrite)
-            except VsrError as exc:
+                              overwrite=self.overwrite, frames=[s.frames for s in f.segments])
+            except Exception as exc:  # the file fails, not the task that happened to end last
                 self._fail_file(f, _reason(exc))
                 return
             shutil.rmtree(f.seg_dir, ignore_errors=True)
@@ -244,6 +250,17 @@ class Tracker:
                 files_failed=len(self.failed), files_skipped=len(self.skipped),
                 frames_done=self.frames_reused + computed, frames_total=self.frames_total,
                 elapsed=elapsed, frames_computed=computed)
+
+
+def _durable_size(path: Path) -> int:
+    """The size of the finished file ``path``, once its data is on disk: a segment is recorded
+    as done only then, so a crash cannot leave a "done" segment that was never written."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 def _key(task: Task) -> tuple[int, int]:
@@ -300,7 +317,7 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
     tasks, reused = [], 0
     for s in segments:
         path = segment_path(seg_dir, s.index)
-        if rows[s.index].done and path.is_file():
+        if rows[s.index].done and _reusable(job, rows[s.index], path):
             reused += s.frames
             with tracker.lock:
                 tracker.segments_reused += 1
@@ -314,6 +331,22 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
     if not tasks:  # every segment was finished before: only the join is left
         tracker.complete(f)
     return tasks
+
+
+def _reusable(job: Job, row: SegmentRow, path: Path) -> bool:
+    """Whether a segment recorded as done can be joined as it is: its file is there with
+    every frame (and its recorded size). A damaged one is removed, to be computed again."""
+    if not path.exists():  # joined and removed by an earlier run (or deleted): computed again
+        log.info("%s segment %d: its file is gone; computing it again", job.input.name,
+                 row.index)
+        return False
+    problem = segment_problem(path, row.frames, row.bytes)
+    if problem is None:
+        return True
+    log.warning("%s segment %d: its finished file %s; computing it again", job.input.name,
+                row.index, problem)
+    discard(path)
+    return False
 
 
 def _register(tracker: Tracker, f: _File, reused: int = 0) -> None:
@@ -346,11 +379,25 @@ def run_batch(config: BatchConfig,
         raise Interrupted(INTERRUPTED) from exc
 
 
+def _report_left_out(left_out: list[Path], jobs: list[Job], output_dir: Path) -> None:
+    """Warn of the files a search left out for being inside the output folder, except the
+    outputs this batch writes (a rerun finds its own outputs there; they are no inputs)."""
+    outputs = {j.output.resolve() for j in jobs if j.output is not None}
+    others = sorted({p for p in left_out if p.resolve() not in outputs})
+    if others:
+        names = ", ".join(map(str, others[:5])) + (" ..." if len(others) > 5 else "")
+        log.warning("%d file(s) inside the output folder %s were not taken as inputs (a "
+                    "search never takes files from there; name another -o to upscale them): "
+                    "%s", len(others), output_dir, names)
+
+
 def _run(config: BatchConfig, store: JobStore, t0: float,
          progress: Callable[[BatchProgress], None] | None) -> BatchResult:
+    left_out: list[Path] = []
     entries = expand_inputs(list(config.inputs), list(config.manifests),
-                            exclude=config.output_dir)
+                            exclude=config.output_dir, left_out=left_out)
     jobs = make_jobs(entries, config.output_dir, config.template, config.options)
+    _report_left_out(left_out, jobs, config.output_dir)
     tracker = Tracker(store, config.overwrite)
     tasks: list[Task] = []
     for job in jobs:

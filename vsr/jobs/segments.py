@@ -111,6 +111,36 @@ def _count(c: av.container.InputContainer, stream: av.stream.Stream) -> int:
     return sum(1 for pkt in c.demux(stream) if pkt.size)
 
 
+def segment_problem(path: Path, frames: int, size: int | None) -> str | None:
+    """Why the finished segment file ``path`` cannot be reused, or None when it holds
+    ``frames`` frames (and, when ``size`` was recorded, exactly ``size`` bytes).
+
+    Frames are counted as the video packets the NUT demuxer reads, without decoding: that is
+    exact for segment files, whose encoder puts each frame in a packet of its own (x264, x265,
+    VP8 and VP9, AV1, MPEG-2/4, FFV1 alike; a hidden VP9/AV1 frame travels inside the packet of
+    a shown one). A file cut inside its last packet still has every packet, the last one
+    short: the recorded size catches that.
+    """
+    try:
+        actual = path.stat().st_size
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if actual == 0:
+        return "is empty"
+    try:
+        with av.open(file_url(path)) as c:
+            if not c.streams.video:
+                return "holds no video"
+            count = sum(1 for pkt in c.demux(c.streams.video[0]) if pkt.size)
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        return f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    if count != frames:
+        return f"holds {count} of its {frames} frames"
+    if size is not None and actual != size:
+        return f"holds {actual} bytes where {size} were written"
+    return None
+
+
 def is_segmentable(path: Path) -> bool:
     return not is_image_path(path)
 

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS segments (
     frames INTEGER NOT NULL,
     status TEXT NOT NULL,          -- pending, done
     runs INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER,                 -- the size of the finished segment file (NULL: unknown)
     PRIMARY KEY (file_id, idx)
 );
 """
@@ -58,6 +59,7 @@ class SegmentRow:
     frames: int
     done: bool
     runs: int
+    bytes: int | None  # the finished file's size as recorded (None: pending, or an older store)
 
 
 class StoreBusy(OutputError):
@@ -89,6 +91,7 @@ class JobStore:
             _migrate(self._db)
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            _add_segment_bytes(self._db)
         except BaseException as exc:
             if self._db is not None:
                 self._db.close()
@@ -153,22 +156,23 @@ class JobStore:
 
     def segments(self, file_id: int) -> list[SegmentRow]:
         with self._lock:
-            rows = self._db.execute("SELECT idx, start_pts, end_pts, frames, status, runs "
-                                    "FROM segments WHERE file_id = ? ORDER BY idx",
+            rows = self._db.execute("SELECT idx, start_pts, end_pts, frames, status, runs, "
+                                    "bytes FROM segments WHERE file_id = ? ORDER BY idx",
                                     (file_id,)).fetchall()
-        return [SegmentRow(i, s, e, n, st == "done", r) for i, s, e, n, st, r in rows]
+        return [SegmentRow(i, s, e, n, st == "done", r, b) for i, s, e, n, st, r, b in rows]
 
     def segment_started(self, file_id: int, index: int) -> None:
-        self._write("UPDATE segments SET runs = runs + 1, status = 'pending' "
+        self._write("UPDATE segments SET runs = runs + 1, status = 'pending', bytes = NULL "
                     "WHERE file_id = ? AND idx = ?", (file_id, index))
 
-    def segment_done(self, file_id: int, index: int) -> None:
-        self._write("UPDATE segments SET status = 'done' WHERE file_id = ? AND idx = ?",
-                    (file_id, index))
+    def segment_done(self, file_id: int, index: int, size: int) -> None:
+        """The segment's file is finished (and on disk) with ``size`` bytes."""
+        self._write("UPDATE segments SET status = 'done', bytes = ? WHERE file_id = ? "
+                    "AND idx = ?", (size, file_id, index))
 
     def segment_undone(self, file_id: int, index: int) -> None:
-        self._write("UPDATE segments SET status = 'pending' WHERE file_id = ? AND idx = ?",
-                    (file_id, index))
+        self._write("UPDATE segments SET status = 'pending', bytes = NULL WHERE file_id = ? "
+                    "AND idx = ?", (file_id, index))
 
     def file_done(self, file_id: int, frames: int) -> None:
         self._write("UPDATE files SET status = 'done', frames = ?, error = NULL, updated = ? "
@@ -207,3 +211,11 @@ def _migrate(db: sqlite3.Connection) -> None:
                    "frames, updated FROM files")
         db.execute("DROP TABLE files")
         db.execute("ALTER TABLE files_v2 RENAME TO files")
+
+
+def _add_segment_bytes(db: sqlite3.Connection) -> None:
+    """Stores written before segment sizes were recorded lack the column: add it (NULL for
+    their finished segments, which are then checked by their frame count alone)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(segments)")}
+    if "bytes" not in columns:
+        db.execute("ALTER TABLE segments ADD COLUMN bytes INTEGER")
