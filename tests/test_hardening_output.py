@@ -148,3 +148,44 @@ def test_untrusted_checkpoint_name_cannot_forge_log_lines(clip, tmp_path):
     assert any("evil\\nError: forged\\x1b[2J\\u2028end" in ln for ln in lines), r.stderr
     with contextlib.suppress(FileNotFoundError):
         (tmp_path / "o.mp4").unlink()
+
+
+@pytest.mark.parametrize("encoder, out_name, overwrite", [
+    ("pyav", "o.mkv", False), ("ffmpeg", "o.mkv", False), ("pyav", "o.png", False),
+    ("pyav", "o.mkv", True)])
+def test_an_output_written_by_another_run_meanwhile_is_not_replaced(clip, tmp_path, encoder,
+                                                                     out_name, overwrite):
+    """Two runs to one name: the check at the start passed for both; the later to finish
+    must not replace the other's finished file unless asked (--overwrite)."""
+    from vsr.errors import OutputError
+    from vsr.io.ffmpeg_sink import ffmpeg_available
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    if encoder == "ffmpeg" and not ffmpeg_available():
+        pytest.skip("ffmpeg program not installed")
+    if out_name.endswith(".png"):
+        import numpy as np
+
+        from vsr.io.image import save_image
+
+        src = tmp_path / "in.png"
+        save_image(src, np.full((48, 64, 3), 90, np.uint8))
+    else:
+        src = clip("in.mkv", frames=6, size=(64, 48))
+    out = tmp_path / out_name
+    theirs = b"the other run's finished output"
+
+    def other_run_finishes(_progress) -> None:  # while this run is still writing
+        if not out.exists():
+            out.write_bytes(theirs)
+
+    config = UpscaleConfig(input=src, output=out, model="bicubic", scale=2, encoder=encoder,
+                           overwrite=overwrite)
+    if overwrite:
+        upscale_file(config, progress=other_run_finishes)
+        assert out.read_bytes() != theirs  # asked for: replaced
+    else:
+        with pytest.raises(OutputError, match="written by someone else while this run"):
+            upscale_file(config, progress=other_run_finishes)
+        assert out.read_bytes() == theirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({src.name, out_name})

@@ -131,6 +131,7 @@ class FfmpegSink(SinkContext):
         if not ffmpeg_available():
             raise OutputError("--encoder ffmpeg needs the ffmpeg program on PATH")
         self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
+        self._overwrite = overwrite
         self._temp = temp_path_for(self.path)
         try:
             self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt)
@@ -208,7 +209,7 @@ class FfmpegSink(SinkContext):
             discard(self._temp)
             raise err
         self._log.close()
-        finish(self._temp, self.path)
+        finish(self._temp, self.path, replace=self._overwrite)
 
     def abort(self) -> None:
         self._done = True

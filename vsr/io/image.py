@@ -238,7 +238,7 @@ def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = 
     out = image_format(path)
     path = check_output_path(path, overwrite=overwrite, input_path=input_path)
     data, pix_fmt = encode_image(image, out, jpeg_scale=jpeg_scale, name=path.name)
-    store_file(path, data)
+    store_file(path, data, replace=overwrite)
     return pix_fmt
 
 
@@ -252,6 +252,7 @@ class ImageSink(SinkContext):
                  jpeg_scale: int = 2) -> None:
         self._format = image_format(path)
         self.path = check_output_path(path, overwrite=overwrite, input_path=input_path)
+        self._overwrite = overwrite
         self._size = (height, width)
         self._q = jpeg_scale
         self._data: bytes | None = None
@@ -274,7 +275,7 @@ class ImageSink(SinkContext):
         self._done = True
         if self._data is None:
             raise OutputError("no frame was written")
-        store_file(self.path, self._data)
+        store_file(self.path, self._data, replace=self._overwrite)
 
     def abort(self) -> None:
         self._done = True

@@ -199,10 +199,10 @@ def write_error(final: Path | None, exc: BaseException, doing: str = "writing") 
     return OutputError(f"{what} failed: {reason}")
 
 
-def store_file(path: Path, data: bytes) -> None:
+def store_file(path: Path, data: bytes, *, replace: bool = True) -> None:
     """Write ``data`` as ``path`` through a temporary file, flushed to the disk and renamed into
     place: ``path`` is either the whole new file or what it was before, and nothing partial is
-    left, whatever stops the write (a full disk, Ctrl-C).
+    left, whatever stops the write (a full disk, Ctrl-C). ``replace``: as :func:`finish`.
 
     Raises:
         OutputError: the file cannot be written (disk full, read-only...) or moved into place.
@@ -219,15 +219,52 @@ def store_file(path: Path, data: bytes) -> None:
     except BaseException:
         discard(temp)
         raise
-    finish(temp, path)
+    finish(temp, path, replace=replace)
 
 
-def finish(temp: Path, final: Path) -> None:
+# link() is refused where the file system has no hard links (FAT, exFAT, some network and
+# FUSE file systems); there the check before the rename is all there is
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
+
+
+def _written_meanwhile(final: Path) -> OutputError:
+    return OutputError(f"{final} was written by someone else while this run wrote it; kept as "
+                       "it is, this output discarded (use --overwrite to replace)")
+
+
+def finish(temp: Path, final: Path, *, replace: bool = True) -> None:
+    """Move the finished ``temp`` into place as ``final``. Without ``replace`` (no --overwrite)
+    a ``final`` that appeared while this run wrote (another run to the same name) is kept and
+    this output discarded, OutputError: the check when the run started is not enough. Done by
+    a hard link, which fails on an existing name, then removing ``temp``.
+
+    Raises:
+        OutputError: ``final`` exists (without ``replace``), or the move failed.
+    """
+    if replace:
+        try:
+            os.replace(temp, final)
+        except OSError as exc:
+            discard(temp)
+            raise OutputError(f"cannot move the finished output to {final}: "
+                              f"{exc.strerror}") from exc
+        return
     try:
-        os.replace(temp, final)
-    except OSError as exc:
+        os.link(temp, final)
+    except FileExistsError as exc:
         discard(temp)
-        raise OutputError(f"cannot move the finished output to {final}: {exc.strerror}") from exc
+        raise _written_meanwhile(final) from exc
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            discard(temp)
+            raise OutputError(f"cannot move the finished output to {final}: "
+                              f"{exc.strerror}") from exc
+        if os.path.lexists(final):
+            discard(temp)
+            raise _written_meanwhile(final) from exc
+        finish(temp, final, replace=True)
+        return
+    discard(temp)
 
 
 def discard(temp: Path) -> None:

@@ -228,6 +228,7 @@ class PyAVSink(SinkContext):
                  config: EncodeConfig = EncodeConfig(), *, overwrite: bool = False,
                  copy_streams: bool = True) -> None:
         self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
+        self._overwrite = overwrite
         self._temp = temp_path_for(self.path)
         self._done = False
         self._pass: Passthrough | None = None
@@ -328,7 +329,7 @@ class PyAVSink(SinkContext):
         self._done = True
         if self._pass is not None:
             self._pass.close()
-        finish(self._temp, self.path)
+        finish(self._temp, self.path, replace=self._overwrite)
 
     def abort(self) -> None:
         """Stop and remove the partial output; never raises for a half-written file."""

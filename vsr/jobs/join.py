@@ -89,7 +89,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         discard(temp)
         raise
     passthrough.close()
-    finish(temp, final)
+    finish(temp, final, replace=overwrite)
     return dict(passthrough.copied)
 
 
