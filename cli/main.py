@@ -145,6 +145,10 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 _startup_stop: contextlib.ExitStack | None = None
 
 
+# click 8.2+: a command run without arguments shows its help (click 8.1 prints it itself)
+_HELP_WANTED = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main() -> None:
     """Console entry point: library errors become one `Error: ...` line and exit code 1;
     Ctrl-C (and SIGTERM/SIGHUP where handled, see STOP_SIGNALS) exit with 128 + the signal."""
@@ -164,6 +168,13 @@ def main() -> None:
     except click.exceptions.Abort as exc:
         _error_line("interrupted", exc)
         _exit_stopped(128 + _signal_of(exc))
+    except click.UsageError as exc:
+        if isinstance(exc, _HELP_WANTED):
+            exc.show()  # the command's help: it was called with nothing to do
+        else:  # one line, as every error (click prints four)
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _error_line(printable(" ".join(exc.format_message().split())) + hint)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

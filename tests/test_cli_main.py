@@ -55,3 +55,26 @@ def test_command_help_does_not_import_torch(command: str) -> None:
     out = subprocess.run([sys.executable, "-c", _HELP_PROBE, command], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert out.split() == ["0", "True", "False"], out
+
+
+@pytest.mark.parametrize("args, names", [
+    (["upscale", "--crf", "-1", "a.mp4", "b.mp4"], "'--crf'"),
+    (["upscale", "a.mp4"], "'OUT'"),
+    (["train", "--data", "/no/such/folder"], "'--data'"),
+    (["no-such-command"], "'no-such-command'"),
+])
+def test_a_usage_error_is_one_error_line(args: list[str], names: str) -> None:
+    """Bad options and arguments get the one `Error:` line every other failure gets (click's
+    own report is four lines: usage, a hint, a blank line, the error), naming the option."""
+    r = subprocess.run([sys.executable, "-m", "vsr", *args], capture_output=True, text=True,
+                       timeout=120)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("Error: ") and names in lines[0] and "--help" in lines[0]
+    assert r.stdout == ""
+
+
+def test_the_bare_command_still_shows_its_help() -> None:
+    r = subprocess.run([sys.executable, "-m", "vsr"], capture_output=True, text=True,
+                       timeout=120)
+    assert "Commands:" in r.stdout + r.stderr and "Error:" not in r.stdout + r.stderr
