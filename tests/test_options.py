@@ -39,10 +39,11 @@ BAD_SHARED = {"precision": "fp8", "scale": 1, "device": "tpu", "tile": 8, "backe
 
 # a bad option of each class's own (for the classes without any shared field)
 BAD_OWN: dict[str, dict] = {
+    "ModelOptions": {"model": "", "scale": True},  # "" is no model name; True is no scale
     "BatchConfig": {"devices": ()},
     "EncodeConfig": {"crf": 99},
     "StreamConfig": {"drop": "newest"},
-    "BenchConfig": {"frames": 1},
+    "BenchConfig": {"frames": 1, "output": "kept.png"},  # a video is kept, not an image
     "UpscaleConfig": {"decoder": "opencv"},
     "ExportConfig": {"format": "tflite"},
     "CompressConfig": {"ratio": 1.5},

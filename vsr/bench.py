@@ -16,6 +16,8 @@ from pathlib import Path
 
 from vsr.device import resolve_device
 from vsr.engine import ModelCache, run_source
+from vsr.errors import ConfigError
+from vsr.io.image import is_image_path
 from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import check_input_path, open_source
@@ -48,6 +50,9 @@ class BenchConfig(RunOptions):
         check_at_least("frames", self.frames, 2)
         check_choice("decoder", self.decoder, DECODERS)
         check_at_least("repeats", self.repeats, 1)
+        if self.output is not None and is_image_path(self.output):  # before minutes of work
+            raise ConfigError(f"bench keeps the pipeline's video: {self.output.name} is an "
+                              "image name; use .mp4, .mkv or another video container")
 
 
 @dataclass(frozen=True)

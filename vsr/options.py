@@ -79,7 +79,7 @@ class ModelOptions:
     batch: int = 1
 
     def __post_init__(self) -> None:
-        if self.model is not None and not isinstance(self.model, str):
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise ConfigError(f"model must be a name or a path, not {self.model!r}")
         check_scale(self.scale)
         check_choice("precision", self.precision, PRECISIONS)
