@@ -409,3 +409,32 @@ def test_files_a_search_finds_in_the_output_folder_are_reported(tmp_path):
     assert report["done"] == [] and len(report["skipped"]) == 2
     [warning] = [ln for ln in err.splitlines() if "inside the output folder" in ln]
     assert str(out / "stray.mp4") in warning
+
+
+def test_manifest_fields_of_the_wrong_type_fail_their_line(tmp_path):
+    """`"crf": "abc"` used to fail with Python's own `'<=' not supported ...` and `"crf": true`
+    reached x264 as 'True': each such line now fails, naming the line and the field."""
+    src = make_clip(tmp_path / "a.mp4", frames=2)
+    manifest = tmp_path / "list.jsonl"
+    lines = [{"input": "a.mp4", "output": "crf_text.mp4", "crf": "abc"},
+             {"input": "a.mp4", "output": "crf_bool.mp4", "crf": True},
+             {"input": "a.mp4", "output": "preset_int.mp4", "preset": 5},
+             {"input": "a.mp4", "output": "batch_null.mp4", "batch": None},
+             {"input": "a.mp4", "output": "good.mp4", "crf": 30, "preset": None}]
+    manifest.write_text("".join(json.dumps(obj) + "\n" for obj in lines))
+    out = tmp_path / "out"
+    result = run_batch(BatchConfig(inputs=(), manifests=(manifest,), output_dir=out,
+                                   options=JobOptions(model="bicubic", scale=2,
+                                                      preset="ultrafast"),
+                                   devices=("cpu",)))
+    assert [d["output"] for d in result.done] == [str(out / "good.mp4")]
+    errors = {f["error"].split(": ", 1)[0]: f for f in result.failed}
+    assert sorted(errors) == [f"{manifest}:{n}" for n in (1, 2, 3, 4)]
+    assert all(f["input"] == str(src) for f in result.failed)
+    expect = {1: 'option "crf" must be an integer, not "abc"',
+              2: 'option "crf" must be an integer, not true',
+              3: 'option "preset" must be a string, not 5',
+              4: 'option "batch" must be an integer, not null'}
+    for n, text in expect.items():
+        assert errors[f"{manifest}:{n}"]["error"] == f"{manifest}:{n}: {text}"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["good.mp4"]

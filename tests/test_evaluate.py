@@ -163,3 +163,28 @@ def test_set5_bicubic_matches_published(scale):
     assert result.images == 5
     assert result.psnr == pytest.approx(psnr, abs=0.03)
     assert result.ssim == pytest.approx(ssim, abs=0.003)
+
+
+def test_images_too_small_to_score_are_named(tmp_path, monkeypatch, capsys):
+    """A 5x5 image ended in `Error: internal error: ValueError: image 4x4 too small to
+    shave`: now the image is named with the smallest size the protocol scores."""
+    from vsr.cli.main import main
+
+    root = _make_set(tmp_path / "Edge", sizes=((16, 17), (17, 16)))
+    edge = evaluate_dataset(StandInBicubic(2), root, 2)  # the smallest that fits still scores
+    assert edge.images == 2 and 0 < edge.ssim <= 1
+    tiny = _make_set(tmp_path / "Tiny", sizes=((40, 36), (15, 40)))
+    with pytest.raises(InputError, match=r"img1\.png is 40x15 pixels, too small to score at "
+                                         r"x2: the protocol needs at least 16x16"):
+        evaluate_dataset(StandInBicubic(2), tiny, 2)
+    monkeypatch.setattr("sys.argv", ["vsr", "eval", "-d", str(tiny), "-s", "2",
+                                     "--baseline", "bicubic", "--device", "cpu"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"Error: {tiny / 'HR' / 'img1.png'} is 40x15 pixels") \
+        and "\n" not in err and "internal error" not in err, err
+    from vsr.evaluate import min_size
+
+    assert [min_size(s) for s in (2, 3, 4)] == [16, 18, 20]  # 11 + 2*scale, up to a multiple

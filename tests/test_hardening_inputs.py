@@ -525,3 +525,52 @@ def test_ffmpeg_encoder_every_shared_clip(shared_video, tmp_path, name):
         declared = c.streams.video[0].frames
     assert r.frames_in == r.frames_out == declared
     _same_as_input(src, tmp_path / "o.mp4")
+
+
+# --- native log lines before the Error line (audit r7, F) ---------------------------------------
+
+def _stderr_lines(*args: str) -> tuple[int, list[str]]:
+    """Run `vsr ARGS` in a child process; its whole stderr, native libraries' lines included."""
+    res = subprocess.run([sys.executable, "-m", "vsr", *args], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return res.returncode, [ln for ln in res.stderr.splitlines() if ln.strip()]
+
+
+def test_an_unknown_preset_is_one_line_without_encoder_logs(clip, tmp_path):
+    """x264 printed `x264 [error]: invalid preset 'bogus'` itself, then the error quoted
+    avcodec_open2's arguments; the preset is now checked before any encoder opens."""
+    src = str(clip("in.mp4", frames=2))
+    for codec, preset in (("libx264", "bogus"), ("libx265", "Slow")):
+        rc, lines = _stderr_lines("upscale", src, str(tmp_path / "o.mkv"), "--model", "bicubic",
+                                  "--scale", "2", "--codec", codec, "--preset", preset)
+        assert rc != 0 and len(lines) == 1, lines
+        assert lines[0] == (f"Error: unknown {codec} preset {preset!r}; known: ultrafast, "
+                            "superfast, veryfast, faster, fast, medium, slow, slower, veryslow, "
+                            "placebo"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+    for bad in ({"preset": "bogus"}, {"preset": "10"}, {"preset": 5}, {"crf": True},
+                {"crf": "20"}, {"codec": None}):
+        with pytest.raises(ConfigError):
+            EncodeConfig(**bad)
+    for good in ("slow", "Slow", "0", "9"):  # names in any case and indexes, as x264 takes
+        EncodeConfig(preset=good)
+    EncodeConfig(codec="libx265", preset="veryslow")
+
+
+def test_a_non_video_adaptation_input_is_one_line(tmp_path):
+    """A text file named .mp4 given to --adapt: decord printed two log lines, then
+    `Error: internal error: RuntimeError`."""
+    data = tmp_path / "hr"
+    data.mkdir()
+    from vsr.imageio import write_image
+
+    write_image(data / "a.png", torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8))
+    text = tmp_path / "text.mp4"
+    text.write_text("hi\n")
+    rc, lines = _stderr_lines("train", "--arch", "drn-t-x2", "--iterations", "2",
+                              "--batch-size", "2", "--patch", "8", "--threads", "1",
+                              "--device", "cpu", "--data", str(data),
+                              "--out", str(tmp_path / "run"), "--adapt", str(text))
+    assert rc == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("Error: ") and str(text) in lines[0], lines
+    assert "internal error" not in lines[0]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, make_clip
 
 from vsr.degradations import DegradationChain
 from vsr.errors import ConfigError, InputError
@@ -131,3 +131,22 @@ def test_seeded_random_chain_is_reproducible(carphone):
     with pytest.raises(ConfigError, match="seed"):
         VideoEvalConfig(videos=(carphone,), degrade="bicubic,x264:crf=20~34")
     assert DegradationChain.parse(config.degrade).is_random
+
+
+def test_clips_too_small_to_score_are_named(tmp_path, monkeypatch, capsys):
+    """An 8x6 clip ended in an internal error (too small for the 11x11 SSIM window)."""
+    from vsr.cli.main import main
+
+    edge = make_clip(tmp_path / "edge.mp4", frames=2, size=(16, 18))
+    assert read_hr_frames(edge, 2, 2).shape == (2, 3, 18, 16)  # the smallest that fits at x2
+    tiny = make_clip(tmp_path / "tiny.mp4", frames=2, size=(8, 6))
+    with pytest.raises(InputError, match=r"tiny\.mp4 is 8x6 pixels, too small to score at x2"):
+        read_hr_frames(tiny, 2, 2)
+    monkeypatch.setattr("sys.argv", ["vsr", "eval", "--video", str(tiny), "--frames", "2",
+                                     "--model", "bicubic", "--scale", "2", "--device", "cpu"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"Error: {tiny} is 8x6 pixels, too small to score at x2: the "
+                          "protocol needs at least 16x16") and "\n" not in err, err

@@ -23,14 +23,14 @@ import torch
 
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
-from vsr.metrics import psnr_y, ssim_y
+from vsr.metrics import SSIM_WINDOW, psnr_y, ssim_y
 from vsr.options import EVAL_BASELINES, PRECISIONS, check_choice, check_device, check_scale
 from vsr.resize import imresize, to_uint8
 
 __all__ = [
     "BASELINES", "DatasetResult", "EvalConfig", "ImageResult", "Progress", "UpscaleHandle",
-    "benchmark_images", "degrade", "evaluate_dataset", "evaluate_image", "modcrop",
-    "run_evaluation", "summarize",
+    "benchmark_images", "check_scorable", "degrade", "evaluate_dataset", "evaluate_image",
+    "min_size", "modcrop", "run_evaluation", "summarize",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,24 @@ def modcrop(image: torch.Tensor, scale: int) -> torch.Tensor:
     return image[..., :h, :w]
 
 
+def min_size(scale: int) -> int:
+    """The smallest HR side that can be scored at ``scale``: cropped to a multiple of
+    ``scale`` and shaved by ``scale`` on both sides, it must still hold SSIM's window."""
+    need = SSIM_WINDOW + 2 * scale
+    return -(-need // scale) * scale
+
+
+def check_scorable(width: int, height: int, scale: int, name: object) -> None:
+    """Raise InputError, naming ``name`` (an image, a clip), unless a ``width`` x ``height``
+    HR picture is large enough to score at ``scale`` (:func:`min_size`)."""
+    side = min_size(scale)
+    if width < side or height < side:
+        raise InputError(f"{name} is {width}x{height} pixels, too small to score at x{scale}: "
+                         f"the protocol needs at least {side}x{side} (the crop to a multiple of "
+                         f"{scale}, {scale} pixels shaved per border, an {SSIM_WINDOW}x"
+                         f"{SSIM_WINDOW} SSIM window)")
+
+
 def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """The protocol's LR input: MATLAB bicubic (antialiased) downscale by ``scale``, to uint8.
 
@@ -142,20 +160,24 @@ def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def evaluate_image(handle: UpscaleHandle, hr: torch.Tensor, scale: int, *,
-                   gray: bool = False) -> tuple[float, float]:
+                   gray: bool = False, name: object = "image") -> tuple[float, float]:
     """Score ``handle`` on one HR image.
 
     Args:
-        hr: uint8 (3, H, W) RGB; cropped here to a multiple of ``scale``.
+        hr: uint8 (3, H, W) RGB, at least :func:`min_size` on each side; cropped here to a
+            multiple of ``scale``.
         gray: score on gray values instead of Y (for grayscale files under ``raw_gray``, see
             :func:`evaluate_dataset`); the output's gray is the rounded mean of its channels.
+        name: what error messages call the image (its file).
 
     Returns:
         (PSNR dB, SSIM) on Y, ``scale`` pixels shaved.
 
     Raises:
+        InputError: the image is too small to score at ``scale``.
         ModelError: the model's output is not uint8 (1, 3, >=H, >=W).
     """
+    check_scorable(hr.shape[-1], hr.shape[-2], scale, name)
     hr = modcrop(hr, scale)
     lr = degrade(hr, scale)
     with torch.inference_mode():  # no autograd state is needed while scoring
@@ -188,7 +210,8 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
     through bridge.png).
 
     Raises:
-        InputError: missing folder, no images, unreadable image.
+        InputError: missing folder, no images, an unreadable image or one too small to score
+            (:func:`min_size`), named.
         ModelError: the model's output breaks the handle contract.
     """
     from vsr.imageio import is_grayscale, read_image
@@ -197,7 +220,7 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
     results = []
     for i, path in enumerate(paths, 1):
         gray = raw_gray and is_grayscale(path)
-        p, s = evaluate_image(handle, read_image(path), scale, gray=gray)
+        p, s = evaluate_image(handle, read_image(path), scale, gray=gray, name=path)
         results.append(ImageResult(path.name, p, s))
         log.debug("%s %s: %.4f dB, SSIM %.5f", name, path.name, p, s)
         if progress is not None:

@@ -17,7 +17,9 @@ import math
 
 import torch
 
-__all__ = ["psnr_y", "rgb_to_y", "ssim_y"]
+__all__ = ["SSIM_WINDOW", "psnr_y", "rgb_to_y", "ssim_y"]
+
+SSIM_WINDOW = 11  # the side of ssim_y's Gaussian window: the smallest shaved image it scores
 
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 
@@ -123,13 +125,14 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, shave: int = 0, *,
         mean SSIM, 1.0 for identical images.
     """
     y_sr, y_hr = _shaved_y(sr, hr, shave, round_y)
-    if min(y_sr.shape) < 11:
-        raise ValueError(f"image too small for an 11x11 SSIM window: {tuple(y_sr.shape)}")
+    if min(y_sr.shape) < SSIM_WINDOW:
+        raise ValueError(f"image too small for an {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window: "
+                         f"{tuple(y_sr.shape)}")
     c1, c2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
     a, b = y_sr, y_hr
     # one filtering of the five moment images: mu_a, mu_b, E[a^2], E[b^2], E[ab]
     stack = torch.stack([a, b, a * a, b * b, a * b])
-    mu_a, mu_b, e_aa, e_bb, e_ab = _filter_valid(stack, _gaussian_1d())
+    mu_a, mu_b, e_aa, e_bb, e_ab = _filter_valid(stack, _gaussian_1d(SSIM_WINDOW))
     mu_aa, mu_bb, mu_ab = mu_a * mu_a, mu_b * mu_b, mu_a * mu_b
     var_a, var_b, cov = e_aa - mu_aa, e_bb - mu_bb, e_ab - mu_ab
     ssim_map = (((2.0 * mu_ab + c1) * (2.0 * cov + c2))

@@ -41,7 +41,14 @@ import torch
 from vsr.degradations import DegradationChain
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
-from vsr.evaluate import BASELINES, Progress, ProgressCallback, UpscaleHandle, modcrop
+from vsr.evaluate import (
+    BASELINES,
+    Progress,
+    ProgressCallback,
+    UpscaleHandle,
+    check_scorable,
+    modcrop,
+)
 from vsr.io.source import PyAVSource
 from vsr.metrics import psnr_y, rgb_to_y, ssim_y
 from vsr.options import PRECISIONS, check_choice
@@ -151,10 +158,12 @@ def read_hr_frames(path: str | os.PathLike, frames: int, scale: int) -> torch.Te
         rounded to 8 bits.
 
     Raises:
-        InputError: missing or unreadable clip, or fewer than ``frames`` frames in it.
+        InputError: missing or unreadable clip, fewer than ``frames`` frames in it, or frames
+            too small to score at ``scale`` (:func:`vsr.evaluate.min_size`).
     """
     out: list[np.ndarray] = []
     with PyAVSource(path) as src:
+        check_scorable(src.info.width, src.info.height, scale, path)
         for frame in src.frames():
             img = frame.image
             if img.dtype != np.uint8:  # 16-bit scale -> 8 bits, rounded

@@ -36,6 +36,26 @@ log = logging.getLogger(__name__)
 _OWN_KEYS = frozenset({"encoder", "major_brand", "minor_version", "compatible_brands"})
 
 
+# x264's and x265's preset names (x264_preset_names, x265_preset_names); both also take the
+# index 0..9, and x264 ignores case. An unknown preset makes the library print its own
+# "x264 [error]: invalid preset" line to stderr before avcodec_open2 fails, which no libav
+# log level silences, so it is refused here, before any encoder opens.
+_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                 "slower", "veryslow", "placebo")
+_NAMED_PRESETS = {"libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS}
+
+
+def check_preset(codec: str, preset: str) -> None:
+    """Raise ConfigError unless ``preset`` is one of the x264/x265 presets for those codecs
+    (other codecs' presets are checked against the encoder's options when it is set up)."""
+    names = _NAMED_PRESETS.get(codec)
+    if names is None:
+        return
+    value = preset.lower() if codec == "libx264" else preset
+    if value not in names and value not in {str(i) for i in range(len(names))}:
+        raise ConfigError(f"unknown {codec} preset {preset!r}; known: {', '.join(names)}")
+
+
 @dataclass(frozen=True)
 class EncodeConfig:
     """Video encoder settings; None leaves the codec's own default."""
@@ -46,8 +66,17 @@ class EncodeConfig:
     pix_fmt: str | None = None
 
     def __post_init__(self) -> None:
-        if self.crf is not None and not 0 <= self.crf <= 63:
-            raise ConfigError(f"crf must be in 0..63, got {self.crf}")
+        if not isinstance(self.codec, str):
+            raise ConfigError(f"codec must be an encoder name, not {self.codec!r}")
+        # exact int: True would reach the encoder as "True"
+        if self.crf is not None and (type(self.crf) is not int or not 0 <= self.crf <= 63):
+            raise ConfigError(f"crf must be an integer in 0..63, got {self.crf!r}")
+        if self.preset is not None:
+            if not isinstance(self.preset, str):
+                raise ConfigError(f"preset must be a name, not {self.preset!r}")
+            check_preset(self.codec, self.preset)
+        if self.pix_fmt is not None and not isinstance(self.pix_fmt, str):
+            raise ConfigError(f"unknown pixel format {self.pix_fmt!r}")
         if self.pix_fmt is not None:
             try:
                 av.VideoFormat(self.pix_fmt)
@@ -155,6 +184,21 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None) -> str:
     return ranked[0] if ranked else formats[0]
 
 
+def _check_named_option(codec: str, option: av.codec.context.CodecOption, value: str) -> None:
+    """Raise ConfigError unless ``value`` is one of the named values of an encoder's enum
+    option (nvenc's presets, say), or a number in its range; free-text options pass."""
+    names = [c.name for c in option.choices or ()]
+    if not names or value in names:
+        return
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is not None and option.min <= number <= option.max:
+        return
+    raise ConfigError(f"unknown {codec} {option.name} {value!r}; known: {', '.join(names)}")
+
+
 class VideoEncoder:
     """The encode half shared by the sinks: RGB ndarray -> YUV frame -> packets."""
 
@@ -180,7 +224,7 @@ class VideoEncoder:
             cc.color_primaries = c.primaries
         if c.transfer not in (0, 2):
             cc.color_trc = c.transfer
-        private = {o.name for o in cc.supported_options.private}
+        private = {o.name: o for o in cc.supported_options.private}
         opts: dict[str, str] = {}
         if config.crf is not None:
             if "crf" not in private:
@@ -189,6 +233,7 @@ class VideoEncoder:
         if config.preset is not None:
             if "preset" not in private:
                 raise ConfigError(f"{config.codec} has no preset setting")
+            _check_named_option(config.codec, private["preset"], config.preset)
             opts["preset"] = config.preset
         if cc.name == "libx264":
             from vsr.device import x264_asm_without_avx512
@@ -283,6 +328,13 @@ class PyAVSink(SinkContext):
         try:
             out.start_encoding()
         except av.error.FFmpegError as exc:
+            if "avcodec_open2" in str(exc):  # the encoder refused a setting: name them
+                settings = ", ".join(f"{k} {v}" for k, v in (("crf", config.crf),
+                                     ("preset", config.preset), ("pixel format", self.pix_fmt))
+                                     if v is not None)
+                raise OutputError(f"cannot start writing {self.path}: the {config.codec} "
+                                  f"encoder refused its settings ({settings}): "
+                                  f"{exc.strerror or exc}") from exc
             raise OutputError(f"cannot start writing {self.path}: {exc}") from exc
 
     @property

@@ -16,6 +16,8 @@ import glob
 import hashlib
 import json
 import string
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,8 +261,36 @@ def read_manifest(path: Path) -> list[Entry]:
                              where=where))
             continue
         src = _under(base, obj.pop("input"))
+        bad = _bad_field(obj)
+        if bad is not None:
+            out.append(Entry(src, error=f"{where}: {bad}", where=where))
+            continue
         out.append(Entry(src, output=output, overrides=obj, where=where))
     return out
+
+
+_JSON_TYPES = {int: "an integer", str: "a string"}
+
+
+def _bad_field(obj: dict) -> str | None:
+    """What is wrong with the first option of a manifest object whose JSON type does not fit
+    its :class:`JobOptions` field (``"crf": "abc"``, ``"crf": true``), or None. An int field
+    takes an integer only, never a bool or a string; unknown names are left to
+    :meth:`JobOptions.replace`, which lists the known ones."""
+    hints = typing.get_type_hints(JobOptions)
+    for name, value in obj.items():
+        if name not in hints:
+            continue
+        hint = hints[name]
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if value is None and type(None) in allowed:
+            continue
+        if any(type(value) is t for t in allowed):  # exact: bool is not an int here
+            continue
+        kinds = " or ".join(_JSON_TYPES.get(t, t.__name__) for t in allowed
+                            if t is not type(None))
+        return f"option \"{name}\" must be {kinds}, not {json.dumps(value)}"
+    return None
 
 
 def _under(base: Path, text: str) -> Path:

@@ -257,6 +257,7 @@ def read_video_frames(path: str | Path, count: int) -> list[torch.Tensor]:
         import decord
     except ImportError as exc:  # pragma: no cover - decord is a declared dependency
         raise InputError(f"reading {path} for adaptation needs decord ({exc})") from None
+    _probe_video(path)
     from vsr.io.paths import file_url  # not at the top: vsr.io imports PyAV
 
     try:
@@ -267,10 +268,21 @@ def read_video_frames(path: str | Path, count: int) -> list[torch.Tensor]:
         n = min(count, total)
         indices = [round(i * (total - 1) / max(1, n - 1)) for i in range(n)]
         frames = reader.get_batch(indices).asnumpy()
-    except decord.DECORDError as exc:
+    except (decord.DECORDError, RuntimeError) as exc:  # decord raises bare RuntimeErrors too
         raise InputError(f"{path}: cannot read video ({' '.join(str(exc).split())[:200]})") \
             from None
     return [torch.from_numpy(f).permute(2, 0, 1).contiguous() for f in frames]
+
+
+def _probe_video(path: str | Path) -> None:
+    """Open ``path`` with PyAV first, where it is installed: a file that is not a video fails
+    here with one InputError, before decord prints its own libav and reader log lines."""
+    try:
+        from vsr.io.source import PyAVSource
+    except ImportError:  # pragma: no cover - machines without PyAV rely on decord's error
+        return
+    with PyAVSource(path):
+        pass
 
 
 class LRSampler:
