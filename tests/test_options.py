@@ -48,8 +48,8 @@ BAD_OWN: dict[str, dict] = {
     "ExportConfig": {"format": "tflite"},
     "CompressConfig": {"ratio": 1.5},
     "TrainConfig": {"data": ()},
-    "EvalConfig": {"data": ()},
-    "VideoEvalConfig": {"videos": ()},
+    "EvalConfig": {"data": (), "model": ""},
+    "VideoEvalConfig": {"videos": (), "model": ""},
 }
 
 

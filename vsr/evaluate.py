@@ -24,7 +24,14 @@ import torch
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
 from vsr.metrics import SSIM_WINDOW, psnr_y, ssim_y
-from vsr.options import EVAL_BASELINES, PRECISIONS, check_choice, check_device, check_scale
+from vsr.options import (
+    EVAL_BASELINES,
+    PRECISIONS,
+    check_choice,
+    check_device,
+    check_model,
+    check_scale,
+)
 from vsr.resize import imresize, to_uint8
 
 __all__ = [
@@ -255,6 +262,7 @@ class EvalConfig:
             raise ConfigError(f"unknown baseline {self.baseline!r}; known: {', '.join(BASELINES)}")
         if self.baseline is not None and self.scale is None:
             raise ConfigError(f"--baseline {self.baseline} needs --scale")
+        check_model(self.model)
         check_scale(self.scale)  # the shared options' validators (vsr.options)
         check_device(self.device)
         check_choice("precision", self.precision, PRECISIONS)

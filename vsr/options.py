@@ -47,6 +47,13 @@ def check_at_least(name: str, value: object, minimum: int, *, optional: bool = F
         raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
 
 
+def check_model(model: object) -> None:
+    """None (the default model), or a registry name, a path or ``"bicubic"``: a non-empty
+    string ("" would silently mean the default)."""
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ConfigError(f"model must be a name or a path, not {model!r}")
+
+
 def check_scale(scale: object) -> None:
     """None (the model's own) or an integer of at least 2."""
     check_at_least("scale", scale, 2, optional=True)
@@ -79,8 +86,7 @@ class ModelOptions:
     batch: int = 1
 
     def __post_init__(self) -> None:
-        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
-            raise ConfigError(f"model must be a name or a path, not {self.model!r}")
+        check_model(self.model)
         check_scale(self.scale)
         check_choice("precision", self.precision, PRECISIONS)
         check_at_least("tile", self.tile, MIN_TILE, optional=True)

@@ -51,7 +51,7 @@ from vsr.evaluate import (
 )
 from vsr.io.source import PyAVSource
 from vsr.metrics import psnr_y, rgb_to_y, ssim_y
-from vsr.options import PRECISIONS, check_choice
+from vsr.options import PRECISIONS, check_choice, check_model
 
 __all__ = ["ClipResult", "Scores", "VideoEvalConfig", "evaluate_clip", "flicker", "read_hr_frames",
            "run_video_evaluation", "summarize_video"]
@@ -140,6 +140,7 @@ class VideoEvalConfig:
                               f"{', '.join(BASELINES)}")
         if self.scale is not None and (not isinstance(self.scale, int) or self.scale < 2):
             raise ConfigError(f"scale must be an integer >= 2, got {self.scale!r}")
+        check_model(self.model)
         if self.model == "bicubic" and self.scale is None:
             raise ConfigError("--model bicubic needs --scale")
         resolve_device(self.device)  # the spelling; availability is checked when it runs
