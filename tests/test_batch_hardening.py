@@ -409,6 +409,15 @@ def test_files_a_search_finds_in_the_output_folder_are_reported(tmp_path):
     assert report["done"] == [] and len(report["skipped"]) == 2
     [warning] = [ln for ln in err.splitlines() if "inside the output folder" in ln]
     assert str(out / "stray.mp4") in warning
+    # a named folder without a media file is a failure too, not "0 done"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no video here")
+    code, report, err = _run(str(tmp_path / "notes"), "-o", str(tmp_path / "o2"), *BICUBIC,
+                             "--devices", "cpu")
+    assert code == 1, err
+    [failed] = report["failed"]
+    assert failed["input"] == str(tmp_path / "notes")
+    assert failed["error"].startswith("no media files in this folder")
 
 
 def test_manifest_fields_of_the_wrong_type_fail_their_line(tmp_path):

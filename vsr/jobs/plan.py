@@ -191,7 +191,11 @@ def _expand_one(text: str, exclude: Path | None, skipped: list[Path]) -> list[En
     path = Path(text)
     skip = exclude.resolve() if exclude is not None else None
     if path.is_dir():
-        return _scan_folder(path, skip, skipped)
+        found = _scan_folder(path, skip, skipped)
+        if not found and not skipped:  # named, so expected to hold work: never "0 done"
+            return [Entry(path, error="no media files in this folder (searched recursively, "
+                                      "hidden files and folders left out)")]
+        return found
     if not path.exists() and _GLOB_CHARS & set(text):
         matches = sorted(glob.glob(text, recursive=True))
         if not matches:
