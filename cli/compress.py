@@ -84,11 +84,14 @@ class _Progress:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads (torch's intra-op threads for this process).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the files an earlier run left in --out (those of the stages run "
+                   "and of the later stages, which no longer follow from them).")
 @json_option
 def compress(checkpoint, ratio, data, out, stage, method, val_data, duals, widths_from,
              batch_size, patch, search_steps, search_val_every, prune_batches, prune_batch_size,
              prune_refit, finetune_steps, finetune_lr, distill, val_every, dual_warmup, seed,
-             threads, device, as_json) -> None:
+             threads, device, overwrite, as_json) -> None:
     """Compress a trained DRN with dual regression compression (or the L1 baseline).
 
     The result, OUT/compressed.safetensors, is an ordinary checkpoint: `vsr upscale --model`,
@@ -108,7 +111,8 @@ def compress(checkpoint, ratio, data, out, stage, method, val_data, duals, width
         prune_batches=prune_batches, prune_batch_size=prune_batch_size,
         prune_refit=prune_refit,
         finetune_steps=finetune_steps, finetune_lr=finetune_lr, distill=distill,
-        val_every=val_every, dual_warmup=dual_warmup, seed=seed, device=device)
+        val_every=val_every, dual_warmup=dual_warmup, seed=seed, device=device,
+        overwrite=overwrite)
     result = run_compress(config, progress=_Progress())
     if as_json:
         emit_json({"out": str(result.out), "stages": result.stages, **result.summary})

@@ -152,11 +152,13 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
     requested = threading.Event()
     # Ctrl-C, SIGTERM or SIGHUP: stop after the current step with the state saved (a second
     # one stops at once). Spawned ranks (--nproc > 1) would not see the request: not there.
-    with stop_signals_request(requested) if nproc == 1 else nullcontext([]) as received:
-        result = run_train(config, resume=resume is not None, nproc=nproc,
-                           progress=bar.update if bar else None, stop=requested)
-    if bar:
-        bar.close()
+    try:
+        with stop_signals_request(requested) if nproc == 1 else nullcontext([]) as received:
+            result = run_train(config, resume=resume is not None, nproc=nproc,
+                               progress=bar.update if bar else None, stop=requested)
+    finally:  # an error (a diverged run) starts a line of its own
+        if bar:
+            bar.close()
     s = summary(result)
     if as_json:
         emit_json(s)
@@ -184,6 +186,7 @@ class _Progress:
         self.first: int | None = None
         self.last = 0.0
         self.val = ""
+        self.shown = False  # a line is on the terminal: close ends it
 
     def update(self, rep) -> None:
         import time
@@ -205,6 +208,9 @@ class _Progress:
         loss = "-" if math.isnan(rep.loss) else f"{rep.loss:.4f}"  # none before the first log
         click.echo(f"\r[{rep.step}/{rep.total}] loss {loss}{self.val} {speed}   ",
                    err=True, nl=False)
+        self.shown = True
 
     def close(self) -> None:
-        click.echo("", err=True)
+        if self.shown:
+            click.echo("", err=True)
+        self.shown = False

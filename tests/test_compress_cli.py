@@ -101,9 +101,9 @@ def test_all_stages_then_the_result_reloads_alone(setup: dict[str, Path], tmp_pa
     with av.open(str(tmp_path / "up.mkv")) as f:
         v = f.streams.video[0]
         assert (v.width, v.height) == (64, 48) and sum(1 for _ in f.decode(v)) == 3
-    # a stage reruns alone from the previous stage's file
+    # a stage reruns alone from the previous stage's file (replacing its own: --overwrite)
     before = (out / "compressed.safetensors").stat().st_mtime_ns
-    again = _run(_args(setup, out, "--stage", "finetune"))
+    again = _run(_args(setup, out, "--stage", "finetune", "--overwrite"))
     assert again["stages"] == ["finetune"]
     assert (out / "compressed.safetensors").stat().st_mtime_ns != before
 

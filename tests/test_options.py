@@ -45,7 +45,7 @@ BAD_OWN: dict[str, dict] = {
     "StreamConfig": {"drop": "newest"},
     "BenchConfig": {"frames": 1, "output": "kept.png"},  # a video is kept, not an image
     "UpscaleConfig": {"decoder": "opencv"},
-    "ExportConfig": {"format": "tflite"},
+    "ExportConfig": {"format": "tflite", "model": ""},
     "CompressConfig": {"ratio": 1.5},
     "TrainConfig": {"data": ()},
     "EvalConfig": {"data": (), "model": ""},

@@ -31,5 +31,10 @@ class PipelineError(VsrError):
     """A failure inside the decode -> infer -> encode pipeline."""
 
 
+class TrainingDiverged(VsrError):
+    """The training loss or the weights became non-finite (NaN or infinity): the run stopped
+    without writing them; its folder keeps the last state saved before."""
+
+
 class Interrupted(VsrError):
     """The run was stopped by the user (Ctrl-C); partial output has been removed."""

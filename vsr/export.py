@@ -8,6 +8,7 @@ in torch at two input sizes, TensorRT at its own shape, against the eager model.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from vsr.options import (
     check_at_least,
     check_choice,
     check_device,
+    check_model,
     check_scale,
 )
 
@@ -58,6 +60,7 @@ class ExportConfig:
         object.__setattr__(self, "output", Path(self.output))
         check_choice("format", self.format, FORMATS)
         check_choice("precision", self.precision, PRECISIONS)
+        check_model(self.model)
         check_scale(self.scale)
         check_device(self.device)
         if self.format == "onnx" and self.precision not in ("auto", "fp32"):
@@ -135,10 +138,37 @@ def _check(cfg: ExportConfig, handle, path: Path) -> float | None:
     return max(errors)
 
 
+def _model_file(model: str | None) -> Path | None:
+    """The weights file ``model`` is read from: a registry name's shipped weights or the
+    checkpoint path itself (None: bicubic, an unknown name, no file)."""
+    from vsr.models import DEFAULT_MODEL, REGISTRY
+
+    text = model or DEFAULT_MODEL
+    if text in REGISTRY:
+        return REGISTRY.get(text).weights_path
+    return Path(text)
+
+
+def _check_not_the_model(output: Path, model: str | None) -> None:
+    """Refuse an output that is the model's own weights file, however it is named (a link,
+    a hard link, another spelling), --overwrite or not: the export would replace its source.
+    """
+    source = _model_file(model)
+    try:
+        same = source is not None and output.exists() and source.exists() \
+            and os.path.samefile(output, source)
+    except OSError:  # unreadable: check_output_path says why
+        return
+    if same:
+        named = f" (the model file {source})" if str(source) != str(output) else ""
+        raise OutputError(f"output would replace the input: {output}{named}")
+
+
 def export_model(cfg: ExportConfig) -> ExportResult:
     """Write the artefact to ``cfg.output`` (atomically). Raises ConfigError (bad model,
     missing package, TensorRT without CUDA), OutputError, ModelError, CheckpointError."""
     t0 = time.perf_counter()
+    _check_not_the_model(cfg.output, cfg.model)
     out = check_output_path(cfg.output, overwrite=cfg.overwrite)
     device = resolve_device(cfg.device)
     if cfg.format == "onnx":

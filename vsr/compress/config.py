@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vsr.errors import ConfigError
 from vsr.options import COMPRESS_METHODS, COMPRESS_REFITS, COMPRESS_STAGES, check_device
+from vsr.train.config import check_number
 
 STAGES, METHODS, REFITS = COMPRESS_STAGES, COMPRESS_METHODS, COMPRESS_REFITS
 
@@ -17,7 +18,8 @@ class CompressConfig:
     """Compress the DRN in ``checkpoint`` by pruning ratio ``ratio`` into ``out``.
 
     Stages (each reads the previous stage's file in ``out`` and writes its own, so any stage
-    can be rerun alone): search -> ``search.json`` (widths), prune -> ``pruned.safetensors``,
+    can be rerun alone; replacing files already there needs ``overwrite``): search ->
+    ``search.json`` (widths), prune -> ``pruned.safetensors``,
     finetune -> ``compressed.safetensors`` (an ordinary checkpoint, best by validation PSNR).
     ``method`` "l1" is the baseline: the widths of ``widths_from`` (a search.json) or the
     uniform width round4(c*(1-r)), channels kept by L1 norm, the same fine-tuning.
@@ -58,6 +60,7 @@ class CompressConfig:
     dual_lambda: float = 0.1
     dual_warmup: int = 200
     device: str = "cpu"
+    overwrite: bool = False  # replace the files of an earlier run in ``out``
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -71,6 +74,7 @@ class CompressConfig:
         if self.prune_refit not in REFITS:
             raise ConfigError(f"prune refit must be one of {', '.join(REFITS)}, "
                               f"got {self.prune_refit!r}")
+        check_number("ratio", self.ratio)
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"ratio must be in (0, 1), got {self.ratio}")
         for name in ("batch_size", "patch", "search_steps", "search_val_every", "holdout",
@@ -79,13 +83,15 @@ class CompressConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.holdout < 2:
             raise ConfigError("holdout must be >= 2 (every n-th image is held out)")
+        # NaN passes a plain ``<= 0`` check and trains to NaN weights: finite first
         for name in ("alpha_lr", "search_lr", "prune_lr", "finetune_lr"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0")
-        if not 0 <= self.finetune_lr_min <= self.finetune_lr:
+            check_number(name, getattr(self, name), above=0)
+        for name in ("finetune_lr_min", "distill", "dual_lambda"):
+            check_number(name, getattr(self, name), at_least=0)
+        if self.finetune_lr_min > self.finetune_lr:
             raise ConfigError("need 0 <= finetune_lr_min <= finetune_lr")
-        if self.distill < 0 or self.dual_lambda < 0 or self.dual_warmup < 0:
-            raise ConfigError("distill, dual_lambda and dual_warmup must be >= 0")
+        if self.dual_warmup < 0:
+            raise ConfigError(f"dual_warmup must be >= 0, got {self.dual_warmup}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsr.errors import TrainingDiverged
 from vsr.models.drn import DRN
 from vsr.train.losses import dual_regression_loss
 from vsr.train.trainer import cosine_lr
@@ -40,7 +42,8 @@ def finetune(model: DRN, duals: nn.Module, batches: Callable[[int], list[torch.T
     """Train ``model`` (and its ``duals``) for ``steps`` Adam steps on ``batches(step)``
     with a cosine learning rate. ``score(model)`` (validation PSNR) picks the best state,
     checked every ``val_every`` steps and at the end; step 0 is the pruned network itself.
-    The arguments are not modified; copies are returned.
+    The arguments are not modified; copies are returned. Raises TrainingDiverged when the
+    loss becomes non-finite (too high an ``lr``).
     """
     model = copy.deepcopy(model).train()
     duals = copy.deepcopy(duals).train()
@@ -75,16 +78,20 @@ def finetune(model: DRN, duals: nn.Module, batches: Callable[[int], list[torch.T
         opt_p.step()
         opt_d.step()
         done = step + 1
+        value = float(loss.detach())  # the progress line waits for it anyway
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"fine-tuning diverged at step {done} of {steps}: the loss "
+                                   f"became {value} (lr {lr:g}: try a lower --lr); nothing "
+                                   f"was written")
         if score is not None and (done % val_every == 0 or done == steps):
             psnr = score(model)
-            history.append({"step": done, "loss": round(float(loss.detach()), 6),
-                            "val_psnr": round(psnr, 4)})
-            log.info("finetune step %d: loss %.5f val %.4f dB", done, float(loss.detach()), psnr)
+            history.append({"step": done, "loss": round(value, 6), "val_psnr": round(psnr, 4)})
+            log.info("finetune step %d: loss %.5f val %.4f dB", done, value, psnr)
             if best_psnr is None or psnr > best_psnr:
                 best_psnr, best_step = psnr, done
                 best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(duals.state_dict()))
         if progress is not None:
-            progress(done, steps, f"loss {float(loss.detach()):.4f}")
+            progress(done, steps, f"loss {value:.4f}")
     if score is None:
         best_step = steps
     else:

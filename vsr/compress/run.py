@@ -27,7 +27,7 @@ from vsr.compress.layers import candidate_widths, layer_widths, prunable_layers
 from vsr.compress.prune import dr_prune, l1_prune
 from vsr.compress.search import run_search
 from vsr.device import resolve_device
-from vsr.errors import CheckpointError, ConfigError
+from vsr.errors import CheckpointError, ConfigError, OutputError
 from vsr.models import (
     CheckpointInfo,
     DualNetworks,
@@ -37,7 +37,7 @@ from vsr.models import (
     macs_720p,
     save_model,
 )
-from vsr.models.checkpoint import load_state_into, load_tensors
+from vsr.models.checkpoint import load_state_into, load_tensors, read_info
 from vsr.models.drn import DRN
 from vsr.train.data import PatchSampler
 from vsr.train.losses import dual_loss
@@ -48,6 +48,7 @@ SEARCH_FILE = "search.json"
 PRUNED_FILE = "pruned.safetensors"
 COMPRESSED_FILE = "compressed.safetensors"
 SUMMARY_FILE = "summary.json"
+STAGE_FILES = {"search": SEARCH_FILE, "prune": PRUNED_FILE, "finetune": COMPRESSED_FILE}
 
 ProgressCallback = Callable[[str, int, int, str], None]  # stage, step, total, message
 
@@ -71,7 +72,8 @@ class _Run:
         self.progress = progress
         self.device = resolve_device(config.device, require_available=True)
         self.out = config.out_dir
-        self.out.mkdir(parents=True, exist_ok=True)
+        order = list(STAGE_FILES)
+        self.stages = order if config.stage == "all" else [config.stage]
         original, self.info = load_network(config.checkpoint)
         if not isinstance(original, DRN):
             raise ConfigError(f"{config.checkpoint}: only DRN checkpoints can be compressed")
@@ -80,6 +82,21 @@ class _Run:
         self.base = self.info.provenance.get("base") or self.info.name or \
             Path(config.checkpoint).stem
         self._sampler: PatchSampler | None = None
+        # the inputs first (a one-line error names what is wrong with them), then the folder
+        if self.stages[0] == "prune":
+            self._search_record()
+        elif self.stages[0] == "finetune":
+            self._pruned_info()
+        # a stage replaces its own file, and those of the later stages no longer follow from it
+        later = order[order.index(self.stages[0]):]
+        held = [STAGE_FILES[s] for s in later if (self.out / STAGE_FILES[s]).exists()]
+        if held and not config.overwrite:
+            raise OutputError(f"{self.out} already holds compress results ({', '.join(held)}); "
+                              "use --overwrite to replace them, or another --out")
+        given_widths = config.method == "l1" or config.widths_from
+        if self.stages != ["search"] or not given_widths:  # the images are needed: read them
+            _ = self.sampler  # raises InputError (no images) before anything is written
+        self.out.mkdir(parents=True, exist_ok=True)
         self.summary = self._read_json(SUMMARY_FILE) or {}
 
     # ---- helpers
@@ -201,7 +218,8 @@ class _Run:
             return widths
         return [candidate_widths(layer.width, self.cfg.ratio)[-1] for layer in layers]
 
-    def prune(self) -> dict[str, Any]:
+    def _search_record(self) -> dict[str, Any]:
+        """search.json, as the prune stage needs it (ConfigError: missing, another run's)."""
         cfg = self.cfg
         record = self._read_json(SEARCH_FILE)
         if record is None:
@@ -210,6 +228,23 @@ class _Run:
             raise ConfigError(f"{self.out / SEARCH_FILE} was made with method "
                               f"{record.get('method')} ratio {record.get('ratio')}, not "
                               f"{cfg.method} {cfg.ratio}: use another --out or rerun search")
+        return record
+
+    def _pruned_info(self) -> CheckpointInfo:
+        """pruned.safetensors' description, as the finetune stage needs it (ConfigError:
+        missing, pruned by another method; CheckpointError: unreadable)."""
+        path = self.out / PRUNED_FILE
+        if not path.is_file():
+            raise ConfigError(f"{path} missing: run --stage prune first")
+        info = read_info(path)
+        if info.provenance.get("method") != self.cfg.method:
+            raise ConfigError(f"{path} was pruned with {info.provenance.get('method')}, "
+                              f"not {self.cfg.method}")
+        return info
+
+    def prune(self) -> dict[str, Any]:
+        cfg = self.cfg
+        record = self._search_record()
         widths = [int(w) for w in record["widths"]]
         t0 = time.perf_counter()
         duals = self._duals()
@@ -233,12 +268,8 @@ class _Run:
     def finetune(self) -> dict[str, Any]:
         cfg = self.cfg
         path = self.out / PRUNED_FILE
-        if not path.is_file():
-            raise ConfigError(f"{path} missing: run --stage prune first")
+        self._pruned_info()
         slim, info = load_network(path)
-        if info.provenance.get("method") != cfg.method:
-            raise ConfigError(f"{path} was pruned with {info.provenance.get('method')}, "
-                              f"not {cfg.method}")
         tensors, _ = load_tensors(path)
         duals = DualNetworks(**info.provenance["dual_hparams"])
         load_state_into(duals, tensors, path, prefix="dual.", ignore=())
@@ -266,18 +297,37 @@ class _Run:
                 **model_stats(res.model)}
 
     def run(self) -> CompressResult:
-        order = ["search", "prune", "finetune"]
-        stages = order if self.cfg.stage == "all" else [self.cfg.stage]
+        order = list(STAGE_FILES)
         self.summary.update({"checkpoint": str(self.cfg.checkpoint), "base": self.base,
                              "method": self.cfg.method, "ratio": self.cfg.ratio,
                              "original": model_stats(self.original)})
-        for stage in stages:
+        for stage in self.stages:
             self.summary[stage] = getattr(self, stage)()
+            for stale in order[order.index(stage) + 1:]:  # made from what this stage replaced
+                if stale not in self.stages:
+                    (self.out / STAGE_FILES[stale]).unlink(missing_ok=True)
+                    self.summary.pop(stale, None)
             self._write_json(SUMMARY_FILE, self.summary)
-        return CompressResult(self.out, stages, self.summary)
+        return CompressResult(self.out, self.stages, self.summary)
 
 
 def compress(config: CompressConfig, progress: ProgressCallback | None = None) -> CompressResult:
-    """Run the configured stage(s). Raises ConfigError (missing previous stage, bad widths),
-    CheckpointError (bad checkpoint), InputError (no training images)."""
-    return _Run(config, progress).run()
+    """Run the configured stage(s). Raises ConfigError (missing or mismatched previous stage,
+    bad widths), CheckpointError (bad checkpoint), InputError (no training images),
+    OutputError (``out`` holds the files this run would replace, without ``overwrite``).
+
+    The files of the stages run, and of the stages after them, are replaced only with
+    ``config.overwrite``; those of later stages not run are then removed, as they no longer
+    follow from the new ones. ``out`` is made once the inputs are checked; a run that fails
+    leaves no empty folder of its own making behind.
+    """
+    made = [d for d in (config.out_dir, *config.out_dir.parents) if not d.exists()]
+    try:
+        return _Run(config, progress).run()
+    except BaseException:
+        for folder in made:  # deepest first; a folder holding a finished stage's file stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -75,18 +76,19 @@ class TrainConfig:
                      "log_every", "adapt_batch", "adapt_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
+        # every float first: NaN passes any comparison below, infinity trains to NaN weights
+        check_number("lr", self.lr, above=0)
+        check_number("lr_min", self.lr_min, at_least=0)
+        for name in ("dual_lambda", "adapt_weight", "consistency"):
+            check_number(name, getattr(self, name), at_least=0)
+        for name in ("time_limit", "peak_tflops", "state_shard_mib"):
+            check_number(name, getattr(self, name), above=0, optional=True)
+        if self.lr_min > self.lr:
             raise ConfigError(f"need 0 <= lr_min <= lr and lr > 0 (lr {self.lr}, "
                               f"lr_min {self.lr_min})")
-        if self.dual_lambda < 0 or self.adapt_weight < 0 or self.consistency < 0:
-            raise ConfigError("dual_lambda, adapt_weight and consistency must be >= 0")
         DegradationSpec.parse(self.adapt_degradation)
         if self.amp not in ("auto", "none", "bf16", "fp16"):
             raise ConfigError(f"amp must be auto, none, bf16 or fp16, got {self.amp!r}")
-        for name in ("time_limit", "peak_tflops", "state_shard_mib"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
         if self.state_shard_mib is not None and self.state_shard_mib < 2:
             raise ConfigError(f"state_shard_mib must be >= 2 (1 MiB of each shard is kept for "
                               f"its header), got {self.state_shard_mib}")
@@ -130,6 +132,22 @@ class TrainConfig:
             return cls.from_json(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot read training config ({exc})") from None
+
+
+def check_number(name: str, value: object, *, above: float | None = None,
+                 at_least: float | None = None, optional: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is a finite real number (not a bool) greater than
+    ``above`` and at least ``at_least`` (or None when ``optional``). NaN fails every
+    comparison, so a plain ``value <= 0`` check lets it through: test finiteness first."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if above is not None and not value > above:
+        raise ConfigError(f"{name} must be > {above:g}, got {value:g}")
+    if at_least is not None and not value >= at_least:
+        raise ConfigError(f"{name} must be >= {at_least:g}, got {value:g}")
 
 
 def consistency_margin(config: TrainConfig) -> int:

@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vsr.errors import ConfigError
+import vsr.errors
+from vsr.errors import ConfigError, VsrError
 from vsr.train.config import TrainConfig
 from vsr.train.state import state_paths
 from vsr.train.trainer import STATE_FILE, STATE_STEM, StepReport, Trainer, TrainResult
@@ -45,8 +46,31 @@ def _worker(rank: int, world: int, port: int, config: TrainConfig, resume: bool,
                                              "_stopped": result.stopped,
                                              "_flops": result.flops_per_sample,
                                              "_peak": result.peak_tflops}))
+    except VsrError as exc:  # for the parent to raise as itself, not as a rank's traceback
+        Path(f"{out}.error{rank}").write_text(json.dumps({"type": type(exc).__name__,
+                                                          "message": str(exc)}))
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _rank_error(result_file: Path) -> VsrError | None:
+    """The error a spawned rank stopped with (the lowest rank's), as the library's own class;
+    None if none wrote one. The files are removed."""
+    found = sorted(result_file.parent.glob(f"{result_file.name}.error*"))
+    errors = []
+    for path in found:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        finally:
+            path.unlink(missing_ok=True)
+        cls = getattr(vsr.errors, str(raw.get("type")), VsrError)
+        if not (isinstance(cls, type) and issubclass(cls, VsrError)):
+            cls = VsrError
+        errors.append(cls(str(raw.get("message"))))
+    return errors[0] if errors else None
 
 
 def check_run_dir(config: TrainConfig, resume: bool) -> None:
@@ -81,8 +105,14 @@ def train(config: TrainConfig, *, resume: bool = False, nproc: int = 1,
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result_file = out / ".spawn-result.json"
-    mp.spawn(_worker, args=(nproc, _free_port(), config, resume, str(result_file)),
-             nprocs=nproc, join=True)
+    try:
+        mp.spawn(_worker, args=(nproc, _free_port(), config, resume, str(result_file)),
+                 nprocs=nproc, join=True)
+    except Exception:  # a rank failed: mp.spawn reports its traceback as text
+        error = _rank_error(result_file)
+        if error is None:
+            raise
+        raise error from None
     raw = json.loads(result_file.read_text())
     result_file.unlink()
     result = TrainResult(out, raw.pop("_steps"), best_psnr=raw.pop("_best"),

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vsr.device import resolve_device
-from vsr.errors import ConfigError
+from vsr.errors import ConfigError, TrainingDiverged
 from vsr.models import (
     ARCHITECTURES,
     REGISTRY,
@@ -247,10 +247,11 @@ class Trainer:
         self.forward = torch.compile(self.net) if config.compile else self.net
         self.start_step = 0
         self.best_psnr: float | None = None
+        self.saved_step: int | None = None  # the step of the last state saved (finite weights)
         if resume:
             state = load_training_state(state_paths(self.run_dir, STATE_STEM), self.primal,
                                         self.duals, self.optimizers)
-            self.start_step = int(state["step"])
+            self.start_step = self.saved_step = int(state["step"])
             self.best_psnr = state.get("best_psnr")
             restore_rng_state(state.get("rng", {}), self.device)
             if self.rank == 0:  # what a save interrupted last time left (never the state)
@@ -451,7 +452,7 @@ class Trainer:
         window: list[torch.Tensor] = []
         window_t = t0
         last_loss = math.nan
-        done = self.start_step
+        done = checked = self.start_step
         for step in range(self.start_step, cfg.iterations):
             window.append(self._step(step, degraded))
             done = step + 1
@@ -470,6 +471,10 @@ class Trainer:
                 row = {"step": done, **m, "samples_per_s": rate, "tflops": tflops,
                        "mfu": tflops / self.peak_tflops if self.peak_tflops else None,
                        "lr": cosine_lr(step, cfg.iterations, cfg.lr, cfg.lr_min)}
+            save = done % cfg.save_every == 0 or done == cfg.iterations or stop
+            if log_point or save:  # host syncs already: the losses are here, or a save waits
+                self._check_finite(done, result, window, checked)
+                checked = done
             val = None
             if done % cfg.val_every == 0 or done == cfg.iterations:
                 val = self.validate() if self.rank == 0 else None
@@ -482,7 +487,7 @@ class Trainer:
                 window_t = time.perf_counter()
             if self.rank == 0 and row is not None:
                 _append_metrics(self.run_dir / METRICS_FILE, row)
-            if done % cfg.save_every == 0 or done == cfg.iterations or stop:
+            if save:
                 self._save_state(done)
             if progress is not None and self.rank == 0:
                 progress(StepReport(done, cfg.iterations, last_loss, rate,
@@ -502,6 +507,32 @@ class Trainer:
         result.samples_per_s = ran * cfg.batch_size / max(result.seconds, 1e-9)
         result.best_psnr = self.best_psnr
 
+    def _check_finite(self, done: int, result: TrainResult, window: list[torch.Tensor],
+                      checked: int) -> None:
+        """Raise TrainingDiverged if a loss recorded since step ``checked`` or a weight is not
+        finite, before anything is validated or saved. Called at log and save points only:
+        the weights' check is one more wait for the device there. Under DDP every rank
+        decides alike (the recorded losses are all-reduced, the weights are the same)."""
+        bad = next(((s, result.losses[s]) for s in range(checked + 1, done + 1)
+                    if s in result.losses and not math.isfinite(result.losses[s])), None)
+        if bad is None:
+            params = [*self.primal.parameters(), *self.duals.parameters()]
+            if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                return
+            # weights gone before a logged loss shows it: the window holds this rank's losses
+            first = done - len(window) + 1
+            pending = torch.stack(window)[:, 0].tolist() if window else []
+            bad = next(((first + i, v) for i, v in enumerate(pending) if not math.isfinite(v)),
+                       (done, None))
+        step, loss = bad
+        what = (f"the loss became {loss}" if loss is not None
+                else "the weights became non-finite")
+        kept = (f", {self.run_dir} keeps the state of step {self.saved_step}"
+                if self.saved_step is not None else "")
+        raise TrainingDiverged(f"training diverged at step {step} of {self.config.iterations}: "
+                               f"{what} (lr {self.config.lr:g}: try a lower --lr); no weights "
+                               f"were written{kept}")
+
     def _save_state(self, step: int) -> None:
         cfg = self.config
         if self.rank == 0:
@@ -516,6 +547,7 @@ class Trainer:
                                 moments=cfg.state_moments, shard_bytes=shard)
         if self.distributed:
             dist.barrier()
+        self.saved_step = step
 
     def _save_inference(self, name: str, step: int, val: tuple[float, float] | None) -> None:
         extra: dict[str, Any] = {"iterations": step}
@@ -557,16 +589,19 @@ def _append_metrics(path: Path, row: dict[str, Any]) -> None:
 
 def summary(result: TrainResult) -> dict[str, Any]:
     """The ``vsr train --json`` object. ``steps`` is the step reached, ``iterations`` the plan;
-    ``mfu``: model FLOPs per second over the peak (None without a known peak)."""
+    ``mfu``: model FLOPs per second over the peak (None without a known peak). A number that
+    is not finite (a loss of NaN, a PSNR of infinity) is None: the object is strict JSON."""
     tflops = result.samples_per_s * result.flops_per_sample / 1e12
-    return {"run_dir": str(result.run_dir), "steps": result.steps,
-            "iterations": result.iterations, "stopped_at_time_limit": result.stopped,
-            "interrupted": result.interrupted,
-            "final_loss": result.losses.get(result.steps), "best_val_psnr": result.best_psnr,
-            "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 2),
-            "flops_per_sample": result.flops_per_sample, "tflops": round(tflops, 3),
-            "peak_tflops": result.peak_tflops,
-            "mfu": round(tflops / result.peak_tflops, 4) if result.peak_tflops else None}
+    out = {"run_dir": str(result.run_dir), "steps": result.steps,
+           "iterations": result.iterations, "stopped_at_time_limit": result.stopped,
+           "interrupted": result.interrupted,
+           "final_loss": result.losses.get(result.steps), "best_val_psnr": result.best_psnr,
+           "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 2),
+           "flops_per_sample": result.flops_per_sample, "tflops": round(tflops, 3),
+           "peak_tflops": result.peak_tflops,
+           "mfu": round(tflops / result.peak_tflops, 4) if result.peak_tflops else None}
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in out.items()}
 
 
 __all__ = ["DualRegressionNet", "StepReport", "TrainResult", "Trainer", "cosine_lr", "peak_tflops",
