@@ -183,12 +183,17 @@ def test_job_store_of_an_older_version_is_migrated(tmp_path):
                                                       "done")]
 
 
-def test_second_batch_on_one_folder_refuses_or_waits_and_a_killed_one_never_blocks(tmp_path):
+def _segmented_batch(tmp_path, *extra: str):
+    """A heavy clip, its batch's output folder and job store, and the command that upscales it
+    in segments of 6 frames (``extra``: more options)."""
     src = _heavy_clip(tmp_path / "long.mkv")
     out = tmp_path / "out"
-    db = out / ".vsr-batch" / "jobs.sqlite"
-    cmd = [*VSR, "batch", str(src), "-o", str(out), *BICUBIC, "--segment-frames", "6",
-           "--devices", "cpu", "--json"]
+    cmd = [*VSR, "batch", str(src), "-o", str(out), *BICUBIC, "--segment-frames", "6", *extra]
+    return src, out, out / ".vsr-batch" / "jobs.sqlite", cmd
+
+
+def test_second_batch_on_one_folder_refuses_or_waits_and_a_killed_one_never_blocks(tmp_path):
+    src, out, db, cmd = _segmented_batch(tmp_path, "--devices", "cpu", "--json")
     first = _start_until_segments(cmd, db, 1)
     os.kill(first.pid, signal.SIGSTOP)  # deterministic: it holds the folder, doing nothing
     try:
@@ -235,11 +240,7 @@ def test_second_batch_on_one_folder_refuses_or_waits_and_a_killed_one_never_bloc
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
                          ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_signal_stops_cleanly_and_resume_reuses_finished_segments(tmp_path, signum):
-    src = _heavy_clip(tmp_path / "long.mkv")
-    out = tmp_path / "out"
-    db = out / ".vsr-batch" / "jobs.sqlite"
-    cmd = [*VSR, "batch", str(src), "-o", str(out), *BICUBIC, "--segment-frames", "6",
-           "--devices", "cpu,cpu"]
+    src, out, db, cmd = _segmented_batch(tmp_path, "--devices", "cpu,cpu")
     proc = _start_until_segments(cmd, db, 2)
     t0 = time.monotonic()
     proc.send_signal(signum)
@@ -325,11 +326,7 @@ def test_resume_recomputes_finished_segments_that_were_damaged(tmp_path):
     # a crash can leave a segment recorded as done but torn (half written, or cut inside its
     # last frame, where every packet is still there) or empty (data never flushed): --resume
     # computes those again, never joins what is left of them
-    src = _heavy_clip(tmp_path / "long.mkv")
-    out = tmp_path / "out"
-    db = out / ".vsr-batch" / "jobs.sqlite"
-    cmd = [*VSR, "batch", str(src), "-o", str(out), *BICUBIC, "--segment-frames", "6",
-           "--devices", "cpu", "--json"]
+    src, out, db, cmd = _segmented_batch(tmp_path, "--devices", "cpu", "--json")
     first = _start_until_segments(cmd, db, 3)
     first.kill()
     first.communicate()

@@ -185,7 +185,7 @@ def test_an_output_written_by_another_run_meanwhile_is_not_replaced(clip, tmp_pa
         upscale_file(config, progress=other_run_finishes)
         assert out.read_bytes() != theirs  # asked for: replaced
     else:
-        with pytest.raises(OutputError, match="written by someone else while this run"):
+        with pytest.raises(OutputError, match="appeared while this run wrote it"):
             upscale_file(config, progress=other_run_finishes)
         assert out.read_bytes() == theirs
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({src.name, out_name})

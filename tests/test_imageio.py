@@ -184,6 +184,6 @@ def test_image_sink_that_cannot_finish_leaves_no_partial(tmp_path):
     sink = ImageSink(tmp_path / "a.png", 26, 18)
     sink.write(_picture())
     (tmp_path / "a.png").mkdir()
-    with pytest.raises(OutputError, match="^cannot move the finished output to .*a.png"):
+    with pytest.raises(OutputError, match="a.png appeared while this run wrote it"):
         sink.close()
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"] and (tmp_path / "a.png").is_dir()

@@ -228,8 +228,8 @@ _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, er
 
 
 def _written_meanwhile(final: Path) -> OutputError:
-    return OutputError(f"{final} was written by someone else while this run wrote it; kept as "
-                       "it is, this output discarded (use --overwrite to replace)")
+    return OutputError(f"{final} appeared while this run wrote it (another run to the same "
+                       "name?); it is kept and this output discarded (--overwrite replaces it)")
 
 
 def finish(temp: Path, final: Path, *, replace: bool = True) -> None:
