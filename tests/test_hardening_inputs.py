@@ -574,3 +574,33 @@ def test_a_non_video_adaptation_input_is_one_line(tmp_path):
     assert rc == 1 and len(lines) == 1, lines
     assert lines[0].startswith("Error: ") and str(text) in lines[0], lines
     assert "internal error" not in lines[0]
+
+
+def _png(path: Path, pix_fmt: str) -> Path:
+    """A 32x24 PNG stored as ``pix_fmt`` (rgba: with an alpha channel), made with PyAV."""
+    import numpy as np
+
+    rgba = np.random.default_rng(0).integers(0, 256, (24, 32, 4), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=pix_fmt)
+    cc = av.CodecContext.create("png", "w")
+    cc.width, cc.height, cc.pix_fmt = 32, 24, pix_fmt
+    path.write_bytes(b"".join(bytes(p) for p in cc.encode(frame) + cc.encode(None)))
+    return path
+
+
+def test_an_input_with_alpha_says_the_output_has_none(tmp_path, caplog):
+    """vsr upscales colour only: a picture's transparency is not carried over, and the user
+    is told so rather than finding an opaque picture."""
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    for name, pix_fmt, warned in (("a.png", "rgba", True), ("b.png", "rgb24", False)):
+        caplog.clear()
+        src = _png(tmp_path / name, pix_fmt)
+        with caplog.at_level("WARNING", logger="vsr.engine"):
+            upscale_file(UpscaleConfig(input=src, output=tmp_path / f"up-{name}",
+                                       model="bicubic", scale=2))
+        said = [r.getMessage() for r in caplog.records if "alpha" in r.getMessage()]
+        assert bool(said) == warned, said
+        if warned:
+            assert said == [f"{name} has an alpha channel (rgba): the colour is upscaled, "
+                            "the output has no alpha"]

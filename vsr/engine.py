@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vsr.device import resolve_device
-from vsr.io.info import StreamInfo
+from vsr.io.info import StreamInfo, has_alpha
 from vsr.io.source import Frame, Source
 from vsr.loading import is_small_frame, load_model
 from vsr.options import BACKEND_PRECISIONS, ModelOptions
@@ -127,6 +127,9 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
     """
     models = models if models is not None else ModelCache()
     info = source.info
+    if has_alpha(info.pix_fmt):
+        log.warning("%s has an alpha channel (%s): the colour is upscaled, the output has no "
+                    "alpha", Path(info.path).name, info.pix_fmt)
     handle = models.handle(options, device, bit_depth=info.bit_depth,
                            pixels=info.width * info.height)
     width, height = info.width * handle.scale, info.height * handle.scale

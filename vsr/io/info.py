@@ -96,6 +96,15 @@ def bit_depth_of(pix_fmt: str) -> int:
     return max((c.bits for c in comps), default=8)
 
 
+def has_alpha(pix_fmt: str | None) -> bool:
+    """Whether a pixel format name carries an alpha channel (rgba, ya8, yuva420p...; a
+    palette's transparency cannot be told from the name)."""
+    try:
+        return any(c.is_alpha for c in av.VideoFormat(pix_fmt).components)
+    except (ValueError, TypeError):
+        return False
+
+
 def other_streams(container: av.container.InputContainer,
                   video_index: int) -> tuple[OtherStream, ...]:
     """Every stream except the one the engine decodes, in container order."""
