@@ -118,6 +118,9 @@ def test_unknown_container_formats_fail_when_the_config_is_built(tmp_path):
     with pytest.raises(ConfigError, match="'lavfi' is not an output format"):
         StreamConfig(src="-", dst="-", output_format="lavfi")
     StreamConfig(src="-", dst="-", input_format="mpegts", output_format="matroska")
+    # the ffmpeg program muxes these, with muxers PyAV's build may lack: it judges the name
+    StreamConfig(src="-", dst="-", output_format="only-ffmpeg-has-it", via_ffmpeg=True)
+    StreamConfig(src="-", dst="srt://127.0.0.1:9000", output_format="only-ffmpeg-has-it")
     src, dst = tmp_path / "in.ts", tmp_path / "out.ts"
     make_ts(str(src), 6)
     for option in ("--input-format", "--format"):

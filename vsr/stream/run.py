@@ -67,7 +67,8 @@ class StreamConfig(RunOptions):
         if self.src == self.dst and self.src != "-":
             raise ConfigError("source and destination are the same")
         check_format(self.input_format, output=False)
-        check_format(self.output_format, output=True)
+        if not (self.via_ffmpeg or self.dst.startswith("srt://")):  # else the ffmpeg program
+            check_format(self.output_format, output=True)  # muxes, with its own muxers
 
 
 def check_paths(config: StreamConfig) -> None:
