@@ -444,3 +444,49 @@ def test_manifest_fields_of_the_wrong_type_fail_their_line(tmp_path):
     for n, text in expect.items():
         assert errors[f"{manifest}:{n}"]["error"] == f"{manifest}:{n}: {text}"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["good.mp4"]
+
+
+def _ffmpeg(*args: str | Path) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *map(str, args)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="no ffmpeg program")
+def test_edit_list_clip_batch_matches_upscale(tmp_path):
+    """`ffmpeg -ss 0.2 -c copy` of a B-frame clip: an MP4 edit list hides 5 pre-roll samples.
+    The segment plan counted them, so segment 0 always failed ("decoded 19 frames where the
+    file has 24"); now batch writes exactly the frames, times and audio `vsr upscale` does."""
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    src, trimmed = tmp_path / "bf.mp4", tmp_path / "in" / "trim.mp4"
+    trimmed.parent.mkdir()
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=3", "-f", "lavfi", "-i", "sine=d=3",
+            "-c:v", "libx264", "-preset", "ultrafast", "-bf", "3", "-g", "12", "-pix_fmt",
+            "yuv420p", "-c:a", "aac", "-shortest", src)
+    _ffmpeg("-ss", "0.2", "-i", src, "-c", "copy", trimmed)
+    single = tmp_path / "single.mp4"
+    r = upscale_file(UpscaleConfig(input=trimmed, output=single, model="bicubic", scale=2))
+    assert r.frames_out == 70
+    out = tmp_path / "out"
+    result = run_batch(BatchConfig(inputs=(str(trimmed),), output_dir=out, segment_frames=20,
+                                   options=JobOptions(model="bicubic", scale=2,
+                                                      preset="ultrafast"),
+                                   devices=("cpu",)))
+    assert not result.failed and result.segments_computed > 2
+    assert video_pts_seconds(out / "trim.mp4") == video_pts_seconds(single)
+    assert packets(out / "trim.mp4", "audio") == packets(single, "audio")
+
+
+def test_cut_off_matroska_fails_in_batch_too(tmp_path):
+    """A half-copied Matroska file (no frame count in its header) is refused by `vsr batch`
+    as by `vsr upscale`, before any segment is computed; it used to come out half long."""
+    full = make_clip(tmp_path / "full.mkv", frames=50, audio_tracks=1, color={"gop_size": 10})
+    half = tmp_path / "half.mkv"
+    half.write_bytes(full.read_bytes()[:full.stat().st_size // 2])
+    out = tmp_path / "out"
+    result = run_batch(BatchConfig(inputs=(str(half),), output_dir=out, segment_frames=10,
+                                   options=JobOptions(model="bicubic", scale=2,
+                                                      preset="ultrafast"),
+                                   devices=("cpu",)))
+    [failed] = result.failed
+    assert "half.mkv is truncated or damaged" in failed["error"]
+    assert result.segments_computed == 0 and not (out / "half.mkv").exists()

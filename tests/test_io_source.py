@@ -1,3 +1,5 @@
+import shutil
+import subprocess
 from fractions import Fraction
 
 import numpy as np
@@ -51,3 +53,50 @@ def test_not_media(tmp_path, content):
 def test_missing(tmp_path):
     with pytest.raises(InputError, match="not found"):
         PyAVSource(tmp_path / "nope.mp4")
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *map(str, args)], check=True)
+
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="no ffmpeg program")
+
+
+def test_cut_off_matroska_is_refused(clip, tmp_path):
+    """Matroska declares no frame count: a half-copied (or still growing) file used to come
+    out with half its frames and exit 0. Its video stream's DURATION tag now judges it."""
+    full = clip("full.mkv", frames=50, audio_tracks=1, color={"gop_size": 10})
+    half = tmp_path / "half.mkv"
+    half.write_bytes(full.read_bytes()[:full.stat().st_size // 2])
+    with PyAVSource(full) as src:
+        assert len(list(src.frames())) == 50
+    with PyAVSource(half) as src, pytest.raises(InputError, match="half.mkv is truncated"):
+        list(src.frames())
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_audio_longer_than_video_is_whole(tmp_path, suffix):
+    """The container's duration includes audio: it never judges the video."""
+    path = tmp_path / f"long_audio{suffix}"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.4", "-f", "lavfi", "-i",
+            "sine=d=1.5", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", path)
+    with PyAVSource(path) as src:
+        assert len(list(src.frames())) == 10
+
+
+@needs_ffmpeg
+def test_mp4_edit_list_trim_is_whole(tmp_path):
+    """`ffmpeg -ss 0.3 -c copy` of a B-frame clip keeps its pre-roll samples behind an edit
+    list: 50 samples, 42 frames shown. It used to be refused as truncated (42 of 50)."""
+    src, trimmed = tmp_path / "bf.mp4", tmp_path / "trim.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=2", "-f", "lavfi", "-i", "sine=d=2",
+            "-c:v", "libx264", "-preset", "ultrafast", "-bf", "3", "-g", "12", "-pix_fmt",
+            "yuv420p", "-c:a", "aac", "-shortest", src)
+    _ffmpeg("-ss", "0.3", "-i", src, "-c", "copy", trimmed)
+    with PyAVSource(trimmed) as s:
+        assert s.info.frames == 50  # the samples the header declares
+        frames = list(s.frames())
+    assert len(frames) == 42
+    assert [f.pts * s.info.time_base for f in frames] == [Fraction(i, 25) for i in range(42)]

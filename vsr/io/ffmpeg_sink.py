@@ -26,7 +26,7 @@ from vsr.errors import OutputError
 from vsr.io.info import StreamInfo
 from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
 from vsr.io.paths import file_url
-from vsr.io.sink import EncodeConfig, PtsOrder, choose_pix_fmt
+from vsr.io.sink import EncodeConfig, PtsOrder, choose_pix_fmt, hdr_params
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
                                   ("color_trc", _TRC, c.transfer)):
             if value in table:
                 args += [f"-{key}:{pos}", table[value]]
+    if params := hdr_params(config.codec, info):  # raw RGB through the pipe carries none
+        args += [f"-{config.codec.removeprefix('lib')}-params:{pos}", ":".join(params)]
     return [*args, "-y", output]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -43,6 +44,87 @@ class ColorInfo:
         return 2 if self.range == 2 else 1
 
 
+# AVMasteringDisplayMetadata: AVRational primaries[3][2] (R, G, B; x, y), white_point[2],
+# min_luminance, max_luminance, then int has_primaries, has_luminance; AVContentLightMetadata:
+# unsigned MaxCLL, MaxFALL. Both in native byte order.
+_MASTERING = struct.Struct("=20i2i")
+_LIGHT = struct.Struct("=2I")
+
+
+def _scaled(num: int, den: int, unit: int) -> int:
+    """An AVRational in multiples of 1/``unit`` (x265's and x264's units)."""
+    return round(num * unit / den) if den else 0
+
+
+@dataclass(frozen=True)
+class HdrMetadata:
+    """HDR10 static metadata (SMPTE ST 2086 mastering display, CTA-861.3 light levels) in the
+    units of x265's and x264's options: chromaticity in 1/50000, luminance in 1/10000 cd/m2.
+
+    ``green``, ``blue``, ``red`` and ``white`` are (x, y); ``luminance`` is (max, min);
+    ``light_level`` is (MaxCLL, MaxFALL) in cd/m2. Each part is None where the input has none.
+    """
+
+    green: tuple[int, int] | None = None
+    blue: tuple[int, int] | None = None
+    red: tuple[int, int] | None = None
+    white: tuple[int, int] | None = None
+    luminance: tuple[int, int] | None = None
+    light_level: tuple[int, int] | None = None
+
+    @classmethod
+    def from_frame(cls, frame: av.VideoFrame) -> HdrMetadata | None:
+        """The metadata in a decoded frame's side data, or None when it carries neither."""
+        parts: dict[str, tuple[int, int]] = {}
+        for sd in frame.side_data:
+            name = getattr(sd.type, "name", "")
+            if name == "MASTERING_DISPLAY_METADATA" and sd.buffer_size >= _MASTERING.size:
+                v = _MASTERING.unpack_from(bytes(sd))
+                if v[20]:  # has_primaries
+                    xy = [(_scaled(*v[i:i + 2], 50000), _scaled(*v[i + 2:i + 4], 50000))
+                          for i in range(0, 16, 4)]
+                    parts.update(red=xy[0], green=xy[1], blue=xy[2], white=xy[3])
+                if v[21]:  # has_luminance
+                    parts["luminance"] = (_scaled(*v[18:20], 10000), _scaled(*v[16:18], 10000))
+            elif name == "CONTENT_LIGHT_LEVEL" and sd.buffer_size >= _LIGHT.size:
+                parts["light_level"] = _LIGHT.unpack_from(bytes(sd))
+        return cls(**parts) if parts else None
+
+    @property
+    def master_display(self) -> str | None:
+        """x265's ``master-display`` / x264's ``mastering-display`` value, or None unless
+        the primaries, white point and luminance are all known."""
+        if None in (self.green, self.blue, self.red, self.white, self.luminance):
+            return None
+        (gx, gy), (bx, by), (rx, ry), (wx, wy), (hi, lo) = (
+            self.green, self.blue, self.red, self.white, self.luminance)
+        return f"G({gx},{gy})B({bx},{by})R({rx},{ry})WP({wx},{wy})L({hi},{lo})"
+
+    @property
+    def max_cll(self) -> str | None:
+        """x265's ``max-cll`` / x264's ``cll`` value ("MaxCLL,MaxFALL"), or None."""
+        return None if self.light_level is None else "{},{}".format(*self.light_level)
+
+    def x26x_params(self, codec: str) -> list[str]:
+        """``key=value`` items for libx265's x265-params or libx264's x264-params that carry
+        this metadata; empty for other codecs (see :meth:`describe` for what they lose)."""
+        keys = {"libx265": ("master-display", "max-cll"),
+                "libx264": ("mastering-display", "cll")}.get(codec)
+        if keys is None:
+            return []
+        items = [f"{k}={v}" for k, v in zip(keys, (self.master_display, self.max_cll), strict=True)
+                 if v is not None]
+        if codec == "libx265" and items:
+            items.append("hdr10=1")  # the SEI messages go out with every keyframe
+        return items
+
+    def describe(self) -> str:
+        """What is present, for a warning: "mastering display and content light level"."""
+        names = [n for n, v in (("mastering display", self.master_display),
+                                ("content light level", self.max_cll)) if v is not None]
+        return " and ".join(names) + " metadata"
+
+
 @dataclass(frozen=True)
 class OtherStream:
     """A non-video (or secondary video) stream of the input, carried over unchanged."""
@@ -78,6 +160,7 @@ class StreamInfo:
     rotation: int = 0
     sample_aspect_ratio: Fraction | None = None
     color: ColorInfo = field(default_factory=ColorInfo)
+    hdr: HdrMetadata | None = None  # of the first frame
     others: tuple[OtherStream, ...] = ()
     is_image: bool = False
 

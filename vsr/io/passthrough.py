@@ -7,6 +7,7 @@ lazily and interleaved by time with the encoded video packets (no whole-file buf
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
@@ -21,6 +22,25 @@ from vsr.io.paths import file_url
 log = logging.getLogger(__name__)
 
 _MUST_COPY = ("audio", "subtitle")
+
+# Tags the muxer writes itself, or that describe the input's encode of a stream (Matroska's
+# statistics tags, mkvmerge's with a "-eng" suffix): copied, they would misdescribe the output.
+_OWN_KEYS = frozenset({"ENCODER", "MAJOR_BRAND", "MINOR_VERSION", "COMPATIBLE_BRANDS"})
+_STATS_KEYS = frozenset({"DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS",
+                         "_STATISTICS_WRITING_APP", "_STATISTICS_WRITING_DATE_UTC",
+                         "_STATISTICS_TAGS"})
+
+
+def container_tags(meta: dict[str, str]) -> dict[str, str]:
+    """The input's container tags an output should carry (any case of the muxer's own left out)."""
+    return {k: v for k, v in meta.items() if k.upper() not in _OWN_KEYS}
+
+
+def video_tags(meta: dict[str, str]) -> dict[str, str]:
+    """The re-encoded video stream's tags from the input's: without its encoder and the
+    statistics of its old encode (DURATION, NUMBER_OF_FRAMES, ... in any case, any suffix)."""
+    return {k: v for k, v in meta.items()
+            if k.upper() not in _OWN_KEYS and k.upper().split("-")[0] not in _STATS_KEYS}
 
 
 class Demuxer(Protocol):
@@ -42,6 +62,11 @@ class Passthrough:
     Call :meth:`add_streams` before the output header is written; then
     :meth:`mux_until` with each encoded video packet's time, and :meth:`mux_rest` at the end.
     ``copied`` counts packets per input stream index; ``dropped`` lists streams skipped.
+    A data stream the output format cannot hold (an MP4 chapter text track) is skipped with a
+    warning, never refused. A QuickTime timecode track is never copied (a copy would be a
+    second one, or refused): its time goes on as ``timecode``, which :meth:`tags_for_video`
+    adds to the video's tags (MP4 and MOV muxers make a timecode track of it, Matroska keeps
+    it as a tag).
     """
 
     def __init__(self, source: str | Demuxer, exclude: int) -> None:
@@ -61,6 +86,7 @@ class Passthrough:
         # Per copied stream: the last (dts, duration) muxed, and how many packets were retimed.
         self._last: dict[int, tuple[int, int]] = {}
         self.retimed: dict[int, int] = {}
+        self.timecode: str | None = None
 
     def add_streams(self, output: av.container.OutputContainer,
                     add_video: Callable[[], None] | None = None) -> None:
@@ -73,6 +99,8 @@ class Passthrough:
                 continue
             if s.type == "attachment":
                 self._add_attachment(output, s)
+                continue
+            if s.type not in (*_MUST_COPY, "video") and not self._can_hold(output, s):
                 continue
             try:
                 out_s = output.add_stream_from_template(s)
@@ -92,6 +120,39 @@ class Passthrough:
         copy_ids = list(self._map)
         streams = [self._input.streams[i] for i in copy_ids]
         self._packets = self._input.demux(streams) if streams else iter(())
+
+    def _can_hold(self, output: av.container.OutputContainer, s: av.stream.Stream) -> bool:
+        """Whether ``output``'s format takes a copy of data stream ``s``; if not, log why.
+
+        Adding such a stream succeeds and only writing the header fails, when it is too late
+        to leave the stream out, so the format is tried on an empty file in memory first.
+        """
+        what = f"stream {s.index} ({s.type}, {_codec_name(s)}"
+        handler = s.metadata.get("handler_name")
+        what += f", {handler})" if handler else ")"
+        timecode = s.metadata.get("timecode")
+        if timecode:  # a QuickTime timecode track: a copy would be a second one, or refused
+            self.timecode = self.timecode or timecode
+            log.info("%s: the timecode %s goes on as the video's timecode tag", what, timecode)
+            return False
+        try:
+            with av.open(io.BytesIO(), mode="w", format=output.format.name) as trial:
+                trial.add_stream_from_template(s)
+                trial.start_encoding()
+        except (av.error.FFmpegError, ValueError, TypeError, NotImplementedError) as exc:
+            log.warning("not copying %s: the output format %s cannot hold it (%s)",
+                        what, output.format.name, exc)
+            self.dropped.append(what)
+            return False
+        return True
+
+    def tags_for_video(self, meta: dict[str, str]) -> dict[str, str]:
+        """:func:`video_tags` of the input video's ``meta``, with the timecode of a timecode
+        track not copied (the MOV demuxer usually puts it on the video stream already)."""
+        tags = video_tags(meta)
+        if self.timecode and "timecode" not in tags:
+            tags["timecode"] = self.timecode
+        return tags
 
     def _add_attachment(self, output: av.container.OutputContainer, s: av.stream.Stream) -> None:
         name = s.metadata.get("filename") or getattr(s, "name", None) or f"attachment{s.index}"
@@ -185,6 +246,22 @@ def _codec_name(s: av.stream.Stream) -> str:
         return s.codec_context.name
     except (AttributeError, av.error.FFmpegError):
         return "unknown codec"
+
+
+# AVFieldOrder: 0 unknown, 1 progressive, then the interlaced orders.
+_FIELD_ORDERS = {2: "top field first", 3: "bottom field first",
+                 4: "top field first, bottom coded first", 5: "bottom field first, top coded first"}
+
+
+def warn_interlaced(stream: av.stream.Stream, name: object) -> None:
+    """Warn when the input video ``stream`` (of file ``name``) is interlaced: its frames are
+    resized whole, fields together, so the output is progressive frames, not fields."""
+    with contextlib.suppress(AttributeError):
+        order = _FIELD_ORDERS.get(int(stream.codec_context.field_order))
+        if order:
+            log.warning("%s: interlaced video (%s) is upscaled as progressive frames, each "
+                        "frame resized whole with its two fields; deinterlace it first for "
+                        "a clean result", name, order)
 
 
 def copy_disposition(src: av.stream.Stream, dst: av.stream.Stream) -> None:

@@ -27,14 +27,10 @@ from vsr.io.output import (
     temp_path_for,
     write_error,
 )
-from vsr.io.passthrough import Passthrough
+from vsr.io.passthrough import Passthrough, container_tags, video_tags, warn_interlaced
 from vsr.io.paths import file_url
 
 log = logging.getLogger(__name__)
-
-# Container metadata the muxer writes itself; copying it would misdescribe the new file.
-_OWN_KEYS = frozenset({"encoder", "major_brand", "minor_version", "compatible_brands"})
-
 
 # x264's and x265's preset names (x264_preset_names, x265_preset_names); both also take the
 # index 0..9, and x264 ignores case. An unknown preset makes the library print its own
@@ -199,6 +195,18 @@ def _check_named_option(codec: str, option: av.codec.context.CodecOption, value:
     raise ConfigError(f"unknown {codec} {option.name} {value!r}; known: {', '.join(names)}")
 
 
+def hdr_params(codec: str, info: StreamInfo) -> list[str]:
+    """x264/x265 params carrying the input's HDR10 static metadata; for an encoder that
+    cannot take them, one warning naming what the output loses."""
+    if info.hdr is None:
+        return []
+    params = info.hdr.x26x_params(codec)
+    if not params:
+        log.warning("%s cannot carry the input's HDR10 %s; the output has none (use "
+                    "libx265 or libx264 to keep it)", codec, info.hdr.describe())
+    return params
+
+
 class VideoEncoder:
     """The encode half shared by the sinks: RGB ndarray -> YUV frame -> packets."""
 
@@ -235,11 +243,15 @@ class VideoEncoder:
                 raise ConfigError(f"{config.codec} has no preset setting")
             _check_named_option(config.codec, private["preset"], config.preset)
             opts["preset"] = config.preset
+        params: list[str] = []
         if cc.name == "libx264":
             from vsr.device import x264_asm_without_avx512
 
             if (asm := x264_asm_without_avx512()) is not None:  # the same output on every run
-                opts["x264-params"] = f"asm={asm}"
+                params.append(f"asm={asm}")
+        params += hdr_params(cc.name, info)
+        if params:  # only libx264 and libx265 get any
+            opts[cc.name.removeprefix("lib") + "-params"] = ":".join(params)
         cc.options = opts
         cc.thread_count = 0
         if info.rotation:
@@ -312,7 +324,7 @@ class PyAVSink(SinkContext):
         if copy_streams:
             self._pass = Passthrough(info.path, exclude=info.index)
             meta = self._pass.metadata
-            out.metadata.update({k: v for k, v in meta.items() if k not in _OWN_KEYS})
+            out.metadata.update(container_tags(meta))
             self._pass.add_streams(out, add_video)
             chapters = self._pass.chapters
             if chapters:
@@ -324,7 +336,10 @@ class PyAVSink(SinkContext):
             add_video()
         with av.open(file_url(info.path)) as src:
             meta = dict(src.streams[info.index].metadata)
-        self._stream.metadata.update({k: v for k, v in meta.items() if k != "encoder"})
+            if copy_streams:  # the whole file (a batch segment's is warned of at the join)
+                warn_interlaced(src.streams[info.index], info.path)
+        tags = self._pass.tags_for_video(meta) if self._pass is not None else video_tags(meta)
+        self._stream.metadata.update(tags)
         try:
             out.start_encoding()
         except av.error.FFmpegError as exc:

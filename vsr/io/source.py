@@ -18,7 +18,7 @@ import numpy as np
 
 from vsr.errors import InputError
 from vsr.io.image import IMAGE_SUFFIXES, limit_stream, open_limited
-from vsr.io.info import ColorInfo, Frame, StreamInfo, bit_depth_of, other_streams
+from vsr.io.info import ColorInfo, Frame, HdrMetadata, StreamInfo, bit_depth_of, other_streams
 from vsr.io.paths import file_url
 from vsr.options import DECODERS, check_choice
 
@@ -127,6 +127,7 @@ class PyAVSource:
             rotation=int(round(first.rotation or 0)),
             sample_aspect_ratio=Fraction(s.sample_aspect_ratio) if s.sample_aspect_ratio else None,
             color=color,
+            hdr=HdrMetadata.from_frame(first),
             others=other_streams(self._container, s.index),
             is_image=is_image,
         )
@@ -142,8 +143,9 @@ class PyAVSource:
         if self._taken:
             raise InputError("a source can be iterated only once")
         self._taken = True
-        step = _pts_step(self.info)
+        step = pts_step(self.info)
         last: int | None = None
+        end: int | None = None  # where the latest decoded frame ends (pts + its duration)
         index = 0
         chain = _chain_first(self._first, self._decoded)
         for frame in chain:
@@ -152,12 +154,13 @@ class PyAVSource:
                 pts = 0 if last is None else last + step
             yield Frame(index=index, pts=pts, image=self._to_rgb(frame))
             last = pts
+            end = max(end or pts, pts + max(frame.duration or 0, step))
             index += 1
-        expected = self.info.frames
-        if expected and not self.info.is_image and expected - index > max(2, expected // 50):
-            # A header that promises more samples than the file holds: cut-off download/copy.
-            raise InputError(f"{Path(self.info.path).name} is truncated or damaged: "
-                             f"decoded {index} of {expected} frames")
+        if not self.info.is_image:
+            problem = truncation_problem(self._container, self._stream, index, end, step)
+            if problem:
+                raise InputError(f"{Path(self.info.path).name} is truncated or damaged: "
+                                 f"{problem}")
 
     def frames_between(self, start: int | None, end: int | None) -> Iterator[Frame]:
         """Yield the frames whose pts lies in ``[start, end)`` (None: unbounded), in
@@ -205,10 +208,57 @@ def _chain_first(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterato
     yield from rest
 
 
-def _pts_step(info: StreamInfo) -> int:
+def pts_step(info: StreamInfo) -> int:
     if info.frame_rate:
         return max(1, round(1 / (info.frame_rate * info.time_base)))
     return 1
+
+
+def _declared_end(container: av.container.InputContainer,
+                  stream: av.video.stream.VideoStream) -> int | None:
+    """Where the container says the video stream ends, in its time base; None where it does
+    not say. Matroska: the per-stream DURATION tag (the end timestamp; never the segment
+    duration, which includes audio). MP4/MOV: start + the stream's (edited) duration. Other
+    containers' stream durations are estimates (from the packets read, or the bit rate)."""
+    tb = stream.time_base
+    if not tb:
+        return None
+    if "matroska" in container.format.name:
+        tag = stream.metadata.get("DURATION") or ""
+        try:
+            h, m, sec = tag.split(":")
+            seconds = (int(h) * 60 + int(m)) * 60 + Fraction(sec)
+        except ValueError:
+            return None
+        return int(seconds / Fraction(tb)) if seconds > 0 else None
+    if "mov" in container.format.name.split(",") and stream.duration:
+        return (stream.start_time or 0) + stream.duration
+    return None
+
+
+def truncation_problem(container: av.container.InputContainer,
+                       stream: av.video.stream.VideoStream, count: int, end: int | None,
+                       step: int) -> str | None:
+    """Why ``count`` frames ending at pts ``end`` (``step``: one frame's duration, all in the
+    stream's time base) are not the whole video stream the container declares, or None.
+
+    Judged by time where the container declares the stream's length: an MP4 edit list drops
+    samples (pre-roll) that its sample count still includes. By count where only a count is
+    declared (AVI); not at all where neither is (a growing MPEG-TS)."""
+    declared = _declared_end(container, stream)
+    if declared is not None:
+        # two frames and a millisecond of rounding (Matroska stores milliseconds)
+        slack = 2 * step + max(1, round(Fraction(1, 1000) / Fraction(stream.time_base)))
+        if end is not None and declared - end > slack:
+            tb = Fraction(stream.time_base)
+            return (f"decoded {count} frames, up to {float(end * tb):.3f}s of "
+                    f"{float(declared * tb):.3f}s")
+        return None
+    expected = stream.frames
+    if expected and expected - count > max(2, expected // 50):
+        # A header that promises more samples than the file holds: cut-off download/copy.
+        return f"decoded {count} of {expected} frames"
+    return None
 
 
 def open_source(path: str | os.PathLike, decoder: str = "pyav") -> Source:

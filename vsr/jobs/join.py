@@ -16,15 +16,11 @@ import av
 
 from vsr.errors import OutputError, PipelineError
 from vsr.io.output import check_output_path, discard, finish, temp_path_for
-from vsr.io.passthrough import Passthrough
+from vsr.io.passthrough import Passthrough, container_tags, warn_interlaced
 from vsr.io.paths import file_url
 from vsr.io.source import PyAVSource
 
 log = logging.getLogger(__name__)
-
-# Container metadata the muxer writes itself; copying it would misdescribe the new file.
-_OWN_KEYS = frozenset({"encoder", "major_brand", "minor_version", "compatible_brands"})
-
 
 def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                   overwrite: bool = False, frames: list[int] | None = None) -> dict[int, int]:
@@ -59,20 +55,27 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
             def add_video() -> None:
                 stream = out.add_stream_from_template(template)
                 stream.time_base = info.time_base
+                if info.frame_rate:  # the segment's is its time base (a MOV timecode track
+                    stream.codec_context.framerate = info.frame_rate  # counts in frames)
+                if info.rotation:  # as the upscale sink: the template carries no side data
+                    stream.set_display_rotation(info.rotation)
                 holder.append(stream)
 
-            out.metadata.update({k: v for k, v in passthrough.metadata.items()
-                                 if k not in _OWN_KEYS})
+            out.metadata.update(container_tags(passthrough.metadata))
             passthrough.add_streams(out, add_video)
             video = holder[0]
         with av.open(file_url(input_path)) as src:
             meta = dict(src.streams[info.index].metadata)
-        video.metadata.update({k: v for k, v in meta.items() if k != "encoder"})
+            warn_interlaced(src.streams[info.index], input_path)
+        video.metadata.update(passthrough.tags_for_video(meta))
         chapters = passthrough.chapters
         if chapters:
             with contextlib.suppress(av.error.FFmpegError, TypeError, ValueError):
                 out.set_chapters(chapters)
-        out.start_encoding()
+        try:
+            out.start_encoding()
+        except av.error.FFmpegError as exc:
+            raise OutputError(f"cannot start writing {final}: {exc}") from exc
         last_dts: int | None = None
         for k, path in enumerate(segments):
             last_dts, count = _copy_segment(path, out, video, passthrough, info.time_base,

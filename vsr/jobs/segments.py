@@ -24,7 +24,7 @@ from vsr.io.image import is_image_path
 from vsr.io.output import discard, is_stale_partial
 from vsr.io.paths import file_url
 from vsr.io.sink import PyAVSink
-from vsr.io.source import PyAVSource
+from vsr.io.source import PyAVSource, pts_step, truncation_problem
 from vsr.jobs.plan import Job
 from vsr.upscale import UpscaleConfig, upscale_file
 
@@ -38,7 +38,8 @@ class Segment:
     index: int
     start: int | None  # pts in the input video stream's time base; None: open
     end: int | None
-    frames: int  # the video packets (frames) whose pts lies in [start, end)
+    frames: int  # the video packets whose pts lies in [start, end), less those an edit list
+    # discards: the frames decoding yields
 
 
 @dataclass(frozen=True)
@@ -65,26 +66,33 @@ class Task:
 def plan_segments(path: Path, min_frames: int) -> list[Segment]:
     """Keyframe-aligned segments of at least ``min_frames`` frames (the last may be shorter).
 
-    Reads packets only (no decoding). Raises InputError for unreadable or video-less input.
+    Reads packets only (no decoding); packets an MP4 edit list discards are not counted, so
+    the plan holds the frames decoding yields. Raises InputError for unreadable, video-less or
+    truncated input (:func:`vsr.io.source.truncation_problem`).
     """
     with PyAVSource(path) as source:  # same checks and messages as a normal run
-        index = source.info.index
+        index, step = source.info.index, pts_step(source.info)
     try:
         with av.open(file_url(path)) as c:
             stream = c.streams[index]
-            pts, keys = [], []
+            pts, keys, end = [], [], None
             for pkt in c.demux(stream):
-                if pkt.size == 0:
+                if pkt.size == 0 or pkt.is_discard:  # pre-roll an MP4 edit list cuts away
                     continue
                 if pkt.pts is None:
                     return [Segment(0, None, None, _count(c, stream))]
                 pts.append(pkt.pts)
+                end = max(end or pkt.pts, pkt.pts + max(pkt.duration or 0, step))
                 if pkt.is_keyframe:
                     keys.append(pkt.pts)
+            # the same judgement `vsr upscale` makes after decoding (a cut-off file)
+            problem = truncation_problem(c, stream, len(pts), end, step) if pts else None
     except av.error.FFmpegError as exc:
         raise InputError(f"cannot read {path} as media: {exc.strerror or exc}") from exc
     if not pts:
         raise InputError(f"no video frames in {path}")
+    if problem:
+        raise InputError(f"{path.name} is truncated or damaged: {problem}")
     ordered = sorted(pts)
     cuts: list[int] = []
     last = ordered[0]
@@ -108,7 +116,7 @@ def plan_segments(path: Path, min_frames: int) -> list[Segment]:
 
 def _count(c: av.container.InputContainer, stream: av.stream.Stream) -> int:
     c.seek(0)
-    return sum(1 for pkt in c.demux(stream) if pkt.size)
+    return sum(1 for pkt in c.demux(stream) if pkt.size and not pkt.is_discard)
 
 
 def segment_problem(path: Path, frames: int, size: int | None) -> str | None:

@@ -1,0 +1,151 @@
+"""What an output carries over from its input beyond the frames: timecode, chapters, rotation,
+tags; and what it cannot carry is dropped with a warning, never a refusal. `vsr upscale` and
+the `vsr batch` join behave the same."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import av
+import pytest
+from conftest import video_pts_seconds
+
+from vsr.jobs import BatchConfig, JobOptions, run_batch
+from vsr.upscale import UpscaleConfig, upscale_file
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
+
+_CHAPTERS = (";FFMETADATA1\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=200\ntitle=One\n"
+             "[CHAPTER]\nTIMEBASE=1/1000\nSTART=200\nEND=400\ntitle=Two\n")
+
+
+def _ffmpeg(*args: str | Path) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=s=64x48:r=25:d=0.4", *map(str, args)], check=True)
+
+
+def _x264(*extra: str) -> list[str]:
+    return ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast", "-g", "5", *extra]
+
+
+def _upscale(src: Path, out: Path) -> None:
+    r = upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+    assert r.frames_in == r.frames_out == 10
+
+
+def _batch(src: Path, out_dir: Path) -> Path:
+    result = run_batch(BatchConfig(inputs=(str(src),), output_dir=out_dir,
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",), segment_frames=5))
+    assert not result.failed, result.failed
+    out = out_dir / src.name
+    assert video_pts_seconds(out) == video_pts_seconds(src)
+    return out
+
+
+def _video_tags(path: Path) -> dict[str, str]:
+    with av.open(str(path)) as c:
+        return dict(c.streams.video[0].metadata)
+
+
+@pytest.fixture
+def timecoded(tmp_path) -> Path:
+    """An MP4 with a QuickTime timecode (tmcd) track, as cameras and editors write."""
+    path = tmp_path / "tc.mp4"
+    _ffmpeg(*_x264("-timecode", "01:00:00:00"), path)
+    with av.open(str(path)) as c:
+        assert [s.type for s in c.streams] == ["video", "data"]
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_timecode_track_goes_on_as_the_timecode(timecoded, tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    _upscale(timecoded, out)
+    tags = {k.lower(): v for k, v in _video_tags(out).items()}
+    assert tags["timecode"] == "01:00:00:00"
+    with av.open(str(out)) as c:
+        kinds = [s.type for s in c.streams]
+        # the MP4 muxer makes one timecode track of it again; Matroska keeps the tag only
+        assert kinds == (["video", "data"] if suffix == ".mp4" else ["video"])
+        if suffix == ".mp4":
+            assert c.streams[1].metadata["timecode"] == "01:00:00:00"
+
+
+def test_batch_join_keeps_the_timecode(timecoded, tmp_path):
+    out = _batch(timecoded, tmp_path / "bo")
+    assert _video_tags(out)["timecode"] == "01:00:00:00"
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams] == ["video", "data"]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", "batch"])
+def test_chapter_text_track_is_dropped_and_the_chapters_kept(tmp_path, caplog, suffix):
+    src = tmp_path / "chap.mp4"
+    (tmp_path / "chap.txt").write_text(_CHAPTERS)
+    _ffmpeg("-i", tmp_path / "chap.txt", "-map", "0", "-map_chapters", "1", *_x264(), src)
+    with av.open(str(src)) as c:
+        assert [s.type for s in c.streams] == ["video", "data"]
+    caplog.set_level(logging.WARNING, logger="vsr")
+    if suffix == "batch":
+        out = _batch(src, tmp_path / "bo")
+    else:
+        out = tmp_path / f"out{suffix}"
+        _upscale(src, out)
+    with av.open(str(out)) as c:
+        assert [ch["metadata"]["title"] for ch in c.chapters()] == ["One", "Two"]
+    assert any("not copying stream 1 (data" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("how", ["upscale", "batch"])
+def test_stale_encode_tags_of_the_video_are_not_copied(tmp_path, how):
+    """Matroska's ENCODER and statistics tags (mkvmerge's with a language suffix) describe
+    the input's encode; the output's muxer writes its own DURATION."""
+    long = tmp_path / "long.mkv"
+    _ffmpeg(*_x264(), long)
+    src = tmp_path / "st.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(long), "-c", "copy",
+                    "-metadata:s:v:0", "NUMBER_OF_FRAMES-eng=99", "-metadata:s:v:0", "BPS=1234",
+                    "-metadata:s:v:0", "DURATION=00:00:09.000000000",
+                    "-metadata:s:v:0", "COMMENT=kept", str(src)], check=True)
+    before = _video_tags(src)
+    assert before["ENCODER"].startswith("Lavc") and before["NUMBER_OF_FRAMES-eng"] == "99"
+    if how == "batch":
+        out = _batch(src, tmp_path / "bo")
+    else:
+        out = tmp_path / "out.mkv"
+        _upscale(src, out)
+    tags = _video_tags(out)
+    assert tags.get("ENCODER") != before["ENCODER"]
+    assert "NUMBER_OF_FRAMES-eng" not in tags and "BPS" not in tags
+    assert tags["DURATION"].startswith("00:00:00.")
+    assert {k.upper(): v for k, v in tags.items()}["COMMENT"] == "kept"
+
+
+def test_batch_join_keeps_the_rotation(tmp_path):
+    plain = tmp_path / "r0.mp4"
+    _ffmpeg(*_x264(), plain)
+    src = tmp_path / "rot.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(plain), "-c", "copy",
+                    "-metadata:s:v:0", "rotate=90", str(src)], check=True)
+    out = _batch(src, tmp_path / "bo")
+    with av.open(str(out)) as c:
+        frame = next(c.decode(video=0))
+        assert round(frame.rotation) == round(next(av.open(str(src)).decode(video=0)).rotation)
+        assert round(frame.rotation) in (90, -90)
+
+
+@pytest.mark.parametrize("how", ["upscale", "batch"])
+def test_interlaced_input_is_warned_of(tmp_path, caplog, how):
+    src = tmp_path / "il.mp4"
+    _ffmpeg("-vf", "setfield=tff", *_x264("-flags", "+ilme+ildct", "-x264opts", "tff=1"), src)
+    caplog.set_level(logging.WARNING, logger="vsr")
+    if how == "batch":
+        _batch(src, tmp_path / "bo")
+    else:
+        _upscale(src, tmp_path / "out.mp4")
+    hits = [r.getMessage() for r in caplog.records if "interlaced" in r.getMessage()]
+    assert len(hits) == 1 and "il.mp4" in hits[0] and "top field first" in hits[0]
