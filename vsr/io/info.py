@@ -76,7 +76,11 @@ class HdrMetadata:
     def from_frame(cls, frame: av.VideoFrame) -> HdrMetadata | None:
         """The metadata in a decoded frame's side data, or None when it carries neither."""
         parts: dict[str, tuple[int, int]] = {}
-        for sd in frame.side_data:
+        try:
+            side_data = list(frame.side_data)
+        except ValueError:  # a type PyAV's enum lacks (a TIFF's, 31): PyAV cannot list any
+            return None
+        for sd in side_data:
             name = getattr(sd.type, "name", "")
             if name == "MASTERING_DISPLAY_METADATA" and sd.buffer_size >= _MASTERING.size:
                 v = _MASTERING.unpack_from(bytes(sd))
