@@ -476,6 +476,31 @@ def test_edit_list_clip_batch_matches_upscale(tmp_path):
     assert packets(out / "trim.mp4", "audio") == packets(single, "audio")
 
 
+def test_mpeg_ts_batch_matches_upscale(tmp_path):
+    """FFmpeg's seek in MPEG-TS goes by byte position and landed a GOP or more past a
+    segment's first keyframe, so every segmented batch of a .ts failed ("segment 1: decoded 0
+    frames where the file has 10"); now it seeks further back until it is at or before it."""
+    from vsr.io.sink import EncodeConfig
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    src = tmp_path / "in" / "rec.ts"
+    src.parent.mkdir()
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=4", "-f", "lavfi", "-i", "sine=d=4",
+            "-c:v", "libx264", "-preset", "veryfast", "-bf", "3", "-g", "10", "-pix_fmt",
+            "yuv420p", "-c:a", "aac", "-f", "mpegts", src)  # B-frames: dts before pts
+    single = tmp_path / "single.ts"
+    assert upscale_file(UpscaleConfig(input=src, output=single, model="bicubic", scale=2,
+                                      encode=EncodeConfig(preset="ultrafast"))).frames_out == 100
+    out = tmp_path / "out"
+    result = run_batch(BatchConfig(inputs=(str(src),), output_dir=out, segment_frames=10,
+                                   options=JobOptions(model="bicubic", scale=2,
+                                                      preset="ultrafast"),
+                                   devices=("cpu",)))
+    assert not result.failed and result.segments_computed == 10
+    assert video_pts_seconds(out / "rec.ts") == video_pts_seconds(single)
+    assert packets(out / "rec.ts", "audio") == packets(single, "audio")
+
+
 def test_cut_off_matroska_fails_in_batch_too(tmp_path):
     """A half-copied Matroska file (no frame count in its header) is refused by `vsr batch`
     as by `vsr upscale`, before any segment is computed; it used to come out half long."""

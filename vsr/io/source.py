@@ -176,11 +176,7 @@ class PyAVSource:
         decoded: Iterator[av.VideoFrame] = _chain_first(self._first, self._decoded)
         if start is not None and (self._first.pts is None or start > self._first.pts):
             self._decoded.close()
-            try:
-                self._container.seek(start, stream=self._stream, backward=True)
-            except av.error.FFmpegError as exc:
-                raise InputError(f"cannot seek in {self._name}: {exc}") from exc
-            decoded = self._decode()
+            decoded = self._seek_before(start)
         index = 0
         for frame in decoded:
             if frame.pts is None:
@@ -192,6 +188,28 @@ class PyAVSource:
                 break
             yield Frame(index=index, pts=frame.pts, image=self._to_rgb(frame))
             index += 1
+
+    def _seek_before(self, start: int) -> Iterator[av.VideoFrame]:
+        """Decoded frames from a keyframe at or before pts ``start``. FFmpeg's seek is exact
+        in MP4 and Matroska (an index), but in MPEG-TS it searches by byte position and can
+        land a keyframe or more past the target: then seek again, further back each time
+        (down to the stream's start), so that no frame of the range is ever skipped."""
+        origin = self._first.pts if self._first.pts is not None else 0
+        back = max(1, pts_step(self.info))
+        target = start
+        while True:
+            try:
+                self._container.seek(target, stream=self._stream, backward=True)
+            except av.error.FFmpegError as exc:
+                raise InputError(f"cannot seek in {self._name}: {exc}") from exc
+            frames = self._decode()
+            first = next(frames, None)
+            landed = first is not None and (first.pts is None or first.pts <= start)
+            if landed or target <= origin:
+                return _chain_first(first, frames) if first is not None else iter(())
+            frames.close()  # past the target, or past the end (nothing decoded): further back
+            back = max(2 * back, first.pts - target if first is not None else 0)
+            target = max(origin, start - back)
 
     def close(self) -> None:
         self._container.close()
