@@ -8,7 +8,6 @@ in torch at two input sizes, TensorRT at its own shape, against the eager model.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -149,27 +148,13 @@ def _model_file(model: str | None) -> Path | None:
     return Path(text)
 
 
-def _check_not_the_model(output: Path, model: str | None) -> None:
-    """Refuse an output that is the model's own weights file, however it is named (a link,
-    a hard link, another spelling), --overwrite or not: the export would replace its source.
-    """
-    source = _model_file(model)
-    try:
-        same = source is not None and output.exists() and source.exists() \
-            and os.path.samefile(output, source)
-    except OSError:  # unreadable: check_output_path says why
-        return
-    if same:
-        named = f" (the model file {source})" if str(source) != str(output) else ""
-        raise OutputError(f"output would replace the input: {output}{named}")
-
-
 def export_model(cfg: ExportConfig) -> ExportResult:
     """Write the artefact to ``cfg.output`` (atomically). Raises ConfigError (bad model,
     missing package, TensorRT without CUDA), OutputError, ModelError, CheckpointError."""
     t0 = time.perf_counter()
-    _check_not_the_model(cfg.output, cfg.model)
-    out = check_output_path(cfg.output, overwrite=cfg.overwrite)
+    # the model's own file is refused as an input is, with --overwrite too (links included)
+    out = check_output_path(cfg.output, overwrite=cfg.overwrite,
+                            input_path=_model_file(cfg.model))
     device = resolve_device(cfg.device)
     if cfg.format == "onnx":
         device = torch.device("cpu")  # exported from the CPU; runs anywhere onnxruntime does

@@ -42,6 +42,15 @@ _PLAIN_REASONS = {errno.ENOSPC: "no space left on the device",
                   errno.EROFS: "the file system is read-only"}
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: the same path in another spelling, a
+    symbolic or a hard link. Where one does not exist (yet), by name with links resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def check_output_path(path: str | os.PathLike, *, overwrite: bool,
                       input_path: str | os.PathLike | None = None) -> Path:
     """Validate ``path`` for writing; raises OutputError with a one-line reason."""
@@ -60,7 +69,7 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool,
         exists = p.exists()
         if p.is_dir():
             raise OutputError(f"output is a directory: {p}")
-        if input_path is not None and exists and p.resolve() == Path(input_path).resolve():
+        if input_path is not None and exists and same_file(p, input_path):
             raise OutputError(f"output would replace the input: {p}")
     except OSError as exc:  # a path too long as a whole, a loop of links
         raise OutputError(f"cannot use the output path {p}: {exc.strerror}") from exc

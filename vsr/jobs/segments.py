@@ -139,7 +139,7 @@ def segment_problem(path: Path, frames: int, size: int | None) -> str | None:
         with av.open(file_url(path)) as c:
             if not c.streams.video:
                 return "holds no video"
-            count = sum(1 for pkt in c.demux(c.streams.video[0]) if pkt.size)
+            count = _count(c, c.streams.video[0])
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         return f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
     if count != frames:

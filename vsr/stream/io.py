@@ -28,6 +28,7 @@ import numpy as np
 from vsr.errors import ConfigError, InputError, OutputError
 from vsr.io.ffmpeg_sink import FfmpegRelay
 from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of
+from vsr.io.output import same_file as same_file_path
 from vsr.io.sink import EncodeConfig, VideoEncoder
 from vsr.io.source import rgb_format
 from vsr.stream.audio import AudioFeed, LivePassthrough
@@ -107,12 +108,7 @@ def same_file(src: str, dst: str) -> bool:
     """Whether ``src`` and ``dst`` open the same local file: one path, a symbolic or a hard
     link to the other. False when either is ``-`` or a URL."""
     a, b = local_path(src), local_path(dst)
-    if a is None or b is None:
-        return False
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one does not exist (yet): the same only by name, links resolved
-        return os.path.realpath(a) == os.path.realpath(b)
+    return a is not None and b is not None and same_file_path(a, b)
 
 
 @dataclass(frozen=True)
