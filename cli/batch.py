@@ -8,6 +8,7 @@ import time
 import click
 
 from vsr.cli.common import emit_json, encode_options, json_option, model_options
+from vsr.cli.main import printable
 
 
 class _BatchBar:
@@ -97,8 +98,8 @@ def batch(inputs: tuple[str, ...], output_dir: str,
         result = run_batch(config, progress=bar)
     finally:
         bar.done()
-    for item in result.failed:
-        click.echo(f"failed: {item['input']}: {item['error']}", err=True)
+    for item in result.failed:  # one line each, whatever a file name holds (a newline...)
+        click.echo(printable(f"failed: {item['input']}: {item['error']}"), err=True)
     click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped, "
                f"{len(result.failed)} failed; {result.segments_computed} segments computed, "
                f"{result.segments_reused} reused, {result.frames_computed} frames in "

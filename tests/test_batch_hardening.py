@@ -515,3 +515,168 @@ def test_cut_off_matroska_fails_in_batch_too(tmp_path):
     [failed] = result.failed
     assert "half.mkv is truncated or damaged" in failed["error"]
     assert result.segments_computed == 0 and not (out / "half.mkv").exists()
+
+
+# --- round 3: per-input warnings, a job store that cannot be used, a file size limit ----------
+
+def _hdr10_clip(path: Path, frames: int = 8) -> Path:
+    """64x48 10-bit HEVC with HDR10 side data, a keyframe every 2 frames."""
+    import numpy as np
+
+    master = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx265", rate=25)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p10le"
+        st.codec_context.color_primaries, st.codec_context.color_trc = 9, 16
+        st.codec_context.options = {"x265-params": f"log-level=error:master-display={master}:"
+                                                   "max-cll=1000,400:keyint=2:min-keyint=1"}
+        for i in range(frames):
+            rgb = np.full((48, 64, 3), 20 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=st.pix_fmt)
+            frame.pts = i
+            out.mux(st.encode(frame))
+        out.mux(st.encode(None))
+    return path
+
+
+def _alpha_clip(path: Path, frames: int = 8) -> Path:
+    """64x48 FFV1 yuva420p (an alpha channel), a keyframe every 2 frames."""
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("ffv1", rate=25)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuva420p"
+        st.codec_context.gop_size = 2
+        for i in range(frames):
+            rgba = np.full((48, 64, 4), 20 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=st.pix_fmt)
+            frame.pts = i
+            out.mux(st.encode(frame))
+        out.mux(st.encode(None))
+    return path
+
+
+def test_per_input_warnings_are_said_once_per_file_not_per_segment(tmp_path):
+    """Each segment opens the input and an encoder: the HDR10 loss and the alpha channel were
+    warned of once per segment (4 times each here), by two workers at once."""
+    if "libx265" not in av.codecs_available:
+        pytest.skip("no libx265 in this PyAV")
+    hdr, alpha = _hdr10_clip(tmp_path / "hdr.mkv"), _alpha_clip(tmp_path / "alpha.mkv")
+    out = tmp_path / "out"
+    code, report, err = _run(str(hdr), str(alpha), "-o", str(out), *BICUBIC, "--codec", "ffv1",
+                             "--segment-frames", "2", "--devices", "cpu,cpu")
+    assert code == 0 and len(report["done"]) == 2, err
+    assert "8 segments computed" in err, err
+    lost = [ln for ln in err.splitlines() if "HDR10" in ln]
+    assert lost == ["WARNING vsr.io.sink: hdr.mkv: ffv1 cannot carry the input's HDR10 "
+                    "mastering display and content light level metadata; the output has none "
+                    "(use libx265 or libx264 to keep it)"], err
+    said = [ln for ln in err.splitlines() if "alpha channel" in ln]
+    assert said == ["WARNING vsr.engine: alpha.mkv has an alpha channel (yuva420p): the colour "
+                    "is upscaled, the output has no alpha"], err
+
+
+def _store_after_one_file(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A batch of one tiny clip, done: (the clip, the output folder, its job store)."""
+    src = make_clip(tmp_path / "a.mp4", frames=3)
+    out = tmp_path / "out"
+    code, _, err = _run(str(src), "-o", str(out), *BICUBIC)
+    assert code == 0, err
+    return src, out, out / ".vsr-batch" / "jobs.sqlite"
+
+
+def test_a_damaged_job_store_is_one_clean_error(tmp_path):
+    """A page of the store overwritten (a bad disk, a copy cut short): SQLite's
+    DatabaseError came out as `Error: internal error: DatabaseError: ...`."""
+    src, out, db = _store_after_one_file(tmp_path)
+    data = bytearray(db.read_bytes())
+    assert len(data) > 8192
+    data[4096:8192] = b"\xff" * 4096  # the second page
+    db.write_bytes(bytes(data))
+    code, _, err = _run(str(src), "-o", str(out), *BICUBIC, "--overwrite")
+    line = _one_clean_error(code, err)
+    assert line.startswith(f"Error: cannot read the job store {db}: "), line
+    assert line.endswith(f"(the file is damaged; remove {db.parent} to start the batch's "
+                         "record anew)"), line
+
+
+def test_a_read_only_job_store_is_one_clean_error(tmp_path):
+    """The store file alone read-only (its folder writable): the first write of the run
+    raised sqlite3.OperationalError, `Error: internal error: ...`."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) for a private read-only mount")
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    probe = tmp_path / "probe"
+    probe.write_text("")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script, str(probe), "sh", "-c",
+                        '! echo x > "$0"', str(probe)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"no private read-only bind mount here: {r.stderr.strip()}")
+    src, out, db = _store_after_one_file(tmp_path)
+    other = make_clip(tmp_path / "b.mp4", frames=3)  # new work: the store must be written
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script, str(db), *VSR, "batch", str(src),
+                        str(other), "-o", str(out), *BICUBIC],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    line = _one_clean_error(r.returncode, r.stderr)
+    assert line == f"Error: cannot write the job store {db}: attempt to write a readonly database"
+    assert not (out / "b.mp4").exists() and _partials(out) == []
+
+
+def _noise_clip(path: Path, frames: int = 24) -> Path:
+    """96x72 random frames (they do not compress), a keyframe every 8."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 96, 72, "yuv420p"
+        v.codec_context.gop_size = 8
+        v.codec_context.options = {"preset": "ultrafast"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (72, 96, 3), np.uint8),
+                                               format="rgb24")
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+    return path
+
+
+def _file_size_limit() -> None:
+    import resource
+
+    # 3 segments of ~80 kB and the job store's log fit, the joined ~240 kB does not
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))  # Python ignores SIGXFSZ
+
+
+def test_a_join_past_the_file_size_limit_fails_plainly_and_resumes(tmp_path):
+    """Every segment fits under the limit, the joined output does not: the failure read
+    `[Errno 27] File too large: 'file:out/.noise.PID.HEX.partial.mp4'`. Now the plain reason,
+    nothing partial left, the segments kept for --resume."""
+    src = _noise_clip(tmp_path / "noise.mp4")
+    out = tmp_path / "out"
+    args = [*VSR, "batch", str(src), "-o", str(out), *BICUBIC, "--segment-frames", "8",
+            "--preset", "ultrafast", "--json"]
+    r = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=120,
+                       preexec_fn=_file_size_limit)
+    assert r.returncode == 1, r.stderr
+    [failed] = json.loads(r.stdout)["failed"]
+    assert failed["error"].endswith("failed: the file is too large for the file system"), failed
+    assert ".partial" not in failed["error"] and _partials(out) == []
+    assert not (out / "noise.mp4").exists()
+    r = subprocess.run([*args, "--resume"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "0 segments computed, 3 reused" in r.stderr, r.stderr
+    assert video_pts_seconds(out / "noise.mp4") == video_pts_seconds(src)
+
+
+def test_a_file_name_with_a_newline_stays_on_its_failure_line(tmp_path):
+    """The summary printed each failed input as it is: a name holding a newline split its line
+    (and a name like "x\\nError: ..." forged one). Escaped, as log lines are."""
+    name = tmp_path / "new\nError: forged.mp4"
+    name.write_text("not media")
+    code, report, err = _run(str(name), "-o", str(tmp_path / "out"), *BICUBIC)
+    assert code == 1 and [f["input"] for f in report["failed"]] == [str(name)]
+    lines = err.strip().splitlines()
+    assert not any(ln.startswith("Error:") for ln in lines), err
+    [failed] = [ln for ln in lines if ln.startswith("failed: ")]
+    assert failed.startswith(f"failed: {tmp_path}/new\\nError: forged.mp4: "), err

@@ -152,6 +152,7 @@ def test_pixel_limit_in_training_image_reader(tmp_path, monkeypatch):
     ("png", ".png", "rgb24", "image2"), ("mjpeg", ".jpg", "yuvj444p", "image2"),
     ("gif", ".gif", "rgb8", "gif"), ("bmp", ".bmp", "bgr24", "image2"),
     ("libwebp", ".webp", "yuv420p", "webp"), ("ppm", ".ppm", "rgb24", "image2"),
+    ("wrapped_avframe", ".y4m", "yuv420p", "yuv4mpegpipe"),
 ])
 def test_declared_size_reads_the_header(tmp_path, codec, suffix, pix_fmt, fmt):
     if codec not in av.codecs_available:
@@ -165,6 +166,32 @@ def test_declared_size_reads_the_header(tmp_path, codec, suffix, pix_fmt, fmt):
         for pkt in [*s.encode(frame), *s.encode(None)]:
             out.mux(pkt)
     assert declared_size(path) == (37, 23)
+
+
+def _y4m(path: Path, width: int, height: int) -> Path:
+    """A Y4M file whose header declares ``width`` x ``height`` (one short frame follows)."""
+    path.write_bytes(f"YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n".encode()
+                     + b"FRAME\n" + bytes(1000))
+    return path
+
+
+def test_y4m_declaring_huge_frames_is_one_line_naming_file_and_size(tmp_path, monkeypatch):
+    """60000x60000 is past what FFmpeg decodes at all: its demuxer failed with "Device or
+    resource busy". The header is read first, and no VSR_MAX_PIXELS lets it through."""
+    big = _y4m(tmp_path / "big.y4m", 60000, 60000)
+    assert declared_size(big) == (60000, 60000)
+    [res] = _cli_under_limit([["upscale", str(big), str(tmp_path / "out.mp4"),
+                               "--model", "bicubic", "--scale", "2"]])
+    line = _one_error_line(res)
+    assert line == ("Error: big.y4m: frames of 60000x60000 (3,600,000,000 pixels) are too "
+                    "large to decode"), line
+    assert not (tmp_path / "out.mp4").exists()
+    monkeypatch.setenv("VSR_MAX_PIXELS", str(10**12))
+    with pytest.raises(InputError, match="frames of 60000x60000 .* too large"):
+        PyAVSource(big)
+    monkeypatch.setenv("VSR_MAX_PIXELS", "1000")  # within what FFmpeg takes: the limit's say
+    with pytest.raises(InputError, match="declares a 9000x9000 picture.*VSR_MAX_PIXELS"):
+        PyAVSource(_y4m(tmp_path / "mid.y4m", 9000, 9000))
 
 
 def test_declared_size_of_other_files_is_unknown(tmp_path, clip):
@@ -604,3 +631,70 @@ def test_an_input_with_alpha_says_the_output_has_none(tmp_path, caplog):
         if warned:
             assert said == [f"{name} has an alpha channel (rgba): the colour is upscaled, "
                             "the output has no alpha"]
+
+
+def _palette_png(path: Path, alphas: list[int]) -> Path:
+    """An 8x6 palette PNG (pal8) whose every pixel is colour 0; colour i has alpha
+    ``alphas[i]``, the rest are opaque. PyAV's encoder writes a tRNS chunk where one is not."""
+    import numpy as np
+
+    frame = av.VideoFrame(8, 6, "pal8")
+    np.frombuffer(frame.planes[0], np.uint8)[:] = 0
+    colours = np.frombuffer(frame.planes[1], np.uint32)  # native-endian 0xAARRGGBB
+    colours[:] = 0xFF000000
+    for i, a in enumerate(alphas):
+        colours[i] = (a << 24) | 0x204060 + i
+    cc = av.CodecContext.create("png", "w")
+    cc.width, cc.height, cc.pix_fmt = 8, 6, "pal8"
+    data = b"".join(bytes(p) for p in cc.encode(frame) + cc.encode(None))
+    assert (b"tRNS" in data) == any(a != 0xFF for a in alphas)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_palette_picture_with_transparency_has_alpha(tmp_path, caplog):
+    """A palette PNG with a tRNS chunk decodes as pal8, whose one component is no alpha: the
+    output lost its transparency without a word. Judged by the colours the picture uses."""
+    from vsr.io.info import has_alpha
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    for name, alphas, warned in (("see-through.png", [0x80, 0xFF], True),
+                                 ("opaque.png", [0xFF, 0xFF], False),
+                                 ("unused.png", [0xFF, 0x00], False)):  # colour 1 is not used
+        src = _palette_png(tmp_path / name, alphas)
+        with PyAVSource(src) as s:
+            assert s.info.pix_fmt == "pal8" and has_alpha(s.info.pix_fmt) == warned, name
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="vsr.engine"):
+            upscale_file(UpscaleConfig(input=src, output=tmp_path / f"up-{name}",
+                                       model="bicubic", scale=2))
+        said = [r.getMessage() for r in caplog.records if "alpha" in r.getMessage()]
+        assert said == ([f"{name} has an alpha channel (pal8): the colour is upscaled, the "
+                         "output has no alpha"] if warned else []), said
+
+
+@pytest.mark.parametrize("codec", ["ffv1", "libx265"])
+def test_an_input_with_alpha_is_encoded_without_an_alpha_plane(tmp_path, codec):
+    """The frames are RGB: an encoder that lists the input's yuva420p got it anyway (FFV1
+    wrote an alpha plane, all opaque; libx265 built without alpha failed the run)."""
+    import numpy as np
+
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} not in this PyAV")
+    src = tmp_path / "alpha.mkv"
+    with av.open(str(src), "w") as out:
+        st = out.add_stream("ffv1", rate=25)
+        st.width, st.height, st.pix_fmt = 32, 24, "yuva420p"
+        for i in range(3):
+            rgba = np.full((24, 32, 4), 40 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format="yuva420p")
+            frame.pts = i
+            out.mux(st.encode(frame))
+        out.mux(st.encode(None))
+    out_path = tmp_path / f"out-{codec}.mkv"
+    upscale_file(UpscaleConfig(input=src, output=out_path, model="bicubic", scale=2,
+                               encode=EncodeConfig(codec=codec)))
+    with av.open(str(out_path)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"

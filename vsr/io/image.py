@@ -56,6 +56,7 @@ IMAGE_SUFFIXES = frozenset(IMAGE_FORMATS)
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_PIXELS_ENV = "VSR_MAX_PIXELS"
 _HEAD_BYTES = 1 << 20  # where the size of a PNG/JPEG/GIF/BMP/WebP/PPM must have been said
+_FFMPEG_MAX_BYTES = (1 << 31) - 1  # INT_MAX
 
 
 def max_pixels() -> int:
@@ -63,8 +64,19 @@ def max_pixels() -> int:
     return env_limit(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
 
 
+def ffmpeg_takes(width: int, height: int) -> bool:
+    """Whether FFmpeg accepts a ``width`` x ``height`` picture at all (av_image_check_size:
+    8 bytes a pixel with 128 of padding each way must stay under 2 GiB); beyond that its
+    demuxers fail with an unrelated error code ("Device or resource busy")."""
+    return 8 * (width + 128) * (height + 128) < _FFMPEG_MAX_BYTES
+
+
 def check_pixels(width: int, height: int, name: object) -> None:
-    """Raise InputError if a ``width`` x ``height`` picture is over the pixel limit."""
+    """Raise InputError if a ``width`` x ``height`` picture is over the pixel limit, or larger
+    than FFmpeg can decode whatever the limit (0: a size not known yet, not checked)."""
+    if width > 0 and height > 0 and not ffmpeg_takes(width, height):
+        raise InputError(f"{name}: frames of {width}x{height} ({width * height:,} pixels) are "
+                         "too large to decode")
     limit = max_pixels()
     if width * height > limit:
         raise InputError(f"{name} declares a {width}x{height} picture ({width * height:,} "
@@ -73,8 +85,8 @@ def check_pixels(width: int, height: int, name: object) -> None:
 
 
 def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) from the header of a PNG, JPEG, GIF, BMP, WebP or PNM file, read
-    without decoding; None for other files or a header that does not say."""
+    """(width, height) from the header of a PNG, JPEG, GIF, BMP, WebP or PNM picture, or of
+    a Y4M video, read without decoding; None for other files or a header that does not say."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(_HEAD_BYTES)
@@ -91,11 +103,23 @@ def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
         return abs(w), abs(h)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return _webp_size(head)
+    if head[:10] == b"YUV4MPEG2 ":
+        return _y4m_size(head)
     if len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456":
         fields = re.sub(rb"#[^\n]*", b" ", head[2:256]).split()
         if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
             return int(fields[0]), int(fields[1])
     return None
+
+
+def _y4m_size(head: bytes) -> tuple[int, int] | None:
+    """The W and H parameters of a YUV4MPEG2 stream header (one line of space-separated
+    parameters, each a letter and its value)."""
+    fields = head[10:head.find(b"\n", 10)].split()
+    size = {f[:1]: f[1:] for f in fields if f[:1] in (b"W", b"H") and f[1:].isdigit()}
+    if len(size) != 2:
+        return None
+    return int(size[b"W"]), int(size[b"H"])
 
 
 def _jpeg_size(head: bytes) -> tuple[int, int] | None:

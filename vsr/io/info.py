@@ -183,9 +183,39 @@ def bit_depth_of(pix_fmt: str) -> int:
     return max((c.bits for c in comps), default=8)
 
 
+class PixelFormat(str):
+    """A pixel format name that also says whether its pictures have transparency the name
+    cannot tell: a palette (pal8) has none or some, by the alpha of the colours it uses."""
+
+    alpha: bool
+
+    def __new__(cls, name: str, *, alpha: bool = False) -> PixelFormat:
+        out = super().__new__(cls, name)
+        out.alpha = alpha
+        return out
+
+
+def decoded_format(frame: av.VideoFrame) -> str:
+    """The pixel format of a decoded ``frame``: its name, as a :class:`PixelFormat` that has
+    ``alpha`` where it is a palette picture that uses a colour that is not opaque (a PNG
+    with a tRNS chunk, a GIF's transparent index)."""
+    name = frame.format.name
+    if name != "pal8" or len(frame.planes) < 2:
+        return name
+    # plane 0: one index a pixel (rows padded to line_size); plane 1: 256 native-endian
+    # 0xAARRGGBB colours, those a decoder leaves unset opaque
+    h, w, line = frame.height, frame.width, frame.planes[0].line_size
+    index = np.frombuffer(frame.planes[0], np.uint8, count=h * line).reshape(h, line)[:, :w]
+    colours = np.frombuffer(frame.planes[1], np.uint32, count=256)
+    used = np.unique(index)
+    return PixelFormat(name, alpha=bool(((colours[used] >> 24) != 0xFF).any()))
+
+
 def has_alpha(pix_fmt: str | None) -> bool:
-    """Whether a pixel format name carries an alpha channel (rgba, ya8, yuva420p...; a
-    palette's transparency cannot be told from the name)."""
+    """Whether a pixel format carries an alpha channel (rgba, ya8, yuva420p...; a palette's
+    transparency is told by a :class:`PixelFormat` from :func:`decoded_format`)."""
+    if getattr(pix_fmt, "alpha", False):
+        return True
     try:
         return any(c.is_alpha for c in av.VideoFormat(pix_fmt).components)
     except (ValueError, TypeError):

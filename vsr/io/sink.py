@@ -13,12 +13,13 @@ import logging
 import os
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 
 from vsr.errors import ConfigError, OutputError
-from vsr.io.info import StreamInfo, bit_depth_of
+from vsr.io.info import StreamInfo, bit_depth_of, has_alpha
 from vsr.io.output import (
     SinkContext,
     check_output_path,
@@ -159,7 +160,9 @@ class PtsOrder:
 
 def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None) -> str:
     """The encoder pixel format: the request, else the input's bit depth and chroma layout
-    where the codec allows it (10-bit stays 10-bit), else the codec's nearest 8-bit format."""
+    where the codec allows it (10-bit stays 10-bit), else the codec's nearest 8-bit format.
+    Never one with alpha unless requested: the frames are RGB (an alpha plane would be all
+    opaque, and an encoder may list such a format it was built without, as libx265 does)."""
     check_codec(codec)
     formats = [f.name for f in (av.codec.Codec(codec, "w").video_formats or ())]
     if requested is not None:
@@ -168,13 +171,13 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None) -> str:
         return requested
     if not formats:
         return info.pix_fmt
-    if info.pix_fmt in formats:
+    if info.pix_fmt in formats and not has_alpha(info.pix_fmt):
         return info.pix_fmt
     chroma = "444" if "444" in info.pix_fmt else "422" if "422" in info.pix_fmt else "420"
     depth = info.bit_depth
     ranked = sorted(
         (f for f in formats if f.startswith(("yuv", "p0", "p2", "gbrp", "nv12"))),
-        key=lambda f: (bit_depth_of(f) < depth, abs(bit_depth_of(f) - depth),
+        key=lambda f: (has_alpha(f), bit_depth_of(f) < depth, abs(bit_depth_of(f) - depth),
                        chroma not in f, f.startswith("yuvj"), f.startswith("nv")),
     )
     return ranked[0] if ranked else formats[0]
@@ -195,23 +198,30 @@ def _check_named_option(codec: str, option: av.codec.context.CodecOption, value:
     raise ConfigError(f"unknown {codec} {option.name} {value!r}; known: {', '.join(names)}")
 
 
-def hdr_params(codec: str, info: StreamInfo) -> list[str]:
+def hdr_params(codec: str, info: StreamInfo, *, warn: bool = True) -> list[str]:
     """x264/x265 params carrying the input's HDR10 static metadata; for an encoder that
-    cannot take them, one warning naming what the output loses."""
-    if info.hdr is None:
-        return []
-    params = info.hdr.x26x_params(codec)
-    if not params:
-        log.warning("%s cannot carry the input's HDR10 %s; the output has none (use "
-                    "libx265 or libx264 to keep it)", codec, info.hdr.describe())
-    return params
+    cannot take them, one warning naming what the output loses (unless not ``warn``)."""
+    if warn:
+        warn_hdr_lost(codec, info)
+    return info.hdr.x26x_params(codec) if info.hdr is not None else []
+
+
+def warn_hdr_lost(codec: str, info: StreamInfo) -> None:
+    """Warn when the encoder ``codec`` cannot carry the HDR10 metadata of the input ``info``
+    (said once per output: a batch says it when it joins a file's segments)."""
+    if info.hdr is not None and not info.hdr.x26x_params(codec):
+        log.warning("%s: %s cannot carry the input's HDR10 %s; the output has none (use "
+                    "libx265 or libx264 to keep it)", Path(info.path).name or info.path, codec,
+                    info.hdr.describe())
 
 
 class VideoEncoder:
     """The encode half shared by the sinks: RGB ndarray -> YUV frame -> packets."""
 
     def __init__(self, stream: av.video.stream.VideoStream, info: StreamInfo,
-                 width: int, height: int, config: EncodeConfig) -> None:
+                 width: int, height: int, config: EncodeConfig, *,
+                 warn_lost: bool = True) -> None:
+        """``warn_lost``: warn of input metadata the encoder cannot carry (HDR10)."""
         self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt)
         cc = stream.codec_context
         cc.width, cc.height, cc.pix_fmt = width, height, self.pix_fmt
@@ -249,7 +259,7 @@ class VideoEncoder:
 
             if (asm := x264_asm_without_avx512()) is not None:  # the same output on every run
                 params.append(f"asm={asm}")
-        params += hdr_params(cc.name, info)
+        params += hdr_params(cc.name, info, warn=warn_lost)
         if params:  # only libx264 and libx265 get any
             opts[cc.name.removeprefix("lib") + "-params"] = ":".join(params)
         cc.options = opts
@@ -318,7 +328,9 @@ class PyAVSink(SinkContext):
                 raise OutputError(f"the output format of {self.path.name} "
                                   f"({out.format.name}) cannot hold {config.codec} video; "
                                   "use .mp4, .mkv, .mov or another video container") from exc
-            self._enc = VideoEncoder(stream, info, width, height, config)
+            # the whole file; a batch segment's loss is said at the join, once per file
+            self._enc = VideoEncoder(stream, info, width, height, config,
+                                     warn_lost=copy_streams)
             self._stream = stream
 
         if copy_streams:

@@ -18,7 +18,15 @@ import numpy as np
 
 from vsr.errors import InputError
 from vsr.io.image import IMAGE_SUFFIXES, limit_stream, open_limited
-from vsr.io.info import ColorInfo, Frame, HdrMetadata, StreamInfo, bit_depth_of, other_streams
+from vsr.io.info import (
+    ColorInfo,
+    Frame,
+    HdrMetadata,
+    StreamInfo,
+    bit_depth_of,
+    decoded_format,
+    other_streams,
+)
 from vsr.io.paths import file_url
 from vsr.options import DECODERS, check_choice
 
@@ -99,7 +107,7 @@ class PyAVSource:
 
     def _describe(self, p: Path, first: av.VideoFrame) -> StreamInfo:
         s, cc = self._stream, self._stream.codec_context
-        fmt = first.format.name
+        fmt = decoded_format(first)  # a palette's transparency too
         rate = s.average_rate or s.guessed_rate or s.base_rate
         color = ColorInfo(
             range=int(first.color_range or cc.color_range or 0),

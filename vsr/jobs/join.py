@@ -15,22 +15,26 @@ from pathlib import Path
 import av
 
 from vsr.errors import OutputError, PipelineError
-from vsr.io.output import check_output_path, discard, finish, temp_path_for
+from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
 from vsr.io.passthrough import Passthrough, container_tags, warn_interlaced
 from vsr.io.paths import file_url
+from vsr.io.sink import warn_hdr_lost
 from vsr.io.source import PyAVSource
 
 log = logging.getLogger(__name__)
 
 def join_segments(input_path: Path, segments: list[Path], output: Path, *,
-                  overwrite: bool = False, frames: list[int] | None = None) -> dict[int, int]:
+                  overwrite: bool = False, frames: list[int] | None = None,
+                  codec: str | None = None) -> dict[int, int]:
     """Write ``output`` from the segment files and the input's other streams.
 
     ``frames``: the frames each segment must hold (one video packet each); a segment with
-    more or fewer fails the join, so no frame is ever lost or doubled silently. Returns the
-    copied packet count per input stream. Raises OutputError or PipelineError (segments that
-    cannot be read, hold other frame counts or do not fit together); on failure no output is
-    left behind.
+    more or fewer fails the join, so no frame is ever lost or doubled silently. ``codec``:
+    the encoder that wrote the segments, to warn once per file of input metadata it cannot
+    carry (HDR10), as the input's interlacing is. Returns the copied packet count per input
+    stream. Raises OutputError (a failed write: a full disk, a file size limit) or
+    PipelineError (segments that cannot be read, hold other frame counts or do not fit
+    together); on failure no output is left behind.
     """
     if not segments:
         raise PipelineError("no segments to join")
@@ -67,6 +71,8 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         with av.open(file_url(input_path)) as src:
             meta = dict(src.streams[info.index].metadata)
             warn_interlaced(src.streams[info.index], input_path)
+        if codec is not None:
+            warn_hdr_lost(codec, info)
         video.metadata.update(passthrough.tags_for_video(meta))
         chapters = passthrough.chapters
         if chapters:
@@ -84,7 +90,10 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                 raise PipelineError(f"segment {path.name} holds {count} frames where "
                                     f"{frames[k]} were written")
         passthrough.mux_rest(out)
-        out.close()
+        try:
+            out.close()
+        except (av.error.FFmpegError, OSError) as exc:  # the trailer: a full disk
+            raise write_error(final, exc, "finishing") from exc
     except BaseException:
         with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
             out.close()
@@ -165,8 +174,8 @@ def _mux(out: av.container.OutputContainer, video: av.stream.Stream, passthrough
     pkt.stream = video
     try:
         out.mux(pkt)
-    except av.error.FFmpegError as exc:
-        raise OutputError(f"writing the joined output failed: {exc}") from exc
+    except av.error.FFmpegError as exc:  # its plain reason, not the temporary file's name
+        raise write_error(None, exc, "writing the joined output") from exc
     return pkt.dts
 
 

@@ -40,8 +40,9 @@ from vsr.jobs.segments import (
     is_segmentable,
     plan_segments,
     segment_problem,
+    warnings_once_per_input,
 )
-from vsr.jobs.store import JobStore, SegmentRow
+from vsr.jobs.store import JobStore, SegmentRow, StoreError
 from vsr.jobs.workers import INTERRUPTED
 from vsr.pipeline.run import eta_seconds
 
@@ -220,7 +221,8 @@ class Tracker:
         if f.seg_dir is not None:
             try:
                 join_segments(f.job.input, segment_paths(f), f.job.output,
-                              overwrite=self.overwrite, frames=[s.frames for s in f.segments])
+                              overwrite=self.overwrite, frames=[s.frames for s in f.segments],
+                              codec=f.job.options.encode.codec)
             except Exception as exc:  # the file fails, not the task that happened to end last
                 self._fail_file(f, _reason(exc))
                 return
@@ -373,7 +375,8 @@ def run_batch(config: BatchConfig,
         raise OutputError(f"cannot create the output folder {config.output_dir}: "
                           f"{exc.strerror or exc}") from exc
     try:
-        with JobStore(config.state_dir / "jobs.sqlite", wait=config.wait) as store:
+        with (JobStore(config.state_dir / "jobs.sqlite", wait=config.wait) as store,
+              warnings_once_per_input()):
             return _run(config, store, t0, progress)
     except KeyboardInterrupt as exc:  # while planning or joining in this thread
         raise Interrupted(INTERRUPTED) from exc
@@ -407,6 +410,8 @@ def _run(config: BatchConfig, store: JobStore, t0: float,
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
             tasks.extend(plan_file(job, config, store, tracker))
+        except StoreError:  # the batch's own record, not this file: the batch stops
+            raise
         except (VsrError, OSError) as exc:
             tracker.fail_unplanned(job, _reason(exc))
     report = None

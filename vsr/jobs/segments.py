@@ -11,7 +11,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,46 @@ from vsr.upscale import UpscaleConfig, upscale_file
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".nut"
+
+# The loggers whose warnings in a task are about its input as a whole (an alpha channel the
+# output drops, --tile overriding --backend): every segment of a video would say them again.
+PER_INPUT_LOGGERS = ("vsr.engine", "vsr.io.sink")
+_TASK_INPUT: ContextVar[str | None] = ContextVar("vsr_task_input", default=None)
+
+
+class _OncePerInput(logging.Filter):
+    """Drops a warning that a task of the same input has logged already (in this batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        source = _TASK_INPUT.get()
+        if source is None or record.levelno < logging.WARNING:
+            return True
+        key = (source, record.name, record.getMessage())
+        with self._lock:
+            if key in self._said:
+                return False
+            self._said.add(key)
+        return True
+
+
+@contextlib.contextmanager
+def warnings_once_per_input() -> Iterator[None]:
+    """Within the block, a warning of PER_INPUT_LOGGERS logged while :func:`run_task` runs is
+    said once per input file, however many of its segments run (on any worker thread)."""
+    once = _OncePerInput()
+    loggers = [logging.getLogger(name) for name in PER_INPUT_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(once)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(once)
 
 
 @dataclass(frozen=True)
@@ -178,6 +220,15 @@ def run_task(task: Task, handles: HandleCache,
     Raises VsrError subclasses (InputError, OutputError, ModelError, PipelineError ...);
     on failure nothing is left at ``task.path``.
     """
+    said = _TASK_INPUT.set(str(task.job.input))  # see warnings_once_per_input
+    try:
+        return _run_task(task, handles, progress)
+    finally:
+        _TASK_INPUT.reset(said)
+
+
+def _run_task(task: Task, handles: HandleCache,
+              progress: Callable[[int], None] | None) -> TaskResult:
     if task.segment is None:
         return _run_whole(task, handles, progress)
     seg = task.segment

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,19 @@ class StoreBusy(OutputError):
     """Another process holds the job store (a batch running on the same output folder)."""
 
 
+class StoreError(OutputError):
+    """The job store cannot be read or written (a full disk, a read-only or damaged file):
+    the batch as a whole stops, not one file of it."""
+
+
+def _store_error(path: Path, exc: sqlite3.Error, doing: str) -> StoreError:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, sqlite3.OperationalError):  # "file is not a database", "malformed"
+        return StoreError(f"cannot {doing} the job store {path}: {text} (the file is damaged; "
+                          f"remove {path.parent} to start the batch's record anew)")
+    return StoreError(f"cannot {doing} the job store {path}: {text}")
+
+
 class JobStore:
     """The batch's SQLite file, locked for this process while open.
 
@@ -96,16 +110,28 @@ class JobStore:
             if self._db is not None:
                 self._db.close()
             os.close(self._lock_fd)  # releases the lock
-            if isinstance(exc, sqlite3.Error | OSError):
+            if isinstance(exc, sqlite3.Error):
+                raise _store_error(self.path, exc, "open") from exc
+            if isinstance(exc, OSError):
                 raise OutputError(f"cannot open the job store {self.path}: {exc}") from exc
             raise
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            with contextlib.suppress(sqlite3.Error):  # what it could not write is reported
+                self._db.close()
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
+
+    @contextlib.contextmanager
+    def _using(self, doing: str = "write") -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; an SQLite failure becomes a StoreError."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc, doing) from exc
 
     def __enter__(self) -> JobStore:
         return self
@@ -116,9 +142,9 @@ class JobStore:
     def finished(self, input_path: str, output: str, fingerprint: str) -> bool:
         """True when this input was finished into this output with these settings and the
         output is there."""
-        with self._lock:
-            row = self._db.execute("SELECT fingerprint, status FROM files WHERE input = ? "
-                                   "AND output = ?", (input_path, output)).fetchone()
+        with self._using("read") as db:
+            row = db.execute("SELECT fingerprint, status FROM files WHERE input = ? "
+                             "AND output = ?", (input_path, output)).fetchone()
         return row is not None and row == (fingerprint, "done") and Path(output).is_file()
 
     def begin(self, input_path: str, output: str, fingerprint: str,
@@ -128,7 +154,7 @@ class JobStore:
         With ``resume``, a previous attempt with the same settings and plan keeps its finished
         segments; otherwise its segments start over. Returns (file id, kept old segments).
         """
-        with self._lock, self._db:
+        with self._using() as db, db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT id, fingerprint FROM files WHERE input = ? AND "
                                    "output = ?", (input_path, output)).fetchone()
@@ -155,10 +181,10 @@ class JobStore:
             return file_id, False
 
     def segments(self, file_id: int) -> list[SegmentRow]:
-        with self._lock:
-            rows = self._db.execute("SELECT idx, start_pts, end_pts, frames, status, runs, "
-                                    "bytes FROM segments WHERE file_id = ? ORDER BY idx",
-                                    (file_id,)).fetchall()
+        with self._using("read") as db:
+            rows = db.execute("SELECT idx, start_pts, end_pts, frames, status, runs, "
+                              "bytes FROM segments WHERE file_id = ? ORDER BY idx",
+                              (file_id,)).fetchall()
         return [SegmentRow(i, s, e, n, st == "done", r, b) for i, s, e, n, st, r, b in rows]
 
     def segment_started(self, file_id: int, index: int) -> None:
@@ -183,8 +209,8 @@ class JobStore:
                     (error, time.time(), file_id))
 
     def _write(self, sql: str, args: tuple) -> None:
-        with self._lock:
-            self._db.execute(sql, args)
+        with self._using() as db:
+            db.execute(sql, args)
 
 
 def _flock(fd: int, path: Path, wait: bool) -> None:

@@ -25,6 +25,7 @@ from functools import partial
 
 from vsr.errors import Interrupted
 from vsr.jobs.segments import HandleCache, Task, run_task
+from vsr.jobs.store import StoreError
 from vsr.threads import Worker, start_all, stop_and_wait
 
 log = logging.getLogger(__name__)
@@ -110,5 +111,7 @@ def _work(todo: queue.Queue, tracker, device: str, stop: threading.Event) -> Non
                  time.perf_counter() - t0, device, result.backend)
         try:
             tracker.finished(task, result)
+        except StoreError:  # the batch's record cannot be written: every worker stops
+            raise
         except Exception as exc:
             tracker.task_failed(task, exc)
