@@ -65,13 +65,15 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
               help="If another vsr batch is running on DIR, wait for it to end (default: "
                    "refuse at once).")
 @click.option("--segment-frames", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Cut videos at the first keyframe after this many frames.")
+              help="Cut videos at the first keyframe after this many frames (with "
+                   "--deflicker a video is one segment: the filter runs through it in order).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Batch progress on stderr.")
 @json_option
 def batch(inputs: tuple[str, ...], output_dir: str,
           manifest: tuple[str, ...], template: str, model: str | None, scale: int | None,
-          precision: str, tile: int | None, backend: str, batch: int, codec: str,
+          precision: str, tile: int | None, backend: str, batch: int, deflicker: float,
+          codec: str,
           crf: int | None, preset: str | None,
           pix_fmt: str | None, devices: tuple[str, ...], ray_address: str | None,
           resume: bool, overwrite: bool, wait: bool, segment_frames: int, progress: bool,
@@ -87,8 +89,8 @@ def batch(inputs: tuple[str, ...], output_dir: str,
     from vsr.jobs import BatchConfig, JobOptions, run_batch
 
     options = JobOptions(model=model, scale=scale, precision=precision, tile=tile,
-                         backend=backend, batch=batch, codec=codec, crf=crf, preset=preset,
-                         pix_fmt=pix_fmt)
+                         backend=backend, batch=batch, deflicker=deflicker, codec=codec,
+                         crf=crf, preset=preset, pix_fmt=pix_fmt)
     config = BatchConfig(inputs=inputs, output_dir=output_dir, manifests=manifest,
                          template=template, options=options, devices=devices, resume=resume,
                          overwrite=overwrite, segment_frames=segment_frames, ray=ray_address,

@@ -35,7 +35,8 @@ from vsr.options import BACKEND_CHOICES
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @json_option
 def bench(input_path: str, model: str | None, scale: int | None, device: str, precision: str,
-          tile: int | None, frames: int, codec: str, crf: int | None, preset: str | None,
+          tile: int | None, deflicker: float,
+          frames: int, codec: str, crf: int | None, preset: str | None,
           pix_fmt: str | None, decoder: str, backends: str, batch: int, repeats: int,
           output_path: str | None, overwrite: bool, as_json: bool) -> None:
     """Measure decode-only, model-only, encode-only, pipeline and serial-loop throughput.
@@ -57,8 +58,8 @@ def bench(input_path: str, model: str | None, scale: int | None, device: str, pr
         config = BenchConfig(input=input_path, model=model, scale=scale, device=device,
                              precision=precision, frames=frames, tile=tile, decoder=decoder,
                              encode=encode_config(codec, crf, preset, pix_fmt),
-                             backend=name, batch=batch, repeats=repeats, output=output_path,
-                             overwrite=overwrite)
+                             backend=name, batch=batch, deflicker=deflicker,
+                             repeats=repeats, output=output_path, overwrite=overwrite)
         result = run_bench(config, lambda stage, fps: click.echo(f"{stage:>9}: {fps:8.2f} fps",
                                                                  err=True))
         results.append(result)

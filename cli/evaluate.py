@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vsr.cli.common import device_option, emit_json, json_option, model_option, scale_option
+from vsr.cli.common import (
+    deflicker_option,
+    device_option,
+    emit_json,
+    json_option,
+    model_option,
+    scale_option,
+)
 from vsr.errors import ConfigError
 from vsr.options import EVAL_BASELINES, PRECISIONS
 
@@ -94,13 +101,15 @@ def _video_table(results: Sequence[ClipResult]) -> str:
               help="Compute precision of the model: fp32 scores the model itself; auto scores "
                    "what vsr upscale runs on this machine for 8-bit frames of 50,000 pixels and "
                    "more, whatever the image size (see vsr upscale --help).")
+@deflicker_option()
 @click.option("--raw-gray", is_flag=True,
               help="Score grayscale files on their gray values instead of Y, as the MATLAB "
                    "scripts behind published tables do (Set14's bridge.png).")
 @json_option
 def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | None,
              frames: int, seed: int | None, scale: int | None, model: str | None,
-             baseline: str | None, device: str, precision: str, raw_gray: bool,
+             baseline: str | None, device: str, precision: str, deflicker: float,
+             raw_gray: bool,
              as_json: bool) -> None:
     """PSNR/SSIM on the Y channel with the standard SR protocol, on images or video.
 
@@ -126,7 +135,7 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
         video_config = VideoEvalConfig(videos=videos, degrade=degrade or "bicubic",
                                        frames=frames, model=model, baseline=baseline,
                                        scale=scale, device=device, seed=seed,
-                                       precision=precision)
+                                       precision=precision, deflicker=deflicker)
         clips = run_video_evaluation(video_config, progress=_StderrProgress())
         if as_json:
             emit_json(summarize_video(clips))
@@ -135,9 +144,9 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
         return
     if not data:
         raise ConfigError("give a benchmark folder (--data) or a clip (--video)")
-    if degrade is not None or seed is not None:
-        raise ConfigError("--degrade and --seed apply to --video; image eval uses the bicubic "
-                          "protocol")
+    if degrade is not None or seed is not None or deflicker:
+        raise ConfigError("--degrade, --seed and --deflicker apply to --video; image eval uses "
+                          "the bicubic protocol")
     config = EvalConfig(data=data, scale=scale, model=model, baseline=baseline, device=device,
                         raw_gray=raw_gray, precision=precision)
     results = run_evaluation(config, progress=_StderrProgress())

@@ -33,7 +33,7 @@ def _render(as_json: bool, to_stdout: bool):
 @click.command()
 @click.argument("src", metavar="SRC")
 @click.argument("dst", metavar="DST")
-@model_options()
+@model_options(deflicker=0.5)
 @encode_options(preset_help="Encoder preset (x264/x265 default: veryfast).")
 @click.option("--gop", type=click.IntRange(min=1), default=None,
               help="Keyframe interval in frames (default: one second).")
@@ -58,7 +58,8 @@ def _render(as_json: bool, to_stdout: bool):
 @click.option("--json", "as_json", is_flag=True,
               help="Stats as JSON lines (on stdout, or stderr when DST is -).")
 def stream(src: str, dst: str, model: str | None, scale: int | None, device: str,
-           precision: str, tile: int | None, backend: str, batch: int, codec: str,
+           precision: str, tile: int | None, backend: str, batch: int, deflicker: float,
+           codec: str,
            crf: int | None, preset: str | None, pix_fmt: str | None, gop: int | None,
            max_latency: int, drop: str, reconnect: bool, read_timeout: float,
            input_format: str | None, output_format: str | None, via_ffmpeg: bool,
@@ -73,14 +74,14 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
     SRC itself (or a link to it).
 
     Without --model (at x2) the model is drn-t-x2-drc50-x264, trained for H.264-compressed
-    input, which live streams are.
+    input, which live streams are, and --deflicker is 0.5 (--deflicker 0: off).
     """
     from vsr.errors import InputError
     from vsr.stream import StreamConfig, run_stream
 
     config = StreamConfig(
         src=src, dst=dst, model=model, scale=scale, device=device, precision=precision,
-        tile=tile, backend=backend, batch=batch,
+        tile=tile, backend=backend, batch=batch, deflicker=deflicker,
         encode=encode_config(codec, crf, preset, pix_fmt),
         max_latency_ms=max_latency, drop=drop, reconnect=reconnect, read_timeout_s=read_timeout,
         input_format=input_format, output_format=output_format, gop=gop, via_ffmpeg=via_ffmpeg,

@@ -24,6 +24,7 @@ from vsr.io.source import Frame, Source
 from vsr.loading import is_small_frame, load_model
 from vsr.options import BACKEND_PRECISIONS, ModelOptions
 from vsr.pipeline import ComputeReport, Progress, RunStats, make_processor, run_pipeline
+from vsr.pipeline.temporal import Deflicker, Deflickered
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,14 @@ class Prepared:
         return tuple(self.runner.notes) if self.runner is not None else ()
 
     def processor(self, overlap: int = 16):
-        """A fresh inference stage (one per run: it holds the run's in-flight frames)."""
-        return make_processor(self.handle, tile=self.options.tile, overlap=overlap,
-                              runner=self.runner, batch=self.options.batch)
+        """A fresh inference stage (one per run: it holds the run's in-flight frames and the
+        deflicker filter's running output)."""
+        processor = make_processor(self.handle, tile=self.options.tile, overlap=overlap,
+                                   runner=self.runner, batch=self.options.batch)
+        if self.options.deflicker:
+            processor = Deflickered(processor, Deflicker(self.options.deflicker,
+                                                         self.handle.scale))
+        return processor
 
 
 class ModelCache:

@@ -54,6 +54,13 @@ def check_model(model: object) -> None:
         raise ConfigError(f"model must be a name or a path, not {model!r}")
 
 
+def check_deflicker(value: object) -> None:
+    """A number in [0, 1): the deflicker strength (0: off; vsr.pipeline.temporal)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0.0 <= value < 1.0:  # NaN fails both comparisons
+        raise ConfigError(f"deflicker must be a number in [0, 1) (0: off), got {value!r}")
+
+
 def check_scale(scale: object) -> None:
     """None (the model's own) or an integer of at least 2."""
     check_at_least("scale", scale, 2, optional=True)
@@ -75,7 +82,8 @@ class ModelOptions:
     ``model``: a registry name, a .safetensors path or ``"bicubic"`` (None: the default model);
     ``scale``: None for the model's own (needed for bicubic); ``precision``: one of PRECISIONS;
     ``tile``: infer in tiles of that many pixels (None: whole frames); ``backend``: one of
-    ``vsr.backends.CHOICES``; ``batch``: frames per model call.
+    ``vsr.backends.CHOICES``; ``batch``: frames per model call; ``deflicker``: the temporal
+    filter's strength in [0, 1) (0: off; :mod:`vsr.pipeline.temporal`).
     """
 
     model: str | None = None
@@ -84,6 +92,7 @@ class ModelOptions:
     tile: int | None = None
     backend: str = "auto"
     batch: int = 1
+    deflicker: float = 0.0
 
     def __post_init__(self) -> None:
         check_model(self.model)
@@ -92,6 +101,7 @@ class ModelOptions:
         check_at_least("tile", self.tile, MIN_TILE, optional=True)
         check_choice("backend", self.backend, BACKEND_CHOICES)
         check_at_least("batch", self.batch, 1)
+        check_deflicker(self.deflicker)
 
 
 @dataclass(frozen=True, kw_only=True)

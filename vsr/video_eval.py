@@ -51,7 +51,8 @@ from vsr.evaluate import (
 )
 from vsr.io.source import PyAVSource
 from vsr.metrics import psnr_y, rgb_to_y, ssim_y
-from vsr.options import PRECISIONS, check_choice, check_model
+from vsr.options import PRECISIONS, check_choice, check_deflicker, check_model
+from vsr.pipeline.temporal import Deflicker
 
 __all__ = ["ClipResult", "Scores", "VideoEvalConfig", "evaluate_clip", "flicker", "read_hr_frames",
            "run_video_evaluation", "summarize_video"]
@@ -88,6 +89,7 @@ class ClipResult:
     seed: int | None = None
     per_frame_psnr: tuple[float, ...] = field(default=(), repr=False)
     precision: str = "float32"  # the dtype the model computed in
+    deflicker: float = 0.0  # the model's frames' temporal filter strength (0: off)
 
     def to_json(self) -> dict[str, Any]:
         """The ``vsr eval --video --json`` row: the image eval row plus video fields."""
@@ -96,6 +98,7 @@ class ClipResult:
             "dataset": self.dataset, "scale": self.scale, "psnr": s["psnr"], "ssim": s["ssim"],
             "images": self.frames, "frames": self.frames, "degrade": self.degrade,
             "flicker": s["flicker"], "model": self.model, "precision": self.precision,
+            "deflicker": self.deflicker,
         }
         if self.seed is not None:
             row["seed"] = self.seed
@@ -123,6 +126,7 @@ class VideoEvalConfig:
     device: str = "auto"
     seed: int | None = None
     precision: str = "fp32"  # as EvalConfig's: the reference unless asked
+    deflicker: float = 0.0  # the model's frames through vsr.pipeline.temporal (0: off)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "videos", tuple(Path(v) for v in self.videos))
@@ -145,6 +149,7 @@ class VideoEvalConfig:
             raise ConfigError("--model bicubic needs --scale")
         resolve_device(self.device)  # the spelling; availability is checked when it runs
         check_choice("precision", self.precision, PRECISIONS)
+        check_deflicker(self.deflicker)
 
     @property
     def chain(self) -> DegradationChain:
@@ -204,9 +209,12 @@ def flicker(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> float:
     return math.fsum(rmses) / len(rmses)
 
 
-def _upscale_clip(handle: UpscaleHandle, lr: torch.Tensor, hr_shape: Sequence[int]) -> torch.Tensor:
-    """uint8 (T, 3, h, w) -> uint8 (T, 3, H, W) on the CPU, one frame per model call."""
+def _upscale_clip(handle: UpscaleHandle, lr: torch.Tensor, hr_shape: Sequence[int], *,
+                  deflicker: float = 0.0) -> torch.Tensor:
+    """uint8 (T, 3, h, w) -> uint8 (T, 3, H, W) on the CPU, one frame per model call, in order
+    through the deflicker filter when ``deflicker`` > 0 (as ``vsr upscale --deflicker``)."""
     h, w = hr_shape[-2:]
+    steady = Deflicker(deflicker, int(handle.scale)) if deflicker else None
     out = []
     with torch.inference_mode():
         for t in range(lr.shape[0]):
@@ -215,7 +223,10 @@ def _upscale_clip(handle: UpscaleHandle, lr: torch.Tensor, hr_shape: Sequence[in
                     or sr.shape[:2] != (1, 3) or sr.shape[-2] < h or sr.shape[-1] < w:
                 got = f"{tuple(sr.shape)} {sr.dtype}" if torch.is_tensor(sr) else type(sr).__name__
                 raise ModelError(f"model output {got} does not fit uint8 (1, 3, {h}, {w})")
-            out.append(sr[0, :, :h, :w].cpu())
+            sr = sr[0].cpu()
+            if steady is not None:  # the filter sees the model's whole output, as the engine's
+                sr = steady(lr[t].permute(1, 2, 0), sr.permute(1, 2, 0)).permute(2, 0, 1)
+            out.append(sr[:, :h, :w])
     return torch.stack(out)
 
 
@@ -234,9 +245,10 @@ def _score(sr: torch.Tensor, hr: torch.Tensor, scale: int, *, name: str = "",
 
 def evaluate_clip(handle: UpscaleHandle, path: str | os.PathLike, chain: DegradationChain,
                   scale: int, frames: int, *, baseline: UpscaleHandle | None = None,
-                  seed: int | None = None, progress: ProgressCallback | None = None
-                  ) -> ClipResult:
-    """Score ``handle`` (and ``baseline``, on the same LR frames) on one clip.
+                  seed: int | None = None, progress: ProgressCallback | None = None,
+                  deflicker: float = 0.0) -> ClipResult:
+    """Score ``handle`` (and ``baseline``, on the same LR frames) on one clip; the model's
+    frames pass through the deflicker filter when ``deflicker`` > 0, the baseline's never.
 
     Raises:
         InputError: the clip is missing, unreadable or too short.
@@ -247,11 +259,11 @@ def evaluate_clip(handle: UpscaleHandle, path: str | os.PathLike, chain: Degrada
     lr = chain.apply_clip(hr, scale, seed=seed)
     log.debug("%s: %d frames %dx%d -> LR %dx%d by %s", name, frames, hr.shape[-1],
               hr.shape[-2], lr.shape[-1], lr.shape[-2], chain)
-    sr = _upscale_clip(handle, lr, hr.shape)
+    sr = _upscale_clip(handle, lr, hr.shape, deflicker=deflicker)
     scores, per_frame = _score(sr, hr, scale, name=name, progress=progress)
     base = _score(_upscale_clip(baseline, lr, hr.shape), hr, scale)[0] if baseline else None
     return ClipResult(name, scale, frames, str(chain), getattr(handle, "name", "model"), scores,
-                      base, seed, per_frame)
+                      base, seed, per_frame, deflicker=deflicker)
 
 
 def run_video_evaluation(config: VideoEvalConfig, *,
@@ -281,7 +293,8 @@ def run_video_evaluation(config: VideoEvalConfig, *,
              len(config.videos), config.frames, chain)
     return [dataclasses.replace(
                 evaluate_clip(handle, video, chain, scale, config.frames, baseline=baseline,
-                              seed=config.seed, progress=progress), precision=precision)
+                              seed=config.seed, progress=progress,
+                              deflicker=config.deflicker), precision=precision)
             for video in config.videos]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -306,7 +307,9 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
         task = Task(job, file_id, None, job.output, overwrite=config.overwrite)
         _register(tracker, _File(job, file_id, None, [task], [], 1))
         return [task]
-    segments = plan_segments(job.input, config.segment_frames)
+    # the deflicker filter carries each frame into the next: one segment, as `vsr upscale` runs
+    min_frames = sys.maxsize if job.options.deflicker else config.segment_frames
+    segments = plan_segments(job.input, min_frames)
     plan = [(s.start, s.end, s.frames) for s in segments]
     file_id, kept = store.begin(str(job.input), str(job.output), fingerprint, plan,
                                 config.resume)

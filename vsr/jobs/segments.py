@@ -253,7 +253,8 @@ def _run_whole(task: Task, handles: HandleCache,
     o = task.job.options
     config = UpscaleConfig(input=task.job.input, output=task.path, model=o.model, scale=o.scale,
                            device=str(handles.device), precision=o.precision, tile=o.tile,
-                           backend=o.backend, batch=o.batch, encode=o.encode,
+                           backend=o.backend, batch=o.batch, deflicker=o.deflicker,
+                           encode=o.encode,
                            overwrite=task.overwrite)
     result = upscale_file(config, progress=(lambda p: progress(p.frames_done))
                           if progress is not None else None, models=handles.models)
