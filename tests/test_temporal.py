@@ -69,8 +69,8 @@ def test_a_static_scene_with_noise_is_steadied():
         sr = _u8(_up(torch.from_numpy(lr_clean)).numpy() + rng.normal(0, 4.0, (64, 96, 3)))
         raw.append(sr.float())
         out.append(f(lr, sr).float())
-    step_raw = torch.stack([(b - a).std() for a, b in zip(raw, raw[1:])]).mean()
-    step_out = torch.stack([(b - a).std() for a, b in zip(out, out[1:])]).mean()
+    step_raw = torch.stack([(b - a).std() for a, b in zip(raw, raw[1:], strict=False)]).mean()
+    step_out = torch.stack([(b - a).std() for a, b in zip(out, out[1:], strict=False)]).mean()
     assert step_out < 0.75 * step_raw  # 0.5 at most of the previous: about 0.58x the change
 
 
@@ -147,11 +147,11 @@ def test_upscale_and_batch_filter_the_whole_file_in_order(tmp_path):
     a, b = _frames(plain), _frames(steady)
     assert len(a) == len(b) == 8
     assert np.array_equal(a[0], b[0])
-    assert any(not np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
+    assert any(not np.array_equal(x, y) for x, y in zip(a[1:], b[1:], strict=True))
     r = _vsr("batch", str(clip), "-o", str(tmp_path / "out"), "--model", MODEL,
              "--deflicker", "0.5", "--segment-frames", "2", *LOSSLESS, "--devices", "cpu",
              "--no-progress", "--json")
     assert r.returncode == 0, r.stderr
     done = json.loads(r.stdout.splitlines()[-1])["done"]
     got = _frames(Path(done[0]["output"]))
-    assert len(got) == 8 and all(np.array_equal(x, y) for x, y in zip(b, got))
+    assert len(got) == 8 and all(np.array_equal(x, y) for x, y in zip(b, got, strict=True))
