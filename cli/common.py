@@ -92,8 +92,9 @@ def deflicker_option(default: float = 0.0) -> Decorator:
         help="Temporal filter strength in [0, 1), 0: off. Where the previous output still "
              "matches the new input frame, the two are blended (up to S of the previous), so "
              "codec noise the model sharpens stops flickering; moving content passes as the "
-             "model made it. For compressed video (0.5: steadier than bicubic on every "
-             "shared clip at CRF 18 and 28); it blurs clean, finely moving detail.")
+             "model made it. For compressed video (0.5: steadier than bicubic on all six "
+             "shared clips at CRF 28, five of six at CRF 18); it blurs clean, finely moving "
+             "detail.")
 
 
 def model_options(*, device: bool = True, backend: bool = True,

@@ -521,8 +521,6 @@ def test_cut_off_matroska_fails_in_batch_too(tmp_path):
 
 def _hdr10_clip(path: Path, frames: int = 8) -> Path:
     """64x48 10-bit HEVC with HDR10 side data, a keyframe every 2 frames."""
-    import numpy as np
-
     master = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
     with av.open(str(path), "w") as out:
         st = out.add_stream("libx265", rate=25)
@@ -530,29 +528,29 @@ def _hdr10_clip(path: Path, frames: int = 8) -> Path:
         st.codec_context.color_primaries, st.codec_context.color_trc = 9, 16
         st.codec_context.options = {"x265-params": f"log-level=error:master-display={master}:"
                                                    "max-cll=1000,400:keyint=2:min-keyint=1"}
-        for i in range(frames):
-            rgb = np.full((48, 64, 3), 20 * i, np.uint8)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=st.pix_fmt)
-            frame.pts = i
-            out.mux(st.encode(frame))
-        out.mux(st.encode(None))
+        _mux_flat_frames(out, st, frames, "rgb24")
     return path
+
+
+def _mux_flat_frames(out, st, frames: int, fmt: str) -> None:
+    """``frames`` flat 64x48 frames of rising level, given in ``fmt`` (rgb24 or rgba)."""
+    import numpy as np
+
+    for i in range(frames):
+        pixels = np.full((48, 64, 4 if fmt == "rgba" else 3), 20 * i, np.uint8)
+        frame = av.VideoFrame.from_ndarray(pixels, format=fmt).reformat(format=st.pix_fmt)
+        frame.pts = i
+        out.mux(st.encode(frame))
+    out.mux(st.encode(None))
 
 
 def _alpha_clip(path: Path, frames: int = 8) -> Path:
     """64x48 FFV1 yuva420p (an alpha channel), a keyframe every 2 frames."""
-    import numpy as np
-
     with av.open(str(path), "w") as out:
         st = out.add_stream("ffv1", rate=25)
         st.width, st.height, st.pix_fmt = 64, 48, "yuva420p"
         st.codec_context.gop_size = 2
-        for i in range(frames):
-            rgba = np.full((48, 64, 4), 20 * i, np.uint8)
-            frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=st.pix_fmt)
-            frame.pts = i
-            out.mux(st.encode(frame))
-        out.mux(st.encode(None))
+        _mux_flat_frames(out, st, frames, "rgba")
     return path
 
 
