@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -223,7 +224,9 @@ def printable(text: str) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = printable(" ".join(str(exc).split()))
+    """The message on one line: a newline in it (a file name may hold one) is shown as \\n,
+    not turned into a space that would name another file."""
+    text = re.sub(" {2,}", " ", printable(str(exc).strip()))
     return text or type(exc).__name__
 
 

@@ -16,6 +16,7 @@ from vsr.cli.common import (
     json_option,
     model_options,
 )
+from vsr.cli.main import printable
 
 
 class _Bar:
@@ -98,6 +99,6 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
     if as_json:
         emit_json(result.to_json())
     else:
-        click.echo(f"{result.frames_out} frames -> {result.output} "
-                   f"({result.width}x{result.height}) in {result.seconds:.1f} s, "
-                   f"{result.fps:.2f} fps", err=True)
+        click.echo(printable(f"{result.frames_out} frames -> {result.output} "
+                             f"({result.width}x{result.height}) in {result.seconds:.1f} s, "
+                             f"{result.fps:.2f} fps"), err=True)

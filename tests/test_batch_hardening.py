@@ -678,3 +678,25 @@ def test_a_file_name_with_a_newline_stays_on_its_failure_line(tmp_path):
     assert not any(ln.startswith("Error:") for ln in lines), err
     [failed] = [ln for ln in lines if ln.startswith("failed: ")]
     assert failed.startswith(f"failed: {tmp_path}/new\\nError: forged.mp4: "), err
+
+
+def test_an_output_the_store_cannot_record_is_removed_so_the_rerun_can_make_it(tmp_path):
+    """The join wrote the output, then the store failed to record it (a full disk): an
+    unrecorded output would make the rerun refuse ("exists"), so it is removed and the
+    batch stops with the store's error."""
+    from vsr.jobs.plan import Job
+    from vsr.jobs.runner import Tracker, _File
+    from vsr.jobs.store import JobStore, StoreError
+
+    output = tmp_path / "out" / "a.png"
+    output.parent.mkdir()
+    output.write_bytes(b"written by the join")
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        file_id, _ = store.begin(str(tmp_path / "a.png"), str(output), "fp", [(None, None, 1)],
+                                 resume=False)
+        tracker = Tracker(store, overwrite=False)
+        job = Job(tmp_path / "a.png", output)
+        store._db.close()  # the real connection fails from here on, as on a full disk
+        with pytest.raises(StoreError, match="job store"):
+            tracker.complete(_File(job, file_id, None, [], [], 1))
+    assert not output.exists()

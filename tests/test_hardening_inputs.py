@@ -698,3 +698,21 @@ def test_an_input_with_alpha_is_encoded_without_an_alpha_plane(tmp_path, codec):
                                encode=EncodeConfig(codec=codec)))
     with av.open(str(out_path)) as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+
+
+def test_a_newline_in_a_file_name_is_shown_escaped_on_one_line(tmp_path):
+    """Error and success lines name the file exactly (\\n shown as such), on one line: a
+    newline turned into a space would name another file, a raw one would split the line."""
+    run = {"capture_output": True, "text": True, "timeout": 300, "cwd": tmp_path}
+    r = subprocess.run([sys.executable, "-m", "vsr", "upscale", "new\nmissing.mp4", "o.mp4"],
+                       **run)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == ["Error: input not found: new\\nmissing.mp4"]
+    frame = av.VideoFrame.from_ndarray(torch.zeros(24, 32, 3, dtype=torch.uint8).numpy())
+    frame.to_image().save(tmp_path / "in.png")
+    r = subprocess.run([sys.executable, "-m", "vsr", "upscale", "in.png", "out\nx.png",
+                        "--model", "bicubic", "--scale", "2"], **run)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out\nx.png").is_file()
+    summary = [ln for ln in r.stderr.splitlines() if "frames ->" in ln]
+    assert len(summary) == 1 and "frames -> out\\nx.png (64x48) in" in summary[0]

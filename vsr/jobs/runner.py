@@ -227,8 +227,15 @@ class Tracker:
             except Exception as exc:  # the file fails, not the task that happened to end last
                 self._fail_file(f, _reason(exc))
                 return
+        try:
+            self.store.file_done(f.file_id, f.frames)
+        except StoreError:
+            # an output the record does not know would stop the rerun ("exists"): it goes,
+            # and the segments stay for --resume to join again
+            discard(f.job.output)
+            raise
+        if f.seg_dir is not None:
             shutil.rmtree(f.seg_dir, ignore_errors=True)
-        self.store.file_done(f.file_id, f.frames)
         with self.lock:
             # the backend that computed it (None: every segment was reused from a past run)
             self.done.append({"input": str(f.job.input), "output": str(f.job.output),
