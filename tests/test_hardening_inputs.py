@@ -616,21 +616,25 @@ def _png(path: Path, pix_fmt: str) -> Path:
 
 
 def test_an_input_with_alpha_says_the_output_has_none(tmp_path, caplog):
-    """vsr upscales colour only: a picture's transparency is not carried over, and the user
-    is told so rather than finding an opaque picture."""
+    """A picture's transparency is carried where the output holds it (PNG); where it cannot
+    (JPEG) the user is told so rather than finding an opaque picture (tests/test_alpha.py)."""
     from vsr.upscale import UpscaleConfig, upscale_file
 
-    for name, pix_fmt, warned in (("a.png", "rgba", True), ("b.png", "rgb24", False)):
+    for name, pix_fmt, out, warned in (("a.png", "rgba", "png", False),
+                                       ("a2.png", "rgba", "jpg", True),
+                                       ("b.png", "rgb24", "jpg", False)):
         caplog.clear()
         src = _png(tmp_path / name, pix_fmt)
-        with caplog.at_level("WARNING", logger="vsr.engine"):
-            upscale_file(UpscaleConfig(input=src, output=tmp_path / f"up-{name}",
+        with caplog.at_level("WARNING"):
+            upscale_file(UpscaleConfig(input=src, output=tmp_path / f"up-{name}.{out}",
                                        model="bicubic", scale=2))
         said = [r.getMessage() for r in caplog.records if "alpha" in r.getMessage()]
         assert bool(said) == warned, said
         if warned:
-            assert said == [f"{name} has an alpha channel (rgba): the colour is upscaled, "
-                            "the output has no alpha"]
+            [line] = said
+            assert line.startswith(f"{name} has an alpha channel (rgba) that a .jpg picture "
+                                   "cannot hold: the colour is upscaled, the output has no "
+                                   "alpha; "), line
 
 
 def _palette_png(path: Path, alphas: list[int]) -> Path:
@@ -665,18 +669,19 @@ def test_a_palette_picture_with_transparency_has_alpha(tmp_path, caplog):
         with PyAVSource(src) as s:
             assert s.info.pix_fmt == "pal8" and has_alpha(s.info.pix_fmt) == warned, name
         caplog.clear()
-        with caplog.at_level("WARNING", logger="vsr.engine"):
-            upscale_file(UpscaleConfig(input=src, output=tmp_path / f"up-{name}",
+        with caplog.at_level("WARNING"):  # a .jpg holds no alpha: said where there is some
+            upscale_file(UpscaleConfig(input=src, output=tmp_path / f"up-{name}.jpg",
                                        model="bicubic", scale=2))
         said = [r.getMessage() for r in caplog.records if "alpha" in r.getMessage()]
-        assert said == ([f"{name} has an alpha channel (pal8): the colour is upscaled, the "
-                         "output has no alpha"] if warned else []), said
+        assert [ln.split(":")[0] for ln in said] == (
+            [f"{name} has an alpha channel (pal8) that a .jpg picture cannot hold"]
+            if warned else []), said
 
 
 @pytest.mark.parametrize("codec", ["ffv1", "libx265"])
 def test_an_input_with_alpha_is_encoded_without_an_alpha_plane(tmp_path, codec):
-    """The frames are RGB: an encoder that lists the input's yuva420p got it anyway (FFV1
-    wrote an alpha plane, all opaque; libx265 built without alpha failed the run)."""
+    """libx265 lists yuva420p whether or not it was built with alpha (without, the run
+    failed): it gets yuv420p. FFV1 keeps the alpha plane (tests/test_alpha.py)."""
     import numpy as np
 
     from vsr.upscale import UpscaleConfig, upscale_file
@@ -697,7 +702,8 @@ def test_an_input_with_alpha_is_encoded_without_an_alpha_plane(tmp_path, codec):
     upscale_file(UpscaleConfig(input=src, output=out_path, model="bicubic", scale=2,
                                encode=EncodeConfig(codec=codec)))
     with av.open(str(out_path)) as c:
-        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+        assert c.streams.video[0].codec_context.pix_fmt == ("yuva420p" if codec == "ffv1"
+                                                            else "yuv420p")
 
 
 def test_a_newline_in_a_file_name_is_shown_escaped_on_one_line(tmp_path):

@@ -24,6 +24,7 @@ from vsr.io.source import Frame, Source
 from vsr.loading import is_small_frame, load_model
 from vsr.options import BACKEND_PRECISIONS, ModelOptions
 from vsr.pipeline import ComputeReport, Progress, RunStats, make_processor, run_pipeline
+from vsr.pipeline.alpha import AlphaCarried
 from vsr.pipeline.temporal import Deflicker, Deflickered
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,18 @@ class Prepared:
     def notes(self) -> tuple[str, ...]:
         return tuple(self.runner.notes) if self.runner is not None else ()
 
-    def processor(self, overlap: int = 16):
+    def processor(self, overlap: int = 16, *, alpha: bool = False):
         """A fresh inference stage (one per run: it holds the run's in-flight frames and the
-        deflicker filter's running output)."""
+        deflicker filter's running output). ``alpha``: finished frames of a Frame with an
+        alpha plane come out as RGBA, the plane resized (:class:`AlphaCarried`) after the
+        deflicker filter, which sees the colour only."""
         processor = make_processor(self.handle, tile=self.options.tile, overlap=overlap,
                                    runner=self.runner, batch=self.options.batch)
         if self.options.deflicker:
             processor = Deflickered(processor, Deflicker(self.options.deflicker,
                                                          self.handle.scale))
+        if alpha:
+            processor = AlphaCarried(processor, self.handle.scale)
         return processor
 
 
@@ -128,14 +133,18 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
     """Upscale ``frames`` (default: all of ``source``) into the sink ``open_sink(info, width,
     height)`` returns (a context manager; it is entered here, after the model is loaded).
 
+    The input's alpha plane (frames with ``Frame.alpha``) is carried where the sink holds
+    one (its ``alpha``: it then takes RGBA frames); a sink that cannot says so itself.
+
     Raises what loading, the pipeline and the sink raise (ConfigError, ModelError,
     PipelineError, OutputError...); KeyboardInterrupt propagates with the sink aborted.
     """
     models = models if models is not None else ModelCache()
     info = source.info
-    if has_alpha(info.pix_fmt):
-        log.warning("%s has an alpha channel (%s): the colour is upscaled, the output has no "
-                    "alpha", Path(info.path).name, info.pix_fmt)
+    if has_alpha(info.pix_fmt) and not info.alpha:
+        log.warning("%s has an alpha channel (%s) that this decoder does not read: the colour "
+                    "is upscaled, the output has no alpha (--decoder pyav reads it)",
+                    Path(info.path).name, info.pix_fmt)
     handle = models.handle(options, device, bit_depth=info.bit_depth,
                            pixels=info.width * info.height)
     width, height = info.width * handle.scale, info.height * handle.scale
@@ -144,11 +153,11 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
     prepared = models.prepare(handle, options, first.image if first is not None else None)
     if first is not None:
         frames = itertools.chain([first], frames)
-    processor = prepared.processor(overlap)
     log.info("%s %dx%d -> %dx%d with %s x%d on %s (%s, backend %s)", Path(info.path).name,
              info.width, info.height, width, height, handle.name, handle.scale, handle.device,
              handle.dtype, prepared.backend)
     with open_sink(info, width, height) as sink:
+        processor = prepared.processor(overlap, alpha=info.alpha and getattr(sink, "alpha", False))
         stats = run_pipeline(frames, processor, sink, depth=depth,
                              frames_total=frames_total if frames_total is not None
                              else info.frames, progress=progress)

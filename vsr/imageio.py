@@ -1,8 +1,8 @@
 """Still images (PNG, JPEG, ...) read and written through PyAV, so no Pillow or OpenCV is needed.
 
 Images are handled as RGB ``uint8`` tensors of shape (3, H, W) on the CPU. Grayscale, palette,
-alpha and 16-bit files are converted to 8-bit RGB on reading (alpha is dropped; `vsr upscale`
-warns when its input has alpha, vsr.engine.run_source).
+alpha and 16-bit files are converted to 8-bit RGB on reading (alpha is dropped here; `vsr upscale`
+carries it through vsr.io.source and vsr.pipeline.alpha).
 """
 
 from __future__ import annotations

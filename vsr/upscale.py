@@ -88,7 +88,7 @@ def open_sink(config: UpscaleConfig, info, width: int, height: int):
     """The sink ``config`` asks for: an image for an image input, else PyAV or ffmpeg."""
     if info.is_image:
         return ImageSink(config.output, width, height, overwrite=config.overwrite,
-                         input_path=str(config.input))
+                         input_path=str(config.input), info=info)
     if is_image_path(config.output):
         raise OutputError(f"a video input needs a video output, not {config.output.name}")
     if config.encoder == "ffmpeg":

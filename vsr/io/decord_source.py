@@ -2,7 +2,7 @@
 
 Stream information (and the timestamps' time base) come from a PyAV probe, so the sink and
 the stream copy see the same description whichever decoder reads the frames. decord hands
-out 8-bit RGB only; deeper input is read at 8 bits (logged).
+out 8-bit RGB only; deeper input is read at 8 bits and alpha is not read (both logged).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ class DecordSource:
         if info.bit_depth > 8:
             log.warning("decord reads %d-bit video as 8-bit; use --decoder pyav to keep depth",
                         info.bit_depth)
-        self.info = replace(info, frames=n)
+        # decord hands out RGB only: no alpha plane (vsr.engine.run_source says so)
+        self.info = replace(info, frames=n, alpha=False)
         self._taken = False
 
     def frames(self) -> Iterator[Frame]:

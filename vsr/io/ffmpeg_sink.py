@@ -23,10 +23,19 @@ import ffmpeg
 import numpy as np
 
 from vsr.errors import OutputError
-from vsr.io.info import StreamInfo
+from vsr.io.info import StreamInfo, has_alpha
 from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
 from vsr.io.paths import file_url
-from vsr.io.sink import EncodeConfig, PtsOrder, choose_pix_fmt, hdr_params
+from vsr.io.sink import (
+    EncodeConfig,
+    PtsOrder,
+    alpha_writer,
+    choose_pix_fmt,
+    hdr_params,
+    keeps_alpha,
+    warn_alpha_lost,
+    x265_quiet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +129,20 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
                                   ("color_trc", _TRC, c.transfer)):
             if value in table:
                 args += [f"-{key}:{pos}", table[value]]
-    if params := hdr_params(config.codec, info):  # raw RGB through the pipe carries none
+    # raw RGB through the pipe carries none; x265 prints its banner unless told not to
+    if params := hdr_params(config.codec, info) + x265_quiet(config.codec):
         args += [f"-{config.codec.removeprefix('lib')}-params:{pos}", ":".join(params)]
     return [*args, "-y", output]
 
 
+# the muxer ffmpeg picks by the output's suffix, where it matters for the alpha plane
+# (libvpx's, kept by Matroska and WebM only: vsr.io.sink.keeps_alpha)
+_MATROSKA_SUFFIXES = (".mkv", ".webm", ".mka", ".mk3d")
+
+
 class FfmpegSink(SinkContext):
-    """Same contract as PyAVSink (write(image, pts), close, abort, context manager)."""
+    """Same contract as PyAVSink (write(image, pts), close, abort, context manager); the
+    frames go through the pipe as RGBA where :attr:`alpha` (the input's alpha is kept)."""
 
     def __init__(self, path: str | os.PathLike, info: StreamInfo, width: int, height: int,
                  config: EncodeConfig = EncodeConfig(), *, overwrite: bool = False) -> None:
@@ -135,10 +151,16 @@ class FfmpegSink(SinkContext):
         self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
         self._overwrite = overwrite
         self._temp = temp_path_for(self.path)
+        suffix = self.path.suffix.lower()
+        container = "matroska" if suffix in _MATROSKA_SUFFIXES else suffix or "this container"
+        keep = info.alpha and keeps_alpha(config.codec, container)
         try:
-            self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt)
+            self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
         except Exception:  # a codec only the system ffmpeg has: keep the input's depth
             self.pix_fmt = config.pix_fmt or ("yuv420p10le" if info.bit_depth > 8 else "yuv420p")
+        self.alpha = keep and has_alpha(self.pix_fmt)
+        if info.alpha and not self.alpha:
+            warn_alpha_lost(info, alpha_writer(config.codec, self.pix_fmt, container))
         if info.rotation:
             log.warning("the ffmpeg sink does not carry the %d degree display rotation",
                         info.rotation)
@@ -154,7 +176,8 @@ class FfmpegSink(SinkContext):
                                       stderr=self._log, start_new_session=True)
         try:
             self._mux = av.open(self._proc.stdin, mode="w", format="nut")
-            fmt = "rgb24" if info.bit_depth <= 8 else "rgb48le"
+            fmt = ("rgba" if self.alpha else "rgb24") if info.bit_depth <= 8 else (
+                "rgba64le" if self.alpha else "rgb48le")
             st = self._mux.add_stream("rawvideo", rate=info.frame_rate or Fraction(25))
             st.width, st.height, st.pix_fmt = width, height, fmt
             st.time_base = info.time_base
@@ -175,11 +198,17 @@ class FfmpegSink(SinkContext):
         return OutputError(f"ffmpeg {what}: {_last_line(self._log)}")
 
     def write(self, image: np.ndarray, pts: int) -> None:
-        if image.shape != self._size + (3,) or image.dtype not in (np.uint8, np.uint16):
-            raise OutputError(f"frame {image.shape} {image.dtype} != {self._size + (3,)}")
-        if (image.dtype == np.uint16) != (self._fmt == "rgb48le"):
-            image = (image.astype(np.uint16) * 257 if self._fmt == "rgb48le"
-                     else (image >> 8).astype(np.uint8))
+        """(H, W, 3) RGB, or (H, W, 4) RGBA where :attr:`alpha`; uint8 or uint16."""
+        channels = 4 if self.alpha else 3
+        if image.shape[:2] != self._size or image.ndim != 3 or image.shape[2] not in (
+                3, channels) or image.dtype not in (np.uint8, np.uint16):
+            raise OutputError(f"frame {image.shape} {image.dtype} != {self._size + (channels,)}")
+        if image.shape[2] != channels:  # RGB into an RGBA pipe: opaque
+            top = np.iinfo(image.dtype).max
+            image = np.concatenate([image, np.full(self._size + (1,), top, image.dtype)], 2)
+        deep = self._fmt.endswith("le")
+        if (image.dtype == np.uint16) != deep:
+            image = (image.astype(np.uint16) * 257 if deep else (image >> 8).astype(np.uint8))
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=self._fmt)
         frame.pts, frame.time_base = pts, self._info.time_base
         try:

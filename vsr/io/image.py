@@ -19,6 +19,7 @@ import av
 import numpy as np
 
 from vsr.errors import InputError, OutputError
+from vsr.io.info import StreamInfo
 from vsr.io.output import SinkContext, check_output_path, store_file
 from vsr.limits import env_limit
 
@@ -26,25 +27,32 @@ from vsr.limits import env_limit
 @dataclass(frozen=True)
 class ImageFormat:
     """How a still-image suffix is written: the PyAV encoder, the pixel format it is fed for
-    8-bit pictures and for 16-bit ones (None: written at 8 bits), and encoder options."""
+    8-bit pictures and for 16-bit ones (None: written at 8 bits), encoder options, and the
+    pixel formats for pictures with alpha (None: the format holds none; 16-bit RGBA falls
+    back to 8 bits where there is an 8-bit one only)."""
 
     codec: str
     pix_fmt: str
     deep_pix_fmt: str | None = None
     options: tuple[tuple[str, str], ...] = ()
+    alpha_pix_fmt: str | None = None
+    deep_alpha_pix_fmt: str | None = None
 
 
 # The one list of still-image formats: what is read as an image (upscale, batch folders, eval
 # folders) is what can be written back under the same suffix (save_image: ImageSink and
 # imageio.write_image go through it).
 IMAGE_FORMATS: dict[str, ImageFormat] = {
-    ".png": ImageFormat("png", "rgb24", "rgb48be"),
+    ".png": ImageFormat("png", "rgb24", "rgb48be", alpha_pix_fmt="rgba",
+                        deep_alpha_pix_fmt="rgba64be"),
     ".jpg": ImageFormat("mjpeg", "yuvj444p"),
     ".jpeg": ImageFormat("mjpeg", "yuvj444p"),
     ".bmp": ImageFormat("bmp", "bgr24"),
-    ".tif": ImageFormat("tiff", "rgb24", "rgb48le"),
-    ".tiff": ImageFormat("tiff", "rgb24", "rgb48le"),
-    ".webp": ImageFormat("libwebp", "bgra", None, (("lossless", "1"),)),
+    ".tif": ImageFormat("tiff", "rgb24", "rgb48le", alpha_pix_fmt="rgba",
+                        deep_alpha_pix_fmt="rgba64le"),
+    ".tiff": ImageFormat("tiff", "rgb24", "rgb48le", alpha_pix_fmt="rgba",
+                         deep_alpha_pix_fmt="rgba64le"),
+    ".webp": ImageFormat("libwebp", "bgra", None, (("lossless", "1"),), alpha_pix_fmt="bgra"),
     ".ppm": ImageFormat("ppm", "rgb24", "rgb48be"),
     ".pgm": ImageFormat("pgm", "gray", "gray16be"),  # a gray picture stays gray
 }
@@ -206,8 +214,9 @@ def encode_image(image: np.ndarray, out: ImageFormat, *, jpeg_scale: int = 2,
     """One picture encoded as a whole file of format ``out``.
 
     Args:
-        image: (H, W, 3) RGB, uint8 or uint16 (kept at 16 bits where ``out`` has a deep
-            pixel format, else written at 8).
+        image: (H, W, 3) RGB, or (H, W, 4) RGBA where ``out`` has an alpha pixel format;
+            uint8 or uint16 (kept at 16 bits where ``out`` has a deep pixel format, else
+            written at 8).
         jpeg_scale: the JPEG quantiser scale, 2..31 (see :func:`jpeg_qscale`).
         name: what the file is called in error messages.
 
@@ -217,16 +226,22 @@ def encode_image(image: np.ndarray, out: ImageFormat, *, jpeg_scale: int = 2,
     Raises:
         OutputError: ``image`` breaks the contract, or the encoder fails.
     """
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
+    channels = (3, 4) if out.alpha_pix_fmt is not None else (3,)
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] not in channels \
             or image.dtype not in (np.uint8, np.uint16):
         shape = getattr(image, "shape", type(image).__name__)
-        raise OutputError(f"an image is written from an (H, W, 3) uint8 or uint16 array, got "
+        raise OutputError(f"an image is written from an (H, W, {' or '.join(map(str, channels))})"
+                          " uint8 or uint16 array, got "
                           f"{tuple(shape) if isinstance(shape, tuple) else shape} "
                           f"{getattr(image, 'dtype', '')}".rstrip())
     from vsr.io.sink import rgb_frame  # the sinks' frame copy (any byte order of uint16)
 
-    deep = image.dtype == np.uint16 and out.deep_pix_fmt is not None
-    pix_fmt = out.deep_pix_fmt if deep else out.pix_fmt
+    if image.shape[2] == 4:
+        deep = image.dtype == np.uint16 and out.deep_alpha_pix_fmt is not None
+        pix_fmt = out.deep_alpha_pix_fmt if deep else out.alpha_pix_fmt
+    else:
+        deep = image.dtype == np.uint16 and out.deep_pix_fmt is not None
+        pix_fmt = out.deep_pix_fmt if deep else out.pix_fmt
     cc = av.CodecContext.create(out.codec, "w")
     cc.options = dict(out.options)
     if out.codec == "mjpeg":
@@ -269,13 +284,23 @@ def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = 
 class ImageSink(SinkContext):
     """Writes exactly one (H, W, 3) RGB uint8/uint16 frame in the format of its suffix
     (IMAGE_FORMATS: 16 bits kept where the format has them), as :func:`save_image` does;
-    the path is checked when the sink opens, the file written when it closes."""
+    the path is checked when the sink opens, the file written when it closes.
+
+    ``info``: the input; where its frames carry alpha and the format holds it (.png, .webp,
+    .tif), :attr:`alpha` is set and the frame may be (H, W, 4) RGBA; where the format holds
+    none (.jpg, .bmp...), that is warned of."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, *,
                  overwrite: bool = False, input_path: str | None = None,
-                 jpeg_scale: int = 2) -> None:
+                 jpeg_scale: int = 2, info: StreamInfo | None = None) -> None:
         self._format = image_format(path)
         self.path = check_output_path(path, overwrite=overwrite, input_path=input_path)
+        wanted = info is not None and info.alpha
+        self.alpha = wanted and self._format.alpha_pix_fmt is not None
+        if wanted and not self.alpha:
+            from vsr.io.sink import warn_alpha_lost
+
+            warn_alpha_lost(info, f"a {self.path.suffix.lower()} picture")
         self._overwrite = overwrite
         self._size = (height, width)
         self._q = jpeg_scale
@@ -287,8 +312,11 @@ class ImageSink(SinkContext):
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
         if self._data is not None:
             raise OutputError("an image output takes one frame")
-        if image.shape != self._size + (3,) or image.dtype not in (np.uint8, np.uint16):
-            raise OutputError(f"frame {image.shape} {image.dtype} != {self._size + (3,)} uint8")
+        channels = (3, 4) if self.alpha else (3,)
+        if image.shape[:2] != self._size or image.ndim != 3 or image.shape[2] not in channels \
+                or image.dtype not in (np.uint8, np.uint16):
+            raise OutputError(f"frame {image.shape} {image.dtype} != "
+                              f"{self._size + (channels[-1],)} uint8")
         self._data, self.pix_fmt = encode_image(image, self._format, jpeg_scale=self._q,
                                                 name=self.path.name)
         self.frames = 1

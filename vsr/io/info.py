@@ -13,11 +13,14 @@ import numpy as np
 @dataclass(frozen=True)
 class Frame:
     """One decoded frame: ``image`` is (H, W, 3) RGB, uint8 for 8-bit input, uint16
-    (full 16-bit scale) for deeper input; ``pts`` is in the source's time base."""
+    (full 16-bit scale) for deeper input; ``pts`` is in the source's time base. ``alpha`` is
+    the (H, W) alpha plane, of ``image``'s dtype and scale (0 transparent, the maximum
+    opaque), for a source whose ``info.alpha`` is set; None otherwise."""
 
     index: int
     pts: int | None
     image: np.ndarray
+    alpha: np.ndarray | None = None
 
 
 # AVColorSpace values (as stored on streams and frames) -> swscale colour matrix.
@@ -145,7 +148,9 @@ class StreamInfo:
 
     ``frames`` is the container's count and may be None or approximate; the engine
     counts what it actually decodes. ``pix_fmt`` is the decoded pixel format and
-    ``bit_depth`` its bits per component (8, 10, 12, 16).
+    ``bit_depth`` its bits per component (8, 10, 12, 16). ``alpha``: the frames the source
+    hands out carry the input's alpha plane (``has_alpha(pix_fmt)`` says whether the input
+    has one; a decoder may still hand out colour only).
     """
 
     path: str
@@ -167,6 +172,7 @@ class StreamInfo:
     hdr: HdrMetadata | None = None  # of the first frame
     others: tuple[OtherStream, ...] = ()
     is_image: bool = False
+    alpha: bool = False  # the source's frames carry an alpha plane (Frame.alpha)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -184,8 +190,9 @@ def bit_depth_of(pix_fmt: str) -> int:
 
 
 class PixelFormat(str):
-    """A pixel format name that also says whether its pictures have transparency the name
-    cannot tell: a palette (pal8) has none or some, by the alpha of the colours it uses."""
+    """A pixel format name that also says whether its pictures have transparency where the
+    name cannot tell: a palette (pal8) has none or some, by the alpha of the colours it uses;
+    a GIF decodes as bgra whether or not any pixel is see-through."""
 
     alpha: bool
 
@@ -211,11 +218,37 @@ def decoded_format(frame: av.VideoFrame) -> str:
     return PixelFormat(name, alpha=bool(((colours[used] >> 24) != 0xFF).any()))
 
 
+# Decoders that hand out an alpha channel whatever the file holds: FFmpeg's GIF decoder
+# makes bgra of every GIF, opaque or not. Their pictures have alpha if a pixel is not opaque.
+_DECODER_MADE_ALPHA = frozenset({"gif"})
+
+
+def judged_format(frame: av.VideoFrame, decoder: str) -> str:
+    """:func:`decoded_format`, and for a decoder that gives every picture an alpha channel
+    (GIF's), a :class:`PixelFormat` whose ``alpha`` says whether any pixel of ``frame`` (the
+    first) is not fully opaque: one conversion of one frame."""
+    fmt = decoded_format(frame)
+    if decoder in _DECODER_MADE_ALPHA and format_has_alpha(fmt):
+        opaque = bool((frame.to_ndarray(format="rgba")[..., 3] == 0xFF).all())
+        return PixelFormat(fmt, alpha=not opaque)
+    return fmt
+
+
+def format_has_alpha(pix_fmt: str | None) -> bool:
+    """Whether the pixel format named ``pix_fmt`` has an alpha component (by its name only)."""
+    try:
+        return any(c.is_alpha for c in av.VideoFormat(str(pix_fmt)).components)
+    except (ValueError, TypeError):
+        return False
+
+
 def has_alpha(pix_fmt: str | None) -> bool:
     """Whether a pixel format carries an alpha channel (rgba, ya8, yuva420p...; a palette's
-    transparency is told by a :class:`PixelFormat` from :func:`decoded_format`)."""
-    if getattr(pix_fmt, "alpha", False):
-        return True
+    transparency, and whether a GIF's is used, is told by a :class:`PixelFormat` from
+    :func:`decoded_format` or :func:`judged_format`)."""
+    alpha = getattr(pix_fmt, "alpha", None)
+    if alpha is not None:
+        return alpha
     try:
         return any(c.is_alpha for c in av.VideoFormat(pix_fmt).components)
     except (ValueError, TypeError):

@@ -19,7 +19,7 @@ import av
 import numpy as np
 
 from vsr.errors import ConfigError, OutputError
-from vsr.io.info import StreamInfo, bit_depth_of, has_alpha
+from vsr.io.info import StreamInfo, bit_depth_of, format_has_alpha, has_alpha
 from vsr.io.output import (
     SinkContext,
     check_output_path,
@@ -82,20 +82,22 @@ class EncodeConfig:
 
 
 def rgb_frame(image: np.ndarray) -> av.VideoFrame:
-    """An rgb24 (uint8) or rgb48le (uint16) VideoFrame holding a copy of ``image`` (H, W, 3).
+    """An rgb24 / rgba (uint8) or rgb48le / rgba64le (uint16) VideoFrame holding a copy of
+    ``image`` (H, W, 3) RGB or (H, W, 4) RGBA.
 
     One numpy copy into the frame's own buffer, which runs without the GIL; PyAV's
     ``from_ndarray`` copies while holding it (9 ms per 2560x1440 frame here), stalling the
     pipeline's inference thread for that long on every frame.
     """
-    h, w, _ = image.shape
+    h, w, c = image.shape
     eight = image.dtype == np.uint8
-    frame = av.VideoFrame(w, h, "rgb24" if eight else "rgb48le")
+    fmt = {(True, 3): "rgb24", (False, 3): "rgb48le", (True, 4): "rgba", (False, 4): "rgba64le"}
+    frame = av.VideoFrame(w, h, fmt[eight, c])
     plane = frame.planes[0]
     dtype = np.dtype(np.uint8 if eight else "<u2")  # the frame's byte order, whatever image's is
     row = plane.line_size // dtype.itemsize
     dst = np.frombuffer(plane, dtype=dtype, count=h * row).reshape(h, row)
-    np.copyto(dst[:, : w * 3].reshape(h, w, 3), image)
+    np.copyto(dst[:, : w * c].reshape(h, w, c), image)
     return frame
 
 
@@ -158,11 +160,67 @@ class PtsOrder:
                         name, self.reordered, self.retimed)
 
 
-def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None) -> str:
+# Encoders that write an alpha plane in the formats with alpha they list. Others that list one
+# are left out: libx265 lists yuva420p whether or not it was built with alpha (and few
+# decoders read HEVC's alpha layer); NVENC's rgba/bgra are inputs it converts to YUV.
+_ALPHA_ENCODERS = frozenset({"ffv1", "ffvhuff", "huffyuv", "utvideo", "magicyuv", "prores_ks",
+                             "prores_aw", "libvpx", "libvpx-vp9", "png", "apng", "qtrle", "cfhd",
+                             "libwebp", "libwebp_anim", "tiff"})
+# libvpx's alpha plane goes beside each frame as Matroska BlockAdditional: only Matroska and
+# WebM keep it (MP4, NUT and the rest drop it without a word).
+_ALPHA_BESIDE = frozenset({"libvpx", "libvpx-vp9"})
+# What the warning suggests: (encoder, where it goes)
+_ALPHA_ADVICE = (("ffv1", ".mkv"), ("prores_ks", ".mov or .mkv"), ("libvpx-vp9", ".webm or .mkv"),
+                 ("png", ".mov"), ("qtrle", ".mov"))
+
+
+def keeps_alpha(codec: str, container: str | None = None) -> bool:
+    """Whether the encoder ``codec`` writes an alpha plane that the muxer ``container``
+    (a format name as FFmpeg's, "matroska,webm", "mov,mp4..."; None: not known) keeps."""
+    if codec not in _ALPHA_ENCODERS:
+        return False
+    if codec in _ALPHA_BESIDE and container is not None:
+        return "matroska" in container or "webm" in container
+    return True
+
+
+def alpha_advice() -> str:
+    """Which outputs keep an alpha channel, for a warning."""
+    codecs = [f"{c} ({where})" for c, where in _ALPHA_ADVICE if c in av.codecs_available]
+    return ("pictures written as .png, .webp or .tif keep it, and video with --codec "
+            + ", ".join(codecs))
+
+
+def warn_alpha_lost(info: StreamInfo, writer: str) -> None:
+    """Warn that the input ``info`` has an alpha channel that ``writer`` (what writes the
+    output: "libx264 video", "a .jpg picture") cannot hold; the same words for every segment
+    of a file, so a batch says it once (vsr.jobs.segments.PER_INPUT_LOGGERS)."""
+    log.warning("%s has an alpha channel (%s) that %s cannot hold: the colour is upscaled, "
+                "the output has no alpha; %s", Path(info.path).name or info.path, info.pix_fmt,
+                writer, alpha_advice())
+
+
+def alpha_writer(codec: str, pix_fmt: str, container: str | None) -> str:
+    """What drops the alpha plane, for :func:`warn_alpha_lost`: the encoder, the container
+    it is in, or the pixel format it was asked for."""
+    if keeps_alpha(codec, container):
+        return f"{codec} video in pixel format {pix_fmt}"  # a --pix-fmt without alpha
+    if keeps_alpha(codec):
+        batch = ", and vsr batch encodes into .nut segments" if container == "nut" else ""
+        return (f"{codec} video in a {container or 'non-Matroska'} file (only .webm and .mkv "
+                f"keep its alpha{batch})")
+    return f"{codec} video"
+
+
+def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
+                   alpha: bool = False) -> str:
     """The encoder pixel format: the request, else the input's bit depth and chroma layout
     where the codec allows it (10-bit stays 10-bit), else the codec's nearest 8-bit format.
-    Never one with alpha unless requested: the frames are RGB (an alpha plane would be all
-    opaque, and an encoder may list such a format it was built without, as libx265 does)."""
+
+    ``alpha``: the frames carry an alpha plane the output can keep (:func:`keeps_alpha`); the
+    format then has alpha where the codec has one. Never one with alpha otherwise unless
+    requested: the frames are RGB (an alpha plane would be all opaque, and an encoder may list
+    such a format it was built without, as libx265 does)."""
     check_codec(codec)
     formats = [f.name for f in (av.codec.Codec(codec, "w").video_formats or ())]
     if requested is not None:
@@ -171,14 +229,18 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None) -> str:
         return requested
     if not formats:
         return info.pix_fmt
-    if info.pix_fmt in formats and not has_alpha(info.pix_fmt):
+    named = format_has_alpha(info.pix_fmt)  # by the name: a GIF's bgra has it, used or not
+    if info.pix_fmt in formats and (named if alpha else not (named or has_alpha(info.pix_fmt))):
         return info.pix_fmt
     chroma = "444" if "444" in info.pix_fmt else "422" if "422" in info.pix_fmt else "420"
     depth = info.bit_depth
+    kinds = ("yuv", "p0", "p2", "gbrp", "nv12") + (("gbrap", "rgba", "bgra", "argb", "abgr")
+                                                   if alpha else ())
     ranked = sorted(
-        (f for f in formats if f.startswith(("yuv", "p0", "p2", "gbrp", "nv12"))),
-        key=lambda f: (has_alpha(f), bit_depth_of(f) < depth, abs(bit_depth_of(f) - depth),
-                       chroma not in f, f.startswith("yuvj"), f.startswith("nv")),
+        (f for f in formats if f.startswith(kinds)),
+        key=lambda f: (has_alpha(f) != alpha, bit_depth_of(f) < depth,
+                       abs(bit_depth_of(f) - depth), chroma not in f, f.startswith("yuvj"),
+                       f.startswith("nv")),
     )
     return ranked[0] if ranked else formats[0]
 
@@ -215,14 +277,39 @@ def warn_hdr_lost(codec: str, info: StreamInfo) -> None:
                     info.hdr.describe())
 
 
+def x265_quiet(codec: str) -> list[str]:
+    """x265-params that keep libx265 from printing its "x265 [info]" lines to stderr (the
+    library never prints; its errors still reach the log through libav)."""
+    return ["log-level=error"] if codec == "libx265" else []
+
+
+def _own_alpha_plane(pix_fmt: str) -> int | None:
+    """The index of an 8-bit plane that holds the alpha alone (yuva420p, gbrap...), or None."""
+    comps = av.VideoFormat(pix_fmt).components
+    alpha = [c for c in comps if c.is_alpha]
+    if len(alpha) != 1 or alpha[0].bits != 8:
+        return None
+    plane = alpha[0].plane
+    return plane if sum(c.plane == plane for c in comps) == 1 else None
+
+
 class VideoEncoder:
-    """The encode half shared by the sinks: RGB ndarray -> YUV frame -> packets."""
+    """The encode half shared by the sinks: RGB(A) ndarray -> YUV(A) frame -> packets.
+
+    ``alpha``: the encoder writes an alpha plane, and :meth:`frame` takes RGBA frames.
+    """
 
     def __init__(self, stream: av.video.stream.VideoStream, info: StreamInfo,
                  width: int, height: int, config: EncodeConfig, *,
-                 warn_lost: bool = True) -> None:
-        """``warn_lost``: warn of input metadata the encoder cannot carry (HDR10)."""
-        self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt)
+                 warn_lost: bool = True, container: str | None = None) -> None:
+        """``warn_lost``: warn of input metadata the encoder cannot carry (HDR10).
+        ``container``: the muxer's format name, for whether it keeps the alpha plane.
+        The loss of the input's alpha channel is always warned of (a batch says it once)."""
+        keep = info.alpha and keeps_alpha(config.codec, container)
+        self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
+        self.alpha = keep and has_alpha(self.pix_fmt)
+        if info.alpha and not self.alpha:
+            warn_alpha_lost(info, alpha_writer(config.codec, self.pix_fmt, container))
         cc = stream.codec_context
         cc.width, cc.height, cc.pix_fmt = width, height, self.pix_fmt
         cc.time_base = info.time_base
@@ -259,7 +346,7 @@ class VideoEncoder:
 
             if (asm := x264_asm_without_avx512()) is not None:  # the same output on every run
                 params.append(f"asm={asm}")
-        params += hdr_params(cc.name, info, warn=warn_lost)
+        params += hdr_params(cc.name, info, warn=warn_lost) + x265_quiet(cc.name)
         if params:  # only libx264 and libx265 get any
             opts[cc.name.removeprefix("lib") + "-params"] = ":".join(params)
         cc.options = opts
@@ -269,17 +356,27 @@ class VideoEncoder:
         self._stream = stream
         self._info = info
         self._size = (height, width)
+        self._alpha_plane = _own_alpha_plane(self.pix_fmt) if self.alpha else None
 
     def frame(self, image: np.ndarray, pts: int) -> av.VideoFrame:
-        """(H, W, 3) uint8/uint16 RGB at ``pts`` (input time base) -> an encoder-ready frame."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != self._size:
-            raise OutputError(f"frame shape {image.shape} != expected {self._size + (3,)}")
+        """(H, W, 3) uint8/uint16 RGB at ``pts`` (input time base) -> an encoder-ready frame;
+        (H, W, 4) RGBA too where the encoder writes alpha (RGB then is opaque)."""
+        channels = (3, 4) if self.alpha else (3,)
+        if image.ndim != 3 or image.shape[2] not in channels or image.shape[:2] != self._size:
+            raise OutputError(f"frame shape {image.shape} != expected "
+                              f"{self._size + (channels[-1],)}")
         if image.dtype not in (np.uint8, np.uint16):
             raise OutputError(f"frame dtype {image.dtype} is not uint8 or uint16")
-        rgb = rgb_frame(image)
+        direct = image.shape[2] == 4 and image.dtype == np.uint8 and self._alpha_plane is not None
+        rgb = rgb_frame(image[..., :3] if direct else image)
         c = self._info.color
         out = rgb.reformat(format=self.pix_fmt, dst_colorspace=c.sws_matrix if self._yuv else None,
                            dst_color_range=c.sws_range if self._yuv else None)
+        if direct:  # the colour planes as from RGBA; the alpha exact (swscale's is off by one)
+            plane = out.planes[self._alpha_plane]
+            h, w = self._size
+            dst = np.frombuffer(plane, np.uint8, count=h * plane.line_size)
+            np.copyto(dst.reshape(h, plane.line_size)[:, :w], image[..., 3])
         out.pts = pts
         out.time_base = self._info.time_base
         return out
@@ -288,7 +385,9 @@ class VideoEncoder:
 class PyAVSink(SinkContext):
     """Writes the upscaled video of ``info`` to ``path`` with the other input streams copied.
 
-    ``write(image, pts)`` takes (height, width, 3) RGB uint8 or uint16; raises OutputError.
+    ``write(image, pts)`` takes (height, width, 3) RGB uint8 or uint16, or (height, width, 4)
+    RGBA where :attr:`alpha` (the input has alpha, the codec and container keep it); raises
+    OutputError.
     """
 
     def __init__(self, path: str | os.PathLike, info: StreamInfo, width: int, height: int,
@@ -330,7 +429,7 @@ class PyAVSink(SinkContext):
                                   "use .mp4, .mkv, .mov or another video container") from exc
             # the whole file; a batch segment's loss is said at the join, once per file
             self._enc = VideoEncoder(stream, info, width, height, config,
-                                     warn_lost=copy_streams)
+                                     warn_lost=copy_streams, container=out.format.name)
             self._stream = stream
 
         if copy_streams:
@@ -362,11 +461,25 @@ class PyAVSink(SinkContext):
                 raise OutputError(f"cannot start writing {self.path}: the {config.codec} "
                                   f"encoder refused its settings ({settings}): "
                                   f"{exc.strerror or exc}") from exc
-            raise OutputError(f"cannot start writing {self.path}: {exc}") from exc
+            codec = av.codec.Codec(config.codec, "w").canonical_name
+            if out.supported_codecs and codec not in out.supported_codecs:
+                # e.g. .y4m, whose muxer takes raw pictures only: name the user's file, not
+                # the temporary one FFmpeg's message holds
+                raise OutputError(f"cannot start writing {self.path.name}: the "
+                                  f"{out.format.name} container cannot hold {config.codec} "
+                                  "video; use .mp4, .mkv, .mov or another video container"
+                                  ) from exc
+            raise OutputError(f"cannot start writing {self.path}: "
+                              f"{exc.strerror or exc}") from exc
 
     @property
     def pix_fmt(self) -> str:
         return self._enc.pix_fmt
+
+    @property
+    def alpha(self) -> bool:
+        """Whether the output keeps an alpha plane: ``write`` then takes RGBA too."""
+        return self._enc.alpha
 
     @property
     def copied_packets(self) -> dict[int, int]:

@@ -24,7 +24,8 @@ from vsr.io.info import (
     HdrMetadata,
     StreamInfo,
     bit_depth_of,
-    decoded_format,
+    has_alpha,
+    judged_format,
     other_streams,
 )
 from vsr.io.paths import file_url
@@ -58,6 +59,31 @@ def check_input_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def rgba_format(bit_depth: int) -> str:
+    """The packed RGBA format an alpha plane is taken from, for an input bit depth."""
+    return "rgba" if bit_depth <= 8 else "rgba64le"
+
+
+# FFmpeg's own VP8/VP9 decoders ignore the alpha plane that WebM/Matroska store beside each
+# frame (BlockAdditional, tagged alpha_mode=1); libvpx's decoders read it.
+_ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+
+
+def _alpha_decoder(stream: av.video.stream.VideoStream) -> av.CodecContext | None:
+    """A libvpx decoder for a VP8/VP9 stream that has an alpha plane, else None (the
+    stream's own decoder)."""
+    name = _ALPHA_DECODERS.get(stream.codec_context.name)
+    meta = {k.lower(): v for k, v in (stream.metadata or {}).items()}
+    if name is None or meta.get("alpha_mode") != "1" or name not in av.codecs_available:
+        return None
+    try:
+        cc = av.CodecContext.create(name, "r")
+    except (av.error.FFmpegError, ValueError):
+        return None
+    cc.thread_count = stream.codec_context.thread_count
+    return cc
+
+
 def _video_stream(container: av.container.InputContainer,
                   name: str) -> av.video.stream.VideoStream:
     for s in container.streams.video:
@@ -87,6 +113,7 @@ class PyAVSource:
             limit_stream(self._stream, p.name)  # the size the container declares
             self._stream.thread_type = "AUTO"
             self._stream.codec_context.thread_count = threads
+            self._vpx = _alpha_decoder(self._stream)
             self._decoded = self._decode()
             first = next(self._decoded, None)
             if first is None:
@@ -97,17 +124,22 @@ class PyAVSource:
             self._container.close()
             raise
         self._fmt = rgb_format(self.info.bit_depth)
+        self._alpha_fmt = rgba_format(self.info.bit_depth) if self.info.alpha else None
         self._taken = False
 
     def _decode(self) -> Iterator[av.VideoFrame]:
         try:
-            yield from self._container.decode(self._stream)
+            if self._vpx is None:
+                yield from self._container.decode(self._stream)
+                return
+            for pkt in self._container.demux(self._stream):  # the last, empty one: flush
+                yield from self._vpx.decode(pkt if pkt.size else None)
         except av.error.FFmpegError as exc:
             raise InputError(f"decoding {self._name} failed: {exc}") from exc
 
     def _describe(self, p: Path, first: av.VideoFrame) -> StreamInfo:
         s, cc = self._stream, self._stream.codec_context
-        fmt = decoded_format(first)  # a palette's transparency too
+        fmt = judged_format(first, cc.name)  # a palette's transparency too; a GIF's if used
         rate = s.average_rate or s.guessed_rate or s.base_rate
         color = ColorInfo(
             range=int(first.color_range or cc.color_range or 0),
@@ -138,6 +170,7 @@ class PyAVSource:
             hdr=HdrMetadata.from_frame(first),
             others=other_streams(self._container, s.index),
             is_image=is_image,
+            alpha=has_alpha(fmt),
         )
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
@@ -145,6 +178,14 @@ class PyAVSource:
         return frame.to_ndarray(format=self._fmt, src_colorspace=c.sws_matrix,
                                 src_color_range=c.sws_range if frame.format.name.startswith("yuv")
                                 and not frame.format.name.startswith("yuvj") else None)
+
+    def _frame(self, index: int, pts: int | None, frame: av.VideoFrame) -> Frame:
+        if self._alpha_fmt is None:
+            return Frame(index=index, pts=pts, image=self._to_rgb(frame))
+        # the colour exactly as without alpha; the alpha plane from a second conversion
+        alpha = frame.to_ndarray(format=self._alpha_fmt)[..., 3]
+        return Frame(index=index, pts=pts, image=self._to_rgb(frame),
+                     alpha=np.ascontiguousarray(alpha))
 
     def frames(self) -> Iterator[Frame]:
         """Yield every frame once, in presentation order (a source is iterated once)."""
@@ -160,7 +201,7 @@ class PyAVSource:
             pts = frame.pts
             if pts is None:  # raw streams without timestamps: continue from the last one
                 pts = 0 if last is None else last + step
-            yield Frame(index=index, pts=pts, image=self._to_rgb(frame))
+            yield self._frame(index, pts, frame)
             last = pts
             end = max(end or pts, pts + max(frame.duration or 0, step))
             index += 1
@@ -194,7 +235,7 @@ class PyAVSource:
                 continue
             if end is not None and frame.pts >= end:
                 break
-            yield Frame(index=index, pts=frame.pts, image=self._to_rgb(frame))
+            yield self._frame(index, frame.pts, frame)
             index += 1
 
     def _seek_before(self, start: int) -> Iterator[av.VideoFrame]:
@@ -210,6 +251,8 @@ class PyAVSource:
                 self._container.seek(target, stream=self._stream, backward=True)
             except av.error.FFmpegError as exc:
                 raise InputError(f"cannot seek in {self._name}: {exc}") from exc
+            if self._vpx is not None:  # the container's seek flushes only its own decoder
+                self._vpx.flush_buffers()
             frames = self._decode()
             first = next(frames, None)
             landed = first is not None and (first.pts is None or first.pts <= start)

@@ -147,3 +147,30 @@ class CpuProcessor:
         if not frames:
             return iter(())
         return zip(frames, self._process(frames), strict=True)
+
+
+class AfterInference:
+    """A processor whose inner processor's finished frames pass, in order, through
+    :meth:`finish`: a stage after inference (the deflicker filter, the alpha plane)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    @property
+    def report(self) -> ComputeReport:
+        return self._inner.report
+
+    def finish(self, frame: Frame, image: np.ndarray) -> np.ndarray:
+        """The image to hand on for ``frame``, whose inference gave ``image``."""
+        raise NotImplementedError
+
+    def _each(self, done: Iterator[tuple[Frame, np.ndarray]]
+              ) -> Iterator[tuple[Frame, np.ndarray]]:
+        for frame, image in done:
+            yield frame, self.finish(frame, image)
+
+    def submit(self, frame: Frame) -> Iterator[tuple[Frame, np.ndarray]]:
+        return self._each(self._inner.submit(frame))
+
+    def drain(self) -> Iterator[tuple[Frame, np.ndarray]]:
+        return self._each(self._inner.drain())

@@ -26,14 +26,12 @@ only (one float frame on the frames' device).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vsr.io.source import Frame
-from vsr.pipeline.compute import max_value
+from vsr.pipeline.compute import AfterInference, max_value
 
 __all__ = ["TOLERANCE", "Deflicker", "Deflickered"]
 
@@ -91,26 +89,13 @@ class Deflicker:
         return out.permute(1, 2, 0).contiguous()
 
 
-class Deflickered:
+class Deflickered(AfterInference):
     """A processor (:class:`vsr.pipeline.run.Processor`) whose finished frames pass through
     a :class:`Deflicker`, in order."""
 
     def __init__(self, inner, deflicker: Deflicker) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._filter = deflicker
 
-    @property
-    def report(self):
-        return self._inner.report
-
-    def _apply(self, done: Iterator[tuple[Frame, np.ndarray]]
-               ) -> Iterator[tuple[Frame, np.ndarray]]:
-        for frame, image in done:
-            out = self._filter(torch.from_numpy(frame.image), torch.from_numpy(image))
-            yield frame, out.numpy()
-
-    def submit(self, frame: Frame) -> Iterator[tuple[Frame, np.ndarray]]:
-        return self._apply(self._inner.submit(frame))
-
-    def drain(self) -> Iterator[tuple[Frame, np.ndarray]]:
-        return self._apply(self._inner.drain())
+    def finish(self, frame: Frame, image: np.ndarray) -> np.ndarray:
+        return self._filter(torch.from_numpy(frame.image), torch.from_numpy(image)).numpy()
