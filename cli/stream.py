@@ -25,6 +25,7 @@ def _render(as_json: bool, to_stdout: bool):
         click.echo(f"{head}: in {s.frames_in} ({s.fps_in:.1f} fps) out {s.frames_out} "
                    f"({s.fps_out:.1f} fps) dropped {s.dropped} latency {lat} "
                    f"reconnects {s.reconnects} audio {s.audio_out}/{s.audio_in}"
+                   + (f" corrupt {s.corrupt}" if s.corrupt else "")
                    + (f" error: {s.error}" if s.error else ""),
                    err=True)
     return show

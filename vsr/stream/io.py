@@ -15,12 +15,15 @@ import difflib
 import logging
 import os
 import re
+import socket
 import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from urllib.parse import parse_qsl, urlsplit
 
 import av
 import numpy as np
@@ -36,6 +39,8 @@ from vsr.stream.audio import AudioFeed, LivePassthrough
 log = logging.getLogger(__name__)
 
 TS_TIME_BASE = Fraction(1, 90000)
+JUMP_S = 10.0  # a timestamp step (s) this large, or backwards, is a discontinuity of the source
+MAX_UNDECODABLE = 100  # packets in a row the decoder rejects before the source counts as broken
 _NETWORK = ("udp://", "tcp://", "rtp://", "rtmp://", "rtmps://", "http://", "https://",
             "srt://", "rtsp://")
 
@@ -192,6 +197,7 @@ class Reader(threading.Thread):
         self.error: str | None = None
         self.frames = 0
         self.reconnects = 0
+        self.corrupt = 0  # packets that arrived damaged or that the decoder rejected (skipped)
         self.connected = threading.Event()
         self._last_t: float | None = None
         self._step = 1 / 25
@@ -262,7 +268,9 @@ class Reader(threading.Thread):
             offset = 0.0
             info: StreamInfo | None = None
             held: list[av.Packet] = []  # audio read since the last frame: its shift is known then
-            for item in _demux(c, stream, [c.streams[i] for i in carried]):
+            later: list[av.Packet] = []  # audio of another clock than the last frame's: it
+            # waits one frame, for the video of that clock (a jump of hours must not pass)
+            for item in _demux(c, stream, [c.streams[i] for i in carried], self._damaged):
                 if self.stop.is_set():
                     break
                 if isinstance(item, av.Packet):
@@ -274,17 +282,19 @@ class Reader(threading.Thread):
                 if t_in is None:
                     t_in = (self._last_t + self._step) if self._last_t is not None else 0.0
                 t = t_in - base + offset if base is not None else None
+                ready, later = later + [p for p in held if _near(p, t_in)], \
+                    [p for p in held if not _near(p, t_in)]
+                held.clear()
                 if t is None or (self._last_t is not None
-                                 and not 0 < t - self._last_t < 10.0):
+                                 and not 0 < t - self._last_t < JUMP_S):
                     # a new connection or a discontinuity: continue one frame after the last
                     # (and after the audio already out, so both stay monotonic)
                     base = t_in
                     offset = t_in if self._last_t is None else max(
-                        self._last_t + self._step, self._audio_end(held, t_in))
+                        self._last_t + self._step, self._audio_end(ready, t_in))
                     t = offset
-                for pkt in held:
+                for pkt in ready:
                     self.audio.put(pkt, carried[pkt.stream_index], offset - base)
-                held.clear()
                 if info is None or (frame.width, frame.height) != info.size:
                     info = _describe(self.url, frame, stream)
                 image = frame.to_ndarray(format=rgb_format(info.bit_depth))
@@ -293,7 +303,7 @@ class Reader(threading.Thread):
                 got += 1
                 self.frames += 1
             if base is not None:
-                for pkt in held:
+                for pkt in later + held:
                     self.audio.put(pkt, carried[pkt.stream_index], offset - base)
         return got
 
@@ -306,15 +316,57 @@ class Reader(threading.Thread):
                  if (ts := p.dts if p.dts is not None else p.pts) is not None]
         return self.audio.end + max(0.0, t_in - min(times, default=t_in))
 
+    def _damaged(self) -> None:
+        """One more damaged packet: the first is a warning, the count is in the stats."""
+        self.corrupt += 1
+        if self.corrupt == 1:
+            log.warning("source %s: corrupt data skipped (counted as 'corrupt' in the stats)",
+                        self.url)
+
+
+def _near(pkt: av.Packet, t_in: float) -> bool:
+    """Whether ``pkt`` (audio) is on the clock of a frame at ``t_in`` s (no time: assumed)."""
+    ts = pkt.dts if pkt.dts is not None else pkt.pts
+    return ts is None or abs(float(ts * pkt.time_base) - t_in) < JUMP_S
+
 
 def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
-           audio: list[av.stream.Stream]):
-    """Decoded frames of ``video`` and the (undecoded) packets of ``audio``, in file order."""
-    for packet in c.demux(video, *audio):
-        if packet.stream_index == video.index:
-            yield from packet.decode()
-        elif packet.size:
-            yield packet
+           audio: list[av.stream.Stream], damaged: Callable[[], None]):
+    """Decoded frames of ``video`` and the (undecoded) packets of ``audio``, in file order.
+
+    Damaged data (a packet the demuxer flags corrupt, one the decoder rejects) is skipped and
+    reported to ``damaged``; the decoder conceals what it can. Only MAX_UNDECODABLE rejected
+    packets in a row, with no frame between them, end the input (InvalidDataError)."""
+    packets = c.demux(video, *audio)
+    rejected = 0
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except IndexError:
+            # PyAV fails its end-of-input flush when the source gained a stream while it
+            # was read (an MPEG-TS PMT update, or damaged bytes taken for one); the streams
+            # read here were there from the start, have lower indices and were flushed first
+            log.debug("the source gained streams while it was read")
+            return
+        if packet.is_corrupt:
+            damaged()
+        if packet.stream_index != video.index:
+            if packet.size:
+                yield packet
+            continue
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            rejected += 1
+            if rejected >= MAX_UNDECODABLE:
+                raise
+            if not packet.is_corrupt:
+                damaged()
+            continue
+        rejected = 0 if frames else rejected
+        yield from frames
 
 
 def _describe(url: str, frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> StreamInfo:
@@ -327,6 +379,102 @@ def _describe(url: str, frame: av.VideoFrame, stream: av.video.stream.VideoStrea
         bit_depth=bit_depth_of(fmt),
         color=ColorInfo(range=int(frame.color_range or 0), matrix=int(frame.colorspace or 2)),
     )
+
+
+@dataclass(frozen=True)
+class TcpOutput:
+    """A ``tcp://HOST:PORT[?options]`` output, which vsr connects (or, with ``listen=1``,
+    accepts) itself: FFmpeg's tcp protocol, writing for PyAV, holds the GIL while it waits
+    for a client and blocks writes without an interrupt callback, so neither Ctrl-C nor the
+    report of an output that takes no data could work. Options as FFmpeg's: ``listen=1``,
+    ``listen_timeout`` (ms), ``timeout`` (us, for connecting and for each write),
+    ``tcp_nodelay``, ``send_buffer_size``."""
+
+    host: str
+    port: int
+    listen: bool = False
+    listen_timeout_s: float | None = None
+    timeout_s: float | None = None
+    nodelay: bool = False
+    send_buffer: int | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> TcpOutput | None:
+        """None for another protocol. Raises ConfigError for a malformed URL or an option
+        this does not support (``--via-ffmpeg`` hands the URL to the ffmpeg program)."""
+        if not url.startswith("tcp://"):
+            return None
+        parts = urlsplit(url)
+        try:
+            host, port = parts.hostname, parts.port
+            opts = dict(parse_qsl(parts.query, keep_blank_values=True))
+            known = {"listen", "listen_timeout", "timeout", "tcp_nodelay", "send_buffer_size"}
+            if set(opts) - known:
+                raise ConfigError(f"tcp output option {sorted(set(opts) - known)[0]!r} is not "
+                                  f"supported (only {', '.join(sorted(known))}; or --via-ffmpeg)")
+            if opts.get("listen", "0") not in ("0", "1"):
+                raise ConfigError("a tcp output listens for one client (listen=1) or none")
+
+            def seconds(name: str, unit: float) -> float | None:
+                v = int(opts[name]) if name in opts else -1
+                return v * unit if v > 0 else None
+
+            out = cls(host=host or "", port=port or 0, listen=opts.get("listen") == "1",
+                      listen_timeout_s=seconds("listen_timeout", 1e-3),
+                      timeout_s=seconds("timeout", 1e-6),
+                      nodelay=opts.get("tcp_nodelay", "0") not in ("0", ""),
+                      send_buffer=int(opts["send_buffer_size"])
+                      if "send_buffer_size" in opts else None)
+        except ValueError as exc:  # a port or a number that is none
+            raise ConfigError(f"bad tcp output {url}: {exc}") from exc
+        if not out.port or (not out.host and not out.listen):
+            raise ConfigError(f"a tcp output needs a host and a port: {url}")
+        return out
+
+    def open(self, *, warn_after: float = 5.0) -> socket.socket:
+        """The connected socket (blocking, or with ``timeout_s``); Ctrl-C ends the wait for a
+        client, and a client that does not come for ``warn_after`` s is reported. Raises
+        OutputError (refused, unreachable, nobody within ``listen_timeout``)."""
+        where = f"tcp://{self.host}:{self.port}"
+        try:
+            if self.listen:
+                sock = self._accept(where, warn_after)
+            else:
+                sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+        except OSError as exc:
+            raise OutputError(f"cannot open the output {where}: {exc.strerror or exc}") \
+                from exc
+        sock.settimeout(self.timeout_s)
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        return sock
+
+    def _accept(self, where: str, warn_after: float) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind((self.host, self.port))
+            server.listen(1)
+            server.settimeout(min(1.0, warn_after))  # short waits: time to report
+            start = time.monotonic()
+            warned = False
+            while True:
+                try:
+                    conn, peer = server.accept()
+                    break
+                except TimeoutError:
+                    waited = time.monotonic() - start
+                    if self.listen_timeout_s is not None and waited >= self.listen_timeout_s:
+                        raise OutputError(f"nobody connected to the output {where} within "
+                                          f"{self.listen_timeout_s:g} s") from None
+                    if not warned and waited >= warn_after:
+                        warned = True
+                        log.warning("the output %s waits for a receiver to connect", where)
+            if warned:
+                log.info("the output %s has a receiver: %s:%d", where, *peer[:2])
+            return conn
 
 
 class _Interrupted(Exception):
@@ -400,6 +548,9 @@ class LiveSink:
         self._relay: FfmpegRelay | None = None
         self._pass: LivePassthrough | None = None
         self._pipe: _Flushed | None = None
+        self._tcp = None if self.via_ffmpeg else TcpOutput.parse(url)
+        self._sock: socket.socket | None = None
+        self._sockfile = None  # the socket's file, which PyAV writes to (through _pipe)
         self._last_pts = -1
         self._aborted = False
         self.frames = 0
@@ -422,6 +573,11 @@ class LiveSink:
             elif self.url == "-":
                 self._pipe = _Flushed(sys.stdout.buffer)
                 target, fmt = self._pipe, "mpegts"
+            elif self._tcp is not None:
+                self._sock = self._tcp.open()
+                self._sockfile = self._sock.makefile("wb")
+                self._pipe = _Flushed(self._sockfile)
+                target, fmt = self._pipe, self.format
             else:
                 target, fmt = self.url, self.format
             self._out = av.open(target, mode="w", format=fmt, container_options=options)
@@ -500,13 +656,26 @@ class LiveSink:
         if self._relay is not None:  # first: closing the output writes into its pipe
             self._relay.kill()
             self._relay = None
+        if self._sock is not None:  # and the socket, so that the close cannot block on it
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
         if self._out is not None:
             with contextlib.suppress(Exception):
                 self._out.close()
             self._out = None
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:  # the file first: the socket closes with its last user
+            sock, file, self._sock, self._sockfile = self._sock, self._sockfile, None, None
+            with contextlib.suppress(OSError, ValueError):
+                file.close()  # flushed already (by _Flushed): nothing left to block on
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _finish_relay(self) -> None:
         self._stop_watch()
+        self._close_socket()
         if self._relay is not None:
             relay, self._relay = self._relay, None
             relay.finish()

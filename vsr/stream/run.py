@@ -26,6 +26,7 @@ from vsr.stream.io import (
     DropQueue,
     LiveSink,
     Reader,
+    TcpOutput,
     check_format,
     refuse_existing_file,
     same_file,
@@ -69,6 +70,7 @@ class StreamConfig(RunOptions):
         check_format(self.input_format, output=False)
         if not (self.via_ffmpeg or self.dst.startswith("srt://")):  # else the ffmpeg program
             check_format(self.output_format, output=True)  # muxes, with its own muxers
+            TcpOutput.parse(self.dst)  # vsr connects tcp:// outputs itself: their options
 
 
 def check_paths(config: StreamConfig) -> None:
@@ -101,6 +103,7 @@ class StreamStats:
     audio_out: int = 0  # audio packets written (copied)
     model: str | None = None  # the model that upscales the stream
     precision: str | None = None  # the dtype it computes in (known from the first frame on)
+    corrupt: int = 0  # damaged source packets skipped (the decoder concealed what it could)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -136,7 +139,8 @@ class _Meter:
             latency_max_ms=round(1000 * peak, 1) if peak is not None else None,
             reconnects=reader.reconnects, final=final, error=error,
             audio_in=reader.audio.received if reader.audio is not None else 0,
-            audio_out=sink.audio_packets, model=self.model, precision=self.precision)
+            audio_out=sink.audio_packets, model=self.model, precision=self.precision,
+            corrupt=reader.corrupt)
         if not final:
             self.mark, self.in_mark, self.out_mark, self.lat = now, reader.frames, frames_out, []
         return s

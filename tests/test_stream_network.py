@@ -1,0 +1,243 @@
+"""`vsr stream` against a hostile network, on 127.0.0.1 with real sockets and codecs: damaged
+MPEG-TS (skipped, counted), a source that gains a stream, a clock that jumps hours with audio
+on it, and tcp:// outputs nobody connects to, whose receiver stops reading or goes away."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import signal
+import socket
+import struct
+import subprocess
+import threading
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from test_stream import (
+    BICUBIC,
+    ENV,
+    VSR,
+    H,
+    Lines,
+    Sender,
+    W,
+    connect_tcp,
+    free_port,
+    make_ts,
+    read_stamp,
+    wait_for,
+)
+from test_stream_hardening import error_line
+
+from vsr.errors import ConfigError
+from vsr.stream import StreamConfig
+
+
+def ts(frames: int, audio: bool = True, shift_s: float = 0.0) -> bytes:
+    """make_ts's stamped clip, its clock moved by ``shift_s`` (video and audio alike)."""
+    buf, out = io.BytesIO(), io.BytesIO()
+    make_ts(buf, frames, audio=audio)
+    if not shift_s:
+        return buf.getvalue()
+    buf.seek(0)
+    with av.open(buf, format="mpegts") as c, av.open(out, "w", format="mpegts") as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in c.streams}
+        for p in c.demux():
+            if p.size:
+                shift = round(Fraction(shift_s) / p.time_base)
+                p.pts, p.dts = p.pts + shift, p.dts + shift
+                p.stream = streams[p.stream_index]
+                o.mux(p)
+    return out.getvalue()
+
+
+def stream_tcp(tmp_path, *chunks: bytes) -> tuple[subprocess.CompletedProcess, dict, str]:
+    """`vsr stream` from a tcp listener sent ``chunks`` to a file; (result, final stats, out)."""
+    port, dst = free_port(socket.SOCK_STREAM), str(tmp_path / "out.ts")
+    proc = subprocess.Popen([*VSR, f"tcp://127.0.0.1:{port}?listen=1", dst, *BICUBIC, "--drop",
+                             "none", "--json"], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    err = Lines(proc.stderr.buffer)
+    with connect_tcp(port, proc, err) as conn:
+        for chunk in chunks:
+            conn.sendall(chunk)
+    out = proc.stdout.read()
+    proc.wait(timeout=120)
+    err.join(timeout=5)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, "\n".join(err.lines))
+    assert "Traceback" not in result.stderr, result.stderr
+    final = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    return result, final, dst
+
+
+def stamps(path: str) -> list[int]:
+    with av.open(path) as c:
+        return [read_stamp(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+
+
+def test_damaged_ts_packets_are_skipped_and_counted(tmp_path):
+    data = bytearray(ts(60))
+    rng = random.Random(7)
+    at = len(data) // 2 // 188 * 188
+    data[at:at + 20 * 188] = bytes(rng.getrandbits(8) for _ in range(20 * 188))
+    junk = bytes(rng.getrandbits(8) for _ in range(5000))  # before and after the stream too
+    result, final, dst = stream_tcp(tmp_path, junk, bytes(data), junk)
+    assert result.returncode == 0, result.stderr
+    assert final["corrupt"] >= 1 and "corrupt data skipped" in result.stderr
+    got = stamps(dst)
+    # what follows the damage decodes concealed (no keyframe comes to mend it) to the end
+    assert 40 <= len(got) < 60 and got[:20] == list(range(20))
+
+
+def test_a_packet_the_decoder_rejects_is_skipped_and_counted(tmp_path):
+    from conftest import make_clip
+
+    clip = make_clip(tmp_path / "mid.mp4", frames=200)
+    data = bytearray(clip.read_bytes())
+    mdat, moov = data.find(b"mdat"), data.find(b"moov")
+    at = mdat + (len(data) - mdat) // 2 if moov < mdat else mdat + (moov - mdat) // 2
+    data[at:at + 300] = b"\xff" * 300  # the decoder rejects the packet; the next ones decode
+    bad = tmp_path / "mid_corrupt.mp4"
+    bad.write_bytes(bytes(data))
+    result = subprocess.run([*VSR, str(bad), str(tmp_path / "out.ts"), *BICUBIC, "--drop",
+                             "none", "--json"], capture_output=True, text=True, env=ENV,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["corrupt"] == 1 and final["frames_out"] >= 190
+
+
+def test_a_source_that_gains_a_stream_ends_cleanly(tmp_path):
+    # video only, then the PMT gains an audio stream (an encoder adding audio); the end of
+    # such an input made PyAV fail with an IndexError; 40 frames: past the probe at the open
+    result, final, dst = stream_tcp(tmp_path, ts(40, audio=False), ts(20))
+    assert result.returncode == 0, result.stderr
+    assert final["error"] is None and final["frames_out"] == 60
+    assert stamps(dst) == [*range(40), *range(20)]
+
+
+def test_a_clock_that_jumps_hours_does_not_jump_the_output(tmp_path):
+    first, second = ts(30), ts(30, shift_s=3 * 3600)
+    result, final, dst = stream_tcp(tmp_path, first, second)
+    assert result.returncode == 0, result.stderr
+    with av.open(dst) as c:
+        video = [f.pts for f in c.decode(video=0)]
+    with av.open(dst) as c:
+        audio = [p.dts for p in c.demux(c.streams.audio[0]) if p.size]
+    # the second half follows the first, on both tracks: no gap of hours (nor any gap of
+    # seconds), every audio packet out, all strictly increasing
+    assert len(video) == 60 and (video[-1] - video[0]) / 90000 < 5
+    assert final["audio_out"] == final["audio_in"] == len(audio)
+    assert (audio[-1] - audio[0]) / 90000 < 5
+    assert all(b > a for a, b in zip(video, video[1:], strict=False))
+    assert all(b > a for a, b in zip(audio, audio[1:], strict=False))
+
+
+class NoiseFeed(threading.Thread):
+    """Sends frames of noise (large once coded losslessly: socket buffers fill fast) to a
+    tcp source at 100 fps until stopped or the source goes."""
+
+    def __init__(self, port: int, proc: subprocess.Popen, err: Lines) -> None:
+        super().__init__(daemon=True)
+        self.out = wait_for(lambda: Sender(f"tcp://127.0.0.1:{port}"), proc, err,
+                            f"tcp port {port} to accept").out
+        self.halt = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        rng = np.random.default_rng(0)
+        stream, i = self.out.streams.video[0], 0
+        with contextlib.suppress(OSError, av.error.FFmpegError):
+            while not self.halt.wait(0.01):
+                f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (H, W, 3), np.uint8),
+                                               format="rgb24")
+                f.pts, f.time_base = i * 3600, Fraction(1, 90000)
+                for p in stream.encode(f):
+                    self.out.mux(p)
+                i += 1
+
+
+@contextlib.contextmanager
+def live_to_tcp_listener():
+    """`vsr stream` of a live noise feed to a tcp listener; yields (proc, stderr, its port)."""
+    src, dst = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    proc = subprocess.Popen([*VSR, f"tcp://127.0.0.1:{src}?listen=1",
+                             f"tcp://127.0.0.1:{dst}?listen=1", *BICUBIC, "--crf", "0",
+                             "--max-latency", "200"],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = Lines(proc.stderr)
+    feed = NoiseFeed(src, proc, err)
+    try:
+        yield proc, err, dst
+    finally:
+        feed.halt.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        err.join(timeout=5)
+
+
+def wait_line(proc: subprocess.Popen, err: Lines, text: str) -> None:
+    wait_for(lambda: True if any(text in line for line in err.lines) else None, proc, err,
+             repr(text), timeout=90)
+
+
+@pytest.mark.parametrize("receiver", ["never connects", "never reads"])
+def test_a_tcp_output_that_takes_no_data_is_reported_and_ctrl_c_ends_it(receiver):
+    with live_to_tcp_listener() as (proc, err, dst), socket.socket() as client:
+        if receiver == "never reads":
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            wait_for(lambda: client.connect_ex(("127.0.0.1", dst)) == 0 or None, proc, err,
+                     f"tcp port {dst} to accept")
+            wait_line(proc, err, "has taken no data")
+        else:
+            wait_line(proc, err, "waits for a receiver")
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("Ctrl-C did not end vsr:\n" + "\n".join(err.lines))
+    assert code == 0, "\n".join(err.lines)
+    assert not any("Traceback" in line or line.startswith("Error:") for line in err.lines)
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_tcp_receiver_that_goes_away_ends_the_stream_with_one_line(how):
+    with live_to_tcp_listener() as (proc, err, dst):
+        client = wait_for(lambda: socket.create_connection(("127.0.0.1", dst)), proc, err,
+                          f"tcp port {dst} to accept")
+        got = 0
+        while got < 50_000:
+            got += len(client.recv(1 << 16))
+        if how == "reset":
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        code = proc.wait(timeout=60)
+        err.join(timeout=5)
+    line = error_line(subprocess.CompletedProcess(proc.args, code, "", "\n".join(err.lines)))
+    assert f"writing tcp://127.0.0.1:{dst}?listen=1 failed" in line
+
+
+def test_tcp_output_options_are_checked_when_the_config_is_built():
+    StreamConfig(src="-", dst="tcp://127.0.0.1:9000?listen=1&listen_timeout=500&tcp_nodelay=1")
+    with pytest.raises(ConfigError, match="'mss' is not supported"):
+        StreamConfig(src="-", dst="tcp://127.0.0.1:9000?mss=1000")
+    with pytest.raises(ConfigError, match="one client"):
+        StreamConfig(src="-", dst="tcp://127.0.0.1:9000?listen=2")
+    StreamConfig(src="-", dst="tcp://127.0.0.1:9000?mss=1000", via_ffmpeg=True)
+
+
+def test_a_tcp_output_nobody_connects_to_within_listen_timeout_fails(tmp_path):
+    src = tmp_path / "in.ts"
+    src.write_bytes(ts(6))
+    port = free_port(socket.SOCK_STREAM)
+    result = subprocess.run([*VSR, str(src), f"tcp://127.0.0.1:{port}?listen=1&listen_timeout="
+                             "1500", *BICUBIC, "--drop", "none"], capture_output=True,
+                            text=True, env=ENV, timeout=120)
+    assert "nobody connected to the output" in error_line(result)
+
