@@ -241,3 +241,37 @@ def test_a_tcp_output_nobody_connects_to_within_listen_timeout_fails(tmp_path):
                             text=True, env=ENV, timeout=120)
     assert "nobody connected to the output" in error_line(result)
 
+
+
+def _sized_ts(frames: int, w: int, h: int, start: int) -> bytes:
+    """``frames`` flat frames of ``w`` x ``h``, video only, from frame ``start`` on the clock."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mpegts") as out:
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        v.codec_context.options = {"preset": "ultrafast"}
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 200, np.uint8), format="rgb24")
+            f.pts, f.time_base = (start + i) * 3600, Fraction(1, 90000)
+            for p in v.encode(f):
+                out.mux(p)
+        for p in v.encode(None):
+            out.mux(p)
+    return buf.getvalue()
+
+
+def test_a_source_that_changes_size_goes_on_at_the_first_size(tmp_path):
+    """A rendition switch (a wider, then a smaller picture): the stream goes on at its first
+    size, the others scaled to fit with their aspect kept, on black; every frame out."""
+    result, final, dst = stream_tcp(tmp_path, _sized_ts(20, 64, 48, 0),
+                                    _sized_ts(20, 96, 48, 20), _sized_ts(20, 32, 24, 40))
+    assert result.returncode == 0, result.stderr
+    assert final["error"] is None and final["frames_out"] == 60
+    assert result.stderr.count("changed size") == 2 and "to 96x48: scaled to 64x48" \
+        in result.stderr
+    with av.open(dst) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 60 and {f.shape for f in frames} == {(96, 128, 3)}
+    wide = frames[30]  # 96x48 in 64x48: 64x32 in the middle, black bands above and below
+    assert wide[:12].max() < 40 and wide[-12:].max() < 40 and wide[40:56].min() > 150
+    assert frames[50][10:86, 10:118].min() > 150  # 32x24 scaled up to fill it

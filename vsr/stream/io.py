@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import difflib
 import logging
 import os
@@ -201,6 +202,8 @@ class Reader(threading.Thread):
         self.connected = threading.Event()
         self._last_t: float | None = None
         self._step = 1 / 25
+        self._size: tuple[int, int] | None = None  # (w, h) of the first frame: the output's
+        self._seen: tuple[int, int] | None = None  # the size the source sends now
 
     def run(self) -> None:
         delay = 0.25
@@ -295,9 +298,9 @@ class Reader(threading.Thread):
                     t = offset
                 for pkt in ready:
                     self.audio.put(pkt, carried[pkt.stream_index], offset - base)
-                if info is None or (frame.width, frame.height) != info.size:
-                    info = _describe(self.url, frame, stream)
-                image = frame.to_ndarray(format=rgb_format(info.bit_depth))
+                if info is None or (frame.width, frame.height) != self._seen:
+                    info = self._framed(_describe(self.url, frame, stream))
+                image = fit_frame(frame, info.size, rgb_format(info.bit_depth))
                 self._last_t = t
                 self.queue.put(LiveFrame(image, t, arrived, info), self.stop)
                 got += 1
@@ -316,12 +319,43 @@ class Reader(threading.Thread):
                  if (ts := p.dts if p.dts is not None else p.pts) is not None]
         return self.audio.end + max(0.0, t_in - min(times, default=t_in))
 
+    def _framed(self, info: StreamInfo) -> StreamInfo:
+        """``info`` of the frames the source sends now, at the size of its first frames: the
+        output's size stays (a bitrate ladder switching renditions, a reconnect at another
+        size), and frames of another size are fitted into it (:func:`fit_frame`)."""
+        self._seen = info.size
+        if self._size is None:
+            self._size = info.size
+        if info.size == self._size:
+            return info
+        log.warning("source %s changed size from %dx%d to %dx%d: scaled to %dx%d (aspect "
+                    "kept, black borders where it differs)", self.url, *self._size, *info.size,
+                    *self._size)
+        return dataclasses.replace(info, width=self._size[0], height=self._size[1])
+
     def _damaged(self) -> None:
         """One more damaged packet: the first is a warning, the count is in the stats."""
         self.corrupt += 1
         if self.corrupt == 1:
             log.warning("source %s: corrupt data skipped (counted as 'corrupt' in the stats)",
                         self.url)
+
+
+def fit_frame(frame: av.VideoFrame, size: tuple[int, int], fmt: str) -> np.ndarray:
+    """``frame`` as (h, w, 3) RGB of ``fmt`` at ``size`` = (w, h): itself where it has that
+    size, else scaled (bicubic) to fit inside with its aspect kept, centred on black."""
+    w, h = size
+    if (frame.width, frame.height) == size:
+        return frame.to_ndarray(format=fmt)
+    k = min(w / frame.width, h / frame.height)
+    fw, fh = max(1, min(w, round(frame.width * k))), max(1, min(h, round(frame.height * k)))
+    image = frame.reformat(width=fw, height=fh, format=fmt, interpolation="BICUBIC").to_ndarray()
+    if (fw, fh) == size:
+        return image
+    out = np.zeros((h, w, 3), image.dtype)
+    y, x = (h - fh) // 2, (w - fw) // 2
+    out[y:y + fh, x:x + fw] = image
+    return out
 
 
 def _near(pkt: av.Packet, t_in: float) -> bool:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from vsr.errors import ConfigError, OutputError, PipelineError
+from vsr.errors import ConfigError, OutputError
 from vsr.io.sink import EncodeConfig
 from vsr.io.source import Frame
 from vsr.options import RunOptions, check_at_least, check_choice
@@ -199,18 +199,13 @@ def run_stream(config: StreamConfig,
         written += 1
 
     index = 0
-    size = None
     try:
         try:
             reader.start()  # inside: a stop right after it still aborts the sink
             while (item := queue.get(stop, timeout=config.stats_interval_s)) is not None:
-                if item is not IDLE:
-                    if size is not None and item.image.shape != size:
-                        raise PipelineError(
-                            f"the source changed size from {size[1]}x{size[0]} to "
-                            f"{item.image.shape[1]}x{item.image.shape[0]}")
-                    size = item.image.shape
+                if item is not IDLE:  # at one size: the reader fits the frames of another
                     if processor is None:  # "auto" precision depends on the frames
+                        size = item.image.shape
                         depth = 8 * item.image.dtype.itemsize  # uint8 or uint16
                         framed = models.handle(config, config.device, bit_depth=depth,
                                                pixels=size[0] * size[1])
