@@ -275,3 +275,24 @@ def test_a_source_that_changes_size_goes_on_at_the_first_size(tmp_path):
     wide = frames[30]  # 96x48 in 64x48: 64x32 in the middle, black bands above and below
     assert wide[:12].max() < 40 and wide[-12:].max() < 40 and wide[40:56].min() > 150
     assert frames[50][10:86, 10:118].min() > 150  # 32x24 scaled up to fill it
+
+
+def test_frames_waiting_at_a_stop_are_counted_as_dropped(tmp_path):
+    """Ctrl-C while read frames wait for a slow model: in == out + dropped in the final
+    stats (they were counted nowhere)."""
+    port, dst = free_port(socket.SOCK_STREAM), str(tmp_path / "out.ts")
+    proc = subprocess.Popen([*VSR, f"tcp://127.0.0.1:{port}?listen=1", dst, "--device", "cpu",
+                             "--drop", "none", "--deflicker", "0", "--json",
+                             "--stats-interval", "0.2"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    with connect_tcp(port, proc, err) as conn:
+        conn.sendall(_sized_ts(120, 320, 240, 0))  # read at once, computed at a few a second
+        wait_for(lambda: any(s["frames_out"] >= 2 for s in out.stats()) or None, proc, err,
+                 "two frames out")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
+    out.join(timeout=5)
+    final = out.stats()[-1]
+    assert final["final"] and final["frames_in"] > final["frames_out"]
+    assert final["frames_in"] == final["frames_out"] + final["dropped"]

@@ -158,6 +158,17 @@ class DropQueue:
             self._items.append(item)
             self._cond.notify_all()
 
+    def discard(self, unfinished: int = 0) -> int:
+        """Drop the frames still waiting (the run is over), counted in ``dropped`` with the
+        ``unfinished`` ones taken from here that a stop cut short, so that every frame read is
+        written or dropped; returns how many that makes."""
+        with self._cond:
+            left = sum(item is not None for item in self._items) + unfinished
+            self._items.clear()
+            self.dropped += left
+            self._cond.notify_all()
+            return left
+
     def get(self, stop: threading.Event, timeout: float | None = None) -> LiveFrame | None:
         """The next frame to compute; None at the end or when ``stop`` is set; IDLE when
         ``timeout`` seconds pass without a frame."""
