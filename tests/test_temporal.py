@@ -155,3 +155,26 @@ def test_upscale_and_batch_filter_the_whole_file_in_order(tmp_path):
     done = json.loads(r.stdout.splitlines()[-1])["done"]
     got = _frames(Path(done[0]["output"]))
     assert len(got) == 8 and all(np.array_equal(x, y) for x, y in zip(b, got, strict=True))
+
+
+@pytest.mark.cuda
+def test_the_filter_on_the_gpu_matches_the_host():
+    """Deflickered filters 8-bit frames on the model's GPU: the same frames as on the host,
+    to a level (float rounding on another device)."""
+    from vsr.io.source import Frame
+    from vsr.models import load_model
+    from vsr.pipeline import CpuProcessor
+    from vsr.pipeline.temporal import Deflickered
+
+    rng = np.random.default_rng(4)
+    base = _scene()
+    frames = [Frame(i, i, np.clip(np.rint(base + rng.normal(0, 2, base.shape)), 0, 255)
+                    .astype(np.uint8)) for i in range(6)]
+    runs = []
+    for device in ("cpu", "cuda"):
+        proc = Deflickered(CpuProcessor(load_model("bicubic", scale=2)), Deflicker(0.5, 2),
+                           device=device)
+        runs.append([img for f in frames for _, img in proc.submit(f)])
+    assert len(runs[1]) == 6
+    for a, b in zip(*runs, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1

@@ -56,7 +56,8 @@ class Prepared:
                                    runner=self.runner, batch=self.options.batch)
         if self.options.deflicker:
             processor = Deflickered(processor, Deflicker(self.options.deflicker,
-                                                         self.handle.scale))
+                                                         self.handle.scale),
+                                    device=self.handle.device)
         if alpha:
             processor = AlphaCarried(processor, self.handle.scale)
         return processor

@@ -91,11 +91,18 @@ class Deflicker:
 
 class Deflickered(AfterInference):
     """A processor (:class:`vsr.pipeline.run.Processor`) whose finished frames pass through
-    a :class:`Deflicker`, in order."""
+    a :class:`Deflicker`, in order, on ``device``: on the model's GPU 8-bit frames are copied
+    there and back and filtered there, because the host takes ~150 ms for a 1440p frame on two
+    cores (benchmarks/VIDEO_EVAL.md; the GPU's time is not measured yet); 16-bit frames are
+    filtered on the host."""
 
-    def __init__(self, inner, deflicker: Deflicker) -> None:
+    def __init__(self, inner, deflicker: Deflicker, device: torch.device | str = "cpu") -> None:
         super().__init__(inner)
         self._filter = deflicker
+        self._device = torch.device(device)
 
     def finish(self, frame: Frame, image: np.ndarray) -> np.ndarray:
-        return self._filter(torch.from_numpy(frame.image), torch.from_numpy(image)).numpy()
+        lr, sr = torch.from_numpy(frame.image), torch.from_numpy(image)
+        if self._device.type != "cpu" and sr.dtype == torch.uint8:
+            lr, sr = lr.to(self._device), sr.to(self._device)
+        return self._filter(lr, sr).cpu().numpy()
