@@ -33,7 +33,6 @@ from vsr.jobs.plan import (
     make_jobs,
 )
 from vsr.jobs.segments import (
-    SEGMENT_SUFFIX,
     Segment,
     Task,
     TaskResult,
@@ -41,6 +40,7 @@ from vsr.jobs.segments import (
     is_segmentable,
     plan_segments,
     segment_problem,
+    segment_suffix,
     warnings_once_per_input,
 )
 from vsr.jobs.store import JobStore, SegmentRow, StoreError
@@ -284,12 +284,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def segment_path(seg_dir: Path, index: int) -> Path:
-    return seg_dir / f"seg-{index:05d}{SEGMENT_SUFFIX}"
+def segment_path(seg_dir: Path, index: int, job: Job) -> Path:
+    return seg_dir / f"seg-{index:05d}{segment_suffix(job.options.codec, job.output)}"
 
 
 def segment_paths(f: _File) -> list[Path]:
-    return [segment_path(f.seg_dir, s.index) for s in f.segments]
+    return [segment_path(f.seg_dir, s.index, f.job) for s in f.segments]
 
 
 def _fingerprint(job: Job, segment_frames: int) -> str:
@@ -328,7 +328,7 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
     rows = {r.index: r for r in store.segments(file_id)}
     tasks, reused = [], 0
     for s in segments:
-        path = segment_path(seg_dir, s.index)
+        path = segment_path(seg_dir, s.index, job)
         if rows[s.index].done and _reusable(job, rows[s.index], path):
             reused += s.frames
             with tracker.lock:

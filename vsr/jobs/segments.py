@@ -33,6 +33,17 @@ from vsr.upscale import UpscaleConfig, upscale_file
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".nut"
+# libvpx's alpha plane travels beside each frame as Matroska BlockAdditional, which NUT drops
+_BESIDE_IN_MATROSKA = frozenset({"libvpx", "libvpx-vp9"})
+
+
+def segment_suffix(codec: str, output: Path) -> str:
+    """The container of a segment encoded by ``codec`` for ``output``: NUT (exact timestamps
+    in any time base), or Matroska for VP8/VP9 into a Matroska/WebM output, which keeps their
+    alpha plane only if the segments do (and has Matroska's millisecond clock anyway)."""
+    if codec in _BESIDE_IN_MATROSKA and output.suffix.lower() in (".mkv", ".webm"):
+        return ".mkv"
+    return SEGMENT_SUFFIX
 
 # The loggers whose warnings in a task are about its input as a whole (an alpha channel the
 # output drops, --tile overriding --backend): every segment of a video would say them again.
