@@ -244,14 +244,16 @@ def test_a_tcp_output_nobody_connects_to_within_listen_timeout_fails(tmp_path):
 
 
 def _sized_ts(frames: int, w: int, h: int, start: int) -> bytes:
-    """``frames`` flat frames of ``w`` x ``h``, video only, from frame ``start`` on the clock."""
+    """``frames`` flat frames of ``w`` x ``h``, each a level brighter (none a repeat), video
+    only, from frame ``start`` on the clock."""
     buf = io.BytesIO()
     with av.open(buf, "w", format="mpegts") as out:
         v = out.add_stream("libx264", rate=25)
         v.width, v.height, v.pix_fmt = w, h, "yuv420p"
         v.codec_context.options = {"preset": "ultrafast"}
         for i in range(frames):
-            f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 200, np.uint8), format="rgb24")
+            level = 200 + (start + i) % 40  # each frame differs: none is a repeat
+            f = av.VideoFrame.from_ndarray(np.full((h, w, 3), level, np.uint8), format="rgb24")
             f.pts, f.time_base = (start + i) * 3600, Fraction(1, 90000)
             for p in v.encode(f):
                 out.mux(p)

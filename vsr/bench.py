@@ -136,7 +136,7 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         log.info("backend %s prepared in %.1f s", runner.backend, runner.prepare_seconds)
     make_proc = prepared.processor
 
-    proc = make_proc()
+    proc = make_proc(reuse=False)  # the model on every frame, repeated ones too
     # warm-up: first-call allocations and kernel selection are not throughput
     list(itertools.chain(proc.submit(decoded[0]), proc.drain()))
     keep = []

@@ -25,6 +25,7 @@ from vsr.loading import is_small_frame, load_model
 from vsr.options import BACKEND_PRECISIONS, ModelOptions
 from vsr.pipeline import ComputeReport, Progress, RunStats, make_processor, run_pipeline
 from vsr.pipeline.alpha import AlphaCarried
+from vsr.pipeline.repeats import RepeatsReused
 from vsr.pipeline.temporal import Deflicker, Deflickered
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,17 @@ class Prepared:
     def notes(self) -> tuple[str, ...]:
         return tuple(self.runner.notes) if self.runner is not None else ()
 
-    def processor(self, overlap: int = 16, *, alpha: bool = False):
+    def processor(self, overlap: int = 16, *, alpha: bool = False, reuse: bool = True):
         """A fresh inference stage (one per run: it holds the run's in-flight frames and the
-        deflicker filter's running output). ``alpha``: finished frames of a Frame with an
+        deflicker filter's running output); a frame identical to the one before is not
+        computed again (:class:`RepeatsReused`; ``reuse=False``: every frame is, as a
+        measurement of the model wants). ``alpha``: finished frames of a Frame with an
         alpha plane come out as RGBA, the plane resized (:class:`AlphaCarried`) after the
         deflicker filter, which sees the colour only."""
         processor = make_processor(self.handle, tile=self.options.tile, overlap=overlap,
                                    runner=self.runner, batch=self.options.batch)
+        if reuse:
+            processor = RepeatsReused(processor)
         if self.options.deflicker:
             processor = Deflickered(processor, Deflicker(self.options.deflicker,
                                                          self.handle.scale),

@@ -34,6 +34,7 @@ class ComputeReport:
     fell_back_to_fp32: bool = False
     tile: int | None = None  # tile size in use at the end (set by --tile or by OOM)
     oom_retries: int = 0
+    reused_frames: int = 0  # repeats of the frame before, given its output (pipeline.repeats)
     notes: list[str] = field(default_factory=list)
 
 
