@@ -79,12 +79,26 @@ def test_abort_leaves_nothing(clip, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
 
-def test_rejects_wrong_frame_shape(clip, tmp_path):
-    src = clip("a.mp4", frames=2)
-    info = PyAVSource(src).info
-    with pytest.raises(OutputError), PyAVSink(tmp_path / "o.mp4", info, 64, 48) as sink:
-        sink.write(np.zeros((10, 10, 3), np.uint8), 0)
-    assert not (tmp_path / "o.mp4").exists()
+@pytest.mark.parametrize("kind", ["pyav", "ffmpeg", "image"])
+@pytest.mark.parametrize("bad", [(10, 10, 3, np.uint8), (96, 128, 4, np.uint8),
+                                 (96, 128, 3, np.float32), (96, 128, 3, np.int16)])
+def test_rejects_wrong_frames(clip, tmp_path, kind, bad):
+    """Every sink takes (H, W, 3) uint8/uint16 of its size (RGBA only where it keeps an
+    input's alpha): anything else is an OutputError, and nothing is left behind."""
+    from vsr.io.ffmpeg_sink import FfmpegSink
+    from vsr.io.image import ImageSink
+
+    if kind == "ffmpeg" and not ffmpeg_available():
+        pytest.skip("no ffmpeg program")
+    info = PyAVSource(clip("a.mp4", frames=2)).info
+    out = tmp_path / ("o.png" if kind == "image" else "o.mp4")
+    open_sink = {"pyav": lambda: PyAVSink(out, info, 128, 96),
+                 "ffmpeg": lambda: FfmpegSink(out, info, 128, 96),
+                 "image": lambda: ImageSink(out, 128, 96)}[kind]
+    *shape, dtype = bad
+    with pytest.raises(OutputError, match="a frame must be"), open_sink() as sink:
+        sink.write(np.zeros(shape, dtype), 0)
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.mp4"]
 
 
 def test_x264_output_of_a_tiny_video_is_the_same_every_run(clip, tmp_path):

@@ -24,7 +24,14 @@ import numpy as np
 
 from vsr.errors import OutputError
 from vsr.io.info import StreamInfo, has_alpha
-from vsr.io.output import SinkContext, check_output_path, discard, finish, temp_path_for
+from vsr.io.output import (
+    SinkContext,
+    check_frame,
+    check_output_path,
+    discard,
+    finish,
+    temp_path_for,
+)
 from vsr.io.paths import file_url
 from vsr.io.sink import (
     EncodeConfig,
@@ -199,11 +206,8 @@ class FfmpegSink(SinkContext):
 
     def write(self, image: np.ndarray, pts: int) -> None:
         """(H, W, 3) RGB, or (H, W, 4) RGBA where :attr:`alpha`; uint8 or uint16."""
-        channels = 4 if self.alpha else 3
-        if image.shape[:2] != self._size or image.ndim != 3 or image.shape[2] not in (
-                3, channels) or image.dtype not in (np.uint8, np.uint16):
-            raise OutputError(f"frame {image.shape} {image.dtype} != {self._size + (channels,)}")
-        if image.shape[2] != channels:  # RGB into an RGBA pipe: opaque
+        check_frame(image, self._size, alpha=self.alpha)
+        if self.alpha and image.shape[2] == 3:  # RGB into an RGBA pipe: opaque
             top = np.iinfo(image.dtype).max
             image = np.concatenate([image, np.full(self._size + (1,), top, image.dtype)], 2)
         deep = self._fmt.endswith("le")

@@ -20,7 +20,7 @@ import numpy as np
 
 from vsr.errors import InputError, OutputError
 from vsr.io.info import StreamInfo
-from vsr.io.output import SinkContext, check_output_path, store_file
+from vsr.io.output import SinkContext, check_frame, check_output_path, store_file
 from vsr.limits import env_limit
 
 
@@ -312,11 +312,7 @@ class ImageSink(SinkContext):
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
         if self._data is not None:
             raise OutputError("an image output takes one frame")
-        channels = (3, 4) if self.alpha else (3,)
-        if image.shape[:2] != self._size or image.ndim != 3 or image.shape[2] not in channels \
-                or image.dtype not in (np.uint8, np.uint16):
-            raise OutputError(f"frame {image.shape} {image.dtype} != "
-                              f"{self._size + (channels[-1],)} uint8")
+        check_frame(image, self._size, alpha=self.alpha)
         self._data, self.pix_fmt = encode_image(image, self._format, jpeg_scale=self._q,
                                                 name=self.path.name)
         self.frames = 1

@@ -281,6 +281,18 @@ def discard(temp: Path) -> None:
         temp.unlink()
 
 
+def check_frame(image, size: tuple[int, int], *, alpha: bool = False) -> None:
+    """Raise OutputError unless ``image`` is what a sink of ``size`` (height, width) takes:
+    (H, W, 3) RGB uint8 or uint16, or (H, W, 4) RGBA too where the sink keeps ``alpha``."""
+    channels = (3, 4) if alpha else (3,)
+    shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", None)
+    if shape is None or len(shape) != 3 or shape[:2] != size or shape[2] not in channels \
+            or dtype not in ("uint8", "uint16"):
+        raise OutputError(f"a frame must be ({size[0]}, {size[1]}, "
+                          f"{' or '.join(map(str, channels))}) uint8 or uint16, got "
+                          f"{shape} {dtype}")
+
+
 class SinkContext:
     """A sink as a context manager: a clean exit closes (flushes, renames into place), an
     exception aborts (the temporary output is removed). Subclasses define close and abort."""

@@ -22,6 +22,7 @@ from vsr.errors import ConfigError, OutputError
 from vsr.io.info import StreamInfo, bit_depth_of, format_has_alpha, has_alpha
 from vsr.io.output import (
     SinkContext,
+    check_frame,
     check_output_path,
     discard,
     finish,
@@ -361,12 +362,7 @@ class VideoEncoder:
     def frame(self, image: np.ndarray, pts: int) -> av.VideoFrame:
         """(H, W, 3) uint8/uint16 RGB at ``pts`` (input time base) -> an encoder-ready frame;
         (H, W, 4) RGBA too where the encoder writes alpha (RGB then is opaque)."""
-        channels = (3, 4) if self.alpha else (3,)
-        if image.ndim != 3 or image.shape[2] not in channels or image.shape[:2] != self._size:
-            raise OutputError(f"frame shape {image.shape} != expected "
-                              f"{self._size + (channels[-1],)}")
-        if image.dtype not in (np.uint8, np.uint16):
-            raise OutputError(f"frame dtype {image.dtype} is not uint8 or uint16")
+        check_frame(image, self._size, alpha=self.alpha)
         direct = image.shape[2] == 4 and image.dtype == np.uint8 and self._alpha_plane is not None
         rgb = rgb_frame(image[..., :3] if direct else image)
         c = self._info.color
