@@ -29,11 +29,9 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     Returns:
         (scale * H, scale * W) of ``alpha``'s dtype: bicubic, clamped, rounded.
     """
-    top = 255.0 if alpha.dtype == np.uint8 else 65535.0
-    x = torch.from_numpy(alpha).to(torch.float32)
-    y = imresize(x, scale).clamp_(0.0, top).round_()
-    return y.to(torch.uint8 if alpha.dtype == np.uint8 else torch.int32).numpy().astype(
-        alpha.dtype, copy=False)
+    top = float(np.iinfo(alpha.dtype).max)
+    y = imresize(torch.from_numpy(alpha).to(torch.float32), scale).clamp_(0.0, top).round_()
+    return y.numpy().astype(alpha.dtype)  # whole numbers in range: exact
 
 
 class AlphaCarried(AfterInference):

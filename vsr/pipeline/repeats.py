@@ -36,9 +36,11 @@ class RepeatsReused:
         return self._inner.report
 
     def _repeat(self, frame: Frame) -> bool:
-        last = self._last
-        return (last is not None and last.shape == frame.image.shape
-                and last.dtype == frame.image.dtype and np.array_equal(last, frame.image))
+        last, image = self._last, frame.image
+        if last is None or last.shape != image.shape or last.dtype != image.dtype:
+            return False
+        # a sample first: a frame that differs almost always differs there, at 1/64 the cost
+        return np.array_equal(last[::8, ::8], image[::8, ::8]) and np.array_equal(last, image)
 
     def _out(self, done: Iterator[tuple[Frame, np.ndarray]]
              ) -> Iterator[tuple[Frame, np.ndarray]]:

@@ -13,8 +13,8 @@ filter, to the input's size) against the new input frame, as the mean absolute d
 the previous output still explains the new input (a static scene, codec noise below
 ``tolerance``), the output is averaged over time; where it does not (motion, a cut, a fade)
 ``w`` falls to zero and the new frame passes as the model made it, so moving content does not
-ghost. The first frame, and the first after a change of frame size or a
-:meth:`Deflicker.reset`, pass unchanged.
+ghost. The first frame, and the first after a change of frame size, pass unchanged; so does a
+frame after a reconnect of a live source, unless the previous output still explains it.
 
 It is meant for compressed input, whose codec noise hides slow, fine changes anyway; on clean
 input it also averages real sub-``tolerance`` motion and costs detail (benchmarks/VIDEO_EVAL.md,
@@ -53,10 +53,6 @@ class Deflicker:
         self.scale = scale
         self.tolerance = tolerance
         self._acc: torch.Tensor | None = None  # (3, sH, sW) float32, 0..255 scale
-
-    def reset(self) -> None:
-        """Forget the running output: the next frame passes unchanged (a new stream)."""
-        self._acc = None
 
     @torch.inference_mode()
     def __call__(self, lr: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
