@@ -158,13 +158,13 @@ class DropQueue:
             self._items.append(item)
             self._cond.notify_all()
 
-    def discard(self, unfinished: int = 0) -> int:
-        """Drop the frames still waiting (the run is over), counted in ``dropped`` with the
-        ``unfinished`` ones taken from here that a stop cut short, so that every frame read is
-        written or dropped; returns how many that makes."""
+    def settle(self, read: int, written: int) -> int:
+        """At the end of a run, every frame read (``read`` went through here) and not
+        ``written`` counts as dropped: those still waiting, and those a stop cut short on
+        their way out (in the model, in the encoder). Returns how many more that makes."""
         with self._cond:
-            left = sum(item is not None for item in self._items) + unfinished
             self._items.clear()
+            left = max(0, read - written - self.dropped)
             self.dropped += left
             self._cond.notify_all()
             return left

@@ -235,7 +235,7 @@ def run_stream(config: StreamConfig,
     finally:
         if reader.is_alive():  # False too if a stop cut its start short
             reader.join(timeout=2.0)  # a reader blocked on a silent source is a daemon thread
-    if left := queue.discard(unfinished=len(pending)):  # read, not written: a stop came
+    if left := queue.settle(reader.frames, written):  # read, not written: a stop came
         log.info("%d frames read before the stop were not written (counted as dropped)", left)
     final = meter.stats(reader, queue, sink, written, time.monotonic(), final=True,
                         error=reader.error)
