@@ -7,7 +7,13 @@ import time
 
 import click
 
-from vsr.cli.common import emit_json, encode_options, json_option, model_options
+from vsr.cli.common import (
+    deinterlace_option,
+    emit_json,
+    encode_options,
+    json_option,
+    model_options,
+)
 from vsr.cli.main import printable
 
 
@@ -54,6 +60,7 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
                    "{model} {index}.")
 @model_options(device=False)  # the devices are the workers' (--devices)
 @encode_options()
+@deinterlace_option
 @click.option("--devices", default="auto", show_default=True, callback=_devices,
               help="Comma-separated workers sharing the queue: cpu,cpu or cuda:0,cuda:1.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
@@ -75,7 +82,7 @@ def batch(inputs: tuple[str, ...], output_dir: str,
           precision: str, tile: int | None, backend: str, batch: int, deflicker: float,
           codec: str,
           crf: int | None, preset: str | None,
-          pix_fmt: str | None, devices: tuple[str, ...], ray_address: str | None,
+          pix_fmt: str | None, deinterlace: bool, devices: tuple[str, ...], ray_address: str | None,
           resume: bool, overwrite: bool, wait: bool, segment_frames: int, progress: bool,
           as_json: bool) -> None:
     """Upscale many files into DIR; finished files are skipped on a rerun.
@@ -90,7 +97,7 @@ def batch(inputs: tuple[str, ...], output_dir: str,
 
     options = JobOptions(model=model, scale=scale, precision=precision, tile=tile,
                          backend=backend, batch=batch, deflicker=deflicker, codec=codec,
-                         crf=crf, preset=preset, pix_fmt=pix_fmt)
+                         crf=crf, preset=preset, pix_fmt=pix_fmt, deinterlace=deinterlace)
     config = BatchConfig(inputs=inputs, output_dir=output_dir, manifests=manifest,
                          template=template, options=options, devices=devices, resume=resume,
                          overwrite=overwrite, segment_frames=segment_frames, ray=ray_address,

@@ -129,6 +129,12 @@ def decoder_option(f: Callable) -> Callable:
                         show_default=True, help="Frame reader.")(f)
 
 
+def deinterlace_option(f: Callable) -> Callable:
+    return click.option("--deinterlace/--no-deinterlace", default=True, show_default=True,
+                        help="Interlaced input: one progressive frame per frame (bwdif) "
+                             "before the model; without, its combing is upscaled too.")(f)
+
+
 def encoder_option(f: Callable) -> Callable:
     return click.option("--encoder", type=click.Choice(ENCODERS), default="pyav",
                         show_default=True, help="ffmpeg: pipe to the system ffmpeg program.")(f)

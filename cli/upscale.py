@@ -9,6 +9,7 @@ import click
 
 from vsr.cli.common import (
     decoder_option,
+    deinterlace_option,
     emit_json,
     encode_config,
     encode_options,
@@ -51,6 +52,7 @@ class _Bar:
 @model_options()
 @encode_options()
 @decoder_option
+@deinterlace_option
 @encoder_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=None,
@@ -58,7 +60,8 @@ class _Bar:
 @json_option
 def upscale(input_path: str, output_path: str, model: str | None, scale: int | None,
             device: str, precision: str, tile: int | None, codec: str, crf: int | None,
-            preset: str | None, pix_fmt: str | None, decoder: str, encoder: str,
+            preset: str | None, pix_fmt: str | None, decoder: str, deinterlace: bool,
+            encoder: str,
             overwrite: bool, progress: bool | None, backend: str, batch: int,
             deflicker: float, as_json: bool) -> None:
     """Upscale the video (or image: PNG, JPEG, BMP, TIFF, WebP, PPM/PGM) IN into OUT.
@@ -88,8 +91,8 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
         input=input_path, output=output_path, model=model, scale=scale, device=device,
         precision=precision, tile=tile,
         encode=encode_config(codec, crf, preset, pix_fmt),
-        decoder=decoder, encoder=encoder, overwrite=overwrite, backend=backend, batch=batch,
-        deflicker=deflicker,
+        decoder=decoder, deinterlace=deinterlace, encoder=encoder, overwrite=overwrite,
+        backend=backend, batch=batch, deflicker=deflicker,
     )
     bar = _Bar(progress)
     try:

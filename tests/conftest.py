@@ -132,6 +132,22 @@ def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (64, 48),
     return path
 
 
+def alpha_clip(path: Path, *, frames: int = 8, size: tuple[int, int] = (64, 48)) -> Path:
+    """FFV1 yuva420p (an alpha channel) of flat frames of rising level, a keyframe every 2."""
+    w, h = size
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("ffv1", rate=25)
+        st.width, st.height, st.pix_fmt = w, h, "yuva420p"
+        st.codec_context.gop_size = 2
+        for i in range(frames):
+            rgba = np.full((h, w, 4), 20 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format="yuva420p")
+            frame.pts = i
+            out.mux(st.encode(frame))
+        out.mux(st.encode(None))
+    return path
+
+
 @pytest.fixture
 def clip(tmp_path):
     """Factory: clip(name, **make_clip options) -> path of a new synthetic clip."""

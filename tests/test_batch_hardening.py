@@ -16,9 +16,11 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import make_clip, packets, video_pts_seconds
+from conftest import alpha_clip, make_clip, packets, video_pts_seconds
 
+import vsr
 from vsr.jobs import BatchConfig, JobOptions, run_batch
+from vsr.jobs.segments import TASK_LOGGERS
 
 BICUBIC = ["--model", "bicubic", "--scale", "2", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -544,22 +546,12 @@ def _mux_flat_frames(out, st, frames: int, fmt: str) -> None:
     out.mux(st.encode(None))
 
 
-def _alpha_clip(path: Path, frames: int = 8) -> Path:
-    """64x48 FFV1 yuva420p (an alpha channel), a keyframe every 2 frames."""
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("ffv1", rate=25)
-        st.width, st.height, st.pix_fmt = 64, 48, "yuva420p"
-        st.codec_context.gop_size = 2
-        _mux_flat_frames(out, st, frames, "rgba")
-    return path
-
-
 def test_per_input_warnings_are_said_once_per_file_not_per_segment(tmp_path):
     """Each segment opens the input and an encoder: the HDR10 loss and the alpha channel were
     warned of once per segment (4 times each here), by two workers at once."""
     if "libx265" not in av.codecs_available:
         pytest.skip("no libx265 in this PyAV")
-    hdr, alpha = _hdr10_clip(tmp_path / "hdr.mkv"), _alpha_clip(tmp_path / "alpha.mkv")
+    hdr, alpha = _hdr10_clip(tmp_path / "hdr.mkv"), alpha_clip(tmp_path / "alpha.mkv")
     out = tmp_path / "out"
     code, report, err = _run(str(hdr), str(alpha), "-o", str(out), *BICUBIC, "--codec", "ffv1",
                              "--segment-frames", "2", "--devices", "cpu,cpu")
@@ -707,3 +699,20 @@ def test_an_output_the_store_cannot_record_is_removed_so_the_rerun_can_make_it(t
         with pytest.raises(StoreError, match="job store"):
             tracker.complete(_File(job, file_id, None, [], [], 1))
     assert not output.exists()
+
+
+def test_every_module_a_task_runs_has_its_warnings_collected():
+    """A batch says a task's warnings once per file, and under --ray at all, only for the
+    loggers in TASK_LOGGERS: a module that warns and is not there would be said per segment,
+    or never under Ray. Modules outside a task's reach (the batch itself, streams, training,
+    compression) are left out."""
+    root = Path(vsr.__file__).parent
+    outside = ("jobs", "stream", "train", "compress")
+    warns = set()
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] in outside or "log.warning(" not in path.read_text():
+            continue
+        name = ".".join(("vsr", *rel.with_suffix("").parts)).removesuffix(".__init__")
+        warns.add(name)
+    assert warns and warns <= set(TASK_LOGGERS), sorted(warns - set(TASK_LOGGERS))

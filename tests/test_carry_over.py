@@ -136,16 +136,3 @@ def test_batch_join_keeps_the_rotation(tmp_path):
         frame = next(c.decode(video=0))
         assert round(frame.rotation) == round(next(av.open(str(src)).decode(video=0)).rotation)
         assert round(frame.rotation) in (90, -90)
-
-
-@pytest.mark.parametrize("how", ["upscale", "batch"])
-def test_interlaced_input_is_warned_of(tmp_path, caplog, how):
-    src = tmp_path / "il.mp4"
-    _ffmpeg("-vf", "setfield=tff", *_x264("-flags", "+ilme+ildct", "-x264opts", "tff=1"), src)
-    caplog.set_level(logging.WARNING, logger="vsr")
-    if how == "batch":
-        _batch(src, tmp_path / "bo")
-    else:
-        _upscale(src, tmp_path / "out.mp4")
-    hits = [r.getMessage() for r in caplog.records if "interlaced" in r.getMessage()]
-    assert len(hits) == 1 and "il.mp4" in hits[0] and "top field first" in hits[0]

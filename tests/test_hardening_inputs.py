@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import pytest
 import torch
-from conftest import make_clip, packets, video_pts_seconds
+from conftest import alpha_clip, make_clip, packets, video_pts_seconds
 from safetensors.torch import save_file
 
 from vsr.errors import CheckpointError, ConfigError, InputError
@@ -682,22 +682,11 @@ def test_a_palette_picture_with_transparency_has_alpha(tmp_path, caplog):
 def test_an_input_with_alpha_is_encoded_without_an_alpha_plane(tmp_path, codec):
     """libx265 lists yuva420p whether or not it was built with alpha (without, the run
     failed): it gets yuv420p. FFV1 keeps the alpha plane (tests/test_alpha.py)."""
-    import numpy as np
-
     from vsr.upscale import UpscaleConfig, upscale_file
 
     if codec not in av.codecs_available:
         pytest.skip(f"{codec} not in this PyAV")
-    src = tmp_path / "alpha.mkv"
-    with av.open(str(src), "w") as out:
-        st = out.add_stream("ffv1", rate=25)
-        st.width, st.height, st.pix_fmt = 32, 24, "yuva420p"
-        for i in range(3):
-            rgba = np.full((24, 32, 4), 40 * i, np.uint8)
-            frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format="yuva420p")
-            frame.pts = i
-            out.mux(st.encode(frame))
-        out.mux(st.encode(None))
+    src = alpha_clip(tmp_path / "alpha.mkv", frames=3, size=(32, 24))
     out_path = tmp_path / f"out-{codec}.mkv"
     upscale_file(UpscaleConfig(input=src, output=out_path, model="bicubic", scale=2,
                                encode=EncodeConfig(codec=codec)))

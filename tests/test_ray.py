@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import make_clip, packets, video_pts_seconds
+from conftest import alpha_clip, make_clip, packets, video_pts_seconds
 
 from vsr.jobs import BatchConfig, JobOptions, run_batch
 
@@ -77,3 +77,18 @@ def test_cli_uses_the_cluster_at_an_address(tmp_path, ray_cluster):
     report = json.loads(result.stdout.splitlines()[-1])
     assert [d["output"] for d in report["done"]] == [str(tmp_path / "out" / "a.mkv")]
     assert "4 segments computed" in result.stderr
+
+
+def test_a_ray_workers_warnings_reach_the_user_once_per_file(tmp_path, ray_cluster, caplog):
+    """A Ray worker's log does not reach the driver (log_to_driver=False), so what a task
+    warned of (here: libx264 drops the input's alpha channel) was never said under --ray. The
+    tasks now return their warnings; the driver says each once per file, as a local run does."""
+    clip = alpha_clip(tmp_path / "alpha.mkv")  # FFV1: an alpha channel; 4 keyframes
+    caplog.set_level(logging.WARNING)
+    result = run_batch(BatchConfig(inputs=(str(clip),), output_dir=tmp_path / "out", ray="auto",
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",), segment_frames=2))
+    assert len(result.done) == 1 and result.segments_computed == 4
+    said = [r for r in caplog.records if "alpha channel" in r.getMessage()]
+    assert len(said) == 1 and said[0].name == "vsr.io.sink", caplog.text
+    assert "libx264 video cannot hold" in said[0].getMessage()

@@ -8,6 +8,7 @@ local runs of a stop sent the moment the partial output appeared.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import threading
@@ -119,3 +120,17 @@ def test_an_interrupt_right_after_a_thread_starts_still_stops_it(monkeypatch):
     assert _alive() == []
     time.sleep(0.1)
     assert read_after_return == []
+
+
+def test_a_worker_runs_in_the_context_of_the_thread_that_made_it():
+    """A batch task collects its warnings through a context variable
+    (vsr.jobs.segments.TASK_LOGGERS); its decode and encode workers must see it too."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+    token = var.set("task")
+    try:
+        worker = Worker("w", lambda: seen.append(var.get()), threading.Event())
+    finally:
+        var.reset(token)
+    start_all([worker])
+    assert worker.ended.wait(5) and seen == ["task"]

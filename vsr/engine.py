@@ -151,6 +151,11 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
         log.warning("%s has an alpha channel (%s) that this decoder does not read: the colour "
                     "is upscaled, the output has no alpha (--decoder pyav reads it)",
                     Path(info.path).name, info.pix_fmt)
+    if info.interlaced:
+        log.warning("%s: interlaced video (%s) is upscaled with the two fields of each frame "
+                    "woven together, and the output keeps their combing (vsr deinterlaces it "
+                    "with --decoder pyav, unless --no-deinterlace)", Path(info.path).name,
+                    info.interlaced)
     handle = models.handle(options, device, bit_depth=info.bit_depth,
                            pixels=info.width * info.height)
     width, height = info.width * handle.scale, info.height * handle.scale

@@ -19,6 +19,7 @@ set before it begins, and :func:`stop_and_wait` waits on those events, never on 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -34,12 +35,15 @@ class Worker(threading.Thread):
 
     An exception from ``target`` is kept in :attr:`error` and sets ``stop``, so the other
     workers and the caller see the failure; ``quiet`` exceptions end the worker without one.
+    ``target`` runs in a copy of the creating thread's context (its context variables: a
+    batch task's warnings are collected from its workers too).
     """
 
     def __init__(self, name: str, target: Callable[[], None], stop: threading.Event, *,
                  quiet: tuple[type[BaseException], ...] = ()) -> None:
         super().__init__(name=name, daemon=True)
         self._work = target
+        self._context = contextvars.copy_context()
         self._stop_event = stop
         self._quiet = quiet
         self.began = threading.Event()
@@ -50,7 +54,7 @@ class Worker(threading.Thread):
         self.began.set()  # before the stop check: a caller that saw no start need not wait
         try:
             if not self._stop_event.is_set():
-                self._work()
+                self._context.run(self._work)
         except BaseException as exc:
             if not isinstance(exc, self._quiet):
                 self.error = exc

@@ -37,6 +37,7 @@ class UpscaleConfig(RunOptions):
     tile_overlap: int = 16
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     decoder: str = "pyav"
+    deinterlace: bool = True  # interlaced input (see vsr.io.source.Deinterlacer)
     encoder: str = "pyav"
     overwrite: bool = False
     queue_depth: int = 2
@@ -113,7 +114,7 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
     check_output_path(config.output, overwrite=config.overwrite, input_path=config.input)
     device = resolve_device(config.device, require_available=True)
     t0 = time.perf_counter()
-    with open_source(config.input, config.decoder) as source:
+    with open_source(config.input, config.decoder, deinterlace=config.deinterlace) as source:
         is_image = source.info.is_image
         try:
             run = run_source(source, config, device,

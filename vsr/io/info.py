@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -173,11 +174,32 @@ class StreamInfo:
     others: tuple[OtherStream, ...] = ()
     is_image: bool = False
     alpha: bool = False  # the source's frames carry an alpha plane (Frame.alpha)
+    # the field order of interlaced frames the source hands out as they are, two fields woven
+    # into each (None: progressive, or deinterlaced by the source)
+    interlaced: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) in pixels of the decoded frames."""
         return self.width, self.height
+
+
+# AVFieldOrder: 0 unknown, 1 progressive, then the interlaced orders.
+_FIELD_ORDERS = {2: "top field first", 3: "bottom field first",
+                 4: "top field first, bottom coded first", 5: "bottom field first, top coded first"}
+
+
+def field_order(stream: av.video.stream.VideoStream, first: av.VideoFrame) -> str | None:
+    """The field order of an interlaced video ``stream`` whose first decoded frame is
+    ``first``, in words; None for progressive video. The stream's codec parameters say it;
+    where they do not (unknown), the frame's own flag does."""
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        order = _FIELD_ORDERS.get(int(stream.codec_context.field_order))
+        if order:
+            return order
+    if getattr(first, "interlaced_frame", False):
+        return "field order not given"
+    return None
 
 
 def bit_depth_of(pix_fmt: str) -> int:

@@ -248,22 +248,6 @@ def _codec_name(s: av.stream.Stream) -> str:
         return "unknown codec"
 
 
-# AVFieldOrder: 0 unknown, 1 progressive, then the interlaced orders.
-_FIELD_ORDERS = {2: "top field first", 3: "bottom field first",
-                 4: "top field first, bottom coded first", 5: "bottom field first, top coded first"}
-
-
-def warn_interlaced(stream: av.stream.Stream, name: object) -> None:
-    """Warn when the input video ``stream`` (of file ``name``) is interlaced: its frames are
-    resized whole, fields together, so the output is progressive frames, not fields."""
-    with contextlib.suppress(AttributeError):
-        order = _FIELD_ORDERS.get(int(stream.codec_context.field_order))
-        if order:
-            log.warning("%s: interlaced video (%s) is upscaled as progressive frames, each "
-                        "frame resized whole with its two fields; deinterlace it first for "
-                        "a clean result", name, order)
-
-
 def copy_disposition(src: av.stream.Stream, dst: av.stream.Stream) -> None:
     """Carry a stream's disposition flags (default, forced, ...) where PyAV allows it."""
     with contextlib.suppress(AttributeError, TypeError, ValueError):

@@ -29,7 +29,7 @@ from vsr.io.output import (
     temp_path_for,
     write_error,
 )
-from vsr.io.passthrough import Passthrough, container_tags, video_tags, warn_interlaced
+from vsr.io.passthrough import Passthrough, container_tags, video_tags
 from vsr.io.paths import file_url
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def alpha_advice() -> str:
 def warn_alpha_lost(info: StreamInfo, writer: str) -> None:
     """Warn that the input ``info`` has an alpha channel that ``writer`` (what writes the
     output: "libx264 video", "a .jpg picture") cannot hold; the same words for every segment
-    of a file, so a batch says it once (vsr.jobs.segments.PER_INPUT_LOGGERS)."""
+    of a file, so a batch says it once (vsr.jobs.segments.TASK_LOGGERS)."""
     log.warning("%s has an alpha channel (%s) that %s cannot hold: the colour is upscaled, "
                 "the output has no alpha; %s", Path(info.path).name or info.path, info.pix_fmt,
                 writer, alpha_advice())
@@ -261,17 +261,16 @@ def _check_named_option(codec: str, option: av.codec.context.CodecOption, value:
     raise ConfigError(f"unknown {codec} {option.name} {value!r}; known: {', '.join(names)}")
 
 
-def hdr_params(codec: str, info: StreamInfo, *, warn: bool = True) -> list[str]:
+def hdr_params(codec: str, info: StreamInfo) -> list[str]:
     """x264/x265 params carrying the input's HDR10 static metadata; for an encoder that
-    cannot take them, one warning naming what the output loses (unless not ``warn``)."""
-    if warn:
-        warn_hdr_lost(codec, info)
+    cannot take them, one warning naming what the output loses."""
+    warn_hdr_lost(codec, info)
     return info.hdr.x26x_params(codec) if info.hdr is not None else []
 
 
 def warn_hdr_lost(codec: str, info: StreamInfo) -> None:
     """Warn when the encoder ``codec`` cannot carry the HDR10 metadata of the input ``info``
-    (said once per output: a batch says it when it joins a file's segments)."""
+    (said once per output: a batch says a segment's once per file)."""
     if info.hdr is not None and not info.hdr.x26x_params(codec):
         log.warning("%s: %s cannot carry the input's HDR10 %s; the output has none (use "
                     "libx265 or libx264 to keep it)", Path(info.path).name or info.path, codec,
@@ -302,10 +301,10 @@ class VideoEncoder:
 
     def __init__(self, stream: av.video.stream.VideoStream, info: StreamInfo,
                  width: int, height: int, config: EncodeConfig, *,
-                 warn_lost: bool = True, container: str | None = None) -> None:
-        """``warn_lost``: warn of input metadata the encoder cannot carry (HDR10).
-        ``container``: the muxer's format name, for whether it keeps the alpha plane.
-        The loss of the input's alpha channel is always warned of (a batch says it once)."""
+                 container: str | None = None) -> None:
+        """``container``: the muxer's format name, for whether it keeps the alpha plane.
+        What the output loses of the input (its alpha channel, HDR10 metadata) is warned of
+        (a batch says it once per file)."""
         keep = info.alpha and keeps_alpha(config.codec, container)
         self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
         self.alpha = keep and has_alpha(self.pix_fmt)
@@ -347,7 +346,7 @@ class VideoEncoder:
 
             if (asm := x264_asm_without_avx512()) is not None:  # the same output on every run
                 params.append(f"asm={asm}")
-        params += hdr_params(cc.name, info, warn=warn_lost) + x265_quiet(cc.name)
+        params += hdr_params(cc.name, info) + x265_quiet(cc.name)
         if params:  # only libx264 and libx265 get any
             opts[cc.name.removeprefix("lib") + "-params"] = ":".join(params)
         cc.options = opts
@@ -423,9 +422,8 @@ class PyAVSink(SinkContext):
                 raise OutputError(f"the output format of {self.path.name} "
                                   f"({out.format.name}) cannot hold {config.codec} video; "
                                   "use .mp4, .mkv, .mov or another video container") from exc
-            # the whole file; a batch segment's loss is said at the join, once per file
             self._enc = VideoEncoder(stream, info, width, height, config,
-                                     warn_lost=copy_streams, container=out.format.name)
+                                     container=out.format.name)
             self._stream = stream
 
         if copy_streams:
@@ -443,8 +441,6 @@ class PyAVSink(SinkContext):
             add_video()
         with av.open(file_url(info.path)) as src:
             meta = dict(src.streams[info.index].metadata)
-            if copy_streams:  # the whole file (a batch segment's is warned of at the join)
-                warn_interlaced(src.streams[info.index], info.path)
         tags = self._pass.tags_for_video(meta) if self._pass is not None else video_tags(meta)
         self._stream.metadata.update(tags)
         try:

@@ -6,9 +6,10 @@ decoded frame in the stream's time base; images come out as one frame.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,7 @@ from vsr.io.info import (
     HdrMetadata,
     StreamInfo,
     bit_depth_of,
+    field_order,
     has_alpha,
     judged_format,
     other_streams,
@@ -93,14 +95,69 @@ def _video_stream(container: av.container.InputContainer,
     raise InputError(f"no video stream in {name}")
 
 
+class Deinterlacer:
+    """FFmpeg's bwdif filter: each interlaced frame becomes one progressive frame of the same
+    size, its missing lines interpolated from its own field and from the fields of the frames
+    before and after it; frames flagged progressive pass unchanged. One frame out per frame in,
+    in order, with the input frame's pts and duration (the filter runs on a time base of its
+    own). Holds one frame back until the next arrives; the end of the input flushes it."""
+
+    def __init__(self, time_base: Fraction) -> None:
+        self._time_base = time_base
+        self._graph: av.filter.Graph | None = None
+        self._shape: tuple[int, int, str] | None = None
+        self._times: collections.deque[tuple[int | None, int]] = collections.deque()
+
+    def _start(self, frame: av.VideoFrame) -> None:
+        g = av.filter.Graph()
+        src = g.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                           time_base=self._time_base)
+        bwdif = g.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+        src.link_to(bwdif)
+        bwdif.link_to(g.add("buffersink"))
+        g.configure()
+        self._graph, self._shape = g, (frame.width, frame.height, frame.format.name)
+
+    def _pull(self) -> Iterator[av.VideoFrame]:
+        while True:
+            try:
+                out = self._graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return
+            out.pts, out.duration = self._times.popleft()
+            out.time_base = self._time_base
+            yield out
+
+    def _flush(self) -> Iterator[av.VideoFrame]:
+        if self._graph is not None:
+            self._graph.push(None)
+            yield from self._pull()
+            self._graph = None
+
+    def frames(self, decoded: Iterable[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+        for frame in decoded:
+            if (frame.width, frame.height, frame.format.name) != self._shape:
+                yield from self._flush()  # a new size or format: a graph of its own
+                self._start(frame)
+            self._times.append((frame.pts, frame.duration))
+            self._graph.push(frame)
+            yield from self._pull()
+        yield from self._flush()
+
+
 class PyAVSource:
     """Threaded PyAV decoding of the first real video stream of a file.
 
     The constructor opens the file and decodes the first frame, so a file that is not media,
     has no video stream or no decodable frame fails here (InputError) before any output exists.
+
+    ``deinterlace``: interlaced video is handed out deinterlaced (:class:`Deinterlacer`),
+    one progressive frame per frame; else as decoded, each frame two fields woven together
+    (``info.interlaced`` says so).
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike, *, threads: int = 0,
+                 deinterlace: bool = True) -> None:
         p = check_input_path(path)
         try:
             self._name = str(p)
@@ -114,12 +171,19 @@ class PyAVSource:
             self._stream.thread_type = "AUTO"
             self._stream.codec_context.thread_count = threads
             self._vpx = _alpha_decoder(self._stream)
+            self._deinterlace = False
             self._decoded = self._decode()
             first = next(self._decoded, None)
             if first is None:
                 raise InputError(f"no video frames in {p}")
+            order = field_order(self._stream, first)
+            if order and deinterlace:
+                log.info("%s: interlaced video (%s), deinterlaced (bwdif)", p.name, order)
+                self._deinterlace = True
+                self._decoded = self._deinterlaced(_chain_first(first, self._decoded))
+                first = next(self._decoded)
             self._first = first
-            self.info = self._describe(p, first)
+            self.info = self._describe(p, first, None if self._deinterlace else order)
         except BaseException:
             self._container.close()
             raise
@@ -137,7 +201,14 @@ class PyAVSource:
         except av.error.FFmpegError as exc:
             raise InputError(f"decoding {self._name} failed: {exc}") from exc
 
-    def _describe(self, p: Path, first: av.VideoFrame) -> StreamInfo:
+    def _deinterlaced(self, decoded: Iterable[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+        try:
+            yield from Deinterlacer(Fraction(self._stream.time_base or Fraction(1, 25))
+                                    ).frames(decoded)
+        except av.error.FFmpegError as exc:
+            raise InputError(f"deinterlacing {self._name} failed: {exc}") from exc
+
+    def _describe(self, p: Path, first: av.VideoFrame, interlaced: str | None) -> StreamInfo:
         s, cc = self._stream, self._stream.codec_context
         fmt = judged_format(first, cc.name)  # a palette's transparency too; a GIF's if used
         rate = s.average_rate or s.guessed_rate or s.base_rate
@@ -171,6 +242,7 @@ class PyAVSource:
             others=other_streams(self._container, s.index),
             is_image=is_image,
             alpha=has_alpha(fmt),
+            interlaced=interlaced,
         )
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
@@ -217,6 +289,9 @@ class PyAVSource:
 
         Decoding continues past the keyframe at ``end`` until a frame at or after ``end``
         comes out, so open-GOP leading frames still land in the range they belong to.
+        Deinterlaced, it starts a keyframe earlier, so that the frames of the range are
+        deinterlaced with the same neighbours as in :meth:`frames` (bwdif looks one frame
+        back and one ahead).
         A source is iterated once (this or :meth:`frames`); raises InputError.
         """
         if self._taken:
@@ -225,7 +300,7 @@ class PyAVSource:
         decoded: Iterator[av.VideoFrame] = _chain_first(self._first, self._decoded)
         if start is not None and (self._first.pts is None or start > self._first.pts):
             self._decoded.close()
-            decoded = self._seek_before(start)
+            decoded = self._seek_before(start - 1 if self._deinterlace else start)
         index = 0
         for frame in decoded:
             if frame.pts is None:
@@ -253,7 +328,7 @@ class PyAVSource:
                 raise InputError(f"cannot seek in {self._name}: {exc}") from exc
             if self._vpx is not None:  # the container's seek flushes only its own decoder
                 self._vpx.flush_buffers()
-            frames = self._decode()
+            frames = self._deinterlaced(self._decode()) if self._deinterlace else self._decode()
             first = next(frames, None)
             landed = first is not None and (first.pts is None or first.pts <= start)
             if landed or target <= origin:
@@ -330,14 +405,17 @@ def truncation_problem(container: av.container.InputContainer,
     return None
 
 
-def open_source(path: str | os.PathLike, decoder: str = "pyav") -> Source:
+def open_source(path: str | os.PathLike, decoder: str = "pyav", *,
+                deinterlace: bool = True) -> Source:
     """Open ``path`` with the named decoder (vsr.options.DECODERS: "pyav" or "decord");
-    images always use PyAV. Raises ConfigError for another name."""
+    images always use PyAV. ``deinterlace``: PyAV's frames of interlaced video come out
+    deinterlaced (decord's never do). Raises ConfigError for another name."""
     check_choice("decoder", decoder, DECODERS)
     if decoder == "pyav" or Path(path).suffix.lower() in IMAGE_SUFFIXES:
-        return PyAVSource(path)
+        return PyAVSource(path, deinterlace=deinterlace)
     from vsr.io.decord_source import DecordSource
 
-    with PyAVSource(path) as probe:  # same checks and messages; the stream decord reads
+    # same checks and messages; the stream decord reads, as decord hands it out
+    with PyAVSource(path, deinterlace=False) as probe:
         info = probe.info
     return DecordSource(path, info)

@@ -16,23 +16,21 @@ import av
 
 from vsr.errors import OutputError, PipelineError
 from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
-from vsr.io.passthrough import Passthrough, container_tags, warn_interlaced
+from vsr.io.passthrough import Passthrough, container_tags
 from vsr.io.paths import file_url
-from vsr.io.sink import warn_hdr_lost
 from vsr.io.source import PyAVSource
 
 log = logging.getLogger(__name__)
 
 def join_segments(input_path: Path, segments: list[Path], output: Path, *,
-                  overwrite: bool = False, frames: list[int] | None = None,
-                  codec: str | None = None) -> dict[int, int]:
+                  overwrite: bool = False, frames: list[int] | None = None) -> dict[int, int]:
     """Write ``output`` from the segment files and the input's other streams.
 
     ``frames``: the frames each segment must hold (one video packet each); a segment with
-    more or fewer fails the join, so no frame is ever lost or doubled silently. ``codec``:
-    the encoder that wrote the segments, to warn once per file of input metadata it cannot
-    carry (HDR10), as the input's interlacing is. Returns the copied packet count per input
-    stream. Raises OutputError (a failed write: a full disk, a file size limit) or
+    more or fewer fails the join, so no frame is ever lost or doubled silently. (What the
+    output loses of the input, its HDR10 metadata or interlacing, the segments have warned
+    of, once per file: vsr.jobs.segments.TASK_LOGGERS.) Returns the copied packet count per
+    input stream. Raises OutputError (a failed write: a full disk, a file size limit) or
     PipelineError (segments that cannot be read, hold other frame counts or do not fit
     together); on failure no output is left behind.
     """
@@ -70,9 +68,6 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
             video = holder[0]
         with av.open(file_url(input_path)) as src:
             meta = dict(src.streams[info.index].metadata)
-            warn_interlaced(src.streams[info.index], input_path)
-        if codec is not None:
-            warn_hdr_lost(codec, info)
         video.metadata.update(passthrough.tags_for_video(meta))
         chapters = passthrough.chapters
         if chapters:

@@ -45,6 +45,7 @@ class JobOptions(ModelOptions):
     crf: int | None = None
     preset: str | None = None
     pix_fmt: str | None = None
+    deinterlace: bool = True  # interlaced input (see vsr.io.source.Deinterlacer)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -41,7 +41,6 @@ from vsr.jobs.segments import (
     plan_segments,
     segment_problem,
     segment_suffix,
-    warnings_once_per_input,
 )
 from vsr.jobs.store import JobStore, SegmentRow, StoreError
 from vsr.jobs.workers import INTERRUPTED
@@ -169,6 +168,7 @@ class Tracker:
         self.segments_computed = 0
         self.segments_reused = 0
         self._running: dict[tuple[int, int], int] = {}
+        self._said: set[tuple[int, str, str]] = set()  # (file, logger, warning)
 
     def claim(self, task: Task) -> bool:
         """Called before computing ``task``; False when its file has failed already."""
@@ -190,6 +190,7 @@ class Tracker:
         frames = result.frames
         if task.segment is not None:
             self.store.segment_done(task.file_id, task.segment.index, _durable_size(task.path))
+        self._say(task, result.warnings)
         with self.lock:
             self._running.pop(_key(task), None)
             self.frames_finished += frames
@@ -200,6 +201,17 @@ class Tracker:
             last = f.remaining == 0 and f.error is None
         if last:
             self.complete(f)
+
+    def _say(self, task: Task, warnings: tuple[logging.LogRecord, ...]) -> None:
+        """Log the warnings ``task`` collected (see segments.TASK_LOGGERS), each once per
+        file however many of its segments said it, under the logger that said it."""
+        for record in warnings:
+            key = (task.file_id, record.name, record.getMessage())
+            with self.lock:
+                new = key not in self._said
+                self._said.add(key)
+            if new:
+                logging.getLogger(record.name).handle(record)
 
     def cancelled(self, task: Task) -> None:
         """``task`` stopped for an interrupt: its file stays unfinished, for --resume."""
@@ -222,8 +234,7 @@ class Tracker:
         if f.seg_dir is not None:
             try:
                 join_segments(f.job.input, segment_paths(f), f.job.output,
-                              overwrite=self.overwrite, frames=[s.frames for s in f.segments],
-                              codec=f.job.options.encode.codec)
+                              overwrite=self.overwrite, frames=[s.frames for s in f.segments])
             except Exception as exc:  # the file fails, not the task that happened to end last
                 self._fail_file(f, _reason(exc))
                 return
@@ -385,8 +396,7 @@ def run_batch(config: BatchConfig,
         raise OutputError(f"cannot create the output folder {config.output_dir}: "
                           f"{exc.strerror or exc}") from exc
     try:
-        with (JobStore(config.state_dir / "jobs.sqlite", wait=config.wait) as store,
-              warnings_once_per_input()):
+        with JobStore(config.state_dir / "jobs.sqlite", wait=config.wait) as store:
             return _run(config, store, t0, progress)
     except KeyboardInterrupt as exc:  # while planning or joining in this thread
         raise Interrupted(INTERRUPTED) from exc

@@ -11,10 +11,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -45,45 +44,37 @@ def segment_suffix(codec: str, output: Path) -> str:
         return ".mkv"
     return SEGMENT_SUFFIX
 
-# The loggers whose warnings in a task are about its input as a whole (an alpha channel the
-# output drops, --tile overriding --backend): every segment of a video would say them again.
-PER_INPUT_LOGGERS = ("vsr.engine", "vsr.io.sink")
-_TASK_INPUT: ContextVar[str | None] = ContextVar("vsr_task_input", default=None)
+# The loggers of the modules a task runs. What they warn of in a task is about its input as a
+# whole (an alpha channel or HDR10 metadata the output drops, --tile overriding --backend):
+# every segment of a video would say it again, and a Ray worker's log never reaches the user.
+# So run_task collects those warnings into its result, and the batch says each once per input
+# (Tracker.finished). tests/test_batch_hardening.py checks the list against the modules.
+TASK_LOGGERS = (
+    "vsr.backends", "vsr.backends.tensorrt", "vsr.engine", "vsr.export", "vsr.io.decord_source",
+    "vsr.io.ffmpeg_sink", "vsr.io.output", "vsr.io.passthrough", "vsr.io.sink",
+    "vsr.pipeline.compute", "vsr.pipeline.cuda", "vsr.pipeline.run", "vsr.runtime",
+    "vsr.threads",
+)
+_TASK_LOG: ContextVar[list[logging.LogRecord] | None] = ContextVar("vsr_task_log", default=None)
 
 
-class _OncePerInput(logging.Filter):
-    """Drops a warning that a task of the same input has logged already (in this batch)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._said: set[tuple[str, str, str]] = set()
-        self._lock = threading.Lock()
+class _Collect(logging.Filter):
+    """Inside :func:`run_task` (its thread, or a :class:`vsr.threads.Worker` it started), takes
+    a warning out of the log and into the task's list; elsewhere lets every record pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        source = _TASK_INPUT.get()
-        if source is None or record.levelno < logging.WARNING:
+        collected = _TASK_LOG.get()
+        if collected is None or record.levelno < logging.WARNING:
             return True
-        key = (source, record.name, record.getMessage())
-        with self._lock:
-            if key in self._said:
-                return False
-            self._said.add(key)
-        return True
+        said = logging.makeLogRecord(record.__dict__)
+        said.msg, said.args, said.exc_info = record.getMessage(), None, None  # picklable
+        collected.append(said)
+        return False
 
 
-@contextlib.contextmanager
-def warnings_once_per_input() -> Iterator[None]:
-    """Within the block, a warning of PER_INPUT_LOGGERS logged while :func:`run_task` runs is
-    said once per input file, however many of its segments run (on any worker thread)."""
-    once = _OncePerInput()
-    loggers = [logging.getLogger(name) for name in PER_INPUT_LOGGERS]
-    for lg in loggers:
-        lg.addFilter(once)
-    try:
-        yield
-    finally:
-        for lg in loggers:
-            lg.removeFilter(once)
+_COLLECT = _Collect()
+for _name in TASK_LOGGERS:
+    logging.getLogger(_name).addFilter(_COLLECT)
 
 
 @dataclass(frozen=True)
@@ -209,10 +200,12 @@ def is_segmentable(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """What one task did: the frames it wrote and the backend that computed them."""
+    """What one task did: the frames it wrote, the backend that computed them and the warnings
+    it logged (said by the batch, once per input)."""
 
     frames: int
     backend: str
+    warnings: tuple[logging.LogRecord, ...] = ()
 
 
 class HandleCache:
@@ -231,11 +224,17 @@ def run_task(task: Task, handles: HandleCache,
     Raises VsrError subclasses (InputError, OutputError, ModelError, PipelineError ...);
     on failure nothing is left at ``task.path``.
     """
-    said = _TASK_INPUT.set(str(task.job.input))  # see warnings_once_per_input
+    collected: list[logging.LogRecord] = []
+    token = _TASK_LOG.set(collected)  # see TASK_LOGGERS
     try:
-        return _run_task(task, handles, progress)
-    finally:
-        _TASK_INPUT.reset(said)
+        result = _run_task(task, handles, progress)
+    except BaseException:
+        _TASK_LOG.reset(token)
+        for record in collected:  # said as they came: the task's failure follows them
+            logging.getLogger(record.name).handle(record)
+        raise
+    _TASK_LOG.reset(token)
+    return replace(result, warnings=tuple(collected))
 
 
 def _run_task(task: Task, handles: HandleCache,
@@ -245,7 +244,7 @@ def _run_task(task: Task, handles: HandleCache,
     seg = task.segment
     opts = task.job.options
     report = (lambda p: progress(p.frames_done)) if progress is not None else None
-    with PyAVSource(task.job.input) as source:
+    with PyAVSource(task.job.input, deinterlace=opts.deinterlace) as source:
         run = run_source(
             source, opts, handles.device,
             lambda info, w, h: PyAVSink(task.path, info, w, h, opts.encode, overwrite=True,
@@ -265,7 +264,7 @@ def _run_whole(task: Task, handles: HandleCache,
     config = UpscaleConfig(input=task.job.input, output=task.path, model=o.model, scale=o.scale,
                            device=str(handles.device), precision=o.precision, tile=o.tile,
                            backend=o.backend, batch=o.batch, deflicker=o.deflicker,
-                           encode=o.encode,
+                           encode=o.encode, deinterlace=o.deinterlace,
                            overwrite=task.overwrite)
     result = upscale_file(config, progress=(lambda p: progress(p.frames_done))
                           if progress is not None else None, models=handles.models)

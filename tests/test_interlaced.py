@@ -1,0 +1,113 @@
+"""Interlaced input (broadcast, DVD, camcorders): each coded frame holds two fields from two
+moments. Upscaled as it is decoded, the model sharpens the combing of everything that moves
+(ANCHORS.md: "interlaced sources upscaled with combing"). vsr deinterlaces it first (bwdif,
+one progressive frame per frame) unless told not to, and a segmented batch gives the same
+frames as one upscale."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import make_clip
+
+from vsr.io.source import PyAVSource
+from vsr.jobs import BatchConfig, JobOptions, run_batch
+from vsr.upscale import UpscaleConfig, upscale_file
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
+
+_MOVING = ["-f", "lavfi", "-i", "testsrc2=s=160x120:r=50:d=1.2"]  # 60 frames at 50p, moving
+
+
+@pytest.fixture(scope="module")
+def interlaced(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    """25i made from 50p as a camera does (the top field from frame 2k, the bottom one from
+    2k+1), coded losslessly as interlaced H.264 with a keyframe every 6 frames; and the 50p
+    frames it was made from."""
+    d = tmp_path_factory.mktemp("interlaced")
+    path, prog = d / "i25.mp4", d / "p50.mkv"
+    for args in (["-vf", "interlace=scan=tff:lowpass=0", "-c:v", "libx264", "-qp", "0",
+                  "-preset", "ultrafast", "-flags", "+ilme+ildct", "-x264opts", "tff=1",
+                  "-g", "6", "-pix_fmt", "yuv420p", str(path)],
+                 ["-c:v", "ffv1", str(prog)]):
+        subprocess.run(["ffmpeg", "-v", "error", "-y", *_MOVING, *args], check=True)
+    with av.open(str(prog)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    return path, frames
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def test_interlaced_frames_come_out_deinterlaced(interlaced):
+    """Each frame handed out is one moment (the top field's), not two woven together: it is
+    far closer to the progressive frame that field came from. Same count, same timestamps."""
+    path, progressive = interlaced
+    got = {}
+    for deinterlace in (True, False):
+        with PyAVSource(path, deinterlace=deinterlace) as src:
+            frames = list(src.frames())
+            got[deinterlace] = frames
+            assert src.info.interlaced == (None if deinterlace else "top field first")
+    assert len(got[True]) == len(got[False]) == 30
+    assert [f.pts for f in got[True]] == [f.pts for f in got[False]]
+    closer = [_psnr(a.image, progressive[2 * i]) - _psnr(b.image, progressive[2 * i])
+              for i, (a, b) in enumerate(zip(got[True], got[False], strict=True))]
+    assert min(closer) > 2.0 and np.mean(closer) > 4.0, closer
+
+
+def test_progressive_input_is_not_filtered(tmp_path):
+    clip = make_clip(tmp_path / "p.mp4", frames=6)
+    with PyAVSource(clip) as a, PyAVSource(clip, deinterlace=False) as b:
+        assert a.info.interlaced is None
+        assert all(np.array_equal(x.image, y.image)
+                   for x, y in zip(a.frames(), b.frames(), strict=True))
+
+
+def test_a_segmented_batch_deinterlaces_as_one_upscale_does(interlaced, tmp_path):
+    """bwdif looks one frame back and one ahead: a segment starting at a keyframe decodes from
+    the keyframe before, so its first frame is made from the same neighbours as in one run."""
+    path, _ = interlaced
+    whole = tmp_path / "whole.mkv"
+    upscale_file(UpscaleConfig(input=path, output=whole, model="bicubic", scale=2,
+                               encode=JobOptions(codec="ffv1").encode))
+    result = run_batch(BatchConfig(inputs=(str(path),), output_dir=tmp_path / "b",
+                                   template="{stem}.mkv",
+                                   options=JobOptions(model="bicubic", scale=2, codec="ffv1"),
+                                   devices=("cpu",), segment_frames=6))
+    assert not result.failed and result.segments_computed == 5
+    with av.open(str(whole)) as a, av.open(str(tmp_path / "b" / "i25.mkv")) as b:
+        mine = [f.to_ndarray(format="rgb24") for f in a.decode(video=0)]
+        theirs = [f.to_ndarray(format="rgb24") for f in b.decode(video=0)]
+    assert len(mine) == len(theirs) == 30
+    assert all(np.array_equal(x, y) for x, y in zip(mine, theirs, strict=True))
+
+
+@pytest.mark.parametrize("how", ["upscale", "batch"])
+def test_without_deinterlacing_the_combing_is_warned_of_once(interlaced, tmp_path, caplog, how):
+    path, _ = interlaced
+    caplog.set_level(logging.WARNING, logger="vsr")
+    for deinterlace in (True, False):
+        caplog.clear()
+        if how == "batch":
+            result = run_batch(BatchConfig(
+                inputs=(str(path),), output_dir=tmp_path / f"b{deinterlace}",
+                options=JobOptions(model="bicubic", scale=2, deinterlace=deinterlace),
+                devices=("cpu",), segment_frames=6))
+            assert not result.failed
+        else:
+            upscale_file(UpscaleConfig(input=path, output=tmp_path / f"u{deinterlace}.mp4",
+                                       model="bicubic", scale=2, deinterlace=deinterlace))
+        said = [r.getMessage() for r in caplog.records if "interlaced" in r.getMessage()]
+        if deinterlace:
+            assert said == []
+        else:
+            assert len(said) == 1 and "i25.mp4" in said[0] and "top field first" in said[0]
