@@ -26,6 +26,7 @@ def _render(as_json: bool, to_stdout: bool):
                    f"({s.fps_out:.1f} fps) dropped {s.dropped} latency {lat} "
                    f"reconnects {s.reconnects} audio {s.audio_out}/{s.audio_in}"
                    + (f" corrupt {s.corrupt}" if s.corrupt else "")
+                   + (f" audio skipped {s.audio_skipped}" if s.audio_skipped else "")
                    + (f" error: {s.error}" if s.error else ""),
                    err=True)
     return show

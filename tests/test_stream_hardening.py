@@ -1,30 +1,40 @@
 """`vsr stream` refuses what would destroy data and fails loudly: a DST that is a link to SRC,
 an existing DST file without --overwrite (also one that appears while the stream waits for
 its first frame), unknown container formats, and a source that breaks mid-stream (exit 1,
-the output still closed cleanly). Real files, codecs, FIFOs and 127.0.0.1 sockets."""
+the output still closed cleanly). It does not break on what a live source does: video that
+stalls while its audio goes on (bounded), a packet a decoder fails on with another error than
+InvalidDataError, a clock that jumps back (no audio lost). Real files, codecs, FIFOs and
+127.0.0.1 sockets."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from test_stream import (
     BICUBIC,
     ENV,
     VSR,
+    H,
     Lines,
     W,
     connect_tcp,
     free_port,
     make_ts,
     read_stamp,
+    stamped,
     wait_for,
 )
 
@@ -163,3 +173,135 @@ def test_a_source_that_fails_midway_exits_1_with_the_output_closed(tmp_path):
         frames = list(c.decode(video=0))
     assert 0 < len(frames) < 200 and frames[0].width == 2 * W
     assert f"closed with {len(frames)} frames" in line
+
+
+def stalling_mkv(path: Path, frames: int, audio_s: float) -> tuple[list[bytes], int]:
+    """Stamped video that stops after ``frames`` frames, and AAC (of noise: no two packets
+    alike) that goes on for ``audio_s`` s, as Matroska (an MPEG-TS demuxer holds the last
+    frame back until the next one starts). Returns the audio packets in file order and how
+    many come before the last video packet."""
+    with av.open(str(path), "w", format="matroska") as out:
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.codec_context.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        a = out.add_stream("aac", rate=48000)
+        a.layout = "mono"
+        noise = np.random.default_rng(0).uniform(-0.2, 0.2, int(audio_s * 48000))
+        for i, at in enumerate(range(0, len(noise) - 1023, 1024)):
+            if i * 1024 * 25 // 48000 < frames and i % 2 == 0:  # a frame each 2 audio frames
+                f = av.VideoFrame.from_ndarray(stamped(i // 2), format="rgb24")
+                f.pts, f.time_base = i // 2 * 3600, Fraction(1, 90000)
+                for p in v.encode(f):
+                    out.mux(p)
+            af = av.AudioFrame.from_ndarray(noise[None, at:at + 1024].astype(np.float32),
+                                            format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = 48000, at, Fraction(1, 48000)
+            for p in a.encode(af):
+                out.mux(p)
+        for s in (v, a):
+            for p in s.encode(None):
+                out.mux(p)
+    with av.open(str(path)) as c:
+        order = [(p.stream.type, bytes(p)) for p in c.demux() if p.size]
+    last_video = max(i for i, (kind, _) in enumerate(order) if kind == "video")
+    audio = [data for kind, data in order if kind == "audio"]
+    return audio, sum(kind == "audio" for kind, _ in order[:last_video])
+
+
+def audio_packets(source: Path | bytes) -> list[tuple[bytes, int]]:
+    """(payload, dts) of the audio packets of a file or of MPEG-TS bytes."""
+    with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as c:
+        return [(bytes(p), p.dts) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+# `vsr stream` with the audio bound (vsr.stream.audio.MAX_QUEUED) lowered to argv[1]
+_BOUNDED = ("import sys; import vsr.stream.audio as a; a.MAX_QUEUED = int(sys.argv.pop(1)); "
+            "from vsr.cli.main import main; main()")
+
+
+def test_audio_while_the_video_stalls_stays_bounded(tmp_path):
+    """Video that stops after 6 frames while the audio goes on for 10 s (~470 packets): the
+    audio waiting for a frame to place it by stays within MAX_QUEUED packets (lowered to 40),
+    the oldest dropped, counted as audio_skipped and warned of once; the newest go out."""
+    src, dst, bound = tmp_path / "in.mkv", tmp_path / "out.mkv", 40
+    sent, before = stalling_mkv(src, frames=6, audio_s=10)
+    result = subprocess.run([sys.executable, "-c", _BOUNDED, str(bound), "stream", str(src),
+                             str(dst), *BICUBIC, "--drop", "none", "--json"],
+                            capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("audio dropped for want of video") == 1, result.stderr
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["frames_out"] == 6 and final["error"] is None
+    got = audio_packets(dst)
+    assert all(b[1] > a[1] for a, b in zip(got, got[1:], strict=False))
+    assert final["audio_in"] == len(sent) and final["audio_out"] == len(got)
+    assert final["audio_out"] + final["audio_skipped"] == final["audio_in"]
+    # those read while frames came all out; of the rest, the newest, as many as the bound
+    # leaves beside those still queued for the writer (some of the first)
+    tail = len(got) - before
+    assert [p for p, _ in got[:before]] == sent[:before]
+    assert bound - before <= tail <= bound and [p for p, _ in got[before:]] == sent[-tail:]
+
+
+def mjpeg_mkv(path: Path, frames: int, damaged: int) -> None:
+    """Stamped MJPEG in Matroska whose frame ``damaged`` declares 3x3 luma sampling: FFmpeg's
+    decoder has no pixel format for that and fails with PATCHWELCOME, not INVALIDDATA (as
+    fuzzing found of damaged MJPEG; HEVC and VP9 fail with EINVAL too)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        v = out.add_stream("mjpeg", rate=25)
+        v.width, v.height, v.pix_fmt = W, H, "yuvj420p"
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(stamped(i), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            for p in v.encode(f):
+                out.mux(p)
+        for p in v.encode(None):
+            out.mux(p)
+    data = bytearray(buf.getvalue())
+    # SOF0: FF C0, length (2), bits (1), height (2), width (2), components (1), then per
+    # component its id and sampling factors: the luma's are 10 + 1 bytes after the marker
+    sofs = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xc0"]
+    assert len(sofs) == frames and data[sofs[damaged] + 11] == 0x22
+    data[sofs[damaged] + 11] = 0x33
+    path.write_bytes(bytes(data))
+
+
+def test_a_packet_a_decoder_fails_on_with_another_error_is_skipped(tmp_path):
+    """Not only InvalidDataError: a packet the decoder fails on with PatchWelcomeError is
+    skipped and counted as corrupt, and the stream goes on (the input ended there)."""
+    src, dst = tmp_path / "in.mkv", tmp_path / "out.ts"
+    mjpeg_mkv(src, 30, damaged=10)
+    with av.open(str(src)) as c, pytest.raises(av.error.PatchWelcomeError):
+        for packet in c.demux(video=0):
+            packet.decode()
+    result = subprocess.run([*VSR, str(src), str(dst), *BICUBIC, "--drop", "none", "--json"],
+                            capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["error"] is None and final["corrupt"] == 1 and final["frames_out"] == 29
+    assert "corrupt data skipped" in result.stderr
+    assert stamps(dst) == [i for i in range(30) if i != 10]
+
+
+@pytest.mark.parametrize("ahead_s", [5.0, 0.6])
+def test_no_audio_is_lost_where_the_clock_jumps_back(tmp_path, ahead_s):
+    """An encoder restarted on the same connection: its clock starts again at 0, less than
+    JUMP_S back (6.2 s; 1.8 s: within the clip just sent). The new clock's audio read before
+    its first frame waits for that frame and goes out after the audio out before; it was
+    placed on the old clock and dropped as not monotonic (2 of 116 packets)."""
+    from test_stream_network import stream_tcp, ts
+
+    first, second = ts(30, shift_s=ahead_s), ts(30)  # 1.2 s each
+    sent = audio_packets(first) + audio_packets(second)
+    result, final, dst = stream_tcp(tmp_path, first, second)
+    assert result.returncode == 0, result.stderr
+    got = audio_packets(Path(dst))
+    assert final["audio_skipped"] == 0
+    assert final["audio_out"] == final["audio_in"] == len(got) == len(sent)
+    assert [p for p, _ in got] == [p for p, _ in sent]  # byte for byte, in order
+    assert all(b[1] > a[1] for a, b in zip(got, got[1:], strict=False))
+    with av.open(dst) as c:
+        video = [f.pts for f in c.decode(video=0)]
+    assert len(video) == 60 and all(b > a for a, b in zip(video, video[1:], strict=False))
+    assert (got[-1][1] - got[0][1]) / 90000 < 5 and (video[-1] - video[0]) / 90000 < 5

@@ -25,6 +25,7 @@ from vsr.io.passthrough import Passthrough, copy_disposition
 log = logging.getLogger(__name__)
 
 MAX_QUEUED = 20000  # packets (AAC at 48 kHz: about 7 minutes) held while no video goes out
+# (queued here for the writer, and, with those, waiting in the reader for a frame)
 
 
 class AudioFeed:
@@ -43,6 +44,7 @@ class AudioFeed:
         self.end = float("-inf")  # output time (s) where the audio put so far ends
         self.received = 0
         self.skipped = 0  # not monotonic on the output clock, or over MAX_QUEUED
+        self._warned = False  # of audio dropped for want of video (once a run)
         self._lock = threading.Lock()
 
     def session(self, streams: list[av.stream.Stream]) -> dict[int, av.stream.Stream]:
@@ -72,26 +74,64 @@ class AudioFeed:
                             s.codec_context.name, t.codec_context.name)
         return carried
 
+    def hold(self, pkt: av.Packet, *waiting: list[av.Packet]) -> None:
+        """Append ``pkt`` to the last of ``waiting`` (reader thread): the reader's lists of
+        audio that waits, oldest first, for a video frame to place it on the output clock.
+        Past MAX_QUEUED packets, waiting there and queued here together, the oldest waiting
+        one goes (counted in ``received`` and ``skipped``, warned of once): a source whose
+        video stalls, or never comes, while its audio goes on must not fill the memory."""
+        waiting[-1].append(pkt)
+        if sum(map(len, waiting)) + len(self.packets) > MAX_QUEUED:
+            next(w for w in waiting if w).pop(0)
+            self.drop()
+
+    def drop(self, count: int = 1) -> None:
+        """``count`` packets read that will not go out, for want of video to place them by
+        (reader thread): counted in ``received`` and ``skipped``."""
+        self.received += count
+        self._overflow(count)
+
+    def fits(self, pkt: av.Packet, template: av.stream.Stream, shift_s: float) -> bool:
+        """Whether :meth:`put` would take ``pkt`` moved by ``shift_s``: it has no time, or
+        comes after the last packet put on its stream."""
+        dts = pkt.dts if pkt.dts is not None else pkt.pts
+        last = self._last_dts.get(template.index)
+        return dts is None or last is None or dts + _ticks(shift_s, pkt) > last
+
     def put(self, pkt: av.Packet, template: av.stream.Stream, shift_s: float) -> None:
         """Queue ``pkt`` moved by ``shift_s`` seconds onto the output clock (reader thread)."""
         self.received += 1
         tb = Fraction(pkt.time_base)
-        shift = round(Fraction(shift_s) / tb)
+        shift = _ticks(shift_s, pkt)
         if pkt.pts is not None:
             pkt.pts += shift
         if pkt.dts is not None:
             pkt.dts += shift
         dts = pkt.dts if pkt.dts is not None else pkt.pts
         last = self._last_dts.get(template.index)
-        if (dts is not None and last is not None and dts <= last) \
-                or len(self.packets) > MAX_QUEUED:
+        if dts is not None and last is not None and dts <= last:
             self.skipped += 1
+            return
+        if len(self.packets) > MAX_QUEUED:
+            self._overflow(1)
             return
         if dts is not None:
             self._last_dts[template.index] = dts
             self.end = max(self.end, float((dts + (pkt.duration or 0)) * tb))
         pkt.stream = template  # the input stream dies with its connection; the template lives
         self.packets.append(pkt)
+
+    def _overflow(self, count: int) -> None:
+        self.skipped += count
+        if not self._warned:
+            self._warned = True
+            log.warning("audio dropped for want of video to place it by (does the source's "
+                        "video stall?); counted as 'audio_skipped' in the stats")
+
+
+def _ticks(shift_s: float, pkt: av.Packet) -> int:
+    """``shift_s`` seconds in ticks of ``pkt``'s time base."""
+    return round(Fraction(shift_s) / Fraction(pkt.time_base))
 
 
 class _FeedInput:

@@ -282,13 +282,14 @@ class Reader(threading.Thread):
             offset = 0.0
             info: StreamInfo | None = None
             held: list[av.Packet] = []  # audio read since the last frame: its shift is known then
-            later: list[av.Packet] = []  # audio of another clock than the last frame's: it
-            # waits one frame, for the video of that clock (a jump of hours must not pass)
+            later: list[av.Packet] = []  # audio of another clock than the last frame's, or
+            # behind the audio out on it: it waits one frame, for the video of its clock (a jump
+            # of hours must not pass; a jump back must not drop the audio read before its video)
             for item in _demux(c, stream, [c.streams[i] for i in carried], self._damaged):
                 if self.stop.is_set():
                     break
                 if isinstance(item, av.Packet):
-                    held.append(item)
+                    self.audio.hold(item, later, held)  # bounded: the video may stall
                     continue
                 frame = item
                 arrived = time.monotonic()
@@ -296,9 +297,7 @@ class Reader(threading.Thread):
                 if t_in is None:
                     t_in = (self._last_t + self._step) if self._last_t is not None else 0.0
                 t = t_in - base + offset if base is not None else None
-                ready, later = later + [p for p in held if _near(p, t_in)], \
-                    [p for p in held if not _near(p, t_in)]
-                held.clear()
+                ready = later + [p for p in held if _near(p, t_in)]
                 if t is None or (self._last_t is not None
                                  and not 0 < t - self._last_t < JUMP_S):
                     # a new connection or a discontinuity: continue one frame after the last
@@ -307,8 +306,16 @@ class Reader(threading.Thread):
                     offset = t_in if self._last_t is None else max(
                         self._last_t + self._step, self._audio_end(ready, t_in))
                     t = offset
-                for pkt in ready:
+                waited, later = later, []
+                for pkt in waited:
                     self.audio.put(pkt, carried[pkt.stream_index], offset - base)
+                for pkt in held:
+                    template = carried[pkt.stream_index]
+                    if _near(pkt, t_in) and self.audio.fits(pkt, template, offset - base):
+                        self.audio.put(pkt, template, offset - base)
+                    else:  # another clock's; or behind the audio out, which is the next
+                        later.append(pkt)  # clock's at a jump back by less than JUMP_S
+                held.clear()
                 if info is None or (frame.width, frame.height) != self._seen:
                     info = self._framed(_describe(self.url, frame, stream))
                 image = fit_frame(frame, info.size, rgb_format(info.bit_depth))
@@ -319,6 +326,8 @@ class Reader(threading.Thread):
             if base is not None:
                 for pkt in later + held:
                     self.audio.put(pkt, carried[pkt.stream_index], offset - base)
+            elif held:  # no frame came: no clock to place them on
+                self.audio.drop(len(held))
         return got
 
     def _audio_end(self, held: list[av.Packet], t_in: float) -> float:
@@ -381,7 +390,7 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
 
     Damaged data (a packet the demuxer flags corrupt, one the decoder rejects) is skipped and
     reported to ``damaged``; the decoder conceals what it can. Only MAX_UNDECODABLE rejected
-    packets in a row, with no frame between them, end the input (InvalidDataError)."""
+    packets in a row, with no frame between them, end the input (the decoder's last error)."""
     packets = c.demux(video, *audio)
     rejected = 0
     while True:
@@ -403,7 +412,16 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
             continue
         try:
             frames = packet.decode()
-        except av.error.InvalidDataError:
+        except av.error.EOFError:
+            # no damage: the decoder was drained (sent an empty packet, the end of the input)
+            # and takes no packet after that (avcodec_send_packet), so none would decode
+            raise
+        except av.error.FFmpegError:
+            # any error of one packet, not only InvalidDataError: damaged data makes decoders
+            # fail with EINVAL (ArgumentError: an HEVC or VP9 picture of an impossible size)
+            # and PATCHWELCOME (MJPEG sampling factors, an HEVC VPS flag) too, and the next
+            # packets decode again; a decoder that stays broken (VP9 after an impossible
+            # size, keyframes too) ends the input after MAX_UNDECODABLE, as for InvalidData
             rejected += 1
             if rejected >= MAX_UNDECODABLE:
                 raise

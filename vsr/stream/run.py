@@ -104,6 +104,8 @@ class StreamStats:
     model: str | None = None  # the model that upscales the stream
     precision: str | None = None  # the dtype it computes in (known from the first frame on)
     corrupt: int = 0  # damaged source packets skipped (the decoder concealed what it could)
+    audio_skipped: int = 0  # audio packets read, not copied: behind the audio already out on
+    # the output clock, or past MAX_QUEUED waiting for video (a source whose video stalls)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -140,7 +142,8 @@ class _Meter:
             reconnects=reader.reconnects, final=final, error=error,
             audio_in=reader.audio.received if reader.audio is not None else 0,
             audio_out=sink.audio_packets, model=self.model, precision=self.precision,
-            corrupt=reader.corrupt)
+            corrupt=reader.corrupt,
+            audio_skipped=reader.audio.skipped if reader.audio is not None else 0)
         if not final:
             self.mark, self.in_mark, self.out_mark, self.lat = now, reader.frames, frames_out, []
         return s
