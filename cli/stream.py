@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from vsr.cli.common import encode_config, encode_options, model_options
+from vsr.cli.common import deinterlace_option, encode_config, encode_options, model_options
 from vsr.stream.run import DROP_POLICIES
 
 
@@ -53,6 +53,7 @@ def _render(as_json: bool, to_stdout: bool):
               help="Send the output through the ffmpeg program (automatic for srt://).")
 @click.option("--overwrite", is_flag=True,
               help="Replace DST if it is an existing file (pipes, devices and URLs need not).")
+@deinterlace_option
 @click.option("--no-audio", "no_audio", is_flag=True,
               help="Video only (default: the source's audio is copied, not re-encoded).")
 @click.option("--stats-interval", type=click.FloatRange(min=0.1), default=2.0,
@@ -65,7 +66,8 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
            crf: int | None, preset: str | None, pix_fmt: str | None, gop: int | None,
            max_latency: int, drop: str, reconnect: bool, read_timeout: float,
            input_format: str | None, output_format: str | None, via_ffmpeg: bool,
-           overwrite: bool, no_audio: bool, stats_interval: float, as_json: bool) -> None:
+           overwrite: bool, deinterlace: bool, no_audio: bool, stats_interval: float,
+           as_json: bool) -> None:
     """Upscale the live stream SRC to DST until the source ends or Ctrl-C.
 
     Both are URLs FFmpeg understands, or - for MPEG-TS on stdin/stdout; the source's audio is
@@ -87,7 +89,8 @@ def stream(src: str, dst: str, model: str | None, scale: int | None, device: str
         encode=encode_config(codec, crf, preset, pix_fmt),
         max_latency_ms=max_latency, drop=drop, reconnect=reconnect, read_timeout_s=read_timeout,
         input_format=input_format, output_format=output_format, gop=gop, via_ffmpeg=via_ffmpeg,
-        stats_interval_s=stats_interval, audio=not no_audio, overwrite=overwrite)
+        stats_interval_s=stats_interval, audio=not no_audio, overwrite=overwrite,
+        deinterlace=deinterlace)
 
     # Ctrl-C, SIGTERM and SIGHUP (the CLI's stop signals, vsr.cli.main.STOPPABLE) end the
     # stream as its normal end: run_stream closes the output cleanly and returns

@@ -7,8 +7,10 @@ frames as one upscale."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -111,3 +113,34 @@ def test_without_deinterlacing_the_combing_is_warned_of_once(interlaced, tmp_pat
             assert said == []
         else:
             assert len(said) == 1 and "i25.mp4" in said[0] and "top field first" in said[0]
+
+
+def _decoded(path: Path) -> tuple[list[np.ndarray], list[int]]:
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    return [f.to_ndarray(format="rgb24") for f in frames], [f.pts for f in frames]
+
+
+@pytest.mark.parametrize("deinterlace", [True, False])
+def test_a_live_interlaced_source_is_deinterlaced_as_a_file_is(interlaced, tmp_path,
+                                                               deinterlace):
+    """`vsr stream` (broadcast TS is often 1080i) gives the frames `vsr upscale` gives, the
+    last one too (bwdif holds one back until the source ends); --no-deinterlace warns once."""
+    path, _ = interlaced
+    ts = tmp_path / "i25.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(path), "-c", "copy", str(ts)],
+                   check=True)
+    flag = [] if deinterlace else ["--no-deinterlace"]
+    live, whole = tmp_path / "live.mkv", tmp_path / "whole.mkv"
+    result = subprocess.run([sys.executable, "-m", "vsr", "stream", str(ts), str(live),
+                             "--model", "bicubic", "--scale", "2", "--device", "cpu",
+                             "--deflicker", "0", "--codec", "ffv1", "--drop", "none", *flag],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("interlaced source") == (0 if deinterlace else 1), result.stderr
+    upscale_file(UpscaleConfig(input=ts, output=whole, model="bicubic", scale=2,
+                               encode=JobOptions(codec="ffv1").encode, deinterlace=deinterlace))
+    (mine, mine_pts), (theirs, _) = _decoded(whole), _decoded(live)
+    assert len(mine) == len(theirs) == 30 and len(set(np.diff(mine_pts))) == 1
+    assert all(np.array_equal(x, y) for x, y in zip(mine, theirs, strict=True))

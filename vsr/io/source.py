@@ -100,7 +100,9 @@ class Deinterlacer:
     size, its missing lines interpolated from its own field and from the fields of the frames
     before and after it; frames flagged progressive pass unchanged. One frame out per frame in,
     in order, with the input frame's pts and duration (the filter runs on a time base of its
-    own). Holds one frame back until the next arrives; the end of the input flushes it."""
+    own). Holds one frame back until the next arrives; the end of the input flushes it:
+    :meth:`frames` for an iterable of frames, or :meth:`push` each frame and :meth:`flush`
+    at the end."""
 
     def __init__(self, time_base: Fraction) -> None:
         self._time_base = time_base
@@ -128,21 +130,26 @@ class Deinterlacer:
             out.time_base = self._time_base
             yield out
 
-    def _flush(self) -> Iterator[av.VideoFrame]:
+    def flush(self) -> Iterator[av.VideoFrame]:
+        """The frame held back (the input has ended)."""
         if self._graph is not None:
             self._graph.push(None)
             yield from self._pull()
-            self._graph = None
+            self._graph, self._shape = None, None
+
+    def push(self, frame: av.VideoFrame) -> Iterator[av.VideoFrame]:
+        """The frames ``frame`` completes: the one before it, once there is one."""
+        if (frame.width, frame.height, frame.format.name) != self._shape:
+            yield from self.flush()  # a new size or format: a graph of its own
+            self._start(frame)
+        self._times.append((frame.pts, frame.duration))
+        self._graph.push(frame)
+        yield from self._pull()
 
     def frames(self, decoded: Iterable[av.VideoFrame]) -> Iterator[av.VideoFrame]:
         for frame in decoded:
-            if (frame.width, frame.height, frame.format.name) != self._shape:
-                yield from self._flush()  # a new size or format: a graph of its own
-                self._start(frame)
-            self._times.append((frame.pts, frame.duration))
-            self._graph.push(frame)
-            yield from self._pull()
-        yield from self._flush()
+            yield from self.push(frame)
+        yield from self.flush()
 
 
 class PyAVSource:

@@ -21,7 +21,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from urllib.parse import parse_qsl, urlsplit
@@ -31,10 +31,10 @@ import numpy as np
 
 from vsr.errors import ConfigError, InputError, OutputError
 from vsr.io.ffmpeg_sink import FfmpegRelay
-from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of
+from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of, field_order
 from vsr.io.output import same_file as same_file_path
 from vsr.io.sink import EncodeConfig, VideoEncoder
-from vsr.io.source import rgb_format
+from vsr.io.source import Deinterlacer, rgb_format
 from vsr.stream.audio import AudioFeed, LivePassthrough
 
 log = logging.getLogger(__name__)
@@ -200,12 +200,15 @@ class Reader(threading.Thread):
 
     def __init__(self, url: str, queue: DropQueue, stop: threading.Event, *,
                  reconnect: bool, read_timeout: float, backoff_max: float,
-                 input_format: str | None, audio: AudioFeed | None = None) -> None:
+                 input_format: str | None, audio: AudioFeed | None = None,
+                 deinterlace: bool = True) -> None:
         super().__init__(name="vsr-stream-read", daemon=True)
         self.url, self.queue, self.stop = url, queue, stop
         self.reconnect, self.read_timeout, self.backoff_max = reconnect, read_timeout, backoff_max
         self.input_format = input_format
         self.audio = audio
+        self.deinterlace = deinterlace
+        self._interlace_said = False
         self.error: str | None = None
         self.frames = 0
         self.reconnects = 0
@@ -285,7 +288,8 @@ class Reader(threading.Thread):
             later: list[av.Packet] = []  # audio of another clock than the last frame's, or
             # behind the audio out on it: it waits one frame, for the video of its clock (a jump
             # of hours must not pass; a jump back must not drop the audio read before its video)
-            for item in _demux(c, stream, [c.streams[i] for i in carried], self._damaged):
+            items = _demux(c, stream, [c.streams[i] for i in carried], self._damaged)
+            for item in self._progressive(items, stream):
                 if self.stop.is_set():
                     break
                 if isinstance(item, av.Packet):
@@ -329,6 +333,32 @@ class Reader(threading.Thread):
             elif held:  # no frame came: no clock to place them on
                 self.audio.drop(len(held))
         return got
+
+    def _progressive(self, items: Iterable[av.Packet | av.VideoFrame],
+                     stream: av.video.stream.VideoStream) -> Iterator[av.Packet | av.VideoFrame]:
+        """``items`` (of :func:`_demux`) with the frames of an interlaced source deinterlaced
+        (:class:`vsr.io.source.Deinterlacer`: one frame held back, a frame's time of latency),
+        judged by the connection's first frame; audio packets pass as they come."""
+        deinterlacer: Deinterlacer | None = None
+        judged = False
+        for item in items:
+            if isinstance(item, av.VideoFrame) and not judged:
+                judged = True
+                order = field_order(stream, item)
+                if order and self.deinterlace:
+                    log.info("interlaced source (%s): deinterlaced (bwdif)", order)
+                    deinterlacer = Deinterlacer(Fraction(stream.time_base or Fraction(1, 90000)))
+                elif order and not self._interlace_said:
+                    self._interlace_said = True
+                    log.warning("interlaced source (%s): upscaled with the two fields of each "
+                                "frame woven together, the output keeps their combing "
+                                "(vsr deinterlaces it unless --no-deinterlace)", order)
+            if deinterlacer is None or not isinstance(item, av.VideoFrame):
+                yield item
+            else:
+                yield from deinterlacer.push(item)
+        if deinterlacer is not None:
+            yield from deinterlacer.flush()
 
     def _audio_end(self, held: list[av.Packet], t_in: float) -> float:
         """The earliest start for a new connection's first frame (at ``t_in`` on its input

@@ -56,6 +56,7 @@ class StreamConfig(RunOptions):
     via_ffmpeg: bool = False
     stats_interval_s: float = 2.0
     audio: bool = True  # copy the source's audio streams (packets, not re-encoded)
+    deinterlace: bool = True  # interlaced sources (vsr.io.source.Deinterlacer)
     overwrite: bool = False  # replace a DST that is an existing regular file
 
     def __post_init__(self) -> None:
@@ -184,7 +185,8 @@ def run_stream(config: StreamConfig,
     audio = AudioFeed() if config.audio else None
     reader = Reader(config.src, queue, stop, reconnect=config.reconnect,
                     read_timeout=config.read_timeout_s, backoff_max=config.backoff_max_s,
-                    input_format=config.input_format, audio=audio)
+                    input_format=config.input_format, audio=audio,
+                    deinterlace=config.deinterlace)
     sink = LiveSink(config.dst, config.encode, output_format=config.output_format,
                     gop=config.gop, via_ffmpeg=config.via_ffmpeg, audio=audio,
                     overwrite=config.overwrite)
