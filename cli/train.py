@@ -99,7 +99,7 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
     With --resume RUN_DIR the saved config.json of that run is used as it was, except for the
     options given that decide how it runs, not what it computes (--device, --threads,
     --time-limit, --compile, --peak-tflops, --log-every, --save-every, --val-every, --amp,
-    --state-moments, --state-shard-mib, --degrade-workers).
+    --state-moments, --state-shard-mib, --degrade-workers); any other option is refused.
 
     Ctrl-C, SIGTERM or SIGHUP stops the run after its current step with the state saved
     (exit 130, 143, 129); --resume continues it exactly. A second one stops at once, as do
@@ -120,6 +120,7 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
     if resume:
         ctx = click.get_current_context()
         params = {"compile": "compile_"}
+        _refuse_fixed_options(ctx, {params.get(k, k) for k in RUNTIME_FIELDS})
         overrides = {k: v for k, v in given.items() if k in RUNTIME_FIELDS and
                      ctx.get_parameter_source(params.get(k, k)) ==
                      click.core.ParameterSource.COMMANDLINE}
@@ -173,6 +174,19 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
         raise Interrupted(f"stopped at step {s['steps']} of {s['iterations']} with the state "
                           f"saved; continue with: vsr train --resume {s['run_dir']}"
                           ) from Stopped(received[0] if received else signal.SIGINT)
+
+
+def _refuse_fixed_options(ctx: click.Context, runtime: set[str]) -> None:
+    """With --resume, options that decide what the run computes come from its config.json:
+    one given on the command line would be ignored without a word, so it is refused."""
+    fixed = [p for p in ctx.command.params
+             if p.name not in runtime | {"resume", "nproc", "as_json"}
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if fixed:
+        names = ", ".join(p.opts[0] for p in fixed)
+        raise click.UsageError(f"{names}: fixed by the run's config.json, cannot change on "
+                               f"--resume (only how it runs can: --device, --threads, "
+                               f"--time-limit, ...); start a new run to change it")
 
 
 class _Progress:

@@ -79,3 +79,37 @@ def test_export_cli_json(drn_checkpoint, tmp_path):
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["format"] == "onnx" and d["bytes"] > 0 and d["scale"] == 2
+
+
+def test_an_artefact_whose_outputs_are_not_finite_is_not_written(tmp_path):
+    """Finite but huge weights (3e38, which the loader's NaN check lets through) give NaN
+    outputs, eager and exported alike: |NaN - NaN| is NaN, which passed the tolerance check,
+    so the file was written and --json printed NaN, which is not JSON."""
+    from vsr.models import DRN, CheckpointInfo, save_model
+
+    torch.manual_seed(0)
+    net = DRN(scale=2, n_feats=4, n_blocks=[1])
+    with torch.no_grad():
+        net.head.weight.fill_(3e38)
+    ckpt = save_model(tmp_path / "huge.safetensors", net,
+                      CheckpointInfo(arch="drn", hparams=net.hparams, scale=2, name="huge"))
+    out = tmp_path / "m.pt"
+    with pytest.raises(OutputError, match="differs from eager by nan"):
+        export_model(ExportConfig(model=str(ckpt), format="torchscript", output=out,
+                                  height=8, width=8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.safetensors"]
+
+
+def test_a_traced_input_over_the_pixel_limit_is_refused_before_allocating(monkeypatch):
+    """--height 100000 --width 100000 tried to allocate a 120 GB sample: an internal error
+    (or the OOM killer). The traced input is held to the picture limit, VSR_MAX_PIXELS."""
+    from vsr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="over the limit of 50,000,000 pixels"):
+        ExportConfig(model="drn-t-x2", format="torchscript", output="m.pt", height=100_000,
+                     width=100_000)
+    monkeypatch.setenv("VSR_MAX_PIXELS", "100")
+    with pytest.raises(ConfigError, match="2x8x8"):
+        ExportConfig(model="drn-t-x2", format="torchscript", output="m.pt", height=8, width=8,
+                     batch=2)
+    ExportConfig(model="drn-t-x2", format="torchscript", output="m.pt", height=10, width=10)

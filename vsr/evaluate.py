@@ -36,8 +36,8 @@ from vsr.resize import imresize, to_uint8
 
 __all__ = [
     "BASELINES", "DatasetResult", "EvalConfig", "ImageResult", "Progress", "UpscaleHandle",
-    "benchmark_images", "check_scorable", "degrade", "evaluate_dataset", "evaluate_image",
-    "min_size", "modcrop", "run_evaluation", "summarize",
+    "benchmark_images", "check_benchmark", "check_scorable", "degrade", "evaluate_dataset",
+    "evaluate_image", "min_size", "modcrop", "run_evaluation", "summarize",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,17 @@ def check_scorable(width: int, height: int, scale: int, name: object) -> None:
                          f"the protocol needs at least {side}x{side} (the crop to a multiple of "
                          f"{scale}, {scale} pixels shaved per border, an {SSIM_WINDOW}x"
                          f"{SSIM_WINDOW} SSIM window)")
+
+
+def check_benchmark(folder: str | os.PathLike, scale: int) -> None:
+    """Raise InputError unless every image of the benchmark ``folder`` can be read and scored
+    at ``scale``: what a training or compression run checks of its validation folder before
+    it starts, rather than at its first validation, steps (and maybe hours) later."""
+    from vsr.imageio import read_image
+
+    for path in benchmark_images(folder)[1]:
+        image = read_image(path)
+        check_scorable(image.shape[-1], image.shape[-2], scale, path)
 
 
 def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:

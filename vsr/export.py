@@ -21,6 +21,7 @@ from vsr.backends.base import TOLERANCE, NetworkOnly
 from vsr.backends.onnx import export_onnx
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, OutputError
+from vsr.io.image import MAX_PIXELS_ENV, max_pixels
 from vsr.io.output import check_output_path, discard, finish, temp_path_for
 from vsr.loading import dtype_name, load_model
 from vsr.options import (
@@ -66,6 +67,12 @@ class ExportConfig:
             raise ConfigError("ONNX export is fp32 only")
         for name in ("height", "width", "batch"):
             check_at_least(name, getattr(self, name), 1)
+        # the traced sample is allocated at once: sized as a picture is, before it fails inside
+        limit = max_pixels()
+        if self.batch * self.height * self.width > limit:
+            raise ConfigError(f"a traced input of {self.batch}x{self.height}x{self.width} "
+                              f"({self.batch * self.height * self.width:,} pixels) is over the "
+                              f"limit of {limit:,} pixels; set {MAX_PIXELS_ENV} to raise it")
 
     @property
     def run_precision(self) -> str:
@@ -185,7 +192,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
             save_engine(compile_engine(handle, shape), tmp, shape, handle)
         max_error = _check(cfg, handle, tmp) if cfg.check else None
         tol = TOLERANCE.get(handle.dtype, 1e-3)
-        if max_error is not None and max_error > tol:
+        if max_error is not None and not max_error <= tol:  # NaN fails too
             raise OutputError(f"the exported model differs from eager by {max_error:.2e} "
                               f"(tolerance {tol:.0e}); nothing was written")
         finish(tmp, out)

@@ -9,10 +9,12 @@ of sources, sinks or backends.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from vsr.device import cpu_has_native_bf16, resolve_device
-from vsr.errors import ConfigError
+from vsr.errors import CheckpointError, ConfigError
 from vsr.options import BACKEND_PRECISIONS, PRECISIONS, check_choice
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -87,6 +89,16 @@ def resolve_precision(precision: str, handle, *, bit_depth: int = 8,
     return dtype
 
 
+def check_finite_weights(tensors: Iterable[tuple[str, torch.Tensor]], source: object) -> None:
+    """Raise CheckpointError, naming ``source`` (a file, a model), if a floating-point tensor
+    of ``tensors`` (name, tensor pairs) holds NaN or infinity: such a network turns every frame
+    into garbage (NaN becomes 0 in uint8) without any other error."""
+    for name, value in tensors:
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: tensor {name} holds NaN or infinity (a damaged "
+                                  f"file or a diverged training run)")
+
+
 def load_model(model: str | None = None, *, scale: int | None = None,
                device: str | torch.device = "auto", precision: str = "auto",
                bit_depth: int = 8, pixels: int | None = None, backend: str = "auto"):
@@ -97,7 +109,7 @@ def load_model(model: str | None = None, *, scale: int | None = None,
     and ``pixels`` (H x W) describe the input frames it will see, if known
     (``precision="auto"`` depends on them, and on the ``backend`` that will run it). Raises
     ConfigError (bad device or precision, CUDA asked for but absent), ModelError (unknown
-    name, scale mismatch), CheckpointError (bad file).
+    name, scale mismatch), CheckpointError (bad file, weights not finite).
     """
     from vsr.models import DEFAULT_MODEL
     from vsr.models import load_model as load_registry_model
@@ -106,6 +118,8 @@ def load_model(model: str | None = None, *, scale: int | None = None,
     if not isinstance(device, torch.device):
         device = resolve_device(device, require_available=True)
     handle = load_registry_model(model or DEFAULT_MODEL, scale=scale, device=str(device))
+    if handle.module is not None:  # in the file's own dtype: a cast could overflow later
+        check_finite_weights(handle.module.state_dict().items(), model or DEFAULT_MODEL)
     if scale is not None and handle.scale != scale:
         raise ConfigError(f"{handle.name} upscales x{handle.scale}, not x{scale}")
     return handle.to(dtype=resolve_precision(precision, handle, bit_depth=bit_depth,

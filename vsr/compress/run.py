@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from vsr.compress.config import CompressConfig
@@ -28,6 +30,8 @@ from vsr.compress.prune import dr_prune, l1_prune
 from vsr.compress.search import run_search
 from vsr.device import resolve_device
 from vsr.errors import CheckpointError, ConfigError, OutputError
+from vsr.io.output import write_reason
+from vsr.loading import check_finite_weights
 from vsr.models import (
     CheckpointInfo,
     DualNetworks,
@@ -77,6 +81,8 @@ class _Run:
         original, self.info = load_network(config.checkpoint)
         if not isinstance(original, DRN):
             raise ConfigError(f"{config.checkpoint}: only DRN checkpoints can be compressed")
+        # before any stage writes: NaN weights would search and prune, then fail to fine-tune
+        check_finite_weights(original.state_dict().items(), config.checkpoint)
         self.original = original.to(self.device).eval()
         self.scale = int(self.original.scale)
         self.base = self.info.provenance.get("base") or self.info.name or \
@@ -93,6 +99,10 @@ class _Run:
         if held and not config.overwrite:
             raise OutputError(f"{self.out} already holds compress results ({', '.join(held)}); "
                               "use --overwrite to replace them, or another --out")
+        if config.val_data:  # now, not at the first validation after many search steps
+            from vsr.evaluate import check_benchmark
+
+            check_benchmark(config.val_data, self.scale)
         given_widths = config.method == "l1" or config.widths_from
         if self.stages != ["search"] or not given_widths:  # the images are needed: read them
             _ = self.sampler  # raises InputError (no images) before anything is written
@@ -111,8 +121,21 @@ class _Run:
 
     def _write_json(self, name: str, obj: dict[str, Any]) -> None:
         tmp = self.out / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2))
-        tmp.replace(self.out / name)
+        with self._writing(name):
+            try:
+                tmp.write_text(json.dumps(obj, indent=2))
+                tmp.replace(self.out / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    @contextmanager
+    def _writing(self, name: str) -> Iterator[None]:
+        """A failed write in ``out`` (a full disk, a read-only folder) as one OutputError;
+        files are written whole or not at all, so those of finished stages stay usable."""
+        try:
+            yield
+        except (OSError, SafetensorError) as exc:
+            raise OutputError(f"{self.out}: cannot write {name} ({write_reason(exc)})") from None
 
     def _tick(self, stage: str) -> Callable[[int, int, str], None] | None:
         if self.progress is None:
@@ -262,7 +285,8 @@ class _Run:
         if cfg.method == "drc":
             record.update(prune_refit=cfg.prune_refit, prune_batches=cfg.prune_batches)
         info = self._info(slim, "pruned", record)
-        save_model(self.out / PRUNED_FILE, slim, info, extra=extra)
+        with self._writing(PRUNED_FILE):
+            save_model(self.out / PRUNED_FILE, slim, info, extra=extra)
         return {"widths": widths, "seconds": seconds, **model_stats(slim)}
 
     def finetune(self) -> dict[str, Any]:
@@ -292,7 +316,9 @@ class _Run:
                       if k in info.provenance})  # how the pruned network was made
         if res.best_psnr is not None:
             extra["val"] = {"data": cfg.val_data, "psnr": res.best_psnr}
-        save_model(self.out / COMPRESSED_FILE, res.model, self._info(res.model, "final", extra))
+        with self._writing(COMPRESSED_FILE):
+            save_model(self.out / COMPRESSED_FILE, res.model,
+                       self._info(res.model, "final", extra))
         return {"val_psnr": res.best_psnr, "best_step": res.best_step, "seconds": seconds,
                 **model_stats(res.model)}
 

@@ -202,10 +202,16 @@ def remove_stale_partials(path: Path) -> list[Path]:
 def write_error(final: Path | None, exc: BaseException, doing: str = "writing") -> OutputError:
     """A one-line OutputError for a failed write of ``final`` (named instead of its temporary
     file; None: not named): disk full and read-only file systems get their plain reason."""
-    reason = (_PLAIN_REASONS.get(getattr(exc, "errno", None))
-              or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
     what = doing if final is None else f"{doing} {final}"
-    return OutputError(f"{what} failed: {reason}")
+    return OutputError(f"{what} failed: {write_reason(exc)}")
+
+
+def write_reason(exc: BaseException) -> str:
+    """Why a write failed, in a few words on one line (disk full and read-only file systems
+    get their plain reason; a library's own error, e.g. safetensors', its message)."""
+    return (_PLAIN_REASONS.get(getattr(exc, "errno", None))
+            or getattr(exc, "strerror", None) or " ".join(str(exc).split())
+            or type(exc).__name__)
 
 
 def store_file(path: Path, data: bytes, *, replace: bool = True) -> None:

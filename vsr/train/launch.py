@@ -17,7 +17,15 @@ import vsr.errors
 from vsr.errors import ConfigError, VsrError
 from vsr.train.config import TrainConfig
 from vsr.train.state import state_paths
-from vsr.train.trainer import STATE_FILE, STATE_STEM, StepReport, Trainer, TrainResult
+from vsr.train.trainer import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    STATE_FILE,
+    STATE_STEM,
+    StepReport,
+    Trainer,
+    TrainResult,
+)
 
 
 def _free_port() -> int:
@@ -73,13 +81,41 @@ def _rank_error(result_file: Path) -> VsrError | None:
     return errors[0] if errors else None
 
 
+# what a run writes in its folder besides the state (vsr.train.trainer)
+_RUN_FILES = (CONFIG_FILE, METRICS_FILE, "metrics.png", "last.safetensors", "best.safetensors",
+              "model-fp16.safetensors")
+
+
 def check_run_dir(config: TrainConfig, resume: bool) -> None:
-    state = state_paths(Path(config.out), STATE_STEM)
+    """Raise ConfigError unless ``config.out`` suits the run: a resume needs a saved state; a
+    new run may not replace any file a run writes there, but the config and metrics of one
+    stopped before its first save (they are worthless without a state)."""
+    out = Path(config.out)
+    state = state_paths(out, STATE_STEM)
     if resume and not state:
         raise ConfigError(f"{config.out}: nothing to resume (no {STATE_FILE} or its shards)")
     if not resume and state:
         raise ConfigError(f"{config.out} already holds a run; use --resume to continue it "
                           "or choose another --out")
+    if resume:
+        return
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    restartable = held == [CONFIG_FILE, METRICS_FILE][:len(held)] and not _foreign_config(out)
+    if not restartable:
+        raise ConfigError(f"{config.out} already holds {', '.join(held)}, not of a run this "
+                          "could restart; choose another --out or move them away")
+
+
+def _foreign_config(out: Path) -> bool:
+    """Whether ``out`` holds a config.json that is not a training run's."""
+    path = out / CONFIG_FILE
+    if not path.exists():
+        return False
+    try:
+        TrainConfig.load(path)
+    except ConfigError:
+        return True
+    return False
 
 
 def train(config: TrainConfig, *, resume: bool = False, nproc: int = 1,

@@ -35,7 +35,12 @@ def plot_metrics(csv_path: Path, png_path: Path) -> Path | None:
     ax.set_title(csv_path.parent.name)
     fig.tight_layout()
     tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(png_path)
+    try:
+        fig.savefig(tmp)
+        tmp.replace(png_path)
+    except BaseException:  # a full disk: no half-written plot left behind
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return png_path

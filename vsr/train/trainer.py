@@ -9,17 +9,21 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from torch import nn
 
 from vsr.device import resolve_device
-from vsr.errors import ConfigError, TrainingDiverged
+from vsr.errors import ConfigError, OutputError, TrainingDiverged
+from vsr.io.output import write_reason
+from vsr.loading import check_finite_weights
 from vsr.models import (
     ARCHITECTURES,
     REGISTRY,
@@ -205,6 +209,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
         self.spec = network_spec(config.arch, config.model_overrides)
         self.scale = self.spec.scale
+        if config.val_data:  # every rank: one failing alone would leave the others waiting
+            from vsr.evaluate import check_benchmark
+
+            check_benchmark(config.val_data, self.scale)
         self.chain = None
         if config.degrade is not None:
             from vsr.degradations import DegradationChain  # lazy: it needs PyAV
@@ -216,6 +224,7 @@ class Trainer:
         self.duals = DualNetworks(phase=self.primal.phase, width=width).to(self.device)
         if config.init:
             tensors, info = load_tensors(config.init)
+            check_finite_weights(tensors.items(), config.init)  # else it diverges at step 1
             if config.arch in REGISTRY and info.arch == self.spec.arch \
                     and _canonical(info.hparams) != _canonical(self.primal.hparams):
                 raise ConfigError(f"{config.init} holds another {info.arch} than {config.arch} "
@@ -422,9 +431,10 @@ class Trainer:
                              iterations=cfg.iterations, flops_per_sample=self.flops_per_sample,
                              peak_tflops=self.peak_tflops)
         if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / CONFIG_FILE).write_text(cfg.to_json())
-            _trim_metrics(self.run_dir / METRICS_FILE, self.start_step)
+            with self._writing(CONFIG_FILE):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / CONFIG_FILE).write_text(cfg.to_json())
+                _trim_metrics(self.run_dir / METRICS_FILE, self.start_step)
         self.primal.train()
         degraded = self._degraded_batches(self.start_step)
         try:
@@ -438,10 +448,11 @@ class Trainer:
             self._save_inference("last.safetensors", result.steps, None)
             src = "best.safetensors" if (self.run_dir / "best.safetensors").exists() \
                 else "last.safetensors"
-            _export_fp16(self.run_dir / src, self.run_dir / "model-fp16.safetensors")
             from vsr.train.plot import plot_metrics
 
-            plot_metrics(self.run_dir / METRICS_FILE, self.run_dir / "metrics.png")
+            with self._writing("model-fp16.safetensors and metrics.png"):
+                _export_fp16(self.run_dir / src, self.run_dir / "model-fp16.safetensors")
+                plot_metrics(self.run_dir / METRICS_FILE, self.run_dir / "metrics.png")
         return result
 
     def _loop(self, result: TrainResult, degraded: DegradedBatches | None,
@@ -486,7 +497,8 @@ class Trainer:
             if val is not None:  # validation time is not training throughput
                 window_t = time.perf_counter()
             if self.rank == 0 and row is not None:
-                _append_metrics(self.run_dir / METRICS_FILE, row)
+                with self._writing(METRICS_FILE):
+                    _append_metrics(self.run_dir / METRICS_FILE, row)
             if save:
                 self._save_state(done)
             if progress is not None and self.rank == 0:
@@ -542,9 +554,10 @@ class Trainer:
                      "schedule": {"kind": "cosine", "lr": cfg.lr, "lr_min": cfg.lr_min,
                                   "total": cfg.iterations},
                      "rng": rng_state(self.device), "config": json.loads(cfg.to_json())}
-            save_training_state(self.run_dir, STATE_STEM, self.primal, self.duals,
-                                self.optimizers, step, self._info({"iterations": step}), extra,
-                                moments=cfg.state_moments, shard_bytes=shard)
+            with self._writing(f"the state of step {step}"):
+                save_training_state(self.run_dir, STATE_STEM, self.primal, self.duals,
+                                    self.optimizers, step, self._info({"iterations": step}),
+                                    extra, moments=cfg.state_moments, shard_bytes=shard)
         if self.distributed:
             dist.barrier()
         self.saved_step = step
@@ -553,7 +566,20 @@ class Trainer:
         extra: dict[str, Any] = {"iterations": step}
         if val is not None:
             extra["val"] = {"data": self.config.val_data, "psnr": val[0], "ssim": val[1]}
-        save_model(self.run_dir / name, self.primal, self._info(extra))
+        with self._writing(name):
+            save_model(self.run_dir / name, self.primal, self._info(extra))
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write in the run folder (a full disk, a read-only folder) into one
+        OutputError that says which state the folder still holds (saves are all or nothing)."""
+        try:
+            yield
+        except (OSError, SafetensorError) as exc:
+            kept = (f"; it keeps the state of step {self.saved_step}"
+                    if self.saved_step is not None else "")
+            raise OutputError(f"{self.run_dir}: cannot write {what} ({write_reason(exc)})"
+                              f"{kept}") from None
 
 
 def _export_fp16(src: Path, dst: Path) -> None:

@@ -1,0 +1,196 @@
+"""`vsr train`, `vsr compress` and `vsr eval` against careless or hostile input, with real
+files: nothing is overwritten, ignored, half written or silently wrong."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vsr.cli.main import cli
+from vsr.errors import CheckpointError, ConfigError, InputError
+from vsr.imageio import write_image
+from vsr.models import DRN, CheckpointInfo, save_model
+from vsr.models.checkpoint import read_info
+from vsr.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Four 24x24 training images, a folder with one 8x8 image, and a tiny x2 DRN saved twice:
+    as it is and with NaN weights (what a damaged file or a diverged run leaves)."""
+    root = tmp_path_factory.mktemp("hardening")
+    g = torch.Generator().manual_seed(5)
+    (root / "hr").mkdir()
+    for i in range(4):
+        coarse = torch.rand(1, 3, 4, 4, generator=g)
+        img = torch.nn.functional.interpolate(coarse, size=(24, 24), mode="bicubic")[0]
+        write_image(root / "hr" / f"i{i}.png", (img.clamp(0, 1) * 255).round().to(torch.uint8))
+    (root / "small").mkdir()
+    write_image(root / "small" / "s.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
+    torch.manual_seed(0)
+    net = DRN(scale=2, n_feats=4, n_blocks=[1])
+    info = CheckpointInfo(arch="drn", hparams=net.hparams, scale=2, name="tiny-x2")
+    save_model(root / "tiny.safetensors", net, info)
+    with torch.no_grad():
+        net.head.weight.fill_(float("nan"))
+    save_model(root / "nan.safetensors", net, info)
+    return {"root": root, "hr": root / "hr", "small": root / "small",
+            "tiny": root / "tiny.safetensors", "nan": root / "nan.safetensors"}
+
+
+def _train_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["train", "--init", str(files["tiny"]), "--data", str(files["hr"]), "--out", str(out),
+            "--iters", "2", "--batch-size", "2", "--patch", "8", "--threads", "1", "--json",
+            *extra]
+
+
+def test_a_new_run_never_replaces_files_in_its_out_folder(files: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """--out on a folder holding another tool's config.json, or the weights of a finished run
+    whose state was deleted, is refused with the files untouched; the config and metrics of a
+    run stopped before its first save (no state: nothing to resume) start again."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"mine": 1}')
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "best.safetensors").write_bytes(b"the best weights of a long run")
+    for out, name in ((foreign, "config.json"), (finished, "best.safetensors")):
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        got = CliRunner().invoke(cli, _train_args(files, out))
+        assert isinstance(got.exception, ConfigError), got.output
+        assert f"already holds {name}" in str(got.exception)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    early = tmp_path / "early"
+    early.mkdir()
+    cfg = TrainConfig(arch="drn", data=(str(files["hr"]),), out=str(early), iterations=9,
+                      model_overrides=read_info(files["tiny"]).hparams)
+    (early / "config.json").write_text(cfg.to_json())
+    (early / "metrics.csv").write_text("step,loss\n5,0.3\n")
+    got = CliRunner().invoke(cli, _train_args(files, early))
+    assert got.exit_code == 0, got.output
+    assert TrainConfig.load(early / "config.json").iterations == 2
+
+
+def test_resume_refuses_options_it_would_ignore(files: dict[str, Path], tmp_path: Path) -> None:
+    """The run's config.json decides what a resumed run computes: --iters, --lr or --data
+    given with --resume used to be dropped without a word (the run 'finished' at its old
+    plan); they are refused, naming them, and the run is left as it was."""
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, _train_args(files, run)).exit_code == 0
+    config = (run / "config.json").read_text()
+    got = CliRunner().invoke(cli, ["train", "--resume", str(run), "--iters", "50", "--lr", "1",
+                                   "--threads", "1"])
+    assert got.exit_code == 2, got.output
+    assert "--iterations, --lr: fixed by the run's config.json" in got.output
+    assert (run / "config.json").read_text() == config
+    ok = CliRunner().invoke(cli, ["train", "--resume", str(run), "--threads", "1", "--json"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_nan_weights_are_refused_before_anything_is_written(files: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """A checkpoint with NaN weights used to score 6 dB in vsr eval, export an artefact,
+    leave a NaN search and pruned network behind in vsr compress, and start a training run
+    that diverged at step 1: each now stops first with one CheckpointError naming the file."""
+    nan = str(files["nan"])
+    commands = {
+        "eval": ["eval", "--data", str(files["hr"]), "--model", nan],
+        "export": ["export", "--format", "torchscript", "--model", nan, "--height", "8",
+                   "--width", "8", "-o", str(tmp_path / "m.pt")],
+        "compress": ["compress", "--checkpoint", nan, "--ratio", "0.5", "--data",
+                     str(files["hr"]), "--out", str(tmp_path / "compress"), "--patch", "8",
+                     "--batch-size", "2", "--search-steps", "1", "--finetune-steps", "1",
+                     "--dual-warmup", "1", "--prune-batches", "1", "--prune-batch-size", "2"],
+        "train": _train_args(files, tmp_path / "train")[:2] + [nan] +
+        _train_args(files, tmp_path / "train")[3:],
+    }
+    for name, args in commands.items():
+        got = CliRunner().invoke(cli, args)
+        assert isinstance(got.exception, CheckpointError), (name, got.output)
+        assert "NaN or infinity" in str(got.exception) and nan in str(got.exception), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_val_data_is_checked_before_the_first_step(files: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    """An empty --val-data folder, or one with an image too small to score, used to fail at
+    the first validation: after --val-every steps of training, with no state saved."""
+    (tmp_path / "empty").mkdir()
+    for folder, error in (("empty", "no images"), ("small", "too small to score")):
+        val = tmp_path / "empty" if folder == "empty" else files["small"]
+        out = tmp_path / f"run-{folder}"
+        got = CliRunner().invoke(cli, _train_args(files, out, "--val-data", str(val)))
+        assert isinstance(got.exception, InputError), got.output
+        assert error in str(got.exception)
+        assert not out.exists()
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_no_partial_state(files: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """A real process whose files may not grow past 64 KiB (ulimit -f, as a full disk): the
+    state of its first save does not fit. One Error line (it was an 'internal error' with
+    safetensors' own message), exit 1, and neither a state nor a temporary file is left."""
+    out = tmp_path / "run"
+    limit = 64 * 1024
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    got = subprocess.run([sys.executable, "-m", "vsr", "train", "--arch", "drn-t-x2",
+                          *_train_args(files, out)[3:]], capture_output=True, text=True,
+                         timeout=120, preexec_fn=small_files)
+    lines = [ln for ln in got.stderr.splitlines() if ln.strip()]
+    assert got.returncode == 1, got.stderr
+    assert lines[-1].startswith(f"Error: {out}: cannot write the state of step 2"), got.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.csv"]
+    assert json.loads((out / "config.json").read_text())["iterations"] == 2
+
+
+def test_compress_checks_its_val_data_before_the_first_stage(files: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    """An empty --val-data folder failed `vsr compress` only at its first validation, after
+    the dual warm-up and --search-val-every search steps; now before any work is done."""
+    from vsr.compress import CompressConfig, compress
+
+    (tmp_path / "empty").mkdir()
+    ticks = []
+    for val, error in ((tmp_path / "empty", "no images"), (files["small"], "too small")):
+        config = CompressConfig(checkpoint=str(files["tiny"]), ratio=0.5,
+                                data=(str(files["hr"]),), out=str(tmp_path / "out"),
+                                val_data=str(val), batch_size=2, patch=8, search_steps=2,
+                                search_val_every=1, dual_warmup=1)
+        with pytest.raises(InputError, match=error):
+            compress(config, progress=lambda *a: ticks.append(a))
+    assert ticks == [] and not (tmp_path / "out").exists()
+
+
+def test_compress_on_a_full_disk_is_one_error_line(files: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    """Files may not grow past 100 KiB: search.json is written, the pruned network is not.
+    One Error line naming the file (it was an 'internal error' with safetensors' message),
+    exit 1; the finished stage's file stays for --stage prune, no temporary file is left."""
+    weights = Path(__file__).parents[1] / "models" / "weights" / "drn-t-x2.safetensors"
+    out = tmp_path / "out"
+    limit = 100 * 1024
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    got = subprocess.run([sys.executable, "-m", "vsr", "compress", "--checkpoint", str(weights),
+                          "--ratio", "0.5", "--data", str(files["hr"]), "--out", str(out),
+                          "--batch-size", "2", "--patch", "8", "--search-steps", "1",
+                          "--prune-batches", "1", "--prune-batch-size", "2",
+                          "--finetune-steps", "1", "--dual-warmup", "1", "--threads", "1"],
+                         capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    lines = [ln for ln in got.stderr.splitlines() if ln.strip()]
+    assert got.returncode == 1, got.stderr
+    assert lines[-1].startswith(f"Error: {out}: cannot write pruned.safetensors ("), got.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["search.json", "summary.json"]
