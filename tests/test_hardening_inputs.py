@@ -711,3 +711,40 @@ def test_a_newline_in_a_file_name_is_shown_escaped_on_one_line(tmp_path):
     assert (tmp_path / "out\nx.png").is_file()
     summary = [ln for ln in r.stderr.splitlines() if "frames ->" in ln]
     assert len(summary) == 1 and "frames -> out\\nx.png (64x48) in" in summary[0]
+
+
+def _picture(path: Path, *args: str) -> Path:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=s=160x120:r=10:d=1", *args, str(path)], check=True)
+    return path
+
+
+@pytest.mark.skipif(not ffmpeg_available(), reason="needs the ffmpeg program")
+@pytest.mark.parametrize("name, args", [("p.jpg", ["-frames:v", "1"]),
+                                        ("p.gif", ["-frames:v", "1"]),
+                                        ("anim.gif", [])])
+def test_a_jpeg_or_gif_cut_short_is_refused(tmp_path, name, args):
+    """FFmpeg decodes a JPEG or GIF whose download was cut short without an error, the missing
+    rows grey: `vsr upscale` wrote that picture (or the frames there were) and exited 0, and
+    training and evaluation took it as data. Now one Error line; the whole file still reads,
+    a JPEG's trailer after its end (a motion photo's video) too."""
+    from vsr.imageio import read_image
+
+    whole = _picture(tmp_path / name, *args)
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut-{name}"
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(InputError, match=f"cut-{name} is truncated or damaged"):
+        read_image(cut)
+    code, lines = _stderr_lines("upscale", str(cut), str(tmp_path / "out.png" if "anim" not in
+                                                         name else tmp_path / "out.mp4"),
+                                "--model", "bicubic", "--scale", "2")
+    assert code == 1 and lines == [f"Error: cut-{name} is truncated or damaged: its "
+                                   f"{'JPEG' if name.endswith('jpg') else 'GIF'} data stops "
+                                   f"before the end{' of the picture' * name.endswith('jpg')}"]
+    assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))
+    assert read_image(whole).shape == (3, 120, 160)
+    if name.endswith(".jpg"):
+        trailed = tmp_path / "trailed.jpg"
+        trailed.write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+        assert torch.equal(read_image(trailed), read_image(whole))

@@ -8,6 +8,7 @@ both write through it.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import struct
@@ -150,6 +151,83 @@ def _jpeg_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
+# after a scan's header: its entropy-coded data runs to the next marker, FF then a byte other
+# than 00 (a stuffed FF), D0..D7 (restart markers, inside the data) or FF (fill)
+_AFTER_SCAN = re.compile(rb"\xff+(?=[^\x00\xd0-\xd7\xff])")
+
+
+def _jpeg_cut(data: bytes) -> bool:
+    """Whether a JPEG's markers run out before its end-of-image marker (EOI): a download or
+    copy cut short, which FFmpeg's decoder conceals (grey or smeared rows) without an error.
+    What comes after the EOI (a camera's trailer, a motion photo's video) is not read; data
+    this walk cannot follow is not judged (False)."""
+    i = 2
+    while True:
+        if i + 2 > len(data):
+            return True
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xD9:
+            return False
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            i += 2
+        else:
+            if i + 4 > len(data):
+                return True
+            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+            if marker == 0xDA:  # start of scan: skip its data
+                found = _AFTER_SCAN.search(data, i)
+                if found is None:
+                    return True
+                i = found.end() - 1
+
+
+def _gif_cut(data: bytes) -> bool:
+    """Whether a GIF's blocks run out before its trailer (3B): FFmpeg decodes the pictures
+    (or frames) it has, the rest grey or missing, without an error. Data this walk cannot
+    follow is not judged (False)."""
+    def table(flags: int) -> int:
+        return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+    def sub_blocks(i: int) -> int:
+        while i < len(data) and data[i]:
+            i += 1 + data[i]
+        return i + 1
+
+    i = 13 + table(data[10]) if len(data) > 10 else len(data)
+    while i < len(data):
+        block = data[i]
+        if block == 0x3B:
+            return False
+        if block == 0x21:  # extension: label, sub-blocks
+            i = sub_blocks(i + 2)
+        elif block == 0x2C:  # image: descriptor, local table, LZW code size, sub-blocks
+            if i + 10 > len(data):
+                return True
+            i = sub_blocks(i + 10 + table(data[i + 9]) + 1)
+        else:
+            return False
+    return True
+
+
+def cut_short(path: str | os.PathLike) -> str | None:
+    """Why the JPEG or GIF picture ``path`` is not whole, or None (whole, another format,
+    or unreadable here): the formats whose truncation FFmpeg decodes without an error."""
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            # mapped, not read: a JPEG walk stops at the first picture's end (an MJPEG file)
+            if data[:3] == b"\xff\xd8\xff" and _jpeg_cut(data):
+                return "its JPEG data stops before the end of the picture"
+            if data[:6] in (b"GIF87a", b"GIF89a") and _gif_cut(data):
+                return "its GIF data stops before the end"
+    except (OSError, ValueError):  # unreadable, or empty (nothing to map)
+        return None
+    return None
+
+
 def _webp_size(head: bytes) -> tuple[int, int] | None:
     chunk = head[12:16]
     if chunk == b"VP8X" and len(head) >= 30:
@@ -169,12 +247,15 @@ def open_limited(path: str | os.PathLike, url: str | None = None):
 
     The header of a still picture is read first; FFmpeg's own ``max_pixels`` then stops the
     probe and the decoders (for formats whose header says nothing) from allocating a larger
-    picture. Call :func:`limit_stream` on the stream that will be decoded.
-    Raises InputError (over the limit); av.FFmpegError as ``av.open`` does.
+    picture. Call :func:`limit_stream` on the stream that will be decoded. A JPEG or GIF cut
+    short is refused (:func:`cut_short`): FFmpeg would decode it, the missing part grey.
+    Raises InputError (over the limit, cut short); av.FFmpegError as ``av.open`` does.
     """
     size = declared_size(path)
     if size is not None:
         check_pixels(*size, Path(path).name)
+        if (problem := cut_short(path)) is not None:
+            raise InputError(f"{Path(path).name} is truncated or damaged: {problem}")
     return av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
 
 
