@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsr.device import resolve_device
 from vsr.errors import ModelError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -28,6 +29,23 @@ def _check_frames(x: torch.Tensor) -> None:
         raise ModelError(f"empty frame batch {tuple(x.shape)}")
     if x.dtype != torch.uint8 and not x.is_floating_point():
         raise ModelError(f"frames must be uint8 or floating point, got {x.dtype}")
+
+
+def _check_model_input(x: torch.Tensor, handle: Upscaler) -> None:
+    """What ``infer`` needs, from the tensor's metadata only (no host sync): float
+    (N, 3, H, W), and for a network its own dtype and device type (else torch fails deep
+    inside with a RuntimeError)."""
+    if not isinstance(x, torch.Tensor):
+        raise ModelError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ModelError(f"expected frames shaped (N, 3, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ModelError(f"infer takes float frames in [0, 1], got {x.dtype} (upscale takes "
+                         f"uint8)")
+    if handle.module is not None and (x.dtype != handle.dtype
+                                      or x.device.type != handle.device.type):
+        raise ModelError(f"{handle.name} runs {handle.dtype} on {handle.device}, got "
+                         f"{x.dtype} on {x.device}")
 
 
 class Upscaler:
@@ -60,8 +78,8 @@ class Upscaler:
                 names = ", ".join(str(d).replace("torch.", "") for d in self.supported_dtypes)
                 raise ModelError(f"{self.name} does not support {dtype}; supported: {names}")
             self.dtype = dtype
-        if device is not None:
-            self.device = torch.device(device)
+        if device is not None:  # a ConfigError for a bad or absent device, not torch's own
+            self.device = resolve_device(device, require_available=True)
         if self.module is not None:
             self.module.to(device=self.device, dtype=self.dtype)
         return self
@@ -71,7 +89,10 @@ class Upscaler:
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """Float (N, 3, H, W) RGB in [0, 1], on the handle's device and dtype ->
-        (N, 3, scale*H, scale*W), same device and dtype, not clamped. No host syncs."""
+        (N, 3, scale*H, scale*W), same device and dtype, not clamped. No host syncs.
+
+        Raises ModelError for input of another shape, dtype or device."""
+        _check_model_input(x, self)
         h, w = x.shape[-2:]
         m = self.size_multiple
         ph, pw = (-h) % m, (-w) % m

@@ -26,7 +26,7 @@ configure_runtime(*, threads=None, omp_wait_policy="PASSIVE", keep_freed_memory=
 
 Every deliberate error derives from VsrError: ConfigError (bad options, raised when a config
 is constructed), InputError, OutputError, ModelError (CheckpointError), PipelineError,
-Interrupted.
+TrainingDiverged, Interrupted.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import importlib
 __version__ = "0.1.0"
 
 _ERRORS = ("VsrError", "ConfigError", "InputError", "OutputError", "ModelError",
-           "CheckpointError", "PipelineError", "Interrupted")
+           "CheckpointError", "PipelineError", "TrainingDiverged", "Interrupted")
 
 # module -> the public names it provides, each imported on first access
 _PROVIDERS: dict[str, tuple[str, ...]] = {

@@ -9,12 +9,18 @@ import torch
 from vsr.errors import ConfigError
 
 
-def resolve_device(spec: str, *, require_available: bool = False) -> torch.device:
-    """auto -> cuda if available else cpu; ``cpu``, ``cuda`` or ``cuda:N`` as given.
+def resolve_device(spec: str | torch.device, *,
+                   require_available: bool = False) -> torch.device:
+    """auto -> cuda if available else cpu; ``cpu``, ``cuda`` or ``cuda:N`` (or such a
+    torch.device) as given.
 
     Raises ConfigError for a bad spelling, and (with ``require_available``) for CUDA asked for
     on a machine without it.
     """
+    if isinstance(spec, torch.device):  # checked as its spelling is: no meta, no absent CUDA
+        spec = str(spec)
+    if not isinstance(spec, str):  # torch.device(None) or (5) would not be a ConfigError
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {spec!r}")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

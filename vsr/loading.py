@@ -15,7 +15,15 @@ import torch
 
 from vsr.device import cpu_has_native_bf16, resolve_device
 from vsr.errors import CheckpointError, ConfigError
-from vsr.options import BACKEND_PRECISIONS, PRECISIONS, check_choice
+from vsr.options import (
+    BACKEND_CHOICES,
+    BACKEND_PRECISIONS,
+    PRECISIONS,
+    check_at_least,
+    check_choice,
+    check_model,
+    check_scale,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -108,15 +116,20 @@ def load_model(model: str | None = None, *, scale: int | None = None,
     ``scale`` is needed for bicubic and must match a network's own when given; ``bit_depth``
     and ``pixels`` (H x W) describe the input frames it will see, if known
     (``precision="auto"`` depends on them, and on the ``backend`` that will run it). Raises
-    ConfigError (bad device or precision, CUDA asked for but absent), ModelError (unknown
-    name, scale mismatch), CheckpointError (bad file, weights not finite).
+    ConfigError (a bad argument: a model that is no name, a scale under 2, an unknown device,
+    precision or backend; CUDA asked for but absent), ModelError (unknown name, scale
+    mismatch), CheckpointError (bad file, weights not finite).
     """
     from vsr.models import DEFAULT_MODEL
     from vsr.models import load_model as load_registry_model
 
+    check_model(model)
+    check_scale(scale)
     check_choice("precision", precision, PRECISIONS)
-    if not isinstance(device, torch.device):
-        device = resolve_device(device, require_available=True)
+    check_choice("backend", backend, BACKEND_CHOICES)
+    check_at_least("bit_depth", bit_depth, 1)
+    check_at_least("pixels", pixels, 1, optional=True)
+    device = resolve_device(device, require_available=True)
     handle = load_registry_model(model or DEFAULT_MODEL, scale=scale, device=str(device))
     if handle.module is not None:  # in the file's own dtype: a cast could overflow later
         check_finite_weights(handle.module.state_dict().items(), model or DEFAULT_MODEL)

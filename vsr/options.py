@@ -9,6 +9,8 @@ keyword-only, so a derived config keeps its own positional fields first.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 
 from vsr.errors import ConfigError
@@ -47,9 +49,20 @@ def check_at_least(name: str, value: object, minimum: int, *, optional: bool = F
         raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
 
 
+def check_flags(config: object) -> None:
+    """Raise ConfigError unless every field of the dataclass ``config`` declared ``bool``
+    holds True or False: ``overwrite="no"`` would read as True and replace a file."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.type in ("bool", bool) and type(value) is not bool:
+            raise ConfigError(f"{f.name} must be True or False, not {value!r}")
+
+
 def check_model(model: object) -> None:
     """None (the default model), or a registry name, a path or ``"bicubic"``: a non-empty
-    string ("" would silently mean the default)."""
+    string or path ("" would silently mean the default)."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise ConfigError(f"model must be a name or a path, not {model!r}")
 
@@ -94,7 +107,18 @@ class ModelOptions:
     batch: int = 1
     deflicker: float = 0.0
 
+    def __new__(cls, *args: object, **kwargs: object):
+        # a misspelt option is a ConfigError naming it (as in a batch manifest), not the
+        # generated __init__'s TypeError; copy and pickle call __new__ without arguments
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
+                              f"known: {', '.join(sorted(known))}")
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
+        check_flags(self)  # the derived configs' flags too (overwrite, deinterlace...)
         check_model(self.model)
         check_scale(self.scale)
         check_choice("precision", self.precision, PRECISIONS)

@@ -4,6 +4,7 @@ batch, height and width) into the engine cache and run by an InferenceSession.""
 from __future__ import annotations
 
 import importlib
+import threading
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from vsr.backends.cache import EngineKey, model_digest
 from vsr.errors import ConfigError
 
 ONNX_OPSET = 17
+# torch.onnx.export keeps its state in process globals (torch.onnx._globals.GLOBALS): two
+# exports at once from two threads (two batch workers, two upscale_file calls) fail each
+# other's ("GLOBALS.in_onnx_export must be True"), and torch prints the IR graph on stdout.
+_EXPORT_LOCK = threading.RLock()
 
 
 def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
@@ -37,7 +42,7 @@ def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
     p = next(module.parameters())
     net = NetworkOnly(module).eval()
     x = torch.rand(1, 3, *sample_hw, dtype=p.dtype, device=p.device)
-    with warnings.catch_warnings(), torch.no_grad():
+    with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
         # the TorchScript-based exporter: deprecated in favour of dynamo=True, which needs
         # onnxscript (not in the onnx extra) and is slower; the graph is the same.
         warnings.simplefilter("ignore")
@@ -64,8 +69,9 @@ def _build(handle, shape, cache):
                     precision="fp32", device="cpu", tensorrt=None,
                     extra=f"opset{ONNX_OPSET}")
     path = cache.path(key, ".onnx")
-    if not path.is_file():
-        cache.build(path, lambda tmp: export_onnx(handle.module, tmp))
+    with _EXPORT_LOCK:  # a thread that waited finds the file another one built
+        if not path.is_file():
+            cache.build(path, lambda tmp: export_onnx(handle.module, tmp))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1

@@ -1,0 +1,115 @@
+"""The library as an embedding program uses it: bad arguments are the library's own errors,
+configs refuse what they cannot mean, and two threads get what one would."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import vsr
+from vsr.errors import ConfigError, ModelError, VsrError
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"model": 5}, {"model": ""}, {"model": "bicubic", "scale": 0},
+    {"model": "bicubic", "scale": 1}, {"model": "bicubic", "scale": True},
+    {"model": "bicubic", "scale": math.nan}, {"model": "bicubic", "scale": [2]},
+    {"model": "bicubic", "scale": 2, "device": None},
+    {"model": "bicubic", "scale": 2, "device": torch.device("meta")},
+    {"model": "bicubic", "scale": 2, "backend": "nope"},
+    {"model": "bicubic", "scale": 2, "bit_depth": "8"},
+    {"model": "bicubic", "scale": 2, "pixels": -5},
+])
+def test_load_model_refuses_bad_arguments_with_config_error(kwargs) -> None:
+    with pytest.raises(ConfigError):
+        vsr.load_model(kwargs.pop("model"), precision="fp32", **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_asked_for_without_it_is_a_config_error_as_a_torch_device_too() -> None:
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        vsr.load_model("bicubic", scale=2, device=torch.device("cuda"))
+    handle = vsr.load_model("bicubic", scale=2, device="cpu", precision="fp32")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        handle.to(device="cuda")
+    assert handle.device == torch.device("cpu")
+
+
+def test_infer_refuses_what_it_cannot_run_with_model_error(drn_checkpoint) -> None:
+    handle = vsr.load_model(str(drn_checkpoint), device="cpu", precision="fp32")
+    for bad in (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8),
+                torch.zeros(1, 3, 8, 8, dtype=torch.float64), [[0.0]]):
+        with pytest.raises(ModelError):
+            handle.infer(bad)
+    assert handle.infer(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("field", ["overwrite", "deinterlace"])
+@pytest.mark.parametrize("value", ["no", 0, None, math.nan])
+def test_flags_must_be_booleans(tmp_path, field, value) -> None:
+    # overwrite="no" read as True would replace an existing output
+    with pytest.raises(ConfigError, match=field):
+        vsr.UpscaleConfig(input=tmp_path / "in.mp4", output=tmp_path / "out.mp4",
+                          **{field: value})
+    if field == "deinterlace":
+        with pytest.raises(ConfigError, match=field):
+            vsr.JobOptions(deinterlace=value)
+
+
+def test_an_unknown_option_is_a_config_error_naming_it(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="overwrites"):
+        vsr.UpscaleConfig(input=tmp_path / "in.mp4", output=tmp_path / "out.mp4",
+                          overwrites=True)
+    with pytest.raises(ConfigError, match="tiles"):
+        vsr.JobOptions(tiles=64)
+    # copies, pickles and replacements still work
+    config = vsr.UpscaleConfig(input=tmp_path / "in.mp4", output=tmp_path / "out.mp4",
+                               model="bicubic", scale=2, overwrite=True)
+    assert copy.deepcopy(config) == config == pickle.loads(pickle.dumps(config))
+    assert vsr.JobOptions(crf=20).replace({"tile": 64}).tile == 64
+
+
+def test_every_error_class_is_exported() -> None:
+    import vsr.errors as errors
+
+    classes = {name for name, value in vars(errors).items()
+               if isinstance(value, type) and issubclass(value, VsrError)}
+    assert classes <= set(vsr.__all__)
+
+
+def test_two_threads_export_onnx_at_once(tmp_path, drn_checkpoint) -> None:
+    """torch.onnx.export keeps process-global state: two at once used to fail each other (the
+    onnx backend fell back to eager, and torch printed the graph on stdout)."""
+    pytest.importorskip("onnxruntime")
+    from vsr.backends import EngineCache, prepare
+
+    handle = vsr.load_model(str(drn_checkpoint), device="cpu", precision="fp32")
+    start = threading.Barrier(2)
+    runners: list = []
+
+    def build(i: int) -> None:
+        start.wait()
+        runners.append(prepare(handle, "onnx", (1, 3, 16, 24),
+                               cache=EngineCache(tmp_path / f"cache{i}")))
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [(r.backend, list(r.notes)) for r in runners] == [("onnx", [])] * 2
+
+
+def test_a_model_path_may_be_a_path_object(drn_checkpoint, tmp_path) -> None:
+    """The argument checks take a pathlib.Path as they take its string (a library user's
+    natural spelling of a file)."""
+    assert vsr.load_model(Path(drn_checkpoint), device="cpu", precision="fp32").scale == 2
+    config = vsr.UpscaleConfig(input=tmp_path / "in.mp4", output=tmp_path / "out.mp4",
+                               model=Path(drn_checkpoint))
+    assert Path(config.model) == Path(drn_checkpoint)
