@@ -22,6 +22,10 @@ from vsr.io.paths import file_url
 log = logging.getLogger(__name__)
 
 _MUST_COPY = ("audio", "subtitle")
+# Cover art codecs: (file name extension, MIME type) of the picture as an attachment.
+_PICTURES = {"png": ("png", "image/png"), "mjpeg": ("jpg", "image/jpeg"),
+             "bmp": ("bmp", "image/bmp"), "gif": ("gif", "image/gif"),
+             "webp": ("webp", "image/webp")}
 
 # Tags the muxer writes itself, or that describe the input's encode of a stream (Matroska's
 # statistics tags, mkvmerge's with a "-eng" suffix): copied, they would misdescribe the output.
@@ -109,6 +113,8 @@ class Passthrough:
                 if s.type in _MUST_COPY:
                     raise OutputError(f"the output format {output.format.name} cannot carry "
                                       f"{what}; choose a container that can (e.g. .mkv)") from exc
+                if self._add_cover(output, s):
+                    continue
                 log.warning("not copying %s: %s", what, exc)
                 self.dropped.append(what)
                 continue
@@ -164,6 +170,31 @@ class Passthrough:
             raise OutputError(f"the output format {output.format.name} cannot carry attachment "
                               f"{name!r}; choose a container that can (e.g. .mkv)") from exc
         self.copied[s.index] = 0
+
+    def _add_cover(self, output: av.container.OutputContainer, s: av.stream.Stream) -> bool:
+        """Carry cover art (an attached picture) that ``output`` cannot hold as a stream as an
+        attachment instead; whether it was. Matroska keeps its cover as an attachment, which
+        FFmpeg reads as a one-picture video stream that the Matroska muxer then refuses as a
+        stream: copied as a stream it was dropped, from Matroska into Matroska too."""
+        if not int(s.disposition) & int(av.stream.Disposition.attached_pic):
+            return False
+        kind = _PICTURES.get(_codec_name(s))
+        mimetype = s.metadata.get("mimetype") or (kind[1] if kind else None)
+        if mimetype is None:
+            return False
+        name = s.metadata.get("filename") or f"cover.{kind[0] if kind else 'bin'}"
+        try:
+            # the picture is queued when the input opens: the first packet read, whatever
+            # the read position of the other streams
+            data = next((bytes(p) for p in self._input.demux([s]) if p.size), None)
+            if data is None:
+                return False
+            output.add_attachment(name=name, mimetype=mimetype, data=data)
+        except (av.error.FFmpegError, ValueError, TypeError, NotImplementedError):
+            return False
+        log.info("stream %d (cover art %s) goes on as an attachment", s.index, name)
+        self.copied[s.index] = 1
+        return True
 
     @property
     def chapters(self) -> list:

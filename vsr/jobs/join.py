@@ -15,12 +15,47 @@ from pathlib import Path
 import av
 
 from vsr.errors import OutputError, PipelineError
+from vsr.io.info import StreamInfo
 from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
 from vsr.io.passthrough import Passthrough, container_tags
 from vsr.io.paths import file_url
+from vsr.io.sink import check_codec
 from vsr.io.source import PyAVSource
 
 log = logging.getLogger(__name__)
+
+
+def segment_offset(info: StreamInfo) -> int:
+    """Ticks (of the input video's time base) added to every timestamp in a segment file and
+    taken off again by the join: NUT refuses a negative pts, and an input may start below
+    zero (an MPEG-TS recording whose 33-bit clock wraps, read by FFmpeg as times before zero
+    up to the wrap). 0 for the usual input."""
+    return max(0, -(info.start_pts or 0))
+
+
+def check_output_codec(output: Path, codec: str) -> None:
+    """Raise OutputError unless the container ``output``'s name asks for can hold ``codec``
+    video (ffv1 in .mov cannot): the join would fail only after every segment was computed.
+    Opens no file (the format is guessed from the name). Raises ConfigError for an unknown
+    encoder."""
+    check_codec(codec)
+    try:
+        out = av.open(file_url(output), mode="w")
+    except (av.error.FFmpegError, ValueError, OSError):
+        return  # a name the sink itself refuses: the join says why, in the sink's words
+    try:
+        out.add_stream(codec)
+    except (av.error.FFmpegError, ValueError, TypeError) as exc:
+        raise _cannot_hold(output, out.format.name, codec) from exc
+    finally:
+        with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
+            out.close()
+
+
+def _cannot_hold(output: Path, fmt: str, codec: str) -> OutputError:
+    return OutputError(f"the output format of {output.name} ({fmt}) cannot hold {codec} "
+                       "video; use another --codec, or a container that can (e.g. .mkv)")
+
 
 def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                   overwrite: bool = False, frames: list[int] | None = None) -> dict[int, int]:
@@ -55,7 +90,11 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
             holder: list[av.stream.Stream] = []
 
             def add_video() -> None:
-                stream = out.add_stream_from_template(template)
+                try:
+                    stream = out.add_stream_from_template(template)
+                except (av.error.FFmpegError, ValueError, TypeError) as exc:
+                    raise _cannot_hold(final, out.format.name, template.codec_context.name
+                                       ) from exc
                 stream.time_base = info.time_base
                 if info.frame_rate:  # the segment's is its time base (a MOV timecode track
                     stream.codec_context.framerate = info.frame_rate  # counts in frames)
@@ -78,9 +117,10 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         except av.error.FFmpegError as exc:
             raise OutputError(f"cannot start writing {final}: {exc}") from exc
         last_dts: int | None = None
+        offset = segment_offset(info)
         for k, path in enumerate(segments):
             last_dts, count = _copy_segment(path, out, video, passthrough, info.time_base,
-                                            extradata, last_dts)
+                                            extradata, last_dts, offset)
             if frames is not None and count != frames[k]:
                 raise PipelineError(f"segment {path.name} holds {count} frames where "
                                     f"{frames[k]} were written")
@@ -128,9 +168,10 @@ def _demux(seg: av.container.InputContainer, stream: av.stream.Stream, path: Pat
 
 def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.stream.Stream,
                   passthrough: Passthrough, tb: Fraction, extradata: bytes | None,
-                  last_dts: int | None) -> tuple[int | None, int]:
-    """Mux one segment's packets (rebased to ``tb``); returns the last dts written and the
-    number of video packets (frames) copied."""
+                  last_dts: int | None, offset: int = 0) -> tuple[int | None, int]:
+    """Mux one segment's packets (rebased to ``tb``, ``offset`` ticks taken off: see
+    :func:`segment_offset`); returns the last dts written and the number of video packets
+    (frames) copied."""
     count = 0
     with _open_segment(path) as seg:
         stream = seg.streams.video[0]
@@ -143,6 +184,11 @@ def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.strea
                 continue
             count += 1
             _rebase(pkt, tb)
+            if offset:
+                if pkt.pts is not None:
+                    pkt.pts -= offset
+                if pkt.dts is not None:
+                    pkt.dts -= offset
             if pkt.dts is None:
                 # NUT stores no dts for the packets before the first one with dts >= 0:
                 # they precede it by one frame each, as the encoder had them.

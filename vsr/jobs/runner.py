@@ -22,7 +22,7 @@ from pathlib import Path
 from vsr.errors import ConfigError, Interrupted, OutputError, VsrError
 from vsr.io.output import discard
 from vsr.io.source import check_input_path
-from vsr.jobs.join import join_segments
+from vsr.jobs.join import check_output_codec, join_segments
 from vsr.jobs.plan import (
     DEFAULT_TEMPLATE,
     STATE_DIR,
@@ -325,6 +325,7 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
         task = Task(job, file_id, None, job.output, overwrite=config.overwrite)
         _register(tracker, _File(job, file_id, None, [task], [], 1))
         return [task]
+    check_output_codec(job.output, job.options.codec)  # before any segment, not at the join
     # the deflicker filter carries each frame into the next: one segment, as `vsr upscale` runs
     min_frames = sys.maxsize if job.options.deflicker else config.segment_frames
     segments = plan_segments(job.input, min_frames)

@@ -26,6 +26,7 @@ from vsr.io.output import discard, is_stale_partial
 from vsr.io.paths import file_url
 from vsr.io.sink import PyAVSink
 from vsr.io.source import PyAVSource, pts_step, truncation_problem
+from vsr.jobs.join import segment_offset
 from vsr.jobs.plan import Job
 from vsr.upscale import UpscaleConfig, upscale_file
 
@@ -245,11 +246,15 @@ def _run_task(task: Task, handles: HandleCache,
     opts = task.job.options
     report = (lambda p: progress(p.frames_done)) if progress is not None else None
     with PyAVSource(task.job.input, deinterlace=opts.deinterlace) as source:
+        frames = source.frames_between(seg.start, seg.end)
+        offset = segment_offset(source.info)  # NUT takes no pts below zero; the join undoes it
+        if offset:
+            frames = (replace(f, pts=f.pts + offset) for f in frames)
         run = run_source(
             source, opts, handles.device,
             lambda info, w, h: PyAVSink(task.path, info, w, h, opts.encode, overwrite=True,
                                         copy_streams=False),
-            models=handles.models, frames=source.frames_between(seg.start, seg.end),
+            models=handles.models, frames=frames,
             frames_total=seg.frames, progress=report)
     if run.stats.frames_out != seg.frames:
         discard(task.path)
