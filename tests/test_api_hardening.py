@@ -113,3 +113,51 @@ def test_a_model_path_may_be_a_path_object(drn_checkpoint, tmp_path) -> None:
     config = vsr.UpscaleConfig(input=tmp_path / "in.mp4", output=tmp_path / "out.mp4",
                                model=Path(drn_checkpoint))
     assert Path(config.model) == Path(drn_checkpoint)
+
+
+def _configs():
+    from vsr.compress.config import CompressConfig
+    from vsr.export import ExportConfig
+    from vsr.train.config import TrainConfig
+
+    train = {"arch": "drn-t-x2", "data": ("d",), "out": "o"}
+    return [
+        (vsr.UpscaleConfig, {"input": None, "output": "o.mp4"}),
+        (vsr.UpscaleConfig, {"input": "i.mp4", "output": "o.mp4", "encode": "x"}),
+        (vsr.BatchConfig, {"inputs": None, "output_dir": "out"}),
+        (vsr.BatchConfig, {"inputs": ("a.mp4",), "output_dir": "out", "segment_frames": "300"}),
+        (vsr.BatchConfig, {"inputs": ("a.mp4",), "output_dir": "out", "segment_frames": math.nan}),
+        (vsr.BatchConfig, {"inputs": ("a.mp4",), "output_dir": "out", "options": "x"}),
+        (vsr.BatchConfig, {"inputs": ("a.mp4",), "output_dir": "out", "overwrite": "no"}),
+        (vsr.BatchConfig, {"inputs": ("a.mp4",), "output_dir": "out", "bogus": 1}),
+        (vsr.StreamConfig, {"src": "a.ts", "dst": None}),
+        (vsr.StreamConfig, {"src": "a.ts", "dst": "b.ts", "read_timeout_s": "5"}),
+        (vsr.StreamConfig, {"src": "a.ts", "dst": "b.ts", "read_timeout_s": math.nan}),
+        (vsr.EvalConfig, {"data": None, "baseline": "bicubic", "scale": 2}),
+        (TrainConfig, {**train, "iterations": "10"}),
+        (TrainConfig, {**train, "iterations": math.nan}),
+        (TrainConfig, {**train, "adapt_degradation": None}),
+        (TrainConfig, {**train, "seed": "x"}),
+        (TrainConfig, {**train, "compile": "yes"}),
+        (CompressConfig, {"checkpoint": "m.safetensors", "ratio": 0.5, "data": ("d",),
+                          "out": "o", "finetune_steps": 2.5}),
+        (ExportConfig, {"model": None, "format": "onnx", "output": None}),
+    ]
+
+
+@pytest.mark.parametrize("cls, kwargs", _configs(),
+                         ids=lambda v: v.__name__ if isinstance(v, type) else None)
+def test_every_config_refuses_wrong_types_with_config_error(cls, kwargs, tmp_path,
+                                                            monkeypatch) -> None:
+    """A None path, a str where a number goes, NaN, a misspelt field, a non-bool flag: a
+    ConfigError at construction, never a TypeError there or an AttributeError in the run."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError):
+        cls(**kwargs)
+
+
+def test_one_path_where_a_list_goes_is_one_path(tmp_path) -> None:
+    """A str is not taken letter by letter: EvalConfig(data="Set5") was 4 folders."""
+    assert vsr.EvalConfig(data=str(tmp_path), baseline="bicubic", scale=2).data == (tmp_path,)
+    assert vsr.BatchConfig(inputs="a.mp4", output_dir=tmp_path / "o",
+                           devices="cpu").devices == ("cpu",)

@@ -4,6 +4,7 @@ SQLite job store."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -716,3 +718,26 @@ def test_every_module_a_task_runs_has_its_warnings_collected():
         name = ".".join(("vsr", *rel.with_suffix("").parts)).removesuffix(".__init__")
         warns.add(name)
     assert warns and warns <= set(TASK_LOGGERS), sorted(warns - set(TASK_LOGGERS))
+
+
+def test_a_failing_progress_callback_stops_every_worker_before_it_is_raised(tmp_path):
+    """A library caller's progress callback that raised escaped run_batch while the workers
+    went on: segments and outputs appeared after the call had returned, into a job store it
+    had closed. Now the workers stop first, then the callback's exception is raised."""
+    inputs = [str(make_clip(tmp_path / f"{k}.mp4", frames=120, color={"gop_size": 10}))
+              for k in "abc"]
+    out = tmp_path / "out"
+
+    def fail(progress) -> None:
+        raise RuntimeError("the caller's callback failed")
+
+    config = BatchConfig(inputs=tuple(inputs), output_dir=out, devices=("cpu", "cpu"),
+                         options=JobOptions(model="bicubic", scale=2), segment_frames=10)
+    with pytest.raises(RuntimeError, match="callback failed"):
+        run_batch(config, progress=fail)
+    assert not [t for t in threading.enumerate() if t.name.startswith("vsr-batch")]
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    time.sleep(1.5)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    result = run_batch(dataclasses.replace(config, resume=True))  # and it resumes
+    assert len(result.done) == 3 and not result.failed

@@ -22,7 +22,7 @@ from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import check_input_path, open_source
 from vsr.loading import dtype_name
-from vsr.options import DECODERS, RunOptions, check_at_least, check_choice
+from vsr.options import DECODERS, RunOptions, as_path, check_at_least, check_choice, check_type
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,11 @@ class BenchConfig(RunOptions):
     overwrite: bool = False  # replace an existing ``output``
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input", Path(self.input))
+        object.__setattr__(self, "input", as_path("input", self.input))
         if self.output is not None:
-            object.__setattr__(self, "output", Path(self.output))
+            object.__setattr__(self, "output", as_path("output", self.output))
         super().__post_init__()
+        check_type("encode", self.encode, EncodeConfig)
         check_at_least("frames", self.frames, 2)
         check_choice("decoder", self.decoder, DECODERS)
         check_at_least("repeats", self.repeats, 1)

@@ -27,6 +27,8 @@ from vsr.metrics import SSIM_WINDOW, psnr_y, ssim_y
 from vsr.options import (
     EVAL_BASELINES,
     PRECISIONS,
+    Config,
+    as_paths,
     check_choice,
     check_device,
     check_model,
@@ -250,7 +252,7 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Config):
     """One ``vsr eval`` run: benchmark folders, a model (or a baseline), scale, device and
     precision (fp32, the reference, unless asked; ``auto`` scores, on every image, what
     ``vsr upscale`` runs here for large 8-bit frames, see :func:`vsr.loading.auto_dtype`)."""
@@ -264,7 +266,8 @@ class EvalConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data", tuple(Path(d) for d in self.data))
+        super().__post_init__()
+        object.__setattr__(self, "data", as_paths("data", self.data))
         if not self.data:
             raise ConfigError("give at least one benchmark folder (--data)")
         if (self.model is None) == (self.baseline is None):

@@ -27,6 +27,8 @@ from vsr.loading import dtype_name, load_model
 from vsr.options import (
     EXPORT_FORMATS,
     PRECISIONS,
+    Config,
+    as_path,
     check_at_least,
     check_choice,
     check_device,
@@ -40,7 +42,7 @@ FORMATS = EXPORT_FORMATS
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Config):
     """One export; ``height``/``width``/``batch`` are the traced sample's size (for TensorRT
     the engine's fixed input size). Validated on construction (ConfigError)."""
 
@@ -57,7 +59,8 @@ class ExportConfig:
     check: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "output", Path(self.output))
+        super().__post_init__()
+        object.__setattr__(self, "output", as_path("output", self.output))
         check_choice("format", self.format, FORMATS)
         check_choice("precision", self.precision, PRECISIONS)
         check_model(self.model)

@@ -10,8 +10,10 @@ keyword-only, so a derived config keeps its own positional fields first.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from vsr.errors import ConfigError
 
@@ -47,6 +49,49 @@ def check_at_least(name: str, value: object, minimum: int, *, optional: bool = F
         return
     if type(value) is not int or value < minimum:
         raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def check_number(name: str, value: object, *, above: float | None = None,
+                 at_least: float | None = None, optional: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is a finite real number (not a bool) greater than
+    ``above`` and at least ``at_least`` (or None when ``optional``). NaN fails every
+    comparison, so a plain ``value <= 0`` check lets it through: test finiteness first."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if above is not None and not value > above:
+        raise ConfigError(f"{name} must be > {above:g}, got {value:g}")
+    if at_least is not None and not value >= at_least:
+        raise ConfigError(f"{name} must be >= {at_least:g}, got {value:g}")
+
+
+def as_path(name: str, value: object) -> Path:
+    """``value``, a non-empty str or os.PathLike, as a Path; else ConfigError (``Path(None)``
+    is a TypeError, ``Path("")`` the current folder)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a path, not {value!r}")
+    return Path(value)
+
+
+def as_paths(name: str, values: object) -> tuple[Path, ...]:
+    """A tuple or list of paths (one path alone counts as one: a str is not iterated letter
+    by letter) as a tuple of Paths; else ConfigError."""
+    if isinstance(values, str | os.PathLike):
+        values = (values,)
+    if not isinstance(values, tuple | list):
+        raise ConfigError(f"{name} must be a list of paths, not {values!r}")
+    return tuple(as_path(name, v) for v in values)
+
+
+def check_type(name: str, value: object, kind: type, *, optional: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is a ``kind`` (or None when ``optional``)."""
+    if not (isinstance(value, kind) or (optional and value is None)):
+        what = getattr(kind, "__name__", None) or str(kind).replace(" | ", " or ")
+        raise ConfigError(f"{name} must be a {what}, not {value!r}")
 
 
 def check_flags(config: object) -> None:
@@ -88,8 +133,27 @@ def check_device(device: object) -> None:
     resolve_device(device)
 
 
+class Config:
+    """The base of every typed config (a frozen dataclass): a misspelt field is a ConfigError
+    naming it (as in a batch manifest), not the generated ``__init__``'s TypeError, and every
+    field declared ``bool`` must hold True or False (``overwrite="no"`` would read as True).
+    A subclass's ``__post_init__`` calls this one's first."""
+
+    def __new__(cls, *args: object, **kwargs: object):
+        # copy and pickle call __new__ without arguments
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
+                              f"known: {', '.join(sorted(known))}")
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+
+
 @dataclass(frozen=True, kw_only=True)
-class ModelOptions:
+class ModelOptions(Config):
     """Which model runs, and how. Validated on construction (ConfigError).
 
     ``model``: a registry name, a .safetensors path or ``"bicubic"`` (None: the default model);
@@ -107,18 +171,8 @@ class ModelOptions:
     batch: int = 1
     deflicker: float = 0.0
 
-    def __new__(cls, *args: object, **kwargs: object):
-        # a misspelt option is a ConfigError naming it (as in a batch manifest), not the
-        # generated __init__'s TypeError; copy and pickle call __new__ without arguments
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
-                              f"known: {', '.join(sorted(known))}")
-        return super().__new__(cls)
-
     def __post_init__(self) -> None:
-        check_flags(self)  # the derived configs' flags too (overwrite, deinterlace...)
+        super().__post_init__()
         check_model(self.model)
         check_scale(self.scale)
         check_choice("precision", self.precision, PRECISIONS)

@@ -20,7 +20,15 @@ from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import check_input_path, open_source
 from vsr.loading import dtype_name
-from vsr.options import DECODERS, ENCODERS, RunOptions, check_at_least, check_choice
+from vsr.options import (
+    DECODERS,
+    ENCODERS,
+    RunOptions,
+    as_path,
+    check_at_least,
+    check_choice,
+    check_type,
+)
 from vsr.pipeline import Progress
 
 log = logging.getLogger(__name__)
@@ -43,9 +51,10 @@ class UpscaleConfig(RunOptions):
     queue_depth: int = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input", Path(self.input))
-        object.__setattr__(self, "output", Path(self.output))
+        object.__setattr__(self, "input", as_path("input", self.input))
+        object.__setattr__(self, "output", as_path("output", self.output))
         super().__post_init__()
+        check_type("encode", self.encode, EncodeConfig)
         check_choice("decoder", self.decoder, DECODERS)
         check_choice("encoder", self.encoder, ENCODERS)
         check_at_least("queue_depth", self.queue_depth, 1)

@@ -51,7 +51,16 @@ from vsr.evaluate import (
 )
 from vsr.io.source import PyAVSource
 from vsr.metrics import psnr_y, rgb_to_y, ssim_y
-from vsr.options import PRECISIONS, check_choice, check_deflicker, check_model
+from vsr.options import (
+    PRECISIONS,
+    Config,
+    as_paths,
+    check_at_least,
+    check_choice,
+    check_deflicker,
+    check_model,
+    check_type,
+)
 from vsr.pipeline.temporal import Deflicker
 
 __all__ = ["ClipResult", "Scores", "VideoEvalConfig", "evaluate_clip", "flicker", "read_hr_frames",
@@ -110,7 +119,7 @@ class ClipResult:
 
 
 @dataclass(frozen=True)
-class VideoEvalConfig:
+class VideoEvalConfig(Config):
     """One ``vsr eval --video`` run.
 
     ``model`` defaults to the registry's default model; ``baseline="bicubic"`` scores bicubic
@@ -129,9 +138,12 @@ class VideoEvalConfig:
     deflicker: float = 0.0  # the model's frames through vsr.pipeline.temporal (0: off)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "videos", tuple(Path(v) for v in self.videos))
+        super().__post_init__()
+        object.__setattr__(self, "videos", as_paths("videos", self.videos))
         if not self.videos:
             raise ConfigError("give at least one clip (--video)")
+        check_type("degrade", self.degrade, str)
+        check_at_least("seed", self.seed, 0, optional=True)
         chain = DegradationChain.parse(self.degrade)
         object.__setattr__(self, "degrade", str(chain))
         if chain.is_random and self.seed is None:

@@ -7,14 +7,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vsr.errors import ConfigError
-from vsr.options import COMPRESS_METHODS, COMPRESS_REFITS, COMPRESS_STAGES, check_device
-from vsr.train.config import check_number
+from vsr.options import (
+    COMPRESS_METHODS,
+    COMPRESS_REFITS,
+    COMPRESS_STAGES,
+    Config,
+    as_path,
+    as_paths,
+    check_at_least,
+    check_device,
+    check_number,
+)
 
 STAGES, METHODS, REFITS = COMPRESS_STAGES, COMPRESS_METHODS, COMPRESS_REFITS
 
 
 @dataclass(frozen=True)
-class CompressConfig:
+class CompressConfig(Config):
     """Compress the DRN in ``checkpoint`` by pruning ratio ``ratio`` into ``out``.
 
     Stages (each reads the previous stage's file in ``out`` and writes its own, so any stage
@@ -63,8 +72,14 @@ class CompressConfig:
     overwrite: bool = False  # replace the files of an earlier run in ``out``
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_device(self.device)
-        object.__setattr__(self, "data", tuple(str(d) for d in self.data))
+        object.__setattr__(self, "data", tuple(map(str, as_paths("data", self.data))))
+        for name in ("checkpoint", "out"):
+            object.__setattr__(self, name, str(as_path(name, getattr(self, name))))
+        for name in ("val_data", "duals", "widths_from"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(as_path(name, getattr(self, name))))
         if not self.data:
             raise ConfigError("give at least one training folder (--data)")
         if self.stage not in STAGES:
@@ -79,8 +94,8 @@ class CompressConfig:
             raise ConfigError(f"ratio must be in (0, 1), got {self.ratio}")
         for name in ("batch_size", "patch", "search_steps", "search_val_every", "holdout",
                      "prune_batches", "prune_batch_size", "finetune_steps", "val_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_at_least(name, getattr(self, name), 1)
+        check_at_least("seed", self.seed, 0)
         if self.holdout < 2:
             raise ConfigError("holdout must be >= 2 (every n-th image is held out)")
         # NaN passes a plain ``<= 0`` check and trains to NaN weights: finite first
@@ -90,8 +105,7 @@ class CompressConfig:
             check_number(name, getattr(self, name), at_least=0)
         if self.finetune_lr_min > self.finetune_lr:
             raise ConfigError("need 0 <= finetune_lr_min <= finetune_lr")
-        if self.dual_warmup < 0:
-            raise ConfigError(f"dual_warmup must be >= 0, got {self.dual_warmup}")
+        check_at_least("dual_warmup", self.dual_warmup, 0)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

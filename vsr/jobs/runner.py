@@ -44,6 +44,7 @@ from vsr.jobs.segments import (
 )
 from vsr.jobs.store import JobStore, SegmentRow, StoreError
 from vsr.jobs.workers import INTERRUPTED
+from vsr.options import Config, as_path, as_paths, check_at_least, check_type
 from vsr.pipeline.run import eta_seconds
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BatchConfig:
+class BatchConfig(Config):
     """A batch run; validated on construction (ConfigError)."""
 
     inputs: tuple[str, ...]
@@ -67,10 +68,18 @@ class BatchConfig:
     wait: bool = False  # another batch holds the output folder: wait for it (else refuse)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "output_dir", Path(self.output_dir))
-        object.__setattr__(self, "inputs", tuple(self.inputs))
-        object.__setattr__(self, "manifests", tuple(Path(m) for m in self.manifests))
+        super().__post_init__()
+        object.__setattr__(self, "output_dir", as_path("output_dir", self.output_dir))
+        # files, folders or glob patterns, as given
+        object.__setattr__(self, "inputs", tuple(map(str, as_paths("inputs", self.inputs))))
+        object.__setattr__(self, "manifests", as_paths("manifests", self.manifests))
+        if isinstance(self.devices, str):  # "cpu" is one device, not three letters
+            object.__setattr__(self, "devices", (self.devices,))
+        check_type("devices", self.devices, tuple | list)
         object.__setattr__(self, "devices", tuple(self.devices))
+        check_type("options", self.options, JobOptions)
+        check_type("template", self.template, str)
+        check_type("ray", self.ray, str, optional=True)
         if not self.inputs and not self.manifests:
             raise ConfigError("no inputs: give files, folders, globs or --manifest")
         if not self.devices:
@@ -85,8 +94,7 @@ class BatchConfig:
                 count = torch.cuda.device_count() if torch.cuda.is_available() else 0
                 if (dev.index or 0) >= count:
                     raise ConfigError(f"device {d} is not available ({count} CUDA devices)")
-        if self.segment_frames < 1:
-            raise ConfigError("segment_frames must be at least 1")
+        check_at_least("segment_frames", self.segment_frames, 1)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ConfigError(f"output folder is a file: {self.output_dir}")
         for text in self.inputs:  # before anything is written into the output folder

@@ -49,7 +49,7 @@ def run_on_threads(tasks: list[Task], tracker, devices: tuple[str, ...],
     Raises Interrupted after a KeyboardInterrupt, once every worker has stopped (a second
     Ctrl-C does not cut that wait short: a worker stops after its current frame, and leaving
     earlier would abort the process). A worker's own failure outside a task stops the others
-    and is raised.
+    and is raised; so is an exception from ``report``, once every worker has stopped.
     """
     todo: queue.Queue[Task] = queue.Queue()
     for t in tasks:
@@ -65,10 +65,12 @@ def run_on_threads(tasks: list[Task], tracker, devices: tuple[str, ...],
                 w.ended.wait(timeout=_POLL / len(workers))
             if report is not None:
                 report()
-    except KeyboardInterrupt as exc:
+    except BaseException as exc:  # Ctrl-C, or the caller's progress callback failing
         with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C, raised after the wait
             stop_and_wait(workers, stop, timeout=None)
-        raise Interrupted(INTERRUPTED) from exc
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(INTERRUPTED) from exc
+        raise  # with every worker stopped: none writes on into the closed job store
     for w in workers:
         if w.error is not None:
             raise w.error

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from vsr.errors import ConfigError, OutputError
 from vsr.io.sink import EncodeConfig
 from vsr.io.source import Frame
-from vsr.options import RunOptions, check_at_least, check_choice
+from vsr.options import RunOptions, check_at_least, check_choice, check_number, check_type
 from vsr.stream.audio import AudioFeed
 from vsr.stream.io import (
     IDLE,
@@ -61,10 +61,17 @@ class StreamConfig(RunOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("src", "dst"):  # URLs, `-` or file names
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a URL, - or a file name, not "
+                                  f"{getattr(self, name)!r}")
+        check_type("encode", self.encode, EncodeConfig)
+        check_type("input_format", self.input_format, str, optional=True)
+        check_type("output_format", self.output_format, str, optional=True)
         check_choice("drop", self.drop, DROP_POLICIES)
         check_at_least("max_latency_ms", self.max_latency_ms, 1)
-        if self.read_timeout_s <= 0 or self.backoff_max_s <= 0 or self.stats_interval_s <= 0:
-            raise ConfigError("timeouts and intervals must be positive")
+        for name in ("read_timeout_s", "backoff_max_s", "stats_interval_s"):  # NaN too
+            check_number(name, getattr(self, name), above=0)
         check_at_least("gop", self.gop, 1, optional=True)
         if self.src == self.dst and self.src != "-":
             raise ConfigError("source and destination are the same")

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from vsr.errors import ConfigError
-from vsr.options import check_device
+from vsr.options import (
+    Config,
+    as_path,
+    as_paths,
+    check_at_least,
+    check_device,
+    check_number,
+    check_type,
+)
 from vsr.train.degrade import DegradationSpec
 from vsr.train.state import MOMENTS
 
@@ -20,7 +27,7 @@ RUNTIME_FIELDS = ("device", "threads", "time_limit", "compile", "peak_tflops", "
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Dual regression training of a registry architecture on HR image folders.
 
     ``patch`` is the LR patch side; HR patches are ``patch * scale``. ``batch_size`` is the
@@ -67,15 +74,26 @@ class TrainConfig:
     consistency: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_device(self.device)  # the spelling; availability is checked when it runs
-        object.__setattr__(self, "data", tuple(str(d) for d in self.data))
-        object.__setattr__(self, "adapt", tuple(str(d) for d in self.adapt))
+        check_type("arch", self.arch, str)
+        object.__setattr__(self, "data", tuple(map(str, as_paths("data", self.data))))
+        object.__setattr__(self, "adapt", tuple(map(str, as_paths("adapt", self.adapt))))
+        object.__setattr__(self, "out", str(as_path("out", self.out)))
+        for name in ("val_data", "init"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(as_path(name, getattr(self, name))))
         if not self.data:
             raise ConfigError("give at least one training folder (--data)")
         for name in ("iterations", "batch_size", "patch", "val_every", "save_every",
                      "log_every", "adapt_batch", "adapt_frames"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_at_least(name, getattr(self, name), 1)
+        check_at_least("seed", self.seed, 0)
+        for name in ("dual_width", "threads", "degrade_workers"):
+            check_at_least(name, getattr(self, name), 1, optional=True)
+        check_type("model_overrides", self.model_overrides, dict)
+        check_type("adapt_degradation", self.adapt_degradation, str)
+        check_type("degrade", self.degrade, str, optional=True)
         # every float first: NaN passes any comparison below, infinity trains to NaN weights
         check_number("lr", self.lr, above=0)
         check_number("lr_min", self.lr_min, at_least=0)
@@ -95,8 +113,6 @@ class TrainConfig:
         if self.state_moments not in MOMENTS:
             raise ConfigError(f"state_moments must be one of {', '.join(MOMENTS)}, "
                               f"got {self.state_moments!r}")
-        if self.degrade_workers is not None and self.degrade_workers < 1:
-            raise ConfigError(f"degrade_workers must be >= 1, got {self.degrade_workers}")
         chain = None
         if self.degrade is not None:
             from vsr.degradations import DegradationChain  # lazy: it needs PyAV
@@ -133,21 +149,6 @@ class TrainConfig:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot read training config ({exc})") from None
 
-
-def check_number(name: str, value: object, *, above: float | None = None,
-                 at_least: float | None = None, optional: bool = False) -> None:
-    """Raise ConfigError unless ``value`` is a finite real number (not a bool) greater than
-    ``above`` and at least ``at_least`` (or None when ``optional``). NaN fails every
-    comparison, so a plain ``value <= 0`` check lets it through: test finiteness first."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if above is not None and not value > above:
-        raise ConfigError(f"{name} must be > {above:g}, got {value:g}")
-    if at_least is not None and not value >= at_least:
-        raise ConfigError(f"{name} must be >= {at_least:g}, got {value:g}")
 
 
 def consistency_margin(config: TrainConfig) -> int:
