@@ -293,7 +293,7 @@ def test_a_y4m_output_fails_on_one_line_naming_the_output(tmp_path):
                        text=True, timeout=300)
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error")]
-    assert lines == ["Error: cannot start writing out.y4m: the yuv4mpegpipe container cannot "
-                     "hold libx264 video; use .mp4, .mkv, .mov or another video container"], \
+    assert lines == ["Error: the output format of out.y4m (yuv4mpegpipe) cannot hold libx264 "
+                     "video; use another --codec, or a container that can (e.g. .mkv)"], \
         r.stderr
     assert "partial" not in r.stderr and not list(tmp_path.glob("*.y4m"))

@@ -277,6 +277,13 @@ def warn_hdr_lost(codec: str, info: StreamInfo) -> None:
                     info.hdr.describe())
 
 
+def cannot_hold(output: Path, fmt: str, codec: str) -> OutputError:
+    """The error for an output whose container (muxer ``fmt``) cannot hold ``codec`` video:
+    a picture or raw format (.gif, .bmp, .y4m), or a pairing such as ffv1 in .mov."""
+    return OutputError(f"the output format of {output.name} ({fmt}) cannot hold {codec} "
+                       "video; use another --codec, or a container that can (e.g. .mkv)")
+
+
 def x265_quiet(codec: str) -> list[str]:
     """x265-params that keep libx265 from printing its "x265 [info]" lines to stderr (the
     library never prints; its errors still reach the log through libav)."""
@@ -419,9 +426,7 @@ class PyAVSink(SinkContext):
                 stream = out.add_stream(config.codec, rate=info.frame_rate or Fraction(25))
             except (av.error.FFmpegError, ValueError, TypeError) as exc:
                 # e.g. .gif or .bmp: a muxer that takes one codec (or stills) only
-                raise OutputError(f"the output format of {self.path.name} "
-                                  f"({out.format.name}) cannot hold {config.codec} video; "
-                                  "use .mp4, .mkv, .mov or another video container") from exc
+                raise cannot_hold(self.path, out.format.name, config.codec) from exc
             self._enc = VideoEncoder(stream, info, width, height, config,
                                      container=out.format.name)
             self._stream = stream
@@ -457,10 +462,7 @@ class PyAVSink(SinkContext):
             if out.supported_codecs and codec not in out.supported_codecs:
                 # e.g. .y4m, whose muxer takes raw pictures only: name the user's file, not
                 # the temporary one FFmpeg's message holds
-                raise OutputError(f"cannot start writing {self.path.name}: the "
-                                  f"{out.format.name} container cannot hold {config.codec} "
-                                  "video; use .mp4, .mkv, .mov or another video container"
-                                  ) from exc
+                raise cannot_hold(self.path, out.format.name, config.codec) from exc
             raise OutputError(f"cannot start writing {self.path}: "
                               f"{exc.strerror or exc}") from exc
 

@@ -19,7 +19,7 @@ from vsr.io.info import StreamInfo
 from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
 from vsr.io.passthrough import Passthrough, container_tags
 from vsr.io.paths import file_url
-from vsr.io.sink import check_codec
+from vsr.io.sink import cannot_hold, check_codec
 from vsr.io.source import PyAVSource
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,10 @@ def check_output_codec(output: Path, codec: str) -> None:
     try:
         out.add_stream(codec)
     except (av.error.FFmpegError, ValueError, TypeError) as exc:
-        raise _cannot_hold(output, out.format.name, codec) from exc
+        raise cannot_hold(output, out.format.name, codec) from exc
     finally:
         with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
             out.close()
-
-
-def _cannot_hold(output: Path, fmt: str, codec: str) -> OutputError:
-    return OutputError(f"the output format of {output.name} ({fmt}) cannot hold {codec} "
-                       "video; use another --codec, or a container that can (e.g. .mkv)")
 
 
 def join_segments(input_path: Path, segments: list[Path], output: Path, *,
@@ -93,8 +88,8 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                 try:
                     stream = out.add_stream_from_template(template)
                 except (av.error.FFmpegError, ValueError, TypeError) as exc:
-                    raise _cannot_hold(final, out.format.name, template.codec_context.name
-                                       ) from exc
+                    raise cannot_hold(final, out.format.name, template.codec_context.name
+                                      ) from exc
                 stream.time_base = info.time_base
                 if info.frame_rate:  # the segment's is its time base (a MOV timecode track
                     stream.codec_context.framerate = info.frame_rate  # counts in frames)
