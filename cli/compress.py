@@ -74,7 +74,7 @@ class _Progress:
 @click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--lr", "finetune_lr", type=float, default=1e-3, show_default=True,
               help="Fine-tuning learning rate (cosine to 1e-6); the default, the lr the base "
-                   "network was trained with, did best for drn-t (benchmarks/COMPRESS_RESULTS).")
+                   "network was trained with, did best for drn-t (benchmarks/COMPRESS_RESULTS.md).")
 @click.option("--distill", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of feature distillation from the unpruned network (0: off).")
 @click.option("--val-every", type=click.IntRange(min=1), default=250, show_default=True)
