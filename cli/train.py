@@ -166,9 +166,11 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
     else:
         stop = " (time limit: resume to continue)" if s["stopped_at_time_limit"] else ""
         mfu = f", {100 * s['mfu']:.1f}% of the peak" if s["mfu"] is not None else ""
+        val = (f"{s['best_val_psnr']:.2f} dB" if s["best_val_psnr"] is not None
+               else "none (no --val-data)")
         click.echo(f"trained {config.arch} to step {s['steps']} of {s['iterations']}{stop} "
                    f"in {s['seconds']} s ({s['samples_per_s']} samples/s, {s['tflops']} model "
-                   f"TFLOP/s{mfu}); best val PSNR {s['best_val_psnr']}; run folder "
+                   f"TFLOP/s{mfu}); best val PSNR {val}; run folder "
                    f"{s['run_dir']}")
     if result.interrupted:
         raise Interrupted(f"stopped at step {s['steps']} of {s['iterations']} with the state "

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -305,3 +306,40 @@ def test_no_audio_is_lost_where_the_clock_jumps_back(tmp_path, ahead_s):
         video = [f.pts for f in c.decode(video=0)]
     assert len(video) == 60 and all(b > a for a, b in zip(video, video[1:], strict=False))
     assert (got[-1][1] - got[0][1]) / 90000 < 5 and (video[-1] - video[0]) / 90000 < 5
+
+
+def test_the_total_line_gives_the_whole_runs_rates(tmp_path):
+    """The final line's fps were those of the last stats interval only (`total: in 50 (0.0
+    fps)` for a piped file); they are the whole run's, as its latency already was."""
+    src, dst = tmp_path / "in.ts", tmp_path / "out.ts"
+    make_ts(str(src), 40)
+    result = subprocess.run([*VSR, str(src), str(dst), *BICUBIC, "--drop", "none", "--json",
+                             "--stats-interval", "0.1"],
+                            capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(ln) for ln in result.stdout.strip().splitlines()]
+    final = lines[-1]
+    assert final["final"] and final["frames_in"] == final["frames_out"] == 40
+    whole = 40 / final["elapsed_s"]
+    assert abs(final["fps_in"] - whole) < 0.02 * whole + 0.01, (final, whole)
+    assert abs(final["fps_out"] - whole) < 0.02 * whole + 0.01, (final, whole)
+
+
+def test_a_silent_source_with_reconnect_says_so(tmp_path):
+    """A UDP source that sends nothing, with --reconnect: each retry said `source unavailable
+    ([Errno 1414092869] Immediate exit requested)`, FFmpeg's read timeout in its own words."""
+    port = free_port(socket.SOCK_DGRAM)
+    proc = subprocess.Popen([*VSR, f"udp://127.0.0.1:{port}", str(tmp_path / "out.ts"),
+                             *BICUBIC, "--reconnect", "--timeout", "0.5"],
+                            stderr=subprocess.PIPE, env=ENV)
+    err = Lines(proc.stderr)
+    try:
+        wait_for(lambda: True if sum("retrying" in ln for ln in list(err.lines)) >= 2 else None,
+                 proc, err, "two retries", timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    err.join(timeout=5)
+    said = [ln for ln in err.lines if "retrying" in ln]
+    assert all("no data from the source for 0.5 s" in ln for ln in said), said
+    assert not any("Immediate exit" in ln for ln in err.lines), err.lines

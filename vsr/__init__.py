@@ -10,7 +10,8 @@ when one of them is used):
     frames, backend = result.frames_out, result.backend
 
 upscale_file(UpscaleConfig) -> UpscaleResult
-    One video (or image) file upscaled into another; every other stream is copied.
+    One video (or image) file upscaled into another; every other stream is copied. Its
+    ``encode`` is an EncodeConfig (codec, crf, preset, pix_fmt), as StreamConfig's is.
 load_model(model=None, *, scale=None, device="auto", precision="auto", bit_depth=8, pixels=None,
            backend="auto")
     A model handle: ``handle.infer(x)`` maps (N, 3, H, W) float RGB in [0, 1] to
@@ -41,6 +42,7 @@ _ERRORS = ("VsrError", "ConfigError", "InputError", "OutputError", "ModelError",
 # module -> the public names it provides, each imported on first access
 _PROVIDERS: dict[str, tuple[str, ...]] = {
     "vsr.upscale": ("upscale_file", "UpscaleConfig", "UpscaleResult"),
+    "vsr.io.sink": ("EncodeConfig",),
     "vsr.loading": ("load_model",),
     "vsr.jobs": ("run_batch", "BatchConfig", "JobOptions"),
     "vsr.stream": ("run_stream", "StreamConfig"),

@@ -40,7 +40,7 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({
     b.name: b for b in (EAGER, COMPILE, TENSORRT, ONNX)})
 CHOICES = BACKEND_CHOICES  # ("auto", *BACKENDS)
 
-# Fastest first; measured (README, "Backends"). On CUDA: TensorRT, then compiled CUDA graphs,
+# Fastest first; measured (benchmarks/ENGINE.md). On CUDA: TensorRT, then compiled CUDA graphs,
 # then eager. On the CPU, drn-t-x2 at 360p -> 720p, interleaved, quiet 2-core VM, s/frame at
 # 1 / 2 threads with the allocator tuned (vsr.configure_runtime, which the CLI makes): eager
 # 1.16 / 0.75, onnxruntime 1.23 / 0.95; small frames still favour onnxruntime (144x176: eager

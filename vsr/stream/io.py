@@ -240,7 +240,11 @@ class Reader(threading.Thread):
                             return
                         self.error = f"source {self.url}: {exc}"
                         return
-                    log.warning("source unavailable (%s); retrying in %.1f s", exc, delay)
+                    if isinstance(exc, av.error.ExitError):  # FFmpeg's read timeout
+                        log.warning("no data from the source for %.1f s; retrying in %.1f s",
+                                    self.read_timeout, delay)
+                    else:
+                        log.warning("source unavailable (%s); retrying in %.1f s", exc, delay)
                 if self.stop.wait(0 if got else delay):
                     return
                 delay = 0.25 if got else min(self.backoff_max, delay * 2)

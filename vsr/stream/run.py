@@ -134,12 +134,14 @@ class _Meter:
 
     def stats(self, reader: Reader, queue: DropQueue, sink: LiveSink, frames_out: int,
               now: float, final: bool = False, error: str | None = None) -> StreamStats:
-        span = max(1e-9, now - self.mark)
         lat = self.lat
         mean = sum(lat) / len(lat) if lat else None
         peak = max(lat) if lat else None
-        if final and self.total[1]:  # the final line covers the whole run
-            mean, peak = self.total[0] / self.total[1], self.total[2]
+        if final:  # the final line covers the whole run: its rates and latencies too
+            self.mark, self.in_mark, self.out_mark = self.start, 0, 0
+            if self.total[1]:
+                mean, peak = self.total[0] / self.total[1], self.total[2]
+        span = max(1e-9, now - self.mark)
         s = StreamStats(
             elapsed_s=round(now - self.start, 3), frames_in=reader.frames,
             frames_out=frames_out, dropped=queue.dropped,
