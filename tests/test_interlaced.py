@@ -66,12 +66,16 @@ def test_interlaced_frames_come_out_deinterlaced(interlaced):
     assert min(closer) > 2.0 and np.mean(closer) > 4.0, closer
 
 
-def test_progressive_input_is_not_filtered(tmp_path):
+def test_progressive_input_is_judged_progressive(tmp_path, caplog):
+    """Progressive video (no field order, frames not flagged) is neither filtered nor warned
+    of: the source says so when asked not to deinterlace, and the frames are the same."""
     clip = make_clip(tmp_path / "p.mp4", frames=6)
+    caplog.set_level(logging.INFO, logger="vsr")
     with PyAVSource(clip) as a, PyAVSource(clip, deinterlace=False) as b:
-        assert a.info.interlaced is None
+        assert b.info.interlaced is None
         assert all(np.array_equal(x.image, y.image)
                    for x, y in zip(a.frames(), b.frames(), strict=True))
+    assert not [r for r in caplog.records if "interlaced" in r.getMessage()]
 
 
 def test_a_segmented_batch_deinterlaces_as_one_upscale_does(interlaced, tmp_path):
