@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -149,7 +150,9 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
                              **{k: given[k] for k in ("time_limit", "compile", "peak_tflops",
                                                       "state_moments", "state_shard_mib",
                                                       "degrade_workers")})
-    bar = _Progress(config.iterations) if sys.stderr.isatty() or not as_json else None
+    # under torchrun every rank runs this command: only rank 0 speaks for the run
+    lead = int(os.environ.get("RANK", "0")) == 0
+    bar = _Progress(config.iterations) if lead and (sys.stderr.isatty() or not as_json) else None
     requested = threading.Event()
     # Ctrl-C, SIGTERM or SIGHUP: stop after the current step with the state saved (a second
     # one stops at once). Spawned ranks (--nproc > 1) would not see the request: not there.
@@ -161,21 +164,26 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
         if bar:
             bar.close()
     s = summary(result)
-    if as_json:
-        emit_json(s)
-    else:
-        stop = " (time limit: resume to continue)" if s["stopped_at_time_limit"] else ""
-        mfu = f", {100 * s['mfu']:.1f}% of the peak" if s["mfu"] is not None else ""
-        val = (f"{s['best_val_psnr']:.2f} dB" if s["best_val_psnr"] is not None
-               else "none (no --val-data)")
-        click.echo(f"trained {config.arch} to step {s['steps']} of {s['iterations']}{stop} "
-                   f"in {s['seconds']} s ({s['samples_per_s']} samples/s, {s['tflops']} model "
-                   f"TFLOP/s{mfu}); best val PSNR {val}; run folder "
-                   f"{s['run_dir']}")
+    if lead:
+        _say_summary(s, config.arch, as_json)
     if result.interrupted:
         raise Interrupted(f"stopped at step {s['steps']} of {s['iterations']} with the state "
                           f"saved; continue with: vsr train --resume {s['run_dir']}"
                           ) from Stopped(received[0] if received else signal.SIGINT)
+
+
+def _say_summary(s: dict, arch: str, as_json: bool) -> None:
+    """The run's last line (or its JSON object)."""
+    if as_json:
+        emit_json(s)
+        return
+    stop = " (time limit: resume to continue)" if s["stopped_at_time_limit"] else ""
+    mfu = f", {100 * s['mfu']:.1f}% of the peak" if s["mfu"] is not None else ""
+    val = (f"{s['best_val_psnr']:.2f} dB" if s["best_val_psnr"] is not None
+           else "none (no --val-data)")
+    click.echo(f"trained {arch} to step {s['steps']} of {s['iterations']}{stop} "
+               f"in {s['seconds']} s ({s['samples_per_s']} samples/s, {s['tflops']} model "
+               f"TFLOP/s{mfu}); best val PSNR {val}; run folder {s['run_dir']}")
 
 
 def _refuse_fixed_options(ctx: click.Context, runtime: set[str]) -> None:

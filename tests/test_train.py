@@ -209,3 +209,23 @@ def test_bad_config_is_refused(images: Path, tmp_path: Path) -> None:
         _config(images, tmp_path / "x", lr=-1)
     with pytest.raises(ConfigError, match="split"):
         train(_config(images, tmp_path / "x", batch_size=3), nproc=2)
+
+
+def test_under_torchrun_only_rank_zero_reports(images: Path, tmp_path: Path) -> None:
+    """Every torchrun rank runs the command; one summary line and one progress line, not two."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "vsr", "train",
+         "--arch", "drn-t-x2", "--data", str(images), "--out", str(tmp_path / "r"),
+         "--iters", "4", "--batch-size", "4", "--patch", "8", "--threads", "1"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("trained drn-t-x2 to step 4 of 4") == 1, run.stdout
+    assert run.stderr.count("[4/4]") == 1, run.stderr
