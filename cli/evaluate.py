@@ -132,7 +132,8 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
     if data and videos:
         raise ConfigError("give --data (images) or --video (clips), not both")
     if videos:
-        video_config = VideoEvalConfig(videos=videos, degrade=degrade or "bicubic",
+        video_config = VideoEvalConfig(videos=videos,
+                                       degrade="bicubic" if degrade is None else degrade,
                                        frames=frames, model=model, baseline=baseline,
                                        scale=scale, device=device, seed=seed,
                                        precision=precision, deflicker=deflicker)

@@ -129,11 +129,11 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
         overrides["out"] = resume  # the folder may have moved (a state carried to a GPU)
         config = replace(TrainConfig.load(Path(resume) / CONFIG_FILE), **overrides)
     else:
-        if not (arch or init) or not data or not out:
+        if (arch is None and init is None) or not data or out is None:
             raise click.UsageError("--arch (or --init), --data and --out are required "
                                    "(or --resume RUN_DIR)")
         overrides = {}
-        if not arch:  # the checkpoint's own network: its family and full hparams
+        if arch is None:  # the checkpoint's own network: its family and full hparams
             from vsr.models import read_info
 
             info = read_info(init)

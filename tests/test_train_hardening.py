@@ -194,3 +194,13 @@ def test_compress_on_a_full_disk_is_one_error_line(files: dict[str, Path],
     assert got.returncode == 1, got.stderr
     assert lines[-1].startswith(f"Error: {out}: cannot write pruned.safetensors ("), got.stderr
     assert sorted(p.name for p in out.iterdir()) == ["search.json", "summary.json"]
+
+
+def test_an_empty_arch_is_named_not_taken_for_a_missing_one(files: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """`--arch ''` (an unset shell variable) was reported as '--arch ... are required'."""
+    got = CliRunner().invoke(cli, ["train", "--arch", "", "--data", str(files["hr"]), "--out",
+                                   str(tmp_path / "run"), "--iters", "2", "--patch", "8"])
+    assert got.exit_code != 0
+    assert "unknown model" in str(got.exception) and "required" not in got.output, got.output
+    assert not (tmp_path / "run").exists()

@@ -107,6 +107,7 @@ def test_video_eval_model_and_baseline_on_the_same_lr(carphone, drn_checkpoint):
     (["--frames", "500", "--model", "bicubic", "--scale", "2"], "only 120 frames"),
     (["--degrade", "bicubic,x264:crf=18~30"], "--seed"),
     (["--data", "."], "not both"),
+    (["--degrade", ""], "empty degradation spec"),  # was taken as the default, bicubic
 ])
 def test_video_eval_cli_errors_are_one_line(carphone, tmp_path, monkeypatch, capsys, args,
                                             words):
