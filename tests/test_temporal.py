@@ -102,6 +102,56 @@ def test_deep_frames_keep_their_depth_and_a_new_size_starts_afresh():
     assert torch.equal(f(small, _up(small)), _up(small))  # another size: a new stream
 
 
+def _reference(strength: float, scale: int, frames: list[tuple[np.ndarray, np.ndarray]],
+               top: int) -> list[np.ndarray]:
+    """The module docstring's formula, written plainly in float64."""
+    unit, acc, out = 255.0 / top, None, []
+    for lr, sr in frames:
+        cur = sr.astype(np.float64) * unit
+        if acc is None:
+            acc = cur
+            out.append(sr)
+            continue
+        h, w = lr.shape[:2]
+        down = acc.reshape(h, scale, w, scale, 3).mean(axis=(1, 3))
+        diff = np.abs(down - lr * unit)
+        padded = np.pad(diff, ((1, 1), (1, 1), (0, 0)))
+        ones = np.pad(np.ones((h, w, 1)), ((1, 1), (1, 1), (0, 0)))
+        box = sum(padded[i:i + h, j:j + w] for i in range(3) for j in range(3))
+        count = sum(ones[i:i + h, j:j + w] for i in range(3) for j in range(3))
+        d = (box / count).max(axis=2)
+        weight = strength * np.exp(-(d / 8.0) ** 2)
+        weight = np.kron(weight, np.ones((scale, scale)))[..., None]
+        acc = weight * acc + (1 - weight) * cur
+        out.append(np.clip(np.rint(acc / unit), 0, top))
+    return out
+
+
+@pytest.mark.parametrize(("scale", "dtype"), [(2, np.uint8), (3, np.uint8), (2, np.uint16)])
+def test_the_filter_is_its_formula(scale: int, dtype: type) -> None:
+    """The fast path (reused buffers, block sums without transposes) against the formula: equal
+    but for float rounding, on frames that change by noise, by a little and by a cut."""
+    rng = np.random.default_rng(4)
+    top = np.iinfo(dtype).max
+    h, w = 19, 23
+    base = rng.uniform(0, top, (h * scale, w * scale, 3))
+    frames = []
+    for t in range(6):
+        sr = np.clip(base + rng.normal(0, top * 0.02 * (t % 3), base.shape), 0, top)
+        if t == 4:
+            sr = rng.uniform(0, top, base.shape)
+        lr = sr.reshape(h, scale, w, scale, 3).mean(axis=(1, 3))
+        frames.append((np.rint(lr).astype(dtype), np.rint(sr).astype(dtype)))
+    f = Deflicker(0.6, scale)
+    got = [f(torch.from_numpy(lr), torch.from_numpy(sr)).numpy() for lr, sr in frames]
+    for t, (a, b) in enumerate(zip(got, _reference(0.6, scale, frames, top), strict=True)):
+        assert a.dtype == dtype
+        diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, t
+    with pytest.raises(ValueError, match="not x2"):
+        Deflicker(0.5, 2)(torch.from_numpy(frames[0][0][:-1]), torch.from_numpy(frames[0][1]))
+
+
 @pytest.fixture
 def carphone():
     if not CARPHONE.is_file():
