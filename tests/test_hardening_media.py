@@ -4,13 +4,20 @@ any work. Tiny clips made with PyAV, bicubic x2."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from conftest import make_clip, packets, video_pts_seconds
 
+from vsr.errors import InputError
+from vsr.io.sink import EncodeConfig
+from vsr.io.source import PyAVSource, packet_pts
 from vsr.jobs import BatchConfig, JobOptions, run_batch
 from vsr.upscale import UpscaleConfig, upscale_file
 
@@ -125,3 +132,217 @@ def test_batch_refuses_a_codec_its_container_cannot_hold_before_any_segment(tmp_
     [failed] = result.failed
     assert failed["error"].startswith("the output format of clip.mov (mov) cannot hold ffv1")
     assert result.segments_computed == 0 and not (tmp_path / "out" / "clip.mov").exists()
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *args], check=True)
+
+
+def _testsrc(frames: int, size: str = "64x48") -> list[str]:
+    return ["-f", "lavfi", "-i", f"testsrc=size={size}:rate=25", "-frames:v", str(frames)]
+
+
+def _probe(path: Path, entries: str, kind: str = "frame") -> list[str]:
+    """ffprobe's values of ``entries`` (comma-separated) for the video stream's frames or
+    (``kind`` "stream") the stream: one "a,b" row each."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0",
+                          "-show_entries", f"{kind}={entries}", "-of", "json", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    rows = json.loads(out)[f"{kind}s"]
+    return [",".join(str(row.get(k, "N/A")) for k in entries.split(",")) for row in rows]
+
+
+def _source_times(path: Path) -> list[Fraction]:
+    with PyAVSource(path) as src:
+        return [f.pts * src.info.time_base for f in src.frames()]
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+@pytest.mark.parametrize("bframes", [0, 2])
+def test_avi_frames_keep_their_times(tmp_path, codec, bframes):
+    """AVI stores no pts, only each chunk's frame slot (its dts); PyAV's libavformat guesses
+    a pts one frame late from it for H.264 and for MPEG-4 with B-frames, so every frame of
+    such an AVI, vsr's own .avi outputs included, was read a frame late, without a word. The
+    source now gives the k-th decoded frame the k-th slot: frame i at i/25 s, as ffprobe
+    says where it can tell (its FFmpeg 5 guesses wrong with B-frames)."""
+    src = tmp_path / "in.avi"
+    _ffmpeg(*_testsrc(9), "-c:v", codec, "-bf", str(bframes), str(src))
+    times = _source_times(src)
+    assert times == [Fraction(i, 25) for i in range(9)]
+    with PyAVSource(src) as part:  # a batch segment's frames: sought, then the same times
+        assert [f.pts for f in part.frames_between(4, 8)] == [4, 5, 6, 7]
+    with av.open(str(src)) as c:  # what a plan made from packets alone should count
+        slots = sorted(packet_pts(c, p) for p in c.demux(video=0) if p.size)
+    assert slots == list(range(9))
+    if not bframes:
+        assert [Fraction(t) for t in _probe(src, "best_effort_timestamp_time")] == times
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_upscale_to_avi_keeps_every_frame_time_and_rate(tmp_path, encoder):
+    """Into .avi the encoder worked in the input's time base (1/16000 for an MP4): the AVI
+    muxer then filled the ticks between frames with empty chunks and declared 600 fps and 192
+    frames for 8, and vsr refused its own output as truncated ("decoded 8 of 192 frames").
+    AVI output is now written one frame a tick; an AVI upscaled keeps every frame's time."""
+    mp4 = make_clip(tmp_path / "in.mp4", frames=8, time_base=Fraction(1, 16000))
+    avi = tmp_path / "in.avi"
+    _ffmpeg(*_testsrc(8), "-c:v", "libx264", "-bf", "0", str(avi))
+    for src in (mp4, avi):
+        out = tmp_path / f"up-{src.suffix[1:]}-{encoder}.avi"
+        upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                                   encoder=encoder, encode=_OPTIONS.encode))
+        assert _probe(out, "avg_frame_rate,nb_frames", "stream") == ["25/1,8"]
+        probed = [Fraction(t) for t in _probe(out, "best_effort_timestamp_time")]
+        assert probed == _source_times(out) == _source_times(src) == [
+            Fraction(i, 25) for i in range(8)]
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_hevc_mp4_limited_range_without_colour_description_keeps_its_range(tmp_path,
+                                                                           encoder):
+    """An HEVC MP4 whose stream says limited (tv) range and nothing else came out of
+    `vsr upscale` (libx264, MP4) with its range unspecified: x264 writes the range only
+    beside a colour description. The MP4's 'colr' box now carries it."""
+    src = tmp_path / "tv.mp4"
+    _ffmpeg(*_testsrc(5), "-c:v", "libx265", "-x265-params", "log-level=error",
+            "-pix_fmt", "yuv420p", "-color_range", "tv", str(src))
+    assert _probe(src, "color_range,color_space", "stream") == ["tv,N/A"]
+    out = tmp_path / f"up-{encoder}.mp4"
+    upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                               encoder=encoder, encode=_OPTIONS.encode))
+    assert _probe(out, "codec_name,color_range,color_space", "stream") == ["h264,tv,N/A"]
+
+
+def _gif(path: Path, frames: list[np.ndarray]) -> Path:
+    """An animated GIF of palette pictures (H, W) of indices: 0 transparent, 1 red, 2 green."""
+    palette = np.full(256, 0xFF000000, np.uint32)
+    palette[:3] = (0x00000000, 0xFFFF0000, 0xFF00FF00)
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("gif", rate=10)
+        st.height, st.width = frames[0].shape
+        st.pix_fmt = "pal8"
+        for i, index in enumerate(frames):
+            f = av.VideoFrame(st.width, st.height, "pal8")
+            line = f.planes[0].line_size
+            rows = np.frombuffer(f.planes[0], np.uint8, count=st.height * line)
+            rows.reshape(st.height, line)[:, :st.width] = index
+            np.frombuffer(f.planes[1], np.uint32, count=256)[:] = palette
+            f.pts = i
+            out.mux(st.encode(f))
+        out.mux(st.encode(None))
+    return path
+
+
+def test_a_gif_opaque_at_first_and_see_through_later_keeps_its_alpha(tmp_path, caplog):
+    """A GIF decodes as bgra, opaque or not, so its alpha was judged by the first frame
+    only: one whose first frame is opaque and whose later ones show through came out without
+    alpha and without a word. The later frames are now looked at (only where the GIF's blocks
+    give a later picture a transparent colour); a GIF opaque throughout still has none."""
+    opaque = np.ones((24, 32), np.uint8)
+    hole = opaque.copy()
+    hole[4:12, 4:12] = 0
+    later = _gif(tmp_path / "later.gif", [opaque, hole, hole, hole])
+    with av.open(str(later)) as c:
+        decoded = [f.to_ndarray(format="rgba")[..., 3].min() for f in c.decode(video=0)]
+    assert decoded[0] == 255 and min(decoded) == 0  # opaque first, see-through later
+    with PyAVSource(later) as src:
+        assert src.info.alpha
+        assert [int(f.alpha.min()) for f in src.frames()] == decoded
+    out = tmp_path / "up.mkv"
+    upscale_file(UpscaleConfig(input=later, output=out, model="bicubic", scale=2,
+                               encode=EncodeConfig(codec="ffv1")))
+    with av.open(str(out)) as c:
+        assert [f.to_ndarray(format="rgba")[..., 3].min() for f in c.decode(video=0)] == decoded
+    assert not [r for r in caplog.records if "alpha" in r.getMessage()]
+    plain = _gif(tmp_path / "plain.gif", [opaque, opaque * 2, opaque])
+    with PyAVSource(plain) as src:
+        assert not src.info.alpha and all(f.alpha is None for f in src.frames())
+
+
+def _joined_ts(tmp_path: Path, second: list[str]) -> Path:
+    """Two H.264 MPEG-TS parts cut together as a recorder or `cat` does: five 64x48 yuv420p
+    frames, then five made with the ffmpeg arguments ``second`` (a second later)."""
+    first, other, joined = tmp_path / "a.ts", tmp_path / "b.ts", tmp_path / "joined.ts"
+    _ffmpeg(*_testsrc(5), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(first))
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=rate=25:" + second[0], "-frames:v", "5",
+            "-c:v", "libx264", *second[1:], "-output_ts_offset", "1", str(other))
+    joined.write_bytes(first.read_bytes() + other.read_bytes())
+    return joined
+
+
+@pytest.mark.parametrize(("second", "change"), [
+    (["size=80x48", "-pix_fmt", "yuv420p"], "its picture size from 64x48 to 80x48"),
+    (["size=64x48", "-pix_fmt", "yuv420p10le"], "its pixel format from yuv420p to yuv420p10le"),
+])
+def test_a_size_or_depth_change_mid_file_is_one_input_error(tmp_path, second, change):
+    """A file whose second part has another picture size failed with an OutputError about
+    the sink's frame shape, and one whose second part is 10-bit was handed out and encoded at
+    the first part's 8 bits without a word. Both are now one InputError naming the change
+    and where it is; no output is left."""
+    src = _joined_ts(tmp_path, second)
+    out = tmp_path / "up.mkv"
+    with pytest.raises(InputError) as err:
+        _upscale(src, out)
+    assert str(err.value) == (f"joined.ts changes {change} at 2.400s; vsr upscales one size "
+                              "and format a file: cut it there and upscale each part")
+    assert not out.exists()
+
+
+def test_a_chroma_layout_change_mid_file_converts_each_frame_by_its_own(tmp_path):
+    """yuv420p then yuv444p at the same depth: every frame comes out as RGB from its own
+    format (as PyAV converts it), and all ten are upscaled."""
+    src = _joined_ts(tmp_path, ["size=64x48", "-pix_fmt", "yuv444p"])
+    with av.open(str(src)) as c:
+        expected = [(f.format.name, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    assert [name for name, _ in expected] == ["yuv420p"] * 5 + ["yuv444p"] * 5
+    with PyAVSource(src) as s:
+        got = [f.image for f in s.frames()]
+    assert len(got) == 10
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(got, expected, strict=True))
+    assert _upscale(src, tmp_path / "up.mkv").frames_out == 10
+
+
+_OPENED: list[str] | None = None  # while set, the paths Python opens (an audit hook)
+_HOOKED: list[bool] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _OPENED is not None:
+        _OPENED.append(str(args[0]))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".gif"])
+def test_a_jpeg_or_gif_input_is_read_once_for_its_checks(tmp_path, suffix):
+    """Before FFmpeg opens a picture, its header is read for the declared size and a JPEG's
+    or GIF's blocks walked for a cut-off end: two opens of the file, one each. One now."""
+    global _OPENED
+    src = tmp_path / f"in{suffix}"
+    _ffmpeg(*_testsrc(1), str(src))
+    if not _HOOKED:
+        sys.addaudithook(_audit)  # stays for the session; records only while _OPENED is set
+        _HOOKED.append(True)
+    _OPENED = []
+    try:
+        with PyAVSource(src) as s:
+            assert s.info.width == 64
+        opened = [p for p in _OPENED if p == str(src)]
+    finally:
+        _OPENED = None
+    assert len(opened) == 1
+
+
+def test_an_avi_with_dropped_frames_is_not_refused_as_truncated(tmp_path):
+    """A capture AVI marks each dropped frame with an empty chunk; its frame count includes
+    them, so one with 15 of 25 dropped was refused ("truncated or damaged: decoded 10 of 25
+    frames"). An AVI is now judged by the time its slots span; one cut short still fails."""
+    gaps = make_clip(tmp_path / "drops.avi", pts=[0, 1, 2, 3, 4, 20, 21, 22, 23, 24],
+                     time_base=Fraction(1, 25))
+    with av.open(str(gaps)) as c:
+        assert c.streams.video[0].frames == 25
+    assert _source_times(gaps) == [Fraction(p, 25) for p in (0, 1, 2, 3, 4, 20, 21, 22, 23, 24)]
+    whole = tmp_path / "whole.avi"
+    _ffmpeg(*_testsrc(100), "-c:v", "libx264", "-bf", "0", str(whole))
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InputError, match="cut.avi is truncated or damaged"):
+        _source_times(cut)

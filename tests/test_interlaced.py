@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import make_clip
 
-from vsr.io.source import PyAVSource
+from vsr.io.source import Deinterlacer, PyAVSource, frame_time_base
 from vsr.jobs import BatchConfig, JobOptions, run_batch
 from vsr.upscale import UpscaleConfig, upscale_file
 
@@ -148,3 +149,26 @@ def test_a_live_interlaced_source_is_deinterlaced_as_a_file_is(interlaced, tmp_p
     (mine, mine_pts), (theirs, _) = _decoded(whole), _decoded(live)
     assert len(mine) == len(theirs) == 30 and len(set(np.diff(mine_pts))) == 1
     assert all(np.array_equal(x, y) for x, y in zip(mine, theirs, strict=True))
+
+
+def test_the_deinterlacer_time_base_is_one_rule_from_the_stream(interlaced, tmp_path):
+    """The time base the deinterlacer runs on was a guess where the stream gave none: 1/25
+    for files, 1/90000 for live streams. It is now one rule, vsr.io.source.frame_time_base:
+    the stream's time base, else one frame of its codec's frame rate (1/90000 only where
+    nothing says); the source describes its frames with the same one."""
+    path, _ = interlaced
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        tb = stream.time_base
+        assert tb and frame_time_base(stream) == tb
+        deinterlacer = Deinterlacer(frame_time_base(stream))
+        out = list(deinterlacer.frames(c.decode(stream)))
+    assert len(out) == 30 and {f.time_base for f in out} == {tb}
+    with PyAVSource(path) as src:
+        assert src.info.time_base == tb
+        assert [f.pts for f in src.frames()] == [f.pts for f in out]
+    # a stream that has no time base yet (a muxer's, before its header): its codec's rate
+    with av.open(str(tmp_path / "live.ts"), "w") as o:
+        fresh = o.add_stream("libx264", rate=Fraction(30000, 1001))
+        assert fresh.time_base is None
+        assert frame_time_base(fresh) == Fraction(1001, 30000)

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import ffmpeg
@@ -107,6 +108,9 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     pos = order.index(info.index)  # the video's output stream index
     audio = {o.index for o in info.others if o.type == "audio"}
     tb = info.time_base
+    suffix = Path(output).suffix.lower()
+    if suffix == ".avi" and info.frame_rate:
+        tb = 1 / Fraction(info.frame_rate)  # AVI: one frame slot a tick (as PyAVSink)
     args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts",
             "-f", "nut", "-i", "pipe:0",
             "-i", file_url(info.path),
@@ -131,6 +135,8 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
         args += [f"-preset:{pos}", config.preset]
     if yuv:
         args += [f"-color_range:{pos}", "pc" if c.range == 2 else "tv"]
+        if c.range in (1, 2) and suffix in (".mp4", ".m4v"):
+            args += ["-movflags", "+write_colr"]  # the range without a colour description
         for key, table, value in (("colorspace", _SPACE, c.matrix),
                                   ("color_primaries", _PRIM, c.primaries),
                                   ("color_trc", _TRC, c.transfer)):

@@ -8,6 +8,7 @@ both write through it.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import re
@@ -101,6 +102,11 @@ def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
             head = fh.read(_HEAD_BYTES)
     except OSError:
         return None
+    return _size_in(head)
+
+
+def _size_in(head: bytes) -> tuple[int, int] | None:
+    """:func:`declared_size` of a file that begins with ``head``."""
     if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
         return struct.unpack(">II", head[16:24])
     if head[:2] == b"\xff\xd8":
@@ -218,14 +224,69 @@ def cut_short(path: str | os.PathLike) -> str | None:
     or unreadable here): the formats whose truncation FFmpeg decodes without an error."""
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            # mapped, not read: a JPEG walk stops at the first picture's end (an MJPEG file)
-            if data[:3] == b"\xff\xd8\xff" and _jpeg_cut(data):
-                return "its JPEG data stops before the end of the picture"
-            if data[:6] in (b"GIF87a", b"GIF89a") and _gif_cut(data):
-                return "its GIF data stops before the end"
+            return _cut_in(data)
     except (OSError, ValueError):  # unreadable, or empty (nothing to map)
         return None
+
+
+def _cut_in(data: bytes | mmap.mmap) -> str | None:
+    """:func:`cut_short` of a file's bytes (mapped, not read: a JPEG walk stops at the first
+    picture's end, an MJPEG file's)."""
+    if data[:3] == b"\xff\xd8\xff" and _jpeg_cut(data):
+        return "its JPEG data stops before the end of the picture"
+    if data[:6] in (b"GIF87a", b"GIF89a") and _gif_cut(data):
+        return "its GIF data stops before the end"
     return None
+
+
+def _gif_later_transparency(data: bytes | mmap.mmap) -> bool:
+    """Whether a GIF picture after the first has a transparent colour (its Graphic Control
+    Extension, 21 F9, says so): only then can a later frame show through where the first
+    did not. Data this walk cannot follow counts as yes."""
+    def table(flags: int) -> int:
+        return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+    def sub_blocks(i: int) -> int:
+        while i < len(data) and data[i]:
+            i += 1 + data[i]
+        return i + 1
+
+    images = 0
+    i = 13 + table(data[10]) if len(data) > 10 else len(data)
+    while i < len(data):
+        block = data[i]
+        if block == 0x3B:
+            return False
+        if block == 0x21:
+            if images and data[i + 1:i + 3] == b"\xf9\x04" and i + 3 < len(data) \
+                    and data[i + 3] & 1:
+                return True
+            i = sub_blocks(i + 2)
+        elif block == 0x2C and i + 10 <= len(data):
+            images += 1
+            i = sub_blocks(i + 10 + table(data[i + 9]) + 1)
+        else:
+            return True
+    return False
+
+
+def gif_alpha_after_first(path: str | os.PathLike) -> bool:
+    """Whether a frame after the first of the animated GIF ``path`` is not fully opaque.
+
+    FFmpeg decodes every GIF as bgra: whether it has alpha is told by its pixels, and a GIF
+    whose first frame is opaque can still show through later. Decoded until such a frame;
+    worth it only where :func:`open_picture` found a later picture with a transparent colour.
+    Raises InputError where it cannot be decoded."""
+    try:
+        with av.open(str(path), mode="r", options={"max_pixels": str(max_pixels())}) as c:
+            stream = c.streams.video[0]
+            limit_stream(stream, Path(path).name)
+            for n, frame in enumerate(c.decode(stream)):
+                if n and (frame.to_ndarray(format="rgba")[..., 3] != 0xFF).any():
+                    return True
+    except av.error.FFmpegError as exc:
+        raise InputError(f"decoding {Path(path).name} failed: {exc}") from exc
+    return False
 
 
 def _webp_size(head: bytes) -> tuple[int, int] | None:
@@ -242,21 +303,38 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def open_limited(path: str | os.PathLike, url: str | None = None):
-    """``av.open`` for reading, with the pixel limit applied before anything is decoded.
+def open_picture(path: str | os.PathLike,
+                 url: str | None = None) -> tuple[av.container.InputContainer, bool]:
+    """``av.open`` for reading, with the pixel limit applied before anything is decoded;
+    and whether the file is a GIF whose pictures after the first have a transparent colour
+    (then :func:`gif_alpha_after_first` can tell whether one shows through).
 
     The header of a still picture is read first; FFmpeg's own ``max_pixels`` then stops the
     probe and the decoders (for formats whose header says nothing) from allocating a larger
     picture. Call :func:`limit_stream` on the stream that will be decoded. A JPEG or GIF cut
     short is refused (:func:`cut_short`): FFmpeg would decode it, the missing part grey.
-    Raises InputError (over the limit, cut short); av.FFmpegError as ``av.open`` does.
+    The file is opened once for all of that. Raises InputError (over the limit, cut short);
+    av.FFmpegError as ``av.open`` does.
     """
-    size = declared_size(path)
-    if size is not None:
-        check_pixels(*size, Path(path).name)
-        if (problem := cut_short(path)) is not None:
-            raise InputError(f"{Path(path).name} is truncated or damaged: {problem}")
-    return av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
+    later_transparency = False
+    # mapped, not read: a JPEG walk stops at the first picture's end; unreadable or empty
+    # (nothing to map): FFmpeg says why
+    with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh, \
+            mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        size = _size_in(data[:_HEAD_BYTES])
+        if size is not None:
+            check_pixels(*size, Path(path).name)
+            if (problem := _cut_in(data)) is not None:
+                raise InputError(f"{Path(path).name} is truncated or damaged: {problem}")
+            if data[:6] in (b"GIF87a", b"GIF89a"):
+                later_transparency = _gif_later_transparency(data)
+    container = av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
+    return container, later_transparency
+
+
+def open_limited(path: str | os.PathLike, url: str | None = None):
+    """:func:`open_picture`'s container."""
+    return open_picture(path, url)[0]
 
 
 def limit_stream(stream: av.video.stream.VideoStream, name: object) -> None:

@@ -328,6 +328,8 @@ class VideoEncoder:
         c = info.color
         self._yuv = (self.pix_fmt.startswith(("yuv", "nv", "p0", "p2"))
                      and "yuvj" not in self.pix_fmt)
+        # the range the output declares: the input's, where it says one (0: none)
+        self.color_range = c.range if self._yuv and c.range in (1, 2) else 0
         if self._yuv:
             cc.color_range = c.sws_range
             if c.matrix not in (0, 2):
@@ -401,6 +403,8 @@ class PyAVSink(SinkContext):
         self._done = False
         self._pass: Passthrough | None = None
         self._order = PtsOrder()
+        self._in_time_base = info.time_base
+        self._time_base = info.time_base  # the encoder's: another one for AVI
         self.frames = 0
         try:
             # Keep input timestamps as they are: the default shifts every stream when a copied
@@ -430,6 +434,16 @@ class PyAVSink(SinkContext):
             self._enc = VideoEncoder(stream, info, width, height, config,
                                      container=out.format.name)
             self._stream = stream
+            if out.format.name == "avi" and info.frame_rate:
+                # AVI has one frame slot a tick: in a finer time base the muxer fills the
+                # slots between frames with empty chunks and declares the tick rate
+                # (600 fps) as the frame rate.
+                self._time_base = 1 / Fraction(info.frame_rate)
+                stream.time_base = stream.codec_context.time_base = self._time_base
+            if self._enc.color_range and "mp4" in out.format.name.split(","):
+                # H.264 writes its range only beside a colour description (x264's VUI):
+                # the MP4 'colr' box carries it alone
+                out.container_options["movflags"] = "+write_colr"
 
         if copy_streams:
             self._pass = Passthrough(info.path, exclude=info.index)
@@ -480,8 +494,12 @@ class PyAVSink(SinkContext):
         return dict(self._pass.copied) if self._pass else {}
 
     def write(self, image: np.ndarray, pts: int) -> None:
-        for frame in self._order.push(self._enc.frame(image, pts)):
-            self._mux(self._stream.encode(frame))
+        frame = self._enc.frame(image, pts)
+        if self._time_base != self._in_time_base:
+            frame.pts = round(pts * self._in_time_base / self._time_base)
+            frame.time_base = self._time_base
+        for due in self._order.push(frame):
+            self._mux(self._stream.encode(due))
         self.frames += 1
 
     def _mux(self, packets: list[av.Packet]) -> None:

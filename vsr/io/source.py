@@ -18,14 +18,16 @@ import av
 import numpy as np
 
 from vsr.errors import InputError
-from vsr.io.image import IMAGE_SUFFIXES, limit_stream, open_limited
+from vsr.io.image import IMAGE_SUFFIXES, gif_alpha_after_first, limit_stream, open_picture
 from vsr.io.info import (
     ColorInfo,
     Frame,
     HdrMetadata,
+    PixelFormat,
     StreamInfo,
     bit_depth_of,
     field_order,
+    format_has_alpha,
     has_alpha,
     judged_format,
     other_streams,
@@ -105,6 +107,7 @@ class Deinterlacer:
     at the end."""
 
     def __init__(self, time_base: Fraction) -> None:
+        """``time_base``: the frames' (for a stream's frames, :func:`frame_time_base`)."""
         self._time_base = time_base
         self._graph: av.filter.Graph | None = None
         self._shape: tuple[int, int, str] | None = None
@@ -152,6 +155,18 @@ class Deinterlacer:
         yield from self.flush()
 
 
+def frame_time_base(stream: av.video.stream.VideoStream) -> Fraction:
+    """The time base of the frames decoded from ``stream``: the stream's own; where it has
+    none, one frame of the codec's frame rate (else the stream's guessed rate); 1/90000,
+    MPEG's clock, where nothing says. The one rule for files and live streams."""
+    if stream.time_base:
+        return Fraction(stream.time_base)
+    for rate in (stream.codec_context.framerate, stream.average_rate, stream.guessed_rate):
+        if rate:
+            return 1 / Fraction(rate)
+    return Fraction(1, 90000)
+
+
 class PyAVSource:
     """Threaded PyAV decoding of the first real video stream of a file.
 
@@ -169,7 +184,7 @@ class PyAVSource:
         try:
             self._name = str(p)
             # a file, whatever its name; a picture over the pixel limit is refused unread
-            self._container = open_limited(p, file_url(p))
+            self._container, gif_later = open_picture(p, file_url(p))
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot read {p} as media: {exc.strerror or exc}") from exc
         try:
@@ -190,7 +205,9 @@ class PyAVSource:
                 self._decoded = self._deinterlaced(_chain_first(first, self._decoded))
                 first = next(self._decoded)
             self._first = first
-            self.info = self._describe(p, first, None if self._deinterlace else order)
+            self._first_fmt = first.format.name
+            self.info = self._describe(p, first, None if self._deinterlace else order,
+                                       gif_later)
         except BaseException:
             self._container.close()
             raise
@@ -199,25 +216,39 @@ class PyAVSource:
         self._taken = False
 
     def _decode(self) -> Iterator[av.VideoFrame]:
+        avi = self._container.format.name == "avi"
         try:
-            if self._vpx is None:
+            if self._vpx is None and not avi:
                 yield from self._container.decode(self._stream)
                 return
+            decoder = self._vpx or self._stream.codec_context
+            # AVI stores no pts: a chunk's dts is its frame slot, in decode order. libavformat
+            # guesses pts from it (one frame late for H.264 and MPEG-4), so the k-th frame out
+            # of the decoder (presentation order) takes the k-th slot (the dts increase).
+            slots: collections.deque[int] = collections.deque()
             for pkt in self._container.demux(self._stream):  # the last, empty one: flush
-                yield from self._vpx.decode(pkt if pkt.size else None)
+                if avi and pkt.size and pkt.dts is not None:
+                    slots.append(pkt.dts)
+                for frame in decoder.decode(pkt if pkt.size else None):
+                    if avi:
+                        frame.pts = slots.popleft() if slots else None
+                    yield frame
         except av.error.FFmpegError as exc:
             raise InputError(f"decoding {self._name} failed: {exc}") from exc
 
     def _deinterlaced(self, decoded: Iterable[av.VideoFrame]) -> Iterator[av.VideoFrame]:
         try:
-            yield from Deinterlacer(Fraction(self._stream.time_base or Fraction(1, 25))
-                                    ).frames(decoded)
+            yield from Deinterlacer(frame_time_base(self._stream)).frames(decoded)
         except av.error.FFmpegError as exc:
             raise InputError(f"deinterlacing {self._name} failed: {exc}") from exc
 
-    def _describe(self, p: Path, first: av.VideoFrame, interlaced: str | None) -> StreamInfo:
+    def _describe(self, p: Path, first: av.VideoFrame, interlaced: str | None,
+                  gif_later: bool = False) -> StreamInfo:
+        """``gif_later``: a GIF whose later pictures have a transparent colour."""
         s, cc = self._stream, self._stream.codec_context
         fmt = judged_format(first, cc.name)  # a palette's transparency too; a GIF's if used
+        if gif_later and cc.name == "gif" and not has_alpha(fmt) and gif_alpha_after_first(p):
+            fmt = PixelFormat(fmt, alpha=True)  # opaque at first, see-through later
         rate = s.average_rate or s.guessed_rate or s.base_rate
         color = ColorInfo(
             range=int(first.color_range or cc.color_range or 0),
@@ -236,7 +267,7 @@ class PyAVSource:
             width=first.width,
             height=first.height,
             frame_rate=Fraction(rate) if rate else None,
-            time_base=Fraction(s.time_base) if s.time_base else Fraction(1, 25),
+            time_base=frame_time_base(s),
             start_pts=s.start_time,
             frames=(s.frames or None) if not is_image else 1,
             duration_s=duration,
@@ -258,7 +289,28 @@ class PyAVSource:
                                 src_color_range=c.sws_range if frame.format.name.startswith("yuv")
                                 and not frame.format.name.startswith("yuvj") else None)
 
+    def _check_same(self, pts: int | None, frame: av.VideoFrame) -> None:
+        """Raise InputError where ``frame`` has another size than the first, or a pixel
+        format with more bits or an alpha plane the first lacks: the frames are handed out,
+        and the output encoded, in the first one's (another chroma layout converts as is)."""
+        info, fmt = self.info, frame.format.name
+        if (frame.width, frame.height) != info.size:
+            change = f"its picture size from {info.width}x{info.height} to " \
+                     f"{frame.width}x{frame.height}"
+        elif fmt != self._first_fmt and (
+                bit_depth_of(fmt) > info.bit_depth
+                or (format_has_alpha(fmt) and not format_has_alpha(self._first_fmt))):
+            change = f"its pixel format from {self._first_fmt} to {fmt}"
+        else:
+            return
+        at = f"{float(pts * info.time_base):.3f}s" if pts is not None else "a later frame"
+        raise InputError(f"{Path(info.path).name} changes {change} at {at}; vsr upscales "
+                         "one size and format a file: cut it there and upscale each part")
+
     def _frame(self, index: int, pts: int | None, frame: av.VideoFrame) -> Frame:
+        if frame.format.name != self._first_fmt or frame.width != self.info.width \
+                or frame.height != self.info.height:
+            self._check_same(pts, frame)
         if self._alpha_fmt is None:
             return Frame(index=index, pts=pts, image=self._to_rgb(frame))
         # the colour exactly as without alpha; the alpha plane from a second conversion
@@ -359,6 +411,14 @@ def _chain_first(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterato
     yield from rest
 
 
+def packet_pts(container: av.container.InputContainer, pkt: av.Packet) -> int | None:
+    """The time of a video packet's frame as the sources hand frames out, for plans made
+    from packets alone: its pts; in AVI, which stores none (libavformat's guess runs a frame
+    late), its frame slot, the dts: exact without B-frames, and with them the packets' slots
+    are still the frames' times, in another order."""
+    return pkt.dts if container.format.name == "avi" else pkt.pts
+
+
 def pts_step(info: StreamInfo) -> int:
     if info.frame_rate:
         return max(1, round(1 / (info.frame_rate * info.time_base)))
@@ -369,8 +429,11 @@ def _declared_end(container: av.container.InputContainer,
                   stream: av.video.stream.VideoStream) -> int | None:
     """Where the container says the video stream ends, in its time base; None where it does
     not say. Matroska: the per-stream DURATION tag (the end timestamp; never the segment
-    duration, which includes audio). MP4/MOV: start + the stream's (edited) duration. Other
-    containers' stream durations are estimates (from the packets read, or the bit rate)."""
+    duration, which includes audio). MP4/MOV: start + the stream's (edited) duration. AVI:
+    start + its frame slots, the empty chunks of dropped frames among them (its frame count
+    counts those too, so a capture with drops fell short by count with nothing missing).
+    Other containers' stream durations are estimates (from the packets read, or the bit
+    rate)."""
     tb = stream.time_base
     if not tb:
         return None
@@ -382,7 +445,8 @@ def _declared_end(container: av.container.InputContainer,
         except ValueError:
             return None
         return int(seconds / Fraction(tb)) if seconds > 0 else None
-    if "mov" in container.format.name.split(",") and stream.duration:
+    if ("mov" in container.format.name.split(",") or container.format.name == "avi") \
+            and stream.duration:
         return (stream.start_time or 0) + stream.duration
     return None
 
@@ -394,8 +458,9 @@ def truncation_problem(container: av.container.InputContainer,
     stream's time base) are not the whole video stream the container declares, or None.
 
     Judged by time where the container declares the stream's length: an MP4 edit list drops
-    samples (pre-roll) that its sample count still includes. By count where only a count is
-    declared (AVI); not at all where neither is (a growing MPEG-TS)."""
+    samples (pre-roll) that its sample count still includes, an AVI counts dropped frames'
+    empty chunks. By count where only a count is declared; not at all where neither is (a
+    growing MPEG-TS)."""
     declared = _declared_end(container, stream)
     if declared is not None:
         # two frames and a millisecond of rounding (Matroska stores milliseconds)
