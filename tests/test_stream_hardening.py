@@ -3,11 +3,14 @@ an existing DST file without --overwrite (also one that appears while the stream
 its first frame), unknown container formats, and a source that breaks mid-stream (exit 1,
 the output still closed cleanly). It does not break on what a live source does: video that
 stalls while its audio goes on (bounded), a packet a decoder fails on with another error than
-InvalidDataError, a clock that jumps back (no audio lost). Real files, codecs, FIFOs and
-127.0.0.1 sockets."""
+InvalidDataError, a clock that jumps back (no audio lost, the old clock's late audio on its
+clock), bytes the demuxer cannot resynchronise on (EAGAIN: skipped; for ever: the source has
+ended). A library caller's stats callback that raises stops the stream cleanly. Real files,
+codecs, FIFOs and 127.0.0.1 sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -18,6 +21,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -343,3 +347,160 @@ def test_a_silent_source_with_reconnect_says_so(tmp_path):
     said = [ln for ln in err.lines if "retrying" in ln]
     assert all("no data from the source for 0.5 s" in ln for ln in said), said
     assert not any("Immediate exit" in ln for ln in err.lines), err.lines
+
+
+def unsyncable(size: int, seed: int = 0) -> bytes:
+    """Random bytes without an MPEG-TS sync byte (0x47): past resync_size (64 KiB) of them the
+    demuxer says EAGAIN ('Resource temporarily unavailable') instead of giving a packet."""
+    data = np.random.default_rng(seed).integers(0, 256, size, np.uint8)
+    data[data == 0x47] = 0
+    return data.tobytes()
+
+
+def test_bytes_the_demuxer_cannot_resync_on_are_skipped(tmp_path):
+    """200 KB of damage with no sync byte between two clips: the demuxer's EAGAIN (av's
+    BlockingIOError, errno 11) ended the connection (exit 1 after 29 frames, 'Resource
+    temporarily unavailable'); it is damaged data, skipped and counted, and the read goes on."""
+    from test_stream_network import stream_tcp, ts
+
+    result, final, dst = stream_tcp(tmp_path, ts(30), unsyncable(200_000), ts(30))
+    assert result.returncode == 0, result.stderr
+    assert final["error"] is None and final["corrupt"] >= 1 and final["frames_out"] == 60
+    assert stamps(Path(dst)) == [*range(30), *range(30)]
+    assert final["audio_out"] == final["audio_in"] and final["audio_skipped"] == 0
+
+
+def test_a_source_that_sends_only_garbage_ends_after_the_timeout(tmp_path):
+    """Frames, then endless bytes with no sync byte: each 64 KiB the demuxer says EAGAIN.
+    That is no data for --timeout s (the source has ended, exit 0), not a failure at the first
+    EAGAIN, nor a read that goes on for as long as garbage comes."""
+    from test_stream_network import ts
+
+    port, dst = free_port(socket.SOCK_STREAM), tmp_path / "out.ts"
+    proc = subprocess.Popen([*VSR, f"tcp://127.0.0.1:{port}?listen=1", str(dst), *BICUBIC,
+                             "--drop", "none", "--json", "--timeout", "1"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    junk = unsyncable(64 * 1024)
+    with connect_tcp(port, proc, err) as conn:
+        conn.sendall(ts(30))
+        start = time.monotonic()
+        with contextlib.suppress(OSError):  # vsr closes the connection: the end of the test
+            while proc.poll() is None and time.monotonic() - start < 60:
+                conn.sendall(junk)
+                time.sleep(0.02)
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - start
+    out.join(timeout=5)
+    err.join(timeout=5)
+    assert code == 0, "\n".join(err.lines)
+    assert 1 <= took < 30, f"read garbage for {took:.0f} s"
+    final = out.stats()[-1]
+    assert final["error"] is None and final["corrupt"] >= 1
+    assert 25 <= final["frames_out"] <= 30  # the parser may hold the last frames back
+    assert stamps(dst) == list(range(final["frames_out"]))
+
+
+@pytest.mark.parametrize("raised", ["KeyboardInterrupt", "ValueError",
+                                    "KeyboardInterrupt at the end"])
+def test_an_exception_in_the_stats_callback_stops_the_stream_cleanly(tmp_path, raised):
+    """The caller's stats callback raising: a KeyboardInterrupt is Ctrl-C (a clean stop, the
+    totals returned), also from the final report (there it escaped as itself); any other
+    exception stops the stream cleanly too, then propagates (it aborted the output: VP9's
+    encoder, which holds frames back, was not flushed, and the Matroska file had no frame).
+    Clean: the frames in flight come out, and the encoder's: the output has every frame
+    written, in order."""
+    from vsr.io.sink import EncodeConfig
+    from vsr.stream import run_stream
+
+    src, dst = tmp_path / "in.ts", tmp_path / "out.mkv"
+    make_ts(str(src), 40)
+    config = StreamConfig(src=str(src), dst=str(dst), model="bicubic", scale=2, device="cpu",
+                          drop="none", stats_interval_s=0.001,
+                          encode=EncodeConfig(codec="libvpx-vp9"))  # lags: holds frames back
+    seen: list = []
+
+    def stats(s) -> None:
+        seen.append(s)
+        if s.final if raised.endswith("the end") else not s.final and s.frames_out >= 10:
+            raise ValueError("the caller's bug") if raised == "ValueError" else KeyboardInterrupt
+
+    if raised == "ValueError":
+        with pytest.raises(ValueError, match="the caller's bug"):
+            run_stream(config, stats=stats)
+        written = seen[-1].frames_out  # at least: the stop writes those in flight too
+    else:
+        try:
+            final = run_stream(config, stats=stats)
+        except KeyboardInterrupt:  # would end pytest's run
+            pytest.fail("the KeyboardInterrupt escaped run_stream")
+        assert final.final and seen[-1] is final
+        written = final.frames_out
+        assert written == 40 if raised.endswith("the end") else written < 40
+    assert written >= 10
+    got = stamps(dst)
+    assert got == list(range(len(got))) and len(got) >= written
+    if raised != "ValueError":
+        assert len(got) == written
+
+
+def _ts_packets(data: bytes) -> list[bytearray]:
+    return [bytearray(data[i:i + 188]) for i in range(0, len(data), 188)]
+
+
+def _pid(p: bytearray) -> int:
+    return ((p[1] & 0x1F) << 8) | p[2]
+
+
+def _starts(p: bytearray) -> bool:  # payload_unit_start_indicator: a PES (or section) begins
+    return bool(p[1] & 0x40)
+
+
+def late_old_audio(first: bytes, second: bytes, audio_pid: int = 0x101,
+                   video_pid: int = 0x100) -> bytes:
+    """``first`` then ``second`` (MPEG-TS), with the last two audio PES of ``first`` moved into
+    ``second`` after the start of its second video PES: the demuxer (the H.264 parser holds a
+    frame until the next one starts) gives them after the last frame of ``first`` and before
+    the first of ``second``, as an encoder restarted with its audio late does. Continuity
+    counters renumbered: no damage."""
+    a, b = _ts_packets(first), _ts_packets(second)
+    audio_starts = [i for i, p in enumerate(a) if _pid(p) == audio_pid and _starts(p)]
+    cut = audio_starts[-2]
+    moved = [p for p in a[cut:] if _pid(p) == audio_pid]
+    a = a[:cut] + [p for p in a[cut:] if _pid(p) != audio_pid]
+    at = [i for i, p in enumerate(b) if _pid(p) == video_pid and _starts(p)][1] + 1
+    out = a + b[:at] + moved + b[at:]
+    counters: dict[int, int] = {}
+    for p in out:
+        if p[3] & 0x10:  # a payload: the continuity counter counts it
+            cc = counters[_pid(p)] = (counters.get(_pid(p), -1) + 1) % 16
+            p[3] = (p[3] & 0xF0) | cc
+    return b"".join(bytes(p) for p in out)
+
+
+@pytest.mark.parametrize("ahead_s", [5.0, 0.6])
+def test_old_clock_audio_read_after_a_jump_back_stays_on_its_clock(tmp_path, ahead_s):
+    """The clock jumps back (by 6.2 s; 1.8 s) and the old clock's last audio packets arrive
+    after its last frame: they went out on the new clock, 6.2 s ahead, and the new clock's
+    audio after them was dropped as not monotonic (56 of 116 packets skipped). They go out on
+    their own clock, right after the audio before them, and the new clock's after them."""
+    from test_stream_network import stream_tcp, ts
+
+    first, second = ts(30, shift_s=ahead_s), ts(30)
+    data = late_old_audio(first, second)
+    with av.open(io.BytesIO(data)) as c:  # the order the reader sees
+        order = [(p.stream.type, float(p.pts * p.time_base)) for p in c.demux() if p.size]
+    video = [i for i, (kind, _) in enumerate(order) if kind == "video"]
+    last_old, first_new = next((a, b) for a, b in zip(video, video[1:], strict=False)
+                               if order[b][1] < order[a][1])  # where the clock jumps back
+    assert [t for kind, t in order[last_old + 1:first_new] if t >= ahead_s + 1]  # old audio
+    result, final, dst = stream_tcp(tmp_path, data)
+    assert result.returncode == 0, result.stderr
+    old, new = audio_packets(first), audio_packets(second)
+    got = audio_packets(Path(dst))
+    assert final["audio_skipped"] == 0 and final["corrupt"] == 0
+    assert final["audio_out"] == final["audio_in"] == len(got) == len(old) + len(new)
+    assert [p for p, _ in got] == [p for p, _ in old + new]  # byte for byte, each on its clock
+    assert len({o[1] - i[1] for i, o in zip(old, got, strict=False)}) == 1  # one shift
+    assert all(b[1] > a[1] for a, b in zip(got, got[1:], strict=False))
+    assert (got[-1][1] - got[0][1]) / 90000 < 5

@@ -34,7 +34,7 @@ from vsr.io.ffmpeg_sink import FfmpegRelay
 from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of, field_order
 from vsr.io.output import same_file as same_file_path
 from vsr.io.sink import EncodeConfig, VideoEncoder
-from vsr.io.source import Deinterlacer, rgb_format
+from vsr.io.source import Deinterlacer, frame_time_base, rgb_format
 from vsr.stream.audio import AudioFeed, LivePassthrough
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 TS_TIME_BASE = Fraction(1, 90000)
 JUMP_S = 10.0  # a timestamp step (s) this large, or backwards, is a discontinuity of the source
 MAX_UNDECODABLE = 100  # packets in a row the decoder rejects before the source counts as broken
+AGAIN_WAIT_S = 0.01  # between reads of a demuxer that says "try again" (EAGAIN) twice in a row
 _NETWORK = ("udp://", "tcp://", "rtp://", "rtmp://", "rtmps://", "http://", "https://",
             "srt://", "rtsp://")
 
@@ -191,6 +192,11 @@ class DropQueue:
             return item
 
 
+class _Starved(InputError):
+    """The demuxer said "try again" (EAGAIN), with no packet, for the read timeout: a source
+    that sends nothing it can read has ended, as one that sends nothing (FFmpeg's timeout)."""
+
+
 class Reader(threading.Thread):
     """Decodes ``url`` into ``queue`` with monotonic times; reconnects when asked to.
 
@@ -231,8 +237,9 @@ class Reader(threading.Thread):
                         return
                     log.warning("source ended; reconnecting")
                 except (av.error.FFmpegError, OSError, InputError) as exc:
+                    silent = isinstance(exc, (av.error.ExitError, _Starved))
                     if not self.reconnect or self.url == "-":
-                        if isinstance(exc, av.error.ExitError) and self.frames > before:
+                        if silent and self.frames > before:
                             # the read timeout after frames: a live source (UDP) that stops
                             # sending ends this way, not with an end of file
                             log.info("no data for %.1f s: the source has ended",
@@ -240,7 +247,7 @@ class Reader(threading.Thread):
                             return
                         self.error = f"source {self.url}: {exc}"
                         return
-                    if isinstance(exc, av.error.ExitError):  # FFmpeg's read timeout
+                    if silent:  # FFmpeg's read timeout, or a demuxer that finds nothing
                         log.warning("no data from the source for %.1f s; retrying in %.1f s",
                                     self.read_timeout, delay)
                     else:
@@ -287,12 +294,14 @@ class Reader(threading.Thread):
             self.connected.set()
             base: float | None = None
             offset = 0.0
+            last_in = 0.0  # the input time of the last frame (with ``base``: of this session)
             info: StreamInfo | None = None
             held: list[av.Packet] = []  # audio read since the last frame: its shift is known then
             later: list[av.Packet] = []  # audio of another clock than the last frame's, or
             # behind the audio out on it: it waits one frame, for the video of its clock (a jump
             # of hours must not pass; a jump back must not drop the audio read before its video)
-            items = _demux(c, stream, [c.streams[i] for i in carried], self._damaged)
+            items = _demux(c, stream, [c.streams[i] for i in carried], self._damaged,
+                           patience=self.read_timeout, wait=self.stop.wait)
             for item in self._progressive(items, stream):
                 if self.stop.is_set():
                     break
@@ -305,6 +314,12 @@ class Reader(threading.Thread):
                 if t_in is None:
                     t_in = (self._last_t + self._step) if self._last_t is not None else 0.0
                 t = t_in - base + offset if base is not None else None
+                if t is not None and not 0 < t - self._last_t < JUMP_S:
+                    # a discontinuity: audio of the clock that ends, read after its last frame
+                    # (out of order), goes out on that clock first (within JUMP_S, a jump back
+                    # would have put it on the new one, ahead of the new clock's audio)
+                    later = self._put_old(later, last_in, t_in, carried, offset - base)
+                    held = self._put_old(held, last_in, t_in, carried, offset - base)
                 ready = later + [p for p in held if _near(p, t_in)]
                 if t is None or (self._last_t is not None
                                  and not 0 < t - self._last_t < JUMP_S):
@@ -327,7 +342,7 @@ class Reader(threading.Thread):
                 if info is None or (frame.width, frame.height) != self._seen:
                     info = self._framed(_describe(self.url, frame, stream))
                 image = fit_frame(frame, info.size, rgb_format(info.bit_depth))
-                self._last_t = t
+                self._last_t, last_in = t, t_in
                 self.queue.put(LiveFrame(image, t, arrived, info), self.stop)
                 got += 1
                 self.frames += 1
@@ -351,7 +366,7 @@ class Reader(threading.Thread):
                 order = field_order(stream, item)
                 if order and self.deinterlace:
                     log.info("interlaced source (%s): deinterlaced (bwdif)", order)
-                    deinterlacer = Deinterlacer(Fraction(stream.time_base or Fraction(1, 90000)))
+                    deinterlacer = Deinterlacer(frame_time_base(stream))
                 elif order and not self._interlace_said:
                     self._interlace_said = True
                     log.warning("interlaced source (%s): upscaled with the two fields of each "
@@ -363,6 +378,21 @@ class Reader(threading.Thread):
                 yield from deinterlacer.push(item)
         if deinterlacer is not None:
             yield from deinterlacer.flush()
+
+    def _put_old(self, waiting: list[av.Packet], last_in: float, t_in: float,
+                 carried: dict[int, av.stream.Stream], shift_s: float) -> list[av.Packet]:
+        """At a discontinuity of the input clock from ``last_in`` (the last frame's time) to
+        ``t_in``: the packets of ``waiting`` nearer the clock that ends go out on it (moved
+        by ``shift_s``, that clock's); returns the others, in order."""
+        rest = []
+        for pkt in waiting:
+            ts = pkt.dts if pkt.dts is not None else pkt.pts
+            at = float(ts * pkt.time_base) if ts is not None else None
+            if at is not None and abs(at - last_in) < min(JUMP_S, abs(at - t_in)):
+                self.audio.put(pkt, carried[pkt.stream_index], shift_s)
+            else:
+                rest.append(pkt)
+        return rest
 
     def _audio_end(self, held: list[av.Packet], t_in: float) -> float:
         """The earliest start for a new connection's first frame (at ``t_in`` on its input
@@ -419,14 +449,19 @@ def _near(pkt: av.Packet, t_in: float) -> bool:
 
 
 def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
-           audio: list[av.stream.Stream], damaged: Callable[[], None]):
+           audio: list[av.stream.Stream], damaged: Callable[[], None], *,
+           patience: float, wait: Callable[[float], bool]):
     """Decoded frames of ``video`` and the (undecoded) packets of ``audio``, in file order.
 
-    Damaged data (a packet the demuxer flags corrupt, one the decoder rejects) is skipped and
-    reported to ``damaged``; the decoder conceals what it can. Only MAX_UNDECODABLE rejected
-    packets in a row, with no frame between them, end the input (the decoder's last error)."""
+    Damaged data (a packet the demuxer flags corrupt, one the decoder rejects, bytes the
+    demuxer cannot resynchronise on) is skipped and reported to ``damaged``; the decoder
+    conceals what it can. Only MAX_UNDECODABLE rejected packets in a row, with no frame
+    between them, end the input (the decoder's last error); a demuxer that says "try again"
+    for ``patience`` s with no packet raises _Starved. ``wait(s)`` sleeps between such reads
+    and is True when the reader must stop (the input then ends here)."""
     packets = c.demux(video, *audio)
     rejected = 0
+    again: float | None = None  # since when the demuxer has said "try again", no packet since
     while True:
         try:
             packet = next(packets)
@@ -438,6 +473,23 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
             # read here were there from the start, have lower indices and were flushed first
             log.debug("the source gained streams while it was read")
             return
+        except BlockingIOError:  # av.error.BlockingIOError: EAGAIN
+            # the MPEG-TS demuxer says so where it finds no sync byte in resync_size (64 KiB)
+            # bytes: damaged or foreign data, which the next read goes on after; PyAV's
+            # generator ends with the error, so a new one reads on (the container keeps its
+            # place). Bounded: each read after the first waits, and after ``patience`` s it is
+            # the read timeout (a source that always says so must not spin for ever)
+            now = time.monotonic()
+            if again is None:
+                again = now
+                damaged()
+            elif now - again >= patience:
+                raise _Starved(f"no data it could read for {patience:g} s") from None
+            elif wait(AGAIN_WAIT_S):
+                return
+            packets = c.demux(video, *audio)
+            continue
+        again = None
         if packet.is_corrupt:
             damaged()
         if packet.stream_index != video.index:

@@ -178,7 +178,9 @@ def run_stream(config: StreamConfig,
     PipelineError when the output fails; OutputError before anything starts for a DST that
     is SRC's file or an existing file without ``overwrite``. A source that fails is no
     exception: the output is closed cleanly and the returned ``error`` says why.
-    Ctrl-C is a normal stop: the output is closed cleanly.
+    Ctrl-C is a normal stop: the output is closed cleanly. So is a KeyboardInterrupt that
+    ``stats`` raises (at the end too: the totals are returned); any other exception it raises
+    stops the stream as cleanly, then propagates.
     """
     from vsr.engine import ModelCache
     from vsr.loading import dtype_name
@@ -213,6 +215,7 @@ def run_stream(config: StreamConfig,
         written += 1
 
     index = 0
+    failed: Exception | None = None  # the stats callback's: raised once the output is closed
     try:
         try:
             reader.start()  # inside: a stop right after it still aborts the sink
@@ -235,7 +238,12 @@ def run_stream(config: StreamConfig,
                 now = time.monotonic()
                 if stats is not None and now - last_report >= config.stats_interval_s:
                     last_report = now
-                    stats(meter.stats(reader, queue, sink, written, now))
+                    try:  # a KeyboardInterrupt from it is Ctrl-C: the handler below
+                        stats(meter.stats(reader, queue, sink, written, now))
+                    except Exception as exc:  # the caller's failure: the output still ends
+                        log.info("the stats callback failed (%s): closing the output", exc)
+                        failed = exc
+                        break
         except KeyboardInterrupt:
             log.info("interrupted: closing the output")
         stop.set()
@@ -249,10 +257,15 @@ def run_stream(config: StreamConfig,
     finally:
         if reader.is_alive():  # False too if a stop cut its start short
             reader.join(timeout=2.0)  # a reader blocked on a silent source is a daemon thread
+    if failed is not None:
+        raise failed
     if left := queue.settle(reader.frames, written):  # read, not written: a stop came
         log.info("%d frames read before the stop were not written (counted as dropped)", left)
     final = meter.stats(reader, queue, sink, written, time.monotonic(), final=True,
                         error=reader.error)
     if stats is not None:
-        stats(final)
+        try:
+            stats(final)
+        except KeyboardInterrupt:  # Ctrl-C: a normal stop, and the output is closed already
+            log.info("interrupted while reporting the totals")
     return final
