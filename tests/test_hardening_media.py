@@ -197,6 +197,33 @@ def test_upscale_to_avi_keeps_every_frame_time_and_rate(tmp_path, encoder):
             Fraction(i, 25) for i in range(8)]
 
 
+def test_a_variable_rate_input_into_avi_keeps_every_frame_and_says_why_times_moved(
+        tmp_path, caplog):
+    """AVI has one frame a tick: frames of a variable-rate input closer than a tick move to
+    the next one. Every frame is kept, and the warning says so (it blamed the input's
+    timestamps for running backwards)."""
+    src = tmp_path / "vfr.mp4"
+    with av.open(str(src), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+        st.codec_context.time_base = Fraction(1, 1000)
+        t = 0
+        for i, step in enumerate((40, 5, 50, 5, 40, 5, 40, 40)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 30, np.uint8), "rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            t += step
+            out.mux(st.encode(frame))
+        out.mux(st.encode(None))
+    out_avi = tmp_path / "up.avi"
+    with caplog.at_level("WARNING", logger="vsr.io.sink"):
+        upscale_file(UpscaleConfig(input=src, output=out_avi, model="bicubic", scale=2,
+                                   encode=_OPTIONS.encode))
+    assert len(_source_times(out_avi)) == 8
+    said = [r.getMessage() for r in caplog.records]
+    assert any("AVI holds one frame per tick" in m for m in said), said
+    assert not any("ran backwards" in m for m in said), said
+
+
 @pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
 def test_hevc_mp4_limited_range_without_colour_description_keeps_its_range(tmp_path,
                                                                            encoder):

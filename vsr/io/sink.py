@@ -153,8 +153,15 @@ class PtsOrder:
         self._last = pts
         return frame
 
-    def report(self, name: object) -> None:
-        """Log what had to be done (nothing for well-formed input)."""
+    def report(self, name: object, tick: Fraction | None = None) -> None:
+        """Log what had to be done (nothing for well-formed input). ``tick``: the output's
+        time base where it is coarser than the input's (AVI: one frame a tick), so that
+        frames of a variable-rate input closer than a tick share one."""
+        if tick is not None and self.retimed and not self.reordered:
+            log.warning("%s: AVI holds one frame per tick of %.4g s; %d frame(s) of the input, "
+                        "closer to the one before, moved to the next tick", name, float(tick),
+                        self.retimed)
+            return
         if self.reordered or self.retimed:
             log.warning("%s: the input's frame timestamps ran backwards; %d frame(s) put back "
                         "in timestamp order, %d moved one tick after the previous one",
@@ -520,7 +527,8 @@ class PyAVSink(SinkContext):
             for frame in self._order.flush():
                 self._mux(self._stream.encode(frame))
             self._mux(self._stream.encode(None))
-            self._order.report(self.path.name)
+            self._order.report(self.path.name, self._time_base
+                               if self._time_base != self._in_time_base else None)
             if self._pass is not None:
                 self._pass.mux_rest(self._out)
             self._out.close()
