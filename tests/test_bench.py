@@ -45,3 +45,106 @@ def test_bench_output_is_never_replaced_without_overwrite(clip, tmp_path):
     run_bench(BenchConfig(**cfg, overwrite=True))
     with av.open(str(kept)) as c:
         assert c.streams.video[0].codec_context.width == 128
+
+
+def _still_then_noise(path, frames: int = 40, size: tuple[int, int] = (320, 240)):
+    """Four identical frames, then noise: costly to encode, unless only the first four are."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        v.codec_context.options = {"preset": "ultrafast", "crf": "0"}
+        still = rng.integers(0, 256, (h, w, 3), np.uint8)
+        for i in range(frames):
+            img = still if i < 4 else rng.integers(0, 256, (h, w, 3), np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+    return path
+
+
+def test_encode_stage_encodes_each_frames_own_output(tmp_path, monkeypatch):
+    """The encode stage wrote the model's first four outputs over and over: on this clip (four
+    still frames, then noise) it encoded 40 copies of one still picture and reported 64 fps
+    where the pipeline, held up by that very encoder, made 10 (6.5x). It now encodes each
+    frame's own upscaled image, with its own timestamp (the real sink, its writes recorded)."""
+    import hashlib
+
+    from vsr.io.sink import PyAVSink
+
+    written: list[tuple[str, int]] = []
+    real_write = PyAVSink.write
+
+    def write(self, image, pts):
+        if self.path.name.startswith("encode"):
+            written.append((hashlib.sha1(image.tobytes()).hexdigest(), pts))
+        real_write(self, image, pts)
+
+    monkeypatch.setattr(PyAVSink, "write", write)
+    src = _still_then_noise(tmp_path / "noise.mp4")
+    r = run_bench(BenchConfig(input=src, model="bicubic", scale=2, device="cpu", frames=40))
+    assert r.frames == 40 and len(written) == 40
+    step = written[1][1] - written[0][1]  # the file's frame duration in its time base
+    assert step > 0 and [pts for _, pts in written] == [written[0][1] + i * step
+                                                        for i in range(40)]
+    assert len({digest for digest, _ in written}) == 37  # the still once, 36 noise frames
+
+
+def test_a_bad_model_fails_before_any_stage_is_measured(clip):
+    """--model was loaded only after every frame had been decoded (and held in memory): a
+    misspelt name failed after the decode stage was reported, however many --frames."""
+    import pytest
+
+    from vsr.errors import ModelError
+
+    src = clip("b.mp4", frames=6, size=(64, 48))
+    stages = []
+    with pytest.raises(ModelError, match="unknown model 'drn-t-x2-drc5'"):
+        run_bench(BenchConfig(input=src, model="drn-t-x2-drc5", device="cpu", frames=4),
+                  lambda stage, fps: stages.append(stage))
+    assert stages == []
+
+
+def test_frames_held_in_memory_are_bounded():
+    """A bench holds the decoded frames and their outputs for the model and encode stages:
+    all of them, to the budget; a 4K bench over 10,000 frames holds a few dozen, not 300 GB."""
+    from vsr.bench import HOLD_BYTES, frames_held
+
+    assert frames_held(64 * 48, 128 * 96, 1, 30) == 30
+    per_frame = 3 * (3840 * 2160 + 7680 * 4320)
+    assert 4 <= frames_held(3840 * 2160, 7680 * 4320, 1, 10_000) <= max(4, HOLD_BYTES // per_frame)
+
+
+def test_a_bench_stopped_by_a_signal_leaves_no_files(clip, tmp_path):
+    """`timeout 60 vsr bench ... --output k.mkv` sends SIGTERM: it killed the bench outright,
+    leaving a hidden partial of k.mkv and the encode stages' folder in the temp dir. Now it
+    stops as Ctrl-C does: both removed, one `Error:` line, exit 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = clip("long.mp4", frames=300, size=(192, 144))
+    out_dir, tmp = tmp_path / "out", tmp_path / "tmp"
+    out_dir.mkdir()
+    tmp.mkdir()
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vsr", "bench", "--input", str(src), "--model", "bicubic",
+             "--scale", "4", "--device", "cpu", "--frames", "300", "--output",
+             str(out_dir / "k.mkv")], stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TMPDIR": str(tmp)})
+        deadline = time.monotonic() + 120
+        while not any(".partial" in p.name for p in out_dir.iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        assert err.strip().splitlines()[-1].startswith("Error: interrupted"), err
+        assert list(out_dir.iterdir()) == [] and list(tmp.glob("vsr-bench-*")) == [], err

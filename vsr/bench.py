@@ -11,7 +11,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vsr.device import resolve_device
@@ -94,6 +94,31 @@ class BenchResult:
         return d
 
 
+# Decoded frames and their model outputs held for the model and encode stages: at most this,
+# and a quarter of the memory available; at least 4 frames.
+HOLD_BYTES = 2 << 30
+
+
+def frames_held(pixels_in: int, pixels_out: int, sample_bytes: int, frames: int) -> int:
+    """How many of ``frames`` decoded RGB frames of ``pixels_in`` pixels, with their upscaled
+    ones of ``pixels_out``, the bench holds in memory (see HOLD_BYTES)."""
+    budget = min(HOLD_BYTES, _available_memory() // 4)
+    per_frame = 3 * sample_bytes * (pixels_in + pixels_out)
+    return max(1, min(frames, max(4, budget // per_frame)))
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux: MemAvailable), else HOLD_BYTES * 4."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 * HOLD_BYTES
+
+
 def _fps(n: int, seconds: float) -> float:
     return round(n / seconds, 3) if seconds > 0 else float("inf")
 
@@ -119,18 +144,31 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         return src, itertools.islice(src.frames(), n)
 
     src, it = frames()
-    info = src.info
-    t = time.perf_counter()
-    decoded = list(it)
-    decode_fps = _fps(len(decoded), time.perf_counter() - t)
-    src.close()
-    n = len(decoded)
+    try:
+        info = src.info
+        models = ModelCache()  # the pipeline runs below reuse this handle and backend
+        # the model before minutes of decoding: a bad --model fails at once
+        handle = models.handle(config, device, bit_depth=info.bit_depth,
+                               pixels=info.width * info.height)
+        w, h = info.width * handle.scale, info.height * handle.scale
+        held = frames_held(info.width * info.height, w * h, 2 if info.bit_depth > 8 else 1, n)
+        decoded, pts = [], []
+        t = time.perf_counter()
+        for f in it:
+            pts.append(f.pts)
+            if len(decoded) < held:
+                decoded.append(f)
+        decode_fps = _fps(len(pts), time.perf_counter() - t)
+    finally:
+        src.close()
+    n = len(pts)
     report("decode", decode_fps)
+    notes: tuple[str, ...] = ()
+    if len(decoded) < n:
+        notes = (f"model and encode stages cycle over the first {len(decoded)} of the {n} "
+                 "frames (all of them do not fit in memory)",)
+        log.info("%s", notes[0])
 
-    models = ModelCache()  # the pipeline runs below reuse this handle and backend
-    handle = models.handle(config, device, bit_depth=info.bit_depth,
-                           pixels=info.width * info.height)
-    w, h = info.width * handle.scale, info.height * handle.scale
     prepared = models.prepare(handle, config, decoded[0].image)
     runner = prepared.runner
     if runner is not None:
@@ -140,17 +178,19 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
     proc = make_proc(reuse=False)  # the model on every frame, repeated ones too
     # warm-up: first-call allocations and kernel selection are not throughput
     list(itertools.chain(proc.submit(decoded[0]), proc.drain()))
-    keep = []
+    outputs = []  # the model's own output of each held frame: what the encode stage encodes
     t = time.perf_counter()
-    for f in decoded:
-        for out in proc.submit(f):
-            if len(keep) < 4:
-                keep.append(out[1])
+    for i in range(n):
+        f = decoded[i % len(decoded)]
+        for out in proc.submit(f if i < len(decoded) else replace(f, index=i, pts=pts[i])):
+            if len(outputs) < len(decoded):
+                outputs.append(out[1])
     for out in proc.drain():
-        if len(keep) < 4:
-            keep.append(out[1])
+        if len(outputs) < len(decoded):
+            outputs.append(out[1])
     model_fps = _fps(n, time.perf_counter() - t)
     report("model", model_fps)
+    del decoded
 
     with tempfile.TemporaryDirectory(prefix="vsr-bench-") as tmp:
         def sink(name: str, path: Path | None = None) -> PyAVSink:
@@ -159,11 +199,11 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
 
         t = time.perf_counter()
         with sink("encode") as k:
-            for i, f in enumerate(decoded):
-                k.write(keep[i % len(keep)], f.pts)
+            for i, pt in enumerate(pts):  # each frame's own upscaled image, not a few repeated
+                k.write(outputs[i % len(outputs)], pt)
         encode_fps = _fps(n, time.perf_counter() - t)
         report("encode", encode_fps)
-        del decoded
+        del outputs
 
         def timed(loop: Callable[[], None]) -> tuple[float, float]:
             """(fps, process CPU ms per frame) of one run of ``loop``."""
@@ -216,7 +256,7 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
         precision=dtype_name(handle.dtype), size_in=(info.width, info.height),
         size_out=(w, h), backend=prepared.backend, batch=config.batch,
         prepare_seconds=runner.prepare_seconds if runner else 0.0,
-        max_error=runner.max_error if runner else None, notes=prepared.notes,
+        max_error=runner.max_error if runner else None, notes=prepared.notes + notes,
         pipeline_runs=tuple(pipeline_runs), serial_runs=tuple(serial_runs),
         pipeline_cpu_ms=_median(pipeline_cpu), serial_cpu_ms=_median(serial_cpu),
     )
