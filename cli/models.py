@@ -14,9 +14,12 @@ def models(as_json: bool) -> None:
 
     Quality and speed come from the model cards (models/weights/NAME.json); CPU s/720p is
     seconds per 1280x720 output frame on one thread."""
-    from vsr.models import describe_registry
+    from vsr.models import REGISTRY, describe_registry
 
     rows = describe_registry()
+    for spec in REGISTRY:  # a model that cannot be used says why, on stderr
+        if spec.card_problem is not None:
+            click.echo(f"Warning: {spec.card_problem}", err=True)
     if as_json:
         emit_json({"models": rows})
         return
@@ -30,6 +33,9 @@ def models(as_json: bool) -> None:
         quality = "/".join(f"{q:.2f}" for q in psnr) if None not in psnr else "-"
         speed = card.get("cpu_speed", {}).get("s_per_frame_720p_out_1_thread")
         speed_text = f"{speed:.2f}" if speed is not None else "-"
+        # shipped weights that are not usable say why: a missing or corrupt file is not "no"
+        problem = REGISTRY.get(r["name"]).weights_problem()
+        weights = "yes" if problem is None else "no" if problem == "none" else problem
         click.echo(f"{r['name']:<{w}} {r['scale']:>5} {r['params']:>11,} "
                    f"{r['macs_96'] / 1e9:>9.1f} {r['macs_720p'] / 1e9:>10.1f} "
-                   f"{'yes' if r['pretrained'] else 'no':>8}  {quality:<20} {speed_text:>10}{mark}")
+                   f"{weights:>8}  {quality:<20} {speed_text:>10}{mark}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ class ModelSpec:
     card: Mapping[str, Any] = field(default_factory=dict)
     base: str | None = None  # registry name a compressed model was pruned from
     ratio: float | None = None  # DRC pruning ratio r
+    card_problem: str | None = None  # why the shipped model card could not be read
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -56,8 +60,23 @@ class ModelSpec:
 
     @property
     def pretrained(self) -> bool:
+        """Whether the shipped weights are there, and intact where a sha256 is recorded."""
+        return self.weights_problem() is None
+
+    def weights_problem(self) -> str | None:
+        """None when the shipped weights are usable; else "none" (no weights file named),
+        "missing", "corrupt" (another sha256 than recorded) or "bad card" (their model card is
+        missing or unreadable: ``card_problem`` says why)."""
         path = self.weights_path
-        return path is not None and path.is_file()
+        if path is None:
+            return "none"
+        if self.card_problem is not None:
+            return "bad card"
+        if not path.is_file():
+            return "missing"
+        if self.sha256 is not None and _sha256(path) != self.sha256:
+            return "corrupt"
+        return None
 
     def build(self, **overrides: Any) -> nn.Module:
         """A fresh (untrained) network; ``overrides`` left as None are dropped."""
@@ -68,15 +87,29 @@ class ModelSpec:
     def verify_weights(self) -> Path:
         """The weights path, after checking it exists and (when recorded) its sha256."""
         path = self.weights_path
+        if self.card_problem is not None:
+            raise ModelError(self.card_problem)
         if path is None or not path.is_file():
             raise ModelError(f"model {self.name!r} has no shipped weights; train one with "
                              f"`vsr train --arch {self.name}` and pass the checkpoint path")
         if self.sha256 is not None:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest = _sha256(path)
             if digest != self.sha256:
                 raise ModelError(f"weights of {self.name!r} are corrupt (sha256 {digest[:12]}... "
                                  f"!= {self.sha256[:12]}...)")
         return path
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, hashed once per size and modification time."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _DIGESTS[key]
 
 
 class Registry:
@@ -99,7 +132,9 @@ class Registry:
             return self._specs[name]
         except KeyError:
             known = ", ".join(self._specs)
-            raise ModelError(f"unknown model {name!r}; known models: {known}, bicubic") from None
+            hint = suggest(name, [*self._specs, "bicubic"])
+            raise ModelError(f"unknown model {name!r}{hint}; known models: {known}, "
+                             "bicubic") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
@@ -109,6 +144,15 @@ class Registry:
 
     def names(self) -> list[str]:
         return list(self._specs)
+
+
+def suggest(name: object, known: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of ``known`` to ``name`` (case aside), or ''."""
+    if not isinstance(name, str):
+        return ""
+    lowered = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.strip().lower(), list(lowered), n=1, cutoff=0.75)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 
 
 def _paper(name: str, scale: int, n_feats: int, n_blocks: int, size: str) -> ModelSpec:
@@ -147,10 +191,18 @@ def load_card(name: str, folder: Path = WEIGHTS_DIR) -> dict[str, Any]:
 
 
 def _shipped(name: str, **fields: Any) -> ModelSpec:
-    """A registry model with shipped weights ``<name>.safetensors`` and its card."""
-    card = load_card(name)
+    """A registry model with shipped weights ``<name>.safetensors`` and its card. A card that
+    cannot be read makes this model unusable (``card_problem``), not the registry: every other
+    model, and `vsr models` that lists it, still work."""
+    try:
+        card, problem = load_card(name), None
+    except ModelError as exc:
+        card, problem = {}, f"{exc}; reinstall vsr or restore models/weights/{name}.json"
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
     return ModelSpec(name=name, arch="drn", weights=f"{name}.safetensors", card=card,
-                     license=card["license"], provenance=card["provenance"], **fields)
+                     license=card.get("license", defaults["license"]),
+                     provenance=card.get("provenance", defaults["provenance"]),
+                     card_problem=problem, **fields)
 
 
 REGISTRY = Registry()

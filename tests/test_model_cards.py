@@ -83,3 +83,59 @@ def test_vsr_models_shows_the_cards():
     lines = table.stdout.splitlines()
     end = lines[0].index("scale") + len("scale")
     assert all(x[end - 1].isdigit() and x[end] == " " for x in lines[1:]), table.stdout
+
+
+def test_a_broken_model_card_makes_only_its_model_unusable(tmp_path):
+    """A model card that cannot be read (here: cut short) stopped the registry from loading:
+    every command that touches a model failed, `vsr models` and `--model bicubic` included,
+    with "model card of 'drn-t-x4' unreadable". Now only drn-t-x4 is refused, with that
+    reason; the listing says "bad card" and warns once on stderr. A copy of the package in
+    tmp_path, run in real processes, so the shipped cards stay untouched."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import make_clip
+
+    import vsr
+    import vsr.cli
+    import vsr.models
+
+    pkg = tmp_path / "pkg" / "vsr"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(Path(vsr.__file__).parent, pkg, ignore=skip)
+    shutil.copytree(Path(vsr.cli.__file__).parent, pkg / "cli", ignore=skip)
+    shutil.copytree(Path(vsr.models.__file__).parent, pkg / "models", ignore=skip)
+    (pkg / "models" / "weights" / "drn-t-x4.json").write_text('{"data": "cut sh')
+    env = {**os.environ, "PYTHONPATH": str(pkg.parent), "OMP_NUM_THREADS": "1"}
+    where = subprocess.run([sys.executable, "-c", "import vsr.models; print(vsr.models.__file__)"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert where.stdout.strip() == str(pkg / "models" / "__init__.py"), where
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "vsr", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)  # not the checkout's
+
+    listing = run("models", "--json")
+    assert listing.returncode == 0, listing.stderr
+    rows = {r["name"]: r for r in json.loads(listing.stdout)["models"]}
+    assert rows["drn-t-x4"]["pretrained"] is False and rows["drn-t-x2"]["pretrained"] is True
+    [warning] = listing.stderr.strip().splitlines()
+    assert warning.startswith("Warning: model card of 'drn-t-x4' unreadable"), warning
+    table = run("models")
+    assert table.returncode == 0, table.stderr
+    [row] = [ln for ln in table.stdout.splitlines() if ln.startswith("drn-t-x4 ")]
+    assert "bad card" in row
+
+    clip = make_clip(tmp_path / "in.mp4", frames=2, size=(32, 24))
+    ok = run("upscale", str(clip), str(tmp_path / "ok.mp4"), "--model", "drn-t-x2",
+             "--device", "cpu", "--no-progress")
+    assert ok.returncode == 0 and (tmp_path / "ok.mp4").is_file(), ok.stderr
+    refused = run("upscale", str(clip), str(tmp_path / "x4.mp4"), "--model", "drn-t-x4",
+                  "--device", "cpu", "--no-progress")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1, refused.stderr
+    assert lines[0].startswith("Error: model card of 'drn-t-x4' unreadable"), lines
+    assert not (tmp_path / "x4.mp4").exists()

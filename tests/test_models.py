@@ -107,6 +107,39 @@ def test_unknown_name_lists_known_models() -> None:
         load_model("no-such-model")
 
 
+@pytest.mark.parametrize("typed, meant", [("drn-t-x2-drc5", "drn-t-x2-drc50"),
+                                           ("DRN-T-X4", "drn-t-x4"), ("bicubik", "bicubic")])
+def test_a_near_miss_name_suggests_the_model_meant(typed: str, meant: str) -> None:
+    """`--model drn-t-x2-drc5` listed all ten names and left the reader to find the one."""
+    with pytest.raises(ModelError) as got:
+        REGISTRY.get(typed)
+    assert f"unknown model '{typed}' (did you mean '{meant}'?); known models" in str(got.value)
+    with pytest.raises(ModelError) as got:
+        REGISTRY.get("no-such-model")
+    assert "did you mean" not in str(got.value)
+
+
+def test_shipped_weights_that_fail_their_sha256_are_not_pretrained(tmp_path) -> None:
+    """`vsr models` said "yes" (and --json "pretrained": true) for a damaged weights file
+    that every run then refused as corrupt."""
+    import hashlib
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"the shipped bytes")
+    good = hashlib.sha256(b"the shipped bytes").hexdigest()
+
+    def spec(sha256: str | None) -> ModelSpec:  # an absolute name: WEIGHTS_DIR / it is it
+        return ModelSpec(name="w", arch="drn", kwargs={"scale": 2, "n_feats": 4, "n_blocks": 1},
+                         scale=2, description="x", weights=str(weights), sha256=sha256)
+
+    assert spec(good).pretrained and spec(good).weights_problem() is None
+    weights.write_bytes(b"the shipped bytes, damaged")
+    assert not spec(good).pretrained and spec(good).weights_problem() == "corrupt"
+    assert spec(None).pretrained  # nothing recorded to check against
+    weights.unlink()
+    assert spec(good).weights_problem() == "missing"
+
+
 def test_duplicate_registration_raises() -> None:
     reg = Registry()
     spec = ModelSpec(name="a", arch="drn", kwargs={"scale": 2, "n_feats": 4, "n_blocks": 1},
