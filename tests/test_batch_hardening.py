@@ -741,3 +741,65 @@ def test_a_failing_progress_callback_stops_every_worker_before_it_is_raised(tmp_
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     result = run_batch(dataclasses.replace(config, resume=True))  # and it resumes
     assert len(result.done) == 3 and not result.failed
+
+
+def _wait_for_own_partial(proc: subprocess.Popen, folder: Path) -> None:
+    """Return once ``proc`` has begun writing the joined output (its hidden partial file)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if folder.is_dir() and any(".partial" in e.name and f".{proc.pid}." in e.name
+                                   for e in os.scandir(folder)):
+            return
+        time.sleep(0.005)
+    out, err = proc.communicate()
+    pytest.fail(f"the batch ended (rc {proc.returncode}) before its join began: {err}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_a_joined_output_is_recorded_keeps_output_record_and_cleanup_together(
+        tmp_path, signum):
+    """A --resume whose segments were all finished joins in the batch's own thread. A stop
+    that came while the store recorded the joined output (held here by a real SQLite lock
+    from this test) left the output done and recorded but its 200 segment files in
+    .vsr-batch for good: the rerun skips the file and never removed them (and a stop just
+    after the move, before the record, would leave an output the rerun refuses as
+    "exists"). The move, the record and the clean-up now go together, the stop after."""
+    src = make_clip(tmp_path / "long.mkv", frames=200, size=(64, 48), audio_tracks=1,
+                    color={"gop_size": 1})
+    out = tmp_path / "out"
+    db = out / ".vsr-batch" / "jobs.sqlite"
+    cmd = [*VSR, "batch", str(src), "-o", str(out), *BICUBIC, "--segment-frames", "1",
+           "--devices", "cpu"]
+    first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    _wait_for_own_partial(first, out)
+    first.kill()  # every segment done, the join cut off: only the join is left
+    first.communicate()
+    assert len(_done_segments(db)) == 200 and not (out / "long.mkv").exists()
+
+    second = subprocess.Popen([*cmd, "--resume"], env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    _wait_for_own_partial(second, out)
+    lock = sqlite3.connect(str(db), isolation_level=None, timeout=30)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # the batch's record of the output waits for this
+        deadline = time.monotonic() + 120
+        while not (out / "long.mkv").exists() and second.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(0.2)  # inside the store's write now
+        second.send_signal(signum)
+        time.sleep(0.5)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1].startswith("Error: interrupted"), err
+    assert video_pts_seconds(out / "long.mkv") == video_pts_seconds(src)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT status FROM files").fetchall() == [("done",)]
+    assert [p for p in (out / ".vsr-batch" / "segments").rglob("*") if p.is_file()] == []
+    assert _partials(out) == []
+    code, report, err = _run(*cmd[len(VSR) + 1:])
+    assert code == 0 and _outputs(report["skipped"]) == [(str(src), str(out / "long.mkv"))], err

@@ -373,3 +373,37 @@ def test_an_avi_with_dropped_frames_is_not_refused_as_truncated(tmp_path):
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(InputError, match="cut.avi is truncated or damaged"):
         _source_times(cut)
+
+
+@pytest.mark.parametrize(("source", "suffix"), [("avi", ".mkv"), ("mp4", ".avi")])
+def test_batch_joins_avi_input_and_output_with_every_frame_time(tmp_path, source, suffix):
+    """`vsr batch` of an AVI (a time base of one frame) into Matroska failed at the join:
+    'segments do not join: dts 41 after pts 2' (the join compared each packet with the last
+    one's dts after the muxer had rescaled it to its own 1/1000). Into .avi, the join wrote
+    an MP4's 1/16000 ticks (600 fps declared). Both now join, frame times as upscale's."""
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / f"clip.{source}"
+    if source == "avi":
+        _ffmpeg(*_testsrc(40), "-c:v", "libx264", "-g", "10", str(src))
+    else:
+        make_clip(src, frames=40, time_base=Fraction(1, 16000), color={"gop_size": 10})
+    result = run_batch(BatchConfig(inputs=(str(src),), output_dir=tmp_path / "out",
+                                   options=_OPTIONS, segment_frames=10,
+                                   template="{dir}/{stem}" + suffix, devices=("cpu",)))
+    assert not result.failed and result.segments_computed >= 3, result
+    out = tmp_path / "out" / f"clip{suffix}"
+    assert _source_times(out) == _source_times(src) == [Fraction(i, 25) for i in range(40)]
+    if suffix == ".avi":
+        assert _probe(out, "avg_frame_rate,nb_frames", "stream") == ["25/1,40"]
+
+
+def test_batch_keeps_a_limited_range_without_colour_description_in_mp4(tmp_path):
+    """As `vsr upscale` (above): the join now writes MP4's 'colr' box for the range."""
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / "tv.mp4"
+    _ffmpeg(*_testsrc(20), "-c:v", "libx265", "-x265-params", "log-level=error",
+            "-pix_fmt", "yuv420p", "-color_range", "tv", str(src))
+    result = _batch(src, tmp_path / "out")
+    assert not result.failed, result
+    assert _probe(tmp_path / "out" / "tv.mp4", "codec_name,color_range,color_space",
+                  "stream") == ["h264,tv,N/A"]

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -53,8 +56,13 @@ def check_output_codec(output: Path, codec: str) -> None:
 
 
 def join_segments(input_path: Path, segments: list[Path], output: Path, *,
-                  overwrite: bool = False, frames: list[int] | None = None) -> dict[int, int]:
+                  overwrite: bool = False, frames: list[int] | None = None,
+                  recorded: Callable[[], None] | None = None) -> dict[int, int]:
     """Write ``output`` from the segment files and the input's other streams.
+
+    ``recorded``: called once the output is in place (to record it as done); a stop signal
+    (SIGINT, SIGTERM, SIGHUP) that comes from the move into place until it returns is held and
+    delivered after, so that a stop cannot leave a finished output its record does not know.
 
     ``frames``: the frames each segment must hold (one video packet each); a segment with
     more or fewer fails the join, so no frame is ever lost or doubled silently. (What the
@@ -72,12 +80,19 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
     with PyAVSource(input_path) as source:
         info = source.info
     temp = temp_path_for(final)
+    options = {"avoid_negative_ts": "disabled"}
+    keep_range = info.color.range in (1, 2) and final.suffix.lower() in (".mp4", ".m4v")
+    if keep_range:  # as the upscale sinks: MP4's 'colr' box holds the range alone
+        options["movflags"] = "+write_colr"
     try:
-        out = av.open(file_url(temp), mode="w", container_options={"avoid_negative_ts": "disabled"})
+        out = av.open(file_url(temp), mode="w", container_options=options)
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         discard(temp)
         raise OutputError(f"cannot write {final}: {exc}") from exc
     passthrough = Passthrough(str(input_path), exclude=info.index)
+    tick = info.time_base
+    if out.format.name == "avi" and info.frame_rate:
+        tick = 1 / Fraction(info.frame_rate)  # AVI: one frame a tick, as the upscale sinks
     try:
         with _open_segment(segments[0]) as first:
             template = first.streams.video[0]
@@ -90,7 +105,9 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                 except (av.error.FFmpegError, ValueError, TypeError) as exc:
                     raise cannot_hold(final, out.format.name, template.codec_context.name
                                       ) from exc
-                stream.time_base = info.time_base
+                stream.time_base = tick
+                if keep_range:
+                    stream.codec_context.color_range = info.color.range
                 if info.frame_rate:  # the segment's is its time base (a MOV timecode track
                     stream.codec_context.framerate = info.frame_rate  # counts in frames)
                 if info.rotation:  # as the upscale sink: the template carries no side data
@@ -115,7 +132,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         offset = segment_offset(info)
         for k, path in enumerate(segments):
             last_dts, count = _copy_segment(path, out, video, passthrough, info.time_base,
-                                            extradata, last_dts, offset)
+                                            extradata, last_dts, offset, tick)
             if frames is not None and count != frames[k]:
                 raise PipelineError(f"segment {path.name} holds {count} frames where "
                                     f"{frames[k]} were written")
@@ -131,8 +148,44 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         discard(temp)
         raise
     passthrough.close()
-    finish(temp, final, replace=overwrite)
+    with stop_signals_held():
+        finish(temp, final, replace=overwrite)
+        if recorded is not None:
+            recorded()
     return dict(passthrough.copied)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP are held: the first one that comes is
+    delivered to the previous handler once the block is over (a KeyboardInterrupt raised
+    then, not halfway through the block). Only the main thread runs signal handlers; in any
+    other thread, and for a signal that is ignored, this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if not received:
+            received.append(signum)
+
+    previous: dict[int, object] = {}
+    try:
+        for s in _STOP_SIGNALS:  # recorded before it is replaced: a stop meanwhile restores it
+            handler = signal.getsignal(s)
+            if handler not in (signal.SIG_IGN, None):
+                previous[s] = handler
+                signal.signal(s, hold)
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if received:  # the stop wins over an error of the block, as it would have before
+            signal.raise_signal(received[0])
 
 
 def _open_segment(path: Path) -> av.container.InputContainer:
@@ -163,16 +216,18 @@ def _demux(seg: av.container.InputContainer, stream: av.stream.Stream, path: Pat
 
 def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.stream.Stream,
                   passthrough: Passthrough, tb: Fraction, extradata: bytes | None,
-                  last_dts: int | None, offset: int = 0) -> tuple[int | None, int]:
+                  last_dts: int | None, offset: int = 0, tick: Fraction | None = None
+                  ) -> tuple[int | None, int]:
     """Mux one segment's packets (rebased to ``tb``, ``offset`` ticks taken off: see
-    :func:`segment_offset`); returns the last dts written and the number of video packets
-    (frames) copied."""
+    :func:`segment_offset`; then rounded to ``tick``, the output's time base where it is
+    coarser: AVI's one frame a tick); returns the last dts written and the number of video
+    packets (frames) copied."""
     count = 0
     with _open_segment(path) as seg:
         stream = seg.streams.video[0]
         if stream.codec_context.extradata != extradata:
             raise PipelineError(f"segment {path.name} was encoded with other codec parameters")
-        step = _frame_step(stream, tb)
+        step = _frame_step(stream, tick or tb)  # in the ticks the packets are muxed in
         waiting: list[av.Packet] = []
         for pkt in _demux(seg, stream, path):
             if pkt.size == 0:
@@ -184,6 +239,11 @@ def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.strea
                     pkt.pts -= offset
                 if pkt.dts is not None:
                     pkt.dts -= offset
+            if tick is not None and tick != tb:
+                for attr in ("pts", "dts", "duration"):
+                    if (value := getattr(pkt, attr)) is not None:
+                        setattr(pkt, attr, round(value * tb / tick))
+                pkt.time_base = tick
             if pkt.dts is None:
                 # NUT stores no dts for the packets before the first one with dts >= 0:
                 # they precede it by one frame each, as the encoder had them.
@@ -207,12 +267,13 @@ def _mux(out: av.container.OutputContainer, video: av.stream.Stream, passthrough
     if pkt.pts is not None and pkt.dts > pkt.pts:
         raise PipelineError(f"segments do not join: dts {pkt.dts} after pts {pkt.pts}")
     passthrough.mux_until(out, float(pkt.dts * pkt.time_base))
+    dts = pkt.dts  # in the segments' ticks: mux rescales the packet to the muxer's own
     pkt.stream = video
     try:
         out.mux(pkt)
     except av.error.FFmpegError as exc:  # its plain reason, not the temporary file's name
         raise write_error(None, exc, "writing the joined output") from exc
-    return pkt.dts
+    return dts
 
 
 def _rebase(pkt: av.Packet, tb: Fraction) -> None:

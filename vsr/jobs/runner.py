@@ -239,26 +239,33 @@ class Tracker:
             self._fail_file(f, text)
 
     def complete(self, f: _File) -> None:
-        if f.seg_dir is not None:
+        def record() -> None:
             try:
-                join_segments(f.job.input, segment_paths(f), f.job.output,
-                              overwrite=self.overwrite, frames=[s.frames for s in f.segments])
-            except Exception as exc:  # the file fails, not the task that happened to end last
-                self._fail_file(f, _reason(exc))
-                return
+                self.store.file_done(f.file_id, f.frames)
+            except StoreError:
+                # an output the record does not know would stop the rerun ("exists"): it goes,
+                # and the segments stay for --resume to join again
+                discard(f.job.output)
+                raise
+            if f.seg_dir is not None:
+                shutil.rmtree(f.seg_dir, ignore_errors=True)
+            with self.lock:
+                # the backend that computed it (None: every segment was reused from a past run)
+                self.done.append({"input": str(f.job.input), "output": str(f.job.output),
+                                  "backend": ",".join(sorted(f.backends)) or None})
+
+        if f.seg_dir is None:
+            record()
+            return
         try:
-            self.store.file_done(f.file_id, f.frames)
-        except StoreError:
-            # an output the record does not know would stop the rerun ("exists"): it goes,
-            # and the segments stay for --resume to join again
-            discard(f.job.output)
+            # a stop signal from the move into place to the end of record() is held until
+            # after it: the output, its record and its segments' removal go together
+            join_segments(f.job.input, segment_paths(f), f.job.output, overwrite=self.overwrite,
+                          frames=[s.frames for s in f.segments], recorded=record)
+        except StoreError:  # the batch's record: the batch stops
             raise
-        if f.seg_dir is not None:
-            shutil.rmtree(f.seg_dir, ignore_errors=True)
-        with self.lock:
-            # the backend that computed it (None: every segment was reused from a past run)
-            self.done.append({"input": str(f.job.input), "output": str(f.job.output),
-                              "backend": ",".join(sorted(f.backends)) or None})
+        except Exception as exc:  # the file fails, not the task that happened to end last
+            self._fail_file(f, _reason(exc))
 
     def _fail_file(self, f: _File, text: str) -> None:
         self.store.file_failed(f.file_id, text)

@@ -25,7 +25,7 @@ from vsr.io.image import is_image_path
 from vsr.io.output import discard, is_stale_partial
 from vsr.io.paths import file_url
 from vsr.io.sink import PyAVSink
-from vsr.io.source import PyAVSource, pts_step, truncation_problem
+from vsr.io.source import PyAVSource, packet_pts, pts_step, truncation_problem
 from vsr.jobs.join import segment_offset
 from vsr.jobs.plan import Job
 from vsr.upscale import UpscaleConfig, upscale_file
@@ -124,12 +124,13 @@ def plan_segments(path: Path, min_frames: int) -> list[Segment]:
             for pkt in c.demux(stream):
                 if pkt.size == 0 or pkt.is_discard:  # pre-roll an MP4 edit list cuts away
                     continue
-                if pkt.pts is None:
+                at = packet_pts(c, pkt)  # AVI: the frame slot (see packet_pts)
+                if at is None:
                     return [Segment(0, None, None, _count(c, stream))]
-                pts.append(pkt.pts)
-                end = max(end or pkt.pts, pkt.pts + max(pkt.duration or 0, step))
+                pts.append(at)
+                end = max(end or at, at + max(pkt.duration or 0, step))
                 if pkt.is_keyframe:
-                    keys.append(pkt.pts)
+                    keys.append(at)
             # the same judgement `vsr upscale` makes after decoding (a cut-off file)
             problem = truncation_problem(c, stream, len(pts), end, step) if pts else None
     except av.error.FFmpegError as exc:
