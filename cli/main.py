@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from types import FrameType
 
 import click
 
@@ -53,7 +54,7 @@ class LazyGroup(click.Group):
 # status is 128 + the signal number, as a shell reports a process killed by that signal:
 # 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-STOPPABLE = frozenset({"upscale", "batch", "stream"})
+STOPPABLE = frozenset({"upscale", "batch", "stream", "bench", "export"})
 
 
 class Stopped(KeyboardInterrupt):
@@ -64,23 +65,66 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+def _importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _later(signum: int) -> None:
+    """Send ``signum`` to this process again in a moment."""
+    timer = threading.Timer(_IMPORT_RETRY_S, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
+# An exception raised inside an import can be lost: torch's C code imports numpy and clears
+# any error it raises (numpy is optional to it), so a Ctrl-C or SIGTERM during start-up was
+# ignored (the run went on to the end, exit 0) or broke numpy ("cannot load module more than
+# once"). A signal that lands in an import is sent again this long after, until it lands
+# outside one.
+_IMPORT_RETRY_S = 0.05
+# The stop signals raised so far. Native code can also turn the exception into one of its
+# own (safetensors: "could not deserialize"); an error after a stop is reported as the stop.
+_STOPS: list[int] = []
+
+
 @contextlib.contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
     """Within the block, the first SIGTERM or SIGHUP raises :class:`Stopped`; later ones are
-    ignored so they cannot cut the clean-up short. The previous handlers come back after."""
+    ignored so they cannot cut the clean-up short. Ctrl-C raises KeyboardInterrupt, as it
+    does outside. Neither raises inside an import (see _IMPORT_RETRY_S). The previous
+    handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
         return
     received: list[int] = []
 
-    def handler(signum: int, frame: object) -> None:
-        if not received:
-            received.append(signum)
-            raise Stopped(signum)
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if received:
+            return
+        if _importing(frame):
+            _later(signum)
+            return
+        received.append(signum)
+        _STOPS.append(signum)
+        raise Stopped(signum)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if _importing(frame):
+            _later(signum)
+            return
+        _STOPS.append(signum)
+        raise KeyboardInterrupt
 
     # a signal the caller chose to ignore (`nohup` ignores SIGHUP) stays ignored
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS
                 if signal.getsignal(s) is not signal.SIG_IGN}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
@@ -187,14 +231,15 @@ def main() -> None:
     except KeyboardInterrupt as exc:
         _error_line("interrupted", exc)
         _exit_stopped(128 + _signal_of(exc))
-    except VsrError as exc:
+    except Exception as exc:  # VsrError: one line; anything else too, unless --debug
+        if _STOPS and not debug:  # the stop's exception, turned into another on its way
+            _error_line("interrupted", Stopped(_STOPS[0]))
+            _exit_stopped(128 + _STOPS[0])
         if debug:
             raise
-        _error_line(_one_line(exc))
-        sys.exit(1)
-    except Exception as exc:  # an unexpected failure still gets one line unless --debug
-        if debug:
-            raise
+        if isinstance(exc, VsrError):
+            _error_line(_one_line(exc))
+            sys.exit(1)
         _error_line(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
                     "(rerun with --debug for the traceback)")
         sys.exit(1)

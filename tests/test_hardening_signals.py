@@ -139,3 +139,68 @@ def test_every_legal_output_name_has_a_legal_temp_name(tmp_path, stem):
         temp.write_bytes(b"x")  # the file system takes the name
         assert partial_writer(temp) == os.getpid()
     assert remove_stale_partials(out) == []  # all ours, and we are alive
+
+
+_INSIDE_AN_IMPORT = """
+import signal, sys, time, traceback
+sys.path.insert(0, sys.argv[1])
+from vsr.cli.main import stop_signals_interrupt
+with stop_signals_interrupt():
+    try:
+        import sends_a_signal  # it signals this process while it is imported
+        time.sleep(5)
+        print("not stopped")
+    except KeyboardInterrupt as exc:  # Stopped for SIGTERM
+        where = "".join(traceback.format_tb(exc.__traceback__))
+        print("inside the import" if "sends_a_signal" in where else "after the import",
+              sys.modules["sends_a_signal"].done if "sends_a_signal" in sys.modules else None)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_inside_an_import_stops_the_run_after_it(tmp_path: Path, sig) -> None:
+    """A stop raised inside an import can be lost: torch's C code imports numpy and clears the
+    error numpy's import raises, so SIGTERM or Ctrl-C during `vsr upscale`'s start-up was
+    ignored (the run went on, exit 0) or broke numpy ('cannot load module more than once').
+    A signal that lands in an import is now sent again until it lands outside one."""
+    (tmp_path / "sends_a_signal.py").write_text(
+        f"import os, time\nos.kill(os.getpid(), {int(sig)})\ntime.sleep(0.2)\ndone = True\n")
+    run = subprocess.run([sys.executable, "-c", _INSIDE_AN_IMPORT, str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "after the import True", (run.stdout, run.stderr)
+
+
+_PROBE_COMMAND = """
+import os, signal, time
+import click
+from vsr.errors import CheckpointError
+
+@click.command()
+def probe():
+    try:  # as safetensors' native loader does: the stop comes out as its own error
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except KeyboardInterrupt:
+        raise CheckpointError("could not deserialize header") from None
+"""
+
+_RUN_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import vsr.cli.main as main_module
+main_module.COMMANDS["probe"] = "probe_cmd:probe"
+main_module.STOPPABLE = main_module.STOPPABLE | {"probe"}
+sys.argv = ["vsr", "probe"]
+main_module.main()
+"""
+
+
+def test_a_stop_that_native_code_turns_into_its_error_is_reported_as_the_stop(
+        tmp_path: Path) -> None:
+    """SIGTERM during `vsr export`'s checkpoint load came out as 'Error: ...: unreadable
+    checkpoint (could not deserialize ...)', exit 1: an error after a stop is the stop."""
+    (tmp_path / "probe_cmd.py").write_text(_PROBE_COMMAND)
+    run = subprocess.run([sys.executable, "-c", _RUN_PROBE, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 143, run.stderr
+    assert run.stderr.strip() == "Error: interrupted (SIGTERM)", run.stderr
