@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -258,6 +260,8 @@ def test_signal_stops_cleanly_and_resume_reuses_finished_segments(tmp_path, sign
     assert not (out / "long.mkv").exists()
     done = _done_segments(db)
     assert 2 <= len(done) < 10
+    assert (f"interrupted; 1 of 1 file unfinished, {len(done)} finished segments kept (rerun "
+            "with --resume to reuse them)") in err.strip().splitlines()[-1]
     seg_dir = out / ".vsr-batch" / "segments" / "000001"
     assert sorted(p.name for p in seg_dir.iterdir()) == [f"seg-{i:05d}.nut" for i in done]
     if signum != signal.SIGINT:
@@ -713,9 +717,12 @@ def test_every_module_a_task_runs_has_its_warnings_collected():
     warns = set()
     for path in root.rglob("*.py"):
         rel = path.relative_to(root)
-        if rel.parts[0] in outside or "log.warning(" not in path.read_text():
+        text = path.read_text()
+        if rel.parts[0] in outside or "log.warning(" not in text:
             continue
-        name = ".".join(("vsr", *rel.with_suffix("").parts)).removesuffix(".__init__")
+        named = re.search(r"^log = logging\.getLogger\([\"']([\w.]+)[\"']\)", text, re.M)
+        name = named.group(1) if named else ".".join(
+            ("vsr", *rel.with_suffix("").parts)).removesuffix(".__init__")
         warns.add(name)
     assert warns and warns <= set(TASK_LOGGERS), sorted(warns - set(TASK_LOGGERS))
 
@@ -741,6 +748,94 @@ def test_a_failing_progress_callback_stops_every_worker_before_it_is_raised(tmp_
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     result = run_batch(dataclasses.replace(config, resume=True))  # and it resumes
     assert len(result.done) == 3 and not result.failed
+
+
+def test_the_stop_message_says_what_is_left_to_resume(tmp_path):
+    """A stop said "finished segments are kept (rerun with --resume)" whatever it left: also
+    when every file was finished and recorded (nothing to resume). It now says what is left:
+    the files unfinished and their finished segments, or nothing."""
+    from vsr.errors import Interrupted
+
+    first = make_clip(tmp_path / "a.mp4", frames=30, color={"gop_size": 10})
+    second = make_clip(tmp_path / "b.mp4", frames=120, size=(160, 120), color={"gop_size": 10})
+    out = tmp_path / "out"
+    db = out / ".vsr-batch" / "jobs.sqlite"
+    config = BatchConfig(inputs=(str(first), str(second)), output_dir=out, devices=("cpu",),
+                         options=JobOptions(model="bicubic", scale=2), segment_frames=10)
+
+    def stop_when(ready) -> Callable:
+        def progress(p) -> None:
+            if ready(p):
+                raise KeyboardInterrupt  # as the signal handler raises it
+        return progress
+
+    # the first file done, two segments of the second (one worker: in that order)
+    with pytest.raises(Interrupted) as stopped:
+        run_batch(config, progress=stop_when(
+            lambda p: p.files_done == 1 and len(_done_segments(db)) >= 5))
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        kept = conn.execute("SELECT count(*) FROM segments JOIN files ON files.id = file_id "
+                            "WHERE segments.status = 'done' AND files.input = ?",
+                            (str(second),)).fetchone()[0]
+    assert 2 <= kept < 12 and (out / "a.mp4").is_file() and not (out / "b.mp4").exists()
+    assert str(stopped.value) == (f"interrupted; 1 of 2 files unfinished, {kept} finished "
+                                  "segments kept (rerun with --resume to reuse them)")
+
+    # every file finished and recorded when the stop comes: nothing is left
+    with pytest.raises(Interrupted) as stopped:
+        run_batch(dataclasses.replace(config, resume=True),
+                  progress=stop_when(lambda p: p.files_done + p.files_skipped == 2))
+    assert str(stopped.value) == "interrupted after every file had ended: nothing left to resume"
+    result = run_batch(config)
+    assert len(result.skipped) == 2 and not result.done and not result.failed
+
+
+def _twin_clip(path: Path, monkeypatch) -> Path:
+    """_heavy_clip's twin: the same frames, times, keyframes and audio, other pictures (the
+    negative): a file replaced by it plans into the same segments."""
+    import conftest
+
+    pattern = conftest._pattern
+    with monkeypatch.context() as m:
+        m.setattr(conftest, "_pattern", lambda i, h, w, d: 255 - pattern(i, h, w, d))
+        return _heavy_clip(path)
+
+
+@pytest.mark.parametrize("how", ["replaced", "deleted"])
+def test_an_input_replaced_mid_batch_fails_alone_with_no_output(tmp_path, monkeypatch, how):
+    """An input replaced (a twin that plans into the same segments) while its segments were
+    computed on two workers: the segments done before and those after were joined into one
+    output of two different files, recorded as done (exit 0). Now that file fails with one
+    line naming it, the other file finishes, the exit status is 1 and no partial is left;
+    as for an input deleted meanwhile."""
+    b = _heavy_clip(tmp_path / "b.mkv")  # first in the queue: its segments are taken first
+    a = _heavy_clip(tmp_path / "a.mkv")
+    twin = _twin_clip(tmp_path / "twin.mkv", monkeypatch)
+    out = tmp_path / "out"
+    db = out / ".vsr-batch" / "jobs.sqlite"
+    cmd = [*VSR, "batch", str(b), str(a), "-o", str(out), *BICUBIC, "--segment-frames", "6",
+           "--devices", "cpu,cpu", "--json"]
+    proc = _start_until_segments(cmd, db, 1)
+    if how == "replaced":
+        os.replace(twin, b)
+    else:
+        b.unlink()
+    stdout, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    report = json.loads(stdout.splitlines()[-1])
+    assert _outputs(report["done"]) == [(str(a), str(out / "a.mkv"))]
+    assert [f["input"] for f in report["failed"]] == [str(b)]
+    assert report["failed"][0]["error"] == (
+        f"{b} changed while the batch ran (replaced or rewritten after it was planned); "
+        "rerun the batch to upscale it as it is now" if how == "replaced" else
+        f"input not found: {b}")
+    assert [ln for ln in err.splitlines() if ln.startswith("failed: ")] == [
+        f"failed: {b}: {report['failed'][0]['error']}"]
+    assert not (out / "b.mkv").exists() and _partials(out) == []
+    assert video_pts_seconds(out / "a.mkv") == video_pts_seconds(a)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT input, status FROM files ORDER BY id").fetchall() == [
+            (str(b), "failed"), (str(a), "done")]
 
 
 def _wait_for_own_partial(proc: subprocess.Popen, folder: Path) -> None:
@@ -795,7 +890,8 @@ def test_a_stop_while_a_joined_output_is_recorded_keeps_output_record_and_cleanu
         lock.close()
     _, err = second.communicate(timeout=120)
     assert second.returncode == 128 + signum, err
-    assert err.strip().splitlines()[-1].startswith("Error: interrupted"), err
+    assert err.strip().splitlines()[-1].startswith("Error: interrupted after every file had "
+                                                   "ended: nothing left to resume"), err
     assert video_pts_seconds(out / "long.mkv") == video_pts_seconds(src)
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         assert conn.execute("SELECT status FROM files").fetchall() == [("done",)]

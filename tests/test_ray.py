@@ -92,3 +92,46 @@ def test_a_ray_workers_warnings_reach_the_user_once_per_file(tmp_path, ray_clust
     said = [r for r in caplog.records if "alpha channel" in r.getMessage()]
     assert len(said) == 1 and said[0].name == "vsr.io.sink", caplog.text
     assert "libx264 video cannot hold" in said[0].getMessage()
+
+
+def test_an_input_replaced_mid_batch_fails_alone_under_ray(tmp_path, ray_cluster, monkeypatch):
+    """--ray, an input replaced by a twin (same segments, other pictures) once one of its
+    segments is recorded: that file fails naming it, with no output (its segments came from
+    two files); the other file is done; nothing partial is left."""
+    import sqlite3
+
+    import conftest
+
+    def clip(path: Path) -> Path:
+        return make_clip(path, frames=40, size=(96, 72), audio_tracks=1, color={"gop_size": 4})
+
+    b, a = clip(tmp_path / "b.mkv"), clip(tmp_path / "a.mkv")
+    pattern = conftest._pattern
+    monkeypatch.setattr(conftest, "_pattern", lambda i, h, w, d: 255 - pattern(i, h, w, d))
+    twin = clip(tmp_path / "twin.mkv")
+    monkeypatch.undo()
+    out = tmp_path / "out"
+    db = out / ".vsr-batch" / "jobs.sqlite"
+    replaced = []
+
+    def progress(p) -> None:
+        if replaced or not db.is_file():
+            return
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            (n,) = conn.execute("SELECT count(*) FROM segments JOIN files ON files.id = file_id"
+                                " WHERE segments.status = 'done' AND input = ?",
+                                (str(b),)).fetchone()
+        if n:
+            os.replace(twin, b)
+            replaced.append(n)
+
+    result = run_batch(BatchConfig(inputs=(str(b), str(a)), output_dir=out, ray="auto",
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",), segment_frames=4), progress=progress)
+    assert replaced, "the batch ended before a segment of b was recorded"
+    assert [d["input"] for d in result.done] == [str(a)]
+    assert [f["input"] for f in result.failed] == [str(b)]
+    assert f"{b} changed while the batch ran" in result.failed[0]["error"]
+    assert not (out / "b.mkv").exists()
+    assert not [p for p in out.rglob("*") if ".partial" in p.name]
+    assert video_pts_seconds(out / "a.mkv") == video_pts_seconds(a)

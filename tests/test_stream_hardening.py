@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -370,12 +371,9 @@ def test_bytes_the_demuxer_cannot_resync_on_are_skipped(tmp_path):
     assert final["audio_out"] == final["audio_in"] and final["audio_skipped"] == 0
 
 
-def test_a_source_that_sends_only_garbage_ends_after_the_timeout(tmp_path):
-    """Frames, then endless bytes with no sync byte: each 64 KiB the demuxer says EAGAIN.
-    That is no data for --timeout s (the source has ended, exit 0), not a failure at the first
-    EAGAIN, nor a read that goes on for as long as garbage comes."""
-    from test_stream_network import ts
-
+def _then_garbage(tmp_path, data: bytes) -> tuple[dict, Path]:
+    """`vsr stream --timeout 1` from a tcp listener sent ``data``, then endless bytes with no
+    sync byte, until vsr closes the connection; (final stats, output)."""
     port, dst = free_port(socket.SOCK_STREAM), tmp_path / "out.ts"
     proc = subprocess.Popen([*VSR, f"tcp://127.0.0.1:{port}?listen=1", str(dst), *BICUBIC,
                              "--drop", "none", "--json", "--timeout", "1"],
@@ -383,7 +381,7 @@ def test_a_source_that_sends_only_garbage_ends_after_the_timeout(tmp_path):
     out, err = Lines(proc.stdout), Lines(proc.stderr)
     junk = unsyncable(64 * 1024)
     with connect_tcp(port, proc, err) as conn:
-        conn.sendall(ts(30))
+        conn.sendall(data)
         start = time.monotonic()
         with contextlib.suppress(OSError):  # vsr closes the connection: the end of the test
             while proc.poll() is None and time.monotonic() - start < 60:
@@ -397,7 +395,30 @@ def test_a_source_that_sends_only_garbage_ends_after_the_timeout(tmp_path):
     assert 1 <= took < 30, f"read garbage for {took:.0f} s"
     final = out.stats()[-1]
     assert final["error"] is None and final["corrupt"] >= 1
-    assert 25 <= final["frames_out"] <= 30  # the parser may hold the last frames back
+    return final, dst
+
+
+def test_a_source_that_sends_only_garbage_ends_after_the_timeout(tmp_path):
+    """Frames, then endless bytes with no sync byte: each 64 KiB the demuxer says EAGAIN.
+    That is no data for --timeout s (the source has ended, exit 0), not a failure at the first
+    EAGAIN, nor a read that goes on for as long as garbage comes."""
+    from test_stream_network import ts
+
+    final, dst = _then_garbage(tmp_path, ts(30))
+    # the H.264 parser of libavformat holds the last frame until the next one starts, and
+    # FFmpeg flushes it at any read error but EAGAIN, which PyAV cannot get past: 29 of 30
+    assert 29 <= final["frames_out"] <= 30
+    assert stamps(dst) == list(range(final["frames_out"]))
+
+
+def test_a_source_that_ends_in_garbage_drains_its_decoder(tmp_path):
+    """Ended by the demuxer's EAGAIN for --timeout s (_Starved): the frame MPEG-2's decoder
+    held back was lost (28 of 30); it is drained as at an end of file (the parser's last one
+    stays out of reach, as above)."""
+    from test_stream_network import _coded_ts
+
+    final, dst = _then_garbage(tmp_path, _coded_ts(30, "mpeg2video"))
+    assert 29 <= final["frames_out"] <= 30
     assert stamps(dst) == list(range(final["frames_out"]))
 
 
@@ -442,6 +463,47 @@ def test_an_exception_in_the_stats_callback_stops_the_stream_cleanly(tmp_path, r
     assert got == list(range(len(got))) and len(got) >= written
     if raised != "ValueError":
         assert len(got) == written
+
+
+def test_the_stats_callbacks_exception_survives_an_output_that_then_fails(tmp_path, caplog):
+    """The stats callback raises, and the output (a FIFO whose reader went away meanwhile)
+    then fails to close: the close's OutputError was raised and the caller's exception lost.
+    The caller's exception propagates; the close's failure is logged and is its context."""
+    from vsr.errors import OutputError
+    from vsr.io.sink import EncodeConfig
+    from vsr.stream import run_stream
+
+    src, dst = tmp_path / "in.ts", tmp_path / "out.fifo"
+    make_ts(str(src), 40, audio=False)  # ADTS AAC would need its config to go into Matroska
+    os.mkfifo(dst)
+    hang_up = threading.Event()
+
+    def receive() -> None:  # reads the output until told to go away
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            while not hang_up.is_set():
+                if select.select([fd], [], [], 0.05)[0] and not os.read(fd, 1 << 16):
+                    return
+        finally:
+            os.close(fd)
+
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
+    config = StreamConfig(src=str(src), dst=str(dst), model="bicubic", scale=2, device="cpu",
+                          drop="none", stats_interval_s=0.001, output_format="matroska",
+                          encode=EncodeConfig(codec="libvpx-vp9"))  # holds frames back
+
+    def stats(s) -> None:
+        if s.frames_out >= 10:
+            hang_up.set()  # the receiver goes away: what is still to write cannot be
+            receiver.join(timeout=10)
+            raise ValueError("the caller's bug")
+
+    with pytest.raises(ValueError, match="the caller's bug") as raised:
+        run_stream(config, stats=stats)
+    assert isinstance(raised.value.__context__, OutputError), raised.value.__context__
+    assert any("abandoned after the stats callback failed" in r.getMessage()
+               for r in caplog.records)
 
 
 def _ts_packets(data: bytes) -> list[bytearray]:

@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from fractions import Fraction
 
 import av
@@ -30,6 +31,7 @@ from test_stream import (
     free_port,
     make_ts,
     read_stamp,
+    stamped,
     wait_for,
 )
 from test_stream_hardening import error_line
@@ -298,3 +300,70 @@ def test_frames_waiting_at_a_stop_are_counted_as_dropped(tmp_path):
     final = out.stats()[-1]
     assert final["final"] and final["frames_in"] > final["frames_out"]
     assert final["frames_in"] == final["frames_out"] + final["dropped"]
+
+
+def _coded_ts(frames: int, codec: str, options: dict[str, str] | None = None) -> bytes:
+    """``frames`` stamped frames (frame i at i/25 s) as MPEG-TS, video only, in ``codec``."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mpegts") as out:
+        v = out.add_stream(codec, rate=25)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.codec_context.options = options or {}
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(stamped(i), format="rgb24")
+            f.pts, f.time_base = i * 3600, Fraction(1, 90000)
+            for p in v.encode(f):
+                out.mux(p)
+        for p in v.encode(None):
+            out.mux(p)
+    return buf.getvalue()
+
+
+def _bound(port: int) -> bool | None:
+    """True once something listens on UDP 127.0.0.1:``port`` (it cannot be bound again)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return None
+
+
+@pytest.mark.parametrize("clip", ["mpeg2", "interlaced"])
+def test_a_udp_source_that_goes_silent_ends_with_every_frame_it_sent(tmp_path, clip):
+    """A UDP source ends by going silent: FFmpeg's read timeout, not an end of file, after
+    which PyAV sends the decoder no flush packet. The frames the decoder still held (MPEG-2
+    holds one back) and the one the deinterlacer held (bwdif, one) were lost: 29 of 30."""
+    data = (_coded_ts(30, "mpeg2video") if clip == "mpeg2" else
+            _coded_ts(30, "libx264", {"preset": "ultrafast", "x264-params": "tff=1"}))
+    port, dst = free_port(socket.SOCK_DGRAM), tmp_path / "out.mkv"
+    proc = subprocess.Popen([*VSR[:-1], "-v", "stream", f"udp://127.0.0.1:{port}", str(dst),
+                             *BICUBIC, "--drop", "none", "--json", "--timeout", "1",
+                             "--codec", "ffv1"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    try:
+        wait_for(lambda: _bound(port), proc, err, f"udp port {port} to be read")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(0, len(data), 1316):
+                s.sendto(data[i:i + 1316], ("127.0.0.1", port))
+                time.sleep(0.001)  # no overrun of the receiving socket
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out.join(timeout=5)
+    err.join(timeout=5)
+    assert code == 0, "\n".join(err.lines)
+    final = out.stats()[-1]
+    assert final["error"] is None and final["frames_in"] == final["frames_out"] == 30, final
+    with av.open(str(dst)) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 30
+    if clip == "mpeg2":
+        assert [read_stamp(f.to_ndarray(format="rgb24")) for f in frames] == list(range(30))
+    else:
+        assert "interlaced source (top field first): deinterlaced" in "\n".join(err.lines)
+        pts = [f.pts for f in frames]
+        assert pts == sorted(set(pts))

@@ -57,12 +57,16 @@ def check_output_codec(output: Path, codec: str) -> None:
 
 def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                   overwrite: bool = False, frames: list[int] | None = None,
-                  recorded: Callable[[], None] | None = None) -> dict[int, int]:
+                  recorded: Callable[[], None] | None = None,
+                  unchanged: Callable[[], None] | None = None) -> dict[int, int]:
     """Write ``output`` from the segment files and the input's other streams.
 
     ``recorded``: called once the output is in place (to record it as done); a stop signal
     (SIGINT, SIGTERM, SIGHUP) that comes from the move into place until it returns is held and
     delivered after, so that a stop cannot leave a finished output its record does not know.
+
+    ``unchanged``: called once the output is written, before it is moved into place: an
+    error it raises (the input replaced meanwhile) fails the join, with nothing left behind.
 
     ``frames``: the frames each segment must hold (one video packet each); a segment with
     more or fewer fails the join, so no frame is ever lost or doubled silently. (What the
@@ -141,6 +145,8 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
             out.close()
         except (av.error.FFmpegError, OSError) as exc:  # the trailer: a full disk
             raise write_error(final, exc, "finishing") from exc
+        if unchanged is not None:
+            unchanged()
     except BaseException:
         with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
             out.close()

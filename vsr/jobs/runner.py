@@ -19,9 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vsr.errors import ConfigError, Interrupted, OutputError, VsrError
+from vsr.errors import ConfigError, InputError, Interrupted, OutputError, VsrError
 from vsr.io.output import discard
-from vsr.io.source import check_input_path
 from vsr.jobs.join import check_output_codec, join_segments
 from vsr.jobs.plan import (
     DEFAULT_TEMPLATE,
@@ -36,14 +35,15 @@ from vsr.jobs.segments import (
     Segment,
     Task,
     TaskResult,
+    check_unchanged,
     clean_partials,
+    input_identity,
     is_segmentable,
     plan_segments,
     segment_problem,
     segment_suffix,
 )
 from vsr.jobs.store import JobStore, SegmentRow, StoreError
-from vsr.jobs.workers import INTERRUPTED
 from vsr.options import Config, as_path, as_paths, check_at_least, check_type
 from vsr.pipeline.run import eta_seconds
 
@@ -150,11 +150,14 @@ class _File:
     """A planned file: its tasks still to run and whether it has failed (guarded by Tracker)."""
 
     def __init__(self, job: Job, file_id: int, seg_dir: Path | None, tasks: list[Task],
-                 segments: list[Segment], frames: int) -> None:
+                 segments: list[Segment], frames: int,
+                 identity: tuple[int, int] | None = None) -> None:
         self.job, self.file_id, self.seg_dir = job, file_id, seg_dir
+        self.identity = identity  # the input's when planned: the join checks it again
         self.tasks, self.segments, self.frames = tasks, segments, frames
         self.remaining = len(tasks)
         self.error: str | None = None
+        self.done = False  # joined (or written) and recorded
         self.backends: set[str] = set()  # the backends its computed tasks ran on
 
 
@@ -250,6 +253,7 @@ class Tracker:
             if f.seg_dir is not None:
                 shutil.rmtree(f.seg_dir, ignore_errors=True)
             with self.lock:
+                f.done = True
                 # the backend that computed it (None: every segment was reused from a past run)
                 self.done.append({"input": str(f.job.input), "output": str(f.job.output),
                                   "backend": ",".join(sorted(f.backends)) or None})
@@ -257,15 +261,22 @@ class Tracker:
         if f.seg_dir is None:
             record()
             return
+
+        def unchanged() -> None:
+            check_unchanged(f.job.input, f.identity)
+
         try:
+            unchanged()  # the join copies the input's other streams: from the file planned
             # a stop signal from the move into place to the end of record() is held until
             # after it: the output, its record and its segments' removal go together
             join_segments(f.job.input, segment_paths(f), f.job.output, overwrite=self.overwrite,
-                          frames=[s.frames for s in f.segments], recorded=record)
+                          frames=[s.frames for s in f.segments], recorded=record,
+                          unchanged=unchanged)
         except StoreError:  # the batch's record: the batch stops
             raise
         except Exception as exc:  # the file fails, not the task that happened to end last
-            self._fail_file(f, _reason(exc))
+            # an input deleted or replaced meanwhile: that is the reason to say
+            self._fail_file(f, _reason(_change_of(f) or exc))
 
     def _fail_file(self, f: _File, text: str) -> None:
         self.store.file_failed(f.file_id, text)
@@ -277,6 +288,26 @@ class Tracker:
         with self.lock:
             self.failed.append({"input": str(job.input), "error": text})
 
+    def left_after_stop(self, files_total: int) -> str:
+        """The message of a stop, true to what it leaves: the files of ``files_total`` not
+        ended (done, skipped or failed), and the finished segments of those a --resume
+        reuses; or that nothing is left. Call once every worker has stopped."""
+        with self.lock:
+            ended = len(self.done) + len(self.skipped) + len(self.failed)
+            kept = sum(len(f.segments) - f.remaining for f in self.files.values()
+                       if f.seg_dir is not None and not f.done and f.error is None)
+            failed = len(self.failed)
+        note = f"; {failed} failed (a rerun tries {'it' if failed == 1 else 'them'} again)" \
+            if failed else ""
+        left = files_total - ended
+        if left <= 0:
+            return f"interrupted after every file had ended: nothing left to resume{note}"
+        files = f"{left} of {files_total} file{'s' if files_total != 1 else ''} unfinished"
+        if not kept:
+            return f"interrupted; {files}, no finished segment to keep (rerun to do them){note}"
+        return (f"interrupted; {files}, {kept} finished segment{'s' if kept != 1 else ''} "
+                f"kept (rerun with --resume to reuse them){note}")
+
     def snapshot(self, elapsed: float, files_total: int) -> BatchProgress:
         with self.lock:
             running = sum(self._running.values())
@@ -286,6 +317,15 @@ class Tracker:
                 files_failed=len(self.failed), files_skipped=len(self.skipped),
                 frames_done=self.frames_reused + computed, frames_total=self.frames_total,
                 elapsed=elapsed, frames_computed=computed)
+
+
+def _change_of(f: _File) -> InputError | None:
+    """The error of an input deleted or replaced since ``f`` was planned; None if it was not."""
+    try:
+        check_unchanged(f.job.input, f.identity)
+    except InputError as exc:
+        return exc
+    return None
 
 
 def _durable_size(path: Path) -> int:
@@ -318,15 +358,16 @@ def segment_paths(f: _File) -> list[Path]:
     return [segment_path(f.seg_dir, s.index, f.job) for s in f.segments]
 
 
-def _fingerprint(job: Job, segment_frames: int) -> str:
-    st = os.stat(check_input_path(job.input))
-    return f"{job.options.fingerprint()}:{st.st_size}:{st.st_mtime_ns}:{segment_frames}"
+def _fingerprint(job: Job, identity: tuple[int, int], segment_frames: int) -> str:
+    size, mtime_ns = identity
+    return f"{job.options.fingerprint()}:{size}:{mtime_ns}:{segment_frames}"
 
 
 def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) -> list[Task]:
     """Skip, or plan one file into tasks (reusing finished segments with --resume)."""
     assert job.output is not None
-    fingerprint = _fingerprint(job, config.segment_frames)
+    identity = input_identity(job.input)  # before it is read: a change after fails its tasks
+    fingerprint = _fingerprint(job, identity, config.segment_frames)
     if store.finished(str(job.input), str(job.output), fingerprint) and not config.overwrite:
         with tracker.lock:
             tracker.skipped.append({"input": str(job.input), "output": str(job.output)})
@@ -337,8 +378,9 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
     if not is_segmentable(job.input):
         file_id, _ = store.begin(str(job.input), str(job.output), fingerprint, [(None, None, 1)],
                                  resume=False)
-        task = Task(job, file_id, None, job.output, overwrite=config.overwrite)
-        _register(tracker, _File(job, file_id, None, [task], [], 1))
+        task = Task(job, file_id, None, job.output, overwrite=config.overwrite,
+                    identity=identity)
+        _register(tracker, _File(job, file_id, None, [task], [], 1, identity))
         return [task]
     check_output_codec(job.output, job.options.codec)  # before any segment, not at the join
     # the deflicker filter carries each frame into the next: one segment, as `vsr upscale` runs
@@ -363,9 +405,9 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
             continue
         if rows[s.index].done:
             store.segment_undone(file_id, s.index)
-        tasks.append(Task(job, file_id, s, path, overwrite=True))
+        tasks.append(Task(job, file_id, s, path, overwrite=True, identity=identity))
     total = sum(s.frames for s in segments)
-    f = _File(job, file_id, seg_dir, tasks, segments, total)
+    f = _File(job, file_id, seg_dir, tasks, segments, total, identity)
     _register(tracker, f, reused=reused)
     if not tasks:  # every segment was finished before: only the join is left
         tracker.complete(f)
@@ -403,7 +445,7 @@ def run_batch(config: BatchConfig,
     folder not creatable or not writable), StoreBusy when another batch runs on the same
     output folder (unless ``config.wait``), Interrupted on Ctrl-C (or a KeyboardInterrupt
     raised by a signal handler): every worker has stopped, no partial file is left, and
-    finished segments stay for --resume.
+    finished segments stay for --resume; its message says what is left to do.
     """
     t0 = time.perf_counter()
     try:
@@ -414,8 +456,8 @@ def run_batch(config: BatchConfig,
     try:
         with JobStore(config.state_dir / "jobs.sqlite", wait=config.wait) as store:
             return _run(config, store, t0, progress)
-    except KeyboardInterrupt as exc:  # while planning or joining in this thread
-        raise Interrupted(INTERRUPTED) from exc
+    except KeyboardInterrupt as exc:  # before the inputs are known (or the store is open)
+        raise Interrupted("interrupted before any file was started") from exc
 
 
 def _report_left_out(left_out: list[Path], jobs: list[Job], output_dir: Path) -> None:
@@ -438,6 +480,15 @@ def _run(config: BatchConfig, store: JobStore, t0: float,
     jobs = make_jobs(entries, config.output_dir, config.template, config.options)
     _report_left_out(left_out, jobs, config.output_dir)
     tracker = Tracker(store, config.overwrite)
+    try:
+        return _run_jobs(config, store, t0, progress, jobs, tracker)
+    except (KeyboardInterrupt, Interrupted) as exc:  # planning, joining here, or the workers'
+        raise Interrupted(tracker.left_after_stop(len(jobs))) from exc
+
+
+def _run_jobs(config: BatchConfig, store: JobStore, t0: float,
+              progress: Callable[[BatchProgress], None] | None, jobs: list[Job],
+              tracker: Tracker) -> BatchResult:
     tasks: list[Task] = []
     for job in jobs:
         if job.error is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -25,7 +26,13 @@ from vsr.io.image import is_image_path
 from vsr.io.output import discard, is_stale_partial
 from vsr.io.paths import file_url
 from vsr.io.sink import PyAVSink
-from vsr.io.source import PyAVSource, packet_pts, pts_step, truncation_problem
+from vsr.io.source import (
+    PyAVSource,
+    check_input_path,
+    packet_pts,
+    pts_step,
+    truncation_problem,
+)
 from vsr.jobs.join import segment_offset
 from vsr.jobs.plan import Job
 from vsr.upscale import UpscaleConfig, upscale_file
@@ -97,6 +104,7 @@ class Task:
     segment: Segment | None
     path: Path
     overwrite: bool = False
+    identity: tuple[int, int] | None = None  # the input's when planned (input_identity)
 
     @property
     def frames(self) -> int:
@@ -196,6 +204,24 @@ def segment_problem(path: Path, frames: int, size: int | None) -> str | None:
     return None
 
 
+def input_identity(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns) of the input ``path``: a file replaced or rewritten
+    has another (the batch's fingerprint holds it too). Raises InputError when it is gone."""
+    try:
+        st = os.stat(check_input_path(path))
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return st.st_size, st.st_mtime_ns
+
+
+def check_unchanged(path: Path, identity: tuple[int, int] | None) -> None:
+    """Raise InputError when the input ``path`` is not the file planned (``identity``; None:
+    not checked): segments of two different files must not be joined into one output."""
+    if identity is not None and input_identity(path) != identity:
+        raise InputError(f"{path} changed while the batch ran (replaced or rewritten after "
+                         "it was planned); rerun the batch to upscale it as it is now")
+
+
 def is_segmentable(path: Path) -> bool:
     return not is_image_path(path)
 
@@ -241,8 +267,20 @@ def run_task(task: Task, handles: HandleCache,
 
 def _run_task(task: Task, handles: HandleCache,
               progress: Callable[[int], None] | None) -> TaskResult:
-    if task.segment is None:
-        return _run_whole(task, handles, progress)
+    check_unchanged(task.job.input, task.identity)
+    try:
+        if task.segment is None:
+            return _run_whole(task, handles, progress)
+        return _run_segment(task, handles, progress)
+    except Exception:
+        # an input deleted or replaced while it was read fails in many ways (a raw
+        # FileNotFoundError of a second open): say that, the failure its context
+        check_unchanged(task.job.input, task.identity)
+        raise
+
+
+def _run_segment(task: Task, handles: HandleCache,
+                 progress: Callable[[int], None] | None) -> TaskResult:
     seg = task.segment
     opts = task.job.options
     report = (lambda p: progress(p.frames_done)) if progress is not None else None
@@ -257,6 +295,13 @@ def _run_task(task: Task, handles: HandleCache,
                                         copy_streams=False),
             models=handles.models, frames=frames,
             frames_total=seg.frames, progress=report)
+    # the input rewritten while it was read: frames of either file (said first: it would
+    # also explain a wrong frame count)
+    try:
+        check_unchanged(task.job.input, task.identity)
+    except InputError:
+        discard(task.path)
+        raise
     if run.stats.frames_out != seg.frames:
         discard(task.path)
         raise PipelineError(f"{task.label}: decoded {run.stats.frames_out} frames where "

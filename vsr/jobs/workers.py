@@ -31,7 +31,7 @@ from vsr.threads import Worker, start_all, stop_and_wait
 log = logging.getLogger(__name__)
 
 _POLL = 0.25
-INTERRUPTED = "interrupted; finished segments are kept (rerun with --resume)"
+INTERRUPTED = "interrupted"  # run_batch says what is left, from its record
 
 
 class _Cancelled(BaseException):

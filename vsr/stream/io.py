@@ -360,22 +360,28 @@ class Reader(threading.Thread):
         judged by the connection's first frame; audio packets pass as they come."""
         deinterlacer: Deinterlacer | None = None
         judged = False
-        for item in items:
-            if isinstance(item, av.VideoFrame) and not judged:
-                judged = True
-                order = field_order(stream, item)
-                if order and self.deinterlace:
-                    log.info("interlaced source (%s): deinterlaced (bwdif)", order)
-                    deinterlacer = Deinterlacer(frame_time_base(stream))
-                elif order and not self._interlace_said:
-                    self._interlace_said = True
-                    log.warning("interlaced source (%s): upscaled with the two fields of each "
-                                "frame woven together, the output keeps their combing "
+        try:
+            for item in items:
+                if isinstance(item, av.VideoFrame) and not judged:
+                    judged = True
+                    order = field_order(stream, item)
+                    if order and self.deinterlace:
+                        log.info("interlaced source (%s): deinterlaced (bwdif)", order)
+                        deinterlacer = Deinterlacer(frame_time_base(stream))
+                    elif order and not self._interlace_said:
+                        self._interlace_said = True
+                        log.warning("interlaced source (%s): upscaled with the two fields of "
+                                "each frame woven together, the output keeps their combing "
                                 "(vsr deinterlaces it unless --no-deinterlace)", order)
-            if deinterlacer is None or not isinstance(item, av.VideoFrame):
-                yield item
-            else:
-                yield from deinterlacer.push(item)
+                if deinterlacer is None or not isinstance(item, av.VideoFrame):
+                    yield item
+                else:
+                    yield from deinterlacer.push(item)
+        except Exception:
+            # the source ended by an error (its read timeout): the frame held back is whole
+            if deinterlacer is not None:
+                yield from deinterlacer.flush()
+            raise
         if deinterlacer is not None:
             yield from deinterlacer.flush()
 
@@ -448,6 +454,19 @@ def _near(pkt: av.Packet, t_in: float) -> bool:
     return ts is None or abs(float(ts * pkt.time_base) - t_in) < JUMP_S
 
 
+def _drain(video: av.video.stream.VideoStream) -> list[av.VideoFrame]:
+    """The frames ``video``'s decoder still holds, at an end of the input that PyAV does not
+    flush (a read error); none where draining fails (the source's error is the one to say)."""
+    try:
+        frames = video.codec_context.decode(None)
+    except av.error.FFmpegError:
+        log.debug("draining the decoder failed", exc_info=True)
+        return []
+    for frame in frames:  # no packet to take it from, as the frames decoded from packets do
+        frame.time_base = video.time_base
+    return frames
+
+
 def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
            audio: list[av.stream.Stream], damaged: Callable[[], None], *,
            patience: float, wait: Callable[[float], bool]):
@@ -484,11 +503,18 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
                 again = now
                 damaged()
             elif now - again >= patience:
+                yield from _drain(video)
                 raise _Starved(f"no data it could read for {patience:g} s") from None
             elif wait(AGAIN_WAIT_S):
                 return
             packets = c.demux(video, *audio)
             continue
+        except (av.error.FFmpegError, OSError):
+            # the read failed: FFmpeg's read timeout (a live source that went silent), a
+            # connection reset. PyAV sends the decoder its flush packet at the end of the file
+            # only; the frames it holds back (reordering, MPEG-2's one) came whole: out first
+            yield from _drain(video)
+            raise
         again = None
         if packet.is_corrupt:
             damaged()

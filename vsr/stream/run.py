@@ -180,7 +180,8 @@ def run_stream(config: StreamConfig,
     exception: the output is closed cleanly and the returned ``error`` says why.
     Ctrl-C is a normal stop: the output is closed cleanly. So is a KeyboardInterrupt that
     ``stats`` raises (at the end too: the totals are returned); any other exception it raises
-    stops the stream as cleanly, then propagates.
+    stops the stream as cleanly, then propagates (also where closing the output then fails:
+    that error is logged and chained to it as its ``__context__``).
     """
     from vsr.engine import ModelCache
     from vsr.loading import dtype_name
@@ -250,9 +251,14 @@ def run_stream(config: StreamConfig,
         for done in processor.drain() if processor is not None else ():
             emit(done)
         sink.close()
-    except BaseException:
+    except BaseException as exc:
         stop.set()
         sink.abort()
+        if failed is not None and isinstance(exc, Exception):
+            # the callback's failure is the one to raise; the close's is said, and is its
+            # __context__ (not its cause: "from exc" would say the close made the callback fail)
+            log.warning("the output was abandoned after the stats callback failed: %s", exc)
+            raise failed  # noqa: B904
         raise
     finally:
         if reader.is_alive():  # False too if a stop cut its start short
