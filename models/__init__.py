@@ -78,6 +78,36 @@ def load_network(path: str | os.PathLike) -> tuple[nn.Module, CheckpointInfo]:
     return model.eval(), info
 
 
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin", ".onnx")
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether ``text`` (not a registry name) is meant as a checkpoint path: it exists, or it
+    has a folder part (``./m``, ``runs/x/model-fp16``, ``~/m``) or a weights file's suffix.
+    A bare word that is neither is taken as a mistyped registry name."""
+    return (Path(text).exists() or text.lower().endswith(_CHECKPOINT_SUFFIXES)
+            or any(sep in text for sep in (os.sep, os.altsep or os.sep))
+            or text.startswith(("~", ".")))
+
+
+def _check_checkpoint_path(text: str) -> None:
+    """CheckpointError naming what ``text`` is when it is not a file to load: missing (the
+    ``~`` not expanded by a shell said as such), a folder, or no regular file."""
+    path = Path(text)
+    if path.is_dir():
+        raise CheckpointError(f"{text}: is a folder, not a checkpoint file (a .safetensors "
+                              "file)")
+    if not path.exists():
+        hint = ""
+        if text.startswith("~") and Path(text).expanduser().exists():
+            hint = f" ('~' is not expanded here: {Path(text).expanduser()})"
+        raise CheckpointError(f"{text}: no such checkpoint file (not a registry name "
+                              f"either: see vsr models){hint}")
+    if not path.is_file():
+        raise CheckpointError(f"{text}: not a regular file (a device, pipe or socket), not a "
+                              "checkpoint file")
+
+
 def load_model(spec: str | os.PathLike, *, scale: int | None = None,
                device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Upscaler:
     """A ready handle from a registry name, a .safetensors path, or ``"bicubic"``.
@@ -98,8 +128,16 @@ def load_model(spec: str | os.PathLike, *, scale: int | None = None,
         info: dict[str, Any] = {"name": text, "source": str(entry.weights_path),
                                 "card": dict(entry.card)}
         name = text
-    elif text.endswith(".safetensors") or Path(text).exists():
-        module, ck = load_network(text)
+    elif _names_a_file(text):
+        _check_checkpoint_path(text)
+        try:
+            module, ck = load_network(text)
+        except OSError as exc:  # no permission, a failing disk (EIO)
+            raise CheckpointError(f"{text}: cannot read the checkpoint "
+                                  f"({exc.strerror or exc})") from None
+        if not hasattr(module, "scale"):  # e.g. drn-dual: the dual networks of a training run
+            raise CheckpointError(f"{text}: a {ck.arch!r} checkpoint, not an upscaling network "
+                                  "(vsr upscales with a 'drn' checkpoint)")
         info = {"name": ck.name, "source": text, "provenance": ck.provenance,
                 "hparams": ck.hparams}
         name = ck.name or Path(text).stem

@@ -33,12 +33,14 @@ def _check_frames(x: torch.Tensor) -> None:
 
 def _check_model_input(x: torch.Tensor, handle: Upscaler) -> None:
     """What ``infer`` needs, from the tensor's metadata only (no host sync): float
-    (N, 3, H, W), and for a network its own dtype and device type (else torch fails deep
-    inside with a RuntimeError)."""
+    (N, 3, H, W), H and W at least 1 (N may be 0: no frames in, none out), and for a network
+    its own dtype and device type (else torch fails deep inside with a RuntimeError)."""
     if not isinstance(x, torch.Tensor):
         raise ModelError(f"expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != 3:
         raise ModelError(f"expected frames shaped (N, 3, H, W), got {tuple(x.shape)}")
+    if x.shape[2] < 1 or x.shape[3] < 1:  # torch's resize and conv fail deep inside
+        raise ModelError(f"empty frames {tuple(x.shape)}: height and width must be at least 1")
     if not x.is_floating_point():
         raise ModelError(f"infer takes float frames in [0, 1], got {x.dtype} (upscale takes "
                          f"uint8)")

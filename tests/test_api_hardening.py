@@ -50,6 +50,18 @@ def test_infer_refuses_what_it_cannot_run_with_model_error(drn_checkpoint) -> No
     assert handle.infer(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 16, 16)
 
 
+def test_infer_refuses_empty_frames_with_model_error(drn_checkpoint) -> None:
+    """A frame 0 px high or wide was a RuntimeError from deep inside torch (the network) or
+    a ValueError (bicubic): a library caller could not tell it from a crash."""
+    net = vsr.load_model(str(drn_checkpoint), device="cpu", precision="fp32")
+    bicubic = vsr.load_model("bicubic", scale=2, device="cpu", precision="fp32")
+    for handle in (net, bicubic):
+        for shape in ((1, 3, 0, 8), (1, 3, 8, 0), (2, 3, 0, 0)):
+            with pytest.raises(ModelError, match="empty frames"):
+                handle.infer(torch.zeros(shape))
+        assert handle.infer(torch.zeros(0, 3, 8, 8)).shape == (0, 3, 16, 16)  # no frames
+
+
 @pytest.mark.parametrize("field", ["overwrite", "deinterlace"])
 @pytest.mark.parametrize("value", ["no", 0, None, math.nan])
 def test_flags_must_be_booleans(tmp_path, field, value) -> None:

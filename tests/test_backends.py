@@ -160,6 +160,46 @@ def test_stale_engine_is_caught_on_the_first_frame(tmp_path, caplog):
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_corrupt_cached_onnx_engine_is_rebuilt(tmp_path, caplog, damage):
+    """A cached ONNX file that onnxruntime cannot load (a disk filled up, a copied cache) is
+    rebuilt, once, with a warning: it fell back to eager on every run until deleted by hand."""
+    h = tiny_handle()
+    cache = EngineCache(tmp_path)
+    prepare(h, "onnx", (1, 3, 16, 16), cache=cache)
+    (path,) = (tmp_path / "engines").glob("onnx-*.onnx")
+    good = path.read_bytes()
+    path.write_bytes({"truncated": good[: len(good) // 2], "empty": b"",
+                      "garbage": os.urandom(4096)}[damage])
+    x = frames((1, 3, 16, 16))
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        runner = prepare(h, "onnx", (1, 3, 16, 16), sample=x, cache=cache)
+    assert runner.backend == "onnx", runner.notes
+    assert any("rebuilding" in r.getMessage() for r in caplog.records)
+    assert (runner(x) - h.infer(x)).abs().max() <= 1e-4
+    assert list((tmp_path / "engines").iterdir()) == [path]  # no temp file left beside it
+    assert path.stat().st_size > 0.9 * len(good)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_unwritable_engine_cache_still_runs_onnx(tmp_path, caplog):
+    """An engine cache that cannot be written (here: its folder is a file; a read-only home
+    alike) costs the export's keeping, not the backend: onnx was dropped for eager, so the
+    backend, and the output, depended on the state of the cache folder."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    h = tiny_handle()
+    x = frames((1, 3, 16, 16))
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        runner = prepare(h, "onnx", (1, 3, 16, 16), sample=x,
+                         cache=EngineCache(blocker / "cache"))
+    assert runner.backend == "onnx", runner.notes
+    assert any("not writable" in r.getMessage() for r in caplog.records)
+    assert (runner(x) - h.infer(x)).abs().max() <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
 def test_runner_runs_other_shapes_eagerly(tmp_path):
     h = tiny_handle()
     runner = prepare(h, "onnx", (1, 3, 16, 16), cache=EngineCache(tmp_path))
@@ -175,3 +215,27 @@ def test_compile_backend_matches_eager(tmp_path):
     assert runner.backend == "compile", runner.notes
     x = frames((1, 3, 20, 24), seed=5)
     assert (runner(x) - h.infer(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_processes_building_one_engine_at_once_all_get_it(tmp_path):
+    """Three processes exporting the same cache entry at once (each to its own temporary file,
+    renamed into place) all run onnx; one file is left, no partial beside it."""
+    import subprocess
+    import sys
+
+    script = ("import sys, torch\n"
+              "from vsr.backends import EngineCache, prepare\n"
+              "from vsr.models import DRN, NetworkUpscaler\n"
+              "torch.manual_seed(0)\n"
+              "h = NetworkUpscaler('tiny', DRN(scale=2, n_feats=8, n_blocks=[2]))\n"
+              "r = prepare(h, 'onnx', (1, 3, 16, 16), cache=EngineCache(sys.argv[1]))\n"
+              "print(r.backend)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == "onnx", err
+    files = list((tmp_path / "engines").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".onnx", files

@@ -113,3 +113,36 @@ def test_a_traced_input_over_the_pixel_limit_is_refused_before_allocating(monkey
         ExportConfig(model="drn-t-x2", format="torchscript", output="m.pt", height=8, width=8,
                      batch=2)
     ExportConfig(model="drn-t-x2", format="torchscript", output="m.pt", height=10, width=10)
+
+
+def _file_size_limit(limit: int):
+    """For a subprocess: files over ``limit`` bytes cannot be written (EFBIG, as a full disk
+    gives ENOSPC), the signal that would kill the writer ignored."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_write_that_fails_is_one_error_line_and_leaves_nothing(drn_checkpoint, tmp_path,
+                                                                 fmt):
+    """A write that fails part way (a full disk; here a file-size limit): ONNX was an
+    'internal error: OSError', TorchScript aborted the process (SIGABRT in torch.jit.save,
+    a C++ traceback) and left its partial file behind."""
+    if fmt == "onnx" and not HAS_ORT:
+        pytest.skip("onnxruntime not installed")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    p = subprocess.run([sys.executable, "-m", "vsr", "export", "--format", fmt, "-m",
+                        str(drn_checkpoint), "-o", str(out_dir / "m.bin"), "--height", "8",
+                        "--width", "8"], capture_output=True, text=True, timeout=300,
+                       preexec_fn=_file_size_limit(50_000))
+    assert p.returncode == 1, p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot write {out_dir / 'm.bin'}"), \
+        p.stderr[-2000:]
+    assert list(out_dir.iterdir()) == []

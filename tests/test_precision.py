@@ -139,3 +139,30 @@ def test_uint8_output_of_a_bf16_handle_is_scaled_and_rounded_in_fp32():
     assert torch.equal(y, float_out.mul(255).round().to(torch.uint8))
     twice = handle.infer(x.to(torch.bfloat16) / 255.0).clamp(0, 1).mul(255).round()
     assert not torch.equal(y, twice.to(torch.uint8))  # what rounding in bf16 gave
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_frame_still_bad_in_fp32_after_the_fallback_fails_the_run(drn_checkpoint, tmp_path,
+                                                                     precision):
+    """A network whose output is black in every precision (here its last layer drives every
+    pixel negative): in fp32 the run fails at frame 0, but in bf16/fp16 on the CPU the frame
+    was recomputed in fp32 and written black unchecked, a one-frame run (a picture) exit 0."""
+    from PIL import Image
+
+    from vsr.errors import PipelineError
+    from vsr.models import load_network, read_info, save_model
+
+    net, _ = load_network(drn_checkpoint)
+    with torch.no_grad():
+        for p in net.tails.parameters():
+            p.zero_()
+        net.tails[-1].bias.fill_(-5.0)
+    ckpt = save_model(tmp_path / "black.safetensors", net, read_info(drn_checkpoint))
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((20, 30, 3), 180, np.uint8)).save(src)
+    out = tmp_path / "out.png"
+    for run_in in ("fp32", precision):
+        with pytest.raises(PipelineError, match="frame 0: .*non-finite or black output"):
+            upscale_file(UpscaleConfig(input=src, output=out, model=str(ckpt), device="cpu",
+                                       precision=run_in))
+        assert not out.exists()

@@ -44,3 +44,51 @@ def test_ctrl_c_stops_cleanly(clip, tmp_path, drn_checkpoint):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (buf + err).decode()
     assert list(out_dir.iterdir()) == []
+
+
+def test_model_path_errors_name_the_file(clip, tmp_path):
+    """A --model that is a path says what is wrong with the file, not "unknown model" with
+    the registry names: a missing path without the .safetensors suffix, a folder, a device;
+    a read that fails is named too (it was 'internal error: OSError')."""
+    src = clip("a.mp4", frames=2)
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    cases = {"./no-such-model": "no such checkpoint file",
+             str(tmp_path / "runs" / "x" / "model-fp16"): "no such checkpoint file",
+             str(folder): "is a folder, not a checkpoint file",
+             os.devnull: "not a regular file"}
+    if os.path.exists("/proc/self/mem"):  # a file whose read fails (EIO), as an unreadable
+        cases["/proc/self/mem"] = "cannot read the checkpoint"  # one (EACCES) does
+    for model, said in cases.items():
+        out = tmp_path / "o.mp4"
+        r = subprocess.run([*VSR, "upscale", str(src), str(out), "--model", model, "--device",
+                            "cpu"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 1, (model, r.stderr)
+        line = r.stderr.strip()
+        assert line.count("\n") == 0 and line.startswith(f"Error: {model}: "), (model, line)
+        assert said in line and "unknown model" not in line, (model, line)
+        assert not out.exists()
+    # a bare word is still a registry name, mistyped
+    r = subprocess.run([*VSR, "upscale", str(src), str(tmp_path / "o.mp4"), "--model",
+                        "drn-t-x3"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 1 and "unknown model 'drn-t-x3' (did you mean" in r.stderr
+
+
+def test_a_checkpoint_of_a_network_that_does_not_upscale_is_named(clip, tmp_path):
+    """A drn-dual checkpoint (the dual networks of a training run; a valid architecture, so
+    it loads) as --model was 'internal error: AttributeError: ... no attribute scale'."""
+    from vsr.models import CheckpointInfo, DualNetworks, save_model
+
+    dual = DualNetworks(phase=1)
+    ckpt = save_model(tmp_path / "dual.safetensors", dual,
+                      CheckpointInfo(arch="drn-dual", hparams=dict(dual.hparams), scale=2))
+    src = clip("a.mp4", frames=2)
+    out = tmp_path / "o.mp4"
+    for args in (["upscale", str(src), str(out)], ["export", "--format", "torchscript", "-o",
+                                                   str(tmp_path / "m.pt")]):
+        r = subprocess.run([*VSR, *args, "--model", str(ckpt), "--device", "cpu"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip() == f"Error: {ckpt}: a 'drn-dual' checkpoint, not an " \
+                                   "upscaling network (vsr upscales with a 'drn' checkpoint)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "dual.safetensors"]

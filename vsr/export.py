@@ -7,6 +7,7 @@ in torch at two input sizes, TensorRT at its own shape, against the eager model.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import warnings
@@ -106,7 +107,11 @@ def export_torchscript(module: nn.Module, path: str | Path, sample: torch.Tensor
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated but still the portable format
         traced = torch.jit.trace(NetworkOnly(module).eval(), (sample,), check_trace=False)
-        torch.jit.save(traced, str(path))
+    # saved into memory, then written by Python: torch.jit.save to a path aborts the whole
+    # process (SIGABRT, a partial file left) when the write fails, e.g. on a full disk
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    Path(path).write_bytes(buffer.getbuffer())
 
 
 # Two small shapes the dynamic formats are checked at (odd sizes, another batch).
@@ -158,6 +163,19 @@ def _model_file(model: str | None) -> Path | None:
     return Path(text)
 
 
+def _write(cfg: ExportConfig, handle, shape: tuple[int, ...], tmp: Path) -> None:
+    """Write the artefact ``cfg.format`` asks for into ``tmp``."""
+    if cfg.format == "onnx":
+        export_onnx(handle.module, tmp)
+    elif cfg.format == "torchscript":
+        sample = torch.rand(shape, device=handle.device, dtype=handle.dtype)
+        export_torchscript(handle.module, tmp, sample)
+    else:
+        from vsr.backends.tensorrt import compile_engine, save_engine
+
+        save_engine(compile_engine(handle, shape), tmp, shape, handle)
+
+
 def export_model(cfg: ExportConfig) -> ExportResult:
     """Write the artefact to ``cfg.output`` (atomically). Raises ConfigError (bad model,
     missing package, TensorRT without CUDA), OutputError, ModelError, CheckpointError."""
@@ -184,15 +202,10 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     shape = (cfg.batch, 3, cfg.height, cfg.width)
     tmp = temp_path_for(out)
     try:
-        if cfg.format == "onnx":
-            export_onnx(handle.module, tmp)
-        elif cfg.format == "torchscript":
-            sample = torch.rand(shape, device=handle.device, dtype=handle.dtype)
-            export_torchscript(handle.module, tmp, sample)
-        else:
-            from vsr.backends.tensorrt import compile_engine, save_engine
-
-            save_engine(compile_engine(handle, shape), tmp, shape, handle)
+        try:
+            _write(cfg, handle, shape, tmp)
+        except OSError as exc:  # a full disk, a file-size limit, a folder gone
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
         max_error = _check(cfg, handle, tmp) if cfg.check else None
         tol = TOLERANCE.get(handle.dtype, 1e-3)
         if max_error is not None and not max_error <= tol:  # NaN fails too

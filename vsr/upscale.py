@@ -85,7 +85,7 @@ class UpscaleResult:
     copied_packets: dict[int, int]
     notes: tuple[str, ...] = ()
     backend: str = "eager"  # the backend the run used (after any fallback)
-    batch: int = 1
+    batch: int = 1  # frames per model call in the run (at most the frames there are)
     frames_reused: int = 0  # repeats of the frame before, not computed again
 
     def to_json(self) -> dict:
@@ -142,5 +142,6 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
         fallback_frames=report.fallback_frames, tile=report.tile, width=run.width,
         height=run.height, codec=None if is_image else config.encode.codec, pix_fmt=run.pix_fmt,
         copied_packets=run.copied_packets, notes=run.prepared.notes + tuple(report.notes),
-        backend=run.prepared.backend, batch=config.batch, frames_reused=report.reused_frames,
+        backend=run.prepared.backend, batch=run.prepared.options.batch,
+        frames_reused=report.reused_frames,
     )

@@ -4,6 +4,8 @@ batch, height and width) into the engine cache and run by an InferenceSession.""
 from __future__ import annotations
 
 import importlib
+import logging
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -21,7 +23,9 @@ from vsr.backends.base import (
     needs_package,
 )
 from vsr.backends.cache import EngineKey, model_digest
-from vsr.errors import ConfigError
+from vsr.errors import ConfigError, OutputError
+
+log = logging.getLogger("vsr.backends")
 
 ONNX_OPSET = 17
 # torch.onnx.export keeps its state in process globals (torch.onnx._globals.GLOBALS): two
@@ -69,13 +73,37 @@ def _build(handle, shape, cache):
                     precision="fp32", device="cpu", tensorrt=None,
                     extra=f"opset{ONNX_OPSET}")
     path = cache.path(key, ".onnx")
-    with _EXPORT_LOCK:  # a thread that waited finds the file another one built
-        if not path.is_file():
-            cache.build(path, lambda tmp: export_onnx(handle.module, tmp))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def open_session(file: Path):
+        return ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
+
+    def export_and_open():
+        try:
+            cache.build(path, lambda tmp: export_onnx(handle.module, tmp))
+        except (OSError, OutputError) as exc:
+            # the cache cannot be written (a read-only home, a full disk): the export is
+            # made privately and not kept, so the choice of backend stays the same
+            log.warning("engine cache %s is not writable (%s); the ONNX export is not kept",
+                        path.parent, " ".join(str(exc).split())[:200])
+            with tempfile.TemporaryDirectory(prefix="vsr-onnx-") as folder:
+                private = Path(folder) / path.name
+                export_onnx(handle.module, private)
+                return open_session(private)  # loaded into memory: the file can go
+        return open_session(path)
+
+    with _EXPORT_LOCK:  # a thread that waited finds the file another one built
+        if not path.is_file():
+            session = export_and_open()
+        else:
+            try:
+                session = open_session(path)
+            except Exception as exc:  # a corrupt or truncated cached file: rebuild it, once
+                log.warning("cached ONNX engine %s unusable (%s); rebuilding", path.name,
+                            " ".join(str(exc).split())[:200])
+                session = export_and_open()
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:

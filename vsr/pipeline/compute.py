@@ -101,8 +101,9 @@ class Forward:
 class CpuProcessor:
     """Synchronous inference (the threads around it overlap I/O): one frame at a time, or
     ``batch`` frames stacked into one (N, 3, H, W) call. Frames of another size than the
-    pending ones start a new batch; a short last batch is padded with its last frame so a
-    fixed-shape backend still applies. Also the batched path on CUDA."""
+    pending ones start a new batch; a short last batch is padded with its last frame where a
+    fixed-shape backend built for the batch runs it (only there). Also the batched path on
+    CUDA."""
 
     def __init__(self, handle, *, tile: int | None = None, overlap: int = 16,
                  guard: bool = True, runner=None, batch: int = 1) -> None:
@@ -127,13 +128,24 @@ class CpuProcessor:
         if len(self._pending) == self._batch:
             yield from self.drain()
 
+    def _fixed_shape_applies(self, img: torch.Tensor) -> bool:
+        """Whether a short batch of frames like ``img`` (H, W, 3) is worth padding: only a
+        backend built for the full batch of this size runs it (else it runs eagerly, and
+        padding 2 frames to --batch 16 computed 16)."""
+        runner = self._fwd.infer
+        shape = getattr(runner, "shape", None)
+        return (getattr(runner, "fn", None) is not None and not self._fwd.tile
+                and shape is not None and tuple(shape[-2:]) == tuple(img.shape[:2])
+                and getattr(runner, "dtype", None) == self._fwd.handle.dtype)
+
     def _bad(self, x: torch.Tensor, y: torch.Tensor, n: int) -> bool:
         return any(flags_bad(guard_flags(x[i:i + 1], y[i:i + 1])) for i in range(n))
 
     @torch.inference_mode()
     def _process(self, frames: list[Frame]) -> list[np.ndarray]:
         imgs = [torch.from_numpy(f.image) for f in frames]
-        imgs += imgs[-1:] * (self._batch - len(imgs))
+        if self._fixed_shape_applies(imgs[0]):
+            imgs += imgs[-1:] * (self._batch - len(imgs))
         x, y = self._run(imgs)
         if self._guard and self._bad(x, y, len(frames)):
             if self._fwd.handle.dtype == torch.float32:
@@ -141,6 +153,9 @@ class CpuProcessor:
                                     "or black output in fp32")
             self._fwd.fall_back(frames[0].index, "non-finite or black output")
             x, y = self._run(imgs)
+            if self._bad(x, y, len(frames)):  # as the CUDA stage: never written as it came
+                raise PipelineError(f"frame {frames[0].index}: non-finite or black output "
+                                    "even in fp32")
         return [to_image(y[i:i + 1], imgs[i].dtype).cpu().numpy() for i in range(len(frames))]
 
     def drain(self) -> Iterator[tuple[Frame, np.ndarray]]:
