@@ -54,7 +54,7 @@ class LazyGroup(click.Group):
 # status is 128 + the signal number, as a shell reports a process killed by that signal:
 # 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-STOPPABLE = frozenset({"upscale", "batch", "stream", "bench", "export"})
+STOPPABLE = frozenset({"upscale", "batch", "stream", "bench", "export", "compress"})
 
 
 class Stopped(KeyboardInterrupt):

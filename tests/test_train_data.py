@@ -120,3 +120,16 @@ def test_single_process_streams_draw_as_before() -> None:
         step_generator(0, 0, -1)
     with pytest.raises(ConfigError):
         rank_stream(16, 1)
+
+
+def test_a_damaged_image_pack_is_named(pack: Path, tmp_path: Path) -> None:
+    """A pack cut short (a copy that stopped) or with damaged bytes failed vsr train with
+    'internal error: BadZipFile' or zlib's 'Error -3 while decompressing data'."""
+    data = pack.read_bytes()
+    cut, flipped, header = (tmp_path / n for n in ("cut.npz", "flipped.npz", "header.npz"))
+    cut.write_bytes(data[:len(data) // 2])
+    flipped.write_bytes(data[:60] + b"x" * 20 + data[80:])  # inside the first member's data
+    header.write_bytes(b"PK\x03\x04" + b"\0" * 40)
+    for path in (cut, flipped, header):
+        with pytest.raises(InputError, match=f"{path}: cannot read image pack"):
+            load_image_pack(path)

@@ -44,6 +44,7 @@ from vsr.models import (
 from vsr.models.checkpoint import load_state_into, load_tensors, read_info
 from vsr.models.drn import DRN
 from vsr.train.data import PatchSampler
+from vsr.train.lock import folder_lock
 from vsr.train.losses import dual_loss
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ class _Run:
         if self.stages != ["search"] or not given_widths:  # the images are needed: read them
             _ = self.sampler  # raises InputError (no images) before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
+        for path in _leftovers(self.out):  # this process holds the folder: none is in use
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted write", path.name)
         self.summary = self._read_json(SUMMARY_FILE) or {}
 
     # ---- helpers
@@ -337,6 +341,13 @@ class _Run:
         return CompressResult(self.out, self.stages, self.summary)
 
 
+def _leftovers(out: Path) -> list[Path]:
+    """Temporary files of writes a killed run left in ``out`` (they stayed for good)."""
+    found = [out / f".{name}.tmp" for name in (SEARCH_FILE, SUMMARY_FILE)]
+    found += [p for name in (PRUNED_FILE, COMPRESSED_FILE) for p in out.glob(f".{name}.*.tmp")]
+    return [p for p in found if p.is_file()]
+
+
 def compress(config: CompressConfig, progress: ProgressCallback | None = None) -> CompressResult:
     """Run the configured stage(s). Raises ConfigError (missing or mismatched previous stage,
     bad widths), CheckpointError (bad checkpoint), InputError (no training images),
@@ -344,12 +355,14 @@ def compress(config: CompressConfig, progress: ProgressCallback | None = None) -
 
     The files of the stages run, and of the stages after them, are replaced only with
     ``config.overwrite``; those of later stages not run are then removed, as they no longer
-    follow from the new ones. ``out`` is made once the inputs are checked; a run that fails
-    leaves no empty folder of its own making behind.
+    follow from the new ones. One process at a time uses ``out`` (OutputError for a second:
+    :func:`vsr.train.lock.folder_lock`); a run that fails leaves no empty folder of its own
+    making behind.
     """
     made = [d for d in (config.out_dir, *config.out_dir.parents) if not d.exists()]
     try:
-        return _Run(config, progress).run()
+        with folder_lock(config.out_dir, "vsr compress"):
+            return _Run(config, progress).run()
     except BaseException:
         for folder in made:  # deepest first; a folder holding a finished stage's file stays
             try:

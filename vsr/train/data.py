@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -117,7 +119,8 @@ def load_image_pack(path: str | Path) -> dict[str, torch.Tensor]:
                 raise InputError(f"{path}: not a {_PACK_FORMAT} image pack")
             out = {k: torch.from_numpy(np.cumsum(pack[k], axis=-1, dtype=np.uint8))
                    for k in sorted(pack.files) if k != "__format__"}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # a cut or damaged pack fails in zipfile or zlib, not with an OSError
         raise InputError(f"{path}: cannot read image pack ({exc})") from None
     for name, img in out.items():
         if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ import torch.multiprocessing as mp
 import vsr.errors
 from vsr.errors import ConfigError, VsrError
 from vsr.train.config import TrainConfig
+from vsr.train.lock import folder_lock
 from vsr.train.state import state_paths
 from vsr.train.trainer import (
     CONFIG_FILE,
@@ -134,8 +136,17 @@ def train(config: TrainConfig, *, resume: bool = False, nproc: int = 1,
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     if world_env > 1 and not dist.is_initialized():
         dist.init_process_group(_backend())
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        check_run_dir(config, resume)
+    lead = not dist.is_initialized() or dist.get_rank() == 0
+    # one run at a time in a folder: held by this process (rank 0, or the ranks' parent)
+    with folder_lock(config.out, "vsr train") if lead else nullcontext():
+        if lead:
+            check_run_dir(config, resume)
+        return _train(config, resume, nproc, progress, stop)
+
+
+def _train(config: TrainConfig, resume: bool, nproc: int,
+           progress: Callable[[StepReport], None] | None,
+           stop: threading.Event | None) -> TrainResult:
     if nproc == 1 or dist.is_initialized():
         return Trainer(config, resume=resume).run(progress, stop=stop)
     out = Path(config.out)

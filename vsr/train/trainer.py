@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from vsr.device import resolve_device
-from vsr.errors import ConfigError, OutputError, TrainingDiverged
+from vsr.errors import ConfigError, InputError, OutputError, TrainingDiverged
 from vsr.io.output import write_reason
 from vsr.loading import check_finite_weights
 from vsr.models import (
@@ -433,7 +434,10 @@ class Trainer:
         if self.rank == 0:
             with self._writing(CONFIG_FILE):
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / CONFIG_FILE).write_text(cfg.to_json())
+                for path in _leftovers(self.run_dir):
+                    path.unlink(missing_ok=True)
+                    log.info("removed %s, left by an interrupted write", path.name)
+                _replace_text(self.run_dir / CONFIG_FILE, cfg.to_json())
                 _trim_metrics(self.run_dir / METRICS_FILE, self.start_step)
         self.primal.train()
         degraded = self._degraded_batches(self.start_step)
@@ -488,7 +492,7 @@ class Trainer:
                 checked = done
             val = None
             if done % cfg.val_every == 0 or done == cfg.iterations:
-                val = self.validate() if self.rank == 0 else None
+                val = self._validate_or_keep(done) if self.rank == 0 else None
                 if val is not None:
                     row = {**(row or {"step": done}), "val_psnr": val[0], "val_ssim": val[1]}
                     if self.best_psnr is None or val[0] > self.best_psnr:
@@ -545,22 +549,38 @@ class Trainer:
                                f"{what} (lr {self.config.lr:g}: try a lower --lr); no weights "
                                f"were written{kept}")
 
+    def _validate_or_keep(self, step: int) -> tuple[float, float] | None:
+        """:meth:`validate`; if the validation images broke since the start (one replaced by a
+        damaged file, or removed), the state of ``step`` is saved before the InputError goes
+        on (it ended the run with the steps since the last save lost). Rank 0 only."""
+        try:
+            return self.validate()
+        except InputError as exc:
+            if self.saved_step != step:
+                self._write_state(step)  # no barrier: the other ranks are not saving
+                self.saved_step = step
+            raise InputError(f"{exc}; {self.run_dir} keeps the state of step {step}: fix the "
+                             f"validation images, then continue with vsr train --resume "
+                             f"{self.run_dir}") from None
+
     def _save_state(self, step: int) -> None:
-        cfg = self.config
         if self.rank == 0:
-            shard = (int(cfg.state_shard_mib * 2**20) if cfg.state_shard_mib is not None
-                     else None)
-            extra = {"best_psnr": self.best_psnr, "seed": cfg.seed,
-                     "schedule": {"kind": "cosine", "lr": cfg.lr, "lr_min": cfg.lr_min,
-                                  "total": cfg.iterations},
-                     "rng": rng_state(self.device), "config": json.loads(cfg.to_json())}
-            with self._writing(f"the state of step {step}"):
-                save_training_state(self.run_dir, STATE_STEM, self.primal, self.duals,
-                                    self.optimizers, step, self._info({"iterations": step}),
-                                    extra, moments=cfg.state_moments, shard_bytes=shard)
+            self._write_state(step)
         if self.distributed:
             dist.barrier()
         self.saved_step = step
+
+    def _write_state(self, step: int) -> None:
+        cfg = self.config
+        shard = int(cfg.state_shard_mib * 2**20) if cfg.state_shard_mib is not None else None
+        extra = {"best_psnr": self.best_psnr, "seed": cfg.seed,
+                 "schedule": {"kind": "cosine", "lr": cfg.lr, "lr_min": cfg.lr_min,
+                              "total": cfg.iterations},
+                 "rng": rng_state(self.device), "config": json.loads(cfg.to_json())}
+        with self._writing(f"the state of step {step}"):
+            save_training_state(self.run_dir, STATE_STEM, self.primal, self.duals,
+                                self.optimizers, step, self._info({"iterations": step}),
+                                extra, moments=cfg.state_moments, shard_bytes=shard)
 
     def _save_inference(self, name: str, step: int, val: tuple[float, float] | None) -> None:
         extra: dict[str, Any] = {"iterations": step}
@@ -590,18 +610,76 @@ def _export_fp16(src: Path, dst: Path) -> None:
     save_model(dst, model, info, dtype=torch.float16)
 
 
+_WHOLE_FILES = (CONFIG_FILE, "last.safetensors", "best.safetensors", "model-fp16.safetensors")
+
+
+def _leftovers(run_dir: Path) -> list[Path]:
+    """Temporary files of writes a killed run left in its folder (the state's own go with
+    :func:`vsr.train.state.remove_stale_state`): without this they stayed for good, each as
+    large as the model."""
+    found = [p for name in _WHOLE_FILES for p in run_dir.glob(f".{name}.*.tmp")]
+    found += [run_dir / n for n in ("metrics.tmp", "metrics.tmp.png")]
+    return [p for p in found if p.is_file()]
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a resume on a full disk truncated config.json in
+    place, and the run it said it kept could no longer be resumed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; config.json is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _trim_metrics(path: Path, keep_upto: int) -> None:
-    """On resume, drop rows past the resumed step so the CSV stays one continuous run."""
+    """On resume, drop rows past the resumed step so the CSV stays one continuous run. Rows
+    that do not parse go too (a crash or a full disk can leave a cut line or NUL bytes: the
+    resume, and the plot at the end, failed on them with an internal error)."""
     if not path.exists():
         return
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_upto]
+    rows, bad = [], 0
+    with path.open(newline="", errors="replace") as fh:
+        for raw in csv.DictReader(fh):
+            row = _metrics_row(raw)
+            if row is None:
+                bad += 1
+            elif int(row["step"]) <= keep_upto:
+                rows.append(row)
+    if bad:
+        log.warning("%s: left out %d unreadable row(s)", path, bad)
     tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no half-written copy left behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _metrics_row(raw: dict[str | None, Any]) -> dict[str, str] | None:
+    """The known columns of a metrics.csv row as written (an integer step, numbers or
+    nothing), or None."""
+    if None in raw:  # more fields than the header: a garbled line
+        return None
+    row = {k: v for k, v in raw.items() if k in _COLUMNS and v is not None}
+    try:
+        int(row.get("step") or "")
+        for value in row.values():
+            if value:
+                float(value)
+    except ValueError:
+        return None
+    return row
 
 
 def _append_metrics(path: Path, row: dict[str, Any]) -> None:
