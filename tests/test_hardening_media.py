@@ -407,3 +407,15 @@ def test_batch_keeps_a_limited_range_without_colour_description_in_mp4(tmp_path)
     assert not result.failed, result
     assert _probe(tmp_path / "out" / "tv.mp4", "codec_name,color_range,color_space",
                   "stream") == ["h264,tv,N/A"]
+
+
+def test_a_png_cut_inside_its_header_is_an_input_error(tmp_path):
+    """A PNG cut to 16-23 bytes (inside its IHDR) was 'internal error: error: unpack requires
+    a buffer of 8 bytes' from the size check that runs before FFmpeg opens it."""
+    whole = tmp_path / "whole.png"
+    _ffmpeg(*_testsrc(1), str(whole))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:20])
+    with pytest.raises(InputError):
+        _upscale(cut, tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()

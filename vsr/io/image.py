@@ -107,7 +107,7 @@ def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
 
 def _size_in(head: bytes) -> tuple[int, int] | None:
     """:func:`declared_size` of a file that begins with ``head``."""
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
         return struct.unpack(">II", head[16:24])
     if head[:2] == b"\xff\xd8":
         return _jpeg_size(head)
