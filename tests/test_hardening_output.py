@@ -202,3 +202,12 @@ def test_an_output_that_is_a_link_to_the_input_is_refused(clip, tmp_path):
                                 "--scale", "2", "--overwrite"))
         assert "output would replace the input" in line
         assert out.stat().st_ino == src.stat().st_ino  # the link is left as it was
+
+
+def test_an_output_folder_that_is_a_file_is_named_as_one(clip, tmp_path):
+    """`vsr upscale IN afile/out.mp4` said 'output folder does not exist: afile'."""
+    src = clip("in.mp4", frames=2)
+    (tmp_path / "afile").write_text("x")
+    line = _error_line(_vsr("upscale", str(src), str(tmp_path / "afile" / "out.mp4"),
+                            "--model", "bicubic", "--scale", "2"))
+    assert line == f"Error: output folder {tmp_path / 'afile'} is a file, not a folder"

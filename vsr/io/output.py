@@ -76,6 +76,8 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool,
     if exists and not overwrite:
         raise OutputError(f"output exists (use --overwrite): {p}")
     if not parent.is_dir():
+        if parent.exists():
+            raise OutputError(f"output folder {parent} is a file, not a folder")
         raise OutputError(f"output folder does not exist: {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output folder is not writable: {parent}")
