@@ -114,19 +114,29 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]
     """Parse and check a safetensors header without loading data: (tensor table, metadata)."""
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+        if path.exists():  # a device, a pipe (reading one could block), a socket
+            raise CheckpointError(f"{path}: not a regular file, not a checkpoint file")
         raise CheckpointError(f"{path}: no such checkpoint file")
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: not a safetensors checkpoint (file too short)")
-        if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or head[:2] == b"PK":
-            raise CheckpointError(f"{path}: refusing a pickle/zip (torch.save) file; "
-                                  "only safetensors checkpoints are loaded")
-        (n,) = struct.unpack("<Q", head)
-        if n <= 1 or n > min(_MAX_HEADER, size - 8):
-            raise CheckpointError(f"{path}: not a safetensors checkpoint (bad header length)")
-        raw = fh.read(n)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors checkpoint (file too short)")
+            if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") \
+                    or head[:2] == b"PK":
+                raise CheckpointError(f"{path}: refusing a pickle/zip (torch.save) file; "
+                                      "only safetensors checkpoints are loaded")
+            (n,) = struct.unpack("<Q", head)
+            if n <= 1 or n > min(_MAX_HEADER, size - 8):
+                raise CheckpointError(f"{path}: not a safetensors checkpoint (bad header "
+                                      "length)")
+            raw = fh.read(n)
+    except OSError as exc:  # no permission, a failing disk (EIO)
+        raise CheckpointError(f"{path}: cannot read the checkpoint "
+                              f"({exc.strerror or exc})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -128,3 +128,15 @@ def test_saved_checkpoint_has_ordinary_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_path_that_is_no_regular_file_is_named(tmp_path) -> None:
+    """`vsr train --init /dev/null` said 'no such checkpoint file' of a file that exists."""
+    from vsr.models.checkpoint import read_header
+
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_header("/dev/null")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        read_header(tmp_path)
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        read_header(tmp_path / "missing.safetensors")
