@@ -166,3 +166,29 @@ def test_a_frame_still_bad_in_fp32_after_the_fallback_fails_the_run(drn_checkpoi
             upscale_file(UpscaleConfig(input=src, output=out, model=str(ckpt), device="cpu",
                                        precision=run_in))
         assert not out.exists()
+
+
+def test_a_fallback_to_fp32_does_not_carry_over_to_the_next_file(tmp_path):
+    """The fp32 fallback changes the handle itself: a batch worker's next file (the same
+    ModelCache) ran in fp32 and said fallback_fp32 False. Each run now starts in the precision
+    asked for, and falls back (and says so) on its own."""
+    from PIL import Image
+
+    from vsr.engine import ModelCache
+    from vsr.models import DRN, CheckpointInfo, save_model
+
+    torch.manual_seed(0)
+    net = DRN(scale=2, n_feats=4, n_blocks=[1])
+    with torch.no_grad():  # an output past fp16's range (65504): inf there, clipped in fp32
+        for p in [*net.head.parameters(), *net.tails.parameters()]:
+            p.mul_(1000)  # the weights themselves stay well inside it (at most ~200)
+    ckpt = save_model(tmp_path / "wide.safetensors", net,
+                      CheckpointInfo(arch="drn", hparams=net.hparams, scale=2, name="wide"))
+    src = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)).save(src)
+    models = ModelCache()
+    for k in range(2):
+        r = upscale_file(UpscaleConfig(input=src, output=tmp_path / f"out{k}.png",
+                                       model=str(ckpt), device="cpu", precision="fp16"),
+                         models=models)
+        assert r.fallback_fp32 and r.fallback_frames == 1, (k, r)

@@ -176,10 +176,19 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
     log.info("%s %dx%d -> %dx%d with %s x%d on %s (%s, backend %s)", Path(info.path).name,
              info.width, info.height, width, height, handle.name, handle.scale, handle.device,
              handle.dtype, prepared.backend)
-    with open_sink(info, width, height) as sink:
-        processor = prepared.processor(overlap, alpha=info.alpha and getattr(sink, "alpha", False))
-        stats = run_pipeline(frames, processor, sink, depth=depth,
-                             frames_total=frames_total if frames_total is not None
-                             else info.frames, progress=progress)
+    dtype = handle.dtype
+    try:
+        with open_sink(info, width, height) as sink:
+            processor = prepared.processor(overlap,
+                                           alpha=info.alpha and getattr(sink, "alpha", False))
+            stats = run_pipeline(frames, processor, sink, depth=depth,
+                                 frames_total=frames_total if frames_total is not None
+                                 else info.frames, progress=progress)
+    finally:
+        if handle.dtype != dtype:
+            # the run fell back to fp32 (a bad frame in fp16/bf16), which changes the handle
+            # itself: the next run of this cache (a batch worker's next file or segment)
+            # loads its own, in the precision asked for, not this one silently in fp32
+            models.release(handle)
     return EngineRun(stats=stats, prepared=prepared, report=processor.report, width=width,
                      height=height, pix_fmt=sink.pix_fmt, copied_packets=sink.copied_packets)
