@@ -13,6 +13,7 @@ import mmap
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -191,10 +192,11 @@ def _jpeg_cut(data: bytes) -> bool:
                 i = found.end() - 1
 
 
-def _gif_cut(data: bytes) -> bool:
-    """Whether a GIF's blocks run out before its trailer (3B): FFmpeg decodes the pictures
-    (or frames) it has, the rest grey or missing, without an error. Data this walk cannot
-    follow is not judged (False)."""
+def _gif_blocks(data: bytes | mmap.mmap) -> Iterator[tuple[str, int]]:
+    """The blocks of a GIF after its header and global colour table, as (kind, offset):
+    "ext" (21: label, sub-blocks) and "image" (2C: descriptor, local table, LZW code size,
+    sub-blocks); then one that ends the walk: "trailer" (3B), "end" (the data ran out),
+    "short" (an image descriptor cut off) or "unknown" (a byte no block starts with)."""
     def table(flags: int) -> int:
         return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
 
@@ -207,16 +209,29 @@ def _gif_cut(data: bytes) -> bool:
     while i < len(data):
         block = data[i]
         if block == 0x3B:
-            return False
-        if block == 0x21:  # extension: label, sub-blocks
+            yield "trailer", i
+            return
+        if block == 0x21:
+            yield "ext", i
             i = sub_blocks(i + 2)
-        elif block == 0x2C:  # image: descriptor, local table, LZW code size, sub-blocks
+        elif block == 0x2C:
             if i + 10 > len(data):
-                return True
+                yield "short", i
+                return
+            yield "image", i
             i = sub_blocks(i + 10 + table(data[i + 9]) + 1)
         else:
-            return False
-    return True
+            yield "unknown", i
+            return
+    yield "end", len(data)
+
+
+def _gif_cut(data: bytes | mmap.mmap) -> bool:
+    """Whether a GIF's blocks run out before its trailer (3B): FFmpeg decodes the pictures
+    (or frames) it has, the rest grey or missing, without an error. Data this walk cannot
+    follow is not judged (False)."""
+    last = next(kind for kind, _ in _gif_blocks(data) if kind not in ("ext", "image"))
+    return last in ("end", "short")
 
 
 def cut_short(path: str | os.PathLike) -> str | None:
@@ -243,30 +258,16 @@ def _gif_later_transparency(data: bytes | mmap.mmap) -> bool:
     """Whether a GIF picture after the first has a transparent colour (its Graphic Control
     Extension, 21 F9, says so): only then can a later frame show through where the first
     did not. Data this walk cannot follow counts as yes."""
-    def table(flags: int) -> int:
-        return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
-
-    def sub_blocks(i: int) -> int:
-        while i < len(data) and data[i]:
-            i += 1 + data[i]
-        return i + 1
-
     images = 0
-    i = 13 + table(data[10]) if len(data) > 10 else len(data)
-    while i < len(data):
-        block = data[i]
-        if block == 0x3B:
-            return False
-        if block == 0x21:
+    for kind, i in _gif_blocks(data):
+        if kind == "ext":
             if images and data[i + 1:i + 3] == b"\xf9\x04" and i + 3 < len(data) \
                     and data[i + 3] & 1:
                 return True
-            i = sub_blocks(i + 2)
-        elif block == 0x2C and i + 10 <= len(data):
+        elif kind == "image":
             images += 1
-            i = sub_blocks(i + 10 + table(data[i + 9]) + 1)
         else:
-            return True
+            return kind in ("short", "unknown")
     return False
 
 
