@@ -232,8 +232,10 @@ def main() -> None:
         _error_line("interrupted", exc)
         _exit_stopped(128 + _signal_of(exc))
     except Exception as exc:  # VsrError: one line; anything else too, unless --debug
-        if _STOPS and not debug:  # the stop's exception, turned into another on its way
-            _error_line("interrupted", Stopped(_STOPS[0]))
+        if _STOPS and not debug:  # after a stop: maybe its exception, turned into another
+            # on its way (safetensors: "could not deserialize"), maybe an error of the clean-up
+            # after it (a stream's close): the stop is what happened, the error is said too
+            _error_line(f"interrupted; {_one_line(exc)}", Stopped(_STOPS[0]))
             _exit_stopped(128 + _STOPS[0])
         if debug:
             raise

@@ -198,9 +198,11 @@ main_module.main()
 def test_a_stop_that_native_code_turns_into_its_error_is_reported_as_the_stop(
         tmp_path: Path) -> None:
     """SIGTERM during `vsr export`'s checkpoint load came out as 'Error: ...: unreadable
-    checkpoint (could not deserialize ...)', exit 1: an error after a stop is the stop."""
+    checkpoint (could not deserialize ...)', exit 1: an error after a stop is reported
+    as the stop, with its message."""
     (tmp_path / "probe_cmd.py").write_text(_PROBE_COMMAND)
     run = subprocess.run([sys.executable, "-c", _RUN_PROBE, str(tmp_path)], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 143, run.stderr
-    assert run.stderr.strip() == "Error: interrupted (SIGTERM)", run.stderr
+    assert run.stderr.strip() == ("Error: interrupted; could not deserialize header "
+                                  "(SIGTERM)"), run.stderr
