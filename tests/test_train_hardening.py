@@ -399,7 +399,7 @@ def test_temporary_files_of_killed_writes_are_removed(files: dict[str, Path],
     assert CliRunner().invoke(cli, _train_args(files, run)).exit_code == 0
     kept = sorted(p.name for p in run.iterdir())
     left = [".last.safetensors.k2j3h4x1.tmp", ".best.safetensors.a8f0q2zz.tmp",
-            ".model-fp16.safetensors.0pq9r8st.tmp", ".config.json.m3n4b5v6.tmp",
+            ".model-fp16.safetensors.0pq9r8st.tmp",
             "metrics.tmp", "metrics.tmp.png"]
     for name in left:
         (run / name).write_bytes(b"half a file")

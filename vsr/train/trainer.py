@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from torch import nn
 
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, OutputError, TrainingDiverged
-from vsr.io.output import write_reason
+from vsr.io.output import store_file, write_reason
 from vsr.loading import check_finite_weights
 from vsr.models import (
     ARCHITECTURES,
@@ -437,7 +436,9 @@ class Trainer:
                 for path in _leftovers(self.run_dir):
                     path.unlink(missing_ok=True)
                     log.info("removed %s, left by an interrupted write", path.name)
-                _replace_text(self.run_dir / CONFIG_FILE, cfg.to_json())
+                # whole or not at all: a resume on a full disk cut it in place, and the run
+                # the error said it kept could no longer be resumed
+                store_file(self.run_dir / CONFIG_FILE, cfg.to_json().encode())
                 _trim_metrics(self.run_dir / METRICS_FILE, self.start_step)
         self.primal.train()
         degraded = self._degraded_batches(self.start_step)
@@ -595,7 +596,11 @@ class Trainer:
         OutputError that says which state the folder still holds (saves are all or nothing)."""
         try:
             yield
-        except (OSError, SafetensorError) as exc:
+        except (OSError, SafetensorError, OutputError) as exc:
+            if isinstance(exc, OutputError):  # store_file's: the OSError behind it says why
+                if not isinstance(exc.__cause__, OSError):
+                    raise
+                exc = exc.__cause__
             kept = (f"; it keeps the state of step {self.saved_step}"
                     if self.saved_step is not None else "")
             raise OutputError(f"{self.run_dir}: cannot write {what} ({write_reason(exc)})"
@@ -610,7 +615,7 @@ def _export_fp16(src: Path, dst: Path) -> None:
     save_model(dst, model, info, dtype=torch.float16)
 
 
-_WHOLE_FILES = (CONFIG_FILE, "last.safetensors", "best.safetensors", "model-fp16.safetensors")
+_WHOLE_FILES = ("last.safetensors", "best.safetensors", "model-fp16.safetensors")
 
 
 def _leftovers(run_dir: Path) -> list[Path]:
@@ -620,22 +625,6 @@ def _leftovers(run_dir: Path) -> list[Path]:
     found = [p for name in _WHOLE_FILES for p in run_dir.glob(f".{name}.*.tmp")]
     found += [run_dir / n for n in ("metrics.tmp", "metrics.tmp.png")]
     return [p for p in found if p.is_file()]
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all: a resume on a full disk truncated config.json in
-    place, and the run it said it kept could no longer be resumed."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; config.json is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _trim_metrics(path: Path, keep_upto: int) -> None:
