@@ -24,7 +24,7 @@ import ffmpeg
 import numpy as np
 
 from vsr.errors import OutputError
-from vsr.io.info import StreamInfo, has_alpha
+from vsr.io.info import StreamInfo, has_alpha, written_time_base
 from vsr.io.output import (
     SinkContext,
     check_frame,
@@ -107,10 +107,8 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     order = sorted([info.index, *(o.index for o in info.others)])
     pos = order.index(info.index)  # the video's output stream index
     audio = {o.index for o in info.others if o.type == "audio"}
-    tb = info.time_base
     suffix = Path(output).suffix.lower()
-    if suffix == ".avi" and info.frame_rate:
-        tb = 1 / Fraction(info.frame_rate)  # AVI: one frame slot a tick (as PyAVSink)
+    tb = written_time_base(info, "avi" if suffix == ".avi" else suffix)
     args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts",
             "-f", "nut", "-i", "pipe:0",
             "-i", file_url(info.path),

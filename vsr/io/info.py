@@ -189,6 +189,16 @@ _FIELD_ORDERS = {2: "top field first", 3: "bottom field first",
                  4: "top field first, bottom coded first", 5: "bottom field first, top coded first"}
 
 
+def written_time_base(info: StreamInfo, container: str) -> Fraction:
+    """The time base the video of ``info`` is written in, in the ``container`` format (a
+    muxer's name, e.g. "matroska", "avi"): the input's own; in AVI one frame a tick, for AVI
+    has one frame slot a tick, and in a finer time base the muxer fills the slots between
+    frames with empty chunks and declares the tick rate (e.g. 600 fps) as the frame rate."""
+    if container == "avi" and info.frame_rate:
+        return 1 / Fraction(info.frame_rate)
+    return info.time_base
+
+
 def field_order(stream: av.video.stream.VideoStream, first: av.VideoFrame) -> str | None:
     """The field order of an interlaced video ``stream`` whose first decoded frame is
     ``first``, in words; None for progressive video. The stream's codec parameters say it;

@@ -19,7 +19,13 @@ import av
 import numpy as np
 
 from vsr.errors import ConfigError, OutputError
-from vsr.io.info import StreamInfo, bit_depth_of, format_has_alpha, has_alpha
+from vsr.io.info import (
+    StreamInfo,
+    bit_depth_of,
+    format_has_alpha,
+    has_alpha,
+    written_time_base,
+)
 from vsr.io.output import (
     SinkContext,
     check_frame,
@@ -441,11 +447,8 @@ class PyAVSink(SinkContext):
             self._enc = VideoEncoder(stream, info, width, height, config,
                                      container=out.format.name)
             self._stream = stream
-            if out.format.name == "avi" and info.frame_rate:
-                # AVI has one frame slot a tick: in a finer time base the muxer fills the
-                # slots between frames with empty chunks and declares the tick rate
-                # (600 fps) as the frame rate.
-                self._time_base = 1 / Fraction(info.frame_rate)
+            self._time_base = written_time_base(info, out.format.name)
+            if self._time_base != info.time_base:  # AVI
                 stream.time_base = stream.codec_context.time_base = self._time_base
             if self._enc.color_range and "mp4" in out.format.name.split(","):
                 # H.264 writes its range only beside a colour description (x264's VUI):

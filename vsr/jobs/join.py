@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 
 from vsr.errors import OutputError, PipelineError
-from vsr.io.info import StreamInfo
+from vsr.io.info import StreamInfo, written_time_base
 from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
 from vsr.io.passthrough import Passthrough, container_tags
 from vsr.io.paths import file_url
@@ -94,9 +94,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         discard(temp)
         raise OutputError(f"cannot write {final}: {exc}") from exc
     passthrough = Passthrough(str(input_path), exclude=info.index)
-    tick = info.time_base
-    if out.format.name == "avi" and info.frame_rate:
-        tick = 1 / Fraction(info.frame_rate)  # AVI: one frame a tick, as the upscale sinks
+    tick = written_time_base(info, out.format.name)  # AVI: one frame a tick, as the sinks
     try:
         with _open_segment(segments[0]) as first:
             template = first.streams.video[0]
