@@ -206,3 +206,85 @@ def test_a_stop_that_native_code_turns_into_its_error_is_reported_as_the_stop(
     assert run.returncode == 143, run.stderr
     assert run.stderr.strip() == ("Error: interrupted; could not deserialize header "
                                   "(SIGTERM)"), run.stderr
+
+
+def _stop_in(monkeypatch, owner, name: str) -> None:
+    """``owner.name`` raises KeyboardInterrupt the first time it is called (a stop landing
+    just there), then works as before."""
+    real = getattr(owner, name)
+    calls = []
+
+    def stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, stop)
+
+
+@pytest.mark.parametrize("kind", ["pyav", "ffmpeg"])
+def test_a_stop_as_a_sink_finishes_leaves_nothing(clip, tmp_path, monkeypatch, kind):
+    """A stop while a sink finished its file: the PyAV sink left its partial when the stop
+    came just before the move into place; the ffmpeg sink, stopped while ffmpeg finished
+    (seconds for a slow codec), left ffmpeg running on, to write its partial after the
+    run had ended."""
+    import numpy as np
+
+    from vsr.io import ffmpeg_sink, sink
+    from vsr.io.source import PyAVSource
+
+    if kind == "ffmpeg" and not ffmpeg_sink.ffmpeg_available():
+        pytest.skip("no ffmpeg program")
+    src = clip("a.mkv", frames=2)
+    with PyAVSource(src) as source:
+        info = source.info
+    out = tmp_path / "o.mkv"
+    opened = (sink.PyAVSink if kind == "pyav" else ffmpeg_sink.FfmpegSink)(out, info, 128, 96)
+    for i in range(12):
+        opened.write(np.full((96, 128, 3), 20 * i, np.uint8), i)
+    if kind == "pyav":
+        _stop_in(monkeypatch, sink, "finish")
+    else:
+        proc = opened._proc
+        _stop_in(monkeypatch, proc, "wait")  # the stop comes while ffmpeg finishes
+    with pytest.raises(KeyboardInterrupt), opened:
+        pass
+    if kind == "ffmpeg":
+        assert proc.wait(timeout=30) is not None  # an ffmpeg left running ends first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mkv"]
+
+
+def test_a_stop_as_a_stored_file_is_moved_leaves_nothing(tmp_path, monkeypatch):
+    from vsr.io import output
+
+    _stop_in(monkeypatch, output, "finish")
+    with pytest.raises(KeyboardInterrupt):
+        output.store_file(tmp_path / "card.json", b"{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["pyav", "ffmpeg"])
+def test_a_sink_lost_before_its_with_removes_its_file(clip, tmp_path, kind):
+    """The PyAV sink's file exists once its constructor returns: a stop landing there, before
+    the caller's `with` (CI: `vsr bench --output` stopped as its output appeared), left the
+    partial for good. A sink lost that way removes it (and stops its ffmpeg) when collected."""
+    import gc
+
+    from vsr.io import ffmpeg_sink, sink
+    from vsr.io.source import PyAVSource
+
+    if kind == "ffmpeg" and not ffmpeg_sink.ffmpeg_available():
+        pytest.skip("no ffmpeg program")
+    src = clip("a.mkv", frames=2)
+    with PyAVSource(src) as source:
+        info = source.info
+    lost = (sink.PyAVSink if kind == "pyav" else ffmpeg_sink.FfmpegSink)(
+        tmp_path / "o.mkv", info, 128, 96)
+    proc = getattr(lost, "_proc", None)
+    if kind == "pyav":
+        assert len(_partials(tmp_path)) == 1
+    del lost
+    gc.collect()
+    if proc is not None:
+        assert proc.poll() is not None  # no ffmpeg left to write a file after the run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mkv"]

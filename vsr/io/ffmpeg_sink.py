@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import weakref
 from fractions import Fraction
 from pathlib import Path
 
@@ -186,6 +187,9 @@ class FfmpegSink(SinkContext):
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=self._log, start_new_session=True)
         try:
+            # a stop landing before the caller's `with` loses this sink: ffmpeg is stopped
+            # and the file removed when the sink is collected
+            self._lost = weakref.finalize(self, _stop_and_discard, self._proc, self._temp)
             self._mux = av.open(self._proc.stdin, mode="w", format="nut")
             fmt = ("rgba" if self.alpha else "rgb24") if info.bit_depth <= 8 else (
                 "rgba64le" if self.alpha else "rgb48le")
@@ -231,24 +235,25 @@ class FfmpegSink(SinkContext):
         if self._done:
             return
         self._done = True
-        try:
-            for due in [*self._order.flush(), None]:
-                for pkt in self._stream.encode(due):
-                    self._mux.mux(pkt)
-            self._order.report(self.path.name)
-            self._mux.close()
-            self._proc.stdin.close()
-        except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:
-            err = self._failed("stopped")
-            discard(self._temp)
-            raise err from exc
-        if self._proc.wait() != 0 or _finish_failed(self._log):
-            err = self._failed(f"exited with {self._proc.returncode}" if self._proc.returncode
-                               else "could not finish the file")
-            discard(self._temp)
-            raise err
+        try:  # a stop anywhere here (ffmpeg can take seconds to finish) stops ffmpeg too
+            try:
+                for due in [*self._order.flush(), None]:
+                    for pkt in self._stream.encode(due):
+                        self._mux.mux(pkt)
+                self._order.report(self.path.name)
+                self._mux.close()
+                self._proc.stdin.close()
+            except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:
+                raise self._failed("stopped") from exc
+            if self._proc.wait() != 0 or _finish_failed(self._log):
+                raise self._failed(f"exited with {self._proc.returncode}"
+                                   if self._proc.returncode else "could not finish the file")
+            finish(self._temp, self.path, replace=self._overwrite)
+        except BaseException:
+            self.abort()
+            raise
         self._log.close()
-        finish(self._temp, self.path, replace=self._overwrite)
+        self._lost.detach()
 
     def abort(self) -> None:
         self._done = True
@@ -257,11 +262,17 @@ class FfmpegSink(SinkContext):
                 self._mux.close()
         except Exception:  # the pipe may be gone already; the process is killed below
             pass
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
+        _stop_and_discard(self._proc, self._temp)
         self._log.close()
-        discard(self._temp)
+        if hasattr(self, "_lost"):
+            self._lost.detach()
+
+
+def _stop_and_discard(proc: subprocess.Popen, temp: Path) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    discard(temp)
 
 
 

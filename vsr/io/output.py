@@ -226,17 +226,17 @@ def store_file(path: Path, data: bytes, *, replace: bool = True) -> None:
     """
     temp = temp_path_for(path)
     try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        discard(temp)
-        raise write_error(path, exc) from exc
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise write_error(path, exc) from exc
+        finish(temp, path, replace=replace)  # a stop before its move: the temp goes too
     except BaseException:
         discard(temp)
         raise
-    finish(temp, path, replace=replace)
 
 
 # link() is refused where the file system has no hard links (FAT, exFAT, some network and

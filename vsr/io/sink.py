@@ -11,6 +11,7 @@ import contextlib
 import heapq
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -413,6 +414,9 @@ class PyAVSink(SinkContext):
         self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
         self._overwrite = overwrite
         self._temp = temp_path_for(self.path)
+        # The file exists once the constructor returns: a stop landing before the caller's
+        # `with` (or try) loses this sink, and its file goes when the sink is collected.
+        self._lost = weakref.finalize(self, discard, self._temp)
         self._done = False
         self._pass: Passthrough | None = None
         self._order = PtsOrder()
@@ -542,9 +546,14 @@ class PyAVSink(SinkContext):
             self.abort()
             raise
         self._done = True
-        if self._pass is not None:
-            self._pass.close()
-        finish(self._temp, self.path, replace=self._overwrite)
+        try:  # a stop before the move: no partial file left
+            if self._pass is not None:
+                self._pass.close()
+            finish(self._temp, self.path, replace=self._overwrite)
+        except BaseException:
+            discard(self._temp)
+            raise
+        self._lost.detach()
 
     def abort(self) -> None:
         """Stop and remove the partial output; never raises for a half-written file."""
@@ -556,6 +565,7 @@ class PyAVSink(SinkContext):
         if self._pass is not None:
             self._pass.close()
         discard(self._temp)
+        self._lost.detach()
 
 
 
