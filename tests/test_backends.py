@@ -239,3 +239,33 @@ def test_processes_building_one_engine_at_once_all_get_it(tmp_path):
         assert p.returncode == 0 and out.strip() == "onnx", err
     files = list((tmp_path / "engines").iterdir())
     assert len(files) == 1 and files[0].suffix == ".onnx", files
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_the_onnx_backend_starts_onnxruntime_with_its_telemetry_off(tmp_path):
+    """onnxruntime 1.29+ on Linux queued usage events for upload to Microsoft and wrote a
+    device identifier under ~/.cache/Microsoft and a `.ses` file in the temp folder on every
+    `vsr upscale` that took the ONNX backend; vsr sends nothing anywhere."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from vsr.io.image import save_image
+
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    src = tmp_path / "in.png"
+    save_image(src, np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ORT_") and k not in ("CI", "GITHUB_ACTIONS", "TF_BUILD")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vsr", "upscale", str(src), str(tmp_path / "out.png"),
+         "--backend", "onnx", "--device", "cpu", "--json"],
+        env={**env, "HOME": str(home), "TMPDIR": str(tmp)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["backend"] == "onnx"
+    assert not (home / ".cache" / "Microsoft").exists()
+    assert list(tmp.iterdir()) == []

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vsr.backends.base import TOLERANCE, NetworkOnly
-from vsr.backends.onnx import export_onnx
+from vsr.backends.onnx import export_onnx, import_onnxruntime
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, OutputError
 from vsr.io.image import MAX_PIXELS_ENV, max_pixels
@@ -129,7 +129,7 @@ def _check(cfg: ExportConfig, handle, path: Path) -> float | None:
     errors = []
     if cfg.format == "onnx":
         try:
-            import onnxruntime as ort
+            ort = import_onnxruntime()
         except ImportError:
             log.warning("onnxruntime is not installed; the ONNX file was not run")
             return None

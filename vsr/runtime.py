@@ -5,7 +5,9 @@
 
 The `vsr` command makes this call at start; a program using the library makes it itself (or
 not: everything works without it, slower on the CPU). Nothing else in the library changes
-process-wide settings. The choice of backend never depends on it.
+process-wide settings, but for one: onnxruntime starts with its telemetry off
+(``ORT_DISABLE_TELEMETRY``, vsr.backends.onnx.import_onnxruntime). The choice of backend
+never depends on it.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ batch, height and width) into the engine cache and run by an InferenceSession.""
 
 from __future__ import annotations
 
-import importlib
 import logging
+import os
 import tempfile
 import threading
 import warnings
@@ -34,6 +34,18 @@ ONNX_OPSET = 17
 _EXPORT_LOCK = threading.RLock()
 
 
+def import_onnxruntime():
+    """onnxruntime, imported with its telemetry off. Its Linux and macOS wheels (1.29 on)
+    record usage events for upload to Microsoft and keep a device identifier under
+    ~/.cache/Microsoft (and a session file in the temp folder); vsr sends nothing anywhere,
+    so ``ORT_DISABLE_TELEMETRY=1`` is set before onnxruntime starts, unless the environment
+    sets it already. Raises ImportError where onnxruntime is not installed."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
+
+
 def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
                 sample_hw: tuple[int, int] = (32, 32)) -> None:
     """Write ``module(x, return_all=False)`` as ONNX with input ``lr`` (N, 3, H, W) and
@@ -59,15 +71,15 @@ def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
 
 def _unavailable(handle) -> str | None:
     return first_reason(
-        needs_package(lambda: importlib.import_module("onnxruntime"), "onnxruntime", "onnx"),
         needs_network(handle, "export"),
+        needs_package(import_onnxruntime, "onnxruntime", "onnx"),
         needs(handle.device.type == "cpu",
               "the onnx backend runs on the CPU (use compile or tensorrt on CUDA)"),
         needs(handle.dtype == torch.float32, "the onnx backend runs in fp32 only"))
 
 
 def _build(handle, shape, cache):
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     key = EngineKey(model=model_digest(handle.module), backend="onnx", shape=None,
                     precision="fp32", device="cpu", tensorrt=None,
