@@ -180,6 +180,7 @@ class FfmpegSink(SinkContext):
         self._info = info
         self._done = False
         self._order = PtsOrder()
+        self._time_base = written_time_base(info, "avi" if suffix == ".avi" else suffix)
         self.frames = 0
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sink
         args = build_command(info, file_url(self._temp), self.pix_fmt, config)
@@ -195,8 +196,9 @@ class FfmpegSink(SinkContext):
                 "rgba64le" if self.alpha else "rgb48le")
             st = self._mux.add_stream("rawvideo", rate=info.frame_rate or Fraction(25))
             st.width, st.height, st.pix_fmt = width, height, fmt
-            st.time_base = info.time_base
-            st.codec_context.time_base = info.time_base
+            # frames go through the pipe in the time base they are written in (AVI: one
+            # frame a tick), so frames closer than a tick are moved here, and said so
+            st.time_base = st.codec_context.time_base = self._time_base
             self._stream = st
             self._fmt = fmt
         except BaseException:
@@ -222,7 +224,9 @@ class FfmpegSink(SinkContext):
         if (image.dtype == np.uint16) != deep:
             image = (image.astype(np.uint16) * 257 if deep else (image >> 8).astype(np.uint8))
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=self._fmt)
-        frame.pts, frame.time_base = pts, self._info.time_base
+        if self._time_base != self._info.time_base:
+            pts = round(pts * self._info.time_base / self._time_base)
+        frame.pts, frame.time_base = pts, self._time_base
         try:
             for due in self._order.push(frame):
                 for pkt in self._stream.encode(due):
@@ -240,7 +244,8 @@ class FfmpegSink(SinkContext):
                 for due in [*self._order.flush(), None]:
                     for pkt in self._stream.encode(due):
                         self._mux.mux(pkt)
-                self._order.report(self.path.name)
+                self._order.report(self.path.name, self._time_base
+                                   if self._time_base != self._info.time_base else None)
                 self._mux.close()
                 self._proc.stdin.close()
             except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:
