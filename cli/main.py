@@ -93,11 +93,12 @@ _STOPS: list[int] = []
 
 
 @contextlib.contextmanager
-def stop_signals_interrupt() -> Iterator[None]:
+def stop_signals_interrupt(*, term: bool = True) -> Iterator[None]:
     """Within the block, the first SIGTERM or SIGHUP raises :class:`Stopped`; later ones are
     ignored so they cannot cut the clean-up short. Ctrl-C raises KeyboardInterrupt, as it
     does outside. Neither raises inside an import (see _IMPORT_RETRY_S). The previous
-    handlers come back after."""
+    handlers come back after. ``term`` False: Ctrl-C only; SIGTERM and SIGHUP keep theirs
+    (by default they end the process at once, which no import can lose)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
         return
@@ -121,7 +122,7 @@ def stop_signals_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
     # a signal the caller chose to ignore (`nohup` ignores SIGHUP) stays ignored
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS
+    previous = {s: signal.signal(s, handler) for s in (STOP_SIGNALS if term else ())
                 if signal.getsignal(s) is not signal.SIG_IGN}
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
@@ -182,7 +183,11 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
         if _startup_stop is None:  # called without main(): install them now
             ctx.with_resource(stop_signals_interrupt())
     elif _startup_stop is not None:
-        _startup_stop.close()  # other commands keep the default (or set their own)
+        # other commands keep the default SIGTERM and SIGHUP (or set their own), and Ctrl-C
+        # raises KeyboardInterrupt as by default, but never inside an import, where it can
+        # be lost (a train, eval or models start-up importing torch ran on)
+        _startup_stop.close()
+        ctx.with_resource(stop_signals_interrupt(term=False))
 
 
 # The handlers main() installs before the command line is parsed, so that SIGTERM or SIGHUP

@@ -208,6 +208,37 @@ def test_a_stop_that_native_code_turns_into_its_error_is_reported_as_the_stop(
                                   "(SIGTERM)"), run.stderr
 
 
+_IMPORTING_COMMAND = """
+import sys, time, traceback
+import click
+
+@click.command()
+def probe():
+    try:
+        import sends_a_signal  # it sends Ctrl-C to this process while it is imported
+        time.sleep(5)
+        print("not stopped")
+    except KeyboardInterrupt as exc:
+        where = "".join(traceback.format_tb(exc.__traceback__))
+        print("inside the import" if "sends_a_signal" in where else "after the import")
+        raise
+"""
+
+
+def test_ctrl_c_inside_an_import_of_any_command_stops_it_after_the_import(tmp_path: Path):
+    """The import-safe handling covered the stoppable commands only: Ctrl-C during the
+    start-up of `vsr train`, `vsr eval` or `vsr models` (torch's import) could be lost. Every
+    command now takes Ctrl-C outside imports; SIGTERM keeps its default for those commands."""
+    (tmp_path / "probe_cmd.py").write_text(_IMPORTING_COMMAND)
+    (tmp_path / "sends_a_signal.py").write_text(
+        f"import os, time\nos.kill(os.getpid(), {int(signal.SIGINT)})\ntime.sleep(0.2)\n")
+    run = subprocess.run([sys.executable, "-c", _RUN_PROBE.replace(
+        'main_module.STOPPABLE = main_module.STOPPABLE | {"probe"}\n', ""), str(tmp_path)],
+        capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout.strip(), run.stderr.strip().splitlines()[-1]) == (
+        130, "after the import", "Error: interrupted"), run.stderr
+
+
 def _stop_in(monkeypatch, owner, name: str) -> None:
     """``owner.name`` raises KeyboardInterrupt the first time it is called (a stop landing
     just there), then works as before."""
