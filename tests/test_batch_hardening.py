@@ -901,3 +901,23 @@ def test_a_stop_while_a_joined_output_is_recorded_keeps_output_record_and_cleanu
     assert _partials(out) == []
     code, report, err = _run(*cmd[len(VSR) + 1:])
     assert code == 0 and _outputs(report["skipped"]) == [(str(src), str(out / "long.mkv"))], err
+
+
+def test_an_input_copied_over_with_the_same_size_and_time_is_still_a_change(tmp_path):
+    """An input replaced mid-batch by a file of the same size and modification time (`cp -p`,
+    `rsync -t` of another take) passed the check: segments of two files would be joined."""
+    from vsr.errors import InputError
+    from vsr.jobs.segments import check_unchanged, input_identity
+
+    src = tmp_path / "in.mkv"
+    src.write_bytes(b"a" * 1000)
+    planned = input_identity(src)
+    check_unchanged(src, planned)
+    other = tmp_path / "other.mkv"
+    other.write_bytes(b"b" * 1000)
+    st = src.stat()
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, src)
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(InputError, match="changed while the batch ran"):
+        check_unchanged(src, planned)

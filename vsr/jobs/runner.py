@@ -151,7 +151,7 @@ class _File:
 
     def __init__(self, job: Job, file_id: int, seg_dir: Path | None, tasks: list[Task],
                  segments: list[Segment], frames: int,
-                 identity: tuple[int, int] | None = None) -> None:
+                 identity: tuple[int, ...] | None = None) -> None:
         self.job, self.file_id, self.seg_dir = job, file_id, seg_dir
         self.identity = identity  # the input's when planned: the join checks it again
         self.tasks, self.segments, self.frames = tasks, segments, frames
@@ -358,8 +358,8 @@ def segment_paths(f: _File) -> list[Path]:
     return [segment_path(f.seg_dir, s.index, f.job) for s in f.segments]
 
 
-def _fingerprint(job: Job, identity: tuple[int, int], segment_frames: int) -> str:
-    size, mtime_ns = identity
+def _fingerprint(job: Job, identity: tuple[int, ...], segment_frames: int) -> str:
+    size, mtime_ns = identity[:2]
     return f"{job.options.fingerprint()}:{size}:{mtime_ns}:{segment_frames}"
 
 

@@ -104,7 +104,7 @@ class Task:
     segment: Segment | None
     path: Path
     overwrite: bool = False
-    identity: tuple[int, int] | None = None  # the input's when planned (input_identity)
+    identity: tuple[int, ...] | None = None  # the input's when planned (input_identity)
 
     @property
     def frames(self) -> int:
@@ -204,17 +204,20 @@ def segment_problem(path: Path, frames: int, size: int | None) -> str | None:
     return None
 
 
-def input_identity(path: Path) -> tuple[int, int]:
-    """(size, modification time in ns) of the input ``path``: a file replaced or rewritten
-    has another (the batch's fingerprint holds it too). Raises InputError when it is gone."""
+def input_identity(path: Path) -> tuple[int, int, int, int]:
+    """(size, modification time in ns, inode, change time in ns) of the input ``path``: a
+    file replaced or rewritten has another, even one copied in with the same size and
+    modification time (`cp -p`, `rsync -t`): its inode or change time differ. The batch's
+    fingerprint holds the first two (a resume must survive a move or a chmod). Raises
+    InputError when it is gone."""
     try:
         st = os.stat(check_input_path(path))
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
-def check_unchanged(path: Path, identity: tuple[int, int] | None) -> None:
+def check_unchanged(path: Path, identity: tuple[int, ...] | None) -> None:
     """Raise InputError when the input ``path`` is not the file planned (``identity``; None:
     not checked): segments of two different files must not be joined into one output."""
     if identity is not None and input_identity(path) != identity:
