@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from vsr.errors import CheckpointError
@@ -72,21 +71,15 @@ class CheckpointInfo:
 
 def atomic_save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                 metadata: Mapping[str, str]) -> Path:
-    """Write a safetensors file through a temporary file in the same folder, then rename."""
+    """Write a safetensors file whole or not at all (vsr.io.output.store_file: a temporary
+    file in the same folder, flushed to the disk, then renamed). Raises OutputError (the
+    OSError behind it as its cause) or SafetensorError."""
+    from vsr.io.output import store_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata=dict(metadata))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    store_file(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                          metadata=dict(metadata)))
     return path
 
 

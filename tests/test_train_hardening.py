@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from vsr.cli.main import cli
 from vsr.errors import CheckpointError, ConfigError, InputError, OutputError
 from vsr.imageio import write_image
+from vsr.io.output import HOST_TAG
 from vsr.models import DRN, CheckpointInfo, save_model
 from vsr.models.checkpoint import read_info
 from vsr.train import TrainConfig
@@ -398,9 +399,14 @@ def test_temporary_files_of_killed_writes_are_removed(files: dict[str, Path],
     run = tmp_path / "run"
     assert CliRunner().invoke(cli, _train_args(files, run)).exit_code == 0
     kept = sorted(p.name for p in run.iterdir())
-    left = [".last.safetensors.k2j3h4x1.tmp", ".best.safetensors.a8f0q2zz.tmp",
+    gone = subprocess.Popen(["true"])  # a writer that has exited: its partials are stale
+    gone.wait()
+    writer = f"{gone.pid}.{HOST_TAG}89abcdef.partial"
+    left = [".last.safetensors.k2j3h4x1.tmp", ".best.safetensors.a8f0q2zz.tmp",  # older names
             ".model-fp16.safetensors.0pq9r8st.tmp",
-            "metrics.tmp", "metrics.tmp.png"]
+            "metrics.tmp", "metrics.tmp.png",
+            f".last.{writer}.safetensors", f".model-fp16.{writer}.safetensors",
+            f".metrics.{writer}.csv", f".metrics.{writer}.png", f".config.{writer}.json"]
     for name in left:
         (run / name).write_bytes(b"half a file")
     got = CliRunner().invoke(cli, ["train", "--resume", str(run), "--threads", "1", "--json"])
@@ -410,7 +416,8 @@ def test_temporary_files_of_killed_writes_are_removed(files: dict[str, Path],
     out = tmp_path / "out"
     out.mkdir()
     for name in (".search.json.tmp", ".summary.json.tmp", ".pruned.safetensors.k2j3h4x1.tmp",
-                 ".compressed.safetensors.a8f0q2zz.tmp"):
+                 ".compressed.safetensors.a8f0q2zz.tmp", f".summary.{writer}.json",
+                 f".pruned.{writer}.safetensors"):
         (out / name).write_bytes(b"half a file")
     got = CliRunner().invoke(cli, [
         "compress", "--checkpoint", str(files["tiny"]), "--ratio", "0.5", "--data",

@@ -182,7 +182,11 @@ def test_sharded_compact_state_resumes_and_refuses_mixed_saves(images: Path,
     # a resume removes what an interrupted save left (here: a partial shard and a temporary
     # file) before it trains, and nothing else
     partial = [tmp_path / "none" / "train_state.0123456789abcdef.00.safetensors",
-               tmp_path / "none" / ".train_state.safetensors.x1y2.tmp"]
+               tmp_path / "none" / ".train_state.safetensors.x1y2.tmp",  # an older version's
+               tmp_path / "none" / ".train_state.4242.0a1b89abcdef.partial.safetensors",
+               tmp_path / "none" / ".train_state.0123456789abcdef.01.4242.0a1b89abcdef"
+                                   ".partial.safetensors",
+               tmp_path / "none" / ".train_state.index.4242.0a1b89abcdef.partial.json"]
     for path in partial:
         path.write_bytes(b"partial")
     Trainer(_config(images, tmp_path / "none", iterations=6, model_overrides=big,

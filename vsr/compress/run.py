@@ -30,7 +30,7 @@ from vsr.compress.prune import dr_prune, l1_prune
 from vsr.compress.search import run_search
 from vsr.device import resolve_device
 from vsr.errors import CheckpointError, ConfigError, OutputError
-from vsr.io.output import write_reason
+from vsr.io.output import stale_partials, store_file, write_reason
 from vsr.loading import check_finite_weights
 from vsr.models import (
     CheckpointInfo,
@@ -124,13 +124,8 @@ class _Run:
             raise ConfigError(f"{path}: unreadable ({exc})") from None
 
     def _write_json(self, name: str, obj: dict[str, Any]) -> None:
-        tmp = self.out / f".{name}.tmp"
         with self._writing(name):
-            try:
-                tmp.write_text(json.dumps(obj, indent=2))
-                tmp.replace(self.out / name)
-            finally:
-                tmp.unlink(missing_ok=True)
+            store_file(self.out / name, json.dumps(obj, indent=2).encode())
 
     @contextmanager
     def _writing(self, name: str) -> Iterator[None]:
@@ -138,7 +133,11 @@ class _Run:
         files are written whole or not at all, so those of finished stages stay usable."""
         try:
             yield
-        except (OSError, SafetensorError) as exc:
+        except (OSError, SafetensorError, OutputError) as exc:
+            if isinstance(exc, OutputError):  # store_file's: the OSError behind it says why
+                if not isinstance(exc.__cause__, OSError):
+                    raise
+                exc = exc.__cause__
             raise OutputError(f"{self.out}: cannot write {name} ({write_reason(exc)})") from None
 
     def _tick(self, stage: str) -> Callable[[int, int, str], None] | None:
@@ -343,7 +342,10 @@ class _Run:
 
 def _leftovers(out: Path) -> list[Path]:
     """Temporary files of writes a killed run left in ``out`` (they stayed for good)."""
-    found = [out / f".{name}.tmp" for name in (SEARCH_FILE, SUMMARY_FILE)]
+    names = (SEARCH_FILE, SUMMARY_FILE, PRUNED_FILE, COMPRESSED_FILE)
+    found = [p for name in names for p in stale_partials(out / name)]
+    # the names versions before vsr.io.output.store_file wrote through
+    found += [out / f".{name}.tmp" for name in (SEARCH_FILE, SUMMARY_FILE)]
     found += [p for name in (PRUNED_FILE, COMPRESSED_FILE) for p in out.glob(f".{name}.*.tmp")]
     return [p for p in found if p.is_file()]
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+
+from vsr.io.output import store_file
 
 
 def plot_metrics(csv_path: Path, png_path: Path) -> Path | None:
@@ -34,13 +37,10 @@ def plot_metrics(csv_path: Path, png_path: Path) -> Path | None:
         ax2.set_ylabel("validation PSNR (dB, Y)", color="tab:red")
     ax.set_title(csv_path.parent.name)
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
+    image = io.BytesIO()
     try:
-        fig.savefig(tmp)
-        tmp.replace(png_path)
-    except BaseException:  # a full disk: no half-written plot left behind
-        tmp.unlink(missing_ok=True)
-        raise
+        fig.savefig(image, format="png")
     finally:
         plt.close(fig)
+    store_file(png_path, image.getvalue())  # a full disk: no half-written plot left behind
     return png_path

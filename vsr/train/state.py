@@ -26,7 +26,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from vsr.errors import CheckpointError, ConfigError
+from vsr.io.output import store_file
 from vsr.models.checkpoint import (
     CheckpointInfo,
     atomic_save,
@@ -143,7 +143,11 @@ def remove_stale_state(run_dir: Path, stem: str) -> list[Path]:
     """Delete the files of ``stem`` that are not the current state: older saves, and what an
     interrupted save left (its shards, temporary files). Returns what was removed."""
     current = set(state_paths(run_dir, stem))
+    # the state's files, the temporary files of their writes (vsr.io.output.temp_path_for,
+    # and the .tmp names of older versions)
     ours = re.compile(rf"{re.escape(stem)}(\.[0-9a-f]{{16}})?(\.\d+)?\.safetensors"
+                      rf"|\.{re.escape(stem)}(\.[0-9a-f]{{16}}\.\d+|\.index)?\.\d{{1,7}}"
+                      rf"\.[0-9a-f]{{12}}\.partial\.(safetensors|json)"
                       rf"|\.{re.escape(stem)}\..*\.tmp")
     removed = []
     for path in run_dir.iterdir() if run_dir.is_dir() else ():
@@ -167,16 +171,7 @@ def _fsync(path: Path) -> None:
 def _write_index(index: Path, names: list[str], save_id: str, step: int) -> None:
     """Put the index in place with one rename, its content on disk before."""
     text = json.dumps({"format": _INDEX_FORMAT, "id": save_id, "step": step, "files": names})
-    fd, tmp = tempfile.mkstemp(prefix=f".{index.name}.", suffix=".tmp", dir=index.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, index)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    store_file(index, (text + "\n").encode())
     _fsync(index.parent)
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +22,7 @@ from torch import nn
 
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, OutputError, TrainingDiverged
-from vsr.io.output import store_file, write_reason
+from vsr.io.output import stale_partials, store_file, write_reason
 from vsr.loading import check_finite_weights
 from vsr.models import (
     ARCHITECTURES,
@@ -622,7 +622,10 @@ def _leftovers(run_dir: Path) -> list[Path]:
     """Temporary files of writes a killed run left in its folder (the state's own go with
     :func:`vsr.train.state.remove_stale_state`): without this they stayed for good, each as
     large as the model."""
-    found = [p for name in _WHOLE_FILES for p in run_dir.glob(f".{name}.*.tmp")]
+    found = [p for name in (*_WHOLE_FILES, CONFIG_FILE, METRICS_FILE, "metrics.png")
+             for p in stale_partials(run_dir / name)]
+    # the names versions before vsr.io.output.store_file wrote through
+    found += [p for name in _WHOLE_FILES for p in run_dir.glob(f".{name}.*.tmp")]
     found += [run_dir / n for n in ("metrics.tmp", "metrics.tmp.png")]
     return [p for p in found if p.is_file()]
 
@@ -643,16 +646,11 @@ def _trim_metrics(path: Path, keep_upto: int) -> None:
                 rows.append(row)
     if bad:
         log.warning("%s: left out %d unreadable row(s)", path, bad)
-    tmp = path.with_suffix(".tmp")
-    try:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: no half-written copy left behind
-        tmp.unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    store_file(path, text.getvalue().encode())  # a full disk: the old file is kept whole
 
 
 def _metrics_row(raw: dict[str | None, Any]) -> dict[str, str] | None:
