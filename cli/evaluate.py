@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
 from vsr.cli.common import (
     deflicker_option,
@@ -104,7 +105,7 @@ def _video_table(results: Sequence[ClipResult]) -> str:
 @deflicker_option()
 @click.option("--raw-gray", is_flag=True,
               help="Score grayscale files on their gray values instead of Y, as the MATLAB "
-                   "scripts behind published tables do (Set14's bridge.png).")
+                   "scripts behind published tables do (Set14's bridge.png). With --data only.")
 @json_option
 def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | None,
              frames: int, seed: int | None, scale: int | None, model: str | None,
@@ -124,6 +125,9 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
     shaved) and flicker, the mean over consecutive frames of the RMSE, in 8-bit Y levels,
     between the output's frame-to-frame change and the HR's (0 for a perfect upscaler; lower
     is steadier). --baseline bicubic adds bicubic's figures on the same LR frames.
+
+    With --json, a figure that is not finite is null: the PSNR of an output identical to its
+    HR (a flat image, a black frame) is infinite, and strict JSON has no Infinity.
     """
     # torch-heavy modules load here, so that `vsr eval --help` answers at once
     from vsr.evaluate import EvalConfig, run_evaluation, summarize
@@ -132,6 +136,8 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
     if data and videos:
         raise ConfigError("give --data (images) or --video (clips), not both")
     if videos:
+        if raw_gray:
+            raise ConfigError("--raw-gray applies to image eval (--data); clips are scored on Y")
         video_config = VideoEvalConfig(videos=videos,
                                        degrade="bicubic" if degrade is None else degrade,
                                        frames=frames, model=model, baseline=baseline,
@@ -145,9 +151,11 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
         return
     if not data:
         raise ConfigError("give a benchmark folder (--data) or a clip (--video)")
-    if degrade is not None or seed is not None or deflicker:
-        raise ConfigError("--degrade, --seed and --deflicker apply to --video; image eval uses "
-                          "the bicubic protocol")
+    frames_given = click.get_current_context().get_parameter_source("frames") \
+        not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    if degrade is not None or seed is not None or deflicker or frames_given:
+        raise ConfigError("--degrade, --frames, --seed and --deflicker apply to --video; image "
+                          "eval uses the bicubic protocol on every image")
     config = EvalConfig(data=data, scale=scale, model=model, baseline=baseline, device=device,
                         raw_gray=raw_gray, precision=precision)
     results = run_evaluation(config, progress=_StderrProgress())

@@ -75,7 +75,7 @@ from vsr.evaluate import degrade
 from vsr.resize import imresize, to_uint8
 from vsr.train.degrade import gaussian_taps
 
-__all__ = ["DOWNSCALES", "DegradationChain", "Stage", "Value"]
+__all__ = ["DOWNSCALES", "SEED_LIMIT", "DegradationChain", "Stage", "Value", "check_seed"]
 
 DOWNSCALES: tuple[str, ...] = ("bicubic", "bilinear", "area")
 _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
@@ -83,6 +83,7 @@ _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "s
 _POST = ("noise", "jpeg", "x264", "x265")
 _RANGE_SEP = "~"
 _ON = "on"  # key of a draw: whether the stage is applied (see the p parameter)
+SEED_LIMIT = 2 ** 64  # seeds are 0 .. SEED_LIMIT - 1: what torch.Generator.manual_seed takes
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class Value:
         return self.lo + (self.hi - self.lo) * u
 
     def __str__(self) -> str:
-        fmt = (lambda v: str(int(v))) if self.integer else (lambda v: f"{v:g}")
+        fmt = (lambda v: str(int(v))) if self.integer else _real
         return fmt(self.lo) if not self.is_random else f"{fmt(self.lo)}{_RANGE_SEP}{fmt(self.hi)}"
 
 
@@ -154,13 +155,21 @@ class Stage:
         if self.preset is not None and self.preset != "medium":
             parts.append(f"preset={self.preset}")
         if self.p < 1:
-            parts.append(f"p={self.p:g}")
+            parts.append(f"p={_real(self.p)}")
         return ":".join(parts)
+
+
+def _real(v: float) -> str:
+    """``v`` as the canonical spec writes it: short (``%g``) where that reads back as ``v``,
+    else exactly (``repr``): the spec string is what a run records and re-parses, so it must
+    not round 1.23456789 to 1.23457."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(v)
 
 
 def _parse_number(text: str, param: _Param, stage: str) -> float:
     try:
-        v = float(text)
+        v = float(text) + 0.0  # + 0.0: -0 reads as 0
     except ValueError:
         raise ConfigError(f"degradation {stage}: {param.name}={text!r} is not a number") from None
     if not math.isfinite(v) or not param.lo <= v <= param.hi:
@@ -302,13 +311,16 @@ class DegradationChain:
             uint8 (T, 3, H/scale, W/scale) LR frames on the CPU.
 
         Raises:
-            ConfigError: bad shapes or scale, or a random chain without a seed.
+            ConfigError: bad shapes or scale, a random chain without a seed, or a seed
+                outside 0 .. 2**64 - 1.
             PipelineError: a codec failed or lost frames.
         """
         _check_hr(hr, scale)
         if seed is None and self.is_random:
             raise ConfigError(f"degradation {self} has ranges; give a seed to draw them")
-        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        seed = 0 if seed is None else int(seed)
+        check_seed(seed)  # torch would raise a bare overflow, or wrap negatives
+        gen = torch.Generator().manual_seed(seed)
         draws = [_draw(s, gen) for s in self.stages]
         lr = self._float_part(hr.cpu(), scale, [draws], gen)
         for stage, d in self._late(draws):
@@ -448,6 +460,12 @@ class DegradationChain:
                 noise = torch.randn(x.shape, dtype=dtype, generator=gen)
                 x = x + noise * sigma.view(-1, 1, 1, 1)
         return to_uint8(x)
+
+
+def check_seed(seed: object) -> None:
+    """Raise ConfigError unless ``seed`` is None or an integer in [0, :data:`SEED_LIMIT`)."""
+    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
+        raise ConfigError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
 
 
 def default_workers() -> int:

@@ -39,7 +39,7 @@ from vsr.resize import imresize, to_uint8
 __all__ = [
     "BASELINES", "DatasetResult", "EvalConfig", "ImageResult", "Progress", "UpscaleHandle",
     "benchmark_images", "check_benchmark", "check_scorable", "degrade", "evaluate_dataset",
-    "evaluate_image", "min_size", "modcrop", "run_evaluation", "summarize",
+    "evaluate_image", "json_number", "min_size", "modcrop", "run_evaluation", "summarize",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,18 @@ class DatasetResult:
     precision: str = "float32"  # the dtype the model computed in
 
     def to_json(self) -> dict[str, Any]:
-        """The ``vsr eval --json`` row: PSNR to 4 decimals, SSIM to 5."""
-        return {"dataset": self.dataset, "scale": self.scale, "psnr": round(self.psnr, 4),
-                "ssim": round(self.ssim, 5), "images": self.images,
+        """The ``vsr eval --json`` row: PSNR to 4 decimals, SSIM to 5; null where infinite
+        (:func:`json_number`)."""
+        return {"dataset": self.dataset, "scale": self.scale, "psnr": json_number(self.psnr, 4),
+                "ssim": json_number(self.ssim, 5), "images": self.images,
                 "precision": self.precision}
+
+
+def json_number(value: float, digits: int) -> float | None:
+    """``value`` rounded to ``digits`` decimals for a JSON row, or None (null) where it is not
+    finite: strict JSON has no Infinity or NaN, and the PSNR of a picture scored against an
+    identical one (a flat image, a black frame) is infinite."""
+    return round(value, digits) if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -108,17 +116,28 @@ def benchmark_images(folder: str | os.PathLike) -> tuple[str, list[Path]]:
         when the folder given is itself named ``HR``.
 
     Raises:
-        InputError: the folder is missing or holds no images.
+        InputError: the folder is missing, cannot be listed or holds no images, or an image
+            name in it is a broken link (the set would be scored without that image).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"benchmark folder not found: {folder}")
     from vsr.imageio import list_images  # lazy: scoring in-memory images needs no PyAV
+    from vsr.io.image import IMAGE_SUFFIXES
 
     hr_dir = folder / "HR" if (folder / "HR").is_dir() else folder
     resolved = folder.resolve()
     name = resolved.parent.name if resolved.name == "HR" else resolved.name
-    images = list_images(hr_dir)
+    try:
+        images = list_images(hr_dir)
+        broken = sorted(p for p in hr_dir.iterdir()
+                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists())
+    except OSError as exc:  # a folder this user may not list
+        raise InputError(f"cannot list benchmark folder {hr_dir}: "
+                         f"{exc.strerror or exc}") from exc
+    if broken:
+        raise InputError(f"{broken[0]} is a broken link: its target {os.readlink(broken[0])} "
+                         f"is missing")
     if not images:
         raise InputError(f"no images in benchmark folder {hr_dir}")
     return name, images
@@ -234,13 +253,13 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
             (:func:`min_size`), named.
         ModelError: the model's output breaks the handle contract.
     """
-    from vsr.imageio import is_grayscale, read_image
+    from vsr.imageio import read_image_and_gray
 
     name, paths = benchmark_images(folder)
     results = []
     for i, path in enumerate(paths, 1):
-        gray = raw_gray and is_grayscale(path)
-        p, s = evaluate_image(handle, read_image(path), scale, gray=gray, name=path)
+        hr, gray_file = read_image_and_gray(path)  # the pixels and format of one read
+        p, s = evaluate_image(handle, hr, scale, gray=raw_gray and gray_file, name=path)
         results.append(ImageResult(path.name, p, s))
         log.debug("%s %s: %.4f dB, SSIM %.5f", name, path.name, p, s)
         if progress is not None:

@@ -42,13 +42,26 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
 
     Returns:
         uint8 tensor (3, H, W), RGB, 0..255, on the CPU. A grayscale file gives three equal
-        channels.
+        channels; a file of more than 8 bits a sample is rounded to 8 bits, round(v / 257)
+        as MATLAB's ``im2uint8``, not dithered as FFmpeg's 8-bit conversion does.
 
     Raises:
         InputError: the file is missing, is not an image, or holds no picture.
     """
-    rgb = _decode(Path(path)).to_ndarray(format="rgb24")  # (H, W, 3); gray replicated exactly
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return read_image_and_gray(path)[0]
+
+
+def read_image_and_gray(path: str | os.PathLike) -> tuple[torch.Tensor, bool]:
+    """:func:`read_image` and :func:`is_grayscale` of one file, from one read (a file
+    replaced between two reads would give one file's pixels with the other's format)."""
+    frame = _decode(Path(path))
+    if max(c.bits for c in frame.format.components) > 8:
+        deep = frame.to_ndarray(format="rgb48le").astype(np.uint32)  # (H, W, 3), 0..65535
+        rgb = ((2 * deep + 257) // 514).astype(np.uint8)  # floor(v / 257 + 1/2), exactly
+    else:
+        rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3); gray replicated exactly
+    image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return image, frame.format.name.startswith(("gray", "ya"))
 
 
 def is_grayscale(path: str | os.PathLike) -> bool:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vsr.degradations import DegradationChain
+from vsr.degradations import DegradationChain, check_seed
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
 from vsr.evaluate import (
@@ -47,6 +47,7 @@ from vsr.evaluate import (
     ProgressCallback,
     UpscaleHandle,
     check_scorable,
+    json_number,
     modcrop,
 )
 from vsr.io.source import PyAVSource
@@ -55,7 +56,6 @@ from vsr.options import (
     PRECISIONS,
     Config,
     as_paths,
-    check_at_least,
     check_choice,
     check_deflicker,
     check_model,
@@ -78,10 +78,12 @@ class Scores:
     ssim: float
     flicker: float
 
-    def to_json(self, prefix: str = "") -> dict[str, float]:
-        """PSNR to 4 decimals, SSIM to 5, flicker to 4; keys prefixed (e.g. ``baseline_``)."""
-        return {f"{prefix}psnr": round(self.psnr, 4), f"{prefix}ssim": round(self.ssim, 5),
-                f"{prefix}flicker": round(self.flicker, 4)}
+    def to_json(self, prefix: str = "") -> dict[str, float | None]:
+        """PSNR to 4 decimals, SSIM to 5, flicker to 4, null where not finite
+        (:func:`vsr.evaluate.json_number`); keys prefixed (e.g. ``baseline_``)."""
+        return {f"{prefix}psnr": json_number(self.psnr, 4),
+                f"{prefix}ssim": json_number(self.ssim, 5),
+                f"{prefix}flicker": json_number(self.flicker, 4)}
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class ClipResult:
         if self.baseline is not None:
             row["baseline"] = "bicubic"
             row.update(self.baseline.to_json("baseline_"))
-            row["gain_psnr"] = round(self.scores.psnr - self.baseline.psnr, 4)
+            row["gain_psnr"] = json_number(self.scores.psnr - self.baseline.psnr, 4)
         return row
 
 
@@ -143,7 +145,7 @@ class VideoEvalConfig(Config):
         if not self.videos:
             raise ConfigError("give at least one clip (--video)")
         check_type("degrade", self.degrade, str)
-        check_at_least("seed", self.seed, 0, optional=True)
+        check_seed(self.seed)
         chain = DegradationChain.parse(self.degrade)
         object.__setattr__(self, "degrade", str(chain))
         if chain.is_random and self.seed is None:
