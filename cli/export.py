@@ -16,11 +16,14 @@ from vsr.options import EXPORT_FORMATS, PRECISIONS
 @scale_option
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
               help="The file to write.")
-@click.option("--height", type=click.IntRange(min=1), default=540, show_default=True,
-              help="Input height traced (TensorRT: the engine's fixed input height).")
-@click.option("--width", type=click.IntRange(min=1), default=960, show_default=True,
-              help="Input width traced (TensorRT: the engine's fixed input width).")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--height", type=click.IntRange(min=1), default=None,
+              help="Input height traced [default: 32]; the onnx or torchscript file takes any "
+                   "height. TensorRT: the engine's fixed input height [default: 540].")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="Input width traced [default: 32]; the onnx or torchscript file takes any "
+                   "width. TensorRT: the engine's fixed input width [default: 960].")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Input batch traced (TensorRT: the engine's fixed batch).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: fp16 for tensorrt, fp32 otherwise (onnx is fp32 only).")
 @device_option
@@ -28,8 +31,8 @@ from vsr.options import EXPORT_FORMATS, PRECISIONS
               help="Do not run the exported file against the eager model.")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @json_option
-def export(fmt: str, model: str | None, scale: int | None, output: str, height: int,
-           width: int, batch: int, precision: str, device: str, no_check: bool,
+def export(fmt: str, model: str | None, scale: int | None, output: str, height: int | None,
+           width: int | None, batch: int, precision: str, device: str, no_check: bool,
            overwrite: bool, as_json: bool) -> None:
     """Export a model (registry name or checkpoint path) for other runtimes."""
     from vsr.export import ExportConfig, export_model
@@ -42,5 +45,7 @@ def export(fmt: str, model: str | None, scale: int | None, output: str, height: 
         emit_json(result.to_json())
     else:
         err = "not checked" if result.max_error is None else f"max |error| {result.max_error:.1e}"
+        takes = " x ".join(map(str, result.shape))
         click.echo(f"{result.format} {result.model} x{result.scale} ({result.precision}) -> "
-                   f"{result.output}, {result.bytes / 1e6:.1f} MB, {err}", err=True)
+                   f"{result.output}, {result.bytes / 1e6:.1f} MB, input {takes}, {err}",
+                   err=True)

@@ -140,23 +140,91 @@ def test_onnx_backend_matches_eager_and_caches_the_export(tmp_path):
     assert (again(y) - h.infer(y)).abs().max() <= 1e-4
 
 
+def _damage_weights(path) -> None:
+    """Scale the largest initializer of the ONNX file at ``path`` by 1.5: a file that loads
+    and runs, computing something else (as flipped bits in a weight would)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    init = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+    onnx.save(m, str(path))
+
+
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
-def test_stale_engine_is_caught_on_the_first_frame(tmp_path, caplog):
-    """A cached engine that does not compute this model (here: another model's export put
-    under this key) disagrees with eager on the first frame: warned, and eager is used."""
+@pytest.mark.parametrize("wrong", ["another model", "another scale", "damaged weights"])
+def test_a_cached_engine_that_computes_wrong_is_rebuilt(tmp_path, caplog, wrong):
+    """A cached engine that loads but does not compute this model (another model's export put
+    under this key; weights damaged but still parsing) disagrees with eager on the first frame:
+    that run, and every later one, fell back to eager until the file was deleted by hand. It
+    is rebuilt once, with a warning, and the rebuilt file is kept."""
     from vsr.backends.onnx import export_onnx
 
     h, other = tiny_handle(0), tiny_handle(1)
     cache = EngineCache(tmp_path)
     prepare(h, "onnx", (1, 3, 16, 16), cache=cache)
     (path,) = (tmp_path / "engines").glob("onnx-*.onnx")
-    export_onnx(other.module, path)
+    if wrong == "another model":
+        export_onnx(other.module, path)
+    elif wrong == "another scale":  # gives frames of another size: differs by inf
+        export_onnx(DRN(scale=4, n_feats=4, n_blocks=[1, 1]), path)
+    else:
+        _damage_weights(path)
     x = frames((1, 3, 16, 16))
     with caplog.at_level(logging.WARNING, logger="vsr.backends"):
         runner = prepare(h, "onnx", (1, 3, 16, 16), sample=x, cache=cache)
-    assert runner.backend == "eager"
-    assert any("differs from eager" in r.getMessage() for r in caplog.records)
+    assert runner.backend == "onnx", runner.notes
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "cached engine differs from eager" in warnings[0]
+    assert "rebuilding" in warnings[0] and runner.notes == warnings
+    assert (runner(x) - h.infer(x)).abs().max() <= 1e-4
+    assert list((tmp_path / "engines").iterdir()) == [path]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        again = prepare(h, "onnx", (1, 3, 16, 16), sample=x, cache=cache)
+    assert again.backend == "onnx" and again.notes == [] and not caplog.records
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_an_engine_still_wrong_when_rebuilt_falls_back_to_eager(tmp_path, caplog,
+                                                                 monkeypatch):
+    """Where a fresh build is wrong too (here: the exporter gives another model), eager runs;
+    a later run that finds that very file falls back at once (a TensorRT rebuild takes
+    minutes), and one that finds the file replaced rebuilds it once, then falls back."""
+    import vsr.backends.onnx as onnx_backend
+
+    h, other = tiny_handle(0), tiny_handle(1)
+    cache = EngineCache(tmp_path)
+    real = onnx_backend.export_onnx
+    calls = []
+
+    def wrong_export(module, path, **kw):
+        calls.append(path)
+        real(other.module, path, **kw)
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", wrong_export)
+    x = frames((1, 3, 16, 16))
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        fresh = prepare(h, "onnx", (1, 3, 16, 16), sample=x, cache=cache)
+    assert fresh.backend == "eager" and len(calls) == 1  # built fresh: not rebuilt
+    assert [n for n in fresh.notes if "rebuilding" in n] == []
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        runner = prepare(h, "onnx", (1, 3, 16, 16), sample=x, cache=cache)
+    assert runner.backend == "eager" and len(calls) == 1  # that very file: not rebuilt
+    assert runner.notes == [fresh.notes[-1]]
+    (path,) = (tmp_path / "engines").glob("onnx-*.onnx")
+    real(tiny_handle(2).module, path)  # the file replaced: rebuilt once, still wrong
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        runner = prepare(h, "onnx", (1, 3, 16, 16), sample=x, cache=cache)
+    assert runner.backend == "eager" and len(calls) == 2
+    assert len(runner.notes) == 2
+    assert "rebuilding" in runner.notes[0] and "falling back to eager" in runner.notes[1]
     torch.testing.assert_close(runner(x), h.infer(x), rtol=0, atol=0)
+    with caplog.at_level(logging.WARNING, logger="vsr.backends"):
+        assert prepare(h, "onnx", (1, 3, 16, 16), sample=x, cache=cache).backend == "eager"
+    assert len(calls) == 2
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
@@ -197,6 +265,27 @@ def test_unwritable_engine_cache_still_runs_onnx(tmp_path, caplog):
     assert any("not writable" in r.getMessage() for r in caplog.records)
     assert (runner(x) - h.infer(x)).abs().max() <= 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_a_sample_unlike_the_shape_is_refused(tmp_path, monkeypatch):
+    """A validation sample of another shape (or dtype) than the runner's ran eagerly inside
+    the runner, so the check compared eager with eager and passed any engine, a wrong one too
+    (here: one that gives half the right answer)."""
+    from types import MappingProxyType
+
+    import vsr.backends as backends
+
+    h = tiny_handle()
+    wrong = dataclasses.replace(backends.ONNX, build=lambda *a, **kw: lambda x: h.infer(x) / 2)
+    monkeypatch.setattr(backends, "BACKENDS",
+                        MappingProxyType({**backends.BACKENDS, "onnx": wrong}))
+    for sample in (frames((1, 3, 16, 16)), frames((2, 3, 16, 16)).double()):
+        with pytest.raises(ConfigError, match="validation sample must be"):
+            prepare(h, "onnx", (2, 3, 16, 16), sample=sample, cache=EngineCache(tmp_path))
+    runner = prepare(h, "onnx", (2, 3, 16, 16), sample=frames((2, 3, 16, 16)),
+                     cache=EngineCache(tmp_path))
+    assert runner.backend == "eager"  # the wrong engine is caught with a fitting sample
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")

@@ -25,8 +25,9 @@ def reference(ckpt, x):
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
 def test_onnx_export_runs_in_onnxruntime_at_two_sizes(drn_checkpoint, tmp_path):
-    import onnxruntime as ort
+    from vsr.backends.onnx import import_onnxruntime
 
+    ort = import_onnxruntime()
     out = tmp_path / "m.onnx"
     r = export_model(ExportConfig(model=str(drn_checkpoint), format="onnx", output=out,
                                   height=16, width=16))

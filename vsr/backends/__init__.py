@@ -110,6 +110,60 @@ def _max_error(runner: Runner, sample: torch.Tensor) -> float:
     return float((out - ref).abs().max())
 
 
+def _try(b: Backend, handle, shape: Shape, sample: torch.Tensor | None,
+         cache: EngineCache | None, validate: bool,
+         notes: list[str]) -> tuple[Runner | None, str | None]:
+    """Build backend ``b`` and check it against eager: (the runner, None), or (None, why not).
+
+    An engine loaded from the cache that disagrees with eager (the file replaced by another
+    model's, damaged weights that still load) is rebuilt once, with a warning: a cache file is
+    not trusted over a fresh build. An engine just built that disagrees is given up, and so
+    noted in the cache that a later run finding that very file does not rebuild it in vain.
+    """
+    padded = padded_shape(handle, shape)
+    if cache is None and b.cached is not None:
+        try:
+            cache = EngineCache()
+        except ConfigError as exc:  # no folder for it: this backend, not the run, is lost
+            return None, f"failed ({exc})"
+    try:
+        cached = b.cached(handle, padded, cache) if b.cached is not None else None
+        from_cache = cached is not None and cached.is_file()
+    except Exception:  # a key that cannot be computed fails the build below, reported there
+        cached, from_cache = None, False
+    x = sample
+    for rebuild in (False, True):
+        t = time.perf_counter()
+        try:
+            # rebuild passed only when asked: a Backend without a cache need not take it
+            fn = b.build(handle, padded, cache, **({"rebuild": True} if rebuild else {}))
+            runner = Runner(b.name, handle, shape, handle.dtype, fn, notes=notes)
+            if validate:
+                x = x if x is not None else _sample(handle, shape)
+                runner.max_error = _max_error(runner, x)
+        except Exception as exc:  # any build or run failure means: use the next one
+            return None, f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        runner.prepare_seconds = round(time.perf_counter() - t, 3)
+        tol = TOLERANCE.get(handle.dtype, TOLERANCE[torch.float32])
+        if runner.max_error is None or runner.max_error <= tol:
+            log.info("backend %s ready in %.1f s (max |error| vs eager %s)", b.name,
+                     runner.prepare_seconds, runner.max_error)
+            return runner, None
+        why = (f"differs from eager by {runner.max_error:.2e} on the first frame "
+               f"(tolerance {tol:.0e} in {dtype_name(handle.dtype)})")
+        if cached is None:
+            return None, why
+        if rebuild or not from_cache:  # just built: it is the engine that differs, not its file
+            cache.note_differs(cached)
+            return None, why
+        if cache.known_to_differ(cached):  # the file a build here gave before: no use rebuilding
+            return None, why
+        msg = f"backend {b.name}: the cached engine {why}; rebuilding it"
+        log.warning(msg)
+        notes.append(msg)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def prepare(handle, backend: str = "auto", shape: Shape = (1, 3, 64, 64), *,
             sample: torch.Tensor | None = None, cache: EngineCache | None = None,
             validate: bool = True) -> Runner:
@@ -118,13 +172,20 @@ def prepare(handle, backend: str = "auto", shape: Shape = (1, 3, 64, 64), *,
     ``sample`` (same shape, dtype and device; the first frame(s) of the run) is what the
     backend is checked against eager on; without it a synthetic frame is used. Never
     raises for a backend problem: each one logs a one-line warning (info for backends
-    ``auto`` merely skips) and the next candidate is tried. Raises ConfigError for an
-    unknown backend name.
+    ``auto`` merely skips) and the next candidate is tried. ``cache``: where engines are kept
+    (None: ``EngineCache()``, made only for a backend that keeps engines, so that eager needs
+    no cache folder). Raises ConfigError for an unknown backend name, a bad ``shape`` or a
+    ``sample`` that does not match it.
     """
     shape = tuple(int(v) for v in shape)
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
         raise ConfigError(f"backend input shape must be (N, 3, H, W), got {shape}")
-    cache = cache or EngineCache()
+    if sample is not None and (tuple(sample.shape) != shape or sample.dtype != handle.dtype
+                               or sample.device.type != handle.device.type):
+        # any other sample runs eagerly in the runner: the backend would pass unchecked
+        raise ConfigError(f"the validation sample must be {shape} {handle.dtype} on "
+                          f"{handle.device.type}, got {tuple(sample.shape)} {sample.dtype} on "
+                          f"{sample.device.type}")
     notes: list[str] = []
     names = candidates(backend, handle.device, shape)
     for i, name in enumerate(names):
@@ -134,24 +195,9 @@ def prepare(handle, backend: str = "auto", shape: Shape = (1, 3, 64, 64), *,
         b = BACKENDS[name]
         why = b.unavailable(handle)
         if why is None:
-            t = time.perf_counter()
-            try:
-                fn = b.build(handle, padded_shape(handle, shape), cache)
-                runner = Runner(name, handle, shape, handle.dtype, fn, notes=notes)
-                if validate:
-                    x = sample if sample is not None else _sample(handle, shape)
-                    runner.max_error = _max_error(runner, x)
-            except Exception as exc:  # any build or run failure means: use the next one
-                why = f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
-            else:
-                runner.prepare_seconds = round(time.perf_counter() - t, 3)
-                tol = TOLERANCE.get(handle.dtype, TOLERANCE[torch.float32])
-                if runner.max_error is None or runner.max_error <= tol:
-                    log.info("backend %s ready in %.1f s (max |error| vs eager %s)", name,
-                             runner.prepare_seconds, runner.max_error)
-                    return runner
-                why = (f"differs from eager by {runner.max_error:.2e} on the first frame "
-                       f"(tolerance {tol:.0e} in {dtype_name(handle.dtype)})")
+            runner, why = _try(b, handle, shape, sample, cache, validate, notes)
+            if runner is not None:
+                return runner
         msg = f"backend {name}: {why}; falling back to {nxt}"
         if backend == "auto" and not why.startswith(("failed", "differs")):
             log.info(msg)

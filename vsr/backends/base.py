@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +40,16 @@ class Backend:
 
     ``unavailable(handle)`` returns why it cannot run this handle here, or None; ``build(handle,
     shape, cache)`` returns a callable for padded input of exactly ``shape`` (raises anything
-    on failure: the caller falls back).
+    on failure: the caller falls back). A backend that keeps engines in ``cache`` also has
+    ``cached(handle, shape, cache)``, the file ``build`` would load (whether or not it exists),
+    and its ``build`` takes ``rebuild=True``: make the engine anew, replacing that file.
     """
 
     name: str
     description: str
     unavailable: Callable[..., str | None]
     build: Callable[..., Fn]
+    cached: Callable[..., Path] | None = None
 
 
 def first_reason(*checks: Callable[[], str | None]) -> str | None:

@@ -8,6 +8,7 @@ and renamed, so a crashed build never leaves a half engine behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,16 +19,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vsr.io.output import discard, finish, temp_path_for
+from vsr.errors import ConfigError, VsrError
+from vsr.io.output import discard, finish, store_file, temp_path_for
 
 
 def default_cache_dir() -> Path:
-    """$VSR_CACHE_DIR, else $XDG_CACHE_HOME/vsr, else ~/.cache/vsr."""
+    """$VSR_CACHE_DIR, else $XDG_CACHE_HOME/vsr, else ~/.cache/vsr.
+
+    A leading ``~`` in $VSR_CACHE_DIR is expanded: a service manager's or a .env file's setting
+    reaches vsr unexpanded, and made a folder named ``~`` in the working directory. A relative
+    $XDG_CACHE_HOME is ignored, as the XDG base directory specification asks. Raises
+    ConfigError where a home folder is needed and there is none (HOME unset and no passwd
+    entry, as in a container run as an arbitrary user id)."""
     env = os.environ.get("VSR_CACHE_DIR")
-    if env:
-        return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "vsr"
+    try:
+        if env:
+            return Path(env).expanduser()
+        if xdg and os.path.isabs(xdg):
+            return Path(xdg) / "vsr"
+        return Path.home() / ".cache" / "vsr"
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        raise ConfigError("no folder for the engine cache: there is no home folder (HOME is "
+                          "not set); set VSR_CACHE_DIR") from None
 
 
 def model_digest(module: nn.Module) -> str:
@@ -72,7 +86,8 @@ class EngineKey:
 
 
 class EngineCache:
-    """Files named ``<backend>-<key digest><suffix>`` under one folder."""
+    """Files named ``<backend>-<key digest><suffix>`` under one folder (default:
+    :func:`default_cache_dir`, whose ConfigError the constructor raises)."""
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
@@ -92,3 +107,30 @@ class EngineCache:
             discard(tmp)
             raise
         return final
+
+    def note_differs(self, engine: Path) -> None:
+        """Record that the cached ``engine``, as it was just built, disagrees with eager (its
+        own rounding, not damage), so that a later run finding this very file falls back at
+        once instead of rebuilding it again. Never raises: an unwritable cache records nothing.
+        """
+        with contextlib.suppress(OSError, VsrError):
+            store_file(_verdict(engine), _file_digest(engine).encode())
+
+    def known_to_differ(self, engine: Path) -> bool:
+        """Whether ``engine`` is, byte for byte, a file :meth:`note_differs` recorded."""
+        try:
+            return _verdict(engine).read_text() == _file_digest(engine)
+        except (OSError, UnicodeDecodeError):
+            return False
+
+
+def _verdict(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".differs")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

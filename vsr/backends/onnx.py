@@ -47,9 +47,10 @@ def import_onnxruntime():
 
 
 def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
-                sample_hw: tuple[int, int] = (32, 32)) -> None:
+                sample_hw: tuple[int, int] = (32, 32), batch: int = 1) -> None:
     """Write ``module(x, return_all=False)`` as ONNX with input ``lr`` (N, 3, H, W) and
-    output ``sr`` (N, 3, sH, sW), float32, N/H/W dynamic. Raises ConfigError without onnx."""
+    output ``sr`` (N, 3, sH, sW), float32, N/H/W dynamic; traced on a (batch, 3, *sample_hw)
+    input. Raises ConfigError without onnx."""
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError as exc:
@@ -57,7 +58,7 @@ def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
                           "pip install 'vsr[onnx]'") from None
     p = next(module.parameters())
     net = NetworkOnly(module).eval()
-    x = torch.rand(1, 3, *sample_hw, dtype=p.dtype, device=p.device)
+    x = torch.rand(batch, 3, *sample_hw, dtype=p.dtype, device=p.device)
     with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
         # the TorchScript-based exporter: deprecated in favour of dynamo=True, which needs
         # onnxscript (not in the onnx extra) and is slower; the graph is the same.
@@ -69,6 +70,33 @@ def export_onnx(module: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET,
                           "sr": {0: "batch", 2: "out_height", 3: "out_width"}})
 
 
+def onnx_signature(path: str | Path) -> dict[str, dict]:
+    """What the ONNX file at ``path`` declares it takes and gives, read from the file itself:
+    ``{"input": {"name", "shape", "dtype"}, "output": {...}}`` for its first input and output,
+    where ``shape`` has an int for a fixed axis and the axis' name (a string) for a dynamic one
+    (None: neither). Raises ConfigError without onnx, OutputError for a file onnx cannot parse.
+    """
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ConfigError(f"reading an ONNX file needs the onnx package ({exc}); "
+                          "pip install 'vsr[onnx]'") from None
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+        values = {"input": graph.input[0], "output": graph.output[0]}
+    except Exception as exc:  # DecodeError, IndexError: not an ONNX model we can read
+        raise OutputError(f"cannot read the ONNX file {path}: "
+                          f"{' '.join(str(exc).split())[:200] or type(exc).__name__}") from None
+
+    def describe(value) -> dict:
+        t = value.type.tensor_type
+        dims = [getattr(d, d.WhichOneof("value")) if d.WhichOneof("value") else None
+                for d in t.shape.dim]
+        return {"name": value.name, "shape": dims,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+    return {k: describe(v) for k, v in values.items()}
+
+
 def _unavailable(handle) -> str | None:
     return first_reason(
         needs_network(handle, "export"),
@@ -78,13 +106,19 @@ def _unavailable(handle) -> str | None:
         needs(handle.dtype == torch.float32, "the onnx backend runs in fp32 only"))
 
 
-def _build(handle, shape, cache):
+def _key(handle) -> EngineKey:
+    return EngineKey(model=model_digest(handle.module), backend="onnx", shape=None,
+                     precision="fp32", device="cpu", tensorrt=None, extra=f"opset{ONNX_OPSET}")
+
+
+def _cached(handle, shape, cache) -> Path:
+    return cache.path(_key(handle), ".onnx")
+
+
+def _build(handle, shape, cache, rebuild: bool = False):
     ort = import_onnxruntime()
 
-    key = EngineKey(model=model_digest(handle.module), backend="onnx", shape=None,
-                    precision="fp32", device="cpu", tensorrt=None,
-                    extra=f"opset{ONNX_OPSET}")
-    path = cache.path(key, ".onnx")
+    path = _cached(handle, shape, cache)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
@@ -107,7 +141,7 @@ def _build(handle, shape, cache):
         return open_session(path)
 
     with _EXPORT_LOCK:  # a thread that waited finds the file another one built
-        if not path.is_file():
+        if rebuild or not path.is_file():
             session = export_and_open()
         else:
             try:
@@ -125,4 +159,4 @@ def _build(handle, shape, cache):
     return run
 
 
-ONNX = Backend("onnx", "ONNX Runtime (CPU, fp32)", _unavailable, _build)
+ONNX = Backend("onnx", "ONNX Runtime (CPU, fp32)", _unavailable, _build, _cached)

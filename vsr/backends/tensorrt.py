@@ -19,6 +19,7 @@ from vsr.backends.base import (
     needs_package,
 )
 from vsr.backends.cache import EngineKey, device_name, model_digest
+from vsr.errors import OutputError
 
 log = logging.getLogger("vsr.backends")
 
@@ -66,20 +67,31 @@ def save_engine(module: torch.nn.Module, path, shape, handle) -> None:
         torch_tensorrt.save(module, str(path), inputs=[x])
 
 
-def _build(handle, shape, cache):
+def _cached(handle, shape, cache):
+    return cache.path(engine_key(handle, shape), ".ep")
+
+
+def _build(handle, shape, cache, rebuild: bool = False):
     importlib.import_module("torch_tensorrt")  # registers the engine ops torch.export.load needs
-    path = cache.path(engine_key(handle, shape), ".ep")
-    if path.is_file():
+    path = _cached(handle, shape, cache)
+    if not rebuild and path.is_file():
         try:
             return torch.export.load(str(path)).module()
         except Exception as exc:  # a corrupt or foreign file: rebuild it
-            log.warning("cached TensorRT engine %s unusable (%s); rebuilding", path.name, exc)
+            log.warning("cached TensorRT engine %s unusable (%s); rebuilding", path.name,
+                        " ".join(str(exc).split())[:200])
     log.info("building a TensorRT engine for %s %s (cached in %s)", handle.name,
              tuple(shape), path.parent)
     module = compile_engine(handle, shape)
-    cache.build(path, lambda tmp: save_engine(module, tmp, shape, handle))
+    try:
+        cache.build(path, lambda tmp: save_engine(module, tmp, shape, handle))
+    except (OSError, OutputError) as exc:
+        # the cache cannot be written (a read-only home, a full disk): the engine, minutes in
+        # the making, still runs; it is only not kept for the next run
+        log.warning("engine cache %s is not writable (%s); the TensorRT engine is not kept",
+                    path.parent, " ".join(str(exc).split())[:200])
     return module
 
 
 TENSORRT = Backend("tensorrt", "TensorRT via torch-tensorrt (CUDA, static shape)",
-                   _unavailable, _build)
+                   _unavailable, _build, _cached)
