@@ -4,7 +4,8 @@ JPEG through Pillow, H.264 and HEVC through PyAV.
 Video codecs see a clip as a real encoder would: one encoder session, its default GOP,
 lookahead, B- and P-frames, 25 fps time base, one thread (so the frames do not depend on the
 machine's core count); frames go RGB -> yuv420p (BT.601, limited range, swscale) and back the
-same way, odd sizes padded to even by repeating the last column/row and cropped back after.
+same way, odd sizes padded to even by repeating the last column/row and cropped back after
+(and clips too small for x265 padded to ``X265_MIN_SIDE``).
 A training crop is coded as a short panning clip of its own (:func:`code_crop`;
 :func:`code_crop_pair` also gives the frame before the last, for temporal consistency).
 """
@@ -24,6 +25,10 @@ from vsr.errors import PipelineError
 # stage kind -> (PyAV encoder, decoder)
 VIDEO_CODECS: dict[str, tuple[str, str]] = {"x264": ("libx264", "h264"),
                                             "x265": ("libx265", "hevc")}
+# The libx265 bundled with PyAV fails on pictures under 16 pixels a side and corrupts its heap
+# (the process aborts) on some under 50x32 (measured: 34-48 wide and 16-30 high): a small clip
+# is coded inside frames of at least this size, its edges repeated, and cropped back.
+X265_MIN_SIDE = 64
 CROP_CLIP_FRAMES = 3
 CROP_MAX_SHIFT = 2
 _CLIP_RATE = Fraction(25)
@@ -108,6 +113,8 @@ def _encode_decode(frames: list[np.ndarray], kind: str, crf: int,
     encoder, decoder = VIDEO_CODECS[kind]
     h, w = frames[0].shape[:2]
     ph, pw = h + h % 2, w + w % 2  # yuv420p needs even sizes: repeat the last row/column
+    if kind == "x265":
+        ph, pw = max(ph, X265_MIN_SIDE), max(pw, X265_MIN_SIDE)
     try:
         enc = av.CodecContext.create(encoder, "w")
         enc.width, enc.height, enc.pix_fmt = pw, ph, "yuv420p"

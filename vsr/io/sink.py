@@ -119,6 +119,12 @@ def check_codec(codec: str) -> None:
         raise ConfigError(f"{codec!r} is an {kind} encoder, not a video encoder")
 
 
+# (width, height) the libx265 bundled with PyAV encodes safely: it refuses pictures under 16
+# pixels a side and corrupts its heap (the process aborts) on some under 50x32, measured
+# (34-48 wide, 16-30 high); vsr.codecs pads its small clips for the same reason
+X265_MIN_SIZE = (64, 32)
+
+
 class PtsOrder:
     """Hands frames on in strictly increasing pts order, whatever order they come in.
 
@@ -326,6 +332,10 @@ class VideoEncoder:
         """``container``: the muxer's format name, for whether it keeps the alpha plane.
         What the output loses of the input (its alpha channel, HDR10 metadata) is warned of
         (a batch says it once per file)."""
+        if config.codec == "libx265" and (width < X265_MIN_SIZE[0] or height < X265_MIN_SIZE[1]):
+            raise OutputError(f"libx265 cannot encode a {width}x{height} picture here (PyAV's "
+                              "x265 fails, or aborts the process, on pictures under 64x32); "
+                              "use another --codec, e.g. libx264")
         keep = info.alpha and keeps_alpha(config.codec, container)
         self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
         self.alpha = keep and has_alpha(self.pix_fmt)
