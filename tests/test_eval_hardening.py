@@ -261,3 +261,18 @@ def test_unlistable_benchmark_folder_is_an_input_error(tmp_path, monkeypatch, ca
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error: cannot list benchmark folder") and "internal" not in err, err
+
+
+def test_hidden_files_in_an_image_folder_are_left_out(tmp_path):
+    """A benchmark or training folder copied from macOS holds `._NAME.png` (AppleDouble
+    metadata) beside each image: `vsr eval -d SET` stopped with 'not an image: ._a.png'.
+    Hidden files are left out, as `vsr batch` leaves them out."""
+    from vsr.imageio import list_images
+
+    folder = tmp_path / "Set"
+    folder.mkdir()
+    write_image(folder / "a.png", torch.from_numpy(_smooth((36, 40, 3), 255)).permute(2, 0, 1))
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    assert list_images(folder) == [folder / "a.png"]
+    result = evaluate_dataset(StandInBicubic(2), folder, 2)
+    assert [r.name for r in result.per_image] == ["a.png"]

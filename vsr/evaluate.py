@@ -131,7 +131,8 @@ def benchmark_images(folder: str | os.PathLike) -> tuple[str, list[Path]]:
     try:
         images = list_images(hr_dir)
         broken = sorted(p for p in hr_dir.iterdir()
-                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists())
+                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                        and p.is_symlink() and not p.exists())
     except OSError as exc:  # a folder this user may not list
         raise InputError(f"cannot list benchmark folder {hr_dir}: "
                          f"{exc.strerror or exc}") from exc

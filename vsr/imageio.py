@@ -98,6 +98,8 @@ def write_image(path: str | os.PathLike, image: torch.Tensor, *, quality: int = 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside ``folder`` (by suffix, case-insensitive), sorted by name.
+    Hidden files are left out, as `vsr batch` leaves them out: a folder copied from macOS
+    holds a ``._NAME.png`` of metadata beside each image, which is no image.
 
     Raises:
         InputError: the folder does not exist.
@@ -106,4 +108,5 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise InputError(f"not a folder: {folder}")
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
