@@ -192,7 +192,8 @@ def read_hr_frames(path: str | os.PathLike, frames: int, scale: int) -> torch.Te
             if len(out) == frames:
                 break
     if len(out) < frames:
-        raise InputError(f"{path} has only {len(out)} frames; {frames} asked for")
+        have = f"{len(out)} frame" + ("s" if len(out) != 1 else "")
+        raise InputError(f"{path} has only {have}; {frames} asked for (--frames)")
     hr = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
     return modcrop(hr, scale)
 
