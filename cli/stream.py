@@ -48,7 +48,8 @@ def _render(as_json: bool, to_stdout: bool):
               show_default=True, help="Seconds without data before the source counts as gone.")
 @click.option("--input-format", default=None, help="Force the input format (e.g. mpegts).")
 @click.option("--format", "output_format", default=None,
-              help="Output format (default: mpegts for URLs and -, else from the name).")
+              help="Output format (default: flv for rtmp://, MPEG-TS in RTP for rtp://, "
+                   "mpegts for other URLs and -, else from the name).")
 @click.option("--via-ffmpeg", is_flag=True,
               help="Send the output through the ffmpeg program (automatic for srt://).")
 @click.option("--overwrite", is_flag=True,

@@ -13,9 +13,11 @@ import collections
 import contextlib
 import dataclasses
 import difflib
+import functools
 import logging
 import os
 import re
+import select
 import socket
 import stat
 import sys
@@ -91,6 +93,47 @@ def check_format(name: str | None, *, output: bool) -> None:
             if usable(n)][:3]
     hint = f" (did you mean {', '.join(near)}?)" if near else " (`ffmpeg -formats` lists them)"
     raise ConfigError(f"unknown {kind} format {name!r}{hint}")
+
+
+# what a protocol carries, where it is not bare MPEG-TS: RTMP carries FLV, and RTP packets
+# (rtp_mpegts: all the streams in MPEG-TS in RTP; the rtp muxer takes one stream); bare
+# MPEG-TS into either went out without an error, and no receiver could read a frame of it
+_CARRIED = {"rtmp://": "flv", "rtmps://": "flv", "rtp://": "rtp_mpegts"}
+
+
+def default_format(url: str) -> str | None:
+    """The container format written to ``url`` without ``--format``: what its protocol
+    carries (MPEG-TS for ``-``, udp, tcp, srt, http; FLV for rtmp; MPEG-TS in RTP for rtp),
+    MPEG-TS for a .ts file, else None (FFmpeg's guess from the file name)."""
+    for scheme, name in _CARRIED.items():
+        if url.startswith(scheme):
+            return name
+    return "mpegts" if url == "-" or is_network(url) or url.endswith(".ts") else None
+
+
+@functools.cache
+def _output_extensions() -> frozenset[str]:
+    exts: set[str] = set()
+    for name in av.formats_available:
+        with contextlib.suppress(ValueError, TypeError):
+            fmt = av.format.ContainerFormat(name)
+            if fmt.is_output:
+                exts.update(e.strip().lower() for e in fmt.extensions)
+    return frozenset(exts)
+
+
+def check_output_name(url: str) -> None:
+    """Raise ConfigError where FFmpeg cannot tell from ``url`` the format to write it in (no
+    --format, no protocol of :func:`default_format`, no extension of a muxer's): the sink
+    opens on the first frame, which a live source may send long after the start."""
+    path = local_path(url)
+    if default_format(url) is not None or (path is not None and os.path.isdir(path)):
+        return  # (a directory: refused as one, when the run starts)
+    name = url.rsplit("/", 1)[-1]
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if ext not in _output_extensions():
+        raise ConfigError(f"cannot tell the output format from the name {url} (use --format, "
+                          f"e.g. --format mpegts)")
 
 
 def refuse_existing_file(url: str) -> None:
@@ -192,9 +235,68 @@ class DropQueue:
             return item
 
 
+class _Pipe:
+    """A pipe (stdin, a named pipe) as PyAV reads it.
+
+    A read returns what is there (PyAV asks for its whole buffer, and stdin's ``read(n)``
+    waited for n bytes: a live producer's last frames sat in the pipe); once data has come,
+    ``timeout`` s with none is the end of the input, ``silent`` then (a producer that hangs
+    without closing the pipe, as a network source that goes silent). The reader can
+    :meth:`end` it: libavformat flushes its parsers at the end of the input or a read
+    error, never where the demuxer says "try again" (EAGAIN), so the frame a parser holds
+    (H.264's last, until the next one starts) comes out of a pipe that goes on in bytes the
+    demuxer cannot read only at that end."""
+
+    def __init__(self, file, *, owned: bool, timeout: float | None) -> None:
+        self._file, self._owned, self._timeout = file, owned, timeout
+        try:  # its descriptor, read directly: stdin's buffer holds nothing yet
+            self._fd: int | None = file.fileno()
+        except (AttributeError, OSError, ValueError):  # a file object of a library caller
+            self._fd = None
+        self._ended = False
+        self._seen = False  # data has come: from now on, the timeout counts
+        self.silent = False
+
+    def read(self, size: int) -> bytes:
+        if self._ended:
+            return b""
+        if self._fd is None:
+            return getattr(self._file, "read1", self._file.read)(size)
+        if self._seen and self._timeout is not None and not self._ready(self._timeout):
+            self.silent = self._ended = True
+            return b""
+        data = os.read(self._fd, size)
+        self._seen = self._seen or bool(data)
+        return data
+
+    def _ready(self, timeout: float) -> bool:
+        """Whether data (or the end) comes within ``timeout`` s; True where select cannot
+        tell (a descriptor past FD_SETSIZE, a pipe on Windows): the read then waits."""
+        try:
+            return bool(select.select([self._fd], [], [], timeout)[0])
+        except (OSError, ValueError):
+            return True
+
+    def end(self) -> None:
+        """Every read from now on is the end of the input."""
+        self._ended = True
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+
+
+def _is_fifo(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:  # FFmpeg says why it cannot open it
+        return False
+
+
 class _Starved(InputError):
-    """The demuxer said "try again" (EAGAIN), with no packet, for the read timeout: a source
-    that sends nothing it can read has ended, as one that sends nothing (FFmpeg's timeout)."""
+    """The demuxer said "try again" (EAGAIN), with no packet, for the read timeout, or a pipe
+    sent nothing for it: a source that sends nothing it can read has ended, as one that sends
+    nothing (FFmpeg's timeout)."""
 
 
 class Reader(threading.Thread):
@@ -224,6 +326,7 @@ class Reader(threading.Thread):
         self._step = 1 / 25
         self._size: tuple[int, int] | None = None  # (w, h) of the first frame: the output's
         self._seen: tuple[int, int] | None = None  # the size the source sends now
+        self._pipe: _Pipe | None = None  # the connection's input, where it is a pipe
 
     def run(self) -> None:
         delay = 0.25
@@ -267,90 +370,122 @@ class Reader(threading.Thread):
         options = {"flags": "low_delay", "analyzeduration": "1000000"}
         if self.url.startswith("udp://"):
             options.update({"overrun_nonfatal": "1", "fifo_size": "100000"})
+        self._pipe = None
         if self.url == "-":
-            return av.open(sys.stdin.buffer, format=self.input_format or "mpegts",
-                           options=options)
+            self._pipe = _Pipe(sys.stdin.buffer, owned=False, timeout=self.read_timeout)
+            return av.open(self._pipe, format=self.input_format or "mpegts", options=options)
+        path = local_path(self.url)
+        if path is not None and _is_fifo(path):  # a named pipe: as stdin
+            self._pipe = _Pipe(open(path, "rb", buffering=0), owned=True,  # noqa: SIM115
+                               timeout=self.read_timeout)
+            try:
+                return av.open(self._pipe, format=self.input_format, options=options)
+            except BaseException:
+                self._pipe.close()
+                raise
         timeout = None
         if is_network(self.url):
             # a listening source waits longer for its client than a connection takes
             wait = 30.0 if "listen" in self.url else max(self.read_timeout, 5.0)
             timeout = (wait, self.read_timeout)
+            # MPEG-TS: bytes with no sync byte are skipped in one read, however many, not
+            # 64 KiB a read ("try again", EAGAIN, after each): libavformat flushes its parsers
+            # at a read error but never at EAGAIN, so a source that went on in such bytes
+            # kept the frame its parser held (the last one) for ever; now the read of them
+            # ends in the read timeout, an error, and that frame comes out first
+            options["resync_size"] = str(2**31 - 1)
         return av.open(self.url, format=self.input_format, options=options, timeout=timeout)
 
     def _session(self) -> int:
         """One connection: decode until the end; returns frames read."""
+        try:
+            with self._open() as c:
+                got = self._decode(c)
+        finally:
+            if self._pipe is not None:
+                self._pipe.close()
+        if self._pipe is not None and self._pipe.silent:  # its frames are out: say how it ended
+            raise _Starved(f"no data for {self.read_timeout:g} s")
+        return got
+
+    def _decode(self, c: av.container.InputContainer) -> int:
+        """The frames of the connection ``c`` into the queue; returns how many."""
         got = 0
-        with self._open() as c:
-            if not c.streams.video:
-                raise InputError(f"no video stream in {self.url}")
-            stream = c.streams.video[0]
-            # slice threads: frame threads hold one frame back per thread (16 threads:
-            # 0.6 s at 25 fps); measured here, UDP end-to-end median 263 -> 170 ms
-            stream.thread_type = "SLICE"
-            rate = stream.average_rate or stream.guessed_rate
-            if rate:
-                self._step = float(1 / rate)
-            carried = self.audio.session(list(c.streams.audio)) if self.audio is not None else {}
-            self.connected.set()
-            base: float | None = None
-            offset = 0.0
-            last_in = 0.0  # the input time of the last frame (with ``base``: of this session)
-            info: StreamInfo | None = None
-            held: list[av.Packet] = []  # audio read since the last frame: its shift is known then
-            later: list[av.Packet] = []  # audio of another clock than the last frame's, or
-            # behind the audio out on it: it waits one frame, for the video of its clock (a jump
-            # of hours must not pass; a jump back must not drop the audio read before its video)
-            items = _demux(c, stream, [c.streams[i] for i in carried], self._damaged,
-                           patience=self.read_timeout, wait=self.stop.wait)
-            for item in self._progressive(items, stream):
-                if self.stop.is_set():
-                    break
-                if isinstance(item, av.Packet):
-                    self.audio.hold(item, later, held)  # bounded: the video may stall
-                    continue
-                frame = item
-                arrived = time.monotonic()
-                t_in = float(frame.pts * frame.time_base) if frame.pts is not None else None
-                if t_in is None:
-                    t_in = (self._last_t + self._step) if self._last_t is not None else 0.0
-                t = t_in - base + offset if base is not None else None
-                if t is not None and not 0 < t - self._last_t < JUMP_S:
-                    # a discontinuity: audio of the clock that ends, read after its last frame
-                    # (out of order), goes out on that clock first (within JUMP_S, a jump back
-                    # would have put it on the new one, ahead of the new clock's audio)
-                    later = self._put_old(later, last_in, t_in, carried, offset - base)
-                    held = self._put_old(held, last_in, t_in, carried, offset - base)
-                ready = later + [p for p in held if _near(p, t_in)]
-                if t is None or (self._last_t is not None
-                                 and not 0 < t - self._last_t < JUMP_S):
-                    # a new connection or a discontinuity: continue one frame after the last
-                    # (and after the audio already out, so both stay monotonic)
-                    base = t_in
-                    offset = t_in if self._last_t is None else max(
-                        self._last_t + self._step, self._audio_end(ready, t_in))
-                    t = offset
-                waited, later = later, []
-                for pkt in waited:
-                    self.audio.put(pkt, carried[pkt.stream_index], offset - base)
-                for pkt in held:
-                    template = carried[pkt.stream_index]
-                    if _near(pkt, t_in) and self.audio.fits(pkt, template, offset - base):
-                        self.audio.put(pkt, template, offset - base)
-                    else:  # another clock's; or behind the audio out, which is the next
-                        later.append(pkt)  # clock's at a jump back by less than JUMP_S
-                held.clear()
-                if info is None or (frame.width, frame.height) != self._seen:
-                    info = self._framed(_describe(self.url, frame, stream))
-                image = fit_frame(frame, info.size, rgb_format(info.bit_depth))
-                self._last_t, last_in = t, t_in
-                self.queue.put(LiveFrame(image, t, arrived, info), self.stop)
-                got += 1
-                self.frames += 1
-            if base is not None:
-                for pkt in later + held:
-                    self.audio.put(pkt, carried[pkt.stream_index], offset - base)
-            elif held:  # no frame came: no clock to place them on
-                self.audio.drop(len(held))
+        if not c.streams.video:
+            raise InputError(f"no video stream in {self.url}")
+        stream = c.streams.video[0]
+        # slice threads: frame threads hold one frame back per thread (16 threads:
+        # 0.6 s at 25 fps); measured here, UDP end-to-end median 263 -> 170 ms
+        stream.thread_type = "SLICE"
+        rate = stream.average_rate or stream.guessed_rate
+        if rate:
+            self._step = float(1 / rate)
+        carried = self.audio.session(list(c.streams.audio)) if self.audio is not None else {}
+        self.connected.set()
+        base: float | None = None
+        offset = 0.0
+        last_in = 0.0  # the input time of the last frame (with ``base``: of this session)
+        info: StreamInfo | None = None
+        held: list[av.Packet] = []  # audio read since the last frame: its shift is known then
+        later: list[av.Packet] = []  # audio of another clock than the last frame's, or
+        # behind the audio out on it: it waits one frame, for the video of its clock (a jump
+        # of hours must not pass; a jump back must not drop the audio read before its video)
+        items = _demux(c, stream, [c.streams[i] for i in carried], self._damaged,
+                       patience=self.read_timeout, wait=self.stop.wait,
+                       end=self._pipe.end if self._pipe is not None else None)
+        for item in self._progressive(items, stream):
+            if self.stop.is_set():
+                break
+            if isinstance(item, av.Packet):
+                self.audio.hold(item, later, held)  # bounded: the video may stall
+                continue
+            frame = item
+            arrived = time.monotonic()
+            t_in = float(frame.pts * frame.time_base) if frame.pts is not None else None
+            if t_in is None:
+                t_in = (self._last_t + self._step) if self._last_t is not None else 0.0
+            t = t_in - base + offset if base is not None else None
+            if t is not None and not 0 < t - self._last_t < JUMP_S:
+                # a discontinuity: audio of the clock that ends, read after its last frame
+                # (out of order), goes out on that clock first (within JUMP_S, a jump back
+                # would have put it on the new one, ahead of the new clock's audio)
+                later = self._put_old(later, last_in, t_in, carried, offset - base)
+                held = self._put_old(held, last_in, t_in, carried, offset - base)
+            ready = later + [p for p in held if _near(p, t_in)]
+            if t is None or (self._last_t is not None
+                             and not 0 < t - self._last_t < JUMP_S):
+                # a new connection or a discontinuity: continue one frame after the last
+                # (and after the audio already out, so both stay monotonic); the first
+                # starts on the source's clock, at 0 if that is negative: libavformat makes
+                # an MPEG-TS clock that wraps (2**33 ticks, 26.5 h) within a minute of its
+                # first frame negative there, and the sink, whose times never go back, put
+                # the frames before 0 one tick apart (seconds of video in a burst)
+                base = t_in
+                offset = max(t_in, 0.0) if self._last_t is None else max(
+                    self._last_t + self._step, self._audio_end(ready, t_in))
+                t = offset
+            waited, later = later, []
+            for pkt in waited:
+                self.audio.put(pkt, carried[pkt.stream_index], offset - base)
+            for pkt in held:
+                template = carried[pkt.stream_index]
+                if _near(pkt, t_in) and self.audio.fits(pkt, template, offset - base):
+                    self.audio.put(pkt, template, offset - base)
+                else:  # another clock's; or behind the audio out, which is the next
+                    later.append(pkt)  # clock's at a jump back by less than JUMP_S
+            held.clear()
+            if info is None or (frame.width, frame.height) != self._seen:
+                info = self._framed(_describe(self.url, frame, stream))
+            image = fit_frame(frame, info.size, rgb_format(info.bit_depth))
+            self._last_t, last_in = t, t_in
+            self.queue.put(LiveFrame(image, t, arrived, info), self.stop)
+            got += 1
+            self.frames += 1
+        if base is not None:
+            for pkt in later + held:
+                self.audio.put(pkt, carried[pkt.stream_index], offset - base)
+        elif held:  # no frame came: no clock to place them on
+            self.audio.drop(len(held))
         return got
 
     def _progressive(self, items: Iterable[av.Packet | av.VideoFrame],
@@ -469,7 +604,8 @@ def _drain(video: av.video.stream.VideoStream) -> list[av.VideoFrame]:
 
 def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
            audio: list[av.stream.Stream], damaged: Callable[[], None], *,
-           patience: float, wait: Callable[[float], bool]):
+           patience: float, wait: Callable[[float], bool],
+           end: Callable[[], None] | None = None):
     """Decoded frames of ``video`` and the (undecoded) packets of ``audio``, in file order.
 
     Damaged data (a packet the demuxer flags corrupt, one the decoder rejects, bytes the
@@ -477,14 +613,19 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
     conceals what it can. Only MAX_UNDECODABLE rejected packets in a row, with no frame
     between them, end the input (the decoder's last error); a demuxer that says "try again"
     for ``patience`` s with no packet raises _Starved. ``wait(s)`` sleeps between such reads
-    and is True when the reader must stop (the input then ends here)."""
+    and is True when the reader must stop (the input then ends here). ``end()``, where the
+    input can be ended (a pipe), ends it when that patience runs out: the frames libavformat's
+    parsers hold come out at that end, then _Starved is raised."""
     packets = c.demux(video, *audio)
     rejected = 0
     again: float | None = None  # since when the demuxer has said "try again", no packet since
+    ended = False  # by ``end``: read on to that end of the input
     while True:
         try:
             packet = next(packets)
         except StopIteration:
+            if ended:
+                raise _Starved(f"no data it could read for {patience:g} s") from None
             return
         except IndexError:
             # PyAV fails its end-of-input flush when the source gained a stream while it
@@ -502,9 +643,12 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
             if again is None:
                 again = now
                 damaged()
-            elif now - again >= patience:
-                yield from _drain(video)
-                raise _Starved(f"no data it could read for {patience:g} s") from None
+            elif now - again >= patience and not ended:
+                if end is None:  # the parsers keep what they hold
+                    yield from _drain(video)
+                    raise _Starved(f"no data it could read for {patience:g} s") from None
+                end()
+                ended = True
             elif wait(AGAIN_WAIT_S):
                 return
             packets = c.demux(video, *audio)
@@ -652,6 +796,16 @@ class TcpOutput:
             return conn
 
 
+def _whole_ts_datagrams(url: str, fmt: str | None) -> str:
+    """``url`` where it is udp:// carrying MPEG-TS, with ``pkt_size=1316`` unless it says
+    otherwise: FFmpeg's 1472-byte datagrams split TS packets (7 of 188 bytes and 156 of the
+    next), which receivers expecting whole packets a datagram drop, as any receiver does the
+    halves left by a datagram lost."""
+    if fmt != "mpegts" or not url.startswith("udp://") or "pkt_size=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}pkt_size={7 * 188}"
+
+
 class _Interrupted(Exception):
     """Ctrl-C during a write into a pipe (PyAV passes on Exceptions only)."""
 
@@ -716,8 +870,7 @@ class LiveSink:
                  overwrite: bool = False) -> None:
         self.url, self.encode, self.gop, self.audio = url, encode, gop, audio
         self.overwrite = overwrite
-        self.format = output_format or (
-            "mpegts" if url == "-" or is_network(url) or url.endswith(".ts") else None)
+        self.format = output_format or default_format(url)
         self.via_ffmpeg = via_ffmpeg or url.startswith("srt://")
         self._out = None
         self._relay: FfmpegRelay | None = None
@@ -754,7 +907,7 @@ class LiveSink:
                 self._pipe = _Flushed(self._sockfile)
                 target, fmt = self._pipe, self.format
             else:
-                target, fmt = self.url, self.format
+                target, fmt = _whole_ts_datagrams(self.url, self.format), self.format
             self._out = av.open(target, mode="w", format=fmt, container_options=options)
             rate = info.frame_rate or Fraction(25)
             stream = self._out.add_stream(self.encode.codec, rate=rate)

@@ -28,6 +28,7 @@ from vsr.stream.io import (
     Reader,
     TcpOutput,
     check_format,
+    check_output_name,
     refuse_existing_file,
     same_file,
 )
@@ -78,6 +79,8 @@ class StreamConfig(RunOptions):
         check_format(self.input_format, output=False)
         if not (self.via_ffmpeg or self.dst.startswith("srt://")):  # else the ffmpeg program
             check_format(self.output_format, output=True)  # muxes, with its own muxers
+            if self.output_format is None:  # here, not at the first frame
+                check_output_name(self.dst)
             TcpOutput.parse(self.dst)  # vsr connects tcp:// outputs itself: their options
 
 
