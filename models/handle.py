@@ -94,31 +94,37 @@ class Upscaler:
         (N, 3, scale*H, scale*W), same device and dtype, not clamped. No host syncs.
 
         Raises ModelError for input of another shape, dtype or device."""
+        with torch.inference_mode():
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``infer`` without its inference mode (the caller chooses the mode)."""
         _check_model_input(x, self)
         h, w = x.shape[-2:]
         m = self.size_multiple
         ph, pw = (-h) % m, (-w) % m
-        with torch.inference_mode():
-            if ph or pw:
-                x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-            y = self._run(x)
-            if ph or pw:
-                y = y[..., : h * self.scale, : w * self.scale]
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        y = self._run(x)
+        if ph or pw:
+            y = y[..., : h * self.scale, : w * self.scale]
         return y
 
     def upscale(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> uint8 (clamped, rounded), or float [0, 1] -> float (clamped).
 
-        The result is on the handle's device. Raises ModelError for a bad shape or dtype.
+        The result is on the handle's device, an ordinary tensor the caller may change in
+        place (an inference-mode tensor refuses that outside inference mode: drawing on a
+        frame in a GUI thread failed). Raises ModelError for a bad shape or dtype.
         """
         _check_frames(x)
         as_uint8 = x.dtype == torch.uint8
-        with torch.inference_mode():
+        with torch.no_grad():
             src = x.to(self.device, non_blocking=True)
             src = src.to(self.dtype) / 255.0 if as_uint8 else src.to(self.dtype)
             # scaled and rounded in fp32: in bf16, x255 would round once more before round_()
             # (0.3 dB on a 42 dB clip)
-            y = self.infer(src).float().clamp_(0.0, 1.0)
+            y = self._forward(src).float().clamp_(0.0, 1.0)
             if as_uint8:
                 return y.mul_(255.0).round_().to(torch.uint8)
             return y.to(x.dtype)

@@ -9,9 +9,11 @@ and the same frames whoever runs them. :func:`run_source` is the recipe for a fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +75,48 @@ class ModelCache:
     """Loaded handles by (model, scale, precision, device, frame depth and size) and prepared
     backends by handle, backend, batch and frame size: a worker that runs many files loads and
     prepares once.
-    Not thread-safe: one per worker thread."""
+
+    Safe to share between threads (a web service's pool passing one to
+    :func:`vsr.upscale_file`): each model loads, and each backend is prepared, once; a thread
+    asking for one that another is loading or preparing waits for it. A run in a reduced
+    precision holds its handle alone (:meth:`lease`), since its fp32 fallback changes the
+    handle itself: a concurrent run of the same model gets a handle of its own."""
 
     def __init__(self) -> None:
-        self._handles: dict[tuple, object] = {}
+        self._lock = threading.Lock()  # guards the dicts and the set below
+        self._handles: dict[tuple, list] = {}  # first: the one handle() gives
         self._prepared: dict[tuple, Prepared] = {}
+        self._held: set[int] = set()  # ids of handles a run holds alone
+        self._dtypes: dict[int, torch.dtype] = {}  # by id: each handle's dtype when loaded
+        self._once: dict[tuple, threading.Lock] = {}  # per key: one thread loads or prepares
+
+    def _unchanged(self, handle) -> bool:
+        """Whether ``handle`` is still in the dtype it was loaded in (not one that a run
+        holding it has just switched to fp32, and is about to release); under ``_lock``."""
+        return handle.dtype == self._dtypes.get(id(handle), handle.dtype)
+
+    def _key_lock(self, key: tuple) -> threading.Lock:
+        with self._lock:
+            return self._once.setdefault(key, threading.Lock())
+
+    @staticmethod
+    def _handle_key(options: ModelOptions, device: torch.device, bit_depth: int,
+                    pixels: int | None) -> tuple:
+        return (options.model, options.scale, options.precision,
+                BACKEND_PRECISIONS.get(options.backend), str(device), bit_depth,
+                is_small_frame(pixels))  # what auto's choice depends on
+
+    def _load(self, key: tuple, options: ModelOptions, device: torch.device, bit_depth: int,
+              pixels: int | None, *, held: bool):
+        handle = load_model(options.model, scale=options.scale, device=device,
+                            precision=options.precision, bit_depth=bit_depth, pixels=pixels,
+                            backend=options.backend)
+        with self._lock:
+            self._handles.setdefault(key, []).append(handle)
+            self._dtypes[id(handle)] = handle.dtype
+            if held:
+                self._held.add(id(handle))
+        return handle
 
     def handle(self, options: ModelOptions, device: str | torch.device, *, bit_depth: int = 8,
                pixels: int | None = None):
@@ -85,20 +124,59 @@ class ModelCache:
         ``pixels`` pixels (None: not known); raises like :func:`vsr.loading.load_model`."""
         if not isinstance(device, torch.device):
             device = resolve_device(device, require_available=True)
-        key = (options.model, options.scale, options.precision,
-               BACKEND_PRECISIONS.get(options.backend), str(device), bit_depth,
-               is_small_frame(pixels))  # what auto's choice depends on
-        if key not in self._handles:
-            self._handles[key] = load_model(options.model, scale=options.scale, device=device,
-                                            precision=options.precision, bit_depth=bit_depth,
-                                            pixels=pixels, backend=options.backend)
-        return self._handles[key]
+        key = self._handle_key(options, device, bit_depth, pixels)
+        with self._key_lock(("handle", key)):
+            with self._lock:
+                loaded = [h for h in self._handles.get(key, ()) if self._unchanged(h)]
+                if loaded:
+                    return loaded[0]
+            return self._load(key, options, device, bit_depth, pixels, held=False)
+
+    @contextlib.contextmanager
+    def lease(self, options: ModelOptions, device: str | torch.device, *, bit_depth: int = 8,
+              pixels: int | None = None) -> Iterator[object]:
+        """:meth:`handle` for the length of one run. A handle whose dtype a run may change (a
+        network in fp16 or bf16: the fp32 fallback) is the run's alone: one that another run
+        holds is not given, another is loaded. On exit a handle whose dtype changed is
+        released, so that a later run loads one in the precision asked for."""
+        if not isinstance(device, torch.device):
+            device = resolve_device(device, require_available=True)
+        handle = self.handle(options, device, bit_depth=bit_depth, pixels=pixels)
+        with self._lock:
+            loaded_in = self._dtypes.get(id(handle), handle.dtype)
+        if loaded_in != torch.float32 and getattr(handle, "can_fail", True):
+            key = self._handle_key(options, device, bit_depth, pixels)
+            with self._lock:
+                handle = next((h for h in self._handles.get(key, ())
+                               if id(h) not in self._held and self._unchanged(h)), None)
+                if handle is not None:
+                    self._held.add(id(handle))
+            if handle is None:
+                handle = self._load(key, options, device, bit_depth, pixels, held=True)
+        dtype = handle.dtype
+        try:
+            yield handle
+        finally:
+            with self._lock:
+                self._held.discard(id(handle))
+            if handle.dtype != dtype:
+                # the run fell back to fp32 (a bad frame in fp16/bf16), which changes the
+                # handle itself: the next run of this cache (a batch worker's next file or
+                # segment) loads its own, in the precision asked for, not this one in fp32
+                self.release(handle)
 
     def release(self, handle) -> None:
         """Forget ``handle`` and the backends prepared for it, so that nothing here keeps it
         (e.g. one loaded before the frames were known, replaced by one loaded for them)."""
-        self._handles = {k: h for k, h in self._handles.items() if h is not handle}
-        self._prepared = {k: p for k, p in self._prepared.items() if p.handle is not handle}
+        with self._lock:
+            self._handles = {k: kept for k, hs in self._handles.items()
+                             if (kept := [h for h in hs if h is not handle])}
+            self._prepared = {k: p for k, p in self._prepared.items()
+                              if p.handle is not handle}
+            self._held.discard(id(handle))
+            self._dtypes.pop(id(handle), None)
+            self._once = {k: lock for k, lock in self._once.items()
+                          if not (k[0] == "prepare" and k[1][0] == id(handle))}
 
     def prepare(self, handle, options: ModelOptions, image: np.ndarray | None) -> Prepared:
         """``options.backend`` for frames like ``image`` (H, W, 3) uint8/uint16, checked against
@@ -111,12 +189,17 @@ class ModelCache:
                             options.backend)
             return Prepared(handle, None, options)
         key = (id(handle), options.backend, options.batch, image.shape, str(image.dtype))
-        if key not in self._prepared:
-            from vsr.backends import prepare_for_frame
+        with self._key_lock(("prepare", key)):
+            with self._lock:
+                prepared = self._prepared.get(key)
+            if prepared is None or prepared.handle is not handle:
+                from vsr.backends import prepare_for_frame
 
-            runner = prepare_for_frame(handle, options.backend, image, batch=options.batch)
-            self._prepared[key] = Prepared(handle, runner, options)
-        return self._prepared[key]
+                runner = prepare_for_frame(handle, options.backend, image, batch=options.batch)
+                prepared = Prepared(handle, runner, options)
+                with self._lock:
+                    self._prepared[key] = prepared
+        return prepared
 
 
 @dataclass(frozen=True)
@@ -130,6 +213,7 @@ class EngineRun:
     height: int
     pix_fmt: str | None
     copied_packets: dict[int, int]
+    dtype: torch.dtype = torch.float32  # the precision the run ended in
 
 
 def run_source(source: Source, options: ModelOptions, device: str | torch.device,
@@ -165,30 +249,25 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
         # a batch is never more than the frames there are: --batch 1000 on a picture built
         # and checked a backend for 1000 copies of it and ran them all (66 s, 9 GB, for 0.3 s)
         options = dataclasses.replace(options, batch=total)
-    handle = models.handle(options, device, bit_depth=info.bit_depth,
-                           pixels=info.width * info.height)
-    width, height = info.width * handle.scale, info.height * handle.scale
-    frames = frames if frames is not None else source.frames()
-    first = next(frames, None)
-    prepared = models.prepare(handle, options, first.image if first is not None else None)
-    if first is not None:
-        frames = itertools.chain([first], frames)
-    log.info("%s %dx%d -> %dx%d with %s x%d on %s (%s, backend %s)", Path(info.path).name,
-             info.width, info.height, width, height, handle.name, handle.scale, handle.device,
-             handle.dtype, prepared.backend)
-    dtype = handle.dtype
-    try:
+    # the run's own handle where its fp32 fallback would change it (see ModelCache.lease)
+    with models.lease(options, device, bit_depth=info.bit_depth,
+                      pixels=info.width * info.height) as handle:
+        width, height = info.width * handle.scale, info.height * handle.scale
+        frames = frames if frames is not None else source.frames()
+        first = next(frames, None)
+        prepared = models.prepare(handle, options, first.image if first is not None else None)
+        if first is not None:
+            frames = itertools.chain([first], frames)
+        log.info("%s %dx%d -> %dx%d with %s x%d on %s (%s, backend %s)", Path(info.path).name,
+                 info.width, info.height, width, height, handle.name, handle.scale,
+                 handle.device, handle.dtype, prepared.backend)
         with open_sink(info, width, height) as sink:
             processor = prepared.processor(overlap,
                                            alpha=info.alpha and getattr(sink, "alpha", False))
             stats = run_pipeline(frames, processor, sink, depth=depth,
                                  frames_total=frames_total if frames_total is not None
                                  else info.frames, progress=progress)
-    finally:
-        if handle.dtype != dtype:
-            # the run fell back to fp32 (a bad frame in fp16/bf16), which changes the handle
-            # itself: the next run of this cache (a batch worker's next file or segment)
-            # loads its own, in the precision asked for, not this one silently in fp32
-            models.release(handle)
+        dtype = handle.dtype  # read now: once the lease ends another run may hold the handle
     return EngineRun(stats=stats, prepared=prepared, report=processor.report, width=width,
-                     height=height, pix_fmt=sink.pix_fmt, copied_packets=sink.copied_packets)
+                     height=height, pix_fmt=sink.pix_fmt, copied_packets=sink.copied_packets,
+                     dtype=dtype)

@@ -115,30 +115,35 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
     """Upscale ``config.input`` into ``config.output``; the output appears only when complete.
 
     ``progress`` is called from the calling thread; ``models`` reuses loaded models and
-    prepared backends across calls (a batch worker's). Raises InputError, OutputError,
+    prepared backends across calls (a batch worker's; one may serve several threads at
+    once, see :class:`vsr.engine.ModelCache`). Raises InputError, OutputError,
     ModelError, ConfigError, PipelineError, or Interrupted on Ctrl-C; in every failure case no
     output file is left behind.
     """
-    check_input_path(config.input)
-    check_output_path(config.output, overwrite=config.overwrite, input_path=config.input)
-    device = resolve_device(config.device, require_available=True)
-    t0 = time.perf_counter()
-    with open_source(config.input, config.decoder, deinterlace=config.deinterlace) as source:
-        is_image = source.info.is_image
-        try:
+    run = None
+    try:  # a Ctrl-C from the first check to the input's close is Interrupted
+        check_input_path(config.input)
+        check_output_path(config.output, overwrite=config.overwrite, input_path=config.input)
+        device = resolve_device(config.device, require_available=True)
+        t0 = time.perf_counter()
+        with open_source(config.input, config.decoder,
+                         deinterlace=config.deinterlace) as source:
+            is_image = source.info.is_image
             run = run_source(source, config, device,
                              lambda info, w, h: open_sink(config, info, w, h), models=models,
                              depth=config.queue_depth, overlap=config.tile_overlap,
                              progress=progress)
-        except KeyboardInterrupt as exc:
-            raise Interrupted("interrupted; no output was written") from exc
+    except KeyboardInterrupt as exc:
+        if run is not None:  # while the input closed, the output complete
+            raise Interrupted(f"interrupted; the output was written: {config.output}") from exc
+        raise Interrupted("interrupted; no output was written") from exc
     seconds = time.perf_counter() - t0
     stats, report, handle = run.stats, run.report, run.prepared.handle
     return UpscaleResult(
         frames_in=stats.frames_in, frames_out=stats.frames_out, seconds=round(seconds, 3),
         fps=round(stats.frames_out / seconds, 3) if seconds else 0.0, output=str(config.output),
         input=str(config.input), model=handle.name, scale=handle.scale, device=str(device),
-        precision=dtype_name(handle.dtype), fallback_fp32=report.fell_back_to_fp32,
+        precision=dtype_name(run.dtype), fallback_fp32=report.fell_back_to_fp32,
         fallback_frames=report.fallback_frames, tile=report.tile, width=run.width,
         height=run.height, codec=None if is_image else config.encode.codec, pix_fmt=run.pix_fmt,
         copied_packets=run.copied_packets, notes=run.prepared.notes + tuple(report.notes),
