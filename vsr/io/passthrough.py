@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from typing import Protocol
@@ -26,6 +27,18 @@ _MUST_COPY = ("audio", "subtitle")
 _PICTURES = {"png": ("png", "image/png"), "mjpeg": ("jpg", "image/jpeg"),
              "bmp": ("bmp", "image/bmp"), "gif": ("gif", "image/gif"),
              "webp": ("webp", "image/webp")}
+
+# Output formats that keep cover art as a picture stream (MP4's 'covr'); Matroska keeps it
+# as an attachment; others (MOV, AVI, NUT, MPEG-TS) lose it or make it a one-frame video.
+_COVER_STREAM_FORMATS = frozenset({"mp4"})
+
+# Output formats that keep attachments (fonts, covers): Matroska's muxer alone writes them.
+# MP4, MOV, AVI refuse them only when the header is written (after the whole upscale was set
+# up, as 'Invalid argument'); MPEG-TS takes them and writes an empty data stream.
+_ATTACHMENT_FORMATS = frozenset({"matroska"})
+
+# Output formats whose muxer writes no track for a stream without packets (movenc).
+_EMPTY_LEFT_OUT = frozenset({"mp4", "mov", "ipod", "3gp", "3g2", "ismv", "psp", "f4v"})
 
 # Tags the muxer writes itself, or that describe the input's encode of a stream (Matroska's
 # statistics tags, mkvmerge's with a "-eng" suffix): copied, they would misdescribe the output.
@@ -66,15 +79,19 @@ class Passthrough:
     Call :meth:`add_streams` before the output header is written; then
     :meth:`mux_until` with each encoded video packet's time, and :meth:`mux_rest` at the end.
     ``copied`` counts packets per input stream index; ``dropped`` lists streams skipped.
-    A data stream the output format cannot hold (an MP4 chapter text track) is skipped with a
-    warning, never refused. A QuickTime timecode track is never copied (a copy would be a
-    second one, or refused): its time goes on as ``timecode``, which :meth:`tags_for_video`
-    adds to the video's tags (MP4 and MOV muxers make a timecode track of it, Matroska keeps
-    it as a tag).
+    Audio, subtitles and attachments the output format cannot hold raise OutputError before
+    the header is written. A data stream the output format cannot hold (an MP4 chapter text
+    track) is skipped with a warning, never refused; so is cover art, which only MP4 keeps
+    as a picture stream and Matroska as an attachment. A QuickTime timecode track is never
+    copied (a copy would be a second one, or refused): its time goes on as ``timecode``,
+    which :meth:`tags_for_video` adds to the video's tags (MP4 and MOV muxers make a
+    timecode track of it, Matroska keeps it as a tag).
     """
 
-    def __init__(self, source: str | Demuxer, exclude: int) -> None:
-        """``source``: the input's path (opened here), or an open :class:`Demuxer`."""
+    def __init__(self, source: str | Demuxer, exclude: int, *, warn: bool = True) -> None:
+        """``source``: the input's path (opened here), or an open :class:`Demuxer`;
+        ``warn``: log the streams left out as warnings (False: a trial, see
+        :func:`check_carry`, whose output is written later and warns then)."""
         if isinstance(source, str):
             try:
                 source = av.open(file_url(source), mode="r")  # a file, whatever its name
@@ -91,6 +108,10 @@ class Passthrough:
         self._last: dict[int, tuple[int, int]] = {}
         self.retimed: dict[int, int] = {}
         self.timecode: str | None = None
+        self._warn = warn
+
+    def _drop_note(self, msg: str, *args: object) -> None:
+        log.log(logging.WARNING if self._warn else logging.DEBUG, msg, *args)
 
     def add_streams(self, output: av.container.OutputContainer,
                     add_video: Callable[[], None] | None = None) -> None:
@@ -99,11 +120,21 @@ class Passthrough:
         for s in self._input.streams:
             if s.index == self._exclude:
                 if add_video is not None:
+                    before = len(output.streams)
                     add_video()
+                    if len(output.streams) == before + 1:  # its flags (default) as the input's
+                        copy_disposition(s, output.streams[before])
                 continue
             if s.type == "attachment":
                 self._add_attachment(output, s)
                 continue
+            if _is_cover(s) and output.format.name not in _COVER_STREAM_FORMATS:
+                self._carry_cover(output, s)
+                continue
+            if s.type in _MUST_COPY and (why := _refusal(output, s)):
+                raise OutputError(f"the output format {output.format.name} cannot carry "
+                                  f"stream {s.index} ({s.type}, {_codec_name(s)}): {why}; "
+                                  f"{self._advice(output)}")
             if s.type not in (*_MUST_COPY, "video") and not self._can_hold(output, s):
                 continue
             try:
@@ -112,10 +143,10 @@ class Passthrough:
                 what = f"stream {s.index} ({s.type}, {_codec_name(s)})"
                 if s.type in _MUST_COPY:
                     raise OutputError(f"the output format {output.format.name} cannot carry "
-                                      f"{what}; choose a container that can (e.g. .mkv)") from exc
+                                      f"{what}; {self._advice(output)}") from exc
                 if self._add_cover(output, s):
                     continue
-                log.warning("not copying %s: %s", what, exc)
+                self._drop_note("not copying %s: %s", what, exc)
                 self.dropped.append(what)
                 continue
             if s.metadata:
@@ -126,6 +157,14 @@ class Passthrough:
         copy_ids = list(self._map)
         streams = [self._input.streams[i] for i in copy_ids]
         self._packets = self._input.demux(streams) if streams else iter(())
+
+    def _advice(self, output: av.container.OutputContainer) -> str:
+        """Which container to choose instead: Matroska holds most; where the output is one
+        already (MP4's mov_text subtitles), the input's own container."""
+        if output.format.name != "matroska":
+            return "choose a container that can (e.g. .mkv)"
+        suffix = os.path.splitext(str(getattr(self._input, "name", "") or ""))[1]
+        return f"choose a container that can (e.g. {suffix or 'the input format'})"
 
     def _can_hold(self, output: av.container.OutputContainer, s: av.stream.Stream) -> bool:
         """Whether ``output``'s format takes a copy of data stream ``s``; if not, log why.
@@ -141,13 +180,9 @@ class Passthrough:
             self.timecode = self.timecode or timecode
             log.info("%s: the timecode %s goes on as the video's timecode tag", what, timecode)
             return False
-        try:
-            with av.open(io.BytesIO(), mode="w", format=output.format.name) as trial:
-                trial.add_stream_from_template(s)
-                trial.start_encoding()
-        except (av.error.FFmpegError, ValueError, TypeError, NotImplementedError) as exc:
-            log.warning("not copying %s: the output format %s cannot hold it (%s)",
-                        what, output.format.name, exc)
+        if why := _refusal(output, s):
+            self._drop_note("not copying %s: the output format %s cannot hold it (%s)",
+                            what, output.format.name, why)
             self.dropped.append(what)
             return False
         return True
@@ -165,11 +200,25 @@ class Passthrough:
         mimetype = s.metadata.get("mimetype") or getattr(s, "mimetype", None) \
             or "application/octet-stream"
         try:
+            if output.format.name not in _ATTACHMENT_FORMATS:
+                raise ValueError("no attachments in this format")
             output.add_attachment(name=name, mimetype=mimetype, data=bytes(s.data))
         except (av.error.FFmpegError, ValueError, TypeError, NotImplementedError) as exc:
             raise OutputError(f"the output format {output.format.name} cannot carry attachment "
-                              f"{name!r}; choose a container that can (e.g. .mkv)") from exc
+                              f"{name!r}; {self._advice(output)}") from exc
         self.copied[s.index] = 0
+
+    def _carry_cover(self, output: av.container.OutputContainer, s: av.stream.Stream) -> None:
+        """Cover art into a format that does not keep it as a picture stream: as an
+        attachment where the format takes those (Matroska), else dropped with a warning.
+        Copied as a stream, the MOV muxer left it out without a word, and Matroska, AVI and
+        NUT made it a one-frame video track."""
+        if self._add_cover(output, s):
+            return
+        what = f"stream {s.index} (cover art, {_codec_name(s)})"
+        self._drop_note("not copying %s: the output format %s cannot hold cover art",
+                        what, output.format.name)
+        self.dropped.append(what)
 
     def _add_cover(self, output: av.container.OutputContainer, s: av.stream.Stream) -> bool:
         """Carry cover art (an attached picture) that ``output`` cannot hold as a stream as an
@@ -180,7 +229,7 @@ class Passthrough:
             return False
         kind = _PICTURES.get(_codec_name(s))
         mimetype = s.metadata.get("mimetype") or (kind[1] if kind else None)
-        if mimetype is None:
+        if mimetype is None or output.format.name not in _ATTACHMENT_FORMATS:
             return False
         name = s.metadata.get("filename") or f"cover.{kind[0] if kind else 'bin'}"
         try:
@@ -259,10 +308,96 @@ class Passthrough:
             self._last[src] = (dts, int(pkt.duration or 0))
 
     def mux_rest(self, output: av.container.OutputContainer) -> None:
+        """Mux the packets left; say which copied streams held none where the output's muxer
+        then leaves the stream out (MP4 and MOV write no track without samples)."""
         self.mux_until(output, None)
+        if output.format.name not in _EMPTY_LEFT_OUT:
+            return
+        for src, out_s in self._map.items():
+            if not self.copied[src]:
+                self._drop_note("stream %d (%s) holds no packets: the %s muxer leaves it out",
+                                src, out_s.type, output.format.name)
+                self.dropped.append(f"stream {src} ({out_s.type}, no packets)")
 
     def close(self) -> None:
         self._input.close()
+
+
+def check_carry(input_path: str | os.PathLike, output: str | os.PathLike, exclude: int, *,
+                warn: bool = False) -> list[int]:
+    """Raise OutputError where the container ``output``'s name asks for cannot carry a stream
+    of ``input_path`` that must be copied (audio, subtitles, attachments), before any work:
+    `vsr batch` otherwise learns it at the join, after every segment was computed. Writes
+    nothing (the streams are tried on a file in memory). Returns the input streams (not
+    ``exclude``, the re-encoded video) the output carries as streams, in input order: what a
+    stream map for the ffmpeg program should name. Streams left out are logged as warnings
+    where ``warn`` (an output whose own Passthrough warns when it is written: not here)."""
+    try:
+        with av.open(file_url(output), mode="w") as named:  # opens no file: the format only
+            fmt = named.format.name
+    except (av.error.FFmpegError, ValueError, OSError):
+        return []  # a name the sink itself refuses: it says why, in its words
+    memory = io.BytesIO()
+    memory.name = os.fspath(output)  # the trial's name, as the output's: .m2ts is told by it
+    trial = av.open(memory, mode="w", format=fmt)
+    passthrough = Passthrough(os.fspath(input_path), exclude, warn=warn)
+    try:
+        passthrough.add_streams(trial)
+        return sorted(passthrough._map)
+    finally:
+        passthrough.close()
+        with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
+            trial.close()
+
+
+def _is_cover(s: av.stream.Stream) -> bool:
+    return bool(int(s.disposition) & int(av.stream.Disposition.attached_pic))
+
+
+def _refusal(output: av.container.OutputContainer, s: av.stream.Stream) -> str | None:
+    """Why ``output``'s format cannot hold a copy of ``s`` (None if it can).
+
+    Adding such a stream often succeeds and only writing the header fails (Opus into MOV),
+    when it is too late to leave the stream out or to say which one, so the format is tried
+    on an empty file in memory first. MPEG-TS writes any codec it has no stream type for as
+    opaque private data (SRT, ASS, FLAC, PCM come back as a data stream of no codec): it
+    tells only in the stream map it writes with the first packet, so one empty packet is
+    muxed and the stream map read back.
+    """
+    fmt = output.format.name
+    try:
+        with av.open(io.BytesIO(), mode="w", format=fmt) as trial:
+            trial.add_stream_from_template(s)
+            trial.start_encoding()
+    except av.error.FFmpegError as exc:
+        return f"its muxer refuses {_codec_name(s)} ({exc.strerror or exc})"
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        return str(exc)
+    # .m2ts is written in the muxer's Blu-ray mode (told by the file name), whose stream
+    # types differ (PGS has one; AAC goes as private data that readers find by its ADTS
+    # headers): this trial, in the broadcast mode, would say nothing true of it
+    m2ts = str(output.name).lower().endswith(".m2ts")
+    if fmt == "mpegts" and not m2ts and s.type in _MUST_COPY and _read_back(s) == ["data"]:
+        return f"it would be written as private data that players do not read as {s.type}"
+    return None
+
+
+def _read_back(s: av.stream.Stream) -> list[str] | None:
+    """The stream kinds an MPEG-TS holding a copy of ``s`` (and one empty packet) reads
+    back as; None where the trial says nothing (the muxer refused the empty packet)."""
+    buf = io.BytesIO()
+    try:
+        with av.open(buf, mode="w", format="mpegts") as trial:
+            copy = trial.add_stream_from_template(s)
+            trial.start_encoding()
+            pkt = av.Packet(bytes(16))
+            pkt.stream, pkt.pts, pkt.dts = copy, 0, 0
+            trial.mux(pkt)
+        buf.seek(0)
+        with av.open(buf, mode="r", format="mpegts") as back:
+            return [b.type for b in back.streams]
+    except (av.error.FFmpegError, ValueError, TypeError, NotImplementedError):
+        return None
 
 
 def _seconds(pkt: av.Packet) -> float:

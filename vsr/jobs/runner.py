@@ -21,6 +21,8 @@ from pathlib import Path
 
 from vsr.errors import ConfigError, InputError, Interrupted, OutputError, VsrError
 from vsr.io.output import discard
+from vsr.io.passthrough import check_carry
+from vsr.io.source import PyAVSource
 from vsr.jobs.join import check_output_codec, join_segments
 from vsr.jobs.plan import (
     DEFAULT_TEMPLATE,
@@ -383,6 +385,8 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
         _register(tracker, _File(job, file_id, None, [task], [], 1, identity))
         return [task]
     check_output_codec(job.output, job.options.codec)  # before any segment, not at the join
+    with PyAVSource(job.input) as src:  # and the streams the join copies: the same
+        check_carry(job.input, job.output, src.info.index)
     # the deflicker filter carries each frame into the next: one segment, as `vsr upscale` runs
     min_frames = sys.maxsize if job.options.deflicker else config.segment_frames
     segments = plan_segments(job.input, min_frames)

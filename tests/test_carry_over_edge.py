@@ -1,0 +1,274 @@
+"""Streams an output container cannot hold as they are: a clear error before any work for
+audio, subtitles and attachments, a warning for cover art it cannot keep; never a stream
+lost without a word, or written as something no player reads."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import av
+import pytest
+
+from vsr.errors import OutputError
+from vsr.io.passthrough import check_carry
+from vsr.upscale import UpscaleConfig, upscale_file
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
+
+_SRT = "1\n00:00:00,000 --> 00:00:00,200\nHello\n\n2\n00:00:00,200 --> 00:00:00,400\nWorld\n"
+_FONT = bytes(range(256)) * 8  # Matroska keeps any bytes as an attachment
+
+
+def _ffmpeg(*args: str | Path) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=s=64x48:r=25:d=0.4", *map(str, args)], check=True)
+
+
+_X264 = ("-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast", "-g", "5")
+_SINE = ("-f", "lavfi", "-i", "sine=d=0.4")
+
+
+def _upscale(src: Path, out: Path):
+    return upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+
+
+def _nothing_left(folder: Path, *inputs: Path) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in inputs)
+
+
+def _kinds(path: Path) -> list[tuple[str, str | None, int]]:
+    with av.open(str(path)) as c:
+        return [(s.type, s.codec_context.name if s.codec_context else None,
+                 int(s.disposition) & int(av.stream.Disposition.attached_pic))
+                for s in c.streams]
+
+
+@pytest.mark.parametrize("codec", ["srt", "ass", "flac"])
+def test_what_mpegts_writes_as_private_data_is_refused_before_work(tmp_path, codec):
+    """`vsr upscale in.mkv out.ts` with SRT or ASS subtitles (or FLAC audio) finished without
+    a word, but the MPEG-TS muxer has no stream type for them and wrote opaque private data:
+    ffprobe and players read the track back as `bin_data` (PyAV: a data stream of no codec),
+    so the subtitles or the audio were lost. It is now refused, naming the stream."""
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / "clip.mkv"
+    if codec == "flac":
+        _ffmpeg(*_SINE, "-map", "0", "-map", "1", *_X264, "-c:a", "flac", src)
+    else:
+        (tmp_path / "s.srt").write_text(_SRT)
+        _ffmpeg("-i", tmp_path / "s.srt", "-map", "0", "-map", "1", *_X264, "-c:s", codec, src)
+    kind = "audio" if codec == "flac" else "subtitle"
+    with pytest.raises(OutputError, match=rf"cannot carry stream 1 \({kind}, .*private data"):
+        _upscale(src, tmp_path / "out.ts")
+    _nothing_left(tmp_path, *[p for p in (tmp_path / "in", tmp_path / "s.srt") if p.exists()])
+    out = tmp_path / "ok.mkv"  # Matroska keeps it
+    _upscale(src, out)
+    assert _kinds(out)[1][0] == kind
+
+
+@pytest.mark.parametrize(("codec", "suffix"), [("libopus", ".ts"), ("aac", ".ts"),
+                                               ("aac", ".m2ts")])
+def test_mpegts_keeps_what_it_has_a_stream_type_for(tmp_path, codec, suffix):
+    """The trial does not refuse audio MPEG-TS carries: Opus by its registration; AAC, which
+    the Blu-ray mode of .m2ts writes as private data that readers find by its content."""
+    src = tmp_path / "in.mkv"
+    _ffmpeg(*_SINE, "-map", "0", "-map", "1", *_X264, "-c:a", codec, src)
+    out = tmp_path / f"out{suffix}"
+    assert check_carry(src, out, 0) == [1]
+    _upscale(src, out)
+    assert [k[:2] for k in _kinds(out)] == [("video", "h264"), ("audio", codec[3:]
+                                                                if codec == "libopus" else codec)]
+
+
+def test_audio_the_header_refuses_is_named_before_work(tmp_path):
+    """Opus into .mov: the stream is added, and only the header fails, so the user got
+    `cannot start writing out.mov: Invalid argument`, naming neither stream nor cause."""
+    src = tmp_path / "opus.mkv"
+    _ffmpeg(*_SINE, "-map", "0", "-map", "1", *_X264, "-c:a", "libopus", src)
+    with pytest.raises(OutputError, match=r"mov cannot carry stream 1 \(audio, opus\)"):
+        _upscale(src, tmp_path / "out.mov")
+    _nothing_left(tmp_path, src)
+
+
+@pytest.fixture
+def mp4_cover(tmp_path) -> tuple[Path, bytes]:
+    """An MP4 with cover art (an attached JPEG picture), as taggers and phones write."""
+    pic = tmp_path / "cover.jpg"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=s=32x32",
+                    "-frames:v", "1", str(pic)], check=True)
+    src = tmp_path / "in" / "cov.mp4"
+    src.parent.mkdir(exist_ok=True)
+    _ffmpeg(*_SINE, "-i", pic, "-map", "0", "-map", "1", "-map", "2", *_X264, "-c:a", "aac",
+            "-c:v:1", "copy", "-disposition:v:1", "attached_pic", src)
+    assert _kinds(src)[2] == ("video", "mjpeg", 1024)
+    return src, pic.read_bytes()
+
+
+def test_mp4_cover_art_goes_into_matroska_as_an_attachment(mp4_cover, tmp_path):
+    """The Matroska muxer took the picture stream and wrote it as a one-frame MJPEG video
+    track, no longer cover art (a second video track to players); it now goes on as the
+    attachment Matroska keeps covers in, with its bytes."""
+    src, picture = mp4_cover
+    out = tmp_path / "out.mkv"
+    result = _upscale(src, out)
+    assert result.copied_packets[2] == 1
+    assert _kinds(out) == [("video", "h264", 0), ("audio", "aac", 0), ("video", "mjpeg", 1024)]
+    with av.open(str(out)) as c:
+        cover = c.streams[2]
+        assert cover.metadata["mimetype"] == "image/jpeg"
+        assert cover.metadata["filename"] == "cover.jpg"
+        assert bytes(next(p for p in c.demux(cover) if p.size)) == picture
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".avi"])
+def test_cover_art_the_output_cannot_keep_is_dropped_with_a_warning(mp4_cover, tmp_path,
+                                                                    caplog, suffix):
+    """MOV left the cover out without a word (the result still counted its packet as copied);
+    AVI made it a one-frame video track. It is now left out, with a warning."""
+    src, _ = mp4_cover
+    out = tmp_path / f"out{suffix}"
+    caplog.set_level(logging.WARNING, logger="vsr")
+    result = _upscale(src, out)
+    assert [k[0] for k in _kinds(out)] == ["video", "audio"]
+    assert 2 not in result.copied_packets
+    assert any("not copying stream 2 (cover art, mjpeg)" in r.getMessage()
+               and "cannot hold cover art" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def with_font(tmp_path) -> Path:
+    font = tmp_path / "font.ttf"
+    font.write_bytes(_FONT)
+    src = tmp_path / "in" / "font.mkv"
+    src.parent.mkdir(exist_ok=True)
+    _ffmpeg(*_SINE, "-map", "0", "-map", "1", *_X264, "-c:a", "aac", "-attach", font,
+            "-metadata:s:t", "mimetype=application/x-truetype-font", src)
+    font.unlink()
+    return src
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+def test_attachment_into_a_format_without_attachments_is_refused_before_work(with_font,
+                                                                            tmp_path, suffix):
+    """A font attachment into .mp4 failed as `cannot start writing out.mp4: Invalid
+    argument`; into .ts it went without a word, as an empty data stream."""
+    with pytest.raises(OutputError, match="cannot carry attachment 'font.ttf'"):
+        _upscale(with_font, tmp_path / f"out{suffix}")
+    _nothing_left(tmp_path, tmp_path / "in")
+    out = tmp_path / "out.mkv"
+    _upscale(with_font, out)
+    with av.open(str(out)) as c:
+        [font] = c.streams.attachments
+        assert font.name == "font.ttf" and bytes(font.data) == _FONT
+
+
+def test_check_carry_refuses_without_writing(with_font, mp4_cover, tmp_path):
+    """What `vsr batch` can ask before its first segment: the same refusal, no file made."""
+    src, _ = mp4_cover
+    # the streams carried as streams: the cover only by MP4 (Matroska: as an attachment)
+    assert check_carry(src, tmp_path / "a.mp4", 0) == [1, 2]
+    assert check_carry(src, tmp_path / "b.mov", 0) == check_carry(src, tmp_path / "c.mkv", 0) \
+        == [1]
+    assert check_carry(with_font, tmp_path / "c.mkv", 0) == [1]
+    with pytest.raises(OutputError, match="cannot carry attachment 'font.ttf'"):
+        check_carry(with_font, tmp_path / "d.mp4", 0)
+    _nothing_left(tmp_path, tmp_path / "in", tmp_path / "cover.jpg")
+
+
+def test_mov_text_into_matroska_suggests_the_inputs_container(tmp_path):
+    """MP4's mov_text subtitles into .mkv: the error advised `(e.g. .mkv)`, the very container
+    that refused them; it now names the input's own."""
+    (tmp_path / "s.srt").write_text(_SRT)
+    src = tmp_path / "movtext.mp4"
+    _ffmpeg("-i", tmp_path / "s.srt", "-map", "0", "-map", "1", *_X264, "-c:s", "mov_text", src)
+    with pytest.raises(OutputError, match=r"stream 1 \(subtitle, mov_text\).*\(e\.g\. \.mp4\)$"):
+        _upscale(src, tmp_path / "out.mkv")
+    with pytest.raises(OutputError, match=r"\(e\.g\. \.mkv\)$"):
+        _upscale(src, tmp_path / "out.avi")
+
+
+@pytest.mark.parametrize("how", ["upscale", "batch"])
+def test_the_videos_own_flags_are_kept(tmp_path, how):
+    """The copied streams kept their flags but the re-encoded video lost its own: an MP4's
+    default video track came out of `vsr upscale` (and the batch join) into Matroska marked
+    not default (FlagDefault 0), and its forced flag was lost."""
+    src = tmp_path / "in" / "clip.mp4"
+    src.parent.mkdir()
+    _ffmpeg(*_SINE, "-map", "0", "-map", "1", *_X264, "-c:a", "aac",
+            "-disposition:v:0", "default+forced", src)
+    if how == "batch":
+        from vsr.jobs import BatchConfig, JobOptions, run_batch
+
+        result = run_batch(BatchConfig(inputs=(str(src),), output_dir=tmp_path / "out",
+                                       template="{stem}.mkv",
+                                       options=JobOptions(model="bicubic", scale=2),
+                                       devices=("cpu",), segment_frames=5))
+        assert not result.failed, result.failed
+        out = tmp_path / "out" / "clip.mkv"
+    else:
+        out = tmp_path / "out.mkv"
+        _upscale(src, out)
+    flags = []
+    for path in (src, out):
+        with av.open(str(path)) as c:
+            flags.append([s.disposition for s in c.streams])
+    d = av.stream.Disposition
+    assert flags[0][0] == d.default | d.forced
+    assert flags[1] == flags[0]
+
+
+def _empty_audio(tmp_path: Path) -> Path:
+    """A Matroska file whose audio track holds no packets (a muted camera channel)."""
+    full = tmp_path / "full.mkv"
+    _ffmpeg(*_SINE, "-map", "0", "-map", "1", *_X264, "-c:a", "aac", full)
+    src = tmp_path / "in" / "empty.mkv"
+    src.parent.mkdir(exist_ok=True)
+    with av.open(str(full)) as i, av.open(str(src), "w") as o:
+        v = o.add_stream_from_template(i.streams[0])
+        o.add_stream_from_template(i.streams[1])
+        for pkt in i.demux(i.streams[0]):
+            if pkt.dts is not None:
+                pkt.stream = v
+                o.mux(pkt)
+    full.unlink()
+    return src
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_track_without_packets_left_out_by_mp4_is_said(tmp_path, caplog, suffix):
+    """The MP4 muxer writes no track for a stream without samples: an empty audio track
+    vanished from the output without a word. Matroska keeps it (no warning then)."""
+    src = _empty_audio(tmp_path)
+    caplog.set_level(logging.WARNING, logger="vsr")
+    out = tmp_path / f"out{suffix}"
+    _upscale(src, out)
+    said = [r.getMessage() for r in caplog.records if "holds no packets" in r.getMessage()]
+    kinds = [k[0] for k in _kinds(out)]
+    if suffix == ".mp4":
+        assert kinds == ["video"]
+        assert said == ["stream 1 (audio) holds no packets: the mp4 muxer leaves it out"]
+    else:
+        assert kinds == ["video", "audio"] and not said
+
+
+def test_a_batch_refuses_what_its_output_cannot_carry_before_any_segment(tmp_path):
+    """`vsr batch in/ -o out --name '{stem}.ts'` on a clip with SRT subtitles computed every
+    segment and failed only at the join. It now fails that file before any segment."""
+    from vsr.jobs import BatchConfig, JobOptions, run_batch
+
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / "clip.mkv"
+    (tmp_path / "s.srt").write_text(_SRT)
+    _ffmpeg("-i", tmp_path / "s.srt", "-map", "0", "-map", "1", *_X264, "-c:s", "srt", src)
+    done = []
+    result = run_batch(BatchConfig(inputs=(str(src),), output_dir=tmp_path / "out",
+                                   template="{stem}.ts",
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",), segment_frames=2),
+                       progress=lambda p: done.append(p))
+    assert [f["input"] for f in result.failed] == [str(src)]
+    assert "cannot carry stream 1 (subtitle" in result.failed[0]["error"]
+    segments = tmp_path / "out" / ".vsr-batch" / "segments"
+    assert not segments.exists() or not any(p.is_file() for p in segments.rglob("*"))
