@@ -5,7 +5,7 @@ Video codecs see a clip as a real encoder would: one encoder session, its defaul
 lookahead, B- and P-frames, 25 fps time base, one thread (so the frames do not depend on the
 machine's core count); frames go RGB -> yuv420p (BT.601, limited range, swscale) and back the
 same way, odd sizes padded to even by repeating the last column/row and cropped back after
-(and clips too small for x265 padded to ``X265_MIN_SIDE``).
+(and clips too small for x265 padded to ``vsr.io.sink.X265_MIN_SIZE``).
 A training crop is coded as a short panning clip of its own (:func:`code_crop`;
 :func:`code_crop_pair` also gives the frame before the last, for temporal consistency).
 """
@@ -21,14 +21,11 @@ import torch
 
 from vsr.device import x264_asm_without_avx512
 from vsr.errors import PipelineError
+from vsr.io.sink import X265_MIN_SIZE
 
 # stage kind -> (PyAV encoder, decoder)
 VIDEO_CODECS: dict[str, tuple[str, str]] = {"x264": ("libx264", "h264"),
                                             "x265": ("libx265", "hevc")}
-# The libx265 bundled with PyAV fails on pictures under 16 pixels a side and corrupts its heap
-# (the process aborts) on some under 50x32 (measured: 34-48 wide and 16-30 high): a small clip
-# is coded inside frames of at least this size, its edges repeated, and cropped back.
-X265_MIN_SIDE = 64
 CROP_CLIP_FRAMES = 3
 CROP_MAX_SHIFT = 2
 _CLIP_RATE = Fraction(25)
@@ -113,8 +110,8 @@ def _encode_decode(frames: list[np.ndarray], kind: str, crf: int,
     encoder, decoder = VIDEO_CODECS[kind]
     h, w = frames[0].shape[:2]
     ph, pw = h + h % 2, w + w % 2  # yuv420p needs even sizes: repeat the last row/column
-    if kind == "x265":
-        ph, pw = max(ph, X265_MIN_SIDE), max(pw, X265_MIN_SIDE)
+    if kind == "x265":  # coded inside a frame x265 takes safely, its edges repeated
+        pw, ph = max(pw, X265_MIN_SIZE[0]), max(ph, X265_MIN_SIZE[1])
     try:
         enc = av.CodecContext.create(encoder, "w")
         enc.width, enc.height, enc.pix_fmt = pw, ph, "yuv420p"

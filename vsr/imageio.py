@@ -61,7 +61,7 @@ def read_image_and_gray(path: str | os.PathLike) -> tuple[torch.Tensor, bool]:
     else:
         rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3); gray replicated exactly
     image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    return image, frame.format.name.startswith(("gray", "ya"))
+    return image, _is_gray(frame)
 
 
 def is_grayscale(path: str | os.PathLike) -> bool:
@@ -70,7 +70,11 @@ def is_grayscale(path: str | os.PathLike) -> bool:
     Raises:
         InputError: as :func:`read_image`.
     """
-    return _decode(Path(path)).format.name.startswith(("gray", "ya"))
+    return _is_gray(_decode(Path(path)))
+
+
+def _is_gray(frame: av.VideoFrame) -> bool:
+    return frame.format.name.startswith(("gray", "ya"))
 
 
 def write_image(path: str | os.PathLike, image: torch.Tensor, *, quality: int = 95,

@@ -30,7 +30,7 @@ from vsr.compress.prune import dr_prune, l1_prune
 from vsr.compress.search import run_search
 from vsr.device import resolve_device
 from vsr.errors import CheckpointError, ConfigError, OutputError
-from vsr.io.output import stale_partials, store_file, write_reason
+from vsr.io.output import stale_partials, store_file, write_failure, write_reason
 from vsr.loading import check_finite_weights
 from vsr.models import (
     CheckpointInfo,
@@ -134,11 +134,9 @@ class _Run:
         try:
             yield
         except (OSError, SafetensorError, OutputError) as exc:
-            if isinstance(exc, OutputError):  # store_file's: the OSError behind it says why
-                if not isinstance(exc.__cause__, OSError):
-                    raise
-                exc = exc.__cause__
-            raise OutputError(f"{self.out}: cannot write {name} ({write_reason(exc)})") from None
+            if (why := write_failure(exc)) is None:
+                raise
+            raise OutputError(f"{self.out}: cannot write {name} ({write_reason(why)})") from None
 
     def _tick(self, stage: str) -> Callable[[int, int, str], None] | None:
         if self.progress is None:

@@ -208,6 +208,15 @@ def write_error(final: Path | None, exc: BaseException, doing: str = "writing") 
     return OutputError(f"{what} failed: {write_reason(exc)}")
 
 
+def write_failure(exc: BaseException) -> BaseException | None:
+    """What a failed write's message should describe: ``exc`` itself (an OSError, a library's
+    error), or the OSError behind an OutputError of :func:`store_file`; None for another
+    OutputError (a file that appeared meanwhile), which says all there is itself."""
+    if isinstance(exc, OutputError):
+        return exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+    return exc
+
+
 def write_reason(exc: BaseException) -> str:
     """Why a write failed, in a few words on one line (disk full and read-only file systems
     get their plain reason; a library's own error, e.g. safetensors', its message)."""

@@ -121,7 +121,7 @@ def check_codec(codec: str) -> None:
 
 # (width, height) the libx265 bundled with PyAV encodes safely: it refuses pictures under 16
 # pixels a side and corrupts its heap (the process aborts) on some under 50x32, measured
-# (34-48 wide, 16-30 high); vsr.codecs pads its small clips for the same reason
+# (34-48 wide, 16-30 high); vsr.codecs pads its small clips to it
 X265_MIN_SIZE = (64, 32)
 
 

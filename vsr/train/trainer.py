@@ -22,7 +22,7 @@ from torch import nn
 
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, OutputError, TrainingDiverged
-from vsr.io.output import stale_partials, store_file, write_reason
+from vsr.io.output import stale_partials, store_file, write_failure, write_reason
 from vsr.loading import check_finite_weights
 from vsr.models import (
     ARCHITECTURES,
@@ -597,13 +597,11 @@ class Trainer:
         try:
             yield
         except (OSError, SafetensorError, OutputError) as exc:
-            if isinstance(exc, OutputError):  # store_file's: the OSError behind it says why
-                if not isinstance(exc.__cause__, OSError):
-                    raise
-                exc = exc.__cause__
+            if (why := write_failure(exc)) is None:
+                raise
             kept = (f"; it keeps the state of step {self.saved_step}"
                     if self.saved_step is not None else "")
-            raise OutputError(f"{self.run_dir}: cannot write {what} ({write_reason(exc)})"
+            raise OutputError(f"{self.run_dir}: cannot write {what} ({write_reason(why)})"
                               f"{kept}") from None
 
 
