@@ -163,3 +163,14 @@ def test_integer_upscale_polyphase_path_equals_gathers_and_dense(
     dense = resize.imresize(x, scale)
     torch.testing.assert_close(poly, dense, rtol=0, atol=1e-12)
     torch.testing.assert_close(gathers, dense, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("side", [37, 131])  # dense and banded CPU paths; sizes no other test uses
+def test_matrices_cached_during_inference_still_backpropagate(side: int) -> None:
+    image = torch.rand(1, 3, side, side, dtype=torch.float32)
+    with torch.inference_mode():  # an upscale fills the caches first
+        imresize(image, 0.5)
+        imresize(image, 3.0)
+    trainable = image.clone().requires_grad_(True)
+    (imresize(trainable, 0.5).sum() + imresize(trainable, 3.0).sum()).backward()
+    assert trainable.grad is not None and torch.isfinite(trainable.grad).all()

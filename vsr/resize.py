@@ -68,7 +68,11 @@ def _contributions(in_len: int, out_len: int, scale: float,
     return weights[:, keep], indices[:, keep]
 
 
+# The cached builders below run with inference mode off: a tensor made under
+# ``torch.inference_mode()`` (a run of the engine) and cached would fail in a later autograd
+# pass in the same process (training, or a test after an upscale).
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def _matrix_cpu(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
     weights, indices = _contributions(in_len, out_len, scale, antialias)
     dense = np.zeros((out_len, in_len), dtype=np.float64)
@@ -80,6 +84,7 @@ def _matrix_cpu(in_len: int, out_len: int, scale: float, antialias: bool) -> tor
 
 
 @lru_cache(maxsize=128)
+@torch.inference_mode(False)
 def _matrix(in_len: int, out_len: int, scale: float, antialias: bool,
             device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return _matrix_cpu(in_len, out_len, scale, antialias).to(device=device, dtype=dtype)
@@ -152,6 +157,7 @@ def output_size(in_size: tuple[int, int], scale: float | Sequence[float] | None 
 
 
 @lru_cache(maxsize=128)
+@torch.inference_mode(False)
 def _taps(in_len: int, out_len: int, scale: float, antialias: bool,
           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The same resize as (out, P) weights and input indices, for the banded CPU path."""
