@@ -76,3 +76,13 @@ def test_configure_runtime_before_torch() -> None:
 
     with pytest.raises(vsr.ConfigError):
         vsr.configure_runtime(threads=0)
+
+
+def test_configure_runtime_after_torch_says_so_on_every_call() -> None:
+    code = ("import torch, vsr; a = vsr.configure_runtime(keep_freed_memory=False); "
+            "b = vsr.configure_runtime(keep_freed_memory=False); "
+            "print(a.omp_effective, b.omp_effective, b.omp_wait_policy)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120, env=env).stdout.split()
+    assert out == ["False", "False", "PASSIVE"]

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+# True once a call put OMP_WAIT_POLICY into the environment after torch had loaded: the
+# variable is then there for child processes only, and later calls must still say so.
+_policy_set_after_torch = False
+
 
 @dataclass(frozen=True)
 class RuntimeSettings:
@@ -47,10 +51,15 @@ def configure_runtime(*, threads: int | None = None, omp_wait_policy: str | None
 
     if threads is not None and (type(threads) is not int or threads < 1):
         raise ConfigError(f"threads must be an integer of at least 1, got {threads!r}")
+    global _policy_set_after_torch
     effective = True
     if omp_wait_policy is not None:
-        effective = "torch" not in sys.modules or "OMP_WAIT_POLICY" in os.environ
-        os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy)
+        torch_loaded = "torch" in sys.modules
+        chosen_before = "OMP_WAIT_POLICY" in os.environ and not _policy_set_after_torch
+        effective = not torch_loaded or chosen_before
+        if "OMP_WAIT_POLICY" not in os.environ:
+            os.environ["OMP_WAIT_POLICY"] = omp_wait_policy
+            _policy_set_after_torch = torch_loaded
         if not effective:
             log.warning("configure_runtime: torch was imported first; OMP_WAIT_POLICY=%s "
                         "applies to child processes only", omp_wait_policy)
