@@ -31,8 +31,9 @@ _X264 = ("-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast", "-g",
 _SINE = ("-f", "lavfi", "-i", "sine=d=0.4")
 
 
-def _upscale(src: Path, out: Path):
-    return upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+def _upscale(src: Path, out: Path, encoder: str = "pyav"):
+    return upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                                      encoder=encoder))
 
 
 def _nothing_left(folder: Path, *inputs: Path) -> None:
@@ -82,13 +83,15 @@ def test_mpegts_keeps_what_it_has_a_stream_type_for(tmp_path, codec, suffix):
                                                                 if codec == "libopus" else codec)]
 
 
-def test_audio_the_header_refuses_is_named_before_work(tmp_path):
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_audio_the_header_refuses_is_named_before_work(tmp_path, encoder):
     """Opus into .mov: the stream is added, and only the header fails, so the user got
-    `cannot start writing out.mov: Invalid argument`, naming neither stream nor cause."""
+    `cannot start writing out.mov: Invalid argument`, naming neither stream nor cause
+    (through `--encoder ffmpeg`: `ffmpeg exited with 1: Error initializing output stream`)."""
     src = tmp_path / "opus.mkv"
     _ffmpeg(*_SINE, "-map", "0", "-map", "1", *_X264, "-c:a", "libopus", src)
     with pytest.raises(OutputError, match=r"mov cannot carry stream 1 \(audio, opus\)"):
-        _upscale(src, tmp_path / "out.mov")
+        _upscale(src, tmp_path / "out.mov", encoder)
     _nothing_left(tmp_path, src)
 
 
@@ -122,15 +125,16 @@ def test_mp4_cover_art_goes_into_matroska_as_an_attachment(mp4_cover, tmp_path):
         assert bytes(next(p for p in c.demux(cover) if p.size)) == picture
 
 
-@pytest.mark.parametrize("suffix", [".mov", ".avi"])
+@pytest.mark.parametrize("suffix", [".mov", ".avi", "ffmpeg.mkv"])
 def test_cover_art_the_output_cannot_keep_is_dropped_with_a_warning(mp4_cover, tmp_path,
                                                                     caplog, suffix):
     """MOV left the cover out without a word (the result still counted its packet as copied);
-    AVI made it a one-frame video track. It is now left out, with a warning."""
+    AVI made it a one-frame video track. It is now left out, with a warning. So is a cover
+    into Matroska through `--encoder ffmpeg`, whose stream copy made it a video track."""
     src, _ = mp4_cover
-    out = tmp_path / f"out{suffix}"
+    out = tmp_path / f"out.{suffix.split('.')[-1]}"
     caplog.set_level(logging.WARNING, logger="vsr")
-    result = _upscale(src, out)
+    result = _upscale(src, out, "ffmpeg" if suffix.startswith("ffmpeg") else "pyav")
     assert [k[0] for k in _kinds(out)] == ["video", "audio"]
     assert 2 not in result.copied_packets
     assert any("not copying stream 2 (cover art, mjpeg)" in r.getMessage()
@@ -167,11 +171,13 @@ def test_attachment_into_a_format_without_attachments_is_refused_before_work(wit
 def test_check_carry_refuses_without_writing(with_font, mp4_cover, tmp_path):
     """What `vsr batch` can ask before its first segment: the same refusal, no file made."""
     src, _ = mp4_cover
-    # the streams carried as streams: the cover only by MP4 (Matroska: as an attachment)
+    # what a stream copy carries (the ffmpeg program's map): the cover only into MP4 (into
+    # Matroska vsr's own writer makes it an attachment), attachments as they are
     assert check_carry(src, tmp_path / "a.mp4", 0) == [1, 2]
     assert check_carry(src, tmp_path / "b.mov", 0) == check_carry(src, tmp_path / "c.mkv", 0) \
         == [1]
-    assert check_carry(with_font, tmp_path / "c.mkv", 0) == [1]
+    assert check_carry(with_font, tmp_path / "c.mkv", 0) == [1, 2]
+    assert check_carry(src, tmp_path / "x.unknownsuffix", 0) is None  # ffmpeg's own to judge
     with pytest.raises(OutputError, match="cannot carry attachment 'font.ttf'"):
         check_carry(with_font, tmp_path / "d.mp4", 0)
     _nothing_left(tmp_path, tmp_path / "in", tmp_path / "cover.jpg")

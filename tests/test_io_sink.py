@@ -129,3 +129,21 @@ def test_x264_output_of_a_tiny_video_is_the_same_every_run(clip, tmp_path):
         with PyAVSource(out) as s:
             seen.add(hashlib.md5(b"".join(f.image.tobytes() for f in s.frames())).hexdigest())
     assert len(seen) == 1
+
+
+def test_ffmpeg_failure_names_the_reason_not_the_generic_closing_line(tmp_path):
+    """ffmpeg ends a refused header with "Error initializing output stream 0:0 --", which was
+    all the user saw; the line before it says what failed."""
+    from vsr.io.ffmpeg_sink import _last_line
+
+    with open(tmp_path / "log", "w+b") as log:
+        log.write(b"[mp4 @ 0x55a755f95b80] Could not find tag for codec pcm_s16le in stream #1,"
+                  b" codec not currently supported in container\n"
+                  b"Could not write header for output file #0 (incorrect codec parameters ?):"
+                  b" Invalid argument\nError initializing output stream 0:0 -- \n\n")
+        assert _last_line(log) == ("Could not find tag for codec pcm_s16le in stream #1, codec "
+                                   "not currently supported in container")
+        log.seek(0)
+        log.truncate()
+        log.write(b"Error initializing output stream 0:0 --\n")
+        assert _last_line(log) == "Error initializing output stream 0:0 --"

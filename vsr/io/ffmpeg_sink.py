@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import weakref
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from vsr.io.output import (
     finish,
     temp_path_for,
 )
+from vsr.io.passthrough import check_carry
 from vsr.io.paths import file_url
 from vsr.io.sink import (
     EncodeConfig,
@@ -80,14 +83,27 @@ def _finish_failed(log_file) -> bool:
     return b"Error writing trailer" in text or b"Error closing file" in text
 
 
+# ffmpeg's closing lines that say only that something before them failed
+_GENERIC = re.compile(r"^(Error initializing output stream|Could not write header for output "
+                      r"file|Conversion failed|Error while opening encoder|Nothing was written)")
+
+
 def _last_line(log_file) -> str:
+    """ffmpeg's last error line that says what failed (not "Error initializing output
+    stream 0:0 --", which follows the reason), without its "[mp4 @ 0x...]" prefix."""
     log_file.seek(0)
-    lines = [ln for ln in log_file.read().decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "no message"
+    lines = [re.sub(r"^\[[^]]* @ 0x[0-9a-f]+\] ", "", ln.strip())
+             for ln in log_file.read().decode(errors="replace").splitlines() if ln.strip()]
+    telling = [ln for ln in lines if not _GENERIC.match(ln)]
+    return (telling or lines or ["no message"])[-1]
 
 
-def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeConfig) -> list[str]:
+def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeConfig,
+                  carried: Sequence[int] | None = None) -> list[str]:
     """The ffmpeg argument list: input 0 is the NUT pipe, input 1 the original file.
+
+    ``carried``: the input streams other than the video to copy (:func:`check_carry`'s
+    answer); None: every one.
 
     Input 1 is always given, also for a video-only file: the container metadata and chapters
     (``-map_metadata 1 -map_chapters 1``) come from it. Output streams keep the input's order:
@@ -105,7 +121,8 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
         scale["out_color_matrix"] = _MATRIX[c.matrix]
     scale_filter = "scale" + ("=" + ":".join(f"{k}={v}" for k, v in sorted(scale.items()))
                               if scale else "")
-    order = sorted([info.index, *(o.index for o in info.others)])
+    others = [o.index for o in info.others] if carried is None else list(carried)
+    order = sorted([info.index, *others])
     pos = order.index(info.index)  # the video's output stream index
     audio = {o.index for o in info.others if o.type == "audio"}
     suffix = Path(output).suffix.lower()
@@ -182,8 +199,12 @@ class FfmpegSink(SinkContext):
         self._order = PtsOrder()
         self._time_base = written_time_base(info, "avi" if suffix == ".avi" else suffix)
         self.frames = 0
+        # what the container cannot carry is refused (audio, subtitles) or left out with a
+        # warning (data, cover art) here, as the PyAV sink does, before any frame is made:
+        # ffmpeg would fail at its header, after the first frame, with no word of which stream
+        carried = check_carry(info.path, self.path, info.index, warn=True, attach_covers=False)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sink
-        args = build_command(info, file_url(self._temp), self.pix_fmt, config)
+        args = build_command(info, file_url(self._temp), self.pix_fmt, config, carried)
         log.debug("ffmpeg command: %s", args)
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=self._log, start_new_session=True)

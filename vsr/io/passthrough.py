@@ -88,10 +88,13 @@ class Passthrough:
     timecode track of it, Matroska keeps it as a tag).
     """
 
-    def __init__(self, source: str | Demuxer, exclude: int, *, warn: bool = True) -> None:
+    def __init__(self, source: str | Demuxer, exclude: int, *, warn: bool = True,
+                 attach_covers: bool = True) -> None:
         """``source``: the input's path (opened here), or an open :class:`Demuxer`;
         ``warn``: log the streams left out as warnings (False: a trial, see
-        :func:`check_carry`, whose output is written later and warns then)."""
+        :func:`check_carry`, whose output is written later and warns then);
+        ``attach_covers``: cover art a format keeps only as an attachment goes on as one
+        (False: it is left out, for a writer that can copy streams only)."""
         if isinstance(source, str):
             try:
                 source = av.open(file_url(source), mode="r")  # a file, whatever its name
@@ -109,6 +112,7 @@ class Passthrough:
         self.retimed: dict[int, int] = {}
         self.timecode: str | None = None
         self._warn = warn
+        self._attach_covers = attach_covers
 
     def _drop_note(self, msg: str, *args: object) -> None:
         log.log(logging.WARNING if self._warn else logging.DEBUG, msg, *args)
@@ -225,7 +229,7 @@ class Passthrough:
         attachment instead; whether it was. Matroska keeps its cover as an attachment, which
         FFmpeg reads as a one-picture video stream that the Matroska muxer then refuses as a
         stream: copied as a stream it was dropped, from Matroska into Matroska too."""
-        if not int(s.disposition) & int(av.stream.Disposition.attached_pic):
+        if not (self._attach_covers and _is_cover(s)):
             return False
         kind = _PICTURES.get(_codec_name(s))
         mimetype = s.metadata.get("mimetype") or (kind[1] if kind else None)
@@ -324,26 +328,32 @@ class Passthrough:
 
 
 def check_carry(input_path: str | os.PathLike, output: str | os.PathLike, exclude: int, *,
-                warn: bool = False) -> list[int]:
+                warn: bool = False, attach_covers: bool = True) -> list[int] | None:
     """Raise OutputError where the container ``output``'s name asks for cannot carry a stream
     of ``input_path`` that must be copied (audio, subtitles, attachments), before any work:
     `vsr batch` otherwise learns it at the join, after every segment was computed. Writes
     nothing (the streams are tried on a file in memory). Returns the input streams (not
-    ``exclude``, the re-encoded video) the output carries as streams, in input order: what a
-    stream map for the ffmpeg program should name. Streams left out are logged as warnings
-    where ``warn`` (an output whose own Passthrough warns when it is written: not here)."""
+    ``exclude``, the re-encoded video) the output carries as streams or attachments, in
+    input order: what a stream map for the ffmpeg program should name (with
+    ``attach_covers`` False, as that program copies cover art only as a stream); None where
+    PyAV does not know the output's format (the writer then finds out itself). Streams left
+    out are logged as warnings where ``warn`` (an output whose own Passthrough warns when it
+    is written: not here)."""
     try:
         with av.open(file_url(output), mode="w") as named:  # opens no file: the format only
             fmt = named.format.name
     except (av.error.FFmpegError, ValueError, OSError):
-        return []  # a name the sink itself refuses: it says why, in its words
+        return None  # a name the sink itself refuses: it says why, in its words
     memory = io.BytesIO()
     memory.name = os.fspath(output)  # the trial's name, as the output's: .m2ts is told by it
     trial = av.open(memory, mode="w", format=fmt)
-    passthrough = Passthrough(os.fspath(input_path), exclude, warn=warn)
+    passthrough = Passthrough(os.fspath(input_path), exclude, warn=warn,
+                              attach_covers=attach_covers)
     try:
         passthrough.add_streams(trial)
-        return sorted(passthrough._map)
+        return sorted(i for i in passthrough.copied
+                      if i in passthrough._map or passthrough._input.streams[i].type
+                      == "attachment")
     finally:
         passthrough.close()
         with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
