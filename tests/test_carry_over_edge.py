@@ -14,6 +14,7 @@ import pytest
 
 from vsr.errors import OutputError
 from vsr.io.passthrough import check_carry
+from vsr.jobs import BatchConfig, JobOptions, run_batch
 from vsr.upscale import UpscaleConfig, upscale_file
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
@@ -278,3 +279,39 @@ def test_a_batch_refuses_what_its_output_cannot_carry_before_any_segment(tmp_pat
     assert "cannot carry stream 1 (subtitle" in result.failed[0]["error"]
     segments = tmp_path / "out" / ".vsr-batch" / "segments"
     assert not segments.exists() or not any(p.is_file() for p in segments.rglob("*"))
+
+
+def _first_times(path: Path) -> tuple[float, float]:
+    """The earliest video and audio presentation times, in seconds."""
+    first: dict[str, float] = {}
+    with av.open(str(path)) as c:
+        for p in c.demux():
+            if p.pts is not None:
+                t = float(p.pts * p.time_base)
+                first[p.stream.type] = min(t, first.get(p.stream.type, t))
+    return first["video"], first["audio"]
+
+
+@pytest.mark.parametrize("suffix", [".flv"])
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg", "batch"])
+def test_audio_that_starts_below_zero_into_a_format_that_cannot_keep_it(tmp_path, suffix,
+                                                                        encoder):
+    """AAC's priming starts the audio at -1024 samples: into .flv its time (and the video's
+    first decode times) wrapped to 2**32 ms less a few. Such formats now shift every stream
+    together, as FFmpeg does by default; audio and video keep their offset."""
+    src = tmp_path / "aac.mp4"
+    _ffmpeg(*_SINE, "-map", "0", "-map", "1", *_X264, "-c:a", "aac", src)
+    video, audio = _first_times(src)
+    assert audio < 0 <= video
+    out = tmp_path / f"out{suffix}"
+    if encoder == "batch":  # the join, of NUT segments that keep their times
+        out = tmp_path / f"aac{suffix}"
+        batch = run_batch(BatchConfig(inputs=(str(src),), output_dir=tmp_path,
+                                      template="{dir}/{stem}" + suffix,
+                                      options=JobOptions(model="bicubic", scale=2),
+                                      devices=("cpu",), segment_frames=4))
+        assert not batch.failed, batch.failed
+    else:
+        assert _upscale(src, out, encoder).frames_out == 10
+    v_out, a_out = _first_times(out)
+    assert 0 <= a_out < 1 and abs((a_out - v_out) - (audio - video)) < 0.002

@@ -18,7 +18,7 @@ import av
 
 from vsr.errors import InputError, OutputError
 from vsr.io.output import write_error
-from vsr.io.paths import file_url
+from vsr.io.paths import file_url, output_format
 
 log = logging.getLogger(__name__)
 
@@ -339,10 +339,8 @@ def check_carry(input_path: str | os.PathLike, output: str | os.PathLike, exclud
     PyAV does not know the output's format (the writer then finds out itself). Streams left
     out are logged as warnings where ``warn`` (an output whose own Passthrough warns when it
     is written: not here)."""
-    try:
-        with av.open(file_url(output), mode="w") as named:  # opens no file: the format only
-            fmt = named.format.name
-    except (av.error.FFmpegError, ValueError, OSError):
+    fmt = output_format(output)
+    if fmt is None:
         return None  # a name the sink itself refuses: it says why, in its words
     memory = io.BytesIO()
     memory.name = os.fspath(output)  # the trial's name, as the output's: .m2ts is told by it

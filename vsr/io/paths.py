@@ -10,7 +10,35 @@ from __future__ import annotations
 
 import os
 
+import av
+
+# Muxers that write the input's timestamps below zero as they are (MP4/MOV by edit lists and
+# signed offsets, Matroska, MPEG-TS past its own start delay, NUT's decode times) or keep
+# none to shift (AVI): there every stream keeps its input times. Elsewhere FFmpeg's default
+# moves all streams together to start at zero: FLV wrapped a copied AAC stream's priming
+# (-1024 samples) and the video's first decode times to 2**32 ms less a few.
+# (NUT refuses a presentation time below zero, AAC's priming, "Negative pts not supported";
+# shifting would move the video segments `vsr batch` writes as NUT off their times.)
+_KEEPS_NEGATIVE_TS = frozenset({"mov", "mp4", "ipod", "ismv", "3gp", "3g2", "psp", "f4v",
+                                "matroska", "webm", "mpegts", "avi", "nut"})
+
 
 def file_url(path: str | os.PathLike) -> str:
     """``path`` as an FFmpeg URL that opens exactly that local file (relative or absolute)."""
     return "file:" + os.fspath(path)
+
+
+def output_format(path: str | os.PathLike) -> str | None:
+    """The muxer FFmpeg picks for ``path`` by its name, or None where it knows none.
+    Opens no file."""
+    try:
+        with av.open(file_url(path), mode="w") as named:
+            return named.format.name
+    except (av.error.FFmpegError, ValueError, OSError):
+        return None
+
+
+def negative_ts_option(path: str | os.PathLike) -> str:
+    """``avoid_negative_ts`` for writing ``path``: "disabled" (the input's times as they are)
+    where its muxer keeps them, else FFmpeg's "auto"."""
+    return "disabled" if output_format(path) in _KEEPS_NEGATIVE_TS else "auto"

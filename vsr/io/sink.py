@@ -37,7 +37,7 @@ from vsr.io.output import (
     write_error,
 )
 from vsr.io.passthrough import Passthrough, container_tags, video_tags
-from vsr.io.paths import file_url
+from vsr.io.paths import file_url, negative_ts_option
 
 log = logging.getLogger(__name__)
 
@@ -435,9 +435,10 @@ class PyAVSink(SinkContext):
         self.frames = 0
         try:
             # Keep input timestamps as they are: the default shifts every stream when a copied
-            # one starts below zero (AAC priming), which moves the video off its input times.
-            self._out = av.open(file_url(self._temp), mode="w",
-                                container_options={"avoid_negative_ts": "disabled"})
+            # one starts below zero (AAC priming), which moves the video off its input times;
+            # only where the muxer can keep them (vsr.io.paths.negative_ts_option)
+            self._out = av.open(file_url(self._temp), mode="w", container_options={
+                "avoid_negative_ts": negative_ts_option(self._temp)})
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             discard(self._temp)
             raise OutputError(f"cannot write {self.path}: {exc}") from exc

@@ -21,7 +21,7 @@ from vsr.errors import OutputError, PipelineError
 from vsr.io.info import StreamInfo, written_time_base
 from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
 from vsr.io.passthrough import Passthrough, container_tags
-from vsr.io.paths import file_url
+from vsr.io.paths import file_url, negative_ts_option
 from vsr.io.sink import cannot_hold, check_codec
 from vsr.io.source import PyAVSource
 
@@ -84,7 +84,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
     with PyAVSource(input_path) as source:
         info = source.info
     temp = temp_path_for(final)
-    options = {"avoid_negative_ts": "disabled"}
+    options = {"avoid_negative_ts": negative_ts_option(temp)}
     keep_range = info.color.range in (1, 2) and final.suffix.lower() in (".mp4", ".m4v")
     if keep_range:  # as the upscale sinks: MP4's 'colr' box holds the range alone
         options["movflags"] = "+write_colr"
