@@ -151,3 +151,17 @@ def test_clips_too_small_to_score_are_named(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"Error: {tiny} is 8x6 pixels, too small to score at x2: the "
                           "protocol needs at least 16x16") and "\n" not in err, err
+
+
+def test_a_frame_reproduced_exactly_does_not_make_the_clip_mean_infinite():
+    """A black frame the upscaler reproduces exactly scores inf dB; the clip's mean was inf
+    whatever its other frames. It counts at libvmaf's 8-bit ceiling; per frame it stays inf."""
+    from vsr.video_eval import PSNR_CEILING, _score
+
+    hr = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    hr[1] = torch.randint(0, 256, (3, 32, 32), generator=torch.Generator().manual_seed(0))
+    sr = hr.clone()
+    sr[1] = (sr[1].int() + 3).clamp(0, 255).to(torch.uint8)
+    scores, per_frame = _score(sr, hr, 2)
+    assert per_frame[0] == float("inf") and 30 < per_frame[1] < PSNR_CEILING
+    assert scores.psnr == pytest.approx((PSNR_CEILING + per_frame[1]) / 2)
