@@ -175,10 +175,22 @@ def test_a_source_that_fails_midway_exits_1_with_the_output_closed(tmp_path):
     err.join(timeout=5)
     line = error_line(subprocess.CompletedProcess(proc.args, code, "", "\n".join(err.lines)))
     assert f"source tcp://127.0.0.1:{port}?listen=1" in line and "reset by peer" in line
+    assert "Errno" not in line and line.count("tcp://") == 1, line
     with av.open(str(dst)) as c:  # closed cleanly: what was written before reads back
         frames = list(c.decode(video=0))
     assert 0 < len(frames) < 200 and frames[0].width == 2 * W
     assert f"closed with {len(frames)} frames" in line
+
+
+def test_a_source_that_cannot_be_reached_says_why_in_plain_words(tmp_path):
+    """`Error: source tcp://...: [Errno 111] Connection refused: 'tcp://...'` (the URL twice),
+    and for a protocol this FFmpeg lacks `[Errno 1330794744] Protocol not found`."""
+    port, dst = free_port(socket.SOCK_STREAM), tmp_path / "out.ts"
+    line = error_line(run_vsr(f"tcp://127.0.0.1:{port}", str(dst)))
+    assert line == f"Error: source tcp://127.0.0.1:{port}: connection refused"
+    line = error_line(run_vsr("nosuchproto://127.0.0.1:9", str(dst)))
+    assert "Errno" not in line, line
+    assert not dst.exists()
 
 
 def stalling_mkv(path: Path, frames: int, audio_s: float) -> tuple[list[bytes], int]:

@@ -299,6 +299,17 @@ class _Starved(InputError):
     nothing (FFmpeg's timeout)."""
 
 
+def source_reason(url: str, exc: BaseException) -> str:
+    """Why a source could not be read, in plain words: FFmpeg's errors carry an errno (the
+    negated tag of its own codes: "[Errno 1330794744] Protocol not found") and the URL again."""
+    if isinstance(exc, av.error.ProtocolNotFoundError):
+        scheme = url.split(":", 1)[0]
+        return f"PyAV's FFmpeg cannot read {scheme}:// (protocol not found)"
+    if isinstance(exc, (av.error.FFmpegError, OSError)) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class Reader(threading.Thread):
     """Decodes ``url`` into ``queue`` with monotonic times; reconnects when asked to.
 
@@ -348,13 +359,14 @@ class Reader(threading.Thread):
                             log.info("no data for %.1f s: the source has ended",
                                      self.read_timeout)
                             return
-                        self.error = f"source {self.url}: {exc}"
+                        self.error = f"source {self.url}: {source_reason(self.url, exc)}"
                         return
                     if silent:  # FFmpeg's read timeout, or a demuxer that finds nothing
                         log.warning("no data from the source for %.1f s; retrying in %.1f s",
                                     self.read_timeout, delay)
                     else:
-                        log.warning("source unavailable (%s); retrying in %.1f s", exc, delay)
+                        log.warning("source unavailable (%s); retrying in %.1f s",
+                                    source_reason(self.url, exc), delay)
                 if self.stop.wait(0 if got else delay):
                     return
                 delay = 0.25 if got else min(self.backoff_max, delay * 2)
