@@ -386,10 +386,11 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
         return [task]
     check_output_codec(job.output, job.options.codec)  # before any segment, not at the join
     with PyAVSource(job.input) as src:  # and the streams the join copies: the same
-        check_carry(job.input, job.output, src.info.index)
+        info = src.info
+    check_carry(job.input, job.output, info.index)
     # the deflicker filter carries each frame into the next: one segment, as `vsr upscale` runs
     min_frames = sys.maxsize if job.options.deflicker else config.segment_frames
-    segments = plan_segments(job.input, min_frames)
+    segments = plan_segments(job.input, min_frames, info)
     plan = [(s.start, s.end, s.frames) for s in segments]
     file_id, kept = store.begin(str(job.input), str(job.output), fingerprint, plan,
                                 config.resume)

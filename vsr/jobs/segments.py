@@ -23,6 +23,7 @@ from vsr.device import resolve_device
 from vsr.engine import ModelCache, run_source
 from vsr.errors import InputError, PipelineError
 from vsr.io.image import is_image_path
+from vsr.io.info import StreamInfo
 from vsr.io.output import discard, is_stale_partial
 from vsr.io.paths import file_url
 from vsr.io.sink import PyAVSink
@@ -116,15 +117,18 @@ class Task:
         return f"{self.job.input.name}{seg}"
 
 
-def plan_segments(path: Path, min_frames: int) -> list[Segment]:
+def plan_segments(path: Path, min_frames: int, info: StreamInfo | None = None) -> list[Segment]:
     """Keyframe-aligned segments of at least ``min_frames`` frames (the last may be shorter).
 
     Reads packets only (no decoding); packets an MP4 edit list discards are not counted, so
     the plan holds the frames decoding yields. Raises InputError for unreadable, video-less or
-    truncated input (:func:`vsr.io.source.truncation_problem`).
+    truncated input (:func:`vsr.io.source.truncation_problem`). ``info``: the input's, where
+    the caller has opened it already as a :class:`PyAVSource` (which made those checks).
     """
-    with PyAVSource(path) as source:  # same checks and messages as a normal run
-        index, step = source.info.index, pts_step(source.info)
+    if info is None:
+        with PyAVSource(path) as source:  # same checks and messages as a normal run
+            info = source.info
+    index, step = info.index, pts_step(info)
     try:
         with av.open(file_url(path)) as c:
             stream = c.streams[index]
