@@ -149,6 +149,11 @@ def load_model(spec: str | os.PathLike, *, scale: int | None = None,
     return NetworkUpscaler(name, module, device=device, dtype=dtype, info=info)
 
 
+# (arch, kwargs, scale) -> (params, macs_96, macs_720p, hparams): the counts of a registry
+# network, computed once a process
+_COUNTS: dict[tuple[str, str, int], tuple[int, int, int, dict[str, Any]]] = {}
+
+
 def describe_registry() -> list[dict[str, Any]]:
     """One row per registry model (the ``vsr models --json`` contract, plus details).
 
@@ -156,18 +161,23 @@ def describe_registry() -> list[dict[str, Any]]:
     """
     rows = []
     for spec in REGISTRY:
-        with torch.device("meta"):
-            net = spec.build()
+        key = (spec.arch, repr(sorted(spec.kwargs.items())), spec.scale)
+        if key not in _COUNTS:  # a shape-only forward costs ~0.2 s a model: once a process
+            with torch.device("meta"):
+                net = spec.build()
+            _COUNTS[key] = (count_params(net), macs_96(net), macs_720p(net, spec.scale),
+                            dict(net.hparams))
+        params, m96, m720, hparams = _COUNTS[key]
         rows.append({
             "name": spec.name,
             "scale": spec.scale,
-            "params": count_params(net),
-            "macs_96": macs_96(net),
-            "macs_720p": macs_720p(net, spec.scale),
+            "params": params,
+            "macs_96": m96,
+            "macs_720p": m720,
             "pretrained": spec.pretrained,
             "default": spec.name == DEFAULT_MODEL,
             "description": spec.description,
-            "hparams": dict(net.hparams),
+            "hparams": dict(hparams),
             "weights": spec.weights if spec.pretrained else None,
             "base": spec.base,
             "ratio": spec.ratio,

@@ -27,13 +27,17 @@ def count_macs(module: nn.Module, lr_height: int, lr_width: int) -> int:
         k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
         total += out.numel() * (k + (1 if mod.bias is not None else 0))
 
-    # Shapes are all that matter: run a copy on the meta device, so no arithmetic is done.
-    probe = copy.deepcopy(module).to("meta")
-    for m in probe.modules():
-        if isinstance(m, nn.Conv2d):
-            m.register_forward_hook(hook)
-    with torch.inference_mode():
-        probe(torch.zeros(1, 3, lr_height, lr_width, device="meta"))
+    # Shapes are all that matter: run on the meta device, so no arithmetic is done (a module
+    # with weights is copied there; one built there already is run as it is, hooks removed).
+    on_meta = all(t.is_meta for t in (*module.parameters(), *module.buffers()))
+    probe = module if on_meta else copy.deepcopy(module).to("meta")
+    hooks = [m.register_forward_hook(hook) for m in probe.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            probe(torch.zeros(1, 3, lr_height, lr_width, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
     return total
 
 
