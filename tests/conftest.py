@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
@@ -154,6 +154,26 @@ def clip(tmp_path):
     def factory(name: str = "in.mp4", **kw) -> Path:
         return make_clip(tmp_path / name, **kw)
     return factory
+
+
+@pytest.fixture
+def cli_error(monkeypatch, capsys) -> Callable[..., str]:
+    """``cli_error(*args)``: run ``vsr ARGS`` in this process, through the entry point a
+    shell runs (``main()``), where it must fail with exit code 1; returns its one `Error:`
+    line. For runs that fail before any work, which a `vsr` process per case made slow."""
+    from vsr.cli.main import main
+
+    def run(*args: str) -> str:
+        monkeypatch.setattr("sys.argv", ["vsr", *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and "Traceback" not in err, err
+        errors = [line for line in err.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, err
+        return errors[0]
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -217,7 +217,7 @@ def test_second_batch_on_one_folder_refuses_or_waits_and_a_killed_one_never_bloc
         # with --wait it starts once the first one is over, and finds the file finished
         waiting = subprocess.Popen([*cmd, "--wait"], env=ENV, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-        time.sleep(3)
+        time.sleep(1)
         assert waiting.poll() is None
     finally:
         os.kill(first.pid, signal.SIGCONT)
@@ -243,8 +243,9 @@ def test_second_batch_on_one_folder_refuses_or_waits_and_a_killed_one_never_bloc
     assert video_pts_seconds(killed_out / "long.mkv") == video_pts_seconds(src)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
-                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                    signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])  # SIGINT: the same stop path
 def test_signal_stops_cleanly_and_resume_reuses_finished_segments(tmp_path, signum):
     src, out, db, cmd = _segmented_batch(tmp_path, "--devices", "cpu,cpu")
     proc = _start_until_segments(cmd, db, 2)
@@ -852,7 +853,9 @@ def _wait_for_own_partial(proc: subprocess.Popen, folder: Path) -> None:
     pytest.fail(f"the batch ended (rc {proc.returncode}) before its join began: {err}")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGINT takes the same stop path: in the slow suite, to keep the fast one under 15 minutes
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                    signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_while_a_joined_output_is_recorded_keeps_output_record_and_cleanup_together(
         tmp_path, signum):
     """A --resume whose segments were all finished joins in the batch's own thread. A stop

@@ -191,23 +191,23 @@ def test_an_output_written_by_another_run_meanwhile_is_not_replaced(clip, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({src.name, out_name})
 
 
-def test_an_output_that_is_a_link_to_the_input_is_refused(clip, tmp_path):
+def test_an_output_that_is_a_link_to_the_input_is_refused(clip, tmp_path, cli_error):
     """A symbolic or hard link to the input, as OUT, is the input: refused, --overwrite too
     (vsr.io.output.same_file, the rule export and stream share)."""
     src = clip("in.mkv", frames=2, size=(64, 48))
     for name, make in (("hard.mkv", os.link), ("soft.mkv", os.symlink)):
         out = tmp_path / name
         make(src, out)
-        line = _error_line(_vsr("upscale", str(src), str(out), "--model", "bicubic",
-                                "--scale", "2", "--overwrite"))
+        line = cli_error("upscale", str(src), str(out), "--model", "bicubic", "--scale", "2",
+                         "--overwrite")
         assert "output would replace the input" in line
         assert out.stat().st_ino == src.stat().st_ino  # the link is left as it was
 
 
-def test_an_output_folder_that_is_a_file_is_named_as_one(clip, tmp_path):
+def test_an_output_folder_that_is_a_file_is_named_as_one(clip, tmp_path, cli_error):
     """`vsr upscale IN afile/out.mp4` said 'output folder does not exist: afile'."""
     src = clip("in.mp4", frames=2)
     (tmp_path / "afile").write_text("x")
-    line = _error_line(_vsr("upscale", str(src), str(tmp_path / "afile" / "out.mp4"),
-                            "--model", "bicubic", "--scale", "2"))
+    line = cli_error("upscale", str(src), str(tmp_path / "afile" / "out.mp4"), "--model",
+                     "bicubic", "--scale", "2")
     assert line == f"Error: output folder {tmp_path / 'afile'} is a file, not a folder"

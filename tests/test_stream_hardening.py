@@ -72,28 +72,28 @@ def stamps(path: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("link", ["symlink", "hardlink"])
-def test_a_destination_that_links_to_the_source_is_refused(tmp_path, link):
+def test_a_destination_that_links_to_the_source_is_refused(tmp_path, link, cli_error):
     src = tmp_path / "src.ts"
     make_ts(str(src), 12)
     before = digest(src)
     dst = tmp_path / "link.ts"
     (os.symlink if link == "symlink" else os.link)(src, dst)
     for extra in ((), ("--overwrite",)):  # --overwrite never lets it replace its own source
-        line = error_line(run_vsr(str(src), str(dst), *extra))
+        line = cli_error("stream", str(src), str(dst), *extra, *BICUBIC)
         assert "source and destination are the same file" in line
         assert digest(src) == before
     # the same file under another spelling of its name (file: URL, a detour in the path)
-    line = error_line(run_vsr(f"file:{src}", str(tmp_path / "." / "src.ts")))
+    line = cli_error("stream", f"file:{src}", str(tmp_path / "." / "src.ts"), *BICUBIC)
     assert "same" in line and digest(src) == before
 
 
-def test_an_existing_output_file_needs_overwrite(tmp_path):
+def test_an_existing_output_file_needs_overwrite(tmp_path, cli_error):
     src, dst = tmp_path / "in.ts", tmp_path / "keep.ts"
     make_ts(str(src), 6)
     dst.write_bytes(b"precious recording\n")
-    assert "use --overwrite" in error_line(run_vsr(str(src), str(dst)))
+    assert "use --overwrite" in cli_error("stream", str(src), str(dst), *BICUBIC)
     assert dst.read_bytes() == b"precious recording\n"
-    assert "output is a directory" in error_line(run_vsr(str(src), str(tmp_path)))
+    assert "output is a directory" in cli_error("stream", str(src), str(tmp_path), *BICUBIC)
     result = run_vsr(str(src), str(dst), "--overwrite")
     assert result.returncode == 0, result.stderr
     assert stamps(dst) == list(range(6))
@@ -137,7 +137,7 @@ def test_an_output_file_that_appears_before_the_first_frame_is_kept(tmp_path):
     assert dst.read_bytes() == b"written meanwhile\n"
 
 
-def test_unknown_container_formats_fail_when_the_config_is_built(tmp_path):
+def test_unknown_container_formats_fail_when_the_config_is_built(tmp_path, cli_error):
     with pytest.raises(ConfigError, match="unknown input format 'bogus'"):
         StreamConfig(src="-", dst="-", input_format="bogus")
     with pytest.raises(ConfigError, match="did you mean nut"):
@@ -151,7 +151,7 @@ def test_unknown_container_formats_fail_when_the_config_is_built(tmp_path):
     src, dst = tmp_path / "in.ts", tmp_path / "out.ts"
     make_ts(str(src), 6)
     for option in ("--input-format", "--format"):
-        line = error_line(run_vsr(str(src), str(dst), option, "bogus"))
+        line = cli_error("stream", str(src), str(dst), option, "bogus", *BICUBIC)
         assert "format 'bogus'" in line
         assert not dst.exists()
 
@@ -182,13 +182,13 @@ def test_a_source_that_fails_midway_exits_1_with_the_output_closed(tmp_path):
     assert f"closed with {len(frames)} frames" in line
 
 
-def test_a_source_that_cannot_be_reached_says_why_in_plain_words(tmp_path):
+def test_a_source_that_cannot_be_reached_says_why_in_plain_words(tmp_path, cli_error):
     """`Error: source tcp://...: [Errno 111] Connection refused: 'tcp://...'` (the URL twice),
     and for a protocol this FFmpeg lacks `[Errno 1330794744] Protocol not found`."""
     port, dst = free_port(socket.SOCK_STREAM), tmp_path / "out.ts"
-    line = error_line(run_vsr(f"tcp://127.0.0.1:{port}", str(dst)))
+    line = cli_error("stream", f"tcp://127.0.0.1:{port}", str(dst), *BICUBIC)
     assert line == f"Error: source tcp://127.0.0.1:{port}: connection refused"
-    line = error_line(run_vsr("nosuchproto://127.0.0.1:9", str(dst)))
+    line = cli_error("stream", "nosuchproto://127.0.0.1:9", str(dst), *BICUBIC)
     assert "Errno" not in line, line
     assert not dst.exists()
 

@@ -113,7 +113,9 @@ def test_a_stop_request_saves_the_state_and_resume_gives_the_uninterrupted_weigh
     assert all(torch.equal(wa[key], wb[key]) for key in wa)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# SIGINT takes the same stop path: in the slow suite, to keep the fast one under 15 minutes
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT,
+                                                              marks=pytest.mark.slow)])
 def test_vsr_train_stopped_by_a_signal_saves_its_state(images: Path, tmp_path: Path,
                                                        sig: signal.Signals) -> None:
     """A real process and a real signal: `vsr train` stops after its current step, saves a

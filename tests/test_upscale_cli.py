@@ -46,13 +46,21 @@ def test_ctrl_c_stops_cleanly(clip, tmp_path, drn_checkpoint):
     assert list(out_dir.iterdir()) == []
 
 
-def test_model_path_errors_name_the_file(clip, tmp_path):
+def test_model_path_errors_name_the_file(clip, tmp_path, monkeypatch, cli_error):
     """A --model that is a path says what is wrong with the file, not "unknown model" with
     the registry names: a missing path without the .safetensors suffix, a folder, a device;
     a read that fails is named too (it was 'internal error: OSError')."""
     src = clip("a.mp4", frames=2)
     folder = tmp_path / "ckpts"
     folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    def error_of(model: str) -> str:
+        line = cli_error("upscale", str(src), str(tmp_path / "o.mp4"), "--model", model,
+                         "--device", "cpu")
+        assert not (tmp_path / "o.mp4").exists()
+        return line
+
     cases = {"./no-such-model": "no such checkpoint file",
              str(tmp_path / "runs" / "x" / "model-fp16"): "no such checkpoint file",
              str(folder): "is a folder, not a checkpoint file",
@@ -60,21 +68,14 @@ def test_model_path_errors_name_the_file(clip, tmp_path):
     if os.path.exists("/proc/self/mem"):  # a file whose read fails (EIO), as an unreadable
         cases["/proc/self/mem"] = "cannot read the checkpoint"  # one (EACCES) does
     for model, said in cases.items():
-        out = tmp_path / "o.mp4"
-        r = subprocess.run([*VSR, "upscale", str(src), str(out), "--model", model, "--device",
-                            "cpu"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert r.returncode == 1, (model, r.stderr)
-        line = r.stderr.strip()
-        assert line.count("\n") == 0 and line.startswith(f"Error: {model}: "), (model, line)
+        line = error_of(model)
+        assert line.startswith(f"Error: {model}: "), (model, line)
         assert said in line and "unknown model" not in line, (model, line)
-        assert not out.exists()
     # a bare word is still a registry name, mistyped
-    r = subprocess.run([*VSR, "upscale", str(src), str(tmp_path / "o.mp4"), "--model",
-                        "drn-t-x3"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert r.returncode == 1 and "unknown model 'drn-t-x3' (did you mean" in r.stderr
+    assert "unknown model 'drn-t-x3' (did you mean" in error_of("drn-t-x3")
 
 
-def test_a_checkpoint_of_a_network_that_does_not_upscale_is_named(clip, tmp_path):
+def test_a_checkpoint_of_a_network_that_does_not_upscale_is_named(clip, tmp_path, cli_error):
     """A drn-dual checkpoint (the dual networks of a training run; a valid architecture, so
     it loads) as --model was 'internal error: AttributeError: ... no attribute scale'."""
     from vsr.models import CheckpointInfo, DualNetworks, save_model
@@ -86,9 +87,7 @@ def test_a_checkpoint_of_a_network_that_does_not_upscale_is_named(clip, tmp_path
     out = tmp_path / "o.mp4"
     for args in (["upscale", str(src), str(out)], ["export", "--format", "torchscript", "-o",
                                                    str(tmp_path / "m.pt")]):
-        r = subprocess.run([*VSR, *args, "--model", str(ckpt), "--device", "cpu"],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 1, r.stderr
-        assert r.stderr.strip() == f"Error: {ckpt}: a 'drn-dual' checkpoint, not an " \
-                                   "upscaling network (vsr upscales with a 'drn' checkpoint)"
+        assert cli_error(*args, "--model", str(ckpt), "--device", "cpu") == \
+            f"Error: {ckpt}: a 'drn-dual' checkpoint, not an upscaling network (vsr upscales " \
+            "with a 'drn' checkpoint)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "dual.safetensors"]
