@@ -13,14 +13,14 @@ import os
 import av
 
 # Muxers that write the input's timestamps below zero as they are (MP4/MOV by edit lists and
-# signed offsets, Matroska, MPEG-TS past its own start delay, NUT's decode times) or keep
-# none to shift (AVI): there every stream keeps its input times. Elsewhere FFmpeg's default
-# moves all streams together to start at zero: FLV wrapped a copied AAC stream's priming
-# (-1024 samples) and the video's first decode times to 2**32 ms less a few.
-# (NUT refuses a presentation time below zero, AAC's priming, "Negative pts not supported";
-# shifting would move the video segments `vsr batch` writes as NUT off their times.)
+# signed offsets, Matroska, MPEG-TS past its own start delay) or keep none to shift (AVI):
+# there every stream keeps its input times. Elsewhere FFmpeg's default moves all streams
+# together to start at zero: FLV wrapped a copied AAC stream's priming (-1024 samples) and the
+# video's first decode times to 2**32 ms less a few; NUT refused that priming ("Negative pts
+# not supported"). NUT keeps decode times below zero, those of a re-encoded video with
+# B-frames: a video-only NUT (the segments `vsr batch` joins) keeps its times as they are.
 _KEEPS_NEGATIVE_TS = frozenset({"mov", "mp4", "ipod", "ismv", "3gp", "3g2", "psp", "f4v",
-                                "matroska", "webm", "mpegts", "avi", "nut"})
+                                "matroska", "webm", "mpegts", "avi"})
 
 
 def file_url(path: str | os.PathLike) -> str:
@@ -38,7 +38,10 @@ def output_format(path: str | os.PathLike) -> str | None:
         return None
 
 
-def negative_ts_option(path: str | os.PathLike) -> str:
+def negative_ts_option(path: str | os.PathLike, *, copies_streams: bool = True) -> str:
     """``avoid_negative_ts`` for writing ``path``: "disabled" (the input's times as they are)
-    where its muxer keeps them, else FFmpeg's "auto"."""
-    return "disabled" if output_format(path) in _KEEPS_NEGATIVE_TS else "auto"
+    where its muxer keeps them, else FFmpeg's "auto". ``copies_streams``: whether streams of
+    the input (audio) go into it beside the encoded video."""
+    fmt = output_format(path)
+    keeps = fmt in _KEEPS_NEGATIVE_TS or (fmt == "nut" and not copies_streams)
+    return "disabled" if keeps else "auto"
