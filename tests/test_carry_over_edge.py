@@ -316,3 +316,15 @@ def test_audio_that_starts_below_zero_into_a_format_that_cannot_keep_it(tmp_path
         assert _upscale(src, out, encoder).frames_out == 10
     v_out, a_out = _first_times(out)
     assert 0 <= a_out < 1 and abs((a_out - v_out) - (audio - video)) < 0.002
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_a_video_only_nut_keeps_its_times(tmp_path, encoder):
+    """NUT keeps the decode times below zero of a video with B-frames: without a copied stream
+    that needs the shift, nothing is moved (the frames keep the input's times)."""
+    src = tmp_path / "v.mp4"
+    _ffmpeg(*_X264, src)
+    out = tmp_path / "out.nut"
+    _upscale(src, out, encoder)
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        assert [f.time for f in b.decode(video=0)] == [f.time for f in a.decode(video=0)]

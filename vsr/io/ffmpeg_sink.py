@@ -144,7 +144,8 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
              f"-enc_time_base:{pos}", f"{tb.numerator}:{tb.denominator}",
              # Negative-timestamp shifting would move every stream off the input times; the
              # input file already had valid timestamps, so keep them where the muxer can.
-             "-avoid_negative_ts", negative_ts_option(output.removeprefix("file:"))]
+             "-avoid_negative_ts", negative_ts_option(output.removeprefix("file:"),
+                                                      copies_streams=bool(others))]
     if config.crf is not None:
         args += [f"-crf:{pos}", str(config.crf)]
     if config.preset is not None:

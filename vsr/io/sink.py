@@ -438,8 +438,8 @@ class PyAVSink(SinkContext):
             # one starts below zero (AAC priming), which moves the video off its input times;
             # only where the muxer can keep them (vsr.io.paths.negative_ts_option)
             self._out = av.open(file_url(self._temp), mode="w", container_options={
-                "avoid_negative_ts": negative_ts_option(self._temp,
-                                                        copies_streams=copy_streams)})
+                "avoid_negative_ts": negative_ts_option(
+                    self._temp, copies_streams=copy_streams and bool(info.others))})
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             discard(self._temp)
             raise OutputError(f"cannot write {self.path}: {exc}") from exc

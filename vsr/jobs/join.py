@@ -84,7 +84,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
     with PyAVSource(input_path) as source:
         info = source.info
     temp = temp_path_for(final)
-    options = {"avoid_negative_ts": negative_ts_option(temp)}
+    options = {"avoid_negative_ts": negative_ts_option(temp, copies_streams=bool(info.others))}
     keep_range = info.color.range in (1, 2) and final.suffix.lower() in (".mp4", ".m4v")
     if keep_range:  # as the upscale sinks: MP4's 'colr' box holds the range alone
         options["movflags"] = "+write_colr"
