@@ -62,6 +62,7 @@ class Upscaler:
     can_fail: bool = True
     module: nn.Module | None = None
     info: Mapping[str, Any]
+    _exact: dict[str, torch.Tensor] | None = None  # fp32 weights kept by a move to fp16/bf16
 
     def __init__(self, name: str, scale: int, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, info: Mapping[str, Any] | None = None) -> None:
@@ -83,7 +84,23 @@ class Upscaler:
         if device is not None:  # a ConfigError for a bad or absent device, not torch's own
             self.device = resolve_device(device, require_available=True)
         if self.module is not None:
+            tensors = dict(self.module.named_parameters())
+            tensors.update(self.module.named_buffers())  # non-persistent ones too (rgb_mean)
+            if self.dtype in (torch.float16, torch.bfloat16) and self._exact is None \
+                    and any(t.dtype == torch.float32 for t in tensors.values()):
+                # the weights as loaded, kept (on the CPU) before they are rounded: an fp32
+                # run after a reduced-precision one (the fp32 fallback) computes with these,
+                # not with weights rounded to bf16's 8 bits
+                self._exact = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
             self.module.to(device=self.device, dtype=self.dtype)
+            if self.dtype == torch.float32 and self._exact is not None:
+                tensors = dict(self.module.named_parameters())
+                tensors.update(self.module.named_buffers())
+                with torch.no_grad():
+                    for k, t in tensors.items():
+                        kept = self._exact.get(k)
+                        if kept is not None and kept.shape == t.shape:
+                            t.copy_(kept)
         return self
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:

@@ -192,3 +192,20 @@ def test_a_fallback_to_fp32_does_not_carry_over_to_the_next_file(tmp_path):
                                        model=str(ckpt), device="cpu", precision="fp16"),
                          models=models)
         assert r.fallback_fp32 and r.fallback_frames == 1, (k, r)
+
+
+def test_the_fp32_fallback_computes_with_the_weights_as_loaded(drn_checkpoint):
+    """A handle loaded in bf16 that falls back to fp32 ran on its weights rounded to bf16's 8
+    bits: an fp32 run, but not the model's. It now gets the weights as they were loaded."""
+    import vsr
+
+    exact = vsr.load_model(str(drn_checkpoint), device="cpu", precision="fp32")
+    handle = vsr.load_model(str(drn_checkpoint), device="cpu", precision="bf16")
+    want = exact.module.state_dict()
+    rounded = {k: v.float() for k, v in handle.module.state_dict().items()}
+    assert any(not torch.equal(rounded[k], v) for k, v in want.items())  # bf16 loses bits
+    handle.to(dtype=torch.float32)
+    got = handle.module.state_dict()
+    assert all(got[k].dtype == torch.float32 and torch.equal(got[k], v) for k, v in want.items())
+    x = torch.rand(1, 3, 12, 16)
+    assert torch.equal(handle.infer(x), exact.infer(x))
