@@ -204,7 +204,7 @@ def main() -> None:
     Ctrl-C (and SIGTERM/SIGHUP where handled, see STOP_SIGNALS) exit with 128 + the signal."""
     # passive OpenMP waits and the glibc allocator tuning, before anything imports torch
     from vsr import configure_runtime
-    from vsr.errors import Interrupted, VsrError
+    from vsr.errors import ConfigError, Interrupted, VsrError
 
     configure_runtime()
 
@@ -219,6 +219,8 @@ def main() -> None:
         _error_line("interrupted", exc)
         _exit_stopped(128 + _signal_of(exc))
     except click.UsageError as exc:
+        if _other_rank():
+            sys.exit(exc.exit_code)  # the same command line: rank 0 says what is wrong
         if isinstance(exc, _HELP_WANTED):
             exc.show()  # the command's help: it was called with nothing to do
         else:  # one line, as every error (click prints four)
@@ -245,12 +247,28 @@ def main() -> None:
         if debug:
             raise
         if isinstance(exc, VsrError):
-            _error_line(_one_line(exc))
+            rank = _other_rank()
+            if rank and isinstance(exc, ConfigError):
+                sys.exit(1)  # the same command line: rank 0 says what is wrong with it
+            _error_line((f"rank {rank}: " if rank else "") + _one_line(exc))
             sys.exit(1)
         _error_line(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
                     "(rerun with --debug for the traceback)")
         sys.exit(1)
     sys.exit(0)
+
+
+def _other_rank() -> int:
+    """This process's rank where torchrun (or another env:// launcher) started it as one of
+    several; 0 for rank 0 and for a process of its own. Every rank runs the same command
+    line, so what is wrong with it is said once, by rank 0; a failure of this rank's own
+    (its device, its data) is said with its rank."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return max(0, int(os.environ.get("RANK", "0")))
+    except ValueError:
+        pass
+    return 0
 
 
 def _exit_stopped(code: int) -> None:
