@@ -184,12 +184,17 @@ def test_a_source_that_fails_midway_exits_1_with_the_output_closed(tmp_path):
 
 def test_a_source_that_cannot_be_reached_says_why_in_plain_words(tmp_path, cli_error):
     """`Error: source tcp://...: [Errno 111] Connection refused: 'tcp://...'` (the URL twice),
-    and for a protocol this FFmpeg lacks `[Errno 1330794744] Protocol not found`."""
+    for a protocol this FFmpeg lacks `[Errno 1330794744] Protocol not found`, for a silent
+    source FFmpeg's own "immediate exit requested"."""
     port, dst = free_port(socket.SOCK_STREAM), tmp_path / "out.ts"
     line = cli_error("stream", f"tcp://127.0.0.1:{port}", str(dst), *BICUBIC)
     assert line == f"Error: source tcp://127.0.0.1:{port}: connection refused"
     line = cli_error("stream", "nosuchproto://127.0.0.1:9", str(dst), *BICUBIC)
     assert "Errno" not in line, line
+    # a UDP source nobody sends to: FFmpeg's read timeout said "immediate exit requested"
+    udp = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    line = cli_error("stream", udp, str(dst), *BICUBIC, "--timeout", "0.5")
+    assert line == f"Error: source {udp}: nothing received for 0.5 s", line
     assert not dst.exists()
 
 

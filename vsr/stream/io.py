@@ -359,7 +359,10 @@ class Reader(threading.Thread):
                             log.info("no data for %.1f s: the source has ended",
                                      self.read_timeout)
                             return
-                        self.error = f"source {self.url}: {source_reason(self.url, exc)}"
+                        why = source_reason(self.url, exc)
+                        if silent and not self.stop.is_set():  # FFmpeg: "immediate exit
+                            why = f"nothing received for {self.read_timeout:.1f} s"  # requested"
+                        self.error = f"source {self.url}: {why}"
                         return
                     if silent:  # FFmpeg's read timeout, or a demuxer that finds nothing
                         log.warning("no data from the source for %.1f s; retrying in %.1f s",
