@@ -64,13 +64,18 @@ def test_load_model_and_infer() -> None:
         vsr.load_model("bicubic", scale=2, device="cpu", precision="fp8")
 
 
-def test_configure_runtime_before_torch() -> None:
-    code = ("import os, sys, vsr; s = vsr.configure_runtime(threads=1); "
-            "import torch; print(s.omp_wait_policy, s.omp_effective, s.threads, "
-            "torch.get_num_threads())")
+def _fresh_python(code: str) -> list[str]:
+    """The words ``code`` prints in a new interpreter whose environment sets no
+    OMP_WAIT_POLICY."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120, env=env).stdout.split()
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120, env=env).stdout.split()
+
+
+def test_configure_runtime_before_torch() -> None:
+    out = _fresh_python("import os, sys, vsr; s = vsr.configure_runtime(threads=1); "
+                        "import torch; print(s.omp_wait_policy, s.omp_effective, s.threads, "
+                        "torch.get_num_threads())")
     assert out == ["PASSIVE", "True", "1", "1"]
     import vsr
 
@@ -79,10 +84,7 @@ def test_configure_runtime_before_torch() -> None:
 
 
 def test_configure_runtime_after_torch_says_so_on_every_call() -> None:
-    code = ("import torch, vsr; a = vsr.configure_runtime(keep_freed_memory=False); "
-            "b = vsr.configure_runtime(keep_freed_memory=False); "
-            "print(a.omp_effective, b.omp_effective, b.omp_wait_policy)")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120, env=env).stdout.split()
+    out = _fresh_python("import torch, vsr; a = vsr.configure_runtime(keep_freed_memory=False);"
+                        " b = vsr.configure_runtime(keep_freed_memory=False); "
+                        "print(a.omp_effective, b.omp_effective, b.omp_wait_policy)")
     assert out == ["False", "False", "PASSIVE"]

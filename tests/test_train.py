@@ -211,9 +211,8 @@ def test_bad_config_is_refused(images: Path, tmp_path: Path) -> None:
         train(_config(images, tmp_path / "x", batch_size=3), nproc=2)
 
 
-def test_under_torchrun_a_bad_command_line_is_one_error_line(tmp_path: Path) -> None:
-    """Every rank parses the same command line: each printed its own `Error:` line for it.
-    Rank 0 says it; the others exit with the same code, silent."""
+def _torchrun_train(*args: str):
+    """``vsr train ARGS`` as two torchrun ranks on this machine (CPU, gloo)."""
     import socket
     import subprocess
     import sys
@@ -221,11 +220,16 @@ def test_under_torchrun_a_bad_command_line_is_one_error_line(tmp_path: Path) -> 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    run = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
          "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "vsr", "train",
-         "--arch", "drn-t-x2", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"),
-         "--iters", "4"], capture_output=True, text=True, timeout=300)
+         "--arch", "drn-t-x2", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_under_torchrun_a_bad_command_line_is_one_error_line(tmp_path: Path) -> None:
+    """Every rank parses the same command line: each printed its own `Error:` line for it.
+    Rank 0 says it; the others exit with the same code, silent."""
+    run = _torchrun_train("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
     assert run.returncode != 0
     errors = [ln for ln in run.stderr.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and "--data" in errors[0], run.stderr[-2000:]
@@ -233,19 +237,8 @@ def test_under_torchrun_a_bad_command_line_is_one_error_line(tmp_path: Path) -> 
 
 def test_under_torchrun_only_rank_zero_reports(images: Path, tmp_path: Path) -> None:
     """Every torchrun rank runs the command; one summary line and one progress line, not two."""
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "vsr", "train",
-         "--arch", "drn-t-x2", "--data", str(images), "--out", str(tmp_path / "r"),
-         "--iters", "4", "--batch-size", "4", "--patch", "8", "--threads", "1"],
-        capture_output=True, text=True, timeout=300)
+    run = _torchrun_train("--data", str(images), "--out", str(tmp_path / "r"), "--iters", "4",
+                          "--batch-size", "4", "--patch", "8", "--threads", "1")
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("trained drn-t-x2 to step 4 of 4") == 1, run.stdout
     assert run.stderr.count("[4/4]") == 1, run.stderr
