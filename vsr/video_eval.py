@@ -248,7 +248,7 @@ def _upscale_clip(handle: UpscaleHandle, lr: torch.Tensor, hr_shape: Sequence[in
     return torch.stack(out)
 
 
-PSNR_CEILING = 60.0
+PSNR_CEILING = 60.0  # dB a frame counts at most in a clip's mean PSNR (see the module doc)
 
 
 def _score(sr: torch.Tensor, hr: torch.Tensor, scale: int, *, name: str = "",

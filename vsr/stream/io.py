@@ -360,8 +360,9 @@ class Reader(threading.Thread):
                                      self.read_timeout)
                             return
                         why = source_reason(self.url, exc)
-                        if silent and not self.stop.is_set():  # FFmpeg: "immediate exit
-                            why = f"nothing received for {self.read_timeout:.1f} s"  # requested"
+                        if silent and not self.stop.is_set():  # not FFmpeg's words for its
+                            # read timeout, "immediate exit requested"
+                            why = f"nothing received for {self.read_timeout:.1f} s"
                         self.error = f"source {self.url}: {why}"
                         return
                     if silent:  # FFmpeg's read timeout, or a demuxer that finds nothing
