@@ -230,22 +230,14 @@ def test_second_batch_on_one_folder_refuses_or_waits_and_a_killed_one_never_bloc
     report = json.loads(out2.splitlines()[-1])
     assert report["done"] == [] and [s["input"] for s in report["skipped"]] == [str(src)]
     assert video_pts_seconds(out / "long.mkv") == video_pts_seconds(src)
-
     # a run killed with SIGKILL leaves no lock behind: the next one resumes at once
-    killed_out = tmp_path / "killed"
-    killed_cmd = [*cmd[:cmd.index("-o") + 1], str(killed_out), *cmd[cmd.index("-o") + 2:]]
-    killed = _start_until_segments(killed_cmd, killed_out / ".vsr-batch" / "jobs.sqlite", 1)
-    killed.kill()
-    killed.communicate()
-    code, report, err = _run(*killed_cmd[len(VSR) + 1:-1], "--resume")
-    assert code == 0, err
-    assert _outputs(report["done"]) == [(str(src), str(killed_out / "long.mkv"))]
-    assert video_pts_seconds(killed_out / "long.mkv") == video_pts_seconds(src)
+    # (tests/test_batch.py::test_sigkill_mid_video_then_resume, on one folder)
 
 
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow),
-                                    signal.SIGTERM, signal.SIGHUP],
-                         ids=["SIGINT", "SIGTERM", "SIGHUP"])  # SIGINT: the same stop path
+                                    signal.SIGTERM,
+                                    pytest.param(signal.SIGHUP, marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])  # one stop path for the three
 def test_signal_stops_cleanly_and_resume_reuses_finished_segments(tmp_path, signum):
     src, out, db, cmd = _segmented_batch(tmp_path, "--devices", "cpu,cpu")
     proc = _start_until_segments(cmd, db, 2)
@@ -804,7 +796,7 @@ def _twin_clip(path: Path, monkeypatch) -> Path:
         return _heavy_clip(path)
 
 
-@pytest.mark.parametrize("how", ["replaced", "deleted"])
+@pytest.mark.parametrize("how", ["replaced", pytest.param("deleted", marks=pytest.mark.slow)])
 def test_an_input_replaced_mid_batch_fails_alone_with_no_output(tmp_path, monkeypatch, how):
     """An input replaced (a twin that plans into the same segments) while its segments were
     computed on two workers: the segments done before and those after were joined into one

@@ -189,7 +189,8 @@ def wait_line(proc: subprocess.Popen, err: Lines, text: str) -> None:
              repr(text), timeout=90)
 
 
-@pytest.mark.parametrize("receiver", ["never connects", "never reads"])
+@pytest.mark.parametrize("receiver", [pytest.param("never connects", marks=pytest.mark.slow),
+                                      "never reads"])
 def test_a_tcp_output_that_takes_no_data_is_reported_and_ctrl_c_ends_it(receiver):
     with live_to_tcp_listener() as (proc, err, dst), socket.socket() as client:
         if receiver == "never reads":
