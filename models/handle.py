@@ -50,6 +50,13 @@ def _check_model_input(x: torch.Tensor, handle: Upscaler) -> None:
                          f"{x.dtype} on {x.device}")
 
 
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A network's parameters and buffers by name, non-persistent buffers too (rgb_mean)."""
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    return tensors
+
+
 class Upscaler:
     """Base handle. Subclasses implement ``_run`` on padded float input."""
 
@@ -84,23 +91,21 @@ class Upscaler:
         if device is not None:  # a ConfigError for a bad or absent device, not torch's own
             self.device = resolve_device(device, require_available=True)
         if self.module is not None:
-            tensors = dict(self.module.named_parameters())
-            tensors.update(self.module.named_buffers())  # non-persistent ones too (rgb_mean)
             if self.dtype in (torch.float16, torch.bfloat16) and self._exact is None \
-                    and any(t.dtype == torch.float32 for t in tensors.values()):
-                # the weights as loaded, kept (on the CPU) before they are rounded: an fp32
-                # run after a reduced-precision one (the fp32 fallback) computes with these,
-                # not with weights rounded to bf16's 8 bits
-                self._exact = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
+                    and any(t.dtype == torch.float32 for t in _tensors(self.module).values()):
+                # the weights as they are in fp32, kept (on the CPU) before they are rounded:
+                # an fp32 run after a reduced-precision one (the fp32 fallback) computes with
+                # these, not with weights rounded to bf16's 8 bits
+                self._exact = {k: t.detach().to("cpu", copy=True)
+                               for k, t in _tensors(self.module).items()}
             self.module.to(device=self.device, dtype=self.dtype)
             if self.dtype == torch.float32 and self._exact is not None:
-                tensors = dict(self.module.named_parameters())
-                tensors.update(self.module.named_buffers())
                 with torch.no_grad():
-                    for k, t in tensors.items():
+                    for k, t in _tensors(self.module).items():
                         kept = self._exact.get(k)
                         if kept is not None and kept.shape == t.shape:
                             t.copy_(kept)
+                self._exact = None  # exact again: the next move down keeps what it has then
         return self
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:

@@ -209,3 +209,10 @@ def test_the_fp32_fallback_computes_with_the_weights_as_loaded(drn_checkpoint):
     assert all(got[k].dtype == torch.float32 and torch.equal(got[k], v) for k, v in want.items())
     x = torch.rand(1, 3, 12, 16)
     assert torch.equal(handle.infer(x), exact.infer(x))
+    # weights changed in fp32 afterwards (an adaptation) are what the next round trip keeps
+    with torch.no_grad():
+        next(handle.module.parameters()).add_(0.125)
+    changed = {k: v.clone() for k, v in handle.module.state_dict().items()}
+    handle.to(dtype=torch.bfloat16).to(dtype=torch.float32)
+    got = handle.module.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in changed.items())
