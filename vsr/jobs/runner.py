@@ -385,9 +385,9 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
         _register(tracker, _File(job, file_id, None, [task], [], 1, identity))
         return [task]
     check_output_codec(job.output, job.options.codec)  # before any segment, not at the join
-    with PyAVSource(job.input) as src:  # and the streams the join copies: the same
+    with PyAVSource(job.input) as src:
         info = src.info
-    check_carry(job.input, job.output, info.index)
+    check_carry(job.input, job.output, info.index)  # and the streams the join copies: the same
     # the deflicker filter carries each frame into the next: one segment, as `vsr upscale` runs
     min_frames = sys.maxsize if job.options.deflicker else config.segment_frames
     segments = plan_segments(job.input, min_frames, info)
