@@ -160,11 +160,20 @@ def clip(tmp_path):
 def cli_error(monkeypatch, capsys) -> Callable[..., str]:
     """``cli_error(*args)``: run ``vsr ARGS`` in this process, through the entry point a
     shell runs (``main()``), where it must fail with exit code 1; returns its one `Error:`
-    line. For runs that fail before any work, which a `vsr` process per case made slow."""
-    from vsr.cli.main import main
+    line. For runs that fail before any work, which a `vsr` process per case made slow.
+    Log lines go to pytest's log capture here, not to stderr: a test of what else stderr
+    holds needs a real process. main()'s process-wide tuning (configure_runtime: the
+    allocator, OMP_WAIT_POLICY for every later child process) and its start-up signal
+    handlers' state are kept out of the test process."""
+    import vsr
+    import vsr.cli.main as cli_main
+
+    monkeypatch.setattr(vsr, "configure_runtime", lambda **_: None)
 
     def run(*args: str) -> str:
+        monkeypatch.setattr(cli_main, "_startup_stop", None)  # put back after the test
         monkeypatch.setattr("sys.argv", ["vsr", *args])
+        main = cli_main.main
         with pytest.raises(SystemExit) as exc:
             main()
         err = capsys.readouterr().err
