@@ -65,28 +65,54 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-def _importing(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside an import."""
+# An exception raised inside an import can be lost: torch's C code imports numpy and clears
+# any error it raises (numpy is optional to it), so a Ctrl-C or SIGTERM during start-up was
+# ignored (the run went on to the end, exit 0) or broke numpy ("cannot load module more than
+# once").
+#
+# One raised in a Python function of the standard library that takes or gives back a lock
+# leaves the lock held for good: once the lock is taken, it escapes before the caller's
+# `with` (or try) has begun; as the release begins, before the release. A Ctrl-C there (a
+# queue's put or get, an Event, a logging handler) left a frame queue's lock held, and the
+# pipeline's decode or encode thread blocked on it.
+_LOCK_CODE = frozenset(f.__code__ for f in (
+    threading.Condition.__enter__, threading.Condition.__exit__,
+    threading.Condition._release_save, threading.Condition._acquire_restore,
+    logging.Handler.acquire, logging.Handler.release,
+    *(f for f in (getattr(logging, "_acquireLock", None), getattr(logging, "_releaseLock", None))
+      if f is not None)))
+# A signal that lands in either is sent again this long after, until it lands elsewhere.
+_RETRY_S = 0.05
+_PENDING: set[int] = set()  # the signals waiting to be sent again
+
+
+def _unsafe(frame: FrameType | None) -> bool:
+    """Whether an exception raised where a signal landed (``frame`` and its callers) could
+    be lost in an import or leave a lock held. The whole stack is looked at: the handler of a
+    second signal runs inside the first one's, below the frame that took a lock."""
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+        if (frame.f_code in _LOCK_CODE
+                or frame.f_code.co_filename.startswith("<frozen importlib._bootstrap")):
             return True
         frame = frame.f_back
     return False
 
 
 def _later(signum: int) -> None:
-    """Send ``signum`` to this process again in a moment."""
-    timer = threading.Timer(_IMPORT_RETRY_S, os.kill, (os.getpid(), signum))
+    """Send ``signum`` to this process again in a moment (once, however often it came)."""
+    if signum in _PENDING:
+        return
+    _PENDING.add(signum)
+    timer = threading.Timer(_RETRY_S, _send_again, (signum,))
     timer.daemon = True
     timer.start()
 
 
-# An exception raised inside an import can be lost: torch's C code imports numpy and clears
-# any error it raises (numpy is optional to it), so a Ctrl-C or SIGTERM during start-up was
-# ignored (the run went on to the end, exit 0) or broke numpy ("cannot load module more than
-# once"). A signal that lands in an import is sent again this long after, until it lands
-# outside one.
-_IMPORT_RETRY_S = 0.05
+def _send_again(signum: int) -> None:
+    _PENDING.discard(signum)
+    os.kill(os.getpid(), signum)
+
+
 # The stop signals raised so far. Native code can also turn the exception into one of its
 # own (safetensors: "could not deserialize"); an error after a stop is reported as the stop.
 _STOPS: list[int] = []
@@ -96,9 +122,9 @@ _STOPS: list[int] = []
 def stop_signals_interrupt(*, term: bool = True) -> Iterator[None]:
     """Within the block, the first SIGTERM or SIGHUP raises :class:`Stopped`; later ones are
     ignored so they cannot cut the clean-up short. Ctrl-C raises KeyboardInterrupt, as it
-    does outside. Neither raises inside an import (see _IMPORT_RETRY_S). The previous
-    handlers come back after. ``term`` False: Ctrl-C only; SIGTERM and SIGHUP keep theirs
-    (by default they end the process at once, which no import can lose)."""
+    does outside. Neither raises inside an import or a lock's bookkeeping (see _LOCK_CODE).
+    The previous handlers come back after. ``term`` False: Ctrl-C only; SIGTERM and SIGHUP
+    keep theirs (by default they end the process at once, which no import can lose)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
         return
@@ -107,7 +133,7 @@ def stop_signals_interrupt(*, term: bool = True) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         if received:
             return
-        if _importing(frame):
+        if _unsafe(frame):
             _later(signum)
             return
         received.append(signum)
@@ -115,7 +141,7 @@ def stop_signals_interrupt(*, term: bool = True) -> Iterator[None]:
         raise Stopped(signum)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        if _importing(frame):
+        if _unsafe(frame):
             _later(signum)
             return
         _STOPS.append(signum)
@@ -143,8 +169,11 @@ def stop_signals_request(requested: threading.Event) -> Iterator[list[int]]:
         yield received
         return
 
-    def handler(signum: int, frame: object) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         if received:
+            if _unsafe(frame):
+                _later(signum)
+                return
             raise Stopped(signum)
         received.append(signum)
         requested.set()

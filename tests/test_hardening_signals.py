@@ -170,6 +170,71 @@ def test_a_stop_signal_inside_an_import_stops_the_run_after_it(tmp_path: Path, s
     assert run.stdout.strip() == "after the import True", (run.stdout, run.stderr)
 
 
+_TAKING_LOCKS = """
+import logging, os, queue, random, signal, sys, threading, time
+from vsr.cli.main import stop_signals_interrupt
+
+q, event = queue.Queue(maxsize=2), threading.Event()
+handler = logging.Handler()  # handle() takes its lock; emit() does nothing here
+handler.emit = lambda record: None
+log = logging.getLogger("locks")
+log.addHandler(handler)
+log.propagate = False
+done = threading.Event()
+
+def send():
+    while not done.is_set():
+        time.sleep(random.random() * 0.002)
+        os.kill(os.getpid(), signal.SIGINT)
+
+def held():
+    return q.mutex.locked() or event._cond._lock.locked() or handler.lock._is_owned()
+
+interrupts = leaks = 0
+with stop_signals_interrupt():
+    threading.Thread(target=send, daemon=True).start()
+    end = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end:
+        try:
+            while True:
+                q.put(1, timeout=0.1)
+                q.get(timeout=0.1)
+                event.set()
+                event.wait(0)
+                event.clear()
+                log.warning("x")
+        except KeyboardInterrupt:
+            interrupts += 1
+            if held():
+                leaks += 1
+                break  # a queue left locked blocks the next put for good
+        with q.mutex:
+            q.queue.clear()
+    done.set()
+    end = time.monotonic() + 0.5  # signals sent again after a lock was taken
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.01)
+        except KeyboardInterrupt:
+            pass
+print(interrupts, leaks)
+"""
+
+
+def test_ctrl_c_never_leaves_a_lock_held(tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised in the standard library's Condition.__enter__ (a queue's
+    put or get, an Event) or a logging handler's acquire, just after the lock was taken,
+    escapes before the caller's `with`: the lock stays held for good. The pipeline's main
+    thread hands every frame through such queues, so a Ctrl-C landing there would leave the
+    decode or encode thread blocked (a stop that waited 30 s for it). Signals that land
+    there are sent again after it; thousands of Ctrl-Cs leave no lock held."""
+    run = subprocess.run([sys.executable, "-c", _TAKING_LOCKS, "2"], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    interrupts, leaks = map(int, run.stdout.split())
+    assert interrupts > 100 and leaks == 0, (interrupts, leaks)
+
+
 _PROBE_COMMAND = """
 import os, signal, time
 import click

@@ -53,6 +53,36 @@ def test_decode_failure_is_raised():
         run_pipeline(broken(), CpuProcessor(load_model("bicubic", scale=2)), _ListSink())
 
 
+def test_a_worker_that_does_not_stop_is_named_with_where_it_is(monkeypatch, caplog):
+    """A run that stops waits STOP_TIMEOUT_S for its threads; one still busy then is logged
+    with the line it is on (the Ctrl-C that once took 30 s more said nothing of which)."""
+    import threading
+
+    import vsr.pipeline.run as run
+
+    entered, release = threading.Event(), threading.Event()
+
+    class _StuckSink:
+        def write(self, image, pts):
+            entered.set()
+            release.wait(10)  # an encoder that does not come back
+
+    def failing():
+        yield from _frames(3)
+        entered.wait(10)
+        raise OSError("read error")
+
+    monkeypatch.setattr(run, "STOP_TIMEOUT_S", 0.3)
+    try:
+        with pytest.raises(PipelineError, match="read error"):
+            run_pipeline(failing(), CpuProcessor(load_model("bicubic", scale=2)), _StuckSink())
+    finally:
+        release.set()
+    said = [r.getMessage() for r in caplog.records if "did not stop" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("vsr-encode did not stop within 0.3 s (at "), said
+    assert "test_pipeline.py:" in said[0] and "in write)" in said[0], said
+
+
 def test_tiles_match_whole_frame():
     handle = load_model("bicubic", scale=2)
     x = torch.rand(1, 3, 70, 90)

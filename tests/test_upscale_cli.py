@@ -43,6 +43,7 @@ def test_ctrl_c_stops_cleanly(clip, tmp_path, drn_checkpoint):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (buf + err).decode()
+    assert b"did not stop" not in err, err.decode()  # a worker that ran on past the stop
     assert list(out_dir.iterdir()) == []
 
 

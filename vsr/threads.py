@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -94,3 +96,27 @@ def stop_and_wait(workers: Iterable[Worker], stop: threading.Event,
     if interrupted is not None:
         raise interrupted
     return left
+
+
+def where(worker: threading.Thread) -> str:
+    """Where ``worker`` is now, as ``file:line in function``: its innermost frame outside
+    Python's own library (a wait in threading.py says less than the call that waits), for a
+    message about a worker that did not stop; "" once it has ended."""
+    frame = sys._current_frames().get(worker.ident) if worker.ident is not None else None
+    if frame is None:
+        return ""
+    while frame.f_back is not None and _in_stdlib(frame.f_code.co_filename):
+        frame = frame.f_back
+    code = frame.f_code
+    return f"{os.path.basename(code.co_filename)}:{frame.f_lineno} in {code.co_name}"
+
+
+def _in_stdlib(filename: str) -> bool:
+    """Whether ``filename`` is a module of Python's own library (installed packages, vsr
+    among them when it is not an editable install, live below it too but are not)."""
+    return (filename.startswith(_STDLIB)
+            and not filename.startswith(_STDLIB + "site-packages" + os.sep)
+            and not filename.startswith(_STDLIB + "dist-packages" + os.sep))
+
+
+_STDLIB = os.path.dirname(threading.__file__) + os.sep

@@ -19,12 +19,14 @@ import numpy as np
 
 from vsr.errors import PipelineError, VsrError
 from vsr.io.source import Frame
-from vsr.threads import Worker, start_all, stop_and_wait
+from vsr.threads import Worker, start_all, stop_and_wait, where
 
 log = logging.getLogger(__name__)
 
 _END = object()
 _POLL = 0.1
+# how long a stopped run waits for its decode and encode threads, each at its next frame
+STOP_TIMEOUT_S = 30.0
 
 
 def eta_seconds(done: int, total: int | None, fps: float) -> float | None:
@@ -142,8 +144,9 @@ def run_pipeline(frames: Iterator[Frame], processor: Processor, sink: Writer, *,
         except _Stop:
             pass
     finally:
-        for w in stop_and_wait(workers, stop, timeout=30):
-            log.error("%s did not stop within 30 s", w.name)
+        for w in stop_and_wait(workers, stop, timeout=STOP_TIMEOUT_S):
+            log.error("%s did not stop within %g s (at %s)", w.name, STOP_TIMEOUT_S,
+                      where(w) or "its end")
     for w in workers:
         if w.error is not None:
             if isinstance(w.error, VsrError | KeyboardInterrupt):
