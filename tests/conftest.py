@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -158,29 +159,44 @@ def clip(tmp_path):
 
 @pytest.fixture
 def cli_error(monkeypatch, capsys) -> Callable[..., str]:
-    """``cli_error(*args)``: run ``vsr ARGS`` in this process, through the entry point a
-    shell runs (``main()``), where it must fail with exit code 1; returns its one `Error:`
-    line. For runs that fail before any work, which a `vsr` process per case made slow.
-    Log lines go to pytest's log capture here, not to stderr: a test of what else stderr
-    holds needs a real process. main()'s process-wide tuning (configure_runtime: the
-    allocator, OMP_WAIT_POLICY for every later child process) and its start-up signal
-    handlers' state are kept out of the test process."""
+    """``cli_error(*args, also=())``: run ``vsr ARGS`` in this process, through the entry
+    point a shell runs (``main()``), where it must fail with exit code 1; returns its one
+    `Error:` line, and nothing else is said: no other stderr line (but those starting with a
+    prefix in ``also``), no log record a real run would show (WARNING and up; here they go to
+    pytest's log capture, not to stderr). For runs that
+    fail before any work, which a `vsr` process per case made slow. main()'s process-wide
+    tuning (configure_runtime: the allocator, OMP_WAIT_POLICY for every later child process)
+    and its start-up signal handlers' state are kept out of the test process."""
     import vsr
     import vsr.cli.main as cli_main
 
     monkeypatch.setattr(vsr, "configure_runtime", lambda **_: None)
 
-    def run(*args: str) -> str:
+    class Said(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+    def run(*args: str, also: tuple[str, ...] = ()) -> str:
         monkeypatch.setattr(cli_main, "_startup_stop", None)  # put back after the test
         monkeypatch.setattr("sys.argv", ["vsr", *args])
-        main = cli_main.main
-        with pytest.raises(SystemExit) as exc:
-            main()
+        said = Said()
+        logging.getLogger().addHandler(said)
+        try:
+            with pytest.raises(SystemExit) as exc:
+                cli_main.main()
+        finally:
+            logging.getLogger().removeHandler(said)
         err = capsys.readouterr().err
         assert exc.value.code == 1 and "Traceback" not in err, err
-        errors = [line for line in err.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1, err
-        return errors[0]
+        lines = [line for line in err.splitlines()
+                 if line.strip() and not (also and line.startswith(also))]
+        assert len(lines) == 1 and lines[0].startswith("Error:"), err
+        assert not said.lines, said.lines
+        return lines[0]
 
     return run
 

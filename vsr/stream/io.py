@@ -345,6 +345,7 @@ class Reader(threading.Thread):
             while not self.stop.is_set():
                 got = 0
                 before = self.frames
+                began = time.monotonic()
                 try:
                     got = self._session()
                     if not self.reconnect or self.url == "-":
@@ -361,8 +362,11 @@ class Reader(threading.Thread):
                             return
                         why = source_reason(self.url, exc)
                         if silent and not self.stop.is_set():  # not FFmpeg's words for its
-                            # read timeout, "immediate exit requested"
-                            why = f"nothing received for {self.read_timeout:.1f} s"
+                            # read timeout, "immediate exit requested"; before the first
+                            # frame the wait was the open's, longer than --timeout
+                            waited = (self.read_timeout if self.frames > before
+                                      else max(self.read_timeout, time.monotonic() - began))
+                            why = f"nothing received for {waited:.1f} s"
                         self.error = f"source {self.url}: {why}"
                         return
                     if silent:  # FFmpeg's read timeout, or a demuxer that finds nothing
