@@ -328,3 +328,29 @@ def test_a_video_only_nut_keeps_its_times(tmp_path, encoder):
     _upscale(src, out, encoder)
     with av.open(str(src)) as a, av.open(str(out)) as b:
         assert [f.time for f in b.decode(video=0)] == [f.time for f in a.decode(video=0)]
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg", "batch"])
+def test_a_nut_whose_only_other_stream_is_left_out_keeps_its_times(tmp_path, encoder, caplog):
+    """What is copied decides NUT's shift, not what the input holds: cover art, which NUT
+    cannot hold and is left out, made the PyAV sink and the batch join shift the video by
+    its encoder's B-frame delay (0.08 s) as if audio were copied beside it."""
+    src = tmp_path / "cover.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "color=red:s=32x32:d=0.04", "-map", "0", "-map", "1",
+            "-c:v:0", "libx264", "-pix_fmt", "yuv420p", "-g", "5", "-c:v:1", "mjpeg",
+            "-disposition:v:1", "attached_pic", src)
+    with av.open(str(src)) as c:
+        assert [s.disposition.name for s in c.streams] == ["default", "attached_pic"]
+    out = tmp_path / "cover.nut"
+    caplog.set_level(logging.WARNING, logger="vsr")
+    if encoder == "batch":
+        batch = run_batch(BatchConfig(inputs=(str(src),), output_dir=tmp_path,
+                                      template="{dir}/{stem}.nut",
+                                      options=JobOptions(model="bicubic", scale=2),
+                                      devices=("cpu",), segment_frames=4))
+        assert not batch.failed, batch.failed
+    else:
+        _upscale(src, out, encoder)
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        assert [s.type for s in b.streams] == ["video"]
+        assert [f.time for f in b.decode(video=0)] == [f.time for f in a.decode(video=0)]

@@ -37,7 +37,7 @@ from vsr.io.output import (
     temp_path_for,
 )
 from vsr.io.passthrough import check_carry
-from vsr.io.paths import file_url, negative_ts_option
+from vsr.io.paths import file_url, negative_ts_option, output_format
 from vsr.io.sink import (
     EncodeConfig,
     PtsOrder,
@@ -144,7 +144,7 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
              f"-enc_time_base:{pos}", f"{tb.numerator}:{tb.denominator}",
              # Negative-timestamp shifting would move every stream off the input times; the
              # input file already had valid timestamps, so keep them where the muxer can.
-             "-avoid_negative_ts", negative_ts_option(output.removeprefix("file:"),
+             "-avoid_negative_ts", negative_ts_option(output_format(output.removeprefix("file:")),
                                                       copies_streams=bool(others))]
     if config.crf is not None:
         args += [f"-crf:{pos}", str(config.crf)]

@@ -38,10 +38,10 @@ def output_format(path: str | os.PathLike) -> str | None:
         return None
 
 
-def negative_ts_option(path: str | os.PathLike, *, copies_streams: bool = True) -> str:
-    """``avoid_negative_ts`` for writing ``path``: "disabled" (the input's times as they are)
-    where its muxer keeps them, else FFmpeg's "auto". ``copies_streams``: whether streams of
-    the input (audio) go into it beside the encoded video."""
-    fmt = output_format(path)
+def negative_ts_option(fmt: str | None, *, copies_streams: bool) -> str:
+    """``avoid_negative_ts`` for writing with the muxer ``fmt``: "disabled" (the input's times
+    as they are) where it keeps them, else FFmpeg's "auto". ``copies_streams``: whether
+    streams of the input (audio) go into it beside the encoded video: what is copied, not
+    what the input holds (a data track left out copies nothing)."""
     keeps = fmt in _KEEPS_NEGATIVE_TS or (fmt == "nut" and not copies_streams)
     return "disabled" if keeps else "auto"

@@ -434,12 +434,7 @@ class PyAVSink(SinkContext):
         self._time_base = info.time_base  # the encoder's: another one for AVI
         self.frames = 0
         try:
-            # Keep input timestamps as they are: the default shifts every stream when a copied
-            # one starts below zero (AAC priming), which moves the video off its input times;
-            # only where the muxer can keep them (vsr.io.paths.negative_ts_option)
-            self._out = av.open(file_url(self._temp), mode="w", container_options={
-                "avoid_negative_ts": negative_ts_option(
-                    self._temp, copies_streams=copy_streams and bool(info.others))})
+            self._out = av.open(file_url(self._temp), mode="w", container_options={})
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             discard(self._temp)
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
@@ -488,6 +483,11 @@ class PyAVSink(SinkContext):
             meta = dict(src.streams[info.index].metadata)
         tags = self._pass.tags_for_video(meta) if self._pass is not None else video_tags(meta)
         self._stream.metadata.update(tags)
+        # Keep input timestamps as they are: the default shifts every stream when a copied one
+        # starts below zero (AAC priming), which moves the video off its input times; only
+        # where the muxer can keep them (vsr.io.paths.negative_ts_option). Read at the header.
+        out.container_options["avoid_negative_ts"] = negative_ts_option(
+            out.format.name, copies_streams=bool(self._pass is not None and self._pass.copied))
         try:
             out.start_encoding()
         except av.error.FFmpegError as exc:

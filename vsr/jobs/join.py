@@ -84,7 +84,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
     with PyAVSource(input_path) as source:
         info = source.info
     temp = temp_path_for(final)
-    options = {"avoid_negative_ts": negative_ts_option(temp, copies_streams=bool(info.others))}
+    options: dict[str, str] = {}
     keep_range = info.color.range in (1, 2) and final.suffix.lower() in (".mp4", ".m4v")
     if keep_range:  # as the upscale sinks: MP4's 'colr' box holds the range alone
         options["movflags"] = "+write_colr"
@@ -126,6 +126,9 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         if chapters:
             with contextlib.suppress(av.error.FFmpegError, TypeError, ValueError):
                 out.set_chapters(chapters)
+        # as the upscale sink (read at the header): the input's times where the muxer keeps them
+        out.container_options["avoid_negative_ts"] = negative_ts_option(
+            out.format.name, copies_streams=bool(passthrough.copied))
         try:
             out.start_encoding()
         except av.error.FFmpegError as exc:
