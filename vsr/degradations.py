@@ -72,14 +72,13 @@ import torch.nn.functional as F
 from vsr.codecs import VIDEO_CODECS, code_clip, code_crop, code_crop_pair, jpeg_round_trip
 from vsr.errors import ConfigError
 from vsr.evaluate import degrade
+from vsr.io.sink import X26X_PRESETS
 from vsr.resize import imresize, to_uint8
 from vsr.train.degrade import gaussian_taps
 
 __all__ = ["DOWNSCALES", "SEED_LIMIT", "DegradationChain", "Stage", "Value", "check_seed"]
 
 DOWNSCALES: tuple[str, ...] = ("bicubic", "bilinear", "area")
-_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-            "veryslow", "placebo")
 _POST = ("noise", "jpeg", "x264", "x265")
 _RANGE_SEP = "~"
 _ON = "on"  # key of a draw: whether the stage is applied (see the p parameter)
@@ -212,9 +211,9 @@ def _parse_stage(text: str) -> Stage:
     preset = None
     if takes_preset:
         preset = given.pop("preset", "medium").lower()
-        if preset not in _PRESETS:
+        if preset not in X26X_PRESETS:
             raise ConfigError(f"degradation {kind}: unknown preset {preset!r}; "
-                              f"known: {', '.join(_PRESETS)}")
+                              f"known: {', '.join(X26X_PRESETS)}")
     known = {p.name for p in params}
     extra = sorted(set(given) - known)
     if extra:

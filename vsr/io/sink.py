@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 # index 0..9, and x264 ignores case. An unknown preset makes the library print its own
 # "x264 [error]: invalid preset" line to stderr before avcodec_open2 fails, which no libav
 # log level silences, so it is refused here, before any encoder opens.
-_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                  "slower", "veryslow", "placebo")
-_NAMED_PRESETS = {"libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS}
+_NAMED_PRESETS = {"libx264": X26X_PRESETS, "libx265": X26X_PRESETS}
 
 
 def check_preset(codec: str, preset: str) -> None:
