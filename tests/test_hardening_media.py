@@ -52,6 +52,50 @@ def _remux_at(src: Path, dst: Path, start: int) -> Path:
     return dst
 
 
+def _restarting_ts(tmp_path: Path) -> Path:
+    """Two MPEG-TS recordings of 5 frames each (10 fps, with AAC), dark then bright, put
+    together with cat: the second one's clock starts where the first one's did."""
+    parts = []
+    for name, shade in (("a", "0x202020"), ("b", "0xe0e0e0")):
+        parts.append(tmp_path / f"{name}.ts")
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                        f"color=c={shade}:s=64x48:r=10:d=0.5", "-f", "lavfi", "-i",
+                        "sine=d=0.5", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                        str(parts[-1])], check=True)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    return joined
+
+
+@pytest.mark.skipif(not ffmpeg_available(), reason="needs the ffmpeg program")
+@pytest.mark.parametrize("how", ["pyav", "ffmpeg", "batch"])
+def test_a_joined_recording_whose_clock_restarts_is_refused_with_the_remedy(tmp_path, how):
+    """Frames of a file whose clock restarts (pieces joined end to end) were sorted into each
+    other by their times, dark and bright in turn, exit 0; now one error says so and how to
+    make the times continuous, and no output is left. That remux then upscales in order."""
+    src = _restarting_ts(tmp_path)
+    out = tmp_path / "out" / "joined.mkv"
+    out.parent.mkdir()
+    said = "joined.ts: the video's timestamps jump back from"
+    if how == "batch":
+        result = _batch(src, out.parent, segment_frames=3)
+        assert len(result.failed) == 1 and said in str(result.failed), result.failed
+    else:
+        with pytest.raises(InputError, match=said) as exc:
+            upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                                       encode=_OPTIONS.encode, encoder=how))
+        assert "ffmpeg -i joined.ts -map 0 -c copy fixed.mkv" in str(exc.value)
+    assert [p.name for p in out.parent.iterdir()] == ([".vsr-batch"] if how == "batch" else [])
+    if how == "pyav":
+        fixed = tmp_path / "fixed.mkv"
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(src), "-map", "0", "-c", "copy",
+                        str(fixed)], check=True)
+        assert _upscale(fixed, out).frames_out == 10
+        with av.open(str(out)) as c:
+            shades = [int(f.to_ndarray(format="gray").mean()) for f in c.decode(video=0)]
+        assert all(v < 100 for v in shades[:5]) and all(v > 150 for v in shades[5:]), shades
+
+
 def test_mpeg_ts_whose_clock_wraps_batch_matches_upscale(tmp_path):
     """A broadcast recording whose 33-bit clock wraps one second in (started near 95443 s):
     FFmpeg reads the times before the wrap as negative, and NUT, the segments' container,

@@ -197,8 +197,8 @@ class FfmpegSink(SinkContext):
         self._size = (height, width)
         self._info = info
         self._done = False
-        self._order = PtsOrder()
         self._time_base = written_time_base(info, "avi" if suffix == ".avi" else suffix)
+        self._order = PtsOrder(name=Path(info.path).name, frame_rate=info.frame_rate)
         self.frames = 0
         # what the container cannot carry is refused (audio, subtitles) or left out with a
         # warning (data, cover art) here, as the PyAV sink does, before any frame is made:

@@ -10,6 +10,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from vsr.errors import InputError
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -197,6 +199,28 @@ def written_time_base(info: StreamInfo, container: str) -> Fraction:
     if container == "avi" and info.frame_rate:
         return 1 / Fraction(info.frame_rate)
     return info.time_base
+
+
+# A step back of the video's clock further than any decoder's reordering goes: more than two
+# frames and more than FFmpeg's own threshold for a discontinuity (0.1 s). Pieces of a stream
+# joined end to end (MPEG-TS recordings or HLS segments put together with cat) restart their
+# clock so; kept as they are, their frames were sorted into each other.
+_RESET_S = Fraction(1, 10)
+
+
+def clock_reset(before: Fraction, now: Fraction, frame_rate: Fraction | None) -> bool:
+    """Whether a frame at ``now`` seconds, after one at ``before``, is a restart of the clock
+    rather than a reordering glitch (see _RESET_S)."""
+    return before - now > max(_RESET_S, 2 / frame_rate if frame_rate else 0)
+
+
+def clock_reset_error(name: str, index: int, before: Fraction, now: Fraction) -> InputError:
+    """The error for a clock that restarts at frame ``index`` of the input ``name``."""
+    return InputError(
+        f"{name}: the video's timestamps jump back from {float(before):.3f} s to "
+        f"{float(now):.3f} s at frame {index}, as in pieces of a stream joined end to end "
+        "(MPEG-TS files put together with cat); vsr keeps each frame's time and cannot place "
+        f"these. A remux makes the times continuous: ffmpeg -i {name} -map 0 -c copy fixed.mkv")
 
 
 def field_order(stream: av.video.stream.VideoStream, first: av.VideoFrame) -> str | None:

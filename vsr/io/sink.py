@@ -23,6 +23,8 @@ from vsr.errors import ConfigError, OutputError
 from vsr.io.info import (
     StreamInfo,
     bit_depth_of,
+    clock_reset,
+    clock_reset_error,
     format_has_alpha,
     has_alpha,
     written_time_base,
@@ -133,11 +135,16 @@ class PtsOrder:
     makes decode timestamps that every muxer refuses ("Invalid argument"). Players show
     frames by pts, so up to ``window`` frames are held and the earliest goes on first: the
     timestamps stay as they are. A pts that still does not advance (a repeat, or a step back
-    longer than the window) is moved one tick after the previous one.
+    longer than the window) is moved one tick after the previous one. With ``name`` (the
+    input's), a step back that is a restart of the clock (:func:`vsr.io.info.clock_reset`, at
+    ``frame_rate``) raises InputError: no order of the frames is right then.
     """
 
-    def __init__(self, window: int = 4) -> None:
+    def __init__(self, window: int = 4, *, name: str | None = None,
+                 frame_rate: Fraction | None = None) -> None:
         self._window = window
+        self._name, self._frame_rate = name, frame_rate
+        self._pushed: Fraction | None = None  # the time of the frame pushed last, in s
         self._heap: list[tuple[int, int, av.VideoFrame]] = []
         self._seq = 0
         self._max_seq = -1
@@ -147,6 +154,11 @@ class PtsOrder:
 
     def push(self, frame: av.VideoFrame) -> list[av.VideoFrame]:
         """Take ``frame`` (its pts set); the frames now due, in pts order."""
+        if self._name is not None and frame.time_base:
+            now = frame.pts * Fraction(frame.time_base)
+            if self._pushed is not None and clock_reset(self._pushed, now, self._frame_rate):
+                raise clock_reset_error(self._name, self._seq, self._pushed, now)
+            self._pushed = now
         heapq.heappush(self._heap, (frame.pts, self._seq, frame))
         self._seq += 1
         return [self._pop()] if len(self._heap) > self._window else []
@@ -429,7 +441,7 @@ class PyAVSink(SinkContext):
         self._lost = weakref.finalize(self, discard, self._temp)
         self._done = False
         self._pass: Passthrough | None = None
-        self._order = PtsOrder()
+        self._order = PtsOrder(name=Path(info.path).name, frame_rate=info.frame_rate)
         self._in_time_base = info.time_base
         self._time_base = info.time_base  # the encoder's: another one for AVI
         self.frames = 0

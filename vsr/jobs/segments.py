@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -23,7 +24,7 @@ from vsr.device import resolve_device
 from vsr.engine import ModelCache, run_source
 from vsr.errors import InputError, PipelineError
 from vsr.io.image import is_image_path
-from vsr.io.info import StreamInfo
+from vsr.io.info import StreamInfo, clock_reset, clock_reset_error
 from vsr.io.output import discard, is_stale_partial
 from vsr.io.paths import file_url
 from vsr.io.sink import PyAVSink
@@ -133,9 +134,15 @@ def plan_segments(path: Path, min_frames: int, info: StreamInfo | None = None) -
         with av.open(file_url(path)) as c:
             stream = c.streams[index]
             pts, keys, end = [], [], None
+            decoded_at: Fraction | None = None  # the last packet's decode time, in s
             for pkt in c.demux(stream):
                 if pkt.size == 0 or pkt.is_discard:  # pre-roll an MP4 edit list cuts away
                     continue
+                if pkt.dts is not None:  # a clock that restarts, found before any work
+                    t = pkt.dts * stream.time_base
+                    if decoded_at is not None and clock_reset(decoded_at, t, info.frame_rate):
+                        raise clock_reset_error(path.name, len(pts), decoded_at, t)
+                    decoded_at = t
                 at = packet_pts(c, pkt)  # AVI: the frame slot (see packet_pts)
                 if at is None:
                     return [Segment(0, None, None, _count(c, stream))]
