@@ -147,3 +147,24 @@ def test_ffmpeg_failure_names_the_reason_not_the_generic_closing_line(tmp_path):
         log.truncate()
         log.write(b"Error initializing output stream 0:0 --\n")
         assert _last_line(log) == "Error initializing output stream 0:0 --"
+
+
+@pytest.mark.parametrize("encoder", ["pyav", pytest.param("ffmpeg", marks=pytest.mark.skipif(
+    not ffmpeg_available(), reason="needs the ffmpeg program"))])
+def test_an_odd_size_x264_cannot_code_in_420_is_refused_naming_it(clip, tmp_path, encoder):
+    """63x47 upscaled x3 is 189x141, which 4:2:0 cannot halve: x264 said 'Generic error in an
+    external library' (and x265 wrote its own lines to stderr first). One line names the size
+    and what to change; in 4:4:4 the same run works."""
+    src = clip("odd.mkv", size=(63, 47), pix_fmt="yuv444p", frames=3)
+    out = tmp_path / "o.mp4"
+
+    def run(pix_fmt: str):
+        return upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=3,
+                                          encoder=encoder, encode=EncodeConfig(
+                                              preset="ultrafast", pix_fmt=pix_fmt)))
+
+    with pytest.raises(OutputError, match=r"libx264 cannot code a 189x141 picture in yuv420p, "
+                                          r"whose colour planes are 1/2 as wide and 1/2 as high"):
+        run("yuv420p")
+    assert list(tmp_path.glob("*o.*")) == []
+    assert run("yuv444p").frames_out == 3

@@ -156,6 +156,21 @@ def test_output_exists_needs_overwrite(clip, tmp_path):
     assert video_pts_seconds(out) == video_pts_seconds(src)
 
 
+def test_a_link_to_nothing_as_the_output_is_refused_before_any_work(clip, tmp_path):
+    """A dangling symlink is an existing name: refused at once without --overwrite (the run
+    went to its end, then failed with 'appeared while this run wrote it'); with it the link
+    is replaced by the file, and where it pointed stays empty."""
+    src = clip("a.mp4", frames=3)
+    out = tmp_path / "o.mp4"
+    out.symlink_to(tmp_path / "nowhere.mp4")
+    with pytest.raises(OutputError, match=r"output exists \(use --overwrite\)"):
+        _run(src, out)
+    assert out.is_symlink()
+    _run(src, out, overwrite=True)
+    assert not out.is_symlink() and not (tmp_path / "nowhere.mp4").exists()
+    assert video_pts_seconds(out) == video_pts_seconds(src)
+
+
 def test_unwritable_output(clip, tmp_path):
     src = clip("a.mp4", frames=3)
     with pytest.raises(OutputError):

@@ -42,6 +42,7 @@ from vsr.io.sink import (
     EncodeConfig,
     PtsOrder,
     alpha_writer,
+    check_chroma_size,
     choose_pix_fmt,
     hdr_params,
     keeps_alpha,
@@ -188,6 +189,7 @@ class FfmpegSink(SinkContext):
             self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
         except Exception:  # a codec only the system ffmpeg has: keep the input's depth
             self.pix_fmt = config.pix_fmt or ("yuv420p10le" if info.bit_depth > 8 else "yuv420p")
+        check_chroma_size(config.codec, self.pix_fmt, width, height)
         self.alpha = keep and has_alpha(self.pix_fmt)
         if info.alpha and not self.alpha:
             warn_alpha_lost(info, alpha_writer(config.codec, self.pix_fmt, container))

@@ -66,7 +66,7 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool,
         raise OutputError(f"output file name is too long ({len(os.fsencode(p.name))} bytes; "
                           f"the limit is {limit}): {p.name[:40]}...")
     try:
-        exists = p.exists()
+        exists = p.exists() or p.is_symlink()  # a link to nothing is there too
         if p.is_dir():
             raise OutputError(f"output is a directory: {p}")
         if input_path is not None and exists and same_file(p, input_path):

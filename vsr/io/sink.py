@@ -127,6 +127,28 @@ def check_codec(codec: str) -> None:
 X265_MIN_SIZE = (64, 32)
 
 
+# Encoders that refuse a picture whose size the pixel format's chroma subsampling does not
+# divide (an odd width in 4:2:0 or 4:2:2, an odd height in 4:2:0): "Generic error in an
+# external library", and x265 prints its own lines to stderr first. VP9, AV1, FFV1 and MPEG-4
+# take such sizes.
+_WHOLE_CHROMA_ENCODERS = frozenset({"libx264", "libx265"})
+
+
+def check_chroma_size(codec: str, pix_fmt: str, width: int, height: int) -> None:
+    """Raise OutputError, before the encoder opens, where ``codec`` cannot code a
+    ``width`` x ``height`` picture in ``pix_fmt`` (see _WHOLE_CHROMA_ENCODERS)."""
+    if codec not in _WHOLE_CHROMA_ENCODERS:
+        return
+    components = av.VideoFormat(pix_fmt, 64, 64).components
+    if len(components) < 2:
+        return
+    sub_w, sub_h = 64 // components[1].width, 64 // components[1].height
+    if width % sub_w or height % sub_h:
+        raise OutputError(f"{codec} cannot code a {width}x{height} picture in {pix_fmt}, whose "
+                          f"colour planes are 1/{sub_w} as wide and 1/{sub_h} as high: use "
+                          "--pix-fmt yuv444p, or another --scale or --codec (e.g. libvpx-vp9)")
+
+
 class PtsOrder:
     """Hands frames on in strictly increasing pts order, whatever order they come in.
 
@@ -350,6 +372,7 @@ class VideoEncoder:
                               "use another --codec, e.g. libx264")
         keep = info.alpha and keeps_alpha(config.codec, container)
         self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
+        check_chroma_size(config.codec, self.pix_fmt, width, height)
         self.alpha = keep and has_alpha(self.pix_fmt)
         if info.alpha and not self.alpha:
             warn_alpha_lost(info, alpha_writer(config.codec, self.pix_fmt, container))
