@@ -284,6 +284,21 @@ def test_libx265_prints_nothing_on_stderr(tmp_path, capfd):
     assert "x265 [" not in err, err
 
 
+def test_svt_av1_prints_nothing_on_stderr(tmp_path):
+    """SVT-AV1 wrote about 20 "Svt[info]" lines to stderr at each encoder it opened (each
+    batch segment); it reads SVT_LOG once per process, so this runs in a process of its own."""
+    if "libsvtav1" not in av.codecs_available:
+        pytest.skip("no SVT-AV1 in this PyAV")
+    src = _clip(tmp_path / "clip.mkv", pix_fmt="yuv420p", frames=3)
+    env = {k: v for k, v in os.environ.items() if k != "SVT_LOG"}
+    run = subprocess.run([sys.executable, "-m", "vsr", "upscale", str(src),
+                          str(tmp_path / "up.mkv"), "--model", "bicubic", "--scale", "2",
+                          "--codec", "libsvtav1", "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Svt[" not in run.stderr, run.stderr
+
+
 def test_a_y4m_output_fails_on_one_line_naming_the_output(tmp_path):
     """The y4m muxer takes raw pictures only: the error named the temporary file and showed
     FFmpeg's error number."""

@@ -46,6 +46,7 @@ from vsr.io.sink import (
     choose_pix_fmt,
     hdr_params,
     keeps_alpha,
+    quiet_encoder,
     warn_alpha_lost,
     x265_quiet,
 )
@@ -190,6 +191,7 @@ class FfmpegSink(SinkContext):
         except Exception:  # a codec only the system ffmpeg has: keep the input's depth
             self.pix_fmt = config.pix_fmt or ("yuv420p10le" if info.bit_depth > 8 else "yuv420p")
         check_chroma_size(config.codec, self.pix_fmt, width, height)
+        quiet_encoder(config.codec)  # the ffmpeg program's SVT-AV1 reads it from its parent
         self.alpha = keep and has_alpha(self.pix_fmt)
         if info.alpha and not self.alpha:
             warn_alpha_lost(info, alpha_writer(config.codec, self.pix_fmt, container))

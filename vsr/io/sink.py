@@ -344,6 +344,14 @@ def x265_quiet(codec: str) -> list[str]:
     return ["log-level=error"] if codec == "libx265" else []
 
 
+def quiet_encoder(codec: str) -> None:
+    """Keep ``codec``'s own log off stderr where only the environment can: SVT-AV1 prints
+    about 20 "Svt[info]" lines at each encoder it opens (a `vsr batch` segment each), and
+    reads SVT_LOG once, at the first. Errors only (1), unless the environment chooses."""
+    if codec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")
+
+
 def _own_alpha_plane(pix_fmt: str) -> int | None:
     """The index of an 8-bit plane that holds the alpha alone (yuva420p, gbrap...), or None."""
     comps = av.VideoFormat(pix_fmt).components
@@ -373,6 +381,7 @@ class VideoEncoder:
         keep = info.alpha and keeps_alpha(config.codec, container)
         self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
         check_chroma_size(config.codec, self.pix_fmt, width, height)
+        quiet_encoder(config.codec)
         self.alpha = keep and has_alpha(self.pix_fmt)
         if info.alpha and not self.alpha:
             warn_alpha_lost(info, alpha_writer(config.codec, self.pix_fmt, container))
