@@ -187,3 +187,35 @@ def test_image_sink_that_cannot_finish_leaves_no_partial(tmp_path):
     with pytest.raises(OutputError, match="a.png appeared while this run wrote it"):
         sink.close()
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"] and (tmp_path / "a.png").is_dir()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+def test_a_photo_stored_on_its_side_is_upscaled_upright(tmp_path, suffix):
+    """Phones store photos on their side with an EXIF orientation; the output (an image holds
+    no display rotation) was written as stored and showed turned. Every orientation is now
+    applied as viewers apply it (Pillow's exif_transpose), alpha plane too."""
+    from PIL import Image, ImageOps
+
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    mode = "RGBA" if suffix in (".png", ".webp") else "RGB"
+    y, x = np.mgrid[0:12, 0:20]  # smooth (a JPEG keeps it), and no two orientations alike
+    planes = [x * 12, y * 20, (x + 2 * y) * 5, 255 - y * 8][:len(mode)]
+    stored = Image.fromarray(np.stack(planes, -1).astype(np.uint8), mode)
+    options = {".jpg": {"quality": 100, "subsampling": 0}, ".webp": {"lossless": True}}
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        src = tmp_path / f"o{orientation}{suffix}"
+        stored.save(src, exif=exif.tobytes(), **options.get(suffix, {}))
+        shown = ImageOps.exif_transpose(Image.open(src)).convert(mode)
+        shown.save(tmp_path / "shown.png")  # the picture as viewers show it, no EXIF
+        want, out = tmp_path / "want.png", tmp_path / f"up{orientation}.png"
+        for a, b in ((tmp_path / "shown.png", want), (src, out)):
+            upscale_file(UpscaleConfig(input=a, output=b, model="bicubic", scale=2,
+                                       overwrite=True))
+        with Image.open(out) as got, Image.open(want) as expected:
+            assert got.size == expected.size, orientation
+            assert got.getexif().get(0x0112) in (None, 1)
+            diff = np.abs(np.asarray(got).astype(int) - np.asarray(expected)).max()
+        assert diff <= (0 if suffix != ".jpg" else 2), (orientation, diff)

@@ -128,6 +128,107 @@ def _size_in(head: bytes) -> tuple[int, int] | None:
     return None
 
 
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation (1-8; 1: as stored) of a JPEG, TIFF, PNG or WebP picture, read
+    from its header without decoding; 1 where it says none (or nothing this reads)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError:
+        return 1
+    exif = None
+    if head[:2] == b"\xff\xd8":
+        exif = _jpeg_exif(head)
+    elif head[:4] in (b"II*\x00", b"MM\x00*"):
+        exif = head
+    elif head[:8] == b"\x89PNG\r\n\x1a\n":
+        exif = _chunk(head, 8, b"eXIf", ">I", before=True)
+    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        exif = _chunk(head, 12, b"EXIF", "<I", before=False)
+    if exif is not None and exif[:6] == b"Exif\x00\x00":
+        exif = exif[6:]
+    return _tiff_orientation(exif) if exif else 1
+
+
+def _jpeg_exif(head: bytes) -> bytes | None:
+    """The payload of a JPEG's APP1 Exif segment (before the first scan), or None."""
+    i = 2
+    while i + 4 <= len(head) and head[i] == 0xFF:
+        marker = head[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:
+            i += 2
+            continue
+        if marker == 0xDA:  # start of scan: no header segment after it
+            return None
+        (length,) = struct.unpack(">H", head[i + 2:i + 4])
+        if marker == 0xE1 and head[i + 4:i + 10] == b"Exif\x00\x00":
+            return head[i + 4:i + 2 + length]
+        i += 2 + length
+    return None
+
+
+def _chunk(head: bytes, i: int, name: bytes, size_fmt: str, *, before: bool) -> bytes | None:
+    """The data of the first chunk ``name`` of a PNG (``before``: the length comes before
+    the name, and a CRC after the data) or a RIFF file (the length after the name, the data
+    padded to an even size)."""
+    while i + 8 <= len(head):
+        if before:
+            (size,), kind, start = struct.unpack(size_fmt, head[i:i + 4]), head[i + 4:i + 8], i + 8
+            step = size + 12
+        else:
+            kind, (size,), start = head[i:i + 4], struct.unpack(size_fmt, head[i + 4:i + 8]), i + 8
+            step = 8 + size + (size & 1)
+        if kind == name:
+            return head[start:start + size]
+        if kind in (b"IDAT", b"IEND"):  # PNG: eXIf comes before the picture data
+            return None
+        i += step
+    return None
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """Tag 0x0112 of the first image directory of TIFF-structured data (EXIF's), or 1."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    (first,) = struct.unpack(order + "I", tiff[4:8])
+    if first + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[first:first + 2])
+    for k in range(count):
+        at = first + 2 + 12 * k
+        if at + 12 > len(tiff):
+            break
+        tag, kind = struct.unpack(order + "HH", tiff[at:at + 4])
+        if tag == 0x0112 and kind == 3:  # SHORT
+            (value,) = struct.unpack(order + "H", tiff[at + 8:at + 10])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+# EXIF orientation -> what turns the stored picture upright, on (H, W, ...) arrays: 2 and 4
+# mirror, 3 turns half round, 5 and 7 transpose (about either diagonal), 6 turns a quarter
+# clockwise and 8 anticlockwise. A picture of orientation 5 to 8 is stored on its side.
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def upright(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (H, W[, C]) as an EXIF ``orientation`` says it is shown."""
+    turn = _UPRIGHT.get(orientation)
+    return array if turn is None else np.ascontiguousarray(turn(array))
+
+
 def _y4m_size(head: bytes) -> tuple[int, int] | None:
     """The W and H parameters of a YUV4MPEG2 stream header (one line of space-separated
     parameters, each a letter and its value)."""

@@ -10,6 +10,7 @@ import collections
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +19,14 @@ import av
 import numpy as np
 
 from vsr.errors import InputError
-from vsr.io.image import IMAGE_SUFFIXES, gif_alpha_after_first, limit_stream, open_picture
+from vsr.io.image import (
+    IMAGE_SUFFIXES,
+    exif_orientation,
+    gif_alpha_after_first,
+    limit_stream,
+    open_picture,
+    upright,
+)
 from vsr.io.info import (
     ColorInfo,
     Frame,
@@ -206,8 +214,10 @@ class PyAVSource:
                 first = next(self._decoded)
             self._first = first
             self._first_fmt = first.format.name
+            self._stored_size = (first.width, first.height)
             self.info = self._describe(p, first, None if self._deinterlace else order,
                                        gif_later)
+            self._orientation = self._upright(p) if self.info.is_image else 1
         except BaseException:
             self._container.close()
             raise
@@ -283,6 +293,21 @@ class PyAVSource:
             interlaced=interlaced,
         )
 
+    def _upright(self, p: Path) -> int:
+        """A picture's EXIF orientation, which its frames are handed out in (an image output
+        holds no display rotation, as a video's does): phones store most photos on their side.
+        ``info`` then describes the upright picture."""
+        orientation = exif_orientation(p)
+        if orientation == 1:  # FFmpeg read one from somewhere this does not look
+            orientation = {-90: 6, 270: 6, 90: 8, -270: 8, 180: 3, -180: 3}.get(
+                self.info.rotation, 1)
+        if orientation != 1:
+            w, h = self.info.width, self.info.height
+            log.info("%s: EXIF orientation %d, upscaled upright", p.name, orientation)
+            self.info = replace(self.info, rotation=0, **(
+                {"width": h, "height": w} if orientation >= 5 else {}))
+        return orientation
+
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         c = self.info.color
         return frame.to_ndarray(format=self._fmt, src_colorspace=c.sws_matrix,
@@ -294,8 +319,8 @@ class PyAVSource:
         format with more bits or an alpha plane the first lacks: the frames are handed out,
         and the output encoded, in the first one's (another chroma layout converts as is)."""
         info, fmt = self.info, frame.format.name
-        if (frame.width, frame.height) != info.size:
-            change = f"its picture size from {info.width}x{info.height} to " \
+        if (frame.width, frame.height) != self._stored_size:
+            change = f"its picture size from {self._stored_size[0]}x{self._stored_size[1]} to " \
                      f"{frame.width}x{frame.height}"
         elif fmt != self._first_fmt and (
                 bit_depth_of(fmt) > info.bit_depth
@@ -308,15 +333,16 @@ class PyAVSource:
                          "one size and format a file: cut it there and upscale each part")
 
     def _frame(self, index: int, pts: int | None, frame: av.VideoFrame) -> Frame:
-        if frame.format.name != self._first_fmt or frame.width != self.info.width \
-                or frame.height != self.info.height:
+        if frame.format.name != self._first_fmt \
+                or (frame.width, frame.height) != self._stored_size:
             self._check_same(pts, frame)
+        turn = self._orientation
         if self._alpha_fmt is None:
-            return Frame(index=index, pts=pts, image=self._to_rgb(frame))
+            return Frame(index=index, pts=pts, image=upright(self._to_rgb(frame), turn))
         # the colour exactly as without alpha; the alpha plane from a second conversion
         alpha = frame.to_ndarray(format=self._alpha_fmt)[..., 3]
-        return Frame(index=index, pts=pts, image=self._to_rgb(frame),
-                     alpha=np.ascontiguousarray(alpha))
+        return Frame(index=index, pts=pts, image=upright(self._to_rgb(frame), turn),
+                     alpha=upright(np.ascontiguousarray(alpha), turn))
 
     def frames(self) -> Iterator[Frame]:
         """Yield every frame once, in presentation order (a source is iterated once)."""
