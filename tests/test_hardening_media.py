@@ -5,6 +5,7 @@ any work. Tiny clips made with PyAV, bicubic x2."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from fractions import Fraction
@@ -503,3 +504,30 @@ def test_x265_degradation_of_small_clips_is_coded_not_crashed():
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split("\n")[:4] == ["(3, 3, 28, 40)", "(3, 3, 8, 8)", "(3, 3, 31, 33)",
                                           "(3, 3, 5, 100)"]
+
+
+@pytest.mark.parametrize("how", ["upscale", "batch"])
+def test_of_several_video_streams_the_one_ffmpeg_picks_is_upscaled_and_said(tmp_path, caplog,
+                                                                            how):
+    """A 32x24 preview track before the 64x48 video, neither marked default: the first was
+    upscaled and the video copied as it was, without a word. Now the largest is upscaled (a
+    stream marked default first, as the ffmpeg program picks), the other is copied, and one
+    warning says which."""
+    src = tmp_path / "two.mkv"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=32x24:rate=25", "-f", "lavfi", "-i",
+            "testsrc=size=64x48:rate=25", "-frames:v", "6", "-map", "0", "-map", "1",
+            "-c:v", "libx264", "-disposition:v:0", "0", "-disposition:v:1", "0", str(src))
+    caplog.set_level(logging.WARNING)
+    if how == "batch":
+        assert not _batch(src, tmp_path / "out", segment_frames=2).failed
+        out = tmp_path / "out" / "two.mkv"
+    else:
+        out = tmp_path / "up.mkv"
+        _upscale(src, out)
+    with av.open(str(out)) as c:
+        assert [(s.codec_context.width, s.codec_context.height) for s in c.streams] == \
+            [(32, 24), (128, 96)]
+    said = [r.getMessage() for r in caplog.records if "video streams" in r.getMessage()]
+    assert said == ["two.mkv has 2 video streams: upscaling stream 1 (64x48), the one the "
+                    "ffmpeg program picks (by size, one marked default first), copying "
+                    "stream 0"], said

@@ -239,6 +239,12 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
         log.warning("%s has an alpha channel (%s) that this decoder does not read: the colour "
                     "is upscaled, the output has no alpha (--decoder pyav reads it)",
                     Path(info.path).name, info.pix_fmt)
+    if pictures := [o.index for o in info.others if o.type == "video" and not o.cover]:
+        log.warning("%s has %d video streams: upscaling stream %d (%dx%d), the one the ffmpeg "
+                    "program picks (by size, one marked default first), copying stream%s %s",
+                    Path(info.path).name, len(pictures) + 1, info.index,
+                    info.width, info.height, "s" if len(pictures) > 1 else "",
+                    ", ".join(map(str, pictures)))
     if info.interlaced:
         log.warning("%s: interlaced video (%s) is upscaled with the two fields of each frame "
                     "woven together, and the output keeps their combing (vsr deinterlaces it "

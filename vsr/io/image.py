@@ -128,14 +128,9 @@ def _size_in(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def exif_orientation(path: str | os.PathLike) -> int:
-    """The EXIF orientation (1-8; 1: as stored) of a JPEG, TIFF, PNG or WebP picture, read
-    from its header without decoding; 1 where it says none (or nothing this reads)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(_HEAD_BYTES)
-    except OSError:
-        return 1
+def _orientation_in(head: bytes) -> int:
+    """The EXIF orientation (1-8; 1: as stored) of a JPEG, TIFF, PNG or WebP picture that
+    begins with ``head``; 1 where it says none (or nothing this reads)."""
     exif = None
     if head[:2] == b"\xff\xd8":
         exif = _jpeg_exif(head)
@@ -406,10 +401,11 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
 
 
 def open_picture(path: str | os.PathLike,
-                 url: str | None = None) -> tuple[av.container.InputContainer, bool]:
+                 url: str | None = None) -> tuple[av.container.InputContainer, bool, int]:
     """``av.open`` for reading, with the pixel limit applied before anything is decoded;
-    and whether the file is a GIF whose pictures after the first have a transparent colour
-    (then :func:`gif_alpha_after_first` can tell whether one shows through).
+    whether the file is a GIF whose pictures after the first have a transparent colour
+    (then :func:`gif_alpha_after_first` can tell whether one shows through); and a still
+    picture's EXIF orientation (1-8, 1: as stored; see :func:`upright`).
 
     The header of a still picture is read first; FFmpeg's own ``max_pixels`` then stops the
     probe and the decoders (for formats whose header says nothing) from allocating a larger
@@ -418,11 +414,12 @@ def open_picture(path: str | os.PathLike,
     The file is opened once for all of that. Raises InputError (over the limit, cut short);
     av.FFmpegError as ``av.open`` does.
     """
-    later_transparency = False
+    later_transparency, orientation = False, 1
     # mapped, not read: a JPEG walk stops at the first picture's end; unreadable or empty
     # (nothing to map): FFmpeg says why
     with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh, \
             mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        orientation = _orientation_in(data[:_HEAD_BYTES])
         size = _size_in(data[:_HEAD_BYTES])
         if size is not None:
             check_pixels(*size, Path(path).name)
@@ -431,7 +428,7 @@ def open_picture(path: str | os.PathLike,
             if data[:6] in (b"GIF87a", b"GIF89a"):
                 later_transparency = _gif_later_transparency(data)
     container = av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
-    return container, later_transparency
+    return container, later_transparency, orientation
 
 
 def open_limited(path: str | os.PathLike, url: str | None = None):

@@ -143,6 +143,7 @@ class OtherStream:
     type: str  # "audio", "subtitle", "data", "attachment", "video"
     codec: str | None
     language: str | None = None
+    cover: bool = False  # a video stream that is cover art (one attached picture)
 
 
 @dataclass(frozen=True)
@@ -324,5 +325,7 @@ def other_streams(container: av.container.InputContainer,
         except (AttributeError, av.error.FFmpegError):
             codec = None
         lang = s.metadata.get("language") if s.metadata else None
-        out.append(OtherStream(index=s.index, type=s.type, codec=codec, language=lang))
+        cover = bool(int(s.disposition) & int(av.stream.Disposition.attached_pic))
+        out.append(OtherStream(index=s.index, type=s.type, codec=codec, language=lang,
+                               cover=cover))
     return tuple(out)

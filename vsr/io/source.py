@@ -21,7 +21,6 @@ import numpy as np
 from vsr.errors import InputError
 from vsr.io.image import (
     IMAGE_SUFFIXES,
-    exif_orientation,
     gif_alpha_after_first,
     limit_stream,
     open_picture,
@@ -96,13 +95,29 @@ def _alpha_decoder(stream: av.video.stream.VideoStream) -> av.CodecContext | Non
     return cc
 
 
+def _pictures(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
+    """The video streams that are video: cover art in MP4/Matroska is a one-picture video
+    stream, carried, not upscaled."""
+    cover = int(av.stream.Disposition.attached_pic)
+    return [s for s in container.streams.video if not int(s.disposition) & cover]
+
+
 def _video_stream(container: av.container.InputContainer,
                   name: str) -> av.video.stream.VideoStream:
-    for s in container.streams.video:
-        # Cover art in MP4/Matroska is a one-picture video stream; it is carried, not upscaled.
-        if not (int(s.disposition) & int(av.stream.Disposition.attached_pic)):
-            return s
-    raise InputError(f"no video stream in {name}")
+    """The video stream to upscale, as the ffmpeg program picks one: the largest picture, a
+    stream marked default counting 5 megapixels more; the first of equals. (The first one
+    was taken: a file with a thumbnail track before its main video upscaled the thumbnail
+    and copied the video.) The others are carried (vsr.engine.run_source says so)."""
+    candidates = _pictures(container)
+    if not candidates:
+        raise InputError(f"no video stream in {name}")
+    default = int(av.stream.Disposition.default)
+
+    def score(s: av.video.stream.VideoStream) -> int:
+        cc = s.codec_context
+        return (cc.width or 0) * (cc.height or 0) + 5_000_000 * bool(int(s.disposition) & default)
+
+    return max(candidates, key=score)  # max keeps the first of equal scores
 
 
 class Deinterlacer:
@@ -192,7 +207,7 @@ class PyAVSource:
         try:
             self._name = str(p)
             # a file, whatever its name; a picture over the pixel limit is refused unread
-            self._container, gif_later = open_picture(p, file_url(p))
+            self._container, gif_later, orientation = open_picture(p, file_url(p))
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot read {p} as media: {exc.strerror or exc}") from exc
         try:
@@ -217,7 +232,7 @@ class PyAVSource:
             self._stored_size = (first.width, first.height)
             self.info = self._describe(p, first, None if self._deinterlace else order,
                                        gif_later)
-            self._orientation = self._upright(p) if self.info.is_image else 1
+            self._orientation = self._upright(p, orientation) if self.info.is_image else 1
         except BaseException:
             self._container.close()
             raise
@@ -293,11 +308,10 @@ class PyAVSource:
             interlaced=interlaced,
         )
 
-    def _upright(self, p: Path) -> int:
+    def _upright(self, p: Path, orientation: int) -> int:
         """A picture's EXIF orientation, which its frames are handed out in (an image output
         holds no display rotation, as a video's does): phones store most photos on their side.
         ``info`` then describes the upright picture."""
-        orientation = exif_orientation(p)
         if orientation == 1:  # FFmpeg read one from somewhere this does not look
             orientation = {-90: 6, 270: 6, 90: 8, -270: 8, 180: 3, -180: 3}.get(
                 self.info.rotation, 1)
@@ -516,4 +530,8 @@ def open_source(path: str | os.PathLike, decoder: str = "pyav", *,
     # same checks and messages; the stream decord reads, as decord hands it out
     with PyAVSource(path, deinterlace=False) as probe:
         info = probe.info
+        several = len(_pictures(probe._container)) > 1
+    if several:  # decord picks one of its own, which may not be ours
+        raise InputError(f"{Path(path).name} has more than one video stream, and decord reads "
+                         "the one it picks; use --decoder pyav")
     return DecordSource(path, info)
