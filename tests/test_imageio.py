@@ -219,3 +219,33 @@ def test_a_photo_stored_on_its_side_is_upscaled_upright(tmp_path, suffix):
             assert got.getexif().get(0x0112) in (None, 1)
             diff = np.abs(np.asarray(got).astype(int) - np.asarray(expected)).max()
         assert diff <= (0 if suffix != ".jpg" else 2), (orientation, diff)
+
+
+def test_an_animated_png_is_a_video_and_a_multipage_tiff_says_what_is_left(tmp_path, caplog):
+    """An APNG was taken for one picture by its name (.png): no output could hold its frames
+    ('an image output takes one frame', and a .mkv was refused as not an image). It is a
+    video now, every frame kept with its time. A TIFF's pages after the first, which FFmpeg
+    does not read, were dropped without a word; a warning says so now."""
+    import logging
+
+    from PIL import Image
+
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    pages = [Image.new("RGB", (16, 12), (40 * k, 255 - 40 * k, 90)) for k in range(4)]
+    apng, tiff = tmp_path / "anim.png", tmp_path / "pages.tif"
+    pages[0].save(apng, save_all=True, append_images=pages[1:], duration=100)
+    pages[0].save(tiff, save_all=True, append_images=pages[1:])
+
+    def run(src, out):
+        return upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+
+    assert run(apng, tmp_path / "anim.mkv").frames_out == 4
+    with av.open(str(tmp_path / "anim.mkv")) as c:
+        assert [round(float(f.time), 3) for f in c.decode(video=0)] == [0, 0.1, 0.2, 0.3]
+    with pytest.raises(OutputError, match="an animated picture needs a video output"):
+        run(apng, tmp_path / "anim-x2.png")
+    caplog.set_level(logging.WARNING, logger="vsr")
+    assert run(tiff, tmp_path / "pages-x2.tif").frames_out == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "pages.tif holds 4 pages, and FFmpeg reads the first only: the other 3 are not upscaled"]

@@ -101,7 +101,8 @@ def open_sink(config: UpscaleConfig, info, width: int, height: int):
         return ImageSink(config.output, width, height, overwrite=config.overwrite,
                          input_path=str(config.input), info=info)
     if is_image_path(config.output):
-        raise OutputError(f"a video input needs a video output, not {config.output.name}")
+        what = "an animated picture" if info.container in ("apng", "gif") else "a video input"
+        raise OutputError(f"{what} needs a video output, not {config.output.name}")
     if config.encoder == "ffmpeg":
         from vsr.io.ffmpeg_sink import FfmpegSink
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -202,6 +203,22 @@ def _tiff_orientation(tiff: bytes) -> int:
             (value,) = struct.unpack(order + "H", tiff[at + 8:at + 10])
             return value if 1 <= value <= 8 else 1
     return 1
+
+
+def _tiff_pages(data: bytes | mmap.mmap) -> int:
+    """How many image directories (pages) a TIFF chains, following each one's link to the
+    next; a link out of the file or back to one already seen ends the count."""
+    order = "<" if data[:2] == b"II" else ">"
+    (at,) = struct.unpack(order + "I", data[4:8])
+    seen: set[int] = set()
+    while at and at not in seen and at + 2 <= len(data):
+        seen.add(at)
+        (count,) = struct.unpack(order + "H", data[at:at + 2])
+        link = at + 2 + 12 * count
+        if link + 4 > len(data):
+            break
+        (at,) = struct.unpack(order + "I", data[link:link + 4])
+    return max(1, len(seen))
 
 
 # EXIF orientation -> what turns the stored picture upright, on (H, W, ...) arrays: 2 and 4
@@ -400,12 +417,19 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def open_picture(path: str | os.PathLike,
-                 url: str | None = None) -> tuple[av.container.InputContainer, bool, int]:
-    """``av.open`` for reading, with the pixel limit applied before anything is decoded;
-    whether the file is a GIF whose pictures after the first have a transparent colour
-    (then :func:`gif_alpha_after_first` can tell whether one shows through); and a still
-    picture's EXIF orientation (1-8, 1: as stored; see :func:`upright`).
+class Picture(NamedTuple):
+    """What :func:`open_picture` opens and learns from the file's header."""
+
+    container: av.container.InputContainer
+    gif_later: bool  # a GIF whose pictures after the first have a transparent colour
+    orientation: int  # a still picture's EXIF orientation: 1-8, 1 as stored (see upright)
+    pages: int  # a TIFF's pages (image directories), of which FFmpeg decodes the first
+
+
+def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
+    """``av.open`` for reading, with the pixel limit applied before anything is decoded,
+    and what the header says (:class:`Picture`; for a GIF whose later pictures have a
+    transparent colour :func:`gif_alpha_after_first` tells whether one shows through).
 
     The header of a still picture is read first; FFmpeg's own ``max_pixels`` then stops the
     probe and the decoders (for formats whose header says nothing) from allocating a larger
@@ -414,12 +438,14 @@ def open_picture(path: str | os.PathLike,
     The file is opened once for all of that. Raises InputError (over the limit, cut short);
     av.FFmpegError as ``av.open`` does.
     """
-    later_transparency, orientation = False, 1
+    later_transparency, orientation, pages = False, 1, 1
     # mapped, not read: a JPEG walk stops at the first picture's end; unreadable or empty
     # (nothing to map): FFmpeg says why
     with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh, \
             mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
         orientation = _orientation_in(data[:_HEAD_BYTES])
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            pages = _tiff_pages(data)
         size = _size_in(data[:_HEAD_BYTES])
         if size is not None:
             check_pixels(*size, Path(path).name)
@@ -428,12 +454,12 @@ def open_picture(path: str | os.PathLike,
             if data[:6] in (b"GIF87a", b"GIF89a"):
                 later_transparency = _gif_later_transparency(data)
     container = av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
-    return container, later_transparency, orientation
+    return Picture(container, later_transparency, orientation, pages)
 
 
 def open_limited(path: str | os.PathLike, url: str | None = None):
     """:func:`open_picture`'s container."""
-    return open_picture(path, url)[0]
+    return open_picture(path, url).container
 
 
 def limit_stream(stream: av.video.stream.VideoStream, name: object) -> None:

@@ -207,7 +207,8 @@ class PyAVSource:
         try:
             self._name = str(p)
             # a file, whatever its name; a picture over the pixel limit is refused unread
-            self._container, gif_later, orientation = open_picture(p, file_url(p))
+            picture = open_picture(p, file_url(p))
+            self._container = picture.container
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot read {p} as media: {exc.strerror or exc}") from exc
         try:
@@ -231,8 +232,12 @@ class PyAVSource:
             self._first_fmt = first.format.name
             self._stored_size = (first.width, first.height)
             self.info = self._describe(p, first, None if self._deinterlace else order,
-                                       gif_later)
-            self._orientation = self._upright(p, orientation) if self.info.is_image else 1
+                                       picture.gif_later)
+            self._orientation = (self._upright(p, picture.orientation) if self.info.is_image
+                                 else 1)
+            if picture.pages > 1:
+                log.warning("%s holds %d pages, and FFmpeg reads the first only: the other %d "
+                            "are not upscaled", p.name, picture.pages, picture.pages - 1)
         except BaseException:
             self._container.close()
             raise
@@ -282,8 +287,9 @@ class PyAVSource:
             transfer=int(cc.color_trc),
         )
         duration = float(s.duration * s.time_base) if s.duration and s.time_base else None
-        is_image = (self._container.format.name in _IMAGE_FORMATS
-                    or p.suffix.lower() in IMAGE_SUFFIXES)
+        # an animated PNG is a video, whatever its name says (a GIF's name says so already)
+        is_image = self._container.format.name != "apng" and (
+            self._container.format.name in _IMAGE_FORMATS or p.suffix.lower() in IMAGE_SUFFIXES)
         return StreamInfo(
             path=str(p),
             container=self._container.format.name,
