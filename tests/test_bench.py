@@ -80,7 +80,7 @@ def test_encode_stage_encodes_each_frames_own_output(tmp_path, monkeypatch):
     written: list[tuple[str, int]] = []
     real_write = PyAVSink.write
 
-    def write(self, image, pts):
+    def write(self, image, pts, duration=None):
         if self.path.name.startswith("encode"):
             written.append((hashlib.sha1(image.tobytes()).hexdigest(), pts))
         real_write(self, image, pts)

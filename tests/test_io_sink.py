@@ -168,3 +168,57 @@ def test_an_odd_size_x264_cannot_code_in_420_is_refused_naming_it(clip, tmp_path
         run("yuv420p")
     assert list(tmp_path.glob("*o.*")) == []
     assert run("yuv444p").frames_out == 3
+
+
+def _slideshow(path, last_s: int):
+    """Four pictures a second apart, the last shown ``last_s`` seconds (its packet's
+    duration), as slideshow makers write them."""
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=1)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.options = {"preset": "ultrafast"}
+        for k in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 60 * k, np.uint8),
+                                               format="rgb24")
+            frame.pts = k
+            for pkt in s.encode(frame):
+                pkt.duration = last_s if pkt.pts == 3 else 1
+                out.mux(pkt)
+        for pkt in s.encode(None):
+            pkt.duration = last_s if pkt.pts == 3 else 1
+            out.mux(pkt)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov"])
+def test_the_last_picture_keeps_its_time(tmp_path, suffix):
+    """A slideshow's last picture shown 5 s came out shown one frame step (1 s): the file
+    ended at 5 s instead of 8. Each packet now carries its frame's duration."""
+    src = _slideshow(tmp_path / "slides.mp4", 5)
+    with av.open(str(src)) as c:
+        assert float(c.duration / av.time_base) == 8.0
+    out = tmp_path / f"up{suffix}"
+    upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                               encode=EncodeConfig(preset="ultrafast")))
+    assert video_pts_seconds(out) == video_pts_seconds(src)
+    with av.open(str(out)) as c:
+        assert abs(float(c.duration / av.time_base) - 8.0) < 0.01
+
+
+def test_an_animated_gif_keeps_each_pictures_delay(tmp_path):
+    """100/200/300/400 ms pictures came out 100/200/300/250: the last one's delay was lost."""
+    from PIL import Image
+
+    src = tmp_path / "anim.gif"
+    pictures = [Image.new("RGB", (32, 24), (60 * k, 0, 0)) for k in range(4)]
+    pictures[0].save(src, save_all=True, append_images=pictures[1:], duration=[100, 200, 300,
+                                                                              400], loop=0)
+    out = tmp_path / "up.gif"
+    upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                               encode=EncodeConfig(codec="gif")))
+    delays = []
+    with Image.open(out) as im:
+        for k in range(im.n_frames):
+            im.seek(k)
+            delays.append(im.info["duration"])
+    assert delays == [100, 200, 300, 400]

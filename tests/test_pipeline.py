@@ -16,7 +16,7 @@ class _ListSink:
     def __init__(self, fail_at=None):
         self.items, self.fail_at = [], fail_at
 
-    def write(self, image, pts):
+    def write(self, image, pts, duration=None):
         if self.fail_at is not None and len(self.items) == self.fail_at:
             raise OSError("disk full")
         time.sleep(random.random() * 0.002)
@@ -63,7 +63,7 @@ def test_a_worker_that_does_not_stop_is_named_with_where_it_is(monkeypatch, capl
     entered, release = threading.Event(), threading.Event()
 
     class _StuckSink:
-        def write(self, image, pts):
+        def write(self, image, pts, duration=None):
             entered.set()
             release.wait(10)  # an encoder that does not come back
 

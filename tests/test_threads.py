@@ -111,7 +111,7 @@ def test_an_interrupt_right_after_a_thread_starts_still_stops_it(monkeypatch):
     monkeypatch.setattr(Worker, "start", start_then_interrupt)
 
     class Sink:
-        def write(self, image, pts):
+        def write(self, image, pts, duration=None):
             pass
 
     with pytest.raises(KeyboardInterrupt):

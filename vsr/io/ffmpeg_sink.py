@@ -240,7 +240,7 @@ class FfmpegSink(SinkContext):
         self._proc.wait()
         return OutputError(f"ffmpeg {what}: {_last_line(self._log)}")
 
-    def write(self, image: np.ndarray, pts: int) -> None:
+    def write(self, image: np.ndarray, pts: int, duration: int | None = None) -> None:
         """(H, W, 3) RGB, or (H, W, 4) RGBA where :attr:`alpha`; uint8 or uint16."""
         check_frame(image, self._size, alpha=self.alpha)
         if self.alpha and image.shape[2] == 3:  # RGB into an RGBA pipe: opaque

@@ -593,7 +593,8 @@ class ImageSink(SinkContext):
         self.frames = 0
         self.pix_fmt = "rgb24"
 
-    def write(self, image: np.ndarray, pts: int | None = None) -> None:
+    def write(self, image: np.ndarray, pts: int | None = None,
+              duration: int | None = None) -> None:
         if self._data is not None:
             raise OutputError("an image output takes one frame")
         check_frame(image, self._size, alpha=self.alpha)

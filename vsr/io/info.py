@@ -16,14 +16,17 @@ from vsr.errors import InputError
 @dataclass(frozen=True)
 class Frame:
     """One decoded frame: ``image`` is (H, W, 3) RGB, uint8 for 8-bit input, uint16
-    (full 16-bit scale) for deeper input; ``pts`` is in the source's time base. ``alpha`` is
-    the (H, W) alpha plane, of ``image``'s dtype and scale (0 transparent, the maximum
-    opaque), for a source whose ``info.alpha`` is set; None otherwise."""
+    (full 16-bit scale) for deeper input; ``pts`` is in the source's time base, and so is
+    ``duration``, how long it is shown where the input says (None: until the next frame; it
+    matters for the last one: a slideshow's or a GIF's last picture). ``alpha`` is the (H, W)
+    alpha plane, of ``image``'s dtype and scale (0 transparent, the maximum opaque), for a
+    source whose ``info.alpha`` is set; None otherwise."""
 
     index: int
     pts: int | None
     image: np.ndarray
     alpha: np.ndarray | None = None
+    duration: int | None = None
 
 
 # AVColorSpace values (as stored on streams and frames) -> swscale colour matrix.

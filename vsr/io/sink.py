@@ -474,6 +474,7 @@ class PyAVSink(SinkContext):
         self._done = False
         self._pass: Passthrough | None = None
         self._order = PtsOrder(name=Path(info.path).name, frame_rate=info.frame_rate)
+        self._durations: dict[int, int] = {}  # pts -> how long the input shows that frame
         self._in_time_base = info.time_base
         self._time_base = info.time_base  # the encoder's: another one for AVI
         self.frames = 0
@@ -563,17 +564,24 @@ class PyAVSink(SinkContext):
     def copied_packets(self) -> dict[int, int]:
         return dict(self._pass.copied) if self._pass else {}
 
-    def write(self, image: np.ndarray, pts: int) -> None:
+    def write(self, image: np.ndarray, pts: int, duration: int | None = None) -> None:
+        """``duration``: how long the frame is shown, where the input says (input time
+        base); its packet carries it, so that the last picture keeps its time."""
         frame = self._enc.frame(image, pts)
         if self._time_base != self._in_time_base:
             frame.pts = round(pts * self._in_time_base / self._time_base)
             frame.time_base = self._time_base
+        if duration:
+            self._durations[frame.pts] = max(1, round(duration * self._in_time_base
+                                                      / self._time_base))
         for due in self._order.push(frame):
             self._mux(self._stream.encode(due))
         self.frames += 1
 
     def _mux(self, packets: list[av.Packet]) -> None:
         for pkt in packets:
+            if (shown := self._durations.pop(pkt.pts, None)) is not None:
+                pkt.duration = shown
             if self._pass is not None:
                 t = pkt.dts if pkt.dts is not None else pkt.pts
                 self._pass.mux_until(self._out, float(t * pkt.time_base) if t is not None else None)

@@ -356,13 +356,14 @@ class PyAVSource:
         if frame.format.name != self._first_fmt \
                 or (frame.width, frame.height) != self._stored_size:
             self._check_same(pts, frame)
-        turn = self._orientation
+        turn, duration = self._orientation, frame.duration or None
         if self._alpha_fmt is None:
-            return Frame(index=index, pts=pts, image=upright(self._to_rgb(frame), turn))
+            return Frame(index=index, pts=pts, image=upright(self._to_rgb(frame), turn),
+                         duration=duration)
         # the colour exactly as without alpha; the alpha plane from a second conversion
         alpha = frame.to_ndarray(format=self._alpha_fmt)[..., 3]
         return Frame(index=index, pts=pts, image=upright(self._to_rgb(frame), turn),
-                     alpha=upright(np.ascontiguousarray(alpha), turn))
+                     alpha=upright(np.ascontiguousarray(alpha), turn), duration=duration)
 
     def frames(self) -> Iterator[Frame]:
         """Yield every frame once, in presentation order (a source is iterated once)."""

@@ -67,7 +67,7 @@ class Processor(Protocol):
 
 
 class Writer(Protocol):
-    def write(self, image: np.ndarray, pts: int) -> None: ...
+    def write(self, image: np.ndarray, pts: int, duration: int | None = None) -> None: ...
 
 
 class _Stop(Exception):
@@ -120,7 +120,7 @@ def run_pipeline(frames: Iterator[Frame], processor: Processor, sink: Writer, *,
             frame, image = item
             if frame.index != counts["out"]:
                 raise PipelineError(f"frame {counts['out']} expected, got {frame.index}")
-            sink.write(image, frame.pts)
+            sink.write(image, frame.pts, frame.duration)
             counts["out"] += 1
 
     start = time.perf_counter()
