@@ -222,3 +222,19 @@ def test_an_animated_gif_keeps_each_pictures_delay(tmp_path):
             im.seek(k)
             delays.append(im.info["duration"])
     assert delays == [100, 200, 300, 400]
+
+
+@pytest.mark.parametrize("name, codec", [("o.mpg", "mpeg2video"), ("o.mkv", "mpeg1video"),
+                                         ("o.h264", "libx264"), ("o.hevc", "libx265")])
+def test_frame_rate_timed_outputs_are_written_one_frame_a_tick(clip, tmp_path, name, codec):
+    """MPEG-1/2 video takes only its standard frame rates as time base: it refused an MP4's
+    1/1000 ('does not support 1000/1 fps') in every container. Raw streams keep no
+    timestamps: a .h264 played at the time base's rate (1000 fps), 0.001 s for the clip."""
+    src = clip("in.mp4", frames=6, size=(64, 48))
+    out = tmp_path / name
+    r = upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                                   encode=EncodeConfig(codec=codec)))
+    assert r.frames_out == 6
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.framerate == 25  # H.264: its VUI timing
+        assert sum(1 for _ in c.decode(video=0)) == 6

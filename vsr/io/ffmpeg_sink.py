@@ -128,7 +128,7 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     pos = order.index(info.index)  # the video's output stream index
     audio = {o.index for o in info.others if o.type == "audio"}
     suffix = Path(output).suffix.lower()
-    tb = written_time_base(info, "avi" if suffix == ".avi" else suffix)
+    tb = written_time_base(info, output_format(output.removeprefix("file:")), config.codec)
     args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts",
             "-f", "nut", "-i", "pipe:0",
             "-i", file_url(info.path),
@@ -201,7 +201,7 @@ class FfmpegSink(SinkContext):
         self._size = (height, width)
         self._info = info
         self._done = False
-        self._time_base = written_time_base(info, "avi" if suffix == ".avi" else suffix)
+        self._time_base = written_time_base(info, output_format(self.path), config.codec)
         self._order = PtsOrder(name=Path(info.path).name, frame_rate=info.frame_rate)
         self.frames = 0
         # what the container cannot carry is refused (audio, subtitles) or left out with a

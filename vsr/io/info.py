@@ -195,12 +195,23 @@ _FIELD_ORDERS = {2: "top field first", 3: "bottom field first",
                  4: "top field first, bottom coded first", 5: "bottom field first, top coded first"}
 
 
-def written_time_base(info: StreamInfo, container: str) -> Fraction:
+# Muxers whose video has one frame a tick: AVI has one frame slot a tick (in a finer time
+# base it fills the slots between frames with empty chunks and declares the tick rate, e.g.
+# 600 fps, as the frame rate); raw elementary streams keep no timestamps, their timing is the
+# encoder's time base (H.264's VUI: a .h264 written in 1/1000 played at 1000 fps).
+_ONE_FRAME_A_TICK = frozenset({"avi", "h264", "hevc", "m4v", "mpeg1video", "mpeg2video"})
+# Encoders that take only their standard frame rates as time base, in any container
+# (MPEG-1/2 video refused 1/12800, an MP4's: "does not support 12800/1 fps").
+_FRAME_RATE_ENCODERS = frozenset({"mpeg1video", "mpeg2video"})
+
+
+def written_time_base(info: StreamInfo, container: str | None, codec: str | None = None
+                      ) -> Fraction:
     """The time base the video of ``info`` is written in, in the ``container`` format (a
-    muxer's name, e.g. "matroska", "avi"): the input's own; in AVI one frame a tick, for AVI
-    has one frame slot a tick, and in a finer time base the muxer fills the slots between
-    frames with empty chunks and declares the tick rate (e.g. 600 fps) as the frame rate."""
-    if container == "avi" and info.frame_rate:
+    muxer's name, e.g. "matroska", "avi") with the encoder ``codec``: the input's own; one
+    frame a tick where the muxer or the encoder needs it (_ONE_FRAME_A_TICK,
+    _FRAME_RATE_ENCODERS) and the input has a frame rate."""
+    if info.frame_rate and (container in _ONE_FRAME_A_TICK or codec in _FRAME_RATE_ENCODERS):
         return 1 / Fraction(info.frame_rate)
     return info.time_base
 

@@ -202,12 +202,12 @@ class PtsOrder:
 
     def report(self, name: object, tick: Fraction | None = None) -> None:
         """Log what had to be done (nothing for well-formed input). ``tick``: the output's
-        time base where it is coarser than the input's (AVI: one frame a tick), so that
-        frames of a variable-rate input closer than a tick share one."""
+        time base where it is coarser than the input's (AVI, raw streams: one frame a tick),
+        so that frames of a variable-rate input closer than a tick share one."""
         if tick is not None and self.retimed and not self.reordered:
-            log.warning("%s: AVI holds one frame per tick of %.4g s; %d frame(s) of the input, "
-                        "closer to the one before, moved to the next tick", name, float(tick),
-                        self.retimed)
+            log.warning("%s: this output holds one frame per tick of %.4g s; %d frame(s) of the "
+                        "input, closer to the one before, moved to the next tick", name,
+                        float(tick), self.retimed)
             return
         if self.reordered or self.retimed:
             log.warning("%s: the input's frame timestamps ran backwards; %d frame(s) put back "
@@ -503,8 +503,8 @@ class PyAVSink(SinkContext):
             self._enc = VideoEncoder(stream, info, width, height, config,
                                      container=out.format.name)
             self._stream = stream
-            self._time_base = written_time_base(info, out.format.name)
-            if self._time_base != info.time_base:  # AVI
+            self._time_base = written_time_base(info, out.format.name, config.codec)
+            if self._time_base != info.time_base:  # AVI, raw streams, MPEG-1/2
                 stream.time_base = stream.codec_context.time_base = self._time_base
             if self._enc.color_range and "mp4" in out.format.name.split(","):
                 # H.264 writes its range only beside a colour description (x264's VUI):

@@ -94,11 +94,12 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         discard(temp)
         raise OutputError(f"cannot write {final}: {exc}") from exc
     passthrough = Passthrough(str(input_path), exclude=info.index)
-    tick = written_time_base(info, out.format.name)  # AVI: one frame a tick, as the sinks
     try:
         with _open_segment(segments[0]) as first:
             template = first.streams.video[0]
             extradata = template.codec_context.extradata
+            # AVI, raw streams, MPEG-1/2: one frame a tick, as the sinks wrote the segments
+            tick = written_time_base(info, out.format.name, template.codec_context.name)
             holder: list[av.stream.Stream] = []
 
             def add_video() -> None:
