@@ -138,7 +138,7 @@ class Passthrough:
             if s.type in _MUST_COPY and (why := _refusal(output, s)):
                 raise OutputError(f"the output format {output.format.name} cannot carry "
                                   f"stream {s.index} ({s.type}, {_codec_name(s)}): {why}; "
-                                  f"{self._advice(output)}")
+                                  f"{self._advice(output, s)}")
             if s.type not in (*_MUST_COPY, "video") and not self._can_hold(output, s):
                 continue
             try:
@@ -147,7 +147,7 @@ class Passthrough:
                 what = f"stream {s.index} ({s.type}, {_codec_name(s)})"
                 if s.type in _MUST_COPY:
                     raise OutputError(f"the output format {output.format.name} cannot carry "
-                                      f"{what}; {self._advice(output)}") from exc
+                                      f"{what}; {self._advice(output, s)}") from exc
                 if self._add_cover(output, s):
                     continue
                 self._drop_note("not copying %s: %s", what, exc)
@@ -162,13 +162,27 @@ class Passthrough:
         streams = [self._input.streams[i] for i in copy_ids]
         self._packets = self._input.demux(streams) if streams else iter(())
 
-    def _advice(self, output: av.container.OutputContainer) -> str:
-        """Which container to choose instead: Matroska holds most; where the output is one
-        already (MP4's mov_text subtitles), the input's own container."""
-        if output.format.name != "matroska":
-            return "choose a container that can (e.g. .mkv)"
-        suffix = os.path.splitext(str(getattr(self._input, "name", "") or ""))[1]
-        return f"choose a container that can (e.g. {suffix or 'the input format'})"
+    def _advice(self, output: av.container.OutputContainer,
+                s: av.stream.Stream | None = None) -> str:
+        """Which container to choose instead: for stream ``s``, the first of Matroska, the
+        input's own, MP4, MOV and MPEG-TS whose muxer takes it (MP4's mov_text subtitles:
+        neither Matroska nor WebM); for an attachment, Matroska (or the input's own)."""
+        suffix = os.path.splitext(str(getattr(self._input, "name", "") or ""))[1].lower()
+        if s is None:
+            if output.format.name != "matroska":
+                return "choose a container that can (e.g. .mkv)"
+            return f"choose a container that can (e.g. {suffix or 'the input format'})"
+        tried = []
+        for fmt, ext in (("matroska", ".mkv"), (self._input.format.name.split(",")[0], suffix),
+                         ("mp4", ".mp4"), ("mov", ".mov"), ("mpegts", ".ts")):
+            if fmt == output.format.name or not ext or ext in tried:
+                continue
+            tried.append(ext)
+            with contextlib.suppress(av.error.FFmpegError, ValueError):
+                if _refused_by(fmt, "x" + ext, s) is None:
+                    return f"choose a container that can (e.g. {ext})"
+        return (f"none of {', '.join(tried)} can either: convert that stream, or leave it "
+                "out of the input first")
 
     def _can_hold(self, output: av.container.OutputContainer, s: av.stream.Stream) -> bool:
         """Whether ``output``'s format takes a copy of data stream ``s``; if not, log why.
@@ -372,7 +386,11 @@ def _refusal(output: av.container.OutputContainer, s: av.stream.Stream) -> str |
     tells only in the stream map it writes with the first packet, so one empty packet is
     muxed and the stream map read back.
     """
-    fmt = output.format.name
+    return _refused_by(output.format.name, str(output.name), s)
+
+
+def _refused_by(fmt: str, name: str, s: av.stream.Stream) -> str | None:
+    """:func:`_refusal` for the muxer ``fmt`` writing a file called ``name``."""
     try:
         with av.open(io.BytesIO(), mode="w", format=fmt) as trial:
             trial.add_stream_from_template(s)
@@ -384,7 +402,7 @@ def _refusal(output: av.container.OutputContainer, s: av.stream.Stream) -> str |
     # .m2ts is written in the muxer's Blu-ray mode (told by the file name), whose stream
     # types differ (PGS has one; AAC goes as private data that readers find by its ADTS
     # headers): this trial, in the broadcast mode, would say nothing true of it
-    m2ts = str(output.name).lower().endswith(".m2ts")
+    m2ts = name.lower().endswith(".m2ts")
     if fmt == "mpegts" and not m2ts and s.type in _MUST_COPY and _read_back(s) == ["data"]:
         return f"it would be written as private data that players do not read as {s.type}"
     return None
