@@ -152,9 +152,11 @@ def test_pixel_limit_in_training_image_reader(tmp_path, monkeypatch):
     ("png", ".png", "rgb24", "image2"), ("mjpeg", ".jpg", "yuvj444p", "image2"),
     ("gif", ".gif", "rgb8", "gif"), ("bmp", ".bmp", "bgr24", "image2"),
     ("libwebp", ".webp", "yuv420p", "webp"), ("ppm", ".ppm", "rgb24", "image2"),
-    ("wrapped_avframe", ".y4m", "yuv420p", "yuv4mpegpipe"),
+    ("wrapped_avframe", ".y4m", "yuv420p", "yuv4mpegpipe"), ("tiff", ".tif", "rgb24", "image2"),
 ])
 def test_declared_size_reads_the_header(tmp_path, codec, suffix, pix_fmt, fmt):
+    """TIFF too: one over the limit failed as "Invalid argument: 'avcodec_receive_frame()'
+    returned 22" (FFmpeg's own limit), not naming the limit."""
     if codec not in av.codecs_available:
         pytest.skip(f"{codec} encoder not in this PyAV")
     path = tmp_path / f"pic{suffix}"
@@ -192,6 +194,19 @@ def test_y4m_declaring_huge_frames_is_one_line_naming_file_and_size(tmp_path, mo
     monkeypatch.setenv("VSR_MAX_PIXELS", "1000")  # within what FFmpeg takes: the limit's say
     with pytest.raises(InputError, match="declares a 9000x9000 picture.*VSR_MAX_PIXELS"):
         PyAVSource(_y4m(tmp_path / "mid.y4m", 9000, 9000))
+
+
+def test_an_animated_webp_is_one_line_saying_so(tmp_path):
+    """FFmpeg cannot decode an animated WebP's frames: 'Invalid data found when processing
+    input' with its errno and 'avcodec_receive_frame()'."""
+    from PIL import Image
+
+    src = tmp_path / "anim.webp"
+    frames = [Image.new("RGB", (16, 12), (80 * k, 0, 0)) for k in range(3)]
+    frames[0].save(src, save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(InputError, match=r"^anim\.webp is an animated WebP, which FFmpeg "
+                                         r"cannot decode; convert it"):
+        PyAVSource(src)
 
 
 def test_declared_size_of_other_files_is_unknown(tmp_path, clip):

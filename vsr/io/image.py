@@ -120,6 +120,8 @@ def _size_in(head: bytes) -> tuple[int, int] | None:
         return abs(w), abs(h)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return _webp_size(head)
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_size(head)
     if head[:10] == b"YUV4MPEG2 ":
         return _y4m_size(head)
     if len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456":
@@ -185,24 +187,39 @@ def _chunk(head: bytes, i: int, name: bytes, size_fmt: str, *, before: bool) -> 
     return None
 
 
-def _tiff_orientation(tiff: bytes) -> int:
-    """Tag 0x0112 of the first image directory of TIFF-structured data (EXIF's), or 1."""
+def _tiff_tags(tiff: bytes, wanted: set[int]) -> dict[int, int]:
+    """The numeric values (SHORT or LONG) of the ``wanted`` tags of the first image directory
+    of TIFF-structured data, those present and within ``tiff``."""
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     if order is None or len(tiff) < 8:
-        return 1
+        return {}
     (first,) = struct.unpack(order + "I", tiff[4:8])
     if first + 2 > len(tiff):
-        return 1
+        return {}
     (count,) = struct.unpack(order + "H", tiff[first:first + 2])
+    found = {}
     for k in range(count):
         at = first + 2 + 12 * k
         if at + 12 > len(tiff):
             break
         tag, kind = struct.unpack(order + "HH", tiff[at:at + 4])
-        if tag == 0x0112 and kind == 3:  # SHORT
-            (value,) = struct.unpack(order + "H", tiff[at + 8:at + 10])
-            return value if 1 <= value <= 8 else 1
-    return 1
+        if tag in wanted and kind in (3, 4):  # SHORT, LONG
+            (value,) = struct.unpack(order + ("H" if kind == 3 else "I"), tiff[at + 8:at + 8 + (
+                2 if kind == 3 else 4)])
+            found[tag] = value
+    return found
+
+
+def _tiff_size(head: bytes) -> tuple[int, int] | None:
+    """ImageWidth and ImageLength of a TIFF's first page."""
+    tags = _tiff_tags(head, {256, 257})
+    return (tags[256], tags[257]) if len(tags) == 2 else None
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """Tag 0x0112 of the first image directory of TIFF-structured data (EXIF's), or 1."""
+    value = _tiff_tags(tiff, {0x0112}).get(0x0112, 1)
+    return value if 1 <= value <= 8 else 1
 
 
 def _tiff_pages(data: bytes | mmap.mmap) -> int:
@@ -443,6 +460,10 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
     # (nothing to map): FFmpeg says why
     with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh, \
             mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X" and data[20] & 0x02:
+            # the animation flag: FFmpeg's WebP decoder fails on its frames ("Invalid data")
+            raise InputError(f"{Path(path).name} is an animated WebP, which FFmpeg cannot "
+                             "decode; convert it to an animated GIF or PNG, or a video")
         orientation = _orientation_in(data[:_HEAD_BYTES])
         if data[:4] in (b"II*\x00", b"MM\x00*"):
             pages = _tiff_pages(data)

@@ -264,7 +264,11 @@ class PyAVSource:
                         frame.pts = slots.popleft() if slots else None
                     yield frame
         except av.error.FFmpegError as exc:
-            raise InputError(f"decoding {self._name} failed: {exc}") from exc
+            # FFmpeg's reason, without its errno and the function that returned it
+            why = exc.strerror or str(exc)
+            raise InputError(f"decoding {self._name} failed: the "
+                             f"{self._stream.codec_context.name} decoder says "
+                             f"{why[:1].lower() + why[1:]}") from exc
 
     def _deinterlaced(self, decoded: Iterable[av.VideoFrame]) -> Iterator[av.VideoFrame]:
         try:
