@@ -312,3 +312,24 @@ def test_a_y4m_output_fails_on_one_line_naming_the_output(tmp_path):
                      "video; use another --codec, or a container that can (e.g. .mkv)"], \
         r.stderr
     assert "partial" not in r.stderr and not list(tmp_path.glob("*.y4m"))
+
+
+def test_a_cmyk_jpeg_has_no_alpha(tmp_path, caplog):
+    """FFmpeg decodes a CMYK JPEG as gbrap: it was taken for a picture with alpha (a warning,
+    and an RGBA PNG of opaque alpha). A JPEG holds none: RGB, the colours as Pillow makes
+    them, no warning."""
+    from PIL import Image
+
+    src = tmp_path / "cmyk.jpg"
+    rgb = Image.new("RGB", (32, 24), (200, 60, 30))
+    rgb.convert("CMYK").save(src, quality=100)
+    with PyAVSource(src) as s:
+        assert not s.info.alpha
+    caplog.set_level(logging.WARNING, logger="vsr")
+    out = tmp_path / "up.png"
+    upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    with Image.open(out) as got, Image.open(src) as shown:
+        assert got.mode == "RGB"
+        want = np.asarray(shown.convert("RGB"), dtype=int).mean(axis=(0, 1))
+        assert np.abs(np.asarray(got, dtype=int).mean(axis=(0, 1)) - want).max() < 3

@@ -290,8 +290,9 @@ def decoded_format(frame: av.VideoFrame) -> str:
 
 
 # Decoders that hand out an alpha channel whatever the file holds: FFmpeg's GIF decoder
-# makes bgra of every GIF, opaque or not. Their pictures have alpha if a pixel is not opaque.
-_DECODER_MADE_ALPHA = frozenset({"gif"})
+# makes bgra of every GIF, opaque or not, and its JPEG decoder gbrap of a CMYK (Adobe) JPEG,
+# which holds no alpha. Their pictures have alpha if a pixel is not opaque.
+_DECODER_MADE_ALPHA = frozenset({"gif", "mjpeg"})
 
 
 def judged_format(frame: av.VideoFrame, decoder: str) -> str:
