@@ -271,7 +271,8 @@ class FfmpegSink(SinkContext):
                     for pkt in self._stream.encode(due):
                         self._mux.mux(pkt)
                 self._order.report(self.path.name, self._time_base
-                                   if self._time_base != self._info.time_base else None)
+                                   if self._time_base != self._info.time_base else None,
+                                   output_format(self.path))
                 self._mux.close()
                 self._proc.stdin.close()
             except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:

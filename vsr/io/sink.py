@@ -200,14 +200,16 @@ class PtsOrder:
         self._last = pts
         return frame
 
-    def report(self, name: object, tick: Fraction | None = None) -> None:
+    def report(self, name: object, tick: Fraction | None = None,
+               container: str | None = None) -> None:
         """Log what had to be done (nothing for well-formed input). ``tick``: the output's
         time base where it is coarser than the input's (AVI, raw streams: one frame a tick),
-        so that frames of a variable-rate input closer than a tick share one."""
+        so that frames of a variable-rate input closer than a tick share one; ``container``:
+        the output's muxer, to name it."""
         if tick is not None and self.retimed and not self.reordered:
-            log.warning("%s: this output holds one frame per tick of %.4g s; %d frame(s) of the "
-                        "input, closer to the one before, moved to the next tick", name,
-                        float(tick), self.retimed)
+            log.warning("%s: %s holds one frame per tick of %.4g s; %d frame(s) of the input, "
+                        "closer to the one before, moved to the next tick", name,
+                        (container or "this output").upper(), float(tick), self.retimed)
             return
         if self.reordered or self.retimed:
             log.warning("%s: the input's frame timestamps ran backwards; %d frame(s) put back "
@@ -599,7 +601,8 @@ class PyAVSink(SinkContext):
                 self._mux(self._stream.encode(frame))
             self._mux(self._stream.encode(None))
             self._order.report(self.path.name, self._time_base
-                               if self._time_base != self._in_time_base else None)
+                               if self._time_base != self._in_time_base else None,
+                               self._out.format.name)
             if self._pass is not None:
                 self._pass.mux_rest(self._out)
             self._out.close()

@@ -476,7 +476,7 @@ def pts_step(info: StreamInfo) -> int:
     return 1
 
 
-def _declared_end(container: av.container.InputContainer,
+def declared_end(container: av.container.InputContainer,
                   stream: av.video.stream.VideoStream) -> int | None:
     """Where the container says the video stream ends, in its time base; None where it does
     not say. Matroska: the per-stream DURATION tag (the end timestamp; never the segment
@@ -512,7 +512,7 @@ def truncation_problem(container: av.container.InputContainer,
     samples (pre-roll) that its sample count still includes, an AVI counts dropped frames'
     empty chunks. By count where only a count is declared; not at all where neither is (a
     growing MPEG-TS)."""
-    declared = _declared_end(container, stream)
+    declared = declared_end(container, stream)
     if declared is not None:
         # two frames and a millisecond of rounding (Matroska stores milliseconds)
         slack = 2 * step + max(1, round(Fraction(1, 1000) / Fraction(stream.time_base)))

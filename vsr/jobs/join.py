@@ -23,7 +23,7 @@ from vsr.io.output import check_output_path, discard, finish, temp_path_for, wri
 from vsr.io.passthrough import Passthrough, container_tags
 from vsr.io.paths import file_url, negative_ts_option
 from vsr.io.sink import cannot_hold, check_codec
-from vsr.io.source import PyAVSource
+from vsr.io.source import PyAVSource, declared_end
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,9 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
             video = holder[0]
         with av.open(file_url(input_path)) as src:
             meta = dict(src.streams[info.index].metadata)
+            # where the input's video ends: its last picture shows until then (a slideshow's
+            # 5 s); NUT segments keep no packet durations to say so
+            end = declared_end(src, src.streams[info.index])
         video.metadata.update(passthrough.tags_for_video(meta))
         chapters = passthrough.chapters
         if chapters:
@@ -138,7 +141,8 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         offset = segment_offset(info)
         for k, path in enumerate(segments):
             last_dts, count = _copy_segment(path, out, video, passthrough, info.time_base,
-                                            extradata, last_dts, offset, tick)
+                                            extradata, last_dts, offset, tick,
+                                            end if k == len(segments) - 1 else None)
             if frames is not None and count != frames[k]:
                 raise PipelineError(f"segment {path.name} holds {count} frames where "
                                     f"{frames[k]} were written")
@@ -224,13 +228,15 @@ def _demux(seg: av.container.InputContainer, stream: av.stream.Stream, path: Pat
 
 def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.stream.Stream,
                   passthrough: Passthrough, tb: Fraction, extradata: bytes | None,
-                  last_dts: int | None, offset: int = 0, tick: Fraction | None = None
-                  ) -> tuple[int | None, int]:
+                  last_dts: int | None, offset: int = 0, tick: Fraction | None = None,
+                  end: int | None = None) -> tuple[int | None, int]:
     """Mux one segment's packets (rebased to ``tb``, ``offset`` ticks taken off: see
     :func:`segment_offset`; then rounded to ``tick``, the output's time base where it is
     coarser: AVI's one frame a tick); returns the last dts written and the number of video
-    packets (frames) copied."""
+    packets (frames) copied. ``end`` (in ``tb``): where the last picture's time ends."""
     count = 0
+    last = _last_pts(path, tb) if end is not None else None
+    last = last - offset if last is not None else None
     with _open_segment(path) as seg:
         stream = seg.streams.video[0]
         if stream.codec_context.extradata != extradata:
@@ -247,6 +253,8 @@ def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.strea
                     pkt.pts -= offset
                 if pkt.dts is not None:
                     pkt.dts -= offset
+            if last is not None and pkt.pts == last and end > last:
+                pkt.duration = end - last
             if tick is not None and tick != tb:
                 for attr in ("pts", "dts", "duration"):
                     if (value := getattr(pkt, attr)) is not None:
@@ -266,6 +274,15 @@ def _copy_segment(path: Path, out: av.container.OutputContainer, video: av.strea
             early.dts = min(early.pts, (last_dts or early.pts) + (k + 1) * step)
             last_dts = _mux(out, video, passthrough, early, last_dts)
     return last_dts, count
+
+
+def _last_pts(path: Path, tb: Fraction) -> int | None:
+    """The latest pts of a segment's video packets, in ``tb`` (a read of its packets)."""
+    with _open_segment(path) as seg:
+        stream = seg.streams.video[0]
+        times = [pkt.pts * Fraction(pkt.time_base) for pkt in _demux(seg, stream, path)
+                 if pkt.size and pkt.pts is not None]
+    return round(max(times) / tb) if times else None
 
 
 def _mux(out: av.container.OutputContainer, video: av.stream.Stream, passthrough: Passthrough,
