@@ -54,14 +54,14 @@ def _remux_at(src: Path, dst: Path, start: int) -> Path:
 
 
 def _restarting_ts(tmp_path: Path) -> Path:
-    """Two MPEG-TS recordings of 5 frames each (10 fps, with AAC), dark then bright, put
+    """Two MPEG-TS recordings of 10 frames each (10 fps, with AAC), dark then bright, put
     together with cat: the second one's clock starts where the first one's did."""
     parts = []
     for name, shade in (("a", "0x202020"), ("b", "0xe0e0e0")):
         parts.append(tmp_path / f"{name}.ts")
         subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                        f"color=c={shade}:s=64x48:r=10:d=0.5", "-f", "lavfi", "-i",
-                        "sine=d=0.5", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                        f"color=c={shade}:s=64x48:r=10:d=1", "-f", "lavfi", "-i",
+                        "sine=d=1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
                         str(parts[-1])], check=True)
     joined = tmp_path / "joined.ts"
     joined.write_bytes(b"".join(p.read_bytes() for p in parts))
@@ -91,10 +91,10 @@ def test_a_joined_recording_whose_clock_restarts_is_refused_with_the_remedy(tmp_
         fixed = tmp_path / "fixed.mkv"
         subprocess.run(["ffmpeg", "-v", "error", "-i", str(src), "-map", "0", "-c", "copy",
                         str(fixed)], check=True)
-        assert _upscale(fixed, out).frames_out == 10
+        assert _upscale(fixed, out).frames_out == 20
         with av.open(str(out)) as c:
             shades = [int(f.to_ndarray(format="gray").mean()) for f in c.decode(video=0)]
-        assert all(v < 100 for v in shades[:5]) and all(v > 150 for v in shades[5:]), shades
+        assert all(v < 100 for v in shades[:10]) and all(v > 150 for v in shades[10:]), shades
 
 
 def test_mpeg_ts_whose_clock_wraps_batch_matches_upscale(tmp_path):

@@ -216,17 +216,20 @@ def written_time_base(info: StreamInfo, container: str | None, codec: str | None
     return info.time_base
 
 
-# A step back of the video's clock further than any decoder's reordering goes: more than two
-# frames and more than FFmpeg's own threshold for a discontinuity (0.1 s). Pieces of a stream
-# joined end to end (MPEG-TS recordings or HLS segments put together with cat) restart their
-# clock so; kept as they are, their frames were sorted into each other.
+# A step back of the video's clock further than a decoder's reordering goes: more than the
+# frames vsr.io.sink.PtsOrder puts back in order (a decoder that underestimates its reorder
+# delay hands out a frame or two late, VLC's camera clock steps back one) and more than
+# FFmpeg's own threshold for a discontinuity (0.1 s). Pieces of a stream joined end to end
+# (MPEG-TS recordings or HLS segments put together with cat) restart their clock so; kept as
+# they are, their frames were sorted into each other.
 _RESET_S = Fraction(1, 10)
+_RESET_FRAMES = 4
 
 
 def clock_reset(before: Fraction, now: Fraction, frame_rate: Fraction | None) -> bool:
     """Whether a frame at ``now`` seconds, after one at ``before``, is a restart of the clock
     rather than a reordering glitch (see _RESET_S)."""
-    return before - now > max(_RESET_S, 2 / frame_rate if frame_rate else 0)
+    return before - now > max(_RESET_S, _RESET_FRAMES / frame_rate if frame_rate else 0)
 
 
 def clock_reset_error(name: str, index: int, before: Fraction, now: Fraction) -> InputError:

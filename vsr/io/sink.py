@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 # "x264 [error]: invalid preset" line to stderr before avcodec_open2 fails, which no libav
 # log level silences, so it is refused here, before any encoder opens.
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
-                 "slower", "veryslow", "placebo")
+                "slower", "veryslow", "placebo")
 _NAMED_PRESETS = {"libx264": X26X_PRESETS, "libx265": X26X_PRESETS}
 
 

@@ -477,7 +477,7 @@ def pts_step(info: StreamInfo) -> int:
 
 
 def declared_end(container: av.container.InputContainer,
-                  stream: av.video.stream.VideoStream) -> int | None:
+                 stream: av.video.stream.VideoStream) -> int | None:
     """Where the container says the video stream ends, in its time base; None where it does
     not say. Matroska: the per-stream DURATION tag (the end timestamp; never the segment
     duration, which includes audio). MP4/MOV: start + the stream's (edited) duration. AVI:
