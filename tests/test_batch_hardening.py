@@ -80,6 +80,31 @@ def _heavy_clip(path: Path) -> Path:
     return make_clip(path, frames=60, size=(320, 240), audio_tracks=1, color={"gop_size": 6})
 
 
+def test_an_output_that_is_another_entrys_input_is_refused_even_with_overwrite(tmp_path):
+    """Line 1 writes out/b.mkv, line 2 reads it: with --overwrite the first job replaced the
+    second one's input before it was read (data lost, and the second failed as 'changed while
+    the batch ran'). The writing entry is refused at planning, naming the other; the reading
+    one runs on the file as it was."""
+    (tmp_path / "in").mkdir()
+    make_clip(tmp_path / "in" / "a.mp4", frames=6)
+    out = tmp_path / "out"
+    out.mkdir()
+    make_clip(out / "b.mkv", frames=4)
+    before = (out / "b.mkv").read_bytes()
+    manifest = tmp_path / "chain.jsonl"
+    manifest.write_text(json.dumps({"input": "in/a.mp4", "output": "b.mkv"}) + "\n"
+                        + json.dumps({"input": "out/b.mkv", "output": "b-up.mkv"}) + "\n")
+    result = run_batch(BatchConfig(inputs=(), manifests=(manifest,), output_dir=out,
+                                   overwrite=True,
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",)))
+    assert [f["error"] for f in result.failed] == [
+        f"{manifest}:1: output {out / 'b.mkv'} is also an input of this batch ({manifest}:2): "
+        "writing it would replace that input, --overwrite or not"]
+    assert [d["output"] for d in result.done] == [str(out / "b-up.mkv")]
+    assert (out / "b.mkv").read_bytes() == before
+
+
 def test_manifest_outputs_stay_inside_the_output_folder(tmp_path):
     (tmp_path / "in").mkdir()
     make_clip(tmp_path / "in" / "a.mp4", frames=6)

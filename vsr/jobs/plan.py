@@ -15,6 +15,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import os
 import string
 import types
 import typing
@@ -309,12 +310,17 @@ def make_jobs(entries: list[Entry], output_dir: Path, template: str,
 
     An output that resolves outside ``output_dir`` (``..``, an absolute path, a symlink out)
     or into its job state fails its job; so does every later entry whose output an earlier
-    one already takes. Errors of manifest entries start with ``manifest:line``.
+    one already takes, and every entry whose output is another entry's input (it would
+    replace it). Errors of manifest entries start with ``manifest:line``.
     """
     check_template(template)
     root = Path(output_dir).resolve()
     jobs: list[Job] = []
     taken: dict[Path, str] = {}
+    read_by: dict[tuple[int, int] | str, str] = {}  # each input file -> its entry
+    for e in entries:
+        if e.error is None:
+            read_by.setdefault(_file_id(e.path), e.where or str(e.path))
     for index, e in enumerate(entries):
         if e.error is not None:
             jobs.append(Job(e.path, None, options, error=e.error))
@@ -332,9 +338,26 @@ def make_jobs(entries: list[Entry], output_dir: Path, template: str,
                             error=_at(e, f"duplicate output {out}: already the output of "
                                          f"{taken[key]}")))
             continue
+        target = _file_id(out)
+        if target in read_by and target != _file_id(e.path):  # its own: the run refuses it
+            jobs.append(Job(e.path, out, opts,
+                            error=_at(e, f"output {out} is also an input of this batch "
+                                         f"({read_by[target]}): writing it would replace "
+                                         "that input, --overwrite or not")))
+            continue
         taken[key] = e.where or str(e.path)
         jobs.append(Job(e.path, out, opts))
     return jobs
+
+
+def _file_id(path: Path) -> tuple[int, int] | str:
+    """What names one file whatever the spelling or link: device and inode where it exists,
+    else the path with links resolved."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+    return st.st_dev, st.st_ino
 
 
 def _confined(out: Path, root: Path) -> Path:
