@@ -23,7 +23,9 @@ import pytest
 from conftest import alpha_clip, make_clip, packets, video_pts_seconds
 
 import vsr
-from vsr.jobs import BatchConfig, JobOptions, run_batch
+from vsr.errors import ConfigError
+from vsr.jobs import BatchConfig, BatchResult, JobOptions, run_batch
+from vsr.jobs.plan import read_manifest
 from vsr.jobs.segments import TASK_LOGGERS
 
 BICUBIC = ["--model", "bicubic", "--scale", "2", "--no-progress"]
@@ -103,6 +105,45 @@ def test_an_output_that_is_another_entrys_input_is_refused_even_with_overwrite(t
         "writing it would replace that input, --overwrite or not"]
     assert [d["output"] for d in result.done] == [str(out / "b-up.mkv")]
     assert (out / "b.mkv").read_bytes() == before
+
+
+def test_manifests_as_editors_save_them_and_what_their_values_mean(tmp_path):
+    """A manifest that is UTF-16, Latin-1, empty or missing was an internal error
+    (UnicodeDecodeError) or a run of nothing (exit 0), and each left -o/.vsr-batch behind:
+    now a ConfigError before anything is made. A UTF-8 byte order mark (Notepad) is no part
+    of the first path; null is the command line's option (it put the registry's default
+    model in place of --model bicubic); "" is an error, never the default name."""
+    make_clip(tmp_path / "a.mp4", frames=4)
+    out = tmp_path / "out"
+
+    def run(name: str, data: bytes) -> BatchResult:
+        (tmp_path / name).write_bytes(data)
+        return run_batch(BatchConfig(inputs=(), manifests=(tmp_path / name,), output_dir=out,
+                                     options=JobOptions(model="bicubic", scale=2),
+                                     devices=("cpu",)))
+
+    for name, data, said in [
+            ("u16.txt", "a.mp4\n".encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
+            ("latin.txt", "# é\nb.mp4\n".encode("latin-1"), "is not UTF-8 text (line 1)"),
+            ("empty.txt", b"# nothing\n\n", "names no inputs"),
+            ("missing.txt", None, "cannot read manifest")]:
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            if data is None:
+                run_batch(BatchConfig(inputs=(), manifests=(tmp_path / name,), output_dir=out,
+                                      devices=("cpu",)))
+            else:
+                run(name, data)
+        assert not out.exists(), name
+    lines = [{"input": "a.mp4", "output": "1.mp4", "model": None},
+             {"input": "a.mp4", "output": ""},
+             {"input": "a.mp4", "output": "3.mp4", "codec": ""}]
+    result = run("m.jsonl", b"\xef\xbb\xbf" + "".join(json.dumps(o) + "\n"
+                                                       for o in lines).encode())
+    assert [d["output"] for d in result.done] == [str(out / "1.mp4")]
+    m = tmp_path / "m.jsonl"
+    assert read_manifest(m)[0].overrides == {}  # the batch's --model, not the default
+    assert [f["error"] for f in result.failed] == [f'{m}:2: "output" is empty',
+                                                   f'{m}:3: "codec" is empty']
 
 
 def test_manifest_outputs_stay_inside_the_output_folder(tmp_path):

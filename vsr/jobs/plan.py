@@ -236,11 +236,21 @@ def _inside(path: Path, folder: Path | None) -> bool:
 
 
 def read_manifest(path: Path) -> list[Entry]:
-    """Entries of a manifest file; a malformed line becomes an entry with an error."""
+    """Entries of a manifest file (UTF-8, a byte order mark allowed, as Notepad saves it);
+    a malformed line becomes an entry with an error. A manifest that names nothing (empty,
+    comments only) or is not UTF-8 text is a ConfigError."""
     try:
-        lines = Path(path).read_text().splitlines()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read manifest {path}: {exc.strerror}") from exc
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ConfigError(f"manifest {path} is UTF-16 text; save it as UTF-8")
+    try:
+        lines = data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"manifest {path} is not UTF-8 text (line {line}); save it as "
+                          "UTF-8") from None
     base = Path(path).parent
     out = []
     for number, line in enumerate(lines, 1):
@@ -261,6 +271,11 @@ def read_manifest(path: Path) -> list[Entry]:
             out.append(Entry(Path(where), error="a manifest object needs an \"input\" path",
                              where=where))
             continue
+        # "": an unset variable in a generated line, never a default
+        if empty := [k for k, v in obj.items() if v == ""]:
+            out.append(Entry(Path(where), error=f"{where}: \"{empty[0]}\" is empty",
+                             where=where))
+            continue
         output = obj.pop("output", None)
         if output is not None and not isinstance(output, str):
             out.append(Entry(Path(where), error="\"output\" must be a path (a string)",
@@ -271,7 +286,13 @@ def read_manifest(path: Path) -> list[Entry]:
         if bad is not None:
             out.append(Entry(src, error=f"{where}: {bad}", where=where))
             continue
-        out.append(Entry(src, output=output, overrides=obj, where=where))
+        # null, where an option takes it: not given, the command line's option stands (it
+        # put the registry's default model in place of --model)
+        overrides = {k: v for k, v in obj.items() if v is not None}
+        out.append(Entry(src, output=output, overrides=overrides, where=where))
+    if not out:
+        raise ConfigError(f"manifest {path} names no inputs (it holds no line but blanks "
+                          "and comments)")
     return out
 
 

@@ -454,13 +454,19 @@ def run_batch(config: BatchConfig,
     """
     t0 = time.perf_counter()
     try:
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output folder {config.output_dir}: "
-                          f"{exc.strerror or exc}") from exc
-    try:
+        # the inputs and outputs first: a manifest that cannot be read, a bad template, is
+        # said before anything is made (the output folder, its job store)
+        left_out: list[Path] = []
+        entries = expand_inputs(list(config.inputs), list(config.manifests),
+                                exclude=config.output_dir, left_out=left_out)
+        jobs = make_jobs(entries, config.output_dir, config.template, config.options)
+        try:
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {config.output_dir}: "
+                              f"{exc.strerror or exc}") from exc
         with JobStore(config.state_dir / "jobs.sqlite", wait=config.wait) as store:
-            return _run(config, store, t0, progress)
+            return _run(config, store, t0, progress, jobs, left_out)
     except KeyboardInterrupt as exc:  # before the inputs are known (or the store is open)
         raise Interrupted("interrupted before any file was started") from exc
 
@@ -478,11 +484,8 @@ def _report_left_out(left_out: list[Path], jobs: list[Job], output_dir: Path) ->
 
 
 def _run(config: BatchConfig, store: JobStore, t0: float,
-         progress: Callable[[BatchProgress], None] | None) -> BatchResult:
-    left_out: list[Path] = []
-    entries = expand_inputs(list(config.inputs), list(config.manifests),
-                            exclude=config.output_dir, left_out=left_out)
-    jobs = make_jobs(entries, config.output_dir, config.template, config.options)
+         progress: Callable[[BatchProgress], None] | None, jobs: list[Job],
+         left_out: list[Path]) -> BatchResult:
     _report_left_out(left_out, jobs, config.output_dir)
     tracker = Tracker(store, config.overwrite)
     try:
