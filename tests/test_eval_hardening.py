@@ -108,19 +108,26 @@ def test_16_bit_png_is_rounded_to_8_bits_not_dithered(tmp_path):
 def test_json_has_no_infinity_when_an_image_scores_perfectly(tmp_path):
     """A flat image (bicubic reproduces it exactly) scores inf dB, and `vsr eval --json` printed
     `"psnr": Infinity`, which is not JSON: strict parsers (jq, JavaScript, Go) refused the whole
-    output. The figure is now null; the table still says inf."""
+    output; then null, for the whole set, whatever its other images scored. Such an image now
+    counts PSNR_CEILING (60) dB in the set's mean, as a frame does in a clip's; its own figure
+    stays inf."""
     from vsr.cli.evaluate import evaluate
+    from vsr.metrics import PSNR_CEILING
 
     folder = tmp_path / "Flat"
     folder.mkdir()
     write_image(folder / "flat.png", torch.full((3, 32, 32), 120, dtype=torch.uint8))
+    write_image(folder / "smooth.png",
+                torch.from_numpy(_smooth((32, 32, 3), 255)).permute(2, 0, 1))
     result = evaluate_dataset(StandInBicubic(2), folder, 2)
-    assert result.psnr == math.inf and result.to_json()["psnr"] is None
+    flat, smooth = (r.psnr for r in result.per_image)
+    assert flat == math.inf and 20 < smooth < PSNR_CEILING
+    assert result.psnr == pytest.approx((PSNR_CEILING + smooth) / 2)
     res = CliRunner().invoke(evaluate, ["-d", str(folder), "-s", "2", "--baseline", "bicubic",
                                         "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
     row = _strict_json(res.stdout)["results"][0]
-    assert row["psnr"] is None and row["ssim"] == 1.0 and row["images"] == 1
+    assert row["psnr"] == pytest.approx(result.psnr, abs=1e-4) and row["images"] == 2
     nan = DatasetResult("x", 2, math.nan, math.nan, 1).to_json()
     assert nan["psnr"] is None and nan["ssim"] is None
 

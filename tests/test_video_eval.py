@@ -156,7 +156,8 @@ def test_clips_too_small_to_score_are_named(tmp_path, monkeypatch, capsys):
 def test_a_frame_reproduced_exactly_does_not_make_the_clip_mean_infinite():
     """A black frame the upscaler reproduces exactly scores inf dB; the clip's mean was inf
     whatever its other frames. It counts at libvmaf's 8-bit ceiling; per frame it stays inf."""
-    from vsr.video_eval import PSNR_CEILING, _score
+    from vsr.metrics import PSNR_CEILING
+    from vsr.video_eval import _score
 
     hr = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
     hr[1] = torch.randint(0, 256, (3, 32, 32), generator=torch.Generator().manual_seed(0))

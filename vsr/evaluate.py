@@ -23,7 +23,7 @@ import torch
 
 from vsr.device import resolve_device
 from vsr.errors import ConfigError, InputError, ModelError
-from vsr.metrics import SSIM_WINDOW, psnr_y, ssim_y
+from vsr.metrics import SSIM_WINDOW, mean_psnr, psnr_y, ssim_y
 from vsr.options import (
     EVAL_BASELINES,
     PRECISIONS,
@@ -265,10 +265,10 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
         log.debug("%s %s: %.4f dB, SSIM %.5f", name, path.name, p, s)
         if progress is not None:
             progress(Progress(name, i, len(paths), path.name, p, s))
-    # an image identical to its reference scores inf dB and so does the mean, honestly
-    mean_psnr = math.fsum(r.psnr for r in results) / len(results)
+    # an image identical to its reference scores inf dB; in the mean it counts PSNR_CEILING
     mean_ssim = math.fsum(r.ssim for r in results) / len(results)
-    return DatasetResult(name, scale, mean_psnr, mean_ssim, len(results), tuple(results))
+    return DatasetResult(name, scale, mean_psnr([r.psnr for r in results]), mean_ssim,
+                         len(results), tuple(results))
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,18 @@ def _shaved_y(sr: torch.Tensor, hr: torch.Tensor, shave: int,
     return y_sr, y_hr
 
 
+# dB an image or frame counts at most in a mean PSNR (libvmaf's ceiling for 8-bit video,
+# 6 * 8 + 12): one reproduced exactly (a flat or black picture) scores infinite dB, which made
+# the mean of a whole set or clip infinite, whatever the others scored. Each picture's own
+# figure stays exact.
+PSNR_CEILING = 60.0
+
+
+def mean_psnr(psnrs: list[float]) -> float:
+    """The mean of ``psnrs`` with each counted at most :data:`PSNR_CEILING` dB."""
+    return math.fsum(min(p, PSNR_CEILING) for p in psnrs) / len(psnrs)
+
+
 def psnr_y(sr: torch.Tensor, hr: torch.Tensor, shave: int = 0, *,
            round_y: bool = True) -> float:
     """PSNR (dB, peak 255) between the Y channels of two RGB images, borders shaved.

@@ -7,9 +7,9 @@ whole clip as a real encoder would); the model upscales every LR frame through i
 frame is scored against its HR frame by Y-PSNR and SSIM with ``scale`` pixels shaved
 (:func:`vsr.metrics.psnr_y` / :func:`vsr.metrics.ssim_y`, the image protocol's metrics) and the
 clip's figures are the means over its frames. In the mean a frame's PSNR counts at most
-:data:`PSNR_CEILING` dB (libvmaf's ceiling for 8-bit video, 6 * 8 + 12): a frame the upscaler
-reproduces exactly (a black or flat frame) scores infinite dB, which made the clip's mean
-infinite, whatever its other frames; ``per_frame_psnr`` keeps the uncapped figures.
+:data:`vsr.metrics.PSNR_CEILING` dB (libvmaf's ceiling for 8-bit video, 6 * 8 + 12): a frame
+the upscaler reproduces exactly (a black or flat frame) scores infinite dB, which made the
+clip's mean infinite, whatever its other frames; ``per_frame_psnr`` keeps the uncapped figures.
 
 Temporal stability, ``flicker``: with Y the 8-bit luma of :func:`vsr.metrics.rgb_to_y`
 (rounded, as the metrics use it) and ``scale`` pixels shaved from every border,
@@ -54,7 +54,7 @@ from vsr.evaluate import (
     modcrop,
 )
 from vsr.io.source import PyAVSource
-from vsr.metrics import psnr_y, rgb_to_y, ssim_y
+from vsr.metrics import mean_psnr, psnr_y, rgb_to_y, ssim_y
 from vsr.options import (
     PRECISIONS,
     Config,
@@ -248,9 +248,6 @@ def _upscale_clip(handle: UpscaleHandle, lr: torch.Tensor, hr_shape: Sequence[in
     return torch.stack(out)
 
 
-PSNR_CEILING = 60.0  # dB a frame counts at most in a clip's mean PSNR (see the module doc)
-
-
 def _score(sr: torch.Tensor, hr: torch.Tensor, scale: int, *, name: str = "",
            progress: ProgressCallback | None = None) -> tuple[Scores, tuple[float, ...]]:
     psnrs, ssims = [], []
@@ -259,9 +256,7 @@ def _score(sr: torch.Tensor, hr: torch.Tensor, scale: int, *, name: str = "",
         ssims.append(ssim_y(s, r, scale))
         if progress is not None:
             progress(Progress(name, t, sr.shape[0], f"frame {t}", psnrs[-1], ssims[-1]))
-    capped = [min(p, PSNR_CEILING) for p in psnrs]
-    scores = Scores(math.fsum(capped) / len(capped), math.fsum(ssims) / len(ssims),
-                    flicker(sr, hr, scale))
+    scores = Scores(mean_psnr(psnrs), math.fsum(ssims) / len(ssims), flicker(sr, hr, scale))
     return scores, tuple(psnrs)
 
 
