@@ -146,6 +146,26 @@ def test_manifests_as_editors_save_them_and_what_their_values_mean(tmp_path):
                                                    f'{m}:3: "codec" is empty']
 
 
+def test_a_rerun_skips_finished_files_however_their_paths_are_spelt(tmp_path, monkeypatch):
+    """The job store knew a file by its path as typed: after `vsr batch /abs/in -o out`,
+    `vsr batch in -o out` (or through a link) failed every finished file with 'output exists'
+    instead of skipping it, and a --resume spelt otherwise recomputed every segment."""
+    (tmp_path / "in").mkdir()
+    make_clip(tmp_path / "in" / "a.mp4", frames=6)
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    monkeypatch.chdir(tmp_path)
+
+    def run(where: str) -> BatchResult:
+        return run_batch(BatchConfig(inputs=(where,), output_dir=Path("out"),
+                                     options=JobOptions(model="bicubic", scale=2),
+                                     devices=("cpu",)))
+
+    assert len(run(str(tmp_path / "in")).done) == 1
+    for spelling in ("in", "link", "./in/../in"):
+        result = run(spelling)
+        assert not result.failed and len(result.skipped) == 1, (spelling, result.failed)
+
+
 def test_manifest_outputs_stay_inside_the_output_folder(tmp_path):
     (tmp_path / "in").mkdir()
     make_clip(tmp_path / "in" / "a.mp4", frames=6)

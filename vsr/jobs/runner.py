@@ -370,7 +370,12 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
     assert job.output is not None
     identity = input_identity(job.input)  # before it is read: a change after fails its tasks
     fingerprint = _fingerprint(job, identity, config.segment_frames)
-    if store.finished(str(job.input), str(job.output), fingerprint) and not config.overwrite:
+    # the record's key: the paths resolved, however typed (`in` and `/abs/in`, a link), so that
+    # a rerun skips and a --resume reuses whatever spelling names the files; one recorded as
+    # typed (by an older vsr) takes the resolved key
+    key = (os.path.realpath(job.input), os.path.realpath(job.output))
+    store.rekey(str(job.input), str(job.output), *key)
+    if store.finished(*key, fingerprint) and not config.overwrite:
         with tracker.lock:
             tracker.skipped.append({"input": str(job.input), "output": str(job.output)})
         return []
@@ -378,8 +383,7 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
 
     check_output_path(job.output, overwrite=config.overwrite, input_path=job.input)
     if not is_segmentable(job.input):
-        file_id, _ = store.begin(str(job.input), str(job.output), fingerprint, [(None, None, 1)],
-                                 resume=False)
+        file_id, _ = store.begin(*key, fingerprint, [(None, None, 1)], resume=False)
         task = Task(job, file_id, None, job.output, overwrite=config.overwrite,
                     identity=identity)
         _register(tracker, _File(job, file_id, None, [task], [], 1, identity))
@@ -392,8 +396,7 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
     min_frames = sys.maxsize if job.options.deflicker else config.segment_frames
     segments = plan_segments(job.input, min_frames, info)
     plan = [(s.start, s.end, s.frames) for s in segments]
-    file_id, kept = store.begin(str(job.input), str(job.output), fingerprint, plan,
-                                config.resume)
+    file_id, kept = store.begin(*key, fingerprint, plan, config.resume)
     seg_dir = config.state_dir / "segments" / f"{file_id:06d}"
     if not kept:
         shutil.rmtree(seg_dir, ignore_errors=True)

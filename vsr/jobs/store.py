@@ -139,6 +139,17 @@ class JobStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def rekey(self, input_path: str, output: str, new_input: str, new_output: str) -> None:
+        """Record the file kept under (``input_path``, ``output``) under the new names, unless
+        a record holds those already (files were recorded by their paths as typed, before
+        they were recorded by their resolved paths)."""
+        if (input_path, output) == (new_input, new_output):
+            return
+        with self._using() as db, db:
+            db.execute("UPDATE files SET input = ?, output = ? WHERE input = ? AND output = ? "
+                       "AND NOT EXISTS (SELECT 1 FROM files WHERE input = ? AND output = ?)",
+                       (new_input, new_output, input_path, output, new_input, new_output))
+
     def finished(self, input_path: str, output: str, fingerprint: str) -> bool:
         """True when this input was finished into this output with these settings and the
         output is there."""
