@@ -34,7 +34,8 @@ __all__ = [
     "ARCHITECTURES", "DEFAULT_MODEL", "DRN", "REGISTRY", "BicubicUpscaler", "CheckpointInfo",
     "DualDownsampler", "DualNetworks", "ModelSpec", "NetworkUpscaler", "Registry", "STREAM_MODEL",
     "Upscaler",
-    "build_from_info", "count_macs", "count_params", "create_model", "describe_registry",
+    "build_from_info", "check_model_name", "count_macs", "count_params", "create_model",
+    "describe_registry",
     "load_model", "load_network", "macs_720p", "macs_96", "save_model",
 ]
 
@@ -106,6 +107,25 @@ def _check_checkpoint_path(text: str) -> None:
     if not path.is_file():
         raise CheckpointError(f"{text}: not a regular file (a device, pipe or socket), not a "
                               "checkpoint file")
+
+
+def check_model_name(spec: str | os.PathLike, scale: int | None = None) -> None:
+    """The checks of :func:`load_model` that need no weights: a registry name, or a
+    checkpoint path that is a file, or ``"bicubic"`` with a scale; a registry model's own
+    scale against ``scale``. For a job that names its model before any work (`vsr batch`).
+    Raises ModelError or CheckpointError, in load_model's words."""
+    text = os.fspath(spec)
+    if text == "bicubic":
+        if scale is None:
+            raise ModelError("the bicubic baseline needs --scale")
+    elif text in REGISTRY:
+        own = REGISTRY.get(text).scale
+        if scale is not None and int(scale) != int(own):
+            raise ModelError(f"model {text!r} upscales x{own}, not x{scale}")
+    elif _names_a_file(text):
+        _check_checkpoint_path(text)
+    else:
+        REGISTRY.get(text)  # raises the "unknown model ... known models" error
 
 
 def load_model(spec: str | os.PathLike, *, scale: int | None = None,

@@ -23,7 +23,7 @@ import pytest
 from conftest import alpha_clip, make_clip, packets, video_pts_seconds
 
 import vsr
-from vsr.errors import ConfigError
+from vsr.errors import ConfigError, VsrError
 from vsr.jobs import BatchConfig, BatchResult, JobOptions, run_batch
 from vsr.jobs.plan import read_manifest
 from vsr.jobs.segments import TASK_LOGGERS
@@ -1002,3 +1002,22 @@ def test_an_input_copied_over_with_the_same_size_and_time_is_still_a_change(tmp_
     assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
     with pytest.raises(InputError, match="changed while the batch ran"):
         check_unchanged(src, planned)
+
+
+@pytest.mark.parametrize(("model", "scale", "said"), [
+    ("nonexist", 2, "unknown model 'nonexist'"),
+    ("drn-t-x4", 2, "model 'drn-t-x4' upscales x4, not x2"),
+    ("./no/such.safetensors", None, "no such checkpoint file"),
+])
+def test_a_model_that_cannot_load_is_one_error_before_anything_is_made(tmp_path, model, scale,
+                                                                       said):
+    """An unknown --model failed every file on its own (a warning and a 'failed:' line each)
+    and left a segment folder per file under -o/.vsr-batch; now one error, nothing made."""
+    make_clip(tmp_path / "a.mp4", frames=2)
+    make_clip(tmp_path / "b.mp4", frames=2)
+    out = tmp_path / "out"
+    with pytest.raises(VsrError, match=re.escape(said)):
+        run_batch(BatchConfig(inputs=(str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")),
+                              output_dir=out, options=JobOptions(model=model, scale=scale),
+                              devices=("cpu",)))
+    assert not out.exists()

@@ -457,8 +457,13 @@ def run_batch(config: BatchConfig,
     """
     t0 = time.perf_counter()
     try:
-        # the inputs and outputs first: a manifest that cannot be read, a bad template, is
-        # said before anything is made (the output folder, its job store)
+        # the model, inputs and outputs first: an unknown model, a manifest that cannot be
+        # read, a bad template is said once, before anything is made (the output folder, its
+        # job store; an unknown model failed every file, each leaving a segment folder)
+        from vsr.models import DEFAULT_MODEL, check_model_name
+
+        if not config.manifests:  # a manifest line may name its own model and scale
+            check_model_name(config.options.model or DEFAULT_MODEL, config.options.scale)
         left_out: list[Path] = []
         entries = expand_inputs(list(config.inputs), list(config.manifests),
                                 exclude=config.output_dir, left_out=left_out)
