@@ -109,6 +109,13 @@ def _check_checkpoint_path(text: str) -> None:
                               "checkpoint file")
 
 
+def _same_path(a: str | os.PathLike, b: str | os.PathLike | None) -> bool:
+    try:
+        return b is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_model_name(spec: str | os.PathLike, scale: int | None = None) -> None:
     """The checks of :func:`load_model` that need no weights: a registry name, or a
     checkpoint path that is a file, or ``"bicubic"`` with a scale; a registry model's own
@@ -158,9 +165,13 @@ def load_model(spec: str | os.PathLike, *, scale: int | None = None,
         if not hasattr(module, "scale"):  # e.g. drn-dual: the dual networks of a training run
             raise CheckpointError(f"{text}: a {ck.arch!r} checkpoint, not an upscaling network "
                                   "(vsr upscales with a 'drn' checkpoint)")
-        info = {"name": ck.name, "source": text, "provenance": ck.provenance,
-                "hparams": ck.hparams}
         name = ck.name or Path(text).stem
+        if name in REGISTRY and not _same_path(text, REGISTRY.get(name).weights_path):
+            # a user's own run (vsr train names its network by the architecture, vsr compress
+            # by the base and ratio): never reported as the shipped model of that name
+            name = f"{name} ({Path(text).name})"
+        info = {"name": name, "source": text, "provenance": ck.provenance,
+                "hparams": ck.hparams}
     else:
         REGISTRY.get(text)  # raises the "unknown model ... known models" error
         raise AssertionError  # pragma: no cover

@@ -140,3 +140,21 @@ def test_a_path_that_is_no_regular_file_is_named(tmp_path) -> None:
         read_header(tmp_path)
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         read_header(tmp_path / "missing.safetensors")
+
+
+def test_a_users_checkpoint_named_like_a_shipped_model_says_whose_it_is(tmp_path):
+    """vsr train names its network by the architecture and vsr compress by the base and
+    ratio: a user's 2-step run compressed came out of `vsr upscale --json` and `vsr export`
+    as "drn-t-x2-drc50", the shipped default's name, for a network 20 dB worse. A file that
+    is not the shipped one of its name is reported with its own file name."""
+    from vsr.models import REGISTRY, create_model
+
+    torch.manual_seed(0)
+    net = create_model("drn-t-x2", pretrained=False)
+    mine = tmp_path / "compressed.safetensors"
+    save_model(mine, net, CheckpointInfo(arch="drn", hparams=dict(net.hparams), scale=2,
+                                         name="drn-t-x2"))
+    assert load_model(str(mine)).name == "drn-t-x2 (compressed.safetensors)"
+    shipped = REGISTRY.get("drn-t-x2").weights_path
+    if shipped is not None and shipped.is_file():
+        assert load_model(str(shipped)).name == "drn-t-x2"
