@@ -249,3 +249,23 @@ def test_an_animated_png_is_a_video_and_a_multipage_tiff_says_what_is_left(tmp_p
     assert run(tiff, tmp_path / "pages-x2.tif").frames_out == 1
     assert [r.getMessage() for r in caplog.records] == [
         "pages.tif holds 4 pages, and FFmpeg reads the first only: the other 3 are not upscaled"]
+
+
+@pytest.mark.parametrize("suffix, said", [(".jpg", True), (".bmp", True), (".png", False)])
+def test_a_deep_picture_written_at_8_bits_says_so(tmp_path, caplog, suffix, said):
+    """A 16-bit PNG upscaled to .jpg lost its depth without a word (a lost alpha plane was
+    warned of)."""
+    import logging
+
+    from vsr.io.image import save_image
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    src = tmp_path / "deep.png"
+    y, x = np.mgrid[0:12, 0:16]
+    save_image(src, np.stack([x * 4000, y * 5000, x * y * 300], -1).astype(np.uint16))
+    caplog.set_level(logging.WARNING, logger="vsr")
+    upscale_file(UpscaleConfig(input=src, output=tmp_path / f"up{suffix}", model="bicubic",
+                               scale=2))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ([f"deep.png: its 16-bit picture is written at 8 bits (a {suffix} picture "
+                      "holds no more; .png or .tif keep 16)"] if said else []), lines

@@ -9,6 +9,7 @@ both write through it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
 import re
@@ -26,6 +27,8 @@ from vsr.errors import InputError, OutputError
 from vsr.io.info import StreamInfo
 from vsr.io.output import SinkContext, check_frame, check_output_path, store_file
 from vsr.limits import env_limit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -606,6 +609,11 @@ class ImageSink(SinkContext):
             from vsr.io.sink import warn_alpha_lost
 
             warn_alpha_lost(info, f"a {self.path.suffix.lower()} picture")
+        deep_kept = self._format.deep_pix_fmt or (self.alpha and self._format.deep_alpha_pix_fmt)
+        if info is not None and info.bit_depth > 8 and not deep_kept:
+            log.warning("%s: its %d-bit picture is written at 8 bits (a %s picture holds no "
+                        "more; .png or .tif keep 16)", Path(info.path).name, info.bit_depth,
+                        self.path.suffix.lower())
         self._overwrite = overwrite
         self._size = (height, width)
         self._q = jpeg_scale

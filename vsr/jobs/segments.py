@@ -61,7 +61,8 @@ def segment_suffix(codec: str, output: Path) -> str:
 # (Tracker.finished). tests/test_batch_hardening.py checks the list against the modules.
 TASK_LOGGERS = (
     "vsr.backends", "vsr.backends.tensorrt", "vsr.engine", "vsr.export", "vsr.io.decord_source",
-    "vsr.io.ffmpeg_sink", "vsr.io.output", "vsr.io.passthrough", "vsr.io.sink", "vsr.io.source",
+    "vsr.io.ffmpeg_sink", "vsr.io.image", "vsr.io.output", "vsr.io.passthrough", "vsr.io.sink",
+    "vsr.io.source",
     "vsr.pipeline.compute", "vsr.pipeline.cuda", "vsr.pipeline.run", "vsr.runtime",
     "vsr.threads",
 )
