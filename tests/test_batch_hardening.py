@@ -1021,3 +1021,16 @@ def test_a_model_that_cannot_load_is_one_error_before_anything_is_made(tmp_path,
                               output_dir=out, options=JobOptions(model=model, scale=scale),
                               devices=("cpu",)))
     assert not out.exists()
+
+
+def test_an_output_name_no_format_is_known_by_fails_before_any_segment(tmp_path):
+    """--name '{stem}' (no suffix): every segment was computed, then the join failed with
+    'Could not determine output format'; it fails at planning now, as `vsr upscale` says it."""
+    src = make_clip(tmp_path / "a.mp4", frames=6)
+    out = tmp_path / "out"
+    result = run_batch(BatchConfig(inputs=(str(src),), output_dir=out, template="{stem}",
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",)))
+    assert [f["error"] for f in result.failed] == [
+        f"cannot write {out / 'a'}: Could not determine output format"]
+    assert result.segments_computed == 0

@@ -44,7 +44,9 @@ def check_output_codec(output: Path, codec: str) -> None:
     check_codec(codec)
     try:
         out = av.open(file_url(output), mode="w")
-    except (av.error.FFmpegError, ValueError, OSError):
+    except ValueError as exc:  # no format by that name: as the sink says it, before any work
+        raise OutputError(f"cannot write {output}: {exc}") from exc
+    except (av.error.FFmpegError, OSError):
         return  # a name the sink itself refuses: the join says why, in the sink's words
     try:
         out.add_stream(codec)
