@@ -18,6 +18,16 @@ def test_bench_reports_every_stage(clip):
     assert 0 < d["serial_cpu_ms"] <= 1.1 * cores * 1000 / r.serial_fps
 
 
+def test_a_clip_shorter_than_the_frames_asked_for_is_said(clip):
+    """`vsr bench --frames 100` on a 6-frame clip measured 6 frames without a word."""
+    src = clip("short.mp4", frames=3, size=(64, 48))
+    r = run_bench(BenchConfig(input=src, model="bicubic", scale=2, device="cpu", frames=10,
+                              encode=EncodeConfig(preset="ultrafast")))
+    assert r.frames == 3
+    assert "the input holds 3 frames, fewer than the 10 asked for: every stage is measured " \
+           "on 3" in r.notes
+
+
 def test_bench_repeats_alternate_and_report_medians(clip):
     src = clip("r.mp4", frames=6, size=(64, 48))
     r = run_bench(BenchConfig(input=src, model="bicubic", scale=2, device="cpu", frames=4,

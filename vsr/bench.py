@@ -164,9 +164,13 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
     n = len(pts)
     report("decode", decode_fps)
     notes: tuple[str, ...] = ()
+    if n < config.frames:  # the figures are of fewer frames than asked: said, not hidden
+        notes = (f"the input holds {n} frames, fewer than the {config.frames} asked for: "
+                 f"every stage is measured on {n}",)
+        log.warning("%s", notes[0])
     if len(decoded) < n:
-        notes = (f"model and encode stages cycle over the first {len(decoded)} of the {n} "
-                 "frames (all of them do not fit in memory)",)
+        notes += (f"model and encode stages cycle over the first {len(decoded)} of the {n} "
+                  "frames (all of them do not fit in memory)",)
         log.info("%s", notes[0])
 
     prepared = models.prepare(handle, config, decoded[0].image)
