@@ -88,8 +88,10 @@ def test_evaluate_dataset_means_and_progress(tmp_path):
     assert result.ssim == pytest.approx(sum(r.ssim for r in result.per_image) / 2)
     assert 25 < result.psnr < math.inf and 0.5 < result.ssim < 1
     row = result.to_json()
-    assert set(row) == {"dataset", "scale", "psnr", "ssim", "images", "precision"}
+    assert set(row) == {"dataset", "scale", "psnr", "ssim", "images", "precision", "path"}
     assert row["psnr"] == round(result.psnr, 4)
+    # two sets of one name (Tiny in two folders) are told apart by the folder given
+    assert row["path"] == str(tmp_path / "Tiny")
 
 
 def test_model_output_contract_is_checked(tmp_path):

@@ -93,6 +93,7 @@ def test_video_eval_model_and_baseline_on_the_same_lr(carphone, drn_checkpoint):
     assert first.to_json() == second.to_json()  # one draw, deterministic codec
     row = first.to_json()
     assert row["baseline"] == "bicubic" and row["frames"] == 3
+    assert row["path"] == str(carphone)  # clips of one name in two folders are told apart
     assert row["gain_psnr"] == pytest.approx(row["psnr"] - row["baseline_psnr"], abs=2e-4)
     # the bicubic figures are bicubic's on the x264 frames: the compression costs PSNR
     clean = run_video_evaluation(VideoEvalConfig(videos=(carphone,), degrade="bicubic",

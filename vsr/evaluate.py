@@ -77,13 +77,14 @@ class DatasetResult:
     images: int
     per_image: tuple[ImageResult, ...] = field(default=(), repr=False)
     precision: str = "float32"  # the dtype the model computed in
+    path: str = ""  # the folder as given: two sets of one name are told apart by it
 
     def to_json(self) -> dict[str, Any]:
         """The ``vsr eval --json`` row: PSNR to 4 decimals, SSIM to 5; null where infinite
         (:func:`json_number`)."""
         return {"dataset": self.dataset, "scale": self.scale, "psnr": json_number(self.psnr, 4),
                 "ssim": json_number(self.ssim, 5), "images": self.images,
-                "precision": self.precision}
+                "precision": self.precision, "path": self.path}
 
 
 def json_number(value: float, digits: int) -> float | None:
@@ -268,7 +269,7 @@ def evaluate_dataset(handle: UpscaleHandle, folder: str | os.PathLike, scale: in
     # an image identical to its reference scores inf dB; in the mean it counts PSNR_CEILING
     mean_ssim = math.fsum(r.ssim for r in results) / len(results)
     return DatasetResult(name, scale, mean_psnr([r.psnr for r in results]), mean_ssim,
-                         len(results), tuple(results))
+                         len(results), tuple(results), path=os.fspath(folder))
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ class ClipResult:
     per_frame_psnr: tuple[float, ...] = field(default=(), repr=False)
     precision: str = "float32"  # the dtype the model computed in
     deflicker: float = 0.0  # the model's frames' temporal filter strength (0: off)
+    path: str = ""  # the clip as given: two clips of one name are told apart by it
 
     def to_json(self) -> dict[str, Any]:
         """The ``vsr eval --video --json`` row: the image eval row plus video fields."""
@@ -112,7 +113,7 @@ class ClipResult:
             "dataset": self.dataset, "scale": self.scale, "psnr": s["psnr"], "ssim": s["ssim"],
             "images": self.frames, "frames": self.frames, "degrade": self.degrade,
             "flicker": s["flicker"], "model": self.model, "precision": self.precision,
-            "deflicker": self.deflicker,
+            "deflicker": self.deflicker, "path": self.path,
         }
         if self.seed is not None:
             row["seed"] = self.seed
@@ -280,7 +281,7 @@ def evaluate_clip(handle: UpscaleHandle, path: str | os.PathLike, chain: Degrada
     scores, per_frame = _score(sr, hr, scale, name=name, progress=progress)
     base = _score(_upscale_clip(baseline, lr, hr.shape), hr, scale)[0] if baseline else None
     return ClipResult(name, scale, frames, str(chain), getattr(handle, "name", "model"), scores,
-                      base, seed, per_frame, deflicker=deflicker)
+                      base, seed, per_frame, deflicker=deflicker, path=os.fspath(path))
 
 
 def run_video_evaluation(config: VideoEvalConfig, *,
