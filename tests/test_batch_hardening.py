@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -1034,3 +1035,28 @@ def test_an_output_name_no_format_is_known_by_fails_before_any_segment(tmp_path)
     assert [f["error"] for f in result.failed] == [
         f"cannot write {out / 'a'}: Could not determine output format"]
     assert result.segments_computed == 0
+
+
+def test_animated_gifs_in_a_folder_are_upscaled_not_left_out(tmp_path, caplog):
+    """A folder search took no .gif (vsr upscale reads them): they were neither done, failed
+    nor said. Written back as .gif with the gif encoder (a GIF holds nothing else; libx264,
+    the default, is replaced with a warning), as one task: its frames join as GIF pictures."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / "a.mp4", frames=4)
+    frames = [Image.new("RGB", (32, 24), (70 * k, 20, 200)) for k in range(3)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:],
+                   duration=[100, 200, 300], loop=0)
+    caplog.set_level(logging.WARNING, logger="vsr")
+    out = tmp_path / "out"
+    result = run_batch(BatchConfig(inputs=(str(folder),), output_dir=out,
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",)))
+    assert not result.failed, result.failed
+    assert sorted(Path(d["output"]).name for d in result.done) == ["a.mp4", "anim.gif"]
+    with Image.open(out / "anim.gif") as gif:
+        assert gif.size == (64, 48) and gif.n_frames == 3
+    assert "anim.gif: a GIF holds GIF pictures only: written with the gif encoder, not " \
+           "libx264" in caplog.text

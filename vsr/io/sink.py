@@ -340,6 +340,17 @@ def cannot_hold(output: Path, fmt: str, codec: str) -> OutputError:
                        "video; use another --codec, or a container that can (e.g. .mkv)")
 
 
+def fitting_config(fmt: str, config: EncodeConfig, output: Path) -> EncodeConfig:
+    """``config`` for the muxer ``fmt``: a GIF holds GIF pictures only, so another --codec
+    (libx264, the default) is replaced by the gif encoder, with a warning, as `vsr batch`
+    needs for a folder's animated GIFs written back as .gif."""
+    if fmt == "gif" and config.codec != "gif":
+        log.warning("%s: a GIF holds GIF pictures only: written with the gif encoder, not %s",
+                    output.name, config.codec)
+        return EncodeConfig(codec="gif")
+    return config
+
+
 def x265_quiet(codec: str) -> list[str]:
     """x265-params that keep libx265 from printing its "x265 [info]" lines to stderr (the
     library never prints; its errors still reach the log through libav)."""
@@ -494,6 +505,7 @@ class PyAVSink(SinkContext):
     def _setup(self, info: StreamInfo, width: int, height: int, config: EncodeConfig,
                copy_streams: bool) -> None:
         out = self._out
+        config = fitting_config(out.format.name, config, self.path)
 
         def add_video() -> None:
             check_codec(config.codec)

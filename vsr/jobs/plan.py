@@ -28,7 +28,7 @@ from vsr.io.sink import EncodeConfig
 from vsr.options import ModelOptions
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts",
-                            ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".nut", ".y4m"})
+                            ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".nut", ".y4m", ".gif"})
 MEDIA_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
 TEMPLATE_FIELDS = ("dir", "stem", "name", "suffix", "ext", "scale", "model", "index")
 DEFAULT_TEMPLATE = "{dir}/{stem}{suffix}"

@@ -382,7 +382,7 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
     from vsr.io.output import check_output_path
 
     check_output_path(job.output, overwrite=config.overwrite, input_path=job.input)
-    if not is_segmentable(job.input):
+    if not is_segmentable(job.input, job.output):
         file_id, _ = store.begin(*key, fingerprint, [(None, None, 1)], resume=False)
         task = Task(job, file_id, None, job.output, overwrite=config.overwrite,
                     identity=identity)

@@ -237,8 +237,10 @@ def check_unchanged(path: Path, identity: tuple[int, ...] | None) -> None:
                          "it was planned); rerun the batch to upscale it as it is now")
 
 
-def is_segmentable(path: Path) -> bool:
-    return not is_image_path(path)
+def is_segmentable(path: Path, output: Path | None = None) -> bool:
+    """Whether a job is cut into segments: not for a picture, nor for a GIF output (its
+    frames join as GIF pictures, not as the segments' codec)."""
+    return not is_image_path(path) and (output is None or output.suffix.lower() != ".gif")
 
 
 @dataclass(frozen=True)
