@@ -1060,3 +1060,26 @@ def test_animated_gifs_in_a_folder_are_upscaled_not_left_out(tmp_path, caplog):
         assert gif.size == (64, 48) and gif.n_frames == 3
     assert "anim.gif: a GIF holds GIF pictures only: written with the gif encoder, not " \
            "libx264" in caplog.text
+
+
+def test_every_failure_of_a_manifest_line_names_the_line(tmp_path):
+    """Failures found past planning (an input not found, a model that does not load, an
+    output that is a folder) did not name their FILE:LINE: several failed lines of one input
+    could not be told apart."""
+    make_clip(tmp_path / "a.mp4", frames=2)
+    out = tmp_path / "out"
+    (out / "dir.mp4").mkdir(parents=True)
+    manifest = tmp_path / "m.jsonl"
+    lines = [{"input": "missing.mp4", "output": "1.mp4"},
+             {"input": "a.mp4", "output": "2.mp4", "model": "nonexist"},
+             {"input": "a.mp4", "output": "dir.mp4"},
+             {"input": "a.mp4", "output": "4.mp4"}]
+    manifest.write_text("".join(json.dumps(o) + "\n" for o in lines))
+    result = run_batch(BatchConfig(inputs=(), manifests=(manifest,), output_dir=out,
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",)))
+    assert [d["output"] for d in result.done] == [str(out / "4.mp4")]
+    errors = sorted(f["error"] for f in result.failed)
+    assert [e.split(": ", 1)[0] for e in errors] == [f"{manifest}:{n}" for n in (1, 2, 3)]
+    assert "input not found" in errors[0] and "unknown model" in errors[1] \
+        and "directory" in errors[2], errors

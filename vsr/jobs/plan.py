@@ -79,6 +79,14 @@ class Job:
     output: Path | None
     options: JobOptions = field(default_factory=JobOptions)
     error: str | None = None
+    where: str | None = None  # the manifest line (FILE:LINE) it comes from, if any
+
+    def said(self, text: str) -> str:
+        """``text`` (a failure) starting with the manifest line, which tells several lines
+        of one input apart."""
+        if self.where is None or text.startswith(f"{self.where}:"):
+            return text
+        return f"{self.where}: {text}"
 
 
 @dataclass(frozen=True)
@@ -367,7 +375,7 @@ def make_jobs(entries: list[Entry], output_dir: Path, template: str,
                                          "that input, --overwrite or not")))
             continue
         taken[key] = e.where or str(e.path)
-        jobs.append(Job(e.path, out, opts))
+        jobs.append(Job(e.path, out, opts, where=e.where))
     return jobs
 
 

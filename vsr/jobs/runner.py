@@ -284,11 +284,11 @@ class Tracker:
         self.store.file_failed(f.file_id, text)
         with self.lock:
             f.error = f.error or text
-            self.failed.append({"input": str(f.job.input), "error": text})
+            self.failed.append({"input": str(f.job.input), "error": f.job.said(text)})
 
     def fail_unplanned(self, job: Job, text: str) -> None:
         with self.lock:
-            self.failed.append({"input": str(job.input), "error": text})
+            self.failed.append({"input": str(job.input), "error": job.said(text)})
 
     def left_after_stop(self, files_total: int) -> str:
         """The message of a stop, true to what it leaves: the files of ``files_total`` not
