@@ -119,8 +119,8 @@ def _same_path(a: str | os.PathLike, b: str | os.PathLike | None) -> bool:
 def check_model_name(spec: str | os.PathLike, scale: int | None = None) -> None:
     """The checks of :func:`load_model` that need no weights: a registry name, or a
     checkpoint path that is a file, or ``"bicubic"`` with a scale; a registry model's own
-    scale against ``scale``. For a job that names its model before any work (`vsr batch`).
-    Raises ModelError or CheckpointError, in load_model's words."""
+    scale against ``scale``. load_model makes them first; `vsr batch` makes them before any
+    work. Raises ModelError or CheckpointError."""
     text = os.fspath(spec)
     if text == "bicubic":
         if scale is None:
@@ -144,9 +144,8 @@ def load_model(spec: str | os.PathLike, *, scale: int | None = None,
     """
     dtype = dtype or torch.float32
     text = os.fspath(spec)
+    check_model_name(text, scale)  # what needs no weights, before any are read
     if text == "bicubic":
-        if scale is None:
-            raise ModelError("the bicubic baseline needs --scale")
         return BicubicUpscaler("bicubic", scale, device=device, dtype=dtype,
                                info={"name": "bicubic", "scale": scale})
     if text in REGISTRY:
@@ -155,8 +154,7 @@ def load_model(spec: str | os.PathLike, *, scale: int | None = None,
         info: dict[str, Any] = {"name": text, "source": str(entry.weights_path),
                                 "card": dict(entry.card)}
         name = text
-    elif _names_a_file(text):
-        _check_checkpoint_path(text)
+    else:  # a checkpoint file, as check_model_name found
         try:
             module, ck = load_network(text)
         except OSError as exc:  # no permission, a failing disk (EIO)
@@ -172,9 +170,6 @@ def load_model(spec: str | os.PathLike, *, scale: int | None = None,
             name = f"{name} ({Path(text).name})"
         info = {"name": name, "source": text, "provenance": ck.provenance,
                 "hparams": ck.hparams}
-    else:
-        REGISTRY.get(text)  # raises the "unknown model ... known models" error
-        raise AssertionError  # pragma: no cover
     if scale is not None and int(scale) != int(module.scale):
         raise ModelError(f"model {name!r} upscales x{module.scale}, not x{scale}")
     return NetworkUpscaler(name, module, device=device, dtype=dtype, info=info)

@@ -128,7 +128,8 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     pos = order.index(info.index)  # the video's output stream index
     audio = {o.index for o in info.others if o.type == "audio"}
     suffix = Path(output).suffix.lower()
-    tb = written_time_base(info, output_format(output.removeprefix("file:")), config.codec)
+    fmt = output_format(output.removeprefix("file:"))  # the muxer ffmpeg picks by the name
+    tb = written_time_base(info, fmt, config.codec)
     args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts",
             "-f", "nut", "-i", "pipe:0",
             "-i", file_url(info.path),
@@ -146,8 +147,7 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
              f"-enc_time_base:{pos}", f"{tb.numerator}:{tb.denominator}",
              # Negative-timestamp shifting would move every stream off the input times; the
              # input file already had valid timestamps, so keep them where the muxer can.
-             "-avoid_negative_ts", negative_ts_option(output_format(output.removeprefix("file:")),
-                                                      copies_streams=bool(others))]
+             "-avoid_negative_ts", negative_ts_option(fmt, copies_streams=bool(others))]
     if config.crf is not None:
         args += [f"-crf:{pos}", str(config.crf)]
     if config.preset is not None:
@@ -201,7 +201,8 @@ class FfmpegSink(SinkContext):
         self._size = (height, width)
         self._info = info
         self._done = False
-        self._time_base = written_time_base(info, output_format(self.path), config.codec)
+        self._format = output_format(self.path)
+        self._time_base = written_time_base(info, self._format, config.codec)
         self._order = PtsOrder(name=Path(info.path).name, frame_rate=info.frame_rate)
         self.frames = 0
         # what the container cannot carry is refused (audio, subtitles) or left out with a
@@ -272,7 +273,7 @@ class FfmpegSink(SinkContext):
                         self._mux.mux(pkt)
                 self._order.report(self.path.name, self._time_base
                                    if self._time_base != self._info.time_base else None,
-                                   output_format(self.path))
+                                   self._format)
                 self._mux.close()
                 self._proc.stdin.close()
             except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:

@@ -467,10 +467,11 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
             # the animation flag: FFmpeg's WebP decoder fails on its frames ("Invalid data")
             raise InputError(f"{Path(path).name} is an animated WebP, which FFmpeg cannot "
                              "decode; convert it to an animated GIF or PNG, or a video")
-        orientation = _orientation_in(data[:_HEAD_BYTES])
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
+        head = data[:_HEAD_BYTES]
+        orientation = _orientation_in(head)
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
             pages = _tiff_pages(data)
-        size = _size_in(data[:_HEAD_BYTES])
+        size = _size_in(head)
         if size is not None:
             check_pixels(*size, Path(path).name)
             if (problem := _cut_in(data)) is not None:
