@@ -42,13 +42,20 @@ _PLAIN_REASONS = {errno.ENOSPC: "no space left on the device",
                   errno.EROFS: "the file system is read-only"}
 
 
+def file_id(path: str | os.PathLike) -> tuple[int, int] | str:
+    """What names one file whatever the spelling or link (symbolic or hard): device and inode
+    where it exists, else the path with links resolved. Hashable, for many paths at once."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+    return st.st_dev, st.st_ino
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether paths ``a`` and ``b`` name one file: the same path in another spelling, a
     symbolic or a hard link. Where one does not exist (yet), by name with links resolved."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
+    return file_id(a) == file_id(b)
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool,

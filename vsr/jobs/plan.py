@@ -15,7 +15,6 @@ import dataclasses
 import glob
 import hashlib
 import json
-import os
 import string
 import types
 import typing
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from vsr.errors import ConfigError
 from vsr.io.image import IMAGE_SUFFIXES
+from vsr.io.output import file_id
 from vsr.io.sink import EncodeConfig
 from vsr.options import ModelOptions
 
@@ -346,10 +346,10 @@ def make_jobs(entries: list[Entry], output_dir: Path, template: str,
     root = Path(output_dir).resolve()
     jobs: list[Job] = []
     taken: dict[Path, str] = {}
-    read_by: dict[tuple[int, int] | str, str] = {}  # each input file -> its entry
+    read_by: dict[tuple[int, int] | str, str] = {}  # each input file (file_id) -> its entry
     for e in entries:
         if e.error is None:
-            read_by.setdefault(_file_id(e.path), e.where or str(e.path))
+            read_by.setdefault(file_id(e.path), e.where or str(e.path))
     for index, e in enumerate(entries):
         if e.error is not None:
             jobs.append(Job(e.path, None, options, error=e.error))
@@ -367,8 +367,8 @@ def make_jobs(entries: list[Entry], output_dir: Path, template: str,
                             error=_at(e, f"duplicate output {out}: already the output of "
                                          f"{taken[key]}")))
             continue
-        target = _file_id(out)
-        if target in read_by and target != _file_id(e.path):  # its own: the run refuses it
+        target = file_id(out)
+        if target in read_by and target != file_id(e.path):  # its own: the run refuses it
             jobs.append(Job(e.path, out, opts,
                             error=_at(e, f"output {out} is also an input of this batch "
                                          f"({read_by[target]}): writing it would replace "
@@ -378,15 +378,6 @@ def make_jobs(entries: list[Entry], output_dir: Path, template: str,
         jobs.append(Job(e.path, out, opts, where=e.where))
     return jobs
 
-
-def _file_id(path: Path) -> tuple[int, int] | str:
-    """What names one file whatever the spelling or link: device and inode where it exists,
-    else the path with links resolved."""
-    try:
-        st = path.stat()
-    except (OSError, ValueError):
-        return os.path.realpath(path)
-    return st.st_dev, st.st_ino
 
 
 def _confined(out: Path, root: Path) -> Path:
