@@ -165,6 +165,11 @@ def test_a_rerun_skips_finished_files_however_their_paths_are_spelt(tmp_path, mo
     for spelling in ("in", "link", "./in/../in"):
         result = run(spelling)
         assert not result.failed and len(result.skipped) == 1, (spelling, result.failed)
+    # a store an older vsr wrote keeps the paths as typed: its record is taken over, not lost
+    with sqlite3.connect(tmp_path / "out" / ".vsr-batch" / "jobs.sqlite") as db:
+        db.execute("UPDATE files SET input = 'in/a.mp4', output = 'out/a.mp4'")
+    result = run("in")
+    assert not result.failed and len(result.skipped) == 1, result.failed
 
 
 def test_manifest_outputs_stay_inside_the_output_folder(tmp_path):

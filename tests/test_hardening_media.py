@@ -531,3 +531,8 @@ def test_of_several_video_streams_the_one_ffmpeg_picks_is_upscaled_and_said(tmp_
     assert said == ["two.mkv has 2 video streams: upscaling stream 1 (64x48), the one the "
                     "ffmpeg program picks (by size, one marked default first), copying "
                     "stream 0"], said
+    from vsr.io.source import open_source
+
+    with pytest.raises(InputError, match="more than one video stream, and decord reads the "
+                                         "one it picks; use --decoder pyav"):
+        open_source(src, "decord")  # which may not be the one the others take
