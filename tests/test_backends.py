@@ -75,6 +75,11 @@ def test_candidates_and_names():
     assert parse_backends("eager, compile,onnx") == ("eager", "compile", "onnx")
     with pytest.raises(ConfigError, match="unknown backend"):
         parse_backends("eager,tensorrtx")
+    for text in ("eager,", ",eager", "eager,,onnx", "", " "):  # a name left out
+        with pytest.raises(ConfigError, match="unknown backend ''"):
+            parse_backends(text)
+    with pytest.raises(ConfigError, match="eager is given twice"):
+        parse_backends("eager,onnx, eager")
     with pytest.raises(ConfigError, match="unknown backend"):
         candidates("fast", cpu)
 

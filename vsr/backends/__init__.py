@@ -64,12 +64,16 @@ __all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "TOLERANCE", "Backend", "EngineC
 
 
 def parse_backends(text: str) -> tuple[str, ...]:
-    """``"eager,compile"`` -> ("eager", "compile"); raises ConfigError for unknown names."""
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    bad = [n for n in names if n not in CHOICES]
-    if not names or bad:
-        raise ConfigError(f"unknown backend {', '.join(bad) or repr(text)} "
-                          f"(choose from {', '.join(CHOICES)})")
+    """``"eager,compile"`` -> ("eager", "compile"); raises ConfigError for unknown names,
+    an empty entry (``"eager,"``: a name left out?) and a name given twice."""
+    names = tuple(n.strip() for n in text.split(","))
+    bad = [repr(n) if not n else n for n in names if n not in CHOICES]
+    if bad:
+        raise ConfigError(f"unknown backend {', '.join(bad)} in {text!r} "
+                          f"(choose from {', '.join(CHOICES)}, comma-separated)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"backend {', '.join(twice)} is given twice in {text!r}")
     return names
 
 
