@@ -248,3 +248,21 @@ def test_frame_rate_timed_outputs_are_written_one_frame_a_tick(clip, tmp_path, n
     with av.open(str(out)) as c:
         assert c.streams.video[0].codec_context.framerate == 25  # H.264: its VUI timing
         assert sum(1 for _ in c.decode(video=0)) == 6
+
+
+def test_a_retimed_last_picture_keeps_its_time(tmp_path):
+    """A repeated pts is moved one tick on by the order; the duration stayed keyed by the old
+    pts, so the last picture lost its 5 s (and the entry was never let go)."""
+    src = _slideshow(tmp_path / "slides.mp4", 5)
+    source = PyAVSource(src)
+    frames = list(source.frames())
+    tick = int(1 / source.info.time_base)  # one second in the input's time base
+    assert [f.duration for f in frames] == [tick, tick, tick, 5 * tick]
+    out = tmp_path / "o.mp4"  # its time base is the input's: the moved pts stays apart
+    with PyAVSink(out, source.info, 64, 48, EncodeConfig(preset="ultrafast")) as sink:
+        for f, pts in zip(frames, (0, tick, 2 * tick, 2 * tick), strict=True):
+            sink.write(f.image, pts, f.duration)
+    assert sink._held == {} and sink._durations == {}
+    last = video_pts_seconds(out)[-1]
+    with av.open(str(out)) as c:
+        assert abs(float(c.duration / av.time_base) - (float(last) + 5)) < 0.01

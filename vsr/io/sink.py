@@ -488,6 +488,7 @@ class PyAVSink(SinkContext):
         self._pass: Passthrough | None = None
         self._order = PtsOrder(name=Path(info.path).name, frame_rate=info.frame_rate)
         self._durations: dict[int, int] = {}  # pts -> how long the input shows that frame
+        self._held: dict[int, int] = {}  # the same for frames still in the order, by id
         self._in_time_base = info.time_base
         self._time_base = info.time_base  # the encoder's: another one for AVI
         self.frames = 0
@@ -585,12 +586,19 @@ class PyAVSink(SinkContext):
         if self._time_base != self._in_time_base:
             frame.pts = round(pts * self._in_time_base / self._time_base)
             frame.time_base = self._time_base
-        if duration:
-            self._durations[frame.pts] = max(1, round(duration * self._in_time_base
-                                                      / self._time_base))
+        if duration:  # held by the frame until the order has settled its pts
+            self._held[id(frame)] = max(1, round(duration * self._in_time_base
+                                                 / self._time_base))
         for due in self._order.push(frame):
-            self._mux(self._stream.encode(due))
+            self._encode(due)
         self.frames += 1
+
+    def _encode(self, frame: av.VideoFrame) -> None:
+        """Encode a frame the order let go of, its pts now final (a repeat moved a tick on):
+        its packet, met by that pts, takes the frame's duration."""
+        if (shown := self._held.pop(id(frame), None)) is not None:
+            self._durations[frame.pts] = shown
+        self._mux(self._stream.encode(frame))
 
     def _mux(self, packets: list[av.Packet]) -> None:
         for pkt in packets:
@@ -610,7 +618,7 @@ class PyAVSink(SinkContext):
             return
         try:
             for frame in self._order.flush():
-                self._mux(self._stream.encode(frame))
+                self._encode(frame)
             self._mux(self._stream.encode(None))
             self._order.report(self.path.name, self._time_base
                                if self._time_base != self._in_time_base else None,
