@@ -67,7 +67,7 @@ def parse_backends(text: str) -> tuple[str, ...]:
     """``"eager,compile"`` -> ("eager", "compile"); raises ConfigError for unknown names,
     an empty entry (``"eager,"``: a name left out?) and a name given twice."""
     names = tuple(n.strip() for n in text.split(","))
-    bad = [repr(n) if not n else n for n in names if n not in CHOICES]
+    bad = [n or repr(n) for n in names if n not in CHOICES]
     if bad:
         raise ConfigError(f"unknown backend {', '.join(bad)} in {text!r} "
                           f"(choose from {', '.join(CHOICES)}, comma-separated)")
