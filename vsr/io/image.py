@@ -24,6 +24,8 @@ import av
 import numpy as np
 
 from vsr.errors import InputError, OutputError
+from vsr.io.headers import PNG_SIGNATURE, jpeg_segments, png_chunks, riff_chunk
+from vsr.io.icc import embed_profile, holds_profile, read_profile
 from vsr.io.info import StreamInfo
 from vsr.io.output import SinkContext, check_frame, check_output_path, store_file
 from vsr.limits import env_limit
@@ -112,7 +114,7 @@ def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
 
 def _size_in(head: bytes) -> tuple[int, int] | None:
     """:func:`declared_size` of a file that begins with ``head``."""
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+    if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR" and len(head) >= 24:
         return struct.unpack(">II", head[16:24])
     if head[:2] == b"\xff\xd8":
         return _jpeg_size(head)
@@ -139,55 +141,17 @@ def _orientation_in(head: bytes) -> int:
     begins with ``head``; 1 where it says none (or nothing this reads)."""
     exif = None
     if head[:2] == b"\xff\xd8":
-        exif = _jpeg_exif(head)
+        exif = next((payload for _, marker, payload, _ in jpeg_segments(head)
+                     if marker == 0xE1 and payload[:6] == b"Exif\x00\x00"), None)
     elif head[:4] in (b"II*\x00", b"MM\x00*"):
         exif = head
-    elif head[:8] == b"\x89PNG\r\n\x1a\n":
-        exif = _chunk(head, 8, b"eXIf", ">I", before=True)
+    elif head[:8] == PNG_SIGNATURE:
+        exif = next((body for _, kind, body, _ in png_chunks(head) if kind == b"eXIf"), None)
     elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        exif = _chunk(head, 12, b"EXIF", "<I", before=False)
+        exif = riff_chunk(head, b"EXIF")
     if exif is not None and exif[:6] == b"Exif\x00\x00":
         exif = exif[6:]
     return _tiff_orientation(exif) if exif else 1
-
-
-def _jpeg_exif(head: bytes) -> bytes | None:
-    """The payload of a JPEG's APP1 Exif segment (before the first scan), or None."""
-    i = 2
-    while i + 4 <= len(head) and head[i] == 0xFF:
-        marker = head[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD9:
-            i += 2
-            continue
-        if marker == 0xDA:  # start of scan: no header segment after it
-            return None
-        (length,) = struct.unpack(">H", head[i + 2:i + 4])
-        if marker == 0xE1 and head[i + 4:i + 10] == b"Exif\x00\x00":
-            return head[i + 4:i + 2 + length]
-        i += 2 + length
-    return None
-
-
-def _chunk(head: bytes, i: int, name: bytes, size_fmt: str, *, before: bool) -> bytes | None:
-    """The data of the first chunk ``name`` of a PNG (``before``: the length comes before
-    the name, and a CRC after the data) or a RIFF file (the length after the name, the data
-    padded to an even size)."""
-    while i + 8 <= len(head):
-        if before:
-            (size,), kind, start = struct.unpack(size_fmt, head[i:i + 4]), head[i + 4:i + 8], i + 8
-            step = size + 12
-        else:
-            kind, (size,), start = head[i:i + 4], struct.unpack(size_fmt, head[i + 4:i + 8]), i + 8
-            step = 8 + size + (size & 1)
-        if kind == name:
-            return head[start:start + size]
-        if kind in (b"IDAT", b"IEND"):  # PNG: eXIf comes before the picture data
-            return None
-        i += step
-    return None
 
 
 def _tiff_tags(tiff: bytes, wanted: set[int]) -> dict[int, int]:
@@ -272,22 +236,10 @@ def _y4m_size(head: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg_size(head: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 < len(head):
-        if head[i] != 0xFF:
-            return None
-        marker = head[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # no length field
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", head[i + 2:i + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            h, w = struct.unpack(">HH", head[i + 5:i + 9])
+    for _, marker, payload, _ in jpeg_segments(head):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and len(payload) >= 5:
+            h, w = struct.unpack(">HH", payload[1:5])  # start of frame
             return w, h
-        i += 2 + length
     return None
 
 
@@ -444,6 +396,7 @@ class Picture(NamedTuple):
     gif_later: bool  # a GIF whose pictures after the first have a transparent colour
     orientation: int  # a still picture's EXIF orientation: 1-8, 1 as stored (see upright)
     pages: int  # a TIFF's pages (image directories), of which FFmpeg decodes the first
+    icc_profile: bytes | None  # the embedded ICC colour profile (vsr.io.icc), if any
 
 
 def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
@@ -458,7 +411,7 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
     The file is opened once for all of that. Raises InputError (over the limit, cut short);
     av.FFmpegError as ``av.open`` does.
     """
-    later_transparency, orientation, pages = False, 1, 1
+    later_transparency, orientation, pages, profile = False, 1, 1, None
     # mapped, not read: a JPEG walk stops at the first picture's end; unreadable or empty
     # (nothing to map): FFmpeg says why
     with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh, \
@@ -469,6 +422,7 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
                              "decode; convert it to an animated GIF or PNG, or a video")
         head = data[:_HEAD_BYTES]
         orientation = _orientation_in(head)
+        profile = read_profile(data)
         if head[:4] in (b"II*\x00", b"MM\x00*"):
             pages = _tiff_pages(data)
         size = _size_in(head)
@@ -479,7 +433,7 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
             if data[:6] in (b"GIF87a", b"GIF89a"):
                 later_transparency = _gif_later_transparency(data)
     container = av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
-    return Picture(container, later_transparency, orientation, pages)
+    return Picture(container, later_transparency, orientation, pages, profile)
 
 
 def open_limited(path: str | os.PathLike, url: str | None = None):
@@ -615,6 +569,12 @@ class ImageSink(SinkContext):
             log.warning("%s: its %d-bit picture is written at 8 bits (a %s picture holds no "
                         "more; .png or .tif keep 16)", Path(info.path).name, info.bit_depth,
                         self.path.suffix.lower())
+        self._profile = info.icc_profile if info is not None else None
+        if self._profile is not None and not holds_profile(self.path.suffix):
+            log.warning("%s: its ICC colour profile is not carried into a %s picture, whose "
+                        "colours may then look different (.png, .jpg, .webp and .tif keep it)",
+                        Path(info.path).name, self.path.suffix.lower())
+            self._profile = None
         self._overwrite = overwrite
         self._size = (height, width)
         self._q = jpeg_scale
@@ -630,6 +590,12 @@ class ImageSink(SinkContext):
         check_frame(image, self._size, alpha=self.alpha)
         self._data, self.pix_fmt = encode_image(image, self._format, jpeg_scale=self._q,
                                                 name=self.path.name)
+        if self._profile is not None:
+            try:
+                self._data = embed_profile(self._data, self._profile)
+            except ValueError as exc:
+                log.warning("%s: the input's ICC colour profile is not carried: %s",
+                            self.path.name, exc)
         self.frames = 1
 
     def close(self) -> None:

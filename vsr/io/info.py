@@ -65,6 +65,10 @@ def _scaled(num: int, den: int, unit: int) -> int:
     return round(num * unit / den) if den else 0
 
 
+# decoders whose frames' side data PyAV 18 frees twice (named metadata on the ICC profile)
+_SIDE_DATA_CRASHES = frozenset({"png", "apng"})
+
+
 @dataclass(frozen=True)
 class HdrMetadata:
     """HDR10 static metadata (SMPTE ST 2086 mastering display, CTA-861.3 light levels) in the
@@ -82,8 +86,12 @@ class HdrMetadata:
     light_level: tuple[int, int] | None = None
 
     @classmethod
-    def from_frame(cls, frame: av.VideoFrame) -> HdrMetadata | None:
-        """The metadata in a decoded frame's side data, or None when it carries neither."""
+    def from_frame(cls, frame: av.VideoFrame, codec: str | None = None) -> HdrMetadata | None:
+        """The metadata in a decoded frame's side data, or None when it carries neither.
+        ``codec``: the decoder's name; a PNG's frames are not looked at (their ICC profile's
+        side data crashes PyAV 18, see vsr.io.icc, and PNG says nothing of HDR there)."""
+        if codec in _SIDE_DATA_CRASHES:
+            return None
         parts: dict[str, tuple[int, int]] = {}
         try:
             side_data = list(frame.side_data)
@@ -183,6 +191,8 @@ class StreamInfo:
     # the field order of interlaced frames the source hands out as they are, two fields woven
     # into each (None: progressive, or deinterlaced by the source)
     interlaced: str | None = None
+    # a still picture's embedded ICC colour profile (vsr.io.icc), which its output carries
+    icc_profile: bytes | None = field(default=None, repr=False)
 
     @property
     def size(self) -> tuple[int, int]:

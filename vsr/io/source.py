@@ -235,6 +235,8 @@ class PyAVSource:
                                        picture.gif_later)
             self._orientation = (self._upright(p, picture.orientation) if self.info.is_image
                                  else 1)
+            if picture.icc_profile is not None and self.info.is_image:
+                self.info = replace(self.info, icc_profile=picture.icc_profile)
             if picture.pages > 1:
                 log.warning("%s holds %d pages, and FFmpeg reads the first only: the other %d "
                             "are not upscaled", p.name, picture.pages, picture.pages - 1)
@@ -311,7 +313,7 @@ class PyAVSource:
             rotation=int(round(first.rotation or 0)),
             sample_aspect_ratio=Fraction(s.sample_aspect_ratio) if s.sample_aspect_ratio else None,
             color=color,
-            hdr=HdrMetadata.from_frame(first),
+            hdr=HdrMetadata.from_frame(first, cc.name),
             others=other_streams(self._container, s.index),
             is_image=is_image,
             alpha=has_alpha(fmt),
