@@ -84,9 +84,14 @@ class Job:
     def said(self, text: str) -> str:
         """``text`` (a failure) starting with the manifest line, which tells several lines
         of one input apart."""
-        if self.where is None or text.startswith(f"{self.where}:"):
-            return text
-        return f"{self.where}: {text}"
+        return said_at(self.where, text)
+
+
+def said_at(where: str | None, text: str) -> str:
+    """``text`` starting with ``where`` (a manifest's FILE:LINE), once; as it is for None."""
+    if where is None or text.startswith(f"{where}:"):
+        return text
+    return f"{where}: {text}"
 
 
 @dataclass(frozen=True)
@@ -360,19 +365,17 @@ def make_jobs(entries: list[Entry], output_dir: Path, template: str,
             out = rel if rel.is_absolute() else output_dir / rel
             key = _confined(out, root)
         except (ConfigError, TypeError) as exc:
-            jobs.append(Job(e.path, None, options, error=_at(e, str(exc))))
+            jobs.append(Job(e.path, None, options, error=said_at(e.where, str(exc))))
             continue
         if key in taken:
-            jobs.append(Job(e.path, out, opts,
-                            error=_at(e, f"duplicate output {out}: already the output of "
-                                         f"{taken[key]}")))
+            jobs.append(Job(e.path, out, opts, error=said_at(
+                e.where, f"duplicate output {out}: already the output of {taken[key]}")))
             continue
         target = file_id(out)
         if target in read_by and target != file_id(e.path):  # its own: the run refuses it
-            jobs.append(Job(e.path, out, opts,
-                            error=_at(e, f"output {out} is also an input of this batch "
-                                         f"({read_by[target]}): writing it would replace "
-                                         "that input, --overwrite or not")))
+            jobs.append(Job(e.path, out, opts, error=said_at(
+                e.where, f"output {out} is also an input of this batch ({read_by[target]}): "
+                "writing it would replace that input, --overwrite or not")))
             continue
         taken[key] = e.where or str(e.path)
         jobs.append(Job(e.path, out, opts, where=e.where))
@@ -392,7 +395,3 @@ def _confined(out: Path, root: Path) -> Path:
     if key.is_relative_to(root / STATE_DIR):
         raise ConfigError(f"output {out} is inside the job state folder {root / STATE_DIR}")
     return key
-
-
-def _at(e: Entry, text: str) -> str:
-    return f"{e.where}: {text}" if e.where is not None else text
