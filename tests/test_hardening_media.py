@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import make_clip, packets, video_pts_seconds
 
-from vsr.errors import InputError
+from vsr.errors import InputError, OutputError
 from vsr.io.ffmpeg_sink import ffmpeg_available
 from vsr.io.sink import EncodeConfig
 from vsr.io.source import PyAVSource, packet_pts
@@ -178,6 +178,37 @@ def test_batch_refuses_a_codec_its_container_cannot_hold_before_any_segment(tmp_
     [failed] = result.failed
     assert failed["error"].startswith("the output format of clip.mov (mov) cannot hold ffv1")
     assert result.segments_computed == 0 and not (tmp_path / "out" / "clip.mov").exists()
+
+
+@pytest.mark.parametrize("codec", ["libvpx-vp9", "ffv1", "prores_ks"])
+@pytest.mark.parametrize("how", ["pyav", "ffmpeg", "batch"])
+def test_mpeg_ts_refuses_a_codec_it_would_write_as_private_data(tmp_path, codec, how):
+    """MPEG-TS takes any codec and writes one it has no stream type for as opaque private
+    data: a .ts of VP9, FFV1 or ProRes read back as a 'bin_data' stream, no video, exit 0."""
+    if how == "ffmpeg" and not ffmpeg_available():
+        pytest.skip("no ffmpeg program")
+    (tmp_path / "in").mkdir()
+    src = make_clip(tmp_path / "in" / "clip.mp4", frames=4)
+    out = tmp_path / "out" / "clip.ts"
+    want = f"the output format of clip.ts (mpegts) cannot hold {codec} video"
+    if how == "batch":
+        result = run_batch(BatchConfig(inputs=(str(src),), output_dir=out.parent,
+                                       template="{stem}.ts", devices=("cpu",),
+                                       options=JobOptions(model="bicubic", scale=2,
+                                                          codec=codec)))
+        [failed] = result.failed
+        assert failed["error"].startswith(want)
+    else:
+        out.parent.mkdir()
+        with pytest.raises(OutputError, match=want.replace("(", r"\(").replace(")", r"\)")):
+            upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                                       encoder=how, encode=EncodeConfig(codec=codec)))
+    assert not out.exists()
+    ok = tmp_path / "ok.ts"  # and what it holds goes on being written
+    upscale_file(UpscaleConfig(input=src, output=ok, model="bicubic", scale=2,
+                               encode=EncodeConfig(codec="mpeg2video")))
+    with av.open(str(ok)) as c:
+        assert [s.type for s in c.streams] == ["video"]
 
 
 def _ffmpeg(*args: str) -> None:

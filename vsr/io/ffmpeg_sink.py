@@ -43,6 +43,7 @@ from vsr.io.sink import (
     PtsOrder,
     alpha_writer,
     check_chroma_size,
+    check_holds,
     choose_pix_fmt,
     hdr_params,
     keeps_alpha,
@@ -202,6 +203,7 @@ class FfmpegSink(SinkContext):
         self._info = info
         self._done = False
         self._format = output_format(self.path)
+        check_holds(self.path, self._format, config.codec)
         self._time_base = written_time_base(info, self._format, config.codec)
         self._order = PtsOrder(name=Path(info.path).name, frame_rate=info.frame_rate)
         self.frames = 0

@@ -340,6 +340,27 @@ def cannot_hold(output: Path, fmt: str, codec: str) -> OutputError:
                        "video; use another --codec, or a container that can (e.g. .mkv)")
 
 
+# The video codecs MPEG-TS has a stream type for (FFmpeg's mpegtsenc). It takes any other
+# one without a word and writes it as opaque private data: a .ts of VP9, AV1, FFV1 or ProRes
+# read back as a "bin_data" stream and no video at all.
+_MPEGTS_VIDEO = frozenset({"mpeg1video", "mpeg2video", "mpeg4", "h264", "hevc", "vvc", "cavs",
+                           "avs2", "avs3", "dirac", "vc1"})
+
+
+def check_holds(output: Path, fmt: str | None, codec: str) -> None:
+    """Raise :func:`cannot_hold` where the muxer ``fmt`` takes ``codec`` video but writes it
+    as something no reader sees as video (MPEG-TS and its unknown codecs); the other refusals
+    come from the muxer itself."""
+    if fmt != "mpegts":
+        return
+    try:
+        name = av.Codec(codec, "w").canonical_name
+    except ValueError:  # an encoder only the ffmpeg program has: its own check stands
+        return
+    if name not in _MPEGTS_VIDEO:
+        raise cannot_hold(output, fmt, codec)
+
+
 def fitting_config(fmt: str, config: EncodeConfig, output: Path) -> EncodeConfig:
     """``config`` for the muxer ``fmt``: a GIF holds GIF pictures only, so another --codec
     (libx264, the default) is replaced by the gif encoder, with a warning, as `vsr batch`
@@ -515,6 +536,7 @@ class PyAVSink(SinkContext):
             except (av.error.FFmpegError, ValueError, TypeError) as exc:
                 # e.g. .gif or .bmp: a muxer that takes one codec (or stills) only
                 raise cannot_hold(self.path, out.format.name, config.codec) from exc
+            check_holds(self.path, out.format.name, config.codec)
             self._enc = VideoEncoder(stream, info, width, height, config,
                                      container=out.format.name)
             self._stream = stream

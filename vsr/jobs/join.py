@@ -22,7 +22,7 @@ from vsr.io.info import StreamInfo, written_time_base
 from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
 from vsr.io.passthrough import Passthrough, container_tags
 from vsr.io.paths import file_url, negative_ts_option
-from vsr.io.sink import cannot_hold, check_codec
+from vsr.io.sink import cannot_hold, check_codec, check_holds
 from vsr.io.source import PyAVSource, declared_end
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def check_output_codec(output: Path, codec: str) -> None:
         return  # a name the sink itself refuses: the join says why, in the sink's words
     try:
         out.add_stream(codec)
+        check_holds(output, out.format.name, codec)
     except (av.error.FFmpegError, ValueError, TypeError) as exc:
         raise cannot_hold(output, out.format.name, codec) from exc
     finally:
