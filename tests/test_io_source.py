@@ -42,6 +42,29 @@ def test_decord_matches_pyav_timestamps(clip):
     assert a == b
 
 
+def test_decord_keeps_a_late_video_start_and_refuses_what_it_would_get_wrong(tmp_path):
+    """decord counts times from the stream's start: a video starting 0.5 s after its audio
+    came out at 0, out of sync. It ignores an MP4 edit list (a trim by -ss with -c copy):
+    the hidden frames came out first, every picture shifted against its time. It turns a
+    rotated video itself, into RGBA: an internal shape error."""
+    late = tmp_path / "late.mp4"
+    _ffmpeg("-itsoffset", "0.5", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=2", "-f",
+            "lavfi", "-i", "sine=d=2.5", "-fps_mode", "passthrough", "-c:v", "libx264",
+            "-bf", "2", "-c:a", "aac", late)
+    want = [(f.index, f.pts) for f in PyAVSource(late).frames()]
+    assert want[0][1] > 0
+    with open_source(late, "decord") as src:
+        assert [(f.index, f.pts) for f in src.frames()] == want
+    trimmed = tmp_path / "trimmed.mp4"
+    _ffmpeg("-ss", "1.2", "-i", late, "-c", "copy", trimmed)  # 0.7 s into the video
+    with pytest.raises(InputError, match=r"edit list trims it.*use --decoder pyav"):
+        open_source(trimmed, "decord")
+    turned = tmp_path / "turned.mp4"
+    _ffmpeg("-i", late, "-c", "copy", "-metadata:s:v:0", "rotate=90", turned)
+    with pytest.raises(InputError, match="turned -?90 degrees.*use --decoder pyav"):
+        open_source(turned, "decord")
+
+
 @pytest.mark.parametrize("content", [b"", b"not a video at all" * 100])
 def test_not_media(tmp_path, content):
     p = tmp_path / "bad.mp4"

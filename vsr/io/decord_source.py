@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 class DecordSource:
     """Sequential decord reading of the video stream PyAV would pick."""
 
-    def __init__(self, path: str | os.PathLike, info: StreamInfo, *, threads: int = 0) -> None:
-        """``info``: the PyAV probe of ``path`` (``vsr.io.source.open_source`` makes it)."""
+    def __init__(self, path: str | os.PathLike, info: StreamInfo,
+                 presented: list[int] | None = None, *, threads: int = 0) -> None:
+        """``info``: the PyAV probe of ``path``; ``presented``: the times of the frames PyAV
+        shows (vsr.io.source.presented_pts; None: not known, decord's own times are taken).
+        ``vsr.io.source.open_source`` makes both."""
         try:
             import decord
         except ImportError as exc:  # pragma: no cover - decord is a declared dependency
@@ -38,6 +41,13 @@ class DecordSource:
         n = len(self._reader)
         if n == 0:
             raise InputError(f"no video frames in {path}")
+        if presented is not None and len(presented) != n:
+            # decord ignores an MP4 edit list: the frames a trim (-ss with -c copy) keeps
+            # hidden came out first, every later picture shifted against its time and audio
+            raise InputError(f"decord reads {n} frames of {os.path.basename(path)} where it "
+                             f"shows {len(presented)} (an edit list trims it, which decord "
+                             "ignores); use --decoder pyav")
+        self._presented = presented
         if info.bit_depth > 8:
             log.warning("decord reads %d-bit video as 8-bit; use --decoder pyav to keep depth",
                         info.bit_depth)
@@ -50,16 +60,18 @@ class DecordSource:
             raise InputError("a source can be iterated only once")
         self._taken = True
         n = len(self._reader)
-        starts = self._reader.get_frame_timestamp(np.arange(n))[:, 0]
-        tb = self.info.time_base
+        if self._presented is not None:
+            times = self._presented
+        else:  # decord's times count from the stream's start: PyAV's count from the file's
+            tb, start = self.info.time_base, self.info.start_pts or 0
+            times = [start + int(round(float(t) / float(tb)))
+                     for t in self._reader.get_frame_timestamp(np.arange(n))[:, 0]]
         for i in range(n):
             try:
                 image = self._reader.next().asnumpy()
             except StopIteration:
                 raise InputError(f"decord stopped after {i} of {n} frames") from None
-            # decord reports seconds computed from the stream pts; turn them back into ticks.
-            pts = int(round(float(starts[i]) / float(tb)))
-            yield Frame(index=i, pts=pts, image=np.ascontiguousarray(image))
+            yield Frame(index=i, pts=times[i], image=np.ascontiguousarray(image))
 
     def close(self) -> None:
         self._reader = None

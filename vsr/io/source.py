@@ -547,4 +547,19 @@ def open_source(path: str | os.PathLike, decoder: str = "pyav", *,
     if several:  # decord picks one of its own, which may not be ours
         raise InputError(f"{Path(path).name} has more than one video stream, and decord reads "
                          "the one it picks; use --decoder pyav")
-    return DecordSource(path, info)
+    if info.rotation:  # its frames come turned (and as RGBA), and the output turns them again
+        raise InputError(f"{Path(path).name} is shown turned {info.rotation} degrees, which "
+                         "decord applies itself; use --decoder pyav")
+    return DecordSource(path, info, presented_pts(path, info.index))
+
+
+def presented_pts(path: str | os.PathLike, index: int) -> list[int] | None:
+    """The times of the frames a decoder shows of video stream ``index``, in order, from its
+    packets alone (:func:`packet_pts`): those an MP4 edit list cuts away are not shown, nor
+    are AVI's empty chunks of dropped frames. None where packets carry no times (raw H.264)."""
+    times = []
+    with av.open(file_url(path)) as container:
+        for pkt in container.demux(container.streams[index]):
+            if pkt.size and not pkt.is_discard:
+                times.append(packet_pts(container, pkt))
+    return None if None in times else sorted(times)
