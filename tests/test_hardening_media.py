@@ -478,6 +478,24 @@ def test_batch_joins_avi_input_and_output_with_every_frame_time(tmp_path, source
         assert _probe(out, "avg_frame_rate,nb_frames", "stream") == ["25/1,40"]
 
 
+def test_batch_of_an_xvid_avi_with_b_frames_is_one_task_with_every_frame(tmp_path):
+    """An AVI of MPEG-4 Part 2 with B-frames (Xvid, DivX) failed in batch: 'segment 1:
+    decoded 38 frames where the file has 40'. Its GOPs are open: started at a keyframe, the
+    decoder loses the B-frames shown before it, and each later frame took the next AVI frame
+    slot, two too early. Such a file is not cut; its frames are upscale's."""
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / "xvid.avi"
+    _ffmpeg(*_testsrc(40), "-c:v", "mpeg4", "-bf", "2", "-g", "10", "-q:v", "5", str(src))
+    result = run_batch(BatchConfig(inputs=(str(src),), output_dir=tmp_path / "out",
+                                   options=_OPTIONS, segment_frames=10,
+                                   template="{dir}/{stem}.mkv", devices=("cpu",)))
+    assert not result.failed and result.segments_computed == 1, result
+    single = tmp_path / "single.mkv"
+    _upscale(src, single)
+    assert _source_times(tmp_path / "out" / "xvid.mkv") == _source_times(single) == [
+        Fraction(i, 25) for i in range(40)]
+
+
 def test_batch_keeps_a_limited_range_without_colour_description_in_mp4(tmp_path):
     """As `vsr upscale` (above): the join now writes MP4's 'colr' box for the range."""
     (tmp_path / "in").mkdir()

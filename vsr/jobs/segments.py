@@ -153,6 +153,8 @@ def plan_segments(path: Path, min_frames: int, info: StreamInfo | None = None) -
                     keys.append(at)
             # the same judgement `vsr upscale` makes after decoding (a cut-off file)
             problem = truncation_problem(c, stream, len(pts), end, step) if pts else None
+            if _uncuttable(c, stream):
+                keys = []
     except av.error.FFmpegError as exc:
         raise InputError(f"cannot read {path} as media: {exc.strerror or exc}") from exc
     if not pts:
@@ -178,6 +180,16 @@ def plan_segments(path: Path, min_frames: int, info: StreamInfo | None = None) -
         hi = len(ordered) if bounds[i + 1] is None else bisect.bisect_left(ordered, bounds[i + 1])
         segments.append(Segment(i, bounds[i], bounds[i + 1], hi - lo))
     return segments
+
+
+def _uncuttable(c: av.container.InputContainer, stream: av.stream.Stream) -> bool:
+    """Whether no keyframe of ``stream`` is a place to start a segment: MPEG-4 Part 2 with
+    B-frames (Xvid, DivX) in AVI. Its GOPs are open: the B-frames after a keyframe, shown
+    before it, are lost when decoding starts there, and AVI, which stores frame slots and no
+    pts, gives each frame out the next slot, so every later frame took a slot too early and
+    the segment came out frames short. Such a file is one task."""
+    cc = stream.codec_context
+    return c.format.name == "avi" and cc.name == "mpeg4" and bool(cc.has_b_frames)
 
 
 def _count(c: av.container.InputContainer, stream: av.stream.Stream) -> int:
