@@ -22,8 +22,9 @@ def _render(as_json: bool, to_stdout: bool):
         lat = f"{s.latency_ms:.0f} ms (max {s.latency_max_ms:.0f})" if s.latency_ms is not None \
             else "-"
         head = "total" if s.final else f"{s.elapsed_s:7.1f} s"
+        full = f" ({s.overflowed} for want of memory)" if s.overflowed else ""
         click.echo(f"{head}: in {s.frames_in} ({s.fps_in:.1f} fps) out {s.frames_out} "
-                   f"({s.fps_out:.1f} fps) dropped {s.dropped} latency {lat} "
+                   f"({s.fps_out:.1f} fps) dropped {s.dropped}{full} latency {lat} "
                    f"reconnects {s.reconnects} audio {s.audio_out}/{s.audio_in}"
                    + (f" corrupt {s.corrupt}" if s.corrupt else "")
                    + (f" audio skipped {s.audio_skipped}" if s.audio_skipped else "")

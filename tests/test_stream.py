@@ -388,9 +388,13 @@ def test_drop_queue_policies():
     stop = threading.Event()
     frame = LiveFrame(np.zeros((2, 2, 3), np.uint8), 0.0, time.monotonic(), None)
     q = DropQueue(2, "oldest", max_age=10.0)
-    for _ in range(5):
+    for _ in range(5):  # a burst of fresh frames: they wait, whatever their number
         q.put(frame, stop)
-    assert q.dropped == 3
+    assert q.dropped == 0 and all(q.get(stop) is frame for _ in range(5))
+    q = DropQueue(2, "oldest", max_age=10.0, max_bytes=2 * frame.image.nbytes)
+    for _ in range(5):  # ... within the memory bound: past it the oldest go, counted
+        q.put(frame, stop)
+    assert q.dropped == q.overflowed == 3
     stale = LiveFrame(frame.image, 0.0, time.monotonic() - 5, None)
     q = DropQueue(4, "oldest", max_age=1.0)
     q.put(stale, stop)

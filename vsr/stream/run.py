@@ -117,6 +117,8 @@ class StreamStats:
     corrupt: int = 0  # damaged source packets skipped (the decoder concealed what it could)
     audio_skipped: int = 0  # audio packets read, not copied: behind the audio already out on
     # the output clock, or past MAX_QUEUED waiting for video (a source whose video stalls)
+    overflowed: int = 0  # of ``dropped``: younger than the latency limit, but past the
+    # memory the frames waiting for the model may take (vsr.stream.io.MAX_QUEUE_BYTES)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -147,7 +149,7 @@ class _Meter:
         span = max(1e-9, now - self.mark)
         s = StreamStats(
             elapsed_s=round(now - self.start, 3), frames_in=reader.frames,
-            frames_out=frames_out, dropped=queue.dropped,
+            frames_out=frames_out, dropped=queue.dropped, overflowed=queue.overflowed,
             fps_in=round((reader.frames - self.in_mark) / span, 2),
             fps_out=round((frames_out - self.out_mark) / span, 2),
             latency_ms=round(1000 * mean, 1) if mean is not None else None,
@@ -195,8 +197,9 @@ def run_stream(config: StreamConfig,
     handle = models.handle(config, config.device)
     processor = None  # made on the first frame, once the backend is prepared on it
     stop = threading.Event()
-    capacity = 2 if config.drop == "oldest" else 8
-    queue = DropQueue(capacity, config.drop, config.max_latency_ms / 1000)
+    # under "none" the reader waits for room (8 frames); under "oldest" frames wait by age,
+    # within MAX_QUEUE_BYTES
+    queue = DropQueue(8, config.drop, config.max_latency_ms / 1000)
     audio = AudioFeed() if config.audio else None
     reader = Reader(config.src, queue, stop, reconnect=config.reconnect,
                     read_timeout=config.read_timeout_s, backoff_max=config.backoff_max_s,

@@ -1,0 +1,61 @@
+"""`vsr stream` and what a live source sends: bursts of fresh frames (kept under --drop
+oldest: frames go by age, within a memory bound), frames too large for VSR_MAX_PIXELS, audio
+that first appears on a later connection, a source of several programs. Real sockets on
+127.0.0.1, real codecs."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import time
+
+from test_stream import BICUBIC, ENV, VSR, Lines, connect_tcp, free_port, make_ts
+
+
+def _bursts(data: bytes, parts: int) -> list[bytes]:
+    step = -(-len(data) // parts)
+    return [data[i:i + step] for i in range(0, len(data), step)]
+
+
+def tcp_source(*chunks: bytes, pause: float = 0.0, args: tuple[str, ...] = (),
+               dst: str = "-") -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`vsr stream` of a tcp listener sent ``chunks`` (``pause`` s apart) to ``dst``, with
+    JSON stats; returns (the run, with stdout as bytes and stderr as text, the stats)."""
+    port = free_port(socket.SOCK_STREAM)
+    proc = subprocess.Popen([*VSR, f"tcp://127.0.0.1:{port}?listen=1", dst, *BICUBIC, "--json",
+                             "--timeout", "2", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    try:
+        with connect_tcp(port, proc, err) as conn:
+            for chunk in chunks:
+                conn.sendall(chunk)
+                time.sleep(pause)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out.join(timeout=5)
+    err.join(timeout=5)
+    stderr = "\n".join(err.lines)
+    assert "Traceback" not in stderr, stderr
+    stats = [json.loads(line) for line in out.lines + err.lines if line.startswith("{")]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, b"", stderr), stats
+
+
+def test_a_burst_of_fresh_frames_is_not_dropped(tmp_path):
+    """--drop oldest dropped the oldest frame whenever two waited, whatever their age: a
+    source that sends in bursts (a network that delivers late, then all at once) lost most
+    of each burst, with latencies of milliseconds against a limit of 10 s."""
+    buf = io.BytesIO()
+    make_ts(buf, 60, audio=False)
+    result, stats = tcp_source(*_bursts(buf.getvalue(), 3), pause=0.3,
+                               args=("--max-latency", "10000", "--drop", "oldest"),
+                               dst=str(tmp_path / "out.ts"))
+    assert result.returncode == 0, result.stderr
+    final = stats[-1]
+    assert final["final"] and final["latency_max_ms"] < 10000
+    assert (final["frames_in"], final["frames_out"], final["dropped"]) == (60, 60, 0), final
