@@ -204,6 +204,36 @@ def test_an_output_that_is_a_link_to_the_input_is_refused(clip, tmp_path, cli_er
         assert out.stat().st_ino == src.stat().st_ino  # the link is left as it was
 
 
+def test_a_pipe_as_the_output_is_refused_and_a_link_is_followed(clip, tmp_path, cli_error):
+    """`--overwrite` renamed the finished file over a named pipe (or a link to one, as
+    /dev/stdout is): its reader got nothing and the pipe was gone; as root /dev/null would
+    have become a file. A link to a file was replaced by a file of its own; the ffmpeg
+    program writes the file it names, and so does vsr now."""
+    src = clip("in.mkv", frames=2, size=(64, 48))
+    fifo = tmp_path / "pipe.mkv"
+    os.mkfifo(fifo)
+    (tmp_path / "to_pipe.mkv").symlink_to(fifo)
+    for out in ("pipe.mkv", "to_pipe.mkv"):
+        for more in ((), ("--overwrite",)):
+            line = cli_error("upscale", str(src), str(tmp_path / out), "--model", "bicubic",
+                             "--scale", "2", *more)
+            assert line.endswith("is a named pipe, not a file: name a file ('vsr stream' "
+                                 "writes to pipes)")
+    assert fifo.is_fifo() and (tmp_path / "to_pipe.mkv").is_symlink()
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    target = tmp_path / "real.mkv"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.mkv"
+    link.symlink_to(target.name)
+    upscale_file(UpscaleConfig(input=src, output=link, model="bicubic", scale=2,
+                               overwrite=True))
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_bytes()[:4] == b"\x1aE\xdf\xa3"  # Matroska, upscaled
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in.mkv", "pipe.mkv", "to_pipe.mkv", "real.mkv", "link.mkv"])
+
+
 def test_an_output_folder_that_is_a_file_is_named_as_one(clip, tmp_path, cli_error):
     """`vsr upscale IN afile/out.mp4` said 'output folder does not exist: afile'."""
     src = clip("in.mp4", frames=2)

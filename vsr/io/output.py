@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import uuid
 from pathlib import Path
 
@@ -60,28 +61,38 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool,
                       input_path: str | os.PathLike | None = None) -> Path:
-    """Validate ``path`` for writing; raises OutputError with a one-line reason."""
+    """Validate ``path`` for writing; raises OutputError with a one-line reason. Returns the
+    path to write: where ``path`` is a symbolic link, the file it names (a link is followed,
+    as the ffmpeg program follows it, not replaced by a file of its own)."""
     p = Path(path)
     kind = MULTI_FILE_SUFFIXES.get(p.suffix.lower())
     if kind is not None:
         raise OutputError(f"{kind} output ({p.suffix}) writes segment files beside {p.name} "
                           "that cannot be finished atomically; write .mp4 or .mkv and package "
                           "it afterwards")
-    parent = p.parent if str(p.parent) else Path(".")
-    limit = name_max(parent)
-    if len(os.fsencode(p.name)) > limit:
-        raise OutputError(f"output file name is too long ({len(os.fsencode(p.name))} bytes; "
-                          f"the limit is {limit}): {p.name[:40]}...")
+    named = p
     try:
         exists = p.exists() or p.is_symlink()  # a link to nothing is there too
         if p.is_dir():
             raise OutputError(f"output is a directory: {p}")
         if input_path is not None and exists and same_file(p, input_path):
             raise OutputError(f"output would replace the input: {p}")
+        if (kind := _special(p)) is not None:
+            # the file is written whole and renamed into place: that would put a file where
+            # the pipe or device was (/dev/stdout, /dev/null) and nothing would go through it
+            raise OutputError(f"output {p} is a {kind}, not a file: name a file ('vsr "
+                              "stream' writes to pipes)")
+        if p.is_symlink():
+            p = Path(os.path.realpath(p))
     except OSError as exc:  # a path too long as a whole, a loop of links
         raise OutputError(f"cannot use the output path {p}: {exc.strerror}") from exc
     if exists and not overwrite:
-        raise OutputError(f"output exists (use --overwrite): {p}")
+        raise OutputError(f"output exists (use --overwrite): {named}")
+    parent = p.parent if str(p.parent) else Path(".")
+    limit = name_max(parent)
+    if len(os.fsencode(p.name)) > limit:
+        raise OutputError(f"output file name is too long ({len(os.fsencode(p.name))} bytes; "
+                          f"the limit is {limit}): {p.name[:40]}...")
     if not parent.is_dir():
         if parent.exists():
             raise OutputError(f"output folder {parent} is a file, not a folder")
@@ -89,6 +100,20 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool,
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output folder is not writable: {parent}")
     return p
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def _special(path: Path) -> str | None:
+    """What ``path`` (its links followed) is where it is not a regular file or a folder: a
+    named pipe, a device, a socket; None otherwise (or where it does not exist)."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):  # the parent's checks say what is wrong
+        return None
+    return next((kind for test, kind in _SPECIAL_FILES if test(mode)), None)
 
 
 def name_max(folder: Path) -> int:
