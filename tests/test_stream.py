@@ -81,9 +81,12 @@ class Sender:
         self.out.close()
 
 
-def make_ts(target, frames: int, audio: bool = True) -> None:
-    """Stamped 64x48 video (frame i at i/25 s) and a 48 kHz mono AAC track, as MPEG-TS."""
-    with av.open(target, "w", format="mpegts") as out:
+def make_ts(target, frames: int, audio: bool = True, audio_lag: bool = False) -> None:
+    """Stamped 64x48 video (frame i at i/25 s) and a 48 kHz mono AAC track, as MPEG-TS;
+    ``audio_lag``: the audio gathered into PES packets of up to 0.7 s, which come after the
+    video of their time, as the ffmpeg program and broadcast muxers send them."""
+    options = {"max_delay": "700000"} if audio_lag else {}
+    with av.open(target, "w", format="mpegts", options=options) as out:
         v = out.add_stream("libx264", rate=RATE)
         v.width, v.height, v.pix_fmt = W, H, "yuv420p"
         v.codec_context.options = {"preset": "ultrafast"}

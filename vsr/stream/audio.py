@@ -12,7 +12,6 @@ them). Audio is never dropped because video frames were.
 from __future__ import annotations
 
 import collections
-import contextlib
 import io
 import logging
 import threading
@@ -21,6 +20,7 @@ from fractions import Fraction
 import av
 
 from vsr.io.passthrough import Passthrough, copy_disposition
+from vsr.io.passthrough import _seconds as packet_seconds
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +153,33 @@ class _FeedInput:
 
 
 class LivePassthrough(Passthrough):
-    """:class:`Passthrough` whose packets come from an :class:`AudioFeed` as they arrive."""
+    """:class:`Passthrough` whose packets come from an :class:`AudioFeed` as they arrive.
+
+    ``floor`` (seconds, None: none): packets timed before it are dropped, counted in ``late``
+    and warned of once; for an output that needs one clock across its streams, where the
+    video is out up to that time (:class:`~vsr.stream.io.LiveSink`)."""
 
     def __init__(self, feed: AudioFeed) -> None:
         super().__init__(_FeedInput(feed), exclude=-1)
         self._feed = feed.packets
+        self.floor: float | None = None
+        self.late = 0
 
     def _next(self) -> av.Packet | None:
-        if self._pending is None:
-            with contextlib.suppress(IndexError):
-                self._pending = self._feed.popleft()
+        while self._pending is None:
+            try:
+                pkt = self._feed.popleft()
+            except IndexError:
+                return None
+            if self.floor is not None and packet_seconds(pkt) < self.floor:
+                self._late()
+                continue
+            self._pending = pkt
         return self._pending
+
+    def _late(self) -> None:
+        self.late += 1
+        if self.late == 1:
+            log.warning("audio came after the video of its time had gone out on an output "
+                        "that needs one clock (MPEG-TS in RTP): dropped, counted as "
+                        "'audio_skipped' in the stats")

@@ -849,6 +849,14 @@ class TcpOutput:
             return conn
 
 
+# muxers that need one clock across their streams: rtp_mpegts hands every packet, audio or
+# video, to a one-stream RTP muxer that refuses a dts behind the last ("non monotonically
+# increasing dts"), and a live source's audio comes up to some 0.7 s after the video of its
+# time (MPEG-TS muxers gather audio frames into PES packets)
+_ONE_CLOCK = frozenset({"rtp_mpegts"})
+LATE_AUDIO_S = 1.0  # on those: how long (output time) video waits for the audio of its time
+
+
 def _whole_ts_datagrams(url: str, fmt: str | None) -> str:
     """``url`` where it is udp:// carrying MPEG-TS, with ``pkt_size=1316`` unless it says
     otherwise: FFmpeg's 1472-byte datagrams split TS packets (7 of 188 bytes and 156 of the
@@ -935,11 +943,19 @@ class LiveSink:
         self._last_pts = -1
         self._aborted = False
         self.frames = 0
+        # video packets that wait for the audio of their time, on an output of one clock
+        self._one_clock = not self.via_ffmpeg and self.format in _ONE_CLOCK
+        self._held: collections.deque[av.Packet] = collections.deque()
 
     @property
     def audio_packets(self) -> int:
         """Audio packets written so far."""
         return sum(self._pass.copied.values()) if self._pass is not None else 0
+
+    @property
+    def audio_late(self) -> int:
+        """Audio packets dropped for coming too late for an output of one clock."""
+        return self._pass.late if self._pass is not None else 0
 
     def _open(self, info: StreamInfo, width: int, height: int) -> None:
         # the muxer holds a packet back until every stream has one; bound that wait
@@ -993,15 +1009,25 @@ class LiveSink:
         self._mux(self._stream.encode(self._enc.frame(image, pts)))
         self.frames += 1
 
-    def _mux(self, packets: list[av.Packet]) -> None:
-        """Video packets, each after the audio up to its time."""
+    def _mux(self, packets: list[av.Packet], *, end: bool = False) -> None:
+        """Video packets, each after the audio up to its time. On an output of one clock
+        (_ONE_CLOCK) with audio, a video packet waits until the audio of its time has come,
+        or until the video is LATE_AUDIO_S past it (``end``: no longer), and audio that
+        comes after the video of its time went out is dropped, counted."""
+        self._held.extend(packets)
         try:
-            for pkt in packets:
-                t = pkt.dts if pkt.dts is not None else pkt.pts
+            while self._held:
+                pkt = self._held[0]
+                ts = pkt.dts if pkt.dts is not None else pkt.pts
+                t = float(ts * pkt.time_base) if ts is not None else None
+                if not end and self._waits_for_audio(t):
+                    break
+                self._held.popleft()
                 if self._pass is not None:
-                    self._pass.mux_until(self._out, float(t * pkt.time_base) if t is not None
-                                         else None)
+                    self._pass.mux_until(self._out, t)
                 self._out.mux(pkt)
+                if self._one_clock and self._pass is not None and t is not None:
+                    self._pass.floor = t
         except _Interrupted:
             # the output does not take data: a clean close would block the same way
             log.warning("interrupted while the output was blocked: abandoning it")
@@ -1011,6 +1037,14 @@ class LiveSink:
             err = self._relay.error() if self._relay is not None else None
             raise err or OutputError(f"writing {self.url} failed: {exc}") from exc
 
+    def _waits_for_audio(self, t: float | None) -> bool:
+        """Whether the video packet at ``t`` s waits for audio (see :meth:`_mux`)."""
+        if not self._one_clock or self._pass is None or t is None or self.audio.end >= t:
+            return False
+        newest = self._held[-1]
+        ts = newest.dts if newest.dts is not None else newest.pts
+        return ts is not None and float(ts * newest.time_base) - t < LATE_AUDIO_S
+
     def close(self) -> None:
         if self._aborted:
             return
@@ -1018,7 +1052,7 @@ class LiveSink:
             self._finish_relay()
             return
         try:
-            self._mux(self._stream.encode(None))
+            self._mux(self._stream.encode(None), end=True)
             if self._pass is not None:
                 self._pass.mux_rest(self._out)
             out, self._out = self._out, None
@@ -1033,6 +1067,7 @@ class LiveSink:
 
     def abort(self) -> None:
         self._aborted = True
+        self._held.clear()
         self._stop_watch()
         if self._relay is not None:  # first: closing the output writes into its pipe
             self._relay.kill()

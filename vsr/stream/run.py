@@ -116,7 +116,8 @@ class StreamStats:
     precision: str | None = None  # the dtype it computes in (known from the first frame on)
     corrupt: int = 0  # damaged source packets skipped (the decoder concealed what it could)
     audio_skipped: int = 0  # audio packets read, not copied: behind the audio already out on
-    # the output clock, or past MAX_QUEUED waiting for video (a source whose video stalls)
+    # the output clock, past MAX_QUEUED waiting for video (a source whose video stalls), or,
+    # on an output of one clock (rtp://), later than LATE_AUDIO_S behind their video
     overflowed: int = 0  # of ``dropped``: younger than the latency limit, but past the
     # memory the frames waiting for the model may take (vsr.stream.io.MAX_QUEUE_BYTES)
 
@@ -158,7 +159,8 @@ class _Meter:
             audio_in=reader.audio.received if reader.audio is not None else 0,
             audio_out=sink.audio_packets, model=self.model, precision=self.precision,
             corrupt=reader.corrupt,
-            audio_skipped=reader.audio.skipped if reader.audio is not None else 0)
+            audio_skipped=sink.audio_late
+            + (reader.audio.skipped if reader.audio is not None else 0))
         if not final:
             self.mark, self.in_mark, self.out_mark, self.lat = now, reader.frames, frames_out, []
         return s
