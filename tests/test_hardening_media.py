@@ -496,6 +496,31 @@ def test_batch_of_an_xvid_avi_with_b_frames_is_one_task_with_every_frame(tmp_pat
         Fraction(i, 25) for i in range(40)]
 
 
+@pytest.mark.parametrize("colour_range", ["pc", "tv"])
+def test_grey_video_keeps_its_contrast_and_jpeg_yuv_its_matrix(tmp_path, colour_range):
+    """Grey input was written as H.264 4:0:0 at full range, undeclared: FFmpeg decodes it as
+    limited yuv420p, the contrast stretched (mean 64.9 -> 57.8). JPEG YUV (yuvj420p) lost its
+    matrix: a BT.709 one came out untagged, coded in BT.601."""
+    grey = tmp_path / "grey.mkv"  # a dark ramp, which upscaling keeps and a stretch does not
+    _ffmpeg("-f", "lavfi", "-i", "nullsrc=size=64x48:rate=25,geq=lum='10+X*2':cb=128:cr=128",
+            "-frames:v", "3", "-c:v", "ffv1", "-pix_fmt", "gray", "-color_range", colour_range,
+            str(grey))
+    jpeg = tmp_path / "j709.mp4"
+    _ffmpeg(*_testsrc(3), "-c:v", "libx264", "-pix_fmt", "yuvj420p", "-colorspace", "bt709",
+            "-color_primaries", "bt709", "-color_trc", "bt709", str(jpeg))
+    for src in (grey, jpeg):
+        out = tmp_path / f"up_{src.stem}.mp4"
+        _upscale(src, out)
+        with PyAVSource(src) as a, PyAVSource(out) as b:
+            before, after = next(a.frames()).image, next(b.frames()).image
+            if src is jpeg:
+                assert b.info.color.matrix == a.info.color.matrix == 1  # BT.709
+        for k in range(3):  # the picture as bright in each colour (and the ramp as steep)
+            assert abs(float(after[..., k].mean()) - float(before[..., k].mean())) < 2.5, k
+            if src is grey:
+                assert abs(float(after[..., k].std()) - float(before[..., k].std())) < 2.5, k
+
+
 def test_batch_keeps_a_limited_range_without_colour_description_in_mp4(tmp_path):
     """As `vsr upscale` (above): the join now writes MP4's 'colr' box for the range."""
     (tmp_path / "in").mkdir()

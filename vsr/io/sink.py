@@ -12,7 +12,7 @@ import heapq
 import logging
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -287,7 +287,11 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
     if not formats:
         return info.pix_fmt
     named = format_has_alpha(info.pix_fmt)  # by the name: a GIF's bgra has it, used or not
-    if info.pix_fmt in formats and (named if alpha else not (named or has_alpha(info.pix_fmt))):
+    # H.264 4:0:0 comes out of FFmpeg's decoder as yuv420p, its range applied, while swscale
+    # writes grey at full range whatever is asked: grey video's contrast came out stretched
+    grey_h264 = info.pix_fmt.startswith("gray") and av.Codec(codec, "w").canonical_name == "h264"
+    if info.pix_fmt in formats and not grey_h264 and (
+            named if alpha else not (named or has_alpha(info.pix_fmt))):
         return info.pix_fmt
     chroma = "444" if "444" in info.pix_fmt else "422" if "422" in info.pix_fmt else "420"
     depth = info.bit_depth
@@ -428,13 +432,18 @@ class VideoEncoder:
         if info.sample_aspect_ratio:
             cc.sample_aspect_ratio = info.sample_aspect_ratio
         c = info.color
-        self._yuv = (self.pix_fmt.startswith(("yuv", "nv", "p0", "p2"))
-                     and "yuvj" not in self.pix_fmt)
+        # YUV and grey (luma alone) take a range, and YUV a matrix: the input's, so that the
+        # output shows as it does. JPEG YUV (yuvj) is full range whatever was said; grey was
+        # written full range and declared nothing, so players stretched its contrast.
+        self._yuv = self.pix_fmt.startswith(("yuv", "nv", "p0", "p2", "gray"))
+        if "yuvj" in self.pix_fmt:
+            c = replace(c, range=2)
+        self._color = c
         # the range the output declares: the input's, where it says one (0: none)
         self.color_range = c.range if self._yuv and c.range in (1, 2) else 0
         if self._yuv:
             cc.color_range = c.sws_range
-            if c.matrix not in (0, 2):
+            if c.matrix not in (0, 2) and not self.pix_fmt.startswith("gray"):
                 cc.colorspace = c.matrix
         if c.primaries not in (0, 2):
             cc.color_primaries = c.primaries
@@ -475,7 +484,7 @@ class VideoEncoder:
         check_frame(image, self._size, alpha=self.alpha)
         direct = image.shape[2] == 4 and image.dtype == np.uint8 and self._alpha_plane is not None
         rgb = rgb_frame(image[..., :3] if direct else image)
-        c = self._info.color
+        c = self._color
         out = rgb.reformat(format=self.pix_fmt, dst_colorspace=c.sws_matrix if self._yuv else None,
                            dst_color_range=c.sws_range if self._yuv else None)
         if direct:  # the colour planes as from RGBA; the alpha exact (swscale's is off by one)
