@@ -12,8 +12,12 @@ import socket
 import subprocess
 import time
 
+import av
+import pytest
 from test_stream import BICUBIC, ENV, VSR, H, Lines, W, free_port, make_ts
 from test_stream_edge import _listening, _Receiver
+
+from vsr.io.ffmpeg_sink import ffmpeg_available
 
 
 def paced(proc: subprocess.Popen, data: bytes, parts: int, pause: float) -> None:
@@ -57,3 +61,39 @@ def test_an_rtp_output_keeps_going_when_audio_comes_after_later_video(tmp_path):
     print({k: final[k] for k in ("frames_out", "audio_in", "audio_out", "audio_skipped")})
     receiver.join(timeout=30)
     assert set(receiver.video) == {(2 * W, 2 * H)} and receiver.audio > 0
+
+
+needs_ffmpeg = pytest.mark.skipif(not ffmpeg_available(), reason="needs the ffmpeg program")
+
+
+def frame_count(data_or_path) -> tuple[int, tuple[int, int] | None]:
+    """(decoded video frames, their size) of an MPEG-TS file or bytes."""
+    src = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else str(data_or_path)
+    with av.open(src, format="mpegts") as c:
+        frames = list(c.decode(video=0))
+    return len(frames), (frames[0].width, frames[0].height) if frames else None
+
+
+@needs_ffmpeg
+def test_via_ffmpeg_to_stdout_writes_the_stream(tmp_path):
+    """The relay's stdout was /dev/null: `vsr stream SRC - --via-ffmpeg` wrote nothing and
+    exited 0."""
+    make_ts(str(tmp_path / "in.ts"), 10)
+    result = subprocess.run([*VSR, str(tmp_path / "in.ts"), "-", "--via-ffmpeg", *BICUBIC,
+                             "--drop", "none"], capture_output=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    assert frame_count(result.stdout) == (10, (2 * W, 2 * H))
+
+
+@needs_ffmpeg
+def test_via_ffmpeg_replaces_an_existing_file_with_overwrite(tmp_path):
+    """--overwrite let the run start, but the relay was never given -y: ffmpeg refused the
+    file ('already exists') after the first frame."""
+    make_ts(str(tmp_path / "in.ts"), 10)
+    out = tmp_path / "out.ts"
+    out.write_bytes(b"old")
+    result = subprocess.run([*VSR, str(tmp_path / "in.ts"), str(out), "--via-ffmpeg",
+                             "--overwrite", *BICUBIC, "--drop", "none"], capture_output=True,
+                            env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    assert frame_count(out) == (10, (2 * W, 2 * H))

@@ -311,20 +311,23 @@ def _stop_and_discard(proc: subprocess.Popen, temp: Path) -> None:
 
 
 
-def relay_command(url: str, fmt: str = "mpegts") -> list[str]:
-    """ffmpeg copying every stream of the MPEG-TS on its stdin to ``url`` as ``fmt``.
+def relay_command(url: str, fmt: str = "mpegts", *, overwrite: bool = False) -> list[str]:
+    """ffmpeg copying every stream of the MPEG-TS on its stdin to ``url`` as ``fmt`` (``-``:
+    its stdout).
 
     A short probe (our own MPEG-TS needs little analysis; the default would hold the first
     seconds back), ``-copyts`` so the output keeps the stream's clock, and for ``srt://`` a
-    linger on close so the tail reaches the receiver.
+    linger on close so the tail reaches the receiver. An existing file is replaced only with
+    ``overwrite`` (``-y``; else ``-n``: ffmpeg fails rather than asks).
     """
     src = ffmpeg.input("pipe:", format="mpegts", probesize="32768", analyzeduration="100000")
     opts = {"map": "0", "c": "copy", "f": fmt, "flush_packets": "1",
             "max_interleave_delta": "100000"}
     if url.startswith("srt://") and "linger=" not in url:
         opts["linger"] = str(SRT_LINGER_S)
-    out = ffmpeg.output(src, url, **opts).global_args(
-        "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts")
+    out = ffmpeg.output(src, "pipe:1" if url == "-" else url, **opts).global_args(
+        "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts",
+        "-y" if overwrite else "-n")
     return ffmpeg.compile(out)
 
 
@@ -335,14 +338,17 @@ class FfmpegRelay:
     but OutputError (``finish`` when ffmpeg failed, with its last error line).
     """
 
-    def __init__(self, url: str, fmt: str = "mpegts") -> None:
+    def __init__(self, url: str, fmt: str = "mpegts", *, overwrite: bool = False) -> None:
         if not ffmpeg_available():
-            raise OutputError(f"{url.split(':')[0]}:// output needs the ffmpeg program on PATH")
+            what = "stdout" if url == "-" else f"{url.split(':')[0]}://"
+            raise OutputError(f"{what} output through ffmpeg needs the ffmpeg program on PATH")
         self.url = url
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the relay
-        args = relay_command(url, fmt)
+        args = relay_command(url, fmt, overwrite=overwrite)
         log.debug("ffmpeg relay: %s", args)
-        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        # ``-``: ffmpeg writes to our stdout (inherited), nothing else of ours goes there
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE,
+                                      stdout=None if url == "-" else subprocess.DEVNULL,
                                       stderr=self._log, start_new_session=True)
 
     @property

@@ -964,7 +964,8 @@ class LiveSink:
             refuse_existing_file(self.url)
         try:
             if self.via_ffmpeg:
-                self._relay = FfmpegRelay(self.url, self.format or "mpegts")
+                self._relay = FfmpegRelay(self.url, self.format or "mpegts",
+                                          overwrite=self.overwrite)
                 self._pipe = _Flushed(self._relay.stdin)
                 target, fmt = self._pipe, "mpegts"
             elif self.url == "-":
