@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -117,8 +118,12 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     Built by hand rather than with ffmpeg-python, whose graph sort puts the inputs in the order
     the streams are mapped (the file first when its audio is stream 0).
     """
-    c = info.color
-    yuv = pix_fmt.startswith(("yuv", "nv", "p0", "p2")) and not pix_fmt.startswith("yuvj")
+    c = info.color  # as vsr.io.sink.VideoEncoder: JPEG YUV is full range, grey has no matrix
+    yuv = pix_fmt.startswith(("yuv", "nv", "p0", "p2", "gray"))
+    if pix_fmt.startswith("yuvj"):
+        c = replace(c, range=2)
+    if pix_fmt.startswith("gray"):
+        c = replace(c, matrix=2)
     scale = {"out_range": "pc" if c.range == 2 else "tv"} if yuv else {}
     if yuv and c.matrix in _MATRIX:
         scale["out_color_matrix"] = _MATRIX[c.matrix]
