@@ -126,8 +126,10 @@ def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | No
     between the output's frame-to-frame change and the HR's (0 for a perfect upscaler; lower
     is steadier). --baseline bicubic adds bicubic's figures on the same LR frames.
 
-    With --json, a figure that is not finite is null: the PSNR of an output identical to its
-    HR (a flat image, a black frame) is infinite, and strict JSON has no Infinity.
+    An output identical to its HR (a flat image, a black frame) has an infinite PSNR: it
+    counts 60 dB in a set's or clip's mean (one such picture made the mean infinite). With
+    --json, a figure that is still not finite (a per-picture PSNR) is null: strict JSON has
+    no Infinity.
     """
     # torch-heavy modules load here, so that `vsr eval --help` answers at once
     from vsr.evaluate import EvalConfig, run_evaluation, summarize
