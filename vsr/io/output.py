@@ -62,7 +62,7 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 def check_output_path(path: str | os.PathLike, *, overwrite: bool,
                       input_path: str | os.PathLike | None = None) -> Path:
     """Validate ``path`` for writing; raises OutputError with a one-line reason. Returns the
-    path to write: where ``path`` is a symbolic link, the file it names (a link is followed,
+    path to write: where ``path`` is a symbolic link to a file, that file (a link is followed,
     as the ffmpeg program follows it, not replaced by a file of its own)."""
     p = Path(path)
     kind = MULTI_FILE_SUFFIXES.get(p.suffix.lower())
@@ -82,8 +82,8 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool,
             # the pipe or device was (/dev/stdout, /dev/null) and nothing would go through it
             raise OutputError(f"output {p} is a {kind}, not a file: name a file ('vsr "
                               "stream' writes to pipes)")
-        if p.is_symlink():
-            p = Path(os.path.realpath(p))
+        if p.is_symlink() and p.exists():  # a link to nothing is replaced (--overwrite):
+            p = Path(os.path.realpath(p))  # no file is made where it happens to point
     except OSError as exc:  # a path too long as a whole, a loop of links
         raise OutputError(f"cannot use the output path {p}: {exc.strerror}") from exc
     if exists and not overwrite:
