@@ -97,3 +97,26 @@ def test_via_ffmpeg_replaces_an_existing_file_with_overwrite(tmp_path):
                             env=ENV, timeout=120)
     assert result.returncode == 0, result.stderr.decode()
     assert frame_count(out) == (10, (2 * W, 2 * H))
+
+
+def test_format_is_honoured_on_stdout(tmp_path):
+    """--format was ignored for DST -: stdout was MPEG-TS whatever it said. The MP4 family,
+    which seeks back to write its index, goes out as fragmented MP4; a format that writes
+    files of its own is refused before the source is opened."""
+    make_ts(str(tmp_path / "in.ts"), 10)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*VSR, str(tmp_path / "in.ts"), "-", *BICUBIC, "--drop", "none",
+                               *args], capture_output=True, env=ENV, timeout=120)
+
+    for fmt, extra, name in (("nut", (), "nut"), ("mp4", ("--no-audio",), "mp4")):
+        result = run("--format", fmt, *extra)
+        assert result.returncode == 0, result.stderr.decode()
+        with av.open(io.BytesIO(result.stdout)) as c:
+            assert name in c.format.name.split(",")
+            assert sum(1 for _ in c.decode(video=0)) == 10
+    result = run("--format", "hls")
+    assert result.returncode == 1 and not result.stdout
+    assert result.stderr.decode().strip().splitlines() == [
+        "Error: the hls format writes files of its own and cannot stream to stdout "
+        "(e.g. --format mpegts)"]

@@ -316,9 +316,10 @@ def _stop_and_discard(proc: subprocess.Popen, temp: Path) -> None:
 
 
 
-def relay_command(url: str, fmt: str = "mpegts", *, overwrite: bool = False) -> list[str]:
+def relay_command(url: str, fmt: str = "mpegts", *, overwrite: bool = False,
+                  options: dict[str, str] | None = None) -> list[str]:
     """ffmpeg copying every stream of the MPEG-TS on its stdin to ``url`` as ``fmt`` (``-``:
-    its stdout).
+    its stdout), with the muxer ``options``.
 
     A short probe (our own MPEG-TS needs little analysis; the default would hold the first
     seconds back), ``-copyts`` so the output keeps the stream's clock, and for ``srt://`` a
@@ -327,7 +328,7 @@ def relay_command(url: str, fmt: str = "mpegts", *, overwrite: bool = False) -> 
     """
     src = ffmpeg.input("pipe:", format="mpegts", probesize="32768", analyzeduration="100000")
     opts = {"map": "0", "c": "copy", "f": fmt, "flush_packets": "1",
-            "max_interleave_delta": "100000"}
+            "max_interleave_delta": "100000", **(options or {})}
     if url.startswith("srt://") and "linger=" not in url:
         opts["linger"] = str(SRT_LINGER_S)
     out = ffmpeg.output(src, "pipe:1" if url == "-" else url, **opts).global_args(
@@ -343,13 +344,14 @@ class FfmpegRelay:
     but OutputError (``finish`` when ffmpeg failed, with its last error line).
     """
 
-    def __init__(self, url: str, fmt: str = "mpegts", *, overwrite: bool = False) -> None:
+    def __init__(self, url: str, fmt: str = "mpegts", *, overwrite: bool = False,
+                 options: dict[str, str] | None = None) -> None:
         if not ffmpeg_available():
             what = "stdout" if url == "-" else f"{url.split(':')[0]}://"
             raise OutputError(f"{what} output through ffmpeg needs the ffmpeg program on PATH")
         self.url = url
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the relay
-        args = relay_command(url, fmt, overwrite=overwrite)
+        args = relay_command(url, fmt, overwrite=overwrite, options=options)
         log.debug("ffmpeg relay: %s", args)
         # ``-``: ffmpeg writes to our stdout (inherited), nothing else of ours goes there
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE,

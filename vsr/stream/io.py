@@ -136,6 +136,37 @@ def check_output_name(url: str) -> None:
                           f"e.g. --format mpegts)")
 
 
+# the MP4 family's muxers write their index at the end, seeking back, which a pipe cannot:
+# to one they write fragmented MP4 (an empty index first, then fragments of a keyframe on)
+_MOV_FAMILY = frozenset({"mp4", "mov", "ipod", "3gp", "3g2", "f4v", "psp"})
+_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+
+
+def streams_to_pipe(url: str) -> bool:
+    """Whether vsr writes ``url`` as a stream it cannot seek in: ``-`` and tcp:// outputs."""
+    return url == "-" or url.startswith("tcp://")
+
+
+def pipe_options(fmt: str | None) -> dict[str, str]:
+    """Muxer options for writing ``fmt`` to a pipe: fragmented MP4 for the MP4 family."""
+    return dict(_FRAGMENTED) if fmt in _MOV_FAMILY else {}
+
+
+def check_pipe_format(url: str, fmt: str | None) -> None:
+    """Raise ConfigError where ``url`` is a pipe vsr writes (:func:`streams_to_pipe`) and
+    the muxer ``fmt`` writes files of its own (HLS, DASH, image sequences, segments)."""
+    if fmt is None or not streams_to_pipe(url):
+        return
+    try:
+        own_files = av.format.ContainerFormat(fmt).no_file
+    except (ValueError, TypeError):  # unknown: check_format says so
+        return
+    if own_files:
+        where = "stdout" if url == "-" else url
+        raise ConfigError(f"the {fmt} format writes files of its own and cannot stream to "
+                          f"{where} (e.g. --format mpegts)")
+
+
 def refuse_existing_file(url: str) -> None:
     """Raise OutputError when ``url`` names an existing directory, or an existing regular file
     (it would be replaced). FIFOs, devices, ``-`` and URLs are written to as they are."""
@@ -960,17 +991,21 @@ class LiveSink:
     def _open(self, info: StreamInfo, width: int, height: int) -> None:
         # the muxer holds a packet back until every stream has one; bound that wait
         options = {"flush_packets": "1", "max_interleave_delta": "100000"}
+        if streams_to_pipe(self.url) and not self.via_ffmpeg:
+            options.update(pipe_options(self.format))
         if not self.overwrite:  # again: the first frame may come long after the start
             refuse_existing_file(self.url)
         try:
             if self.via_ffmpeg:
                 self._relay = FfmpegRelay(self.url, self.format or "mpegts",
-                                          overwrite=self.overwrite)
+                                          overwrite=self.overwrite,
+                                          options=pipe_options(self.format)
+                                          if self.url == "-" else None)
                 self._pipe = _Flushed(self._relay.stdin)
                 target, fmt = self._pipe, "mpegts"
             elif self.url == "-":
                 self._pipe = _Flushed(sys.stdout.buffer)
-                target, fmt = self._pipe, "mpegts"
+                target, fmt = self._pipe, self.format
             elif self._tcp is not None:
                 self._sock = self._tcp.open()
                 self._sockfile = self._sock.makefile("wb")

@@ -29,6 +29,7 @@ from vsr.stream.io import (
     TcpOutput,
     check_format,
     check_output_name,
+    check_pipe_format,
     refuse_existing_file,
     same_file,
 )
@@ -81,6 +82,7 @@ class StreamConfig(RunOptions):
             check_format(self.output_format, output=True)  # muxes, with its own muxers
             if self.output_format is None:  # here, not at the first frame
                 check_output_name(self.dst)
+            check_pipe_format(self.dst, self.output_format)
             TcpOutput.parse(self.dst)  # vsr connects tcp:// outputs itself: their options
 
 
