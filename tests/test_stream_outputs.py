@@ -17,7 +17,10 @@ import pytest
 from test_stream import BICUBIC, ENV, VSR, H, Lines, W, free_port, make_ts
 from test_stream_edge import _listening, _Receiver
 
+from vsr.errors import ConfigError
 from vsr.io.ffmpeg_sink import ffmpeg_available
+from vsr.io.sink import EncodeConfig
+from vsr.stream import StreamConfig
 
 
 def paced(proc: subprocess.Popen, data: bytes, parts: int, pause: float) -> None:
@@ -120,3 +123,25 @@ def test_format_is_honoured_on_stdout(tmp_path):
     assert result.stderr.decode().strip().splitlines() == [
         "Error: the hls format writes files of its own and cannot stream to stdout "
         "(e.g. --format mpegts)"]
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (("--codec", "aac"), "Error: 'aac' is an audio encoder, not a video encoder"),
+    (("--codec", "nope"), "Error: unknown or unavailable encoder 'nope'"),
+    (("--pix-fmt", "rgba"), "Error: libx264 cannot encode rgba; it takes yuv420p"),
+])
+def test_encoding_options_are_checked_before_the_source_is_opened(tmp_path, option, message):
+    """--codec aac waited for a live source and failed at its first frame ('internal error:
+    TypeError ...'); a pixel format the encoder cannot take failed there too."""
+    port = free_port(socket.SOCK_DGRAM)  # nothing sends: the source would wait --timeout
+    start = time.monotonic()
+    result = subprocess.run([*VSR, f"udp://127.0.0.1:{port}", str(tmp_path / "out.ts"),
+                             *BICUBIC, "--timeout", "3", *option], capture_output=True,
+                            text=True, env=ENV, timeout=120)
+    assert result.returncode == 1
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")][0] \
+        .startswith(message), result.stderr
+    assert "nothing received" not in result.stderr
+    assert not (tmp_path / "out.ts").exists() and time.monotonic() - start < 60
+    with pytest.raises(ConfigError, match="audio encoder"):
+        StreamConfig(src="-", dst="-", encode=EncodeConfig(codec="aac"))

@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import av
+
 from vsr.errors import ConfigError, OutputError
-from vsr.io.sink import EncodeConfig
+from vsr.io.sink import EncodeConfig, check_codec
 from vsr.io.source import Frame
 from vsr.options import RunOptions, check_at_least, check_choice, check_number, check_type
 from vsr.stream.audio import AudioFeed
@@ -68,6 +70,7 @@ class StreamConfig(RunOptions):
                 raise ConfigError(f"{name} must be a URL, - or a file name, not "
                                   f"{getattr(self, name)!r}")
         check_type("encode", self.encode, EncodeConfig)
+        check_encoder(self.encode)  # here: the encoder opens at the first frame, maybe late
         check_type("input_format", self.input_format, str, optional=True)
         check_type("output_format", self.output_format, str, optional=True)
         check_choice("drop", self.drop, DROP_POLICIES)
@@ -84,6 +87,16 @@ class StreamConfig(RunOptions):
                 check_output_name(self.dst)
             check_pipe_format(self.dst, self.output_format)
             TcpOutput.parse(self.dst)  # vsr connects tcp:// outputs itself: their options
+
+
+def check_encoder(encode: EncodeConfig) -> None:
+    """Raise ConfigError unless PyAV has the video encoder ``encode.codec`` and it takes
+    ``encode.pix_fmt`` (crf and x264/x265 presets: EncodeConfig checks them)."""
+    check_codec(encode.codec)
+    formats = [f.name for f in (av.codec.Codec(encode.codec, "w").video_formats or ())]
+    if encode.pix_fmt is not None and formats and encode.pix_fmt not in formats:
+        raise ConfigError(f"{encode.codec} cannot encode {encode.pix_fmt}; it takes "
+                          f"{', '.join(formats)}")
 
 
 def check_paths(config: StreamConfig) -> None:
