@@ -11,7 +11,9 @@ import socket
 import subprocess
 import time
 
+import pytest
 from test_stream import BICUBIC, ENV, VSR, Lines, connect_tcp, free_port, make_ts
+from test_stream_network import _sized_ts
 
 
 def _bursts(data: bytes, parts: int) -> list[bytes]:
@@ -59,3 +61,23 @@ def test_a_burst_of_fresh_frames_is_not_dropped(tmp_path):
     final = stats[-1]
     assert final["final"] and final["latency_max_ms"] < 10000
     assert (final["frames_in"], final["frames_out"], final["dropped"]) == (60, 60, 0), final
+
+
+@pytest.mark.parametrize("sizes", [((128, 96),), ((64, 48), (128, 96))],
+                         ids=["at-the-start", "mid-stream"])
+def test_pictures_over_the_pixel_limit_end_the_source(tmp_path, sizes):
+    """VSR_MAX_PIXELS bounded files only: a network source, the most hostile input, could
+    declare (or switch to) any size and have it decoded and upscaled. Now the declared size
+    is checked when the source opens, the decoder refuses larger pictures, and a switch to
+    one ends the source with the limit named (the frames before it written)."""
+    data = b"".join(_sized_ts(20, w, h, 20 * k) for k, (w, h) in enumerate(sizes))
+    out = tmp_path / "out.ts"
+    result = subprocess.run([*VSR, "-", str(out), *BICUBIC, "--drop", "none", "--json"],
+                            input=data, capture_output=True, timeout=120,
+                            env={**ENV, "VSR_MAX_PIXELS": "5000"})
+    assert result.returncode == 1, result.stderr.decode()
+    errors = [ln for ln in result.stderr.decode().splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "128x96 picture (12,288 pixels), over the limit of 5,000 " \
+        "pixels; set VSR_MAX_PIXELS" in errors[0], result.stderr.decode()
+    final = json.loads(result.stdout.decode().splitlines()[-1])
+    assert final["frames_out"] == 20 * (len(sizes) - 1), final

@@ -33,6 +33,7 @@ import numpy as np
 
 from vsr.errors import ConfigError, InputError, OutputError
 from vsr.io.ffmpeg_sink import FfmpegRelay
+from vsr.io.image import check_pixels, limit_stream
 from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of, field_order
 from vsr.io.output import same_file as same_file_path
 from vsr.io.sink import EncodeConfig, VideoEncoder
@@ -498,6 +499,7 @@ class Reader(threading.Thread):
         if not c.streams.video:
             raise InputError(f"no video stream in {self.url}")
         stream = c.streams.video[0]
+        limit_stream(stream, self.url)  # the size it declares; the decoder refuses larger
         # slice threads: frame threads hold one frame back per thread (16 threads:
         # 0.6 s at 25 fps); measured here, UDP end-to-end median 263 -> 170 ms
         stream.thread_type = "SLICE"
@@ -515,7 +517,7 @@ class Reader(threading.Thread):
         # behind the audio out on it: it waits one frame, for the video of its clock (a jump
         # of hours must not pass; a jump back must not drop the audio read before its video)
         items = _demux(c, stream, [c.streams[i] for i in carried], self._damaged,
-                       patience=self.read_timeout, wait=self.stop.wait,
+                       name=self.url, patience=self.read_timeout, wait=self.stop.wait,
                        end=self._pipe.end if self._pipe is not None else None)
         for item in self._progressive(items, stream):
             if self.stop.is_set():
@@ -559,6 +561,7 @@ class Reader(threading.Thread):
                     later.append(pkt)  # clock's at a jump back by less than JUMP_S
             held.clear()
             if info is None or (frame.width, frame.height) != self._seen:
+                check_pixels(frame.width, frame.height, self.url)  # a decoder not bounded
                 info = self._framed(_describe(self.url, frame, stream))
             image = fit_frame(frame, info.size, rgb_format(info.bit_depth))
             self._last_t, last_in = t, t_in
@@ -687,7 +690,7 @@ def _drain(video: av.video.stream.VideoStream) -> list[av.VideoFrame]:
 
 
 def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
-           audio: list[av.stream.Stream], damaged: Callable[[], None], *,
+           audio: list[av.stream.Stream], damaged: Callable[[], None], *, name: str,
            patience: float, wait: Callable[[float], bool],
            end: Callable[[], None] | None = None):
     """Decoded frames of ``video`` and the (undecoded) packets of ``audio``, in file order.
@@ -697,7 +700,9 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
     conceals what it can. Only MAX_UNDECODABLE rejected packets in a row, with no frame
     between them, end the input (the decoder's last error); a demuxer that says "try again"
     for ``patience`` s with no packet raises _Starved. ``wait(s)`` sleeps between such reads
-    and is True when the reader must stop (the input then ends here). ``end()``, where the
+    and is True when the reader must stop (the input then ends here). A picture over the
+    pixel limit (vsr.io.image.max_pixels, which bounds ``video``'s decoder) raises InputError
+    naming ``name``: a size change mid-stream. ``end()``, where the
     input can be ended (a pipe), ends it when that patience runs out: the frames libavformat's
     parsers hold come out at that end, then _Starved is raised."""
     packets = c.demux(video, *audio)
@@ -757,6 +762,8 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
             # and takes no packet after that (avcodec_send_packet), so none would decode
             raise
         except av.error.FFmpegError:
+            cc = video.codec_context  # a new size the decoder refused: over the limit?
+            check_pixels(cc.width or 0, cc.height or 0, name)
             # any error of one packet, not only InvalidDataError: damaged data makes decoders
             # fail with EINVAL (ArgumentError: an HEVC or VP9 picture of an impossible size)
             # and PATCHWELCOME (MJPEG sampling factors, an HEVC VPS flag) too, and the next
