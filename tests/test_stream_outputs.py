@@ -10,17 +10,22 @@ import contextlib
 import io
 import socket
 import subprocess
+import threading
 import time
+from fractions import Fraction
 
 import av
+import numpy as np
 import pytest
 from test_stream import BICUBIC, ENV, VSR, H, Lines, W, free_port, make_ts
 from test_stream_edge import _listening, _Receiver
 
-from vsr.errors import ConfigError
+from vsr.errors import ConfigError, OutputError
 from vsr.io.ffmpeg_sink import ffmpeg_available
+from vsr.io.info import ColorInfo, StreamInfo
 from vsr.io.sink import EncodeConfig
 from vsr.stream import StreamConfig
+from vsr.stream.io import LiveSink
 
 
 def paced(proc: subprocess.Popen, data: bytes, parts: int, pause: float) -> None:
@@ -145,3 +150,38 @@ def test_encoding_options_are_checked_before_the_source_is_opened(tmp_path, opti
     assert not (tmp_path / "out.ts").exists() and time.monotonic() - start < 60
     with pytest.raises(ConfigError, match="audio encoder"):
         StreamConfig(src="-", dst="-", encode=EncodeConfig(codec="aac"))
+
+
+def test_two_runs_racing_for_one_new_file_do_not_both_write_it(tmp_path):
+    """Each run checked that its DST did not exist, then opened it truncating: two streams
+    started at once to one new file could both pass the check and both write, interleaved
+    (6 of 50 pairs here). The file is now created exclusively (O_EXCL): one run gets it."""
+    info = StreamInfo(path="live", container="live", index=0, codec="h264", width=W, height=H,
+                      frame_rate=Fraction(25), time_base=Fraction(1, 90000), start_pts=None,
+                      frames=None, duration_s=None, pix_fmt="yuv420p", bit_depth=8,
+                      color=ColorInfo(range=1, matrix=2))
+    image = np.zeros((H, W, 3), np.uint8)
+    for k in range(40):
+        path = str(tmp_path / f"out{k}.ts")
+        start = threading.Barrier(2)
+        results: list[str] = []
+
+        def run(path=path, start=start, results=results) -> None:
+            sink = LiveSink(path, EncodeConfig(), output_format=None, gop=None,
+                            via_ffmpeg=False)
+            start.wait()
+            try:
+                sink.write(image, 0.0, info)
+                sink.close()
+                results.append("written")
+            except OutputError as exc:
+                sink.abort()
+                results.append(str(exc))
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(results) == [f"output exists (use --overwrite): {path}", "written"]
+        assert frame_count(path) == (1, (W, H))

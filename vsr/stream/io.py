@@ -186,6 +186,25 @@ def refuse_existing_file(url: str) -> None:
         raise OutputError(f"output exists (use --overwrite): {url}")
 
 
+def claim_new_file(url: str) -> str | None:
+    """Create ``url``'s file, empty, where nothing is there yet, exclusively (O_EXCL): of two
+    runs that start writing one new file, one gets it, the other is refused. Else as
+    :func:`refuse_existing_file` (an existing file or directory: OutputError; a FIFO, device,
+    ``-`` or URL: written to). Returns the path created, None if none was."""
+    path = local_path(url)
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # a file, directory, FIFO, device, or a dangling link
+        refuse_existing_file(url)
+        return None
+    except OSError:  # FFmpeg says why it cannot open it
+        return None
+    os.close(fd)
+    return path
+
+
 def same_file(src: str, dst: str) -> bool:
     """Whether ``src`` and ``dst`` open the same local file: one path, a symbolic or a hard
     link to the other. False when either is ``-`` or a URL."""
@@ -1000,8 +1019,12 @@ class LiveSink:
         options = {"flush_packets": "1", "max_interleave_delta": "100000"}
         if streams_to_pipe(self.url) and not self.via_ffmpeg:
             options.update(pipe_options(self.format))
+        claimed = None
         if not self.overwrite:  # again: the first frame may come long after the start
-            refuse_existing_file(self.url)
+            if self.via_ffmpeg or self._tcp is not None:
+                refuse_existing_file(self.url)  # (the ffmpeg relay itself gets -n)
+            else:
+                claimed = claim_new_file(self.url)  # exclusively: no other run writes it
         try:
             if self.via_ffmpeg:
                 self._relay = FfmpegRelay(self.url, self.format or "mpegts",
@@ -1034,12 +1057,14 @@ class LiveSink:
                 self._pass = LivePassthrough(self.audio)
                 self._pass.add_streams(self._out)
             self._out.start_encoding()
-        except OutputError:
+        except BaseException as exc:
             self.abort()
+            if claimed is not None:  # the empty file made above: nothing was written
+                with contextlib.suppress(OSError):
+                    os.unlink(claimed)
+            if isinstance(exc, (av.error.FFmpegError, OSError, ValueError)):
+                raise OutputError(f"cannot open the output {self.url}: {exc}") from exc
             raise
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            self.abort()
-            raise OutputError(f"cannot open the output {self.url}: {exc}") from exc
 
     def write(self, image: np.ndarray, t: float, info: StreamInfo) -> None:
         if self._aborted:
