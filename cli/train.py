@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 from contextlib import nullcontext
-from pathlib import Path
 
 import click
 
@@ -106,12 +105,10 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
     (exit 130, 143, 129); --resume continues it exactly. A second one stops at once, as do
     ranks spawned by --nproc (they resume from their last save).
     """
-    from dataclasses import replace
-
     from vsr.train import TrainConfig
     from vsr.train import train as run_train
-    from vsr.train.config import RUNTIME_FIELDS
-    from vsr.train.trainer import CONFIG_FILE, summary
+    from vsr.train.config import RUNTIME_FIELDS, resume_config
+    from vsr.train.trainer import summary
 
     given = {"time_limit": time_limit, "compile": compile_, "peak_tflops": peak_tflops,
              "state_moments": state_moments, "state_shard_mib": state_shard_mib,
@@ -126,8 +123,8 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
                      ctx.get_parameter_source(params.get(k, k)) ==
                      click.core.ParameterSource.COMMANDLINE}
         overrides["time_limit"] = time_limit  # a budget is this process's, never inherited
-        overrides["out"] = resume  # the folder may have moved (a state carried to a GPU)
-        config = replace(TrainConfig.load(Path(resume) / CONFIG_FILE), **overrides)
+        # the folder may have moved (a state carried to a GPU): its config says where it was
+        config = resume_config(resume, **overrides)
     else:
         if (arch is None and init is None) or not data or out is None:
             raise click.UsageError("--arch (or --init), --data and --out are required "

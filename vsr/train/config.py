@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,12 @@ from vsr.options import (
 from vsr.train.degrade import DegradationSpec
 from vsr.train.state import MOMENTS
 
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"  # in the run folder
+# fields naming files or folders the run reads (config.json stores them absolute)
+_INPUT_PATHS = ("data", "val_data", "adapt", "init")
+
 # fields a resumed run may change: they decide how it runs, not what it computes
 RUNTIME_FIELDS = ("device", "threads", "time_limit", "compile", "peak_tflops", "log_every",
                   "save_every", "val_every", "state_moments", "state_shard_mib", "amp",
@@ -29,6 +37,9 @@ RUNTIME_FIELDS = ("device", "threads", "time_limit", "compile", "peak_tflops", "
 @dataclass(frozen=True)
 class TrainConfig(Config):
     """Dual regression training of a registry architecture on HR image folders.
+
+    Paths are made absolute (resolved) on construction, so the saved config.json names the
+    same files whatever folder a resumed run is started from.
 
     ``patch`` is the LR patch side; HR patches are ``patch * scale``. ``batch_size`` is the
     global batch (split evenly over distributed ranks). ``lr`` decays along a cosine to
@@ -77,12 +88,14 @@ class TrainConfig(Config):
         super().__post_init__()
         check_device(self.device)  # the spelling; availability is checked when it runs
         check_type("arch", self.arch, str)
-        object.__setattr__(self, "data", tuple(map(str, as_paths("data", self.data))))
-        object.__setattr__(self, "adapt", tuple(map(str, as_paths("adapt", self.adapt))))
-        object.__setattr__(self, "out", str(as_path("out", self.out)))
+        for name in ("data", "adapt"):
+            object.__setattr__(self, name, tuple(str(p.resolve())
+                                                 for p in as_paths(name, getattr(self, name))))
+        object.__setattr__(self, "out", str(as_path("out", self.out).resolve()))
         for name in ("val_data", "init"):
             if getattr(self, name) is not None:
-                object.__setattr__(self, name, str(as_path(name, getattr(self, name))))
+                object.__setattr__(self, name,
+                                   str(as_path(name, getattr(self, name)).resolve()))
         if not self.data:
             raise ConfigError("give at least one training folder (--data)")
         for name in ("iterations", "batch_size", "patch", "val_every", "save_every",
@@ -133,14 +146,24 @@ class TrainConfig(Config):
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
-        raw = json.loads(text)
+        """Relative paths in ``text`` are taken from the current folder (see
+        :func:`resume_config` for a run's own config.json)."""
+        return cls._from_dict(json.loads(text))
+
+    @classmethod
+    def _from_dict(cls, raw: Any) -> TrainConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a training config is a JSON object, not {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"unknown training config keys: {', '.join(sorted(unknown))}")
         raw["data"] = tuple(raw.get("data", ()))
         raw["adapt"] = tuple(raw.get("adapt", ()))
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except TypeError as exc:  # a required key missing
+            raise ConfigError(str(exc)) from None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -148,6 +171,72 @@ class TrainConfig(Config):
             return cls.from_json(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot read training config ({exc})") from None
+
+
+def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
+    """The config of the run in ``run_dir``, to continue it there: its config.json with
+    ``out`` the folder as it is now, and ``overrides`` (runtime fields) applied.
+
+    A run folder may be moved or copied: a path config.json names inside the folder the run
+    was made in is taken inside ``run_dir``. Relative paths (config.json of a vsr before
+    paths were stored absolute) were relative to the folder the run was started from: that
+    folder is known while the run folder's path still ends with the ``out`` it was given.
+
+    Raises:
+        ConfigError: config.json unreadable; a training, validation or adaptation path that
+            no longer exists, or a relative one whose folder cannot be told (each named, with
+            how to give it again).
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read training config ({exc})") from None
+    new = Path(run_dir).resolve()
+    old = Path(os.path.normpath(str(raw.get("out") or new)))
+    anchor = None  # the folder the run was started from, for relative paths
+    if not old.is_absolute() and ".." not in old.parts and new.parts[-len(old.parts):] == \
+            old.parts:
+        anchor = Path(*new.parts[:-len(old.parts)])
+
+    def place(key: str, value: object) -> str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: {key} must hold paths, not {value!r}")
+        p = Path(os.path.normpath(value))
+        if p.is_relative_to(old):  # inside the run folder: it moved with it
+            return str(new / p.relative_to(old))
+        if p.is_absolute():
+            return str(p)
+        if anchor is None:
+            raise ConfigError(f"{path}: {key} {value!r} is relative to the folder the run was "
+                              f"started from, which cannot be told now that the run folder "
+                              f"has moved; write its absolute path into {path}")
+        log.info("%s: %s %r taken as %s", path, key, value, anchor / p)
+        return str(anchor / p)
+
+    for key in _INPUT_PATHS:
+        value = raw.get(key)
+        if isinstance(value, list):
+            raw[key] = [place(key, v) for v in value]
+        elif value is not None:
+            raw[key] = place(key, value)
+    raw["out"] = str(new)
+    try:
+        config = replace(TrainConfig._from_dict(raw), **overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: cannot read training config ({exc})") from None
+    # --init is not read on resume (the state holds the weights): it may be gone
+    for key in ("data", "val_data", "adapt"):
+        value = getattr(config, key)
+        for p in (value if isinstance(value, tuple) else (value,) if value else ()):
+            if not Path(p).exists():
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(f"{p} ({flag} of the run in {run_dir}) no longer exists: "
+                                  f"put it back there, or write its new place into "
+                                  f"\"{key}\" in {path}")
+    return config
 
 
 

@@ -35,7 +35,7 @@ from vsr.models import (
 )
 from vsr.models.checkpoint import load_state_into, load_tensors
 from vsr.runtime import configure_runtime
-from vsr.train.config import TrainConfig, consistency_margin
+from vsr.train.config import CONFIG_FILE, TrainConfig, consistency_margin
 from vsr.train.data import LRSampler, PatchSampler, lr_pyramid, rank_stream, step_generator
 from vsr.train.degrade import DegradationSpec, GaussianDegradation, estimate_gaussian_sigma
 from vsr.train.flops import peak_tflops, train_flops_per_sample
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 STATE_STEM = "train_state"
 STATE_FILE = f"{STATE_STEM}.safetensors"  # unsharded; sharded: see vsr.train.state
 METRICS_FILE = "metrics.csv"
-CONFIG_FILE = "config.json"
 _COLUMNS = ["step", "loss", "primal", "dual", "adapt", "consistency", "lr", "samples_per_s",
             "tflops", "mfu", "val_psnr", "val_ssim"]
 _DEGRADE_STREAM = 2  # step_generator stream of the degradation draws (1: adaptation frames)
