@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from vsr.cli.main import cli
 from vsr.errors import ConfigError
 from vsr.imageio import write_image
+from vsr.models import DRN, CheckpointInfo, save_model
+from vsr.models.checkpoint import read_info
 from vsr.train import TrainConfig, train
 
 torch.set_num_threads(1)
@@ -131,3 +133,17 @@ def test_a_config_json_of_relative_paths_is_read_from_where_the_run_started(
     assert isinstance(got.exception, ConfigError), got.output
     assert "'imgs' is relative to the folder the run was started from" in str(got.exception)
 
+
+def test_resume_does_not_need_the_init_checkpoint(tmp_path: Path) -> None:
+    """--init is where a run starts; its state then holds the weights. A resume read the
+    --init file again (and failed once it was gone) before the state replaced it."""
+    data = _images(tmp_path / "imgs", 0)
+    torch.manual_seed(0)
+    net = DRN(scale=2, n_feats=8, n_blocks=[1])
+    init = tmp_path / "init.safetensors"
+    save_model(init, net, CheckpointInfo(arch="drn", hparams=net.hparams, scale=2, name="s"))
+    run = tmp_path / "run"
+    _cut(_config(str(data), str(run), arch="drn", init=str(init),
+                 model_overrides=read_info(init).hparams))
+    init.unlink()
+    assert _resume(run)["steps"] == 4

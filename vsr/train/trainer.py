@@ -221,7 +221,7 @@ class Trainer:
         self.primal = self.spec.build(**config.model_overrides).to(self.device)
         width = config.dual_width or int(self.primal.hparams.get("n_feats", 16))
         self.duals = DualNetworks(phase=self.primal.phase, width=width).to(self.device)
-        if config.init:
+        if config.init and not resume:  # a resume loads its state's weights over them
             tensors, info = load_tensors(config.init)
             check_finite_weights(tensors.items(), config.init)  # else it diverges at step 1
             if config.arch in REGISTRY and info.arch == self.spec.arch \
