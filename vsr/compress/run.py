@@ -9,6 +9,7 @@ Files in the output folder:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -88,6 +89,7 @@ class _Run:
         self.scale = int(self.original.scale)
         self.base = self.info.provenance.get("base") or self.info.name or \
             Path(config.checkpoint).stem
+        self.base_sha256 = weights_sha256(self.original)  # which network the stages come from
         self._sampler: PatchSampler | None = None
         # the inputs first (a one-line error names what is wrong with them), then the folder
         if self.stages[0] == "prune":
@@ -195,7 +197,8 @@ class _Run:
         cfg = self.cfg
         name = f"{self.base}-{cfg.method}{round(cfg.ratio * 100)}"
         prov = {"tool": "vsr compress", "stage": stage, "base": self.base,
-                "base_checkpoint": str(cfg.checkpoint), "ratio": cfg.ratio,
+                "base_checkpoint": str(cfg.checkpoint), "base_sha256": self.base_sha256,
+                "ratio": cfg.ratio,
                 "method": cfg.method, "widths": layer_widths(model),
                 "original_widths": layer_widths(self.original), "data": list(cfg.data),
                 "seed": cfg.seed, **extra}
@@ -222,7 +225,7 @@ class _Run:
                 progress=self._tick("search"))
             record = result.to_json()
         record.update({"method": cfg.method, "ratio": cfg.ratio, "base": self.base,
-                       "checkpoint": str(cfg.checkpoint),
+                       "checkpoint": str(cfg.checkpoint), "checkpoint_sha256": self.base_sha256,
                        "seconds": round(time.perf_counter() - t0, 1)})
         self._write_json(SEARCH_FILE, record)
         return {"widths": record["widths"], "val_psnr": record.get("val_psnr"),
@@ -252,7 +255,24 @@ class _Run:
             raise ConfigError(f"{self.out / SEARCH_FILE} was made with method "
                               f"{record.get('method')} ratio {record.get('ratio')}, not "
                               f"{cfg.method} {cfg.ratio}: use another --out or rerun search")
+        self._same_base(self.out / SEARCH_FILE, record.get("checkpoint"),
+                        record.get("checkpoint_sha256"), "search")
         return record
+
+    def _same_base(self, path: Path, checkpoint: object, sha256: object, stage: str) -> None:
+        """Raise ConfigError unless the stage file ``path`` was made from the weights of
+        ``--checkpoint`` (by the content hash recorded in it: a path alone may since hold
+        another network)."""
+        if sha256 == self.base_sha256:
+            return
+        if sha256 is None:
+            raise ConfigError(f"{path} does not record which checkpoint it was made from (an "
+                              f"older vsr): rerun --stage {stage} to use it with "
+                              f"{self.cfg.checkpoint}")
+        raise ConfigError(f"{path} was made from {checkpoint} (weights sha256 "
+                          f"{str(sha256)[:12]}), not from --checkpoint {self.cfg.checkpoint} "
+                          f"(weights sha256 {self.base_sha256[:12]}): give that checkpoint, "
+                          f"or rerun --stage {stage} (or use another --out)")
 
     def _pruned_info(self) -> CheckpointInfo:
         """pruned.safetensors' description, as the finetune stage needs it (ConfigError:
@@ -264,6 +284,8 @@ class _Run:
         if info.provenance.get("method") != self.cfg.method:
             raise ConfigError(f"{path} was pruned with {info.provenance.get('method')}, "
                               f"not {self.cfg.method}")
+        self._same_base(path, info.provenance.get("base_checkpoint"),
+                        info.provenance.get("base_sha256"), "prune")
         return info
 
     def prune(self) -> dict[str, Any]:
@@ -336,6 +358,17 @@ class _Run:
                     self.summary.pop(stale, None)
             self._write_json(SUMMARY_FILE, self.summary)
         return CompressResult(self.out, self.stages, self.summary)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of a network's weights: every tensor's name, dtype, shape and bytes, in name
+    order (the same network from another file, or from a file moved, hashes the same)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _leftovers(out: Path) -> list[Path]:

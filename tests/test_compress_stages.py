@@ -1,0 +1,95 @@
+"""`vsr compress` stage by stage on a drn-t network and real image files: a stage takes only
+the files made from the same --checkpoint, and bad widths or seeds are one clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vsr.cli.main import cli
+from vsr.errors import ConfigError
+from vsr.imageio import write_image
+from vsr.models import DRN, REGISTRY, CheckpointInfo, save_model
+from vsr.models.checkpoint import read_info
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Four 64x64 training images; two drn-t-x2 networks of different weights (a, b) and a
+    narrower DRN (c), each saved as a checkpoint."""
+    root = tmp_path_factory.mktemp("compress_stages")
+    g = torch.Generator().manual_seed(0)
+    (root / "hr").mkdir()
+    for i in range(4):
+        coarse = torch.rand(1, 3, 8, 8, generator=g)
+        img = torch.nn.functional.interpolate(coarse, size=(64, 64), mode="bicubic")[0]
+        write_image(root / "hr" / f"{i}.png", (img.clamp(0, 1) * 255).round().to(torch.uint8))
+    out = {"root": root, "hr": root / "hr"}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        net = REGISTRY.get("drn-t-x2").build()
+        save_model(root / f"{name}.safetensors", net, CheckpointInfo(
+            arch="drn", hparams=net.hparams, scale=2, name="drn-t-x2"))
+        out[name] = root / f"{name}.safetensors"
+    net = DRN(scale=2, n_feats=8, n_blocks=[2])
+    save_model(root / "c.safetensors", net, CheckpointInfo(arch="drn", hparams=net.hparams,
+                                                           scale=2, name="narrow"))
+    out["c"] = root / "c.safetensors"
+    return out
+
+
+def _args(files: dict[str, Path], checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return ["compress", "--checkpoint", str(checkpoint), "--ratio", "0.5", "--method", "l1",
+            "--data", str(files["hr"]), "--out", str(out), "--batch-size", "2", "--patch", "8",
+            "--dual-warmup", "1", "--finetune-steps", "2", "--val-every", "2",
+            "--threads", "1", "--json", *extra]
+
+
+def _ok(args: list[str]) -> dict:
+    got = CliRunner().invoke(cli, args)
+    assert got.exit_code == 0, (got.output, got.exception)
+    return json.loads(got.stdout.strip().splitlines()[-1])
+
+
+def _refused(args: list[str]) -> str:
+    got = CliRunner().invoke(cli, args)
+    assert isinstance(got.exception, ConfigError), (got.output, got.exception)
+    return str(got.exception)
+
+
+def test_a_stage_refuses_the_files_of_another_checkpoint(files: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """search.json and pruned.safetensors were taken whatever --checkpoint made them: another
+    network's went on (exit 0, "params 23626 -> 51394") or failed inside ("need 16 widths,
+    got 8"). They record the weights' content hash, and a stage refuses a mismatch naming
+    both checkpoints; the same weights under another path are accepted."""
+    out = tmp_path / "out"
+    _ok(_args(files, files["a"], out, "--stage", "search"))
+    record = json.loads((out / "search.json").read_text())
+    assert len(record["checkpoint_sha256"]) == 64
+    for other in ("b", "c"):
+        message = _refused(_args(files, files[other], out, "--stage", "prune"))
+        assert f"search.json was made from {files['a']}" in message
+        assert f"not from --checkpoint {files[other]}" in message
+    assert not (out / "pruned.safetensors").exists()
+    copy = tmp_path / "a-copy.safetensors"
+    shutil.copy(files["a"], copy)
+    _ok(_args(files, copy, out, "--stage", "prune"))
+    assert read_info(out / "pruned.safetensors").provenance["base_sha256"] == \
+        record["checkpoint_sha256"]
+    message = _refused(_args(files, files["b"], out, "--stage", "finetune"))
+    assert f"pruned.safetensors was made from {copy}" in message
+    shutil.copy(files["b"], copy)  # the same path, other weights
+    message = _refused(_args(files, copy, out, "--stage", "finetune"))
+    assert f"not from --checkpoint {copy}" in message
+    assert not (out / "compressed.safetensors").exists()
+    shutil.copy(files["a"], copy)
+    summary = _ok(_args(files, copy, out, "--stage", "finetune"))
+    assert summary["stages"] == ["finetune"]
