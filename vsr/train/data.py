@@ -111,21 +111,67 @@ def save_image_pack(path: str | Path, images: Mapping[str, torch.Tensor]) -> Pat
 def load_image_pack(path: str | Path) -> dict[str, torch.Tensor]:
     """The images of a pack, by name (sorted), uint8 (3, H, W) on the CPU.
 
-    Raises InputError for a missing or malformed pack.
+    Every array's header is checked before any is decompressed: a few hundred KB of deflate
+    can declare gigabytes.
+
+    Raises InputError for a missing or malformed pack, an array that is not uint8
+    (3, H, W), or an image over the pixel limit (``VSR_MAX_PIXELS``).
     """
     try:
+        headers = _pack_headers(path)
+        fmt = headers.get("__format__")
+        if fmt is None or fmt[0] != () or fmt[1].kind != "U" or fmt[1].itemsize > 256:
+            raise InputError(f"{path}: not a {_PACK_FORMAT} image pack")
+        limit, env = _max_pixels()
+        for name, (shape, dtype) in sorted(headers.items()):
+            if name == "__format__":
+                continue
+            if dtype != np.uint8 or len(shape) != 3 or shape[0] != 3:
+                raise InputError(f"{path}: {name} is {dtype} {shape}, not uint8 (3, H, W)")
+            if shape[1] * shape[2] > limit:
+                raise InputError(f"{path}: {name} declares a {shape[2]}x{shape[1]} picture "
+                                 f"({shape[1] * shape[2]:,} pixels), over the limit of "
+                                 f"{limit:,} pixels; set {env} to raise it if the file is "
+                                 "trusted")
         with np.load(path, allow_pickle=False) as pack:
-            if "__format__" not in pack.files or str(pack["__format__"]) != _PACK_FORMAT:
+            if str(pack["__format__"]) != _PACK_FORMAT:
                 raise InputError(f"{path}: not a {_PACK_FORMAT} image pack")
-            out = {k: torch.from_numpy(np.cumsum(pack[k], axis=-1, dtype=np.uint8))
-                   for k in sorted(pack.files) if k != "__format__"}
+            return {k: torch.from_numpy(np.cumsum(pack[k], axis=-1, dtype=np.uint8))
+                    for k in sorted(pack.files) if k != "__format__"}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         # a cut or damaged pack fails in zipfile or zlib, not with an OSError
         raise InputError(f"{path}: cannot read image pack ({exc})") from None
-    for name, img in out.items():
-        if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
-            raise InputError(f"{path}: {name} is not uint8 (3, H, W)")
+
+
+def _pack_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each array of an ``.npz``, by name, from the .npy headers alone
+    (only their first bytes are inflated). Raises ValueError for a member that is not .npy,
+    zipfile's and zlib's errors for a damaged file."""
+    out = {}
+    with zipfile.ZipFile(path) as zf:
+        for member in zf.infolist():
+            if not member.filename.endswith(".npy"):
+                raise ValueError(f"{member.filename} is not a .npy array")
+            with zf.open(member) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read is None:
+                    raise ValueError(f"{member.filename}: .npy version {version} not supported")
+                shape, _, dtype = read(fh)
+            out[member.filename[:-4]] = (tuple(shape), dtype)
     return out
+
+
+def _max_pixels() -> tuple[int, str]:
+    """The picture size limit and its variable (vsr.io.image's, which needs PyAV)."""
+    try:
+        from vsr.io.image import MAX_PIXELS_ENV, max_pixels
+    except ImportError:  # pragma: no cover - packs train without PyAV: the same limit
+        from vsr.limits import env_limit
+
+        return env_limit("VSR_MAX_PIXELS", 50_000_000), "VSR_MAX_PIXELS"
+    return max_pixels(), MAX_PIXELS_ENV
 
 
 def load_images(source: str | Path) -> list[torch.Tensor]:

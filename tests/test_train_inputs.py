@@ -1,0 +1,109 @@
+"""`vsr train` on careless or hostile training inputs, with real files and real training:
+image packs are checked before they are inflated, and a bad option is refused before the
+run folder is made."""
+
+from __future__ import annotations
+
+import io
+import json
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vsr.cli.main import cli
+from vsr.errors import InputError
+from vsr.imageio import write_image
+from vsr.train.data import load_image_pack, save_image_pack
+
+torch.set_num_threads(1)
+
+
+def _image(seed: int, size: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 8, 8, generator=g)
+    img = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic")[0]
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _npy(array_or_header: np.ndarray | dict, body: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    if isinstance(array_or_header, dict):  # a header alone: what it declares is not there
+        np.lib.format.write_array_header_1_0(buf, array_or_header)
+        buf.write(body)
+    else:
+        np.save(buf, array_or_header)
+    return buf.getvalue()
+
+
+def _pack(path: Path, **members: bytes) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("__format__.npy", _npy(np.array("vsr-image-pack/1 sub")))
+        for name, data in members.items():
+            zf.writestr(f"{name}.npy", data)
+    return path
+
+
+def _train(data: Path, out: Path, *extra: str):
+    return CliRunner().invoke(cli, ["train", "--arch", "drn-t-x2", "--data", str(data),
+                                    "--out", str(out), "--iters", "2", "--batch-size", "2",
+                                    "--patch", "8", "--threads", "1", "--json", *extra])
+
+
+def _refused(got, kind: type, *words: str) -> str:
+    assert isinstance(got.exception, kind), (got.output, got.exception)
+    message = str(got.exception)
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_an_image_pack_is_checked_against_the_pixel_limit_before_it_is_inflated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 420 KB pack declaring a 144 Mpx image was inflated whole (1.6 GB with the copies):
+    packs skipped the VSR_MAX_PIXELS limit that image files have. The .npy headers are read
+    first and an image over the limit is refused, nothing allocated for it; the run folder
+    is not made."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": (3, 12000, 12000)}
+    bomb = _pack(tmp_path / "bomb.npz", big=_npy(header, b"\0" * 4096))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="big declares a 12000x12000 picture "
+                                             r"\(144,000,000 pixels\), over the limit"):
+            load_image_pack(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+    _refused(_train(bomb, tmp_path / "run"), InputError, "VSR_MAX_PIXELS")
+    assert not (tmp_path / "run").exists()
+    # an ordinary pack, with the limit lowered under its 96x96 image (9216 pixels)
+    pack = save_image_pack(tmp_path / "ok.npz", {"a": _image(0, 64), "b": _image(1, 96)})
+    monkeypatch.setenv("VSR_MAX_PIXELS", "5000")
+    _refused(_train(pack, tmp_path / "run"), InputError, "b declares a 96x96 picture")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("VSR_MAX_PIXELS", "10000")
+    assert _train(pack, tmp_path / "run").exit_code == 0
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float64"])
+def test_an_image_pack_of_another_dtype_is_refused(tmp_path: Path, dtype: str) -> None:
+    """The differences of a pack's images were summed in uint8 whatever their dtype: an
+    int16 or float pack trained on garbage or black images, exit 0."""
+    pixels = _image(0, 64).numpy().astype(dtype)
+    pack = _pack(tmp_path / "p.npz", a=_npy(pixels))
+    _refused(_train(pack, tmp_path / "run"), InputError, f"a is {dtype} (3, 64, 64)",
+             "not uint8 (3, H, W)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_of_images_still_trains(tmp_path: Path) -> None:
+    (tmp_path / "hr").mkdir()
+    write_image(tmp_path / "hr" / "a.png", _image(0, 64))
+    got = _train(tmp_path / "hr", tmp_path / "run")
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout.strip().splitlines()[-1])["steps"] == 2
