@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -17,7 +19,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from test_stream import BICUBIC, ENV, VSR, H, Lines, W, free_port, make_ts
+from test_stream import BICUBIC, ENV, VSR, H, Lines, W, free_port, make_ts, wait_for
 from test_stream_edge import _listening, _Receiver
 
 from vsr.errors import ConfigError, OutputError
@@ -185,3 +187,35 @@ def test_two_runs_racing_for_one_new_file_do_not_both_write_it(tmp_path):
             t.join(timeout=30)
         assert sorted(results) == [f"output exists (use --overwrite): {path}", "written"]
         assert frame_count(path) == (1, (W, H))
+
+
+@pytest.mark.parametrize("then", ["a reader comes", "ctrl-c"])
+def test_a_fifo_nobody_reads_is_reported_and_ctrl_c_ends_the_wait(tmp_path, then):
+    """A FIFO as DST with no reader: FFmpeg's open(2) waited for one inside C, silently, for
+    ever, and Ctrl-C then failed the run ('Interrupted system call'). Now the wait is
+    reported after 5 s, as for other outputs that take no data, Ctrl-C ends vsr cleanly
+    (exit 0), and a reader that comes gets the stream."""
+    make_ts(str(tmp_path / "in.ts"), 10)
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([*VSR, str(tmp_path / "in.ts"), str(fifo), "--format", "mpegts",
+                             *BICUBIC, "--drop", "none"], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    err = Lines(proc.stderr)
+    try:
+        wait_for(lambda: True if any("has taken no data" in ln for ln in err.lines) else None,
+                 proc, err, "the report of the output", timeout=60)
+        if then == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0, "\n".join(err.lines)
+        else:
+            with open(fifo, "rb") as reader:
+                data = reader.read()
+            assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
+            assert frame_count(data) == (10, (2 * W, 2 * H))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err.join(timeout=5)
+    assert not any(ln.startswith("Error") for ln in err.lines), err.lines

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import difflib
+import errno
 import functools
 import logging
 import os
@@ -924,6 +925,31 @@ def _whole_ts_datagrams(url: str, fmt: str | None) -> str:
     return f"{url}{'&' if '?' in url else '?'}pkt_size={7 * 188}"
 
 
+def _open_fifo(path: str, *, warn_after: float = 5.0):
+    """The FIFO ``path``, opened for writing once a reader has opened it. A plain open(2)
+    waits for the reader inside C, where neither Ctrl-C nor a report gets through; this
+    tries without waiting (ENXIO: no reader yet) every 0.1 s, says so once after
+    ``warn_after`` s, and Ctrl-C ends the wait. Raises OutputError."""
+    start, warned = time.monotonic(), False
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise OutputError(f"cannot open the output {path}: {exc.strerror}") from exc
+        if not warned and time.monotonic() - start >= warn_after:
+            warned = True
+            log.warning("the output has taken no data for %.0f s (is anyone receiving it? "
+                        "nobody has opened the FIFO %s for reading)", warn_after, path)
+        time.sleep(0.1)
+    if warned:
+        log.info("the output takes data again after %.1f s: %s has a reader",
+                 time.monotonic() - start, path)
+    os.set_blocking(fd, True)  # from now on, a reader that stalls: _Flushed reports it
+    return os.fdopen(fd, "wb")
+
+
 class _Interrupted(Exception):
     """Ctrl-C during a write into a pipe (PyAV passes on Exceptions only)."""
 
@@ -996,7 +1022,7 @@ class LiveSink:
         self._pipe: _Flushed | None = None
         self._tcp = None if self.via_ffmpeg else TcpOutput.parse(url)
         self._sock: socket.socket | None = None
-        self._sockfile = None  # the socket's file, which PyAV writes to (through _pipe)
+        self._file = None  # the socket's or FIFO's file, which PyAV writes to (through _pipe)
         self._last_pts = -1
         self._aborted = False
         self.frames = 0
@@ -1038,8 +1064,12 @@ class LiveSink:
                 target, fmt = self._pipe, self.format
             elif self._tcp is not None:
                 self._sock = self._tcp.open()
-                self._sockfile = self._sock.makefile("wb")
-                self._pipe = _Flushed(self._sockfile)
+                self._file = self._sock.makefile("wb")
+                self._pipe = _Flushed(self._file)
+                target, fmt = self._pipe, self.format
+            elif (path := local_path(self.url)) is not None and _is_fifo(path):
+                self._file = _open_fifo(path)
+                self._pipe = _Flushed(self._file)
                 target, fmt = self._pipe, self.format
             else:
                 target, fmt = _whole_ts_datagrams(self.url, self.format), self.format
@@ -1150,10 +1180,12 @@ class LiveSink:
         self._close_socket()
 
     def _close_socket(self) -> None:
-        if self._sock is not None:  # the file first: the socket closes with its last user
-            sock, file, self._sock, self._sockfile = self._sock, self._sockfile, None, None
+        """The socket's or FIFO's file, then the socket (it closes with its last user)."""
+        file, sock, self._file, self._sock = self._file, self._sock, None, None
+        if file is not None:
             with contextlib.suppress(OSError, ValueError):
                 file.close()  # flushed already (by _Flushed): nothing left to block on
+        if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
 
