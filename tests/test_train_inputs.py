@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from vsr.cli.main import cli
 from vsr.errors import InputError
 from vsr.imageio import write_image
+from vsr.models import REGISTRY, CheckpointInfo, load_network, save_model
 from vsr.train.data import load_image_pack, save_image_pack
 
 torch.set_num_threads(1)
@@ -107,3 +108,35 @@ def test_a_folder_of_images_still_trains(tmp_path: Path) -> None:
     got = _train(tmp_path / "hr", tmp_path / "run")
     assert got.exit_code == 0, got.output
     assert json.loads(got.stdout.strip().splitlines()[-1])["steps"] == 2
+
+
+def test_weights_beyond_float16_leave_no_broken_fp16_file(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """A weight over 65504 became infinity in model-fp16.safetensors, a file no loader takes,
+    and training exited 0 saying nothing. Now that file is not written (nor one of an earlier
+    slot kept), a warning names the weight, and --json says "fp16_model": false."""
+    (tmp_path / "hr").mkdir()
+    write_image(tmp_path / "hr" / "a.png", _image(0, 64))
+    torch.manual_seed(0)
+    net = REGISTRY.get("drn-t-x2").build()
+    with torch.no_grad():
+        net.tails[1].bias[0] = 1e5  # a bias: the loss stays finite in float32
+    init = tmp_path / "big.safetensors"
+    save_model(init, net, CheckpointInfo(arch="drn", hparams=net.hparams, scale=2, name="big"))
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="vsr.train.trainer"):
+        got = CliRunner().invoke(cli, ["train", "--init", str(init), "--data",
+                                       str(tmp_path / "hr"), "--out", str(run), "--iters", "2",
+                                       "--batch-size", "2", "--patch", "8", "--threads", "1",
+                                       "--json"])
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout.strip().splitlines()[-1])["fp16_model"] is False
+    assert not (run / "model-fp16.safetensors").exists()
+    assert "model-fp16.safetensors not written: tails.1.bias holds a weight of magnitude " \
+        "1e+05, beyond float16's 65504" in caplog.text
+    assert load_network(run / "last.safetensors")[0].tails[1].bias.abs().max() > 65504
+    # a run of ordinary weights writes it, and says so
+    got = _train(tmp_path / "hr", tmp_path / "ok")
+    assert json.loads(got.stdout.strip().splitlines()[-1])["fp16_model"] is True
+    assert load_network(tmp_path / "ok" / "model-fp16.safetensors")[0] is not None

@@ -55,7 +55,8 @@ def _worker(rank: int, world: int, port: int, config: TrainConfig, resume: bool,
                                              "_steps": result.steps,
                                              "_stopped": result.stopped,
                                              "_flops": result.flops_per_sample,
-                                             "_peak": result.peak_tflops}))
+                                             "_peak": result.peak_tflops,
+                                             "_fp16": result.fp16}))
     except VsrError as exc:  # for the parent to raise as itself, not as a rank's traceback
         Path(f"{out}.error{rank}").write_text(json.dumps({"type": type(exc).__name__,
                                                           "message": str(exc)}))
@@ -165,6 +166,7 @@ def _train(config: TrainConfig, resume: bool, nproc: int,
     result = TrainResult(out, raw.pop("_steps"), best_psnr=raw.pop("_best"),
                          seconds=raw.pop("_seconds"), samples_per_s=raw.pop("_samples_per_s"),
                          iterations=config.iterations, stopped=raw.pop("_stopped"),
-                         flops_per_sample=raw.pop("_flops"), peak_tflops=raw.pop("_peak"))
+                         flops_per_sample=raw.pop("_flops"), peak_tflops=raw.pop("_peak"),
+                         fp16=raw.pop("_fp16"))
     result.losses = {int(k): v for k, v in raw.items()}
     return result

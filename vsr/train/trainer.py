@@ -91,6 +91,7 @@ class TrainResult:
     interrupted: bool = False  # stopped on request (the ``stop`` event), resumable
     flops_per_sample: int = 0  # model FLOPs of one training sample (forward + backward)
     peak_tflops: float | None = None
+    fp16: bool = False  # model-fp16.safetensors written (not when a weight is beyond fp16)
 
 
 @dataclass
@@ -455,7 +456,8 @@ class Trainer:
             from vsr.train.plot import plot_metrics
 
             with self._writing("model-fp16.safetensors and metrics.png"):
-                _export_fp16(self.run_dir / src, self.run_dir / "model-fp16.safetensors")
+                result.fp16 = _export_fp16(self.run_dir / src,
+                                           self.run_dir / "model-fp16.safetensors")
                 plot_metrics(self.run_dir / METRICS_FILE, self.run_dir / "metrics.png")
         return result
 
@@ -604,12 +606,27 @@ class Trainer:
                               f"{kept}") from None
 
 
-def _export_fp16(src: Path, dst: Path) -> None:
-    """The shipping form of a checkpoint: the same file with fp16 tensors."""
+_FP16_MAX = 65504.0  # the largest finite float16
+
+
+def _export_fp16(src: Path, dst: Path) -> bool:
+    """The shipping form of a checkpoint: the same file with fp16 tensors. A weight beyond
+    fp16's range would be written as infinity (a file no loader takes): then no fp16 file is
+    written (one of an earlier slot is removed), a warning says why, and False is returned."""
     from vsr.models import load_network
 
     model, info = load_network(src)
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and t.numel():
+            peak = float(t.detach().abs().max())
+            if peak > _FP16_MAX:
+                dst.unlink(missing_ok=True)
+                log.warning("%s not written: %s holds a weight of magnitude %.4g, beyond "
+                            "float16's %g; use %s (float32)", dst.name, name, peak, _FP16_MAX,
+                            src.name)
+                return False
     save_model(dst, model, info, dtype=torch.float16)
+    return True
 
 
 _WHOLE_FILES = ("last.safetensors", "best.safetensors", "model-fp16.safetensors")
@@ -686,7 +703,7 @@ def summary(result: TrainResult) -> dict[str, Any]:
            "final_loss": result.losses.get(result.steps), "best_val_psnr": result.best_psnr,
            "seconds": round(result.seconds, 2), "samples_per_s": round(result.samples_per_s, 2),
            "flops_per_sample": result.flops_per_sample, "tflops": round(tflops, 3),
-           "peak_tflops": result.peak_tflops,
+           "peak_tflops": result.peak_tflops, "fp16_model": result.fp16,
            "mfu": round(tflops / result.peak_tflops, 4) if result.peak_tflops else None}
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v
             for k, v in out.items()}
