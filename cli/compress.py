@@ -80,7 +80,7 @@ class _Progress:
 @click.option("--val-every", type=click.IntRange(min=1), default=250, show_default=True)
 @click.option("--dual-warmup", type=click.IntRange(min=0), default=200, show_default=True,
               help="Steps fitting fresh dual models when no --duals file is given.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="0 to 2**31 - 1.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads (torch's intra-op threads for this process).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")

@@ -35,7 +35,7 @@ from vsr.errors import Interrupted
 @click.option("--lr-min", type=float, default=1e-7, show_default=True)
 @click.option("--dual-lambda", type=float, default=0.1, show_default=True,
               help="Weight of the dual loss (0 turns dual regression off).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="0 to 2**31 - 1.")
 @click.option("--val-data", type=click.Path(exists=True, file_okay=False), default=None,
               help="Benchmark folder for periodic validation PSNR.")
 @click.option("--val-every", type=click.IntRange(min=1), default=1000, show_default=True)

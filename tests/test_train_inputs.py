@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from vsr.cli.main import cli
-from vsr.errors import InputError
+from vsr.errors import ConfigError, InputError
 from vsr.imageio import write_image
 from vsr.models import REGISTRY, CheckpointInfo, load_network, save_model
 from vsr.train.data import load_image_pack, save_image_pack
@@ -140,3 +140,24 @@ def test_weights_beyond_float16_leave_no_broken_fp16_file(tmp_path: Path,
     got = _train(tmp_path / "hr", tmp_path / "ok")
     assert json.loads(got.stdout.strip().splitlines()[-1])["fp16_model"] is True
     assert load_network(tmp_path / "ok" / "model-fp16.safetensors")[0] is not None
+
+
+def test_a_seed_out_of_range_is_refused_before_the_run_folder_is_made(tmp_path: Path) -> None:
+    """--seed 10000000000000 ended in 'internal error: ValueError: Overflow' with config.json
+    left in the new run folder (and vsr compress likewise); seeds are 0 to 2**31 - 1."""
+    (tmp_path / "hr").mkdir()
+    write_image(tmp_path / "hr" / "a.png", _image(0, 64))
+    for seed in ("10000000000000", str(2**31)):
+        _refused(_train(tmp_path / "hr", tmp_path / "run", "--seed", seed), ConfigError,
+                 f"seed must be at most 2147483647 (2**31 - 1), got {seed}")
+        assert not (tmp_path / "run").exists()
+    ckpt = tmp_path / "c.safetensors"
+    net = REGISTRY.get("drn-t-x2").build()
+    save_model(ckpt, net, CheckpointInfo(arch="drn", hparams=net.hparams, scale=2, name="c"))
+    got = CliRunner().invoke(cli, ["compress", "--checkpoint", str(ckpt), "--ratio", "0.5",
+                                   "--data", str(tmp_path / "hr"), "--out", str(tmp_path / "c"),
+                                   "--seed", "10000000000000"])
+    _refused(got, ConfigError, "seed must be at most 2147483647")
+    assert not (tmp_path / "c").exists()
+    got = _train(tmp_path / "hr", tmp_path / "run", "--seed", str(2**31 - 1))
+    assert got.exit_code == 0, got.output

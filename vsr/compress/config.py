@@ -18,6 +18,7 @@ from vsr.options import (
     check_device,
     check_number,
 )
+from vsr.train.data import MAX_SEED
 
 STAGES, METHODS, REFITS = COMPRESS_STAGES, COMPRESS_METHODS, COMPRESS_REFITS
 
@@ -96,6 +97,8 @@ class CompressConfig(Config):
                      "prune_batches", "prune_batch_size", "finetune_steps", "val_every"):
             check_at_least(name, getattr(self, name), 1)
         check_at_least("seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed must be at most {MAX_SEED} (2**31 - 1), got {self.seed}")
         if self.holdout < 2:
             raise ConfigError("holdout must be >= 2 (every n-th image is held out)")
         # NaN passes a plain ``<= 0`` check and trains to NaN weights: finite first

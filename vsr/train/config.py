@@ -19,6 +19,7 @@ from vsr.options import (
     check_number,
     check_type,
 )
+from vsr.train.data import MAX_SEED
 from vsr.train.degrade import DegradationSpec
 from vsr.train.state import MOMENTS
 
@@ -102,6 +103,8 @@ class TrainConfig(Config):
                      "log_every", "adapt_batch", "adapt_frames"):
             check_at_least(name, getattr(self, name), 1)
         check_at_least("seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed must be at most {MAX_SEED} (2**31 - 1), got {self.seed}")
         for name in ("dual_width", "threads", "degrade_workers"):
             check_at_least(name, getattr(self, name), 1, optional=True)
         check_type("model_overrides", self.model_overrides, dict)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 PACK_SUFFIX = ".npz"
 
 
+# the largest seed a run takes: torch.manual_seed(seed) and the packed generator seeds of
+# step_generator (below 2**63 only for seeds under 10**12) must hold it ("Overflow" past that)
+MAX_SEED = 2**31 - 1
 _PACKED_STREAMS = 7  # streams 0..6: the original arithmetic seeds (committed runs draw them)
 _HASHED = 1 << 63  # the top bit marks a hashed seed; packed ones stay below it
 
