@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import socket
 import subprocess
 import time
 
 import pytest
-from test_stream import BICUBIC, ENV, VSR, Lines, connect_tcp, free_port, make_ts
+from test_stream import BICUBIC, ENV, VSR, Lines, connect_tcp, free_port, make_ts, wait_for
 from test_stream_network import _sized_ts
 
 
@@ -81,3 +82,35 @@ def test_pictures_over_the_pixel_limit_end_the_source(tmp_path, sizes):
         "pixels; set VSR_MAX_PIXELS" in errors[0], result.stderr.decode()
     final = json.loads(result.stdout.decode().splitlines()[-1])
     assert final["frames_out"] == 20 * (len(sizes) - 1), final
+
+
+def test_audio_that_appears_on_a_later_connection_is_counted_and_warned_of(tmp_path):
+    """With --reconnect, a first connection of video only fixes the output's streams; the
+    audio a later connection brought was dropped without a word and counted nowhere (the
+    stats said audio 0/0)."""
+    port = free_port(socket.SOCK_STREAM)
+    silent, loud = io.BytesIO(), io.BytesIO()
+    make_ts(silent, 10, audio=False)
+    make_ts(loud, 10)
+    proc = subprocess.Popen([*VSR, f"tcp://127.0.0.1:{port}?listen=1",
+                             str(tmp_path / "out.ts"), *BICUBIC, "--reconnect", "--drop",
+                             "none", "--json", "--stats-interval", "0.3"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    try:
+        for clip in (silent, loud):
+            with connect_tcp(port, proc, err) as conn:
+                conn.sendall(clip.getvalue())
+            time.sleep(0.5)
+        wait_for(lambda: True if any(s["frames_out"] >= 20 for s in out.stats()) else None,
+                 proc, err, "both connections' frames")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out.join(timeout=5)
+    final = out.stats()[-1]
+    assert final["audio_in"] == final["audio_skipped"] > 0 and final["audio_out"] == 0, final
+    assert sum("appeared on a later connection" in ln for ln in err.lines) == 1, err.lines

@@ -45,6 +45,7 @@ class AudioFeed:
         self.received = 0
         self.skipped = 0  # not monotonic on the output clock, or over MAX_QUEUED
         self._warned = False  # of audio dropped for want of video (once a run)
+        self._new_said = False  # of audio streams a later connection brought (once a run)
         self._lock = threading.Lock()
 
     def session(self, streams: list[av.stream.Stream]) -> dict[int, av.stream.Stream]:
@@ -72,7 +73,19 @@ class AudioFeed:
             else:
                 log.warning("audio stream %d is %s now, was %s: not carried", s.index,
                             s.codec_context.name, t.codec_context.name)
+        if len(streams) > len(self.templates) and not self._new_said:
+            self._new_said = True  # the output's streams were set by the first connection
+            log.warning("audio stream %s appeared on a later connection: not carried (the "
+                        "output has the first connection's %d); its packets are counted as "
+                        "'audio_skipped'", streams[len(self.templates)].index,
+                        len(self.templates))
         return carried
+
+    def refuse(self) -> None:
+        """One packet of an audio stream that is not carried (reader thread): counted in
+        ``received`` and ``skipped``."""
+        self.received += 1
+        self.skipped += 1
 
     def hold(self, pkt: av.Packet, *waiting: list[av.Packet]) -> None:
         """Append ``pkt`` to the last of ``waiting`` (reader thread): the reader's lists of

@@ -536,14 +536,19 @@ class Reader(threading.Thread):
         later: list[av.Packet] = []  # audio of another clock than the last frame's, or
         # behind the audio out on it: it waits one frame, for the video of its clock (a jump
         # of hours must not pass; a jump back must not drop the audio read before its video)
-        items = _demux(c, stream, [c.streams[i] for i in carried], self._damaged,
+        # every audio stream is read: those not carried to be counted
+        items = _demux(c, stream, list(c.streams.audio) if self.audio is not None else [],
+                       self._damaged,
                        name=self.url, patience=self.read_timeout, wait=self.stop.wait,
                        end=self._pipe.end if self._pipe is not None else None)
         for item in self._progressive(items, stream):
             if self.stop.is_set():
                 break
             if isinstance(item, av.Packet):
-                self.audio.hold(item, later, held)  # bounded: the video may stall
+                if item.stream_index in carried:
+                    self.audio.hold(item, later, held)  # bounded: the video may stall
+                else:
+                    self.audio.refuse()
                 continue
             frame = item
             arrived = time.monotonic()
