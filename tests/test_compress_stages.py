@@ -93,3 +93,28 @@ def test_a_stage_refuses_the_files_of_another_checkpoint(files: dict[str, Path],
     shutil.copy(files["a"], copy)
     summary = _ok(_args(files, copy, out, "--stage", "finetune"))
     assert summary["stages"] == ["finetune"]
+
+
+def test_widths_that_are_not_integers_are_one_clear_error(files: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """--widths-from (or a search.json) with 1e400 (JSON for infinity) failed with 'internal
+    error: OverflowError'; widths must be integers that fit the network, and a bad list is
+    one ConfigError naming its file. Nothing is written."""
+    bad = tmp_path / "bad.json"
+    for widths, words in (([1e400] * 8, "widths must be a list of integers, not [Infinity"),
+                          ([8.0] * 8, "widths must be a list of integers"),
+                          ([8] * 7, "do not fit this network (its 8 compressible layers"),
+                          ([0] * 8, "do not fit")):
+        bad.write_text(json.dumps({"widths": widths}).replace("Infinity", "1e400"))
+        out = tmp_path / "out"
+        message = _refused(_args(files, files["a"], out, "--widths-from", str(bad)))
+        assert message.startswith(f"{bad}: ") and words in message, message
+        assert not out.exists()
+    # a search.json edited (or damaged) the same way, read by --stage prune
+    out = tmp_path / "s"
+    _ok(_args(files, files["a"], out, "--stage", "search"))
+    record = json.loads((out / "search.json").read_text())
+    (out / "search.json").write_text(json.dumps({**record, "widths": [1e400] * 8}))
+    message = _refused(_args(files, files["a"], out, "--stage", "prune"))
+    assert f"{out / 'search.json'}: widths must be a list of integers" in message
+    assert not (out / "pruned.safetensors").exists()

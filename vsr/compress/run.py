@@ -235,15 +235,25 @@ class _Run:
         layers = prunable_layers(self.original)
         if self.cfg.widths_from:
             try:
-                widths = [int(w) for w in json.loads(Path(self.cfg.widths_from).read_text())
-                          ["widths"]]
+                raw = json.loads(Path(self.cfg.widths_from).read_text())["widths"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"{self.cfg.widths_from}: no widths list ({exc})") from None
-            if len(widths) != len(layers) or any(
-                    not 1 <= w <= la.width for w, la in zip(widths, layers, strict=True)):
-                raise ConfigError(f"{self.cfg.widths_from}: widths do not fit this network")
-            return widths
+            return self._fitting_widths(raw, self.cfg.widths_from)
         return [candidate_widths(layer.width, self.cfg.ratio)[-1] for layer in layers]
+
+    def _fitting_widths(self, raw: object, source: object) -> list[int]:
+        """``raw`` as one width per compressible layer of the network, each an integer from
+        1 to the layer's own width; else ConfigError naming ``source`` (JSON's 1e400 is an
+        infinite float: int() of it raised an OverflowError)."""
+        full = [layer.width for layer in prunable_layers(self.original)]
+        if not isinstance(raw, list) or not all(type(w) is int for w in raw):
+            raise ConfigError(f"{source}: widths must be a list of integers, not "
+                              f"{json.dumps(raw)[:80]}")
+        if len(raw) != len(full) or any(not 1 <= w <= c
+                                        for w, c in zip(raw, full, strict=True)):
+            raise ConfigError(f"{source}: widths {raw} do not fit this network (its "
+                              f"{len(full)} compressible layers have widths {full})")
+        return raw
 
     def _search_record(self) -> dict[str, Any]:
         """search.json, as the prune stage needs it (ConfigError: missing, another run's)."""
@@ -291,7 +301,7 @@ class _Run:
     def prune(self) -> dict[str, Any]:
         cfg = self.cfg
         record = self._search_record()
-        widths = [int(w) for w in record["widths"]]
+        widths = self._fitting_widths(record.get("widths"), self.out / SEARCH_FILE)
         t0 = time.perf_counter()
         duals = self._duals()
         if cfg.method == "drc":
