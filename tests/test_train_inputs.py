@@ -161,3 +161,19 @@ def test_a_seed_out_of_range_is_refused_before_the_run_folder_is_made(tmp_path: 
     assert not (tmp_path / "c").exists()
     got = _train(tmp_path / "hr", tmp_path / "run", "--seed", str(2**31 - 1))
     assert got.exit_code == 0, got.output
+
+
+def test_skipped_training_images_are_warned_of_with_the_count(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Images smaller than the HR patch are left out: three of four were, said only at INFO
+    (not shown without -vv), so the run trained on a quarter of its set without a word."""
+    (tmp_path / "hr").mkdir()
+    for i in range(3):
+        write_image(tmp_path / "hr" / f"small{i}.png", _image(i, 64))
+    write_image(tmp_path / "hr" / "large.png", _image(3, 96))
+    with caplog.at_level("WARNING", logger="vsr.train.data"):
+        got = _train(tmp_path / "hr", tmp_path / "run", "--patch", "40")  # HR patch 80
+    assert got.exit_code == 0, got.output
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage() for r in warned] == [
+        "skipped 3 of 4 training images: smaller than the 80 px HR patch"]

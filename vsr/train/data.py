@@ -224,8 +224,9 @@ class PatchSampler:
                 images.append(img)
         if not images:
             raise InputError(f"no training image is at least {hr_patch}x{hr_patch} pixels")
-        if skipped:
-            log.info("skipped %d images smaller than the %d px HR patch", skipped, hr_patch)
+        if skipped:  # most of a set can go: the user must hear of it
+            log.warning("skipped %d of %d training images: smaller than the %d px HR patch",
+                        skipped, skipped + len(images), hr_patch)
         self.device = torch.device("cpu")
         self.images = images
 
