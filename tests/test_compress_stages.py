@@ -118,3 +118,17 @@ def test_widths_that_are_not_integers_are_one_clear_error(files: dict[str, Path]
     message = _refused(_args(files, files["a"], out, "--stage", "prune"))
     assert f"{out / 'search.json'}: widths must be a list of integers" in message
     assert not (out / "pruned.safetensors").exists()
+
+
+def test_a_compressed_model_is_named_by_its_pruning_ratio_honestly(files: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """--ratio 0.999 named the model drn-t-x2-drc100 (the ratio rounded to a whole percent):
+    the name now says 99.9; whole percentages keep their names (drc50)."""
+    out = tmp_path / "out"
+    _ok(_args(files, files["a"], out, "--ratio", "0.999"))
+    assert read_info(out / "compressed.safetensors").name == "drn-t-x2-l199.9"
+    assert read_info(out / "pruned.safetensors").name == "drn-t-x2-l199.9"
+    from vsr.compress.run import ratio_tag
+
+    assert [ratio_tag(r) for r in (0.5, 0.25, 0.1234, 0.0001, 0.99999)] == \
+        ["50", "25", "12.3", "0.01", "99.999"]

@@ -195,7 +195,7 @@ class _Run:
 
     def _info(self, model: DRN, stage: str, extra: dict[str, Any]) -> CheckpointInfo:
         cfg = self.cfg
-        name = f"{self.base}-{cfg.method}{round(cfg.ratio * 100)}"
+        name = f"{self.base}-{cfg.method}{ratio_tag(cfg.ratio)}"
         prov = {"tool": "vsr compress", "stage": stage, "base": self.base,
                 "base_checkpoint": str(cfg.checkpoint), "base_sha256": self.base_sha256,
                 "ratio": cfg.ratio,
@@ -368,6 +368,20 @@ class _Run:
                     self.summary.pop(stale, None)
             self._write_json(SUMMARY_FILE, self.summary)
         return CompressResult(self.out, self.stages, self.summary)
+
+
+def ratio_tag(ratio: float) -> str:
+    """The pruned percentage in a compressed model's name: ``50`` for 0.5, ``99.9`` for
+    0.999, ``12.3`` for 0.1234; never ``0`` or ``100`` for a ratio between them (rounded to
+    a whole percent, 0.999 was named ``100``)."""
+    percent = ratio * 100
+    if abs(percent - round(percent)) < 1e-9 and 0 < round(percent) < 100:
+        return str(round(percent))
+    for digits in range(1, 10):
+        text = f"{percent:.{digits}f}".rstrip("0").rstrip(".")
+        if 0 < float(text) < 100:
+            return text
+    return f"{percent:g}"
 
 
 def weights_sha256(model: nn.Module) -> str:
