@@ -207,6 +207,17 @@ def wait_for(probe: Callable[[], T | None], proc: subprocess.Popen, err: Lines, 
         time.sleep(period)
 
 
+@contextlib.contextmanager
+def killed_at_exit(proc: subprocess.Popen):
+    """``proc``, killed (and reaped) if it still runs when the block ends (a failed test)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def connect_tcp(port: int, proc: subprocess.Popen, err: Lines) -> socket.socket:
     """A TCP connection to ``proc`` listening on 127.0.0.1:``port``, once it does."""
     return wait_for(lambda: socket.create_connection(("127.0.0.1", port)), proc, err,

@@ -19,7 +19,18 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from test_stream import BICUBIC, ENV, VSR, H, Lines, W, free_port, make_ts, wait_for
+from test_stream import (
+    BICUBIC,
+    ENV,
+    VSR,
+    H,
+    Lines,
+    W,
+    free_port,
+    killed_at_exit,
+    make_ts,
+    wait_for,
+)
 from test_stream_edge import _listening, _Receiver
 
 from vsr.errors import ConfigError, OutputError
@@ -202,7 +213,7 @@ def test_a_fifo_nobody_reads_is_reported_and_ctrl_c_ends_the_wait(tmp_path, then
                              *BICUBIC, "--drop", "none"], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     err = Lines(proc.stderr)
-    try:
+    with killed_at_exit(proc):
         wait_for(lambda: True if any("has taken no data" in ln for ln in err.lines) else None,
                  proc, err, "the report of the output", timeout=60)
         if then == "ctrl-c":
@@ -213,9 +224,5 @@ def test_a_fifo_nobody_reads_is_reported_and_ctrl_c_ends_the_wait(tmp_path, then
                 data = reader.read()
             assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
             assert frame_count(data) == (10, (2 * W, 2 * H))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     err.join(timeout=5)
     assert not any(ln.startswith("Error") for ln in err.lines), err.lines

@@ -13,7 +13,17 @@ import subprocess
 import time
 
 import pytest
-from test_stream import BICUBIC, ENV, VSR, Lines, connect_tcp, free_port, make_ts, wait_for
+from test_stream import (
+    BICUBIC,
+    ENV,
+    VSR,
+    Lines,
+    connect_tcp,
+    free_port,
+    killed_at_exit,
+    make_ts,
+    wait_for,
+)
 from test_stream_network import _sized_ts
 
 
@@ -31,16 +41,12 @@ def tcp_source(*chunks: bytes, pause: float = 0.0, args: tuple[str, ...] = (),
                              "--timeout", "2", *args], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out, err = Lines(proc.stdout), Lines(proc.stderr)
-    try:
-        with connect_tcp(port, proc, err) as conn:
-            for chunk in chunks:
-                conn.sendall(chunk)
-                time.sleep(pause)
+    with killed_at_exit(proc), connect_tcp(port, proc, err) as conn:
+        for chunk in chunks:
+            conn.sendall(chunk)
+            time.sleep(pause)
+        conn.close()
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     out.join(timeout=5)
     err.join(timeout=5)
     stderr = "\n".join(err.lines)
@@ -97,7 +103,7 @@ def test_audio_that_appears_on_a_later_connection_is_counted_and_warned_of(tmp_p
                              "none", "--json", "--stats-interval", "0.3"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = Lines(proc.stdout), Lines(proc.stderr)
-    try:
+    with killed_at_exit(proc):
         for clip in (silent, loud):
             with connect_tcp(port, proc, err) as conn:
                 conn.sendall(clip.getvalue())
@@ -106,10 +112,6 @@ def test_audio_that_appears_on_a_later_connection_is_counted_and_warned_of(tmp_p
                  proc, err, "both connections' frames")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, "\n".join(err.lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     out.join(timeout=5)
     final = out.stats()[-1]
     assert final["audio_in"] == final["audio_skipped"] > 0 and final["audio_out"] == 0, final
