@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -177,3 +179,28 @@ def test_skipped_training_images_are_warned_of_with_the_count(
     warned = [r for r in caplog.records if r.levelname == "WARNING"]
     assert [r.getMessage() for r in warned] == [
         "skipped 3 of 4 training images: smaller than the 80 px HR patch"]
+
+
+def test_a_batch_too_large_for_the_memory_is_refused_before_the_first_step(
+        tmp_path: Path) -> None:
+    """--batch-size 100000 was killed by the kernel mid-step (exit 137, no Error line,
+    config.json left). The activations of a step are estimated from one sample's forward
+    pass first and a batch that cannot fit is refused, nothing made. The child runs under
+    an address-space limit, so that an unchecked batch fails there rather than the host."""
+    (tmp_path / "hr").mkdir()
+    write_image(tmp_path / "hr" / "a.png", _image(0, 64))
+    child = ("import resource, sys\n"
+             "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
+             "from vsr.cli.main import main\n"
+             "sys.argv = ['vsr', *sys.argv[1:]]\n"
+             "main()\n")
+    run = tmp_path / "run"
+    got = subprocess.run([sys.executable, "-c", child, "train", "--arch", "drn-t-x2",
+                          "--data", str(tmp_path / "hr"), "--out", str(run), "--iters", "2",
+                          "--batch-size", str(10**9), "--patch", "8", "--threads", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert got.returncode == 1, got.stderr
+    line = got.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"Error: a batch of {10**9} patches of 8x8 needs at least "), line
+    assert "lower --batch-size or --patch" in line
+    assert not run.exists()

@@ -46,6 +46,7 @@ from vsr.train.losses import (
     dual_loss,
     primal_loss,
 )
+from vsr.train.memory import check_step_memory
 from vsr.train.prefetch import DegradedBatches
 from vsr.train.state import (
     load_training_state,
@@ -242,6 +243,10 @@ class Trainer:
         for i, d in enumerate(self.duals):
             self.optimizers[f"dual{i}"] = torch.optim.Adam(d.parameters(), **adam)
         self.amp_dtype = self._amp_dtype()
+        # before any step: one far too large was killed by the kernel with no error line
+        check_step_memory(self.primal, self.duals, patch=config.patch,
+                          batch=config.batch_size // self.world, device=self.device,
+                          value_bytes=4 if self.amp_dtype is None else 2)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.adapt = (LRSampler(config.adapt, config.patch, config.adapt_frames)
                       if config.adapt else None)
