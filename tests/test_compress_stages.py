@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from test_train_inputs import smooth_image
 
 from vsr.cli.main import cli
 from vsr.errors import ConfigError
@@ -25,12 +26,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Four 64x64 training images; two drn-t-x2 networks of different weights (a, b) and a
     narrower DRN (c), each saved as a checkpoint."""
     root = tmp_path_factory.mktemp("compress_stages")
-    g = torch.Generator().manual_seed(0)
     (root / "hr").mkdir()
     for i in range(4):
-        coarse = torch.rand(1, 3, 8, 8, generator=g)
-        img = torch.nn.functional.interpolate(coarse, size=(64, 64), mode="bicubic")[0]
-        write_image(root / "hr" / f"{i}.png", (img.clamp(0, 1) * 255).round().to(torch.uint8))
+        write_image(root / "hr" / f"{i}.png", smooth_image(i, 64))
     out = {"root": root, "hr": root / "hr"}
     for name, seed in (("a", 0), ("b", 1)):
         torch.manual_seed(seed)

@@ -26,7 +26,9 @@ from vsr.train.data import load_image_pack, save_image_pack
 torch.set_num_threads(1)
 
 
-def _image(seed: int, size: int) -> torch.Tensor:
+def smooth_image(seed: int, size: int) -> torch.Tensor:
+    """A smooth random uint8 (3, size, size) picture (bicubic from 8x8 noise); the tests of
+    training and compression make their image folders of these."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, 8, 8, generator=g)
     img = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic")[0]
@@ -85,7 +87,8 @@ def test_an_image_pack_is_checked_against_the_pixel_limit_before_it_is_inflated(
     _refused(_train(bomb, tmp_path / "run"), InputError, "VSR_MAX_PIXELS")
     assert not (tmp_path / "run").exists()
     # an ordinary pack, with the limit lowered under its 96x96 image (9216 pixels)
-    pack = save_image_pack(tmp_path / "ok.npz", {"a": _image(0, 64), "b": _image(1, 96)})
+    pack = save_image_pack(tmp_path / "ok.npz", {"a": smooth_image(0, 64),
+                                                 "b": smooth_image(1, 96)})
     monkeypatch.setenv("VSR_MAX_PIXELS", "5000")
     _refused(_train(pack, tmp_path / "run"), InputError, "b declares a 96x96 picture")
     assert not (tmp_path / "run").exists()
@@ -97,7 +100,7 @@ def test_an_image_pack_is_checked_against_the_pixel_limit_before_it_is_inflated(
 def test_an_image_pack_of_another_dtype_is_refused(tmp_path: Path, dtype: str) -> None:
     """The differences of a pack's images were summed in uint8 whatever their dtype: an
     int16 or float pack trained on garbage or black images, exit 0."""
-    pixels = _image(0, 64).numpy().astype(dtype)
+    pixels = smooth_image(0, 64).numpy().astype(dtype)
     pack = _pack(tmp_path / "p.npz", a=_npy(pixels))
     _refused(_train(pack, tmp_path / "run"), InputError, f"a is {dtype} (3, 64, 64)",
              "not uint8 (3, H, W)")
@@ -106,7 +109,7 @@ def test_an_image_pack_of_another_dtype_is_refused(tmp_path: Path, dtype: str) -
 
 def test_a_folder_of_images_still_trains(tmp_path: Path) -> None:
     (tmp_path / "hr").mkdir()
-    write_image(tmp_path / "hr" / "a.png", _image(0, 64))
+    write_image(tmp_path / "hr" / "a.png", smooth_image(0, 64))
     got = _train(tmp_path / "hr", tmp_path / "run")
     assert got.exit_code == 0, got.output
     assert json.loads(got.stdout.strip().splitlines()[-1])["steps"] == 2
@@ -119,7 +122,7 @@ def test_weights_beyond_float16_leave_no_broken_fp16_file(tmp_path: Path,
     and training exited 0 saying nothing. Now that file is not written (nor one of an earlier
     slot kept), a warning names the weight, and --json says "fp16_model": false."""
     (tmp_path / "hr").mkdir()
-    write_image(tmp_path / "hr" / "a.png", _image(0, 64))
+    write_image(tmp_path / "hr" / "a.png", smooth_image(0, 64))
     torch.manual_seed(0)
     net = REGISTRY.get("drn-t-x2").build()
     with torch.no_grad():
@@ -148,7 +151,7 @@ def test_a_seed_out_of_range_is_refused_before_the_run_folder_is_made(tmp_path: 
     """--seed 10000000000000 ended in 'internal error: ValueError: Overflow' with config.json
     left in the new run folder (and vsr compress likewise); seeds are 0 to 2**31 - 1."""
     (tmp_path / "hr").mkdir()
-    write_image(tmp_path / "hr" / "a.png", _image(0, 64))
+    write_image(tmp_path / "hr" / "a.png", smooth_image(0, 64))
     for seed in ("10000000000000", str(2**31)):
         _refused(_train(tmp_path / "hr", tmp_path / "run", "--seed", seed), ConfigError,
                  f"seed must be at most 2147483647 (2**31 - 1), got {seed}")
@@ -171,8 +174,8 @@ def test_skipped_training_images_are_warned_of_with_the_count(
     (not shown without -vv), so the run trained on a quarter of its set without a word."""
     (tmp_path / "hr").mkdir()
     for i in range(3):
-        write_image(tmp_path / "hr" / f"small{i}.png", _image(i, 64))
-    write_image(tmp_path / "hr" / "large.png", _image(3, 96))
+        write_image(tmp_path / "hr" / f"small{i}.png", smooth_image(i, 64))
+    write_image(tmp_path / "hr" / "large.png", smooth_image(3, 96))
     with caplog.at_level("WARNING", logger="vsr.train.data"):
         got = _train(tmp_path / "hr", tmp_path / "run", "--patch", "40")  # HR patch 80
     assert got.exit_code == 0, got.output
@@ -188,7 +191,7 @@ def test_a_batch_too_large_for_the_memory_is_refused_before_the_first_step(
     pass first and a batch that cannot fit is refused, nothing made. The child runs under
     an address-space limit, so that an unchecked batch fails there rather than the host."""
     (tmp_path / "hr").mkdir()
-    write_image(tmp_path / "hr" / "a.png", _image(0, 64))
+    write_image(tmp_path / "hr" / "a.png", smooth_image(0, 64))
     child = ("import resource, sys\n"
              "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
              "from vsr.cli.main import main\n"

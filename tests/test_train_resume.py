@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from test_train_inputs import smooth_image
 
 from vsr.cli.main import cli
 from vsr.errors import ConfigError
@@ -25,11 +26,8 @@ torch.set_num_threads(1)
 
 def _images(folder: Path, seed: int, n: int = 4, size: int = 64) -> Path:
     folder.mkdir(parents=True)
-    g = torch.Generator().manual_seed(seed)
     for i in range(n):
-        coarse = torch.rand(1, 3, 8, 8, generator=g)
-        img = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic")[0]
-        write_image(folder / f"{i}.png", (img.clamp(0, 1) * 255).round().to(torch.uint8))
+        write_image(folder / f"{i}.png", smooth_image(seed * 100 + i, size))
     return folder
 
 
