@@ -266,3 +266,34 @@ def test_a_retimed_last_picture_keeps_its_time(tmp_path):
     last = video_pts_seconds(out)[-1]
     with av.open(str(out)) as c:
         assert abs(float(c.duration / av.time_base) - (float(last) + 5)) < 0.01
+
+
+def _probe_streams(path, entries: str) -> list[str]:
+    import subprocess
+
+    return subprocess.run(["ffprobe", "-v", "error", "-show_entries", entries, "-of",
+                           "csv=p=0", str(path)], check=True, capture_output=True,
+                          text=True).stdout.split()
+
+
+@pytest.mark.skipif(not ffmpeg_available(), reason="no ffmpeg program")
+def test_the_ffmpeg_encoder_keeps_dispositions_and_mpeg_ts_times(tmp_path):
+    """`--encoder ffmpeg` marked a subtitle track the input left off as default (players then
+    showed it), and moved every stream of a .ts output 1.4 s later (the ffmpeg program's mux
+    delay); the PyAV encoder did neither."""
+    import subprocess
+
+    subs = tmp_path / "s.srt"
+    subs.write_text("1\n00:00:00,200 --> 00:00:00,900\nHallo\n")
+    mkv, ts = tmp_path / "two_subs.mkv", tmp_path / "in.ts"
+    lavfi = ["-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=1"]
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *lavfi, "-i", subs, "-i", subs, "-map", "0",
+                    "-map", "1", "-map", "2", "-c:v", "libx264", "-c:s", "copy",
+                    "-disposition:s:0", "0", "-disposition:s:1", "forced", mkv], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *lavfi, "-f", "lavfi", "-i", "sine=d=1",
+                    "-c:v", "libx264", "-c:a", "aac", ts], check=True)
+    for src, entries in ((ts, "stream=start_time"), (mkv, "stream_disposition=default,forced")):
+        out = tmp_path / f"up{src.suffix}"
+        upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                                   encoder="ffmpeg", encode=EncodeConfig(preset="ultrafast")))
+        assert _probe_streams(out, entries) == _probe_streams(src, entries), entries

@@ -148,12 +148,19 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     args += ["-map_metadata", "1", "-map_chapters", "1"]
     for out_pos, s in enumerate(order):  # one named, all named: ffmpeg then copies no others
         args += [f"-map_metadata:s:{out_pos}", f"1:s:{s}"]
+    # each stream's flags as the input's: ffmpeg otherwise marks the first of each kind
+    # default, and a subtitle track the input left off came on by itself in players
+    flags = _dispositions(info.path)
+    for out_pos, s in enumerate(order):
+        args += [f"-disposition:{out_pos}", flags.get(s, "0")]
     args += ["-c", "copy", f"-c:{pos}", config.codec,
              f"-fps_mode:{pos}", "passthrough",
              f"-enc_time_base:{pos}", f"{tb.numerator}:{tb.denominator}",
              # Negative-timestamp shifting would move every stream off the input times; the
              # input file already had valid timestamps, so keep them where the muxer can.
              "-avoid_negative_ts", negative_ts_option(fmt, copies_streams=bool(others))]
+    if fmt == "mpegts":  # the ffmpeg program's mux delay moved every stream 1.4 s later
+        args += ["-muxdelay", "0", "-muxpreload", "0"]
     if config.crf is not None:
         args += [f"-crf:{pos}", str(config.crf)]
     if config.preset is not None:
@@ -171,6 +178,20 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     if params := hdr_params(config.codec, info) + x265_quiet(config.codec):
         args += [f"-{config.codec.removeprefix('lib')}-params:{pos}", ":".join(params)]
     return [*args, "-y", output]
+
+
+# disposition flags the ffmpeg program takes by name (5.1 on: newer ones are left out)
+_DISPOSITIONS = ("default", "dub", "original", "comment", "lyrics", "karaoke", "forced",
+                 "hearing_impaired", "visual_impaired", "clean_effects", "captions",
+                 "descriptions", "metadata", "dependent", "still_image")
+
+
+def _dispositions(path: str) -> dict[int, str]:
+    """Each stream's disposition as ffmpeg's -disposition value ("default+forced", "0")."""
+    with av.open(file_url(path)) as c:
+        return {s.index: "+".join(name for name in _DISPOSITIONS
+                                  if int(s.disposition) & int(av.stream.Disposition[name]))
+                or "0" for s in c.streams}
 
 
 # the muxer ffmpeg picks by the output's suffix, where it matters for the alpha plane
