@@ -4,6 +4,7 @@ output through the ffmpeg program, `-` for stdin/stdout as MPEG-TS, files)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -13,11 +14,24 @@ from vsr.stream.run import DROP_POLICIES
 
 
 def _render(as_json: bool, to_stdout: bool):
+    gone = False  # the reader of the JSON lines has closed stdout
+
     def show(s) -> None:
+        nonlocal gone
         if as_json:
             stream = sys.stdout if to_stdout else sys.stderr
-            stream.write(json.dumps(s.to_json()) + "\n")
-            stream.flush()
+            if gone or stream is None:
+                return
+            try:
+                stream.write(json.dumps(s.to_json()) + "\n")
+                stream.flush()
+            except BrokenPipeError:
+                # `| head -1`: the stream goes on (its output is DST); the statistics stop.
+                # Python would report the lost write again at exit: stdout goes to /dev/null
+                gone = True
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+                click.echo("warning: the reader of the statistics has gone; the stream goes "
+                           "on without them", err=True)
             return
         lat = f"{s.latency_ms:.0f} ms (max {s.latency_max_ms:.0f})" if s.latency_ms is not None \
             else "-"

@@ -589,3 +589,52 @@ def test_old_clock_audio_read_after_a_jump_back_stays_on_its_clock(tmp_path, ahe
     assert len({o[1] - i[1] for i, o in zip(old, got, strict=False)}) == 1  # one shift
     assert all(b[1] > a[1] for a, b in zip(got, got[1:], strict=False))
     assert (got[-1][1] - got[0][1]) / 90000 < 5
+
+
+def test_a_port_out_of_range_and_closed_standard_streams_are_one_line(tmp_path):
+    """udp://host:99999 went to port 34463 (FFmpeg takes it modulo 65536), exit 0; a closed
+    stdin or stdout (`<&-`, `>&-`) was 'internal error: AttributeError: ... buffer'."""
+    src = tmp_path / "in.ts"
+    make_ts(str(src), 5, audio=False)
+    for dst in ("udp://127.0.0.1:99999", "srt://127.0.0.1:70000"):
+        assert error_line(run_vsr(str(src), dst)) == (
+            f"Error: bad dst {dst}: Port out of range 0-65535")
+    closed = [*VSR, *BICUBIC]
+    out = subprocess.run([*closed, str(src), "-"], capture_output=False, stdout=None,
+                         stderr=subprocess.PIPE, text=True, env=ENV, timeout=120,
+                         preexec_fn=lambda: os.close(1))
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        "Error: standard output is closed: there is nowhere to write -"]
+    out = subprocess.run([*closed, "-", str(tmp_path / "o.ts")], stderr=subprocess.PIPE,
+                         text=True, env=ENV, timeout=120, preexec_fn=lambda: os.close(0))
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        "Error: standard input is closed: there is nothing to read as -"]
+    assert not (tmp_path / "o.ts").exists()
+
+
+def test_a_statistics_reader_that_goes_leaves_the_stream_going(tmp_path):
+    """`vsr stream - out.ts --json | head -1`: the first write after head left raised
+    BrokenPipeError, which click turned into a silent exit 1 mid-stream."""
+    src = tmp_path / "in.ts"
+    make_ts(str(src), 50, audio=False)
+    data = src.read_bytes()
+    out = tmp_path / "out.ts"
+    proc = subprocess.Popen([*VSR, "-", str(out), *BICUBIC, "--drop", "none", "--json",
+                             "--stats-interval", "0.2"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        for k in range(10):  # two seconds of input
+            proc.stdin.write(data[k * len(data) // 10:(k + 1) * len(data) // 10])
+            proc.stdin.flush()
+            if k == 0:
+                json.loads(proc.stdout.readline())  # one statistics line, then the reader goes
+                proc.stdout.close()
+            time.sleep(0.2)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read().decode()
+    assert "the reader of the statistics has gone; the stream goes on" in stderr, stderr
+    assert len(stamps(out)) == 50

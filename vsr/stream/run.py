@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 import av
 
-from vsr.errors import ConfigError, OutputError
+from vsr.errors import ConfigError, InputError, OutputError
 from vsr.io.sink import EncodeConfig, check_codec
 from vsr.io.source import Frame
 from vsr.options import RunOptions, check_at_least, check_choice, check_number, check_type
@@ -69,6 +71,7 @@ class StreamConfig(RunOptions):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a URL, - or a file name, not "
                                   f"{getattr(self, name)!r}")
+            check_port(name, getattr(self, name))
         check_type("encode", self.encode, EncodeConfig)
         check_encoder(self.encode)  # here: the encoder opens at the first frame, maybe late
         check_type("input_format", self.input_format, str, optional=True)
@@ -89,6 +92,17 @@ class StreamConfig(RunOptions):
             TcpOutput.parse(self.dst)  # vsr connects tcp:// outputs itself: their options
 
 
+def check_port(name: str, url: str) -> None:
+    """Raise ConfigError for a network URL whose port is not one (udp://host:99999 went to
+    port 34463, FFmpeg taking it modulo 65536)."""
+    if "://" not in url or url.startswith("file:"):
+        return
+    try:
+        urlsplit(url).port  # noqa: B018 - the property checks the range
+    except ValueError as exc:
+        raise ConfigError(f"bad {name} {url}: {exc}") from exc
+
+
 def check_encoder(encode: EncodeConfig) -> None:
     """Raise ConfigError unless PyAV has the video encoder ``encode.codec`` and it takes
     ``encode.pix_fmt`` (crf and x264/x265 presets: EncodeConfig checks them)."""
@@ -102,7 +116,12 @@ def check_encoder(encode: EncodeConfig) -> None:
 def check_paths(config: StreamConfig) -> None:
     """Refuse, before anything opens, a DST that is SRC's own file (a symbolic or hard link to
     it: writing would truncate the source), and an existing DST file without ``overwrite``.
-    ``-``, FIFOs, devices and URLs are not files here. Raises OutputError."""
+    ``-``, FIFOs, devices and URLs are not files here; ``-`` needs the standard stream open.
+    Raises OutputError (InputError for a closed stdin)."""
+    if config.src == "-" and sys.stdin is None:  # started with its stdin closed (<&-)
+        raise InputError("standard input is closed: there is nothing to read as -")
+    if config.dst == "-" and sys.stdout is None:
+        raise OutputError("standard output is closed: there is nowhere to write -")
     if same_file(config.src, config.dst):
         raise OutputError(f"source and destination are the same file: {config.dst} is "
                           f"{config.src}")
