@@ -226,3 +226,20 @@ def test_a_fifo_nobody_reads_is_reported_and_ctrl_c_ends_the_wait(tmp_path, then
             assert frame_count(data) == (10, (2 * W, 2 * H))
     err.join(timeout=5)
     assert not any(ln.startswith("Error") for ln in err.lines), err.lines
+
+
+@pytest.mark.parametrize("fmt", ["matroska", "mp4", "flv"])
+def test_aac_from_mpeg_ts_goes_into_formats_that_need_its_configuration(tmp_path, fmt):
+    """MPEG-TS carries AAC as ADTS, whose configuration Matroska, MP4 and FLV need in their
+    header: to a pipe, where nothing can be written back, Matroska failed at the start
+    ('cannot open the output -: Invalid argument') and MP4 at the first audio packet
+    ('Operation not permitted'). The configuration is now made from the stream's parameters
+    and the packets go without their ADTS headers."""
+    make_ts(str(tmp_path / "in.ts"), 10)
+    result = subprocess.run([*VSR, str(tmp_path / "in.ts"), "-", *BICUBIC, "--drop", "none",
+                             "--format", fmt], capture_output=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    with av.open(io.BytesIO(result.stdout)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 10
+    with av.open(io.BytesIO(result.stdout)) as c:
+        assert sum(f.samples for f in c.decode(audio=0)) > 0.3 * 48000  # 0.4 s of audio

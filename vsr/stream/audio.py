@@ -15,6 +15,7 @@ import collections
 import io
 import logging
 import threading
+from collections.abc import Callable
 from fractions import Fraction
 
 import av
@@ -142,6 +143,25 @@ class AudioFeed:
                         "video stall?); counted as 'audio_skipped' in the stats")
 
 
+# MPEG-4 audio's sampling frequency indices (ISO/IEC 14496-3, 1.6.3.4)
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000,
+              7350)
+
+
+def aac_config(cc: av.codec.context.CodecContext) -> bytes | None:
+    """The AudioSpecificConfig of AAC-LC audio described by ``cc``, for a template whose
+    source (MPEG-TS, ADTS) has none: Matroska, MP4 and FLV written to a pipe or a socket
+    need it in their header, before any packet (the muxers' own ADTS conversion comes at
+    the first packet, when a pipe's header is gone: 'Invalid argument' at the start).
+    None for other profiles, rates or layouts than it can say."""
+    channels = cc.layout.nb_channels if cc.layout else 0
+    if cc.profile not in (None, "LC") or cc.sample_rate not in _AAC_RATES \
+            or not 1 <= channels <= 7:
+        return None
+    config = (2 << 11) | (_AAC_RATES.index(cc.sample_rate) << 7) | (channels << 3)  # LC: 2
+    return config.to_bytes(2, "big")
+
+
 def _ticks(shift_s: float, pkt: av.Packet) -> int:
     """``shift_s`` seconds in ticks of ``pkt``'s time base."""
     return round(Fraction(shift_s) / Fraction(pkt.time_base))
@@ -177,6 +197,34 @@ class LivePassthrough(Passthrough):
         self._feed = feed.packets
         self.floor: float | None = None
         self.late = 0
+        self._adts: dict[int, av.bitstream.BitStreamFilterContext] = {}  # by template index
+
+    @staticmethod
+    def _raw_aac(bsf: av.bitstream.BitStreamFilterContext, pkt: av.Packet) -> av.Packet | None:
+        """``pkt`` (ADTS) as raw AAC, on the same stream and clock; None if nothing came."""
+        stream, time_base, pts, dts = pkt.stream, pkt.time_base, pkt.pts, pkt.dts
+        out = bsf.filter(pkt)
+        if not out:
+            return None
+        raw = out[0]
+        raw.stream, raw.time_base, raw.pts, raw.dts = stream, time_base, pts, dts
+        return raw
+
+    def add_streams(self, output: av.container.OutputContainer,
+                    add_video: Callable[[], None] | None = None) -> None:
+        super().add_streams(output, add_video)
+        if not output.format.flags & av.format.Flags.global_header.value:
+            return  # MPEG-TS: its AAC stays ADTS, as it came
+        for template in self._input.streams:
+            out = self._map.get(template.index)
+            if out is not None and out.codec_context.name == "aac" \
+                    and not out.codec_context.extradata \
+                    and (config := aac_config(template.codec_context)) is not None:
+                # the configuration in the header, and the packets without their ADTS
+                # headers (MP4 refuses them once it has one: 'Malformed AAC bitstream')
+                out.codec_context.extradata = config
+                self._adts[template.index] = av.bitstream.BitStreamFilterContext(
+                    "aac_adtstoasc", template)
 
     def _next(self) -> av.Packet | None:
         while self._pending is None:
@@ -187,6 +235,10 @@ class LivePassthrough(Passthrough):
             if self.floor is not None and packet_seconds(pkt) < self.floor:
                 self._late()
                 continue
+            if (bsf := self._adts.get(pkt.stream.index)) is not None:
+                pkt = self._raw_aac(bsf, pkt)
+                if pkt is None:
+                    continue
             self._pending = pkt
         return self._pending
 
