@@ -74,7 +74,7 @@ class ModelSpec:
             return "bad card"
         if not path.is_file():
             return "missing"
-        if self.sha256 is not None and _sha256(path) != self.sha256:
+        if self.sha256 is not None and file_sha256(path) != self.sha256:
             return "corrupt"
         return None
 
@@ -93,7 +93,7 @@ class ModelSpec:
             raise ModelError(f"model {self.name!r} has no shipped weights; train one with "
                              f"`vsr train --arch {self.name}` and pass the checkpoint path")
         if self.sha256 is not None:
-            digest = _sha256(path)
+            digest = file_sha256(path)
             if digest != self.sha256:
                 raise ModelError(f"weights of {self.name!r} are corrupt (sha256 {digest[:12]}... "
                                  f"!= {self.sha256[:12]}...)")
@@ -103,8 +103,8 @@ class ModelSpec:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def _sha256(path: Path) -> str:
-    """The file's sha256, hashed once per size and modification time."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's sha256, hashed once per size and modification time (a process caches it)."""
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:

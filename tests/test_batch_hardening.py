@@ -4,6 +4,7 @@ SQLite job store."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,7 +25,7 @@ import pytest
 from conftest import alpha_clip, make_clip, packets, video_pts_seconds
 
 import vsr
-from vsr.errors import ConfigError, VsrError
+from vsr.errors import ConfigError, Interrupted, VsrError
 from vsr.jobs import BatchConfig, BatchResult, JobOptions, run_batch
 from vsr.jobs.plan import read_manifest
 from vsr.jobs.segments import TASK_LOGGERS
@@ -1088,3 +1089,41 @@ def test_every_failure_of_a_manifest_line_names_the_line(tmp_path):
     assert [e.split(": ", 1)[0] for e in errors] == [f"{manifest}:{n}" for n in (1, 2, 3)]
     assert "input not found" in errors[0] and "unknown model" in errors[1] \
         and "directory" in errors[2], errors
+
+
+def test_a_resume_after_the_weights_changed_recomputes_every_segment(tmp_path, drn_checkpoint):
+    """The fingerprint held the model's name or path, not its weights: a checkpoint
+    retrained in place between the stop and --resume gave a video of two models, the kept
+    segments from the old weights joined with new ones, exit 0."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "m.safetensors"
+    shutil.copyfile(drn_checkpoint, weights)
+    src = make_clip(tmp_path / "a.mp4", frames=40, color={"gop_size": 10})
+    out = tmp_path / "out"
+    config = BatchConfig(inputs=(str(src),), output_dir=out, devices=("cpu",),
+                         options=JobOptions(model=str(weights)), segment_frames=10)
+
+    def stop_after_two_segments(progress) -> None:
+        if progress.frames_done >= 20:
+            raise KeyboardInterrupt
+
+    def stop() -> None:
+        with contextlib.suppress(Interrupted):
+            run_batch(dataclasses.replace(config, overwrite=True), progress=stop_after_two_segments)
+
+    def resume() -> int:
+        result = run_batch(dataclasses.replace(config, resume=True, overwrite=True))
+        assert len(result.done) == 1, result
+        return result.segments_reused
+
+    stop()
+    assert resume() > 0  # the same weights: what was done is kept
+    stop()
+    with safe_open(str(weights), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    first = next(iter(tensors))
+    tensors[first] = tensors[first] + 0.01  # "retrained" in place
+    save_file(tensors, str(weights), metadata=meta)
+    assert resume() == 0

@@ -362,7 +362,26 @@ def segment_paths(f: _File) -> list[Path]:
 
 def _fingerprint(job: Job, identity: tuple[int, ...], segment_frames: int) -> str:
     size, mtime_ns = identity[:2]
-    return f"{job.options.fingerprint()}:{size}:{mtime_ns}:{segment_frames}"
+    weights = weights_digest(job.options.model)
+    return f"{job.options.fingerprint()}:{size}:{mtime_ns}:{segment_frames}:{weights}"
+
+
+def weights_digest(model: str | None) -> str:
+    """The sha256 of the weights ``model`` (a registry name, a checkpoint path; None: the
+    default) loads, '' where it loads none (bicubic, a file not there: loading says why).
+    In the fingerprint: a checkpoint retrained in place (or other shipped weights) must not
+    have its old segments joined with new ones, two models in one video."""
+    from vsr.models import DEFAULT_MODEL, REGISTRY
+    from vsr.models.registry import file_sha256
+
+    name = model or DEFAULT_MODEL
+    path = Path(name)
+    if not path.is_file():  # as load_model: a file of that name first, then the registry
+        path = REGISTRY.get(name).weights_path if name in REGISTRY else None
+    try:
+        return file_sha256(path)[:16] if path is not None else ""
+    except OSError:
+        return ""
 
 
 def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) -> list[Task]:
