@@ -268,7 +268,8 @@ def test_job_store_of_an_older_version_is_migrated(tmp_path):
     db = out / ".vsr-batch" / "jobs.sqlite"
     with sqlite3.connect(db) as conn:  # back to the schema keyed by input alone
         conn.execute("PRAGMA foreign_keys=OFF")
-        rows = conn.execute("SELECT * FROM files").fetchall()
+        rows = conn.execute("SELECT id, input, output, fingerprint, status, error, frames, "
+                            "updated FROM files").fetchall()  # output sizes came later
         conn.execute("DROP TABLE files")
         conn.execute(_OLD_FILES)
         conn.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -1127,3 +1128,26 @@ def test_a_resume_after_the_weights_changed_recomputes_every_segment(tmp_path, d
     tensors[first] = tensors[first] + 0.01  # "retrained" in place
     save_file(tensors, str(weights), metadata=meta)
     assert resume() == 0
+
+
+def test_a_finished_output_cut_short_or_emptied_since_is_not_skipped(tmp_path):
+    """The record said 'done' and the file was there: a rerun skipped an output truncated or
+    emptied since (exit 0, an unplayable file). The size it was written with is recorded."""
+    inputs = tuple(str(make_clip(tmp_path / f"{k}.mp4", frames=6)) for k in "abc")
+    out = tmp_path / "out"
+    config = BatchConfig(inputs=inputs, output_dir=out, devices=("cpu",),
+                         options=JobOptions(model="bicubic", scale=2))
+    assert len(run_batch(config).done) == 3
+    whole = (out / "a.mp4").read_bytes()
+    (out / "a.mp4").write_bytes(whole[:1000])
+    (out / "b.mp4").write_bytes(b"")
+    result = run_batch(config)
+    assert [Path(s["input"]).name for s in result.skipped] == ["c.mp4"]
+    assert sorted((Path(f["input"]).name, f["error"]) for f in result.failed) == [
+        ("a.mp4", f"{out / 'a.mp4'} is not the output this batch finished (it holds 1,000 "
+                  f"bytes where this batch wrote {len(whole):,}): --overwrite makes it again"),
+        ("b.mp4", f"{out / 'b.mp4'} is not the output this batch finished (it holds 0 bytes "
+                  f"where this batch wrote {len(whole):,}): --overwrite makes it again")]
+    assert (out / "b.mp4").read_bytes() == b""  # kept as it is: nothing replaced unasked
+    result = run_batch(dataclasses.replace(config, overwrite=True))
+    assert len(result.done) == 3 and (out / "a.mp4").stat().st_size == len(whole)

@@ -246,7 +246,7 @@ class Tracker:
     def complete(self, f: _File) -> None:
         def record() -> None:
             try:
-                self.store.file_done(f.file_id, f.frames)
+                self.store.file_done(f.file_id, f.frames, _size(f.job.output))
             except StoreError:
                 # an output the record does not know would stop the rerun ("exists"): it goes,
                 # and the segments stay for --resume to join again
@@ -366,6 +366,13 @@ def _fingerprint(job: Job, identity: tuple[int, ...], segment_frames: int) -> st
     return f"{job.options.fingerprint()}:{size}:{mtime_ns}:{segment_frames}:{weights}"
 
 
+def _size(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_size if path is not None else None
+    except OSError:
+        return None
+
+
 def weights_digest(model: str | None) -> str:
     """The sha256 of the weights ``model`` (a registry name, a checkpoint path; None: the
     default) loads, '' where it loads none (bicubic, a file not there: loading says why).
@@ -398,6 +405,10 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
         with tracker.lock:
             tracker.skipped.append({"input": str(job.input), "output": str(job.output)})
         return []
+    if not config.overwrite and (why := store.changed_output(*key, fingerprint)):
+        # a finished output cut short or replaced since: not skipped as done, not replaced
+        raise OutputError(f"{job.output} is not the output this batch finished ({why}): "
+                          "--overwrite makes it again")
     from vsr.io.output import check_output_path
 
     check_output_path(job.output, overwrite=config.overwrite, input_path=job.input)

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     error TEXT,
     frames INTEGER,
     updated REAL NOT NULL,
+    output_bytes INTEGER,          -- the finished output's size (NULL: unknown)
     UNIQUE (input, output)
 );
 """
@@ -105,7 +106,8 @@ class JobStore:
             _migrate(self._db)
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
-            _add_segment_bytes(self._db)
+            _add_column(self._db, "segments", "bytes")
+            _add_column(self._db, "files", "output_bytes")
         except BaseException as exc:
             if self._db is not None:
                 self._db.close()
@@ -152,11 +154,25 @@ class JobStore:
 
     def finished(self, input_path: str, output: str, fingerprint: str) -> bool:
         """True when this input was finished into this output with these settings and the
-        output is there."""
+        output is there, of the size it was written (:meth:`changed_output` says more)."""
+        return self._finished(input_path, output, fingerprint) == "intact"
+
+    def changed_output(self, input_path: str, output: str, fingerprint: str) -> str | None:
+        """Why an output this batch finished with these settings is not the file it wrote
+        (cut short, emptied, replaced), or None."""
+        state = self._finished(input_path, output, fingerprint)
+        return None if state in ("intact", None) else state
+
+    def _finished(self, input_path: str, output: str, fingerprint: str) -> str | None:
         with self._using("read") as db:
-            row = db.execute("SELECT fingerprint, status FROM files WHERE input = ? "
-                             "AND output = ?", (input_path, output)).fetchone()
-        return row is not None and row == (fingerprint, "done") and Path(output).is_file()
+            row = db.execute("SELECT fingerprint, status, output_bytes FROM files WHERE "
+                             "input = ? AND output = ?", (input_path, output)).fetchone()
+        if row is None or row[:2] != (fingerprint, "done") or not Path(output).is_file():
+            return None
+        size = Path(output).stat().st_size
+        if row[2] is not None and size != row[2]:
+            return f"it holds {size:,} bytes where this batch wrote {row[2]:,}"
+        return "intact"
 
     def begin(self, input_path: str, output: str, fingerprint: str,
               plan: list[tuple[int | None, int | None, int]], resume: bool) -> tuple[int, bool]:
@@ -211,9 +227,11 @@ class JobStore:
         self._write("UPDATE segments SET status = 'pending', bytes = NULL WHERE file_id = ? "
                     "AND idx = ?", (file_id, index))
 
-    def file_done(self, file_id: int, frames: int) -> None:
-        self._write("UPDATE files SET status = 'done', frames = ?, error = NULL, updated = ? "
-                    "WHERE id = ?", (frames, time.time(), file_id))
+    def file_done(self, file_id: int, frames: int, output_bytes: int | None = None) -> None:
+        """The file's output is finished, in place, with ``output_bytes`` bytes."""
+        self._write("UPDATE files SET status = 'done', frames = ?, error = NULL, updated = ?, "
+                    "output_bytes = ? WHERE id = ?",
+                    (frames, time.time(), output_bytes, file_id))
 
     def file_failed(self, file_id: int, error: str) -> None:
         self._write("UPDATE files SET status = 'failed', error = ?, updated = ? WHERE id = ?",
@@ -250,9 +268,10 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE files_v2 RENAME TO files")
 
 
-def _add_segment_bytes(db: sqlite3.Connection) -> None:
-    """Stores written before segment sizes were recorded lack the column: add it (NULL for
-    their finished segments, which are then checked by their frame count alone)."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(segments)")}
-    if "bytes" not in columns:
-        db.execute("ALTER TABLE segments ADD COLUMN bytes INTEGER")
+def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+    """Stores written before sizes were recorded lack the INTEGER ``column``: add it (NULL
+    for what they finished: segments are then checked by their frame count alone, outputs
+    by their being there)."""
+    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    if column not in columns:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER")
