@@ -135,3 +135,26 @@ def test_an_input_replaced_mid_batch_fails_alone_under_ray(tmp_path, ray_cluster
     assert not (out / "b.mkv").exists()
     assert not [p for p in out.rglob("*") if ".partial" in p.name]
     assert video_pts_seconds(out / "a.mkv") == video_pts_seconds(a)
+
+
+def test_a_picture_output_that_appears_meanwhile_is_kept_under_ray(tmp_path, ray_cluster):
+    """--ray wrote a whole-file task's result (a picture) over an output that appeared while
+    it ran, without --overwrite; the local run keeps such a file and fails that input."""
+    from PIL import Image
+
+    src = tmp_path / "big.png"
+    Image.new("RGB", (1280, 720), (90, 30, 200)).save(src)
+    out = tmp_path / "out"
+    theirs = out / "big.png"
+
+    def progress(p) -> None:
+        if out.is_dir() and not theirs.exists():
+            theirs.write_bytes(b"USER FILE")
+
+    result = run_batch(BatchConfig(inputs=(str(src),), output_dir=out, ray="auto",
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu",)), progress=progress)
+    assert theirs.read_bytes() == b"USER FILE"
+    assert [f["input"] for f in result.failed] == [str(src)], result
+    assert "appeared while this run wrote it" in result.failed[0]["error"]
+    assert not [p for p in out.rglob("*") if ".partial" in p.name]

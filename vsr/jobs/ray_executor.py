@@ -83,7 +83,10 @@ def run_on_ray(tasks: list[Task], tracker, address: str, devices: tuple[str, ...
                 task = running.pop(ref)
                 try:
                     data, result = ray.get(ref)
-                    store_file(task.path, data)
+                    # a whole file is the output itself: one that appeared meanwhile is kept
+                    # (as a local run keeps it), unless --overwrite; a segment file is ours
+                    store_file(task.path, data,
+                               replace=task.overwrite or task.segment is not None)
                     tracker.finished(task, result)
                 except Exception as exc:  # one task's failure fails its file only
                     tracker.task_failed(task, getattr(exc, "cause", None) or exc)
