@@ -158,3 +158,33 @@ def test_a_picture_output_that_appears_meanwhile_is_kept_under_ray(tmp_path, ray
     assert [f["input"] for f in result.failed] == [str(src)], result
     assert "appeared while this run wrote it" in result.failed[0]["error"]
     assert not [p for p in out.rglob("*") if ".partial" in p.name]
+
+
+def test_sigterm_under_ray_is_the_clis_one_line_exit_143(tmp_path, ray_cluster):
+    """ray.init put in its own SIGTERM handler: `kill` of a `vsr batch --ray` exited 15 with
+    Ray's native stack dump and no Error line. The CLI's handler is put back after it."""
+    import signal
+    import time
+
+    address = ray_cluster.address_info["gcs_address"]
+    src = make_clip(tmp_path / "long.mkv", frames=400, size=(160, 120), color={"gop_size": 4})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "vsr", "batch", str(src), "-o", str(out),
+                             "--model", "bicubic", "--scale", "2", "--ray", address,
+                             "--segment-frames", "4", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not any((out / ".vsr-batch" / "segments").rglob("seg-*")):  # tasks have run
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].endswith("(SIGTERM)"), stderr
+    assert "SIGTERM received" not in stderr, stderr

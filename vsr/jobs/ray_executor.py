@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,16 +38,27 @@ def compute_remote(task: Task, device: str) -> tuple[bytes, TaskResult]:
         return local.read_bytes(), result
 
 
+_KEPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def _connect(address: str):
     try:
         import ray
     except ImportError as exc:
         raise ConfigError("--ray needs Ray: pip install 'vsr[cluster]'") from exc
     if not ray.is_initialized():
+        # ray.init puts in a SIGTERM handler of its own (sys.exit(15), and a native stack dump
+        # from its core worker): the caller's (the CLI's: exit 143, one line) is put back
+        main = threading.current_thread() is threading.main_thread()
+        kept = {s: signal.getsignal(s) for s in _KEPT_SIGNALS} if main else {}
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"cannot connect to the Ray cluster at {address}: {exc}") from exc
+        finally:
+            for number, handler in kept.items():
+                if handler is not None:
+                    signal.signal(number, handler)
     return ray
 
 
