@@ -113,6 +113,7 @@ class Passthrough:
         self.timecode: str | None = None
         self._warn = warn
         self._attach_covers = attach_covers
+        self.output_name: object = None  # what the output is called in messages (not a temp)
 
     def _drop_note(self, msg: str, *args: object) -> None:
         log.log(logging.WARNING if self._warn else logging.DEBUG, msg, *args)
@@ -298,7 +299,8 @@ class Passthrough:
             try:
                 output.mux(pkt)
             except av.error.FFmpegError as exc:
-                raise write_error(None, exc, f"copying stream {src}") from exc
+                what = f"copying stream {src}" + (" into" if self.output_name else "")
+                raise write_error(self.output_name, exc, what) from exc
             self.copied[src] += 1
 
     def _retime(self, pkt: av.Packet, src: int, *, strict: bool) -> None:

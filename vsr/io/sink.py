@@ -559,6 +559,7 @@ class PyAVSink(SinkContext):
 
         if copy_streams:
             self._pass = Passthrough(info.path, exclude=info.index)
+            self._pass.output_name = self.path
             meta = self._pass.metadata
             out.metadata.update(container_tags(meta))
             self._pass.add_streams(out, add_video)

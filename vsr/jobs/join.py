@@ -97,6 +97,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         discard(temp)
         raise OutputError(f"cannot write {final}: {exc}") from exc
     passthrough = Passthrough(str(input_path), exclude=info.index)
+    passthrough.output_name = final
     try:
         with _open_segment(segments[0]) as first:
             template = first.streams.video[0]
@@ -300,7 +301,7 @@ def _mux(out: av.container.OutputContainer, video: av.stream.Stream, passthrough
     try:
         out.mux(pkt)
     except av.error.FFmpegError as exc:  # its plain reason, not the temporary file's name
-        raise write_error(None, exc, "writing the joined output") from exc
+        raise write_error(passthrough.output_name, exc, "writing the joined output") from exc
     return dts
 
 
