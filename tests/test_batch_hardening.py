@@ -1151,3 +1151,20 @@ def test_a_finished_output_cut_short_or_emptied_since_is_not_skipped(tmp_path):
     assert (out / "b.mp4").read_bytes() == b""  # kept as it is: nothing replaced unasked
     result = run_batch(dataclasses.replace(config, overwrite=True))
     assert len(result.done) == 3 and (out / "a.mp4").stat().st_size == len(whole)
+
+
+def test_a_damaged_state_folder_stops_the_batch_with_one_line(tmp_path):
+    """A file where the segment folder goes failed every file with a raw
+    'NotADirectoryError: [Errno 20] Not a directory: ...' line each."""
+    inputs = tuple(str(make_clip(tmp_path / f"{k}.mp4", frames=12, color={"gop_size": 4}))
+                   for k in "ab")
+    out = tmp_path / "out"
+    (out / ".vsr-batch").mkdir(parents=True)
+    (out / ".vsr-batch" / "segments").write_text("")
+    r = subprocess.run([*VSR, "batch", *inputs, "-o", str(out), *BICUBIC, "--segment-frames",
+                        "4"], env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"Error: cannot make the segment folder {out}/.vsr-batch/segments/000001: Not a "
+        f"directory (remove {out}/.vsr-batch to start the batch's record anew)"], r.stderr

@@ -430,7 +430,11 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
     seg_dir = config.state_dir / "segments" / f"{file_id:06d}"
     if not kept:
         shutil.rmtree(seg_dir, ignore_errors=True)
-    seg_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        seg_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the batch's own folder damaged (a file where a folder goes)
+        raise StoreError(f"cannot make the segment folder {seg_dir}: {exc.strerror or exc} "
+                         f"(remove {config.state_dir} to start the batch's record anew)") from exc
     clean_partials(seg_dir)
     rows = {r.index: r for r in store.segments(file_id)}
     tasks, reused = [], 0
