@@ -137,28 +137,32 @@ def test_an_input_replaced_mid_batch_fails_alone_under_ray(tmp_path, ray_cluster
     assert video_pts_seconds(out / "a.mkv") == video_pts_seconds(a)
 
 
-def test_a_picture_output_that_appears_meanwhile_is_kept_under_ray(tmp_path, ray_cluster):
+def test_a_picture_output_that_appears_meanwhile_is_kept_under_ray(tmp_path, ray_cluster,
+                                                                   monkeypatch):
     """--ray wrote a whole-file task's result (a picture) over an output that appeared while
     it ran, without --overwrite; the local run keeps such a file and fails that input."""
     from PIL import Image
 
+    from vsr.jobs import ray_executor
+
     src = tmp_path / "big.png"
-    Image.new("RGB", (1280, 720), (90, 30, 200)).save(src)
+    Image.new("RGB", (128, 96), (90, 30, 200)).save(src)
     out = tmp_path / "out"
     theirs = out / "big.png"
+    store = ray_executor.store_file
 
-    def progress(p) -> None:
-        if out.is_dir() and not theirs.exists():
-            theirs.write_bytes(b"USER FILE")
+    def appears_first(path, data, **kw) -> None:  # the user's file, just before the result
+        theirs.write_bytes(b"USER FILE")
+        store(path, data, **kw)
 
+    monkeypatch.setattr(ray_executor, "store_file", appears_first)
     result = run_batch(BatchConfig(inputs=(str(src),), output_dir=out, ray="auto",
                                    options=JobOptions(model="bicubic", scale=2),
-                                   devices=("cpu",)), progress=progress)
+                                   devices=("cpu",)))
     assert theirs.read_bytes() == b"USER FILE"
     assert [f["input"] for f in result.failed] == [str(src)], result
     assert "appeared while this run wrote it" in result.failed[0]["error"]
     assert not [p for p in out.rglob("*") if ".partial" in p.name]
-
 
 def test_sigterm_under_ray_is_the_clis_one_line_exit_143(tmp_path, ray_cluster):
     """ray.init put in its own SIGTERM handler: `kill` of a `vsr batch --ray` exited 15 with
