@@ -949,7 +949,8 @@ def test_a_stop_while_a_joined_output_is_recorded_keeps_output_record_and_cleanu
     from this test) left the output done and recorded but its 200 segment files in
     .vsr-batch for good: the rerun skips the file and never removed them (and a stop just
     after the move, before the record, would leave an output the rerun refuses as
-    "exists"). The move, the record and the clean-up now go together, the stop after."""
+    "exists"). The record of what is being moved, the move, the record and the clean-up now
+    go together, the stop after."""
     src = make_clip(tmp_path / "long.mkv", frames=200, size=(64, 48), audio_tracks=1,
                     color={"gop_size": 1})
     out = tmp_path / "out"
@@ -968,10 +969,14 @@ def test_a_stop_while_a_joined_output_is_recorded_keeps_output_record_and_cleanu
     _wait_for_own_partial(second, out)
     lock = sqlite3.connect(str(db), isolation_level=None, timeout=30)
     try:
-        lock.execute("BEGIN IMMEDIATE")  # the batch's record of the output waits for this
-        deadline = time.monotonic() + 120
-        while not (out / "long.mkv").exists() and second.poll() is None:
+        lock.execute("BEGIN IMMEDIATE")  # the batch's records of the output wait for this
+        deadline, sizes = time.monotonic() + 120, []
+        while second.poll() is None:  # until the output is written: its record waits
             assert time.monotonic() < deadline
+            sizes.append(sum(e.stat().st_size for e in os.scandir(out)
+                             if ".partial" in e.name))
+            if len(sizes) > 100 and sizes[-1] == sizes[-100] > 0:  # 0.5 s without a write
+                break
             time.sleep(0.005)
         time.sleep(0.2)  # inside the store's write now
         second.send_signal(signum)
@@ -1168,3 +1173,27 @@ def test_a_damaged_state_folder_stops_the_batch_with_one_line(tmp_path):
     assert r.stderr.strip().splitlines() == [
         f"Error: cannot make the segment folder {out}/.vsr-batch/segments/000001: Not a "
         f"directory (remove {out}/.vsr-batch to start the batch's record anew)"], r.stderr
+
+
+def test_a_batch_killed_between_moving_an_output_and_recording_it_takes_it_up(tmp_path):
+    """Killed (kill -9, a power cut) after its join moved the output into place and before
+    the record said so, a rerun refused that complete output for ever ('output exists (use
+    --overwrite)') and kept its segments. The size being moved is recorded first: a rerun
+    finds it there and records the file as done."""
+    src = make_clip(tmp_path / "a.mp4", frames=12, color={"gop_size": 4})
+    out = tmp_path / "out"
+    crash = ("import os, signal, sys\n"
+             "from vsr.jobs import store, BatchConfig, JobOptions, run_batch\n"
+             "store.JobStore.file_done = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+             f"run_batch(BatchConfig(inputs=({str(src)!r},), output_dir={str(out)!r}, "
+             "options=JobOptions(model='bicubic', scale=2), devices=('cpu',), "
+             "segment_frames=4))\n")
+    r = subprocess.run([sys.executable, "-c", crash], env=ENV, capture_output=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL and (out / "a.mp4").is_file(), r.stderr
+    made = (out / "a.mp4").read_bytes()
+    result = run_batch(BatchConfig(inputs=(str(src),), output_dir=out, devices=("cpu",),
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   segment_frames=4))
+    assert [Path(s["output"]).name for s in result.skipped] == ["a.mp4"], result
+    assert (out / "a.mp4").read_bytes() == made
+    assert not any((out / ".vsr-batch" / "segments").iterdir())  # its segments are gone

@@ -61,7 +61,8 @@ def check_output_codec(output: Path, codec: str) -> None:
 def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                   overwrite: bool = False, frames: list[int] | None = None,
                   recorded: Callable[[], None] | None = None,
-                  unchanged: Callable[[], None] | None = None) -> dict[int, int]:
+                  unchanged: Callable[[], None] | None = None,
+                  moving: Callable[[int], None] | None = None) -> dict[int, int]:
     """Write ``output`` from the segment files and the input's other streams.
 
     ``recorded``: called once the output is in place (to record it as done); a stop signal
@@ -70,6 +71,10 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
 
     ``unchanged``: called once the output is written, before it is moved into place: an
     error it raises (the input replaced meanwhile) fails the join, with nothing left behind.
+
+    ``moving``: called with the finished output's size just before it is moved into place (to
+    record what is about to be there: a kill -9 between the move and ``recorded`` then leaves
+    a rerun able to tell its own output from a stranger's).
 
     ``frames``: the frames each segment must hold (one video packet each); a segment with
     more or fewer fails the join, so no frame is ever lost or doubled silently. (What the
@@ -165,6 +170,8 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
         raise
     passthrough.close()
     with stop_signals_held():
+        if moving is not None:
+            moving(temp.stat().st_size)
         finish(temp, final, replace=overwrite)
         if recorded is not None:
             recorded()

@@ -273,7 +273,8 @@ class Tracker:
             # after it: the output, its record and its segments' removal go together
             join_segments(f.job.input, segment_paths(f), f.job.output, overwrite=self.overwrite,
                           frames=[s.frames for s in f.segments], recorded=record,
-                          unchanged=unchanged)
+                          unchanged=unchanged,
+                          moving=lambda size: self.store.file_joining(f.file_id, size))
         except StoreError:  # the batch's record: the batch stops
             raise
         except Exception as exc:  # the file fails, not the task that happened to end last
@@ -401,6 +402,10 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
     # typed (by an older vsr) takes the resolved key
     key = (os.path.realpath(job.input), os.path.realpath(job.output))
     store.rekey(str(job.input), str(job.output), *key)
+    if (joined := store.settle_joined(*key, fingerprint)) is not None:
+        # killed between its join's move into place and the record of it (kill -9, a power
+        # cut): the output there is the one it was moving, by its size; its segments go
+        shutil.rmtree(config.state_dir / "segments" / f"{joined:06d}", ignore_errors=True)
     if store.finished(*key, fingerprint) and not config.overwrite:
         with tracker.lock:
             tracker.skipped.append({"input": str(job.input), "output": str(job.output)})

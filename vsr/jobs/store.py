@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     input TEXT NOT NULL,
     output TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
-    status TEXT NOT NULL,          -- running, done, failed
+    status TEXT NOT NULL,          -- running, joining (being moved into place), done, failed
     error TEXT,
     frames INTEGER,
     updated REAL NOT NULL,
@@ -232,6 +232,29 @@ class JobStore:
         self._write("UPDATE files SET status = 'done', frames = ?, error = NULL, updated = ?, "
                     "output_bytes = ? WHERE id = ?",
                     (frames, time.time(), output_bytes, file_id))
+
+    def file_joining(self, file_id: int, output_bytes: int) -> None:
+        """The file's output, of ``output_bytes`` bytes, is about to be moved into place."""
+        self._write("UPDATE files SET status = 'joining', output_bytes = ?, updated = ? "
+                    "WHERE id = ?", (output_bytes, time.time(), file_id))
+
+    def settle_joined(self, input_path: str, output: str, fingerprint: str) -> int | None:
+        """Record as done a file that was stopped while its output was being moved into place,
+        where the output there has the size it was moving (it got there); its file id, or
+        None (no such record, or another file there)."""
+        with self._using("read") as db:
+            row = db.execute("SELECT id, fingerprint, status, output_bytes FROM files WHERE "
+                             "input = ? AND output = ?", (input_path, output)).fetchone()
+        if row is None or row[1:3] != (fingerprint, "joining"):
+            return None
+        try:
+            if Path(output).stat().st_size != row[3]:
+                return None
+        except OSError:
+            return None
+        self._write("UPDATE files SET status = 'done', updated = ? WHERE id = ?",
+                    (time.time(), row[0]))
+        return row[0]
 
     def file_failed(self, file_id: int, error: str) -> None:
         self._write("UPDATE files SET status = 'failed', error = ?, updated = ? WHERE id = ?",
