@@ -638,3 +638,25 @@ def test_a_statistics_reader_that_goes_leaves_the_stream_going(tmp_path):
     stderr = proc.stderr.read().decode()
     assert "the reader of the statistics has gone; the stream goes on" in stderr, stderr
     assert len(stamps(out)) == 50
+
+
+def test_a_second_program_is_picked_as_a_file_would_be_and_keeps_every_frame(tmp_path):
+    """A two-program MPEG-TS: the first video was upscaled, the other dropped without a
+    word; and where the video upscaled is not stream 0, its last frames were lost (PyAV's
+    flush packet at the end says stream_index 0: the decoder was never drained)."""
+    src = tmp_path / "two.ts"
+    lavfi = ("testsrc2=s=64x48:r=25:d=2", "sine=f=440:d=2", "testsrc=s=96x72:r=25:d=2",
+             "sine=f=880:d=2")
+    subprocess.run(["ffmpeg", "-v", "error", "-y",
+                    *[a for spec in lavfi for a in ("-f", "lavfi", "-i", spec)],
+                    *[a for k in range(4) for a in ("-map", str(k))], "-c:v", "libx264",
+                    "-c:a", "aac", "-program", "title=P1:st=0:st=1", "-program",
+                    "title=P2:st=2:st=3", str(src)], check=True)
+    out = tmp_path / "out.ts"
+    r = subprocess.run([*VSR, str(src), str(out), *BICUBIC, "--drop", "none"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "has 2 video streams (programs?): upscaling stream 2 (96x72)" in r.stderr
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, len(c.streams.audio)) == (192, 2)
+        assert sum(1 for _ in c.decode(video=0)) == 50

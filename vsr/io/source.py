@@ -95,20 +95,20 @@ def _alpha_decoder(stream: av.video.stream.VideoStream) -> av.CodecContext | Non
     return cc
 
 
-def _pictures(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
+def pictures(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
     """The video streams that are video: cover art in MP4/Matroska is a one-picture video
     stream, carried, not upscaled."""
     cover = int(av.stream.Disposition.attached_pic)
     return [s for s in container.streams.video if not int(s.disposition) & cover]
 
 
-def _video_stream(container: av.container.InputContainer,
+def video_stream(container: av.container.InputContainer,
                   name: str) -> av.video.stream.VideoStream:
     """The video stream to upscale, as the ffmpeg program picks one: the largest picture, a
     stream marked default counting 5 megapixels more; the first of equals. (The first one
     was taken: a file with a thumbnail track before its main video upscaled the thumbnail
     and copied the video.) The others are carried (vsr.engine.run_source says so)."""
-    candidates = _pictures(container)
+    candidates = pictures(container)
     if not candidates:
         raise InputError(f"no video stream in {name}")
     default = int(av.stream.Disposition.default)
@@ -212,7 +212,7 @@ class PyAVSource:
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot read {p} as media: {exc.strerror or exc}") from exc
         try:
-            self._stream = _video_stream(self._container, self._name)
+            self._stream = video_stream(self._container, self._name)
             limit_stream(self._stream, p.name)  # the size the container declares
             self._stream.thread_type = "AUTO"
             self._stream.codec_context.thread_count = threads
@@ -543,7 +543,7 @@ def open_source(path: str | os.PathLike, decoder: str = "pyav", *,
     # same checks and messages; the stream decord reads, as decord hands it out
     with PyAVSource(path, deinterlace=False) as probe:
         info = probe.info
-        several = len(_pictures(probe._container)) > 1
+        several = len(pictures(probe._container)) > 1
     if several:  # decord picks one of its own, which may not be ours
         raise InputError(f"{Path(path).name} has more than one video stream, and decord reads "
                          "the one it picks; use --decoder pyav")

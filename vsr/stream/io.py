@@ -38,7 +38,7 @@ from vsr.io.image import check_pixels, limit_stream
 from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of, field_order
 from vsr.io.output import same_file as same_file_path
 from vsr.io.sink import EncodeConfig, VideoEncoder
-from vsr.io.source import Deinterlacer, frame_time_base, rgb_format
+from vsr.io.source import Deinterlacer, frame_time_base, pictures, rgb_format, video_stream
 from vsr.stream.audio import AudioFeed, LivePassthrough
 
 log = logging.getLogger(__name__)
@@ -419,6 +419,7 @@ class Reader(threading.Thread):
         self.corrupt = 0  # packets that arrived damaged or that the decoder rejected (skipped)
         self.connected = threading.Event()
         self._last_t: float | None = None
+        self._said_others = False  # the video streams not upscaled: warned of once a run
         self._step = 1 / 25
         self._size: tuple[int, int] | None = None  # (w, h) of the first frame: the output's
         self._seen: tuple[int, int] | None = None  # the size the source sends now
@@ -516,9 +517,15 @@ class Reader(threading.Thread):
     def _decode(self, c: av.container.InputContainer) -> int:
         """The frames of the connection ``c`` into the queue; returns how many."""
         got = 0
-        if not c.streams.video:
-            raise InputError(f"no video stream in {self.url}")
-        stream = c.streams.video[0]
+        stream = video_stream(c, self.url)  # as a file's: the largest picture, default first
+        if (others := [s.index for s in pictures(c) if s is not stream]) and not self._said_others:
+            self._said_others = True  # once a run, not once a connection
+            log.warning("%s has %d video streams (programs?): upscaling stream %d (%dx%d), the "
+                        "one the ffmpeg program picks; stream%s %s not carried (a live output "
+                        "holds one video stream); every audio stream is",
+                        self.url, len(others) + 1, stream.index, stream.codec_context.width,
+                        stream.codec_context.height, "s" if len(others) > 1 else "",
+                        ", ".join(map(str, others)) + (" are" if len(others) > 1 else " is"))
         limit_stream(stream, self.url)  # the size it declares; the decoder refuses larger
         # slice threads: frame threads hold one frame back per thread (16 threads:
         # 0.6 s at 25 fps); measured here, UDP end-to-end median 263 -> 170 ms
@@ -743,9 +750,12 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
             return
         except IndexError:
             # PyAV fails its end-of-input flush when the source gained a stream while it
-            # was read (an MPEG-TS PMT update, or damaged bytes taken for one); the streams
-            # read here were there from the start, have lower indices and were flushed first
-            log.debug("the source gained streams while it was read")
+            # was read (an MPEG-TS PMT update, or damaged bytes taken for one), or when a
+            # stream it does not read has a lower index (a second program's video upscaled):
+            # the frames the decoder holds (reordering) come out here, where it was not
+            # flushed yet (else draining gives none)
+            log.debug("PyAV's flush at the end of the input failed")
+            yield from _drain(video)
             return
         except BlockingIOError:  # av.error.BlockingIOError: EAGAIN
             # the MPEG-TS demuxer says so where it finds no sync byte in resync_size (64 KiB)
@@ -776,7 +786,9 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
         again = None
         if packet.is_corrupt:
             damaged()
-        if packet.stream_index != video.index:
+        # by its stream: PyAV's flush packet at the end has stream_index 0 whatever its
+        # stream (a video of another index lost the frames its decoder held back)
+        if packet.stream.index != video.index:
             if packet.size:
                 yield packet
             continue
