@@ -83,13 +83,15 @@ class Upscaler:
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> Upscaler:
         """Move the handle (and its network) in place; returns itself."""
-        if dtype is not None:
-            if dtype not in self.supported_dtypes:
-                names = ", ".join(str(d).replace("torch.", "") for d in self.supported_dtypes)
-                raise ModelError(f"{self.name} does not support {dtype}; supported: {names}")
-            self.dtype = dtype
+        if dtype is not None and dtype not in self.supported_dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.supported_dtypes)
+            raise ModelError(f"{self.name} does not support {dtype}; supported: {names}")
+        # both checked before either changes: a refused move leaves the handle as it was
+        # (it said float16 while its network stayed in float32)
         if device is not None:  # a ConfigError for a bad or absent device, not torch's own
             self.device = resolve_device(device, require_available=True)
+        if dtype is not None:
+            self.dtype = dtype
         if self.module is not None:
             if self.dtype in (torch.float16, torch.bfloat16) and self._exact is None \
                     and any(t.dtype == torch.float32 for t in _tensors(self.module).values()):

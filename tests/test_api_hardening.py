@@ -173,3 +173,52 @@ def test_one_path_where_a_list_goes_is_one_path(tmp_path) -> None:
     assert vsr.EvalConfig(data=str(tmp_path), baseline="bicubic", scale=2).data == (tmp_path,)
     assert vsr.BatchConfig(inputs="a.mp4", output_dir=tmp_path / "o",
                            devices="cpu").devices == ("cpu",)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_refused_move_leaves_the_handle_as_it_was() -> None:
+    """handle.to(device="cuda", dtype=float16) without CUDA raised, but the handle said
+    float16 from then on while its network stayed float32 (and ran float32)."""
+    handle = vsr.load_model("drn-t-x2", precision="fp32", device="cpu")
+    with pytest.raises(ConfigError):
+        handle.to(device="cuda", dtype=torch.float16)
+    assert handle.dtype == torch.float32 == next(handle.module.parameters()).dtype
+
+
+def test_configs_are_refused_as_config_errors_when_mistyped(tmp_path) -> None:
+    """Raw TypeErrors and AttributeErrors from deep inside, or a value in the wrong field:
+    JobOptions("bicubic") put the name into codec; a Path model broke the batch
+    ('PosixPath' object has no attribute 'endswith'); a missing field, a dict as a config, a
+    progress that is no function."""
+    with pytest.raises(ConfigError, match=r"JobOptions takes its options by name"):
+        vsr.JobOptions("bicubic")
+    assert vsr.JobOptions(model=tmp_path / "m.safetensors").model == str(
+        tmp_path / "m.safetensors")
+    vsr.JobOptions(model=tmp_path / "m.safetensors").fingerprint()  # JSON: was a TypeError
+    with pytest.raises(ConfigError, match="UpscaleConfig needs output"):
+        vsr.UpscaleConfig(input="a.mp4")
+    for call, words in (
+            (lambda: vsr.upscale_file({"input": "a", "output": "b"}),
+             "config must be a UpscaleConfig, not {"),
+            (lambda: vsr.run_batch({"inputs": ["b"]}), "config must be a BatchConfig"),
+            (lambda: vsr.run_evaluation("ev"), "config must be an EvalConfig, not 'ev'"),
+            (lambda: vsr.run_stream(None), "config must be a StreamConfig, not None"),
+            (lambda: vsr.upscale_file(vsr.UpscaleConfig(input="a.mp4", output="b.mp4"),
+                                      progress=5), "progress must be a function"),
+            (lambda: vsr.upscale_file(vsr.UpscaleConfig(input="a.mp4", output="b.mp4"),
+                                      models=5), "models must be a ModelCache")):
+        with pytest.raises(ConfigError) as caught:
+            call()
+        assert str(caught.value).startswith(words), caught.value
+
+
+def test_a_colour_picture_into_a_grey_format_says_so(tmp_path, caplog) -> None:
+    import logging
+
+    from PIL import Image
+
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(tmp_path / "rgb.png")
+    with caplog.at_level(logging.WARNING):
+        vsr.upscale_file(vsr.UpscaleConfig(input=tmp_path / "rgb.png",
+                                           output=tmp_path / "o.pgm", model="bicubic", scale=2))
+    assert "rgb.png: its colour is dropped: a .pgm picture holds grey only" in caplog.text

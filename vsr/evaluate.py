@@ -29,10 +29,12 @@ from vsr.options import (
     PRECISIONS,
     Config,
     as_paths,
+    check_callable,
     check_choice,
     check_device,
     check_model,
     check_scale,
+    check_type,
 )
 from vsr.resize import imresize, to_uint8
 
@@ -315,6 +317,8 @@ def run_evaluation(config: EvalConfig, *,
     Raises:
         ConfigError, InputError, ModelError (and its CheckpointError) as they arise.
     """
+    check_type("config", config, EvalConfig)
+    check_callable("progress", progress)
     for folder in config.data:
         benchmark_images(folder)
     from vsr.loading import dtype_name, load_model  # lazy: the model zoo is only needed here

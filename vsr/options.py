@@ -91,7 +91,14 @@ def check_type(name: str, value: object, kind: type, *, optional: bool = False) 
     """Raise ConfigError unless ``value`` is a ``kind`` (or None when ``optional``)."""
     if not (isinstance(value, kind) or (optional and value is None)):
         what = getattr(kind, "__name__", None) or str(kind).replace(" | ", " or ")
-        raise ConfigError(f"{name} must be a {what}, not {value!r}")
+        article = "an" if what[:1].lower() in "aeio" else "a"  # a UpscaleConfig, an EvalConfig
+        raise ConfigError(f"{name} must be {article} {what}, not {value!r}")
+
+
+def check_callable(name: str, value: object) -> None:
+    """Raise ConfigError unless ``value`` is None or can be called (a progress callback)."""
+    if value is not None and not callable(value):
+        raise ConfigError(f"{name} must be a function (or None), not {value!r}")
 
 
 def check_flags(config: object) -> None:
@@ -141,11 +148,23 @@ class Config:
 
     def __new__(cls, *args: object, **kwargs: object):
         # copy and pickle call __new__ without arguments
-        known = {f.name for f in dataclasses.fields(cls)}
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        known = {f.name for f in fields}
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
                               f"known: {', '.join(sorted(known))}")
+        if args or kwargs:  # not a copy's call: a field without a default left out
+            positional = [f.name for f in fields if not f.kw_only]
+            if len(args) > len(positional):  # JobOptions("bicubic") would be a TypeError
+                raise ConfigError(f"{cls.__name__} takes its options by name (model=..., "
+                                  f"not {args[len(positional)]!r} alone)")
+            positional = positional[:len(args)]
+            missing = [f.name for f in fields if f.default is dataclasses.MISSING
+                       and f.default_factory is dataclasses.MISSING
+                       and f.name not in kwargs and f.name not in positional]
+            if missing:
+                raise ConfigError(f"{cls.__name__} needs {', '.join(missing)}")
         return super().__new__(cls)
 
     def __post_init__(self) -> None:
@@ -174,6 +193,8 @@ class ModelOptions(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_model(self.model)
+        if isinstance(self.model, os.PathLike):  # a path as the string every user reads
+            object.__setattr__(self, "model", os.fspath(self.model))
         check_scale(self.scale)
         check_choice("precision", self.precision, PRECISIONS)
         check_at_least("tile", self.tile, MIN_TILE, optional=True)

@@ -26,6 +26,7 @@ from vsr.options import (
     RunOptions,
     as_path,
     check_at_least,
+    check_callable,
     check_choice,
     check_type,
 )
@@ -121,6 +122,9 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
     ModelError, ConfigError, PipelineError, or Interrupted on Ctrl-C; in every failure case no
     output file is left behind.
     """
+    check_type("config", config, UpscaleConfig)
+    check_callable("progress", progress)
+    check_type("models", models, ModelCache, optional=True)
     run = None
     try:  # a Ctrl-C from the first check to the input's close is Interrupted
         check_input_path(config.input)

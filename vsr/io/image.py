@@ -564,6 +564,10 @@ class ImageSink(SinkContext):
             from vsr.io.sink import warn_alpha_lost
 
             warn_alpha_lost(info, f"a {self.path.suffix.lower()} picture")
+        if info is not None and self._format.pix_fmt == "gray" \
+                and not info.pix_fmt.startswith(("gray", "ya", "monow", "monob")):
+            log.warning("%s: its colour is dropped: a %s picture holds grey only (.png and "
+                        ".ppm keep colour)", Path(info.path).name, self.path.suffix.lower())
         deep_kept = self._format.deep_pix_fmt or (self.alpha and self._format.deep_alpha_pix_fmt)
         if info is not None and info.bit_depth > 8 and not deep_kept:
             log.warning("%s: its %d-bit picture is written at 8 bits (a %s picture holds no "

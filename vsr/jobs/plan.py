@@ -36,7 +36,7 @@ STATE_DIR = ".vsr-batch"  # job state inside the output folder; no output may go
 _GLOB_CHARS = frozenset("*?[")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class JobOptions(ModelOptions):
     """Per-file model options (:class:`vsr.options.ModelOptions`: model, scale, precision,
     tile, backend, batch; keyword-only) and encoding settings; a manifest line may override

@@ -46,7 +46,7 @@ from vsr.jobs.segments import (
     segment_suffix,
 )
 from vsr.jobs.store import JobStore, SegmentRow, StoreError
-from vsr.options import Config, as_path, as_paths, check_at_least, check_type
+from vsr.options import Config, as_path, as_paths, check_at_least, check_callable, check_type
 from vsr.pipeline.run import eta_seconds
 
 log = logging.getLogger(__name__)
@@ -494,6 +494,8 @@ def run_batch(config: BatchConfig,
     raised by a signal handler): every worker has stopped, no partial file is left, and
     finished segments stay for --resume; its message says what is left to do.
     """
+    check_type("config", config, BatchConfig)
+    check_callable("progress", progress)
     t0 = time.perf_counter()
     try:
         # the model, inputs and outputs first: an unknown model, a manifest that cannot be

@@ -23,7 +23,14 @@ import av
 from vsr.errors import ConfigError, InputError, OutputError
 from vsr.io.sink import EncodeConfig, check_codec
 from vsr.io.source import Frame
-from vsr.options import RunOptions, check_at_least, check_choice, check_number, check_type
+from vsr.options import (
+    RunOptions,
+    check_at_least,
+    check_callable,
+    check_choice,
+    check_number,
+    check_type,
+)
 from vsr.stream.audio import AudioFeed
 from vsr.stream.io import (
     IDLE,
@@ -224,6 +231,8 @@ def run_stream(config: StreamConfig,
     stops the stream as cleanly, then propagates (also where closing the output then fails:
     that error is logged and chained to it as its ``__context__``).
     """
+    check_type("config", config, StreamConfig)
+    check_callable("stats", stats)
     from vsr.engine import ModelCache
     from vsr.loading import dtype_name
 
