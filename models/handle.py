@@ -31,6 +31,17 @@ def _check_frames(x: torch.Tensor) -> None:
         raise ModelError(f"frames must be uint8 or floating point, got {x.dtype}")
 
 
+def _check_float_range(x: torch.Tensor) -> None:
+    """Float frames hold values in [0, 1]: frames in 0..255 came out white all over (the
+    output is clamped), and NaN came out NaN, without a word. Raises ModelError."""
+    top, finite = x.detach().abs().amax(), torch.isfinite(x).all()
+    if not bool(finite):
+        raise ModelError("float frames hold NaN or infinity")
+    if float(top) > 2.0:
+        raise ModelError(f"float frames hold values in [0, 1], got up to {float(top):g} "
+                         "(frames of 0..255: divide by 255, or pass uint8)")
+
+
 def _check_model_input(x: torch.Tensor, handle: Upscaler) -> None:
     """What ``infer`` needs, from the tensor's metadata only (no host sync): float
     (N, 3, H, W), H and W at least 1 (N may be 0: no frames in, none out), and for a network
@@ -139,10 +150,13 @@ class Upscaler:
 
         The result is on the handle's device, an ordinary tensor the caller may change in
         place (an inference-mode tensor refuses that outside inference mode: drawing on a
-        frame in a GUI thread failed). Raises ModelError for a bad shape or dtype.
+        frame in a GUI thread failed). Raises ModelError for a bad shape or dtype, and for
+        float frames holding NaN, infinity or values far outside [0, 1] (one check of them).
         """
         _check_frames(x)
         as_uint8 = x.dtype == torch.uint8
+        if not as_uint8:
+            _check_float_range(x)
         with torch.no_grad():
             src = x.to(self.device, non_blocking=True)
             src = src.to(self.dtype) / 255.0 if as_uint8 else src.to(self.dtype)

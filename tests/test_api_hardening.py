@@ -222,3 +222,16 @@ def test_a_colour_picture_into_a_grey_format_says_so(tmp_path, caplog) -> None:
         vsr.upscale_file(vsr.UpscaleConfig(input=tmp_path / "rgb.png",
                                            output=tmp_path / "o.pgm", model="bicubic", scale=2))
     assert "rgb.png: its colour is dropped: a .pgm picture holds grey only" in caplog.text
+
+
+def test_float_frames_out_of_range_and_misspelt_encoder_settings_are_refused() -> None:
+    """Float frames of 0..255 came out white all over (clamped), NaN frames came out NaN,
+    silently; EncodeConfig(crff=20) was a raw TypeError."""
+    handle = vsr.load_model("bicubic", scale=2)
+    with pytest.raises(ModelError, match=r"values in \[0, 1\], got up to 255"):
+        handle.upscale(torch.full((1, 3, 4, 4), 255.0))
+    with pytest.raises(ModelError, match="NaN or infinity"):
+        handle.upscale(torch.full((1, 3, 4, 4), float("nan")))
+    assert handle.upscale(torch.full((1, 3, 4, 4), 0.5)).shape == (1, 3, 8, 8)
+    with pytest.raises(ConfigError, match="unknown option.s. crff for EncodeConfig"):
+        vsr.EncodeConfig(crff=20)

@@ -40,6 +40,7 @@ from vsr.io.output import (
 )
 from vsr.io.passthrough import Passthrough, container_tags, video_tags
 from vsr.io.paths import file_url, negative_ts_option
+from vsr.options import Config
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ def check_preset(codec: str, preset: str) -> None:
 
 
 @dataclass(frozen=True)
-class EncodeConfig:
-    """Video encoder settings; None leaves the codec's own default."""
+class EncodeConfig(Config):
+    """Video encoder settings; None leaves the codec's own default. The codec is checked
+    where it is used (the ffmpeg program's encoder may be one PyAV lacks)."""
 
     codec: str = "libx264"
     crf: int | None = None
@@ -73,6 +75,7 @@ class EncodeConfig:
     pix_fmt: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.codec, str):
             raise ConfigError(f"codec must be an encoder name, not {self.codec!r}")
         # exact int: True would reach the encoder as "True"
