@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from vsr.options import BACKEND_CHOICES, DECODERS, ENCODERS, MIN_TILE, PRECISIONS
+from vsr.options import BACKEND_CHOICES, DECODERS, ENCODERS, MAX_SCALE, MIN_TILE, PRECISIONS
 
 Decorator = Callable[[Callable], Callable]
 
@@ -61,7 +61,8 @@ def precision_option(f: Callable) -> Callable:
 
 
 def scale_option(f: Callable) -> Callable:
-    return click.option("--scale", "-s", type=click.IntRange(min=2), default=None,
+    return click.option("--scale", "-s", type=click.IntRange(min=2, max=MAX_SCALE),
+                        default=None,
                         help="Upscaling factor (default: the model's own; needed for bicubic).")(f)
 
 

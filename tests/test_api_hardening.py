@@ -19,6 +19,7 @@ from vsr.errors import ConfigError, ModelError, VsrError
 @pytest.mark.parametrize("kwargs", [
     {"model": 5}, {"model": ""}, {"model": "bicubic", "scale": 0},
     {"model": "bicubic", "scale": 1}, {"model": "bicubic", "scale": True},
+    {"model": "bicubic", "scale": 17},  # x100000 was a raw allocation error
     {"model": "bicubic", "scale": math.nan}, {"model": "bicubic", "scale": [2]},
     {"model": "bicubic", "scale": 2, "device": None},
     {"model": "bicubic", "scale": 2, "device": torch.device("meta")},

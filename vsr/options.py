@@ -126,9 +126,14 @@ def check_deflicker(value: object) -> None:
         raise ConfigError(f"deflicker must be a number in [0, 1) (0: off), got {value!r}")
 
 
+MAX_SCALE = 16  # x16 of a 720p frame is 236 megapixels; x100000 was a raw allocation error
+
+
 def check_scale(scale: object) -> None:
-    """None (the model's own) or an integer of at least 2."""
+    """None (the model's own) or an integer from 2 to :data:`MAX_SCALE`."""
     check_at_least("scale", scale, 2, optional=True)
+    if scale is not None and scale > MAX_SCALE:
+        raise ConfigError(f"scale must be at most {MAX_SCALE}, got {scale}")
 
 
 def check_device(device: object) -> None:
