@@ -76,3 +76,16 @@ def test_shape_errors():
         ssim_y(a, a, 5)  # 10x10 left: smaller than the window
     with pytest.raises(ValueError):
         psnr_y(a[None], a[None])
+
+
+def test_wrong_arguments_are_config_errors():
+    """A float shave, numpy images, bool images and an empty list were raw TypeErrors,
+    AttributeErrors and ZeroDivisionErrors (or, for bool, a silent inf)."""
+    from vsr.errors import ConfigError
+    from vsr.metrics import mean_psnr
+
+    a = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    for call in (lambda: psnr_y(a, a, shave=1.5), lambda: psnr_y(a.numpy(), a.numpy()),
+                 lambda: psnr_y(a > 3, a > 3), lambda: mean_psnr([])):
+        with pytest.raises(ConfigError):
+            call()

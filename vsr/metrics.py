@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from vsr.errors import ConfigError
+
 __all__ = ["SSIM_WINDOW", "psnr_y", "rgb_to_y", "ssim_y"]
 
 SSIM_WINDOW = 11  # the side of ssim_y's Gaussian window: the smallest shaved image it scores
@@ -35,7 +37,7 @@ def rgb_to_y(image: torch.Tensor, *, round_y: bool = True) -> torch.Tensor:
         float64 tensor (..., H, W), nominally 16..235.
     """
     if image.ndim < 3 or image.shape[-3] != 3:
-        raise ValueError(f"rgb_to_y needs (..., 3, H, W) RGB, got shape {tuple(image.shape)}")
+        raise ConfigError(f"rgb_to_y needs (..., 3, H, W) RGB, got shape {tuple(image.shape)}")
     rgb = image.to(torch.float64)
     y = 16.0 + (_Y_WEIGHTS[0] * rgb[..., 0, :, :] + _Y_WEIGHTS[1] * rgb[..., 1, :, :]
                 + _Y_WEIGHTS[2] * rgb[..., 2, :, :]) / 255.0
@@ -45,10 +47,14 @@ def rgb_to_y(image: torch.Tensor, *, round_y: bool = True) -> torch.Tensor:
 
 
 def _luma(image: torch.Tensor, round_y: bool) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor) or image.dtype == torch.bool \
+            or image.is_complex():
+        what = image.dtype if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ConfigError(f"expected a uint8 or float torch.Tensor image, got {what}")
     if image.ndim == 3 and image.shape[0] == 1:
         return image[0].to(torch.float64)  # already luma: a grayscale image's own values
     if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected one (3, H, W) RGB or (1, H, W) gray image, "
+        raise ConfigError(f"expected one (3, H, W) RGB or (1, H, W) gray image, "
                          f"got shape {tuple(image.shape)}")
     return rgb_to_y(image, round_y=round_y)
 
@@ -56,14 +62,14 @@ def _luma(image: torch.Tensor, round_y: bool) -> torch.Tensor:
 def _shaved_y(sr: torch.Tensor, hr: torch.Tensor, shave: int,
               round_y: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if sr.shape != hr.shape:
-        raise ValueError(f"SR and HR shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}")
-    if shave < 0:
-        raise ValueError(f"shave must be >= 0, got {shave}")
+        raise ConfigError(f"SR and HR shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}")
+    if isinstance(shave, bool) or not isinstance(shave, int) or shave < 0:
+        raise ConfigError(f"shave must be an integer of at least 0, got {shave!r}")
     y_sr, y_hr = _luma(sr, round_y), _luma(hr.to(sr.device), round_y)
     if shave:
         h, w = y_sr.shape[-2:]
         if h <= 2 * shave or w <= 2 * shave:
-            raise ValueError(f"image {h}x{w} too small to shave {shave} pixels per border")
+            raise ConfigError(f"image {h}x{w} too small to shave {shave} pixels per border")
         y_sr = y_sr[..., shave:-shave, shave:-shave]
         y_hr = y_hr[..., shave:-shave, shave:-shave]
     return y_sr, y_hr
@@ -78,6 +84,8 @@ PSNR_CEILING = 60.0
 
 def mean_psnr(psnrs: list[float]) -> float:
     """The mean of ``psnrs`` with each counted at most :data:`PSNR_CEILING` dB."""
+    if not psnrs:
+        raise ConfigError("no PSNR to average")
     return math.fsum(min(p, PSNR_CEILING) for p in psnrs) / len(psnrs)
 
 
@@ -138,7 +146,7 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, shave: int = 0, *,
     """
     y_sr, y_hr = _shaved_y(sr, hr, shave, round_y)
     if min(y_sr.shape) < SSIM_WINDOW:
-        raise ValueError(f"image too small for an {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window: "
+        raise ConfigError(f"image too small for an {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window: "
                          f"{tuple(y_sr.shape)}")
     c1, c2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
     a, b = y_sr, y_hr
