@@ -133,3 +133,17 @@ def test_a_damaged_image_pack_is_named(pack: Path, tmp_path: Path) -> None:
     for path in (cut, flipped, header):
         with pytest.raises(InputError, match=f"{path}: cannot read image pack"):
             load_image_pack(path)
+
+
+def test_a_benchmark_set_folder_trains_on_its_hr_images(tmp_path: Path) -> None:
+    """`vsr eval -d Set5` reads Set5/HR; `vsr train --data Set5` said 'no images found'."""
+    from PIL import Image
+
+    from vsr.train.data import load_images
+
+    (tmp_path / "Set" / "HR").mkdir(parents=True)
+    (tmp_path / "Set" / "LR_bicubic").mkdir()
+    Image.new("RGB", (20, 12), (9, 8, 7)).save(tmp_path / "Set" / "HR" / "a.png")
+    Image.new("RGB", (10, 6), (9, 8, 7)).save(tmp_path / "Set" / "LR_bicubic" / "a.png")
+    [image] = load_images(tmp_path / "Set")
+    assert tuple(image.shape) == (3, 12, 20)

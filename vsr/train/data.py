@@ -178,14 +178,16 @@ def _max_pixels() -> tuple[int, str]:
 
 
 def load_images(source: str | Path) -> list[torch.Tensor]:
-    """uint8 (3, H, W) images of a folder (decoded through PyAV) or of an ``.npz`` pack."""
+    """uint8 (3, H, W) images of a folder (decoded through PyAV; a benchmark set's ``HR/``
+    subfolder where it has one, as ``vsr eval`` reads it) or of an ``.npz`` pack."""
     path = Path(source)
     if path.suffix == PACK_SUFFIX and path.is_file():
         images = list(load_image_pack(path).values())
     else:
         from vsr.imageio import list_images, read_image  # PyAV only where files are decoded
 
-        images = [read_image(p) for p in list_images(path)]
+        folder = path / "HR" if (path / "HR").is_dir() else path
+        images = [read_image(p) for p in list_images(folder)]
     if not images:
         raise InputError(f"{source}: no images found")
     return images
