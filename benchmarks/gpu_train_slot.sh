@@ -67,6 +67,17 @@ else
     log "starting $arch: $iters iterations planned"
     rm -rf "$work"
 fi
+if [ ${#resume[@]} -gt 0 ]; then
+    # config.json names its data by absolute path (vsr train stores them resolved): that of
+    # the machine of the slot before, whose checkout may lie elsewhere; the carried pack here
+    python3 - "$work/config.json" <<'PY'
+import json, os, sys
+path = sys.argv[1]
+config = json.load(open(path))
+config["data"] = [os.path.abspath(".carry/train.npz")]
+json.dump(config, open(path, "w"), indent=2, sort_keys=True)
+PY
+fi
 
 # (c) train until the deadline less the reserve (the limit counts the start-up too)
 now=$(date +%s.%N)
