@@ -190,6 +190,22 @@ def free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
+def free_rtp_port() -> int:
+    """An even UDP port free with the one after it: an RTP receiver binds both (RTP, RTCP),
+    and failed to start where the second was taken (the suite's Ray left many in use)."""
+    for _ in range(200):
+        port = free_port(socket.SOCK_DGRAM) & ~1
+        with contextlib.ExitStack() as held:
+            try:
+                for p in (port, port + 1):
+                    s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free UDP ports in a row")
+
+
 def wait_for(probe: Callable[[], T | None], proc: subprocess.Popen, err: Lines, what: str, *,
              timeout: float = 120, period: float = 0.2) -> T:
     """``probe()``'s first result that is not None, tried every ``period`` s while ``proc``

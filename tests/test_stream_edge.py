@@ -27,6 +27,7 @@ from test_stream import (
     check_audio_copied,
     connect_tcp,
     free_port,
+    free_rtp_port,
     make_ts,
     wait_for,
 )
@@ -214,7 +215,7 @@ def test_rtmp_and_rtp_outputs_are_what_their_receivers_read(tmp_path, scheme):
     server, an RTP port) could not read one ('Input/output error', 'Invalid data found')."""
     make_ts(str(tmp_path / "src.ts"), 50)
     kind = socket.SOCK_STREAM if scheme == "rtmp" else socket.SOCK_DGRAM
-    port = free_port(kind)
+    port = free_port(kind) if scheme == "rtmp" else free_rtp_port()
     url = f"rtmp://127.0.0.1:{port}/live/key" if scheme == "rtmp" else f"rtp://127.0.0.1:{port}"
     receiver = _Receiver(url, {"listen": "1"} if scheme == "rtmp" else {})
     receiver.start()

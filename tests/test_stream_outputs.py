@@ -27,6 +27,7 @@ from test_stream import (
     Lines,
     W,
     free_port,
+    free_rtp_port,
     killed_at_exit,
     make_ts,
     wait_for,
@@ -60,7 +61,7 @@ def test_an_rtp_output_keeps_going_when_audio_comes_after_later_video(tmp_path):
     Invalid argument'). Video now waits (up to 1 s) for the audio of its time."""
     buf = io.BytesIO()
     make_ts(buf, 50, audio_lag=True)
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_rtp_port()
     url = f"rtp://127.0.0.1:{port}"
     receiver = _Receiver(url, {})
     receiver.start()
