@@ -9,6 +9,7 @@ CPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -42,11 +43,13 @@ _KEPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _connect(address: str):
+    """(the ray module, whether this call connected it: False where the caller had)."""
     try:
         import ray
     except ImportError as exc:
         raise ConfigError("--ray needs Ray: pip install 'vsr[cluster]'") from exc
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         # ray.init puts in a SIGTERM handler of its own (sys.exit(15), and a native stack dump
         # from its core worker): the caller's (the CLI's: exit 143, one line) is put back
         main = threading.current_thread() is threading.main_thread()
@@ -59,7 +62,7 @@ def _connect(address: str):
             for number, handler in kept.items():
                 if handler is not None:
                     signal.signal(number, handler)
-    return ray
+    return ray, started
 
 
 def _placement(ray, devices: tuple[str, ...]) -> tuple[dict, str, int]:
@@ -77,7 +80,7 @@ def _placement(ray, devices: tuple[str, ...]) -> tuple[dict, str, int]:
 def run_on_ray(tasks: list[Task], tracker, address: str, devices: tuple[str, ...],
                report: Callable[[], None] | None = None) -> None:
     """Run every task as a Ray task; results are written and recorded by the driver."""
-    ray = _connect(address)
+    ray, started = _connect(address)
     options, device, window = _placement(ray, devices)
     remote = ray.remote(compute_remote).options(max_retries=0, **options)
     log.info("Ray: %d tasks, %s per task, %d in flight", len(tasks), options, window)
@@ -106,6 +109,13 @@ def run_on_ray(tasks: list[Task], tracker, address: str, devices: tuple[str, ...
             if report is not None:
                 report()
     except KeyboardInterrupt as exc:
-        for ref in running:
-            ray.cancel(ref, force=True)
+        if started:
+            # the driver goes, and the job's tasks with it. Not ray.cancel(force=True): a
+            # task that ended meanwhile failed Ray's core worker check ('Tried to complete
+            # task that was not pending'), and the CLI exited 1 instead of 130/143 (1 in 6)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+        else:  # the caller's own Ray session stays: only this run's tasks go
+            for ref in running:
+                ray.cancel(ref, force=True)
         raise Interrupted(INTERRUPTED) from exc
