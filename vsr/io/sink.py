@@ -282,7 +282,8 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
     requested: the frames are RGB (an alpha plane would be all opaque, and an encoder may list
     such a format it was built without, as libx265 does)."""
     check_codec(codec)
-    formats = [f.name for f in (av.codec.Codec(codec, "w").video_formats or ())]
+    encoder = av.codec.Codec(codec, "w")
+    formats = [f.name for f in (encoder.video_formats or ())]
     if requested is not None:
         if formats and requested not in formats:
             raise ConfigError(f"{codec} cannot encode {requested}; it takes {', '.join(formats)}")
@@ -292,7 +293,7 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
     named = format_has_alpha(info.pix_fmt)  # by the name: a GIF's bgra has it, used or not
     # H.264 4:0:0 comes out of FFmpeg's decoder as yuv420p, its range applied, while swscale
     # writes grey at full range whatever is asked: grey video's contrast came out stretched
-    grey_h264 = info.pix_fmt.startswith("gray") and av.Codec(codec, "w").canonical_name == "h264"
+    grey_h264 = info.pix_fmt.startswith("gray") and encoder.canonical_name == "h264"
     if info.pix_fmt in formats and not grey_h264 and (
             named if alpha else not (named or has_alpha(info.pix_fmt))):
         return info.pix_fmt

@@ -750,12 +750,9 @@ def _demux(c: av.container.InputContainer, video: av.video.stream.VideoStream,
             return
         except IndexError:
             # PyAV fails its end-of-input flush when the source gained a stream while it
-            # was read (an MPEG-TS PMT update, or damaged bytes taken for one), or when a
-            # stream it does not read has a lower index (a second program's video upscaled):
-            # the frames the decoder holds (reordering) come out here, where it was not
-            # flushed yet (else draining gives none)
-            log.debug("PyAV's flush at the end of the input failed")
-            yield from _drain(video)
+            # was read (an MPEG-TS PMT update, or damaged bytes taken for one); the streams
+            # read here were there from the start, have lower indices and were flushed first
+            log.debug("the source gained streams while it was read")
             return
         except BlockingIOError:  # av.error.BlockingIOError: EAGAIN
             # the MPEG-TS demuxer says so where it finds no sync byte in resync_size (64 KiB)

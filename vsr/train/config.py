@@ -165,7 +165,7 @@ class TrainConfig(Config):
         raw["adapt"] = tuple(raw.get("adapt", ()))
         try:
             return cls(**raw)
-        except TypeError as exc:  # a required key missing
+        except TypeError as exc:  # no key at all ({}): the dataclass, not Config, says so
             raise ConfigError(str(exc)) from None
 
     @classmethod
