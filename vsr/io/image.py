@@ -191,7 +191,10 @@ def _tiff_orientation(tiff: bytes) -> int:
 
 def _tiff_pages(data: bytes | mmap.mmap) -> int:
     """How many image directories (pages) a TIFF chains, following each one's link to the
-    next; a link out of the file or back to one already seen ends the count."""
+    next; a link out of the file or back to one already seen ends the count (a header cut
+    before the first link: 1, for FFmpeg to refuse)."""
+    if len(data) < 8:
+        return 1
     order = "<" if data[:2] == b"II" else ">"
     (at,) = struct.unpack(order + "I", data[4:8])
     seen: set[int] = set()
@@ -416,7 +419,8 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
     # (nothing to map): FFmpeg says why
     with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh, \
             mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        if data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X" and data[20] & 0x02:
+        if data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X" and data[20:21] \
+                and data[20] & 0x02:
             # the animation flag: FFmpeg's WebP decoder fails on its frames ("Invalid data")
             raise InputError(f"{Path(path).name} is an animated WebP, which FFmpeg cannot "
                              "decode; convert it to an animated GIF or PNG, or a video")
