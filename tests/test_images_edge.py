@@ -4,6 +4,7 @@ output."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 
@@ -21,3 +22,31 @@ def test_a_picture_cut_inside_its_header_is_one_input_error(tmp_path, cli_error,
     line = cli_error("upscale", "-m", "bicubic", "-s", "2", str(src), str(tmp_path / "up.png"))
     assert "internal error" not in line and name in line, line
     assert not (tmp_path / "up.png").exists()
+
+
+def _photo_like(h: int = 96, w: int = 128) -> np.ndarray:
+    """Smooth colour areas and edges, every channel across most of its range."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = np.stack([127 + 120 * np.sin(x / 9 + y / 23), 127 + 110 * np.cos(y / 7),
+                    127 + 100 * np.sin((x - y) / 13)], -1)
+    rgb[h // 3:h // 2, w // 4:w // 2] = (250, 40, 10)
+    return rgb.round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["8-bit", "16-bit"])
+def test_a_jpeg_output_keeps_the_colours_without_a_cast(tmp_path, deep):
+    """swscale's RGB -> YCbCr truncated the chroma: every JPEG written came out with Cb and Cr
+    half a level low on average, a cast of R -0.7, G +0.5, B -1.0 as Pillow (libjpeg) shows it;
+    both writers and upscale's JPEG outputs."""
+    from PIL import Image
+
+    from vsr.io.image import save_image
+
+    rgb = _photo_like()
+    path = tmp_path / "out.jpg"
+    save_image(path, rgb.astype(np.uint16) * 257 if deep else rgb)
+    with Image.open(path) as im:
+        shown = np.asarray(im.convert("RGB"), np.float64)
+    bias = (shown - rgb).reshape(-1, 3).mean(axis=0)
+    assert np.abs(bias).max() < 0.15, bias
+    assert np.abs(shown - rgb).mean() < 2  # the quantiser's noise
