@@ -281,6 +281,46 @@ def test_cuda_steps_between_log_points_never_wait_for_the_gpu(images: Path,
     assert torch.stack(terms).isfinite().all()
 
 
+_NO_PYAV = """
+import runpy, sys
+class NoPyAV:  # the GPU training machine's Python: torch, but no PyAV and no decord
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("av", "decord"):
+            raise ImportError(f"no module named {name!r} on this machine")
+sys.meta_path.insert(0, NoPyAV())
+sys.argv = ["vsr", *sys.argv[1:]]
+runpy.run_module("vsr", run_name="__main__")
+"""
+
+
+def test_training_from_an_image_pack_needs_no_pyav(images: Path, tmp_path: Path) -> None:
+    """The GPU slot's machine has no PyAV (benchmarks/gpu_train_slot.sh): `vsr train` on a
+    carried pack, its resume and the slot's evaluation run without it (training's state
+    files once imported PyAV through `vsr.io`, and every slot would have failed at once)."""
+    from vsr.imageio import read_image
+    from vsr.train.data import save_image_pack
+
+    pack = save_image_pack(tmp_path / "train.npz", {
+        f.stem: read_image(f) for f in sorted(images.glob("*.png"))})
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-c", _NO_PYAV]
+    first = subprocess.run(
+        [*cmd, "train", "--arch", "drn-t-x2", "--data", str(pack), "--out", str(run),
+         "--iters", "1000", "--batch-size", "2", "--patch", "8", "--threads", "1",
+         "--time-limit", "0.0001", "--json"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([*cmd, "train", "--resume", str(run), "--time-limit", "0.0001",
+                            "--json"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["steps"] == 2
+    evaluation = subprocess.run(
+        [sys.executable, "-c", _NO_PYAV.replace(
+            'runpy.run_module("vsr", run_name="__main__")',
+            "import vsr.evaluate, vsr.train.data, vsr.models")],
+        capture_output=True, text=True, timeout=120)
+    assert evaluation.returncode == 0, evaluation.stderr
+
+
 def save_small_state(run: Path, seed: int, step: int, shard_bytes: int | None,
                      hook: Callable[[str, Path], None] | None = None) -> list[Path]:
     """A training state of two small Adam-trained networks (about 2.4 MB with its moments):

@@ -50,20 +50,26 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
     "vsr.runtime": ("configure_runtime",),
     "vsr.errors": _ERRORS,
 }
-# public name -> (module, attribute)
-_LAZY = {name: (module, name) for module, names in _PROVIDERS.items() for name in names}
-
-__all__ = [*_LAZY, "__version__"]
 
 
-def __getattr__(name: str):
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'vsr' has no attribute {name!r}")
-    value = getattr(importlib.import_module(target[0]), target[1])
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+def lazy_exports(module: str, providers: dict[str, tuple[str, ...]], namespace: dict):
+    """A package's ``__getattr__`` and ``__dir__`` that import each public name of
+    ``providers`` (module -> names) from its module on first access, into ``namespace``."""
+    lazy = {name: source for source, names in providers.items() for name in names}
+
+    def getattr_(name: str):
+        source = lazy.get(name)
+        if source is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(source), name)
+        namespace[name] = value  # later lookups skip __getattr__
+        return value
+
+    def dir_() -> list[str]:
+        return sorted(set(namespace) | set(lazy))
+
+    return getattr_, dir_
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _PROVIDERS, globals())
+__all__ = [name for names in _PROVIDERS.values() for name in names] + ["__version__"]
