@@ -96,3 +96,31 @@ def test_a_png_with_a_profile_does_not_crash_the_process(tmp_path):
                           str(tmp_path / "up.png"), "--model", "bicubic", "--scale", "2"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, (run.returncode, run.stderr[-500:])
+
+
+def _profile_of(space: bytes) -> bytes:
+    """A profile-shaped blob whose header says its data colour space (bytes 16-20)."""
+    blob = bytearray(_profile(588))
+    blob[12:20] = b"prtr" + space
+    return bytes(blob)
+
+
+@pytest.mark.parametrize("mode, space", [("CMYK", b"CMYK"), ("L", b"GRAY")])
+def test_a_profile_for_other_than_rgb_values_is_not_carried_into_rgb(tmp_path, caplog, mode,
+                                                                   space):
+    """A CMYK JPEG's press profile (a grey one's "Gray Gamma 2.2") was put into the RGB
+    picture written: a profile that does not describe the values beside it, which the PNG
+    and ICC specifications forbid and readers ignore or misapply."""
+    src = tmp_path / "in.jpg"
+    Image.new("RGB", (16, 12), (200, 30, 30)).convert(mode).save(
+        src, icc_profile=_profile_of(space), quality=95)
+    assert read_profile(src.read_bytes()) is not None
+    for suffix in CARRIED:
+        caplog.clear()
+        out = tmp_path / f"up{suffix}"
+        with caplog.at_level(logging.WARNING):
+            upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+        assert read_profile(out.read_bytes()) is None, suffix
+        assert [r.getMessage() for r in caplog.records] == [
+            f"in.jpg: its ICC colour profile describes {space.decode()} values, not the RGB "
+            f"written into the {suffix} picture: it is not carried"], suffix

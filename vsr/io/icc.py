@@ -30,6 +30,12 @@ def holds_profile(suffix: str) -> bool:
     return suffix.lower() in _PROFILE_SUFFIXES
 
 
+def profile_space(profile: bytes) -> str:
+    """The data colour space an ICC profile describes, from its header ("RGB", "CMYK",
+    "GRAY", "Lab"...): the values of the picture it is embedded in."""
+    return profile[16:20].decode("latin-1").strip()
+
+
 def read_profile(data: bytes) -> bytes | None:
     """The ICC profile embedded in a PNG, JPEG, WebP or TIFF file whose bytes (or mapping)
     are ``data``; None where there is none, it is damaged or incomplete, or the format is

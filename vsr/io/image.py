@@ -25,7 +25,7 @@ import numpy as np
 
 from vsr.errors import InputError, OutputError
 from vsr.io.headers import PNG_SIGNATURE, jpeg_segments, png_chunks, riff_chunk
-from vsr.io.icc import embed_profile, holds_profile, read_profile
+from vsr.io.icc import embed_profile, holds_profile, profile_space, read_profile
 from vsr.io.info import StreamInfo
 from vsr.io.output import SinkContext, check_frame, check_output_path, store_file
 from vsr.limits import env_limit
@@ -605,6 +605,13 @@ class ImageSink(SinkContext):
             log.warning("%s: its ICC colour profile is not carried into a %s picture, whose "
                         "colours may then look different (.png, .jpg, .webp and .tif keep it)",
                         Path(info.path).name, self.path.suffix.lower())
+            self._profile = None
+        if self._profile is not None and profile_space(self._profile) != "RGB":
+            # a CMYK JPEG's press profile, a grey picture's: they describe other values than
+            # the RGB written, and an RGB picture's profile must be an RGB one (PNG, ICC)
+            log.warning("%s: its ICC colour profile describes %s values, not the RGB written "
+                        "into the %s picture: it is not carried", Path(info.path).name,
+                        profile_space(self._profile), self.path.suffix.lower())
             self._profile = None
         self._overwrite = overwrite
         self._size = (height, width)
