@@ -50,3 +50,22 @@ def test_a_jpeg_output_keeps_the_colours_without_a_cast(tmp_path, deep):
     bias = (shown - rgb).reshape(-1, 3).mean(axis=0)
     assert np.abs(bias).max() < 0.15, bias
     assert np.abs(shown - rgb).mean() < 2  # the quantiser's noise
+
+
+@pytest.mark.parametrize("subsampling", [2, 1], ids=["4:2:0", "4:2:2"])
+def test_read_image_shows_a_subsampled_jpeg_as_libjpeg_does(tmp_path, subsampling):
+    """swscale's default conversion of 4:2:0 and 4:2:2 JPEG to RGB came out darker than the
+    picture (R -0.5, G -0.9, B -0.5 on average against Pillow's libjpeg), for eval's and
+    training's pictures alike."""
+    from PIL import Image
+
+    from vsr.imageio import read_image
+
+    path = tmp_path / "in.jpg"
+    Image.fromarray(_photo_like()).save(path, quality=95, subsampling=subsampling)
+    with Image.open(path) as im:
+        shown = np.asarray(im.convert("RGB"), np.float64)
+    got = read_image(path).permute(1, 2, 0).numpy().astype(np.float64)
+    bias = (got - shown).reshape(-1, 3).mean(axis=0)
+    assert np.abs(bias).max() < 0.15, bias
+    assert np.abs(got - shown).max() <= 4
