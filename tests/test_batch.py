@@ -127,6 +127,36 @@ def test_two_cpu_workers_share_the_queue(tmp_path):
         assert packets(out / c.name, "audio") == packets(c, "audio")
 
 
+def test_workers_on_one_device_share_one_model(tmp_path, monkeypatch):
+    """Two workers on the CPU, each on a file at the same time: one copy of the model is
+    loaded for both, not one each (per device and precision: see vsr.engine.ModelCache)."""
+    import threading
+
+    import vsr.engine
+    import vsr.jobs.workers
+
+    clips = [make_clip(tmp_path / f"c{i}.mkv", frames=4) for i in range(2)]
+    loads: list[str] = []
+    real_load, real_task = vsr.engine.load_model, vsr.jobs.workers.run_task
+    both = threading.Barrier(2, timeout=30)
+
+    def load(*args, **kwargs):
+        loads.append(str(kwargs["device"]))
+        return real_load(*args, **kwargs)
+
+    def task(*args, **kwargs):  # each worker has claimed its file before either loads
+        both.wait()
+        return real_task(*args, **kwargs)
+
+    monkeypatch.setattr(vsr.engine, "load_model", load)
+    monkeypatch.setattr(vsr.jobs.workers, "run_task", task)
+    result = run_batch(BatchConfig(inputs=tuple(map(str, clips)), output_dir=tmp_path / "out",
+                                   options=JobOptions(model="bicubic", scale=2),
+                                   devices=("cpu", "cpu")))
+    assert len(result.done) == 2 and not result.failed
+    assert loads == ["cpu"]
+
+
 def _segment_rows(db: Path) -> list[tuple[int, str, int]]:
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:

@@ -77,11 +77,58 @@ def test_threads_sharing_a_model_cache_load_each_model_once(clip, tmp_path, monk
     assert len(loads) == 1
 
 
-class _FailsInFp16InThreadA(BicubicUpscaler):
+class _Guarded(BicubicUpscaler):
+    """Bicubic that the pipeline's guard watches, as it does a network (whose fp16 or bf16
+    output can fail, so that a run may fall back to fp32)."""
+
+    can_fail = True
+
+
+def test_concurrent_runs_in_a_reduced_precision_share_one_model(clip, tmp_path,
+                                                                monkeypatch) -> None:
+    """Two upscale_file calls at once in fp16, sharing a ModelCache: both compute with one
+    copy of the model (a run's fp32 fallback no longer changes the handle itself, so no run
+    needs one of its own), and each writes what a serial run writes."""
+    src = clip(frames=4)
+    copies: list[object] = []
+
+    def load(model, *, scale, device, precision, **_):
+        copies.append(_Guarded("guarded", scale, device=device,
+                               dtype=vsr.loading.DTYPES[precision]))
+        return copies[-1]
+
+    monkeypatch.setattr(vsr.engine, "load_model", load)
+
+    def config(name: str) -> vsr.UpscaleConfig:
+        return vsr.UpscaleConfig(input=src, output=tmp_path / name, model="bicubic", scale=2,
+                                 device="cpu", precision="fp16", backend="eager")
+
+    serial = vsr.upscale_file(config("serial.mkv"))
+    assert serial.precision == "float16"
+    copies.clear()
+    cache = ModelCache()
+    inside = {"a": threading.Event(), "b": threading.Event()}
+
+    def run(me: str, other: str):
+        def progress(p) -> None:  # each run waits, inside, until the other is inside too
+            inside[me].set()
+            assert inside[other].wait(30)
+        return lambda: vsr.upscale_file(config(f"{me}.mkv"), models=cache, progress=progress)
+
+    results = _in_threads(run("a", "b"), run("b", "a"))
+    assert [type(r).__name__ for r in results] == ["UpscaleResult"] * 2, results
+    assert [r.precision for r in results] == ["float16"] * 2
+    assert len(copies) == 1
+    expected = _frames(tmp_path / "serial.mkv")
+    for name in ("a.mkv", "b.mkv"):
+        got = _frames(tmp_path / name)
+        assert len(got) == len(expected)
+        assert all(np.array_equal(x, y) for x, y in zip(got, expected, strict=True))
+
+
+class _FailsInFp16InThreadA(_Guarded):
     """Bicubic whose fp16 output is NaN when run by the thread named "A": a network that
     overflows in fp16 on one caller's frames only."""
-
-    can_fail = True  # the pipeline's guard watches it, as it does a network
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = super()._run(x)

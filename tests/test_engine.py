@@ -112,6 +112,50 @@ def test_a_released_handle_is_kept_by_nothing_in_the_cache() -> None:
     assert cache.handle(opts, "cpu") is not None  # loaded anew when asked again
 
 
+@pytest.mark.parametrize(("backend", "builds"), [("eager", 1), ("onnx", 1), ("compile", 2),
+                                               ("tensorrt", 2)])
+def test_threads_share_a_prepared_backend_only_where_it_is_thread_safe(
+        monkeypatch, backend: str, builds: int) -> None:
+    """Two threads of one ModelCache prepare the same model and frame size: an eager or onnx
+    runner is shared, a compile (CUDA graphs) or tensorrt one is each thread's own."""
+    import threading
+
+    import vsr.backends
+    from vsr.engine import ModelCache
+    from vsr.options import ModelOptions
+
+    made: list[str] = []
+
+    class Runner:
+        def __init__(self) -> None:
+            self.backend, self.notes = backend, []
+
+    def prepare_for_frame(handle, name, image, *, batch):
+        made.append(name)
+        return Runner()
+
+    monkeypatch.setattr(vsr.backends, "prepare_for_frame", prepare_for_frame)
+    cache = ModelCache()
+    opts = ModelOptions(model="bicubic", scale=2, backend=backend)
+    handle = cache.handle(opts, "cpu")
+    image = np.zeros((8, 8, 3), np.uint8)
+    got: list[object] = []
+    alive = threading.Barrier(2, timeout=30)  # both at once: two threads, never one id reused
+
+    def prepare() -> None:
+        got.append(cache.prepare(handle, opts, image))
+        alive.wait()
+
+    threads = [threading.Thread(target=prepare) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(made) == builds
+    assert (got[0] is got[1]) == (builds == 1)
+    assert cache.prepare(handle, opts, image) is not None  # and again in this thread
+
+
 def test_batch_takes_every_image_format_eval_reads(tmp_path: Path) -> None:
     """One list of image suffixes: a folder batch upscales the .bmp/.tif/.webp/.ppm files
     `vsr eval` reads (it used to skip all but PNG and JPEG), each into its own format."""

@@ -9,11 +9,11 @@ and the same frames whoever runs them. :func:`run_source` is the recipe for a fi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vsr.device import resolve_device
+from vsr.errors import ModelError
 from vsr.io.info import StreamInfo, has_alpha
 from vsr.io.source import Frame, Source
 from vsr.loading import is_small_frame, load_model
@@ -34,14 +35,24 @@ from vsr.pipeline.temporal import Deflicker, Deflickered
 log = logging.getLogger(__name__)
 
 
+# Backends whose prepared runner several threads may call at once: eager (the module itself,
+# in eval mode under inference_mode: it only reads its weights) and onnx (onnxruntime's
+# InferenceSession.run is thread-safe). The others are prepared once per thread: compile
+# replays CUDA graphs, whose trees are per thread and asserted when shared
+# (pytorch/pytorch#123177), and a TensorRT engine runs in one execution context.
+_THREAD_SAFE_BACKENDS = frozenset({"eager", "onnx"})
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A handle and the backend runner prepared for one frame size (None: the handle's own
-    eager ``infer``: tiles, or no frame to prepare on)."""
+    eager ``infer``: tiles, or no frame to prepare on); ``fp32`` gives the handle a run
+    switches to when it falls back to fp32 (:class:`_RunHandle`)."""
 
     handle: object
     runner: object | None  # vsr.backends.Runner
     options: ModelOptions
+    fp32: Callable[[], object]
 
     @property
     def backend(self) -> str:
@@ -58,8 +69,9 @@ class Prepared:
         measurement of the model wants). ``alpha``: finished frames of a Frame with an
         alpha plane come out as RGBA, the plane resized (:class:`AlphaCarried`) after the
         deflicker filter, which sees the colour only."""
-        processor = make_processor(self.handle, tile=self.options.tile, overlap=overlap,
-                                   runner=self.runner, batch=self.options.batch)
+        processor = make_processor(_RunHandle(self.handle, self.fp32), tile=self.options.tile,
+                                   overlap=overlap, runner=self.runner,
+                                   batch=self.options.batch)
         if reuse:
             processor = RepeatsReused(processor)
         if self.options.deflicker:
@@ -71,52 +83,50 @@ class Prepared:
         return processor
 
 
+class _RunHandle:
+    """The handle one run computes with: the cache's shared handle, until the run falls back
+    to fp32 (the inference stage's guard calls ``to(dtype=torch.float32)``, see
+    :meth:`vsr.pipeline.compute.Forward.fall_back`). That switches this run to the cache's
+    fp32 handle of the model, where converting the shared one would change it under every
+    other run computing with it. Every other attribute is the current handle's."""
+
+    def __init__(self, shared, fp32: Callable[[], object]) -> None:
+        self._current = shared
+        self._fp32 = fp32
+
+    def __getattr__(self, name: str):
+        return getattr(self._current, name)
+
+    def to(self, *, dtype: torch.dtype) -> _RunHandle:
+        if dtype != torch.float32:
+            raise ModelError(f"a run only falls back to fp32, not {dtype}")
+        if self._current.dtype != torch.float32:
+            self._current = self._fp32()
+        return self
+
+
 class ModelCache:
-    """Loaded handles by (model, scale, precision, device, frame depth and size) and prepared
-    backends by handle, backend, batch and frame size: a worker that runs many files loads and
-    prepares once.
+    """Loaded handles by (model, scale, precision, device, and for ``precision="auto"`` frame
+    depth and size) and prepared backends by handle, backend, batch and frame size: a worker
+    that runs many files loads and prepares once.
 
     Safe to share between threads (a web service's pool passing one to
-    :func:`vsr.upscale_file`): each model loads, and each backend is prepared, once; a thread
-    asking for one that another is loading or preparing waits for it. A run in a reduced
-    precision holds its handle alone (:meth:`lease`), since its fp32 fallback changes the
-    handle itself: a concurrent run of the same model gets a handle of its own."""
+    :func:`vsr.upscale_file`, the workers of one ``vsr batch``): each model loads, and each
+    backend is prepared, once; a thread asking for one that another is loading or preparing
+    waits for it. Concurrent runs compute with one handle: inference only reads it, and a run
+    in fp16 or bf16 that falls back to fp32 switches to this cache's fp32 handle instead of
+    converting the shared one (:class:`_RunHandle`). A compile or tensorrt backend is
+    prepared once per thread (``_THREAD_SAFE_BACKENDS``)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # guards the dicts and the set below
-        self._handles: dict[tuple, list] = {}  # first: the one handle() gives
+        self._lock = threading.Lock()  # guards the dicts below
+        self._handles: dict[tuple, object] = {}
         self._prepared: dict[tuple, Prepared] = {}
-        self._held: set[int] = set()  # ids of handles a run holds alone
-        self._dtypes: dict[int, torch.dtype] = {}  # by id: each handle's dtype when loaded
         self._once: dict[tuple, threading.Lock] = {}  # per key: one thread loads or prepares
-
-    def _unchanged(self, handle) -> bool:
-        """Whether ``handle`` is still in the dtype it was loaded in (not one that a run
-        holding it has just switched to fp32, and is about to release); under ``_lock``."""
-        return handle.dtype == self._dtypes.get(id(handle), handle.dtype)
 
     def _key_lock(self, key: tuple) -> threading.Lock:
         with self._lock:
             return self._once.setdefault(key, threading.Lock())
-
-    @staticmethod
-    def _handle_key(options: ModelOptions, device: torch.device, bit_depth: int,
-                    pixels: int | None) -> tuple:
-        return (options.model, options.scale, options.precision,
-                BACKEND_PRECISIONS.get(options.backend), str(device), bit_depth,
-                is_small_frame(pixels))  # what auto's choice depends on
-
-    def _load(self, key: tuple, options: ModelOptions, device: torch.device, bit_depth: int,
-              pixels: int | None, *, held: bool):
-        handle = load_model(options.model, scale=options.scale, device=device,
-                            precision=options.precision, bit_depth=bit_depth, pixels=pixels,
-                            backend=options.backend)
-        with self._lock:
-            self._handles.setdefault(key, []).append(handle)
-            self._dtypes[id(handle)] = handle.dtype
-            if held:
-                self._held.add(id(handle))
-        return handle
 
     def handle(self, options: ModelOptions, device: str | torch.device, *, bit_depth: int = 8,
                pixels: int | None = None):
@@ -124,81 +134,69 @@ class ModelCache:
         ``pixels`` pixels (None: not known); raises like :func:`vsr.loading.load_model`."""
         if not isinstance(device, torch.device):
             device = resolve_device(device, require_available=True)
-        key = self._handle_key(options, device, bit_depth, pixels)
+        return self._handle(options, options.precision, device, bit_depth, pixels)
+
+    def _handle(self, options: ModelOptions, precision: str, device: torch.device,
+                bit_depth: int, pixels: int | None):
+        auto = precision == "auto"  # only auto's choice depends on the frames
+        key = (options.model, options.scale, precision, BACKEND_PRECISIONS.get(options.backend),
+               str(device), bit_depth if auto else None, is_small_frame(pixels) if auto else None)
         with self._key_lock(("handle", key)):
             with self._lock:
-                loaded = [h for h in self._handles.get(key, ()) if self._unchanged(h)]
-                if loaded:
-                    return loaded[0]
-            return self._load(key, options, device, bit_depth, pixels, held=False)
-
-    @contextlib.contextmanager
-    def lease(self, options: ModelOptions, device: str | torch.device, *, bit_depth: int = 8,
-              pixels: int | None = None) -> Iterator[object]:
-        """:meth:`handle` for the length of one run. A handle whose dtype a run may change (a
-        network in fp16 or bf16: the fp32 fallback) is the run's alone: one that another run
-        holds is not given, another is loaded. On exit a handle whose dtype changed is
-        released, so that a later run loads one in the precision asked for."""
-        if not isinstance(device, torch.device):
-            device = resolve_device(device, require_available=True)
-        handle = self.handle(options, device, bit_depth=bit_depth, pixels=pixels)
-        with self._lock:
-            loaded_in = self._dtypes.get(id(handle), handle.dtype)
-        if loaded_in != torch.float32 and getattr(handle, "can_fail", True):
-            key = self._handle_key(options, device, bit_depth, pixels)
-            with self._lock:
-                handle = next((h for h in self._handles.get(key, ())
-                               if id(h) not in self._held and self._unchanged(h)), None)
-                if handle is not None:
-                    self._held.add(id(handle))
+                handle = self._handles.get(key)
             if handle is None:
-                handle = self._load(key, options, device, bit_depth, pixels, held=True)
-        dtype = handle.dtype
-        try:
-            yield handle
-        finally:
-            with self._lock:
-                self._held.discard(id(handle))
-            if handle.dtype != dtype:
-                # the run fell back to fp32 (a bad frame in fp16/bf16), which changes the
-                # handle itself: the next run of this cache (a batch worker's next file or
-                # segment) loads its own, in the precision asked for, not this one in fp32
-                self.release(handle)
+                handle = load_model(options.model, scale=options.scale, device=device,
+                                    precision=precision, bit_depth=bit_depth, pixels=pixels,
+                                    backend=options.backend)
+                with self._lock:
+                    self._handles[key] = handle
+        return handle
 
     def release(self, handle) -> None:
         """Forget ``handle`` and the backends prepared for it, so that nothing here keeps it
         (e.g. one loaded before the frames were known, replaced by one loaded for them)."""
         with self._lock:
-            self._handles = {k: kept for k, hs in self._handles.items()
-                             if (kept := [h for h in hs if h is not handle])}
+            self._handles = {k: h for k, h in self._handles.items() if h is not handle}
             self._prepared = {k: p for k, p in self._prepared.items()
                               if p.handle is not handle}
-            self._held.discard(id(handle))
-            self._dtypes.pop(id(handle), None)
             self._once = {k: lock for k, lock in self._once.items()
                           if not (k[0] == "prepare" and k[1][0] == id(handle))}
+
+    def _fp32(self, options: ModelOptions, device: torch.device) -> Callable[[], object]:
+        """What a run of ``options`` that falls back to fp32 computes with: this cache's fp32
+        handle of the model. Held by a weak reference: a Prepared in a result (EngineRun)
+        must not keep the cache and every model in it."""
+        ref = weakref.ref(self)
+
+        def fp32():
+            cache = ref() or ModelCache()  # a Prepared used after its cache is gone
+            return cache._handle(options, "fp32", device, 8, None)
+        return fp32
 
     def prepare(self, handle, options: ModelOptions, image: np.ndarray | None) -> Prepared:
         """``options.backend`` for frames like ``image`` (H, W, 3) uint8/uint16, checked against
         eager on it (:func:`vsr.backends.prepare_for_frame`). Tiles always run eagerly."""
+        fp32 = self._fp32(options, handle.device)
         if image is None:
-            return Prepared(handle, None, options)
+            return Prepared(handle, None, options, fp32)
         if options.tile:
             if options.backend not in ("auto", "eager"):
                 log.warning("--tile runs the model eagerly; --backend %s is not used",
                             options.backend)
-            return Prepared(handle, None, options)
+            return Prepared(handle, None, options, fp32)
         key = (id(handle), options.backend, options.batch, image.shape, str(image.dtype))
+        own = (*key, threading.get_ident())  # where a backend of this thread alone is kept
         with self._key_lock(("prepare", key)):
             with self._lock:
-                prepared = self._prepared.get(key)
+                prepared = self._prepared.get(key) or self._prepared.get(own)
             if prepared is None or prepared.handle is not handle:
                 from vsr.backends import prepare_for_frame
 
                 runner = prepare_for_frame(handle, options.backend, image, batch=options.batch)
-                prepared = Prepared(handle, runner, options)
+                prepared = Prepared(handle, runner, options, fp32)
+                shared = prepared.backend in _THREAD_SAFE_BACKENDS
                 with self._lock:
-                    self._prepared[key] = prepared
+                    self._prepared[key if shared else own] = prepared
         return prepared
 
 
@@ -255,25 +253,25 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
         # a batch is never more than the frames there are: --batch 1000 on a picture built
         # and checked a backend for 1000 copies of it and ran them all (66 s, 9 GB, for 0.3 s)
         options = dataclasses.replace(options, batch=total)
-    # the run's own handle where its fp32 fallback would change it (see ModelCache.lease)
-    with models.lease(options, device, bit_depth=info.bit_depth,
-                      pixels=info.width * info.height) as handle:
-        width, height = info.width * handle.scale, info.height * handle.scale
-        frames = frames if frames is not None else source.frames()
-        first = next(frames, None)
-        prepared = models.prepare(handle, options, first.image if first is not None else None)
-        if first is not None:
-            frames = itertools.chain([first], frames)
-        log.info("%s %dx%d -> %dx%d with %s x%d on %s (%s, backend %s)", Path(info.path).name,
-                 info.width, info.height, width, height, handle.name, handle.scale,
-                 handle.device, handle.dtype, prepared.backend)
-        with open_sink(info, width, height) as sink:
-            processor = prepared.processor(overlap,
-                                           alpha=info.alpha and getattr(sink, "alpha", False))
-            stats = run_pipeline(frames, processor, sink, depth=depth,
-                                 frames_total=frames_total if frames_total is not None
-                                 else info.frames, progress=progress)
-        dtype = handle.dtype  # read now: once the lease ends another run may hold the handle
+    handle = models.handle(options, device, bit_depth=info.bit_depth,
+                           pixels=info.width * info.height)
+    width, height = info.width * handle.scale, info.height * handle.scale
+    frames = frames if frames is not None else source.frames()
+    first = next(frames, None)
+    prepared = models.prepare(handle, options, first.image if first is not None else None)
+    if first is not None:
+        frames = itertools.chain([first], frames)
+    log.info("%s %dx%d -> %dx%d with %s x%d on %s (%s, backend %s)", Path(info.path).name,
+             info.width, info.height, width, height, handle.name, handle.scale,
+             handle.device, handle.dtype, prepared.backend)
+    with open_sink(info, width, height) as sink:
+        processor = prepared.processor(overlap,
+                                       alpha=info.alpha and getattr(sink, "alpha", False))
+        stats = run_pipeline(frames, processor, sink, depth=depth,
+                             frames_total=frames_total if frames_total is not None
+                             else info.frames, progress=progress)
+    # a fallback switched the run (not the handle, which other runs share) to fp32
+    dtype = torch.float32 if processor.report.fell_back_to_fp32 else handle.dtype
     return EngineRun(stats=stats, prepared=prepared, report=processor.report, width=width,
                      height=height, pix_fmt=sink.pix_fmt, copied_packets=sink.copied_packets,
                      dtype=dtype)

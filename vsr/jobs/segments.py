@@ -266,12 +266,14 @@ class TaskResult:
 
 
 class HandleCache:
-    """One worker's device and its loaded models and prepared backends: each model loads, and
-    each backend is prepared for a frame size, once per worker (:class:`vsr.engine.ModelCache`)."""
+    """One worker's device and the loaded models and prepared backends it uses: each model
+    loads, and each backend is prepared for a frame size, once (:class:`vsr.engine.ModelCache`;
+    ``models``: one that the workers of a batch share, so that two on one device compute
+    with one copy of a model)."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, models: ModelCache | None = None) -> None:
         self.device = resolve_device(device, require_available=True)
-        self.models = ModelCache()
+        self.models = models if models is not None else ModelCache()
 
 
 def run_task(task: Task, handles: HandleCache,

@@ -1,7 +1,8 @@
 """Local workers: one thread per device (``cpu,cpu`` or ``cuda:0,cuda:1``) on one shared queue.
 
-Each worker loads its own model handles on its device; the pipeline inside a task has its
-own decode and encode threads. The calling thread waits and reports progress. On Ctrl-C (a
+The workers share one :class:`vsr.engine.ModelCache`: each model loads once per device and
+precision, and workers on one device compute with that copy; the pipeline inside a task has
+its own decode and encode threads. The calling thread waits and reports progress. On Ctrl-C (a
 KeyboardInterrupt in the calling thread) every worker stops at its next frame, its task's
 partial file is removed by the sink, and the calling thread waits for all of them before it
 raises Interrupted: finished segments are recorded and stay for ``--resume``.
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from vsr.engine import ModelCache
 from vsr.errors import Interrupted
 from vsr.jobs.segments import HandleCache, Task, run_task
 from vsr.jobs.store import StoreError
@@ -55,8 +57,9 @@ def run_on_threads(tasks: list[Task], tracker, devices: tuple[str, ...],
     for t in tasks:
         todo.put(t)
     stop = threading.Event()
-    workers = [Worker(f"vsr-batch-{i}-{device}", partial(_work, todo, tracker, device, stop),
-                      stop)
+    models = ModelCache()
+    workers = [Worker(f"vsr-batch-{i}-{device}",
+                      partial(_work, todo, tracker, device, models, stop), stop)
                for i, device in enumerate(devices[:max(1, len(tasks))])]
     try:
         start_all(workers)
@@ -76,9 +79,10 @@ def run_on_threads(tasks: list[Task], tracker, devices: tuple[str, ...],
             raise w.error
 
 
-def _work(todo: queue.Queue, tracker, device: str, stop: threading.Event) -> None:
+def _work(todo: queue.Queue, tracker, device: str, models: ModelCache,
+          stop: threading.Event) -> None:
     try:
-        handles = HandleCache(device)
+        handles = HandleCache(device, models)
     except Exception as exc:  # a device that cannot be used fails the tasks it would take
         handles, error = None, exc
     while not stop.is_set():

@@ -86,7 +86,10 @@ class Forward:
         return self.infer(x)
 
     def fall_back(self, index: int, why: str) -> None:
-        """Switch the handle to fp32 after a bad reduced-precision frame."""
+        """Switch to fp32 after a bad reduced-precision frame: ``handle.to(dtype=float32)``
+        (a cached handle that runs share gives the run an fp32 one instead of converting
+        itself: vsr.engine._RunHandle), and eager inference, as a backend built for the
+        reduced precision would run fp32 frames."""
         r = self.report
         r.fallback_frames += 1
         if self.handle.dtype != torch.float32:
@@ -96,6 +99,7 @@ class Forward:
             r.notes.append(msg)
             r.fell_back_to_fp32 = True
             self.handle.to(dtype=torch.float32)
+            self.infer = self.handle.infer
 
 
 class CpuProcessor:
