@@ -44,8 +44,8 @@ class _Progress:
               help="Trained DRN checkpoint (.safetensors) to compress.")
 @click.option("--ratio", "-r", required=True, type=click.FloatRange(0, 1, min_open=True,
               max_open=True), help="Pruning ratio r: widths are capped at c*(1-r).")
-@click.option("--data", "data", multiple=True, required=True,
-              type=click.Path(exists=True, file_okay=False), help="HR image folder (repeatable).")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
+              help="HR image folder or image pack (.npz, as vsr train's; repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder (search.json, pruned/compressed .safetensors, summary.json).")
 @click.option("--stage", type=click.Choice(COMPRESS_STAGES),
@@ -58,7 +58,8 @@ class _Progress:
               help="Benchmark folder for validation PSNR (best search readout, best fine-tune).")
 @click.option("--duals", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File with the trained dual models (dual.* tensors), e.g. the training "
-                   "state; otherwise they are fitted to the frozen network first.")
+                   "state (a sharded one by its train_state.index.json); otherwise they are "
+                   "fitted to the frozen network first.")
 @click.option("--widths-from", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Use the widths of this search.json (e.g. the L1 baseline at DRC's widths).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)

@@ -151,3 +151,36 @@ def test_report_rows_and_plot(setup: dict[str, Path], tmp_path: Path) -> None:
     js, png = write_report(report, tmp_path / "rep")
     assert json.loads(js.read_text())["reference"] == "original"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sharded_training_state_and_an_image_pack_compress_as_their_files(
+        setup: dict[str, Path], tmp_path: Path) -> None:
+    """What a GPU slot leaves (a state in shards, named by its index) and what it carries (an
+    image pack, readable without PyAV) give the network a one-file state and the folder give."""
+    from vsr.imageio import read_image
+    from vsr.models.checkpoint import load_tensors
+    from vsr.train.data import save_image_pack
+    from vsr.train.state import save_training_state
+
+    net, info = load_network(setup["ckpt"])
+    torch.manual_seed(1)
+    duals = DualNetworks(phase=1, width=10_000)  # 1.08 MB a tensor: one shard each
+    opts = {"primal": torch.optim.Adam(net.parameters()),
+            "dual": torch.optim.Adam(duals.parameters())}
+    one = save_training_state(tmp_path / "one", "train_state", net, duals, opts, 1, info, {},
+                              moments="none")
+    shards = save_training_state(tmp_path / "run", "train_state", net, duals, opts, 1, info, {},
+                                 moments="none", shard_bytes=2**20 + 1_200_000)
+    dual_files = {f for f in shards if any(k.startswith("dual.") for k in load_tensors(f)[0])}
+    assert len(one) == 1 and len(dual_files) > 1  # the duals are spread over several shards
+    hr = sorted((setup["root"] / "hr").glob("*.png"))
+    pack = save_image_pack(tmp_path / "hr.npz", {f.stem: read_image(f) for f in hr})
+
+    _run(_args(setup, tmp_path / "files", "--duals", str(one[0])))
+    args = _args(setup, tmp_path / "shards", "--duals",
+                 str(tmp_path / "run" / "train_state.index.json"))
+    args[args.index(str(setup["root"] / "hr"))] = str(pack)
+    _run(args)
+    a = load_tensors(tmp_path / "files" / "compressed.safetensors")[0]
+    b = load_tensors(tmp_path / "shards" / "compressed.safetensors")[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

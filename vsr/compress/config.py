@@ -34,7 +34,8 @@ class CompressConfig(Config):
     ``method`` "l1" is the baseline: the widths of ``widths_from`` (a search.json) or the
     uniform width round4(c*(1-r)), channels kept by L1 norm, the same fine-tuning.
     ``patch`` is the LR patch side. ``duals``: a file holding ``dual.*`` tensors (e.g. the
-    training state of the run that made ``checkpoint``); without one, fresh dual models are
+    training state of the run that made ``checkpoint``; a sharded state by its index file,
+    ``train_state.index.json``); without one, fresh dual models are
     fitted to the frozen network for ``dual_warmup`` steps.
     """
 

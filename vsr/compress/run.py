@@ -47,6 +47,7 @@ from vsr.models.drn import DRN
 from vsr.train.data import PatchSampler
 from vsr.train.lock import folder_lock
 from vsr.train.losses import dual_loss
+from vsr.train.state import read_state_index, read_training_state
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,10 @@ class _Run:
         for source in (self.cfg.duals, self.cfg.checkpoint):
             if not source:
                 continue
-            tensors, _ = load_tensors(source)
+            if str(source).endswith(".index.json"):  # a sharded training state (GPU slots)
+                tensors, _ = read_training_state(read_state_index(Path(source)))
+            else:
+                tensors, _ = load_tensors(source)
             if "dual.0.conv1.weight" not in tensors:
                 if source == self.cfg.duals:
                     raise CheckpointError(f"{source}: holds no dual.* tensors")
