@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import SHARED
 
-from vsr.errors import ConfigError
+from vsr.errors import ConfigError, PipelineError
 from vsr.options import ModelOptions
 from vsr.pipeline.temporal import Deflicker
 
@@ -51,7 +51,7 @@ def test_off_and_first_frame_pass_unchanged():
     f = Deflicker(0.5, 2)
     assert torch.equal(f(lr, sr), sr)  # the first frame: nothing to blend with
     for bad in (-0.1, 1.0, float("nan")):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError, match="deflicker"):
             Deflicker(bad, 2)
     for bad in (1.0, -1, float("nan"), True, "0.5"):
         with pytest.raises(ConfigError, match="deflicker"):
@@ -148,7 +148,7 @@ def test_the_filter_is_its_formula(scale: int, dtype: type) -> None:
         assert a.dtype == dtype
         diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01, t
-    with pytest.raises(ValueError, match="not x2"):
+    with pytest.raises(PipelineError, match="not x2"):
         Deflicker(0.5, 2)(torch.from_numpy(frames[0][0][:-1]), torch.from_numpy(frames[0][1]))
 
 

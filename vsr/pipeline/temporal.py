@@ -30,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vsr.errors import PipelineError
 from vsr.io.source import Frame
+from vsr.options import check_deflicker
 from vsr.pipeline.compute import AfterInference, max_value
 
 __all__ = ["TOLERANCE", "Deflicker", "Deflickered"]
@@ -43,12 +45,11 @@ class Deflicker:
     """The filter's state for one stream of frames; see the module docstring.
 
     ``strength`` in [0, 1): the most the previous output can weigh (0: off, frames pass
-    unchanged). ``scale``: the output's size over the input's.
+    unchanged; else ConfigError). ``scale``: the output's size over the input's.
     """
 
     def __init__(self, strength: float, scale: int, tolerance: float = TOLERANCE) -> None:
-        if not 0.0 <= strength < 1.0:
-            raise ValueError(f"strength must be in [0, 1), got {strength}")
+        check_deflicker(strength)
         self.strength = strength
         self.scale = scale
         self.tolerance = tolerance
@@ -69,6 +70,9 @@ class Deflicker:
 
         Returns:
             (sH, sW, 3) of sr's dtype and device: the frame to show.
+
+        Raises:
+            PipelineError: ``sr`` is not ``scale`` times the size of ``lr``.
         """
         if self.strength == 0.0:
             return sr
@@ -76,7 +80,8 @@ class Deflicker:
         unit = 255.0 / top  # work on the 8-bit scale whatever the depth
         h, w, s = lr.shape[0], lr.shape[1], self.scale
         if tuple(sr.shape) != (h * s, w * s, 3):
-            raise ValueError(f"output {tuple(sr.shape)} is not x{s} the input {tuple(lr.shape)}")
+            raise PipelineError(f"output {tuple(sr.shape)} is not x{s} the input "
+                                f"{tuple(lr.shape)}")
         cur, self._spare = self._spare, None
         if cur is None or cur.shape != sr.shape or cur.device != sr.device:
             cur = torch.empty(sr.shape, dtype=torch.float32, device=sr.device)
