@@ -77,14 +77,12 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Batch progress on stderr.")
 @json_option
-def batch(inputs: tuple[str, ...], output_dir: str,
-          manifest: tuple[str, ...], template: str, model: str | None, scale: int | None,
-          precision: str, tile: int | None, backend: str, batch: int, deflicker: float,
-          codec: str,
-          crf: int | None, preset: str | None,
-          pix_fmt: str | None, deinterlace: bool, devices: tuple[str, ...], ray_address: str | None,
-          resume: bool, overwrite: bool, wait: bool, segment_frames: int, progress: bool,
-          as_json: bool) -> None:
+def batch(inputs: tuple[str, ...], output_dir: str, manifest: tuple[str, ...], template: str,
+          model: str | None, scale: int | None, precision: str, tile: int | None, backend: str,
+          batch: int, deflicker: float, codec: str, crf: int | None, preset: str | None,
+          pix_fmt: str | None, deinterlace: bool, devices: tuple[str, ...],
+          ray_address: str | None, resume: bool, overwrite: bool, wait: bool,
+          segment_frames: int, progress: bool, as_json: bool) -> None:
     """Upscale many files into DIR; finished files are skipped on a rerun.
 
     INPUTS are files, folders (searched recursively) or glob patterns; a search never takes

@@ -101,7 +101,7 @@ def deflicker_option(default: float = 0.0) -> Decorator:
 def model_options(*, device: bool = True, backend: bool = True,
                   deflicker: float = 0.0) -> Decorator:
     """--model --scale [--device] --precision --tile [--backend --batch] --deflicker: the fields
-    of vsr.options.RunOptions (ModelOptions without ``device``); ``deflicker`` is the
+    of vsr.options.RunOptions (of ModelOptions with ``device=False``); ``deflicker`` is the
     command's default strength."""
     parts = [model_option(), scale_option, *([device_option] if device else []),
              precision_option, tile_option]

@@ -183,7 +183,7 @@ class ModelOptions(Config):
     ``model``: a registry name, a .safetensors path or ``"bicubic"`` (None: the default model);
     ``scale``: None for the model's own (needed for bicubic); ``precision``: one of PRECISIONS;
     ``tile``: infer in tiles of that many pixels (None: whole frames); ``backend``: one of
-    ``vsr.backends.CHOICES``; ``batch``: frames per model call; ``deflicker``: the temporal
+    :data:`BACKEND_CHOICES`; ``batch``: frames per model call; ``deflicker``: the temporal
     filter's strength in [0, 1) (0: off; :mod:`vsr.pipeline.temporal`).
     """
 

@@ -39,8 +39,8 @@ _GLOB_CHARS = frozenset("*?[")
 @dataclass(frozen=True, kw_only=True)
 class JobOptions(ModelOptions):
     """Per-file model options (:class:`vsr.options.ModelOptions`: model, scale, precision,
-    tile, backend, batch; keyword-only) and encoding settings; a manifest line may override
-    any of them. The device is the worker's (``BatchConfig.devices``)."""
+    tile, backend, batch, deflicker; keyword-only) and encoding settings; a manifest line may
+    override any of them. The device is the worker's (``BatchConfig.devices``)."""
 
     codec: str = "libx264"
     crf: int | None = None
@@ -380,7 +380,6 @@ def make_jobs(entries: list[Entry], output_dir: Path, template: str,
         taken[key] = e.where or str(e.path)
         jobs.append(Job(e.path, out, opts, where=e.where))
     return jobs
-
 
 
 def _confined(out: Path, root: Path) -> Path:

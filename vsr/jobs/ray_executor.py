@@ -3,8 +3,8 @@
 Imported only when ``--ray`` is given (``pip install vsr[cluster]``). Every node needs vsr
 installed and must see the inputs at the same paths (shared storage); results come back
 to the driver as bytes, so the output folder and the job store stay on the driver's machine.
-A task asks for one GPU when the cluster has GPUs (or CUDA devices were asked for), else one
-CPU.
+A task asks for one GPU (and one CPU) when the cluster has GPUs and ``--devices`` is auto or
+names CUDA devices (CUDA asked for on a cluster without GPUs is a ConfigError), else one CPU.
 """
 
 from __future__ import annotations

@@ -52,7 +52,6 @@ from vsr.pipeline.run import eta_seconds
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class BatchConfig(Config):
     """A batch run; validated on construction (ConfigError)."""

@@ -2,8 +2,9 @@
 
 A segment is the frames whose pts lies in ``[start, end)``; cuts are made only at keyframe
 pts, so each segment decodes on its own (:meth:`PyAVSource.frames_between`). Its upscaled
-video is encoded into a NUT file (exact timestamps in any time base, no other streams); the
-joiner later puts the segments and the input's other streams into the output.
+video is encoded into a NUT file (exact timestamps in any time base, no other streams), or a
+Matroska one where only that keeps the frames' alpha (:func:`segment_suffix`); the joiner
+later puts the segments and the input's other streams into the output.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def segment_suffix(codec: str, output: Path) -> str:
     if codec in _BESIDE_IN_MATROSKA and output.suffix.lower() in (".mkv", ".webm"):
         return ".mkv"
     return SEGMENT_SUFFIX
+
 
 # The loggers of the modules a task runs. What they warn of in a task is about its input as a
 # whole (an alpha channel or HDR10 metadata the output drops, --tile overriding --backend):

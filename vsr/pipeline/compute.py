@@ -3,7 +3,7 @@
 A processor takes frames with ``submit`` and yields finished ``(frame, image)`` pairs in
 submission order (now or on a later call); ``drain`` yields the rest. Precision guard: a
 reduced-precision result that is non-finite, or black where the input is not, is recomputed
-in fp32 and the handle stays in fp32 for the rest of the run (logged, and counted).
+in fp32 and the run stays in fp32 to its end (logged, and counted).
 """
 
 from __future__ import annotations
