@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vsr.upscale import UpscaleConfig, upscale_file
+
 
 @pytest.mark.parametrize("name, head", [
     ("cut.tif", b"II*\x00"),  # a TIFF header without its first directory's offset
@@ -69,3 +71,29 @@ def test_read_image_shows_a_subsampled_jpeg_as_libjpeg_does(tmp_path, subsamplin
     bias = (got - shown).reshape(-1, 3).mean(axis=0)
     assert np.abs(bias).max() < 0.15, bias
     assert np.abs(got - shown).max() <= 4
+
+
+@pytest.mark.parametrize("source", [".jpg", ".png", ".webp"])
+def test_a_photos_exif_is_carried_for_the_upright_picture(tmp_path, source):
+    """A photo's EXIF data (camera, date taken, place) was dropped from every output; it is
+    carried into .jpg, .png and .webp, its orientation set to 1 (the picture is written
+    upright, so a viewer must not turn it again) and its sideways thumbnail left out."""
+    from PIL import Image, ImageOps
+
+    rgb = _photo_like(24, 32)
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "PhoneMaker", "Model 7", 6
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"  # DateTimeOriginal
+    src = tmp_path / f"in{source}"
+    Image.fromarray(rgb).save(src, exif=exif.tobytes(), **({"lossless": True}
+                                                           if source == ".webp" else {}))
+    for suffix in (".jpg", ".png", ".webp"):
+        out = tmp_path / f"up{suffix}"
+        upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+        with Image.open(out) as im:
+            got = im.getexif()
+            assert (got.get(0x010F), got.get(0x0110), got.get(0x0112)) == (
+                "PhoneMaker", "Model 7", 1), (source, suffix, dict(got))
+            assert got.get_ifd(0x8769).get(0x9003) == "2024:05:06 07:08:09"
+            assert im.size == (48, 64)  # upright: 24x32 stored on its side
+            assert ImageOps.exif_transpose(im).size == (48, 64)

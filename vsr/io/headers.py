@@ -57,3 +57,20 @@ def riff_chunk(data: bytes, name: bytes) -> bytes | None:
         if kind == name:
             return body
     return None
+
+
+def exif_block(data: bytes) -> bytes | None:
+    """The EXIF data (TIFF-structured, without the "Exif\\0\\0" some writers put before it) of
+    a JPEG (APP1), PNG (eXIf) or WebP (EXIF chunk) whose first bytes are ``data``; None
+    where there is none (or the format is another)."""
+    exif = None
+    if data[:2] == b"\xff\xd8":
+        exif = next((payload for _, marker, payload, _ in jpeg_segments(data)
+                     if marker == 0xE1 and payload[:6] == b"Exif\x00\x00"), None)
+    elif data[:8] == PNG_SIGNATURE:
+        exif = next((body for _, kind, body, _ in png_chunks(data) if kind == b"eXIf"), None)
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        exif = riff_chunk(data, b"EXIF")
+    if exif is not None and exif[:6] == b"Exif\x00\x00":
+        exif = exif[6:]
+    return bytes(exif) if exif else None

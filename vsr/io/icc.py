@@ -4,7 +4,8 @@ A phone or camera photo in Display P3 or Adobe RGB says so with an embedded ICC 
 pixel values mean other colours without it (an upscaled P3 photo shown as sRGB looks dull).
 The upscaled picture holds values in the same space, so the input's profile is carried into
 the output as it is: PNG (iCCP), JPEG (APP2 ICC_PROFILE segments), WebP (VP8X + ICCP) and
-TIFF (tag 34675). BMP and PNM hold none (:func:`holds_profile`).
+TIFF (tag 34675). BMP and PNM hold none (:func:`holds_profile`). A photo's EXIF data (camera,
+date, place) goes the same way into PNG (eXIf), JPEG (APP1) and WebP (EXIF): :func:`embed_exif`.
 
 Profiles are read from the file, not from the decoded frame: PyAV 18 frees the metadata of a
 frame's side data twice (its SideData wraps the dictionary the frame owns), and FFmpeg's PNG
@@ -23,6 +24,8 @@ _JPEG_ICC_BYTES = 65535 - 2 - len(_JPEG_ICC) - 2  # one APP2 segment's share of 
 _TIFF_ICC_TAG = 34675
 MAX_PROFILE_BYTES = 16 << 20  # larger ones (none real) are left behind, not inflated
 _PROFILE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"})
+_JPEG_EXIF = b"Exif\x00\x00"
+_EXIF_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 
 
 def holds_profile(suffix: str) -> bool:
@@ -65,14 +68,39 @@ def embed_profile(encoded: bytes, profile: bytes) -> bytes:
     ``profile`` embedded; any profile or sRGB claim it had is replaced. ValueError for
     another format or a structure these encoders do not write."""
     if encoded[:8] == PNG_SIGNATURE:
-        return _png_with(encoded, profile)
+        # the profile replaces the encoder's sRGB (and any iCCP); gAMA and cHRM yield to it
+        return _png_with(encoded, b"iCCP", b"ICC profile\x00\x00" + zlib.compress(profile, 9),
+                         (b"iCCP", b"sRGB"))
     if encoded[:2] == b"\xff\xd8":
         return _jpeg_with(encoded, profile)
     if encoded[:4] == b"RIFF" and encoded[8:12] == b"WEBP":
-        return _webp_with(encoded, profile)
+        return _webp_with(encoded, b"ICCP", profile, 0x20)
     if encoded[:4] in (b"II*\x00", b"MM\x00*"):
         return _tiff_with(encoded, profile)
     raise ValueError("not a PNG, JPEG, WebP or TIFF file")
+
+
+def holds_exif(suffix: str) -> bool:
+    """Whether a picture written under ``suffix`` carries EXIF data here (TIFF's own tags
+    are its directory: not merged)."""
+    return suffix.lower() in _EXIF_SUFFIXES
+
+
+def embed_exif(encoded: bytes, exif: bytes) -> bytes:
+    """``encoded`` (a whole PNG, JPEG or WebP file as FFmpeg's encoders write it) with the
+    TIFF-structured ``exif`` embedded (eXIf, APP1, EXIF), replacing any it had. ValueError
+    for another format, or EXIF data larger than a JPEG segment holds."""
+    if encoded[:8] == PNG_SIGNATURE:
+        return _png_with(encoded, b"eXIf", exif, (b"eXIf",))
+    if encoded[:2] == b"\xff\xd8":
+        payload = _JPEG_EXIF + exif
+        if len(payload) + 2 > 0xFFFF:
+            raise ValueError(f"EXIF data of {len(exif):,} bytes does not fit in a JPEG segment")
+        app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+        return _jpeg_insert(encoded, app1, (0xE0,), 0xE1, _JPEG_EXIF)  # after JFIF's APP0
+    if encoded[:4] == b"RIFF" and encoded[8:12] == b"WEBP":
+        return _webp_with(encoded, b"EXIF", exif, 0x08)
+    raise ValueError("not a PNG, JPEG or WebP file")
 
 
 # PNG: chunks of (length, type, data, CRC) after the signature; iCCP comes before the data.
@@ -94,17 +122,17 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
         ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
-def _png_with(encoded: bytes, profile: bytes) -> bytes:
+def _png_with(encoded: bytes, kind: bytes, body: bytes, replaced: tuple[bytes, ...]) -> bytes:
+    """``encoded`` with a chunk ``kind`` of ``body`` right after IHDR (before the picture
+    data, where readers take iCCP and eXIf), its chunks of the kinds ``replaced`` left out."""
     chunks = list(png_chunks(encoded))
     if not chunks or chunks[0][1] != b"IHDR":
         raise ValueError("a PNG without IHDR first")
     ihdr_end = chunks[0][3]
-    # the profile replaces the encoder's sRGB (and any iCCP); gAMA and cHRM yield to it
-    kept = b"".join(encoded[start:end] for start, kind, _, end in chunks[1:]
-                    if kind not in (b"iCCP", b"sRGB"))
+    kept = b"".join(encoded[start:end] for start, kind_, _, end in chunks[1:]
+                    if kind_ not in replaced)
     rest = encoded[chunks[-1][3]:]  # from the first IDAT's end on
-    iccp = _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(profile, 9))
-    return encoded[:ihdr_end] + iccp + kept + rest
+    return encoded[:ihdr_end] + _png_chunk(kind, body) + kept + rest
 
 
 # JPEG: marker segments up to the first scan; a profile is split over numbered APP2s.
@@ -125,22 +153,29 @@ def _jpeg_with(encoded: bytes, profile: bytes) -> bytes:
     pieces = [profile[k:k + _JPEG_ICC_BYTES] for k in range(0, len(profile), _JPEG_ICC_BYTES)]
     if len(pieces) > 255:
         raise ValueError(f"an ICC profile of {len(profile):,} bytes does not fit in a JPEG")
-    segments = list(jpeg_segments(encoded))
-    # after the JFIF/Exif application segments, where readers look for it
-    at = 2
-    for start, marker, _, end in segments:
-        if marker in (0xE0, 0xE1) and start == at:
-            at = end
     app2 = b"".join(b"\xff\xe2" + struct.pack(">H", 2 + len(_JPEG_ICC) + 2 + len(piece))
                     + _JPEG_ICC + bytes((k + 1, len(pieces))) + piece
                     for k, piece in enumerate(pieces))
-    old = [(s, e) for s, m, p, e in segments if m == 0xE2 and p[:len(_JPEG_ICC)] == _JPEG_ICC]
+    # after the JFIF/Exif application segments, where readers look for it
+    return _jpeg_insert(encoded, app2, (0xE0, 0xE1), 0xE2, _JPEG_ICC)
+
+
+def _jpeg_insert(encoded: bytes, segments: bytes, after: tuple[int, ...], marker: int,
+                 tag: bytes) -> bytes:
+    """``encoded`` with ``segments`` put after the run of ``after`` segments that follows
+    its SOI, and its segments ``marker`` whose payload starts with ``tag`` left out."""
+    found = list(jpeg_segments(encoded))
+    at = 2
+    for start, kind, _, end in found:
+        if kind in after and start == at:
+            at = end
+    old = [(s, e) for s, m, p, e in found if m == marker and p[:len(tag)] == tag]
     body = bytearray(encoded)
     for s, e in reversed(old):
         del body[s:e]
         if s < at:
             at -= e - s
-    return bytes(body[:at]) + app2 + bytes(body[at:])
+    return bytes(body[:at]) + segments + bytes(body[at:])
 
 
 # WebP: a RIFF file; an extended one (VP8X first) flags and holds an ICCP chunk.
@@ -149,24 +184,25 @@ def _riff_chunk_bytes(name: bytes, body: bytes) -> bytes:
     return name + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
 
 
-def _webp_with(encoded: bytes, profile: bytes) -> bytes:
+def _webp_with(encoded: bytes, name: bytes, body: bytes, flag: int) -> bytes:
+    """``encoded`` made extended (VP8X) where it is not, with ``flag`` set in VP8X and the
+    chunk ``name`` of ``body`` in the place the format gives it (ICCP right after VP8X, EXIF
+    after the picture), any chunk ``name`` it had left out."""
     first = encoded[12:16]
     (size,) = struct.unpack("<I", encoded[16:20])
     after_first = 20 + size + (size & 1)
-    iccp = _riff_chunk_bytes(b"ICCP", profile)
     if first == b"VP8X":
-        flags = encoded[20] | 0x20
-        head = encoded[12:20] + bytes((flags,)) + encoded[21:after_first]
-        rest = b"".join(_riff_chunk_bytes(kind, body) for kind, body in riff_chunks(
-            encoded, after_first) if kind != b"ICCP")
-        chunks = head + iccp + rest
+        vp8x = encoded[12:20] + bytes((encoded[20] | flag,)) + encoded[21:after_first]
+        rest = b"".join(_riff_chunk_bytes(kind, chunk) for kind, chunk in riff_chunks(
+            encoded, after_first) if kind != name)
     else:
         width, height, alpha = _webp_simple_size(first, encoded[20:20 + size])
-        flags = 0x20 | (0x10 if alpha else 0)
-        vp8x = _riff_chunk_bytes(b"VP8X", bytes((flags, 0, 0, 0))
+        vp8x = _riff_chunk_bytes(b"VP8X", bytes((flag | (0x10 if alpha else 0), 0, 0, 0))
                                  + (width - 1).to_bytes(3, "little")
                                  + (height - 1).to_bytes(3, "little"))
-        chunks = vp8x + iccp + encoded[12:]
+        rest = encoded[12:]
+    chunk = _riff_chunk_bytes(name, body)
+    chunks = vp8x + chunk + rest if name == b"ICCP" else vp8x + rest + chunk
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks
 
 

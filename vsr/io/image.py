@@ -24,8 +24,15 @@ import av
 import numpy as np
 
 from vsr.errors import InputError, OutputError
-from vsr.io.headers import PNG_SIGNATURE, jpeg_segments, png_chunks, riff_chunk
-from vsr.io.icc import embed_profile, holds_profile, profile_space, read_profile
+from vsr.io.headers import PNG_SIGNATURE, exif_block, jpeg_segments
+from vsr.io.icc import (
+    embed_exif,
+    embed_profile,
+    holds_exif,
+    holds_profile,
+    profile_space,
+    read_profile,
+)
 from vsr.io.info import StreamInfo
 from vsr.io.output import SinkContext, check_frame, check_output_path, store_file
 from vsr.limits import env_limit
@@ -139,19 +146,30 @@ def _size_in(head: bytes) -> tuple[int, int] | None:
 def _orientation_in(head: bytes) -> int:
     """The EXIF orientation (1-8; 1: as stored) of a JPEG, TIFF, PNG or WebP picture that
     begins with ``head``; 1 where it says none (or nothing this reads)."""
-    exif = None
-    if head[:2] == b"\xff\xd8":
-        exif = next((payload for _, marker, payload, _ in jpeg_segments(head)
-                     if marker == 0xE1 and payload[:6] == b"Exif\x00\x00"), None)
-    elif head[:4] in (b"II*\x00", b"MM\x00*"):
-        exif = head
-    elif head[:8] == PNG_SIGNATURE:
-        exif = next((body for _, kind, body, _ in png_chunks(head) if kind == b"eXIf"), None)
-    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        exif = riff_chunk(head, b"EXIF")
-    if exif is not None and exif[:6] == b"Exif\x00\x00":
-        exif = exif[6:]
+    exif = head if head[:4] in (b"II*\x00", b"MM\x00*") else exif_block(head)
     return _tiff_orientation(exif) if exif else 1
+
+
+def upright_exif(exif: bytes) -> bytes | None:
+    """EXIF data (TIFF-structured) for the upright picture: its orientation tag set to 1 and
+    its second directory (a thumbnail, stored as the picture was) cut off; None where the
+    first directory cannot be followed."""
+    order = {b"II": "<", b"MM": ">"}.get(exif[:2])
+    if order is None or len(exif) < 8:
+        return None
+    (first,) = struct.unpack(order + "I", exif[4:8])
+    if first + 2 > len(exif):
+        return None
+    (count,) = struct.unpack(order + "H", exif[first:first + 2])
+    link = first + 2 + 12 * count
+    if link + 4 > len(exif):
+        return None
+    out = bytearray(exif)
+    for at in range(first + 2, link, 12):
+        if struct.unpack(order + "HH", out[at:at + 4]) == (0x0112, 3):  # SHORT orientation
+            out[at + 8:at + 10] = struct.pack(order + "H", 1)
+    out[link:link + 4] = bytes(4)
+    return bytes(out)
 
 
 def _tiff_tags(tiff: bytes, wanted: set[int]) -> dict[int, int]:
@@ -571,6 +589,17 @@ def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = 
     return pix_fmt
 
 
+def _input_exif(path: str | os.PathLike) -> bytes | None:
+    """The EXIF data (camera, date, place...) of the JPEG, PNG or WebP picture ``path``, as it
+    describes the upright picture written (:func:`upright_exif`); None where it has none."""
+    try:
+        with open(path, "rb") as fh:
+            exif = exif_block(fh.read(_HEAD_BYTES))
+    except OSError:
+        return None
+    return upright_exif(exif) if exif else None
+
+
 class ImageSink(SinkContext):
     """Writes exactly one (H, W, 3) RGB uint8/uint16 frame in the format of its suffix
     (IMAGE_FORMATS: 16 bits kept where the format has them), as :func:`save_image` does;
@@ -613,6 +642,8 @@ class ImageSink(SinkContext):
                         "into the %s picture: it is not carried", Path(info.path).name,
                         profile_space(self._profile), self.path.suffix.lower())
             self._profile = None
+        self._exif = _input_exif(info.path) if info is not None and holds_exif(
+            self.path.suffix) else None
         self._overwrite = overwrite
         self._size = (height, width)
         self._q = jpeg_scale
@@ -628,6 +659,11 @@ class ImageSink(SinkContext):
         check_frame(image, self._size, alpha=self.alpha)
         self._data, self.pix_fmt = encode_image(image, self._format, jpeg_scale=self._q,
                                                 name=self.path.name)
+        if self._exif is not None:  # first: a JPEG's ICC segments follow its EXIF
+            try:
+                self._data = embed_exif(self._data, self._exif)
+            except ValueError as exc:
+                log.warning("%s: the input's EXIF data is not carried: %s", self.path.name, exc)
         if self._profile is not None:
             try:
                 self._data = embed_profile(self._data, self._profile)
