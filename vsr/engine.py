@@ -233,21 +233,7 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
     """
     models = models if models is not None else ModelCache()
     info = source.info
-    if has_alpha(info.pix_fmt) and not info.alpha:
-        log.warning("%s has an alpha channel (%s) that this decoder does not read: the colour "
-                    "is upscaled, the output has no alpha (--decoder pyav reads it)",
-                    Path(info.path).name, info.pix_fmt)
-    if pictures := [o.index for o in info.others if o.type == "video" and not o.cover]:
-        log.warning("%s has %d video streams: upscaling stream %d (%dx%d), the one the ffmpeg "
-                    "program picks (by size, one marked default first), copying stream%s %s",
-                    Path(info.path).name, len(pictures) + 1, info.index,
-                    info.width, info.height, "s" if len(pictures) > 1 else "",
-                    ", ".join(map(str, pictures)))
-    if info.interlaced:
-        log.warning("%s: interlaced video (%s) is upscaled with the two fields of each frame "
-                    "woven together, and the output keeps their combing (vsr deinterlaces it "
-                    "with --decoder pyav, unless --no-deinterlace)", Path(info.path).name,
-                    info.interlaced)
+    _warn_of_input(info)
     total = frames_total if frames_total is not None else info.frames
     if total is not None and 0 < total < options.batch:
         # a batch is never more than the frames there are: --batch 1000 on a picture built
@@ -267,11 +253,30 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
     with open_sink(info, width, height) as sink:
         processor = prepared.processor(overlap,
                                        alpha=info.alpha and getattr(sink, "alpha", False))
-        stats = run_pipeline(frames, processor, sink, depth=depth,
-                             frames_total=frames_total if frames_total is not None
-                             else info.frames, progress=progress)
+        stats = run_pipeline(frames, processor, sink, depth=depth, frames_total=total,
+                             progress=progress)
     # a fallback switched the run (not the handle, which other runs share) to fp32
     dtype = torch.float32 if processor.report.fell_back_to_fp32 else handle.dtype
     return EngineRun(stats=stats, prepared=prepared, report=processor.report, width=width,
                      height=height, pix_fmt=sink.pix_fmt, copied_packets=sink.copied_packets,
                      dtype=dtype)
+
+
+def _warn_of_input(info: StreamInfo) -> None:
+    """Warn of what the run does not carry from the input as it is: an alpha plane the
+    decoder does not read, video streams besides the one upscaled, interlacing left woven."""
+    if has_alpha(info.pix_fmt) and not info.alpha:
+        log.warning("%s has an alpha channel (%s) that this decoder does not read: the colour "
+                    "is upscaled, the output has no alpha (--decoder pyav reads it)",
+                    Path(info.path).name, info.pix_fmt)
+    if pictures := [o.index for o in info.others if o.type == "video" and not o.cover]:
+        log.warning("%s has %d video streams: upscaling stream %d (%dx%d), the one the ffmpeg "
+                    "program picks (by size, one marked default first), copying stream%s %s",
+                    Path(info.path).name, len(pictures) + 1, info.index,
+                    info.width, info.height, "s" if len(pictures) > 1 else "",
+                    ", ".join(map(str, pictures)))
+    if info.interlaced:
+        log.warning("%s: interlaced video (%s) is upscaled with the two fields of each frame "
+                    "woven together, and the output keeps their combing (vsr deinterlaces it "
+                    "with --decoder pyav, unless --no-deinterlace)", Path(info.path).name,
+                    info.interlaced)

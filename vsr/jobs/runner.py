@@ -392,7 +392,8 @@ def weights_digest(model: str | None) -> str:
 
 
 def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) -> list[Task]:
-    """Skip, or plan one file into tasks (reusing finished segments with --resume)."""
+    """Skip, or plan one file into tasks: a picture (or a GIF output) is one task, a video
+    one per segment (reusing finished segments with --resume)."""
     assert job.output is not None
     identity = input_identity(job.input)  # before it is read: a change after fails its tasks
     fingerprint = _fingerprint(job, identity, config.segment_frames)
@@ -422,6 +423,14 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
                     identity=identity)
         _register(tracker, _File(job, file_id, None, [task], [], 1, identity))
         return [task]
+    return _plan_segmented(job, config, store, tracker, key, fingerprint, identity)
+
+
+def _plan_segmented(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker,
+                    key: tuple[str, str], fingerprint: str,
+                    identity: tuple[int, ...]) -> list[Task]:
+    """Cut a video at keyframes and plan a task for each segment not finished already (with
+    --resume); ``key``: the record's (input, output)."""
     check_output_codec(job.output, job.options.codec)  # before any segment, not at the join
     with PyAVSource(job.input) as src:
         info = src.info
