@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from vsr.errors import OutputError
@@ -354,3 +355,59 @@ def test_a_nut_whose_only_other_stream_is_left_out_keeps_its_times(tmp_path, enc
     with av.open(str(src)) as a, av.open(str(out)) as b:
         assert [s.type for s in b.streams] == ["video"]
         assert [f.time for f in b.decode(video=0)] == [f.time for f in a.decode(video=0)]
+
+
+def _adts_then_raw(tmp_path: Path) -> Path:
+    """A NUT of 12 frames whose AAC audio comes as ADTS frames, but for its 11th packet,
+    whose ADTS header is gone: muxers that keep AAC raw (MP4, Matroska) convert ADTS with a
+    bitstream filter chosen by the first packet, which refuses that packet mid-file."""
+    adts = tmp_path / "a.aac"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *_SINE[:-1], "sine=d=0.5",
+                    "-c:a", "aac", "-f", "adts", str(adts)], check=True)
+    src = tmp_path / "in" / "adts.nut"
+    src.parent.mkdir()
+    with av.open(str(adts)) as a_in, av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.options = {"preset": "ultrafast"}
+        audio = out.add_stream_from_template(a_in.streams.audio[0])
+        pictures = []
+        for k in range(12):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * k, np.uint8),
+                                               format="rgb24")
+            frame.pts = k
+            pictures += video.encode(frame)
+        pictures += video.encode(None)
+        sound = [p for p in a_in.demux(a_in.streams.audio[0]) if p.size]
+        assert all(bytes(p)[:2] == b"\xff\xf1" for p in sound)  # ADTS sync words
+        raw = av.Packet(bytes(sound[10])[7:])
+        raw.pts, raw.dts, raw.duration = sound[10].pts, sound[10].dts, sound[10].duration
+        raw.time_base = sound[10].time_base
+        sound[10] = raw
+        queue = [(p.dts * p.time_base, 0, p) for p in pictures]
+        queue += [(p.dts * p.time_base, 1, p) for p in sound]
+        for _, kind, p in sorted(queue, key=lambda item: item[:2]):
+            p.stream = audio if kind else video
+            out.mux(p)
+    return src
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_a_copied_packet_the_muxer_refuses_mid_file_is_one_error_naming_the_stream(
+        tmp_path, cli_error, suffix, encoder):
+    """The copy's own write failure (not the video's) names the stream and the output, and
+    leaves nothing: 'copying stream 1 into OUT failed: ...'. Through `--encoder ffmpeg` it
+    named no stream: ffmpeg's last line, 'av_interleaved_write_frame(): Invalid data found
+    when processing input', says only that the one before it failed."""
+    src = _adts_then_raw(tmp_path)
+    out = tmp_path / f"out{suffix}"
+    line = cli_error("upscale", str(src), str(out), "--model", "bicubic", "--scale", "2",
+                     "--preset", "ultrafast", "--encoder", encoder)
+    why = "Invalid data found when processing input"
+    if encoder == "pyav":
+        assert line == f"Error: copying stream 1 into {out} failed: {why}", line
+    else:
+        assert line == ("Error: ffmpeg exited with 1: Error applying bitstream filters to an "
+                        f"output packet for stream #1: {why}"), line
+    _nothing_left(tmp_path, src.parent, tmp_path / "a.aac")

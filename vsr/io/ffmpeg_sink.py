@@ -87,9 +87,11 @@ def _finish_failed(log_file) -> bool:
     return b"Error writing trailer" in text or b"Error closing file" in text
 
 
-# ffmpeg's closing lines that say only that something before them failed
+# ffmpeg's closing lines that say only that something before them failed (the mux call's
+# own line follows the one naming the stream whose packet the muxer refused)
 _GENERIC = re.compile(r"^(Error initializing output stream|Could not write header for output "
-                      r"file|Conversion failed|Error while opening encoder|Nothing was written)")
+                      r"file|Conversion failed|Error while opening encoder|Nothing was written|"
+                      r"av_interleaved_write_frame\(\):)")
 
 
 def _last_line(log_file) -> str:
