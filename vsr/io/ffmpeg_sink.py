@@ -28,7 +28,7 @@ import ffmpeg
 import numpy as np
 
 from vsr.errors import OutputError
-from vsr.io.info import StreamInfo, has_alpha, written_time_base
+from vsr.io.info import ColorInfo, StreamInfo, has_alpha, written_time_base
 from vsr.io.output import (
     SinkContext,
     check_frame,
@@ -131,6 +131,11 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
         scale["out_color_matrix"] = _MATRIX[c.matrix]
     scale_filter = "scale" + ("=" + ":".join(f"{k}={v}" for k, v in sorted(scale.items()))
                               if scale else "")
+    # the description as frame properties too (as VideoEncoder.frame): prores_ks writes each
+    # frame's own, which the scale filter leaves unspecified but for the matrix
+    described = [f"{key}={table[value]}" for key, table, value in _described(c, yuv)]
+    if described:
+        scale_filter += ",setparams=" + ":".join(described)
     others = [o.index for o in info.others] if carried is None else list(carried)
     order = sorted([info.index, *others])
     pos = order.index(info.index)  # the video's output stream index
@@ -171,15 +176,20 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
         args += [f"-color_range:{pos}", "pc" if c.range == 2 else "tv"]
         if c.range in (1, 2) and suffix in (".mp4", ".m4v"):
             args += ["-movflags", "+write_colr"]  # the range without a colour description
-        for key, table, value in (("colorspace", _SPACE, c.matrix),
-                                  ("color_primaries", _PRIM, c.primaries),
-                                  ("color_trc", _TRC, c.transfer)):
-            if value in table:
-                args += [f"-{key}:{pos}", table[value]]
+    for key, table, value in _described(c, yuv):
+        args += [f"-{key}:{pos}", table[value]]
     # raw RGB through the pipe carries none; x265 prints its banner unless told not to
     if params := hdr_params(config.codec, info) + x265_quiet(config.codec):
         args += [f"-{config.codec.removeprefix('lib')}-params:{pos}", ":".join(params)]
     return [*args, "-y", output]
+
+
+def _described(c: ColorInfo, yuv: bool) -> list[tuple[str, dict[int, str], int]]:
+    """(option, names, value) of the colour description ffmpeg is told: the matrix of YUV,
+    primaries and transfer of any output, where the input says them."""
+    wanted = (("colorspace", _SPACE, c.matrix if yuv else None),
+              ("color_primaries", _PRIM, c.primaries), ("color_trc", _TRC, c.transfer))
+    return [(key, table, value) for key, table, value in wanted if value in table]
 
 
 # disposition flags the ffmpeg program takes by name (5.1 on: newer ones are left out)

@@ -445,14 +445,17 @@ class VideoEncoder:
         self._color = c
         # the range the output declares: the input's, where it says one (0: none)
         self.color_range = c.range if self._yuv and c.range in (1, 2) else 0
+        # the description as frame properties too: some encoders (prores_ks) write each
+        # frame's own, and frames from swscale carry none (all unspecified in its headers)
+        self._described: dict[str, int] = {}
         if self._yuv:
             cc.color_range = c.sws_range
             if c.matrix not in (0, 2) and not self.pix_fmt.startswith("gray"):
-                cc.colorspace = c.matrix
+                cc.colorspace = self._described["colorspace"] = c.matrix
         if c.primaries not in (0, 2):
-            cc.color_primaries = c.primaries
+            cc.color_primaries = self._described["color_primaries"] = c.primaries
         if c.transfer not in (0, 2):
-            cc.color_trc = c.transfer
+            cc.color_trc = self._described["color_trc"] = c.transfer
         private = {o.name: o for o in cc.supported_options.private}
         opts: dict[str, str] = {}
         if config.crf is not None:
@@ -496,6 +499,8 @@ class VideoEncoder:
             h, w = self._size
             dst = np.frombuffer(plane, np.uint8, count=h * plane.line_size)
             np.copyto(dst.reshape(h, plane.line_size)[:, :w], image[..., 3])
+        for key, value in self._described.items():
+            setattr(out, key, value)
         out.pts = pts
         out.time_base = self._info.time_base
         return out
