@@ -158,3 +158,68 @@ def test_a_bench_stopped_by_a_signal_leaves_no_files(clip, tmp_path):
         assert proc.returncode == code, err
         assert err.strip().splitlines()[-1].startswith("Error: interrupted"), err
         assert list(out_dir.iterdir()) == [] and list(tmp.glob("vsr-bench-*")) == [], err
+
+
+
+def _bench_recorded(monkeypatch, config: BenchConfig) -> tuple[object, dict[str, list]]:
+    """run_bench(config) with, per stage, the batch sizes the prepared runner computed (the
+    calls between one stage's report and the next's) and, per sink, the frames written as
+    (pts, digest): the real runner and sinks do the work, their calls are recorded."""
+    import hashlib
+
+    from vsr.backends.base import Runner
+    from vsr.io.sink import PyAVSink
+
+    seen: dict[str, list] = {"before decode": []}
+    current = seen["before decode"]
+    real_call, real_write = Runner.__call__, PyAVSink.write
+
+    def call(self, x):
+        current.append(int(x.shape[0]))
+        return real_call(self, x)
+
+    def write(self, image, pts, duration=None):
+        name = self.path.name.split(".")[0].rstrip("0123456789")
+        seen.setdefault(name, []).append((pts, hashlib.sha1(image.tobytes()).hexdigest()))
+        real_write(self, image, pts)
+
+    def report(stage: str, fps: float) -> None:
+        nonlocal current
+        current = seen.setdefault(f"after {stage}", [])
+
+    monkeypatch.setattr(Runner, "__call__", call)
+    monkeypatch.setattr(PyAVSink, "write", write)
+    return run_bench(config, report), seen
+
+
+def test_every_stage_writes_each_frame_once_with_batches(clip, monkeypatch):
+    """With --batch 2 the serial loop drained the processor before each frame went in
+    (itertools.chain called drain() at once), so each frame was computed alone, padded to the
+    backend's batch of 2 (--batch 8: eight times the work), and the last frame was never
+    computed nor written; the warm-up frame stayed pending, entered the timed model stage and
+    shifted its outputs by one, so the encode stage wrote frame 0's image twice and never the
+    last one's. Every stage now computes the pipeline's batches and writes each frame's own
+    image once."""
+    src = clip("s.mp4", frames=4, size=(64, 48))
+    result, seen = _bench_recorded(monkeypatch, BenchConfig(
+        input=src, model="drn-t-x2", device="cpu", precision="fp32", backend="onnx",
+        batch=2, frames=4, encode=EncodeConfig(preset="ultrafast")))
+    assert result.backend == "onnx" and result.batch == 2
+    assert len(seen["pipeline"]) == 4 and len({d for _, d in seen["pipeline"]}) == 4
+    assert seen["encode"] == seen["pipeline"] == seen["serial"]
+    assert seen["after encode"] == [2, 2]  # the pipeline run
+    assert seen["after pipeline"] == [2, 2]  # the serial run: the same batches
+
+
+def test_a_batch_over_the_frames_is_held_to_them_in_every_stage(clip, monkeypatch):
+    """--batch 4 on a 3-frame clip: the pipeline ran batches of 3 (run_source holds the batch
+    to the frames) while the model and serial stages padded each 3 to 4 on a backend built
+    for them, and the result said batch 4. Every stage now runs the batch of 3 it reports."""
+    src = clip("s.mp4", frames=3, size=(64, 48))
+    result, seen = _bench_recorded(monkeypatch, BenchConfig(
+        input=src, model="drn-t-x2", device="cpu", precision="fp32", backend="onnx",
+        batch=4, frames=5, encode=EncodeConfig(preset="ultrafast")))
+    assert result.batch == 3 and result.backend == "onnx"
+    assert seen["after decode"] == [3, 3, 3]  # the check against eager, warm-up, model stage
+    assert seen["after encode"] == seen["after pipeline"] == [3]
+    assert seen["encode"] == seen["pipeline"] == seen["serial"]

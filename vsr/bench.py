@@ -173,6 +173,8 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
                   "frames (all of them do not fit in memory)",)
         log.info("%s", notes[0])
 
+    if n < config.batch:  # as run_source holds it: every stage runs the batch reported
+        config = replace(config, batch=n)
     prepared = models.prepare(handle, config, decoded[0].image)
     runner = prepared.runner
     if runner is not None:
@@ -180,8 +182,10 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
     make_proc = prepared.processor
 
     proc = make_proc(reuse=False)  # the model on every frame, repeated ones too
-    # warm-up: first-call allocations and kernel selection are not throughput
-    list(itertools.chain(proc.submit(decoded[0]), proc.drain()))
+    # warm-up: first-call allocations and kernel selection are not throughput. submit, then
+    # drain, in that order: a frame left pending would be computed in the timed stage
+    list(proc.submit(decoded[0]))
+    list(proc.drain())
     outputs = []  # the model's own output of each held frame: what the encode stage encodes
     t = time.perf_counter()
     for i in range(n):
@@ -234,9 +238,13 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
 
             def loop() -> None:
                 with sink(f"serial{run}") as k:
-                    for f in it:  # decode one, infer, encode, repeat: the popular scripts' loop
-                        for frame, image in itertools.chain(proc.submit(f), proc.drain()):
+                    # decode one, infer, encode, repeat: the popular scripts' loop (a batch:
+                    # its frames are decoded, then inferred at once, as the pipeline does)
+                    for f in it:
+                        for frame, image in proc.submit(f):
                             k.write(image, frame.pts)
+                    for frame, image in proc.drain():
+                        k.write(image, frame.pts)
             result = timed(loop)
             src.close()
             return result
