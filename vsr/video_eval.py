@@ -62,6 +62,7 @@ from vsr.options import (
     check_choice,
     check_deflicker,
     check_model,
+    check_scale,
     check_type,
 )
 from vsr.pipeline.temporal import Deflicker
@@ -160,8 +161,7 @@ class VideoEvalConfig(Config):
         if self.baseline is not None and self.baseline not in BASELINES:
             raise ConfigError(f"unknown baseline {self.baseline!r}; known: "
                               f"{', '.join(BASELINES)}")
-        if self.scale is not None and (not isinstance(self.scale, int) or self.scale < 2):
-            raise ConfigError(f"scale must be an integer >= 2, got {self.scale!r}")
+        check_scale(self.scale)  # the shared options' validator, as EvalConfig's
         check_model(self.model)
         if self.model == "bicubic" and self.scale is None:
             raise ConfigError("--model bicubic needs --scale")
