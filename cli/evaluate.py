@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -75,10 +74,11 @@ def _video_table(results: Sequence[ClipResult]) -> str:
 
 
 @click.command("eval")
-@click.option("--data", "-d", "data", multiple=True,
-              type=click.Path(file_okay=False, path_type=Path),
+# --data and --video stay str: click's Path('') is '.' (an unset shell variable scored the
+# current folder); the configs refuse an empty path by name
+@click.option("--data", "-d", "data", multiple=True, type=click.Path(file_okay=False),
               help="Benchmark folder (its HR/ subfolder, or itself holding HR images). Repeatable.")
-@click.option("--video", "videos", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--video", "videos", multiple=True, type=click.Path(dir_okay=False),
               help="Score on a video clip instead: its first --frames frames are the HR frames "
                    "and --degrade makes the LR input. Repeatable; not with --data.")
 @click.option("--degrade", "degrade", default=None, metavar="SPEC",
@@ -107,7 +107,7 @@ def _video_table(results: Sequence[ClipResult]) -> str:
               help="Score grayscale files on their gray values instead of Y, as the MATLAB "
                    "scripts behind published tables do (Set14's bridge.png). With --data only.")
 @json_option
-def evaluate(data: tuple[Path, ...], videos: tuple[Path, ...], degrade: str | None,
+def evaluate(data: tuple[str, ...], videos: tuple[str, ...], degrade: str | None,
              frames: int, seed: int | None, scale: int | None, model: str | None,
              baseline: str | None, device: str, precision: str, deflicker: float,
              raw_gray: bool,
