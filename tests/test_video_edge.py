@@ -3,6 +3,7 @@ codec, with both encoders."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from pathlib import Path
 
@@ -51,3 +52,46 @@ def test_prores_keeps_the_colour_description_in_its_frame_headers(tmp_path, enco
     out = tmp_path / "out.mov"
     _upscale(src, out, "prores_ks", encoder)
     assert _frame_colour(out) == (1, 1, 1)
+
+
+def _program_takes(codec: str, pix_fmt: str) -> bool:
+    said = subprocess.run(["ffmpeg", "-hide_banner", "-h", f"encoder={codec}"],
+                          capture_output=True, text=True).stdout
+    return pix_fmt in said.split()
+
+
+def _pix_fmt(path: Path) -> str:
+    with av.open(str(path)) as c:
+        return c.streams.video[0].codec_context.pix_fmt
+
+
+def test_the_ffmpeg_encoder_picks_from_the_ffmpeg_programs_own_formats(tmp_path):
+    """The pixel format was chosen from PyAV's encoder, which may lack what the ffmpeg
+    program's has: a 10-bit input through --encoder ffmpeg --codec libvpx-vp9 came out 8-bit
+    (PyAV's libvpx is built without high bit depth, the program's is not), and an encoder
+    PyAV lacks (libaom-av1) got 4:2:0 whatever the input."""
+    if not _program_takes("libvpx-vp9", "yuv422p10le"):
+        pytest.skip("the ffmpeg program's libvpx-vp9 has no 10-bit 4:2:2")
+    src = _clip(tmp_path / "in.mkv", "yuv422p10le", *_BT709)
+    out = tmp_path / "out.mkv"
+    _upscale(src, out, "libvpx-vp9", "ffmpeg")
+    assert _pix_fmt(out) == "yuv422p10le"
+
+
+def test_an_encoder_that_cannot_keep_the_depth_says_so(tmp_path, caplog):
+    """A 10-bit input encoded at 8 bits (PyAV's libvpx-vp9 takes 8-bit formats only) was
+    written without a word: HDR video banded. A --pix-fmt asked for is not warned of."""
+    if any("p10" in f.name for f in av.codec.Codec("libvpx-vp9", "w").video_formats):
+        pytest.skip("PyAV's libvpx-vp9 encodes 10 bits here")
+    src = _clip(tmp_path / "in.mkv", "yuv420p10le", *_BT709)
+    caplog.set_level(logging.WARNING, logger="vsr")
+    r = _upscale(src, tmp_path / "out.webm", "libvpx-vp9", "pyav")
+    assert r.pix_fmt == "yuv420p"
+    [said] = [rec.getMessage() for rec in caplog.records if "bits" in rec.getMessage()]
+    assert said.startswith("in.mkv: libvpx-vp9 encodes 8 bits at most here: the 10-bit "
+                           "input is written at 8 bits (yuv420p);"), said
+    caplog.clear()
+    upscale_file(UpscaleConfig(input=src, output=tmp_path / "asked.webm", model="bicubic",
+                               scale=2, encode=EncodeConfig(codec="libvpx-vp9",
+                                                            pix_fmt="yuv420p")))
+    assert not [rec for rec in caplog.records if "bits" in rec.getMessage()]

@@ -11,6 +11,7 @@ as argument lists; no shell is involved.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -50,6 +51,7 @@ from vsr.io.sink import (
     keeps_alpha,
     quiet_encoder,
     warn_alpha_lost,
+    warn_depth_lost,
     x265_quiet,
 )
 
@@ -85,6 +87,21 @@ def _finish_failed(log_file) -> bool:
     log_file.seek(0)
     text = log_file.read()
     return b"Error writing trailer" in text or b"Error closing file" in text
+
+
+@functools.cache
+def program_formats(codec: str) -> tuple[str, ...] | None:
+    """The pixel formats the ffmpeg program's encoder ``codec`` takes (its build may differ
+    from PyAV's: libvpx with or without 10 bits); None where it does not say."""
+    try:
+        said = subprocess.run(["ffmpeg", "-hide_banner", "-h", f"encoder={codec}"],
+                              capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in said.splitlines():
+        if line.strip().startswith("Supported pixel formats:"):
+            return tuple(line.split(":", 1)[1].split())
+    return None
 
 
 # ffmpeg's closing lines that say only that something before them failed (the mux call's
@@ -225,10 +242,14 @@ class FfmpegSink(SinkContext):
         suffix = self.path.suffix.lower()
         container = "matroska" if suffix in _MATROSKA_SUFFIXES else suffix or "this container"
         keep = info.alpha and keeps_alpha(config.codec, container)
+        formats = program_formats(config.codec)
         try:
-            self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
+            self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep,
+                                          formats=formats)
         except Exception:  # a codec only the system ffmpeg has: keep the input's depth
             self.pix_fmt = config.pix_fmt or ("yuv420p10le" if info.bit_depth > 8 else "yuv420p")
+        if config.pix_fmt is None:
+            warn_depth_lost(info, config.codec, self.pix_fmt, formats)
         check_chroma_size(config.codec, self.pix_fmt, width, height)
         quiet_encoder(config.codec)  # the ffmpeg program's SVT-AV1 reads it from its parent
         self.alpha = keep and has_alpha(self.pix_fmt)

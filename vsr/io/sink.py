@@ -12,6 +12,7 @@ import heapq
 import logging
 import os
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -273,17 +274,18 @@ def alpha_writer(codec: str, pix_fmt: str, container: str | None) -> str:
 
 
 def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
-                   alpha: bool = False) -> str:
+                   alpha: bool = False, formats: Sequence[str] | None = None) -> str:
     """The encoder pixel format: the request, else the input's bit depth and chroma layout
     where the codec allows it (10-bit stays 10-bit), else the codec's nearest 8-bit format.
 
     ``alpha``: the frames carry an alpha plane the output can keep (:func:`keeps_alpha`); the
     format then has alpha where the codec has one. Never one with alpha otherwise unless
     requested: the frames are RGB (an alpha plane would be all opaque, and an encoder may list
-    such a format it was built without, as libx265 does)."""
-    check_codec(codec)
-    encoder = av.codec.Codec(codec, "w")
-    formats = [f.name for f in (encoder.video_formats or ())]
+    such a format it was built without, as libx265 does). ``formats``: those the encoder
+    takes (the ffmpeg program's may differ from PyAV's); None: PyAV's encoder's."""
+    if formats is None:
+        check_codec(codec)
+        formats = [f.name for f in (av.codec.Codec(codec, "w").video_formats or ())]
     if requested is not None:
         if formats and requested not in formats:
             raise ConfigError(f"{codec} cannot encode {requested}; it takes {', '.join(formats)}")
@@ -293,7 +295,7 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
     named = format_has_alpha(info.pix_fmt)  # by the name: a GIF's bgra has it, used or not
     # H.264 4:0:0 comes out of FFmpeg's decoder as yuv420p, its range applied, while swscale
     # writes grey at full range whatever is asked: grey video's contrast came out stretched
-    grey_h264 = info.pix_fmt.startswith("gray") and encoder.canonical_name == "h264"
+    grey_h264 = info.pix_fmt.startswith("gray") and _canonical(codec) == "h264"
     if info.pix_fmt in formats and not grey_h264 and (
             named if alpha else not (named or has_alpha(info.pix_fmt))):
         return info.pix_fmt
@@ -308,6 +310,39 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
                        f.startswith("nv")),
     )
     return ranked[0] if ranked else formats[0]
+
+
+def _canonical(codec: str) -> str | None:
+    """The codec the encoder ``codec`` writes ("h264" for libx264), where PyAV knows it."""
+    try:
+        return av.codec.Codec(codec, "w").canonical_name
+    except (av.error.FFmpegError, ValueError):
+        return None
+
+
+# encoders that keep 10 bits or more, in the order a warning suggests them
+_DEEP_ADVICE = ("libx265", "libsvtav1", "libx264", "ffv1")
+
+
+def warn_depth_lost(info: StreamInfo, codec: str, pix_fmt: str,
+                    formats: Sequence[str] | None = None) -> None:
+    """Warn where ``pix_fmt``, chosen for ``codec`` (which takes ``formats``; None: PyAV's
+    encoder's), holds fewer bits than the input ``info``: the same words for every segment
+    of a file, so a batch says it once."""
+    depth = bit_depth_of(pix_fmt)
+    if depth >= info.bit_depth:
+        return
+    if formats is None:
+        formats = ([f.name for f in (av.codec.Codec(codec, "w").video_formats or ())]
+                   if codec in av.codecs_available else [])
+    most = max((bit_depth_of(f) for f in formats), default=depth)
+    deep = [c for c in _DEEP_ADVICE if c != codec and c in av.codecs_available
+            and max(map(bit_depth_of, av.codec.Codec(c, "w").video_formats or ()), default=0)
+            >= info.bit_depth]
+    log.warning("%s: %s encodes %d bits at most here: the %d-bit input is written at %d bits "
+                "(%s); codecs that keep %d: %s", Path(info.path).name or info.path, codec,
+                most, info.bit_depth, depth, pix_fmt, info.bit_depth,
+                ", ".join(deep) or "none here")
 
 
 def _check_named_option(codec: str, option: av.codec.context.CodecOption, value: str) -> None:
@@ -422,6 +457,8 @@ class VideoEncoder:
                               "use another --codec, e.g. libx264")
         keep = info.alpha and keeps_alpha(config.codec, container)
         self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
+        if config.pix_fmt is None:
+            warn_depth_lost(info, config.codec, self.pix_fmt)
         check_chroma_size(config.codec, self.pix_fmt, width, height)
         quiet_encoder(config.codec)
         self.alpha = keep and has_alpha(self.pix_fmt)
