@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -95,3 +96,16 @@ def test_an_encoder_that_cannot_keep_the_depth_says_so(tmp_path, caplog):
                                scale=2, encode=EncodeConfig(codec="libvpx-vp9",
                                                             pix_fmt="yuv420p")))
     assert not [rec for rec in caplog.records if "bits" in rec.getMessage()]
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_an_anamorphic_video_keeps_its_pixel_shape(tmp_path, encoder):
+    """A stored picture shown wider than it is (a DVD's 720x576 at 16:9; here 16:11 pixels):
+    through --encoder ffmpeg the sample aspect ratio was lost, so the video showed squeezed
+    with square pixels."""
+    src = _clip(tmp_path / "in.mkv", "yuv420p", "-vf", "setsar=16/11")
+    out = tmp_path / "out.mp4"
+    _upscale(src, out, "libx264", encoder)
+    for path in (src, out):
+        with av.open(str(path)) as c:
+            assert c.streams.video[0].sample_aspect_ratio == Fraction(16, 11), path

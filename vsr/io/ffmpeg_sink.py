@@ -153,6 +153,9 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     described = [f"{key}={table[value]}" for key, table, value in _described(c, yuv)]
     if described:
         scale_filter += ",setparams=" + ":".join(described)
+    if info.sample_aspect_ratio:  # NUT's raw frames carry none: anamorphic video showed squeezed
+        sar = info.sample_aspect_ratio
+        scale_filter += f",setsar={sar.numerator}/{sar.denominator}"
     others = [o.index for o in info.others] if carried is None else list(carried)
     order = sorted([info.index, *others])
     pos = order.index(info.index)  # the video's output stream index
