@@ -141,3 +141,25 @@ def test_batch_join_keeps_the_rotation(tmp_path):
         frame = next(c.decode(video=0))
         assert round(frame.rotation) == round(next(av.open(str(src)).decode(video=0)).rotation)
         assert round(frame.rotation) in (90, -90)
+
+
+_PHONE_TAGS = {"com.apple.quicktime.make": "Apple", "com.apple.quicktime.model": "iPhone 12",
+               "com.apple.quicktime.location.ISO6709": "+48.8584+002.2945+035.000/",
+               "com.apple.quicktime.creationdate": "2021-05-01T10:00:00+0200"}
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".mp4", ".mkv"])
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_a_phones_metadata_keys_are_kept(tmp_path, suffix, encoder):
+    """A phone's MOV keeps its make, model, place and time of recording as QuickTime
+    metadata keys (mdta, named com.apple.quicktime.*), which the MOV/MP4 muxer writes only
+    when asked (use_metadata_tags): into .mov and .mp4 they were dropped without a word."""
+    src = tmp_path / "phone.mov"
+    tags = [arg for key, value in _PHONE_TAGS.items() for arg in ("-metadata", f"{key}={value}")]
+    _ffmpeg(*_x264(), "-movflags", "use_metadata_tags", *tags, src)
+    out = tmp_path / f"out{suffix}"
+    _upscale(src, out, encoder)
+    for path in (src, out):
+        with av.open(str(path)) as c:  # Matroska's tag names are upper case
+            tags = {k.lower(): v for k, v in c.metadata.items()}
+            assert {k: tags.get(k.lower()) for k in _PHONE_TAGS} == _PHONE_TAGS, path

@@ -38,7 +38,7 @@ from vsr.io.output import (
     finish,
     temp_path_for,
 )
-from vsr.io.passthrough import check_carry
+from vsr.io.passthrough import check_carry, container_tags, metadata_movflags
 from vsr.io.paths import file_url, negative_ts_option, output_format
 from vsr.io.sink import (
     EncodeConfig,
@@ -192,10 +192,14 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
         args += [f"-crf:{pos}", str(config.crf)]
     if config.preset is not None:
         args += [f"-preset:{pos}", config.preset]
+    with av.open(file_url(info.path)) as src:  # the tags -map_metadata copies
+        movflags = metadata_movflags(fmt, container_tags(dict(src.metadata)))
     if yuv:
         args += [f"-color_range:{pos}", "pc" if c.range == 2 else "tv"]
         if c.range in (1, 2) and suffix in (".mp4", ".m4v"):
-            args += ["-movflags", "+write_colr"]  # the range without a colour description
+            movflags += "+write_colr"  # the range without a colour description
+    if movflags:
+        args += ["-movflags", movflags]
     for key, table, value in _described(c, yuv):
         args += [f"-{key}:{pos}", table[value]]
     # raw RGB through the pipe carries none; x265 prints its banner unless told not to

@@ -37,8 +37,9 @@ _COVER_STREAM_FORMATS = frozenset({"mp4"})
 # up, as 'Invalid argument'); MPEG-TS takes them and writes an empty data stream.
 _ATTACHMENT_FORMATS = frozenset({"matroska"})
 
-# Output formats whose muxer writes no track for a stream without packets (movenc).
-_EMPTY_LEFT_OUT = frozenset({"mp4", "mov", "ipod", "3gp", "3g2", "ismv", "psp", "f4v"})
+# The MOV/MP4 muxer's formats (movenc): they write no track for a stream without packets,
+# and QuickTime metadata keys only when asked (metadata_movflags).
+MOVENC_FORMATS = frozenset({"mp4", "mov", "ipod", "3gp", "3g2", "ismv", "psp", "f4v"})
 
 # Tags the muxer writes itself, or that describe the input's encode of a stream (Matroska's
 # statistics tags, mkvmerge's with a "-eng" suffix): copied, they would misdescribe the output.
@@ -51,6 +52,16 @@ _STATS_KEYS = frozenset({"DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS
 def container_tags(meta: dict[str, str]) -> dict[str, str]:
     """The input's container tags an output should carry (any case of the muxer's own left out)."""
     return {k: v for k, v in meta.items() if k.upper() not in _OWN_KEYS}
+
+
+def metadata_movflags(fmt: str | None, tags: dict[str, str]) -> str:
+    """The movflags the muxer ``fmt`` needs to keep the container ``tags``: a phone's MOV
+    holds its make, model, place and time of recording as QuickTime metadata keys named in
+    reverse DNS (com.apple.quicktime.location.ISO6709, com.android.capture.fps), which the
+    MOV/MP4 muxer writes only with use_metadata_tags (they were dropped); "" where none."""
+    if fmt in MOVENC_FORMATS and any("." in key for key in tags):
+        return "+use_metadata_tags"
+    return ""
 
 
 def video_tags(meta: dict[str, str]) -> dict[str, str]:
@@ -331,7 +342,7 @@ class Passthrough:
         """Mux the packets left; say which copied streams held none where the output's muxer
         then leaves the stream out (MP4 and MOV write no track without samples)."""
         self.mux_until(output, None)
-        if output.format.name not in _EMPTY_LEFT_OUT:
+        if output.format.name not in MOVENC_FORMATS:
             return
         for src, out_s in self._map.items():
             if not self.copied[src]:

@@ -39,7 +39,7 @@ from vsr.io.output import (
     temp_path_for,
     write_error,
 )
-from vsr.io.passthrough import Passthrough, container_tags, video_tags
+from vsr.io.passthrough import Passthrough, container_tags, metadata_movflags, video_tags
 from vsr.io.paths import file_url, negative_ts_option
 from vsr.options import Config
 
@@ -601,13 +601,16 @@ class PyAVSink(SinkContext):
             if self._enc.color_range and "mp4" in out.format.name.split(","):
                 # H.264 writes its range only beside a colour description (x264's VUI):
                 # the MP4 'colr' box carries it alone
-                out.container_options["movflags"] = "+write_colr"
+                out.container_options["movflags"] = (
+                    out.container_options.get("movflags", "") + "+write_colr")
 
         if copy_streams:
             self._pass = Passthrough(info.path, exclude=info.index)
             self._pass.output_name = self.path
-            meta = self._pass.metadata
-            out.metadata.update(container_tags(meta))
+            meta = container_tags(self._pass.metadata)
+            out.metadata.update(meta)
+            if flags := metadata_movflags(out.format.name, meta):  # read at the header
+                out.container_options["movflags"] = flags
             self._pass.add_streams(out, add_video)
             chapters = self._pass.chapters
             if chapters:
