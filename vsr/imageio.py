@@ -13,17 +13,11 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from av.video.reformatter import Interpolation
 
 from vsr.errors import InputError, OutputError
 from vsr.io.image import IMAGE_SUFFIXES, jpeg_qscale, limit_stream, open_limited, save_image
+from vsr.io.info import EXACT_RGB
 from vsr.io.paths import file_url
-
-
-# swscale's flags for subsampled YUV -> RGB: its default (bicubic, chroma interpolated
-# roughly, rounded down) made 4:2:0 and 4:2:2 JPEGs half a level to one level darker than
-# libjpeg shows them; this matches libjpeg to a level (a width odd in 4:2:x still drifts)
-_TO_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 def _decode(path: Path) -> av.VideoFrame:
@@ -66,7 +60,7 @@ def read_image_and_gray(path: str | os.PathLike) -> tuple[torch.Tensor, bool]:
         deep = frame.to_ndarray(format="rgb48le").astype(np.uint32)  # (H, W, 3), 0..65535
         rgb = ((2 * deep + 257) // 514).astype(np.uint8)  # floor(v / 257 + 1/2), exactly
     else:  # (H, W, 3); gray replicated exactly
-        rgb = frame.to_ndarray(format="rgb24", interpolation=_TO_RGB)
+        rgb = frame.to_ndarray(format="rgb24", interpolation=EXACT_RGB)  # as libjpeg, to a level
     image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
     return image, _is_gray(frame)
 

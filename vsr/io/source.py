@@ -27,6 +27,7 @@ from vsr.io.image import (
     upright,
 )
 from vsr.io.info import (
+    EXACT_RGB,
     ColorInfo,
     Frame,
     HdrMetadata,
@@ -338,7 +339,8 @@ class PyAVSource:
         c = self.info.color
         return frame.to_ndarray(format=self._fmt, src_colorspace=c.sws_matrix,
                                 src_color_range=c.sws_range if frame.format.name.startswith("yuv")
-                                and not frame.format.name.startswith("yuvj") else None)
+                                and not frame.format.name.startswith("yuvj") else None,
+                                interpolation=EXACT_RGB if self._fmt == "rgb24" else None)
 
     def _check_same(self, pts: int | None, frame: av.VideoFrame) -> None:
         """Raise InputError where ``frame`` has another size than the first, or a pixel

@@ -31,11 +31,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import av
 import numpy as np
+from av.video.reformatter import Interpolation
 
 from vsr.errors import ConfigError, InputError, OutputError
 from vsr.io.ffmpeg_sink import FfmpegRelay
 from vsr.io.image import check_pixels, limit_stream
-from vsr.io.info import ColorInfo, StreamInfo, bit_depth_of, field_order
+from vsr.io.info import EXACT_RGB, ColorInfo, StreamInfo, bit_depth_of, field_order
 from vsr.io.output import same_file as same_file_path
 from vsr.io.sink import EncodeConfig, VideoEncoder
 from vsr.io.source import Deinterlacer, frame_time_base, pictures, rgb_format, video_stream
@@ -689,11 +690,13 @@ def fit_frame(frame: av.VideoFrame, size: tuple[int, int], fmt: str) -> np.ndarr
     """``frame`` as (h, w, 3) RGB of ``fmt`` at ``size`` = (w, h): itself where it has that
     size, else scaled (bicubic) to fit inside with its aspect kept, centred on black."""
     w, h = size
+    exact = fmt == "rgb24"  # 8-bit Y'CbCr -> RGB as the standard says (vsr.io.info.EXACT_RGB)
     if (frame.width, frame.height) == size:
-        return frame.to_ndarray(format=fmt)
+        return frame.to_ndarray(format=fmt, interpolation=EXACT_RGB if exact else None)
     k = min(w / frame.width, h / frame.height)
     fw, fh = max(1, min(w, round(frame.width * k))), max(1, min(h, round(frame.height * k)))
-    image = frame.reformat(width=fw, height=fh, format=fmt, interpolation="BICUBIC").to_ndarray()
+    scaler = (EXACT_RGB & ~Interpolation.BILINEAR) | Interpolation.BICUBIC if exact else "BICUBIC"
+    image = frame.reformat(width=fw, height=fh, format=fmt, interpolation=scaler).to_ndarray()
     if (fw, fh) == size:
         return image
     out = np.zeros((h, w, 3), image.dtype)
