@@ -21,10 +21,11 @@ _BT709 = ("-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt
           "-color_range", "tv")
 
 
-def _clip(path: Path, pix_fmt: str, *tags: str) -> Path:
-    """Four FFV1 frames of 64x48 in ``pix_fmt`` with the colour ``tags`` (ffmpeg options)."""
+def _clip(path: Path, pix_fmt: str, *tags: str, source: str = "testsrc2=") -> Path:
+    """Four FFV1 frames of 64x48 in ``pix_fmt`` with the colour ``tags`` (ffmpeg options),
+    of the lavfi ``source`` (its name and options up to the size)."""
     subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=s=64x48:r=25:d=0.16", "-c:v", "ffv1", "-pix_fmt", pix_fmt, *tags,
+                    f"{source}s=64x48:r=25:d=0.16", "-c:v", "ffv1", "-pix_fmt", pix_fmt, *tags,
                     str(path)], check=True)
     return path
 
@@ -109,3 +110,24 @@ def test_an_anamorphic_video_keeps_its_pixel_shape(tmp_path, encoder):
     for path in (src, out):
         with av.open(str(path)) as c:
             assert c.streams.video[0].sample_aspect_ratio == Fraction(16, 11), path
+
+
+def _luma(path: Path) -> tuple[float, int]:
+    """The first frame's mean luma (10-bit) and the range it is read in."""
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+        return float(frame.to_ndarray()[0].mean()), frame.color_range
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_a_full_range_input_into_prores_keeps_its_levels(tmp_path, encoder):
+    """ProRes has no full-range flag (its decoder reads every frame as limited range): a
+    full-range input was written with its full-range levels and read back as limited, its
+    contrast stretched (a dark grey 43 came back 30). It is written at limited range."""
+    src = _clip(tmp_path / "in.mkv", "yuv420p10le", *_BT709[:-1], "pc",
+                source="color=c=0x202020:")
+    out = tmp_path / "out.mov"
+    _upscale(src, out, "prores_ks", encoder)
+    (full, full_range), (limited, limited_range) = _luma(src), _luma(out)
+    assert (full_range, limited_range) == (2, 1)
+    assert abs(limited - (64 + full * 876 / 1023)) < 1.5

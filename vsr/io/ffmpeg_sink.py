@@ -48,10 +48,12 @@ from vsr.io.sink import (
     check_holds,
     choose_pix_fmt,
     hdr_params,
+    is_yuv,
     keeps_alpha,
     quiet_encoder,
     warn_alpha_lost,
     warn_depth_lost,
+    written_colour,
     x265_quiet,
 )
 
@@ -137,11 +139,9 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     Built by hand rather than with ffmpeg-python, whose graph sort puts the inputs in the order
     the streams are mapped (the file first when its audio is stream 0).
     """
-    c = info.color  # as vsr.io.sink.VideoEncoder: JPEG YUV is full range, grey has no matrix
-    yuv = pix_fmt.startswith(("yuv", "nv", "p0", "p2", "gray"))
-    if pix_fmt.startswith("yuvj"):
-        c = replace(c, range=2)
-    if pix_fmt.startswith("gray"):
+    c = written_colour(config.codec, pix_fmt, info.color)  # as vsr.io.sink.VideoEncoder
+    yuv = is_yuv(pix_fmt)
+    if pix_fmt.startswith("gray"):  # grey has no matrix
         c = replace(c, matrix=2)
     scale = {"out_range": "pc" if c.range == 2 else "tv"} if yuv else {}
     if yuv and c.matrix in _MATRIX:

@@ -22,6 +22,7 @@ import numpy as np
 
 from vsr.errors import ConfigError, OutputError
 from vsr.io.info import (
+    ColorInfo,
     StreamInfo,
     bit_depth_of,
     clock_reset,
@@ -312,6 +313,26 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
     return ranked[0] if ranked else formats[0]
 
 
+# Encoders whose bitstream has no full-range flag: their decoders read every frame as limited
+# range, so a full-range input written as it is came back with its contrast stretched.
+_LIMITED_RANGE_ENCODERS = frozenset({"prores_ks", "prores_aw", "prores"})
+
+
+def is_yuv(pix_fmt: str) -> bool:
+    """Whether ``pix_fmt`` is YUV or grey (luma alone): formats that take a range."""
+    return pix_fmt.startswith(("yuv", "nv", "p0", "p2", "gray"))
+
+
+def written_colour(codec: str, pix_fmt: str, color: ColorInfo) -> ColorInfo:
+    """The colour properties ``codec`` writes in ``pix_fmt`` for an input of ``color``: JPEG
+    YUV (yuvj) is full range whatever was said, ProRes limited (it cannot say full)."""
+    if pix_fmt.startswith("yuvj"):
+        return replace(color, range=2)
+    if codec in _LIMITED_RANGE_ENCODERS and color.range == 2:
+        return replace(color, range=1)
+    return color
+
+
 def _canonical(codec: str) -> str | None:
     """The codec the encoder ``codec`` writes ("h264" for libx264), where PyAV knows it."""
     try:
@@ -472,14 +493,11 @@ class VideoEncoder:
             cc.framerate = info.frame_rate
         if info.sample_aspect_ratio:
             cc.sample_aspect_ratio = info.sample_aspect_ratio
-        c = info.color
         # YUV and grey (luma alone) take a range, and YUV a matrix: the input's, so that the
-        # output shows as it does. JPEG YUV (yuvj) is full range whatever was said; grey was
-        # written full range and declared nothing, so players stretched its contrast.
-        self._yuv = self.pix_fmt.startswith(("yuv", "nv", "p0", "p2", "gray"))
-        if "yuvj" in self.pix_fmt:
-            c = replace(c, range=2)
-        self._color = c
+        # output shows as it does; grey was written full range and declared nothing, so
+        # players stretched its contrast.
+        self._yuv = is_yuv(self.pix_fmt)
+        self._color = c = written_colour(config.codec, self.pix_fmt, info.color)
         # the range the output declares: the input's, where it says one (0: none)
         self.color_range = c.range if self._yuv and c.range in (1, 2) else 0
         # the description as frame properties too: some encoders (prores_ks) write each
