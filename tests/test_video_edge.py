@@ -113,21 +113,26 @@ def test_an_anamorphic_video_keeps_its_pixel_shape(tmp_path, encoder):
 
 
 def _luma(path: Path) -> tuple[float, int]:
-    """The first frame's mean luma (10-bit) and the range it is read in."""
+    """The first frame's mean luma (in its own bit depth) and the range it is read in."""
     with av.open(str(path)) as c:
         frame = next(c.decode(video=0))
         return float(frame.to_ndarray()[0].mean()), frame.color_range
 
 
+@pytest.mark.parametrize(("codec", "suffix"), [("prores_ks", ".mov"), ("mpeg2video", ".mkv"),
+                                               ("libvpx", ".webm")])
 @pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
-def test_a_full_range_input_into_prores_keeps_its_levels(tmp_path, encoder):
-    """ProRes has no full-range flag (its decoder reads every frame as limited range): a
-    full-range input was written with its full-range levels and read back as limited, its
-    contrast stretched (a dark grey 43 came back 30). It is written at limited range."""
-    src = _clip(tmp_path / "in.mkv", "yuv420p10le", *_BT709[:-1], "pc",
+def test_a_full_range_input_into_a_codec_without_a_range_flag_keeps_its_levels(
+        tmp_path, encoder, codec, suffix):
+    """ProRes, MPEG-2 and VP8 have no full-range flag (their decoders read every frame as
+    limited range): a full-range input was written with its full-range levels and read back
+    as limited, its contrast stretched (a dark grey 43 came back 30). It is written at
+    limited range."""
+    src = _clip(tmp_path / "in.mkv", "yuv420p", *_BT709[:-1], "pc",
                 source="color=c=0x202020:")
-    out = tmp_path / "out.mov"
-    _upscale(src, out, "prores_ks", encoder)
+    out = tmp_path / f"out{suffix}"
+    _upscale(src, out, codec, encoder)
     (full, full_range), (limited, limited_range) = _luma(src), _luma(out)
     assert (full_range, limited_range) == (2, 1)
-    assert abs(limited - (64 + full * 876 / 1023)) < 1.5
+    scale = 1023 if _pix_fmt(out).endswith("10le") else 255
+    assert abs(limited / scale * 255 - (16 + full * 219 / 255)) < 1.5, (full, limited)

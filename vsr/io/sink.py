@@ -313,9 +313,10 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
     return ranked[0] if ranked else formats[0]
 
 
-# Encoders whose bitstream has no full-range flag: their decoders read every frame as limited
-# range, so a full-range input written as it is came back with its contrast stretched.
-_LIMITED_RANGE_ENCODERS = frozenset({"prores_ks", "prores_aw", "prores"})
+# Codecs whose bitstream has no full-range flag (ProRes, MPEG-1/2 video, VP8): their decoders
+# read every frame as limited range, so a full-range input written as it was came back with
+# its contrast stretched.
+_LIMITED_RANGE_CODECS = frozenset({"prores", "mpeg1video", "mpeg2video", "vp8"})
 
 
 def is_yuv(pix_fmt: str) -> bool:
@@ -324,11 +325,12 @@ def is_yuv(pix_fmt: str) -> bool:
 
 
 def written_colour(codec: str, pix_fmt: str, color: ColorInfo) -> ColorInfo:
-    """The colour properties ``codec`` writes in ``pix_fmt`` for an input of ``color``: JPEG
-    YUV (yuvj) is full range whatever was said, ProRes limited (it cannot say full)."""
+    """The colour properties the encoder ``codec`` writes in ``pix_fmt`` for an input of
+    ``color``: JPEG YUV (yuvj) is full range whatever was said; ProRes, MPEG-1/2 and VP8
+    limited (they cannot say full)."""
     if pix_fmt.startswith("yuvj"):
         return replace(color, range=2)
-    if codec in _LIMITED_RANGE_ENCODERS and color.range == 2:
+    if color.range == 2 and (_canonical(codec) or codec) in _LIMITED_RANGE_CODECS:
         return replace(color, range=1)
     return color
 
