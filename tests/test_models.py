@@ -203,3 +203,30 @@ def test_bicubic_handle_needs_scale() -> None:
     h = load_model("bicubic", scale=3)
     x = torch.full((1, 3, 4, 4), 100, dtype=torch.uint8)
     assert torch.equal(h.upscale(x), torch.full((1, 3, 12, 12), 100, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 5), (1, 17), (8, 8)])
+def test_a_tiny_picture_keeps_its_colour(size: tuple[int, int]) -> None:
+    """Under 16 pixels a side the network sees the picture centred in 16 (edges repeated): the
+    convolutions' zero padding turned a 1x1 (10, 200, 30) into (50, 134, 52)."""
+    from vsr.loading import load_model
+
+    handle = load_model("drn-t-x2-drc50", device="cpu", precision="fp32")
+    colour = torch.tensor([10, 200, 30], dtype=torch.uint8).view(1, 3, 1, 1)
+    y = handle.upscale(colour.expand(1, 3, *size).contiguous())
+    assert tuple(y.shape) == (1, 3, 2 * size[0], 2 * size[1])
+    assert (y.float().mean((0, 2, 3)) - colour.flatten().float()).abs().max() <= 1.5
+
+
+def test_a_backend_pads_a_tiny_picture_as_the_handle_does() -> None:
+    pytest.importorskip("onnxruntime")
+    from vsr.backends import prepare_for_frame
+    from vsr.loading import load_model
+
+    handle = load_model("drn-t-x2-drc50", device="cpu", precision="fp32")
+    image = torch.randint(0, 256, (3, 5, 3), dtype=torch.uint8, generator=torch.Generator()
+                          .manual_seed(0))
+    runner = prepare_for_frame(handle, "onnx", image)
+    assert runner.backend == "onnx"
+    x = image.permute(2, 0, 1)[None].float() / 255
+    assert torch.allclose(runner(x), handle.infer(x), atol=1e-4)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vsr.loading import dtype_name
+from vsr.models.handle import input_padding, run_padded
 
 log = logging.getLogger("vsr.backends")
 
@@ -95,10 +95,10 @@ class NetworkOnly(nn.Module):
 
 
 def padded_shape(handle, shape: Shape) -> Shape:
-    """The shape the network sees once the handle pads to its size multiple."""
+    """The shape the network sees once the handle pads it (vsr.models.handle.input_padding)."""
     n, c, h, w = shape
-    m = handle.size_multiple
-    return (n, c, h + (-h) % m, w + (-w) % m)
+    left, right, top, bottom = input_padding(handle, h, w)
+    return (n, c, h + top + bottom, w + left + right)
 
 
 @dataclass
@@ -118,18 +118,10 @@ class Runner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.fn is None or tuple(x.shape) != self.shape or x.dtype != self.dtype:
             return self.handle.infer(x)
-        h, w = x.shape[-2:]
-        s = self.handle.scale
         with torch.inference_mode():
-            ph, pw = (-h) % self.handle.size_multiple, (-w) % self.handle.size_multiple
-            if ph or pw:
-                x = F.pad(x, (0, pw, 0, ph), mode="replicate")
             # frames arrive channels-last (a permuted HWC buffer); compiled graphs and engines
             # are specialised on contiguous NCHW, so one copy here avoids a recompile
-            y = self.fn(x.contiguous())
-            if ph or pw:
-                y = y[..., : h * s, : w * s]
-        return y
+            return run_padded(self.handle, lambda padded: self.fn(padded.contiguous()), x)
 
     def describe(self) -> dict:
         return {"backend": self.backend, "shape": list(self.shape),
