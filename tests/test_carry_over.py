@@ -163,3 +163,21 @@ def test_a_phones_metadata_keys_are_kept(tmp_path, suffix, encoder):
         with av.open(str(path)) as c:  # Matroska's tag names are upper case
             tags = {k.lower(): v for k, v in c.metadata.items()}
             assert {k: tags.get(k.lower()) for k in _PHONE_TAGS} == _PHONE_TAGS, path
+
+
+def test_the_ffmpeg_encoder_reports_the_packets_it_copied(tmp_path):
+    """`vsr upscale --json --encoder ffmpeg` said "copied_packets": {} where it had copied
+    the audio and subtitles: a script checking the report thought nothing was carried. The
+    counts are the output's, as the PyAV encoder's are."""
+    src = tmp_path / "in.mkv"
+    (tmp_path / "s.srt").write_text("1\n00:00:00,000 --> 00:00:00,200\nHello\n")
+    _ffmpeg("-f", "lavfi", "-i", "sine=d=0.4", "-i", tmp_path / "s.srt", "-map", "0",
+            "-map", "1", "-map", "2", *_x264(), "-c:a", "aac", "-c:s", "srt", src)
+    reports = {}
+    for encoder in ("pyav", "ffmpeg"):
+        reports[encoder] = upscale_file(UpscaleConfig(
+            input=src, output=tmp_path / f"{encoder}.mkv", model="bicubic", scale=2,
+            encoder=encoder)).copied_packets
+    with av.open(str(src)) as c:
+        audio = sum(1 for p in c.demux(audio=0) if p.size)
+    assert reports["ffmpeg"] == reports["pyav"] == {1: audio, 2: 1}

@@ -277,6 +277,10 @@ class FfmpegSink(SinkContext):
         # warning (data, cover art) here, as the PyAV sink does, before any frame is made:
         # ffmpeg would fail at its header, after the first frame, with no word of which stream
         carried = check_carry(info.path, self.path, info.index, warn=True, attach_covers=False)
+        # output stream -> input stream, for the count of what was copied
+        self._sources = sorted([info.index, *(
+            carried if carried is not None else (o.index for o in info.others))])
+        self._copied: dict[int, int] = {}
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sink
         args = build_command(info, file_url(self._temp), self.pix_fmt, config, carried)
         log.debug("ffmpeg command: %s", args)
@@ -302,7 +306,21 @@ class FfmpegSink(SinkContext):
 
     @property
     def copied_packets(self) -> dict[int, int]:
-        return {}
+        """Packets per copied input stream, as the finished output holds them (empty before
+        it is finished, or where PyAV cannot read it)."""
+        return dict(self._copied)
+
+    def _count_copied(self) -> dict[int, int]:
+        copied = {i: 0 for i in self._sources if i != self._info.index}
+        try:
+            with av.open(file_url(self.path)) as out:
+                for pkt in out.demux():
+                    k = pkt.stream.index
+                    if pkt.size and k < len(self._sources) and self._sources[k] in copied:
+                        copied[self._sources[k]] += 1
+        except (av.error.FFmpegError, OSError, ValueError):
+            return {}
+        return copied
 
     def _failed(self, what: str) -> OutputError:
         self._proc.kill()
@@ -355,6 +373,7 @@ class FfmpegSink(SinkContext):
             raise
         self._log.close()
         self._lost.detach()
+        self._copied = self._count_copied()
 
     def abort(self) -> None:
         self._done = True
