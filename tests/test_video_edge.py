@@ -136,3 +136,22 @@ def test_a_full_range_input_into_a_codec_without_a_range_flag_keeps_its_levels(
     assert (full_range, limited_range) == (2, 1)
     scale = 1023 if _pix_fmt(out).endswith("10le") else 255
     assert abs(limited / scale * 255 - (16 + full * 219 / 255)) < 1.5, (full, limited)
+
+
+@pytest.mark.parametrize(("codec", "suffix", "pix_fmt"), [
+    ("ffv1", ".mkv", "rgb24"), ("utvideo", ".avi", "rgb24"), ("png", ".mov", "pal8")])
+def test_an_rgb_input_into_a_lossless_codec_stays_rgb(tmp_path, codec, suffix, pix_fmt):
+    """A lossless codec keeps RGB frames RGB: an RGB input (a PNG sequence, a GIF, a screen
+    capture) into --codec ffv1 was written as yuv420p, its colour converted and its chroma
+    halved each way, while a planar RGB input (gbrp) into the same codec stayed RGB; a
+    palette input into --codec png was written with a palette, which the upscaled colours
+    are not of."""
+    src = tmp_path / "in.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=s=64x48:r=25:d=0.12", "-c:v", "png", "-pix_fmt", pix_fmt,
+                    str(src)], check=True)
+    out = tmp_path / f"out{suffix}"
+    r = _upscale(src, out, codec, "pyav")
+    assert av.VideoFormat(r.pix_fmt).is_rgb, r.pix_fmt
+    with av.open(str(out)) as c:
+        assert av.VideoFormat(c.streams.video[0].codec_context.pix_fmt).is_rgb

@@ -297,20 +297,38 @@ def choose_pix_fmt(codec: str, info: StreamInfo, requested: str | None, *,
     # H.264 4:0:0 comes out of FFmpeg's decoder as yuv420p, its range applied, while swscale
     # writes grey at full range whatever is asked: grey video's contrast came out stretched
     grey_h264 = info.pix_fmt.startswith("gray") and _canonical(codec) == "h264"
-    if info.pix_fmt in formats and not grey_h264 and (
+    # a lossless codec keeps RGB frames RGB, in whichever packing it takes, and palette
+    # frames too: their upscaled colours are no longer the palette's
+    rgb = _canonical(codec) in _LOSSLESS_CODECS and _is_rgb(info.pix_fmt)
+    if info.pix_fmt in formats and not grey_h264 and not (rgb and info.pix_fmt == "pal8") and (
             named if alpha else not (named or has_alpha(info.pix_fmt))):
         return info.pix_fmt
     chroma = "444" if "444" in info.pix_fmt else "422" if "422" in info.pix_fmt else "420"
     depth = info.bit_depth
     kinds = ("yuv", "p0", "p2", "gbrp", "nv12") + (("gbrap", "rgba", "bgra", "argb", "abgr")
                                                    if alpha else ())
+    if rgb:
+        kinds += ("rgb", "bgr", "0rgb", "0bgr")
     ranked = sorted(
         (f for f in formats if f.startswith(kinds)),
         key=lambda f: (has_alpha(f) != alpha, bit_depth_of(f) < depth,
-                       abs(bit_depth_of(f) - depth), chroma not in f, f.startswith("yuvj"),
-                       f.startswith("nv")),
+                       abs(bit_depth_of(f) - depth), rgb and not _is_rgb(f), chroma not in f,
+                       f.startswith("yuvj"), f.startswith("nv")),
     )
     return ranked[0] if ranked else formats[0]
+
+
+# Codecs that code the frames exactly: an RGB input stays RGB in them (choose_pix_fmt).
+_LOSSLESS_CODECS = frozenset({"ffv1", "ffvhuff", "huffyuv", "utvideo", "magicyuv", "png",
+                              "apng", "qtrle", "rawvideo", "zmbv", "tiff"})
+
+
+def _is_rgb(pix_fmt: str) -> bool:
+    """Whether ``pix_fmt`` holds RGB (packed or planar) or palette colours."""
+    try:
+        return pix_fmt == "pal8" or av.VideoFormat(pix_fmt).is_rgb
+    except (ValueError, TypeError):
+        return False
 
 
 # Codecs whose bitstream has no full-range flag (ProRes, MPEG-1/2 video, VP8): their decoders
