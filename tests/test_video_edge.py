@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import pytest
 
+from vsr.errors import OutputError
 from vsr.io.ffmpeg_sink import ffmpeg_available
 from vsr.io.sink import EncodeConfig
 from vsr.upscale import UpscaleConfig, upscale_file
@@ -155,3 +156,12 @@ def test_an_rgb_input_into_a_lossless_codec_stays_rgb(tmp_path, codec, suffix, p
     assert av.VideoFormat(r.pix_fmt).is_rgb, r.pix_fmt
     with av.open(str(out)) as c:
         assert av.VideoFormat(c.streams.video[0].codec_context.pix_fmt).is_rgb
+
+
+def test_a_codec_the_container_cannot_hold_names_one_that_can(tmp_path):
+    """--codec utvideo into .mkv said 'use ... a container that can (e.g. .mkv)': the very
+    container that could not. It names one whose muxer takes the codec."""
+    src = _clip(tmp_path / "in.mkv", "yuv420p")
+    with pytest.raises(OutputError, match=r"cannot hold utvideo video; use another --codec, "
+                                          r"or a container that can \(e\.g\. \.avi\)"):
+        _upscale(src, tmp_path / "out.mkv", "utvideo", "pyav")

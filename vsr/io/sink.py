@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import io
 import logging
 import os
 import weakref
@@ -420,8 +421,25 @@ def warn_hdr_lost(codec: str, info: StreamInfo) -> None:
 def cannot_hold(output: Path, fmt: str, codec: str) -> OutputError:
     """The error for an output whose container (muxer ``fmt``) cannot hold ``codec`` video:
     a picture or raw format (.gif, .bmp, .y4m), or a pairing such as ffv1 in .mov."""
+    where = _holding(codec, fmt)
     return OutputError(f"the output format of {output.name} ({fmt}) cannot hold {codec} "
-                       "video; use another --codec, or a container that can (e.g. .mkv)")
+                       "video; use another --codec" + (f", or a container that can (e.g. {where})"
+                                                      if where else ""))
+
+
+def _holding(codec: str, fmt: str) -> str | None:
+    """The suffix of the first of Matroska, MOV, MP4 and AVI (not ``fmt``) whose muxer takes
+    ``codec`` video; None where none does, or PyAV does not know the encoder."""
+    name = _canonical(codec)
+    for suffix, candidate in ((".mkv", "matroska"), (".mov", "mov"), (".mp4", "mp4"),
+                              (".avi", "avi")):
+        if candidate == fmt or name is None:
+            continue
+        with contextlib.suppress(av.error.FFmpegError, ValueError), \
+                av.open(io.BytesIO(), mode="w", format=candidate) as trial:
+            if name in trial.supported_codecs:
+                return suffix
+    return None
 
 
 # The video codecs MPEG-TS has a stream type for (FFmpeg's mpegtsenc). It takes any other
