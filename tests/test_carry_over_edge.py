@@ -5,6 +5,7 @@ lost without a word, or written as something no player reads."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -411,3 +412,41 @@ def test_a_copied_packet_the_muxer_refuses_mid_file_is_one_error_naming_the_stre
         assert line == ("Error: ffmpeg exited with 1: Error applying bitstream filters to an "
                         f"output packet for stream #1: {why}"), line
     _nothing_left(tmp_path, src.parent, tmp_path / "a.aac")
+
+
+def _audio_cut_by_its_edit_list(path: Path) -> Path:
+    """An MP4 whose AAC track's samples are all 1024 long and whose edit list ends 546
+    samples into the last one (22050 of 22528): as cameras and editors write a trim. The
+    ffmpeg program's muxer puts the short last duration in the sample table instead, so its
+    last entry is made a whole sample here."""
+    _ffmpeg("-f", "lavfi", "-i", "sine=d=0.5", "-map", "0", "-map", "1", *_X264, "-c:a", "aac",
+            path)
+    data = bytearray(path.read_bytes())
+    stts = [m.start() for m in re.finditer(b"stts", data)]
+    box = stts[-1] - 4  # the audio track's (the video's comes first)
+    entries = int.from_bytes(data[box + 12:box + 16], "big")
+    last = box + 16 + 8 * (entries - 1)
+    assert int.from_bytes(data[last + 4:last + 8], "big") == 546
+    data[last + 4:last + 8] = (1024).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _audio_end(path: Path) -> tuple[int, int]:
+    """(duration, last packet's duration) of the audio stream, in its time base."""
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        *_, last = (p for p in c.demux(stream) if p.size)
+        return stream.duration, last.duration
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_audio_cut_by_an_edit_list_ends_where_the_input_does(tmp_path, suffix):
+    """FFmpeg 8's MOV demuxer hands the last packet its whole sample's duration where the
+    edit list ends inside it; copied as it was, the output's audio ran 485 samples (11 ms)
+    past the input's end (the ffmpeg program, 5.1, cuts it). Its duration now stops there."""
+    src = _audio_cut_by_its_edit_list(tmp_path / "cut.mp4")
+    assert _audio_end(src) == (22050, 1024)
+    out = tmp_path / f"out{suffix}"
+    _upscale(src, out)
+    assert _audio_end(out) == (22050, 546)

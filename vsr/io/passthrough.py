@@ -19,6 +19,7 @@ import av
 from vsr.errors import InputError, OutputError
 from vsr.io.output import write_error
 from vsr.io.paths import file_url, output_format
+from vsr.io.source import declared_end
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class Passthrough:
         self.dropped: list[str] = []
         # Per copied stream: the last (dts, duration) muxed, and how many packets were retimed.
         self._last: dict[int, tuple[int, int]] = {}
+        # Per copied MOV/MP4 audio stream: where its edit list ends it (see _cut)
+        self._ends: dict[int, int | None] = {}
         self.retimed: dict[int, int] = {}
         self.timecode: str | None = None
         self._warn = warn
@@ -170,6 +173,8 @@ class Passthrough:
             copy_disposition(s, out_s)
             self._map[s.index] = out_s
             self.copied[s.index] = 0
+            if s.type == "audio" and "mov" in self._input.format.name.split(","):
+                self._ends[s.index] = declared_end(self._input, s)
         copy_ids = list(self._map)
         streams = [self._input.streams[i] for i in copy_ids]
         self._packets = self._input.demux(streams) if streams else iter(())
@@ -306,6 +311,7 @@ class Passthrough:
             src = pkt.stream.index
             kind = pkt.stream.type
             self._retime(pkt, src, strict=kind in ("audio", "video"))
+            self._cut(pkt, self._ends.get(src))
             pkt.stream = self._map[src]
             try:
                 output.mux(pkt)
@@ -337,6 +343,15 @@ class Passthrough:
             self.retimed[src] = self.retimed.get(src, 0) + 1
         if dts is not None:
             self._last[src] = (dts, int(pkt.duration or 0))
+
+    @staticmethod
+    def _cut(pkt: av.Packet, end: int | None) -> None:
+        """End a packet that runs past ``end`` (its stream's time base) there: an MP4 edit list
+        that ends inside the last audio sample (a trim), which FFmpeg 8's demuxer hands on
+        whole, so the output's audio ran up to a sample past the input's end."""
+        if end is not None and pkt.pts is not None and pkt.duration \
+                and pkt.pts < end < pkt.pts + pkt.duration:
+            pkt.duration = end - pkt.pts
 
     def mux_rest(self, output: av.container.OutputContainer) -> None:
         """Mux the packets left; say which copied streams held none where the output's muxer
