@@ -244,14 +244,14 @@ REGISTRY.register(_shipped(
 ), default=True)
 
 # For compressed input: the default, fine-tuned on x264-coded LR (CRF 12..38 on 60% of the crops,
-# the rest clean). At CRF 28 it gains +0.27..+1.77 dB over bicubic on the six shared clips where
-# the default gains -0.02..+1.06 dB, and it is 0.26 dB (Set5) / 0.06 dB (B100) below the default
-# on clean input (benchmarks/VIDEO_EVAL.md).
+# the rest clean). At CRF 28 it gains +0.09..+1.81 dB over bicubic on the six shared clips where
+# the default gains -0.03..+1.36 dB, and it is 0.23 dB (Set5) / 0.03 dB (B100) below the default
+# on clean input (benchmarks/VIDEO_EVAL.md, "Exact decoding").
 REGISTRY.register(_shipped(
     name="drn-t-x2-drc50-x264", scale=2,
     kwargs=dict(REGISTRY.get("drn-t-x2-drc50").kwargs),
     description="drn-t-x2-drc50 fine-tuned for H.264-compressed input (x264 CRF 12..38, 40% clean)",
-    sha256="5416c4a7871c9dd934ef949957f520fa0c16183816c004bda172a47bf3e536b9",
+    sha256="34baed852e2f15f158c0257ea0193e6aa004bebd8fb33f628913ae9f58b0b78a",
     base="drn-t-x2-drc50",
 ))
 
