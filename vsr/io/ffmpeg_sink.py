@@ -186,6 +186,9 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
              # Negative-timestamp shifting would move every stream off the input times; the
              # input file already had valid timestamps, so keep them where the muxer can.
              "-avoid_negative_ts", negative_ts_option(fmt, copies_streams=bool(others))]
+    # what PyAV's muxer takes (check_carry's trial) an older program's may call experimental
+    # (FLAC in MP4, before FFmpeg 6): the muxer alone is told to take it, not the encoders
+    args += ["-f_strict", "experimental"]
     if fmt == "mpegts":  # the ffmpeg program's mux delay moved every stream 1.4 s later
         args += ["-muxdelay", "0", "-muxpreload", "0"]
     if config.crf is not None:
