@@ -18,6 +18,7 @@ from conftest import make_clip, packets, video_pts_seconds
 
 from vsr.errors import InputError, OutputError
 from vsr.io.ffmpeg_sink import ffmpeg_available
+from vsr.io.info import EXACT_RGB
 from vsr.io.sink import EncodeConfig
 from vsr.io.source import PyAVSource, packet_pts
 from vsr.jobs import BatchConfig, JobOptions, run_batch
@@ -401,7 +402,8 @@ def test_a_chroma_layout_change_mid_file_converts_each_frame_by_its_own(tmp_path
     format (as PyAV converts it), and all ten are upscaled."""
     src = _joined_ts(tmp_path, ["size=64x48", "-pix_fmt", "yuv444p"])
     with av.open(str(src)) as c:
-        expected = [(f.format.name, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+        expected = [(f.format.name, f.to_ndarray(format="rgb24", interpolation=EXACT_RGB))
+                    for f in c.decode(video=0)]
     assert [name for name, _ in expected] == ["yuv420p"] * 5 + ["yuv444p"] * 5
     with PyAVSource(src) as s:
         got = [f.image for f in s.frames()]
