@@ -269,3 +269,25 @@ def test_a_deep_picture_written_at_8_bits_says_so(tmp_path, caplog, suffix, said
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ([f"deep.png: its 16-bit picture is written at 8 bits (a {suffix} picture "
                       "holds no more; .png or .tif keep 16)"] if said else []), lines
+
+
+@pytest.mark.parametrize(("suffix", "pix_fmt"), [(".png", "monob"), (".pbm", "monow")])
+def test_a_one_bit_picture_is_grayscale(tmp_path, suffix, pix_fmt):
+    """A 1-bit picture (FFmpeg's monob, as a 1-bit PNG decodes; monow, as a PBM) is a
+    single-channel one: it was not counted as gray, so `vsr eval --raw-gray` scored a 1-bit
+    PNG on Y as if it were colour."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg program")
+    bits = (np.indices((8, 12)).sum(axis=0) % 2 * 255).astype(np.uint8)  # a checkerboard
+    _write_gray_png(tmp_path / "g.png", bits)
+    path = tmp_path / f"m{suffix}"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "g.png"), "-pix_fmt", pix_fmt,
+                    str(path)], check=True)
+    with av.open(str(path)) as c:  # the file really decodes as 1-bit
+        assert c.streams.video[0].codec_context.pix_fmt == pix_fmt
+    assert is_grayscale(path)
+    img = read_image(path)
+    assert all(np.array_equal(img[c].numpy(), bits) for c in range(3))

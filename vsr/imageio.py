@@ -75,7 +75,9 @@ def is_grayscale(path: str | os.PathLike) -> bool:
 
 
 def _is_gray(frame: av.VideoFrame) -> bool:
-    return frame.format.name.startswith(("gray", "ya"))
+    # monob/monow: 1 bit a pixel (a 1-bit PNG, TIFF or PBM), gray too
+    return frame.format.name.startswith(("gray", "ya")) or frame.format.name in ("monob",
+                                                                                "monow")
 
 
 def write_image(path: str | os.PathLike, image: torch.Tensor, *, quality: int = 95,
