@@ -38,7 +38,7 @@ from vsr.io.output import (
     finish,
     temp_path_for,
 )
-from vsr.io.passthrough import check_carry, container_tags, metadata_movflags
+from vsr.io.passthrough import check_carry, container_tags, metadata_movflags, video_tags
 from vsr.io.paths import file_url, negative_ts_option, output_format
 from vsr.io.sink import (
     EncodeConfig,
@@ -173,8 +173,15 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
         if s in audio:  # as Passthrough._retime: times that run backwards follow on instead
             args += [f"-bsf:{out_pos}", _AUDIO_RETIME]
     args += ["-map_metadata", "1", "-map_chapters", "1"]
+    with av.open(file_url(info.path)) as src:  # the tags -map_metadata copies
+        movflags = metadata_movflags(fmt, container_tags(dict(src.metadata)))
+        video = dict(src.streams[info.index].metadata)
     for out_pos, s in enumerate(order):  # one named, all named: ffmpeg then copies no others
         args += [f"-map_metadata:s:{out_pos}", f"1:s:{s}"]
+    # the video's, as the PyAV sink keeps them: not the statistics of the input's encode (an
+    # empty value removes a tag the map copied)
+    for key in sorted(video.keys() - video_tags(video).keys()):
+        args += [f"-metadata:s:{pos}", f"{key}="]
     # each stream's flags as the input's: ffmpeg otherwise marks the first of each kind
     # default, and a subtitle track the input left off came on by itself in players
     flags = _dispositions(info.path)
@@ -195,8 +202,6 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
         args += [f"-crf:{pos}", str(config.crf)]
     if config.preset is not None:
         args += [f"-preset:{pos}", config.preset]
-    with av.open(file_url(info.path)) as src:  # the tags -map_metadata copies
-        movflags = metadata_movflags(fmt, container_tags(dict(src.metadata)))
     if yuv:
         args += [f"-color_range:{pos}", "pc" if c.range == 2 else "tv"]
         if c.range in (1, 2) and suffix in (".mp4", ".m4v"):
