@@ -114,3 +114,19 @@ def test_backend_choices_are_the_backends() -> None:
     from vsr.options import BACKEND_CHOICES
 
     assert CHOICES == BACKEND_CHOICES == ("auto", *BACKENDS)
+
+
+def test_a_manifest_override_of_an_unknown_option_fails_as_the_constructor_does() -> None:
+    """JobOptions.replace (a manifest line's overrides) kept its own copy of Config's
+    unknown-option check, which said it differently ('unknown option(s) crff; known: ...',
+    without the class): one check, one message."""
+    from vsr.jobs.plan import JobOptions
+
+    with pytest.raises(ConfigError) as built:
+        JobOptions(crff=20, preset="fast")
+    with pytest.raises(ConfigError) as replaced:
+        JobOptions().replace({"crff": 20, "preset": "fast"})
+    assert str(replaced.value) == str(built.value)
+    known = ", ".join(sorted(f.name for f in dataclasses.fields(JobOptions)))
+    assert str(built.value) == f"unknown option(s) crff for JobOptions; known: {known}"
+    assert JobOptions().replace({"crf": 20}).crf == 20

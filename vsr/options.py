@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,17 @@ def check_device(device: object) -> None:
     resolve_device(device)
 
 
+def check_known(cls: type, names: Iterable[str]) -> None:
+    """Raise ConfigError naming each of ``names`` that is no option of the config dataclass
+    ``cls`` (an ``__init__`` field), with the ones it has: what a misspelt keyword or
+    manifest option says, however it reaches the config."""
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
+                          f"known: {', '.join(sorted(known))}")
+
+
 class Config:
     """The base of every typed config (a frozen dataclass): a misspelt field is a ConfigError
     naming it (as in a batch manifest), not the generated ``__init__``'s TypeError, and every
@@ -154,11 +166,7 @@ class Config:
     def __new__(cls, *args: object, **kwargs: object):
         # copy and pickle call __new__ without arguments
         fields = [f for f in dataclasses.fields(cls) if f.init]
-        known = {f.name for f in fields}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
-                              f"known: {', '.join(sorted(known))}")
+        check_known(cls, kwargs)
         if args or kwargs:  # not a copy's call: a field without a default left out
             positional = [f.name for f in fields if not f.kw_only]
             if len(args) > len(positional):  # JobOptions("bicubic") would be a TypeError

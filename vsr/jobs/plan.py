@@ -25,7 +25,7 @@ from vsr.errors import ConfigError
 from vsr.io.image import IMAGE_SUFFIXES
 from vsr.io.output import file_id
 from vsr.io.sink import EncodeConfig
-from vsr.options import ModelOptions
+from vsr.options import ModelOptions, check_known
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts",
                             ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".nut", ".y4m", ".gif"})
@@ -62,11 +62,9 @@ class JobOptions(ModelOptions):
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def replace(self, overrides: dict) -> JobOptions:
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
+        """These options with ``overrides`` (a manifest line's); an unknown name is the
+        ConfigError a constructor raises (:func:`vsr.options.check_known`)."""
+        check_known(type(self), overrides)
         return dataclasses.replace(self, **overrides)
 
 
