@@ -190,3 +190,35 @@ def test_images_too_small_to_score_are_named(tmp_path, monkeypatch, capsys):
     from vsr.evaluate import min_size
 
     assert [min_size(s) for s in (2, 3, 4)] == [16, 18, 20]  # 11 + 2*scale, up to a multiple
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "socket", "folder"])
+def test_an_image_name_that_is_no_file_is_refused(tmp_path, monkeypatch, cli_error, kind):
+    """A FIFO, a socket or a folder named like an image (x.png/) in a benchmark folder was
+    skipped without a word: the set was scored on one image fewer and its mean reported as
+    the set's (as a broken link was). It is refused, named, and never opened (a FIFO would
+    block the run)."""
+    import os
+    import socket
+
+    root = _make_set(tmp_path / "Tiny")
+    odd = root / "HR" / "x.png"
+    if kind == "FIFO":
+        os.mkfifo(odd)
+    elif kind == "folder":
+        odd.mkdir()
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        with monkeypatch.context() as m:  # a relative name: a socket's path is 107 bytes at most
+            m.chdir(odd.parent)
+            server.bind(odd.name)
+    with pytest.raises(InputError) as err:
+        benchmark_images(root)
+    assert str(err.value) == (f"{odd} is a {kind}, not an image file: the set would be "
+                              "scored without it")
+    with pytest.raises(InputError, match="x.png is"):
+        evaluate_dataset(StandInBicubic(2), root, 2)
+    assert cli_error("eval", "--data", str(root), "--baseline", "bicubic", "--scale",
+                     "2") == f"Error: {err.value}"
+    if kind == "socket":
+        server.close()

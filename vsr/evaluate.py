@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,8 @@ def benchmark_images(folder: str | os.PathLike) -> tuple[str, list[Path]]:
 
     Raises:
         InputError: the folder is missing, cannot be listed or holds no images, or an image
-            name in it is a broken link (the set would be scored without that image).
+            name in it is no regular file: a broken link, a folder, a FIFO (never opened), a
+            socket (the set would be scored without that image).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -133,18 +135,31 @@ def benchmark_images(folder: str | os.PathLike) -> tuple[str, list[Path]]:
     name = resolved.parent.name if resolved.name == "HR" else resolved.name
     try:
         images = list_images(hr_dir)
-        broken = sorted(p for p in hr_dir.iterdir()
-                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                        and p.is_symlink() and not p.exists())
+        # names list_images leaves out as no file: refused, as the set's mean would be of the
+        # images left. stat only: a FIFO is never opened (that would block)
+        odd = sorted(p for p in hr_dir.iterdir()
+                     if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                     and not p.is_file())
+        why = _no_image_file(odd[0]) if odd else None
     except OSError as exc:  # a folder this user may not list
         raise InputError(f"cannot list benchmark folder {hr_dir}: "
                          f"{exc.strerror or exc}") from exc
-    if broken:
-        raise InputError(f"{broken[0]} is a broken link: its target {os.readlink(broken[0])} "
-                         f"is missing")
+    if why:
+        raise InputError(why)
     if not images:
         raise InputError(f"no images in benchmark folder {hr_dir}")
     return name, images
+
+
+def _no_image_file(path: Path) -> str:
+    """Why ``path``, named like an image but no regular file, is not one of a set's images."""
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a broken link: its target {os.readlink(path)} is missing"
+    mode = path.stat().st_mode
+    kind = ("folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode)
+            else "socket" if stat.S_ISSOCK(mode) else "device" if stat.S_ISCHR(mode)
+            or stat.S_ISBLK(mode) else "special file")
+    return f"{path} is a {kind}, not an image file: the set would be scored without it"
 
 
 def modcrop(image: torch.Tensor, scale: int) -> torch.Tensor:
