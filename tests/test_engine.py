@@ -181,3 +181,36 @@ def test_batch_takes_every_image_format_eval_reads(tmp_path: Path) -> None:
         assert out.shape == (3, 24, 32), name
         if name != "f.jpg":  # lossless formats: bicubic x2 of the same picture, exactly
             assert torch.equal(out, read_image(tmp_path / "out" / "a.png")), name
+
+
+def test_one_device_spelt_two_ways_holds_one_copy_of_a_model() -> None:
+    """The cache keyed handles by the device as spelt: `--devices cuda,cuda:0` (one GPU)
+    loaded the model twice onto it. The device is keyed, and the model loaded, as the one it
+    names (cpu:0 is the CPU; on a GPU, cuda is cuda:N of the current device: the next test)."""
+    import torch
+
+    from vsr.engine import ModelCache
+    from vsr.options import ModelOptions
+
+    models = ModelCache()
+    options = ModelOptions(model="bicubic", scale=2, precision="fp32")
+    first = models.handle(options, "cpu")
+    for device in ("cpu:0", torch.device("cpu"), torch.device("cpu", 0)):
+        assert models.handle(options, device) is first, device
+    assert first.device == torch.device("cpu")
+
+
+@pytest.mark.cuda
+def test_cuda_and_cuda_of_the_current_device_hold_one_copy_of_a_model() -> None:
+    import torch
+
+    from vsr.engine import ModelCache
+    from vsr.options import ModelOptions
+
+    models = ModelCache()
+    options = ModelOptions(model="bicubic", scale=2, precision="fp32")
+    current = f"cuda:{torch.cuda.current_device()}"
+    first = models.handle(options, "cuda")
+    assert models.handle(options, current) is first
+    assert models.handle(options, torch.device("cuda")) is first
+    assert first.device == torch.device(current)

@@ -106,7 +106,8 @@ class _RunHandle:
 
 
 class ModelCache:
-    """Loaded handles by (model, scale, precision, device, and for ``precision="auto"`` frame
+    """Loaded handles by (model, scale, precision, device (cuda and cuda:0 are one key where
+    0 is the current device, see :func:`_one_spelling`), and for ``precision="auto"`` frame
     depth and size) and prepared backends by handle, backend, batch and frame size: a worker
     that runs many files loads and prepares once.
 
@@ -139,6 +140,7 @@ class ModelCache:
     def _handle(self, options: ModelOptions, precision: str, device: torch.device,
                 bit_depth: int, pixels: int | None):
         auto = precision == "auto"  # only auto's choice depends on the frames
+        device = _one_spelling(device)
         key = (options.model, options.scale, precision, BACKEND_PRECISIONS.get(options.backend),
                str(device), bit_depth if auto else None, is_small_frame(pixels) if auto else None)
         with self._key_lock(("handle", key)):
@@ -198,6 +200,18 @@ class ModelCache:
                 with self._lock:
                     self._prepared[key if shared else own] = prepared
         return prepared
+
+
+def _one_spelling(device: torch.device) -> torch.device:
+    """The device ``device`` names, spelt one way: cpu for cpu:N (one CPU), cuda:N for cuda
+    (N: this thread's current CUDA device, where CUDA is available). ``--devices cuda,cuda:0``
+    on one GPU would otherwise hold two copies of each model there; and a handle loaded on
+    the index, not on "cuda", stays on its GPU whatever device a thread later makes current."""
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 @dataclass(frozen=True)
