@@ -223,3 +223,26 @@ def test_a_batch_over_the_frames_is_held_to_them_in_every_stage(clip, monkeypatc
     assert seen["after decode"] == [3, 3, 3]  # the check against eager, warm-up, model stage
     assert seen["after encode"] == seen["after pipeline"] == [3]
     assert seen["encode"] == seen["pipeline"] == seen["serial"]
+
+
+def test_a_fallback_to_fp32_is_reported_and_warned_of_once(clip, tmp_path, caplog):
+    """A model whose fp16 output overflows: bench said precision float16 (the cache's shared
+    handle stays in fp16 when a run falls back), and each of its runs (model stage, pipeline
+    and serial runs) fell back and warned again on its own: five warnings here. It now says
+    float32, warns once, and notes the fallback; the stages after it run in fp32 eagerly, as
+    a run goes on after its fallback."""
+    import logging
+
+    from test_precision import fp16_overflow_checkpoint
+
+    ckpt = fp16_overflow_checkpoint(tmp_path / "wide.safetensors")
+    src = clip("b.mp4", frames=4, size=(32, 24))
+    with caplog.at_level(logging.WARNING):
+        r = run_bench(BenchConfig(input=src, model=str(ckpt), device="cpu", precision="fp16",
+                                  frames=4, repeats=2, encode=EncodeConfig(preset="ultrafast")))
+    said = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert said == ["frame 0: non-finite or black output in float16; recomputing in fp32 and "
+                    "staying in fp32"]
+    assert r.precision == "float32" and r.backend == "eager" and r.frames == 4
+    assert r.notes == (said[0], "the model stage fell back to fp32: every stage after it ran "
+                                "in fp32, eagerly, as a run goes on after its fallback")

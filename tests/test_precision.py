@@ -168,6 +168,20 @@ def test_a_frame_still_bad_in_fp32_after_the_fallback_fails_the_run(drn_checkpoi
         assert not out.exists()
 
 
+def fp16_overflow_checkpoint(path):
+    """A tiny DRN x2 checkpoint at ``path`` whose output on any picture is past fp16's range
+    (65504): inf in fp16, so a run in fp16 falls back to fp32, where it is clipped."""
+    from vsr.models import DRN, CheckpointInfo, save_model
+
+    torch.manual_seed(0)
+    net = DRN(scale=2, n_feats=4, n_blocks=[1])
+    with torch.no_grad():
+        for p in [*net.head.parameters(), *net.tails.parameters()]:
+            p.mul_(1000)  # the weights themselves stay well inside it (at most ~200)
+    return save_model(path, net, CheckpointInfo(arch="drn", hparams=net.hparams, scale=2,
+                                                name="wide"))
+
+
 def test_a_fallback_to_fp32_does_not_carry_over_to_the_next_file(tmp_path):
     """The fp32 fallback changes the handle itself: a batch worker's next file (the same
     ModelCache) ran in fp32 and said fallback_fp32 False. Each run now starts in the precision
@@ -175,15 +189,8 @@ def test_a_fallback_to_fp32_does_not_carry_over_to_the_next_file(tmp_path):
     from PIL import Image
 
     from vsr.engine import ModelCache
-    from vsr.models import DRN, CheckpointInfo, save_model
 
-    torch.manual_seed(0)
-    net = DRN(scale=2, n_feats=4, n_blocks=[1])
-    with torch.no_grad():  # an output past fp16's range (65504): inf there, clipped in fp32
-        for p in [*net.head.parameters(), *net.tails.parameters()]:
-            p.mul_(1000)  # the weights themselves stay well inside it (at most ~200)
-    ckpt = save_model(tmp_path / "wide.safetensors", net,
-                      CheckpointInfo(arch="drn", hparams=net.hparams, scale=2, name="wide"))
+    ckpt = fp16_overflow_checkpoint(tmp_path / "wide.safetensors")
     src = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)).save(src)
     models = ModelCache()

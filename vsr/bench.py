@@ -175,13 +175,27 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
 
     if n < config.batch:  # as run_source holds it: every stage runs the batch reported
         config = replace(config, batch=n)
-    prepared = models.prepare(handle, config, decoded[0].image)
+    first_image = decoded[0].image
+    prepared = asked = models.prepare(handle, config, first_image)
     runner = prepared.runner
     if runner is not None:
         log.info("backend %s prepared in %.1f s", runner.backend, runner.prepare_seconds)
-    make_proc = prepared.processor
 
-    proc = make_proc(reuse=False)  # the model on every frame, repeated ones too
+    def fell_back(report, stage: str) -> None:
+        """After the first run that falls back to fp32, every later one starts in fp32,
+        eagerly: what a run computes after its fallback (vsr.pipeline.compute.Forward),
+        without each falling back, and warning, again. The cache's shared handle stays in
+        the precision asked for (vsr.engine._RunHandle): the result's precision is the
+        runs', not that handle's."""
+        nonlocal config, prepared, notes
+        if not report.fell_back_to_fp32 or prepared is not asked:  # said once
+            return
+        config = replace(config, precision="fp32", backend="eager")
+        prepared = models.prepare(prepared.fp32(), config, first_image)
+        notes += (*report.notes, f"the {stage} stage fell back to fp32: every stage after it "
+                  "ran in fp32, eagerly, as a run goes on after its fallback")
+
+    proc = prepared.processor(reuse=False)  # the model on every frame, repeated ones too
     # warm-up: first-call allocations and kernel selection are not throughput. submit, then
     # drain, in that order: a frame left pending would be computed in the timed stage
     list(proc.submit(decoded[0]))
@@ -198,6 +212,7 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
             outputs.append(out[1])
     model_fps = _fps(n, time.perf_counter() - t)
     report("model", model_fps)
+    fell_back(proc.report, "model")
     del decoded
 
     with tempfile.TemporaryDirectory(prefix="vsr-bench-") as tmp:
@@ -224,17 +239,20 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
             src, it = frames()
 
             kept = config.output if run == 0 else None
+            runs = []
 
             def loop() -> None:  # the recipe upscale_file and batch run, on the same models
-                run_source(src, config, device, lambda *_: sink(f"pipeline{run}", kept),
-                           models=models, frames=it, frames_total=n)
+                runs.append(run_source(src, config, device,
+                                       lambda *_: sink(f"pipeline{run}", kept),
+                                       models=models, frames=it, frames_total=n))
             result = timed(loop)
             src.close()
+            fell_back(runs[0].report, "pipeline")
             return result
 
         def serial(run: int) -> tuple[float, float]:
             src, it = frames()
-            proc = make_proc()
+            proc = prepared.processor()
 
             def loop() -> None:
                 with sink(f"serial{run}") as k:
@@ -247,6 +265,7 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
                         k.write(image, frame.pts)
             result = timed(loop)
             src.close()
+            fell_back(proc.report, "serial")
             return result
 
         pipeline_runs, serial_runs, pipeline_cpu, serial_cpu = [], [], [], []
@@ -260,15 +279,16 @@ def run_bench(config: BenchConfig, log_stage: Callable[[str, float], None] | Non
             serial_cpu.append(cpu)
             report("serial", fps)
         pipeline_fps, serial_fps = _median(pipeline_runs), _median(serial_runs)
+    runner = prepared.runner  # the backend measured: eager in fp32 after a fallback
 
     return BenchResult(
         decode_fps=decode_fps, model_fps=model_fps, encode_fps=encode_fps,
         pipeline_fps=pipeline_fps, serial_fps=serial_fps, frames=n, input=str(config.input),
         model=handle.name, scale=handle.scale, device=str(device),
-        precision=dtype_name(handle.dtype), size_in=(info.width, info.height),
+        precision=dtype_name(prepared.handle.dtype), size_in=(info.width, info.height),
         size_out=(w, h), backend=prepared.backend, batch=config.batch,
         prepare_seconds=runner.prepare_seconds if runner else 0.0,
-        max_error=runner.max_error if runner else None, notes=prepared.notes + notes,
+        max_error=runner.max_error if runner else None, notes=asked.notes + notes,
         pipeline_runs=tuple(pipeline_runs), serial_runs=tuple(serial_runs),
         pipeline_cpu_ms=_median(pipeline_cpu), serial_cpu_ms=_median(serial_cpu),
     )
