@@ -2,13 +2,14 @@
 
 swscale's default YUV -> RGB path (its SIMD tables, taken for widths of a multiple of 8 or
 16) comes out 1 to 1.5 levels dark on average in every channel (up to 2.8); its RGB -> YUV
-default rounds the chroma down (0.2 levels). Measured here against the standard equations
-(ITU-R BT.601 / BT.709, limited range) on flat blocks of random colours, so that chroma
-interpolation plays no part: what is left is rounding (mean within 0.1, never over 0.6).
+default and the ffmpeg program's scale filter round badly (up to 0.66 and 0.86 levels off).
+Measured here against the standard equations (ITU-R BT.601 / BT.709, limited range) on flat
+blocks of random colours, so that chroma interpolation plays no part: what is left is rounding.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import av
@@ -116,6 +117,32 @@ def test_the_codec_round_trip_of_the_degradations_keeps_the_levels() -> None:
     err = _centres(back[-1].permute(1, 2, 0).numpy()) - _centres(image.permute(1, 2, 0).numpy())
     assert np.abs(err.reshape(-1, 3).mean(0)).max() < 0.25, err.reshape(-1, 3).mean(0)
     assert np.abs(err).max() <= 1.5, np.abs(err).max()
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_written_frames_are_converted_exactly(tmp_path: Path, encoder: str) -> None:
+    """RGB -> Y'CbCr rounded, not truncated (swscale's default and the ffmpeg program's scale
+    filter were up to 0.66 and 0.86 levels off): by the PyAV sink and by --encoder ffmpeg."""
+    from vsr.io.ffmpeg_sink import FfmpegSink
+    from vsr.io.sink import EncodeConfig, PyAVSink
+
+    if encoder == "ffmpeg" and shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg program")
+
+    colours = _colours(8, 8, seed=2)  # 64 blocks: rounding averages out
+    source_path = _flat_clip(tmp_path / "in.mkv", colours, "bt709")
+    rgb = np.clip(_rgb_of_yuv(colours.astype(float), "bt709").round(), 0, 255)
+    with open_source(source_path) as src:
+        info = src.info
+    out = tmp_path / "out.mkv"
+    image = rgb.astype(np.uint8).repeat(BLOCK, 0).repeat(BLOCK, 1)
+    sink_class = PyAVSink if encoder == "pyav" else FfmpegSink
+    with sink_class(out, info, image.shape[1], image.shape[0],
+                    EncodeConfig(codec="ffv1", pix_fmt="yuv420p")) as sink:
+        sink.write(image, 0)
+    err = _planes(out) - _yuv_of_rgb(rgb, "bt709")
+    assert np.abs(err.reshape(-1, 3).mean(0)).max() < 0.1, err.reshape(-1, 3).mean(0)
+    assert np.abs(err).max() <= 0.52, np.abs(err).max()  # rounded, not truncated
 
 
 def test_a_live_streams_frames_are_read_exactly(tmp_path: Path) -> None:

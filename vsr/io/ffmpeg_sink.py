@@ -143,7 +143,8 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     yuv = is_yuv(pix_fmt)
     if pix_fmt.startswith("gray"):  # grey has no matrix
         c = replace(c, matrix=2)
-    scale = {"out_range": "pc" if c.range == 2 else "tv"} if yuv else {}
+    # accurate_rnd: RGB -> Y'CbCr rounded, as the PyAV sink's (vsr.io.info.EXACT_YUV)
+    scale = {"out_range": "pc" if c.range == 2 else "tv", "flags": "accurate_rnd"} if yuv else {}
     if yuv and c.matrix in _MATRIX:
         scale["out_color_matrix"] = _MATRIX[c.matrix]
     scale_filter = "scale" + ("=" + ":".join(f"{k}={v}" for k, v in sorted(scale.items()))

@@ -23,6 +23,7 @@ import numpy as np
 
 from vsr.errors import ConfigError, OutputError
 from vsr.io.info import (
+    EXACT_YUV,
     ColorInfo,
     StreamInfo,
     bit_depth_of,
@@ -586,7 +587,8 @@ class VideoEncoder:
         rgb = rgb_frame(image[..., :3] if direct else image)
         c = self._color
         out = rgb.reformat(format=self.pix_fmt, dst_colorspace=c.sws_matrix if self._yuv else None,
-                           dst_color_range=c.sws_range if self._yuv else None)
+                           dst_color_range=c.sws_range if self._yuv else None,
+                           interpolation=EXACT_YUV if image.dtype == np.uint8 else None)
         if direct:  # the colour planes as from RGBA; the alpha exact (swscale's is off by one)
             plane = out.planes[self._alpha_plane]
             h, w = self._size
