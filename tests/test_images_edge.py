@@ -97,3 +97,31 @@ def test_a_photos_exif_is_carried_for_the_upright_picture(tmp_path, source):
             assert got.get_ifd(0x8769).get(0x9003) == "2024:05:06 07:08:09"
             assert im.size == (48, 64)  # upright: 24x32 stored on its side
             assert ImageOps.exif_transpose(im).size == (48, 64)
+
+
+def test_a_one_picture_gif_is_a_picture_and_an_animated_one_a_video(tmp_path, cli_error):
+    """A GIF of one picture upscaled to .png was refused: "an animated picture needs a video
+    output". It is a picture (its transparency kept); it still makes a one-frame .gif, and an
+    animated GIF still needs a video output."""
+    from PIL import Image
+
+    still = Image.new("P", (16, 12), 1)
+    still.putpalette([0, 0, 0, 200, 30, 60] + [0] * 762)
+    still.putpixel((0, 0), 0)
+    src = tmp_path / "still.gif"
+    still.save(src, transparency=0)
+    upscale_file(UpscaleConfig(input=src, output=tmp_path / "up.png", model="bicubic", scale=2))
+    with Image.open(tmp_path / "up.png") as im:
+        got = np.asarray(im)
+    assert got.shape == (24, 32, 4) and got[0, 0, 3] == 0 and tuple(got[-1, -1]) == (
+        200, 30, 60, 255)
+    upscale_file(UpscaleConfig(input=src, output=tmp_path / "up.gif", model="bicubic", scale=2))
+    with Image.open(tmp_path / "up.gif") as im:
+        assert im.size == (32, 24) and getattr(im, "n_frames", 1) == 1
+
+    frames = [Image.new("RGB", (16, 12), (60 * i, 0, 0)) for i in range(3)]
+    anim = tmp_path / "anim.gif"
+    frames[0].save(anim, save_all=True, append_images=frames[1:], duration=100)
+    line = cli_error("upscale", "-m", "bicubic", "-s", "2", str(anim), str(tmp_path / "a.png"))
+    assert "an animated picture needs a video output" in line, line
+    assert not (tmp_path / "a.png").exists()

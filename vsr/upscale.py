@@ -98,7 +98,8 @@ class UpscaleResult:
 
 def open_sink(config: UpscaleConfig, info, width: int, height: int):
     """The sink ``config`` asks for: an image for an image input, else PyAV or ffmpeg."""
-    if info.is_image:
+    if info.is_image and (is_image_path(config.output) or info.container != "gif"):
+        # a one-picture GIF is a picture, and a one-frame video where a video is asked for
         return ImageSink(config.output, width, height, overwrite=config.overwrite,
                          input_path=str(config.input), info=info)
     if is_image_path(config.output):
@@ -133,7 +134,7 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
         t0 = time.perf_counter()
         with open_source(config.input, config.decoder,
                          deinterlace=config.deinterlace) as source:
-            is_image = source.info.is_image
+            is_image = source.info.is_image and is_image_path(config.output)
             run = run_source(source, config, device,
                              lambda info, w, h: open_sink(config, info, w, h), models=models,
                              depth=config.queue_depth, overlap=config.tile_overlap,

@@ -377,6 +377,20 @@ def _gif_later_transparency(data: bytes | mmap.mmap) -> bool:
     return False
 
 
+def _gif_one_picture(data: bytes | mmap.mmap) -> bool:
+    """Whether a GIF holds exactly one picture (image block) before its trailer: a still
+    picture, not an animation. Data this walk cannot follow counts as no."""
+    images = 0
+    for kind, _ in _gif_blocks(data):
+        if kind == "image":
+            images += 1
+            if images > 1:
+                return False
+        elif kind != "ext":
+            return kind == "trailer" and images == 1
+    return False
+
+
 def gif_alpha_after_first(path: str | os.PathLike) -> bool:
     """Whether a frame after the first of the animated GIF ``path`` is not fully opaque.
 
@@ -415,6 +429,7 @@ class Picture(NamedTuple):
 
     container: av.container.InputContainer
     gif_later: bool  # a GIF whose pictures after the first have a transparent colour
+    gif_still: bool  # a GIF of exactly one picture: a still picture, not an animation
     orientation: int  # a still picture's EXIF orientation: 1-8, 1 as stored (see upright)
     pages: int  # a TIFF's pages (image directories), of which FFmpeg decodes the first
     icc_profile: bytes | None  # the embedded ICC colour profile (vsr.io.icc), if any
@@ -432,7 +447,7 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
     The file is opened once for all of that. Raises InputError (over the limit, cut short);
     av.FFmpegError as ``av.open`` does.
     """
-    later_transparency, orientation, pages, profile = False, 1, 1, None
+    later_transparency, still, orientation, pages, profile = False, False, 1, 1, None
     # mapped, not read: a JPEG walk stops at the first picture's end; unreadable or empty
     # (nothing to map): FFmpeg says why
     with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh, \
@@ -454,8 +469,9 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
                 raise InputError(f"{Path(path).name} is truncated or damaged: {problem}")
             if data[:6] in (b"GIF87a", b"GIF89a"):
                 later_transparency = _gif_later_transparency(data)
+                still = _gif_one_picture(data)
     container = av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
-    return Picture(container, later_transparency, orientation, pages, profile)
+    return Picture(container, later_transparency, still, orientation, pages, profile)
 
 
 def open_limited(path: str | os.PathLike, url: str | None = None):

@@ -233,7 +233,7 @@ class PyAVSource:
             self._first_fmt = first.format.name
             self._stored_size = (first.width, first.height)
             self.info = self._describe(p, first, None if self._deinterlace else order,
-                                       picture.gif_later)
+                                       picture.gif_later, picture.gif_still)
             self._orientation = (self._upright(p, picture.orientation) if self.info.is_image
                                  else 1)
             if picture.icc_profile is not None and self.info.is_image:
@@ -280,8 +280,9 @@ class PyAVSource:
             raise InputError(f"deinterlacing {self._name} failed: {exc}") from exc
 
     def _describe(self, p: Path, first: av.VideoFrame, interlaced: str | None,
-                  gif_later: bool = False) -> StreamInfo:
-        """``gif_later``: a GIF whose later pictures have a transparent colour."""
+                  gif_later: bool = False, gif_still: bool = False) -> StreamInfo:
+        """``gif_later``: a GIF whose later pictures have a transparent colour;
+        ``gif_still``: a GIF of one picture."""
         s, cc = self._stream, self._stream.codec_context
         fmt = judged_format(first, cc.name)  # a palette's transparency too; a GIF's if used
         if gif_later and cc.name == "gif" and not has_alpha(fmt) and gif_alpha_after_first(p):
@@ -294,9 +295,12 @@ class PyAVSource:
             transfer=int(cc.color_trc),
         )
         duration = float(s.duration * s.time_base) if s.duration and s.time_base else None
-        # an animated PNG is a video, whatever its name says (a GIF's name says so already)
-        is_image = self._container.format.name != "apng" and (
-            self._container.format.name in _IMAGE_FORMATS or p.suffix.lower() in IMAGE_SUFFIXES)
+        # an animated PNG is a video, whatever its name says; a GIF is a picture where it
+        # holds one (a picture output takes it, a video output still does)
+        container = self._container.format.name
+        is_image = container != "apng" and (
+            container in _IMAGE_FORMATS or p.suffix.lower() in IMAGE_SUFFIXES
+            or (container == "gif" and gif_still))
         return StreamInfo(
             path=str(p),
             container=self._container.format.name,
