@@ -123,3 +123,24 @@ def test_mp4_edit_list_trim_is_whole(tmp_path):
         frames = list(s.frames())
     assert len(frames) == 42
     assert [f.pts * s.info.time_base for f in frames] == [Fraction(i, 25) for i in range(42)]
+
+
+@pytest.mark.parametrize("fmt, mode", [("WEBP", "RGB"), ("BMP", "RGB"), ("TIFF", "RGB"),
+                                       ("PPM", "RGB"), ("PPM", "L"), ("PPM", "1")],
+                         ids=["webp", "bmp", "tiff", "ppm", "pgm", "pbm"])
+def test_a_picture_without_a_picture_suffix_is_a_picture(tmp_path, fmt, mode):
+    """A WebP, BMP, TIFF or PNM file named without a picture suffix ("photo", "x.dat") was
+    taken for a video: "a video input needs a video output, not up.png" (a PNG was not)."""
+    from PIL import Image
+
+    from vsr.upscale import UpscaleConfig, upscale_file
+
+    for name in ("photo", "x.dat"):
+        src = tmp_path / name
+        Image.new(mode, (16, 12), 255 if mode != "RGB" else (255, 255, 255)).save(src, fmt)
+        with PyAVSource(src) as source:
+            assert source.info.is_image and source.info.frames == 1, source.info.container
+        out = tmp_path / f"{name}-up.png"
+        upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+        with Image.open(out) as im:
+            assert im.size == (32, 24) and np.asarray(im).min() == 255

@@ -45,7 +45,10 @@ from vsr.options import DECODERS, check_choice
 
 log = logging.getLogger(__name__)
 
-_IMAGE_FORMATS = frozenset({"image2", "png_pipe", "jpeg_pipe", "mjpeg"})
+# the demuxers of a still picture: image2 goes by a picture suffix, the pipe demuxers by the
+# content, whatever the name (a WebP saved as "photo" is still a picture)
+_IMAGE_FORMATS = frozenset({"image2", "png_pipe", "jpeg_pipe", "mjpeg", "webp_pipe", "bmp_pipe",
+                            "tiff_pipe", "ppm_pipe", "pgm_pipe", "pbm_pipe"})
 
 
 class Source(Protocol):
