@@ -125,3 +125,31 @@ def test_a_one_picture_gif_is_a_picture_and_an_animated_one_a_video(tmp_path, cl
     line = cli_error("upscale", "-m", "bicubic", "-s", "2", str(anim), str(tmp_path / "a.png"))
     assert "an animated picture needs a video output" in line, line
     assert not (tmp_path / "a.png").exists()
+
+
+def test_an_opaque_lossless_webp_has_no_alpha_and_a_see_through_one_keeps_it(tmp_path, caplog):
+    """FFmpeg decodes every lossless WebP as argb: an opaque one was said to have "an alpha
+    channel (argb) that a .jpg picture cannot hold", and written to .png as RGBA. Its alpha is
+    judged by its pixels."""
+    import logging
+
+    from PIL import Image
+
+    opaque = tmp_path / "opaque.webp"
+    Image.new("RGB", (16, 12), (10, 120, 230)).save(opaque, "WEBP", lossless=True)
+    clear = tmp_path / "clear.webp"
+    rgba = np.full((12, 16, 4), (10, 120, 230, 255), np.uint8)
+    rgba[:4, :4, 3] = 0
+    Image.fromarray(rgba).save(clear, "WEBP", lossless=True)
+    with caplog.at_level(logging.WARNING):
+        upscale_file(UpscaleConfig(input=opaque, output=tmp_path / "o.jpg", model="bicubic",
+                                   scale=2))
+        upscale_file(UpscaleConfig(input=opaque, output=tmp_path / "o.png", model="bicubic",
+                                   scale=2))
+    assert not [r for r in caplog.records if "alpha" in r.getMessage()], caplog.text
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.mode == "RGB"
+    upscale_file(UpscaleConfig(input=clear, output=tmp_path / "c.png", model="bicubic", scale=2))
+    with Image.open(tmp_path / "c.png") as im:
+        got = np.asarray(im)
+    assert got.shape == (24, 32, 4) and got[0, 0, 3] == 0 and got[-1, -1, 3] == 255

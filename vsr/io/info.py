@@ -313,15 +313,16 @@ def decoded_format(frame: av.VideoFrame) -> str:
 
 
 # Decoders that hand out an alpha channel whatever the file holds: FFmpeg's GIF decoder
-# makes bgra of every GIF, opaque or not, and its JPEG decoder gbrap of a CMYK (Adobe) JPEG,
-# which holds no alpha. Their pictures have alpha if a pixel is not opaque.
-_DECODER_MADE_ALPHA = frozenset({"gif", "mjpeg"})
+# makes bgra of every GIF, opaque or not, its JPEG decoder gbrap of a CMYK (Adobe) JPEG,
+# which holds no alpha, and its WebP decoder argb of every lossless WebP. Their pictures
+# have alpha if a pixel is not opaque.
+_DECODER_MADE_ALPHA = frozenset({"gif", "mjpeg", "webp"})
 
 
 def judged_format(frame: av.VideoFrame, decoder: str) -> str:
     """:func:`decoded_format`, and for a decoder that gives every picture an alpha channel
-    (GIF's), a :class:`PixelFormat` whose ``alpha`` says whether any pixel of ``frame`` (the
-    first) is not fully opaque: one conversion of one frame."""
+    (GIF's, a lossless WebP's), a :class:`PixelFormat` whose ``alpha`` says whether any pixel
+    of ``frame`` (the first) is not fully opaque: one conversion of one frame."""
     fmt = decoded_format(frame)
     if decoder in _DECODER_MADE_ALPHA and format_has_alpha(fmt):
         opaque = bool((frame.to_ndarray(format="rgba")[..., 3] == 0xFF).all())
