@@ -184,3 +184,22 @@ def test_the_ffmpeg_encoder_reports_the_packets_it_copied(tmp_path):
     with av.open(str(src)) as c:
         audio = sum(1 for p in c.demux(audio=0) if p.size)
     assert reports["ffmpeg"] == reports["pyav"] == {1: audio, 2: 1}
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".mp4"])
+def test_batch_keeps_a_phones_metadata_keys(tmp_path, suffix):
+    """`vsr batch` dropped a phone's QuickTime metadata keys (com.apple.quicktime.*) from
+    .mov and .mp4 outputs, which `vsr upscale` keeps: the join asks the muxer for
+    use_metadata_tags as the sinks do. A full-range .mp4 still gets its 'colr' box beside
+    them (write_colr)."""
+    src = tmp_path / f"phone{suffix}"
+    tags = [arg for key, value in _PHONE_TAGS.items() for arg in ("-metadata", f"{key}={value}")]
+    full = ["-color_range", "pc"] if suffix == ".mp4" else []
+    _ffmpeg(*_x264(*full), "-movflags", "use_metadata_tags", *tags, src)
+    out = _batch(src, tmp_path / "bo")
+    for path in (src, out):
+        with av.open(str(path)) as c:
+            assert {k: c.metadata.get(k) for k in _PHONE_TAGS} == _PHONE_TAGS, path
+            if full:
+                assert next(c.decode(video=0)).color_range == 2, path
+    assert not full or b"colr" in out.read_bytes()

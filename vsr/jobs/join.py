@@ -20,7 +20,7 @@ import av
 from vsr.errors import OutputError, PipelineError
 from vsr.io.info import StreamInfo, written_time_base
 from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
-from vsr.io.passthrough import Passthrough, container_tags
+from vsr.io.passthrough import Passthrough, container_tags, metadata_movflags
 from vsr.io.paths import file_url, negative_ts_option
 from vsr.io.sink import cannot_hold, check_codec, check_holds
 from vsr.io.source import PyAVSource, declared_end
@@ -126,7 +126,11 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                     stream.set_display_rotation(info.rotation)
                 holder.append(stream)
 
-            out.metadata.update(container_tags(passthrough.metadata))
+            tags = container_tags(passthrough.metadata)
+            out.metadata.update(tags)
+            if flags := metadata_movflags(out.format.name, tags):  # as the sinks; at the header
+                out.container_options["movflags"] = out.container_options.get("movflags", "") \
+                    + flags
             passthrough.add_streams(out, add_video)
             video = holder[0]
         with av.open(file_url(input_path)) as src:
