@@ -15,9 +15,10 @@ Spec: stages separated by commas, applied in order; parameters after the stage n
     noise:sigma=S          additive Gaussian noise on the LR, S on the 0..255 scale, per pixel,
                            per channel and per frame
     jpeg:q=Q               per-frame JPEG at IJG quality Q (1..100; Pillow, 4:2:0 chroma)
-    x264:crf=C[:preset=P]  libx264 through PyAV, yuv420p, CRF C (0..51; 0 is lossless),
-                           preset P (default medium)
-    x265:crf=C[:preset=P]  the same with libx265 (HEVC)
+    x264:crf=C[:preset=P]  libx264 through PyAV, yuv420p, CRF C (0..51; 0 codes the yuv420p
+                           frames losslessly), preset P (default medium)
+    x265:crf=C[:preset=P]  the same with libx265 (HEVC), but lossy at every CRF, 0 included
+                           (x265's lossless mode is another option, not set; vsr.codecs)
 
 Every stage but the downscale also takes ``:p=P``, the probability (0..1, default 1) that the
 stage is applied at all: drawn once per clip, once per sample. ``bicubic,x264:crf=18~36:p=0.7``
