@@ -173,11 +173,15 @@ class Passthrough:
             copy_disposition(s, out_s)
             self._map[s.index] = out_s
             self.copied[s.index] = 0
-            if s.type == "audio" and "mov" in self._input.format.name.split(","):
+            if s.type == "audio" and "mov" in self._input_format().split(","):
                 self._ends[s.index] = declared_end(self._input, s)
         copy_ids = list(self._map)
         streams = [self._input.streams[i] for i in copy_ids]
         self._packets = self._input.demux(streams) if streams else iter(())
+
+    def _input_format(self) -> str:
+        """The input's demuxer name(s); "" for a Demuxer that is no container (a live feed)."""
+        return getattr(getattr(self._input, "format", None), "name", "")
 
     def _advice(self, output: av.container.OutputContainer,
                 s: av.stream.Stream | None = None) -> str:
@@ -190,7 +194,7 @@ class Passthrough:
                 return "choose a container that can (e.g. .mkv)"
             return f"choose a container that can (e.g. {suffix or 'the input format'})"
         tried = []
-        for fmt, ext in (("matroska", ".mkv"), (self._input.format.name.split(",")[0], suffix),
+        for fmt, ext in (("matroska", ".mkv"), (self._input_format().split(",")[0], suffix),
                          ("mp4", ".mp4"), ("mov", ".mov"), ("mpegts", ".ts")):
             if fmt == output.format.name or not ext or ext in tried:
                 continue
