@@ -368,3 +368,29 @@ def other_streams(container: av.container.InputContainer,
         out.append(OtherStream(index=s.index, type=s.type, codec=codec, language=lang,
                                cover=cover))
     return tuple(out)
+
+
+def declared_end(container: av.container.InputContainer,
+                 stream: av.video.stream.VideoStream) -> int | None:
+    """Where the container says the video stream ends, in its time base; None where it does
+    not say. Matroska: the per-stream DURATION tag (the end timestamp; never the segment
+    duration, which includes audio). MP4/MOV: start + the stream's (edited) duration. AVI:
+    start + its frame slots, the empty chunks of dropped frames among them (its frame count
+    counts those too, so a capture with drops fell short by count with nothing missing).
+    Other containers' stream durations are estimates (from the packets read, or the bit
+    rate)."""
+    tb = stream.time_base
+    if not tb:
+        return None
+    if "matroska" in container.format.name:
+        tag = stream.metadata.get("DURATION") or ""
+        try:
+            h, m, sec = tag.split(":")
+            seconds = (int(h) * 60 + int(m)) * 60 + Fraction(sec)
+        except ValueError:
+            return None
+        return int(seconds / Fraction(tb)) if seconds > 0 else None
+    if ("mov" in container.format.name.split(",") or container.format.name == "avi") \
+            and stream.duration:
+        return (stream.start_time or 0) + stream.duration
+    return None

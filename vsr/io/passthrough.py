@@ -17,9 +17,9 @@ from typing import Protocol
 import av
 
 from vsr.errors import InputError, OutputError
+from vsr.io.info import declared_end
 from vsr.io.output import write_error
 from vsr.io.paths import file_url, output_format
-from vsr.io.source import declared_end
 
 log = logging.getLogger(__name__)
 

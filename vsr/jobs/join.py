@@ -18,12 +18,12 @@ from pathlib import Path
 import av
 
 from vsr.errors import OutputError, PipelineError
-from vsr.io.info import StreamInfo, written_time_base
+from vsr.io.info import StreamInfo, declared_end, written_time_base
 from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
 from vsr.io.passthrough import Passthrough, container_tags, metadata_movflags
 from vsr.io.paths import file_url, negative_ts_option
 from vsr.io.sink import cannot_hold, check_codec, check_holds
-from vsr.io.source import PyAVSource, declared_end
+from vsr.io.source import PyAVSource
 
 log = logging.getLogger(__name__)
 
