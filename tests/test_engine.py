@@ -156,6 +156,37 @@ def test_threads_share_a_prepared_backend_only_where_it_is_thread_safe(
     assert cache.prepare(handle, opts, image) is not None  # and again in this thread
 
 
+def test_a_thread_never_takes_a_backend_another_thread_prepared_for_itself(monkeypatch) -> None:
+    """A compile runner (CUDA graphs: per thread) prepared by a thread that has ended is not
+    given to the next thread, which often gets the same thread id (kept by id, it was)."""
+    import threading
+
+    import vsr.backends
+    from vsr.engine import ModelCache
+    from vsr.options import ModelOptions
+
+    made: list[int] = []
+
+    class Runner:
+        backend, notes = "compile", []
+
+    def prepare_for_frame(handle, name, image, *, batch):
+        made.append(threading.get_ident())
+        return Runner()
+
+    monkeypatch.setattr(vsr.backends, "prepare_for_frame", prepare_for_frame)
+    cache = ModelCache()
+    opts = ModelOptions(model="bicubic", scale=2, backend="compile")
+    handle = cache.handle(opts, "cpu")
+    image = np.zeros((8, 8, 3), np.uint8)
+    got: list[object] = []
+    for _ in range(2):  # one after the other: the second thread starts once the first ended
+        t = threading.Thread(target=lambda: got.append(cache.prepare(handle, opts, image)))
+        t.start()
+        t.join(30)
+    assert len(made) == 2 and got[0] is not got[1]
+
+
 def test_batch_takes_every_image_format_eval_reads(tmp_path: Path) -> None:
     """One list of image suffixes: a folder batch upscales the .bmp/.tif/.webp/.ppm files
     `vsr eval` reads (it used to skip all but PNG and JPEG), each into its own format."""

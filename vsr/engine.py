@@ -124,6 +124,15 @@ class ModelCache:
         self._handles: dict[tuple, object] = {}
         self._prepared: dict[tuple, Prepared] = {}
         self._once: dict[tuple, threading.Lock] = {}  # per key: one thread loads or prepares
+        # each thread's own prepared backends (compile, tensorrt): a thread-local, not a dict
+        # by thread id, which the next thread often gets again once a thread has ended
+        self._own = threading.local()
+
+    def _thread_prepared(self) -> dict[tuple, Prepared]:
+        """This thread's own prepared backends, by the key :meth:`prepare` uses."""
+        if not hasattr(self._own, "prepared"):
+            self._own.prepared = {}
+        return self._own.prepared
 
     def _key_lock(self, key: tuple) -> threading.Lock:
         with self._lock:
@@ -163,6 +172,9 @@ class ModelCache:
                               if p.handle is not handle}
             self._once = {k: lock for k, lock in self._once.items()
                           if not (k[0] == "prepare" and k[1][0] == id(handle))}
+        own = self._thread_prepared()  # other threads' own go with their thread
+        for key in [k for k, p in own.items() if p.handle is handle]:
+            del own[key]
 
     def _fp32(self, options: ModelOptions, device: torch.device) -> Callable[[], object]:
         """What a run of ``options`` that falls back to fp32 computes with: this cache's fp32
@@ -187,18 +199,21 @@ class ModelCache:
                             options.backend)
             return Prepared(handle, None, options, fp32)
         key = (id(handle), options.backend, options.batch, image.shape, str(image.dtype))
-        own = (*key, threading.get_ident())  # where a backend of this thread alone is kept
+        own = self._thread_prepared()
         with self._key_lock(("prepare", key)):
             with self._lock:
-                prepared = self._prepared.get(key) or self._prepared.get(own)
+                prepared = self._prepared.get(key)
+            prepared = prepared or own.get(key)
             if prepared is None or prepared.handle is not handle:
                 from vsr.backends import prepare_for_frame
 
                 runner = prepare_for_frame(handle, options.backend, image, batch=options.batch)
                 prepared = Prepared(handle, runner, options, fp32)
-                shared = prepared.backend in _THREAD_SAFE_BACKENDS
-                with self._lock:
-                    self._prepared[key if shared else own] = prepared
+                if prepared.backend in _THREAD_SAFE_BACKENDS:
+                    with self._lock:
+                        self._prepared[key] = prepared
+                else:
+                    own[key] = prepared
         return prepared
 
 
