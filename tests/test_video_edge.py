@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 import pytest
 
-from vsr.errors import OutputError
+from vsr.errors import ConfigError, OutputError
 from vsr.io.ffmpeg_sink import ffmpeg_available
 from vsr.io.sink import EncodeConfig
 from vsr.upscale import UpscaleConfig, upscale_file
@@ -165,3 +165,18 @@ def test_a_codec_the_container_cannot_hold_names_one_that_can(tmp_path):
     with pytest.raises(OutputError, match=r"cannot hold utvideo video; use another --codec, "
                                           r"or a container that can \(e\.g\. \.avi\)"):
         _upscale(src, tmp_path / "out.mkv", "utvideo", "pyav")
+
+
+def test_a_pix_fmt_the_ffmpeg_programs_encoder_lacks_is_refused_before_any_work(tmp_path):
+    """The program's encoder says what it takes: a --pix-fmt outside that is the
+    ConfigError choose_pix_fmt raises, as with the PyAV encoder (ffmpeg wrote yuv444p instead,
+    and the result said gbrp)."""
+    if _program_takes("libx264", "gbrp"):
+        pytest.skip("the ffmpeg program's libx264 takes gbrp here")
+    src = _clip(tmp_path / "in.mkv", "yuv420p", *_BT709)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(ConfigError, match="libx264 cannot encode gbrp"):
+        upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                                   encoder="ffmpeg",
+                                   encode=EncodeConfig(codec="libx264", pix_fmt="gbrp")))
+    assert not out.exists()

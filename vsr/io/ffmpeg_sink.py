@@ -28,7 +28,7 @@ import av
 import ffmpeg
 import numpy as np
 
-from vsr.errors import OutputError
+from vsr.errors import ConfigError, OutputError
 from vsr.io.info import ColorInfo, StreamInfo, has_alpha, written_time_base
 from vsr.io.output import (
     SinkContext,
@@ -262,7 +262,10 @@ class FfmpegSink(SinkContext):
         try:
             self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep,
                                           formats=formats)
-        except Exception:  # a codec only the system ffmpeg has: keep the input's depth
+        except ConfigError:
+            if formats is not None:  # the program's encoder said what it takes: not that
+                raise
+            # a codec only the system ffmpeg has, and it does not say: keep the input's depth
             self.pix_fmt = config.pix_fmt or ("yuv420p10le" if info.bit_depth > 8 else "yuv420p")
         if config.pix_fmt is None:
             warn_depth_lost(info, config.codec, self.pix_fmt, formats)
