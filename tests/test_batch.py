@@ -248,3 +248,17 @@ def test_all_shared_clips_with_two_workers(tmp_path):
         assert packets(result, "audio") == packets(clip, "audio"), clip.name
         w, h = _size(clip)
         assert _size(result) == (2 * w, 2 * h)
+
+
+def test_the_fingerprint_hashes_the_weights_a_registry_name_loads(tmp_path, monkeypatch) -> None:
+    """load_model takes a registry name before a file of that name: so does the job's weights
+    digest (a file named like the default in the working folder was hashed instead)."""
+    from vsr.jobs.runner import weights_digest
+    from vsr.models import DEFAULT_MODEL, REGISTRY
+    from vsr.models.registry import file_sha256
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / DEFAULT_MODEL).write_bytes(b"not the weights")
+    assert weights_digest(DEFAULT_MODEL) == file_sha256(REGISTRY.get(DEFAULT_MODEL)
+                                                        .weights_path)[:16]
+    assert weights_digest(None) == weights_digest(DEFAULT_MODEL)

@@ -382,9 +382,10 @@ def weights_digest(model: str | None) -> str:
     from vsr.models.registry import file_sha256
 
     name = model or DEFAULT_MODEL
-    path = Path(name)
-    if not path.is_file():  # as load_model: a file of that name first, then the registry
-        path = REGISTRY.get(name).weights_path if name in REGISTRY else None
+    # as vsr.models.load_model: a registry name first, then a file of that name
+    path = REGISTRY.get(name).weights_path if name in REGISTRY else Path(name)
+    if not path.is_file():
+        path = None
     try:
         return file_sha256(path)[:16] if path is not None else ""
     except OSError:
