@@ -245,3 +245,42 @@ def test_cuda_and_cuda_of_the_current_device_hold_one_copy_of_a_model() -> None:
     assert models.handle(options, current) is first
     assert models.handle(options, torch.device("cuda")) is first
     assert first.device == torch.device(current)
+
+
+def test_release_lets_go_of_what_other_living_threads_prepared(monkeypatch) -> None:
+    """A compile runner another thread prepared for itself, that thread still alive (a pool's
+    worker), no longer keeps a released model (only the releasing thread's own were let go)."""
+    import gc
+    import threading
+    import weakref
+
+    import vsr.backends
+    from vsr.engine import ModelCache
+    from vsr.options import ModelOptions
+
+    class Runner:
+        backend, notes = "compile", []
+
+    monkeypatch.setattr(vsr.backends, "prepare_for_frame", lambda *a, **k: Runner())
+    cache = ModelCache()
+    opts = ModelOptions(model="bicubic", scale=2, backend="compile")
+    handle = cache.handle(opts, "cpu")
+    gone = weakref.ref(handle)
+    prepared, done = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        cache.prepare(gone(), opts, np.zeros((8, 8, 3), np.uint8))
+        prepared.set()
+        done.wait(30)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert prepared.wait(30)
+    cache.release(handle)
+    del handle
+    gc.collect()
+    try:
+        assert gone() is None
+    finally:
+        done.set()
+        t.join(30)

@@ -124,15 +124,17 @@ class ModelCache:
         self._handles: dict[tuple, object] = {}
         self._prepared: dict[tuple, Prepared] = {}
         self._once: dict[tuple, threading.Lock] = {}  # per key: one thread loads or prepares
-        # each thread's own prepared backends (compile, tensorrt): a thread-local, not a dict
-        # by thread id, which the next thread often gets again once a thread has ended
-        self._own = threading.local()
+        # each thread's own prepared backends (compile, tensorrt), by the Thread itself: not by
+        # thread id, which the next thread often gets again once a thread has ended; weakly,
+        # so that they go with their thread; in one place, so that release() reaches them all
+        self._own: weakref.WeakKeyDictionary[threading.Thread, dict[tuple, Prepared]] = \
+            weakref.WeakKeyDictionary()
 
     def _thread_prepared(self) -> dict[tuple, Prepared]:
-        """This thread's own prepared backends, by the key :meth:`prepare` uses."""
-        if not hasattr(self._own, "prepared"):
-            self._own.prepared = {}
-        return self._own.prepared
+        """This thread's own prepared backends, by the key :meth:`prepare` uses (change it
+        under ``_lock``: :meth:`release` goes through every thread's)."""
+        with self._lock:
+            return self._own.setdefault(threading.current_thread(), {})
 
     def _key_lock(self, key: tuple) -> threading.Lock:
         with self._lock:
@@ -172,9 +174,9 @@ class ModelCache:
                               if p.handle is not handle}
             self._once = {k: lock for k, lock in self._once.items()
                           if not (k[0] == "prepare" and k[1][0] == id(handle))}
-        own = self._thread_prepared()  # other threads' own go with their thread
-        for key in [k for k, p in own.items() if p.handle is handle]:
-            del own[key]
+            for own in self._own.values():
+                for key in [k for k, p in own.items() if p.handle is handle]:
+                    del own[key]
 
     def _fp32(self, options: ModelOptions, device: torch.device) -> Callable[[], object]:
         """What a run of ``options`` that falls back to fp32 computes with: this cache's fp32
@@ -213,7 +215,8 @@ class ModelCache:
                     with self._lock:
                         self._prepared[key] = prepared
                 else:
-                    own[key] = prepared
+                    with self._lock:
+                        own[key] = prepared
         return prepared
 
 
