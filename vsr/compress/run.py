@@ -47,7 +47,7 @@ from vsr.models.drn import DRN
 from vsr.train.data import PatchSampler
 from vsr.train.lock import folder_lock
 from vsr.train.losses import dual_loss
-from vsr.train.state import read_state_index, read_training_state
+from vsr.train.state import read_training_state, state_paths
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,9 @@ class _Run:
             if not source:
                 continue
             if str(source).endswith(".index.json"):  # a sharded training state (GPU slots)
-                tensors, _ = read_training_state(read_state_index(Path(source)))
+                index = Path(source)
+                tensors, _ = read_training_state(
+                    state_paths(index.parent, index.name.removesuffix(".index.json")))
             else:
                 tensors, _ = load_tensors(source)
             if "dual.0.conv1.weight" not in tensors:

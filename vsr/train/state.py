@@ -125,14 +125,6 @@ def state_paths(run_dir: Path, stem: str) -> list[Path]:
     return [shards[i] for i in sorted(shards)]
 
 
-def read_state_index(index: Path) -> list[Path]:
-    """The shard files, in order, that the index file ``STEM.index.json`` names."""
-    stem = index.name.removesuffix(".index.json")
-    if stem == index.name:
-        raise CheckpointError(f"{index}: a training state index is named STEM.index.json")
-    return _read_index(index, stem)
-
-
 def _read_index(index: Path, stem: str) -> list[Path]:
     try:
         data = json.loads(index.read_text())
