@@ -143,11 +143,6 @@ def _size_in(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _orientation_in(head: bytes) -> int:
-    """The EXIF orientation (1-8; 1: as stored) of a JPEG, TIFF, PNG or WebP picture that
-    begins with ``head``; 1 where it says none (or nothing this reads)."""
-    exif = head if head[:4] in (b"II*\x00", b"MM\x00*") else exif_block(head)
-    return _tiff_orientation(exif) if exif else 1
 
 
 def upright_exif(exif: bytes) -> bytes | None:
@@ -433,6 +428,7 @@ class Picture(NamedTuple):
     orientation: int  # a still picture's EXIF orientation: 1-8, 1 as stored (see upright)
     pages: int  # a TIFF's pages (image directories), of which FFmpeg decodes the first
     icc_profile: bytes | None  # the embedded ICC colour profile (vsr.io.icc), if any
+    exif: bytes | None  # a JPEG's, PNG's or WebP's EXIF block (a TIFF is its own), if any
 
 
 def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
@@ -447,7 +443,7 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
     The file is opened once for all of that. Raises InputError (over the limit, cut short);
     av.FFmpegError as ``av.open`` does.
     """
-    later_transparency, still, orientation, pages, profile = False, False, 1, 1, None
+    later_transparency, still, orientation, pages, profile, exif = False, False, 1, 1, None, None
     # mapped, not read: a JPEG walk stops at the first picture's end; unreadable or empty
     # (nothing to map): FFmpeg says why
     with contextlib.suppress(OSError, ValueError), open(path, "rb") as fh, \
@@ -458,9 +454,12 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
             raise InputError(f"{Path(path).name} is an animated WebP, which FFmpeg cannot "
                              "decode; convert it to an animated GIF or PNG, or a video")
         head = data[:_HEAD_BYTES]
-        orientation = _orientation_in(head)
+        tiff = head[:4] in (b"II*\x00", b"MM\x00*")
+        exif = None if tiff else exif_block(head)
+        tags = head if tiff else exif  # the EXIF orientation: 1-8, 1 as stored
+        orientation = _tiff_orientation(tags) if tags else 1
         profile = read_profile(data)
-        if head[:4] in (b"II*\x00", b"MM\x00*"):
+        if tiff:
             pages = _tiff_pages(data)
         size = _size_in(head)
         if size is not None:
@@ -471,7 +470,7 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
                 later_transparency = _gif_later_transparency(data)
                 still = _gif_one_picture(data)
     container = av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
-    return Picture(container, later_transparency, still, orientation, pages, profile)
+    return Picture(container, later_transparency, still, orientation, pages, profile, exif)
 
 
 def open_limited(path: str | os.PathLike, url: str | None = None):
@@ -605,17 +604,6 @@ def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = 
     return pix_fmt
 
 
-def _input_exif(path: str | os.PathLike) -> bytes | None:
-    """The EXIF data (camera, date, place...) of the JPEG, PNG or WebP picture ``path``, as it
-    describes the upright picture written (:func:`upright_exif`); None where it has none."""
-    try:
-        with open(path, "rb") as fh:
-            exif = exif_block(fh.read(_HEAD_BYTES))
-    except OSError:
-        return None
-    return upright_exif(exif) if exif else None
-
-
 class ImageSink(SinkContext):
     """Writes exactly one (H, W, 3) RGB uint8/uint16 frame in the format of its suffix
     (IMAGE_FORMATS: 16 bits kept where the format has them), as :func:`save_image` does;
@@ -658,7 +646,8 @@ class ImageSink(SinkContext):
                         "into the %s picture: it is not carried", Path(info.path).name,
                         profile_space(self._profile), self.path.suffix.lower())
             self._profile = None
-        self._exif = _input_exif(info.path) if info is not None and holds_exif(
+        # the input's EXIF (camera, date, place...) as it describes the upright picture written
+        self._exif = upright_exif(info.exif) if info is not None and info.exif and holds_exif(
             self.path.suffix) else None
         self._overwrite = overwrite
         self._size = (height, width)

@@ -203,6 +203,8 @@ class StreamInfo:
     interlaced: str | None = None
     # a still picture's embedded ICC colour profile (vsr.io.icc), which its output carries
     icc_profile: bytes | None = field(default=None, repr=False)
+    # a still JPEG, PNG or WebP picture's EXIF block (TIFF data), which its output carries
+    exif: bytes | None = field(default=None, repr=False)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -240,8 +240,9 @@ class PyAVSource:
                                        picture.gif_later, picture.gif_still)
             self._orientation = (self._upright(p, picture.orientation) if self.info.is_image
                                  else 1)
-            if picture.icc_profile is not None and self.info.is_image:
-                self.info = replace(self.info, icc_profile=picture.icc_profile)
+            if self.info.is_image:
+                self.info = replace(self.info, icc_profile=picture.icc_profile,
+                                    exif=picture.exif)
             if picture.pages > 1:
                 log.warning("%s holds %d pages, and FFmpeg reads the first only: the other %d "
                             "are not upscaled", p.name, picture.pages, picture.pages - 1)
