@@ -16,8 +16,10 @@ from vsr.errors import InputError
 # swscale's flags for 8-bit Y'CbCr <-> RGB. Its default Y'CbCr -> RGB path (the SIMD tables it
 # takes for widths of a multiple of 8) comes out 1 to 1.5 levels dark on average in every
 # channel (up to 2.8; FFmpeg 5.1's ffmpeg program and decord the same), and its RGB -> Y'CbCr
-# default rounds the chroma down (0.2 levels): with these both follow the standard equations
-# within rounding (tests/test_colour_exact.py), for 3 ms more a 720p frame. Not for 16-bit RGB:
+# default rounds 4:2:0 chroma badly (up to 0.66 levels off): with these both follow the standard
+# equations within rounding at limited range (tests/test_colour_exact.py), for about 3 ms more a
+# 720p frame. Not mended by any flag: RGB -> full-range Y'CbCr truncates the chroma (-0.5 on
+# average; vsr.io.image converts JPEG pictures itself for that). Not for 16-bit RGB:
 # FULL_CHR_H_INT turns yuv420p10 -> rgb48 into garbage in PyAV 18's swscale.
 EXACT_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 EXACT_YUV = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
