@@ -326,10 +326,12 @@ class FfmpegSink(SinkContext):
         copied = {i: 0 for i in self._sources if i != self._info.index}
         try:
             with av.open(file_url(self.path)) as out:
-                for pkt in out.demux():
-                    k = pkt.stream.index
-                    if pkt.size and k < len(self._sources) and self._sources[k] in copied:
-                        copied[self._sources[k]] += 1
+                # the copied streams only: not every video packet wrapped to be thrown away
+                streams = [s for s in out.streams if s.index < len(self._sources)
+                           and self._sources[s.index] in copied]
+                for pkt in out.demux(streams) if streams else ():
+                    if pkt.size:
+                        copied[self._sources[pkt.stream.index]] += 1
         except (av.error.FFmpegError, OSError, ValueError):
             return {}
         return copied
