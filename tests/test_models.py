@@ -228,5 +228,10 @@ def test_a_backend_pads_a_tiny_picture_as_the_handle_does() -> None:
                           .manual_seed(0))
     runner = prepare_for_frame(handle, "onnx", image)
     assert runner.backend == "onnx"
+    # the shape a fixed-shape engine (compile, tensorrt) is built for is the one run_padded feeds
+    from vsr.backends.base import padded_shape
+
+    assert padded_shape(handle, (1, 3, 3, 5)) == (1, 3, 16, 16)
+    assert padded_shape(handle, (2, 3, 17, 40)) == (2, 3, 17, 40)
     x = image.permute(2, 0, 1)[None].float() / 255
     assert torch.allclose(runner(x), handle.infer(x), atol=1e-4)

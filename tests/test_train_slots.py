@@ -313,12 +313,19 @@ def test_training_from_an_image_pack_needs_no_pyav(images: Path, tmp_path: Path)
                             "--json"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["steps"] == 2
-    evaluation = subprocess.run(
+    evaluation = subprocess.run(  # as benchmarks/train_slot.py eval scores a pack
         [sys.executable, "-c", _NO_PYAV.replace(
             'runpy.run_module("vsr", run_name="__main__")',
-            "import vsr.evaluate, vsr.train.data, vsr.models")],
+            "from vsr.evaluate import evaluate_image\n"
+            "from vsr.loading import load_model\n"
+            "from vsr.train.data import load_image_pack\n"
+            "handle = load_model(sys.argv[1], device='cpu')\n"
+            "for hr in load_image_pack(sys.argv[2]).values():\n"
+            "    print(evaluate_image(handle, hr, handle.scale))"),
+         str(run / "last.safetensors"), str(pack)],
         capture_output=True, text=True, timeout=120)
     assert evaluation.returncode == 0, evaluation.stderr
+    assert len(evaluation.stdout.splitlines()) == 6
 
 
 def save_small_state(run: Path, seed: int, step: int, shard_bytes: int | None,
