@@ -96,10 +96,16 @@ class UpscaleResult:
         return d
 
 
+def writes_picture(info, output) -> bool:
+    """Whether the input ``info`` is written as a picture to ``output``: a picture input is
+    (a video name is refused by the picture sink), but a one-picture GIF is a one-frame
+    video where a video is asked for."""
+    return info.is_image and (is_image_path(output) or info.container != "gif")
+
+
 def open_sink(config: UpscaleConfig, info, width: int, height: int):
     """The sink ``config`` asks for: an image for an image input, else PyAV or ffmpeg."""
-    if info.is_image and (is_image_path(config.output) or info.container != "gif"):
-        # a one-picture GIF is a picture, and a one-frame video where a video is asked for
+    if writes_picture(info, config.output):
         return ImageSink(config.output, width, height, overwrite=config.overwrite,
                          input_path=str(config.input), info=info)
     if is_image_path(config.output):
@@ -134,7 +140,7 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
         t0 = time.perf_counter()
         with open_source(config.input, config.decoder,
                          deinterlace=config.deinterlace) as source:
-            is_image = source.info.is_image and is_image_path(config.output)
+            is_image = writes_picture(source.info, config.output)
             run = run_source(source, config, device,
                              lambda info, w, h: open_sink(config, info, w, h), models=models,
                              depth=config.queue_depth, overlap=config.tile_overlap,
