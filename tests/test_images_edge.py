@@ -4,6 +4,9 @@ output."""
 
 from __future__ import annotations
 
+import io
+import struct
+
 import numpy as np
 import pytest
 
@@ -78,15 +81,17 @@ def test_a_photos_exif_is_carried_for_the_upright_picture(tmp_path, source):
     """A photo's EXIF data (camera, date taken, place) was dropped from every output; it is
     carried into .jpg, .png and .webp, its orientation set to 1 (the picture is written
     upright, so a viewer must not turn it again) and its sideways thumbnail left out."""
-    from PIL import Image, ImageOps
+    from PIL import ExifTags, Image, ImageOps
 
     rgb = _photo_like(24, 32)
     exif = Image.Exif()
     exif[0x010F], exif[0x0110], exif[0x0112] = "PhoneMaker", "Model 7", 6
     exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"  # DateTimeOriginal
     src = tmp_path / f"in{source}"
-    Image.fromarray(rgb).save(src, exif=exif.tobytes(), **({"lossless": True}
-                                                           if source == ".webp" else {}))
+    Image.fromarray(rgb).save(src, exif=_with_thumbnail(exif.tobytes()), **(
+        {"lossless": True} if source == ".webp" else {}))
+    with Image.open(src) as im:
+        assert im.getexif().get_ifd(ExifTags.IFD.IFD1)  # the thumbnail is there to leave out
     for suffix in (".jpg", ".png", ".webp"):
         out = tmp_path / f"up{suffix}"
         upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
@@ -97,6 +102,30 @@ def test_a_photos_exif_is_carried_for_the_upright_picture(tmp_path, source):
             assert got.get_ifd(0x8769).get(0x9003) == "2024:05:06 07:08:09"
             assert im.size == (48, 64)  # upright: 24x32 stored on its side
             assert ImageOps.exif_transpose(im).size == (48, 64)
+            assert not got.get_ifd(ExifTags.IFD.IFD1), (source, suffix)  # no sideways thumbnail
+
+
+def _with_thumbnail(exif: bytes) -> bytes:
+    """``exif`` (Pillow's ``Exif.tobytes()``: "Exif\\0\\0" and TIFF-structured data) with a
+    second directory holding a small JPEG thumbnail, as a camera writes it."""
+    from PIL import Image
+
+    thumb = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 0, 0)).save(thumb, "JPEG")
+    jpeg = thumb.getvalue()
+    head, tiff = exif[:6], bytearray(exif[6:])
+    order = "<" if tiff[:2] == b"II" else ">"
+    (first,) = struct.unpack(order + "I", tiff[4:8])
+    (count,) = struct.unpack(order + "H", tiff[first:first + 2])
+    link = first + 2 + 12 * count  # where the first directory names the next
+    tiff += bytes(len(tiff) % 2)  # directories start on a word boundary
+    ifd1 = len(tiff)
+    tiff += struct.pack(order + "H", 2)
+    tiff += struct.pack(order + "HHII", 0x0201, 4, 1, ifd1 + 2 + 2 * 12 + 4)  # JPEG offset
+    tiff += struct.pack(order + "HHII", 0x0202, 4, 1, len(jpeg))  # JPEG length
+    tiff += bytes(4) + jpeg  # no third directory
+    tiff[link:link + 4] = struct.pack(order + "I", ifd1)
+    return head + bytes(tiff)
 
 
 def test_a_one_picture_gif_is_a_picture_and_an_animated_one_a_video(tmp_path, cli_error):
