@@ -407,13 +407,14 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
         # killed between its join's move into place and the record of it (kill -9, a power
         # cut): the output there is the one it was moving, by its size; its segments go
         shutil.rmtree(config.state_dir / "segments" / f"{joined:06d}", ignore_errors=True)
-    if store.finished(*key, fingerprint) and not config.overwrite:
+    done = None if config.overwrite else store.finished_output(*key, fingerprint)
+    if done == "intact":
         with tracker.lock:
             tracker.skipped.append({"input": str(job.input), "output": str(job.output)})
         return []
-    if not config.overwrite and (why := store.changed_output(*key, fingerprint)):
+    if done is not None:
         # a finished output cut short or replaced since: not skipped as done, not replaced
-        raise OutputError(f"{job.output} is not the output this batch finished ({why}): "
+        raise OutputError(f"{job.output} is not the output this batch finished ({done}): "
                           "--overwrite makes it again")
     from vsr.io.output import check_output_path
 

@@ -152,18 +152,11 @@ class JobStore:
                        "AND NOT EXISTS (SELECT 1 FROM files WHERE input = ? AND output = ?)",
                        (new_input, new_output, input_path, output, new_input, new_output))
 
-    def finished(self, input_path: str, output: str, fingerprint: str) -> bool:
-        """True when this input was finished into this output with these settings and the
-        output is there, of the size it was written (:meth:`changed_output` says more)."""
-        return self._finished(input_path, output, fingerprint) == "intact"
-
-    def changed_output(self, input_path: str, output: str, fingerprint: str) -> str | None:
-        """Why an output this batch finished with these settings is not the file it wrote
-        (cut short, emptied, replaced), or None."""
-        state = self._finished(input_path, output, fingerprint)
-        return None if state in ("intact", None) else state
-
-    def _finished(self, input_path: str, output: str, fingerprint: str) -> str | None:
+    def finished_output(self, input_path: str, output: str, fingerprint: str) -> str | None:
+        """What became of the output this input was finished into with these settings:
+        "intact" (there, of the size this batch wrote), why it is not the file this batch
+        wrote (cut short, emptied, replaced), or None (not finished with these settings, or
+        no file there)."""
         with self._using("read") as db:
             row = db.execute("SELECT fingerprint, status, output_bytes FROM files WHERE "
                              "input = ? AND output = ?", (input_path, output)).fetchone()
