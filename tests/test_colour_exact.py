@@ -16,27 +16,19 @@ import av
 import numpy as np
 import pytest
 
+from tests.test_colour_deep import BLOCK, flat_clip, planes, rgb_of_ycbcr, ycbcr_of_rgb
 from vsr.io.source import open_source
 
-BLOCK = 16  # luma pixels a side of one flat colour; chroma 8 (4:2:0)
-KR_KB = {"bt709": (0.2126, 0.0722), "bt601": (0.299, 0.114)}
+MATRIX = {"bt709": 1, "bt601": 5}  # AVColorSpace
 
 
 def _rgb_of_yuv(yuv: np.ndarray, matrix: str) -> np.ndarray:
     """(..., 3) limited-range Y'CbCr -> (..., 3) R'G'B' in 8-bit levels, unrounded."""
-    kr, kb = KR_KB[matrix]
-    y, u, v = (yuv[..., 0] - 16) / 219, (yuv[..., 1] - 128) / 224, (yuv[..., 2] - 128) / 224
-    r, b = y + 2 * (1 - kr) * v, y + 2 * (1 - kb) * u
-    g = (y - kr * r - kb * b) / (1 - kr - kb)
-    return np.stack([r, g, b], -1) * 255
+    return rgb_of_ycbcr(yuv, MATRIX[matrix], 8, False) * 255
 
 
 def _yuv_of_rgb(rgb: np.ndarray, matrix: str) -> np.ndarray:
-    kr, kb = KR_KB[matrix]
-    r, g, b = (rgb[..., i] / 255 for i in range(3))
-    y = kr * r + (1 - kr - kb) * g + kb * b
-    return np.stack([16 + 219 * y, 128 + 224 * (b - y) / (2 - 2 * kb),
-                     128 + 224 * (r - y) / (2 - 2 * kr)], -1)
+    return ycbcr_of_rgb(rgb / 255, MATRIX[matrix], 8, False)
 
 
 def _colours(rows: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -63,41 +55,10 @@ def _assert_exact(got: np.ndarray, want: np.ndarray) -> None:
     assert np.abs(err).max() <= 0.6, np.abs(err).max()
 
 
-def _flat_clip(path: Path, colours: np.ndarray, matrix: str) -> Path:
-    """One lossless (FFV1) yuv420p frame of ``colours`` as flat blocks, tagged ``matrix``."""
-    w, h = colours.shape[1] * BLOCK, colours.shape[0] * BLOCK  # 64x48: swscale's SIMD width
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("ffv1", rate=25)  # lossless: the planes written are the ones read
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.codec_context.colorspace = 1 if matrix == "bt709" else 5
-        s.codec_context.color_range = 1
-        frame = av.VideoFrame(w, h, "yuv420p")
-        for plane, sub, i in zip(frame.planes, (1, 2, 2), range(3), strict=True):
-            buf = np.zeros((h // sub, plane.line_size), np.uint8)
-            buf[:, : w // sub] = colours[..., i].repeat(BLOCK // sub, 0).repeat(BLOCK // sub, 1)
-            plane.update(buf)
-        for p in [*s.encode(frame), *s.encode()]:
-            out.mux(p)
-    return path
-
-
-def _planes(path: Path) -> np.ndarray:
-    """The first frame's Y, Cb, Cr block centres of a yuv420p file, (rows, cols, 3)."""
-    with av.open(str(path)) as c:
-        f = next(c.decode(video=0))
-        assert f.format.name == "yuv420p"
-        out = []
-        for plane, sub in zip(f.planes, (1, 2, 2), strict=True):
-            a = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
-            out.append(a[BLOCK // sub // 2::BLOCK // sub, BLOCK // sub // 2::BLOCK // sub][
-                : f.height // BLOCK, : f.width // BLOCK])
-    return np.stack(out, -1).astype(float)
-
-
 @pytest.mark.parametrize("matrix", ["bt709", "bt601"])
 def test_a_videos_frames_are_read_exactly(tmp_path: Path, matrix: str) -> None:
     colours = _colours(3, 4)
-    path = _flat_clip(tmp_path / "flat.mkv", colours, matrix)
+    path = flat_clip(tmp_path / "flat.mkv", colours, "yuv420p", matrix=MATRIX[matrix], full=False)
     with open_source(path) as src:
         image = next(iter(src.frames())).image
     _assert_exact(_centres(image), _rgb_of_yuv(colours.astype(float), matrix))
@@ -130,7 +91,8 @@ def test_written_frames_are_converted_exactly(tmp_path: Path, encoder: str) -> N
         pytest.skip("needs the ffmpeg program")
 
     colours = _colours(8, 8, seed=2)  # 64 blocks: rounding averages out
-    source_path = _flat_clip(tmp_path / "in.mkv", colours, "bt709")
+    source_path = flat_clip(tmp_path / "in.mkv", colours, "yuv420p", matrix=MATRIX["bt709"],
+                     full=False)
     rgb = np.clip(_rgb_of_yuv(colours.astype(float), "bt709").round(), 0, 255)
     with open_source(source_path) as src:
         info = src.info
@@ -140,7 +102,7 @@ def test_written_frames_are_converted_exactly(tmp_path: Path, encoder: str) -> N
     with sink_class(out, info, image.shape[1], image.shape[0],
                     EncodeConfig(codec="ffv1", pix_fmt="yuv420p")) as sink:
         sink.write(image, 0)
-    err = _planes(out) - _yuv_of_rgb(rgb, "bt709")
+    err = planes(out) - _yuv_of_rgb(rgb, "bt709")
     assert np.abs(err.reshape(-1, 3).mean(0)).max() < 0.1, err.reshape(-1, 3).mean(0)
     assert np.abs(err).max() <= 0.52, np.abs(err).max()  # rounded, not truncated
 
@@ -150,7 +112,8 @@ def test_a_live_streams_frames_are_read_exactly(tmp_path: Path) -> None:
     from vsr.stream.io import fit_frame
 
     colours = _colours(3, 4, seed=3)
-    path = _flat_clip(tmp_path / "live.mkv", colours, "bt709")
+    path = flat_clip(tmp_path / "live.mkv", colours, "yuv420p", matrix=MATRIX["bt709"],
+                     full=False)
     with av.open(str(path)) as c:
         frame = next(c.decode(video=0))
     image = fit_frame(frame, (frame.width, frame.height), "rgb24")

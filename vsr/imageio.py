@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from vsr.errors import InputError, OutputError
+from vsr.io.colour import reads_own, to_rgb
 from vsr.io.image import IMAGE_SUFFIXES, jpeg_qscale, limit_stream, open_limited, save_image
-from vsr.io.info import EXACT_RGB
+from vsr.io.info import EXACT_RGB, ColorInfo
 from vsr.io.paths import file_url
 
 
@@ -57,7 +58,9 @@ def read_image_and_gray(path: str | os.PathLike) -> tuple[torch.Tensor, bool]:
     replaced between two reads would give one file's pixels with the other's format)."""
     frame = _decode(Path(path))
     if max(c.bits for c in frame.format.components) > 8:
-        deep = frame.to_ndarray(format="rgb48le").astype(np.uint32)  # (H, W, 3), 0..65535
+        # (H, W, 3), 0..65535; Y'CbCr by vsr.io.colour (swscale's 16-bit RGB is 0.4% dark)
+        deep = (to_rgb(frame, ColorInfo.of_frame(frame)) if reads_own(frame.format.name)
+                else frame.to_ndarray(format="rgb48le")).astype(np.uint32)
         rgb = ((2 * deep + 257) // 514).astype(np.uint8)  # floor(v / 257 + 1/2), exactly
     else:  # (H, W, 3); gray replicated exactly
         rgb = frame.to_ndarray(format="rgb24", interpolation=EXACT_RGB)  # as libjpeg, to a level

@@ -17,10 +17,12 @@ from vsr.errors import InputError
 # takes for widths of a multiple of 8) comes out 1 to 1.5 levels dark on average in every
 # channel (up to 2.8; FFmpeg 5.1's ffmpeg program and decord the same), and its RGB -> Y'CbCr
 # default rounds 4:2:0 chroma badly (up to 0.66 levels off): with these both follow the standard
-# equations within rounding at limited range (tests/test_colour_exact.py), for about 3 ms more a
-# 720p frame. Not mended by any flag: RGB -> full-range Y'CbCr truncates the chroma (-0.5 on
-# average; vsr.io.image converts JPEG pictures itself for that). Not for 16-bit RGB:
-# FULL_CHR_H_INT turns yuv420p10 -> rgb48 into garbage in PyAV 18's swscale.
+# equations within rounding, 8-bit in and out at limited range and 8-bit in at full range
+# (tests/test_colour_exact.py), for about 3 ms more a 720p frame. What no flag mends is done by
+# vsr.io.colour: Y'CbCr of more than 8 bits to 16-bit RGB (swscale's scale is 255/256: 10-bit
+# white read as 65283) and back (0.4% bright, Y 943 for 940), and RGB to full-range Y'CbCr
+# (chroma truncated, -0.5 on average). FULL_CHR_H_INT turns yuv420p10 -> rgb48 into garbage in
+# PyAV 18's swscale: these flags are for 8-bit RGB only.
 EXACT_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 EXACT_YUV = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
 
@@ -53,6 +55,11 @@ class ColorInfo:
     matrix: int = 2  # AVColorSpace
     primaries: int = 2  # AVColorPrimaries
     transfer: int = 2  # AVColorTransferCharacteristic
+
+    @classmethod
+    def of_frame(cls, frame: av.VideoFrame) -> ColorInfo:
+        """The range and matrix a decoded frame is tagged with (the rest unspecified)."""
+        return cls(range=int(frame.color_range or 0), matrix=int(frame.colorspace or 2))
 
     @property
     def sws_matrix(self) -> int | None:

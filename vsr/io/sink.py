@@ -22,6 +22,7 @@ import av
 import numpy as np
 
 from vsr.errors import ConfigError, OutputError
+from vsr.io.colour import from_rgb, writes_own
 from vsr.io.info import (
     EXACT_YUV,
     ColorInfo,
@@ -578,14 +579,21 @@ class VideoEncoder:
         self._info = info
         self._size = (height, width)
         self._alpha_plane = _own_alpha_plane(self.pix_fmt) if self.alpha else None
+        # Y'CbCr and grey of more than 8 bits, or from 16-bit RGB, or full range: converted by
+        # vsr.io.colour (swscale was 0.4% off, or truncated full-range chroma); 8-bit RGB to
+        # 8-bit limited range stays with swscale, exact with EXACT_YUV and faster
+        self._own = {eight: writes_own(self.pix_fmt, eight, c) for eight in (True, False)}
 
     def frame(self, image: np.ndarray, pts: int) -> av.VideoFrame:
         """(H, W, 3) uint8/uint16 RGB at ``pts`` (input time base) -> an encoder-ready frame;
         (H, W, 4) RGBA too where the encoder writes alpha (RGB then is opaque)."""
         check_frame(image, self._size, alpha=self.alpha)
+        c = self._color
+        if self._own[image.dtype == np.uint8]:
+            out = from_rgb(image, self.pix_fmt, c)  # its alpha exact too
+            return self._stamped(out, pts)
         direct = image.shape[2] == 4 and image.dtype == np.uint8 and self._alpha_plane is not None
         rgb = rgb_frame(image[..., :3] if direct else image)
-        c = self._color
         out = rgb.reformat(format=self.pix_fmt, dst_colorspace=c.sws_matrix if self._yuv else None,
                            dst_color_range=c.sws_range if self._yuv else None,
                            interpolation=EXACT_YUV if image.dtype == np.uint8 else None)
@@ -594,6 +602,10 @@ class VideoEncoder:
             h, w = self._size
             dst = np.frombuffer(plane, np.uint8, count=h * plane.line_size)
             np.copyto(dst.reshape(h, plane.line_size)[:, :w], image[..., 3])
+        return self._stamped(out, pts)
+
+    def _stamped(self, out: av.VideoFrame, pts: int) -> av.VideoFrame:
+        """``out`` with the colour description and ``pts`` (input time base) set."""
         for key, value in self._described.items():
             setattr(out, key, value)
         out.pts = pts

@@ -19,6 +19,7 @@ import av
 import numpy as np
 
 from vsr.errors import InputError
+from vsr.io.colour import alpha_of, reads_own, to_rgb
 from vsr.io.image import (
     IMAGE_SUFFIXES,
     gif_alpha_after_first,
@@ -346,6 +347,8 @@ class PyAVSource:
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         c = self.info.color
+        if self._fmt != "rgb24" and reads_own(frame.format.name):
+            return to_rgb(frame, c)  # deep Y'CbCr or grey: swscale's scale is 255/256
         return frame.to_ndarray(format=self._fmt, src_colorspace=c.sws_matrix,
                                 src_color_range=c.sws_range if frame.format.name.startswith("yuv")
                                 and not frame.format.name.startswith("yuvj") else None,
@@ -378,7 +381,9 @@ class PyAVSource:
             return Frame(index=index, pts=pts, image=upright(self._to_rgb(frame), turn),
                          duration=duration)
         # the colour exactly as without alpha; the alpha plane from a second conversion
-        alpha = frame.to_ndarray(format=self._alpha_fmt)[..., 3]
+        alpha = alpha_of(frame) if self._alpha_fmt != "rgba" else None
+        if alpha is None:
+            alpha = frame.to_ndarray(format=self._alpha_fmt)[..., 3]
         return Frame(index=index, pts=pts, image=upright(self._to_rgb(frame), turn),
                      alpha=upright(np.ascontiguousarray(alpha), turn), duration=duration)
 

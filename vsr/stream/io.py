@@ -34,6 +34,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 
 from vsr.errors import ConfigError, InputError, OutputError
+from vsr.io.colour import reads_own, to_rgb
 from vsr.io.ffmpeg_sink import FfmpegRelay
 from vsr.io.image import check_pixels, limit_stream
 from vsr.io.info import EXACT_RGB, ColorInfo, StreamInfo, bit_depth_of, field_order
@@ -691,12 +692,21 @@ def fit_frame(frame: av.VideoFrame, size: tuple[int, int], fmt: str) -> np.ndarr
     size, else scaled (bicubic) to fit inside with its aspect kept, centred on black."""
     w, h = size
     exact = fmt == "rgb24"  # 8-bit Y'CbCr -> RGB as the standard says (vsr.io.info.EXACT_RGB)
+    # deeper: vsr.io.colour, by the frame's own tags (swscale's 16-bit RGB is 0.4% dark)
+    own = not exact and reads_own(frame.format.name)
     if (frame.width, frame.height) == size:
+        if own:
+            return to_rgb(frame, ColorInfo.of_frame(frame))
         return frame.to_ndarray(format=fmt, interpolation=EXACT_RGB if exact else None)
     k = min(w / frame.width, h / frame.height)
     fw, fh = max(1, min(w, round(frame.width * k))), max(1, min(h, round(frame.height * k)))
-    scaler = (EXACT_RGB & ~Interpolation.BILINEAR) | Interpolation.BICUBIC if exact else "BICUBIC"
-    image = frame.reformat(width=fw, height=fh, format=fmt, interpolation=scaler).to_ndarray()
+    if own:
+        image = to_rgb(frame, ColorInfo.of_frame(frame), size=(fw, fh),
+                       interpolation=Interpolation.BICUBIC | Interpolation.ACCURATE_RND)
+    else:
+        scaler = (EXACT_RGB & ~Interpolation.BILINEAR) | Interpolation.BICUBIC if exact \
+            else "BICUBIC"
+        image = frame.reformat(width=fw, height=fh, format=fmt, interpolation=scaler).to_ndarray()
     if (fw, fh) == size:
         return image
     out = np.zeros((h, w, 3), image.dtype)
@@ -824,7 +834,7 @@ def _describe(url: str, frame: av.VideoFrame, stream: av.video.stream.VideoStrea
         width=frame.width, height=frame.height, frame_rate=Fraction(rate) if rate else None,
         time_base=TS_TIME_BASE, start_pts=None, frames=None, duration_s=None, pix_fmt=fmt,
         bit_depth=bit_depth_of(fmt),
-        color=ColorInfo(range=int(frame.color_range or 0), matrix=int(frame.colorspace or 2)),
+        color=ColorInfo.of_frame(frame),
     )
 
 
