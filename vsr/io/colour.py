@@ -13,6 +13,10 @@ rounded once): ITU-R BT.601 / 709 / 2020 ncl (and FCC, SMPTE 240M), limited rang
 The transfer is untouched: R'G'B' stays coded (an HDR input's PQ or HLG signal).
 
 Grey (luma-only) formats are full range whatever they say, as swscale treats them.
+
+Cost per 1080p frame, one core of a 2-core CPU (float32 strips of 64 rows): reading 10-bit
+4:2:0 12-16 ms (swscale's inexact rgb48 path took 17-18), writing it 12-14 ms (swscale 9-13),
+12-bit 17 / 20 ms, full-range 8-bit output 12 ms: small beside a model's 1-2 s a frame there.
 """
 
 from __future__ import annotations
