@@ -279,3 +279,14 @@ def test_deep_alpha_video_is_read_and_written_exactly(tmp_path: Path) -> None:
             assert sink.alpha
             sink.write(np.concatenate([frame.image, frame.alpha[..., None]], -1), frame.pts)
     np.testing.assert_array_equal(planes(out), codes.astype(float))
+
+
+@pytest.mark.parametrize("pix_fmt", ["gray16le", "gray10le"])
+def test_16_bit_grey_is_written_exactly(tmp_path: Path, pix_fmt: str) -> None:
+    """16-bit grey RGB -> grey rounded, full range (swscale wrote 32768 as 32895 in gray16)."""
+    bits = 16 if "16" in pix_fmt else 10
+    level = np.random.default_rng(10).integers(0, 65536, (8, 8, 1)).astype(np.uint16)
+    level[0, 0], level[0, 1] = 65535, 32768
+    image = np.repeat(level, 3, -1).repeat(BLOCK, 0).repeat(BLOCK, 1)
+    got = planes(_write(tmp_path, image, pix_fmt, 1, False))
+    assert_close(got, level.astype(float) * (2 ** bits - 1) / 65535, 0.5)
