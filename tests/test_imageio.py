@@ -10,7 +10,7 @@ import torch
 
 from vsr.errors import InputError, OutputError
 from vsr.imageio import is_grayscale, list_images, read_image, write_image
-from vsr.io.image import IMAGE_FORMATS, ImageSink, jpeg_qscale
+from vsr.io.image import IMAGE_FORMATS, ImageSink, jpeg_qscale, save_image
 
 
 def _random_image(h: int = 17, w: int = 23) -> torch.Tensor:
@@ -291,3 +291,21 @@ def test_a_one_bit_picture_is_grayscale(tmp_path, suffix, pix_fmt):
     assert is_grayscale(path)
     img = read_image(path)
     assert all(np.array_equal(img[c].numpy(), bits) for c in range(3))
+
+
+@pytest.mark.parametrize("suffix", [".pgm", ".png", ".tif", ".ppm"])
+def test_a_deep_grey_picture_is_written_code_for_code(tmp_path, suffix):
+    """A 16-bit grey picture went through swscale's RGB -> 16-bit grey, which is off by up to
+    248 codes (32768 written as 32895): a grey .pgm came back brighter. Every deep format
+    keeps every code of a grey picture (and of a colour one where it holds colour)."""
+    codes = np.array([0, 1, 257, 4660, 32768, 40000, 65280, 65534, 65535], np.uint16)
+    grey = np.repeat(np.tile(codes, (4, 2))[..., None], 3, axis=2)
+    path = tmp_path / f"deep{suffix}"
+    save_image(path, grey)
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+    fmt = frame.format.name
+    back = frame.to_ndarray()
+    back = back if back.ndim == 2 else back[..., 0]
+    assert fmt.startswith(("gray16", "rgb48")), fmt
+    assert np.array_equal(back.astype(np.uint16), grey[..., 0]), (fmt, back[0], codes)

@@ -24,6 +24,7 @@ import av
 import numpy as np
 
 from vsr.errors import InputError, OutputError
+from vsr.io.colour import from_rgb, writes_own
 from vsr.io.headers import PNG_SIGNATURE, exif_block, jpeg_segments
 from vsr.io.icc import (
     embed_exif,
@@ -33,7 +34,7 @@ from vsr.io.icc import (
     profile_space,
     read_profile,
 )
-from vsr.io.info import StreamInfo
+from vsr.io.info import ColorInfo, StreamInfo
 from vsr.io.output import SinkContext, check_frame, check_output_path, store_file
 from vsr.limits import env_limit
 
@@ -509,26 +510,8 @@ def jpeg_qscale(quality: int) -> int:
     return int(round(2 + (100 - max(1, min(100, quality))) * 29 / 99))
 
 
-# JFIF's RGB -> YCbCr (full-range BT.601), rows Y, Cb, Cr; 128 is added to Cb and Cr
-_JFIF = np.array([[0.299, 0.587, 0.114],
-                  [-0.168735892, -0.331264108, 0.5],
-                  [0.5, -0.418687589, -0.081312411]], np.float32)
-_JFIF_ROWS = 256  # rows converted at a time: float copies of a strip, not of the picture
-
-
-def _jfif_frame(image: np.ndarray) -> av.VideoFrame:
-    """A yuvj444p frame of (H, W, 3) RGB ``image`` (uint8, or uint16 brought to 8 bits),
-    converted by JFIF's matrix and rounded. swscale's conversion truncates the chroma: every
-    JPEG came out with Cb and Cr half a level low on average (R -0.7, G +0.5, B -1.0)."""
-    h, w = image.shape[:2]
-    planes = np.empty((3, h, w), np.uint8)
-    scale = np.float32(255 / 65535 if image.dtype == np.uint16 else 1)
-    offset = np.array([0.5, 128.5, 128.5], np.float32)  # + 0.5: floor rounds
-    for top in range(0, h, _JFIF_ROWS):
-        strip = image[top:top + _JFIF_ROWS, :, :3].astype(np.float32) * scale
-        ycc = np.floor(strip @ _JFIF.T + offset).clip(0, 255)
-        planes[:, top:top + _JFIF_ROWS] = ycc.transpose(2, 0, 1)
-    return av.VideoFrame.from_ndarray(planes, format="yuvj444p")
+# how a picture's Y'CbCr or grey is coded: JFIF's full-range BT.601
+_PICTURE_COLOUR = ColorInfo(range=2, matrix=5)
 
 
 def encode_image(image: np.ndarray, out: ImageFormat, *, jpeg_scale: int = 2,
@@ -573,8 +556,13 @@ def encode_image(image: np.ndarray, out: ImageFormat, *, jpeg_scale: int = 2,
         cc.color_range = 2  # full-range (JPEG) YUV
     cc.width, cc.height, cc.pix_fmt = image.shape[1], image.shape[0], pix_fmt
     cc.time_base = Fraction(1, 25)  # required by the encoders, meaningless for one picture
-    frame = _jfif_frame(image) if pix_fmt == "yuvj444p" else rgb_frame(image).reformat(
-        format=pix_fmt)
+    if writes_own(pix_fmt, image.dtype == np.uint8, _PICTURE_COLOUR):
+        # Y'CbCr by the equations, rounded: swscale truncates the chroma (every JPEG came out
+        # with Cb and Cr half a level low, R -0.7 G +0.5 B -1.0), and its 16-bit grey is off
+        # (a 16-bit grey PGM: 32768 written as 32895)
+        frame = from_rgb(image, pix_fmt, _PICTURE_COLOUR)
+    else:
+        frame = rgb_frame(image).reformat(format=pix_fmt)
     frame.pts = 0
     try:
         return b"".join(bytes(p) for p in cc.encode(frame) + cc.encode(None)), pix_fmt
