@@ -7,6 +7,7 @@ float frames.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -113,7 +114,9 @@ class Upscaler:
     can_fail: bool = True
     module: nn.Module | None = None
     info: Mapping[str, Any]
-    _exact: dict[str, torch.Tensor] | None = None  # fp32 weights kept by a move to fp16/bf16
+    # the network's floating tensors as they were before a move to fp16/bf16, on the CPU (there
+    # the very tensors it had, not a copy): what an fp32 run of this model computes with
+    _exact: dict[str, torch.Tensor] | None = None
 
     def __init__(self, name: str, scale: int, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, info: Mapping[str, Any] | None = None) -> None:
@@ -140,10 +143,15 @@ class Upscaler:
             if self.dtype in (torch.float16, torch.bfloat16) and self._exact is None \
                     and any(t.dtype == torch.float32 for t in _tensors(self.module).values()):
                 # the weights as they are in fp32, kept (on the CPU) before they are rounded:
-                # an fp32 run after a reduced-precision one (the fp32 fallback) computes with
-                # these, not with weights rounded to bf16's 8 bits
-                self._exact = {k: t.detach().to("cpu", copy=True)
-                               for k, t in _tensors(self.module).items()}
+                # an fp32 run after a reduced-precision one (the fp32 fallback, with_dtype)
+                # computes with these, not with weights rounded to bf16's 8 bits. On the CPU
+                # these are the tensors themselves, not a copy: the move below gives the
+                # network new ones and never writes the old (a handle made by with_dtype may
+                # compute with them too). Floating tensors only: no move changes the others
+                self._exact = {k: t.detach() if t.device.type == "cpu"
+                               else t.detach().to("cpu", copy=True)
+                               for k, t in _tensors(self.module).items()
+                               if t.is_floating_point()}
             self.module.to(device=self.device, dtype=self.dtype)
             if self.dtype == torch.float32 and self._exact is not None:
                 with torch.no_grad():
@@ -153,6 +161,31 @@ class Upscaler:
                             t.copy_(kept)
                 self._exact = None  # exact again: the next move down keeps what it has then
         return self
+
+    def with_dtype(self, dtype: torch.dtype) -> Upscaler:
+        """This model in ``dtype`` on this handle's device as a new handle (this one itself
+        where it already runs ``dtype``), this handle unchanged: what several runs share is
+        never converted under them. The new one computes with this handle's weights as exact
+        as it holds them: the fp32 copy a move to fp16/bf16 kept (not the rounded ones).
+
+        Memory: on the CPU the new network's tensors are this handle's (or its fp32 copy's)
+        where the dtype is the same, not copies; nothing may change either in place (inference
+        only reads them). Raises ModelError for a dtype the model does not support."""
+        if dtype == self.dtype:
+            return self
+        other = copy.copy(self)
+        other.info = dict(self.info)
+        other._exact = None
+        if self.module is not None:
+            exact = self._exact or {}
+            memo: dict[int, object] = {}  # deepcopy takes these for the network's tensors
+            for k, t in _tensors(self.module).items():
+                kept = exact.get(k)
+                data = kept if kept is not None and kept.shape == t.shape else t.detach()
+                memo[id(t)] = (nn.Parameter(data, requires_grad=t.requires_grad)
+                               if isinstance(t, nn.Parameter) else data)
+            other.module = copy.deepcopy(self.module, memo)
+        return other.to(dtype=dtype)  # on this device: the fp32 copy is on the CPU
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

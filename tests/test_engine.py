@@ -112,48 +112,90 @@ def test_a_released_handle_is_kept_by_nothing_in_the_cache() -> None:
     assert cache.handle(opts, "cpu") is not None  # loaded anew when asked again
 
 
+def _fake_backend(monkeypatch, backend: str, on_build=None, *,
+                  comes_to: str | None = None) -> tuple:
+    """``vsr.backends.prepare_for_frame`` replaced by a build that calls ``on_build(name)``
+    (the backend asked for) and gives a runner that says it is ``comes_to`` (default:
+    ``backend``); returns a fresh ModelCache, options asking for ``backend`` (bicubic x2),
+    their handle and an 8x8 frame."""
+    import vsr.backends
+    from vsr.engine import ModelCache
+    from vsr.options import ModelOptions
+
+    class Runner:
+        def __init__(self) -> None:
+            self.backend, self.notes = comes_to or backend, []
+
+    def prepare_for_frame(handle, name, image, *, batch):
+        if on_build is not None:
+            on_build(name)
+        return Runner()
+
+    monkeypatch.setattr(vsr.backends, "prepare_for_frame", prepare_for_frame)
+    cache = ModelCache()
+    opts = ModelOptions(model="bicubic", scale=2, backend=backend)
+    return cache, opts, cache.handle(opts, "cpu"), np.zeros((8, 8, 3), np.uint8)
+
+
+def _prepare_in_threads(cache, handle, opts, image, threads: int) -> list:
+    """``cache.prepare`` from ``threads`` threads alive at once (no thread id reused): what
+    each got, or raised."""
+    import threading
+
+    got: list[object] = []
+    alive = threading.Barrier(threads, timeout=60)
+
+    def prepare() -> None:
+        try:
+            got.append(cache.prepare(handle, opts, image))
+        except BaseException as exc:  # noqa: BLE001  (the test reports it)
+            got.append(exc)
+        alive.wait()
+
+    workers = [threading.Thread(target=prepare) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    return got
+
+
 @pytest.mark.parametrize(("backend", "builds"), [("eager", 1), ("onnx", 1), ("compile", 2),
                                                ("tensorrt", 2)])
 def test_threads_share_a_prepared_backend_only_where_it_is_thread_safe(
         monkeypatch, backend: str, builds: int) -> None:
     """Two threads of one ModelCache prepare the same model and frame size: an eager or onnx
     runner is shared, a compile (CUDA graphs) or tensorrt one is each thread's own."""
-    import threading
-
-    import vsr.backends
-    from vsr.engine import ModelCache
-    from vsr.options import ModelOptions
-
     made: list[str] = []
-
-    class Runner:
-        def __init__(self) -> None:
-            self.backend, self.notes = backend, []
-
-    def prepare_for_frame(handle, name, image, *, batch):
-        made.append(name)
-        return Runner()
-
-    monkeypatch.setattr(vsr.backends, "prepare_for_frame", prepare_for_frame)
-    cache = ModelCache()
-    opts = ModelOptions(model="bicubic", scale=2, backend=backend)
-    handle = cache.handle(opts, "cpu")
-    image = np.zeros((8, 8, 3), np.uint8)
-    got: list[object] = []
-    alive = threading.Barrier(2, timeout=30)  # both at once: two threads, never one id reused
-
-    def prepare() -> None:
-        got.append(cache.prepare(handle, opts, image))
-        alive.wait()
-
-    threads = [threading.Thread(target=prepare) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    cache, opts, handle, image = _fake_backend(monkeypatch, backend, made.append)
+    got = _prepare_in_threads(cache, handle, opts, image, 2)
     assert len(made) == builds
     assert (got[0] is got[1]) == (builds == 1)
     assert cache.prepare(handle, opts, image) is not None  # and again in this thread
+
+
+@pytest.mark.parametrize("backend", ["compile", "tensorrt", "auto"])
+def test_threads_build_their_own_backends_at_once(monkeypatch, backend: str) -> None:
+    """Each thread's own compile or tensorrt runner was built under one lock every thread
+    took: N workers each building theirs waited for each other's builds (minutes apiece for
+    compile). They build at once now; with `auto`, which tells what it comes to only once
+    built, from the second build on."""
+    import threading
+
+    made: list[str] = []
+    together = threading.Barrier(2, timeout=20)  # two builds under way at one time
+
+    def build(name: str) -> None:
+        made.append(name)
+        if backend != "auto" or len(made) > 1:
+            together.wait()  # returns once another thread's build is under way too
+
+    cache, opts, handle, image = _fake_backend(monkeypatch, backend, build, comes_to=(
+        "compile" if backend == "auto" else backend))  # auto: what it comes to here
+    threads = 3 if backend == "auto" else 2
+    got = _prepare_in_threads(cache, handle, opts, image, threads)
+    assert [type(p).__name__ for p in got] == ["Prepared"] * threads, got
+    assert len(made) == threads and len({id(p) for p in got}) == threads
 
 
 def test_a_thread_never_takes_a_backend_another_thread_prepared_for_itself(monkeypatch) -> None:

@@ -197,6 +197,37 @@ def test_handle_dtype_support() -> None:
     assert y.dtype == torch.uint8
 
 
+def test_a_handle_in_another_dtype_leaves_the_first_and_holds_the_fp32_weights_once() -> None:
+    """with_dtype (what a shared handle's fp32 fallback and the model cache's other precisions
+    are made with) gives a new handle and leaves the first as it was; from bf16 back to fp32 it
+    computes with the weights as they were before the rounding, and on the CPU with those very
+    tensors: the fp32 weights are held once, not once per handle."""
+    torch.manual_seed(0)
+    fp32 = _tiny_handle()
+    weights = {k: v.clone() for k, v in fp32.module.state_dict().items()}
+    bf16 = fp32.with_dtype(torch.bfloat16)
+    again = bf16.with_dtype(torch.float32)
+    assert (fp32.dtype, bf16.dtype, again.dtype) == (torch.float32, torch.bfloat16,
+                                                     torch.float32)
+    assert fp32.with_dtype(torch.float32) is fp32
+    assert all(torch.equal(fp32.module.state_dict()[k], v) for k, v in weights.items())
+    x = torch.rand(1, 3, 9, 7)
+    assert torch.equal(again.infer(x), fp32.infer(x))
+    assert torch.equal(bf16.infer(x.bfloat16()),
+                       _tiny_handle_like(fp32).to(dtype=torch.bfloat16).infer(x.bfloat16()))
+    held = {t.data_ptr() for t in fp32.module.state_dict().values()}
+    assert {t.data_ptr() for t in again.module.state_dict().values()} == held
+    with pytest.raises(ModelError, match="does not support"):
+        fp32.with_dtype(torch.float64)
+
+
+def _tiny_handle_like(handle: NetworkUpscaler) -> NetworkUpscaler:
+    """A handle of its own with ``handle``'s network and weights (a deep copy)."""
+    import copy
+
+    return NetworkUpscaler("tiny", copy.deepcopy(handle.module))
+
+
 def test_bicubic_handle_needs_scale() -> None:
     with pytest.raises(ModelError, match="scale"):
         load_model("bicubic")

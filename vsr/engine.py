@@ -25,8 +25,8 @@ from vsr.device import resolve_device
 from vsr.errors import ModelError
 from vsr.io.info import StreamInfo, has_alpha
 from vsr.io.source import Frame, Source
-from vsr.loading import is_small_frame, load_model
-from vsr.options import BACKEND_PRECISIONS, ModelOptions
+from vsr.loading import is_small_frame, load_model, resolve_precision
+from vsr.options import BACKEND_PRECISIONS, ModelOptions, check_at_least
 from vsr.pipeline import ComputeReport, Progress, RunStats, make_processor, run_pipeline
 from vsr.pipeline.alpha import AlphaCarried
 from vsr.pipeline.repeats import RepeatsReused
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # replays CUDA graphs, whose trees are per thread and asserted when shared
 # (pytorch/pytorch#123177), and a TensorRT engine runs in one execution context.
 _THREAD_SAFE_BACKENDS = frozenset({"eager", "onnx"})
+# Backends that come out per thread when asked for by name: each thread builds its own
+# without a lock shared with the other threads' builds
+_PER_THREAD_BACKENDS = frozenset({"compile", "tensorrt"})
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,9 @@ class Prepared:
 class _RunHandle:
     """The handle one run computes with: the cache's shared handle, until the run falls back
     to fp32 (the inference stage's guard calls ``to(dtype=torch.float32)``, see
-    :meth:`vsr.pipeline.compute.Forward.fall_back`). That switches this run to the cache's
-    fp32 handle of the model, where converting the shared one would change it under every
+    :meth:`vsr.pipeline.compute.Forward.fall_back`). That switches this run to an fp32 handle
+    of the weights the shared one was loaded with (``fp32()``: the cache's, see
+    :meth:`ModelCache._fp32_of`), where converting the shared one would change it under every
     other run computing with it. Every other attribute is the current handle's."""
 
     def __init__(self, shared, fp32: Callable[[], object]) -> None:
@@ -106,24 +110,35 @@ class _RunHandle:
 
 
 class ModelCache:
-    """Loaded handles by (model, scale, precision, device (cuda and cuda:0 are one key where
-    0 is the current device, see :func:`_one_spelling`), and for ``precision="auto"`` frame
-    depth and size) and prepared backends by handle, backend, batch and frame size: a worker
+    """Loaded handles and prepared backends, shared by the runs that pass one cache: a worker
     that runs many files loads and prepares once.
+
+    Handles: one per model, scale, device (cuda and cuda:0 are one where 0 is the current
+    device, see :func:`_one_spelling`) and dtype, the precision resolved
+    (:func:`vsr.loading.resolve_precision`: ``auto`` by the frames' bit depth and size and the
+    backend), so ``auto`` that comes to fp32, ``fp32`` and a run's fp32 fallback compute with
+    one handle. A model loads from its file once per cache: its other dtypes are made from
+    that load (:meth:`vsr.models.handle.Upscaler.with_dtype`; on the CPU they share its fp32
+    tensors), so every handle of it here computes with the same weights, whatever happens to
+    the file later. Backends: one per handle, backend, batch and frame size.
 
     Safe to share between threads (a web service's pool passing one to
     :func:`vsr.upscale_file`, the workers of one ``vsr batch``): each model loads, and each
-    backend is prepared, once; a thread asking for one that another is loading or preparing
-    waits for it. Concurrent runs compute with one handle: inference only reads it, and a run
-    in fp16 or bf16 that falls back to fp32 switches to this cache's fp32 handle instead of
-    converting the shared one (:class:`_RunHandle`). A compile or tensorrt backend is
-    prepared once per thread (``_THREAD_SAFE_BACKENDS``)."""
+    shared backend is prepared, once; a thread asking for one that another is loading or
+    preparing waits for it. Concurrent runs compute with one handle: inference only reads
+    it, and a run in fp16 or bf16 that falls back to fp32 switches to this cache's fp32
+    handle of the same weights instead of converting the shared one (:class:`_RunHandle`).
+    A compile or tensorrt backend is each thread's own (``_THREAD_SAFE_BACKENDS``), built
+    without waiting for other threads' builds."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards the dicts below
-        self._handles: dict[tuple, object] = {}
+        self._handles: dict[tuple, object] = {}  # by what was asked (see _handle)
+        self._models: dict[tuple, object] = {}  # by (model, scale, device, dtype)
         self._prepared: dict[tuple, Prepared] = {}
         self._once: dict[tuple, threading.Lock] = {}  # per key: one thread loads or prepares
+        # prepare keys whose backend came out per thread (options.backend "auto")
+        self._per_thread: set[tuple] = set()
         # each thread's own prepared backends (compile, tensorrt), by the Thread itself: not by
         # thread id, which the next thread often gets again once a thread has ended; weakly,
         # so that they go with their thread; in one place, so that release() reaches them all
@@ -146,53 +161,106 @@ class ModelCache:
         ``pixels`` pixels (None: not known); raises like :func:`vsr.loading.load_model`."""
         if not isinstance(device, torch.device):
             device = resolve_device(device, require_available=True)
+        check_at_least("bit_depth", bit_depth, 1)
+        check_at_least("pixels", pixels, 1, optional=True)
         return self._handle(options, options.precision, device, bit_depth, pixels)
 
     def _handle(self, options: ModelOptions, precision: str, device: torch.device,
                 bit_depth: int, pixels: int | None):
+        """:meth:`handle`, remembered by what was asked (``asked``). The first request for
+        a model loads it; later ones resolve the precision on a held handle of it (what
+        :func:`vsr.loading.load_model` would resolve: the same model, dtypes and device) and
+        get the handle of that dtype, made from the held ones where there is none."""
         auto = precision == "auto"  # only auto's choice depends on the frames
         device = _one_spelling(device)
-        key = (options.model, options.scale, precision, BACKEND_PRECISIONS.get(options.backend),
-               str(device), bit_depth if auto else None, is_small_frame(pixels) if auto else None)
-        with self._key_lock(("handle", key)):
+        model = (options.model, options.scale, str(device))
+        asked = (*model, precision, BACKEND_PRECISIONS.get(options.backend),
+                 bit_depth if auto else None, is_small_frame(pixels) if auto else None)
+        with self._lock:
+            handle = self._handles.get(asked)
+        if handle is not None:
+            return handle
+        with self._key_lock(("model", model)):  # one load of a model, whatever the precision
             with self._lock:
-                handle = self._handles.get(key)
-            if handle is None:
+                held = {k[3]: h for k, h in self._models.items() if k[:3] == model}
+            if held:  # the dtype, from a handle of the model: its dtypes, network or not
+                dtype = resolve_precision(precision, next(iter(held.values())),
+                                          bit_depth=bit_depth, pixels=pixels,
+                                          backend=options.backend)
+                handle = held.get(dtype)
+                if handle is None:
+                    handle = self._made(model, held, dtype)
+            else:
                 handle = load_model(options.model, scale=options.scale, device=device,
                                     precision=precision, bit_depth=bit_depth, pixels=pixels,
                                     backend=options.backend)
                 with self._lock:
-                    self._handles[key] = handle
+                    self._models[(*model, handle.dtype)] = handle
+            with self._lock:
+                self._handles[asked] = handle
         return handle
+
+    def _made(self, model: tuple, held: dict, dtype: torch.dtype, source=None):
+        """The model's handle in ``dtype``, made from one this cache holds (``source``, else
+        the fp32 one, else any: each has the weights as loaded) and kept (under the model's
+        key lock)."""
+        if source is None:
+            source = held.get(torch.float32, next(iter(held.values())))
+        handle = source.with_dtype(dtype)
+        with self._lock:
+            self._models[(*model, dtype)] = handle
+        return handle
+
+    def _fp32_of(self, shared):
+        """What a run of ``shared`` (a handle of this cache, fp16 or bf16) that falls back to
+        fp32 computes with: this cache's fp32 handle of the model (made from ``shared``'s exact
+        weights if there is none yet), never loaded again from its file mid-run (replaced or
+        deleted by then). A handle this cache no longer holds gets its own fp32 copy."""
+        with self._lock:
+            model = next((k[:3] for k, h in self._models.items() if h is shared), None)
+        if model is None:
+            return shared.with_dtype(torch.float32)
+        with self._key_lock(("model", model)):
+            with self._lock:
+                held = {k[3]: h for k, h in self._models.items() if k[:3] == model}
+            fp32 = held.get(torch.float32)
+            return fp32 if fp32 is not None else self._made(model, held, torch.float32, shared)
 
     def release(self, handle) -> None:
         """Forget ``handle`` and the backends prepared for it, so that nothing here keeps it
         (e.g. one loaded before the frames were known, replaced by one loaded for them)."""
         with self._lock:
             self._handles = {k: h for k, h in self._handles.items() if h is not handle}
+            self._models = {k: h for k, h in self._models.items() if h is not handle}
             self._prepared = {k: p for k, p in self._prepared.items()
                               if p.handle is not handle}
             self._once = {k: lock for k, lock in self._once.items()
                           if not (k[0] == "prepare" and k[1][0] == id(handle))}
+            self._per_thread = {k for k in self._per_thread if k[0] != id(handle)}
             for own in self._own.values():
                 for key in [k for k, p in own.items() if p.handle is handle]:
                     del own[key]
 
-    def _fp32(self, options: ModelOptions, device: torch.device) -> Callable[[], object]:
-        """What a run of ``options`` that falls back to fp32 computes with: this cache's fp32
-        handle of the model. Held by a weak reference: a Prepared in a result (EngineRun)
-        must not keep the cache and every model in it."""
+    def _fp32(self, handle) -> Callable[[], object]:
+        """What a run of ``handle`` that falls back to fp32 computes with
+        (:meth:`_fp32_of`). Holds the cache by a weak reference: a Prepared in a result
+        (EngineRun) must not keep the cache and every model in it."""
         ref = weakref.ref(self)
 
         def fp32():
-            cache = ref() or ModelCache()  # a Prepared used after its cache is gone
-            return cache._handle(options, "fp32", device, 8, None)
+            cache = ref()
+            return (cache._fp32_of(handle) if cache is not None  # else: a Prepared used
+                    else handle.with_dtype(torch.float32))        # after its cache is gone
         return fp32
 
     def prepare(self, handle, options: ModelOptions, image: np.ndarray | None) -> Prepared:
         """``options.backend`` for frames like ``image`` (H, W, 3) uint8/uint16, checked against
-        eager on it (:func:`vsr.backends.prepare_for_frame`). Tiles always run eagerly."""
-        fp32 = self._fp32(options, handle.device)
+        eager on it (:func:`vsr.backends.prepare_for_frame`). Tiles always run eagerly.
+
+        A thread-safe backend is prepared once, and a thread asking for it meanwhile waits; a
+        per-thread one (compile, tensorrt) is built by each thread without waiting for the
+        others' builds (``auto`` that came to one: from the second build on)."""
+        fp32 = self._fp32(handle)
         if image is None:
             return Prepared(handle, None, options, fp32)
         if options.tile:
@@ -202,21 +270,40 @@ class ModelCache:
             return Prepared(handle, None, options, fp32)
         key = (id(handle), options.backend, options.batch, image.shape, str(image.dtype))
         own = self._thread_prepared()
-        with self._key_lock(("prepare", key)):
-            with self._lock:
-                prepared = self._prepared.get(key)
-            prepared = prepared or own.get(key)
-            if prepared is None or prepared.handle is not handle:
-                from vsr.backends import prepare_for_frame
 
-                runner = prepare_for_frame(handle, options.backend, image, batch=options.batch)
-                prepared = Prepared(handle, runner, options, fp32)
-                if prepared.backend in _THREAD_SAFE_BACKENDS:
-                    with self._lock:
-                        self._prepared[key] = prepared
-                else:
-                    with self._lock:
-                        own[key] = prepared
+        def held() -> Prepared | None:
+            with self._lock:
+                prepared = self._prepared.get(key) or own.get(key)
+            return prepared if prepared is not None and prepared.handle is handle else None
+
+        def alone() -> bool:  # this thread builds its own: no other thread waits for it
+            with self._lock:
+                return options.backend in _PER_THREAD_BACKENDS or key in self._per_thread
+
+        if (prepared := held()) is not None:
+            return prepared
+        if not alone():
+            with self._key_lock(("prepare", key)):
+                if (prepared := held()) is not None:
+                    return prepared
+                if not alone():
+                    return self._build(handle, options, image, key, own, fp32)
+        return self._build(handle, options, image, key, own, fp32)
+
+    def _build(self, handle, options: ModelOptions, image: np.ndarray, key: tuple,
+               own: dict[tuple, Prepared], fp32: Callable[[], object]) -> Prepared:
+        """Prepare the backend and keep it: for every thread where it is thread-safe, else
+        for this one."""
+        from vsr.backends import prepare_for_frame
+
+        runner = prepare_for_frame(handle, options.backend, image, batch=options.batch)
+        prepared = Prepared(handle, runner, options, fp32)
+        with self._lock:
+            if prepared.backend in _THREAD_SAFE_BACKENDS:
+                self._prepared[key] = prepared
+            else:
+                own[key] = prepared
+                self._per_thread.add(key)
         return prepared
 
 
