@@ -19,8 +19,9 @@ import shutil
 import subprocess
 import tempfile
 import weakref
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import av
 import ffmpeg
 import numpy as np
 
-from vsr.errors import ConfigError, OutputError
+from vsr.errors import ConfigError, InputError, OutputError
 from vsr.io.info import ColorInfo, StreamInfo, has_alpha, written_time_base
 from vsr.io.output import (
     SinkContext,
@@ -38,7 +39,14 @@ from vsr.io.output import (
     finish,
     temp_path_for,
 )
-from vsr.io.passthrough import check_carry, container_tags, metadata_movflags, video_tags
+from vsr.io.passthrough import (
+    MOVENC_FORMATS,
+    Passthrough,
+    check_carry,
+    container_tags,
+    metadata_movflags,
+    video_tags,
+)
 from vsr.io.paths import file_url, negative_ts_option, output_format
 from vsr.io.sink import (
     EncodeConfig,
@@ -76,6 +84,12 @@ _AUDIO_RETIME = r"setts=ts=if(gte(PREV_OUTDTS\,DTS)\,PREV_OUTDTS+PREV_OUTDURATIO
 # libsrt's live mode lingers 0 s on close: whatever the receiver has not acknowledged yet is
 # thrown away, so a short or ending stream lost its tail (or everything). Seconds to wait.
 SRT_LINGER_S = 5
+
+# The muxers whose files say how long each picture is shown, the last one too (MP4's sample
+# table, Matroska's block durations), and how many of the last pictures keep theirs: more
+# than any encoder holds back to reorder (x264 takes up to 16 B-frames).
+_TIMED_FORMATS = MOVENC_FORMATS | {"matroska", "webm"}
+_TAIL = 64
 
 
 def ffmpeg_available() -> bool:
@@ -123,12 +137,52 @@ def _last_line(log_file) -> str:
     return (telling or lines or ["no message"])[-1]
 
 
+@dataclass(frozen=True)
+class _Input:
+    """What the command takes from the input file besides its :class:`StreamInfo`, read
+    in one opening: the container's tags, the video's, each stream's disposition (ffmpeg's
+    -disposition value: "default+forced", "0") and the pre-skip of each Opus stream
+    (samples at 48 kHz, 0 where none)."""
+
+    tags: dict[str, str]
+    video_tags: dict[str, str]
+    dispositions: dict[int, str]
+    opus_pre_skip: dict[int, int]
+
+
+def _read_input(path: str, video: int) -> _Input:
+    with av.open(file_url(path)) as src:
+        return _Input(tags=container_tags(dict(src.metadata)),
+                      video_tags=dict(src.streams[video].metadata),
+                      dispositions={s.index: _disposition(s) for s in src.streams},
+                      opus_pre_skip={s.index: _pre_skip(s) for s in src.streams
+                                     if s.type == "audio" and s.codec_context.name == "opus"})
+
+
+def _pre_skip(s: av.stream.Stream) -> int:
+    """An Opus stream's pre-skip, from its OpusHead (what ffmpeg writes as CodecDelay)."""
+    head = bytes(s.codec_context.extradata or b"")
+    return int.from_bytes(head[10:12], "little") if head.startswith(b"OpusHead") else 0
+
+
+def _movflags(fmt: str | None, output: str, tags: dict[str, str], colour_range: int | None
+              ) -> str:
+    """-movflags: what the container ``tags`` need, and the range of a YUV output
+    (``colour_range``; None: not YUV) in an MP4's colr box."""
+    movflags = metadata_movflags(fmt, tags)
+    if colour_range in (1, 2) and Path(output).suffix.lower() in (".mp4", ".m4v"):
+        movflags += "+write_colr"  # the range without a colour description
+    return movflags
+
+
 def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeConfig,
-                  carried: Sequence[int] | None = None) -> list[str]:
+                  carried: Sequence[int] | None = None, facts: _Input | None = None
+                  ) -> list[str]:
     """The ffmpeg argument list: input 0 is the NUT pipe, input 1 the original file.
 
     ``carried``: the input streams other than the video to copy (:func:`check_carry`'s
-    answer); None: every one.
+    answer); None: every one. ``facts``: what :func:`_read_input` read of the input (read
+    here where not given).
 
     Input 1 is always given, also for a video-only file: the container metadata and chapters
     (``-map_metadata 1 -map_chapters 1``) come from it. Output streams keep the input's order:
@@ -161,7 +215,6 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     order = sorted([info.index, *others])
     pos = order.index(info.index)  # the video's output stream index
     audio = {o.index for o in info.others if o.type == "audio"}
-    suffix = Path(output).suffix.lower()
     fmt = output_format(output.removeprefix("file:"))  # the muxer ffmpeg picks by the name
     tb = written_time_base(info, fmt, config.codec)
     args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts",
@@ -170,13 +223,14 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
             "-filter_complex", f"[0:v:0]{scale_filter},format={pix_fmt}[v]"]
     for s in order:
         args += ["-map", "[v]" if s == info.index else f"1:{s}"]
+    facts = facts or _read_input(info.path, info.index)
+    negative_ts = negative_ts_option(fmt, copies_streams=bool(others))
     for out_pos, s in enumerate(order):
         if s in audio:  # as Passthrough._retime: times that run backwards follow on instead
-            args += [f"-bsf:{out_pos}", _AUDIO_RETIME]
+            args += [f"-bsf:{out_pos}", _AUDIO_RETIME + _codec_delay(
+                fmt, negative_ts, facts.opus_pre_skip.get(s, 0))]
     args += ["-map_metadata", "1", "-map_chapters", "1"]
-    with av.open(file_url(info.path)) as src:  # the tags -map_metadata copies
-        movflags = metadata_movflags(fmt, container_tags(dict(src.metadata)))
-        video = dict(src.streams[info.index].metadata)
+    video = facts.video_tags
     for out_pos, s in enumerate(order):  # one named, all named: ffmpeg then copies no others
         args += [f"-map_metadata:s:{out_pos}", f"1:s:{s}"]
     # the video's, as the PyAV sink keeps them: not the statistics of the input's encode (an
@@ -185,15 +239,14 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
         args += [f"-metadata:s:{pos}", f"{key}="]
     # each stream's flags as the input's: ffmpeg otherwise marks the first of each kind
     # default, and a subtitle track the input left off came on by itself in players
-    flags = _dispositions(info.path)
     for out_pos, s in enumerate(order):
-        args += [f"-disposition:{out_pos}", flags.get(s, "0")]
+        args += [f"-disposition:{out_pos}", facts.dispositions.get(s, "0")]
     args += ["-c", "copy", f"-c:{pos}", config.codec,
              f"-fps_mode:{pos}", "passthrough",
              f"-enc_time_base:{pos}", f"{tb.numerator}:{tb.denominator}",
              # Negative-timestamp shifting would move every stream off the input times; the
              # input file already had valid timestamps, so keep them where the muxer can.
-             "-avoid_negative_ts", negative_ts_option(fmt, copies_streams=bool(others))]
+             "-avoid_negative_ts", negative_ts]
     # what PyAV's muxer takes (check_carry's trial) an older program's may call experimental
     # (FLAC in MP4, before FFmpeg 6): the muxer alone is told to take it, not the encoders
     args += ["-f_strict", "experimental"]
@@ -205,9 +258,7 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
         args += [f"-preset:{pos}", config.preset]
     if yuv:
         args += [f"-color_range:{pos}", "pc" if c.range == 2 else "tv"]
-        if c.range in (1, 2) and suffix in (".mp4", ".m4v"):
-            movflags += "+write_colr"  # the range without a colour description
-    if movflags:
+    if movflags := _movflags(fmt, output, facts.tags, c.range if yuv else None):
         args += ["-movflags", movflags]
     for key, table, value in _described(c, yuv):
         args += [f"-{key}:{pos}", table[value]]
@@ -231,12 +282,23 @@ _DISPOSITIONS = ("default", "dub", "original", "comment", "lyrics", "karaoke", "
                  "descriptions", "metadata", "dependent", "still_image")
 
 
-def _dispositions(path: str) -> dict[int, str]:
-    """Each stream's disposition as ffmpeg's -disposition value ("default+forced", "0")."""
-    with av.open(file_url(path)) as c:
-        return {s.index: "+".join(name for name in _DISPOSITIONS
-                                  if int(s.disposition) & int(av.stream.Disposition[name]))
-                or "0" for s in c.streams}
+def _disposition(s: av.stream.Stream) -> str:
+    """A stream's disposition as ffmpeg's -disposition value ("default+forced", "0")."""
+    return "+".join(name for name in _DISPOSITIONS
+                    if int(s.disposition) & int(av.stream.Disposition[name])) or "0"
+
+
+# Matroska keeps an Opus stream's pre-skip as CodecDelay, and its blocks' times are the
+# packets' plus that delay, which readers take off again. ffmpeg 5.1's muxer adds it only
+# where it may shift times (avoid_negative_ts): told to keep them (disabled), it wrote the
+# packets' own times, so the audio came out 6.5 ms early (FFmpeg 8's, PyAV's, adds it).
+def _codec_delay(fmt: str | None, negative_ts: str, pre_skip: int) -> str:
+    """The bitstream filters (after a comma) that add what the muxer leaves out; ""."""
+    if fmt not in ("matroska", "webm") or negative_ts != "disabled" or not pre_skip:
+        return ""
+    # in the muxer's milliseconds, rounded as it rounds (halves away from zero)
+    delay = (pre_skip * 1000 + 24000) // 48000
+    return f",setts=time_base=1/1000,setts=ts=TS+{delay}"
 
 
 # the muxer ffmpeg picks by the output's suffix, where it matters for the alpha plane
@@ -293,8 +355,16 @@ class FfmpegSink(SinkContext):
         self._sources = sorted([info.index, *(
             carried if carried is not None else (o.index for o in info.others))])
         self._copied: dict[int, int] = {}
+        facts = _read_input(info.path, info.index)
+        colour = written_colour(config.codec, self.pix_fmt, info.color)
+        self._movflags = _movflags(self._format, str(self.path), facts.tags,
+                                   colour.range if is_yuv(self.pix_fmt) else None)
+        # pipe pts -> how long the input shows that frame (its time base), for the frames
+        # still in the order by id, then the last ones out of it (see _keep_last_durations)
+        self._held: dict[int, int] = {}
+        self._tail: deque[tuple[int, int]] = deque(maxlen=_TAIL)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sink
-        args = build_command(info, file_url(self._temp), self.pix_fmt, config, carried)
+        args = build_command(info, file_url(self._temp), self.pix_fmt, config, carried, facts)
         log.debug("ffmpeg command: %s", args)
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=self._log, start_new_session=True)
@@ -342,7 +412,9 @@ class FfmpegSink(SinkContext):
         return OutputError(f"ffmpeg {what}: {_last_line(self._log)}")
 
     def write(self, image: np.ndarray, pts: int, duration: int | None = None) -> None:
-        """(H, W, 3) RGB, or (H, W, 4) RGBA where :attr:`alpha`; uint8 or uint16."""
+        """(H, W, 3) RGB, or (H, W, 4) RGBA where :attr:`alpha`; uint8 or uint16.
+        ``duration``: how long the frame is shown, where the input says (input time base):
+        the last pictures keep it, as with the PyAV sink."""
         check_frame(image, self._size, alpha=self.alpha)
         if self.alpha and image.shape[2] == 3:  # RGB into an RGBA pipe: opaque
             top = np.iinfo(image.dtype).max
@@ -354,13 +426,22 @@ class FfmpegSink(SinkContext):
         if self._time_base != self._info.time_base:
             pts = round(pts * self._info.time_base / self._time_base)
         frame.pts, frame.time_base = pts, self._time_base
+        if duration:  # held by the frame until the order has settled its pts
+            self._held[id(frame)] = max(1, round(duration * self._info.time_base
+                                                 / self._time_base))
         try:
             for due in self._order.push(frame):
-                for pkt in self._stream.encode(due):
-                    self._mux.mux(pkt)
+                self._send(due)
         except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:
             raise self._failed("stopped") from exc
         self.frames += 1
+
+    def _send(self, frame: av.VideoFrame | None) -> None:
+        """Send a frame the order let go of (its pts final) down the pipe; None: flush."""
+        if frame is not None and (shown := self._held.pop(id(frame), None)) is not None:
+            self._tail.append((frame.pts, shown))
+        for pkt in self._stream.encode(frame):
+            self._mux.mux(pkt)
 
     def close(self) -> None:
         if self._done:
@@ -369,8 +450,7 @@ class FfmpegSink(SinkContext):
         try:  # a stop anywhere here (ffmpeg can take seconds to finish) stops ffmpeg too
             try:
                 for due in [*self._order.flush(), None]:
-                    for pkt in self._stream.encode(due):
-                        self._mux.mux(pkt)
+                    self._send(due)
                 self._order.report(self.path.name, self._time_base
                                    if self._time_base != self._info.time_base else None,
                                    self._format)
@@ -381,6 +461,7 @@ class FfmpegSink(SinkContext):
             if self._proc.wait() != 0 or _finish_failed(self._log):
                 raise self._failed(f"exited with {self._proc.returncode}"
                                    if self._proc.returncode else "could not finish the file")
+            self._keep_last_durations()
             finish(self._temp, self.path, replace=self._overwrite)
         except BaseException:
             self.abort()
@@ -388,6 +469,39 @@ class FfmpegSink(SinkContext):
         self._log.close()
         self._lost.detach()
         self._copied = self._count_copied()
+
+    def _keep_last_durations(self) -> None:
+        """Give the last pictures their durations where ffmpeg's file does not.
+
+        ffmpeg 5.1 gives each encoded packet one frame step of the pipe's declared rate,
+        whatever the frame's duration (the NUT pipe carries none, and its encoder loop keeps
+        none): a last picture shown 2 s ended the video after one step, and a variable-rate
+        input's last one lasted 1/its average rate. Where the finished file's last packets
+        say other durations than the input's, it is copied once more, packet by packet,
+        those packets taking the input's (no encoding: a read and a write of the file);
+        where that copy fails the file is kept as ffmpeg wrote it, with a warning.
+        """
+        if self._format not in _TIMED_FORMATS or not self._tail:
+            return
+        video = self._sources.index(self._info.index)
+        fixed = None
+        try:
+            want = _wanted_durations(self._temp, video, self._tail, self._time_base)
+            if not want:
+                return
+            fixed = temp_path_for(self.path)
+            _remux(self._temp, fixed, video, want, self._format, self._movflags)
+            os.replace(fixed, self._temp)
+        except (av.error.FFmpegError, OSError, ValueError, InputError, OutputError) as exc:
+            if fixed is not None:
+                discard(fixed)
+            log.warning("%s: the last pictures keep ffmpeg's durations (one frame step), "
+                        "not the input's: copying the file to set them failed: %s",
+                        self.path.name, exc)
+        except BaseException:
+            if fixed is not None:
+                discard(fixed)
+            raise
 
     def abort(self) -> None:
         self._done = True
@@ -400,6 +514,115 @@ class FfmpegSink(SinkContext):
         self._log.close()
         if hasattr(self, "_lost"):
             self._lost.detach()
+
+
+def _rescale(value: int, src: Fraction, dst: Fraction) -> int:
+    """``value`` ticks of ``src`` in ticks of ``dst``, rounded as FFmpeg's av_rescale_q
+    (to the nearest, halves away from zero)."""
+    x = value * src / dst
+    return (1 if x >= 0 else -1) * int(abs(x) + Fraction(1, 2))
+
+
+def _near(want: dict[int, int], pts: int | None) -> int | None:
+    """The key of ``want`` at ``pts`` or one tick from it (two roundings of one time)."""
+    if pts is None:
+        return None
+    return next((k for k in (pts, pts - 1, pts + 1) if k in want), None)
+
+
+def _wanted_durations(path: Path, video: int, tail: Sequence[tuple[int, int]],
+                      time_base: Fraction) -> dict[int, int]:
+    """The durations the last video packets of the file ``path`` should have, by pts (its
+    video stream's time base), from ``tail``'s (pts, duration) in ``time_base``; {} where
+    every packet after the last keyframe has its own already (within a tick)."""
+    with av.open(file_url(path)) as c:
+        s = c.streams[video]
+        want = {}
+        for pts, shown in tail:
+            start = _rescale(pts, time_base, s.time_base)
+            want[start] = _rescale(pts + shown, time_base, s.time_base) - start
+        with contextlib.suppress(av.error.FFmpegError):  # unseekable: read from the start
+            c.seek(max(want), stream=s, backward=True)
+        for pkt in c.demux(s):
+            key = _near(want, pkt.pts)
+            if key is not None and abs((pkt.duration or 0) - want[key]) > 1:
+                return want
+    return {}
+
+
+class _ExactSource:
+    """The finished file as :class:`Passthrough` reads it, for a copy that must keep every
+    packet as it is: times that Passthrough would move on (a stream whose times FFmpeg 8's
+    demuxer hands out running backwards: MP3 samples of several frames, split by its parser)
+    raise OutputError instead."""
+
+    def __init__(self, path: Path) -> None:
+        self._c = av.open(file_url(path))
+        self.streams, self.metadata = self._c.streams, self._c.metadata
+        self.format, self.name = self._c.format, self._c.name
+
+    def chapters(self) -> list:
+        return self._c.chapters()
+
+    def demux(self, streams: Sequence[av.stream.Stream]):
+        last: dict[int, int] = {}
+        for pkt in self._c.demux(streams):
+            i, dts = pkt.stream.index, pkt.dts
+            if dts is not None and i in last and (dts < last[i] or dts == last[i]
+                                                  and pkt.stream.type in ("audio", "video")):
+                raise OutputError(f"the times of stream {i} run backwards as PyAV reads it")
+            if dts is not None:
+                last[i] = dts
+            yield pkt
+
+    def close(self) -> None:
+        self._c.close()
+
+
+def _remux(src: Path, dst: Path, video: int, want: dict[int, int], fmt: str,
+           movflags: str) -> None:
+    """Copy the file ``src`` into ``dst`` (muxer ``fmt``) packet by packet, the video
+    packets (stream ``video``) whose pts ``want`` names taking that duration. The other
+    streams, tags, dispositions and chapters go over as the PyAV sink copies an input's
+    (vsr.io.passthrough.Passthrough), each packet as it is; OutputError where the copy
+    would leave a stream out or move a packet."""
+    copy = Passthrough(_ExactSource(src), exclude=video, warn=False)
+    try:
+        with av.open(file_url(src)) as vin, \
+                av.open(file_url(dst), mode="w", format=fmt, container_options={}) as out:
+            out.metadata.update(container_tags(copy.metadata))
+            if movflags:
+                out.container_options["movflags"] = movflags
+            vs = vin.streams[video]
+            added: list[av.stream.Stream] = []
+            copy.add_streams(out, lambda: added.append(out.add_stream_from_template(vs)))
+            chapters = copy.chapters
+            # an MP4's chapters come back as a text track, which the muxer makes again
+            dropped = [d for d in copy.dropped if not (chapters and "(data," in d)]
+            if dropped:
+                raise OutputError(f"it would leave out {', '.join(dropped)}")
+            (ov,) = added
+            if vs.average_rate:  # Matroska's default duration: a reader's frame rate
+                ov.codec_context.framerate = vs.average_rate
+            ov.metadata.update(vs.metadata)
+            if copy.timecode and "timecode" not in vs.metadata:  # its track goes on as a tag
+                ov.metadata["timecode"] = copy.timecode
+            if chapters:
+                out.set_chapters(chapters)
+            out.container_options["avoid_negative_ts"] = negative_ts_option(
+                fmt, copies_streams=bool(copy.copied))
+            for pkt in vin.demux(vs):
+                if pkt.size == 0 and pkt.dts is None and pkt.pts is None:
+                    continue  # the demuxer's end marker
+                if (key := _near(want, pkt.pts)) is not None:
+                    pkt.duration = want[key]
+                t = pkt.dts if pkt.dts is not None else pkt.pts
+                copy.mux_until(out, float(t * pkt.time_base) if t is not None else None)
+                pkt.stream = ov
+                out.mux(pkt)
+            copy.mux_rest(out)
+    finally:
+        copy.close()
 
 
 def _stop_and_discard(proc: subprocess.Popen, temp: Path) -> None:
