@@ -143,3 +143,29 @@ def test_auto_and_fp32_share_a_handle_without_bf16_in_hardware(monkeypatch) -> N
     assert cache.handle(ModelOptions(model="drn-t-x2", precision="fp32"), "cpu") is auto
     assert cache.handle(ModelOptions(model="drn-t-x2", precision="auto"), "cpu") is auto
     assert loads == ["auto"]
+
+
+@pytest.mark.parametrize("after", ["released", "cache gone"])
+def test_a_fallback_after_its_handle_left_the_cache_keeps_its_weights(
+        after, drn_checkpoint, tmp_path) -> None:
+    """A run whose handle the cache has let go (the stream's first handle, released once the
+    frames chose another precision) or whose cache is gone (a Prepared kept in a result)
+    falls back to an fp32 copy of its own weights, not to whatever the file holds by then."""
+    import gc
+
+    ckpt = tmp_path / "model.safetensors"
+    shutil.copyfile(drn_checkpoint, ckpt)
+    want = vsr.loading.load_model(str(ckpt), device="cpu", precision="fp32")
+    cache = ModelCache()
+    options = ModelOptions(model=str(ckpt), precision="bf16", backend="eager")
+    prepared = cache.prepare(cache.handle(options, "cpu"), options, None)
+    if after == "released":
+        cache.release(prepared.handle)
+    else:
+        del cache
+        gc.collect()
+    _save_other_weights(ckpt)
+    fp32 = prepared.fp32()
+    assert (fp32.dtype, prepared.handle.dtype) == (torch.float32, torch.bfloat16)
+    x = torch.rand(1, 3, 20, 24)
+    assert torch.equal(fp32.infer(x), want.infer(x))
