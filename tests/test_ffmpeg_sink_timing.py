@@ -234,3 +234,31 @@ def test_a_stop_during_the_copy_leaves_no_file(tmp_path, monkeypatch):
                                    scale=2, encoder="ffmpeg",
                                    encode=EncodeConfig(preset="ultrafast")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv"]
+
+
+def _colour(path: Path) -> tuple[int, int, int, int]:
+    with av.open(str(path)) as c:
+        cc = c.streams.video[0].codec_context
+        return cc.color_range, cc.colorspace, cc.color_primaries, cc.color_trc
+
+
+# (matrix, primaries, transfer): PAL's (its transfer, BT.470BG, is gamma 2.8), Display P3
+# with sRGB's transfer (phones), xvYCC, BT.470M's gamma 2.2
+@pytest.mark.parametrize("described", [(5, 5, 5), (1, 12, 13), (1, 1, 11), (6, 4, 4)],
+                         ids=["pal", "display_p3", "xvycc", "gamma22"])
+def test_the_ffmpeg_encoder_keeps_every_colour_description(clip, tmp_path, described):
+    """The ffmpeg sink named only the common descriptions: Display P3 primaries and the
+    xvYCC transfer came out unspecified, and a gamma 2.2 or 2.8 transfer (PAL video) failed
+    the run ('ffmpeg exited with 1: Invalid argument': the setparams filter calls them
+    bt470m and bt470bg). Each comes out as with the PyAV encoder, which keeps them."""
+    matrix, primaries, transfer = described
+    src = clip("in.mp4", frames=3, color={"colorspace": matrix, "color_primaries": primaries,
+                                           "color_trc": transfer, "color_range": 1})
+    got = {}
+    for encoder in ("pyav", "ffmpeg"):
+        out = tmp_path / f"{encoder}.mp4"
+        upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
+                                   encoder=encoder, encode=EncodeConfig(preset="ultrafast")))
+        got[encoder] = _colour(out)
+    assert got["pyav"] == (1, *described)
+    assert got["ffmpeg"] == got["pyav"]

@@ -68,12 +68,19 @@ from vsr.io.sink import (
 log = logging.getLogger(__name__)
 
 _MATRIX = {1: "bt709", 4: "fcc", 5: "bt601", 6: "bt601", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
-_SPACE = {1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020nc",
-          10: "bt2020c"}
-_PRIM = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020"}
+# The colour description by name, every value FFmpeg defines (the PyAV sink keeps any): the
+# encoder options' names (-colorspace, -color_primaries, -color_trc), which the setparams
+# filter shares but for the transfers of BT.470M and BG (_FILTER_TRC; an unknown name
+# failed the run with 'Invalid argument').
+_SPACE = {1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "ycgco",
+          9: "bt2020nc", 10: "bt2020c", 11: "smpte2085", 12: "chroma-derived-nc",
+          13: "chroma-derived-c", 14: "ictcp"}
+_PRIM = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film",
+         9: "bt2020", 10: "smpte428", 11: "smpte431", 12: "smpte432", 22: "jedec-p22"}
 _TRC = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 8: "linear",
-        13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084",
-        18: "arib-std-b67"}
+        9: "log100", 10: "log316", 11: "iec61966-2-4", 12: "bt1361e", 13: "iec61966-2-1",
+        14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 17: "smpte428", 18: "arib-std-b67"}
+_FILTER_TRC = {**_TRC, 4: "bt470m", 5: "bt470bg"}
 
 
 # MP3 in MP4 with several frames per sample comes out of the demuxer's parser with times that
@@ -205,7 +212,8 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
                               if scale else "")
     # the description as frame properties too (as VideoEncoder.frame): prores_ks writes each
     # frame's own, which the scale filter leaves unspecified but for the matrix
-    described = [f"{key}={table[value]}" for key, table, value in _described(c, yuv)]
+    described = [f"{key}={(_FILTER_TRC if table is _TRC else table)[value]}"
+                 for key, table, value in _described(c, yuv)]
     if described:
         scale_filter += ",setparams=" + ":".join(described)
     if info.sample_aspect_ratio:  # NUT's raw frames carry none: anamorphic video showed squeezed
