@@ -542,7 +542,9 @@ def _wanted_durations(path: Path, video: int, tail: Sequence[tuple[int, int]],
                       time_base: Fraction) -> dict[int, int]:
     """The durations the last video packets of the file ``path`` should have, by pts (its
     video stream's time base), from ``tail``'s (pts, duration) in ``time_base``; {} where
-    every packet after the last keyframe has its own already (within a tick)."""
+    the last picture ends where it should already (within a tick). Only the end is asked
+    after: an MP4 keeps no other packet's duration (its times are the decode times), and
+    a copy that set theirs would change nothing there."""
     with av.open(file_url(path)) as c:
         s = c.streams[video]
         want = {}
@@ -551,11 +553,12 @@ def _wanted_durations(path: Path, video: int, tail: Sequence[tuple[int, int]],
             want[start] = _rescale(pts + shown, time_base, s.time_base) - start
         with contextlib.suppress(av.error.FFmpegError):  # unseekable: read from the start
             c.seek(max(want), stream=s, backward=True)
-        for pkt in c.demux(s):
-            key = _near(want, pkt.pts)
-            if key is not None and abs((pkt.duration or 0) - want[key]) > 1:
-                return want
-    return {}
+        last = max(((p.pts, p.duration or 0) for p in c.demux(s) if p.pts is not None),
+                   default=None)
+    key = _near(want, last[0]) if last else None
+    if key is None or key != max(want):  # not the last picture's packet: copy to be sure
+        return want
+    return want if abs(last[0] + last[1] - (key + want[key])) > 1 else {}
 
 
 class _ExactSource:
