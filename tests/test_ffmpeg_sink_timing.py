@@ -181,21 +181,26 @@ def test_the_sink_reads_its_input_twice_at_most(tmp_path, monkeypatch):
     assert len(opened) <= 2, opened
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
-def test_a_constant_rate_clip_is_not_copied_again(tmp_path, monkeypatch, suffix):
+@pytest.mark.parametrize("suffix, shape", [(".mp4", "constant"), (".mkv", "constant"),
+                                           (".mkv", "gap")])
+def test_a_clip_that_ends_right_is_not_copied_again(tmp_path, monkeypatch, suffix, shape):
     """The copy that sets the last durations reads and writes the whole file: only where
-    ffmpeg's file says other durations than the input's (not for a constant frame rate)."""
+    ffmpeg's file ends the last picture elsewhere than the input (not for a constant frame
+    rate, nor for a Matroska file whose last picture lasts its default duration, whatever
+    the pictures before it: the first check copied those too)."""
     from vsr.io import ffmpeg_sink
 
     def no_copy(*args, **kwargs):
         raise AssertionError("copied again")
 
     monkeypatch.setattr(ffmpeg_sink, "_remux", no_copy)
-    src = _timed_clip(tmp_path / f"in{suffix}", [40 * k for k in range(12)], [40] * 12)
+    pts, durations = ([40 * k for k in range(12)], [40] * 12) if shape == "constant" \
+        else _CLIPS["gap"][:2]
+    src = _timed_clip(tmp_path / f"in{suffix}", pts, durations)
     out = tmp_path / f"o{suffix}"
     upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2,
                                encoder="ffmpeg", encode=EncodeConfig(preset="ultrafast")))
-    assert _video_times(out)["end"] == Fraction(12 * 40) * TB
+    assert _video_times(out)["end"] == Fraction(pts[-1] + durations[-1]) * TB
 
 
 def test_a_failed_copy_keeps_ffmpegs_file_and_says_so(tmp_path, monkeypatch, caplog):
