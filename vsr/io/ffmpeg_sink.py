@@ -3,6 +3,9 @@ wheel lacks (VAAPI/QSV, SRT, HLS packaging).
 
 Frames go to ffmpeg's stdin as a NUT stream of raw RGB written by PyAV, so every frame keeps
 its pts in the input time base; ffmpeg maps the other input streams itself with ``-c copy``.
+Durations do not go through (ffmpeg 5.1 gives every packet one frame step): where the finished
+file ends its last picture elsewhere than the input does, it is copied once more with PyAV,
+packet by packet (:meth:`FfmpegSink._keep_last_durations`).
 :class:`FfmpegRelay` is the live variant: ffmpeg copies the MPEG-TS (video and audio) that
 PyAV writes to its stdin out to a URL (``srt://``). Command lines are built by ffmpeg-python
 as argument lists; no shell is involved.
