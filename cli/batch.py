@@ -13,8 +13,11 @@ from vsr.cli.common import (
     encode_options,
     json_option,
     model_options,
+    progress_option,
+    wants_progress,
 )
 from vsr.cli.main import printable
+from vsr.options import plural
 
 
 class _BatchBar:
@@ -57,7 +60,8 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
               help="File with one input per line, or JSON lines {\"input\": ..., options}.")
 @click.option("--name", "template", default="{dir}/{stem}{suffix}", show_default=True,
               help="Output name template: {dir} {stem} {name} {suffix} {ext} {scale} "
-                   "{model} {index}.")
+                   "{model} {index} ({model}: the registry name or the checkpoint's file "
+                   "stem; the default model's name without --model).")
 @model_options(device=False)  # the devices are the workers' (--devices)
 @encode_options()
 @deinterlace_option
@@ -74,15 +78,14 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--segment-frames", type=click.IntRange(min=1), default=300, show_default=True,
               help="Cut videos at the first keyframe after this many frames (with "
                    "--deflicker a video is one segment: the filter runs through it in order).")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Batch progress on stderr.")
+@progress_option("Batch progress on stderr")
 @json_option
 def batch(inputs: tuple[str, ...], output_dir: str, manifest: tuple[str, ...], template: str,
           model: str | None, scale: int | None, precision: str, tile: int | None, backend: str,
           batch: int, deflicker: float, codec: str, crf: int | None, preset: str | None,
           pix_fmt: str | None, deinterlace: bool, devices: tuple[str, ...],
           ray_address: str | None, resume: bool, overwrite: bool, wait: bool,
-          segment_frames: int, progress: bool, as_json: bool) -> None:
+          segment_frames: int, progress: bool | None, as_json: bool) -> None:
     """Upscale many files into DIR; finished files are skipped on a rerun.
 
     INPUTS are files, folders (searched recursively) or glob patterns; a search never takes
@@ -100,17 +103,19 @@ def batch(inputs: tuple[str, ...], output_dir: str, manifest: tuple[str, ...], t
                          template=template, options=options, devices=devices, resume=resume,
                          overwrite=overwrite, segment_frames=segment_frames, ray=ray_address,
                          wait=wait)
-    bar = _BatchBar(progress)
+    bar = _BatchBar(wants_progress(progress))
     try:
         result = run_batch(config, progress=bar)
     finally:
         bar.done()
     for item in result.failed:  # one line each, whatever a file name holds (a newline...)
         click.echo(printable(f"failed: {item['input']}: {item['error']}"), err=True)
+    discarded = f", {result.segments_discarded} discarded" if result.segments_discarded else ""
     click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped, "
-               f"{len(result.failed)} failed; {result.segments_computed} segments computed, "
-               f"{result.segments_reused} reused, {result.frames_computed} frames in "
-               f"{result.seconds:.1f} s", err=True)
+               f"{len(result.failed)} failed; "
+               f"{plural(result.segments_computed, 'segment')} computed, "
+               f"{result.segments_reused} reused{discarded}, "
+               f"{plural(result.frames_computed, 'frame')} in {result.seconds:.1f} s", err=True)
     if as_json:
         emit_json(result.to_json())
     if result.failed:

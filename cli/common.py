@@ -13,7 +13,15 @@ from typing import Any
 
 import click
 
-from vsr.options import BACKEND_CHOICES, DECODERS, ENCODERS, MAX_SCALE, MIN_TILE, PRECISIONS
+from vsr.options import (
+    BACKEND_CHOICES,
+    DECODERS,
+    ENCODERS,
+    MAX_SCALE,
+    MIN_TILE,
+    PRECISION_ALIASES,
+    PRECISIONS,
+)
 
 Decorator = Callable[[Callable], Callable]
 
@@ -51,10 +59,24 @@ def device_option(f: Callable) -> Callable:
                         help="auto, cpu, cuda or cuda:N.")(f)
 
 
+class PrecisionChoice(click.Choice):
+    """One of PRECISIONS, or the torch name --json gives (float32, float16, bfloat16) as its
+    short name, so that a JSON value can be fed back (vsr.options.PRECISION_ALIASES)."""
+
+    def __init__(self) -> None:
+        super().__init__(PRECISIONS)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        if isinstance(value, str):
+            value = PRECISION_ALIASES.get(value, value)
+        return super().convert(value, param, ctx)
+
+
 def precision_option(f: Callable) -> Callable:
-    return click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
+    return click.option("--precision", type=PrecisionChoice(), default="auto",
                         show_default=True,
-                        help="Compute precision. auto: fp16 on CUDA; bf16 for a network on a "
+                        help="Compute precision (also float32, float16, bfloat16, as --json "
+                             "names them). auto: fp16 on CUDA; bf16 for a network on a "
                              "CPU with bf16 instructions (AVX512-BF16, AMX) and input frames of "
                              "50,000 pixels or more; fp32 otherwise, and for frames deeper than "
                              "the reduced precision carries (bf16: 8 bits, fp16: 10).")(f)
@@ -117,12 +139,26 @@ def encode_options(*, preset_help: str = "Encoder preset (e.g. veryfast, slow)."
                      help="Video encoder: libx264, libx265, libsvtav1, ffv1, prores_ks, "
                           "h264_nvenc..."),
         click.option("--crf", type=click.IntRange(0, 63), default=None,
-                     help="Constant quality."),
+                     help="Constant quality, lower is better: 0..51 for libx264 and libx265, "
+                          "0..63 for libvpx-vp9, libsvtav1 and libaom-av1 (default: the "
+                          "encoder's own, 23 for libx264)."),
         click.option("--preset", default=None, help=preset_help),
         click.option("--pix-fmt", default=None,
                      help="Output pixel format (default: the input's depth where the codec "
                           "allows)."),
     )
+
+
+def progress_option(what: str = "Progress line on stderr") -> Decorator:
+    """--progress/--no-progress, None when neither is given: see :func:`wants_progress`."""
+    return click.option("--progress/--no-progress", default=None,
+                        help=f"{what} (default: when stderr is a terminal).")
+
+
+def wants_progress(progress: bool | None) -> bool:
+    """Whether to show progress: as --progress/--no-progress say, else when stderr is a
+    terminal (a log file or CI would get a line per update)."""
+    return sys.stderr.isatty() if progress is None else progress
 
 
 def decoder_option(f: Callable) -> Callable:

@@ -62,23 +62,30 @@ class _Progress:
                    "fitted to the frozen network first.")
 @click.option("--widths-from", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Use the widths of this search.json (e.g. the L1 baseline at DRC's widths).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Patches per step of the search and of the fine-tuning.")
 @click.option("--patch", type=click.IntRange(min=8), default=32, show_default=True,
               help="LR patch side.")
-@click.option("--search-steps", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--search-val-every", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--prune-batches", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--prune-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--search-steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Steps of the channel-number search.")
+@click.option("--search-val-every", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Search steps between readouts of the widths on the held-out images.")
+@click.option("--prune-batches", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Batches of LR patches the pruning selects channels on.")
+@click.option("--prune-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="LR patches per pruning batch.")
 @click.option("--prune-refit", type=click.Choice(COMPRESS_REFITS), default="lstsq",
               show_default=True, help="Fine-tuning after each selected channel: closed-form "
               "least squares on the feature reconstruction, or the paper's one SGD pass.")
-@click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--finetune-steps", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Steps of fine-tuning the pruned network.")
 @click.option("--lr", "finetune_lr", type=float, default=1e-3, show_default=True,
               help="Fine-tuning learning rate (cosine to 1e-6); the default, the lr the base "
                    "network was trained with, did best for drn-t (benchmarks/COMPRESS_RESULTS.md).")
 @click.option("--distill", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of feature distillation from the unpruned network (0: off).")
-@click.option("--val-every", type=click.IntRange(min=1), default=250, show_default=True)
+@click.option("--val-every", type=click.IntRange(min=1), default=250, show_default=True,
+              help="Fine-tuning steps between validations on --val-data.")
 @click.option("--dual-warmup", type=click.IntRange(min=0), default=200, show_default=True,
               help="Steps fitting fresh dual models when no --duals file is given.")
 @click.option("--seed", type=int, default=0, show_default=True, help="0 to 2**31 - 1.")

@@ -10,6 +10,7 @@ import click
 from click.core import ParameterSource
 
 from vsr.cli.common import (
+    PrecisionChoice,
     deflicker_option,
     device_option,
     emit_json,
@@ -18,7 +19,7 @@ from vsr.cli.common import (
     scale_option,
 )
 from vsr.errors import ConfigError
-from vsr.options import EVAL_BASELINES, PRECISIONS
+from vsr.options import EVAL_BASELINES
 
 if TYPE_CHECKING:
     from vsr.evaluate import DatasetResult, Progress
@@ -98,7 +99,7 @@ def _video_table(results: Sequence[ClipResult]) -> str:
               help="Score a baseline instead of a model; with --video, score it as well as the "
                    "model, on the same LR frames.")
 @device_option
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+@click.option("--precision", type=PrecisionChoice(), default="fp32", show_default=True,
               help="Compute precision of the model: fp32 scores the model itself; auto scores "
                    "what vsr upscale runs on this machine for 8-bit frames of 50,000 pixels and "
                    "more, whatever the image size (see vsr upscale --help).")

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import click
 
-from vsr.cli.common import device_option, emit_json, json_option, model_option, scale_option
-from vsr.options import EXPORT_FORMATS, PRECISIONS
+from vsr.cli.common import (
+    PrecisionChoice,
+    device_option,
+    emit_json,
+    json_option,
+    model_option,
+    scale_option,
+)
+from vsr.options import EXPORT_FORMATS
 
 
 @click.command()
@@ -15,7 +22,8 @@ from vsr.options import EXPORT_FORMATS, PRECISIONS
 @model_option()
 @scale_option
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
-              help="The file to write.")
+              help="The file to write: .onnx (onnx), .pt, .ts or .pth (torchscript), .ep "
+                   "(tensorrt).")
 @click.option("--height", type=click.IntRange(min=1), default=None,
               help="Input height traced [default: 32]; the onnx or torchscript file takes any "
                    "height. TensorRT: the engine's fixed input height [default: 540].")
@@ -24,7 +32,7 @@ from vsr.options import EXPORT_FORMATS, PRECISIONS
                    "width. TensorRT: the engine's fixed input width [default: 960].")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Input batch traced (TensorRT: the engine's fixed batch).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+@click.option("--precision", type=PrecisionChoice(), default="auto", show_default=True,
               help="auto: fp16 for tensorrt, fp32 otherwise (onnx is fp32 only).")
 @device_option
 @click.option("--no-check", is_flag=True,

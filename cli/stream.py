@@ -10,6 +10,7 @@ import sys
 import click
 
 from vsr.cli.common import deinterlace_option, encode_config, encode_options, model_options
+from vsr.options import STREAM_DEFLICKER
 from vsr.stream.run import DROP_POLICIES
 
 
@@ -50,7 +51,7 @@ def _render(as_json: bool, to_stdout: bool):
 @click.command()
 @click.argument("src", metavar="SRC")
 @click.argument("dst", metavar="DST")
-@model_options(deflicker=0.5)
+@model_options(deflicker=STREAM_DEFLICKER)
 @encode_options(preset_help="Encoder preset (x264/x265 default: veryfast).")
 @click.option("--gop", type=click.IntRange(min=1), default=None,
               help="Keyframe interval in frames (default: one second).")

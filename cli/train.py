@@ -31,16 +31,22 @@ from vsr.errors import Interrupted
               help="Global batch (split over processes).")
 @click.option("--patch", type=click.IntRange(min=8), default=32, show_default=True,
               help="LR patch side; HR patches are patch x scale.")
-@click.option("--lr", type=float, default=1e-4, show_default=True)
-@click.option("--lr-min", type=float, default=1e-7, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True,
+              help="Adam learning rate at the first step, decaying along a cosine to --lr-min "
+                   "over --iterations (the shipped models' recipe; lower to fine-tune: --init).")
+@click.option("--lr-min", type=float, default=1e-6, show_default=True,
+              help="Learning rate at the last of --iterations.")
 @click.option("--dual-lambda", type=float, default=0.1, show_default=True,
               help="Weight of the dual loss (0 turns dual regression off).")
 @click.option("--seed", type=int, default=0, show_default=True, help="0 to 2**31 - 1.")
 @click.option("--val-data", type=click.Path(exists=True, file_okay=False), default=None,
               help="Benchmark folder for periodic validation PSNR.")
-@click.option("--val-every", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--val-every", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Steps between validations on --val-data (best.safetensors keeps the best).")
+@click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Steps between saves of the resumable state and the last weights.")
+@click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Steps between rows of the losses in the run's metrics.csv.")
 @device_option
 @click.option("--amp", type=click.Choice(["auto", "none", "bf16", "fp16"]), default="auto",
               show_default=True, help="Mixed precision (auto: bf16 on CUDA, none on CPU).")
@@ -48,8 +54,10 @@ from vsr.errors import Interrupted
               help="CPU threads per process.")
 @click.option("--adapt", multiple=True, type=click.Path(exists=True),
               help="Real LR video or image folder for unpaired adaptation (repeatable).")
-@click.option("--adapt-weight", type=float, default=1.0, show_default=True)
-@click.option("--adapt-batch", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--adapt-weight", type=float, default=1.0, show_default=True,
+              help="Weight of the --adapt loss (the dual loss on the real LR crops).")
+@click.option("--adapt-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Real LR crops from --adapt per step.")
 @click.option("--adapt-degradation", default="auto", show_default=True,
               help="How the --adapt frames were degraded: auto (a Gaussian blur estimated from "
                    "the frames), gaussian:SIGMA (in HR pixels), or dual (the learned duals).")
@@ -161,7 +169,9 @@ def train(arch, data, out, iterations, batch_size, patch, lr, lr_min, dual_lambd
         if bar:
             bar.close()
     s = summary(result)
-    if lead:
+    # a stopped run says so in its Error line alone (where it stopped, how to go on); its
+    # JSON object, "interrupted": true, is still written for the scripts that read it
+    if lead and (as_json or not result.interrupted):
         _say_summary(s, config.arch, as_json)
     if result.interrupted:
         raise Interrupted(f"stopped at step {s['steps']} of {s['iterations']} with the state "

@@ -16,8 +16,11 @@ from vsr.cli.common import (
     encoder_option,
     json_option,
     model_options,
+    progress_option,
+    wants_progress,
 )
 from vsr.cli.main import printable
+from vsr.options import plural
 
 
 class _Bar:
@@ -25,7 +28,7 @@ class _Bar:
 
     def __init__(self, show: bool | None) -> None:
         """``show``: True always, False never, None when stderr is a terminal."""
-        self.enabled = sys.stderr.isatty() if show is None else show
+        self.enabled = wants_progress(show)
         self._last = 0.0
 
     def __call__(self, p) -> None:
@@ -55,8 +58,7 @@ class _Bar:
 @deinterlace_option
 @encoder_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress line on stderr (default: when stderr is a terminal).")
+@progress_option()
 @json_option
 def upscale(input_path: str, output_path: str, model: str | None, scale: int | None,
             device: str, precision: str, tile: int | None, codec: str, crf: int | None,
@@ -102,6 +104,6 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
     if as_json:
         emit_json(result.to_json())
     else:
-        click.echo(printable(f"{result.frames_out} frames -> {result.output} "
+        click.echo(printable(f"{plural(result.frames_out, 'frame')} -> {result.output} "
                              f"({result.width}x{result.height}) in {result.seconds:.1f} s, "
                              f"{result.fps:.2f} fps"), err=True)

@@ -138,12 +138,13 @@ def test_a_write_that_fails_is_one_error_line_and_leaves_nothing(drn_checkpoint,
         pytest.skip("onnxruntime not installed")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    name = "m.onnx" if fmt == "onnx" else "m.pt"
     p = subprocess.run([sys.executable, "-m", "vsr", "export", "--format", fmt, "-m",
-                        str(drn_checkpoint), "-o", str(out_dir / "m.bin"), "--height", "8",
+                        str(drn_checkpoint), "-o", str(out_dir / name), "--height", "8",
                         "--width", "8"], capture_output=True, text=True, timeout=300,
                        preexec_fn=_file_size_limit(50_000))
     assert p.returncode == 1, p.stderr[-2000:]
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot write {out_dir / 'm.bin'}"), \
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot write {out_dir / name}"), \
         p.stderr[-2000:]
     assert list(out_dir.iterdir()) == []

@@ -187,8 +187,9 @@ def test_export_never_replaces_its_model(drn_checkpoint: Path, tmp_path: Path,
                                          how: str) -> None:
     model = tmp_path / "mine.safetensors"
     model.write_bytes(drn_checkpoint.read_bytes())
-    output = {"same": model, "symlink": tmp_path / "link.safetensors",
-              "hardlink": tmp_path / "hard.safetensors"}[how]
+    # a link named as a TorchScript file; the model's own name is no export's (refused too)
+    output = {"same": model, "symlink": tmp_path / "link.pt",
+              "hardlink": tmp_path / "hard.pt"}[how]
     if how == "symlink":
         output.symlink_to(model.name)
     elif how == "hardlink":
@@ -197,6 +198,10 @@ def test_export_never_replaces_its_model(drn_checkpoint: Path, tmp_path: Path,
     res = CliRunner().invoke(cli, ["export", "-m", str(model), "--format", "torchscript",
                                    "-o", str(output), "--overwrite", "--height", "16",
                                    "--width", "16", "--device", "cpu"])
-    assert isinstance(res.exception, OutputError), res.output
-    assert "would replace the input" in str(res.exception)
+    if how == "same":
+        assert isinstance(res.exception, ConfigError), res.output
+        assert "not mine.safetensors" in str(res.exception)
+    else:
+        assert isinstance(res.exception, OutputError), res.output
+        assert "would replace the input" in str(res.exception)
     assert hashlib.sha256(model.read_bytes()).hexdigest() == digest

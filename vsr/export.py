@@ -27,13 +27,13 @@ from vsr.io.output import check_output_path, discard, finish, temp_path_for
 from vsr.loading import dtype_name, load_model
 from vsr.options import (
     EXPORT_FORMATS,
-    PRECISIONS,
     Config,
     as_path,
     check_at_least,
     check_choice,
     check_device,
     check_model,
+    check_precision,
     check_scale,
 )
 
@@ -45,11 +45,15 @@ FORMATS = EXPORT_FORMATS
 # The traced sample's height and width where none is given: the dynamic formats take any size
 # (so a small, cheap trace); a TensorRT engine takes only its own, so a frame size.
 DEFAULT_SIZE = {"onnx": (32, 32), "torchscript": (32, 32), "tensorrt": (540, 960)}
+# the file names each format is written to (any case): torch.jit.save's TorchScript archive,
+# torch_tensorrt.save's ExportedProgram (as vsr.backends.tensorrt caches it)
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".pth"), "tensorrt": (".ep",)}
 
 
 @dataclass(frozen=True)
 class ExportConfig(Config):
-    """One export; ``height``/``width``/``batch`` are the traced sample's size (for TensorRT
+    """One export to ``output``, a file named as its format is (:data:`SUFFIXES`);
+    ``height``/``width``/``batch`` are the traced sample's size (for TensorRT
     the engine's fixed input size; None: ``DEFAULT_SIZE`` of the format). Validated on
     construction (ConfigError)."""
 
@@ -69,7 +73,11 @@ class ExportConfig(Config):
         super().__post_init__()
         object.__setattr__(self, "output", as_path("output", self.output))
         check_choice("format", self.format, FORMATS)
-        check_choice("precision", self.precision, PRECISIONS)
+        suffixes = SUFFIXES[self.format]
+        if self.output.suffix.lower() not in suffixes:  # ONNX in a .mp4 was written, exit 0
+            raise ConfigError(f"a {self.format} export is written to a {' or '.join(suffixes)} "
+                              f"file, not {self.output.name}")
+        object.__setattr__(self, "precision", check_precision(self.precision))
         check_model(self.model)
         check_scale(self.scale)
         check_device(self.device)

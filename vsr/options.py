@@ -19,6 +19,9 @@ from pathlib import Path
 from vsr.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # dtypes: vsr.loading.DTYPES
+# torch's names, as every --json row gives the precision it ran (vsr.loading.dtype_name): taken
+# wherever a precision is, so that a JSON value can be fed back, and held as the short name
+PRECISION_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 DECODERS = ("pyav", "decord")  # vsr.io.source.open_source
 ENCODERS = ("pyav", "ffmpeg")  # vsr.io.sink.PyAVSink, vsr.io.ffmpeg_sink.FfmpegSink
 # vsr.backends.BACKENDS has an implementation of each but auto (tests/test_options.py checks);
@@ -28,6 +31,8 @@ BACKEND_CHOICES = ("auto", "eager", "compile", "tensorrt", "onnx")
 # (vsr.backends.onnx refuses the others; precision auto picks among these)
 BACKEND_PRECISIONS = {"onnx": ("fp32",)}
 MIN_TILE = 32
+# `vsr stream`'s and vsr.stream.StreamConfig's deflicker strength (live input is compressed)
+STREAM_DEFLICKER = 0.5
 # the choices of `vsr export` (vsr.export.FORMATS) and `vsr compress` (vsr.compress.config),
 # named here so that those commands' --help lists them without importing torch
 EXPORT_FORMATS = ("onnx", "torchscript", "tensorrt")
@@ -41,6 +46,21 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     """Raise ConfigError unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def check_precision(value: object) -> str:
+    """``value``, one of :data:`PRECISIONS` or of their torch names (:data:`PRECISION_ALIASES`),
+    as its short name; else ConfigError."""
+    if isinstance(value, str) and value in PRECISION_ALIASES:
+        return PRECISION_ALIASES[value]
+    check_choice("precision", value, PRECISIONS)
+    return value  # type: ignore[return-value]
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 frame", "0 frames" (``nouns``: an
+    irregular plural)."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def check_at_least(name: str, value: object, minimum: int, *, optional: bool = False) -> None:
@@ -189,7 +209,8 @@ class ModelOptions(Config):
     """Which model runs, and how. Validated on construction (ConfigError).
 
     ``model``: a registry name, a .safetensors path or ``"bicubic"`` (None: the default model);
-    ``scale``: None for the model's own (needed for bicubic); ``precision``: one of PRECISIONS;
+    ``scale``: None for the model's own (needed for bicubic); ``precision``: one of PRECISIONS
+    (or its torch name, :data:`PRECISION_ALIASES`: held as the short one);
     ``tile``: infer in tiles of that many pixels (None: whole frames); ``backend``: one of
     :data:`BACKEND_CHOICES`; ``batch``: frames per model call; ``deflicker``: the temporal
     filter's strength in [0, 1) (0: off; :mod:`vsr.pipeline.temporal`).
@@ -209,7 +230,7 @@ class ModelOptions(Config):
         if isinstance(self.model, os.PathLike):  # a path as the string every user reads
             object.__setattr__(self, "model", os.fspath(self.model))
         check_scale(self.scale)
-        check_choice("precision", self.precision, PRECISIONS)
+        object.__setattr__(self, "precision", check_precision(self.precision))
         check_at_least("tile", self.tile, MIN_TILE, optional=True)
         check_choice("backend", self.backend, BACKEND_CHOICES)
         check_at_least("batch", self.batch, 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from vsr.device import resolve_device
@@ -119,6 +119,20 @@ def open_sink(config: UpscaleConfig, info, width: int, height: int):
     return PyAVSink(config.output, info, width, height, config.encode, overwrite=config.overwrite)
 
 
+def _unused_encoding(config: UpscaleConfig) -> tuple[str, ...]:
+    """The note (logged as a warning) that the encoding settings ``config`` gives other than
+    the defaults are not used, its output being a picture; () when it gives none."""
+    default = EncodeConfig()
+    given = [f"{f.name} {getattr(config.encode, f.name)}" for f in fields(EncodeConfig)
+             if getattr(config.encode, f.name) != getattr(default, f.name)]
+    if not given:
+        return ()
+    note = (f"encoding settings {', '.join(given)} are not used for a picture "
+            f"({config.output.name})")
+    log.warning("%s", note)
+    return (note,)
+
+
 def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | None = None, *,
                  models: ModelCache | None = None) -> UpscaleResult:
     """Upscale ``config.input`` into ``config.output``; the output appears only when complete.
@@ -141,6 +155,7 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
         with open_source(config.input, config.decoder,
                          deinterlace=config.deinterlace) as source:
             is_image = writes_picture(source.info, config.output)
+            unused = _unused_encoding(config) if is_image else ()
             run = run_source(source, config, device,
                              lambda info, w, h: open_sink(config, info, w, h), models=models,
                              depth=config.queue_depth, overlap=config.tile_overlap,
@@ -158,7 +173,8 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
         precision=dtype_name(run.dtype), fallback_fp32=report.fell_back_to_fp32,
         fallback_frames=report.fallback_frames, tile=report.tile, width=run.width,
         height=run.height, codec=None if is_image else config.encode.codec, pix_fmt=run.pix_fmt,
-        copied_packets=run.copied_packets, notes=run.prepared.notes + tuple(report.notes),
+        copied_packets=run.copied_packets,
+        notes=unused + run.prepared.notes + tuple(report.notes),
         backend=run.prepared.backend, batch=run.prepared.options.batch,
         frames_reused=report.reused_frames,
     )

@@ -69,10 +69,17 @@ def check_preset(codec: str, preset: str) -> None:
         raise ConfigError(f"unknown {codec} preset {preset!r}; known: {', '.join(names)}")
 
 
+# the CRF range of encoders that clamp a value over it without a word (libx264 wrote crf=51 for
+# 60); others take 0..63 (libvpx-vp9, libsvtav1, libaom-av1) or have no crf, which the open says
+CRF_MAX = {"libx264": 51, "libx264rgb": 51, "libx265": 51, "libvpx-vp9": 63, "libsvtav1": 63,
+           "libaom-av1": 63}
+
+
 @dataclass(frozen=True)
 class EncodeConfig(Config):
     """Video encoder settings; None leaves the codec's own default. The codec is checked
-    where it is used (the ffmpeg program's encoder may be one PyAV lacks)."""
+    where it is used (the ffmpeg program's encoder may be one PyAV lacks); ``crf`` here,
+    against the codec's range (:data:`CRF_MAX`; 0..63 for another codec)."""
 
     codec: str = "libx264"
     crf: int | None = None
@@ -84,8 +91,10 @@ class EncodeConfig(Config):
         if not isinstance(self.codec, str):
             raise ConfigError(f"codec must be an encoder name, not {self.codec!r}")
         # exact int: True would reach the encoder as "True"
-        if self.crf is not None and (type(self.crf) is not int or not 0 <= self.crf <= 63):
-            raise ConfigError(f"crf must be an integer in 0..63, got {self.crf!r}")
+        top = CRF_MAX.get(self.codec, 63)
+        if self.crf is not None and (type(self.crf) is not int or not 0 <= self.crf <= top):
+            which = f" for {self.codec}" if self.codec in CRF_MAX else ""
+            raise ConfigError(f"crf must be an integer in 0..{top}{which}, got {self.crf!r}")
         if self.preset is not None:
             if not isinstance(self.preset, str):
                 raise ConfigError(f"preset must be a name, not {self.preset!r}")

@@ -121,8 +121,10 @@ def check_template(template: str) -> None:
 
 def render_name(template: str, entry: Entry, options: JobOptions, index: int) -> Path:
     """The output path relative to the output folder; raises ConfigError."""
+    from vsr.models import DEFAULT_MODEL
+
     p = entry.path
-    model = options.model or "default"
+    model = options.model or DEFAULT_MODEL  # the model that runs, by its registry name
     values = {"dir": entry.rel_dir, "stem": p.stem, "name": p.name, "suffix": p.suffix,
               "ext": p.suffix.lstrip("."), "scale": options.scale or model_scale(options.model),
               "model": Path(model).stem if model.endswith(".safetensors") else model,

@@ -46,7 +46,15 @@ from vsr.jobs.segments import (
     segment_suffix,
 )
 from vsr.jobs.store import JobStore, SegmentRow, StoreError
-from vsr.options import Config, as_path, as_paths, check_at_least, check_callable, check_type
+from vsr.options import (
+    Config,
+    as_path,
+    as_paths,
+    check_at_least,
+    check_callable,
+    check_type,
+    plural,
+)
 from vsr.pipeline.run import eta_seconds
 
 log = logging.getLogger(__name__)
@@ -140,6 +148,8 @@ class BatchResult:
     segments_reused: int
     frames_computed: int
     seconds: float
+    # finished segments of an interrupted run that this run, without --resume, started over
+    segments_discarded: int = 0
 
     def to_json(self) -> dict:
         """The `--json` contract: exactly done, skipped and failed."""
@@ -179,6 +189,7 @@ class Tracker:
         self.frames_finished = 0
         self.segments_computed = 0
         self.segments_reused = 0
+        self.segments_discarded = 0  # finished before, started over without --resume
         self._running: dict[tuple[int, int], int] = {}
         self._said: set[tuple[int, str, str]] = set()  # (file, logger, warning)
 
@@ -304,10 +315,10 @@ class Tracker:
         left = files_total - ended
         if left <= 0:
             return f"interrupted after every file had ended: nothing left to resume{note}"
-        files = f"{left} of {files_total} file{'s' if files_total != 1 else ''} unfinished"
+        files = f"{left} of {plural(files_total, 'file')} unfinished"
         if not kept:
             return f"interrupted; {files}, no finished segment to keep (rerun to do them){note}"
-        return (f"interrupted; {files}, {kept} finished segment{'s' if kept != 1 else ''} "
+        return (f"interrupted; {files}, {plural(kept, 'finished segment')} "
                 f"kept (rerun with --resume to reuse them){note}")
 
     def snapshot(self, elapsed: float, files_total: int) -> BatchProgress:
@@ -441,6 +452,12 @@ def _plan_segmented(job: Job, config: BatchConfig, store: JobStore, tracker: Tra
     min_frames = sys.maxsize if job.options.deflicker else config.segment_frames
     segments = plan_segments(job.input, min_frames, info)
     plan = [(s.start, s.end, s.frames) for s in segments]
+    if not config.resume and (discarded := store.resumable(*key, fingerprint, plan)):
+        # a rerun without --resume starts the file over: said, as a rerun skips finished files
+        log.warning("%s: %s of an interrupted run discarded (--resume reuses them)",
+                    job.input.name, plural(discarded, "finished segment"))
+        with tracker.lock:
+            tracker.segments_discarded += discarded
     file_id, kept = store.begin(*key, fingerprint, plan, config.resume)
     seg_dir = config.state_dir / "segments" / f"{file_id:06d}"
     if not kept:
@@ -587,4 +604,5 @@ def _run_jobs(config: BatchConfig, store: JobStore, t0: float,
         done=tuple(tracker.done), skipped=tuple(tracker.skipped),
         failed=tuple(tracker.failed), segments_computed=tracker.segments_computed,
         segments_reused=tracker.segments_reused, frames_computed=tracker.frames_finished,
-        seconds=round(time.perf_counter() - t0, 3))
+        seconds=round(time.perf_counter() - t0, 3),
+        segments_discarded=tracker.segments_discarded)

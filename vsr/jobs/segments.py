@@ -28,7 +28,7 @@ from vsr.io.image import is_image_path
 from vsr.io.info import StreamInfo, clock_reset, clock_reset_error
 from vsr.io.output import discard, is_stale_partial
 from vsr.io.paths import file_url
-from vsr.io.sink import PyAVSink
+from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import (
     PyAVSource,
     check_input_path,
@@ -66,7 +66,7 @@ TASK_LOGGERS = (
     "vsr.io.ffmpeg_sink", "vsr.io.image", "vsr.io.output", "vsr.io.passthrough", "vsr.io.sink",
     "vsr.io.source",
     "vsr.pipeline.compute", "vsr.pipeline.cuda", "vsr.pipeline.run", "vsr.runtime",
-    "vsr.threads",
+    "vsr.threads", "vsr.upscale",
 )
 _TASK_LOG: ContextVar[list[logging.LogRecord] | None] = ContextVar("vsr_task_log", default=None)
 
@@ -348,8 +348,9 @@ def _run_whole(task: Task, handles: HandleCache,
     config = UpscaleConfig(input=task.job.input, output=task.path, model=o.model, scale=o.scale,
                            device=str(handles.device), precision=o.precision, tile=o.tile,
                            backend=o.backend, batch=o.batch, deflicker=o.deflicker,
-                           encode=o.encode, deinterlace=o.deinterlace,
-                           overwrite=task.overwrite)
+                           # the batch's encoding is its videos': a picture's output has none
+                           encode=EncodeConfig() if is_image_path(task.path) else o.encode,
+                           deinterlace=o.deinterlace, overwrite=task.overwrite)
     result = upscale_file(config, progress=(lambda p: progress(p.frames_done))
                           if progress is not None else None, models=handles.models)
     return TaskResult(result.frames_out, result.backend)

@@ -167,6 +167,21 @@ class JobStore:
             return f"it holds {size:,} bytes where this batch wrote {row[2]:,}"
         return "intact"
 
+    def resumable(self, input_path: str, output: str, fingerprint: str,
+                  plan: list[tuple[int | None, int | None, int]]) -> int:
+        """How many finished segments a previous attempt at this file left that
+        :meth:`begin` with ``resume`` would keep (the same settings and plan)."""
+        with self._using("read") as db:
+            row = db.execute("SELECT id, fingerprint FROM files WHERE input = ? AND output = ?",
+                             (input_path, output)).fetchone()
+            if row is None or row[1] != fingerprint:
+                return 0
+            old = db.execute("SELECT start_pts, end_pts, frames, status FROM segments "
+                             "WHERE file_id = ? ORDER BY idx", (row[0],)).fetchall()
+        if [tuple(r[:3]) for r in old] != plan:
+            return 0
+        return sum(r[3] == "done" for r in old)
+
     def begin(self, input_path: str, output: str, fingerprint: str,
               plan: list[tuple[int | None, int | None, int]], resume: bool) -> tuple[int, bool]:
         """Record a file as running with its segment plan ``[(start, end, frames)]``.

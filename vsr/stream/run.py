@@ -24,6 +24,7 @@ from vsr.errors import ConfigError, InputError, OutputError
 from vsr.io.sink import EncodeConfig, check_codec
 from vsr.io.source import Frame
 from vsr.options import (
+    STREAM_DEFLICKER,
     RunOptions,
     check_at_least,
     check_callable,
@@ -53,10 +54,15 @@ DROP_POLICIES = ("oldest", "none")
 @dataclass(frozen=True)
 class StreamConfig(RunOptions):
     """One live run: ``src`` and ``dst``, the model options of :class:`vsr.options.RunOptions`
-    (keyword-only) and the live settings. Validated on construction (ConfigError)."""
+    (keyword-only) and the live settings. Validated on construction (ConfigError).
+
+    As `vsr stream`: without ``model`` (at x2) the registry's STREAM_MODEL runs, and
+    ``deflicker`` is :data:`vsr.options.STREAM_DEFLICKER` (0.5; 0: off), for the compressed
+    input live streams are."""
 
     src: str
     dst: str
+    deflicker: float = field(default=STREAM_DEFLICKER, kw_only=True)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     max_latency_ms: int = 1000
     drop: str = "oldest"

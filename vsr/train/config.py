@@ -53,8 +53,8 @@ class TrainConfig(Config):
     iterations: int = 10_000
     batch_size: int = 16
     patch: int = 32
-    lr: float = 1e-4
-    lr_min: float = 1e-7
+    lr: float = 1e-3  # the shipped models' recipe (their cards); `vsr train --lr` the same
+    lr_min: float = 1e-6
     dual_lambda: float = 0.1
     dual_width: int | None = None  # default: the primal's n_feats
     seed: int = 0
