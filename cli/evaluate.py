@@ -19,7 +19,7 @@ from vsr.cli.common import (
     scale_option,
 )
 from vsr.errors import ConfigError
-from vsr.options import EVAL_BASELINES
+from vsr.options import EVAL_BASELINES, plural
 
 if TYPE_CHECKING:
     from vsr.evaluate import DatasetResult, Progress
@@ -27,17 +27,19 @@ if TYPE_CHECKING:
 
 
 class _StderrProgress:
-    """Per-image progress on stderr: a rewritten line on a terminal, one line per set otherwise."""
+    """Per-image progress on stderr: a rewritten line on a terminal, one line per set otherwise;
+    ``unit``: what is scored (a clip's frames)."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "image") -> None:
         self._tty = sys.stderr.isatty()
+        self._unit = unit
 
     def __call__(self, event: Progress) -> None:
         if self._tty:
             click.echo(f"\r{event.dataset}: {event.index}/{event.total} {event.image:<24.24}",
                        nl=event.index == event.total, err=True)
         elif event.index == event.total:
-            click.echo(f"{event.dataset}: {event.total} images scored", err=True)
+            click.echo(f"{event.dataset}: {plural(event.total, self._unit)} scored", err=True)
 
 
 def _table(results: Sequence[DatasetResult]) -> str:
@@ -146,7 +148,7 @@ def evaluate(data: tuple[str, ...], videos: tuple[str, ...], degrade: str | None
                                        frames=frames, model=model, baseline=baseline,
                                        scale=scale, device=device, seed=seed,
                                        precision=precision, deflicker=deflicker)
-        clips = run_video_evaluation(video_config, progress=_StderrProgress())
+        clips = run_video_evaluation(video_config, progress=_StderrProgress(unit="frame"))
         if as_json:
             emit_json(summarize_video(clips))
         else:

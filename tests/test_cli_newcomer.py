@@ -266,3 +266,13 @@ def test_a_rerun_without_resume_says_it_discards_finished_segments(tmp_path, cap
     assert said == [f"a.mp4: {kept} finished segments of an interrupted run discarded "
                     "(--resume reuses them)"], said
     assert (result.segments_discarded, result.segments_reused, len(result.done)) == (kept, 0, 1)
+
+
+def test_eval_progress_counts_images_or_frames_in_the_singular_for_one(capsys):
+    from vsr.cli.evaluate import _StderrProgress
+    from vsr.evaluate import Progress
+
+    _StderrProgress()(Progress("Set1", 1, 1, "a.png", 30.0, 0.9))
+    _StderrProgress(unit="frame")(Progress("clip", 8, 8, "frame 8", 30.0, 0.9))
+    assert capsys.readouterr().err.splitlines() == ["Set1: 1 image scored",
+                                                    "clip: 8 frames scored"]
