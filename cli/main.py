@@ -50,9 +50,11 @@ class LazyGroup(click.Group):
 
 
 # SIGTERM (kill, systemd, docker stop) and SIGHUP (the terminal closed) stop these commands
-# the way Ctrl-C does: the partial output is removed and one `Error:` line is printed. The exit
-# status is 128 + the signal number, as a shell reports a process killed by that signal:
-# 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP.
+# the way Ctrl-C does. For the file commands the partial output is removed and one `Error:`
+# line is printed, with 128 + the signal number as the exit status, as a shell reports a
+# process killed by that signal: 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP.
+# `vsr stream` is the exception: a live stream's end is a stop, so it closes its output
+# (playable as far as it got), prints its totals and exits 0.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 STOPPABLE = frozenset({"upscale", "batch", "stream", "bench", "export", "compress"})
 

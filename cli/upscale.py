@@ -72,7 +72,7 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
     OUT appears only once it is complete.
 
     Which model: the default, drn-t-x2-drc50, is best on clean, uncompressed input; for
-    H.264/H.265 files at ordinary streaming quality pick --model drn-t-x2-drc50-x264
+    H.264 files at ordinary streaming quality (H.265 not measured) pick --model drn-t-x2-drc50-x264
     (+0.09..+1.81 dB over bicubic at CRF 28, against -0.03..+1.36 for the default; 0.23 dB
     below the default on clean Set5), and add --deflicker 0.5 to stop the flicker it adds.
 
