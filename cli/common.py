@@ -79,7 +79,8 @@ def precision_option(f: Callable) -> Callable:
                              "names them). auto: fp16 on CUDA; bf16 for a network on a "
                              "CPU with bf16 instructions (AVX512-BF16, AMX) and input frames of "
                              "50,000 pixels or more; fp32 otherwise, and for frames deeper than "
-                             "the reduced precision carries (bf16: up to 8-bit frames, fp16: up to 10-bit).")(f)
+                             "the reduced precision carries (bf16: up to 8-bit frames, fp16: "
+                             "up to 10-bit).")(f)
 
 
 def scale_option(f: Callable) -> Callable:
