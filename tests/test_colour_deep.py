@@ -169,8 +169,10 @@ def test_deep_grey_and_rgb_video_are_read_exactly(tmp_path: Path) -> None:
 
 
 def _write(tmp_path: Path, image: np.ndarray, pix_fmt: str, matrix: int, full: bool,
-           codec: str = "ffv1") -> Path:
-    """``image`` written by the PyAV sink in ``pix_fmt`` for an input tagged so."""
+           codec: str = "ffv1", encoder: str = "pyav") -> Path:
+    """``image`` written by the PyAV sink (or with ``encoder="ffmpeg"`` the ffmpeg program's)
+    in ``pix_fmt`` for an input tagged so."""
+    from vsr.io.ffmpeg_sink import FfmpegSink
     from vsr.io.sink import EncodeConfig, PyAVSink
 
     bits = 10 if image.dtype == np.uint16 else 8
@@ -179,8 +181,9 @@ def _write(tmp_path: Path, image: np.ndarray, pix_fmt: str, matrix: int, full: b
                                else "yuv420p", matrix=matrix, full=full)) as src:
         info = src.info
     out = tmp_path / "out.mkv"
-    with PyAVSink(out, info, image.shape[1], image.shape[0],
-                  EncodeConfig(codec=codec, pix_fmt=pix_fmt)) as sink:
+    sink_class = FfmpegSink if encoder == "ffmpeg" else PyAVSink
+    with sink_class(out, info, image.shape[1], image.shape[0],
+                    EncodeConfig(codec=codec, pix_fmt=pix_fmt)) as sink:
         sink.write(image, 0)
     return out
 
@@ -189,18 +192,29 @@ WRITES = [("yuv420p10le", 9, False), ("yuv420p10le", 1, True), ("yuv420p12le", 5
           ("yuv444p10le", 1, False)]
 
 
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
 @pytest.mark.parametrize(("pix_fmt", "matrix", "full"), WRITES)
 def test_16_bit_rgb_is_written_exactly(tmp_path: Path, pix_fmt: str, matrix: int,
-                                       full: bool) -> None:
-    """16-bit RGB -> n-bit Y'CbCr rounded: white is Y 940, not 943 (limited range)."""
+                                       full: bool, encoder: str) -> None:
+    """16-bit RGB -> n-bit Y'CbCr rounded: white is Y 940, not 943 (limited range), by either
+    encoder (the ffmpeg program's swscale was as far off as PyAV's: 12-bit up to 14 codes),
+    tagged with its range."""
+    from vsr.io.ffmpeg_sink import ffmpeg_available
+
+    if encoder == "ffmpeg" and not ffmpeg_available():
+        pytest.skip("needs the ffmpeg program")
     bits = 12 if "12" in pix_fmt else 10
     rgb = rgb_of_ycbcr(colours(8, 8, matrix, bits, full, seed=2).astype(float), matrix, bits,
                        full).clip(0, 1)
     image = np.round(rgb * 65535).astype(np.uint16).repeat(BLOCK, 0).repeat(BLOCK, 1)
-    got = planes(_write(tmp_path, image, pix_fmt, matrix, full))
+    out = _write(tmp_path, image, pix_fmt, matrix, full, encoder=encoder)
+    got = planes(out)
     want = ycbcr_of_rgb(centres(image) / 65535, matrix, bits, full)
     assert_close(got, want, 0.55)
     assert got[0, 0, 0] == (2 ** bits - 1 if full else 235 << (bits - 8))
+    with av.open(str(out)) as c:
+        frame = next(c.decode(video=0))
+        assert (frame.format.name, frame.color_range) == (pix_fmt, 2 if full else 1)
 
 
 def test_full_range_8_bit_output_is_rounded(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@ wheel lacks (VAAPI/QSV, SRT, HLS packaging).
 
 Frames go to ffmpeg's stdin as a NUT stream of raw RGB written by PyAV, so every frame keeps
 its pts in the input time base; ffmpeg maps the other input streams itself with ``-c copy``.
+Deep (10/12-bit) and full-range Y'CbCr outputs go through the pipe in their own pixel format,
+made by :func:`vsr.io.colour.from_rgb` as the PyAV sink makes them (ffmpeg's swscale writes
+16-bit RGB 0.4% bright); ffmpeg then only describes them.
 Durations do not go through (ffmpeg 5.1 gives every packet one frame step): where the finished
 file ends its last picture elsewhere than the input does, it is copied once more with PyAV,
 packet by packet (:meth:`FfmpegSink._keep_last_durations`).
@@ -33,6 +36,7 @@ import ffmpeg
 import numpy as np
 
 from vsr.errors import ConfigError, InputError, OutputError
+from vsr.io.colour import from_rgb, writes_own
 from vsr.io.info import ColorInfo, StreamInfo, has_alpha, written_time_base
 from vsr.io.output import (
     SinkContext,
@@ -186,13 +190,14 @@ def _movflags(fmt: str | None, output: str, tags: dict[str, str], colour_range: 
 
 
 def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeConfig,
-                  carried: Sequence[int] | None = None, facts: _Input | None = None
-                  ) -> list[str]:
+                  carried: Sequence[int] | None = None, facts: _Input | None = None,
+                  *, converted: bool = False) -> list[str]:
     """The ffmpeg argument list: input 0 is the NUT pipe, input 1 the original file.
 
     ``carried``: the input streams other than the video to copy (:func:`check_carry`'s
     answer); None: every one. ``facts``: what :func:`_read_input` read of the input (read
-    here where not given).
+    here where not given). ``converted``: the pipe carries frames in ``pix_fmt`` already
+    (:func:`vsr.io.colour.from_rgb`), which ffmpeg is only to describe, not convert.
 
     Input 1 is always given, also for a video-only file: the container metadata and chapters
     (``-map_metadata 1 -map_chapters 1``) come from it. Output streams keep the input's order:
@@ -211,12 +216,15 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     scale = {"out_range": "pc" if c.range == 2 else "tv", "flags": "accurate_rnd"} if yuv else {}
     if yuv and c.matrix in _MATRIX:
         scale["out_color_matrix"] = _MATRIX[c.matrix]
-    scale_filter = "scale" + ("=" + ":".join(f"{k}={v}" for k, v in sorted(scale.items()))
-                              if scale else "")
+    scale_filter = "null" if converted else "scale" + (
+        "=" + ":".join(f"{k}={v}" for k, v in sorted(scale.items())) if scale else "")
     # the description as frame properties too (as VideoEncoder.frame): prores_ks writes each
-    # frame's own, which the scale filter leaves unspecified but for the matrix
+    # frame's own, which the scale filter leaves unspecified but for the matrix; the range
+    # too where no scale filter sets it
     described = [f"{key}={(_FILTER_TRC if table is _TRC else table)[value]}"
                  for key, table, value in _described(c, yuv)]
+    if converted and yuv:
+        described.append(f"range={scale['out_range']}")
     if described:
         scale_filter += ",setparams=" + ":".join(described)
     if info.sample_aspect_ratio:  # NUT's raw frames carry none: anamorphic video showed squeezed
@@ -277,6 +285,16 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     if params := hdr_params(config.codec, info) + x265_quiet(config.codec):
         args += [f"-{config.codec.removeprefix('lib')}-params:{pos}", ":".join(params)]
     return [*args, "-y", output]
+
+
+def _known_format(pix_fmt: str) -> bool:
+    """Whether PyAV's FFmpeg has the pixel format ``pix_fmt`` (one the program names may be
+    newer or older than it)."""
+    try:
+        av.VideoFormat(pix_fmt)
+    except ValueError:
+        return False
+    return True
 
 
 def _described(c: ColorInfo, yuv: bool) -> list[tuple[str, dict[int, str], int]]:
@@ -368,6 +386,12 @@ class FfmpegSink(SinkContext):
         self._copied: dict[int, int] = {}
         facts = _read_input(info.path, info.index)
         colour = written_colour(config.codec, self.pix_fmt, info.color)
+        # deep and full-range Y'CbCr made here as the PyAV sink makes it (vsr.io.colour): the
+        # program's swscale wrote 16-bit RGB 0.4% bright (10-bit white at Y 943, 12-bit up to
+        # 14 codes off); the pipe then carries the output's own pixel format
+        self._colour = replace(colour, matrix=2) if self.pix_fmt.startswith("gray") else colour
+        self._own = _known_format(self.pix_fmt) and writes_own(
+            self.pix_fmt, info.bit_depth <= 8, self._colour)
         self._movflags = _movflags(self._format, str(self.path), facts.tags,
                                    colour.range if is_yuv(self.pix_fmt) else None)
         # pipe pts -> how long the input shows that frame (its time base), for the frames
@@ -375,7 +399,8 @@ class FfmpegSink(SinkContext):
         self._held: dict[int, int] = {}
         self._tail: deque[tuple[int, int]] = deque(maxlen=_TAIL)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the sink
-        args = build_command(info, file_url(self._temp), self.pix_fmt, config, carried, facts)
+        args = build_command(info, file_url(self._temp), self.pix_fmt, config, carried, facts,
+                             converted=self._own)
         log.debug("ffmpeg command: %s", args)
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=self._log, start_new_session=True)
@@ -384,8 +409,8 @@ class FfmpegSink(SinkContext):
             # and the file removed when the sink is collected
             self._lost = weakref.finalize(self, _stop_and_discard, self._proc, self._temp)
             self._mux = av.open(self._proc.stdin, mode="w", format="nut")
-            fmt = ("rgba" if self.alpha else "rgb24") if info.bit_depth <= 8 else (
-                "rgba64le" if self.alpha else "rgb48le")
+            fmt = self.pix_fmt if self._own else ("rgba" if self.alpha else "rgb24") \
+                if info.bit_depth <= 8 else ("rgba64le" if self.alpha else "rgb48le")
             st = self._mux.add_stream("rawvideo", rate=info.frame_rate or Fraction(25))
             st.width, st.height, st.pix_fmt = width, height, fmt
             # frames go through the pipe in the time base they are written in (AVI: one
@@ -427,13 +452,9 @@ class FfmpegSink(SinkContext):
         ``duration``: how long the frame is shown, where the input says (input time base):
         the last pictures keep it, as with the PyAV sink."""
         check_frame(image, self._size, alpha=self.alpha)
-        if self.alpha and image.shape[2] == 3:  # RGB into an RGBA pipe: opaque
-            top = np.iinfo(image.dtype).max
-            image = np.concatenate([image, np.full(self._size + (1,), top, image.dtype)], 2)
-        deep = self._fmt.endswith("le")
-        if (image.dtype == np.uint16) != deep:
-            image = (image.astype(np.uint16) * 257 if deep else (image >> 8).astype(np.uint8))
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=self._fmt)
+        # from_rgb: an RGB frame's alpha (where the format has one) opaque
+        frame = (from_rgb(image, self.pix_fmt, self._colour) if self._own
+                 else self._rgb_frame(image))
         if self._time_base != self._info.time_base:
             pts = round(pts * self._info.time_base / self._time_base)
         frame.pts, frame.time_base = pts, self._time_base
@@ -446,6 +467,16 @@ class FfmpegSink(SinkContext):
         except (BrokenPipeError, OSError, av.error.FFmpegError) as exc:
             raise self._failed("stopped") from exc
         self.frames += 1
+
+    def _rgb_frame(self, image: np.ndarray) -> av.VideoFrame:
+        """``image`` as a frame of the RGB pipe, which ffmpeg converts."""
+        if self.alpha and image.shape[2] == 3:  # RGB into an RGBA pipe: opaque
+            top = np.iinfo(image.dtype).max
+            image = np.concatenate([image, np.full(self._size + (1,), top, image.dtype)], 2)
+        deep = self._fmt.endswith("le")
+        if (image.dtype == np.uint16) != deep:
+            image = (image.astype(np.uint16) * 257 if deep else (image >> 8).astype(np.uint8))
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=self._fmt)
 
     def _send(self, frame: av.VideoFrame | None) -> None:
         """Send a frame the order let go of (its pts final) down the pipe; None: flush."""
