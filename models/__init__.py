@@ -116,6 +116,13 @@ def _same_path(a: str | os.PathLike, b: str | os.PathLike | None) -> bool:
         return False
 
 
+def _scale_hint(scale: int) -> str:
+    """'; --model NAME upscales xSCALE' for the first shipped model (weights in the
+    registry) of that scale, or '' where none is: `--scale` only checks a model's scale."""
+    name = next((s.name for s in REGISTRY if s.weights and s.scale == int(scale)), None)
+    return f"; --model {name} upscales x{scale}" if name else ""
+
+
 def check_model_name(spec: str | os.PathLike, scale: int | None = None) -> None:
     """The checks of :func:`load_model` that need no weights: a registry name, or a
     checkpoint path that is a file, or ``"bicubic"`` with a scale; a registry model's own
@@ -128,7 +135,8 @@ def check_model_name(spec: str | os.PathLike, scale: int | None = None) -> None:
     elif text in REGISTRY:
         own = REGISTRY.get(text).scale
         if scale is not None and int(scale) != int(own):
-            raise ModelError(f"model {text!r} upscales x{own}, not x{scale}")
+            raise ModelError(f"model {text!r} upscales x{own}, not x{scale}"
+                             f"{_scale_hint(scale)}")
     elif _names_a_file(text):
         _check_checkpoint_path(text)
     else:
@@ -171,7 +179,8 @@ def load_model(spec: str | os.PathLike, *, scale: int | None = None,
         info = {"name": name, "source": text, "provenance": ck.provenance,
                 "hparams": ck.hparams}
     if scale is not None and int(scale) != int(module.scale):
-        raise ModelError(f"model {name!r} upscales x{module.scale}, not x{scale}")
+        raise ModelError(f"model {name!r} upscales x{module.scale}, not x{scale}"
+                         f"{_scale_hint(scale)}")
     return NetworkUpscaler(name, module, device=device, dtype=dtype, info=info)
 
 

@@ -92,3 +92,18 @@ def test_a_checkpoint_of_a_network_that_does_not_upscale_is_named(clip, tmp_path
             f"Error: {ckpt}: a 'drn-dual' checkpoint, not an upscaling network (vsr upscales " \
             "with a 'drn' checkpoint)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "dual.safetensors"]
+
+
+def test_a_scale_the_model_lacks_names_a_shipped_model_of_that_scale(clip, tmp_path,
+                                                                      cli_error):
+    """`--scale 4` with the default (x2) model said only that it upscales x2: the hint names a
+    shipped x4 model from the registry; none where no shipped model has the scale (x8)."""
+    from vsr.models import REGISTRY
+
+    src = clip("a.mp4", frames=2)
+    x4 = next(s.name for s in REGISTRY if s.weights and s.scale == 4)
+    line = cli_error("upscale", str(src), str(tmp_path / "o.mp4"), "--scale", "4")
+    assert line == (f"Error: model 'drn-t-x2-drc50' upscales x2, not x4; --model {x4} "
+                    "upscales x4"), line
+    line = cli_error("upscale", str(src), str(tmp_path / "o.mp4"), "--scale", "8")
+    assert line == "Error: model 'drn-t-x2-drc50' upscales x2, not x8", line
