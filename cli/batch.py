@@ -8,6 +8,7 @@ import time
 import click
 
 from vsr.cli.common import (
+    audio_option,
     deinterlace_option,
     emit_json,
     encode_options,
@@ -65,6 +66,7 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
 @model_options(device=False)  # the devices are the workers' (--devices)
 @encode_options()
 @deinterlace_option
+@audio_option
 @click.option("--devices", default="auto", show_default=True, callback=_devices,
               help="Comma-separated workers sharing the queue: cpu,cpu or cuda:0,cuda:1.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
@@ -83,7 +85,7 @@ def _devices(ctx, param, value: str) -> tuple[str, ...]:
 def batch(inputs: tuple[str, ...], output_dir: str, manifest: tuple[str, ...], template: str,
           model: str | None, scale: int | None, precision: str, tile: int | None, backend: str,
           batch: int, deflicker: float, codec: str, crf: int | None, preset: str | None,
-          pix_fmt: str | None, deinterlace: bool, devices: tuple[str, ...],
+          pix_fmt: str | None, deinterlace: bool, no_audio: bool, devices: tuple[str, ...],
           ray_address: str | None, resume: bool, overwrite: bool, wait: bool,
           segment_frames: int, progress: bool | None, as_json: bool) -> None:
     """Upscale many files into DIR; finished files are skipped on a rerun.
@@ -98,7 +100,8 @@ def batch(inputs: tuple[str, ...], output_dir: str, manifest: tuple[str, ...], t
 
     options = JobOptions(model=model, scale=scale, precision=precision, tile=tile,
                          backend=backend, batch=batch, deflicker=deflicker, codec=codec,
-                         crf=crf, preset=preset, pix_fmt=pix_fmt, deinterlace=deinterlace)
+                         crf=crf, preset=preset, pix_fmt=pix_fmt, deinterlace=deinterlace,
+                         audio=not no_audio)
     config = BatchConfig(inputs=inputs, output_dir=output_dir, manifests=manifest,
                          template=template, options=options, devices=devices, resume=resume,
                          overwrite=overwrite, segment_frames=segment_frames, ray=ray_address,

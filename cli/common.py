@@ -173,6 +173,15 @@ def deinterlace_option(f: Callable) -> Callable:
                              "before the model; without, its combing is upscaled too.")(f)
 
 
+def audio_option(f: Callable) -> Callable:
+    """--no-audio: every audio stream left out (as vsr stream's), for an output whose container
+    cannot carry the input's audio (AAC in WebM or GIF)."""
+    return click.option("--no-audio", "no_audio", is_flag=True,
+                        help="Leave every audio stream out (the other streams are still "
+                             "copied): for a container that cannot carry the input's audio, "
+                             "e.g. AAC in .webm or .gif.")(f)
+
+
 def encoder_option(f: Callable) -> Callable:
     return click.option("--encoder", type=click.Choice(ENCODERS), default="pyav",
                         show_default=True, help="ffmpeg: pipe to the system ffmpeg program.")(f)

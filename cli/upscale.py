@@ -8,6 +8,7 @@ import time
 import click
 
 from vsr.cli.common import (
+    audio_option,
     decoder_option,
     deinterlace_option,
     emit_json,
@@ -57,19 +58,20 @@ class _Bar:
 @decoder_option
 @deinterlace_option
 @encoder_option
+@audio_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @progress_option()
 @json_option
 def upscale(input_path: str, output_path: str, model: str | None, scale: int | None,
             device: str, precision: str, tile: int | None, codec: str, crf: int | None,
             preset: str | None, pix_fmt: str | None, decoder: str, deinterlace: bool,
-            encoder: str,
+            encoder: str, no_audio: bool,
             overwrite: bool, progress: bool | None, backend: str, batch: int,
             deflicker: float, as_json: bool) -> None:
     """Upscale the video (or image: PNG, JPEG, BMP, TIFF, WebP, PPM/PGM) IN into OUT.
 
-    Audio, subtitle and attachment streams are copied unchanged, timestamps are kept, and
-    OUT appears only once it is complete.
+    Audio, subtitle and attachment streams are copied unchanged (--no-audio: no audio),
+    timestamps are kept, and OUT appears only once it is complete.
 
     Which model: the default, drn-t-x2-drc50, is best on clean, uncompressed input; for
     H.264 files at ordinary streaming quality (H.265 not measured) pick --model drn-t-x2-drc50-x264
@@ -94,7 +96,7 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
         precision=precision, tile=tile,
         encode=encode_config(codec, crf, preset, pix_fmt),
         decoder=decoder, deinterlace=deinterlace, encoder=encoder, overwrite=overwrite,
-        backend=backend, batch=batch, deflicker=deflicker,
+        backend=backend, batch=batch, deflicker=deflicker, audio=not no_audio,
     )
     bar = _Bar(progress)
     try:

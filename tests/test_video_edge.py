@@ -162,7 +162,8 @@ def test_a_codec_the_container_cannot_hold_names_one_that_can(tmp_path):
     """--codec utvideo into .mkv said 'use ... a container that can (e.g. .mkv)': the very
     container that could not. It names one whose muxer takes the codec."""
     src = _clip(tmp_path / "in.mkv", "yuv420p")
-    with pytest.raises(OutputError, match=r"cannot hold utvideo video; use another --codec, "
+    with pytest.raises(OutputError, match=r"cannot hold utvideo video; use another --codec "
+                                          r"\(matroska holds libx264 or libvpx-vp9\), "
                                           r"or a container that can \(e\.g\. \.avi\)"):
         _upscale(src, tmp_path / "out.mkv", "utvideo", "pyav")
 

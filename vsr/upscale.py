@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 class UpscaleConfig(RunOptions):
     """One upscale run: ``input`` and ``output`` paths, the model options of
     :class:`vsr.options.RunOptions` (model, scale, device, precision, tile, backend, batch,
-    all keyword-only) and the encoding. Validated on construction (ConfigError)."""
+    all keyword-only) and the encoding; ``audio`` False leaves every audio stream out (the
+    other streams still copied). Validated on construction (ConfigError)."""
 
     input: Path
     output: Path
@@ -50,6 +51,7 @@ class UpscaleConfig(RunOptions):
     encoder: str = "pyav"
     overwrite: bool = False
     queue_depth: int = 2
+    audio: bool = True  # False: every audio stream left out (vsr upscale --no-audio)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", as_path("input", self.input))
@@ -115,8 +117,9 @@ def open_sink(config: UpscaleConfig, info, width: int, height: int):
         from vsr.io.ffmpeg_sink import FfmpegSink
 
         return FfmpegSink(config.output, info, width, height, config.encode,
-                          overwrite=config.overwrite)
-    return PyAVSink(config.output, info, width, height, config.encode, overwrite=config.overwrite)
+                          overwrite=config.overwrite, audio=config.audio)
+    return PyAVSink(config.output, info, width, height, config.encode, overwrite=config.overwrite,
+                    audio=config.audio)
 
 
 def _unused_encoding(config: UpscaleConfig) -> tuple[str, ...]:

@@ -340,7 +340,9 @@ class FfmpegSink(SinkContext):
     frames go through the pipe as RGBA where :attr:`alpha` (the input's alpha is kept)."""
 
     def __init__(self, path: str | os.PathLike, info: StreamInfo, width: int, height: int,
-                 config: EncodeConfig = EncodeConfig(), *, overwrite: bool = False) -> None:
+                 config: EncodeConfig = EncodeConfig(), *, overwrite: bool = False,
+                 audio: bool = True) -> None:
+        """``audio`` False: every stream but the audio copied (`--no-audio`)."""
         if not ffmpeg_available():
             raise OutputError("--encoder ffmpeg needs the ffmpeg program on PATH")
         self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
@@ -379,7 +381,10 @@ class FfmpegSink(SinkContext):
         # what the container cannot carry is refused (audio, subtitles) or left out with a
         # warning (data, cover art) here, as the PyAV sink does, before any frame is made:
         # ffmpeg would fail at its header, after the first frame, with no word of which stream
-        carried = check_carry(info.path, self.path, info.index, warn=True, attach_covers=False)
+        carried = check_carry(info.path, self.path, info.index, warn=True, attach_covers=False,
+                              audio=audio)
+        if carried is None and not audio:  # a format PyAV does not know: every other stream
+            carried = [o.index for o in info.others if o.type != "audio"]
         # output stream -> input stream, for the count of what was copied
         self._sources = sorted([info.index, *(
             carried if carried is not None else (o.index for o in info.others))])

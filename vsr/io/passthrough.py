@@ -97,11 +97,12 @@ class Passthrough:
     as a picture stream and Matroska as an attachment. A QuickTime timecode track is never
     copied (a copy would be a second one, or refused): its time goes on as ``timecode``,
     which :meth:`tags_for_video` adds to the video's tags (MP4 and MOV muxers make a
-    timecode track of it, Matroska keeps it as a tag).
+    timecode track of it, Matroska keeps it as a tag). With ``audio`` False every audio
+    stream is left out (`--no-audio`), the others carried as ever.
     """
 
     def __init__(self, source: str | Demuxer, exclude: int, *, warn: bool = True,
-                 attach_covers: bool = True) -> None:
+                 attach_covers: bool = True, audio: bool = True) -> None:
         """``source``: the input's path (opened here), or an open :class:`Demuxer`;
         ``warn``: log the streams left out as warnings (False: a trial, see
         :func:`check_carry`, whose output is written later and warns then);
@@ -127,6 +128,7 @@ class Passthrough:
         self.timecode: str | None = None
         self._warn = warn
         self._attach_covers = attach_covers
+        self._audio = audio
         self.output_name: object = None  # what the output is called in messages (not a temp)
 
     def _drop_note(self, msg: str, *args: object) -> None:
@@ -143,6 +145,10 @@ class Passthrough:
                     add_video()
                     if len(output.streams) == before + 1:  # its flags (default) as the input's
                         copy_disposition(s, output.streams[before])
+                continue
+            if s.type == "audio" and not self._audio:  # asked for: no warning, no "dropped"
+                log.info("stream %d (audio, %s) left out: no audio asked for", s.index,
+                         _codec_name(s))
                 continue
             if s.type == "attachment":
                 self._add_attachment(output, s)
@@ -185,6 +191,15 @@ class Passthrough:
 
     def _advice(self, output: av.container.OutputContainer,
                 s: av.stream.Stream | None = None) -> str:
+        """:meth:`_container_advice`, and for an audio stream the other way out: leaving
+        the audio out (a WebM or GIF of a file with AAC audio could not be made at all)."""
+        advice = self._container_advice(output, s)
+        if s is not None and s.type == "audio":
+            advice += ", or leave the audio out (--no-audio)"
+        return advice
+
+    def _container_advice(self, output: av.container.OutputContainer,
+                          s: av.stream.Stream | None = None) -> str:
         """Which container to choose instead: for stream ``s``, the first of Matroska, the
         input's own, MP4, MOV and MPEG-TS whose muxer takes it (MP4's mov_text subtitles:
         neither Matroska nor WebM); for an attachment, Matroska (or the input's own)."""
@@ -374,7 +389,8 @@ class Passthrough:
 
 
 def check_carry(input_path: str | os.PathLike, output: str | os.PathLike, exclude: int, *,
-                warn: bool = False, attach_covers: bool = True) -> list[int] | None:
+                warn: bool = False, attach_covers: bool = True,
+                audio: bool = True) -> list[int] | None:
     """Raise OutputError where the container ``output``'s name asks for cannot carry a stream
     of ``input_path`` that must be copied (audio, subtitles, attachments), before any work:
     `vsr batch` otherwise learns it at the join, after every segment was computed. Writes
@@ -384,7 +400,7 @@ def check_carry(input_path: str | os.PathLike, output: str | os.PathLike, exclud
     ``attach_covers`` False, as that program copies cover art only as a stream); None where
     PyAV does not know the output's format (the writer then finds out itself). Streams left
     out are logged as warnings where ``warn`` (an output whose own Passthrough warns when it
-    is written: not here)."""
+    is written: not here). ``audio`` False: every audio stream is left out (`--no-audio`)."""
     fmt = output_format(output)
     if fmt is None:
         return None  # a name the sink itself refuses: it says why, in its words
@@ -392,7 +408,7 @@ def check_carry(input_path: str | os.PathLike, output: str | os.PathLike, exclud
     memory.name = os.fspath(output)  # the trial's name, as the output's: .m2ts is told by it
     trial = av.open(memory, mode="w", format=fmt)
     passthrough = Passthrough(os.fspath(input_path), exclude, warn=warn,
-                              attach_covers=attach_covers)
+                              attach_covers=attach_covers, audio=audio)
     try:
         passthrough.add_streams(trial)
         return sorted(i for i in passthrough.copied

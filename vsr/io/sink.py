@@ -433,9 +433,27 @@ def cannot_hold(output: Path, fmt: str, codec: str) -> OutputError:
     """The error for an output whose container (muxer ``fmt``) cannot hold ``codec`` video:
     a picture or raw format (.gif, .bmp, .y4m), or a pairing such as ffv1 in .mov."""
     where = _holding(codec, fmt)
+    held = _held_by(fmt)
     return OutputError(f"the output format of {output.name} ({fmt}) cannot hold {codec} "
-                       "video; use another --codec" + (f", or a container that can (e.g. {where})"
-                                                      if where else ""))
+                       "video; use another --codec" + (f" ({fmt} holds {' or '.join(held)})"
+                                                      if held else "")
+                       + (f", or a container that can (e.g. {where})" if where else ""))
+
+
+# Encoders an error may suggest for a container, in this order (each tried on the muxer):
+# WebM holds none of the default's H.264, and the user had to find out which it does hold
+_SUGGESTED_ENCODERS = ("libx264", "libvpx-vp9", "libsvtav1", "libx265", "ffv1")
+
+
+def _held_by(fmt: str) -> list[str]:
+    """The first two of :data:`_SUGGESTED_ENCODERS` that PyAV has and whose video the muxer
+    ``fmt`` takes; [] where none (a picture or raw format) or the muxer is unknown."""
+    try:
+        with av.open(io.BytesIO(), mode="w", format=fmt) as trial:
+            takes = trial.supported_codecs
+    except (av.error.FFmpegError, ValueError):
+        return []
+    return [c for c in _SUGGESTED_ENCODERS if (name := _canonical(c)) and name in takes][:2]
 
 
 def _holding(codec: str, fmt: str) -> str | None:
@@ -632,7 +650,9 @@ class PyAVSink(SinkContext):
 
     def __init__(self, path: str | os.PathLike, info: StreamInfo, width: int, height: int,
                  config: EncodeConfig = EncodeConfig(), *, overwrite: bool = False,
-                 copy_streams: bool = True) -> None:
+                 copy_streams: bool = True, audio: bool = True) -> None:
+        """``copy_streams`` False: the video alone (a batch segment); ``audio`` False: every
+        stream but the audio copied (`--no-audio`)."""
         self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
         self._overwrite = overwrite
         self._temp = temp_path_for(self.path)
@@ -653,13 +673,13 @@ class PyAVSink(SinkContext):
             discard(self._temp)
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
         try:
-            self._setup(info, width, height, config, copy_streams)
+            self._setup(info, width, height, config, copy_streams, audio)
         except BaseException:
             self.abort()
             raise
 
     def _setup(self, info: StreamInfo, width: int, height: int, config: EncodeConfig,
-               copy_streams: bool) -> None:
+               copy_streams: bool, audio: bool) -> None:
         out = self._out
         config = fitting_config(out.format.name, config, self.path)
 
@@ -684,7 +704,7 @@ class PyAVSink(SinkContext):
                     out.container_options.get("movflags", "") + "+write_colr")
 
         if copy_streams:
-            self._pass = Passthrough(info.path, exclude=info.index)
+            self._pass = Passthrough(info.path, exclude=info.index, audio=audio)
             self._pass.output_name = self.path
             meta = container_tags(self._pass.metadata)
             out.metadata.update(meta)

@@ -62,7 +62,8 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                   overwrite: bool = False, frames: list[int] | None = None,
                   recorded: Callable[[], None] | None = None,
                   unchanged: Callable[[], None] | None = None,
-                  moving: Callable[[int], None] | None = None) -> dict[int, int]:
+                  moving: Callable[[int], None] | None = None,
+                  audio: bool = True) -> dict[int, int]:
     """Write ``output`` from the segment files and the input's other streams.
 
     ``recorded``: called once the output is in place (to record it as done); a stop signal
@@ -75,6 +76,8 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
     ``moving``: called with the finished output's size just before it is moved into place (to
     record what is about to be there: a kill -9 between the move and ``recorded`` then leaves
     a rerun able to tell its own output from a stranger's).
+
+    ``audio`` False: every audio stream of the input is left out (`--no-audio`).
 
     ``frames``: the frames each segment must hold (one video packet each); a segment with
     more or fewer fails the join, so no frame is ever lost or doubled silently. (What the
@@ -101,7 +104,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         discard(temp)
         raise OutputError(f"cannot write {final}: {exc}") from exc
-    passthrough = Passthrough(str(input_path), exclude=info.index)
+    passthrough = Passthrough(str(input_path), exclude=info.index, audio=audio)
     passthrough.output_name = final
     try:
         with _open_segment(segments[0]) as first:

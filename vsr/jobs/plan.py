@@ -47,6 +47,7 @@ class JobOptions(ModelOptions):
     preset: str | None = None
     pix_fmt: str | None = None
     deinterlace: bool = True  # interlaced input (see vsr.io.source.Deinterlacer)
+    audio: bool = True  # False: every audio stream left out (vsr batch --no-audio)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,7 +59,10 @@ class JobOptions(ModelOptions):
                             pix_fmt=self.pix_fmt)
 
     def fingerprint(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if self.audio:  # the default: the fingerprint of the batches recorded before the field
+            del fields["audio"]
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def replace(self, overrides: dict) -> JobOptions:

@@ -283,6 +283,7 @@ class Tracker:
             # after it: the output, its record and its segments' removal go together
             join_segments(f.job.input, segment_paths(f), f.job.output, overwrite=self.overwrite,
                           frames=[s.frames for s in f.segments], recorded=record,
+                          audio=f.job.options.audio,
                           unchanged=unchanged,
                           moving=lambda size: self.store.file_joining(f.file_id, size))
         except StoreError:  # the batch's record: the batch stops
@@ -447,7 +448,8 @@ def _plan_segmented(job: Job, config: BatchConfig, store: JobStore, tracker: Tra
     check_output_codec(job.output, job.options.codec)  # before any segment, not at the join
     with PyAVSource(job.input) as src:
         info = src.info
-    check_carry(job.input, job.output, info.index)  # and the streams the join copies: the same
+    # and the streams the join copies: the same
+    check_carry(job.input, job.output, info.index, audio=job.options.audio)
     # the deflicker filter carries each frame into the next: one segment, as `vsr upscale` runs
     min_frames = sys.maxsize if job.options.deflicker else config.segment_frames
     segments = plan_segments(job.input, min_frames, info)

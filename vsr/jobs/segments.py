@@ -350,7 +350,7 @@ def _run_whole(task: Task, handles: HandleCache,
                            backend=o.backend, batch=o.batch, deflicker=o.deflicker,
                            # the batch's encoding is its videos': a picture's output has none
                            encode=EncodeConfig() if is_image_path(task.path) else o.encode,
-                           deinterlace=o.deinterlace, overwrite=task.overwrite)
+                           deinterlace=o.deinterlace, overwrite=task.overwrite, audio=o.audio)
     result = upscale_file(config, progress=(lambda p: progress(p.frames_done))
                           if progress is not None else None, models=handles.models)
     return TaskResult(result.frames_out, result.backend)
