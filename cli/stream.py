@@ -34,16 +34,20 @@ def _render(as_json: bool, to_stdout: bool):
                 click.echo("warning: the reader of the statistics has gone; the stream goes "
                            "on without them", err=True)
             return
+        if s.final and s.error and not (s.frames_in or s.audio_in or s.corrupt):
+            return  # failed before anything came in: the Error line alone says it
         lat = f"{s.latency_ms:.0f} ms (max {s.latency_max_ms:.0f})" if s.latency_ms is not None \
             else "-"
         head = "total" if s.final else f"{s.elapsed_s:7.1f} s"
         full = f" ({s.overflowed} for want of memory)" if s.overflowed else ""
+        # a failure's reason is not here: the command's Error line after it says it
         click.echo(f"{head}: in {s.frames_in} ({s.fps_in:.1f} fps) out {s.frames_out} "
-                   f"({s.fps_out:.1f} fps) dropped {s.dropped}{full} latency {lat} "
+                   f"({s.fps_out:.1f} fps) dropped {s.dropped}{full}"
+                   + (f" left at stop {s.left_at_stop}" if s.left_at_stop else "")
+                   + f" latency {lat} "
                    f"reconnects {s.reconnects} audio {s.audio_out}/{s.audio_in}"
                    + (f" corrupt {s.corrupt}" if s.corrupt else "")
-                   + (f" audio skipped {s.audio_skipped}" if s.audio_skipped else "")
-                   + (f" error: {s.error}" if s.error else ""),
+                   + (f" audio skipped {s.audio_skipped}" if s.audio_skipped else ""),
                    err=True)
     return show
 
@@ -58,7 +62,11 @@ def _render(as_json: bool, to_stdout: bool):
 @click.option("--max-latency", "max_latency", type=click.IntRange(min=1), default=1000,
               show_default=True, help="Frames older than MS are dropped (with --drop oldest).")
 @click.option("--drop", type=click.Choice(DROP_POLICIES), default="oldest",
-              show_default=True, help="What to do when inference falls behind.")
+              show_default=True,
+              help="What to do when inference falls behind: oldest drops frames older than "
+                   "--max-latency; none makes the source wait and keeps every frame, also at a "
+                   "stop (the frames read are written first: at most 8 waiting and a batch in "
+                   "the model; a second Ctrl-C leaves them, counted as 'left at stop').")
 @click.option("--reconnect", is_flag=True, help="Reopen the source with backoff when it goes.")
 @click.option("--timeout", "read_timeout", type=click.FloatRange(min=0.1), default=5.0,
               show_default=True, help="Seconds without data before the source counts as gone.")

@@ -294,14 +294,14 @@ class DropQueue:
             self.dropped += 1
 
     def settle(self, read: int, written: int) -> int:
-        """At the end of a run, every frame read (``read`` went through here) and not
-        ``written`` counts as dropped: those still waiting, and those a stop cut short on
-        their way out (in the model, in the encoder). Returns how many more that makes."""
+        """At the end of a run: how many frames were read (``read`` went through here) and
+        neither ``written`` nor dropped: those a stop left waiting, and those it cut short
+        on their way out (in the model, in the encoder). Not drops of the policy: not added
+        to ``dropped``. The queue is emptied."""
         with self._cond:
             self._items.clear()
             self._bytes = 0
             left = max(0, read - written - self.dropped)
-            self.dropped += left
             self._cond.notify_all()
             return left
 

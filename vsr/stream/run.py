@@ -4,7 +4,7 @@ reader thread (decode, monotonic times, reconnect) -> DropQueue (policy, counted
 -> inference and encoding in the calling thread -> destination; the source's audio packets
 go around the queue (AudioFeed) and are muxed, copied, next to the video of the same time.
 Ctrl-C (KeyboardInterrupt in the calling thread) or the end of the source flushes the encoder
-and closes the output.
+and closes the output; under ``drop="none"`` a stop first writes every frame already read.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from vsr.stream.audio import AudioFeed
 from vsr.stream.io import (
     IDLE,
     DropQueue,
+    LiveFrame,
     LiveSink,
     Reader,
     TcpOutput,
@@ -167,6 +168,9 @@ class StreamStats:
     # on an output of one clock (rtp://), later than LATE_AUDIO_S behind their video
     overflowed: int = 0  # of ``dropped``: younger than the latency limit, but past the
     # memory the frames waiting for the model may take (vsr.stream.io.MAX_QUEUE_BYTES)
+    left_at_stop: int = 0  # read, not written, for a stop (Ctrl-C, SIGTERM, SIGHUP): waiting
+    # for the model under ``oldest``; under ``none`` only those a second stop cut short
+    # (``dropped`` counts the policy's drops only; final: in = out + dropped + left_at_stop)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -186,7 +190,8 @@ class _Meter:
         self.total = [self.total[0] + latency, self.total[1] + 1, max(self.total[2], latency)]
 
     def stats(self, reader: Reader, queue: DropQueue, sink: LiveSink, frames_out: int,
-              now: float, final: bool = False, error: str | None = None) -> StreamStats:
+              now: float, final: bool = False, error: str | None = None,
+              left: int = 0) -> StreamStats:
         lat = self.lat
         mean = sum(lat) / len(lat) if lat else None
         peak = max(lat) if lat else None
@@ -202,7 +207,7 @@ class _Meter:
             fps_out=round((frames_out - self.out_mark) / span, 2),
             latency_ms=round(1000 * mean, 1) if mean is not None else None,
             latency_max_ms=round(1000 * peak, 1) if peak is not None else None,
-            reconnects=reader.reconnects, final=final, error=error,
+            reconnects=reader.reconnects, final=final, error=error, left_at_stop=left,
             audio_in=reader.audio.received if reader.audio is not None else 0,
             audio_out=sink.audio_packets, model=self.model, precision=self.precision,
             corrupt=reader.corrupt,
@@ -232,10 +237,12 @@ def run_stream(config: StreamConfig,
     PipelineError when the output fails; OutputError before anything starts for a DST that
     is SRC's file or an existing file without ``overwrite``. A source that fails is no
     exception: the output is closed cleanly and the returned ``error`` says why.
-    Ctrl-C is a normal stop: the output is closed cleanly. So is a KeyboardInterrupt that
-    ``stats`` raises (at the end too: the totals are returned); any other exception it raises
-    stops the stream as cleanly, then propagates (also where closing the output then fails:
-    that error is logged and chained to it as its ``__context__``).
+    Ctrl-C is a normal stop: the output is closed cleanly; under ``drop="none"`` after the
+    frames already read are written (a second Ctrl-C skips them: ``left_at_stop``). So is a
+    KeyboardInterrupt that ``stats`` raises (at the end too: the totals are returned); any
+    other exception it raises stops the stream as cleanly, then propagates (also where
+    closing the output then fails: that error is logged and chained to it as its
+    ``__context__``).
     """
     check_type("config", config, StreamConfig)
     check_callable("stats", stats)
@@ -261,18 +268,21 @@ def run_stream(config: StreamConfig,
                     overwrite=config.overwrite)
     meter = _Meter(time.monotonic(), handle.name)
     written = 0
-    pending: dict[int, tuple] = {}
+    pending: dict[int, LiveFrame] = {}  # handed to the model, not written yet
     last_report = meter.start
 
     def emit(done) -> None:
         nonlocal written
         frame, image = done
-        t, arrived, info = pending.pop(frame.index)
+        live = pending.pop(frame.index)
+        t, arrived, info = live.t, live.arrived, live.info
         sink.write(image, t, info)
         meter.add(time.monotonic() - arrived)
         written += 1
 
     index = 0
+    prepared = None
+    busy = False  # in the model or the encoder: a stop there leaves the processor's state cut
     failed: Exception | None = None  # the stats callback's: raised once the output is closed
     try:
         try:
@@ -288,11 +298,14 @@ def run_stream(config: StreamConfig,
                             models.release(handle)  # the one loaded to fail early goes
                         handle = framed
                         meter.precision = dtype_name(handle.dtype)
-                        processor = models.prepare(handle, config, item.image).processor()
-                    pending[index] = (item.t, item.arrived, item.info)
-                    for done in processor.submit(Frame(index, None, item.image)):
+                        prepared = models.prepare(handle, config, item.image)
+                        processor = prepared.processor()
+                    pending[index] = item
+                    frame, index = Frame(index, None, item.image), index + 1
+                    busy = True
+                    for done in processor.submit(frame):
                         emit(done)
-                    index += 1
+                    busy = False
                 now = time.monotonic()
                 if stats is not None and now - last_report >= config.stats_interval_s:
                     last_report = now
@@ -304,6 +317,10 @@ def run_stream(config: StreamConfig,
                         break
         except KeyboardInterrupt:
             log.info("interrupted: closing the output")
+            stop.set()
+            if config.drop == "none" and processor is not None:
+                processor = _finish_read(processor, prepared, busy, pending, index,
+                                         queue, reader, emit)
         stop.set()
         for done in processor.drain() if processor is not None else ():
             emit(done)
@@ -323,12 +340,48 @@ def run_stream(config: StreamConfig,
     if failed is not None:
         raise failed
     if left := queue.settle(reader.frames, written):  # read, not written: a stop came
-        log.info("%d frames read before the stop were not written (counted as dropped)", left)
+        log.info("%d frames read before the stop were not written", left)
     final = meter.stats(reader, queue, sink, written, time.monotonic(), final=True,
-                        error=reader.error)
+                        error=reader.error, left=left)
     if stats is not None:
         try:
             stats(final)
         except KeyboardInterrupt:  # Ctrl-C: a normal stop, and the output is closed already
             log.info("interrupted while reporting the totals")
     return final
+
+
+def _finish_read(processor, prepared, busy: bool, pending: dict, index: int,
+                 queue: DropQueue, reader: Reader, emit: Callable) -> object | None:
+    """Under ``--drop none``, at a stop: compute and write every frame already read (those
+    the model holds, one the stop cut short in it, those waiting in ``queue``: at most its
+    capacity, a batch and the one the reader puts as it stops), so a file or pipe source
+    loses none. ``index`` is the next frame's. Returns the processor to drain, or None
+    where a second stop cut this short (what it left is counted at the end, as
+    ``left_at_stop``).
+
+    A stop in the model or the encoder (``busy``) leaves the processor's state cut (a batch
+    taken out of it, a repeat's bookkeeping): a fresh one takes every frame not written, in
+    order (the deflicker filter starts again there)."""
+    try:
+        if busy:
+            processor = prepared.processor()
+            for i in sorted(pending):
+                for done in processor.submit(Frame(i, None, pending[i].image)):
+                    emit(done)
+        ended = threading.Event()
+        ended.set()  # the queue's get: what waits now, then None
+        while True:
+            if (item := queue.get(ended)) is None:
+                if not reader.is_alive():
+                    return processor
+                reader.join(timeout=0.5)  # the frame it was putting as the stop came
+                if (item := queue.get(ended)) is None:
+                    return processor
+            pending[index] = item
+            for done in processor.submit(Frame(index, None, item.image)):
+                emit(done)
+            index += 1
+    except KeyboardInterrupt:
+        log.info("interrupted again: the frames read and not yet written are left")
+        return None
