@@ -477,14 +477,15 @@ def test_input_folder_that_is_or_lies_in_the_output_folder_is_refused(tmp_path):
 
 def test_files_a_search_finds_in_the_output_folder_are_reported(tmp_path):
     _tiny_folder(tmp_path / "in")
-    # a pattern whose every match lies in the output folder: a failure, not "0 done"
+    # a pattern whose every match lies in the output folder: a failure, not "0 done"; the
+    # batch's only input, so its one Error: line, and no job state made
     code, report, err = _run(str(tmp_path / "in*"), "-o", str(tmp_path / "in"), *BICUBIC,
                              "--devices", "cpu")
     assert code == 1, err
-    assert report["done"] == [] and report["skipped"] == []
-    [failed] = report["failed"]
-    assert failed["input"] == str(tmp_path / "in*")
-    assert failed["error"].startswith("every media file it names is inside the output folder")
+    assert report == {}
+    assert err.splitlines()[-1].startswith(f"Error: {tmp_path / 'in*'}: every media file it "
+                                           "names is inside the output folder"), err
+    assert not (tmp_path / "in" / ".vsr-batch").exists()
     # the output folder inside a searched folder is left out of the search: its files are
     # this batch's outputs; any other media file there is named in a warning
     out = tmp_path / "in" / "out"
@@ -507,9 +508,10 @@ def test_files_a_search_finds_in_the_output_folder_are_reported(tmp_path):
     code, report, err = _run(str(tmp_path / "notes"), "-o", str(tmp_path / "o2"), *BICUBIC,
                              "--devices", "cpu")
     assert code == 1, err
-    [failed] = report["failed"]
-    assert failed["input"] == str(tmp_path / "notes")
-    assert failed["error"].startswith("no media files in this folder")
+    assert report == {}
+    assert err.splitlines() == [f"Error: {tmp_path / 'notes'}: no media files in this folder "
+                                "(searched recursively, hidden files and folders left out)"]
+    assert not (tmp_path / "o2").exists()
 
 
 def test_manifest_fields_of_the_wrong_type_fail_their_line(tmp_path):
@@ -917,7 +919,7 @@ def test_an_input_replaced_mid_batch_fails_alone_with_no_output(tmp_path, monkey
     assert report["failed"][0]["error"] == (
         f"{b} changed while the batch ran (replaced or rewritten after it was planned); "
         "rerun the batch to upscale it as it is now" if how == "replaced" else
-        f"input not found: {b}")
+        "input not found")
     assert [ln for ln in err.splitlines() if ln.startswith("failed: ")] == [
         f"failed: {b}: {report['failed'][0]['error']}"]
     assert not (out / "b.mkv").exists() and _partials(out) == []
@@ -1034,6 +1036,32 @@ def test_a_model_that_cannot_load_is_one_error_before_anything_is_made(tmp_path,
                               output_dir=out, options=JobOptions(model=model, scale=scale),
                               devices=("cpu",)))
     assert not out.exists()
+
+
+def test_a_batch_none_of_whose_inputs_exists_is_one_error_and_makes_nothing(tmp_path,
+                                                                           cli_error):
+    """`vsr batch nosuch.mp4 -o out` said 'failed: nosuch.mp4: input not found: nosuch.mp4'
+    with no Error: line, and left out/.vsr-batch; with nothing to do but fail, it is one
+    error now and nothing is made. A batch of which some input exists keeps its per-file
+    lines, the name said once."""
+    out = tmp_path / "out"
+    missing = tmp_path / "nosuch.mp4"
+    assert cli_error("batch", str(missing), "-o", str(out)) == \
+        f"Error: {missing}: input not found"
+    (tmp_path / "empty").mkdir()
+    line = cli_error("batch", str(missing), str(tmp_path / "empty"),
+                     str(tmp_path / "nomatch" / "*.mkv"), "-o", str(out))
+    assert line == (f"Error: no input of the batch exists: {missing}: input not found; "
+                    f"{tmp_path / 'empty'}: no media files in this folder (searched "
+                    "recursively, hidden files and folders left out); "
+                    f"{tmp_path / 'nomatch' / '*.mkv'}: no file matches this pattern"), line
+    assert not out.exists()
+    make_clip(tmp_path / "a.mp4", frames=2)
+    result = run_batch(BatchConfig(inputs=(str(missing), str(tmp_path / "a.mp4")),
+                                   output_dir=out, devices=("cpu",),
+                                   options=JobOptions(model="bicubic", scale=2)))
+    assert result.failed == ({"input": str(missing), "error": "input not found"},)
+    assert [d["output"] for d in result.done] == [str(out / "a.mp4")]
 
 
 def test_an_output_name_no_format_is_known_by_fails_before_any_segment(tmp_path):

@@ -296,11 +296,12 @@ class Tracker:
         self.store.file_failed(f.file_id, text)
         with self.lock:
             f.error = f.error or text
-            self.failed.append({"input": str(f.job.input), "error": f.job.said(text)})
+            self.failed.append({"input": str(f.job.input),
+                                "error": f.job.said(_said_once(f.job, text))})
 
     def fail_unplanned(self, job: Job, text: str) -> None:
         with self.lock:
-            self.failed.append({"input": str(job.input), "error": job.said(text)})
+            self.failed.append({"input": str(job.input), "error": job.said(_said_once(job, text))})
 
     def left_after_stop(self, files_total: int) -> str:
         """The message of a stop, true to what it leaves: the files of ``files_total`` not
@@ -355,6 +356,32 @@ def _durable_size(path: Path) -> int:
 
 def _key(task: Task) -> tuple[int, int]:
     return (task.file_id, task.segment.index if task.segment is not None else -1)
+
+
+def _said_once(job: Job, text: str) -> str:
+    """``text`` without a last ': INPUT' naming the input that its failed line names first:
+    'failed: a.mp4: input not found', not '...: input not found: a.mp4'."""
+    return text.removesuffix(f": {job.input}") or text
+
+
+def _absent(job: Job) -> str | None:
+    """Why there is nothing of ``job``'s input to upscale: a file not there, a folder without
+    media files, a pattern that matches nothing; None where there is (a bad manifest line is
+    that line's failure, said as the others are)."""
+    if job.error is not None:
+        return None if job.where is not None or job.input.is_file() else job.error
+    if job.input.is_file():
+        return None
+    return "input is not a file" if job.input.exists() else "input not found"
+
+
+def _nothing_there(jobs: list[Job]) -> str:
+    """The one error of a batch none of whose inputs exists (see :func:`_absent`)."""
+    said = [j.said(f"{j.input}: {_absent(j)}") for j in jobs]  # as its failed line would
+    if len(said) == 1:
+        return said[0]
+    more = f"; and {len(said) - 3} more" if len(said) > 3 else ""
+    return f"no input of the batch exists: {'; '.join(said[:3])}{more}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -518,7 +545,8 @@ def run_batch(config: BatchConfig,
     """Run the batch; failures are collected in the result, never raised per file.
 
     Raises ConfigError/OutputError for problems of the batch itself (bad template, output
-    folder not creatable or not writable), StoreBusy when another batch runs on the same
+    folder not creatable or not writable), InputError when no input exists at all (nothing
+    made: no output folder, no job store), StoreBusy when another batch runs on the same
     output folder (unless ``config.wait``), Interrupted on Ctrl-C (or a KeyboardInterrupt
     raised by a signal handler): every worker has stopped, no partial file is left, and
     finished segments stay for --resume; its message says what is left to do.
@@ -538,6 +566,8 @@ def run_batch(config: BatchConfig,
         entries = expand_inputs(list(config.inputs), list(config.manifests),
                                 exclude=config.output_dir, left_out=left_out)
         jobs = make_jobs(entries, config.output_dir, config.template, config.options)
+        if jobs and all(_absent(j) is not None for j in jobs):  # nothing to do but fail
+            raise InputError(_nothing_there(jobs))
         try:
             config.output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
