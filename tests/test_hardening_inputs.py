@@ -726,8 +726,8 @@ def test_a_newline_in_a_file_name_is_shown_escaped_on_one_line(tmp_path):
                         "--model", "bicubic", "--scale", "2"], **run)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out\nx.png").is_file()
-    summary = [ln for ln in r.stderr.splitlines() if "frames ->" in ln]
-    assert len(summary) == 1 and "frames -> out\\nx.png (64x48) in" in summary[0]
+    summary = [ln for ln in r.stderr.splitlines() if "frame ->" in ln]  # one picture: 1 frame
+    assert len(summary) == 1 and "1 frame -> out\\nx.png (64x48) in" in summary[0]
 
 
 def _picture(path: Path, *args: str) -> Path:
