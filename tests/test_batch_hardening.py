@@ -786,7 +786,7 @@ def test_an_output_the_store_cannot_record_is_removed_so_the_rerun_can_make_it(t
     output.parent.mkdir()
     output.write_bytes(b"written by the join")
     with JobStore(tmp_path / "jobs.sqlite") as store:
-        file_id, _ = store.begin(str(tmp_path / "a.png"), str(output), "fp", [(None, None, 1)],
+        file_id, _, _ = store.begin(str(tmp_path / "a.png"), str(output), "fp", [(None, None, 1)],
                                  resume=False)
         tracker = Tracker(store, overwrite=False)
         job = Job(tmp_path / "a.png", output)

@@ -21,6 +21,7 @@ Cost per 1080p frame, one core of a 2-core CPU (float32 strips of 64 rows): read
 
 from __future__ import annotations
 
+import functools
 import re
 
 import av
@@ -39,11 +40,13 @@ def bits_of(fmt: av.VideoFormat) -> int:
     return max(c.bits for c in fmt.components)
 
 
+@functools.cache  # asked per frame, of a few names
 def is_grey(name: str) -> bool:
     """Whether the pixel format ``name`` is integer luma alone (with or without alpha)."""
     return re.fullmatch(r"(gray(9|10|12|14|16)?|ya(8|16))(le|be)?", name) is not None
 
 
+@functools.cache  # asked per frame, of a few names
 def is_ycbcr(name: str) -> bool:
     """Whether the pixel format ``name`` is integer Y'CbCr (planar, semi-planar or packed)."""
     try:

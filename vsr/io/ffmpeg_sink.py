@@ -287,16 +287,6 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     return [*args, "-y", output]
 
 
-def _known_format(pix_fmt: str) -> bool:
-    """Whether PyAV's FFmpeg has the pixel format ``pix_fmt`` (one the program names may be
-    newer or older than it)."""
-    try:
-        av.VideoFormat(pix_fmt)
-    except ValueError:
-        return False
-    return True
-
-
 def _described(c: ColorInfo, yuv: bool) -> list[tuple[str, dict[int, str], int]]:
     """(option, names, value) of the colour description ffmpeg is told: the matrix of YUV,
     primaries and transfer of any output, where the input says them."""
@@ -395,8 +385,8 @@ class FfmpegSink(SinkContext):
         # program's swscale wrote 16-bit RGB 0.4% bright (10-bit white at Y 943, 12-bit up to
         # 14 codes off); the pipe then carries the output's own pixel format
         self._colour = replace(colour, matrix=2) if self.pix_fmt.startswith("gray") else colour
-        self._own = _known_format(self.pix_fmt) and writes_own(
-            self.pix_fmt, info.bit_depth <= 8, self._colour)
+        # (a name PyAV's FFmpeg lacks is no Y'CbCr it knows: writes_own says False)
+        self._own = writes_own(self.pix_fmt, info.bit_depth <= 8, self._colour)
         self._movflags = _movflags(self._format, str(self.path), facts.tags,
                                    colour.range if is_yuv(self.pix_fmt) else None)
         # pipe pts -> how long the input shows that frame (its time base), for the frames

@@ -459,7 +459,7 @@ def plan_file(job: Job, config: BatchConfig, store: JobStore, tracker: Tracker) 
 
     check_output_path(job.output, overwrite=config.overwrite, input_path=job.input)
     if not is_segmentable(job.input, job.output):
-        file_id, _ = store.begin(*key, fingerprint, [(None, None, 1)], resume=False)
+        file_id, _, _ = store.begin(*key, fingerprint, [(None, None, 1)], resume=False)
         task = Task(job, file_id, None, job.output, overwrite=config.overwrite,
                     identity=identity)
         _register(tracker, _File(job, file_id, None, [task], [], 1, identity))
@@ -481,13 +481,13 @@ def _plan_segmented(job: Job, config: BatchConfig, store: JobStore, tracker: Tra
     min_frames = sys.maxsize if job.options.deflicker else config.segment_frames
     segments = plan_segments(job.input, min_frames, info)
     plan = [(s.start, s.end, s.frames) for s in segments]
-    if not config.resume and (discarded := store.resumable(*key, fingerprint, plan)):
+    file_id, kept, discarded = store.begin(*key, fingerprint, plan, config.resume)
+    if discarded:
         # a rerun without --resume starts the file over: said, as a rerun skips finished files
         log.warning("%s: %s of an interrupted run discarded (--resume reuses them)",
                     job.input.name, plural(discarded, "finished segment"))
         with tracker.lock:
             tracker.segments_discarded += discarded
-    file_id, kept = store.begin(*key, fingerprint, plan, config.resume)
     seg_dir = config.state_dir / "segments" / f"{file_id:06d}"
     if not kept:
         shutil.rmtree(seg_dir, ignore_errors=True)

@@ -167,27 +167,14 @@ class JobStore:
             return f"it holds {size:,} bytes where this batch wrote {row[2]:,}"
         return "intact"
 
-    def resumable(self, input_path: str, output: str, fingerprint: str,
-                  plan: list[tuple[int | None, int | None, int]]) -> int:
-        """How many finished segments a previous attempt at this file left that
-        :meth:`begin` with ``resume`` would keep (the same settings and plan)."""
-        with self._using("read") as db:
-            row = db.execute("SELECT id, fingerprint FROM files WHERE input = ? AND output = ?",
-                             (input_path, output)).fetchone()
-            if row is None or row[1] != fingerprint:
-                return 0
-            old = db.execute("SELECT start_pts, end_pts, frames, status FROM segments "
-                             "WHERE file_id = ? ORDER BY idx", (row[0],)).fetchall()
-        if [tuple(r[:3]) for r in old] != plan:
-            return 0
-        return sum(r[3] == "done" for r in old)
-
     def begin(self, input_path: str, output: str, fingerprint: str,
-              plan: list[tuple[int | None, int | None, int]], resume: bool) -> tuple[int, bool]:
+              plan: list[tuple[int | None, int | None, int]], resume: bool
+              ) -> tuple[int, bool, int]:
         """Record a file as running with its segment plan ``[(start, end, frames)]``.
 
         With ``resume``, a previous attempt with the same settings and plan keeps its finished
-        segments; otherwise its segments start over. Returns (file id, kept old segments).
+        segments; otherwise its segments start over. Returns (file id, kept old segments, how
+        many finished segments were discarded that ``resume`` would have kept).
         """
         with self._using() as db, db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -195,25 +182,28 @@ class JobStore:
                                    "output = ?", (input_path, output)).fetchone()
             if row is not None:
                 file_id = row[0]
-                old = self._db.execute("SELECT start_pts, end_pts, frames FROM segments "
-                                       "WHERE file_id = ? ORDER BY idx", (file_id,)).fetchall()
-                keep = resume and row[1] == fingerprint and [tuple(r) for r in old] == plan
+                old = self._db.execute("SELECT start_pts, end_pts, frames, status FROM "
+                                       "segments WHERE file_id = ? ORDER BY idx",
+                                       (file_id,)).fetchall()
+                same = row[1] == fingerprint and [tuple(r[:3]) for r in old] == plan
                 self._db.execute("UPDATE files SET fingerprint = ?, status = 'running', "
                                  "error = NULL, updated = ? WHERE id = ?",
                                  (fingerprint, time.time(), file_id))
-                if keep:
-                    return file_id, True
+                if same and resume:
+                    return file_id, True, 0
+                discarded = sum(r[3] == "done" for r in old) if same else 0
                 self._db.execute("DELETE FROM segments WHERE file_id = ?", (file_id,))
             else:
                 file_id = self._db.execute(
                     "INSERT INTO files (input, output, fingerprint, status, updated) "
                     "VALUES (?, ?, ?, 'running', ?)",
                     (input_path, output, fingerprint, time.time())).lastrowid
+                discarded = 0
             self._db.executemany(
                 "INSERT INTO segments (file_id, idx, start_pts, end_pts, frames, status) "
                 "VALUES (?, ?, ?, ?, ?, 'pending')",
                 [(file_id, i, s, e, n) for i, (s, e, n) in enumerate(plan)])
-            return file_id, False
+            return file_id, False, discarded
 
     def segments(self, file_id: int) -> list[SegmentRow]:
         with self._using("read") as db:
