@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import difflib
 import importlib
 import importlib.util
 import logging
@@ -43,6 +44,17 @@ class LazyGroup(click.Group):
             return None
         module_name, attr = target.split(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        """As click's, with the nearest command named where the first word is none."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            near = difflib.get_close_matches(args[0], self.list_commands(ctx), n=1) if args else []
+            if not near:
+                raise
+            raise click.UsageError(f"No such command {args[0]!r}; did you mean {near[0]!r}?",
+                                   ctx) from None
 
     @staticmethod
     def _available(name: str) -> bool:

@@ -159,8 +159,9 @@ def clip(tmp_path):
 
 @pytest.fixture
 def cli_error(monkeypatch, capsys) -> Callable[..., str]:
-    """``cli_error(*args, also=())``: run ``vsr ARGS`` in this process, through the entry
-    point a shell runs (``main()``), where it must fail with exit code 1; returns its one
+    """``cli_error(*args, also=(), code=1)``: run ``vsr ARGS`` in this process, through the
+    entry point a shell runs (``main()``), where it must fail with exit code ``code`` (2: a
+    command line click refused); returns its one
     `Error:` line, and nothing else is said: no other stderr line (but those starting with a
     prefix in ``also``), no log record a real run would show (WARNING and up; here they go to
     pytest's log capture, not to stderr). For runs that
@@ -180,7 +181,7 @@ def cli_error(monkeypatch, capsys) -> Callable[..., str]:
         def emit(self, record: logging.LogRecord) -> None:
             self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
 
-    def run(*args: str, also: tuple[str, ...] = ()) -> str:
+    def run(*args: str, also: tuple[str, ...] = (), code: int = 1) -> str:
         monkeypatch.setattr(cli_main, "_startup_stop", None)  # put back after the test
         monkeypatch.setattr("sys.argv", ["vsr", *args])
         said = Said()
@@ -191,7 +192,7 @@ def cli_error(monkeypatch, capsys) -> Callable[..., str]:
         finally:
             logging.getLogger().removeHandler(said)
         err = capsys.readouterr().err
-        assert exc.value.code == 1 and "Traceback" not in err, err
+        assert exc.value.code == code and "Traceback" not in err, err
         lines = [line for line in err.splitlines()
                  if line.strip() and not (also and line.startswith(also))]
         assert len(lines) == 1 and lines[0].startswith("Error:"), err

@@ -276,3 +276,17 @@ def test_eval_progress_counts_images_or_frames_in_the_singular_for_one(capsys):
     _StderrProgress(unit="frame")(Progress("clip", 8, 8, "frame 8", 30.0, 0.9))
     assert capsys.readouterr().err.splitlines() == ["Set1: 1 image scored",
                                                     "clip: 8 frames scored"]
+
+
+# the review: click names the nearest option of a mistyped one, not the nearest command
+
+@pytest.mark.parametrize(("typed", "meant"), [("upscal", "upscale"), ("evla", "eval"),
+                                              ("stram", "stream")])
+def test_a_mistyped_command_names_the_nearest_one(cli_error, typed, meant):
+    line = cli_error(typed, "in.mp4", code=2)
+    assert f"No such command '{typed}'; did you mean '{meant}'?" in line, line
+
+
+def test_a_word_near_no_command_is_only_refused(cli_error):
+    line = cli_error("xyzzy", code=2)
+    assert "No such command 'xyzzy'." in line and "did you mean" not in line, line
