@@ -304,3 +304,62 @@ def test_16_bit_grey_is_written_exactly(tmp_path: Path, pix_fmt: str) -> None:
     image = np.repeat(level, 3, -1).repeat(BLOCK, 0).repeat(BLOCK, 1)
     got = planes(_write(tmp_path, image, pix_fmt, 1, False))
     assert_close(got, level.astype(float) * (2 ** bits - 1) / 65535, 0.5)
+
+
+@pytest.mark.parametrize("pix_fmt", ["gray", "gray10le"])
+def test_limited_range_grey_video_is_read_and_written_by_its_tag(tmp_path: Path,
+                                                                 pix_fmt: str) -> None:
+    """Monochrome HEVC (x265's i400) is grey tagged limited range, which swscale reads (and
+    writes) as full: black 16 came out 30 and white 235 as 218 in H.264. Read by the tag; back
+    in grey, code for code; in H.264's yuv420p, black and white where they were."""
+    from vsr.io.sink import EncodeConfig, PyAVSink
+
+    bits = 10 if "10" in pix_fmt else 8
+    k = 2 ** (bits - 8)
+    level = np.random.default_rng(11).integers(16 * k, 235 * k + 1, (8, 8, 1)).astype(np.uint16)
+    level[0, 0], level[0, 1] = 235 * k, 16 * k
+    path = flat_clip(tmp_path / "mono.mkv", level, pix_fmt, matrix=2, full=False,
+                     codec="libx265")
+    with open_source(path) as src:
+        assert (src.info.pix_fmt, src.info.color.range) == (pix_fmt, 1)
+        frame = next(iter(src.frames()))
+        top = 255 if bits == 8 else 65535
+        want = np.repeat((level.astype(float) - 16 * k) * top / (219 * k), 3, -1)
+        assert_close(centres(frame.image), want, 0.5)
+        assert frame.image.max() == top and frame.image.min() == 0
+        for codec, fmt in (("ffv1", pix_fmt), ("libx264", None)):
+            out = tmp_path / f"{codec}.mkv"
+            with PyAVSink(out, src.info, src.info.width, src.info.height,
+                          EncodeConfig(codec=codec, crf=0 if codec == "libx264" else None,
+                                       pix_fmt=fmt)) as sink:
+                sink.write(frame.image, frame.pts)
+            with av.open(str(out)) as c:
+                written = next(c.decode(video=0))
+                assert written.color_range == 1, codec
+            assert written.format.name == ("yuv420p10le" if bits > 8 and codec == "libx264"
+                                           else "yuv420p" if codec == "libx264" else pix_fmt)
+            # x264 at CRF 0 is lossless: the luma as it was
+            np.testing.assert_array_equal(planes(out)[..., :1], level.astype(float))
+
+
+def test_grey_output_of_colour_input_is_full_range(tmp_path: Path) -> None:
+    """--pix-fmt gray for a limited-range Y'CbCr input: grey tagged full and written so (it was
+    written full but tagged limited, which a player that honours the tag shows stretched)."""
+    image = np.full((BLOCK, 2 * BLOCK, 3), 255, np.uint8)
+    image[:, BLOCK:] = 0
+    out = _write(tmp_path, image, "gray", 1, False)
+    with av.open(str(out)) as c:
+        assert next(c.decode(video=0)).color_range == 2
+    np.testing.assert_array_equal(planes(out)[..., 0], [[255.0, 0.0]])
+
+
+def test_a_live_streams_limited_grey_is_read_by_its_tag(tmp_path: Path) -> None:
+    """`vsr stream`'s fit_frame at 8 bits: limited grey's 16 is black, 235 white."""
+    from vsr.stream.io import fit_frame
+
+    level = np.array([[[235], [16]]], np.uint16)
+    path = flat_clip(tmp_path / "mono.mkv", level, "gray", matrix=2, full=False)
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+    image = fit_frame(frame, (frame.width, frame.height), "rgb24")
+    assert centres(image)[0].tolist() == [[255.0] * 3, [0.0] * 3]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vsr.errors import InputError, OutputError
-from vsr.io.colour import reads_own, to_rgb
+from vsr.io.colour import limited_grey, reads_own, to_rgb
 from vsr.io.image import IMAGE_SUFFIXES, jpeg_qscale, limit_stream, open_limited, save_image
 from vsr.io.info import EXACT_RGB, ColorInfo
 from vsr.io.paths import file_url
@@ -62,6 +62,8 @@ def read_image_and_gray(path: str | os.PathLike) -> tuple[torch.Tensor, bool]:
         deep = (to_rgb(frame, ColorInfo.of_frame(frame)) if reads_own(frame.format.name)
                 else frame.to_ndarray(format="rgb48le")).astype(np.uint32)
         rgb = ((2 * deep + 257) // 514).astype(np.uint8)  # floor(v / 257 + 1/2), exactly
+    elif limited_grey(frame.format.name, ColorInfo.of_frame(frame)):  # a monochrome AVIF's
+        rgb = to_rgb(frame, ColorInfo.of_frame(frame), depth=8)
     else:  # (H, W, 3); gray replicated exactly
         rgb = frame.to_ndarray(format="rgb24", interpolation=EXACT_RGB)  # as libjpeg, to a level
     image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))

@@ -60,8 +60,18 @@ def is_ycbcr(name: str) -> bool:
 
 def full_range(name: str, color: ColorInfo) -> bool:
     """Whether frames of pixel format ``name`` described by ``color`` are full range: tagged
-    so, JPEG Y'CbCr (yuvj), or grey (swscale's rule)."""
-    return color.range == 2 or name.startswith("yuvj") or is_grey(name)
+    so, JPEG Y'CbCr (yuvj), or grey not tagged limited (untagged grey, a PGM's or FFV1's, is
+    full range by swscale's rule; monochrome HEVC and AV1 are limited, and tagged so)."""
+    if is_grey(name):
+        return color.range != 1
+    return color.range == 2 or name.startswith("yuvj")
+
+
+def limited_grey(name: str, color: ColorInfo) -> bool:
+    """Whether ``name`` is grey tagged limited range by ``color``: swscale reads and writes
+    grey at full range whatever it is told (monochrome HEVC came out with black at 30, not 16,
+    and white at 218, in H.264), so such frames are converted here at any depth."""
+    return is_grey(name) and not full_range(name, color)
 
 
 def reads_own(name: str) -> bool:
@@ -74,13 +84,14 @@ def reads_own(name: str) -> bool:
 def writes_own(name: str, eight_bit_input: bool, color: ColorInfo) -> bool:
     """Whether RGB (uint8 where ``eight_bit_input``, else uint16) is written in pixel format
     ``name`` here rather than through swscale: Y'CbCr or grey from 16-bit RGB or into more than
-    8 bits, and full-range Y'CbCr. 8-bit RGB into 8-bit limited-range Y'CbCr or 8-bit grey
-    stays with swscale (exact with vsr.io.info.EXACT_YUV, and faster)."""
+    8 bits, full-range Y'CbCr and limited-range grey. 8-bit RGB into 8-bit limited-range
+    Y'CbCr or 8-bit full-range grey stays with swscale (exact with vsr.io.info.EXACT_YUV, and
+    faster)."""
     ycbcr = is_ycbcr(name)
     if not (ycbcr or is_grey(name)):
         return False
     return (not eight_bit_input or bits_of(av.VideoFormat(name)) > 8
-            or (ycbcr and full_range(name, color)))
+            or (ycbcr and full_range(name, color)) or limited_grey(name, color))
 
 
 def _levels(bits: int, full: bool) -> tuple[float, float, float, float]:
@@ -153,9 +164,9 @@ def _matrix_rows(rows: np.ndarray, planes: list[np.ndarray], bias: np.ndarray,
 
 
 def to_rgb(frame: av.VideoFrame, color: ColorInfo, *, size: tuple[int, int] | None = None,
-           interpolation=EXACT_YUV) -> np.ndarray:
+           interpolation=EXACT_YUV, depth: int = 16) -> np.ndarray:
     """A Y'CbCr or grey ``frame`` (any depth) as (H, W, 3) uint16 R'G'B', full 16-bit scale,
-    each value rounded to the nearest level.
+    each value rounded to the nearest level (``depth`` 8: uint8, full 8-bit scale).
 
     ``color``: the matrix (ColorInfo.sws_matrix; BT.601 where unknown) and range (see
     :func:`full_range`). ``size``: (width, height) to scale to first (in Y'CbCr, with
@@ -182,10 +193,11 @@ def to_rgb(frame: av.VideoFrame, color: ColorInfo, *, size: tuple[int, int] | No
         scale = float(2 ** (16 - bits))
         rows = _rgb_of_ycbcr(color)
     yo, ys, co, cs = (v * scale for v in _levels(bits, full))
-    rows = 65535 * rows / np.array([ys, cs, cs][: rows.shape[1]])
+    top = float(2 ** depth - 1)
+    rows = top * rows / np.array([ys, cs, cs][: rows.shape[1]])
     bias = 0.5 - rows @ np.array([yo, co, co][: rows.shape[1]])  # + 0.5: the floor rounds
-    out = np.empty((h, w, 3), np.uint16)
-    _matrix_rows(rows, planes, bias, [out[..., i] for i in range(3)], 65535.5)
+    out = np.empty((h, w, 3), np.uint8 if depth == 8 else np.uint16)
+    _matrix_rows(rows, planes, bias, [out[..., i] for i in range(3)], top + 0.5)
     return out
 
 

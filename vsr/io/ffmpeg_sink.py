@@ -208,7 +208,8 @@ def build_command(info: StreamInfo, output: str, pix_fmt: str, config: EncodeCon
     Built by hand rather than with ffmpeg-python, whose graph sort puts the inputs in the order
     the streams are mapped (the file first when its audio is stream 0).
     """
-    c = written_colour(config.codec, pix_fmt, info.color)  # as vsr.io.sink.VideoEncoder
+    # as vsr.io.sink.VideoEncoder
+    c = written_colour(config.codec, pix_fmt, info.color, info.pix_fmt)
     yuv = is_yuv(pix_fmt)
     if pix_fmt.startswith("gray"):  # grey has no matrix
         c = replace(c, matrix=2)
@@ -380,7 +381,7 @@ class FfmpegSink(SinkContext):
             carried if carried is not None else (o.index for o in info.others))])
         self._copied: dict[int, int] = {}
         facts = _read_input(info.path, info.index)
-        colour = written_colour(config.codec, self.pix_fmt, info.color)
+        colour = written_colour(config.codec, self.pix_fmt, info.color, info.pix_fmt)
         # deep and full-range Y'CbCr made here as the PyAV sink makes it (vsr.io.colour): the
         # program's swscale wrote 16-bit RGB 0.4% bright (10-bit white at Y 943, 12-bit up to
         # 14 codes off); the pipe then carries the output's own pixel format

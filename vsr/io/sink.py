@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from vsr.errors import ConfigError, OutputError
-from vsr.io.colour import from_rgb, writes_own
+from vsr.io.colour import from_rgb, is_grey, writes_own
 from vsr.io.info import (
     EXACT_YUV,
     ColorInfo,
@@ -354,11 +354,13 @@ def is_yuv(pix_fmt: str) -> bool:
     return pix_fmt.startswith(("yuv", "nv", "p0", "p2", "gray"))
 
 
-def written_colour(codec: str, pix_fmt: str, color: ColorInfo) -> ColorInfo:
+def written_colour(codec: str, pix_fmt: str, color: ColorInfo, input_fmt: str) -> ColorInfo:
     """The colour properties the encoder ``codec`` writes in ``pix_fmt`` for an input of
-    ``color``: JPEG YUV (yuvj) is full range whatever was said; ProRes, MPEG-1/2 and VP8
+    ``color`` in ``input_fmt``: JPEG YUV (yuvj) is full range whatever was said; grey from
+    colour input too (FFmpeg's swscale reads any grey as full range, a tag-aware player by its
+    tag: full is where both agree; grey input keeps its own range); ProRes, MPEG-1/2 and VP8
     limited (they cannot say full)."""
-    if pix_fmt.startswith("yuvj"):
+    if pix_fmt.startswith("yuvj") or (is_grey(pix_fmt) and not is_grey(input_fmt)):
         return replace(color, range=2)
     if color.range == 2 and (_canonical(codec) or codec) in _LIMITED_RANGE_CODECS:
         return replace(color, range=1)
@@ -564,7 +566,7 @@ class VideoEncoder:
         # output shows as it does; grey was written full range and declared nothing, so
         # players stretched its contrast.
         self._yuv = is_yuv(self.pix_fmt)
-        self._color = c = written_colour(config.codec, self.pix_fmt, info.color)
+        self._color = c = written_colour(config.codec, self.pix_fmt, info.color, info.pix_fmt)
         # the range the output declares: the input's, where it says one (0: none)
         self.color_range = c.range if self._yuv and c.range in (1, 2) else 0
         # the description as frame properties too: some encoders (prores_ks) write each
