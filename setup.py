@@ -24,7 +24,7 @@ setup(
         "ffmpeg-python>=0.2",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
         "tensorrt": ["torch-tensorrt"],
         "cluster": ["ray[default]>=2.9"],
         "onnx": ["onnx", "onnxruntime"],
