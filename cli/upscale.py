@@ -59,13 +59,16 @@ class _Bar:
 @deinterlace_option
 @encoder_option
 @audio_option
+@click.option("--frames", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Upscale only the first N frames (a preview of a long file); every other "
+                   "stream ends where they do. Not with --encoder ffmpeg.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @progress_option()
 @json_option
 def upscale(input_path: str, output_path: str, model: str | None, scale: int | None,
             device: str, precision: str, tile: int | None, codec: str, crf: int | None,
             preset: str | None, pix_fmt: str | None, decoder: str, deinterlace: bool,
-            encoder: str, no_audio: bool,
+            encoder: str, no_audio: bool, frames: int | None,
             overwrite: bool, progress: bool | None, backend: str, batch: int,
             deflicker: float, as_json: bool) -> None:
     """Upscale the video (or image: PNG, JPEG, BMP, TIFF, WebP, PPM/PGM) IN into OUT.
@@ -96,7 +99,7 @@ def upscale(input_path: str, output_path: str, model: str | None, scale: int | N
         precision=precision, tile=tile,
         encode=encode_config(codec, crf, preset, pix_fmt),
         decoder=decoder, deinterlace=deinterlace, encoder=encoder, overwrite=overwrite,
-        backend=backend, batch=batch, deflicker=deflicker, audio=not no_audio,
+        backend=backend, batch=batch, deflicker=deflicker, audio=not no_audio, frames=frames,
     )
     bar = _Bar(progress)
     try:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from vsr.device import resolve_device
 from vsr.engine import ModelCache, run_source
-from vsr.errors import Interrupted, OutputError
+from vsr.errors import ConfigError, Interrupted, OutputError
 from vsr.io.image import ImageSink, is_image_path
 from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
@@ -40,7 +41,9 @@ class UpscaleConfig(RunOptions):
     """One upscale run: ``input`` and ``output`` paths, the model options of
     :class:`vsr.options.RunOptions` (model, scale, device, precision, tile, backend, batch,
     all keyword-only) and the encoding; ``audio`` False leaves every audio stream out (the
-    other streams still copied). Validated on construction (ConfigError)."""
+    other streams still copied); ``frames``: only the first N frames are upscaled (a
+    preview), every other stream cut where they end (PyAV encoder only). Validated on
+    construction (ConfigError)."""
 
     input: Path
     output: Path
@@ -52,6 +55,7 @@ class UpscaleConfig(RunOptions):
     overwrite: bool = False
     queue_depth: int = 2
     audio: bool = True  # False: every audio stream left out (vsr upscale --no-audio)
+    frames: int | None = None  # only the first N frames (vsr upscale --frames)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", as_path("input", self.input))
@@ -62,6 +66,10 @@ class UpscaleConfig(RunOptions):
         check_choice("encoder", self.encoder, ENCODERS)
         check_at_least("queue_depth", self.queue_depth, 1)
         check_at_least("tile_overlap", self.tile_overlap, 0)
+        check_at_least("frames", self.frames, 1, optional=True)
+        if self.frames is not None and self.encoder == "ffmpeg":
+            raise ConfigError("frames (--frames) needs encoder pyav, not ffmpeg: the ffmpeg "
+                              "program copies the input's other streams whole")
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ def open_sink(config: UpscaleConfig, info, width: int, height: int):
         return FfmpegSink(config.output, info, width, height, config.encode,
                           overwrite=config.overwrite, audio=config.audio)
     return PyAVSink(config.output, info, width, height, config.encode, overwrite=config.overwrite,
-                    audio=config.audio)
+                    audio=config.audio, cut_at_video_end=config.frames is not None)
 
 
 def _unused_encoding(config: UpscaleConfig) -> tuple[str, ...]:
@@ -159,10 +167,14 @@ def upscale_file(config: UpscaleConfig, progress: Callable[[Progress], None] | N
                          deinterlace=config.deinterlace) as source:
             is_image = writes_picture(source.info, config.output)
             unused = _unused_encoding(config) if is_image else ()
+            frames, total = None, None
+            if config.frames is not None:  # the first N (a preview of a long file)
+                frames = itertools.islice(source.frames(), config.frames)
+                total = min(config.frames, source.info.frames or config.frames)
             run = run_source(source, config, device,
                              lambda info, w, h: open_sink(config, info, w, h), models=models,
-                             depth=config.queue_depth, overlap=config.tile_overlap,
-                             progress=progress)
+                             frames=frames, frames_total=total, depth=config.queue_depth,
+                             overlap=config.tile_overlap, progress=progress)
     except KeyboardInterrupt as exc:
         if run is not None:  # while the input closed, the output complete
             raise Interrupted(f"interrupted; the output was written: {config.output}") from exc

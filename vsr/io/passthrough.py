@@ -24,6 +24,9 @@ from vsr.io.paths import file_url, output_format
 log = logging.getLogger(__name__)
 
 _MUST_COPY = ("audio", "subtitle")
+# How far past the end of a cut video (`vsr upscale --frames`) the packets of the other streams
+# are still looked at: muxers interleave streams within about a second; some files far less.
+_INTERLEAVE_S = 10.0
 # Cover art codecs: (file name extension, MIME type) of the picture as an attachment.
 _PICTURES = {"png": ("png", "image/png"), "mjpeg": ("jpg", "image/jpeg"),
              "bmp": ("bmp", "image/bmp"), "gif": ("gif", "image/gif"),
@@ -327,17 +330,39 @@ class Passthrough:
             if t is not None and _seconds(pkt) > t:
                 return
             self._pending = None
-            src = pkt.stream.index
-            kind = pkt.stream.type
-            self._retime(pkt, src, strict=kind in ("audio", "video"))
-            self._cut(pkt, self._ends.get(src))
-            pkt.stream = self._map[src]
-            try:
-                output.mux(pkt)
-            except av.error.FFmpegError as exc:
-                what = f"copying stream {src}" + (" into" if self.output_name else "")
-                raise write_error(self.output_name, exc, what) from exc
-            self.copied[src] += 1
+            self._mux_one(output, pkt)
+
+    def _mux_before(self, output: av.container.OutputContainer, end: float) -> None:
+        """Mux the packets that start before ``end`` seconds, each cut there: the video ends at
+        ``end`` (`vsr upscale --frames`). Demuxing goes on :data:`_INTERLEAVE_S` past it, for
+        a file that interleaves its streams loosely, and no further (not to the end of a
+        film for a preview of its first seconds)."""
+        for src in self._map:
+            tb = self._input.streams[src].time_base
+            if tb:
+                at = int(Fraction(end) / Fraction(tb))  # the floor: end >= 0 here
+                declared = self._ends.get(src)
+                self._ends[src] = at if declared is None else min(declared, at)
+        while (pkt := self._next()) is not None:
+            t = _seconds(pkt)
+            if t >= end + _INTERLEAVE_S:
+                return
+            self._pending = None
+            if t < end:
+                self._mux_one(output, pkt)
+
+    def _mux_one(self, output: av.container.OutputContainer, pkt: av.Packet) -> None:
+        src = pkt.stream.index
+        kind = pkt.stream.type
+        self._retime(pkt, src, strict=kind in ("audio", "video"))
+        self._cut(pkt, self._ends.get(src))
+        pkt.stream = self._map[src]
+        try:
+            output.mux(pkt)
+        except av.error.FFmpegError as exc:
+            what = f"copying stream {src}" + (" into" if self.output_name else "")
+            raise write_error(self.output_name, exc, what) from exc
+        self.copied[src] += 1
 
     def _retime(self, pkt: av.Packet, src: int, *, strict: bool) -> None:
         """Give a packet whose dts does not advance the time right after the previous one.
@@ -367,15 +392,20 @@ class Passthrough:
     def _cut(pkt: av.Packet, end: int | None) -> None:
         """End a packet that runs past ``end`` (its stream's time base) there: an MP4 edit list
         that ends inside the last audio sample (a trim), which FFmpeg 8's demuxer hands on
-        whole, so the output's audio ran up to a sample past the input's end."""
+        whole, so the output's audio ran up to a sample past the input's end; the video's end
+        where only the first frames are upscaled."""
         if end is not None and pkt.pts is not None and pkt.duration \
                 and pkt.pts < end < pkt.pts + pkt.duration:
             pkt.duration = end - pkt.pts
 
-    def mux_rest(self, output: av.container.OutputContainer) -> None:
-        """Mux the packets left; say which copied streams held none where the output's muxer
-        then leaves the stream out (MP4 and MOV write no track without samples)."""
-        self.mux_until(output, None)
+    def mux_rest(self, output: av.container.OutputContainer, end: float | None = None) -> None:
+        """Mux the packets left (``end``: those that start before ``end`` seconds, each cut
+        there); say which copied streams held none where the output's muxer then leaves the
+        stream out (MP4 and MOV write no track without samples)."""
+        if end is None:
+            self.mux_until(output, None)
+        else:
+            self._mux_before(output, end)
         if output.format.name not in MOVENC_FORMATS:
             return
         for src, out_s in self._map.items():

@@ -652,9 +652,12 @@ class PyAVSink(SinkContext):
 
     def __init__(self, path: str | os.PathLike, info: StreamInfo, width: int, height: int,
                  config: EncodeConfig = EncodeConfig(), *, overwrite: bool = False,
-                 copy_streams: bool = True, audio: bool = True) -> None:
+                 copy_streams: bool = True, audio: bool = True,
+                 cut_at_video_end: bool = False) -> None:
         """``copy_streams`` False: the video alone (a batch segment); ``audio`` False: every
-        stream but the audio copied (`--no-audio`)."""
+        stream but the audio copied (`--no-audio`); ``cut_at_video_end``: the other streams
+        end where the last frame written does (`vsr upscale --frames`: the first frames of a
+        longer input), not where the input's do."""
         self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
         self._overwrite = overwrite
         self._temp = temp_path_for(self.path)
@@ -669,6 +672,11 @@ class PyAVSink(SinkContext):
         self._in_time_base = info.time_base
         self._time_base = info.time_base  # the encoder's: another one for AVI
         self.frames = 0
+        # where the video written so far ends (input time base), for cut_at_video_end
+        self._cut = cut_at_video_end
+        self._frame_rate = info.frame_rate
+        self._last: tuple[int, int | None] | None = None  # the last frame's pts and duration
+        self._step: int | None = None  # the pts step before it
         try:
             self._out = av.open(file_url(self._temp), mode="w", container_options={})
         except (av.error.FFmpegError, ValueError, OSError) as exc:
@@ -774,6 +782,20 @@ class PyAVSink(SinkContext):
         for due in self._order.push(frame):
             self._encode(due)
         self.frames += 1
+        if self._last is not None and pts > self._last[0]:
+            self._step = pts - self._last[0]
+        self._last = (pts, duration)
+
+    def _video_end(self) -> float | None:
+        """Where the video written ends, in seconds: the last frame's pts plus its duration
+        (else the step before it, else one frame at the input's rate); None before a frame."""
+        if self._last is None:
+            return None
+        pts, shown = self._last
+        if not shown:
+            rate = self._frame_rate or Fraction(25)
+            shown = self._step or max(1, round(1 / (rate * self._in_time_base)))
+        return float((pts + shown) * self._in_time_base)
 
     def _encode(self, frame: av.VideoFrame) -> None:
         """Encode a frame the order let go of, its pts now final (a repeat moved a tick on):
@@ -806,7 +828,7 @@ class PyAVSink(SinkContext):
                                if self._time_base != self._in_time_base else None,
                                self._out.format.name)
             if self._pass is not None:
-                self._pass.mux_rest(self._out)
+                self._pass.mux_rest(self._out, self._video_end() if self._cut else None)
             self._out.close()
         except (av.error.FFmpegError, OSError) as exc:  # the trailer: disk full, I/O error
             self.abort()
