@@ -32,9 +32,12 @@ def versions() -> str:
 
 
 def _unavailable(handle) -> str | None:
-    return first_reason(needs_package(versions, "torch-tensorrt", "tensorrt"),
-                        needs_network(handle, "build an engine from"),
-                        needs(handle.device.type == "cuda", "TensorRT needs a CUDA device"))
+    # the device first: on a CPU, installing torch-tensorrt (as the package's reason
+    # advises) would not help
+    return first_reason(needs(handle.device.type == "cuda",
+                              f"TensorRT needs a CUDA device, this run is on {handle.device}"),
+                        needs_package(versions, "torch-tensorrt", "tensorrt"),
+                        needs_network(handle, "build an engine from"))
 
 
 def engine_key(handle, shape) -> EngineKey:
