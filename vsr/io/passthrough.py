@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
@@ -340,7 +341,7 @@ class Passthrough:
         for src in self._map:
             tb = self._input.streams[src].time_base
             if tb:
-                at = int(Fraction(end) / Fraction(tb))  # the floor: end >= 0 here
+                at = math.floor(Fraction(end) / Fraction(tb))
                 declared = self._ends.get(src)
                 self._ends[src] = at if declared is None else min(declared, at)
         while (pkt := self._next()) is not None:
