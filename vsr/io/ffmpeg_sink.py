@@ -54,7 +54,7 @@ from vsr.io.passthrough import (
     metadata_movflags,
     video_tags,
 )
-from vsr.io.paths import file_url, negative_ts_option, output_format
+from vsr.io.paths import file_url, negative_ts_option, open_media, output_format
 from vsr.io.sink import (
     EncodeConfig,
     PtsOrder,
@@ -165,7 +165,7 @@ class _Input:
 
 
 def _read_input(path: str, video: int) -> _Input:
-    with av.open(file_url(path)) as src:
+    with open_media(file_url(path)) as src:
         return _Input(tags=container_tags(dict(src.metadata)),
                       video_tags=dict(src.streams[video].metadata),
                       dispositions={s.index: _disposition(s) for s in src.streams},
@@ -404,7 +404,7 @@ class FfmpegSink(SinkContext):
             # a stop landing before the caller's `with` loses this sink: ffmpeg is stopped
             # and the file removed when the sink is collected
             self._lost = weakref.finalize(self, _stop_and_discard, self._proc, self._temp)
-            self._mux = av.open(self._proc.stdin, mode="w", format="nut")
+            self._mux = open_media(self._proc.stdin, mode="w", format="nut")
             fmt = self.pix_fmt if self._own else ("rgba" if self.alpha else "rgb24") \
                 if info.bit_depth <= 8 else ("rgba64le" if self.alpha else "rgb48le")
             st = self._mux.add_stream("rawvideo", rate=info.frame_rate or Fraction(25))
@@ -427,7 +427,7 @@ class FfmpegSink(SinkContext):
     def _count_copied(self) -> dict[int, int]:
         copied = {i: 0 for i in self._sources if i != self._info.index}
         try:
-            with av.open(file_url(self.path)) as out:
+            with open_media(file_url(self.path)) as out:
                 # the copied streams only: not every video packet wrapped to be thrown away
                 streams = [s for s in out.streams if s.index < len(self._sources)
                            and self._sources[s.index] in copied]
@@ -575,7 +575,7 @@ def _wanted_durations(path: Path, video: int, tail: Sequence[tuple[int, int]],
     the last picture ends where it should already (within a tick). Only the end is asked
     after: an MP4 keeps no other packet's duration (its times are the decode times), and
     a copy that set theirs would change nothing there."""
-    with av.open(file_url(path)) as c:
+    with open_media(file_url(path)) as c:
         s = c.streams[video]
         want = {}
         for pts, shown in tail:
@@ -598,7 +598,7 @@ class _ExactSource:
     raise OutputError instead."""
 
     def __init__(self, path: Path) -> None:
-        self._c = av.open(file_url(path))
+        self._c = open_media(file_url(path))
         self.streams, self.metadata = self._c.streams, self._c.metadata
         self.format, self.name = self._c.format, self._c.name
 
@@ -629,8 +629,8 @@ def _remux(src: Path, dst: Path, video: int, want: dict[int, int], fmt: str,
     would leave a stream out or move a packet."""
     copy = Passthrough(_ExactSource(src), exclude=video, warn=False)
     try:
-        with av.open(file_url(src)) as vin, \
-                av.open(file_url(dst), mode="w", format=fmt, container_options={}) as out:
+        with open_media(file_url(src)) as vin, \
+                open_media(file_url(dst), mode="w", format=fmt, container_options={}) as out:
             out.metadata.update(container_tags(copy.metadata))
             if movflags:
                 out.container_options["movflags"] = movflags

@@ -36,6 +36,7 @@ from vsr.io.icc import (
 )
 from vsr.io.info import ColorInfo, StreamInfo
 from vsr.io.output import SinkContext, check_frame, check_output_path, store_file
+from vsr.io.paths import open_media
 from vsr.limits import env_limit
 
 log = logging.getLogger(__name__)
@@ -395,7 +396,7 @@ def gif_alpha_after_first(path: str | os.PathLike) -> bool:
     worth it only where :func:`open_picture` found a later picture with a transparent colour.
     Raises InputError where it cannot be decoded."""
     try:
-        with av.open(str(path), mode="r", options={"max_pixels": str(max_pixels())}) as c:
+        with open_media(str(path), mode="r", options={"max_pixels": str(max_pixels())}) as c:
             stream = c.streams.video[0]
             limit_stream(stream, Path(path).name)
             for n, frame in enumerate(c.decode(stream)):
@@ -470,7 +471,7 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
             if data[:6] in (b"GIF87a", b"GIF89a"):
                 later_transparency = _gif_later_transparency(data)
                 still = _gif_one_picture(data)
-    container = av.open(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
+    container = open_media(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
     return Picture(container, later_transparency, still, orientation, pages, profile, exif)
 
 

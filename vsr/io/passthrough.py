@@ -20,7 +20,7 @@ import av
 from vsr.errors import InputError, OutputError
 from vsr.io.info import declared_end
 from vsr.io.output import write_error
-from vsr.io.paths import file_url, output_format
+from vsr.io.paths import file_url, open_media, output_format
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Passthrough:
         (False: it is left out, for a writer that can copy streams only)."""
         if isinstance(source, str):
             try:
-                source = av.open(file_url(source), mode="r")  # a file, whatever its name
+                source = open_media(file_url(source), mode="r")  # a file, whatever its name
             except av.error.FFmpegError as exc:
                 raise InputError(f"cannot reopen {source} for stream copy: {exc}") from exc
         self._input = source
@@ -437,7 +437,7 @@ def check_carry(input_path: str | os.PathLike, output: str | os.PathLike, exclud
         return None  # a name the sink itself refuses: it says why, in its words
     memory = io.BytesIO()
     memory.name = os.fspath(output)  # the trial's name, as the output's: .m2ts is told by it
-    trial = av.open(memory, mode="w", format=fmt)
+    trial = open_media(memory, mode="w", format=fmt)
     passthrough = Passthrough(os.fspath(input_path), exclude, warn=warn,
                               attach_covers=attach_covers, audio=audio)
     try:
@@ -471,7 +471,7 @@ def _refusal(output: av.container.OutputContainer, s: av.stream.Stream) -> str |
 def _refused_by(fmt: str, name: str, s: av.stream.Stream) -> str | None:
     """:func:`_refusal` for the muxer ``fmt`` writing a file called ``name``."""
     try:
-        with av.open(io.BytesIO(), mode="w", format=fmt) as trial:
+        with open_media(io.BytesIO(), mode="w", format=fmt) as trial:
             trial.add_stream_from_template(s)
             trial.start_encoding()
     except av.error.FFmpegError as exc:
@@ -492,14 +492,14 @@ def _read_back(s: av.stream.Stream) -> list[str] | None:
     back as; None where the trial says nothing (the muxer refused the empty packet)."""
     buf = io.BytesIO()
     try:
-        with av.open(buf, mode="w", format="mpegts") as trial:
+        with open_media(buf, mode="w", format="mpegts") as trial:
             copy = trial.add_stream_from_template(s)
             trial.start_encoding()
             pkt = av.Packet(bytes(16))
             pkt.stream, pkt.pts, pkt.dts = copy, 0, 0
             trial.mux(pkt)
         buf.seek(0)
-        with av.open(buf, mode="r", format="mpegts") as back:
+        with open_media(buf, mode="r", format="mpegts") as back:
             return [b.type for b in back.streams]
     except (av.error.FFmpegError, ValueError, TypeError, NotImplementedError):
         return None

@@ -23,6 +23,14 @@ _KEEPS_NEGATIVE_TS = frozenset({"mov", "mp4", "ipod", "ismv", "3gp", "3g2", "psp
                                 "matroska", "webm", "mpegts", "avi"})
 
 
+def open_media(target, mode: str | None = None, **kwargs):
+    """``av.open``, every metadata tag's bytes kept whatever their encoding: a tag that is not
+    UTF-8 (a Latin-1 title from an old AVI, a damaged byte) is read with those bytes as
+    surrogates and written back as the same bytes. PyAV decodes tags strictly by default, and
+    any such file was an internal error (a UnicodeDecodeError) before a frame was read."""
+    return av.open(target, mode, metadata_errors="surrogateescape", **kwargs)
+
+
 def file_url(path: str | os.PathLike) -> str:
     """``path`` as an FFmpeg URL that opens exactly that local file (relative or absolute)."""
     return "file:" + os.fspath(path)
@@ -32,7 +40,7 @@ def output_format(path: str | os.PathLike) -> str | None:
     """The muxer FFmpeg picks for ``path`` by its name, or None where it knows none.
     Opens no file."""
     try:
-        with av.open(file_url(path), mode="w") as named:
+        with open_media(file_url(path), mode="w") as named:
             return named.format.name
     except (av.error.FFmpegError, ValueError, OSError):
         return None

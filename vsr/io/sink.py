@@ -44,7 +44,7 @@ from vsr.io.output import (
     write_error,
 )
 from vsr.io.passthrough import Passthrough, container_tags, metadata_movflags, video_tags
-from vsr.io.paths import file_url, negative_ts_option
+from vsr.io.paths import file_url, negative_ts_option, open_media
 from vsr.options import Config
 
 log = logging.getLogger(__name__)
@@ -451,7 +451,7 @@ def _held_by(fmt: str) -> list[str]:
     """The first two of :data:`_SUGGESTED_ENCODERS` that PyAV has and whose video the muxer
     ``fmt`` takes; [] where none (a picture or raw format) or the muxer is unknown."""
     try:
-        with av.open(io.BytesIO(), mode="w", format=fmt) as trial:
+        with open_media(io.BytesIO(), mode="w", format=fmt) as trial:
             takes = trial.supported_codecs
     except (av.error.FFmpegError, ValueError):
         return []
@@ -467,7 +467,7 @@ def _holding(codec: str, fmt: str) -> str | None:
         if candidate == fmt or name is None:
             continue
         with contextlib.suppress(av.error.FFmpegError, ValueError), \
-                av.open(io.BytesIO(), mode="w", format=candidate) as trial:
+                open_media(io.BytesIO(), mode="w", format=candidate) as trial:
             if name in trial.supported_codecs:
                 return suffix
     return None
@@ -678,7 +678,7 @@ class PyAVSink(SinkContext):
         self._last: tuple[int, int | None] | None = None  # the last frame's pts and duration
         self._step: int | None = None  # the pts step before it
         try:
-            self._out = av.open(file_url(self._temp), mode="w", container_options={})
+            self._out = open_media(file_url(self._temp), mode="w", container_options={})
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             discard(self._temp)
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
@@ -729,7 +729,7 @@ class PyAVSink(SinkContext):
                     log.warning("chapters not copied: %s", exc)
         else:
             add_video()
-        with av.open(file_url(info.path)) as src:
+        with open_media(file_url(info.path)) as src:
             meta = dict(src.streams[info.index].metadata)
         tags = self._pass.tags_for_video(meta) if self._pass is not None else video_tags(meta)
         self._stream.metadata.update(tags)

@@ -42,7 +42,7 @@ from vsr.io.info import (
     judged_format,
     other_streams,
 )
-from vsr.io.paths import file_url
+from vsr.io.paths import file_url, open_media
 from vsr.options import DECODERS, check_choice
 
 log = logging.getLogger(__name__)
@@ -550,7 +550,7 @@ def presented_pts(path: str | os.PathLike, index: int) -> list[int] | None:
     packets alone (:func:`packet_pts`): those an MP4 edit list cuts away are not shown, nor
     are AVI's empty chunks of dropped frames. None where packets carry no times (raw H.264)."""
     times = []
-    with av.open(file_url(path)) as container:
+    with open_media(file_url(path)) as container:
         for pkt in container.demux(container.streams[index]):
             if pkt.size and not pkt.is_discard:
                 times.append(packet_pts(container, pkt))

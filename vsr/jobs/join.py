@@ -21,7 +21,7 @@ from vsr.errors import OutputError, PipelineError
 from vsr.io.info import StreamInfo, declared_end, written_time_base
 from vsr.io.output import check_output_path, discard, finish, temp_path_for, write_error
 from vsr.io.passthrough import Passthrough, container_tags, metadata_movflags
-from vsr.io.paths import file_url, negative_ts_option
+from vsr.io.paths import file_url, negative_ts_option, open_media
 from vsr.io.sink import cannot_hold, check_codec, check_holds
 from vsr.io.source import PyAVSource
 
@@ -43,7 +43,7 @@ def check_output_codec(output: Path, codec: str) -> None:
     encoder."""
     check_codec(codec)
     try:
-        out = av.open(file_url(output), mode="w")
+        out = open_media(file_url(output), mode="w")
     except ValueError as exc:  # no format by that name: as the sink says it, before any work
         raise OutputError(f"cannot write {output}: {exc}") from exc
     except (av.error.FFmpegError, OSError):
@@ -100,7 +100,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
     if keep_range:  # as the upscale sinks: MP4's 'colr' box holds the range alone
         options["movflags"] = "+write_colr"
     try:
-        out = av.open(file_url(temp), mode="w", container_options=options)
+        out = open_media(file_url(temp), mode="w", container_options=options)
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         discard(temp)
         raise OutputError(f"cannot write {final}: {exc}") from exc
@@ -136,7 +136,7 @@ def join_segments(input_path: Path, segments: list[Path], output: Path, *,
                     + flags
             passthrough.add_streams(out, add_video)
             video = holder[0]
-        with av.open(file_url(input_path)) as src:
+        with open_media(file_url(input_path)) as src:
             meta = dict(src.streams[info.index].metadata)
             # where the input's video ends: its last picture shows until then (a slideshow's
             # 5 s); NUT segments keep no packet durations to say so
@@ -220,7 +220,7 @@ def stop_signals_held() -> Iterator[None]:
 
 def _open_segment(path: Path) -> av.container.InputContainer:
     try:
-        seg = av.open(file_url(path))
+        seg = open_media(file_url(path))
     except (av.error.FFmpegError, OSError) as exc:
         raise PipelineError(f"cannot read segment {path.name}: "
                             f"{getattr(exc, 'strerror', None) or exc}") from exc

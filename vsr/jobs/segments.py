@@ -27,7 +27,7 @@ from vsr.errors import InputError, PipelineError
 from vsr.io.image import is_image_path
 from vsr.io.info import StreamInfo, clock_reset, clock_reset_error
 from vsr.io.output import discard, is_stale_partial
-from vsr.io.paths import file_url
+from vsr.io.paths import file_url, open_media
 from vsr.io.sink import EncodeConfig, PyAVSink
 from vsr.io.source import (
     PyAVSource,
@@ -134,7 +134,7 @@ def plan_segments(path: Path, min_frames: int, info: StreamInfo | None = None) -
             info = source.info
     index, step = info.index, pts_step(info)
     try:
-        with av.open(file_url(path)) as c:
+        with open_media(file_url(path)) as c:
             stream = c.streams[index]
             pts, keys, end = [], [], None
             decoded_at: Fraction | None = None  # the last packet's decode time, in s
@@ -216,7 +216,7 @@ def segment_problem(path: Path, frames: int, size: int | None) -> str | None:
     if actual == 0:
         return "is empty"
     try:
-        with av.open(file_url(path)) as c:
+        with open_media(file_url(path)) as c:
             if not c.streams.video:
                 return "holds no video"
             # counted from where the file opens: _count's seek fails on a torn file

@@ -22,6 +22,7 @@ import av
 
 from vsr.io.passthrough import Passthrough, copy_disposition
 from vsr.io.passthrough import _seconds as packet_seconds
+from vsr.io.paths import open_media
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class AudioFeed:
         the audio streams that are carried."""
         with self._lock:
             if self._templates is None:
-                self._templates = av.open(io.BytesIO(), "w", format="mpegts")
+                self._templates = open_media(io.BytesIO(), "w", format="mpegts")
                 first = {}
                 for s in streams:
                     try:

@@ -39,6 +39,7 @@ from vsr.io.ffmpeg_sink import FfmpegRelay
 from vsr.io.image import check_pixels, limit_stream
 from vsr.io.info import EXACT_RGB, ColorInfo, StreamInfo, bit_depth_of, field_order
 from vsr.io.output import same_file as same_file_path
+from vsr.io.paths import open_media
 from vsr.io.sink import EncodeConfig, VideoEncoder
 from vsr.io.source import Deinterlacer, frame_time_base, pictures, rgb_format, video_stream
 from vsr.stream.audio import AudioFeed, LivePassthrough
@@ -481,13 +482,13 @@ class Reader(threading.Thread):
         self._pipe = None
         if self.url == "-":
             self._pipe = _Pipe(sys.stdin.buffer, owned=False, timeout=self.read_timeout)
-            return av.open(self._pipe, format=self.input_format or "mpegts", options=options)
+            return open_media(self._pipe, format=self.input_format or "mpegts", options=options)
         path = local_path(self.url)
         if path is not None and _is_fifo(path):  # a named pipe: as stdin
             self._pipe = _Pipe(open(path, "rb", buffering=0), owned=True,  # noqa: SIM115
                                timeout=self.read_timeout)
             try:
-                return av.open(self._pipe, format=self.input_format, options=options)
+                return open_media(self._pipe, format=self.input_format, options=options)
             except BaseException:
                 self._pipe.close()
                 raise
@@ -502,7 +503,7 @@ class Reader(threading.Thread):
             # kept the frame its parser held (the last one) for ever; now the read of them
             # ends in the read timeout, an error, and that frame comes out first
             options["resync_size"] = str(2**31 - 1)
-        return av.open(self.url, format=self.input_format, options=options, timeout=timeout)
+        return open_media(self.url, format=self.input_format, options=options, timeout=timeout)
 
     def _session(self) -> int:
         """One connection: decode until the end; returns frames read."""
@@ -1103,7 +1104,7 @@ class LiveSink:
                 target, fmt = self._pipe, self.format
             else:
                 target, fmt = _whole_ts_datagrams(self.url, self.format), self.format
-            self._out = av.open(target, mode="w", format=fmt, container_options=options)
+            self._out = open_media(target, mode="w", format=fmt, container_options=options)
             rate = info.frame_rate or Fraction(25)
             stream = self._out.add_stream(self.encode.codec, rate=rate)
             self._enc = VideoEncoder(stream, info, width, height, self.encode)
