@@ -765,3 +765,42 @@ def test_a_jpeg_or_gif_cut_short_is_refused(tmp_path, name, args):
         trailed = tmp_path / "trailed.jpg"
         trailed.write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
         assert torch.equal(read_image(trailed), read_image(whole))
+
+
+def test_a_video_of_a_codec_ffmpeg_does_not_know_is_one_input_error(cli_error, tmp_path):
+    """An MP4 whose video sample entry names an unknown fourcc has no codec context in PyAV:
+    the stream choice read its size from None (an internal AttributeError), in upscale and in
+    batch. Found by fuzzing."""
+    from vsr.jobs import BatchConfig, JobOptions, run_batch
+
+    data = make_clip(tmp_path / "good.mp4", frames=4).read_bytes()
+    at = data.index(b"avc1\x00\x00\x00\x00")  # the stsd sample entry, not a brand
+    bad = tmp_path / "unknown.mp4"
+    bad.write_bytes(data[:at] + b"zzzz" + data[at + 4:])
+    line = cli_error("upscale", str(bad), str(tmp_path / "out.mp4"))
+    assert line == (f"Error: cannot decode the video of {bad}: stream 0 is of a codec FFmpeg "
+                    "does not know"), line
+    result = run_batch(BatchConfig(inputs=(str(bad),), output_dir=tmp_path / "b",
+                                   devices=("cpu",), options=JobOptions(model="bicubic", scale=2)))
+    [failed] = result.failed
+    assert "codec FFmpeg does not know" in failed["error"], failed
+    assert not (tmp_path / "out.mp4").exists() and not list((tmp_path / "b").glob("*.mp4"))
+
+
+def test_a_link_loop_is_a_missing_input_that_says_so(cli_error, tmp_path):
+    """`vsr batch LOOP` (a symbolic link to itself) was an internal RuntimeError ("Symlink
+    loop", from Path.resolve while merging inputs named twice); now it fails as a missing
+    input, in upscale and batch, saying the link leads to no file. Found by fuzzing."""
+    from vsr.jobs import BatchConfig, JobOptions, run_batch
+
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(loop.name)
+    good = make_clip(tmp_path / "good.mkv", frames=3)
+    note = "(a symbolic link to no file: its target is missing, or it leads round in a loop)"
+    line = cli_error("upscale", str(loop), str(tmp_path / "out.mp4"))
+    assert line == f"Error: input not found: {loop} {note}", line
+    result = run_batch(BatchConfig(inputs=(str(loop), str(good)), output_dir=tmp_path / "b",
+                                   devices=("cpu",), options=JobOptions(model="bicubic", scale=2)))
+    assert len(result.done) == 1
+    [failed] = result.failed
+    assert failed["error"] == f"input not found {note}", failed

@@ -66,11 +66,18 @@ def rgb_format(bit_depth: int) -> str:
     return "rgb24" if bit_depth <= 8 else "rgb48le"
 
 
+def link_note(path: Path) -> str:
+    """What to add to "input not found" for ``path``: why, where it is a symbolic link."""
+    if path.is_symlink():
+        return " (a symbolic link to no file: its target is missing, or it leads round in a loop)"
+    return ""
+
+
 def check_input_path(path: str | os.PathLike) -> Path:
     """Raise InputError unless ``path`` is an existing regular file."""
     p = Path(path)
     if not p.exists():
-        raise InputError(f"input not found: {p}")
+        raise InputError(f"input not found: {p}{link_note(p)}")
     if not p.is_file():
         raise InputError(f"input is not a file: {p}")
     return p
@@ -114,9 +121,15 @@ def video_stream(container: av.container.InputContainer,
     stream marked default counting 5 megapixels more; the first of equals. (The first one
     was taken: a file with a thumbnail track before its main video upscaled the thumbnail
     and copied the video.) The others are carried (vsr.engine.run_source says so)."""
-    candidates = pictures(container)
-    if not candidates:
+    found = pictures(container)
+    if not found:
         raise InputError(f"no video stream in {name}")
+    # a stream of a codec this FFmpeg cannot decode (an unknown fourcc) has no codec context:
+    # it can be carried, not upscaled
+    candidates = [s for s in found if s.codec_context is not None]
+    if not candidates:
+        raise InputError(f"cannot decode the video of {name}: stream {found[0].index} is of a "
+                         "codec FFmpeg does not know")
     default = int(av.stream.Disposition.default)
 
     def score(s: av.video.stream.VideoStream) -> int:

@@ -15,6 +15,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import os
 import string
 import types
 import typing
@@ -197,7 +198,9 @@ def expand_inputs(inputs: list[str], manifests: list[Path], *,
         if left_out is not None:
             left_out.extend(skipped)
         for e in found:
-            key = e.path.resolve() if e.error is None else Path(f"error:{e.path}")
+            # realpath: a link loop is its own key (Path.resolve raised RuntimeError for it,
+            # an internal error), and fails later as a missing input
+            key = Path(os.path.realpath(e.path)) if e.error is None else Path(f"error:{e.path}")
             if key not in seen:
                 seen.add(key)
                 entries.append(e)

@@ -22,7 +22,7 @@ from pathlib import Path
 from vsr.errors import ConfigError, InputError, Interrupted, OutputError, VsrError
 from vsr.io.output import discard
 from vsr.io.passthrough import check_carry
-from vsr.io.source import PyAVSource
+from vsr.io.source import PyAVSource, link_note
 from vsr.jobs.join import check_output_codec, join_segments
 from vsr.jobs.plan import (
     DEFAULT_TEMPLATE,
@@ -360,8 +360,13 @@ def _key(task: Task) -> tuple[int, int]:
 
 def _said_once(job: Job, text: str) -> str:
     """``text`` without a last ': INPUT' naming the input that its failed line names first:
-    'failed: a.mp4: input not found', not '...: input not found: a.mp4'."""
-    return text.removesuffix(f": {job.input}") or text
+    'failed: a.mp4: input not found', not '...: input not found: a.mp4' (and where the input
+    is a link to no file, the note on that after it)."""
+    note = link_note(job.input)
+    tail = f": {job.input}{note}"
+    if text.endswith(tail) and text != tail:
+        return text[: -len(tail)] + note
+    return text
 
 
 def _absent(job: Job) -> str | None:
@@ -372,7 +377,9 @@ def _absent(job: Job) -> str | None:
         return None if job.where is not None or job.input.is_file() else job.error
     if job.input.is_file():
         return None
-    return "input is not a file" if job.input.exists() else "input not found"
+    if job.input.exists():
+        return "input is not a file"
+    return "input not found" + link_note(job.input)
 
 
 def _nothing_there(jobs: list[Job]) -> str:
