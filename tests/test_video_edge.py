@@ -181,3 +181,21 @@ def test_a_pix_fmt_the_ffmpeg_programs_encoder_lacks_is_refused_before_any_work(
                                    encoder="ffmpeg",
                                    encode=EncodeConfig(codec="libx264", pix_fmt="gbrp")))
     assert not out.exists()
+
+
+def test_frames_closer_than_a_gif_tick_are_all_written(tmp_path, caplog):
+    """A 120 fps clip as .gif: GIF's delays are hundredths of a second, and the frames that
+    shared one made the muxer refuse the run ("writing out.gif failed: Invalid argument").
+    Every frame is written now, those too close moved to the next tick, with a warning.
+    Found by fuzzing."""
+    from conftest import make_clip, video_pts_seconds
+
+    src = make_clip(tmp_path / "fast.mkv", frames=12, rate=Fraction(120))
+    out = tmp_path / "out.gif"
+    with caplog.at_level(logging.WARNING):
+        result = upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+    assert result.frames_out == 12
+    times = video_pts_seconds(out)
+    assert len(times) == 12 and all(b > a for a, b in zip(times, times[1:], strict=False))
+    assert any("GIF holds one frame per tick of 0.01 s" in r.getMessage()
+               for r in caplog.records)

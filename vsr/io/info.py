@@ -234,6 +234,7 @@ _ONE_FRAME_A_TICK = frozenset({"avi", "h264", "hevc", "m4v", "mpeg1video", "mpeg
 # Encoders that take only their standard frame rates as time base, in any container
 # (MPEG-1/2 video refused 1/12800, an MP4's: "does not support 12800/1 fps").
 _FRAME_RATE_ENCODERS = frozenset({"mpeg1video", "mpeg2video"})
+_GIF_TICK = Fraction(1, 100)
 
 
 def written_time_base(info: StreamInfo, container: str | None, codec: str | None = None
@@ -244,6 +245,11 @@ def written_time_base(info: StreamInfo, container: str | None, codec: str | None
     _FRAME_RATE_ENCODERS) and the input has a frame rate."""
     if info.frame_rate and (container in _ONE_FRAME_A_TICK or codec in _FRAME_RATE_ENCODERS):
         return 1 / Fraction(info.frame_rate)
+    if container == "gif":
+        # a GIF's delays are in hundredths of a second: frames closer than that (over 100
+        # fps) shared a tick, which the muxer refused ("Invalid argument"); on this clock they
+        # are moved to the next tick, with a warning, as in AVI
+        return _GIF_TICK
     return info.time_base
 
 
