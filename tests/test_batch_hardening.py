@@ -1225,3 +1225,27 @@ def test_a_batch_killed_between_moving_an_output_and_recording_it_takes_it_up(tm
     assert [Path(s["output"]).name for s in result.skipped] == ["a.mp4"], result
     assert (out / "a.mp4").read_bytes() == made
     assert not any((out / ".vsr-batch" / "segments").iterdir())  # its segments are gone
+
+
+def test_file_names_that_are_not_utf8_are_upscaled_failed_and_skipped_as_others(tmp_path):
+    """A folder holding a Latin-1 name (café.mkv from an old archive): its path reached SQLite
+    as text with surrogates, and the whole batch stopped with a UnicodeEncodeError, the good
+    file beside it not done. Now it is upscaled, a damaged one fails alone with its error
+    recorded, and a rerun skips what is finished. Found by fuzzing."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / "good.mkv", frames=4)
+    latin1 = os.fsdecode(os.fsencode(str(folder)) + b"/caf\xe9.mkv")
+    shutil.copy(folder / "good.mkv", latin1)
+    broken = os.fsdecode(os.fsencode(str(folder)) + b"/d\xe9g\xe2t.mkv")
+    Path(broken).write_bytes(b"\x1a\x45\xdf\xa3 not matroska")
+    config = BatchConfig(inputs=(str(folder),), output_dir=tmp_path / "out", devices=("cpu",),
+                         options=JobOptions(model="bicubic", scale=2))
+    first = run_batch(config)
+    assert sorted(Path(d["input"]).name for d in first.done) == sorted(
+        ["good.mkv", Path(latin1).name])
+    [failed] = first.failed
+    assert failed["input"] == broken and failed["error"]
+    assert (tmp_path / "out" / Path(latin1).name).is_file()
+    again = run_batch(config)
+    assert len(again.skipped) == 2 and not again.done and len(again.failed) == 1

@@ -150,7 +150,8 @@ class JobStore:
         with self._using() as db, db:
             db.execute("UPDATE files SET input = ?, output = ? WHERE input = ? AND output = ? "
                        "AND NOT EXISTS (SELECT 1 FROM files WHERE input = ? AND output = ?)",
-                       (new_input, new_output, input_path, output, new_input, new_output))
+                       tuple(map(_key, (new_input, new_output, input_path, output, new_input,
+                                        new_output))))
 
     def finished_output(self, input_path: str, output: str, fingerprint: str) -> str | None:
         """What became of the output this input was finished into with these settings:
@@ -159,7 +160,8 @@ class JobStore:
         no file there)."""
         with self._using("read") as db:
             row = db.execute("SELECT fingerprint, status, output_bytes FROM files WHERE "
-                             "input = ? AND output = ?", (input_path, output)).fetchone()
+                             "input = ? AND output = ?",
+                             (_key(input_path), _key(output))).fetchone()
         if row is None or row[:2] != (fingerprint, "done") or not Path(output).is_file():
             return None
         size = Path(output).stat().st_size
@@ -179,7 +181,7 @@ class JobStore:
         with self._using() as db, db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT id, fingerprint FROM files WHERE input = ? AND "
-                                   "output = ?", (input_path, output)).fetchone()
+                                   "output = ?", (_key(input_path), _key(output))).fetchone()
             if row is not None:
                 file_id = row[0]
                 old = self._db.execute("SELECT start_pts, end_pts, frames, status FROM "
@@ -197,7 +199,7 @@ class JobStore:
                 file_id = self._db.execute(
                     "INSERT INTO files (input, output, fingerprint, status, updated) "
                     "VALUES (?, ?, ?, 'running', ?)",
-                    (input_path, output, fingerprint, time.time())).lastrowid
+                    (_key(input_path), _key(output), fingerprint, time.time())).lastrowid
                 discarded = 0
             self._db.executemany(
                 "INSERT INTO segments (file_id, idx, start_pts, end_pts, frames, status) "
@@ -242,7 +244,8 @@ class JobStore:
         None (no such record, or another file there)."""
         with self._using("read") as db:
             row = db.execute("SELECT id, fingerprint, status, output_bytes FROM files WHERE "
-                             "input = ? AND output = ?", (input_path, output)).fetchone()
+                             "input = ? AND output = ?",
+                             (_key(input_path), _key(output))).fetchone()
         if row is None or row[1:3] != (fingerprint, "joining"):
             return None
         try:
@@ -256,11 +259,28 @@ class JobStore:
 
     def file_failed(self, file_id: int, error: str) -> None:
         self._write("UPDATE files SET status = 'failed', error = ?, updated = ? WHERE id = ?",
-                    (error, time.time(), file_id))
+                    (_shown(error), time.time(), file_id))
 
     def _write(self, sql: str, args: tuple) -> None:
         with self._using() as db:
             db.execute(sql, args)
+
+
+def _key(path: str) -> str | bytes:
+    """A path as the store keys it: its text, or where it holds bytes that are not UTF-8 (a
+    Latin-1 name from an old archive, which Python holds as surrogates and SQLite's text cannot
+    take: the whole batch stopped with a UnicodeEncodeError) those bytes, as a BLOB that no
+    text key equals. Names that are UTF-8 are kept as before, so older stores still match."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _shown(text: str) -> str:
+    """``text`` (an error that may name such a file) as text SQLite takes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _flock(fd: int, path: Path, wait: bool) -> None:
