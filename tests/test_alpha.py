@@ -301,17 +301,25 @@ def test_svt_av1_prints_nothing_on_stderr(tmp_path):
 
 def test_a_y4m_output_fails_on_one_line_naming_the_output(tmp_path):
     """The y4m muxer takes raw pictures only: the error named the temporary file and showed
-    FFmpeg's error number."""
+    FFmpeg's error number; `vsr batch` computed every segment before it (found by fuzzing),
+    and now refuses before any."""
+    from vsr.jobs import BatchConfig, JobOptions, run_batch
+
     src = _clip(tmp_path / "clip.mkv", pix_fmt="yuv420p", frames=2)
     r = subprocess.run([sys.executable, "-m", "vsr", "upscale", str(src),
                         str(tmp_path / "out.y4m"), "--model", MODEL], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error")]
-    assert lines == ["Error: the output format of out.y4m (yuv4mpegpipe) cannot hold libx264 "
-                     "video; use another --codec, or a container that can (e.g. .mkv)"], \
-        r.stderr
+    said = ("the output format of out.y4m (yuv4mpegpipe) holds raw pictures only, not libx264 "
+            "video: use --codec rawvideo, or a container that holds it (e.g. .mkv)")
+    assert lines == [f"Error: {said}"], r.stderr
     assert "partial" not in r.stderr and not list(tmp_path.glob("*.y4m"))
+    result = run_batch(BatchConfig(inputs=(str(src),), output_dir=tmp_path / "b",
+                                   template="out.y4m", devices=("cpu",),
+                                   options=JobOptions(model="bicubic", scale=2)))
+    [failed] = result.failed
+    assert failed["error"] == said and result.segments_computed == 0
 
 
 def test_a_cmyk_jpeg_has_no_alpha(tmp_path, caplog):

@@ -482,15 +482,20 @@ _MPEGTS_VIDEO = frozenset({"mpeg1video", "mpeg2video", "mpeg4", "h264", "hevc", 
 
 def check_holds(output: Path, fmt: str | None, codec: str) -> None:
     """Raise :func:`cannot_hold` where the muxer ``fmt`` takes ``codec`` video but writes it
-    as something no reader sees as video (MPEG-TS and its unknown codecs); the other refusals
-    come from the muxer itself."""
-    if fmt != "mpegts":
+    as something no reader sees as video (MPEG-TS and its unknown codecs), or refuses it only
+    when its header is written (Y4M: raw pictures only; `vsr batch` computed every segment
+    first); the other refusals come from the muxer itself."""
+    if fmt not in ("mpegts", "yuv4mpegpipe"):
         return
     try:
         name = av.Codec(codec, "w").canonical_name
     except ValueError:  # an encoder only the ffmpeg program has: its own check stands
         return
-    if name not in _MPEGTS_VIDEO:
+    if fmt == "yuv4mpegpipe" and name not in ("rawvideo", "wrapped_avframe"):
+        raise OutputError(f"the output format of {output.name} (yuv4mpegpipe) holds raw "
+                          f"pictures only, not {codec} video: use --codec rawvideo, or a "
+                          "container that holds it (e.g. .mkv)")
+    if fmt == "mpegts" and name not in _MPEGTS_VIDEO:
         raise cannot_hold(output, fmt, codec)
 
 
