@@ -199,3 +199,30 @@ def test_frames_closer_than_a_gif_tick_are_all_written(tmp_path, caplog):
     assert len(times) == 12 and all(b > a for a, b in zip(times, times[1:], strict=False))
     assert any("GIF holds one frame per tick of 0.01 s" in r.getMessage()
                for r in caplog.records)
+
+
+def test_frames_closer_than_a_millisecond_keep_their_order_in_matroska(tmp_path, caplog):
+    """A 2000 fps Y4M (timed by its rate) as .mkv: Matroska's clock is a millisecond, and
+    frames two to a tick came out with equal timestamps, without a word (players show one of
+    each pair). Now every frame has its own tick, those too close moved, with a warning.
+    Found by fuzzing."""
+    import numpy as np
+    from conftest import video_pts_seconds
+
+    src = tmp_path / "fast.y4m"
+    with av.open(str(src), "w") as out:
+        s = out.add_stream("rawvideo", rate=2000)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for i in range(10):
+            img = np.full((32, 32, 3), 20 * i, np.uint8)
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(pkt)
+        for pkt in s.encode(None):
+            out.mux(pkt)
+    out = tmp_path / "out.mkv"
+    with caplog.at_level(logging.WARNING):
+        upscale_file(UpscaleConfig(input=src, output=out, model="bicubic", scale=2))
+    times = video_pts_seconds(out)
+    assert len(times) == 10 and all(b > a for a, b in zip(times, times[1:], strict=False))
+    assert any("MATROSKA holds one frame per tick of 0.001 s" in r.getMessage()
+               for r in caplog.records)

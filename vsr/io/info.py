@@ -235,6 +235,7 @@ _ONE_FRAME_A_TICK = frozenset({"avi", "h264", "hevc", "m4v", "mpeg1video", "mpeg
 # (MPEG-1/2 video refused 1/12800, an MP4's: "does not support 12800/1 fps").
 _FRAME_RATE_ENCODERS = frozenset({"mpeg1video", "mpeg2video"})
 _GIF_TICK = Fraction(1, 100)
+_MILLISECOND_MUXERS = frozenset({"matroska", "webm", "flv"})
 
 
 def written_time_base(info: StreamInfo, container: str | None, codec: str | None = None
@@ -245,6 +246,11 @@ def written_time_base(info: StreamInfo, container: str | None, codec: str | None
     _FRAME_RATE_ENCODERS) and the input has a frame rate."""
     if info.frame_rate and (container in _ONE_FRAME_A_TICK or codec in _FRAME_RATE_ENCODERS):
         return 1 / Fraction(info.frame_rate)
+    if container in _MILLISECOND_MUXERS and info.frame_rate and info.frame_rate > 1000:
+        # over 1000 fps (a Y4M or raw stream timed by its rate, or a header that claims it),
+        # frames shared the muxer's millisecond without a word: on its clock they are moved
+        # to the next tick, with a warning
+        return Fraction(1, 1000)
     if container == "gif":
         # a GIF's delays are in hundredths of a second: frames closer than that (over 100
         # fps) shared a tick, which the muxer refused ("Invalid argument"); on this clock they
