@@ -226,3 +226,32 @@ def test_frames_closer_than_a_millisecond_keep_their_order_in_matroska(tmp_path,
     assert len(times) == 10 and all(b > a for a, b in zip(times, times[1:], strict=False))
     assert any("MATROSKA holds one frame per tick of 0.001 s" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_y4m_output_has_the_inputs_rate_and_a_format_it_holds(tmp_path):
+    """Y4M keeps no timestamps: its header's rate is the time base, and a 12 fps Matroska
+    input came out "F1000:1" (played 83 times too fast). And rawvideo of an RGB input kept
+    the RGB format, which the muxer refused with a line that blamed the codec. Found by
+    fuzzing."""
+    from conftest import make_clip
+
+    src = make_clip(tmp_path / "in.mkv", frames=5, rate=Fraction(12))
+    rgb = tmp_path / "rgb.mkv"
+    with av.open(str(src)) as c, av.open(str(rgb), "w") as out:
+        s = out.add_stream("ffv1", rate=12)
+        s.width, s.height, s.pix_fmt = 64, 48, "bgr0"
+        for frame in c.decode(video=0):
+            for pkt in s.encode(frame.reformat(format="bgr0")):
+                out.mux(pkt)
+        for pkt in s.encode(None):
+            out.mux(pkt)
+    for name, clip in (("yuv.y4m", src), ("rgb.y4m", rgb)):
+        out = tmp_path / name
+        result = upscale_file(UpscaleConfig(input=clip, output=out, model="bicubic", scale=2,
+                                            encode=EncodeConfig(codec="rawvideo")))
+        assert result.frames_out == 5
+        header = out.read_bytes().split(b"\n", 1)[0].split()
+        assert b"F12:1" in header and header[1:3] == [b"W128", b"H96"], header
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+            assert sum(1 for _ in c.decode(video=0)) == 5

@@ -229,8 +229,10 @@ _FIELD_ORDERS = {2: "top field first", 3: "bottom field first",
 # Muxers whose video has one frame a tick: AVI has one frame slot a tick (in a finer time
 # base it fills the slots between frames with empty chunks and declares the tick rate, e.g.
 # 600 fps, as the frame rate); raw elementary streams keep no timestamps, their timing is the
-# encoder's time base (H.264's VUI: a .h264 written in 1/1000 played at 1000 fps).
-_ONE_FRAME_A_TICK = frozenset({"avi", "h264", "hevc", "m4v", "mpeg1video", "mpeg2video"})
+# encoder's time base (H.264's VUI: a .h264 written in 1/1000 played at 1000 fps); so does
+# Y4M, whose header's rate is the time base (a 25 fps Matroska input came out "F1000:1").
+_ONE_FRAME_A_TICK = frozenset({"avi", "h264", "hevc", "m4v", "mpeg1video", "mpeg2video",
+                               "yuv4mpegpipe"})
 # Encoders that take only their standard frame rates as time base, in any container
 # (MPEG-1/2 video refused 1/12800, an MP4's: "does not support 12800/1 fps").
 _FRAME_RATE_ENCODERS = frozenset({"mpeg1video", "mpeg2video"})

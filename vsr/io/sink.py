@@ -480,6 +480,23 @@ _MPEGTS_VIDEO = frozenset({"mpeg1video", "mpeg2video", "mpeg4", "h264", "hevc", 
                            "avs2", "avs3", "dirac", "vc1"})
 
 
+def _y4m_formats(codec: str, container: str | None) -> list[str] | None:
+    """The pixel formats ``codec`` can write into ``container`` where the muxer takes fewer
+    than the encoder (Y4M: Y'CbCr and grey, no RGB: rawvideo of an RGB input kept its format,
+    which the muxer refused); None: the encoder's own."""
+    if container != "yuv4mpegpipe":
+        return None
+    check_codec(codec)
+    takes = [f.name for f in (av.codec.Codec(codec, "w").video_formats or ())]
+    return [f for f in _Y4M_FORMATS if not takes or f in takes] or None
+
+
+# What FFmpeg's Y4M muxer writes (yuv4mpegenc): planar Y'CbCr and grey, 8 to 16 bits
+_Y4M_FORMATS = ("yuv420p", "yuv422p", "yuv444p", "yuv411p", "gray",
+                *(f"yuv{c}p{b}le" for c in ("420", "422", "444") for b in (9, 10, 12, 14, 16)),
+                *(f"gray{b}le" for b in (9, 10, 12, 16)))
+
+
 def check_holds(output: Path, fmt: str | None, codec: str) -> None:
     """Raise :func:`cannot_hold` where the muxer ``fmt`` takes ``codec`` video but writes it
     as something no reader sees as video (MPEG-TS and its unknown codecs), or refuses it only
@@ -551,7 +568,8 @@ class VideoEncoder:
                               "x265 fails, or aborts the process, on pictures under 64x32); "
                               "use another --codec, e.g. libx264")
         keep = info.alpha and keeps_alpha(config.codec, container)
-        self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep)
+        self.pix_fmt = choose_pix_fmt(config.codec, info, config.pix_fmt, alpha=keep,
+                                      formats=_y4m_formats(config.codec, container))
         if config.pix_fmt is None:
             warn_depth_lost(info, config.codec, self.pix_fmt)
         check_chroma_size(config.codec, self.pix_fmt, width, height)
