@@ -805,3 +805,24 @@ def test_a_link_loop_is_a_missing_input_that_says_so(cli_error, tmp_path):
     assert len(result.done) == 1
     [failed] = result.failed
     assert failed["error"] == f"input not found {note}", failed
+
+
+def test_a_list_of_other_files_is_not_read_as_media(cli_error, tmp_path):
+    """An ffconcat text saved as upload.mp4, naming another file below its folder: FFmpeg
+    followed it and `vsr upscale` wrote an upscaled copy of that file (for a service that
+    upscales uploads into one folder, someone else's). Refused now, by upscale and batch.
+    Found by fuzzing."""
+    from vsr.jobs import BatchConfig, JobOptions, run_batch
+
+    (tmp_path / "private").mkdir()
+    make_clip(tmp_path / "private" / "someone_else.mkv", frames=4)
+    upload = tmp_path / "upload.mp4"
+    upload.write_text("ffconcat version 1.0\nfile private/someone_else.mkv\n")
+    said = "upload.mp4 is a list of other files (concat), not media: vsr reads only the file " \
+           "it is given"
+    assert cli_error("upscale", str(upload), str(tmp_path / "out.mp4")) == f"Error: {said}"
+    result = run_batch(BatchConfig(inputs=(str(upload),), output_dir=tmp_path / "b",
+                                   devices=("cpu",), options=JobOptions(model="bicubic", scale=2)))
+    [failed] = result.failed
+    assert failed["error"] == said
+    assert not (tmp_path / "out.mp4").exists() and not list((tmp_path / "b").glob("*.mp4"))

@@ -442,8 +442,8 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
     probe and the decoders (for formats whose header says nothing) from allocating a larger
     picture. Call :func:`limit_stream` on the stream that will be decoded. A JPEG or GIF cut
     short is refused (:func:`cut_short`): FFmpeg would decode it, the missing part grey.
-    The file is opened once for all of that. Raises InputError (over the limit, cut short);
-    av.FFmpegError as ``av.open`` does.
+    The file is opened once for all of that. Raises InputError (over the limit, cut short, a
+    playlist of other files); av.FFmpegError as ``av.open`` does.
     """
     later_transparency, still, orientation, pages, profile, exif = False, False, 1, 1, None, None
     # mapped, not read: a JPEG walk stops at the first picture's end; unreadable or empty
@@ -472,7 +472,17 @@ def open_picture(path: str | os.PathLike, url: str | None = None) -> Picture:
                 later_transparency = _gif_later_transparency(data)
                 still = _gif_one_picture(data)
     container = open_media(url or str(path), mode="r", options={"max_pixels": str(max_pixels())})
+    if kind := set(container.format.name.split(",")) & _LISTS_OF_FILES:
+        container.close()
+        raise InputError(f"{Path(path).name} is a list of other files ({kind.pop()}), not "
+                         "media: vsr reads only the file it is given")
     return Picture(container, later_transparency, still, orientation, pages, profile, exif)
+
+
+# Demuxers whose input is a list of other files: FFmpeg follows it, so an ffconcat text saved
+# as upload.mp4 had vsr upscale a file it was never given (any file below the list's folder:
+# for a service that upscales uploads, someone else's). Live sources (`vsr stream`) may be HLS.
+_LISTS_OF_FILES = frozenset({"concat", "hls", "dash", "imf", "webm_dash_manifest"})
 
 
 def open_limited(path: str | os.PathLike, url: str | None = None):
