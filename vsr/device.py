@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 
@@ -78,3 +79,26 @@ def x264_asm_without_avx512() -> str | None:
     if not caps.get("avx512_f"):
         return None
     return ",".join(name for name, cap in _X264_FLAGS if caps.get(cap))
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for new allocations on ``device``: the GPU's free memory, or on the CPU
+    the smaller of MemAvailable and what the cgroup (a container's limit) leaves; None where
+    neither is known."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None

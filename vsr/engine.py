@@ -31,6 +31,7 @@ from vsr.pipeline import ComputeReport, Progress, RunStats, make_processor, run_
 from vsr.pipeline.alpha import AlphaCarried
 from vsr.pipeline.repeats import RepeatsReused
 from vsr.pipeline.temporal import Deflicker, Deflickered
+from vsr.tiling import cpu_tile
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +361,10 @@ def run_source(source: Source, options: ModelOptions, device: str | torch.device
         options = dataclasses.replace(options, batch=total)
     handle = models.handle(options, device, bit_depth=info.bit_depth,
                            pixels=info.width * info.height)
+    if options.tile is None and (tile := cpu_tile(handle, info.width, info.height,
+                                                  options.batch, overlap,
+                                                  Path(info.path).name)) is not None:
+        options = dataclasses.replace(options, tile=tile)
     width, height = info.width * handle.scale, info.height * handle.scale
     frames = frames if frames is not None else source.frames()
     first = next(frames, None)

@@ -4,11 +4,11 @@ the machine was killed by the kernel mid-step (exit 137, no error line, config.j
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from vsr.device import available_bytes
 from vsr.errors import ConfigError
 
 
@@ -37,29 +37,6 @@ def activation_bytes(primal: nn.Module, duals: nn.Module, patch: int, device: to
         for h in handles:
             h.remove()
     return total
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Memory free for new allocations on ``device``: the GPU's free memory, or on the CPU
-    the smaller of MemAvailable and what the cgroup (a container's limit) leaves; None where
-    neither is known."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    found = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            found.append(max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
 
 
 def check_step_memory(primal: nn.Module, duals: nn.Module, *, patch: int, batch: int,
