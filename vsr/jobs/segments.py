@@ -66,7 +66,7 @@ TASK_LOGGERS = (
     "vsr.io.ffmpeg_sink", "vsr.io.image", "vsr.io.output", "vsr.io.passthrough", "vsr.io.sink",
     "vsr.io.source",
     "vsr.pipeline.compute", "vsr.pipeline.cuda", "vsr.pipeline.run", "vsr.runtime",
-    "vsr.threads", "vsr.upscale",
+    "vsr.threads", "vsr.tiling", "vsr.upscale",
 )
 _TASK_LOG: ContextVar[list[logging.LogRecord] | None] = ContextVar("vsr_task_log", default=None)
 
