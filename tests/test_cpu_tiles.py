@@ -1,6 +1,7 @@
 """CPU runs tile frames whose activations would not fit in memory: a large picture under the
-pixel limit (a 143 KB black 7000x7000 PNG) needed about 37 GB whole with the default model, and
-the kernel killed the run (no error line); only a CUDA out-of-memory tiled before."""
+pixel limit (a 143 KB black 7000x7000 PNG) would need about 37 GB whole with the default model
+(extrapolated from two smaller pictures), more than the machine had; only a CUDA out-of-memory
+tiled before."""
 
 from __future__ import annotations
 

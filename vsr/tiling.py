@@ -83,9 +83,9 @@ def cpu_tile(handle, width: int, height: int, batch: int, overlap: int,
     """The tile side (input pixels) for a CPU run of ``handle`` on ``batch`` frames of
     ``width`` x ``height`` whose activations would take more than half the memory available
     whole; None where they fit (or the memory or the network is unknown: bicubic). Without
-    it a large picture was killed by the kernel mid-run, with no error line (the default
-    x2 model needs about 0.8 GB per input megapixel; a 49-megapixel PNG of 143 KB is under
-    the pixel limit)."""
+    it a large picture could outgrow the machine, and the kernel kills such a process with no
+    error line (the default x2 model needs about 0.8 GB per input megapixel; a 49-megapixel
+    PNG of 143 KB is under the pixel limit)."""
     module = getattr(handle, "module", None)
     if module is None or handle.device.type != "cpu":
         return None
