@@ -78,3 +78,29 @@ def test_the_cli_takes_frames_and_refuses_it_with_the_ffmpeg_encoder(cli_error, 
     line = cli_error("upscale", str(src), str(tmp_path / "o.mkv"), "--frames", "0", code=2)
     assert "'--frames'" in line, line
     assert not list(tmp_path.glob("*o.mkv*"))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_chapters_past_the_end_are_left_out_and_the_last_cut(tmp_path: Path, suffix: str) -> None:
+    """Chapters at 0-0.4 s and 0.4-1 s, the first 5 frames (0.2 s): one chapter, 0-0.2 s. The
+    MP4 kept its chapter track of the whole input and declared a duration of 1 s."""
+    plain = make_clip(tmp_path / f"plain{suffix}", frames=25, audio_tracks=1)
+    src = tmp_path / f"in{suffix}"
+    ms = Fraction(1, 1000)
+    with av.open(str(plain)) as c, av.open(str(src), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in c.streams}
+        out.set_chapters([{"id": 1, "start": 0, "end": 400, "time_base": ms,
+                           "metadata": {"title": "one"}},
+                          {"id": 2, "start": 400, "end": 1000, "time_base": ms,
+                           "metadata": {"title": "two"}}])
+        for pkt in c.demux():
+            if pkt.size:
+                pkt.stream = streams[pkt.stream.index]
+                out.mux(pkt)
+    out = tmp_path / f"out{suffix}"
+    _run(src, out, 5)
+    with av.open(str(out)) as c:
+        chapters = [(c_["start"] * c_["time_base"], c_["end"] * c_["time_base"],
+                     c_["metadata"].get("title")) for c_ in c.chapters()]
+        assert chapters == [(0, Fraction(1, 5), "one")]
+        assert c.duration is not None and c.duration / 1e6 < 0.25

@@ -19,7 +19,7 @@ from vsr.errors import ConfigError, Interrupted, OutputError
 from vsr.io.image import ImageSink, is_image_path
 from vsr.io.output import check_output_path
 from vsr.io.sink import EncodeConfig, PyAVSink
-from vsr.io.source import check_input_path, open_source
+from vsr.io.source import check_input_path, first_frames_end, open_source
 from vsr.loading import dtype_name
 from vsr.options import (
     DECODERS,
@@ -126,8 +126,10 @@ def open_sink(config: UpscaleConfig, info, width: int, height: int):
 
         return FfmpegSink(config.output, info, width, height, config.encode,
                           overwrite=config.overwrite, audio=config.audio)
+    cut = config.frames is not None
     return PyAVSink(config.output, info, width, height, config.encode, overwrite=config.overwrite,
-                    audio=config.audio, cut_at_video_end=config.frames is not None)
+                    audio=config.audio, cut_at_video_end=cut,
+                    chapters_until=first_frames_end(info, config.frames) if cut else None)
 
 
 def _unused_encoding(config: UpscaleConfig) -> tuple[str, ...]:

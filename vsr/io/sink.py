@@ -11,6 +11,7 @@ import contextlib
 import heapq
 import io
 import logging
+import math
 import os
 import weakref
 from collections.abc import Sequence
@@ -676,11 +677,13 @@ class PyAVSink(SinkContext):
     def __init__(self, path: str | os.PathLike, info: StreamInfo, width: int, height: int,
                  config: EncodeConfig = EncodeConfig(), *, overwrite: bool = False,
                  copy_streams: bool = True, audio: bool = True,
-                 cut_at_video_end: bool = False) -> None:
+                 cut_at_video_end: bool = False, chapters_until: float | None = None) -> None:
         """``copy_streams`` False: the video alone (a batch segment); ``audio`` False: every
         stream but the audio copied (`--no-audio`); ``cut_at_video_end``: the other streams
         end where the last frame written does (`vsr upscale --frames`: the first frames of a
-        longer input), not where the input's do."""
+        longer input), not where the input's do; ``chapters_until`` (seconds, known before the
+        first frame): only the chapters that start before it, the last ending there (an MP4's
+        chapter track otherwise ran on, and the file declared the input's duration)."""
         self.path = check_output_path(path, overwrite=overwrite, input_path=info.path)
         self._overwrite = overwrite
         self._temp = temp_path_for(self.path)
@@ -706,13 +709,13 @@ class PyAVSink(SinkContext):
             discard(self._temp)
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
         try:
-            self._setup(info, width, height, config, copy_streams, audio)
+            self._setup(info, width, height, config, copy_streams, audio, chapters_until)
         except BaseException:
             self.abort()
             raise
 
     def _setup(self, info: StreamInfo, width: int, height: int, config: EncodeConfig,
-               copy_streams: bool, audio: bool) -> None:
+               copy_streams: bool, audio: bool, chapters_until: float | None) -> None:
         out = self._out
         config = fitting_config(out.format.name, config, self.path)
 
@@ -745,6 +748,8 @@ class PyAVSink(SinkContext):
                 out.container_options["movflags"] = flags
             self._pass.add_streams(out, add_video)
             chapters = self._pass.chapters
+            if chapters_until is not None:
+                chapters = chapters_before(chapters, chapters_until)
             if chapters:
                 try:
                     out.set_chapters(chapters)
@@ -881,6 +886,12 @@ class PyAVSink(SinkContext):
         discard(self._temp)
         self._lost.detach()
 
+
+
+def chapters_before(chapters: list[dict], end: float) -> list[dict]:
+    """The ``chapters`` (PyAV's dicts) that start before ``end`` seconds, each ending by it."""
+    return [{**c, "end": min(c["end"], math.floor(Fraction(end) / c["time_base"]))}
+            for c in chapters if c["start"] * c["time_base"] < end]
 
 
 def output_size(info: StreamInfo, scale: int) -> tuple[int, int]:
