@@ -507,21 +507,24 @@ def first_frames_end(info: StreamInfo, frames: int) -> Fraction | None:
     """Where the first ``frames`` frames of ``info``'s video end, in seconds, from its packets
     alone (in presentation order; those an MP4 edit list discards left out): the last one's
     pts plus its duration, else one frame step. Reads those packets and a reorder margin past
-    them, not the whole file. None where packets carry no times (raw H.264) or there are none;
-    an estimate for a damaged file, whose packets may not all decode."""
+    them, not the whole file. None where packets carry no times (raw H.264), there are none,
+    or they cannot be read; an estimate for a damaged file, whose packets may not all decode."""
     times: list[tuple[int, int]] = []
-    with open_media(file_url(info.path)) as c:
-        stream = c.streams[info.index]
-        for pkt in c.demux(stream):
-            if not pkt.size or pkt.is_discard:
-                continue
-            at = packet_pts(c, pkt)
-            if at is None:
-                return None
-            times.append((at, pkt.duration or 0))
-            if len(times) >= frames + _REORDER_MARGIN:
-                break
-        tb = frame_time_base(stream)
+    try:
+        with open_media(file_url(info.path)) as c:
+            stream = c.streams[info.index]
+            for pkt in c.demux(stream):
+                if not pkt.size or pkt.is_discard:
+                    continue
+                at = packet_pts(c, pkt)
+                if at is None:
+                    return None
+                times.append((at, pkt.duration or 0))
+                if len(times) >= frames + _REORDER_MARGIN:
+                    break
+            tb = frame_time_base(stream)
+    except (av.error.FFmpegError, OSError):  # damaged past its first frames: no estimate
+        return None
     if not times:
         return None
     at, shown = sorted(times)[min(frames, len(times)) - 1]
