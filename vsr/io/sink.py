@@ -44,7 +44,13 @@ from vsr.io.output import (
     temp_path_for,
     write_error,
 )
-from vsr.io.passthrough import Passthrough, container_tags, metadata_movflags, video_tags
+from vsr.io.passthrough import (
+    MOVENC_FORMATS,
+    Passthrough,
+    container_tags,
+    metadata_movflags,
+    video_tags,
+)
 from vsr.io.paths import file_url, negative_ts_option, open_media
 from vsr.options import Config
 
@@ -703,6 +709,7 @@ class PyAVSink(SinkContext):
         self._frame_rate = info.frame_rate
         self._last: tuple[int, int | None] | None = None  # the last frame's pts and duration
         self._step: int | None = None  # the pts step before it
+        self._widest = (0, 0)  # the widest step between two frames' pts, and where it starts
         try:
             self._out = open_media(file_url(self._temp), mode="w", container_options={})
         except (av.error.FFmpegError, ValueError, OSError) as exc:
@@ -812,6 +819,7 @@ class PyAVSink(SinkContext):
         self.frames += 1
         if self._last is not None and pts > self._last[0]:
             self._step = pts - self._last[0]
+            self._widest = max(self._widest, (self._step, self._last[0]))
         self._last = (pts, duration)
 
     def _video_end(self) -> float | None:
@@ -842,7 +850,22 @@ class PyAVSink(SinkContext):
             try:
                 self._out.mux(pkt)
             except av.error.FFmpegError as exc:
-                raise write_error(self.path, exc) from exc
+                raise self._gap_error(exc) or write_error(self.path, exc) from exc
+
+    def _gap_error(self, exc: av.error.FFmpegError) -> OutputError | None:
+        """The error for a packet the MOV/MP4 muxer refused where the input's frame times jump
+        further than its 32-bit sample durations and offsets reach (a recording whose clock
+        jumped by days): FFmpeg's own words were "Not yet implemented in FFmpeg, patches
+        welcome". None where that is not why."""
+        gap, at = self._widest
+        if not isinstance(exc, av.error.PatchWelcomeError) or not gap \
+                or self._out.format.name not in MOVENC_FORMATS \
+                or gap * self._in_time_base / Fraction(self._stream.time_base) < 2 ** 31:
+            return None
+        tb = self._in_time_base
+        return OutputError(f"{self.path.name}: the video jumps {float(gap * tb):,.0f} s between "
+                           f"two frames (at {float(at * tb):.3f} s), more than "
+                           f"{self._out.format.name.upper()} can hold; write .mkv, which can")
 
     def close(self) -> None:
         """Flush and finish the file; the output appears at ``path`` only now."""
