@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vsr.errors import InputError, OutputError
-from vsr.io.colour import limited_grey, reads_own, to_rgb
+from vsr.io.colour import reads_own, to_rgb
 from vsr.io.image import IMAGE_SUFFIXES, jpeg_qscale, limit_stream, open_limited, save_image
 from vsr.io.info import EXACT_RGB, ColorInfo
 from vsr.io.paths import file_url
@@ -57,13 +57,14 @@ def read_image_and_gray(path: str | os.PathLike) -> tuple[torch.Tensor, bool]:
     """:func:`read_image` and :func:`is_grayscale` of one file, from one read (a file
     replaced between two reads would give one file's pixels with the other's format)."""
     frame = _decode(Path(path))
+    name, colour = frame.format.name, ColorInfo.of_frame(frame)
     if max(c.bits for c in frame.format.components) > 8:
         # (H, W, 3), 0..65535; Y'CbCr by vsr.io.colour (swscale's 16-bit RGB is 0.4% dark)
-        deep = (to_rgb(frame, ColorInfo.of_frame(frame)) if reads_own(frame.format.name)
+        deep = (to_rgb(frame, colour) if reads_own(name, colour, eight_bit=False)
                 else frame.to_ndarray(format="rgb48le")).astype(np.uint32)
         rgb = ((2 * deep + 257) // 514).astype(np.uint8)  # floor(v / 257 + 1/2), exactly
-    elif limited_grey(frame.format.name, ColorInfo.of_frame(frame)):  # a monochrome AVIF's
-        rgb = to_rgb(frame, ColorInfo.of_frame(frame), depth=8)
+    elif reads_own(name, colour, eight_bit=True):  # limited-range grey (a monochrome AVIF)
+        rgb = to_rgb(frame, colour, depth=8)
     else:  # (H, W, 3); gray replicated exactly
         rgb = frame.to_ndarray(format="rgb24", interpolation=EXACT_RGB)  # as libjpeg, to a level
     image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))

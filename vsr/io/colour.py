@@ -74,10 +74,14 @@ def limited_grey(name: str, color: ColorInfo) -> bool:
     return is_grey(name) and not full_range(name, color)
 
 
-def reads_own(name: str) -> bool:
-    """Whether a frame of pixel format ``name`` goes to 16-bit RGB here rather than through
-    swscale: Y'CbCr or grey (any depth). 8-bit RGB from 8-bit Y'CbCr stays with swscale: exact
-    there (vsr.io.info.EXACT_RGB, full range too), and RGB formats are only copied."""
+def reads_own(name: str, color: ColorInfo, *, eight_bit: bool) -> bool:
+    """Whether a frame of pixel format ``name`` described by ``color`` goes to RGB here
+    (:func:`to_rgb`) rather than through swscale: into 16-bit RGB, Y'CbCr or grey (any depth);
+    into 8-bit RGB (``eight_bit``), grey tagged limited range only (:func:`limited_grey`).
+    8-bit RGB from 8-bit Y'CbCr stays with swscale: exact there (vsr.io.info.EXACT_RGB, full
+    range too), and RGB formats are only copied."""
+    if eight_bit:
+        return limited_grey(name, color)
     return is_ycbcr(name) or is_grey(name)
 
 

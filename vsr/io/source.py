@@ -19,7 +19,7 @@ import av
 import numpy as np
 
 from vsr.errors import InputError
-from vsr.io.colour import alpha_of, limited_grey, reads_own, to_rgb
+from vsr.io.colour import alpha_of, reads_own, to_rgb
 from vsr.io.image import (
     IMAGE_SUFFIXES,
     gif_alpha_after_first,
@@ -359,11 +359,10 @@ class PyAVSource:
         return orientation
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        c, name = self.info.color, frame.format.name
-        if self._fmt != "rgb24" and reads_own(name):
-            return to_rgb(frame, c)  # deep Y'CbCr or grey: swscale's scale is 255/256
-        if limited_grey(name, c):  # 8-bit: swscale takes grey as full range
-            return to_rgb(frame, c, depth=8)
+        c, eight = self.info.color, self._fmt == "rgb24"
+        if reads_own(frame.format.name, c, eight_bit=eight):
+            # deep Y'CbCr or grey (swscale's scale is 255/256), limited-range grey
+            return to_rgb(frame, c, depth=8 if eight else 16)
         return frame.to_ndarray(format=self._fmt, src_colorspace=c.sws_matrix,
                                 src_color_range=c.sws_range if frame.format.name.startswith("yuv")
                                 and not frame.format.name.startswith("yuvj") else None,

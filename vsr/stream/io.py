@@ -34,7 +34,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 
 from vsr.errors import ConfigError, InputError, OutputError
-from vsr.io.colour import limited_grey, reads_own, to_rgb
+from vsr.io.colour import reads_own, to_rgb
 from vsr.io.ffmpeg_sink import FfmpegRelay
 from vsr.io.image import check_pixels, limit_stream
 from vsr.io.info import EXACT_RGB, ColorInfo, StreamInfo, bit_depth_of, field_order
@@ -695,8 +695,7 @@ def fit_frame(frame: av.VideoFrame, size: tuple[int, int], fmt: str) -> np.ndarr
     exact = fmt == "rgb24"  # 8-bit Y'CbCr -> RGB as the standard says (vsr.io.info.EXACT_RGB)
     # deeper: vsr.io.colour, by the frame's own tags (swscale's 16-bit RGB is 0.4% dark)
     colour = ColorInfo.of_frame(frame)
-    # and limited-range grey at 8 bits too (swscale takes grey as full range)
-    own = reads_own(frame.format.name) and (not exact or limited_grey(frame.format.name, colour))
+    own = reads_own(frame.format.name, colour, eight_bit=exact)
     depth = 8 if exact else 16
     if (frame.width, frame.height) == size:
         if own:
