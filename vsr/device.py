@@ -1,8 +1,10 @@
-"""One place that turns a --device spelling into a torch.device."""
+"""One place that turns a --device spelling into a torch.device, and what memory a device has
+and a network's activations take on it."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -102,3 +104,27 @@ def available_bytes(device: torch.device) -> int | None:
     except (OSError, ValueError):
         pass
     return min(found) if found else None
+
+
+def leaf_output_bytes(modules: Iterable[torch.nn.Module], forward: Callable[[], object],
+                      value_bytes: int | None = None) -> int:
+    """Bytes of the outputs of every leaf module of ``modules`` while ``forward()`` runs
+    (without gradients): each value at its own size, or at ``value_bytes``. All of them, as if
+    none were freed: more than an inference's peak, a lower bound for a training step's."""
+    total = 0
+
+    def count(_module: torch.nn.Module, _inputs: object, out: object) -> None:
+        nonlocal total
+        for t in out if isinstance(out, list | tuple) else (out,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * (value_bytes or t.element_size())
+
+    hooks = [m.register_forward_hook(count) for net in modules for m in net.modules()
+             if not any(m.children())]
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return total

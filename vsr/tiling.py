@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from vsr.device import available_bytes
+from vsr.device import available_bytes, leaf_output_bytes
 from vsr.errors import ConfigError
 from vsr.options import MIN_TILE
 
@@ -59,23 +59,8 @@ def activation_bytes_per_pixel(module: torch.nn.Module, dtype: torch.dtype) -> f
     its peak (inference frees each when done; measured, the default x2 model's peak resident
     memory grew 0.76 GB per input megapixel in bf16, against 1.06 counted), so a budget
     checked against it holds."""
-    total = 0
-
-    def count(_module: torch.nn.Module, _inputs: object, out: object) -> None:
-        nonlocal total
-        for t in out if isinstance(out, list | tuple) else (out,):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-
-    leaves = [m for m in module.modules() if not any(m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, 3, _PROBE, _PROBE, dtype=dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-    return total / (_PROBE * _PROBE)
+    probe = torch.zeros(1, 3, _PROBE, _PROBE, dtype=dtype)
+    return leaf_output_bytes((module,), lambda: module(probe)) / (_PROBE * _PROBE)
 
 
 def cpu_tile(handle, width: int, height: int, batch: int, overlap: int,

@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from vsr.device import available_bytes
+from vsr.device import available_bytes, leaf_output_bytes
 from vsr.errors import ConfigError
 
 
@@ -18,25 +18,13 @@ def activation_bytes(primal: nn.Module, duals: nn.Module, patch: int, device: to
     the outputs of every leaf module of the primal network on one ``patch`` x ``patch`` LR
     input and of the dual networks on its outputs, at ``value_bytes`` a value. Measured with
     one forward pass of a single sample (no gradients)."""
-    total = 0
 
-    def count(_module: nn.Module, _inputs: object, out: object) -> None:
-        nonlocal total
-        for t in out if isinstance(out, list | tuple) else (out,):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * value_bytes
+    def step() -> None:
+        outs = primal(torch.zeros(1, 3, patch, patch, device=device))
+        for i, dual in enumerate(duals):
+            dual(outs[i + 1])
 
-    leaves = [m for net in (primal, duals) for m in net.modules() if not any(m.children())]
-    handles = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with torch.no_grad():
-            outs = primal(torch.zeros(1, 3, patch, patch, device=device))
-            for i, dual in enumerate(duals):
-                dual(outs[i + 1])
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    return leaf_output_bytes((primal, duals), step, value_bytes)
 
 
 def check_step_memory(primal: nn.Module, duals: nn.Module, *, patch: int, batch: int,
